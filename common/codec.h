@@ -1,0 +1,63 @@
+/*
+ * Update encodings and proto <-> in-memory conversions.
+ *
+ * Encodings of one tensor (see proto Encoding): float32, float16 (IEEE binary16, round to
+ * nearest even), int8 with one scale per tensor (scale = max|x|/127, q = round(x/scale)), and
+ * top-k sparse (the k = ceil(fraction*count) largest |x|, indices ascending). Decoding checks
+ * every size, index and value before writing, so a malformed tensor changes nothing.
+ */
+#ifndef FL__CODEC_H
+#define FL__CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fl/alloc.h"
+#include "fl/v1/fleetlearn.pb-c.h"
+#include "model.h"
+
+uint16_t fl__f32_to_f16(float f);
+float fl__f16_to_f32(uint16_t h);
+
+/* Fills *t (initialised by the caller with fl__v1__tensor__init) with the encoding of
+ * x[0..count). Buffers are allocated with `a`; release them with fl__tensor_release(). */
+int fl__tensor_encode(Fl__V1__Tensor *t, const float *x, size_t count, const uint32_t *shape,
+                      uint32_t ndim, int encoding, float topk_fraction, const fl_allocator *a);
+void fl__tensor_release(Fl__V1__Tensor *t, const fl_allocator *a);
+
+/* Validates t against expected_count (and encoding-specific sizes) and writes the dense values
+ * to out. FL_E_SHAPE / FL_E_PARSE / FL_E_NONFINITE; on error out may be partly written. */
+int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count);
+/* Validation only, no output: the same checks as decode. */
+int fl__tensor_check(const Fl__V1__Tensor *t, size_t expected_count);
+/* acc += w * decode(t) without a temporary vector. Call fl__tensor_check first: this does not
+ * re-validate (it is the aggregation hot path). */
+void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc);
+/* Squared L2 norm of the decoded values, in double (for the server's norm check). */
+double fl__tensor_sqnorm(const Fl__V1__Tensor *t);
+
+/* Whole-vector helpers over a model's tensor layout: encode a flat delta tensor by tensor into
+ * a newly allocated array of n_tensors Fl__V1__Tensor (pointers array + structs). */
+int fl__delta_encode(const fl_model *m, const float *delta, int encoding, float topk_fraction,
+                     Fl__V1__Tensor ***out_tensors, size_t *out_n, const fl_allocator *a);
+void fl__delta_release(Fl__V1__Tensor **tensors, size_t n, const fl_allocator *a);
+/* Checks n tensors against the model layout (count and shape of each). */
+int fl__delta_check(const fl_model_spec *spec, Fl__V1__Tensor *const *tensors, size_t n);
+
+/* ModelSpec conversions. from_proto validates (fl__spec_validate). */
+int fl__spec_from_proto(fl_model_spec *out, const Fl__V1__ModelSpec *p);
+/* Fills a proto spec whose repeated fields point into `storage` (no allocation). */
+typedef struct fl_spec_proto_storage {
+  Fl__V1__ModelSpec spec;
+  Fl__V1__LayerSpec layers[FL_MAX_LAYERS];
+  Fl__V1__LayerSpec *layer_ptrs[FL_MAX_LAYERS];
+  uint32_t input_shape[3];
+} fl_spec_proto_storage;
+void fl__spec_to_proto(fl_spec_proto_storage *st, const fl_model_spec *spec);
+
+/* Model weights as float32 tensors in the model's layout, or back (shapes checked). */
+int fl__weights_to_proto(const fl_model *m, Fl__V1__Tensor ***out_tensors, size_t *out_n,
+                         const fl_allocator *a);
+int fl__weights_from_proto(fl_model *m, Fl__V1__Tensor *const *tensors, size_t n);
+
+#endif

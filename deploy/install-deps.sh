@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs fleetlearn's build, test and run-time dependencies from Debian 12 packages.
+# Idempotent: when every package is already installed it does nothing (no apt-get update).
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config git ca-certificates
+  libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
+  libssl-dev libopenblas-dev libpq-dev postgresql postgresql-common
+  libcriterion-dev libcurl4-openssl-dev libjansson-dev zlib1g-dev
+  dataset-fashion-mnist
+  python3 python3-numpy gnuplot-nox
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
