@@ -1,0 +1,295 @@
+/*
+ * Device request authentication and admin bearer tokens.
+ *
+ * Device requests: the check order is cheapest first (timestamp, then one indexed lookup,
+ * then the signature) and the nonce is recorded last, so a forged request never consumes a
+ * device's nonce. Admin tokens are 32 random bytes shown once; only their SHA-256 is stored.
+ */
+#include "auth.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "digest.h"
+
+#define NONCE_MIN 16
+#define NONCE_MAX 64
+
+static Fl__V1__SignedRequest *from_header(fl_req *q, fl_resp *r) {
+  const char *h = fl__req_header(q, "X-FL-Auth");
+  Fl__V1__SignedRequest *sr = NULL;
+  if (h == NULL) {
+    fl__resp_dev_error(r, 401, "missing_auth", "X-FL-Auth header required", 0);
+    return NULL;
+  }
+  size_t n = strlen(h);
+  if (n == 0 || n % 4 != 0 || n > 8192) {
+    fl__resp_dev_error(r, 400, "malformed_request", "X-FL-Auth is not base64", 0);
+    return NULL;
+  }
+  unsigned char *raw = malloc(n / 4 * 3 + 1);
+  if (raw == NULL) {
+    fl__resp_dev_error(r, 503, "unavailable", "out of memory", 0);
+    return NULL;
+  }
+  int len = EVP_DecodeBlock(raw, (const unsigned char *)h, (int)n);
+  /* EVP_DecodeBlock counts '=' padding as zero bytes; drop them. */
+  for (size_t i = n; len > 0 && i > 0 && h[i - 1] == '='; i--)
+    len--;
+  if (len >= 0)
+    sr = fl__v1__signed_request__unpack(NULL, (size_t)len, raw);
+  free(raw);
+  if (sr == NULL)
+    fl__resp_dev_error(r, 400, "malformed_request", "X-FL-Auth is not a SignedRequest", 0);
+  return sr;
+}
+
+Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r) {
+  (void)s;
+  if (strcmp(q->method, "GET") == 0)
+    return from_header(q, r);
+  Fl__V1__SignedRequest *sr = fl__v1__signed_request__unpack(NULL, q->len, q->body);
+  if (sr == NULL)
+    fl__resp_dev_error(r, 400, "malformed_request", "body is not a SignedRequest", 0);
+  return sr;
+}
+
+/* Loads the public key and state of a device. 0 found, 1 unknown, -1 database error. */
+static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *revoked) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_exec(c, "SELECT public_key, state FROM devices WHERE device_id = $1",
+                              &p, true, NULL);
+  if (res == NULL)
+    return -1;
+  int rc = 1;
+  if (PQntuples(res) == 1 && PQgetlength(res, 0, 0) == FL_PUBKEY_LEN) {
+    memcpy(pub, PQgetvalue(res, 0, 0), FL_PUBKEY_LEN);
+    *revoked = strcmp(PQgetvalue(res, 0, 1), "active") != 0;
+    rc = 0;
+  }
+  PQclear(res);
+  return rc;
+}
+
+/* Records the nonce. 0 fresh, 1 replayed, -1 database error. */
+static int record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  fl__pgp_bin(&p, nonce->data, nonce->len);
+  PGresult *res = fl__pg_exec(c,
+                              "INSERT INTO nonces (device_id, nonce) VALUES ($1, $2)"
+                              " ON CONFLICT DO NOTHING",
+                              &p, false, NULL);
+  if (res == NULL)
+    return -1;
+  int rc = strcmp(PQcmdTuples(res), "1") == 0 ? 0 : 1;
+  PQclear(res);
+  return rc;
+}
+
+static int verify_sig(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub) {
+  uint8_t d[FL_SHA256_LEN];
+  static const uint8_t empty[1];
+  if (fl__request_digest(q->method, q->path, sr->device_id, sr->timestamp_ms, sr->nonce.data,
+                         sr->nonce.len, sr->body.data ? sr->body.data : empty, sr->body.len, d))
+    return -1;
+  return fl__verify_raw(pub, d, sizeof d, sr->signature.data, sr->signature.len) == FL_OK ? 0
+                                                                                           : -1;
+}
+
+int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
+                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
+  int64_t now = fl__now_ms(), skew = sr->timestamp_ms - now;
+  bool revoked = false;
+  if (skew > s->cfg.ts_window_ms || -skew > s->cfg.ts_window_ms) {
+    fl__resp_dev_error(r, 401, "stale_timestamp", "timestamp outside the accepted window", 0);
+    return -1;
+  }
+  if (sr->nonce.len < NONCE_MIN || sr->nonce.len > NONCE_MAX) {
+    fl__resp_dev_error(r, 400, "bad_nonce", "nonce must be 16 to 64 bytes", 0);
+    return -1;
+  }
+  if (enroll_pub != NULL) {
+    if (sr->device_id != 0) {
+      fl__resp_dev_error(r, 400, "malformed_request", "enrollment is signed with device_id 0", 0);
+      return -1;
+    }
+    memcpy(pub_out, enroll_pub, FL_PUBKEY_LEN);
+  } else {
+    int rc = sr->device_id ? load_device(c, sr->device_id, pub_out, &revoked) : 1;
+    if (rc < 0)
+      goto unavailable;
+    if (rc > 0) {
+      fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
+      return -1;
+    }
+  }
+  if (verify_sig(q, sr, pub_out)) {
+    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+    return -1;
+  }
+  if (revoked) {
+    fl__resp_dev_error(r, 403, "device_revoked", "device is revoked", 0);
+    return -1;
+  }
+  int rc = record_nonce(c, sr->device_id, &sr->nonce);
+  if (rc < 0)
+    goto unavailable;
+  if (rc > 0) {
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+    return -1;
+  }
+  return 0;
+unavailable:
+  fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+  return -1;
+}
+
+void fl__auth_prune_nonces(fl_srv *s, PGconn *c) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_f64(&p, 2.0 * (double)s->cfg.ts_window_ms / 1000.0);
+  PGresult *res = fl__pg_exec(
+      c, "DELETE FROM nonces WHERE seen_at < now() - make_interval(secs => $1::float8)", &p,
+      false, NULL);
+  PQclear(res);
+}
+
+int fl__role_parse(const char *name) {
+  static const char *const roles[] = {"viewer", "operator", "admin"};
+  for (int i = 0; i < 3; i++)
+    if (name != NULL && strcmp(name, roles[i]) == 0)
+      return i;
+  return -1;
+}
+
+int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r) {
+  const char *h = fl__req_header(q, "Authorization");
+  uint8_t hash[FL_SHA256_LEN];
+  fl_pgp p;
+  (void)s;
+  if (h == NULL || strncmp(h, "Bearer ", 7) != 0 || h[7] == '\0') {
+    fl__resp_admin_error(r, 401, "unauthorized", "bearer token required");
+    return -1;
+  }
+  fl__sha256(h + 7, strlen(h + 7), hash);
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, hash, sizeof hash);
+  PGresult *res = fl__pg_exec(c, "SELECT token_id, role, name FROM admin_tokens"
+                                 " WHERE token_hash = $1", &p, false, NULL);
+  if (res == NULL) {
+    fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
+    return -1;
+  }
+  int rc = -1;
+  if (PQntuples(res) != 1) {
+    fl__resp_admin_error(r, 401, "unauthorized", "unknown token");
+  } else if (fl__role_parse(PQgetvalue(res, 0, 1)) < min_role) {
+    fl__resp_admin_error(r, 403, "forbidden", "role too low for this endpoint");
+  } else {
+    snprintf(actor, 96, "token:%s:%.60s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2));
+    rc = 0;
+  }
+  PQclear(res);
+  return rc;
+}
+
+static int store_token(PGconn *c, const char *token, int role, const char *name, uint64_t *id) {
+  static const char *const roles[] = {"viewer", "operator", "admin"};
+  uint8_t hash[FL_SHA256_LEN];
+  fl_pgp p;
+  fl__sha256(token, strlen(token), hash);
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, hash, sizeof hash);
+  fl__pgp_text(&p, roles[role]);
+  fl__pgp_text(&p, name);
+  PGresult *res = fl__pg_exec(c,
+                              "INSERT INTO admin_tokens (token_hash, role, name)"
+                              " VALUES ($1, $2, $3) ON CONFLICT (token_hash) DO NOTHING"
+                              " RETURNING token_id",
+                              &p, false, NULL);
+  if (res == NULL)
+    return -1;
+  if (id)
+    *id = PQntuples(res) ? fl__pg_u64(res, 0, 0) : 0;
+  PQclear(res);
+  return 0;
+}
+
+uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, char token_hex[65]) {
+  uint8_t raw[32];
+  uint64_t id = 0;
+  if (fl__random_bytes(raw, sizeof raw))
+    return 0;
+  fl__hex(raw, sizeof raw, token_hex);
+  if (store_token(c, token_hex, role, name, &id))
+    return 0;
+  return id;
+}
+
+static char *read_token_file(const char *path) {
+  char buf[512];
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return NULL;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  return buf[0] ? strdup(buf) : NULL;
+}
+
+int fl__auth_bootstrap(fl_srv *s, PGconn *c) {
+  char *tok = NULL;
+  int rc = -1;
+  if (s->cfg.admin_token && s->cfg.admin_token[0])
+    tok = strdup(s->cfg.admin_token);
+  else if (s->cfg.admin_token_file)
+    tok = read_token_file(s->cfg.admin_token_file);
+  if (tok != NULL) {
+    rc = store_token(c, tok, FL_ROLE_ADMIN, "bootstrap", NULL);
+    free(tok);
+    return rc;
+  }
+  PGresult *res = fl__pg_exec(c, "SELECT count(*) FROM admin_tokens WHERE role = 'admin'", NULL,
+                              false, NULL);
+  if (res == NULL)
+    return -1;
+  bool have = fl__pg_u64(res, 0, 0) > 0;
+  PQclear(res);
+  if (have)
+    return 0;
+  char hex[65];
+  if (fl__auth_new_token(c, FL_ROLE_ADMIN, "bootstrap", hex) == 0)
+    return -1;
+  /* The only time this token is ever shown; it goes to stdout, never to the log. */
+  printf("bootstrap admin token (shown once): %s\n", hex);
+  fflush(stdout);
+  fl__slog(FL_LOG_INFO, "bootstrap_token_created", "role=admin");
+  return 0;
+}
+
+int fl__audit(PGconn *c, const char *actor, const char *action, const char *target,
+              json_t *detail) {
+  char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_text(&p, actor);
+  fl__pgp_text(&p, action);
+  fl__pgp_text(&p, target ? target : "");
+  fl__pgp_text(&p, d ? d : "{}");
+  PGresult *res = fl__pg_exec(c,
+                              "INSERT INTO audit_log (actor, action, target, detail)"
+                              " VALUES ($1, $2, $3, $4::jsonb)",
+                              &p, false, NULL);
+  free(d);
+  if (res == NULL)
+    return -1;
+  PQclear(res);
+  return 0;
+}

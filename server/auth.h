@@ -1,0 +1,48 @@
+/*
+ * Authentication (auth.c): signed device requests (timestamp window, device state, Ed25519
+ * signature over the request digest, one-time nonces) and admin bearer tokens with roles.
+ */
+#ifndef FL__AUTH_H
+#define FL__AUTH_H
+
+#include <jansson.h>
+
+#include "fl/v1/fleetlearn.pb-c.h"
+#include "http.h"
+#include "store_pg.h"
+
+/* Unpacks the request envelope: the POST body, or for GET the base64 X-FL-Auth header.
+ * On failure the refusal is in *r and NULL is returned. Free with
+ * fl__v1__signed_request__free_unpacked(sr, NULL). */
+Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r);
+
+/* Verifies an envelope: timestamp within the window, the device known and active (unless
+ * enroll_pub is given, which then is the signing key and device_id must be 0), the signature
+ * over fl__request_digest(method, path, ...), and the nonce unseen (it is recorded).
+ * Returns 0, or -1 with the refusal in *r. */
+int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
+                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r);
+
+/* Deletes nonces older than twice the timestamp window (they can no longer be replayed). */
+void fl__auth_prune_nonces(fl_srv *s, PGconn *c);
+
+enum { FL_ROLE_VIEWER = 0, FL_ROLE_OPERATOR = 1, FL_ROLE_ADMIN = 2 };
+int fl__role_parse(const char *name); /* -1 when unknown */
+
+/* Checks "Authorization: Bearer <token>" against the stored hashes and the required role.
+ * actor receives "token:<id>:<name>" for the audit log. Returns 0, or -1 with *r set. */
+int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r);
+
+/* Makes sure an admin token exists: the configured bootstrap token (stored hashed), or a new
+ * random one printed once on stdout when the table has no admin token. */
+int fl__auth_bootstrap(fl_srv *s, PGconn *c);
+
+/* Creates a token for a role; *token_hex receives 64 hex characters + NUL. Returns the id
+ * or 0 on failure. */
+uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, char token_hex[65]);
+
+/* Appends one audit row; detail is borrowed (may be NULL). 0 or -1. */
+int fl__audit(PGconn *c, const char *actor, const char *action, const char *target,
+              json_t *detail);
+
+#endif

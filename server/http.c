@@ -1,0 +1,320 @@
+/*
+ * libmicrohttpd plumbing. One thread per connection: an upload handler blocks until the group
+ * committer has made its contribution durable, which must not stall other connections.
+ * Bodies are collected up to cfg.max_body; a larger Content-Length is refused before the body
+ * is read. Routing is a linear scan of two small tables.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fl/v1/fleetlearn.pb-c.h"
+#include "mem.h"
+
+struct fl_http {
+  struct MHD_Daemon *d;
+  char *tls_cert, *tls_key;
+};
+
+static char *read_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  char *buf = NULL;
+  long n;
+  if (f == NULL)
+    return NULL;
+  if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET))
+    goto out_close;
+  buf = malloc((size_t)n + 1);
+  if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    free(buf);
+    buf = NULL;
+  }
+  if (buf != NULL)
+    buf[n] = '\0';
+out_close:
+  fclose(f);
+  return buf;
+}
+
+const char *fl__req_header(fl_req *q, const char *name) {
+  return MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, name);
+}
+
+const char *fl__req_query(fl_req *q, const char *name) {
+  return MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char **rest) {
+  size_t n = strlen(prefix);
+  char *end;
+  if (strncmp(path, prefix, n) != 0 || path[n] < '0' || path[n] > '9')
+    return -1;
+  unsigned long long v = strtoull(path + n, &end, 10);
+  if (v == 0 || (*end != '\0' && *end != '/'))
+    return -1;
+  *out = v;
+  if (rest)
+    *rest = end;
+  return 0;
+}
+
+static void set_body(fl_resp *r, int status, const char *ctype, char *data, size_t len) {
+  free(r->data);
+  r->status = data ? status : 500;
+  r->content_type = ctype;
+  r->data = data;
+  r->len = data ? len : 0;
+}
+
+void fl__resp_json(fl_resp *r, int status, json_t *j) {
+  char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  set_body(r, status, "application/json", s, s ? strlen(s) : 0);
+}
+
+void fl__resp_admin_error(fl_resp *r, int status, const char *reason, const char *msg) {
+  r->reason = reason;
+  fl__resp_json(r, status, json_pack("{s:s, s:s}", "error", reason, "message", msg ? msg : ""));
+}
+
+void fl__resp_proto(fl_resp *r, int status, const ProtobufCMessage *m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  char *buf = malloc(n ? n : 1);
+  if (buf != NULL)
+    protobuf_c_message_pack(m, (uint8_t *)buf);
+  set_body(r, status, "application/x-protobuf", buf, n);
+}
+
+void fl__resp_dev_error(fl_resp *r, int status, const char *reason, const char *msg,
+                        int64_t retry_after_ms) {
+  Fl__V1__Error e = FL__V1__ERROR__INIT;
+  e.reason = (char *)reason;
+  e.message = (char *)(msg ? msg : "");
+  e.retry_after_ms = retry_after_ms;
+  r->reason = reason;
+  r->retry_after_ms = retry_after_ms > 0 ? retry_after_ms - fl__now_ms() : 0;
+  fl__resp_proto(r, status, &e.base);
+}
+
+void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text) {
+  char *s = strdup(text);
+  set_body(r, status, ctype, s, s ? strlen(s) : 0);
+}
+
+static const fl_route *route(const fl_route *t, const char *method, const char *path,
+                             bool *method_mismatch) {
+  for (; t->prefix != NULL; t++) {
+    size_t n = strlen(t->prefix);
+    bool match = t->prefix[n - 1] == '/' ? strncmp(path, t->prefix, n) == 0
+                                         : strcmp(path, t->prefix) == 0;
+    if (!match)
+      continue;
+    if (strcmp(method, t->method) == 0)
+      return t;
+    *method_mismatch = true;
+  }
+  return NULL;
+}
+
+static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *name) {
+  struct MHD_Response *mr =
+      MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
+  if (mr == NULL) {
+    free(r->data);
+    return MHD_NO;
+  }
+  r->data = NULL;
+  if (r->content_type)
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+  if (r->etag[0])
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_ETAG, r->etag);
+  if (r->retry_after_ms > 0) {
+    char ra[32];
+    snprintf(ra, sizeof ra, "%lld", (long long)((r->retry_after_ms + 999) / 1000));
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+  }
+  enum MHD_Result ret = MHD_queue_response(q->conn, (unsigned)r->status, mr);
+  MHD_destroy_response(mr);
+  double dt = fl__mono_s() - q->t0;
+  fl__metrics_request(s->metrics, name, r->status, dt);
+  fl__slog(r->status >= 500 ? FL_LOG_WARN : FL_LOG_DEBUG, "http_request",
+           "method=%s path=%s status=%d reason=%s ms=%.2f", q->method, q->path, r->status,
+           r->reason ? r->reason : "-", dt * 1e3);
+  return ret;
+}
+
+static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
+  fl_resp r = {0};
+  bool mm = false;
+  const fl_route *rt = route(fl__dev_routes, q->method, q->path, &mm);
+  if (rt == NULL)
+    rt = route(fl__admin_routes, q->method, q->path, &mm);
+  if (q->too_big) {
+    fl__resp_text(&r, 413, "text/plain", "body_too_large\n");
+    r.reason = "body_too_large";
+    return send_resp(s, q, &r, rt ? rt->name : "unknown");
+  }
+  if (rt == NULL) {
+    fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
+                         "no such endpoint");
+    return send_resp(s, q, &r, "unknown");
+  }
+  r.status = 500;
+  rt->fn(s, q, &r);
+  return send_resp(s, q, &r, rt->name);
+}
+
+static bool declared_too_big(fl_srv *s, struct MHD_Connection *c) {
+  const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  return cl != NULL && strtoull(cl, NULL, 10) > s->cfg.max_body;
+}
+
+static int append(fl_srv *s, fl_req *q, const char *data, size_t n) {
+  if (q->too_big || q->len + n > s->cfg.max_body) {
+    q->too_big = true;
+    return 0;
+  }
+  if (q->len + n > q->cap) {
+    size_t cap = q->cap ? q->cap : 4096;
+    while (cap < q->len + n)
+      cap *= 2;
+    uint8_t *b = realloc(q->body, cap);
+    if (b == NULL)
+      return -1;
+    q->body = b;
+    q->cap = cap;
+  }
+  memcpy(q->body + q->len, data, n);
+  q->len += n;
+  return 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+  fl_srv *s = cls;
+  fl_req *q = *con_cls;
+  (void)version;
+  if (q == NULL) {
+    q = calloc(1, sizeof *q);
+    if (q == NULL)
+      return MHD_NO;
+    q->conn = conn;
+    q->method = method;
+    q->path = url;
+    q->t0 = fl__mono_s();
+    *con_cls = q;
+    if (declared_too_big(s, conn)) {
+      /* Answer before the body is read: MHD skips "100 Continue" and closes afterwards. */
+      q->too_big = q->answered = true;
+      return dispatch(s, q);
+    }
+    return MHD_YES;
+  }
+  if (*upload_data_size != 0) {
+    if (append(s, q, upload_data, *upload_data_size))
+      return MHD_NO;
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (q->answered)
+    return MHD_YES;
+  q->answered = true;
+  return dispatch(s, q);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  fl_req *q = *con_cls;
+  (void)cls;
+  (void)conn;
+  (void)toe;
+  if (q != NULL) {
+    free(q->body);
+    free(q);
+    *con_cls = NULL;
+  }
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+  char msg[512];
+  (void)cls;
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  msg[strcspn(msg, "\n")] = '\0';
+  fl__slog(FL_LOG_WARN, "mhd", "message=\"%s\"", msg);
+}
+
+int fl__http_start(fl_srv *s) {
+  struct sockaddr_in sa = {0};
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  fl_http *h = calloc(1, sizeof *h);
+  if (h == NULL)
+    return FL_E_NOMEM;
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(s->cfg.port);
+  if (inet_pton(AF_INET, s->cfg.listen_host, &sa.sin_addr) != 1) {
+    fl__slog(FL_LOG_ERROR, "listen_failed", "reason=\"listen host must be a numeric IPv4 address\"");
+    free(h);
+    return FL_E_INVAL;
+  }
+  if (s->cfg.tls_cert) {
+    h->tls_cert = read_file(s->cfg.tls_cert);
+    h->tls_key = read_file(s->cfg.tls_key);
+    if (h->tls_cert == NULL || h->tls_key == NULL) {
+      fl__slog(FL_LOG_ERROR, "tls_files_unreadable", NULL);
+      goto fail;
+    }
+    flags |= MHD_USE_TLS;
+  }
+  struct MHD_OptionItem tls_opts[] = {
+      {h->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->tls_cert},
+      {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
+      {MHD_OPTION_END, 0, NULL}};
+  h->d = MHD_start_daemon(
+      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+      s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+      MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+  if (h->d == NULL) {
+    fl__slog(FL_LOG_ERROR, "listen_failed", "host=%s port=%u", s->cfg.listen_host,
+             (unsigned)s->cfg.port);
+    goto fail;
+  }
+  s->http = h;
+  fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s", s->cfg.listen_host,
+           (unsigned)s->cfg.port, h->tls_cert ? "on" : "off");
+  return FL_OK;
+fail:
+  free(h->tls_cert);
+  free(h->tls_key);
+  free(h);
+  return FL_E_IO;
+}
+
+void fl__http_quiesce(fl_srv *s) {
+  if (s->http != NULL && s->http->d != NULL) {
+    MHD_socket fd = MHD_quiesce_daemon(s->http->d);
+    if (fd != MHD_INVALID_SOCKET)
+      close(fd);
+  }
+}
+
+void fl__http_stop(fl_srv *s) {
+  if (s->http == NULL)
+    return;
+  if (s->http->d != NULL)
+    MHD_stop_daemon(s->http->d);
+  free(s->http->tls_cert);
+  free(s->http->tls_key);
+  free(s->http);
+  s->http = NULL;
+}

@@ -1,0 +1,71 @@
+/*
+ * HTTP plumbing (http.c): the MHD daemon (one thread per connection, so that a request may
+ * block until its upload is durable), body collection with a size limit, routing and
+ * response helpers shared by the device and admin APIs.
+ */
+#ifndef FL__HTTP_H
+#define FL__HTTP_H
+
+#include <jansson.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server.h"
+
+typedef struct fl_req {
+  struct MHD_Connection *conn;
+  const char *method;
+  const char *path;      /* without the query string */
+  uint8_t *body;
+  size_t len, cap;
+  bool too_big;
+  bool answered;         /* a response was queued before the body arrived */
+  double t0;
+} fl_req;
+
+typedef struct fl_resp {
+  int status;
+  const char *content_type;
+  char *data;            /* malloc'ed, freed by MHD */
+  size_t len;
+  char etag[72];         /* set: ETag header */
+  int64_t retry_after_ms;/* > 0: Retry-After header (seconds, rounded up) */
+  const char *reason;    /* refusal reason for metrics and logs, static storage */
+} fl_resp;
+
+typedef void (*fl_handler)(fl_srv *s, fl_req *q, fl_resp *r);
+
+int fl__http_start(fl_srv *s);
+/* Stops accepting new connections; in-flight requests continue. */
+void fl__http_quiesce(fl_srv *s);
+/* Waits for in-flight requests and closes everything. */
+void fl__http_stop(fl_srv *s);
+
+/* Request helpers. */
+const char *fl__req_header(fl_req *q, const char *name);
+const char *fl__req_query(fl_req *q, const char *name);
+/* Parses "/prefix/{u64}/rest": the number after `prefix`; 0 and *rest set on success. */
+int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char **rest);
+
+/* Response helpers; each sets status, content type and body (on allocation failure the
+ * response becomes a bodiless 500). */
+void fl__resp_json(fl_resp *r, int status, json_t *j); /* steals j */
+void fl__resp_admin_error(fl_resp *r, int status, const char *reason, const char *msg);
+void fl__resp_proto(fl_resp *r, int status, const ProtobufCMessage *m);
+void fl__resp_dev_error(fl_resp *r, int status, const char *reason, const char *msg,
+                        int64_t retry_after_ms);
+void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text);
+
+/* Route tables provided by devapi.c and adminapi.c. */
+typedef struct fl_route {
+  const char *method;
+  const char *prefix;    /* exact path, or prefix when it ends in '/' */
+  const char *name;      /* metrics label */
+  fl_handler fn;
+} fl_route;
+extern const fl_route fl__dev_routes[];
+extern const fl_route fl__admin_routes[];
+
+#endif

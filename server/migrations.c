@@ -1,0 +1,153 @@
+/*
+ * Schema migrations, applied at start-up under a session advisory lock so that replicas that
+ * start together apply each one exactly once. A migration is a list of statements run in one
+ * transaction together with its row in schema_migrations. Migrations are append-only: a
+ * shipped one is never edited, a change is a new one.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "migrations.h"
+#include "server.h"
+
+typedef struct migration {
+  int version;
+  const char *name;
+  const char *const *stmts;
+} migration;
+
+static const char *const M1[] = {
+    "CREATE TABLE admin_tokens ("
+    " token_id bigserial PRIMARY KEY, token_hash bytea NOT NULL UNIQUE,"
+    " role text NOT NULL CHECK (role IN ('admin','operator','viewer')),"
+    " name text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE audit_log ("
+    " entry_id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),"
+    " actor text NOT NULL, action text NOT NULL, target text NOT NULL DEFAULT '',"
+    " detail jsonb NOT NULL DEFAULT '{}')",
+    "CREATE TABLE enrollment_tokens ("
+    " token_hash bytea PRIMARY KEY, labels jsonb NOT NULL DEFAULT '{}',"
+    " expires_at timestamptz NOT NULL, used_by bigint, used_at timestamptz,"
+    " created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE devices ("
+    " device_id bigserial PRIMARY KEY, public_key bytea NOT NULL UNIQUE,"
+    " state text NOT NULL DEFAULT 'active' CHECK (state IN ('active','revoked')),"
+    " labels jsonb NOT NULL DEFAULT '{}', firmware text NOT NULL DEFAULT '',"
+    " running_model_id bigint, running_version bigint,"
+    " enrolled_at timestamptz NOT NULL DEFAULT now(), last_seen_at timestamptz,"
+    " revoked_at timestamptz)",
+    "CREATE TABLE nonces ("
+    " device_id bigint NOT NULL, nonce bytea NOT NULL,"
+    " seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (device_id, nonce))",
+    "CREATE INDEX nonces_seen_at ON nonces (seen_at)",
+    "CREATE TABLE models ("
+    " model_id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, spec bytea NOT NULL,"
+    " spec_json jsonb NOT NULL, n_params bigint NOT NULL, seed bigint NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE versions ("
+    " model_id bigint NOT NULL REFERENCES models, version bigint NOT NULL,"
+    " parent_version bigint NOT NULL, round_id bigint NOT NULL DEFAULT 0,"
+    " weights bytea NOT NULL, sha256 bytea NOT NULL, signature bytea NOT NULL,"
+    " metrics jsonb NOT NULL DEFAULT '{}', created_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (model_id, version))",
+    "CREATE TABLE plans ("
+    " plan_id bigserial PRIMARY KEY, model_id bigint NOT NULL REFERENCES models,"
+    " config jsonb NOT NULL,"
+    " state text NOT NULL DEFAULT 'active' CHECK (state IN ('active','stopped','done')),"
+    " rounds_done int NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE UNIQUE INDEX plans_one_active ON plans (model_id) WHERE state = 'active'",
+    "CREATE TABLE rounds ("
+    " round_id bigserial PRIMARY KEY, plan_id bigint NOT NULL REFERENCES plans,"
+    " model_id bigint NOT NULL, base_version bigint NOT NULL,"
+    " state text NOT NULL DEFAULT 'open'"
+    "  CHECK (state IN ('open','closed','abandoned','stopped')),"
+    " target int NOT NULL, min_count int NOT NULL, max_assign int NOT NULL,"
+    " assigned int NOT NULL DEFAULT 0, accepted int NOT NULL DEFAULT 0,"
+    " opened_at timestamptz NOT NULL DEFAULT now(), deadline_at timestamptz NOT NULL,"
+    " closed_at timestamptz, result_version bigint, reason text,"
+    " metrics jsonb NOT NULL DEFAULT '{}')",
+    "CREATE INDEX rounds_open ON rounds (round_id) WHERE state = 'open'",
+    "CREATE INDEX rounds_model ON rounds (model_id, round_id)",
+    "CREATE TABLE assignments ("
+    " round_id bigint NOT NULL REFERENCES rounds, device_id bigint NOT NULL,"
+    " assigned_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (round_id, device_id))",
+    "CREATE TABLE acceptances ("
+    " round_id bigint NOT NULL REFERENCES rounds, device_id bigint NOT NULL,"
+    " digest bytea NOT NULL, sample_count bigint NOT NULL, loss double precision NOT NULL,"
+    " bytes bigint NOT NULL, replica text NOT NULL,"
+    " accepted_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (round_id, device_id))",
+    "CREATE TABLE partials ("
+    " partial_id bigserial PRIMARY KEY, round_id bigint NOT NULL REFERENCES rounds,"
+    " replica text NOT NULL, sum bytea NOT NULL, weight double precision NOT NULL,"
+    " count int NOT NULL, loss_sum double precision NOT NULL, bytes bigint NOT NULL,"
+    " committed_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX partials_round ON partials (round_id)",
+    "CREATE TABLE optimizer_state ("
+    " plan_id bigint PRIMARY KEY REFERENCES plans, step bigint NOT NULL,"
+    " m bytea, v bytea)",
+    "CREATE TABLE evaluations ("
+    " eval_id bigserial PRIMARY KEY, device_id bigint NOT NULL, model_id bigint NOT NULL,"
+    " version bigint NOT NULL, gate_id bigint NOT NULL DEFAULT 0,"
+    " sample_count bigint NOT NULL, metrics jsonb NOT NULL,"
+    " reported_at timestamptz NOT NULL DEFAULT now())",
+    NULL};
+
+static const migration MIGRATIONS[] = {
+    {1, "initial schema", M1},
+};
+
+/* Any 64-bit constant shared by all replicas; it only names the lock. */
+#define MIGRATION_LOCK "7302214519"
+
+static int apply_one(PGconn *c, const migration *m) {
+  fl_pgp p;
+  if (fl__pg_cmd(c, "BEGIN"))
+    return FL_E_DB;
+  for (const char *const *s = m->stmts; *s != NULL; s++)
+    if (fl__pg_cmd(c, *s))
+      goto rollback;
+  fl__pgp_init(&p);
+  fl__pgp_i64(&p, m->version);
+  fl__pgp_text(&p, m->name);
+  PGresult *r = fl__pg_exec(c, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                            &p, false, NULL);
+  if (r == NULL)
+    goto rollback;
+  PQclear(r);
+  if (fl__pg_cmd(c, "COMMIT"))
+    return FL_E_DB;
+  fl__slog(FL_LOG_INFO, "migration_applied", "version=%d name=\"%s\"", m->version, m->name);
+  return FL_OK;
+rollback:
+  fl__pg_cmd(c, "ROLLBACK");
+  return FL_E_DB;
+}
+
+static int current_version(PGconn *c, int *out) {
+  PGresult *r = fl__pg_exec(c, "SELECT coalesce(max(version), 0) FROM schema_migrations", NULL,
+                            false, NULL);
+  if (r == NULL)
+    return FL_E_DB;
+  *out = (int)fl__pg_i64(r, 0, 0);
+  PQclear(r);
+  return FL_OK;
+}
+
+int fl__migrate(PGconn *c) {
+  int err = FL_E_DB, have = 0;
+  if (fl__pg_cmd(c, "SELECT pg_advisory_lock(" MIGRATION_LOCK ")"))
+    return FL_E_DB;
+  if (fl__pg_cmd(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version int PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"))
+    goto unlock;
+  if (current_version(c, &have))
+    goto unlock;
+  err = FL_OK;
+  for (size_t i = 0; i < sizeof MIGRATIONS / sizeof MIGRATIONS[0] && err == FL_OK; i++)
+    if (MIGRATIONS[i].version > have)
+      err = apply_one(c, &MIGRATIONS[i]);
+unlock:
+  fl__pg_cmd(c, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")");
+  return err;
+}

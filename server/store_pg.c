@@ -1,0 +1,214 @@
+/*
+ * Connection pool. Connections are opened on first use and reset when libpq reports them
+ * broken, so the coordinator rides out a database restart: requests during the outage get
+ * "unavailable" and the next ones reconnect.
+ */
+#include "store_pg.h"
+
+#include <endian.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mem.h"
+#include "server.h"
+
+struct fl_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  char *conninfo;
+  unsigned size, nfree;
+  PGconn **free_list; /* entries may be NULL: not opened yet */
+};
+
+/* libpq prints notices (e.g. "relation already exists, skipping") to stderr by default. */
+static void quiet_notice(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+
+static PGconn *open_conn(const char *conninfo) {
+  PGconn *c = PQconnectdb(conninfo);
+  if (c == NULL)
+    return NULL;
+  if (PQstatus(c) != CONNECTION_OK) {
+    fl__slog(FL_LOG_WARN, "db_connect_failed", "error=\"%.*s\"",
+             (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+    PQfinish(c);
+    return NULL;
+  }
+  PQsetNoticeProcessor(c, quiet_notice, NULL);
+  return c;
+}
+
+int fl__pool_new(fl_pool **out, const char *conninfo, unsigned size) {
+  fl_pool *p = fl__calloc(NULL, 1, sizeof *p);
+  if (p == NULL)
+    return FL_E_NOMEM;
+  p->conninfo = fl__strdup(NULL, conninfo);
+  p->free_list = fl__calloc(NULL, size, sizeof *p->free_list);
+  if (p->conninfo == NULL || p->free_list == NULL)
+    goto fail_free;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  p->size = p->nfree = size;
+  p->free_list[0] = open_conn(conninfo);
+  if (p->free_list[0] == NULL) {
+    fl__pool_free(p);
+    return FL_E_DB;
+  }
+  *out = p;
+  return FL_OK;
+fail_free:
+  fl__free(NULL, p->free_list);
+  fl__free(NULL, p->conninfo);
+  fl__free(NULL, p);
+  return FL_E_NOMEM;
+}
+
+void fl__pool_free(fl_pool *p) {
+  if (p == NULL)
+    return;
+  for (unsigned i = 0; i < p->nfree; i++)
+    if (p->free_list[i] != NULL)
+      PQfinish(p->free_list[i]);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv);
+  fl__free(NULL, p->free_list);
+  fl__free(NULL, p->conninfo);
+  fl__free(NULL, p);
+}
+
+PGconn *fl__pool_get(fl_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  while (p->nfree == 0)
+    pthread_cond_wait(&p->cv, &p->mu);
+  PGconn *c = p->free_list[--p->nfree];
+  pthread_mutex_unlock(&p->mu);
+  if (c != NULL && PQstatus(c) != CONNECTION_OK) {
+    PQreset(c);
+    if (PQstatus(c) == CONNECTION_OK)
+      fl__slog(FL_LOG_INFO, "db_reconnected", NULL);
+  }
+  if (c == NULL)
+    c = open_conn(p->conninfo);
+  if (c != NULL && PQstatus(c) == CONNECTION_OK)
+    return c;
+  /* Hand the slot back (as a broken or empty connection) so the pool keeps its size. */
+  fl__pool_put(p, c);
+  return NULL;
+}
+
+void fl__pool_put(fl_pool *p, PGconn *c) {
+  if (c != NULL && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
+    fl__pg_cmd(c, "ROLLBACK");
+  pthread_mutex_lock(&p->mu);
+  p->free_list[p->nfree++] = c;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void fl__pgp_init(fl_pgp *p) { memset(p, 0, sizeof *p); }
+
+static void push(fl_pgp *p, const char *v, int len, int fmt) {
+  if (p->n >= FL_PG_MAXP)
+    abort(); /* a programming error: the statement tables are fixed */
+  p->v[p->n] = v;
+  p->len[p->n] = len;
+  p->fmt[p->n] = fmt;
+  p->n++;
+}
+
+void fl__pgp_u64(fl_pgp *p, uint64_t v) {
+  snprintf(p->buf[p->n], sizeof p->buf[0], "%" PRIu64, v);
+  push(p, p->buf[p->n], 0, 0);
+}
+
+void fl__pgp_i64(fl_pgp *p, int64_t v) {
+  snprintf(p->buf[p->n], sizeof p->buf[0], "%" PRId64, v);
+  push(p, p->buf[p->n], 0, 0);
+}
+
+void fl__pgp_f64(fl_pgp *p, double v) {
+  snprintf(p->buf[p->n], sizeof p->buf[0], "%.17g", v);
+  push(p, p->buf[p->n], 0, 0);
+}
+
+void fl__pgp_text(fl_pgp *p, const char *s) { push(p, s, 0, 0); }
+
+void fl__pgp_bin(fl_pgp *p, const void *data, size_t len) {
+  push(p, data ? data : "", (int)len, 1);
+}
+
+PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
+                      char sqlstate[6]) {
+  static const fl_pgp none;
+  if (p == NULL)
+    p = &none;
+  if (sqlstate)
+    sqlstate[0] = '\0';
+  PGresult *r = PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
+  ExecStatusType st = PQresultStatus(r);
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+    return r;
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  if (sqlstate && state)
+    snprintf(sqlstate, 6, "%s", state);
+  /* Unique violations are expected outcomes for some statements; callers log them. */
+  if (state == NULL || strcmp(state, "23505") != 0) {
+    const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
+    fl__slog(FL_LOG_WARN, "db_error", "sqlstate=%s error=\"%.*s\" sql=\"%.60s\"",
+             state ? state : "-", (int)strcspn(msg, "\n"), msg, sql);
+  }
+  PQclear(r);
+  return NULL;
+}
+
+int fl__pg_cmd(PGconn *c, const char *sql) {
+  PGresult *r = fl__pg_exec(c, sql, NULL, false, NULL);
+  if (r == NULL)
+    return -1;
+  PQclear(r);
+  return 0;
+}
+
+uint64_t fl__pg_u64(const PGresult *r, int row, int col) {
+  return PQgetisnull(r, row, col) ? 0 : strtoull(PQgetvalue(r, row, col), NULL, 10);
+}
+
+int64_t fl__pg_i64(const PGresult *r, int row, int col) {
+  return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+double fl__pg_f64(const PGresult *r, int row, int col) {
+  return PQgetisnull(r, row, col) ? 0.0 : strtod(PQgetvalue(r, row, col), NULL);
+}
+
+int64_t fl__pg_bin_i64(const PGresult *r, int row, int col) {
+  uint64_t v;
+  if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
+    return 0;
+  memcpy(&v, PQgetvalue(r, row, col), 8);
+  return (int64_t)be64toh(v);
+}
+
+int32_t fl__pg_bin_i32(const PGresult *r, int row, int col) {
+  uint32_t v;
+  if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 4)
+    return 0;
+  memcpy(&v, PQgetvalue(r, row, col), 4);
+  return (int32_t)be32toh(v);
+}
+
+double fl__pg_bin_f64(const PGresult *r, int row, int col) {
+  uint64_t v;
+  double d;
+  if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
+    return 0.0;
+  memcpy(&v, PQgetvalue(r, row, col), 8);
+  v = be64toh(v);
+  memcpy(&d, &v, 8);
+  return d;
+}
