@@ -1,0 +1,53 @@
+/*
+ * The predictive-maintenance scenario: vibration spectra of electric motors.
+ *
+ * Each device is one motor with its own baseline: running speed (the 1x line's position),
+ * harmonic amplitudes, a structural resonance, a noise floor and a typical load. Every example
+ * is one magnitude spectrum of `bins` bins at the sample's load (load slows the rotor through
+ * slip and raises the amplitudes), as log10 magnitudes. The training stream and the calibration
+ * stream hold only normal operation; the held-out test stream has faults injected at
+ * `fault_rate`: imbalance (1x grows), misalignment (2x and 3x grow), an outer-race bearing
+ * defect (non-synchronous lines at 3.58x with +-1x sidebands) and mechanical looseness
+ * (half-order lines and a raised floor), each at a random severity, some of them subtle.
+ *
+ * Labels are the fault type (0 normal, then the sim_fault values); n_classes is SIM_FAULT_COUNT.
+ * An autoencoder trained on normal spectra flags large reconstruction errors.
+ */
+#ifndef SIM_SENSOR_H
+#define SIM_SENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "partition.h"
+
+typedef enum sim_fault {
+  SIM_FAULT_NONE = 0,
+  SIM_FAULT_IMBALANCE = 1,
+  SIM_FAULT_MISALIGNMENT = 2,
+  SIM_FAULT_BEARING = 3,
+  SIM_FAULT_LOOSENESS = 4,
+  SIM_FAULT_COUNT = 5
+} sim_fault;
+
+typedef struct sim_sensor_opts {
+  size_t n_devices;
+  size_t bins;        /* 64 */
+  size_t n_train;     /* normal examples per device */
+  size_t n_calib;     /* normal examples per device for choosing the alarm threshold */
+  size_t n_test;      /* held-out examples per device */
+  double fault_rate;  /* fraction of faulty examples in the held-out stream */
+  uint64_t seed;
+} sim_sensor_opts;
+
+typedef struct sim_sensor {
+  fl_dataset train, calib, test;
+  sim_partition train_part, calib_part, test_part;
+} sim_sensor;
+
+/* On error *out is untouched. */
+int sim_sensor_generate(sim_sensor *out, const sim_sensor_opts *o);
+void sim_sensor_free(sim_sensor *s);
+
+#endif
