@@ -1,7 +1,13 @@
 /*
- * Canonical digests: the exact bytes that are signed. Specified in docs/API.md ("Signing").
- * Every field is hashed as fixed-width little-endian integers or length-prefixed bytes after a
- * domain-separation tag, so two different messages never hash the same bytes.
+ * Canonical digests: the exact bytes that are hashed (SHA-256) and whose 32-byte digest is
+ * signed (Ed25519). Specified byte for byte in docs/SIGNING.md.
+ *
+ * Every digest starts with a NUL-terminated domain-separation tag, then fixed-width
+ * little-endian integers (u32/u64; i64 as its two's-complement u64; floats as their IEEE
+ * bits in a u32) and length-prefixed byte strings (u64 length, then the bytes), in the order
+ * below, so that two different messages never hash the same bytes.
+ * All return FL_OK, FL_E_INVAL (NULL where bytes are required, a spec beyond its bounds) or
+ * FL_E_NOMEM/FL_E_CRYPTO from the hash context.
  */
 #ifndef FL__DIGEST_H
 #define FL__DIGEST_H
@@ -13,19 +19,24 @@
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "model.h"
 
-/* "fl.v1.request\0" | method | path | device_id u64 | timestamp_ms i64 | nonce | body */
+/* "fl.v1.request\0" | method | path | device_id u64 | timestamp_ms i64 | nonce | body
+ * (method, path, nonce and body length-prefixed; path without the query string is the
+ * caller's choice, the digest hashes what it is given). */
 int fl__request_digest(const char *method, const char *path, uint64_t device_id,
                        int64_t timestamp_ms, const uint8_t *nonce, size_t nonce_len,
                        const uint8_t *body, size_t body_len, uint8_t out[FL_SHA256_LEN]);
 
-/* "fl.v1.update\0" | device_id | round_id | model_id | base_version | sample_count |
- * loss (f32 bits) | norm (f32 bits) | n_tensors | per tensor: encoding u32, count u64,
- * ndim u32, shape u32..., scale (f32 bits), data, indices */
+/* "fl.v1.update\0" | device_id | round_id | model_id | base_version | sample_count (u64 each) |
+ * loss (f32 bits) | norm (f32 bits) | n_tensors u64 | per tensor: encoding u32, count u64,
+ * ndim u32, shape u32..., scale (f32 bits), data, indices (length-prefixed).
+ * The signature field of u is not part of the digest. */
 int fl__update_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
                       uint8_t out[FL_SHA256_LEN]);
 
-/* "fl.v1.model\0" | model_id | version | parent_version | spec (canonical, fields as u32) |
- * n_params u64 | params as float32 LE */
+/* "fl.v1.model\0" | model_id | version | parent_version (u64 each) | spec: input_ndim u32,
+ * input_shape u32 x input_ndim, n_layers u32, per layer: type, units, out_channels, kernel,
+ * stride, padding (u32 each, as stored, unused ones included), loss u32 | n_params u64 |
+ * params as float32 LE */
 int fl__model_digest(uint64_t model_id, uint64_t version, uint64_t parent_version,
                      const fl_model_spec *spec, const float *params, size_t n_params,
                      uint8_t out[FL_SHA256_LEN]);

@@ -1,0 +1,135 @@
+/*
+ * Canonical digests of requests, updates and model versions (docs/SIGNING.md).
+ *
+ * Nothing here depends on protobuf's serialisation: two encoders may order or pack fields
+ * differently, so signatures are over these fixed layouts, rebuilt by the receiver from the
+ * parsed fields.
+ */
+#include "digest.h"
+
+#include <string.h>
+
+#include "fl/err.h"
+
+static const char tag_request[] = "fl.v1.request"; /* hashed with its NUL */
+static const char tag_update[] = "fl.v1.update";
+static const char tag_model[] = "fl.v1.model";
+
+/* Floats as their bit patterns: -0.0 and 0.0, or two NaNs, are different messages. */
+static uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+int fl__request_digest(const char *method, const char *path, uint64_t device_id,
+                       int64_t timestamp_ms, const uint8_t *nonce, size_t nonce_len,
+                       const uint8_t *body, size_t body_len, uint8_t out[FL_SHA256_LEN]) {
+  if (method == NULL || path == NULL || (nonce == NULL && nonce_len > 0) ||
+      (body == NULL && body_len > 0))
+    return FL_E_INVAL;
+  fl_sha256 h;
+  int err = fl__sha256_begin(&h);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&h, tag_request, sizeof tag_request);
+  fl__sha256_bytes(&h, method, strlen(method));
+  fl__sha256_bytes(&h, path, strlen(path));
+  fl__sha256_u64(&h, device_id);
+  fl__sha256_u64(&h, (uint64_t)timestamp_ms);
+  fl__sha256_bytes(&h, nonce, nonce_len);
+  fl__sha256_bytes(&h, body, body_len);
+  return fl__sha256_end(&h, out);
+}
+
+static void hash_tensor(fl_sha256 *h, const Fl__V1__Tensor *t) {
+  fl__sha256_u32(h, (uint32_t)t->encoding);
+  fl__sha256_u64(h, t->count);
+  fl__sha256_u32(h, (uint32_t)t->n_shape);
+  for (size_t i = 0; i < t->n_shape; i++)
+    fl__sha256_u32(h, t->shape[i]);
+  fl__sha256_u32(h, f32_bits(t->scale));
+  fl__sha256_bytes(h, t->data.data, t->data.len);
+  fl__sha256_bytes(h, t->indices.data, t->indices.len);
+}
+
+int fl__update_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
+                      uint8_t out[FL_SHA256_LEN]) {
+  if (u == NULL || (u->n_delta > 0 && u->delta == NULL))
+    return FL_E_INVAL;
+  for (size_t i = 0; i < u->n_delta; i++)
+    if (u->delta[i] == NULL || u->delta[i]->n_shape > UINT32_MAX)
+      return FL_E_INVAL;
+  fl_sha256 h;
+  int err = fl__sha256_begin(&h);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&h, tag_update, sizeof tag_update);
+  fl__sha256_u64(&h, device_id);
+  fl__sha256_u64(&h, u->round_id);
+  fl__sha256_u64(&h, u->model_id);
+  fl__sha256_u64(&h, u->base_version);
+  fl__sha256_u64(&h, u->sample_count);
+  fl__sha256_u32(&h, f32_bits(u->loss));
+  fl__sha256_u32(&h, f32_bits(u->norm));
+  fl__sha256_u64(&h, (uint64_t)u->n_delta);
+  for (size_t i = 0; i < u->n_delta; i++)
+    hash_tensor(&h, u->delta[i]);
+  return fl__sha256_end(&h, out);
+}
+
+static void hash_spec(fl_sha256 *h, const fl_model_spec *spec) {
+  fl__sha256_u32(h, spec->input_ndim);
+  for (uint32_t i = 0; i < spec->input_ndim; i++)
+    fl__sha256_u32(h, spec->input_shape[i]);
+  fl__sha256_u32(h, spec->n_layers);
+  for (uint32_t i = 0; i < spec->n_layers; i++) {
+    const fl_layer_spec *l = &spec->layers[i];
+    fl__sha256_u32(h, (uint32_t)l->type);
+    fl__sha256_u32(h, l->units);
+    fl__sha256_u32(h, l->out_channels);
+    fl__sha256_u32(h, l->kernel);
+    fl__sha256_u32(h, l->stride);
+    fl__sha256_u32(h, l->padding);
+  }
+  fl__sha256_u32(h, (uint32_t)spec->loss);
+}
+
+/* Parameters go through a little-endian staging buffer, so the digest is the same on a
+ * big-endian device; the copy is cheap next to SHA-256 itself. */
+static void hash_params(fl_sha256 *h, const float *params, size_t n) {
+  uint8_t buf[4096];
+  fl__sha256_u64(h, (uint64_t)n);
+  while (n > 0) {
+    size_t chunk = n < sizeof buf / 4 ? n : sizeof buf / 4;
+    for (size_t i = 0; i < chunk; i++) {
+      uint32_t u = f32_bits(params[i]);
+      buf[4 * i] = (uint8_t)u;
+      buf[4 * i + 1] = (uint8_t)(u >> 8);
+      buf[4 * i + 2] = (uint8_t)(u >> 16);
+      buf[4 * i + 3] = (uint8_t)(u >> 24);
+    }
+    fl__sha256_update(h, buf, 4 * chunk);
+    params += chunk;
+    n -= chunk;
+  }
+}
+
+int fl__model_digest(uint64_t model_id, uint64_t version, uint64_t parent_version,
+                     const fl_model_spec *spec, const float *params, size_t n_params,
+                     uint8_t out[FL_SHA256_LEN]) {
+  if (spec == NULL || (params == NULL && n_params > 0) || spec->input_ndim > 3 ||
+      spec->n_layers > FL_MAX_LAYERS)
+    return FL_E_INVAL;
+  fl_sha256 h;
+  int err = fl__sha256_begin(&h);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&h, tag_model, sizeof tag_model);
+  fl__sha256_u64(&h, model_id);
+  fl__sha256_u64(&h, version);
+  fl__sha256_u64(&h, parent_version);
+  hash_spec(&h, spec);
+  hash_params(&h, params, n_params);
+  return fl__sha256_end(&h, out);
+}

@@ -1,0 +1,350 @@
+/* Canonical digests: documented byte layouts, and every field changes the digest. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "digest.h"
+#include "fl/err.h"
+
+/* A little byte builder to spell out the layouts of docs/SIGNING.md independently. */
+typedef struct buf {
+  uint8_t b[4096];
+  size_t n;
+} buf;
+
+static void put(buf *b, const void *p, size_t n) {
+  cr_assert_leq(b->n + n, sizeof b->b);
+  if (n > 0)
+    memcpy(b->b + b->n, p, n);
+  b->n += n;
+}
+static void put_u32(buf *b, uint32_t v) {
+  for (int i = 0; i < 4; i++)
+    b->b[b->n++] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(buf *b, uint64_t v) {
+  for (int i = 0; i < 8; i++)
+    b->b[b->n++] = (uint8_t)(v >> (8 * i));
+}
+static void put_bytes(buf *b, const void *p, size_t n) {
+  put_u64(b, n);
+  put(b, p, n);
+}
+static uint32_t bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+static void req(const char *m, const char *p, uint64_t dev, int64_t ts, const char *nonce,
+                const char *body, uint8_t out[32]) {
+  cr_assert_eq(fl__request_digest(m, p, dev, ts, (const uint8_t *)nonce, strlen(nonce),
+                                  (const uint8_t *)body, strlen(body), out),
+               FL_OK);
+}
+
+Test(digest, request_layout_is_as_documented) {
+  uint8_t got[32], want[32];
+  req("POST", "/v1/updates", 42, -5, "nonce", "body", got);
+  buf b = {.n = 0};
+  put(&b, "fl.v1.request", 14);
+  put_bytes(&b, "POST", 4);
+  put_bytes(&b, "/v1/updates", 11);
+  put_u64(&b, 42);
+  put_u64(&b, (uint64_t)(int64_t)-5);
+  put_bytes(&b, "nonce", 5);
+  put_bytes(&b, "body", 4);
+  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_arr_eq(got, want, 32);
+}
+
+Test(digest, request_covers_every_field) {
+  uint8_t base[32], d[32];
+  req("POST", "/v1/checkin", 7, 1700000000000, "0123456789abcdef", "xyz", base);
+  req("GET", "/v1/checkin", 7, 1700000000000, "0123456789abcdef", "xyz", d);
+  cr_assert(memcmp(base, d, 32) != 0, "method");
+  req("POST", "/v1/checkim", 7, 1700000000000, "0123456789abcdef", "xyz", d);
+  cr_assert(memcmp(base, d, 32) != 0, "path");
+  req("POST", "/v1/checkin", 8, 1700000000000, "0123456789abcdef", "xyz", d);
+  cr_assert(memcmp(base, d, 32) != 0, "device");
+  req("POST", "/v1/checkin", 7, 1700000000001, "0123456789abcdef", "xyz", d);
+  cr_assert(memcmp(base, d, 32) != 0, "timestamp");
+  req("POST", "/v1/checkin", 7, 1700000000000, "0123456789abcdeF", "xyz", d);
+  cr_assert(memcmp(base, d, 32) != 0, "nonce");
+  req("POST", "/v1/checkin", 7, 1700000000000, "0123456789abcdef", "xyZ", d);
+  cr_assert(memcmp(base, d, 32) != 0, "body");
+  req("POST", "/v1/checkin", 7, 1700000000000, "0123456789abcdef", "xyz", d);
+  cr_assert_arr_eq(base, d, 32, "deterministic");
+}
+
+Test(digest, request_fields_cannot_slide_into_each_other) {
+  uint8_t a[32], b[32];
+  req("POST", "/x", 1, 2, "ab", "cd", a);
+  req("POS", "T/x", 1, 2, "ab", "cd", b);
+  cr_assert(memcmp(a, b, 32) != 0);
+  req("POST", "/x", 1, 2, "abc", "d", b);
+  cr_assert(memcmp(a, b, 32) != 0);
+}
+
+Test(digest, request_refuses_null) {
+  uint8_t d[32];
+  cr_assert_eq(fl__request_digest(NULL, "/", 1, 1, NULL, 0, NULL, 0, d), FL_E_INVAL);
+  cr_assert_eq(fl__request_digest("GET", NULL, 1, 1, NULL, 0, NULL, 0, d), FL_E_INVAL);
+  cr_assert_eq(fl__request_digest("GET", "/", 1, 1, NULL, 3, NULL, 0, d), FL_E_INVAL);
+  cr_assert_eq(fl__request_digest("GET", "/", 1, 1, NULL, 0, NULL, 0, d), FL_OK);
+}
+
+/* An update with two tensors: a dense float32 one and a top-k one. */
+typedef struct upd {
+  Fl__V1__UpdateUpload u;
+  Fl__V1__Tensor t[2];
+  Fl__V1__Tensor *tp[2];
+  uint32_t shape0[2], shape1[1];
+  uint8_t data0[24], data1[8], idx1[8];
+} upd;
+
+static void make_update(upd *x) {
+  memset(x, 0, sizeof *x);
+  fl__v1__update_upload__init(&x->u);
+  x->u.round_id = 11;
+  x->u.model_id = 3;
+  x->u.base_version = 5;
+  x->u.sample_count = 600;
+  x->u.loss = 0.25f;
+  x->u.norm = 1.5f;
+  for (int i = 0; i < 2; i++) {
+    fl__v1__tensor__init(&x->t[i]);
+    x->tp[i] = &x->t[i];
+  }
+  x->shape0[0] = 2;
+  x->shape0[1] = 3;
+  x->t[0].encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
+  x->t[0].count = 6;
+  x->t[0].n_shape = 2;
+  x->t[0].shape = x->shape0;
+  for (int i = 0; i < 24; i++)
+    x->data0[i] = (uint8_t)(i + 1);
+  x->t[0].data.data = x->data0;
+  x->t[0].data.len = 24;
+  x->shape1[0] = 10;
+  x->t[1].encoding = FL__V1__ENCODING__ENCODING_TOPK;
+  x->t[1].count = 10;
+  x->t[1].n_shape = 1;
+  x->t[1].shape = x->shape1;
+  x->t[1].scale = 0.0f;
+  for (int i = 0; i < 8; i++)
+    x->data1[i] = (uint8_t)(100 + i);
+  x->idx1[0] = 1;
+  x->idx1[4] = 7;
+  x->t[1].data.data = x->data1;
+  x->t[1].data.len = 8;
+  x->t[1].indices.data = x->idx1;
+  x->t[1].indices.len = 8;
+  x->u.n_delta = 2;
+  x->u.delta = x->tp;
+}
+
+static void put_tensor(buf *b, const Fl__V1__Tensor *t) {
+  put_u32(b, (uint32_t)t->encoding);
+  put_u64(b, t->count);
+  put_u32(b, (uint32_t)t->n_shape);
+  for (size_t i = 0; i < t->n_shape; i++)
+    put_u32(b, t->shape[i]);
+  put_u32(b, bits(t->scale));
+  put_bytes(b, t->data.data, t->data.len);
+  put_bytes(b, t->indices.data, t->indices.len);
+}
+
+Test(digest, update_layout_is_as_documented) {
+  upd x;
+  make_update(&x);
+  uint8_t got[32], want[32];
+  cr_assert_eq(fl__update_digest(99, &x.u, got), FL_OK);
+  buf b = {.n = 0};
+  put(&b, "fl.v1.update", 13);
+  put_u64(&b, 99);
+  put_u64(&b, 11);
+  put_u64(&b, 3);
+  put_u64(&b, 5);
+  put_u64(&b, 600);
+  put_u32(&b, bits(0.25f));
+  put_u32(&b, bits(1.5f));
+  put_u64(&b, 2);
+  put_tensor(&b, &x.t[0]);
+  put_tensor(&b, &x.t[1]);
+  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_arr_eq(got, want, 32);
+}
+
+/* Each mutation changes one field of the update; the digest must change each time. */
+static void mutate(upd *x, uint64_t *dev, int which) {
+  switch (which) {
+  case 0: (*dev)++; break;
+  case 1: x->u.round_id++; break;
+  case 2: x->u.model_id++; break;
+  case 3: x->u.base_version++; break;
+  case 4: x->u.sample_count++; break;
+  case 5: x->u.loss = 0.2500001f; break;
+  case 6: x->u.norm = -1.5f; break;
+  case 7: x->u.n_delta = 1; break;
+  case 8: x->t[0].encoding = FL__V1__ENCODING__ENCODING_FLOAT16; break;
+  case 9: x->t[0].count = 7; break;
+  case 10: x->t[0].n_shape = 1; break;
+  case 11: x->shape0[1] = 4; break;
+  case 12: x->t[0].scale = 1e-30f; break;
+  case 13: x->data0[23] ^= 1; break;
+  case 14: x->t[0].data.len = 23; break;
+  case 15: x->t[1].indices.len = 4; break;
+  case 16: x->idx1[7] ^= 0x80; break;
+  case 17: x->data1[0] ^= 1; break;
+  case 18: x->shape1[0] = 11; break;
+  case 19: x->t[1].encoding = FL__V1__ENCODING__ENCODING_INT8; break;
+  case 20: x->u.loss = -0.0f; x->u.norm = 0.0f; break;
+  }
+}
+
+Test(digest, update_every_field_changes_digest) {
+  upd x;
+  uint8_t base[32], d[32];
+  make_update(&x);
+  x.u.loss = 0.0f;
+  cr_assert_eq(fl__update_digest(99, &x.u, base), FL_OK);
+  make_update(&x);
+  cr_assert_eq(fl__update_digest(99, &x.u, base), FL_OK);
+  for (int which = 0; which <= 20; which++) {
+    uint64_t dev = 99;
+    make_update(&x);
+    mutate(&x, &dev, which);
+    cr_assert_eq(fl__update_digest(dev, &x.u, d), FL_OK);
+    cr_assert(memcmp(base, d, 32) != 0, "field %d did not change the digest", which);
+  }
+}
+
+Test(digest, update_signature_not_covered) {
+  upd x;
+  uint8_t a[32], b[32], sig[64] = {1};
+  make_update(&x);
+  cr_assert_eq(fl__update_digest(1, &x.u, a), FL_OK);
+  x.u.signature.data = sig;
+  x.u.signature.len = 64;
+  cr_assert_eq(fl__update_digest(1, &x.u, b), FL_OK);
+  cr_assert_arr_eq(a, b, 32);
+}
+
+Test(digest, update_refuses_null_tensor) {
+  upd x;
+  uint8_t d[32];
+  make_update(&x);
+  x.tp[1] = NULL;
+  cr_assert_eq(fl__update_digest(1, &x.u, d), FL_E_INVAL);
+  cr_assert_eq(fl__update_digest(1, NULL, d), FL_E_INVAL);
+}
+
+static void make_spec(fl_model_spec *s) {
+  memset(s, 0, sizeof *s);
+  s->input_ndim = 3;
+  s->input_shape[0] = 1;
+  s->input_shape[1] = 28;
+  s->input_shape[2] = 28;
+  s->n_layers = 3;
+  s->layers[0] = (fl_layer_spec){FL_LAYER_CONV2D, 0, 6, 5, 1, 0};
+  s->layers[1] = (fl_layer_spec){FL_LAYER_RELU, 0, 0, 0, 0, 0};
+  s->layers[2] = (fl_layer_spec){FL_LAYER_DENSE, 10, 0, 0, 0, 0};
+  s->loss = FL_LOSS_SOFTMAX_CE;
+}
+
+Test(digest, model_layout_is_as_documented) {
+  fl_model_spec s;
+  make_spec(&s);
+  float p[3] = {1.0f, -2.5f, 0.125f};
+  uint8_t got[32], want[32];
+  cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, 3, got), FL_OK);
+  buf b = {.n = 0};
+  put(&b, "fl.v1.model", 12);
+  put_u64(&b, 4);
+  put_u64(&b, 9);
+  put_u64(&b, 8);
+  put_u32(&b, 3);
+  put_u32(&b, 1);
+  put_u32(&b, 28);
+  put_u32(&b, 28);
+  put_u32(&b, 3);
+  const uint32_t layers[3][6] = {{2, 0, 6, 5, 1, 0}, {5, 0, 0, 0, 0, 0}, {1, 10, 0, 0, 0, 0}};
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 6; j++)
+      put_u32(&b, layers[i][j]);
+  put_u32(&b, 1);
+  put_u64(&b, 3);
+  for (int i = 0; i < 3; i++)
+    put_u32(&b, bits(p[i]));
+  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_arr_eq(got, want, 32);
+}
+
+Test(digest, model_covers_ids_spec_and_params) {
+  enum { N = 5000 }; /* more than one staging chunk */
+  static float p[N];
+  for (int i = 0; i < N; i++)
+    p[i] = (float)i * 0.001f;
+  fl_model_spec s;
+  make_spec(&s);
+  uint8_t base[32], d[32];
+  cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, N, base), FL_OK);
+  cr_assert_eq(fl__model_digest(5, 9, 8, &s, p, N, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "model_id");
+  cr_assert_eq(fl__model_digest(4, 10, 8, &s, p, N, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "version");
+  cr_assert_eq(fl__model_digest(4, 9, 7, &s, p, N, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "parent");
+  cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, N - 1, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "n_params");
+  /* Every parameter, including those in the last partial chunk. */
+  for (int i = 0; i < N; i += 997) {
+    float old = p[i];
+    p[i] = -p[i] - 1.0f;
+    cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, N, d), FL_OK);
+    cr_assert(memcmp(base, d, 32) != 0, "param %d", i);
+    p[i] = old;
+  }
+  p[N - 1] = 1.0f;
+  cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, N, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "last param");
+  p[N - 1] = (float)(N - 1) * 0.001f;
+  /* Every spec field. */
+  for (int f = 0; f < 9; f++) {
+    fl_model_spec m;
+    make_spec(&m);
+    switch (f) {
+    case 0: m.input_ndim = 1; break;
+    case 1: m.input_shape[2] = 27; break;
+    case 2: m.n_layers = 2; break;
+    case 3: m.layers[2].type = FL_LAYER_CONV2D; break;
+    case 4: m.layers[2].units = 11; break;
+    case 5: m.layers[0].out_channels = 7; break;
+    case 6: m.layers[0].kernel = 3; break;
+    case 7: m.layers[0].stride = 2; m.layers[0].padding = 1; break;
+    case 8: m.loss = FL_LOSS_MSE; break;
+    }
+    cr_assert_eq(fl__model_digest(4, 9, 8, &m, p, N, d), FL_OK);
+    cr_assert(memcmp(base, d, 32) != 0, "spec field %d", f);
+  }
+  fl_model_spec m;
+  make_spec(&m);
+  m.layers[0].padding = 2;
+  cr_assert_eq(fl__model_digest(4, 9, 8, &m, p, N, d), FL_OK);
+  cr_assert(memcmp(base, d, 32) != 0, "padding");
+  cr_assert_eq(fl__model_digest(4, 9, 8, &s, p, N, d), FL_OK);
+  cr_assert_arr_eq(base, d, 32);
+}
+
+Test(digest, model_refuses_bad_spec) {
+  fl_model_spec s;
+  make_spec(&s);
+  uint8_t d[32];
+  s.input_ndim = 4;
+  cr_assert_eq(fl__model_digest(1, 1, 0, &s, NULL, 0, d), FL_E_INVAL);
+  make_spec(&s);
+  s.n_layers = FL_MAX_LAYERS + 1;
+  cr_assert_eq(fl__model_digest(1, 1, 0, &s, NULL, 0, d), FL_E_INVAL);
+  make_spec(&s);
+  cr_assert_eq(fl__model_digest(1, 1, 0, &s, NULL, 3, d), FL_E_INVAL);
+}
