@@ -117,6 +117,8 @@ int sim_model_parse(fl_model_spec *out, const char *layers, size_t x_dim, int lo
     if (m.n_layers == FL_MAX_LAYERS || parse_layer(&m.layers[m.n_layers], p, end) != FL_OK)
       return FL_E_PARSE;
     m.n_layers++;
+    if (*end == ',' && end[1] == '\0')
+      return FL_E_PARSE;
     p = *end == ',' ? end + 1 : end;
   }
   if (m.n_layers == 0)
