@@ -15,6 +15,7 @@
 #ifndef FL__OPTIMIZER_H
 #define FL__OPTIMIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum { FL_OPT_FEDAVG = 0, FL_OPT_FEDAVGM = 1, FL_OPT_FEDADAM = 2, FL_OPT_FEDYOGI = 3 };

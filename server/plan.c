@@ -1,0 +1,173 @@
+/*
+ * Training plan parsing. The stored form is the output of fl__plan_to_json, so a plan read
+ * back from the database goes through the same validation as one posted by an operator.
+ */
+#include "plan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const ENCODINGS[] = {NULL, "float32", "float16", "int8", "topk"};
+
+const char *fl__encoding_name(int e) { return e >= 1 && e <= 4 ? ENCODINGS[e] : "unknown"; }
+
+static void defaults(fl_plan *p) {
+  memset(p, 0, sizeof *p);
+  p->participants = 10;
+  p->over_selection = 1.3;
+  p->deadline_s = 60;
+  p->local_epochs = 1;
+  p->batch_size = 10;
+  p->learning_rate = 0.1;
+  p->clip_norm = 10.0;
+  p->encoding = 1;
+  p->topk_fraction = 0.1;
+  fl__opt_defaults(&p->opt, 0);
+}
+
+typedef struct num_field {
+  const char *name;
+  double lo, hi;
+  bool integer;
+} num_field;
+
+/* Order matches num_ptr(). */
+static const num_field NUMS[] = {
+    {"participants", 1, 1e6, true},      {"min_participants", 1, 1e6, true},
+    {"over_selection", 1, 10, false},    {"deadline_s", 1, 7 * 86400, true},
+    {"local_epochs", 1, 1000, true},     {"batch_size", 1, 1e6, true},
+    {"learning_rate", 0, 100, false},    {"momentum", 0, 1, false},
+    {"weight_decay", 0, 1, false},       {"prox_mu", 0, 1e3, false},
+    {"clip_norm", 0, 1e9, false},        {"noise_multiplier", 0, 1e3, false},
+    {"local_noise_stddev", 0, 1e3, false}, {"topk_fraction", 1e-6, 1, false},
+    {"server_lr", 1e-9, 1e3, false},     {"server_momentum", 0, 1, false},
+    {"beta1", 0, 1, false},              {"beta2", 0, 1, false},
+    {"tau", 1e-12, 1, false},            {"rounds", 0, 1e9, true},
+};
+#define N_NUMS (sizeof NUMS / sizeof NUMS[0])
+
+static void set_num(fl_plan *p, size_t i, double v) {
+  switch (i) {
+  case 0: p->participants = (uint32_t)v; break;
+  case 1: p->min_participants = (uint32_t)v; break;
+  case 2: p->over_selection = v; break;
+  case 3: p->deadline_s = (uint32_t)v; break;
+  case 4: p->local_epochs = (uint32_t)v; break;
+  case 5: p->batch_size = (uint32_t)v; break;
+  case 6: p->learning_rate = v; break;
+  case 7: p->momentum = v; break;
+  case 8: p->weight_decay = v; break;
+  case 9: p->prox_mu = v; break;
+  case 10: p->clip_norm = v; break;
+  case 11: p->noise_multiplier = v; break;
+  case 12: p->local_noise_stddev = v; break;
+  case 13: p->topk_fraction = v; break;
+  case 14: p->opt.lr = v; break;
+  case 15: p->opt.momentum = v; break;
+  case 16: p->opt.beta1 = v; break;
+  case 17: p->opt.beta2 = v; break;
+  case 18: p->opt.tau = v; break;
+  default: p->rounds = (uint32_t)v; break;
+  }
+}
+
+static int parse_enum(fl_plan *p, const json_t *j, char msg[160]) {
+  const json_t *e = json_object_get(j, "encoding");
+  const json_t *o = json_object_get(j, "server_optimizer");
+  if (e != NULL) {
+    p->encoding = 0;
+    for (int i = 1; i <= 4; i++)
+      if (json_is_string(e) && strcmp(json_string_value(e), ENCODINGS[i]) == 0)
+        p->encoding = i;
+    if (p->encoding == 0) {
+      snprintf(msg, 160, "encoding must be float32, float16, int8 or topk");
+      return -1;
+    }
+  }
+  if (o != NULL) {
+    int k = json_is_string(o) ? fl__opt_kind(json_string_value(o)) : -1;
+    if (k < 0) {
+      snprintf(msg, 160, "server_optimizer must be fedavg, fedavgm, fedadam or fedyogi");
+      return -1;
+    }
+    fl__opt_defaults(&p->opt, k);
+  }
+  return 0;
+}
+
+static int known_key(const char *k) {
+  if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0)
+    return 1;
+  for (size_t i = 0; i < N_NUMS; i++)
+    if (strcmp(k, NUMS[i].name) == 0)
+      return 1;
+  return 0;
+}
+
+int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
+  const char *key;
+  json_t *val;
+  defaults(p);
+  if (!json_is_object(j)) {
+    snprintf(msg, 160, "plan must be a JSON object");
+    return -1;
+  }
+  json_object_foreach((json_t *)j, key, val) {
+    if (!known_key(key)) {
+      snprintf(msg, 160, "unknown field %.60s", key);
+      return -1;
+    }
+  }
+  /* The optimizer first: it sets the defaults that server_lr etc. then override. */
+  if (parse_enum(p, j, msg))
+    return -1;
+  bool have_min = false;
+  for (size_t i = 0; i < N_NUMS; i++) {
+    const json_t *v = json_object_get(j, NUMS[i].name);
+    if (v == NULL)
+      continue;
+    double d = json_number_value(v);
+    if (!json_is_number(v) || !isfinite(d) || d < NUMS[i].lo || d > NUMS[i].hi ||
+        (NUMS[i].integer && d != floor(d))) {
+      snprintf(msg, 160, "%s must be a number in [%g, %g]", NUMS[i].name, NUMS[i].lo,
+               NUMS[i].hi);
+      return -1;
+    }
+    set_num(p, i, d);
+    have_min |= i == 1;
+  }
+  if (!have_min)
+    p->min_participants = p->participants;
+  if (p->min_participants > p->participants) {
+    snprintf(msg, 160, "min_participants must not exceed participants");
+    return -1;
+  }
+  if (p->noise_multiplier > 0 && p->clip_norm <= 0) {
+    snprintf(msg, 160, "noise_multiplier needs clip_norm > 0");
+    return -1;
+  }
+  return 0;
+}
+
+json_t *fl__plan_to_json(const fl_plan *p) {
+  return json_pack("{s:i, s:i, s:f, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s,"
+                   " s:f, s:s, s:f, s:f, s:f, s:f, s:f, s:i}",
+                   "participants", (json_int_t)p->participants, "min_participants",
+                   (json_int_t)p->min_participants, "over_selection", p->over_selection,
+                   "deadline_s", (json_int_t)p->deadline_s, "local_epochs",
+                   (json_int_t)p->local_epochs, "batch_size", (json_int_t)p->batch_size,
+                   "learning_rate", p->learning_rate, "momentum", p->momentum, "weight_decay",
+                   p->weight_decay, "prox_mu", p->prox_mu, "clip_norm", p->clip_norm,
+                   "noise_multiplier", p->noise_multiplier, "local_noise_stddev",
+                   p->local_noise_stddev, "encoding", fl__encoding_name(p->encoding),
+                   "topk_fraction", p->topk_fraction, "server_optimizer",
+                   fl__opt_name(p->opt.kind), "server_lr", p->opt.lr, "server_momentum",
+                   p->opt.momentum, "beta1", p->opt.beta1, "beta2", p->opt.beta2, "tau",
+                   p->opt.tau, "rounds", (json_int_t)p->rounds);
+}
+
+uint32_t fl__plan_max_assign(const fl_plan *p) {
+  double m = ceil((double)p->participants * p->over_selection - 1e-9);
+  return m < p->participants ? p->participants : (uint32_t)m;
+}

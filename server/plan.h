@@ -1,0 +1,37 @@
+/*
+ * Training plans (plan.c): the JSON form used by the admin API and stored in plans.config,
+ * with defaults and validation in one place.
+ */
+#ifndef FL__PLAN_H
+#define FL__PLAN_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "optimizer.h"
+
+typedef struct fl_plan {
+  uint32_t participants;      /* target accepted updates per round */
+  uint32_t min_participants;  /* at the deadline, close with at least this many */
+  double over_selection;      /* assign up to ceil(participants * over_selection) devices */
+  uint32_t deadline_s;
+  uint32_t local_epochs, batch_size;
+  double learning_rate, momentum, weight_decay, prox_mu;
+  double clip_norm;           /* 0: no bound */
+  double noise_multiplier;    /* central DP: stddev = noise_multiplier * clip_norm / count */
+  double local_noise_stddev;  /* devices add N(0, s^2) per element after clipping */
+  int encoding;               /* fl.v1.Encoding */
+  double topk_fraction;
+  fl_opt_params opt;
+  uint32_t rounds;            /* 0: continuous */
+} fl_plan;
+
+/* Parses and validates; fields not given take their defaults; unknown fields are refused.
+ * On error returns -1 with a message in msg. */
+int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]);
+/* The complete plan (all fields) as JSON; NULL on allocation failure. */
+json_t *fl__plan_to_json(const fl_plan *p);
+uint32_t fl__plan_max_assign(const fl_plan *p);
+const char *fl__encoding_name(int encoding);
+
+#endif

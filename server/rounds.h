@@ -1,0 +1,33 @@
+/*
+ * Rounds (rounds.c, close.c): opening, device assignment with over-selection, and the ticker
+ * thread that closes rounds that reached their target or deadline. Closing runs under a
+ * PostgreSQL advisory lock and a row lock on the round, so with several replicas every round
+ * closes exactly once and includes every committed (acknowledged) update.
+ */
+#ifndef FL__ROUNDS_H
+#define FL__ROUNDS_H
+
+#include "plan.h"
+#include "server.h"
+#include "store_pg.h"
+
+int fl__rounds_new(fl_rounds **out, fl_srv *s);
+int fl__rounds_start(fl_rounds *r);
+void fl__rounds_stop(fl_rounds *r);
+void fl__rounds_free(fl_rounds *r);
+/* Asks the ticker to look at open rounds now (a batch reached a round's target). */
+void fl__rounds_poke(fl_rounds *r);
+
+/* Opens a round of a plan on base_version inside the caller's transaction. */
+int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base_version,
+                   const fl_plan *p, uint64_t *round_id);
+
+/* Assigns a device to an open round unless ceil(target * over_selection) devices already are.
+ * 1: assigned (now or before), 0: the round is full or no longer open, -1: database error. */
+int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id);
+
+/* Closes, abandons or leaves the round as its state demands (close.c). Safe to call from any
+ * replica at any time. Returns 0 (including "nothing to do") or -1 on a database error. */
+int fl__round_try_close(fl_srv *s, uint64_t round_id);
+
+#endif
