@@ -1,0 +1,231 @@
+/*
+ * libflclient internals shared between the files of client/. Not installed.
+ *
+ * Files: client.c (handle, options), state.c (state directory, key, identity, atomic files,
+ * recovery), model_cache.c (verification and the cache by hash), request.c (signed envelopes,
+ * response classification), transport_curl.c, enroll.c, round.c (step machine), train.c
+ * (data sources, local training), update.c (delta, clip, noise, encode, sign), inference.c,
+ * multi.c.
+ */
+#ifndef FL__CLIENT_INTERNAL_H
+#define FL__CLIENT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto.h"
+#include "data.h"
+#include "fl/client.h"
+#include "fl/v1/fleetlearn.pb-c.h"
+#include "mem.h"
+#include "model.h"
+
+#define FL__ERRMSG_MAX 256
+#define FL__PATH_MAX 4096
+
+/* A model version that passed verification, with the fl_model built from it. */
+typedef struct fl__loaded_model {
+  fl_model *model;
+  uint64_t model_id, version, parent_version;
+  uint8_t sha256[FL_SHA256_LEN];
+} fl__loaded_model;
+
+typedef enum fl__phase {
+  FL__PH_IDLE = 0,
+  FL__PH_CHECKIN,
+  FL__PH_FETCH_ROLLOUT,
+  FL__PH_FETCH_BASE,
+  FL__PH_TRAIN,
+  FL__PH_UPLOAD,
+  FL__PH_DONE
+} fl__phase;
+
+typedef enum fl__io { FL__IO_IDLE = 0, FL__IO_INFLIGHT, FL__IO_BACKOFF } fl__io;
+
+/* The training task of the current round, copied out of the check-in answer. */
+typedef struct fl__task {
+  uint64_t round_id, model_id, base_version, seed;
+  uint8_t base_sha256[FL_SHA256_LEN];
+  uint32_t local_epochs, batch_size;
+  float learning_rate, momentum, weight_decay, prox_mu;
+  float clip_norm, noise_stddev, topk_fraction;
+  int encoding;
+  int64_t deadline_ms;
+} fl__task;
+
+/* The model the check-in assigned for inference. */
+typedef struct fl__rollout {
+  uint64_t model_id, version;
+  uint8_t sha256[FL_SHA256_LEN];
+} fl__rollout;
+
+/* Built-in data: a data set owned by the handle (CSV/IDX) or borrowed arrays, served in a
+ * seeded shuffled order. */
+typedef struct fl__mem_source {
+  fl_dataset owned; /* n == 0 when borrowing */
+  const float *x;
+  const int32_t *labels;
+  size_t n, x_dim;
+  uint32_t *order;
+  size_t pos;
+  const fl_allocator *alloc;
+} fl__mem_source;
+
+struct fl_multi;
+
+struct fl_client {
+  fl_allocator alloc_copy;
+  const fl_allocator *alloc; /* &alloc_copy, or NULL for the C library */
+  fl_logger log;
+  char errmsg[FL__ERRMSG_MAX];
+
+  char *state_dir;
+  int lock_fd;
+  long connect_timeout_ms, request_timeout_ms, backoff_base_ms, backoff_max_ms;
+  int max_retries;
+  uint64_t want_model_id;
+
+  fl_transport tr;
+  void *curl_tr; /* tr.ctx when tr is the built-in transport, else NULL */
+  bool tr_busy;  /* begin() called, end() not yet */
+
+  fl_key *key;
+  uint64_t device_id; /* 0: not enrolled */
+  uint8_t coord_pub[FL_PUBKEY_LEN];
+  bool have_coord_pub;
+  bool coord_from_opts;
+  int64_t clock_offset_ms; /* server time - local time, learned at check-in */
+
+  fl_data_source src;
+  bool have_src;
+  fl__mem_source mem; /* behind src when the built-in sources are used */
+  fl_trainer_fn trainer;
+  void *trainer_ctx;
+
+  /* round state */
+  fl__phase phase;
+  fl__io io;
+  int attempts;
+  int64_t wake_at_ms;
+  int64_t inflight_deadline_ms; /* guards against a transport that never answers */
+  char req_method[8];
+  char req_path[128];
+  char req_etag[2 * FL_SHA256_LEN + 3];
+  uint8_t *req_body; /* inner message, re-wrapped and re-signed at every attempt */
+  size_t req_body_len;
+  uint8_t *wire; /* signed envelope of the attempt in flight */
+  size_t wire_len;
+  char *auth;    /* X-FL-Auth of the attempt in flight */
+  fl__task task;
+  bool have_task;
+  fl__rollout rollout;
+  bool want_rollout;
+  fl__loaded_model base;
+  fl_round_result result;
+
+  /* inference: the active model in memory, the previous one only on disk (by hash) */
+  fl__loaded_model active;
+  bool has_previous;
+  uint8_t previous_sha[FL_SHA256_LEN];
+
+  /* fl_multi membership */
+  struct fl_multi *multi;
+  struct fl_client *multi_next; /* list of the multi's clients */
+  bool lent;                    /* handed out for training; not stepped until trained */
+  bool queued;                  /* an event for it waits in the multi's queue */
+  unsigned round_gen;           /* incremented by fl_client_round_begin() */
+  unsigned multi_done_gen;      /* round_gen whose DONE the multi has reported */
+  _Atomic int trained;          /* set by fl_client_train() when it returns */
+};
+
+/* client.c */
+void fl__client_err(fl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int64_t fl__now_ms(void);          /* CLOCK_REALTIME */
+int64_t fl__client_time_ms(const fl_client *c); /* corrected by the server's clock */
+
+/* state.c */
+int fl__state_open(fl_client *c);  /* mkdir, lock, recover temp files */
+void fl__state_close(fl_client *c);
+int fl__state_recover(const char *dir); /* removes leftover temp files in dir and dir/models */
+int fl__state_load_key(fl_client *c, bool create);
+int fl__state_load_identity(fl_client *c);
+int fl__state_save_identity(fl_client *c, uint64_t device_id, const uint8_t pub[FL_PUBKEY_LEN]);
+int fl__state_path(const fl_client *c, char *out, size_t out_len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int fl__read_file(const fl_allocator *a, const char *path, size_t max, uint8_t **out,
+                  size_t *out_len);
+
+/* model_cache.c */
+/* Parses ModelVersion bytes, checks spec and weights, recomputes the model digest and checks
+ * it against the sha256 field and expect_sha (when not NULL), then the coordinator's signature.
+ * On success *out owns a new model; on error *out is untouched and `why` says what failed. */
+int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_PUBKEY_LEN],
+                     const uint8_t *expect_sha, const fl_allocator *a, fl__loaded_model *out,
+                     char *why, size_t why_len);
+void fl__loaded_free(fl__loaded_model *m);
+/* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. */
+int fl__cache_load(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
+int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_t *buf,
+                    size_t len);
+/* Removes cached versions other than the active, previous and current base ones. */
+void fl__cache_prune(fl_client *c);
+
+/* request.c */
+/* Wraps c->req_body in a fresh signed envelope (new nonce and timestamp) into c->wire (POST)
+ * or c->auth (GET). */
+int fl__request_sign(fl_client *c);
+/* Maps a non-200 answer to an error and tells whether retrying may help; *retry_after_ms gets
+ * the coordinator's retry hint (delay in ms, 0 if none). The detail goes to c->errmsg. */
+int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
+                       int64_t *retry_after_ms);
+void fl__request_clear(fl_client *c);
+/* Advances the current exchange (c->req_*) with retries and backoff. FL_OK: *resp holds a 200
+ * or 304 answer, valid until fl__exchange_end(). FL_E_AGAIN: not yet, *step says whether I/O
+ * or a backoff is pending. Anything else: the exchange failed for good (nothing in flight).
+ * deadline_ms (Unix ms, 0 = none) stops retries that could not finish in time. */
+int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http_response *resp,
+                      fl_step *step);
+void fl__exchange_end(fl_client *c);
+int fl__request_set(fl_client *c, const char *method, const char *path, const uint8_t *body,
+                    size_t len); /* copies body */
+
+/* transport_curl.c */
+int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
+/* Moves the easy handle of the built-in transport onto a shared multi handle (NULL: back to
+ * its own). Only when nothing is in flight. */
+int fl__curl_transport_attach(void *ctx, void *curlm);
+/* Called by fl_multi when the shared multi reports the transfer finished. */
+void fl__curl_transport_finished(void *ctx, int curlcode);
+
+/* round.c */
+void fl__round_finish(fl_client *c, fl_round_outcome outcome, int err);
+void fl__round_reset(fl_client *c);
+
+/* train.c */
+void fl__mem_source_free(fl__mem_source *s);
+
+/* update.c */
+typedef struct fl__update_params {
+  uint64_t device_id, round_id, model_id, base_version, sample_count;
+  float loss, clip_norm, noise_stddev, topk_fraction;
+  int encoding;
+} fl__update_params;
+/* Builds the signed, serialized UpdateUpload for delta = local - base (n floats each, in the
+ * layout of `layout`). *out is allocated with `a`; *norm is the norm as sent. */
+int fl__update_build(const fl_model *layout, const float *base, const float *local,
+                     const fl__update_params *p, const fl_key *key, const fl_allocator *a,
+                     uint8_t **out, size_t *out_len, float *norm);
+
+/* inference.c */
+/* Makes `m` the active model: writes the rollout pointer file atomically, then keeps the old
+ * active one as previous. Takes ownership of *m on success (m is zeroed). */
+int fl__inference_activate(fl_client *c, fl__loaded_model *m);
+int fl__inference_load(fl_client *c); /* at open: active, else previous */
+
+/* multi.c */
+void fl__multi_forget(fl_client *c);
+void fl__multi_wakeup(struct fl_multi *m); /* thread-safe: a lent client finished training */
+
+#endif /* FL__CLIENT_INTERNAL_H */

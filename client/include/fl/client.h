@@ -1,0 +1,316 @@
+/*
+ * libflclient: the device side of fleetlearn.
+ *
+ * A gateway links this library to enroll with a coordinator, take part in federated training
+ * rounds on data that never leaves the device, and run the model the coordinator rolls out.
+ *
+ * Conventions
+ * - Every function that can fail returns an fl_err (0 = FL_OK); fl_strerror() names it and
+ *   fl_client_errmsg() gives the detail of the last failure on that handle.
+ * - Constructors set *out only on success. Free functions accept NULL.
+ * - Nothing blocks forever: every network exchange is bounded by the timeouts in the options,
+ *   retries are bounded by a count and by the round's deadline.
+ * - The library never aborts on out-of-memory: it returns FL_E_NOMEM and the handle stays
+ *   usable (the step that failed may be called again).
+ * - Threads: the library starts none. One fl_client is used by one thread at a time (any
+ *   thread, but not two at once); different handles are independent. An fl_multi and the
+ *   clients added to it are used by one thread at a time, except fl_client_train(), which may
+ *   run on another thread for a client whose last step returned FL_STEP_NEED_TRAIN.
+ * - Strings and buffers passed in are copied unless a comment says "borrowed".
+ */
+#ifndef FL_CLIENT_H
+#define FL_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fl/alloc.h"
+#include "fl/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_API __attribute__((visibility("default")))
+#else
+#define FL_API
+#endif
+
+/* Same major version: same ABI. */
+#define FL_VERSION_MAJOR 0
+#define FL_VERSION_MINOR 1
+#define FL_VERSION_PATCH 0
+#define FL_VERSION_HEX ((FL_VERSION_MAJOR << 16) | (FL_VERSION_MINOR << 8) | FL_VERSION_PATCH)
+
+/* Run-time version as FL_VERSION_HEX, and as a static string "0.1.0". */
+FL_API unsigned fl_version(void);
+FL_API const char *fl_version_string(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Transport: how requests reach the coordinator                                              */
+
+/* One HTTP-like exchange. Everything is borrowed for the duration of begin(); a transport that
+ * needs it later copies it. */
+typedef struct fl_http_request {
+  const char *method;          /* "GET" or "POST" */
+  const char *path;            /* "/v1/checkin"; the transport adds its base URL */
+  const char *auth;            /* value of the X-FL-Auth header, or NULL */
+  const char *if_none_match;   /* value of If-None-Match, or NULL */
+  const uint8_t *body;         /* application/x-protobuf, may be NULL when body_len is 0 */
+  size_t body_len;
+} fl_http_request;
+
+typedef struct fl_http_response {
+  int status;              /* HTTP status (200, 304, 4xx, 5xx) */
+  const uint8_t *body;     /* owned by the transport, valid until the next begin() or end() */
+  size_t body_len;
+  int64_t retry_after_ms;  /* from a Retry-After header as a delay, 0 if none */
+} fl_http_response;
+
+/* A transport carries one request at a time for one client. An embedder can supply its own
+ * (MQTT, a serial link); a synchronous one may do all the work in begin() and report the
+ * result at the first poll().
+ * - begin:   starts an exchange. FL_OK, or an error (FL_E_NOMEM, FL_E_TRANSPORT) after which
+ *            nothing is in flight.
+ * - poll:    makes progress for at most timeout_ms (0: do not wait). FL_E_AGAIN while the
+ *            exchange is in flight; FL_OK with *resp filled when an HTTP status arrived;
+ *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM when it failed (nothing in flight).
+ * - end:     releases the exchange (aborts it if still in flight). Always called after begin.
+ * - destroy: frees the transport; called by fl_client_free(). May be NULL.
+ * - detail:  optional (may be NULL): text describing the last failure, for error messages. */
+typedef struct fl_transport {
+  int version; /* 1 */
+  void *ctx;
+  int (*begin)(void *ctx, const fl_http_request *req);
+  int (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
+  void (*end)(void *ctx);
+  void (*destroy)(void *ctx);
+  const char *(*detail)(void *ctx);
+} fl_transport;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Options and the handle                                                                     */
+
+#define FL_CLIENT_OPTS_VERSION 1
+
+/* The built-in libcurl transport (keep-alive, TLS, timeouts from opts), for embedders who
+ * wrap it (logging, fault injection) and pass the wrapper as opts->transport. On error *out is
+ * untouched. Its destroy() frees it. */
+struct fl_client_opts;
+FL_API int fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
+
+/* Zero-initialise, set version = FL_CLIENT_OPTS_VERSION, then what you need. Fields only grow
+ * at the end; a zero means "the default" given in the comment. */
+typedef struct fl_client_opts {
+  int version;
+  const char *server_url;      /* "https://coord.example:8443" (required unless transport) */
+  const char *state_dir;       /* created 0700 if missing (required) */
+  const char *ca_file;         /* PEM bundle for TLS; NULL: system store */
+  const char *pinned_pubkey;   /* curl syntax "sha256//base64..." for the server's TLS key */
+  /* Raw 32-byte Ed25519 key of the coordinator, when provisioned in firmware. It must match
+   * the one the coordinator announces at enrollment; NULL: pinned from the enrollment answer. */
+  const uint8_t *coordinator_key;
+  long connect_timeout_ms;     /* 10000 */
+  long request_timeout_ms;     /* 60000: whole exchange, including the model download */
+  int max_retries;             /* 5: attempts after the first on transient failures */
+  long backoff_base_ms;        /* 500: first backoff; doubles each attempt, full jitter */
+  long backoff_max_ms;         /* 60000 */
+  const fl_allocator *allocator; /* copied; NULL: malloc/realloc/free */
+  fl_log_fn log_fn;            /* NULL: silent */
+  void *log_ctx;
+  fl_log_level log_level;      /* lines above this are dropped (default FL_LOG_ERROR = 0) */
+  const fl_transport *transport; /* copied; NULL: the built-in libcurl transport */
+  uint64_t model_id;           /* model to train and run; 0: whatever the coordinator gives */
+} fl_client_opts;
+
+typedef struct fl_client fl_client;
+
+/* Opens the state directory (creating it), removes temp files a power loss left behind, loads
+ * the device key, identity and the active model if present. On error *out is untouched and
+ * nothing remains but the state directory itself (which may have been created).
+ * The directory is locked against a second handle (FL_E_STATE when already in use). */
+FL_API int fl_client_new(fl_client **out, const fl_client_opts *opts);
+
+/* Frees the handle and everything it owns, including the transport (destroy is called). Aborts
+ * a request in flight. The client must not be in an fl_multi. */
+FL_API void fl_client_free(fl_client *c);
+
+/* Detail of the last failure on this handle ("" if none). Valid until the next call. */
+FL_API const char *fl_client_errmsg(const fl_client *c);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Enrollment                                                                                 */
+
+typedef struct fl_label {
+  const char *key;
+  const char *value;
+} fl_label;
+
+/* Makes sure the device has a key (generates an Ed25519 key in state_dir/device.key, 0600,
+ * written atomically, or reuses the one there) and enrolls with a one-time token. Blocks for
+ * at most about (max_retries + 1) * request_timeout_ms. The device id and the coordinator's
+ * public key are stored in state_dir/identity (atomic). Already enrolled: FL_OK, no request.
+ * On failure the key stays (it is reused by the next attempt) and no identity is written. */
+FL_API int fl_client_enroll(fl_client *c, const char *token, const fl_label *labels,
+                            size_t n_labels, const char *firmware);
+
+/* 1 when the state directory holds an identity, else 0. */
+FL_API int fl_client_is_enrolled(const fl_client *c);
+FL_API uint64_t fl_client_device_id(const fl_client *c); /* 0 before enrollment */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Training data                                                                              */
+
+/* Batches from wherever the device keeps its data. reset() starts an epoch (seed: shuffle if
+ * you can, reproducibly; may be NULL); next() fills up to `max` examples into x (max * x_dim
+ * floats) and sets *n (0 = end of epoch). `labels` is a buffer of max ints for a classifier and
+ * NULL otherwise; `targets` is NULL for a classifier and for an autoencoder (output size equals
+ * input size: the inputs are the targets), else a buffer of max * output_size floats to fill.
+ * Return FL_OK or an error, which aborts the training. */
+typedef struct fl_data_source {
+  void *ctx;
+  size_t x_dim;      /* floats per example: must equal the model's input size */
+  size_t n_examples; /* examples per epoch, used as the update's weight */
+  int (*reset)(void *ctx, uint64_t seed);
+  int (*next)(void *ctx, float *x, int32_t *labels, float *targets, size_t max, size_t *n);
+} fl_data_source;
+
+/* Exactly one of these is in effect; each replaces the previous one. Data loaded from files is
+ * owned by the handle; fl_client_set_data_memory borrows x and labels (they must outlive the
+ * handle or the next set_data call). On error the previous data stays in effect. */
+FL_API int fl_client_set_data_source(fl_client *c, const fl_data_source *src);
+/* CSV of floats; label_col is the 0-based label column, -1 for none (autoencoder). */
+FL_API int fl_client_set_data_csv(fl_client *c, const char *path, int label_col);
+/* IDX files (MNIST format, optionally .gz); pixels scaled to [0, 1]. */
+FL_API int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels);
+FL_API int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels,
+                                     size_t n, size_t x_dim);
+
+/* The round's task as the trainer callback sees it. */
+typedef struct fl_train_task {
+  uint64_t round_id, model_id, base_version, seed;
+  uint32_t local_epochs, batch_size;
+  float learning_rate, momentum, weight_decay, prox_mu;
+  size_t n_params, input_size, output_size;
+} fl_train_task;
+
+/* Embedder-supplied training: `weights` holds the base weights (n_params floats, the flat
+ * layout of docs/API.md) and receives the locally trained ones. Set *sample_count (> 0) and
+ * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training. */
+typedef int (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weights,
+                             uint64_t *sample_count, float *loss);
+FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Rounds, as steps                                                                           */
+
+typedef enum fl_step {
+  FL_STEP_IDLE = 0,       /* no round in progress: call fl_client_round_begin() */
+  FL_STEP_WAIT_IO = 1,    /* a request is in flight: call fl_client_step() again */
+  FL_STEP_WAIT_TIME = 2,  /* backing off: call again at fl_client_wake_at_ms() */
+  FL_STEP_NEED_TRAIN = 3, /* call fl_client_train() (any thread), then step again */
+  FL_STEP_DONE = 4        /* round over: see fl_client_round_result() */
+} fl_step;
+
+typedef enum fl_round_outcome {
+  FL_ROUND_NONE = 0,
+  FL_ROUND_UPLOADED = 1,     /* the update was acknowledged (durably) by the coordinator */
+  FL_ROUND_NOT_SELECTED = 2, /* no task this time: come back at retry_at_ms */
+  FL_ROUND_FAILED = 3        /* err says why; retry_at_ms when the coordinator gave one */
+} fl_round_outcome;
+
+typedef struct fl_round_result {
+  fl_round_outcome outcome;
+  int err;                   /* FL_OK unless FL_ROUND_FAILED */
+  uint64_t round_id, model_id, base_version;
+  uint64_t sample_count;
+  float loss, norm;          /* mean local loss; L2 norm of the delta as sent */
+  size_t upload_bytes;       /* size of the signed request body on the wire */
+  int duplicate;             /* the coordinator had already acknowledged this update */
+  int64_t retry_at_ms;       /* Unix ms at which to check in next (0: whenever you like) */
+  uint64_t running_version;  /* inference model version after this check-in (0: none) */
+  int rollout_err;           /* FL_OK, or why an assigned inference version was refused (the
+                              * previous one stays active); does not fail the round */
+} fl_round_result;
+
+/* Starts a round: the next step checks in. FL_E_STATE if a round is in progress,
+ * FL_E_NOT_ENROLLED before enrollment. Nothing is sent yet. */
+FL_API int fl_client_round_begin(fl_client *c);
+
+/* Advances the round without blocking longer than timeout_ms (0: never wait) and tells what
+ * the caller should do next in *step. A check-in that assigns a new inference version fetches,
+ * verifies and activates it on the way. Returns FL_OK, or the error that ended the round
+ * (then *step is FL_STEP_DONE and the result says FL_ROUND_FAILED). Transient failures are
+ * retried inside the step machine and are not returned. */
+FL_API int fl_client_step(fl_client *c, int timeout_ms, fl_step *step);
+
+/* Unix time in ms at which the client wants its next step (WAIT_TIME), else 0. */
+FL_API int64_t fl_client_wake_at_ms(const fl_client *c);
+
+/* Trains on the base model after FL_STEP_NEED_TRAIN. CPU only, no I/O; may run on a worker
+ * thread while no other call uses this handle. On error the round ends as failed (the next
+ * step returns the error). */
+FL_API int fl_client_train(fl_client *c);
+
+/* Result of the last finished round (valid after FL_STEP_DONE until the next round_begin). */
+FL_API void fl_client_round_result(const fl_client *c, fl_round_result *out);
+
+/* Abandons a round in progress (aborting a request in flight); the client becomes IDLE. */
+FL_API void fl_client_round_cancel(fl_client *c);
+
+/* A whole round, blocking: check in, fetch, train, upload, with retries. Sleeps through
+ * backoffs. Returns FL_OK when the round ended as UPLOADED or NOT_SELECTED (see *result, which
+ * may be NULL), else the error. */
+FL_API int fl_client_run_round(fl_client *c, fl_round_result *result);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Many clients, one thread: fl_multi drives the state machines of many clients over one    */
+/* libcurl multi handle (shared connection pool).                                            */
+
+typedef struct fl_multi fl_multi;
+
+FL_API int fl_multi_new(fl_multi **out, const fl_allocator *allocator);
+/* Removes nothing: remove (or free) clients first. NULL is a no-op. */
+FL_API void fl_multi_free(fl_multi *m);
+/* Adds an idle client (FL_E_STATE if a request is in flight). Clients with an embedder
+ * transport are stepped too, with timeout 0. The client stays owned by the caller. */
+FL_API int fl_multi_add(fl_multi *m, fl_client *c);
+FL_API int fl_multi_remove(fl_multi *m, fl_client *c);
+
+/* Waits up to timeout_ms for network activity or a client's wake time, then advances every
+ * client with a round in progress. Clients whose state changed to NEED_TRAIN or DONE are queued
+ * for fl_multi_next(). Returns FL_OK or FL_E_TRANSPORT/FL_E_NOMEM from the multi itself. */
+FL_API int fl_multi_perform(fl_multi *m, int timeout_ms);
+
+/* Pops the next client needing attention: 1 with *c, *step and *err set, 0 when none. */
+FL_API int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, int *err);
+
+/* Number of clients with a round in progress. */
+FL_API size_t fl_multi_active(const fl_multi *m);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Inference on the rolled-out model                                                          */
+
+typedef struct fl_model_info {
+  uint64_t model_id, version;
+  size_t input_size, output_size, n_params;
+  uint8_t sha256[32];
+} fl_model_info;
+
+/* The model used for predictions, FL_E_NOTFOUND when there is none yet. */
+FL_API int fl_client_model_info(const fl_client *c, fl_model_info *out);
+
+/* Runs the active model on n examples: x holds n * input_size floats, out receives
+ * n * output_size floats (logits for a classifier, the reconstruction for an autoencoder).
+ * FL_E_NOTFOUND without a model; the handle is unchanged by a failure. */
+FL_API int fl_client_predict(fl_client *c, const float *x, size_t n, float *out);
+
+/* Switches back to the previously active model (persisted); FL_E_NOTFOUND if there is none.
+ * The model rolled back from becomes the previous one. */
+FL_API int fl_client_rollback(fl_client *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FL_CLIENT_H */

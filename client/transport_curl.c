@@ -1,0 +1,312 @@
+/*
+ * The built-in transport on libcurl's multi interface: keep-alive connections, TLS with an
+ * optional CA bundle and public-key pinning, connect and whole-request timeouts.
+ *
+ * Each transport owns one easy handle. Standing alone it also owns a multi handle and drives it
+ * inside poll(); added to an fl_multi it moves onto the shared multi handle, which the fl_multi
+ * drives for all clients at once (one connection pool, one poll for a thousand clients).
+ * Response bodies are collected through the client's allocator; libcurl's own allocations go
+ * through malloc, and its out-of-memory failures come back as FL_E_NOMEM.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+
+#include "client_internal.h"
+
+#define BODY_MAX ((size_t)1 << 30)
+
+typedef struct curl_tr {
+  fl_allocator alloc_copy;
+  const fl_allocator *alloc;
+  CURL *easy;
+  CURLM *own;
+  CURLM *multi; /* own, or the fl_multi's */
+  bool added;   /* easy is in multi */
+  bool finished;
+  bool oom;
+  CURLcode result;
+  struct curl_slist *headers;
+  char *base_url;
+  char *url;
+  uint8_t *req_body;
+  uint8_t *body;
+  size_t body_len, body_cap;
+  int64_t retry_after_ms;
+  char errbuf[CURL_ERROR_SIZE];
+} curl_tr;
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
+  curl_tr *t = ud;
+  size_t n = size * nmemb;
+  if (n > BODY_MAX - t->body_len)
+    return 0;
+  if (t->body_len + n > t->body_cap) {
+    size_t cap = t->body_cap ? t->body_cap : 4096;
+    while (cap < t->body_len + n)
+      cap *= 2;
+    uint8_t *p = fl__realloc(t->alloc, t->body, cap);
+    if (p == NULL) {
+      t->oom = true;
+      return 0;
+    }
+    t->body = p;
+    t->body_cap = cap;
+  }
+  memcpy(t->body + t->body_len, data, n);
+  t->body_len += n;
+  return n;
+}
+
+/* Retry-After as delta-seconds; the HTTP-date form is not used by the coordinator. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  curl_tr *t = ud;
+  size_t n = size * nmemb;
+  static const char name[] = "retry-after:";
+  if (n > sizeof name && strncasecmp(data, name, sizeof name - 1) == 0) {
+    char tmp[32];
+    size_t len = n - (sizeof name - 1) < sizeof tmp - 1 ? n - (sizeof name - 1) : sizeof tmp - 1;
+    memcpy(tmp, data + sizeof name - 1, len);
+    tmp[len] = '\0';
+    long s = strtol(tmp, NULL, 10);
+    if (s > 0 && s < 86400)
+      t->retry_after_ms = (int64_t)s * 1000;
+  }
+  return n;
+}
+
+static void tr_end(void *ctx) {
+  curl_tr *t = ctx;
+  if (t->added)
+    curl_multi_remove_handle(t->multi, t->easy);
+  t->added = false;
+  t->finished = false;
+  curl_slist_free_all(t->headers);
+  t->headers = NULL;
+  fl__free(t->alloc, t->url);
+  fl__free(t->alloc, t->req_body);
+  t->url = NULL;
+  t->req_body = NULL;
+}
+
+static int add_header(curl_tr *t, const char *name, const char *value) {
+  size_t n = strlen(name) + strlen(value) + 3;
+  char *line = fl__malloc(t->alloc, n);
+  if (line == NULL)
+    return FL_E_NOMEM;
+  snprintf(line, n, "%s: %s", name, value);
+  struct curl_slist *l = curl_slist_append(t->headers, line);
+  fl__free(t->alloc, line);
+  if (l == NULL)
+    return FL_E_NOMEM;
+  t->headers = l;
+  return FL_OK;
+}
+
+static int set_request(curl_tr *t, const fl_http_request *req) {
+  int err = add_header(t, "Content-Type", "application/x-protobuf");
+  if (err == FL_OK)
+    err = add_header(t, "Expect", ""); /* no 100-continue round trip */
+  if (err == FL_OK && req->auth != NULL)
+    err = add_header(t, "X-FL-Auth", req->auth);
+  if (err == FL_OK && req->if_none_match != NULL)
+    err = add_header(t, "If-None-Match", req->if_none_match);
+  if (err != FL_OK)
+    return err;
+  size_t n = strlen(t->base_url) + strlen(req->path) + 1;
+  t->url = fl__malloc(t->alloc, n);
+  if (t->url == NULL)
+    return FL_E_NOMEM;
+  snprintf(t->url, n, "%s%s", t->base_url, req->path);
+  curl_easy_setopt(t->easy, CURLOPT_URL, t->url);
+  curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+  if (strcmp(req->method, "GET") == 0) {
+    curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    return FL_OK;
+  }
+  if (req->body_len > 0) {
+    t->req_body = fl__malloc(t->alloc, req->body_len);
+    if (t->req_body == NULL)
+      return FL_E_NOMEM;
+    memcpy(t->req_body, req->body, req->body_len);
+  }
+  curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->req_body != NULL ? (char *)t->req_body : "");
+  return FL_OK;
+}
+
+static int tr_begin(void *ctx, const fl_http_request *req) {
+  curl_tr *t = ctx;
+  tr_end(t);
+  t->body_len = 0;
+  t->oom = false;
+  t->retry_after_ms = 0;
+  t->errbuf[0] = '\0';
+  int err = set_request(t, req);
+  if (err != FL_OK)
+    goto out_end;
+  CURLMcode mc = curl_multi_add_handle(t->multi, t->easy);
+  if (mc != CURLM_OK) {
+    err = mc == CURLM_OUT_OF_MEMORY ? FL_E_NOMEM : FL_E_TRANSPORT;
+    snprintf(t->errbuf, sizeof t->errbuf, "%s", curl_multi_strerror(mc));
+    goto out_end;
+  }
+  t->added = true;
+  return FL_OK;
+out_end:
+  tr_end(t);
+  return err;
+}
+
+/* Drives the transport's own multi handle and notes when the transfer is over. */
+static void drive_own(curl_tr *t, int timeout_ms) {
+  int running = 0;
+  curl_multi_perform(t->own, &running);
+  if (running > 0 && timeout_ms > 0) {
+    curl_multi_poll(t->own, NULL, 0, timeout_ms, NULL);
+    curl_multi_perform(t->own, &running);
+  }
+  CURLMsg *msg;
+  int left = 0;
+  while ((msg = curl_multi_info_read(t->own, &left)) != NULL) {
+    if (msg->msg == CURLMSG_DONE && msg->easy_handle == t->easy) {
+      t->finished = true;
+      t->result = msg->data.result;
+    }
+  }
+}
+
+static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+  curl_tr *t = ctx;
+  if (!t->added)
+    return FL_E_STATE;
+  if (!t->finished && t->multi == t->own)
+    drive_own(t, timeout_ms);
+  if (!t->finished)
+    return FL_E_AGAIN;
+  curl_multi_remove_handle(t->multi, t->easy);
+  t->added = false;
+  if (t->oom || t->result == CURLE_OUT_OF_MEMORY)
+    return FL_E_NOMEM;
+  if (t->result != CURLE_OK) {
+    if (t->errbuf[0] == '\0')
+      snprintf(t->errbuf, sizeof t->errbuf, "%s", curl_easy_strerror(t->result));
+    return t->result == CURLE_OPERATION_TIMEDOUT ? FL_E_TIMEOUT : FL_E_TRANSPORT;
+  }
+  long status = 0;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  resp->status = (int)status;
+  resp->body = t->body;
+  resp->body_len = t->body_len;
+  resp->retry_after_ms = t->retry_after_ms;
+  return FL_OK;
+}
+
+static const char *tr_detail(void *ctx) {
+  curl_tr *t = ctx;
+  return t->errbuf;
+}
+
+static void tr_destroy(void *ctx) {
+  curl_tr *t = ctx;
+  if (t == NULL)
+    return;
+  tr_end(t);
+  if (t->easy != NULL)
+    curl_easy_cleanup(t->easy);
+  if (t->own != NULL)
+    curl_multi_cleanup(t->own);
+  fl__free(t->alloc, t->body);
+  fl__free(t->alloc, t->base_url);
+  const fl_allocator *a = t->alloc != NULL ? &t->alloc_copy : NULL;
+  fl_allocator copy;
+  if (a != NULL) {
+    copy = t->alloc_copy;
+    a = &copy;
+  }
+  fl__free(a, t);
+  curl_global_cleanup();
+}
+
+static void set_fixed_options(curl_tr *t, const fl_client_opts *o) {
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->request_timeout_ms > 0 ? o->request_timeout_ms : 60000L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "libflclient");
+  if (o->ca_file != NULL)
+    curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+  if (o->pinned_pubkey != NULL)
+    curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, o->pinned_pubkey);
+}
+
+int fl_transport_curl(fl_transport *out, const fl_client_opts *o) {
+  if (out == NULL || o == NULL || o->server_url == NULL)
+    return FL_E_INVAL;
+  const fl_allocator *a = o->allocator;
+  curl_tr *t = fl__calloc(a, 1, sizeof *t);
+  if (t == NULL)
+    return FL_E_NOMEM;
+  if (a != NULL) {
+    t->alloc_copy = *a;
+    t->alloc = &t->alloc_copy;
+  }
+  int err = FL_E_TRANSPORT;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    goto out_free;
+  err = FL_E_NOMEM;
+  t->base_url = fl__strdup(t->alloc, o->server_url);
+  if (t->base_url == NULL)
+    goto out_destroy;
+  size_t n = strlen(t->base_url);
+  while (n > 0 && t->base_url[n - 1] == '/')
+    t->base_url[--n] = '\0';
+  t->easy = curl_easy_init();
+  t->own = curl_multi_init();
+  if (t->easy == NULL || t->own == NULL)
+    goto out_destroy;
+  t->multi = t->own;
+  set_fixed_options(t, o);
+  *out = (fl_transport){.version = 1,
+                        .ctx = t,
+                        .begin = tr_begin,
+                        .poll = tr_poll,
+                        .end = tr_end,
+                        .destroy = tr_destroy,
+                        .detail = tr_detail};
+  return FL_OK;
+out_destroy:
+  tr_destroy(t); /* also balances curl_global_init */
+  return err;
+out_free:
+  fl__free(a, t);
+  return err;
+}
+
+int fl__curl_transport_attach(void *ctx, void *curlm) {
+  curl_tr *t = ctx;
+  if (t->added)
+    return FL_E_STATE;
+  t->multi = curlm != NULL ? curlm : t->own;
+  return FL_OK;
+}
+
+void fl__curl_transport_finished(void *ctx, int curlcode) {
+  curl_tr *t = ctx;
+  t->finished = true;
+  t->result = (CURLcode)curlcode;
+}

@@ -1,0 +1,119 @@
+/*
+ * The update a device uploads: delta = w_local - w_base, clipped to the task's L2 bound,
+ * optionally perturbed with Gaussian noise (drawn from the CSPRNG: privacy noise must not be
+ * predictable), encoded tensor by tensor as the task asks, and signed over the canonical update
+ * digest. The signature covers the update itself, not the request, so a retried upload is
+ * byte-identical inside its fresh envelope and the coordinator can acknowledge it idempotently.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "clip.h"
+#include "client_internal.h"
+#include "codec.h"
+#include "digest.h"
+#include "rng.h"
+#include "tensor.h"
+
+#define ENCODE_ATTEMPTS 4
+
+static double sent_norm(Fl__V1__Tensor *const *t, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++)
+    s += fl__tensor_sqnorm(t[i]);
+  return sqrt(s);
+}
+
+/* Encodes the delta; when quantisation rounded the norm above the clip bound (float16 and int8
+ * can), shrinks the delta a little and encodes again, so that what is sent respects the bound
+ * the coordinator checks. */
+static int encode_within_bound(const fl_model *layout, float *delta, size_t n,
+                               const fl__update_params *p, const fl_allocator *a,
+                               Fl__V1__Tensor ***out, size_t *out_n, double *norm) {
+  bool bounded = p->clip_norm > 0 && p->noise_stddev <= 0;
+  for (int i = 0;; i++) {
+    Fl__V1__Tensor **t = NULL;
+    size_t nt = 0;
+    int err = fl__delta_encode(layout, delta, p->encoding, p->topk_fraction, &t, &nt, a);
+    if (err != FL_OK)
+      return err;
+    double s = sent_norm(t, nt);
+    if (!bounded || s <= p->clip_norm || i + 1 == ENCODE_ATTEMPTS) {
+      *out = t;
+      *out_n = nt;
+      *norm = s;
+      return FL_OK;
+    }
+    fl__delta_release(t, nt, a);
+    fl__scal(n, (float)(p->clip_norm / s * (1.0 - 1e-4)), delta);
+  }
+}
+
+static int sign_and_pack(Fl__V1__UpdateUpload *u, uint64_t device_id, const fl_key *key,
+                         const fl_allocator *a, uint8_t **out, size_t *out_len) {
+  uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  int err = fl__update_digest(device_id, u, digest);
+  if (err != FL_OK)
+    return err;
+  err = fl__sign(key, digest, sizeof digest, sig);
+  if (err != FL_OK)
+    return err;
+  u->signature.data = sig;
+  u->signature.len = sizeof sig;
+  size_t len = fl__v1__update_upload__get_packed_size(u);
+  uint8_t *buf = fl__malloc(a, len);
+  if (buf == NULL)
+    return FL_E_NOMEM;
+  fl__v1__update_upload__pack(u, buf);
+  u->signature.data = NULL;
+  u->signature.len = 0;
+  *out = buf;
+  *out_len = len;
+  return FL_OK;
+}
+
+int fl__update_build(const fl_model *layout, const float *base, const float *local,
+                     const fl__update_params *p, const fl_key *key, const fl_allocator *a,
+                     uint8_t **out, size_t *out_len, float *norm) {
+  size_t n = fl__model_num_params(layout);
+  float *delta = fl__malloc(a, n * sizeof *delta);
+  if (delta == NULL)
+    return FL_E_NOMEM;
+  for (size_t i = 0; i < n; i++)
+    delta[i] = local[i] - base[i];
+  int err = FL_E_NONFINITE;
+  if (!fl__all_finite(delta, n))
+    goto out_free;
+  if (p->clip_norm > 0)
+    fl__clip_l2(delta, n, p->clip_norm);
+  if (p->noise_stddev > 0) {
+    fl_rng r;
+    err = fl__rng_init_secure(&r);
+    if (err != FL_OK)
+      goto out_free;
+    fl__add_gaussian(delta, n, p->noise_stddev, &r);
+  }
+  Fl__V1__Tensor **t = NULL;
+  size_t nt = 0;
+  double s = 0;
+  err = encode_within_bound(layout, delta, n, p, a, &t, &nt, &s);
+  if (err != FL_OK)
+    goto out_free;
+  Fl__V1__UpdateUpload u;
+  fl__v1__update_upload__init(&u);
+  u.round_id = p->round_id;
+  u.model_id = p->model_id;
+  u.base_version = p->base_version;
+  u.sample_count = p->sample_count;
+  u.loss = p->loss;
+  u.delta = t;
+  u.n_delta = nt;
+  u.norm = (float)s;
+  err = sign_and_pack(&u, p->device_id, key, a, out, out_len);
+  if (err == FL_OK)
+    *norm = (float)s;
+  fl__delta_release(t, nt, a);
+out_free:
+  fl__free(a, delta);
+  return err;
+}
