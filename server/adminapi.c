@@ -1,0 +1,508 @@
+/*
+ * Admin API: JSON over HTTP with bearer tokens (roles viewer < operator < admin). Every
+ * change runs in one transaction with its audit_log row. Lists are built by PostgreSQL
+ * (json_agg) so that the column-to-field mapping lives in one SQL statement per endpoint.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "models.h"
+#include "plan.h"
+#include "rounds.h"
+
+typedef struct admin_ctx {
+  PGconn *c;
+  char actor[96];
+  json_t *body;
+} admin_ctx;
+
+/* Connection, role check and (for POST) the JSON body. 0, or -1 with *r set. */
+static int begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
+  memset(a, 0, sizeof *a);
+  a->c = fl__pool_get(s->pool);
+  if (a->c == NULL) {
+    fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
+    return -1;
+  }
+  if (fl__auth_admin(s, a->c, q, role, a->actor, r))
+    goto fail;
+  if (strcmp(q->method, "POST") != 0)
+    return 0;
+  json_error_t je;
+  a->body = q->len ? json_loadb((const char *)q->body, q->len, 0, &je) : json_object();
+  if (json_is_object(a->body))
+    return 0;
+  fl__resp_admin_error(r, 400, "bad_json", "body must be a JSON object");
+  json_decref(a->body);
+  a->body = NULL;
+fail:
+  fl__pool_put(s->pool, a->c);
+  a->c = NULL;
+  return -1;
+}
+
+static void end(fl_srv *s, admin_ctx *a) {
+  if (a->c)
+    fl__pool_put(s->pool, a->c);
+  json_decref(a->body);
+}
+
+static void db_error(fl_resp *r) { fl__resp_admin_error(r, 503, "unavailable", "database error"); }
+
+/* Runs a query whose single text cell is JSON and answers {key: that JSON}. */
+static void json_query(fl_resp *r, PGconn *c, const char *key, const char *sql, const fl_pgp *p,
+                       bool single) {
+  PGresult *res = fl__pg_exec(c, sql, p, false, NULL);
+  if (res == NULL) {
+    db_error(r);
+    return;
+  }
+  json_t *v = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)
+                  ? json_loads(PQgetvalue(res, 0, 0), JSON_DECODE_ANY, NULL)
+                  : NULL;
+  PQclear(res);
+  if (v == NULL && single) {
+    fl__resp_admin_error(r, 404, "not_found", "no such object");
+    return;
+  }
+  fl__resp_json(r, 200, single ? v : json_pack("{s:o}", key, v ? v : json_array()));
+}
+
+/* Commits the caller's transaction after its audit row; answers with `ok` (stolen). */
+static void commit_audited(fl_resp *r, admin_ctx *a, const char *action, const char *target,
+                           json_t *ok) {
+  if (fl__audit(a->c, a->actor, action, target, a->body) || fl__pg_cmd(a->c, "COMMIT")) {
+    json_decref(ok);
+    db_error(r);
+    return;
+  }
+  fl__slog(FL_LOG_INFO, "admin_change", "action=%s target=%s actor=%s", action, target,
+           a->actor);
+  fl__resp_json(r, 200, ok);
+}
+
+/* ----- tokens -------------------------------------------------------------------------------- */
+
+static void h_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  char tok[65], target[32];
+  if (begin(s, q, r, FL_ROLE_ADMIN, &a))
+    return;
+  int role = fl__role_parse(json_string_value(json_object_get(a.body, "role")));
+  const char *name = json_string_value(json_object_get(a.body, "name"));
+  if (role < 0) {
+    fl__resp_admin_error(r, 400, "bad_request", "role must be admin, operator or viewer");
+    goto out;
+  }
+  if (fl__pg_cmd(a.c, "BEGIN")) {
+    db_error(r);
+    goto out;
+  }
+  uint64_t id = fl__auth_new_token(a.c, role, name ? name : "", tok);
+  if (id == 0) {
+    db_error(r);
+    goto out;
+  }
+  snprintf(target, sizeof target, "token:%" PRIu64, id);
+  commit_audited(r, &a, "token.create", target,
+                 json_pack("{s:s, s:I}", "token", tok, "token_id", (json_int_t)id));
+out:
+  end(s, &a);
+}
+
+static void h_enrollment_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  json_t *count = NULL, *ttl = NULL, *labels = NULL, *out = NULL;
+  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+    return;
+  count = json_object_get(a.body, "count");
+  ttl = json_object_get(a.body, "ttl_s");
+  labels = json_object_get(a.body, "labels");
+  json_int_t n = count ? json_integer_value(count) : 1;
+  json_int_t ttl_s = ttl ? json_integer_value(ttl) : 86400;
+  if (n < 1 || n > 10000 || ttl_s < 1 || (labels && !json_is_object(labels))) {
+    fl__resp_admin_error(r, 400, "bad_request",
+                         "count 1..10000, ttl_s > 0 and labels an object of strings");
+    goto done;
+  }
+  char *lj = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
+  out = json_array();
+  int failed = out == NULL || fl__pg_cmd(a.c, "BEGIN");
+  for (json_int_t i = 0; !failed && i < n; i++) {
+    uint8_t raw[16], hash[FL_SHA256_LEN];
+    char hex[33];
+    fl_pgp p;
+    failed = fl__random_bytes(raw, sizeof raw);
+    fl__hex(raw, sizeof raw, hex);
+    fl__sha256(hex, strlen(hex), hash);
+    fl__pgp_init(&p);
+    fl__pgp_bin(&p, hash, sizeof hash);
+    fl__pgp_text(&p, lj ? lj : "{}");
+    fl__pgp_i64(&p, (int64_t)ttl_s);
+    PGresult *res = failed ? NULL
+                           : fl__pg_exec(a.c,
+                                         "INSERT INTO enrollment_tokens (token_hash, labels,"
+                                         " expires_at) VALUES ($1, $2::jsonb,"
+                                         " now() + make_interval(secs => $3::float8))",
+                                         &p, false, NULL);
+    failed = res == NULL || json_array_append_new(out, json_string(hex));
+    PQclear(res);
+  }
+  free(lj);
+  if (failed) {
+    db_error(r);
+    goto done;
+  }
+  commit_audited(r, &a, "enrollment_tokens.create", "", json_pack("{s:O}", "tokens", out));
+done:
+  json_decref(out);
+  end(s, &a);
+}
+
+/* ----- models ------------------------------------------------------------------------------ */
+
+static void h_models_create(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  fl_model_spec spec;
+  char msg[160], target[32];
+  uint64_t id = 0;
+  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+    return;
+  const char *name = json_string_value(json_object_get(a.body, "name"));
+  json_t *sj = json_object_get(a.body, "spec"), *seed = json_object_get(a.body, "seed");
+  if (name == NULL || name[0] == '\0' || (seed && !json_is_integer(seed))) {
+    fl__resp_admin_error(r, 400, "bad_request", "name (string), spec and seed (integer)");
+    goto out;
+  }
+  if (fl__spec_from_json(&spec, sj, msg)) {
+    fl__resp_admin_error(r, 400, "bad_spec", msg);
+    goto out;
+  }
+  if (fl__pg_cmd(a.c, "BEGIN")) {
+    db_error(r);
+    goto out;
+  }
+  int err = fl__model_create(s, a.c, name, sj, &spec,
+                             seed ? (uint64_t)json_integer_value(seed) : 1, &id);
+  if (err == FL_E_STATE) {
+    fl__resp_admin_error(r, 409, "name_taken", "a model with this name exists");
+    goto out;
+  }
+  if (err) {
+    db_error(r);
+    goto out;
+  }
+  snprintf(target, sizeof target, "model:%" PRIu64, id);
+  commit_audited(r, &a, "model.create", target,
+                 json_pack("{s:I, s:i}", "model_id", (json_int_t)id, "version", 1));
+out:
+  end(s, &a);
+}
+
+static void h_models_list(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  json_query(r, a.c, "models",
+             "SELECT json_agg(json_build_object('model_id', m.model_id, 'name', m.name,"
+             " 'n_params', m.n_params, 'seed', m.seed, 'spec', m.spec_json,"
+             " 'latest_version', (SELECT max(v.version) FROM versions v"
+             "   WHERE v.model_id = m.model_id),"
+             " 'created_at', m.created_at) ORDER BY m.model_id)::text FROM models m",
+             NULL, false);
+  end(s, &a);
+}
+
+static void versions_list(fl_resp *r, admin_ctx *a, uint64_t model_id) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  json_query(r, a->c, "versions",
+             "SELECT json_agg(json_build_object('model_id', model_id, 'version', version,"
+             " 'parent_version', parent_version, 'round_id', round_id,"
+             " 'sha256', encode(sha256, 'hex'), 'signature', encode(signature, 'hex'),"
+             " 'metrics', metrics, 'created_at', created_at) ORDER BY version)::text"
+             " FROM versions WHERE model_id = $1",
+             &p, false);
+}
+
+static void plan_create(fl_resp *r, admin_ctx *a, uint64_t model_id) {
+  fl_plan plan;
+  char msg[160], state[6], target[32];
+  uint64_t plan_id, round_id;
+  fl_pgp p;
+  if (fl__plan_from_json(&plan, a->body, msg)) {
+    fl__resp_admin_error(r, 400, "bad_plan", msg);
+    return;
+  }
+  char *cj = NULL;
+  json_t *norm = fl__plan_to_json(&plan);
+  cj = norm ? json_dumps(norm, JSON_COMPACT) : NULL;
+  json_decref(norm);
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  fl__pgp_text(&p, cj);
+  PGresult *res = cj == NULL || fl__pg_cmd(a->c, "BEGIN")
+                      ? NULL
+                      : fl__pg_exec(a->c,
+                                    "INSERT INTO plans (model_id, config)"
+                                    " SELECT model_id, $2::jsonb FROM models WHERE model_id = $1"
+                                    " RETURNING plan_id, (SELECT max(version) FROM versions"
+                                    "  WHERE model_id = $1)",
+                                    &p, false, state);
+  free(cj);
+  if (res == NULL) {
+    if (strcmp(state, "23505") == 0)
+      fl__resp_admin_error(r, 409, "plan_active", "the model already has an active plan");
+    else
+      db_error(r);
+    return;
+  }
+  int found = PQntuples(res);
+  plan_id = found ? fl__pg_u64(res, 0, 0) : 0;
+  uint64_t base = found ? fl__pg_u64(res, 0, 1) : 0;
+  PQclear(res);
+  if (!found) {
+    fl__resp_admin_error(r, 404, "not_found", "no such model");
+    return;
+  }
+  if (fl__round_open(a->c, plan_id, model_id, base, &plan, &round_id)) {
+    db_error(r);
+    return;
+  }
+  snprintf(target, sizeof target, "plan:%" PRIu64, plan_id);
+  commit_audited(r, a, "plan.create", target,
+                 json_pack("{s:I, s:I, s:I, s:o}", "plan_id", (json_int_t)plan_id, "round_id",
+                           (json_int_t)round_id, "model_id", (json_int_t)model_id, "plan",
+                           fl__plan_to_json(&plan)));
+}
+
+/* /admin/v1/models/{id}/versions (GET) and /admin/v1/models/{id}/plans (POST). */
+static void h_model_sub(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  uint64_t id;
+  const char *rest;
+  bool get = strcmp(q->method, "GET") == 0;
+  if (fl__path_u64(q->path, "/admin/v1/models/", &id, &rest) ||
+      strcmp(rest, get ? "/versions" : "/plans") != 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+    return;
+  }
+  if (begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
+    return;
+  if (get)
+    versions_list(r, &a, id);
+  else
+    plan_create(r, &a, id);
+  end(s, &a);
+}
+
+static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  uint64_t id;
+  const char *rest;
+  char target[32];
+  fl_pgp p;
+  if (fl__path_u64(q->path, "/admin/v1/plans/", &id, &rest) || strcmp(rest, "/stop") != 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+    return;
+  }
+  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_cmd(a.c, "BEGIN")
+                      ? NULL
+                      : fl__pg_exec(a.c,
+                                    "WITH st AS (UPDATE plans SET state = 'stopped'"
+                                    " WHERE plan_id = $1 AND state = 'active' RETURNING plan_id)"
+                                    " UPDATE rounds SET state = 'stopped', closed_at = now(),"
+                                    " reason = 'plan_stopped'"
+                                    " WHERE plan_id IN (SELECT plan_id FROM st) AND state = 'open'"
+                                    " RETURNING round_id",
+                                    &p, false, NULL);
+  PQclear(res);
+  res = res == NULL ? NULL
+                    : fl__pg_exec(a.c, "SELECT state FROM plans WHERE plan_id = $1", &p, false,
+                                  NULL);
+  if (res == NULL) {
+    db_error(r);
+  } else if (PQntuples(res) == 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such plan");
+  } else {
+    snprintf(target, sizeof target, "plan:%" PRIu64, id);
+    commit_audited(r, &a, "plan.stop", target,
+                   json_pack("{s:I, s:s}", "plan_id", (json_int_t)id, "state",
+                             PQgetvalue(res, 0, 0)));
+  }
+  PQclear(res);
+  end(s, &a);
+}
+
+/* ----- rounds, devices, audit -------------------------------------------------------------- */
+
+#define ROUND_JSON                                                                           \
+  "json_build_object('round_id', round_id, 'plan_id', plan_id, 'model_id', model_id,"        \
+  " 'base_version', base_version, 'state', state, 'accepted', accepted,"                      \
+  " 'assigned', assigned, 'target', target, 'min', min_count, 'max_assign', max_assign,"      \
+  " 'result_version', result_version, 'reason', reason, 'metrics', metrics,"                   \
+  " 'opened_at', opened_at, 'deadline_at', deadline_at, 'closed_at', closed_at)"
+
+static void h_rounds_list(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  fl_pgp p;
+  const char *mid = fl__req_query(q, "model_id");
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
+  json_query(r, a.c, "rounds",
+             "SELECT json_agg(" ROUND_JSON " ORDER BY round_id)::text FROM rounds"
+             " WHERE $1 = 0 OR model_id = $1",
+             &p, false);
+  end(s, &a);
+}
+
+static void h_round_get(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  fl_pgp p;
+  uint64_t id;
+  const char *rest;
+  if (fl__path_u64(q->path, "/admin/v1/rounds/", &id, &rest) || *rest != '\0') {
+    fl__resp_admin_error(r, 404, "not_found", "no such round");
+    return;
+  }
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  json_query(r, a.c, NULL, "SELECT " ROUND_JSON "::text FROM rounds WHERE round_id = $1", &p,
+             true);
+  end(s, &a);
+}
+
+static void h_devices_list(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  json_query(r, a.c, "devices",
+             "SELECT json_agg(json_build_object('device_id', device_id, 'state', state,"
+             " 'labels', labels, 'firmware', firmware, 'public_key', encode(public_key, 'hex'),"
+             " 'running_model_id', running_model_id, 'running_version', running_version,"
+             " 'enrolled_at', enrolled_at, 'last_seen_at', last_seen_at,"
+             " 'revoked_at', revoked_at) ORDER BY device_id)::text FROM devices",
+             NULL, false);
+  end(s, &a);
+}
+
+static void h_device_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  fl_pgp p;
+  uint64_t id;
+  const char *rest;
+  char target[32];
+  if (fl__path_u64(q->path, "/admin/v1/devices/", &id, &rest) || strcmp(rest, "/revoke") != 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+    return;
+  }
+  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_cmd(a.c, "BEGIN")
+                      ? NULL
+                      : fl__pg_exec(a.c,
+                                    "UPDATE devices SET state = 'revoked',"
+                                    " revoked_at = coalesce(revoked_at, now())"
+                                    " WHERE device_id = $1 RETURNING device_id",
+                                    &p, false, NULL);
+  if (res == NULL) {
+    db_error(r);
+  } else if (PQntuples(res) == 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such device");
+  } else {
+    snprintf(target, sizeof target, "device:%" PRIu64, id);
+    commit_audited(r, &a, "device.revoke", target,
+                   json_pack("{s:I, s:s}", "device_id", (json_int_t)id, "state", "revoked"));
+  }
+  PQclear(res);
+  end(s, &a);
+}
+
+static void h_audit(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  json_query(r, a.c, "entries",
+             "SELECT json_agg(json_build_object('entry_id', entry_id, 'at', at, 'actor', actor,"
+             " 'action', action, 'target', target, 'detail', detail) ORDER BY entry_id DESC)::text"
+             " FROM (SELECT * FROM audit_log ORDER BY entry_id DESC LIMIT 1000) t",
+             NULL, false);
+  end(s, &a);
+}
+
+static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  char hex[2 * FL_PUBKEY_LEN + 1];
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  fl__hex(s->pub, sizeof s->pub, hex);
+  fl__resp_json(r, 200,
+                json_pack("{s:s, s:s, s:s}", "public_key", hex, "replica_id", s->cfg.replica_id,
+                          "version", "0.1.0"));
+  end(s, &a);
+}
+
+/* ----- operations -------------------------------------------------------------------------- */
+
+static void h_metrics(fl_srv *s, fl_req *q, fl_resp *r) {
+  char *text;
+  size_t len;
+  (void)q;
+  if (fl__metrics_render(s->metrics, &text, &len)) {
+    fl__resp_text(r, 500, "text/plain", "out of memory\n");
+    return;
+  }
+  free(r->data);
+  r->status = 200;
+  r->content_type = "text/plain; version=0.0.4";
+  r->data = text;
+  r->len = len;
+}
+
+static void h_healthz(fl_srv *s, fl_req *q, fl_resp *r) {
+  (void)s;
+  (void)q;
+  fl__resp_text(r, 200, "text/plain", "ok\n");
+}
+
+static void h_readyz(fl_srv *s, fl_req *q, fl_resp *r) {
+  (void)q;
+  if (atomic_load(&s->ready))
+    fl__resp_text(r, 200, "text/plain", "ok\n");
+  else
+    fl__resp_text(r, 503, "text/plain", "not ready\n");
+}
+
+const fl_route fl__admin_routes[] = {
+    {"POST", "/admin/v1/tokens", "admin_tokens", h_tokens},
+    {"POST", "/admin/v1/enrollment-tokens", "admin_enrollment_tokens", h_enrollment_tokens},
+    {"POST", "/admin/v1/models", "admin_models_create", h_models_create},
+    {"GET", "/admin/v1/models", "admin_models_list", h_models_list},
+    {"GET", "/admin/v1/models/", "admin_model_versions", h_model_sub},
+    {"POST", "/admin/v1/models/", "admin_plan_create", h_model_sub},
+    {"POST", "/admin/v1/plans/", "admin_plan_stop", h_plan_stop},
+    {"GET", "/admin/v1/rounds", "admin_rounds_list", h_rounds_list},
+    {"GET", "/admin/v1/rounds/", "admin_round_get", h_round_get},
+    {"GET", "/admin/v1/devices", "admin_devices_list", h_devices_list},
+    {"POST", "/admin/v1/devices/", "admin_device_revoke", h_device_revoke},
+    {"GET", "/admin/v1/audit", "admin_audit", h_audit},
+    {"GET", "/admin/v1/info", "admin_info", h_info},
+    {"GET", "/metrics", "metrics", h_metrics},
+    {"GET", "/healthz", "healthz", h_healthz},
+    {"GET", "/readyz", "readyz", h_readyz},
+    {NULL, NULL, NULL, NULL},
+};

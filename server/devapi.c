@@ -1,0 +1,413 @@
+/*
+ * Device API: protobuf bodies inside a signed fl.v1.SignedRequest (docs/API.md). Every refusal
+ * is an fl.v1.Error with a machine-readable reason, decided before any state changes (the
+ * only write that precedes a refusal is the nonce of an authenticated request).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+#include "auth.h"
+#include "codec.h"
+#include "devapi.h"
+#include "digest.h"
+#include "rounds.h"
+
+/* Envelope, database connection and signature check shared by every handler except enroll.
+ * Returns 0 with *c and *sr set, or -1 with the refusal in *r (and nothing to release). */
+static int begin(fl_srv *s, fl_req *q, fl_resp *r, PGconn **c, Fl__V1__SignedRequest **sr,
+                 uint8_t pub[FL_PUBKEY_LEN]) {
+  *sr = fl__auth_envelope(s, q, r);
+  if (*sr == NULL)
+    return -1;
+  *c = fl__pool_get(s->pool);
+  if (*c == NULL) {
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    goto fail;
+  }
+  if (fl__auth_device(s, *c, q, *sr, NULL, pub, r) == 0)
+    return 0;
+  fl__pool_put(s->pool, *c);
+  *c = NULL;
+fail:
+  fl__v1__signed_request__free_unpacked(*sr, NULL);
+  *sr = NULL;
+  return -1;
+}
+
+static void end(fl_srv *s, PGconn *c, Fl__V1__SignedRequest *sr) {
+  if (c != NULL)
+    fl__pool_put(s->pool, c);
+  if (sr != NULL)
+    fl__v1__signed_request__free_unpacked(sr, NULL);
+}
+
+static void unavailable(fl_resp *r) {
+  fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+}
+
+/* ----- enroll ------------------------------------------------------------------------------ */
+
+static char *labels_json(const Fl__V1__EnrollRequest *e) {
+  json_t *o = json_object();
+  for (size_t i = 0; o != NULL && i < e->n_labels; i++)
+    if (e->labels[i]->key && e->labels[i]->key[0])
+      json_object_set_new(o, e->labels[i]->key, json_string(e->labels[i]->value));
+  char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  return s;
+}
+
+/* Consumes the token and creates the device in one transaction. Returns the device id, 0 with
+ * the refusal in *r. */
+static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r) {
+  uint8_t th[FL_SHA256_LEN];
+  char state[6];
+  fl_pgp p;
+  uint64_t id = 0;
+  char *labels = labels_json(e);
+  fl__sha256(e->enrollment_token, strlen(e->enrollment_token), th);
+  if (labels == NULL || fl__pg_cmd(c, "BEGIN"))
+    goto unavail;
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, th, sizeof th);
+  fl__pgp_bin(&p, e->public_key.data, e->public_key.len);
+  fl__pgp_text(&p, labels);
+  fl__pgp_text(&p, e->firmware ? e->firmware : "");
+  /* Token labels win over labels the device claims for itself. */
+  PGresult *res = fl__pg_exec(
+      c,
+      "WITH tok AS (UPDATE enrollment_tokens SET used_at = now()"
+      " WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING labels)"
+      " INSERT INTO devices (public_key, labels, firmware)"
+      " SELECT $2, $3::jsonb || tok.labels, $4 FROM tok RETURNING device_id",
+      &p, false, state);
+  if (res == NULL && strcmp(state, "23505") == 0) {
+    fl__resp_dev_error(r, 409, "key_already_enrolled", "this public key is already enrolled", 0);
+    goto out;
+  }
+  if (res == NULL)
+    goto unavail;
+  if (PQntuples(res) == 0) {
+    fl__resp_dev_error(r, 401, "bad_enrollment_token", "unknown, used or expired token", 0);
+    PQclear(res);
+    goto out;
+  }
+  id = fl__pg_u64(res, 0, 0);
+  PQclear(res);
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, th, sizeof th);
+  fl__pgp_u64(&p, id);
+  res = fl__pg_exec(c, "UPDATE enrollment_tokens SET used_by = $2 WHERE token_hash = $1", &p,
+                    false, NULL);
+  if (res == NULL || fl__pg_cmd(c, "COMMIT")) {
+    PQclear(res);
+    id = 0;
+    goto unavail;
+  }
+  PQclear(res);
+  goto out;
+unavail:
+  unavailable(r);
+out:
+  free(labels);
+  return id;
+}
+
+static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
+  Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
+  Fl__V1__EnrollRequest *e = NULL;
+  PGconn *c = NULL;
+  uint8_t pub[FL_PUBKEY_LEN];
+  if (sr == NULL)
+    return;
+  e = fl__v1__enroll_request__unpack(NULL, sr->body.len, sr->body.data);
+  if (e == NULL || e->public_key.len != FL_PUBKEY_LEN || e->enrollment_token == NULL ||
+      e->enrollment_token[0] == '\0') {
+    fl__resp_dev_error(r, 400, "malformed_request",
+                       "EnrollRequest needs a token and a 32-byte Ed25519 public key", 0);
+    goto out;
+  }
+  c = fl__pool_get(s->pool);
+  if (c == NULL) {
+    unavailable(r);
+    goto out;
+  }
+  if (fl__auth_device(s, c, q, sr, e->public_key.data, pub, r))
+    goto out;
+  uint64_t id = enroll_tx(c, e, r);
+  if (id == 0)
+    goto out;
+  Fl__V1__EnrollResponse resp = FL__V1__ENROLL_RESPONSE__INIT;
+  resp.device_id = id;
+  resp.coordinator_public_key = (ProtobufCBinaryData){FL_PUBKEY_LEN, s->pub};
+  fl__resp_proto(r, 200, &resp.base);
+  fl__slog(FL_LOG_INFO, "device_enrolled", "device=%" PRIu64, id);
+out:
+  fl__v1__enroll_request__free_unpacked(e, NULL);
+  end(s, c, sr);
+}
+
+/* ----- check-in ---------------------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/* Pace steering: spread devices that come back over [base, 2*base) after `from`. */
+static int64_t retry_at(fl_srv *s, uint64_t device_id, int64_t from) {
+  int64_t base = s->cfg.checkin_interval_ms;
+  uint64_t j = mix64(device_id ^ (uint64_t)fl__now_ms());
+  return from + base + (int64_t)(j % (uint64_t)base);
+}
+
+typedef struct open_round {
+  uint64_t round_id, model_id, base_version;
+  int64_t deadline_ms;
+  bool assigned, contributed;
+  fl_plan plan;
+} open_round;
+
+/* The oldest open round of the requested model (or of any model). 1 found, 0 none, -1 error. */
+static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, open_round *o) {
+  fl_pgp p;
+  char msg[160];
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  fl__pgp_u64(&p, device_id);
+  PGresult *r = fl__pg_exec(
+      c,
+      "SELECT r.round_id, r.model_id, r.base_version,"
+      " (extract(epoch FROM r.deadline_at) * 1000)::bigint, p.config::text,"
+      " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id AND a.device_id = $2),"
+      " EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id AND x.device_id = $2)"
+      " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
+      " WHERE r.state = 'open' AND ($1 = 0 OR r.model_id = $1) ORDER BY r.round_id LIMIT 1",
+      &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  int rc = 0;
+  if (PQntuples(r) == 1) {
+    json_t *cfg = json_loads(PQgetvalue(r, 0, 4), 0, NULL);
+    o->round_id = fl__pg_u64(r, 0, 0);
+    o->model_id = fl__pg_u64(r, 0, 1);
+    o->base_version = fl__pg_u64(r, 0, 2);
+    o->deadline_ms = fl__pg_i64(r, 0, 3);
+    o->assigned = strcmp(PQgetvalue(r, 0, 5), "t") == 0;
+    o->contributed = strcmp(PQgetvalue(r, 0, 6), "t") == 0;
+    rc = fl__plan_from_json(&o->plan, cfg, msg) == 0 ? 1 : -1;
+    json_decref(cfg);
+  }
+  PQclear(r);
+  return rc;
+}
+
+static void send_task(fl_resp *r, const open_round *o, uint64_t device_id,
+                      const uint8_t sha[FL_SHA256_LEN]) {
+  Fl__V1__CheckInResponse resp = FL__V1__CHECK_IN_RESPONSE__INIT;
+  Fl__V1__TrainTask t = FL__V1__TRAIN_TASK__INIT;
+  Fl__V1__Hyperparameters h = FL__V1__HYPERPARAMETERS__INIT;
+  h.local_epochs = o->plan.local_epochs;
+  h.batch_size = o->plan.batch_size;
+  h.learning_rate = (float)o->plan.learning_rate;
+  h.momentum = (float)o->plan.momentum;
+  h.weight_decay = (float)o->plan.weight_decay;
+  h.prox_mu = (float)o->plan.prox_mu;
+  t.round_id = o->round_id;
+  t.model_id = o->model_id;
+  t.base_version = o->base_version;
+  t.base_sha256 = (ProtobufCBinaryData){FL_SHA256_LEN, (uint8_t *)(uintptr_t)sha};
+  t.hyperparameters = &h;
+  t.clip_norm = (float)o->plan.clip_norm;
+  t.noise_stddev = (float)o->plan.local_noise_stddev;
+  t.encoding = (Fl__V1__Encoding)o->plan.encoding;
+  t.topk_fraction = (float)o->plan.topk_fraction;
+  t.deadline_ms = o->deadline_ms;
+  t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
+  resp.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK;
+  resp.task = &t;
+  resp.server_time_ms = fl__now_ms();
+  fl__resp_proto(r, 200, &resp.base);
+}
+
+static void send_retry(fl_resp *r, int64_t at, const char *reason) {
+  Fl__V1__CheckInResponse resp = FL__V1__CHECK_IN_RESPONSE__INIT;
+  Fl__V1__RetryWindow w = FL__V1__RETRY_WINDOW__INIT;
+  w.retry_after_ms = at;
+  w.reason = (char *)reason;
+  resp.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY;
+  resp.retry = &w;
+  resp.server_time_ms = fl__now_ms();
+  fl__resp_proto(r, 200, &resp.base);
+}
+
+static void note_running(PGconn *c, uint64_t device_id, const Fl__V1__CheckInRequest *ci) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, device_id);
+  fl__pgp_u64(&p, ci->running_model_id);
+  fl__pgp_u64(&p, ci->running_version);
+  PQclear(fl__pg_exec(c,
+                      "UPDATE devices SET last_seen_at = now(), running_model_id = $2,"
+                      " running_version = $3 WHERE device_id = $1",
+                      &p, false, NULL));
+}
+
+static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
+  PGconn *c;
+  Fl__V1__SignedRequest *sr;
+  Fl__V1__CheckInRequest *ci = NULL;
+  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
+  open_round o;
+  if (begin(s, q, r, &c, &sr, pub))
+    return;
+  ci = fl__v1__check_in_request__unpack(NULL, sr->body.len, sr->body.data);
+  if (ci == NULL) {
+    fl__resp_dev_error(r, 400, "malformed_request", "body is not a CheckInRequest", 0);
+    goto out;
+  }
+  note_running(c, sr->device_id, ci);
+  int found = find_open_round(c, ci->model_id, sr->device_id, &o);
+  if (found < 0)
+    goto unavail;
+  if (found == 0) {
+    send_retry(r, retry_at(s, sr->device_id, fl__now_ms()), "no_open_round");
+    goto out;
+  }
+  if (o.contributed) {
+    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "already_contributed");
+    goto out;
+  }
+  int assigned = o.assigned ? 1 : fl__round_assign(c, o.round_id, sr->device_id);
+  if (assigned < 0 || (assigned > 0 && fl__version_sha(c, o.model_id, o.base_version, sha)))
+    goto unavail;
+  if (assigned > 0)
+    send_task(r, &o, sr->device_id, sha);
+  else
+    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "round_full");
+  goto out;
+unavail:
+  unavailable(r);
+out:
+  fl__v1__check_in_request__free_unpacked(ci, NULL);
+  end(s, c, sr);
+}
+
+/* ----- model download ---------------------------------------------------------------------- */
+
+static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
+  PGconn *c;
+  Fl__V1__SignedRequest *sr;
+  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN], *buf = NULL;
+  uint64_t model_id, version;
+  const char *rest;
+  size_t len;
+  if (fl__path_u64(q->path, "/v1/models/", &model_id, &rest) ||
+      fl__path_u64(rest, "/versions/", &version, &rest) || *rest != '\0') {
+    fl__resp_dev_error(r, 404, "not_found", "expected /v1/models/{id}/versions/{version}", 0);
+    return;
+  }
+  if (begin(s, q, r, &c, &sr, pub))
+    return;
+  int err = fl__version_sha(c, model_id, version, sha);
+  if (err == FL_OK) {
+    char hex[2 * FL_SHA256_LEN + 1];
+    const char *inm = fl__req_header(q, "If-None-Match");
+    fl__hex(sha, sizeof sha, hex);
+    snprintf(r->etag, sizeof r->etag, "\"%s\"", hex);
+    if (inm != NULL && (strcmp(inm, r->etag) == 0 || strcmp(inm, hex) == 0)) {
+      fl__resp_text(r, 304, NULL, "");
+      goto out;
+    }
+    err = fl__version_packed(s, c, model_id, version, &buf, &len, sha);
+  }
+  if (err == FL_E_NOTFOUND)
+    fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
+  else if (err)
+    unavailable(r);
+  else {
+    free(r->data);
+    r->status = 200;
+    r->content_type = "application/x-protobuf";
+    r->data = (char *)buf;
+    r->len = len;
+  }
+out:
+  end(s, c, sr);
+}
+
+/* ----- evaluation reports ------------------------------------------------------------------ */
+
+static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
+  PGconn *c;
+  Fl__V1__SignedRequest *sr;
+  Fl__V1__EvalReport *e = NULL;
+  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
+  json_t *m = NULL;
+  char *mj = NULL;
+  if (begin(s, q, r, &c, &sr, pub))
+    return;
+  e = fl__v1__eval_report__unpack(NULL, sr->body.len, sr->body.data);
+  if (e == NULL) {
+    fl__resp_dev_error(r, 400, "malformed_request", "body is not an EvalReport", 0);
+    goto out;
+  }
+  m = json_object();
+  for (size_t i = 0; m != NULL && i < e->n_metrics; i++) {
+    if (!isfinite(e->metrics[i]->value) || e->metrics[i]->name[0] == '\0') {
+      fl__resp_dev_error(r, 422, "non_finite", "metrics need a name and a finite value", 0);
+      goto out;
+    }
+    json_object_set_new(m, e->metrics[i]->name, json_real(e->metrics[i]->value));
+  }
+  int err = fl__version_sha(c, e->model_id, e->version, sha);
+  if (err == FL_E_NOTFOUND) {
+    fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
+    goto out;
+  }
+  mj = m ? json_dumps(m, JSON_COMPACT) : NULL;
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, sr->device_id);
+  fl__pgp_u64(&p, e->model_id);
+  fl__pgp_u64(&p, e->version);
+  fl__pgp_u64(&p, e->gate_id);
+  fl__pgp_u64(&p, e->sample_count);
+  fl__pgp_text(&p, mj);
+  PGresult *res = err || mj == NULL ? NULL
+                                    : fl__pg_exec(c,
+                                                  "INSERT INTO evaluations (device_id, model_id,"
+                                                  " version, gate_id, sample_count, metrics)"
+                                                  " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                                                  &p, false, NULL);
+  if (res == NULL) {
+    unavailable(r);
+    goto out;
+  }
+  PQclear(res);
+  Fl__V1__EvalAck ack = FL__V1__EVAL_ACK__INIT;
+  ack.recorded = true;
+  fl__resp_proto(r, 200, &ack.base);
+out:
+  free(mj);
+  json_decref(m);
+  fl__v1__eval_report__free_unpacked(e, NULL);
+  end(s, c, sr);
+}
+
+
+
+const fl_route fl__dev_routes[] = {
+    {"POST", "/v1/enroll", "enroll", h_enroll},
+    {"POST", "/v1/checkin", "checkin", h_checkin},
+    {"GET", "/v1/models/", "download", h_download},
+    {"POST", "/v1/updates", "update", fl__devapi_update},
+    {"POST", "/v1/evaluations", "evaluation", h_evaluation},
+    {NULL, NULL, NULL, NULL},
+};

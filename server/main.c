@@ -1,0 +1,132 @@
+/*
+ * fl-coordinator: start-up and graceful shutdown.
+ *
+ * Start: configuration, signing key, database (waiting for it up to a minute), migrations,
+ * bootstrap admin token, committer and ticker threads, then the HTTP daemon. SIGTERM/SIGINT:
+ * stop accepting connections, let in-flight requests finish (uploads among them wait for
+ * their group commit), commit whatever is still pending, stop the threads, close.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aggregate.h"
+#include "auth.h"
+#include "http.h"
+#include "migrations.h"
+#include "models.h"
+#include "rounds.h"
+#include "store_pg.h"
+
+static int load_or_create_key(fl_srv *s) {
+  int err = fl__key_load_pem(&s->key, s->cfg.signing_key);
+  if (err == FL_E_IO && access(s->cfg.signing_key, F_OK) != 0) {
+    err = fl__key_generate(&s->key);
+    if (err == FL_OK)
+      err = fl__key_save_pem(s->key, s->cfg.signing_key);
+    if (err == FL_OK)
+      fl__slog(FL_LOG_INFO, "signing_key_created", "path=%s", s->cfg.signing_key);
+  }
+  if (err == FL_OK)
+    err = fl__key_public(s->key, s->pub);
+  if (err) {
+    fl__slog(FL_LOG_ERROR, "signing_key_failed", "path=%s error=\"%s\"", s->cfg.signing_key,
+             fl_strerror(err));
+    return err;
+  }
+  char hex[2 * FL_PUBKEY_LEN + 1];
+  fl__hex(s->pub, sizeof s->pub, hex);
+  fl__slog(FL_LOG_INFO, "signing_key_loaded", "public_key=%s", hex);
+  return FL_OK;
+}
+
+/* Connects (retrying for a minute: the database may start together with us), migrates and
+ * makes sure an admin token exists. */
+static int open_database(fl_srv *s) {
+  int err = FL_E_DB;
+  for (int i = 0; i < 60 && err != FL_OK; i++) {
+    err = fl__pool_new(&s->pool, s->cfg.database_url, s->cfg.db_pool_size);
+    if (err != FL_OK)
+      sleep(1);
+  }
+  if (err)
+    return err;
+  PGconn *c = fl__pool_get(s->pool);
+  if (c == NULL)
+    return FL_E_DB;
+  err = fl__migrate(c);
+  if (err == FL_OK && fl__auth_bootstrap(s, c))
+    err = FL_E_DB;
+  fl__pool_put(s->pool, c);
+  return err;
+}
+
+static int start(fl_srv *s) {
+  int err = fl__metrics_new(&s->metrics);
+  if (err == FL_OK)
+    err = load_or_create_key(s);
+  if (err == FL_OK)
+    err = open_database(s);
+  if (err == FL_OK)
+    err = fl__models_new(&s->models);
+  if (err == FL_OK)
+    err = fl__agg_new(&s->agg, s);
+  if (err == FL_OK)
+    err = fl__rounds_new(&s->rounds, s);
+  if (err == FL_OK)
+    err = fl__agg_start(s->agg);
+  if (err == FL_OK)
+    err = fl__rounds_start(s->rounds);
+  if (err == FL_OK)
+    err = fl__http_start(s);
+  return err;
+}
+
+static void shutdown_all(fl_srv *s) {
+  atomic_store(&s->ready, false);
+  fl__http_quiesce(s);
+  fl__http_stop(s);     /* waits for in-flight requests */
+  fl__agg_stop(s->agg); /* commits what is left, answers every waiter */
+  fl__rounds_stop(s->rounds);
+  fl__agg_free(s->agg);
+  fl__rounds_free(s->rounds);
+  fl__models_free(s->models);
+  fl__pool_free(s->pool);
+  fl__key_free(s->key);
+  fl__metrics_free(s->metrics);
+}
+
+int main(int argc, char **argv) {
+  static fl_srv srv;
+  sigset_t set;
+  int sig = 0;
+  int rc = fl__config_parse(&srv.cfg, argc, argv);
+  if (rc != 0)
+    return rc > 0 ? 0 : 2;
+  fl__slog_init(srv.cfg.log_level, srv.cfg.replica_id);
+  /* Block the stop signals before any thread starts so that every thread inherits the mask
+   * and only sigwait() below sees them. */
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  atomic_init(&srv.ready, false);
+  if (start(&srv) != FL_OK) {
+    fl__slog(FL_LOG_ERROR, "startup_failed", NULL);
+    shutdown_all(&srv);
+    return 1;
+  }
+  atomic_store(&srv.ready, true);
+  fl__slog(FL_LOG_INFO, "started", NULL);
+  while (sigwait(&set, &sig) != 0)
+    ;
+  fl__slog(FL_LOG_INFO, "stopping", "signal=%d", sig);
+  shutdown_all(&srv);
+  fl__slog(FL_LOG_INFO, "stopped", NULL);
+  return 0;
+}
