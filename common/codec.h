@@ -5,6 +5,11 @@
  * nearest even), int8 with one scale per tensor (scale = max|x|/127, q = round(x/scale)), and
  * top-k sparse (the k = ceil(fraction*count) largest |x|, indices ascending). Decoding checks
  * every size, index and value before writing, so a malformed tensor changes nothing.
+ *
+ * Error codes of check/decode: FL_E_SHAPE (count differs from the expected one, or from the
+ * product of shape), FL_E_PARSE (data or indices of the wrong length, indices not strictly
+ * ascending or out of range, negative scale, unknown encoding), FL_E_NONFINITE (a NaN or
+ * infinite value or scale), FL_E_TOOBIG (a count whose byte size does not fit in size_t).
  */
 #ifndef FL__CODEC_H
 #define FL__CODEC_H
@@ -16,17 +21,24 @@
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "model.h"
 
-uint16_t fl__f32_to_f16(float f);
-float fl__f16_to_f32(uint16_t h);
+uint16_t fl__f32_to_f16(float f); /* round to nearest even; overflow -> inf; NaN kept */
+float fl__f16_to_f32(uint16_t h);  /* exact */
+
+/* k = ceil(fraction * count), the product rounded to float precision first so that 0.1f of
+ * 1000 keeps 100 rather than 101; clamped to [1, count] for count > 0. fraction in (0, 1]. */
+size_t fl__topk_count(float fraction, size_t count);
 
 /* Fills *t (initialised by the caller with fl__v1__tensor__init) with the encoding of
- * x[0..count). Buffers are allocated with `a`; release them with fl__tensor_release(). */
+ * x[0..count). Buffers are allocated with `a`; release them with fl__tensor_release().
+ * shape may be NULL with ndim 0; otherwise its product must equal count (FL_E_SHAPE).
+ * FL_E_NONFINITE if any x is NaN/inf, FL_E_INVAL for an unknown encoding or a top-k fraction
+ * outside (0, 1]. On error *t is untouched. */
 int fl__tensor_encode(Fl__V1__Tensor *t, const float *x, size_t count, const uint32_t *shape,
                       uint32_t ndim, int encoding, float topk_fraction, const fl_allocator *a);
 void fl__tensor_release(Fl__V1__Tensor *t, const fl_allocator *a);
 
 /* Validates t against expected_count (and encoding-specific sizes) and writes the dense values
- * to out. FL_E_SHAPE / FL_E_PARSE / FL_E_NONFINITE; on error out may be partly written. */
+ * to out. FL_E_SHAPE / FL_E_PARSE / FL_E_NONFINITE; on error out is untouched. */
 int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count);
 /* Validation only, no output: the same checks as decode. */
 int fl__tensor_check(const Fl__V1__Tensor *t, size_t expected_count);
@@ -41,8 +53,17 @@ double fl__tensor_sqnorm(const Fl__V1__Tensor *t);
 int fl__delta_encode(const fl_model *m, const float *delta, int encoding, float topk_fraction,
                      Fl__V1__Tensor ***out_tensors, size_t *out_n, const fl_allocator *a);
 void fl__delta_release(Fl__V1__Tensor **tensors, size_t n, const fl_allocator *a);
-/* Checks n tensors against the model layout (count and shape of each). */
+/* Checks n tensors against the model layout (count and shape of each, then fl__tensor_check).
+ * FL_E_SHAPE when n or a shape differs. This builds the layout from the spec on each call
+ * (it allocates a model); a server checking many updates caches the layout once with
+ * fl__layout_new and calls fl__delta_check_layout. */
 int fl__delta_check(const fl_model_spec *spec, Fl__V1__Tensor *const *tensors, size_t n);
+int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
+                           Fl__V1__Tensor *const *tensors, size_t n);
+/* The parameter tensors of a spec (offset, count, shape), as fl__model_tensor_info gives them;
+ * *out is allocated with `a` (free with fl__free(a, *out)). On error *out is untouched. */
+int fl__layout_new(const fl_model_spec *spec, fl_tensor_info **out, size_t *out_n,
+                   const fl_allocator *a);
 
 /* ModelSpec conversions. from_proto validates (fl__spec_validate). */
 int fl__spec_from_proto(fl_model_spec *out, const Fl__V1__ModelSpec *p);

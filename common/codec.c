@@ -1,0 +1,528 @@
+/*
+ * Tensor encodings: float32, float16, int8 with a per-tensor scale, top-k sparse.
+ *
+ * The receiving side is the coordinator, which must survive anything a device sends: check
+ * and decode look at every length, index and value before a single float is written. Fold is
+ * the aggregation hot path; it trusts a tensor that has passed fl__tensor_check and streams it
+ * straight into the accumulator without a temporary vector.
+ *
+ * Multi-byte values in `data` and `indices` are little-endian (proto/fl/v1/fleetlearn.proto);
+ * on a little-endian host with aligned buffers float32 data is used in place.
+ */
+#include "codec.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "fl/err.h"
+#include "mem.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FL__LITTLE_ENDIAN 1
+#else
+#define FL__LITTLE_ENDIAN 0
+#endif
+
+/* ---- byte access --------------------------------------------------------------------------- */
+
+static uint16_t ld_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+static uint32_t ld_u32(const uint8_t *p) {
+#if FL__LITTLE_ENDIAN
+  uint32_t u;
+  memcpy(&u, p, 4); /* compiles to one load */
+  return u;
+#else
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+#endif
+}
+
+static float ld_f32(const uint8_t *p) {
+  uint32_t u = ld_u32(p);
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static void st_u16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+static void st_u32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void st_f32(uint8_t *p, float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  st_u32(p, u);
+}
+
+/* ---- float16 ------------------------------------------------------------------------------- */
+
+uint16_t fl__f32_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+  x &= 0x7fffffff;
+  if (x >= 0x7f800000) /* inf stays inf; NaN keeps its top payload bits and stays quiet */
+    return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 | ((x >> 13) & 0x3ff) : 0));
+  if (x >= 0x477ff000) /* >= 65520, halfway above the largest half 65504: rounds to inf */
+    return (uint16_t)(sign | 0x7c00);
+  if (x < 0x38800000) { /* below 2^-14: a half subnormal or zero */
+    if (x <= 0x33000000) /* <= 2^-25, at most half the smallest subnormal: ties to even 0 */
+      return sign;
+    uint32_t m = (x & 0x7fffff) | 0x800000;
+    uint32_t shift = 126 - (x >> 23); /* 14..24: m * 2^(e-150) in units of 2^-24 */
+    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1)))
+      h++; /* may carry into the smallest normal, which is the right encoding */
+    return (uint16_t)(sign | h);
+  }
+  /* Normal: rebias the exponent (127 -> 15) and round away 13 mantissa bits, ties to even.
+   * A carry out of the mantissa correctly bumps the exponent. */
+  uint32_t h = (x - 0x38000000) >> 13, rem = x & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+    h++;
+  return (uint16_t)(sign | h);
+}
+
+float fl__f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff, x;
+  if (e == 0x1f) {
+    x = sign | 0x7f800000 | m << 13;
+  } else if (e != 0) {
+    x = sign | (e + 112) << 23 | m << 13;
+  } else if (m == 0) {
+    x = sign;
+  } else { /* subnormal half: normalise; every one is a normal float */
+    e = 113;
+    while (!(m & 0x400)) {
+      m <<= 1;
+      e--;
+    }
+    x = sign | e << 23 | (m & 0x3ff) << 13;
+  }
+  float f;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+/* ---- validation ---------------------------------------------------------------------------- */
+
+/* Product of the dimensions; false when it overflows 64 bits. */
+static bool shape_product(const uint32_t *shape, size_t ndim, uint64_t *out) {
+  uint64_t prod = 1;
+  for (size_t i = 0; i < ndim; i++) {
+    if (shape[i] != 0 && prod > UINT64_MAX / shape[i])
+      return false;
+    prod *= shape[i];
+  }
+  *out = prod;
+  return true;
+}
+
+static int check_shape(const Fl__V1__Tensor *t) {
+  if (t->n_shape == 0)
+    return FL_OK;
+  if (t->shape == NULL)
+    return FL_E_PARSE;
+  uint64_t prod;
+  if (!shape_product(t->shape, t->n_shape, &prod) || prod != t->count)
+    return FL_E_SHAPE;
+  return FL_OK;
+}
+
+/* Sizes only: count, shape, data/indices lengths, scale. */
+static int check_sizes(const Fl__V1__Tensor *t, size_t expected_count) {
+  if (t == NULL)
+    return FL_E_INVAL;
+  if (t->count != (uint64_t)expected_count)
+    return FL_E_SHAPE;
+  int err = check_shape(t);
+  if (err != FL_OK)
+    return err;
+  if (t->count > SIZE_MAX / 4)
+    return FL_E_TOOBIG;
+  size_t n = (size_t)t->count, dlen = t->data.len, ilen = t->indices.len;
+  if ((dlen > 0 && t->data.data == NULL) || (ilen > 0 && t->indices.data == NULL))
+    return FL_E_PARSE;
+  switch (t->encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32:
+    return dlen == 4 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
+  case FL__V1__ENCODING__ENCODING_FLOAT16:
+    return dlen == 2 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
+  case FL__V1__ENCODING__ENCODING_INT8:
+    if (dlen != n || ilen != 0)
+      return FL_E_PARSE;
+    /* 128 * scale must stay finite, or a dequantised value would overflow to inf. */
+    if (!isfinite(t->scale) || !(fabsf(t->scale) <= FLT_MAX / 128.0f))
+      return FL_E_NONFINITE;
+    return t->scale >= 0.0f ? FL_OK : FL_E_PARSE;
+  case FL__V1__ENCODING__ENCODING_TOPK:
+    return dlen % 4 == 0 && ilen == dlen && dlen / 4 <= n ? FL_OK : FL_E_PARSE;
+  default:
+    return FL_E_PARSE;
+  }
+}
+
+/* Branch-free over the data so the loop vectorises: one OR of "exponent all ones" flags. */
+static bool f32_data_finite(const uint8_t *p, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++)
+    bad |= (ld_u32(p + 4 * i) & 0x7f800000) == 0x7f800000;
+  return bad == 0;
+}
+
+static bool f16_data_finite(const uint8_t *p, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++)
+    bad |= (ld_u16(p + 2 * i) & 0x7c00) == 0x7c00;
+  return bad == 0;
+}
+
+static int check_topk_indices(const uint8_t *idx, size_t k, uint64_t count) {
+  uint64_t prev = 0;
+  for (size_t j = 0; j < k; j++) {
+    uint64_t i = ld_u32(idx + 4 * j);
+    if (i >= count || (j > 0 && i <= prev))
+      return FL_E_PARSE;
+    prev = i;
+  }
+  return FL_OK;
+}
+
+int fl__tensor_check(const Fl__V1__Tensor *t, size_t expected_count) {
+  int err = check_sizes(t, expected_count);
+  if (err != FL_OK)
+    return err;
+  const uint8_t *d = t->data.data;
+  switch (t->encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32:
+    return f32_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
+  case FL__V1__ENCODING__ENCODING_FLOAT16:
+    return f16_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
+  case FL__V1__ENCODING__ENCODING_TOPK:
+    err = check_topk_indices(t->indices.data, t->data.len / 4, t->count);
+    if (err != FL_OK)
+      return err;
+    return f32_data_finite(d, t->data.len / 4) ? FL_OK : FL_E_NONFINITE;
+  default: /* int8: every byte is a valid value, the scale was checked with the sizes */
+    return FL_OK;
+  }
+}
+
+/* ---- decode, fold, norm -------------------------------------------------------------------- */
+
+int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count) {
+  int err = fl__tensor_check(t, expected_count);
+  if (err != FL_OK)
+    return err;
+  const uint8_t *d = t->data.data;
+  size_t n = expected_count;
+  switch (t->encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32:
+    for (size_t i = 0; i < n; i++)
+      out[i] = ld_f32(d + 4 * i);
+    break;
+  case FL__V1__ENCODING__ENCODING_FLOAT16:
+    for (size_t i = 0; i < n; i++)
+      out[i] = fl__f16_to_f32(ld_u16(d + 2 * i));
+    break;
+  case FL__V1__ENCODING__ENCODING_INT8:
+    for (size_t i = 0; i < n; i++)
+      out[i] = (float)(int8_t)d[i] * t->scale;
+    break;
+  default: { /* top-k, the only other encoding check lets through */
+    const uint8_t *idx = t->indices.data;
+    memset(out, 0, n * sizeof *out);
+    for (size_t j = 0; j < t->data.len / 4; j++)
+      out[ld_u32(idx + 4 * j)] = ld_f32(d + 4 * j);
+    break;
+  }
+  }
+  return FL_OK;
+}
+
+/* acc += w * x for float32 data: OpenBLAS when the bytes can be used as floats in place. */
+static void fold_f32(const uint8_t *d, size_t n, float w, float *acc) {
+#if FL__LITTLE_ENDIAN
+  if (((uintptr_t)d % _Alignof(float)) == 0) {
+    const float *x = (const float *)(const void *)d;
+    /* cblas takes int lengths. */
+    while (n > 0) {
+      int chunk = n > (size_t)(INT_MAX / 2) ? INT_MAX / 2 : (int)n;
+      cblas_saxpy(chunk, w, x, 1, acc, 1);
+      x += chunk;
+      acc += chunk;
+      n -= (size_t)chunk;
+    }
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++)
+    acc[i] += w * ld_f32(d + 4 * i);
+}
+
+void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc) {
+  const uint8_t *d = t->data.data;
+  size_t n = (size_t)t->count;
+  switch (t->encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32:
+    fold_f32(d, n, w, acc);
+    break;
+  case FL__V1__ENCODING__ENCODING_FLOAT16:
+    for (size_t i = 0; i < n; i++)
+      acc[i] += w * fl__f16_to_f32(ld_u16(d + 2 * i));
+    break;
+  case FL__V1__ENCODING__ENCODING_INT8: {
+    /* Dequantise exactly as decode does, so fold equals decode followed by axpy. */
+    float s = t->scale;
+    for (size_t i = 0; i < n; i++)
+      acc[i] += w * ((float)(int8_t)d[i] * s);
+    break;
+  }
+  case FL__V1__ENCODING__ENCODING_TOPK: {
+    const uint8_t *idx = t->indices.data;
+    for (size_t j = 0; j < t->data.len / 4; j++)
+      acc[ld_u32(idx + 4 * j)] += w * ld_f32(d + 4 * j);
+    break;
+  }
+  default:
+    break;
+  }
+}
+
+double fl__tensor_sqnorm(const Fl__V1__Tensor *t) {
+  const uint8_t *d = t->data.data;
+  size_t n = (size_t)t->count;
+  double s = 0.0;
+  switch (t->encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32:
+    for (size_t i = 0; i < n; i++) {
+      double v = ld_f32(d + 4 * i);
+      s += v * v;
+    }
+    break;
+  case FL__V1__ENCODING__ENCODING_FLOAT16:
+    for (size_t i = 0; i < n; i++) {
+      double v = fl__f16_to_f32(ld_u16(d + 2 * i));
+      s += v * v;
+    }
+    break;
+  case FL__V1__ENCODING__ENCODING_INT8:
+    for (size_t i = 0; i < n; i++) {
+      double v = (float)(int8_t)d[i] * t->scale;
+      s += v * v;
+    }
+    break;
+  case FL__V1__ENCODING__ENCODING_TOPK:
+    for (size_t j = 0; j < t->data.len / 4; j++) {
+      double v = ld_f32(d + 4 * j);
+      s += v * v;
+    }
+    break;
+  default:
+    break;
+  }
+  return s;
+}
+
+/* ---- encode -------------------------------------------------------------------------------- */
+
+size_t fl__topk_count(float fraction, size_t count) {
+  if (count == 0 || !(fraction > 0.0f))
+    return 0;
+  if (fraction >= 1.0f)
+    return count;
+  double k = ceil((double)(float)((double)fraction * (double)count));
+  if (k < 1.0)
+    return 1;
+  return k >= (double)count ? count : (size_t)k;
+}
+
+/* The element that would sit at position p (0-based) of a[0..n) sorted ascending; reorders a.
+ * Hoare partition around a median of three: equal values split evenly, so a tensor full of
+ * zeros (common in deltas) stays linear. */
+static float select_nth(float *a, size_t n, size_t p) {
+  ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, target = (ptrdiff_t)p;
+  while (lo < hi) {
+    float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
+    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+    ptrdiff_t i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < pivot)
+        i++;
+      while (a[j] > pivot)
+        j--;
+      if (i <= j) {
+        float t = a[i];
+        a[i++] = a[j];
+        a[j--] = t;
+      }
+    }
+    if (target <= j)
+      hi = j;
+    else if (target >= i)
+      lo = i;
+    else
+      return a[target]; /* between the partitions every value equals the pivot */
+  }
+  return a[target];
+}
+
+/* Writes the k largest |x| (ties: lowest index first) with ascending indices. */
+static int topk_pick(const float *x, size_t n, size_t k, uint8_t *vals, uint8_t *idx,
+                     const fl_allocator *a) {
+  if (k == 0)
+    return FL_OK;
+  float *mag = fl__malloc(a, n * sizeof *mag);
+  if (mag == NULL)
+    return FL_E_NOMEM;
+  for (size_t i = 0; i < n; i++)
+    mag[i] = fabsf(x[i]);
+  float thr = select_nth(mag, n, n - k);
+  fl__free(a, mag);
+  size_t above = 0;
+  for (size_t i = 0; i < n; i++)
+    above += fabsf(x[i]) > thr;
+  size_t ties = k - above, j = 0;
+  for (size_t i = 0; i < n && j < k; i++) {
+    float m = fabsf(x[i]);
+    if (m > thr || (m == thr && ties > 0)) {
+      if (m == thr)
+        ties--;
+      st_u32(idx + 4 * j, (uint32_t)i);
+      st_f32(vals + 4 * j, x[i]);
+      j++;
+    }
+  }
+  return FL_OK;
+}
+
+static void encode_int8(const float *x, size_t n, uint8_t *out, float *scale_out) {
+  float maxabs = 0.0f;
+  for (size_t i = 0; i < n; i++)
+    maxabs = fmaxf(maxabs, fabsf(x[i]));
+  float scale = maxabs / 127.0f;
+  *scale_out = scale;
+  for (size_t i = 0; i < n; i++) {
+    /* Division rather than a reciprocal: 1/scale overflows for tiny subnormal scales. */
+    long q = scale > 0.0f ? lrintf(x[i] / scale) : 0;
+    q = q > 127 ? 127 : (q < -127 ? -127 : q);
+    out[i] = (uint8_t)(int8_t)q;
+  }
+}
+
+/* Data (and indices) buffers for one encoding; *data_len may be 0 (buffer still allocated). */
+static int encode_data(const float *x, size_t n, int encoding, float fraction,
+                       const fl_allocator *a, ProtobufCBinaryData *data,
+                       ProtobufCBinaryData *indices, float *scale) {
+  size_t k = 0, dlen;
+  switch (encoding) {
+  case FL__V1__ENCODING__ENCODING_FLOAT32: dlen = 4 * n; break;
+  case FL__V1__ENCODING__ENCODING_FLOAT16: dlen = 2 * n; break;
+  case FL__V1__ENCODING__ENCODING_INT8: dlen = n; break;
+  case FL__V1__ENCODING__ENCODING_TOPK:
+    if (!(fraction > 0.0f && fraction <= 1.0f))
+      return FL_E_INVAL;
+    if (n > UINT32_MAX)
+      return FL_E_TOOBIG;
+    k = fl__topk_count(fraction, n);
+    dlen = 4 * k;
+    break;
+  default:
+    return FL_E_INVAL;
+  }
+  uint8_t *d = fl__malloc(a, dlen), *ix = NULL;
+  if (d == NULL)
+    return FL_E_NOMEM;
+  int err = FL_OK;
+  *scale = 0.0f;
+  if (encoding == FL__V1__ENCODING__ENCODING_FLOAT32) {
+    for (size_t i = 0; i < n; i++)
+      st_f32(d + 4 * i, x[i]);
+  } else if (encoding == FL__V1__ENCODING__ENCODING_FLOAT16) {
+    for (size_t i = 0; i < n; i++)
+      st_u16(d + 2 * i, fl__f32_to_f16(x[i]));
+  } else if (encoding == FL__V1__ENCODING__ENCODING_INT8) {
+    encode_int8(x, n, d, scale);
+  } else {
+    ix = fl__malloc(a, dlen);
+    err = ix == NULL ? FL_E_NOMEM : topk_pick(x, n, k, d, ix, a);
+  }
+  if (err != FL_OK) {
+    fl__free(a, ix);
+    fl__free(a, d);
+    return err;
+  }
+  data->data = d;
+  data->len = dlen;
+  indices->data = ix;
+  indices->len = ix != NULL ? dlen : 0;
+  return FL_OK;
+}
+
+static bool floats_finite(const float *x, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    bad |= (u & 0x7f800000) == 0x7f800000;
+  }
+  return bad == 0;
+}
+
+int fl__tensor_encode(Fl__V1__Tensor *t, const float *x, size_t count, const uint32_t *shape,
+                      uint32_t ndim, int encoding, float topk_fraction, const fl_allocator *a) {
+  if (t == NULL || (x == NULL && count > 0) || (shape == NULL && ndim > 0))
+    return FL_E_INVAL;
+  if (count > SIZE_MAX / 4)
+    return FL_E_TOOBIG;
+  uint64_t prod;
+  if (ndim > 0 && (!shape_product(shape, ndim, &prod) || prod != (uint64_t)count))
+    return FL_E_SHAPE;
+  if (!floats_finite(x, count))
+    return FL_E_NONFINITE;
+  uint32_t *sh = NULL;
+  if (ndim > 0) {
+    sh = fl__calloc(a, ndim, sizeof *sh);
+    if (sh == NULL)
+      return FL_E_NOMEM;
+    memcpy(sh, shape, ndim * sizeof *sh);
+  }
+  ProtobufCBinaryData data, indices;
+  float scale;
+  int err = encode_data(x, count, encoding, topk_fraction, a, &data, &indices, &scale);
+  if (err != FL_OK) {
+    fl__free(a, sh);
+    return err;
+  }
+  t->n_shape = ndim;
+  t->shape = sh;
+  t->encoding = (Fl__V1__Encoding)encoding;
+  t->count = count;
+  t->data = data;
+  t->indices = indices;
+  t->scale = scale;
+  return FL_OK;
+}
+
+void fl__tensor_release(Fl__V1__Tensor *t, const fl_allocator *a) {
+  if (t == NULL)
+    return;
+  fl__free(a, t->shape);
+  fl__free(a, t->data.data);
+  fl__free(a, t->indices.data);
+  t->shape = NULL;
+  t->n_shape = 0;
+  t->data.data = t->indices.data = NULL;
+  t->data.len = t->indices.len = 0;
+}
