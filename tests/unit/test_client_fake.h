@@ -279,7 +279,7 @@ static void fake_model(fake_coord *f, const fl_http_request *req) {
   f->resp = malloc(v->len);
   memcpy(f->resp, v->bytes, v->len);
   if (f->tamper_models)
-    f->resp[v->len - 80] ^= 0x01; /* inside the weights, ahead of sha256 and signature */
+    f->resp[v->len - 101] ^= 0x01; /* last byte of the bias data: sha256 and signature follow */
 }
 
 static void fake_upload(fake_coord *f, const fl_http_request *req) {
