@@ -579,3 +579,204 @@ Test(codec, fold_float32_unaligned_data) {
   t.data.data = own;
   fl__tensor_release(&t, NULL);
 }
+
+/* ---- model layouts: spec, weights, deltas -------------------------------------------------- */
+
+/* conv 1->2 3x3 on 1x6x6, relu, flatten, dense 3, relu, dense 2: tensors of rank 4, 1, 2, 1. */
+static void small_spec(fl_model_spec *s) {
+  memset(s, 0, sizeof *s);
+  s->input_ndim = 3;
+  s->input_shape[0] = 1;
+  s->input_shape[1] = 6;
+  s->input_shape[2] = 6;
+  s->layers[0] = (fl_layer_spec){FL_LAYER_CONV2D, 0, 2, 3, 1, 0};
+  s->layers[1] = (fl_layer_spec){FL_LAYER_RELU, 0, 0, 0, 0, 0};
+  s->layers[2] = (fl_layer_spec){FL_LAYER_FLATTEN, 0, 0, 0, 0, 0};
+  s->layers[3] = (fl_layer_spec){FL_LAYER_DENSE, 3, 0, 0, 0, 0};
+  s->layers[4] = (fl_layer_spec){FL_LAYER_RELU, 0, 0, 0, 0, 0};
+  s->layers[5] = (fl_layer_spec){FL_LAYER_DENSE, 2, 0, 0, 0, 0};
+  s->n_layers = 6;
+  s->loss = FL_LOSS_SOFTMAX_CE;
+}
+
+static fl_model *small_model(uint64_t seed) {
+  fl_model_spec s;
+  small_spec(&s);
+  fl_model *m = NULL;
+  cr_assert_eq(fl__model_new(&m, &s, NULL), FL_OK);
+  fl__model_init(m, seed);
+  return m;
+}
+
+Test(codec, spec_proto_round_trip) {
+  fl_model_spec s, back;
+  small_spec(&s);
+  s.layers[0].padding = 1;
+  s.layers[0].stride = 2;
+  fl_spec_proto_storage st;
+  fl__spec_to_proto(&st, &s);
+  cr_assert_eq(st.spec.n_input_shape, 3);
+  cr_assert_eq(st.spec.n_layers, 6);
+  /* Through the wire format too, as a device would see it. */
+  size_t len = fl__v1__model_spec__get_packed_size(&st.spec);
+  uint8_t *buf = malloc(len);
+  fl__v1__model_spec__pack(&st.spec, buf);
+  Fl__V1__ModelSpec *p = fl__v1__model_spec__unpack(NULL, len, buf);
+  cr_assert_not_null(p);
+  memset(&back, 0xab, sizeof back);
+  cr_assert_eq(fl__spec_from_proto(&back, p), FL_OK);
+  cr_assert_eq(back.input_ndim, 3);
+  cr_assert_arr_eq(back.input_shape, s.input_shape, sizeof s.input_shape);
+  cr_assert_eq(back.n_layers, s.n_layers);
+  cr_assert_arr_eq(back.layers, s.layers, s.n_layers * sizeof s.layers[0]);
+  cr_assert_eq(back.loss, s.loss);
+  fl__v1__model_spec__free_unpacked(p, NULL);
+  free(buf);
+}
+
+Test(codec, spec_from_proto_refusals) {
+  fl_model_spec s, out;
+  small_spec(&s);
+  fl_spec_proto_storage st;
+  fl__spec_to_proto(&st, &s);
+  memset(&out, 0x5a, sizeof out);
+  fl_model_spec before = out;
+  st.spec.n_input_shape = 2;
+  cr_assert_eq(fl__spec_from_proto(&out, &st.spec), FL_E_SHAPE);
+  st.spec.n_input_shape = 3;
+  st.spec.n_layers = FL_MAX_LAYERS + 1;
+  cr_assert_eq(fl__spec_from_proto(&out, &st.spec), FL_E_TOOBIG);
+  st.spec.n_layers = 6;
+  st.layers[3].units = 0;
+  cr_assert_neq(fl__spec_from_proto(&out, &st.spec), FL_OK, "fl__spec_validate runs");
+  st.layers[3].units = 3;
+  st.layer_ptrs[2] = NULL;
+  cr_assert_eq(fl__spec_from_proto(&out, &st.spec), FL_E_PARSE);
+  cr_assert(memcmp(&out, &before, sizeof out) == 0, "*out untouched on error");
+  cr_assert_eq(fl__spec_from_proto(&out, NULL), FL_E_INVAL);
+}
+
+Test(codec, layout_matches_model) {
+  fl_model *m = small_model(1);
+  fl_tensor_info *lay = NULL;
+  size_t n = 0;
+  cr_assert_eq(fl__layout_new(fl__model_spec(m), &lay, &n, NULL), FL_OK);
+  cr_assert_eq(n, fl__model_num_tensors(m));
+  cr_assert_eq(n, 6);
+  for (size_t i = 0; i < n; i++) {
+    fl_tensor_info info;
+    fl__model_tensor_info(m, i, &info);
+    cr_assert(memcmp(&info, &lay[i], sizeof info) == 0, "tensor %zu", i);
+  }
+  cr_assert_eq(lay[0].ndim, 4);
+  free(lay);
+  fl__model_free(m);
+}
+
+Test(codec, weights_round_trip_exact) {
+  fl_model *m = small_model(42), *m2 = small_model(0);
+  Fl__V1__Tensor **ts = NULL;
+  size_t n = 0;
+  cr_assert_eq(fl__weights_to_proto(m, &ts, &n, NULL), FL_OK);
+  cr_assert_eq(n, 6);
+  for (size_t i = 0; i < n; i++)
+    cr_assert_eq(ts[i]->encoding, ENC_F32);
+  cr_assert_eq(fl__weights_from_proto(m2, ts, n), FL_OK);
+  size_t np = fl__model_num_params(m);
+  cr_assert(memcmp(fl__model_params(m), fl__model_params(m2), np * sizeof(float)) == 0);
+  fl__delta_release(ts, n, NULL);
+  fl__model_free(m);
+  fl__model_free(m2);
+}
+
+Test(codec, weights_from_proto_refusals_leave_model_alone) {
+  fl_model *m = small_model(42), *m2 = small_model(7);
+  size_t np = fl__model_num_params(m2);
+  float *before = malloc(np * sizeof(float));
+  memcpy(before, fl__model_params(m2), np * sizeof(float));
+  Fl__V1__Tensor **ts = NULL;
+  size_t n = 0;
+  cr_assert_eq(fl__weights_to_proto(m, &ts, &n, NULL), FL_OK);
+  cr_assert_eq(fl__weights_from_proto(m2, ts, n - 1), FL_E_SHAPE);
+  /* Last tensor broken after the others are fine: nothing may have been written. */
+  uint32_t dim = ts[5]->shape[0];
+  ts[5]->shape[0] = dim + 1;
+  cr_assert_eq(fl__weights_from_proto(m2, ts, n), FL_E_SHAPE);
+  ts[5]->shape[0] = dim;
+  float nan = NAN;
+  uint8_t saved[4];
+  memcpy(saved, ts[5]->data.data, 4);
+  memcpy(ts[5]->data.data, &nan, 4);
+  cr_assert_eq(fl__weights_from_proto(m2, ts, n), FL_E_NONFINITE);
+  memcpy(ts[5]->data.data, saved, 4);
+  cr_assert(memcmp(before, fl__model_params(m2), np * sizeof(float)) == 0);
+  free(before);
+  fl__delta_release(ts, n, NULL);
+  fl__model_free(m);
+  fl__model_free(m2);
+}
+
+Test(codec, delta_encode_and_check_every_encoding) {
+  fl_model *m = small_model(3);
+  size_t np = fl__model_num_params(m);
+  float *delta = malloc(np * sizeof(float));
+  random_vector(delta, np, 12);
+  fl_tensor_info *lay = NULL;
+  size_t nl = 0;
+  cr_assert_eq(fl__layout_new(fl__model_spec(m), &lay, &nl, NULL), FL_OK);
+  const int encs[4] = {ENC_F32, ENC_F16, ENC_I8, ENC_TOPK};
+  for (int e = 0; e < 4; e++) {
+    Fl__V1__Tensor **ts = NULL;
+    size_t n = 0;
+    cr_assert_eq(fl__delta_encode(m, delta, encs[e], 0.25f, &ts, &n, NULL), FL_OK);
+    cr_assert_eq(n, 6);
+    cr_assert_eq(fl__delta_check(fl__model_spec(m), ts, n), FL_OK, "encoding %d", encs[e]);
+    cr_assert_eq(fl__delta_check_layout(lay, nl, ts, n), FL_OK);
+    /* Folding tensor by tensor rebuilds the delta within the encoding's error. */
+    float *acc = calloc(np, sizeof(float));
+    for (size_t i = 0; i < n; i++)
+      fl__tensor_fold(ts[i], 1.0f, acc + lay[i].offset);
+    if (encs[e] == ENC_F32)
+      cr_assert(memcmp(acc, delta, np * sizeof(float)) == 0);
+    free(acc);
+    cr_assert_eq(fl__delta_check(fl__model_spec(m), ts, n - 1), FL_E_SHAPE);
+    Fl__V1__Tensor *t = ts[0];
+    ts[0] = ts[2]; /* right number, wrong order */
+    cr_assert_eq(fl__delta_check(fl__model_spec(m), ts, n), FL_E_SHAPE);
+    cr_assert_eq(fl__delta_check_layout(lay, nl, ts, n), FL_E_SHAPE);
+    ts[0] = t;
+    ts[1]->data.len -= 1;
+    cr_assert_eq(fl__delta_check_layout(lay, nl, ts, n), FL_E_PARSE);
+    ts[1]->data.len += 1;
+    fl__delta_release(ts, n, NULL);
+  }
+  free(lay);
+  free(delta);
+  fl__model_free(m);
+}
+
+Test(codec, delta_encode_allocation_failures) {
+  fl_model *m = small_model(3);
+  size_t np = fl__model_num_params(m);
+  float *delta = malloc(np * sizeof(float));
+  random_vector(delta, np, 12);
+  for (int n = 0;; n++) {
+    budget b = {n, 0};
+    fl_allocator a = {b_malloc, b_realloc, b_free, &b};
+    Fl__V1__Tensor **ts = (Fl__V1__Tensor **)1;
+    size_t nt = 99;
+    int err = fl__delta_encode(m, delta, ENC_TOPK, 0.3f, &ts, &nt, &a);
+    if (err == FL_OK) {
+      fl__delta_release(ts, nt, &a);
+      cr_assert_eq(b.live, 0);
+      break;
+    }
+    cr_assert_eq(err, FL_E_NOMEM);
+    cr_assert_eq(b.live, 0, "leak after failing allocation %d", n);
+    cr_assert_eq(ts, (Fl__V1__Tensor **)1, "outputs untouched");
+    cr_assert_eq(nt, 99);
+    cr_assert_lt(n, 40);
+  }
+  free(delta);
+  fl__model_free(m);
+}
