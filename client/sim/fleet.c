@@ -1,0 +1,385 @@
+/*
+ * Worker threads stepping many libflclient handles.
+ */
+#include "fleet.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "fl/client.h"
+#include "fl/err.h"
+
+typedef enum { D_IDLE, D_ACTIVE } dev_phase;
+
+typedef struct device {
+  fl_client *c;
+  dev_phase phase;
+  uint64_t done_seq; /* last simulated round this device finished */
+  int64_t next_ms;   /* not before: the coordinator's retry window */
+  sim_behaviour behaviour;
+  int enrolled;
+  char key_path[300];
+  /* data source */
+  const fl_dataset *data;
+  const uint32_t *rows;
+  size_t n_rows, pos;
+  uint32_t *order;
+  int labelled;
+} device;
+
+typedef struct worker {
+  struct sim_fleet *f;
+  size_t lo, hi;
+  sim_net net;
+  pthread_t thread;
+  pthread_mutex_t mu; /* guards snap and failed_by_err */
+  sim_net_stats snap;
+  uint64_t failed_by_err[32];
+  char *const *tokens;
+} worker;
+
+struct sim_fleet {
+  sim_fleet_opts o;
+  device *dev;
+  worker *w;
+  int started;
+  atomic_uint_fast64_t seq;
+  atomic_int stop;
+  atomic_uint_fast64_t enroll_tried, enrolled;
+  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns;
+  atomic_int_fast64_t last_ack_ms;
+};
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* fl_data_source over this device's rows of the shared data set, shuffled each epoch. */
+static int ds_reset(void *ctx, uint64_t seed) {
+  device *d = ctx;
+  fl_rng r;
+  fl__rng_seed(&r, seed);
+  memcpy(d->order, d->rows, d->n_rows * sizeof(uint32_t));
+  fl__rng_shuffle_u32(&r, d->order, d->n_rows);
+  d->pos = 0;
+  return FL_OK;
+}
+
+static int ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max,
+                   size_t *n) {
+  device *d = ctx;
+  size_t dim = d->data->x_dim, k = 0;
+  for (; k < max && d->pos < d->n_rows; k++, d->pos++) {
+    uint32_t row = d->order[d->pos];
+    memcpy(x + k * dim, d->data->x + (size_t)row * dim, dim * sizeof(float));
+    if (labels != NULL && d->labelled)
+      labels[k] = d->data->labels[row];
+    if (targets != NULL && !d->labelled)
+      memcpy(targets + k * dim, d->data->x + (size_t)row * dim, dim * sizeof(float));
+  }
+  *n = k;
+  return FL_OK;
+}
+
+static void record_result(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
+  fl_round_result r;
+  fl_client_round_result(d->c, &r);
+  d->phase = D_IDLE;
+  if (r.outcome == FL_ROUND_NOT_SELECTED) {
+    int64_t now = now_ms(), at = r.retry_at_ms;
+    /* Keep the simulation moving even if the coordinator paces devices far out. */
+    d->next_ms = at <= now ? now + 200 : at > now + 3000 ? now + 3000 : at;
+    return;
+  }
+  d->done_seq = seq;
+  atomic_fetch_add(&f->finished, 1);
+  if (r.outcome == FL_ROUND_UPLOADED) {
+    atomic_fetch_add(&f->uploaded, 1);
+    int64_t now = now_ms(), prev = atomic_load(&f->last_ack_ms);
+    while (now > prev && !atomic_compare_exchange_weak(&f->last_ack_ms, &prev, now))
+      ;
+  } else {
+    atomic_fetch_add(&f->failed, 1);
+    pthread_mutex_lock(&w->mu);
+    w->failed_by_err[r.err >= 0 && r.err < 32 ? r.err : 31]++;
+    pthread_mutex_unlock(&w->mu);
+  }
+}
+
+/* Steps one device as far as it goes without waiting. */
+static void drive(struct sim_fleet *f, worker *w, device *d, uint64_t seq, fl_rng *r) {
+  if (d->phase == D_IDLE) {
+    if (d->done_seq >= seq || now_ms() < d->next_ms)
+      return;
+    if (fl_client_round_begin(d->c) != FL_OK) {
+      d->done_seq = seq;
+      atomic_fetch_add(&f->finished, 1);
+      atomic_fetch_add(&f->failed, 1);
+      return;
+    }
+    d->phase = D_ACTIVE;
+  }
+  for (;;) {
+    fl_step st = FL_STEP_IDLE;
+    fl_client_step(d->c, 0, &st);
+    if (st == FL_STEP_NEED_TRAIN) {
+      if (fl__rng_uniform(r) < f->o.dropout) {
+        fl_client_round_cancel(d->c);
+        d->phase = D_IDLE;
+        d->done_seq = seq;
+        atomic_fetch_add(&f->finished, 1);
+        atomic_fetch_add(&f->dropped, 1);
+        return;
+      }
+      uint64_t t0 = mono_ns();
+      fl_client_train(d->c);
+      atomic_fetch_add(&f->train_ns, mono_ns() - t0);
+      continue;
+    }
+    if (st == FL_STEP_DONE || st == FL_STEP_IDLE)
+      record_result(f, w, d, seq);
+    return;
+  }
+}
+
+static void enroll_slice(struct sim_fleet *f, worker *w) {
+  for (size_t k = w->lo; k < w->hi && !atomic_load(&f->stop); k++) {
+    device *d = &f->dev[k];
+    int rc = fl_client_enroll(d->c, w->tokens[k], NULL, 0, "fl-sim");
+    d->enrolled = rc == FL_OK;
+    if (rc != FL_OK && k == w->lo)
+      fprintf(stderr, "fl-sim: device %zu cannot enroll: %s (%s)\n", k, fl_strerror(rc),
+              fl_client_errmsg(d->c));
+    atomic_fetch_add(&f->enrolled, (uint64_t)d->enrolled);
+    atomic_fetch_add(&f->enroll_tried, 1);
+  }
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  struct sim_fleet *f = w->f;
+  fl_rng r;
+  fl__rng_seed(&r, f->o.seed * 7919 + w->lo);
+  enroll_slice(f, w);
+  while (!atomic_load(&f->stop)) {
+    uint64_t seq = atomic_load(&f->seq);
+    for (size_t k = w->lo; k < w->hi && seq > 0; k++)
+      if (f->dev[k].enrolled)
+        drive(f, w, &f->dev[k], seq, &r);
+    sim_net_run(&w->net, 2);
+    pthread_mutex_lock(&w->mu);
+    w->snap = w->net.stats;
+    pthread_mutex_unlock(&w->mu);
+    if (seq == 0) {
+      struct timespec ts = {0, 5 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  return NULL;
+}
+
+/* Which devices misbehave, and how: a seeded choice of bad_frac of them, kinds in turn. */
+static void assign_behaviours(struct sim_fleet *f) {
+  size_t n = f->o.n_devices, n_bad = (size_t)(f->o.bad_frac * (double)n + 0.5);
+  unsigned kinds = f->o.bad_kinds ? f->o.bad_kinds : 0x1e;
+  uint32_t *perm = malloc(n * sizeof(*perm));
+  if (perm == NULL)
+    return;
+  for (size_t i = 0; i < n; i++)
+    perm[i] = (uint32_t)i;
+  fl_rng r;
+  fl__rng_seed(&r, f->o.seed ^ 0xbadbadu);
+  fl__rng_shuffle_u32(&r, perm, n);
+  int kind = 0;
+  for (size_t i = 0; i < n_bad && i < n; i++) {
+    do
+      kind = kind % (SIM_BEHAVIOUR_COUNT - 1) + 1;
+    while (!(kinds & (1u << kind)));
+    f->dev[perm[i]].behaviour = (sim_behaviour)kind;
+  }
+  free(perm);
+}
+
+static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
+  device *d = &f->dev[k];
+  char dir[256];
+  snprintf(dir, sizeof(dir), "%s/devices/%05zu", f->o.work_dir, k);
+  snprintf(d->key_path, sizeof(d->key_path), "%s/device.key", dir);
+  d->data = f->o.train;
+  d->rows = f->o.part->index + f->o.part->offsets[k];
+  d->n_rows = sim_partition_size(f->o.part, k);
+  d->labelled = f->o.labelled;
+  d->order = malloc((d->n_rows ? d->n_rows : 1) * sizeof(uint32_t));
+  if (d->order == NULL)
+    return FL_E_NOMEM;
+  fl_rng r;
+  fl__rng_seed(&r, f->o.seed * 31 + k);
+  int straggler = fl__rng_uniform(&r) < f->o.straggler_frac;
+  sim_link_opts lo = {.net = net, .base_url = f->o.url, .key_path = d->key_path,
+                      .behaviour = d->behaviour,
+                      .straggler_ms = straggler ? f->o.straggler_ms : 0};
+  fl_transport tr;
+  int rc = sim_link_transport(&tr, &lo);
+  if (rc != FL_OK)
+    return rc;
+  fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION, .server_url = f->o.url,
+                       .state_dir = dir, .transport = &tr, .max_retries = 4,
+                       .backoff_base_ms = 50, .backoff_max_ms = 2000,
+                       .request_timeout_ms = 120000, .connect_timeout_ms = 10000};
+  rc = fl_client_new(&d->c, &co);
+  if (rc != FL_OK) {
+    tr.destroy(tr.ctx);
+    return rc;
+  }
+  fl_data_source src = {.ctx = d, .x_dim = f->o.train->x_dim, .n_examples = d->n_rows,
+                        .reset = ds_reset, .next = ds_next};
+  return fl_client_set_data_source(d->c, &src);
+}
+
+int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
+  if (o->n_devices == 0 || o->threads < 1 || o->part->n_parties < o->n_devices)
+    return FL_E_INVAL;
+  struct sim_fleet *f = calloc(1, sizeof(*f));
+  if (f == NULL)
+    return FL_E_NOMEM;
+  f->o = *o;
+  f->dev = calloc(o->n_devices, sizeof(*f->dev));
+  f->w = calloc((size_t)o->threads, sizeof(*f->w));
+  char dir[256];
+  snprintf(dir, sizeof(dir), "%s/devices", o->work_dir);
+  int rc = f->dev && f->w ? FL_OK : FL_E_NOMEM;
+  if (rc == FL_OK && mkdir(dir, 0700) != 0 && errno != EEXIST)
+    rc = FL_E_IO;
+  if (rc == FL_OK)
+    assign_behaviours(f);
+  for (int t = 0; rc == FL_OK && t < o->threads; t++) {
+    worker *w = &f->w[t];
+    w->f = f;
+    w->lo = o->n_devices * (size_t)t / (size_t)o->threads;
+    w->hi = o->n_devices * (size_t)(t + 1) / (size_t)o->threads;
+    pthread_mutex_init(&w->mu, NULL);
+    rc = sim_net_init(&w->net, o->seed + (uint64_t)t);
+    w->net.net_fail = o->net_fail;
+    w->net.clip_norm = o->clip_norm;
+    for (size_t k = w->lo; rc == FL_OK && k < w->hi; k++)
+      rc = make_device(f, k, &w->net);
+  }
+  if (rc != FL_OK) {
+    sim_fleet_free(f);
+    return rc;
+  }
+  *out = f;
+  return FL_OK;
+}
+
+int sim_fleet_start(sim_fleet *f, char *const *tokens) {
+  for (int t = 0; t < f->o.threads; t++) {
+    f->w[t].tokens = tokens;
+    if (pthread_create(&f->w[t].thread, NULL, worker_main, &f->w[t]) != 0) {
+      atomic_store(&f->stop, 1);
+      for (int j = 0; j < t; j++)
+        pthread_join(f->w[j].thread, NULL);
+      return FL_E_NOMEM;
+    }
+  }
+  f->started = 1;
+  return FL_OK;
+}
+
+size_t sim_fleet_wait_enrolled(sim_fleet *f) {
+  while (atomic_load(&f->enroll_tried) < f->o.n_devices) {
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  return (size_t)atomic_load(&f->enrolled);
+}
+
+void sim_fleet_next_round(sim_fleet *f) {
+  atomic_store(&f->finished, 0);
+  atomic_fetch_add(&f->seq, 1);
+}
+
+static void add_stats(sim_net_stats *to, const sim_net_stats *s) {
+  to->bytes_up += s->bytes_up;
+  to->bytes_down += s->bytes_down;
+  to->requests += s->requests;
+  to->net_faults += s->net_faults;
+  for (int i = 0; i < SIM_MAX_REASONS && s->reasons[i][0]; i++) {
+    int j = 0;
+    while (j < SIM_MAX_REASONS && to->reasons[j][0] && strcmp(to->reasons[j], s->reasons[i]))
+      j++;
+    if (j == SIM_MAX_REASONS)
+      continue;
+    memcpy(to->reasons[j], s->reasons[i], sizeof(to->reasons[j]));
+    to->reason_count[j] += s->reason_count[i];
+    to->refused += s->reason_count[i];
+  }
+}
+
+void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
+  memset(c, 0, sizeof(*c));
+  c->finished = atomic_load(&f->finished);
+  c->uploaded = atomic_load(&f->uploaded);
+  c->failed = atomic_load(&f->failed);
+  c->dropped = atomic_load(&f->dropped);
+  c->train_s = (double)atomic_load(&f->train_ns) / 1e9;
+  c->last_ack_ms = atomic_load(&f->last_ack_ms);
+  for (int t = 0; t < f->o.threads; t++) {
+    pthread_mutex_lock(&f->w[t].mu);
+    add_stats(&c->net, &f->w[t].snap);
+    for (int e = 0; e < 32; e++)
+      c->failed_by_err[e] += f->w[t].failed_by_err[e];
+    pthread_mutex_unlock(&f->w[t].mu);
+  }
+}
+
+int sim_fleet_observer(sim_fleet *f, uint64_t *device_id, const char **key_path) {
+  for (size_t k = 0; k < f->o.n_devices; k++) {
+    device *d = &f->dev[k];
+    if (d->enrolled && d->behaviour == SIM_HONEST) {
+      *device_id = fl_client_device_id(d->c);
+      *key_path = d->key_path;
+      return FL_OK;
+    }
+  }
+  return FL_E_NOTFOUND;
+}
+
+void sim_fleet_behaviours(const sim_fleet *f, size_t counts[SIM_BEHAVIOUR_COUNT]) {
+  memset(counts, 0, SIM_BEHAVIOUR_COUNT * sizeof(size_t));
+  for (size_t k = 0; k < f->o.n_devices; k++)
+    counts[f->dev[k].behaviour]++;
+}
+
+void sim_fleet_free(sim_fleet *f) {
+  if (f == NULL)
+    return;
+  atomic_store(&f->stop, 1);
+  for (int t = 0; f->started && t < f->o.threads; t++)
+    pthread_join(f->w[t].thread, NULL);
+  for (size_t k = 0; f->dev && k < f->o.n_devices; k++) {
+    fl_client_free(f->dev[k].c);
+    free(f->dev[k].order);
+  }
+  for (int t = 0; f->w && t < f->o.threads; t++) {
+    sim_net_cleanup(&f->w[t].net);
+    pthread_mutex_destroy(&f->w[t].mu);
+  }
+  free(f->dev);
+  free(f->w);
+  free(f);
+}

@@ -1,0 +1,68 @@
+/*
+ * The simulated fleet: N libflclient handles, each with its own state directory (key,
+ * identity, model cache), data partition and fault profile, driven through the client's step
+ * interface by a few worker threads. Each worker owns a slice of the devices and one libcurl
+ * multi handle (sim_net) that all of its devices share; training runs inline on the worker.
+ *
+ * Rounds are paced by the main thread: a device takes part at most once per simulated round
+ * and waits for sim_fleet_next_round() after uploading (or failing, or dropping out).
+ */
+#ifndef SIM_FLEET_H
+#define SIM_FLEET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "partition.h"
+#include "transport.h"
+
+typedef struct sim_fleet_opts {
+  size_t n_devices;
+  int threads;
+  const char *url;
+  const char *work_dir;
+  const fl_dataset *train;   /* borrowed */
+  const sim_partition *part; /* device k trains on part's k-th list; borrowed */
+  int labelled;              /* 0 for an autoencoder: no labels are handed to the client */
+  double dropout;            /* probability that a selected device drops out before uploading */
+  double net_fail;           /* per exchange */
+  double straggler_frac, straggler_ms;
+  double bad_frac;           /* fraction of misbehaving devices */
+  unsigned bad_kinds;        /* bit (1 << sim_behaviour) per kind in use; 0: all four */
+  double clip_norm;
+  uint64_t seed;
+} sim_fleet_opts;
+
+typedef struct sim_fleet sim_fleet;
+
+/* Creates the handles and state directories. On error nothing is left running. */
+int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o);
+void sim_fleet_free(sim_fleet *f); /* stops the workers first */
+
+/* Starts the workers, which enroll their devices with tokens[k] and then wait for round 1.
+ * tokens is borrowed until sim_fleet_wait_enrolled returns. */
+int sim_fleet_start(sim_fleet *f, char *const *tokens);
+/* Blocks until every device tried to enroll; the number enrolled. */
+size_t sim_fleet_wait_enrolled(sim_fleet *f);
+
+/* Lets devices take part in the next simulated round (the first call starts round 1). */
+void sim_fleet_next_round(sim_fleet *f);
+
+typedef struct sim_fleet_counts {
+  uint64_t finished;   /* devices done with the current round (any outcome) */
+  uint64_t uploaded, failed, dropped;
+  double train_s;      /* training time summed over devices */
+  int64_t last_ack_ms; /* Unix ms of the latest acknowledged upload */
+  sim_net_stats net;   /* summed over the workers */
+  uint64_t failed_by_err[32];
+} sim_fleet_counts;
+/* Totals since the start (finished: in the current round only). */
+void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c);
+
+/* An honest enrolled device to download versions with: its id and key file path. */
+int sim_fleet_observer(sim_fleet *f, uint64_t *device_id, const char **key_path);
+/* Devices per behaviour. */
+void sim_fleet_behaviours(const sim_fleet *f, size_t counts[SIM_BEHAVIOUR_COUNT]);
+
+#endif
