@@ -31,14 +31,14 @@ const char *fl_client_errmsg(const fl_client *c) {
   return c != NULL ? c->errmsg : "";
 }
 
-int64_t fl__now_ms(void) {
+int64_t fl__client_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int64_t fl__client_time_ms(const fl_client *c) {
-  return fl__now_ms() + c->clock_offset_ms;
+  return fl__client_now_ms() + c->clock_offset_ms;
 }
 
 static long or_default(long v, long d) {

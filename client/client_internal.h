@@ -142,7 +142,7 @@ struct fl_client {
 
 /* client.c */
 void fl__client_err(fl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int64_t fl__now_ms(void);          /* CLOCK_REALTIME */
+int64_t fl__client_now_ms(void);          /* CLOCK_REALTIME */
 int64_t fl__client_time_ms(const fl_client *c); /* corrected by the server's clock */
 
 /* state.c */

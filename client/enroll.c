@@ -55,7 +55,7 @@ out_free:
 }
 
 static void sleep_until(int64_t wake_ms) {
-  int64_t d = wake_ms - fl__now_ms();
+  int64_t d = wake_ms - fl__client_now_ms();
   if (d <= 0)
     return;
   struct timespec ts = {.tv_sec = d / 1000, .tv_nsec = (long)(d % 1000) * 1000000L};

@@ -189,7 +189,7 @@ static void step_all(fl_multi *m) {
 
 /* How long the poll may sleep: until the earliest backoff ends, at most timeout_ms. */
 static int poll_timeout(const fl_multi *m, int timeout_ms) {
-  int64_t now = fl__now_ms(), t = timeout_ms;
+  int64_t now = fl__client_now_ms(), t = timeout_ms;
   for (const fl_client *c = m->head; c != NULL; c = c->multi_next) {
     if (c->lent) { /* its other fields belong to the training thread */
       if (atomic_load_explicit(&c->trained, memory_order_acquire))

@@ -197,7 +197,7 @@ static int64_t backoff_delay(const fl_client *c, int attempt, int64_t hint_ms) {
     d = c->backoff_max_ms;
   uint64_t r = 0;
   if (fl__random_bytes(&r, sizeof r) != FL_OK)
-    r = (uint64_t)fl__now_ms();
+    r = (uint64_t)fl__client_now_ms();
   int64_t half = d / 2;
   d = half + (half > 0 ? (int64_t)(r % (uint64_t)(half + 1)) : 0);
   return d > hint_ms ? d : hint_ms;
@@ -214,7 +214,7 @@ static int schedule_retry(fl_client *c, int err, int64_t hint_ms, int64_t deadli
     return err;
   }
   int64_t delay = backoff_delay(c, c->attempts, hint_ms);
-  int64_t now = fl__now_ms();
+  int64_t now = fl__client_now_ms();
   if (deadline_ms > 0 && now + delay >= deadline_ms)
     return err;
   fl__log(&c->log, FL_LOG_INFO, "%s %s: %s; retry %d in %lld ms", c->req_method, c->req_path,
@@ -242,7 +242,7 @@ static int start_attempt(fl_client *c) {
   c->tr_busy = true;
   c->io = FL__IO_INFLIGHT;
   c->inflight_deadline_ms =
-      fl__now_ms() + c->connect_timeout_ms + c->request_timeout_ms + 5000;
+      fl__client_now_ms() + c->connect_timeout_ms + c->request_timeout_ms + 5000;
   return FL_OK;
 }
 
@@ -261,7 +261,7 @@ static int finish_attempt(fl_client *c, int err, int64_t deadline_ms, fl_http_re
     fl__client_err(c, "%s %s: %s %s", c->req_method, c->req_path, fl_strerror(err),
                    transport_detail(c));
   fl__exchange_end(c);
-  c->result.retry_at_ms = hint > 0 ? fl__now_ms() + hint : 0;
+  c->result.retry_at_ms = hint > 0 ? fl__client_now_ms() + hint : 0;
   if (!transient)
     return err;
   return schedule_retry(c, err, hint, deadline_ms, step);
@@ -270,7 +270,7 @@ static int finish_attempt(fl_client *c, int err, int64_t deadline_ms, fl_http_re
 int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http_response *resp,
                       fl_step *step) {
   if (c->io == FL__IO_BACKOFF) {
-    if (fl__now_ms() < c->wake_at_ms) {
+    if (fl__client_now_ms() < c->wake_at_ms) {
       *step = FL_STEP_WAIT_TIME;
       return FL_E_AGAIN;
     }
@@ -288,7 +288,7 @@ int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http
   }
   memset(resp, 0, sizeof *resp);
   int err = c->tr.poll(c->tr.ctx, timeout_ms, resp);
-  if (err == FL_E_AGAIN && fl__now_ms() > c->inflight_deadline_ms)
+  if (err == FL_E_AGAIN && fl__client_now_ms() > c->inflight_deadline_ms)
     err = FL_E_TIMEOUT;
   if (err == FL_E_AGAIN) {
     *step = FL_STEP_WAIT_IO;

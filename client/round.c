@@ -167,7 +167,7 @@ static int on_checkin(fl_client *c, const fl_http_response *resp) {
   int err = FL_OK;
   /* Timestamps we sign must fall in the coordinator's window, whatever our clock says. */
   if (r->server_time_ms > 0)
-    c->clock_offset_ms = r->server_time_ms - fl__now_ms();
+    c->clock_offset_ms = r->server_time_ms - fl__client_now_ms();
   note_rollout(c, r->rollout);
   if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK) {
     if (r->task->base_sha256.len != FL_SHA256_LEN || r->task->round_id == 0) {
@@ -287,7 +287,7 @@ static int network_step(fl_client *c, int timeout_ms, fl_step *step) {
 int fl_client_step(fl_client *c, int timeout_ms, fl_step *step) {
   if (c == NULL || step == NULL)
     return FL_E_INVAL;
-  int64_t until = fl__now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+  int64_t until = fl__client_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
   for (;;) {
     switch (c->phase) {
     case FL__PH_IDLE:
@@ -302,7 +302,7 @@ int fl_client_step(fl_client *c, int timeout_ms, fl_step *step) {
     default:
       break;
     }
-    int64_t left = until - fl__now_ms();
+    int64_t left = until - fl__client_now_ms();
     int err = network_step(c, left > 0 ? (int)left : 0, step);
     if (err == FL_E_AGAIN)
       return FL_OK;
@@ -328,7 +328,7 @@ void fl_client_round_cancel(fl_client *c) {
 }
 
 static void sleep_until(int64_t wake_ms) {
-  int64_t d = wake_ms - fl__now_ms();
+  int64_t d = wake_ms - fl__client_now_ms();
   if (d <= 0)
     return;
   struct timespec ts = {.tv_sec = d / 1000, .tv_nsec = (long)(d % 1000) * 1000000L};

@@ -247,7 +247,7 @@ static void fake_checkin(fake_coord *f, const fl_http_request *req) {
     ro.sha256.len = FL_SHA256_LEN;
     r.rollout = &ro;
   }
-  r.server_time_ms = fl__now_ms();
+  r.server_time_ms = fl__client_now_ms();
   fake_answer(f, 200, &r.base);
 }
 

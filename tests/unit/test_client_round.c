@@ -76,7 +76,7 @@ Test(client_round, not_selected_reports_the_retry_window) {
   env e;
   env_enrolled(&e);
   e.f.give_task = false;
-  e.f.retry_at_ms = fl__now_ms() + 60000;
+  e.f.retry_at_ms = fl__client_now_ms() + 60000;
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
