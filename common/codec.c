@@ -29,7 +29,9 @@
 
 /* ---- byte access --------------------------------------------------------------------------- */
 
-static uint16_t ld_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint16_t ld_u16(const uint8_t *p) {
+  return (uint16_t)(p[0] | p[1] << 8);
+}
 
 static uint32_t ld_u32(const uint8_t *p) {
 #if FL__LITTLE_ENDIAN
@@ -75,7 +77,7 @@ uint16_t fl__f32_to_f16(float f) {
     return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 | ((x >> 13) & 0x3ff) : 0));
   if (x >= 0x477ff000) /* >= 65520, halfway above the largest half 65504: rounds to inf */
     return (uint16_t)(sign | 0x7c00);
-  if (x < 0x38800000) { /* below 2^-14: a half subnormal or zero */
+  if (x < 0x38800000) {  /* below 2^-14: a half subnormal or zero */
     if (x <= 0x33000000) /* <= 2^-25, at most half the smallest subnormal: ties to even 0 */
       return sign;
     uint32_t m = (x & 0x7fffff) | 0x800000;
@@ -155,21 +157,21 @@ static int check_sizes(const Fl__V1__Tensor *t, size_t expected_count) {
   if ((dlen > 0 && t->data.data == NULL) || (ilen > 0 && t->indices.data == NULL))
     return FL_E_PARSE;
   switch (t->encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32:
-    return dlen == 4 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
-  case FL__V1__ENCODING__ENCODING_FLOAT16:
-    return dlen == 2 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
-  case FL__V1__ENCODING__ENCODING_INT8:
-    if (dlen != n || ilen != 0)
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      return dlen == 4 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      return dlen == 2 * n && ilen == 0 ? FL_OK : FL_E_PARSE;
+    case FL__V1__ENCODING__ENCODING_INT8:
+      if (dlen != n || ilen != 0)
+        return FL_E_PARSE;
+      /* 128 * scale must stay finite, or a dequantised value would overflow to inf. */
+      if (!isfinite(t->scale) || !(fabsf(t->scale) <= FLT_MAX / 128.0f))
+        return FL_E_NONFINITE;
+      return t->scale >= 0.0f ? FL_OK : FL_E_PARSE;
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      return dlen % 4 == 0 && ilen == dlen && dlen / 4 <= n ? FL_OK : FL_E_PARSE;
+    default:
       return FL_E_PARSE;
-    /* 128 * scale must stay finite, or a dequantised value would overflow to inf. */
-    if (!isfinite(t->scale) || !(fabsf(t->scale) <= FLT_MAX / 128.0f))
-      return FL_E_NONFINITE;
-    return t->scale >= 0.0f ? FL_OK : FL_E_PARSE;
-  case FL__V1__ENCODING__ENCODING_TOPK:
-    return dlen % 4 == 0 && ilen == dlen && dlen / 4 <= n ? FL_OK : FL_E_PARSE;
-  default:
-    return FL_E_PARSE;
   }
 }
 
@@ -205,17 +207,17 @@ int fl__tensor_check(const Fl__V1__Tensor *t, size_t expected_count) {
     return err;
   const uint8_t *d = t->data.data;
   switch (t->encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32:
-    return f32_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
-  case FL__V1__ENCODING__ENCODING_FLOAT16:
-    return f16_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
-  case FL__V1__ENCODING__ENCODING_TOPK:
-    err = check_topk_indices(t->indices.data, t->data.len / 4, t->count);
-    if (err != FL_OK)
-      return err;
-    return f32_data_finite(d, t->data.len / 4) ? FL_OK : FL_E_NONFINITE;
-  default: /* int8: every byte is a valid value, the scale was checked with the sizes */
-    return FL_OK;
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      return f32_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      return f16_data_finite(d, expected_count) ? FL_OK : FL_E_NONFINITE;
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      err = check_topk_indices(t->indices.data, t->data.len / 4, t->count);
+      if (err != FL_OK)
+        return err;
+      return f32_data_finite(d, t->data.len / 4) ? FL_OK : FL_E_NONFINITE;
+    default: /* int8: every byte is a valid value, the scale was checked with the sizes */
+      return FL_OK;
   }
 }
 
@@ -228,25 +230,25 @@ int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count
   const uint8_t *d = t->data.data;
   size_t n = expected_count;
   switch (t->encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32:
-    for (size_t i = 0; i < n; i++)
-      out[i] = ld_f32(d + 4 * i);
-    break;
-  case FL__V1__ENCODING__ENCODING_FLOAT16:
-    for (size_t i = 0; i < n; i++)
-      out[i] = fl__f16_to_f32(ld_u16(d + 2 * i));
-    break;
-  case FL__V1__ENCODING__ENCODING_INT8:
-    for (size_t i = 0; i < n; i++)
-      out[i] = (float)(int8_t)d[i] * t->scale;
-    break;
-  default: { /* top-k, the only other encoding check lets through */
-    const uint8_t *idx = t->indices.data;
-    memset(out, 0, n * sizeof *out);
-    for (size_t j = 0; j < t->data.len / 4; j++)
-      out[ld_u32(idx + 4 * j)] = ld_f32(d + 4 * j);
-    break;
-  }
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      for (size_t i = 0; i < n; i++)
+        out[i] = ld_f32(d + 4 * i);
+      break;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      for (size_t i = 0; i < n; i++)
+        out[i] = fl__f16_to_f32(ld_u16(d + 2 * i));
+      break;
+    case FL__V1__ENCODING__ENCODING_INT8:
+      for (size_t i = 0; i < n; i++)
+        out[i] = (float)(int8_t)d[i] * t->scale;
+      break;
+    default: { /* top-k, the only other encoding check lets through */
+      const uint8_t *idx = t->indices.data;
+      memset(out, 0, n * sizeof *out);
+      for (size_t j = 0; j < t->data.len / 4; j++)
+        out[ld_u32(idx + 4 * j)] = ld_f32(d + 4 * j);
+      break;
+    }
   }
   return FL_OK;
 }
@@ -275,28 +277,28 @@ void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc) {
   const uint8_t *d = t->data.data;
   size_t n = (size_t)t->count;
   switch (t->encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32:
-    fold_f32(d, n, w, acc);
-    break;
-  case FL__V1__ENCODING__ENCODING_FLOAT16:
-    for (size_t i = 0; i < n; i++)
-      acc[i] += w * fl__f16_to_f32(ld_u16(d + 2 * i));
-    break;
-  case FL__V1__ENCODING__ENCODING_INT8: {
-    /* Dequantise exactly as decode does, so fold equals decode followed by axpy. */
-    float s = t->scale;
-    for (size_t i = 0; i < n; i++)
-      acc[i] += w * ((float)(int8_t)d[i] * s);
-    break;
-  }
-  case FL__V1__ENCODING__ENCODING_TOPK: {
-    const uint8_t *idx = t->indices.data;
-    for (size_t j = 0; j < t->data.len / 4; j++)
-      acc[ld_u32(idx + 4 * j)] += w * ld_f32(d + 4 * j);
-    break;
-  }
-  default:
-    break;
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      fold_f32(d, n, w, acc);
+      break;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      for (size_t i = 0; i < n; i++)
+        acc[i] += w * fl__f16_to_f32(ld_u16(d + 2 * i));
+      break;
+    case FL__V1__ENCODING__ENCODING_INT8: {
+      /* Dequantise exactly as decode does, so fold equals decode followed by axpy. */
+      float s = t->scale;
+      for (size_t i = 0; i < n; i++)
+        acc[i] += w * ((float)(int8_t)d[i] * s);
+      break;
+    }
+    case FL__V1__ENCODING__ENCODING_TOPK: {
+      const uint8_t *idx = t->indices.data;
+      for (size_t j = 0; j < t->data.len / 4; j++)
+        acc[ld_u32(idx + 4 * j)] += w * ld_f32(d + 4 * j);
+      break;
+    }
+    default:
+      break;
   }
 }
 
@@ -305,32 +307,32 @@ double fl__tensor_sqnorm(const Fl__V1__Tensor *t) {
   size_t n = (size_t)t->count;
   double s = 0.0;
   switch (t->encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32:
-    for (size_t i = 0; i < n; i++) {
-      double v = ld_f32(d + 4 * i);
-      s += v * v;
-    }
-    break;
-  case FL__V1__ENCODING__ENCODING_FLOAT16:
-    for (size_t i = 0; i < n; i++) {
-      double v = fl__f16_to_f32(ld_u16(d + 2 * i));
-      s += v * v;
-    }
-    break;
-  case FL__V1__ENCODING__ENCODING_INT8:
-    for (size_t i = 0; i < n; i++) {
-      double v = (float)(int8_t)d[i] * t->scale;
-      s += v * v;
-    }
-    break;
-  case FL__V1__ENCODING__ENCODING_TOPK:
-    for (size_t j = 0; j < t->data.len / 4; j++) {
-      double v = ld_f32(d + 4 * j);
-      s += v * v;
-    }
-    break;
-  default:
-    break;
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      for (size_t i = 0; i < n; i++) {
+        double v = ld_f32(d + 4 * i);
+        s += v * v;
+      }
+      break;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      for (size_t i = 0; i < n; i++) {
+        double v = fl__f16_to_f32(ld_u16(d + 2 * i));
+        s += v * v;
+      }
+      break;
+    case FL__V1__ENCODING__ENCODING_INT8:
+      for (size_t i = 0; i < n; i++) {
+        double v = (float)(int8_t)d[i] * t->scale;
+        s += v * v;
+      }
+      break;
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      for (size_t j = 0; j < t->data.len / 4; j++) {
+        double v = ld_f32(d + 4 * j);
+        s += v * v;
+      }
+      break;
+    default:
+      break;
   }
   return s;
 }
@@ -427,19 +429,25 @@ static int encode_data(const float *x, size_t n, int encoding, float fraction,
                        ProtobufCBinaryData *indices, float *scale) {
   size_t k = 0, dlen;
   switch (encoding) {
-  case FL__V1__ENCODING__ENCODING_FLOAT32: dlen = 4 * n; break;
-  case FL__V1__ENCODING__ENCODING_FLOAT16: dlen = 2 * n; break;
-  case FL__V1__ENCODING__ENCODING_INT8: dlen = n; break;
-  case FL__V1__ENCODING__ENCODING_TOPK:
-    if (!(fraction > 0.0f && fraction <= 1.0f))
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      dlen = 4 * n;
+      break;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      dlen = 2 * n;
+      break;
+    case FL__V1__ENCODING__ENCODING_INT8:
+      dlen = n;
+      break;
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      if (!(fraction > 0.0f && fraction <= 1.0f))
+        return FL_E_INVAL;
+      if (n > UINT32_MAX)
+        return FL_E_TOOBIG;
+      k = fl__topk_count(fraction, n);
+      dlen = 4 * k;
+      break;
+    default:
       return FL_E_INVAL;
-    if (n > UINT32_MAX)
-      return FL_E_TOOBIG;
-    k = fl__topk_count(fraction, n);
-    dlen = 4 * k;
-    break;
-  default:
-    return FL_E_INVAL;
   }
   uint8_t *d = fl__malloc(a, dlen), *ix = NULL;
   if (d == NULL)

@@ -22,7 +22,7 @@
 #include "model.h"
 
 uint16_t fl__f32_to_f16(float f); /* round to nearest even; overflow -> inf; NaN kept */
-float fl__f16_to_f32(uint16_t h);  /* exact */
+float fl__f16_to_f32(uint16_t h); /* exact */
 
 /* k = ceil(fraction * count), the product rounded to float precision first so that 0.1f of
  * 1000 keeps 100 rather than 101; clamped to [1, count] for count > 0. fraction in (0, 1]. */

@@ -30,8 +30,8 @@ int fl__spec_from_proto(fl_model_spec *out, const Fl__V1__ModelSpec *p) {
     const Fl__V1__LayerSpec *l = p->layers[i];
     if (l == NULL)
       return FL_E_PARSE;
-    s.layers[i] = (fl_layer_spec){(int)l->type, l->units, l->out_channels,
-                                  l->kernel,    l->stride, l->padding};
+    s.layers[i] =
+        (fl_layer_spec){(int)l->type, l->units, l->out_channels, l->kernel, l->stride, l->padding};
   }
   s.loss = (int)p->loss;
   int err = fl__spec_validate(&s);
@@ -101,8 +101,8 @@ static int encode_layout(const fl_model *m, const float *x, int encoding, float 
   for (size_t i = 0; i < n; i++) {
     fl_tensor_info info;
     fl__model_tensor_info(m, i, &info);
-    int err = fl__tensor_encode(ts[i], x + info.offset, info.count, info.shape, info.ndim,
-                                encoding, fraction, a);
+    int err = fl__tensor_encode(ts[i], x + info.offset, info.count, info.shape, info.ndim, encoding,
+                                fraction, a);
     if (err != FL_OK) {
       fl__delta_release(ts, i, a);
       return err;

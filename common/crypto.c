@@ -26,8 +26,12 @@
 /* PEM key files are a few hundred bytes; anything much larger is not a key. */
 #define FL__KEY_FILE_MAX (64 * 1024)
 
-static EVP_PKEY *pkey_of(const fl_key *k) { return (EVP_PKEY *)(void *)k; }
-static fl_key *key_of(EVP_PKEY *p) { return (fl_key *)(void *)p; }
+static EVP_PKEY *pkey_of(const fl_key *k) {
+  return (EVP_PKEY *)(void *)k;
+}
+static fl_key *key_of(EVP_PKEY *p) {
+  return (fl_key *)(void *)p;
+}
 
 int fl__key_generate(fl_key **out) {
   EVP_PKEY *p = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
@@ -39,7 +43,9 @@ int fl__key_generate(fl_key **out) {
   return FL_OK;
 }
 
-void fl__key_free(fl_key *k) { EVP_PKEY_free(pkey_of(k)); }
+void fl__key_free(fl_key *k) {
+  EVP_PKEY_free(pkey_of(k));
+}
 
 bool fl__key_has_private(const fl_key *k) {
   size_t len = 0;
@@ -199,8 +205,7 @@ out:
   return err;
 }
 
-int fl__verify(const fl_key *k, const void *msg, size_t len, const uint8_t *sig,
-               size_t sig_len) {
+int fl__verify(const fl_key *k, const void *msg, size_t len, const uint8_t *sig, size_t sig_len) {
   if (k == NULL || sig == NULL || sig_len != FL_SIG_LEN)
     return FL_E_BADSIG;
   int err = FL_E_BADSIG;

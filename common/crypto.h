@@ -23,7 +23,7 @@ int fl__key_generate(fl_key **out);
 /* Reads a PKCS#8 private key or an SPKI public key ("PUBLIC KEY") PEM file. FL_E_IO when the
  * file cannot be read, FL_E_PARSE when it holds no Ed25519 key. */
 int fl__key_load_pem(fl_key **out, const char *path);
-int fl__key_save_pem(const fl_key *k, const char *path);       /* private keys only, 0600 */
+int fl__key_save_pem(const fl_key *k, const char *path); /* private keys only, 0600 */
 int fl__key_from_public(fl_key **out, const uint8_t pub[FL_PUBKEY_LEN]);
 int fl__key_public(const fl_key *k, uint8_t pub[FL_PUBKEY_LEN]);
 bool fl__key_has_private(const fl_key *k);
@@ -47,13 +47,13 @@ typedef struct fl_sha256 {
 } fl_sha256;
 int fl__sha256_begin(fl_sha256 *h);
 void fl__sha256_update(fl_sha256 *h, const void *data, size_t len);
-void fl__sha256_u32(fl_sha256 *h, uint32_t v); /* little-endian */
-void fl__sha256_u64(fl_sha256 *h, uint64_t v); /* little-endian */
+void fl__sha256_u32(fl_sha256 *h, uint32_t v);                     /* little-endian */
+void fl__sha256_u64(fl_sha256 *h, uint64_t v);                     /* little-endian */
 void fl__sha256_bytes(fl_sha256 *h, const void *data, size_t len); /* u64 length, then bytes */
 int fl__sha256_end(fl_sha256 *h, uint8_t out[FL_SHA256_LEN]);      /* also frees */
 void fl__sha256_abort(fl_sha256 *h);
 
-int fl__random_bytes(void *buf, size_t len); /* CSPRNG; FL_E_CRYPTO on failure */
+int fl__random_bytes(void *buf, size_t len);            /* CSPRNG; FL_E_CRYPTO on failure */
 void fl__hex(const uint8_t *in, size_t len, char *out); /* out: 2*len+1, lowercase */
 /* Exactly 2*out_len hex digits (either case); FL_E_PARSE otherwise. */
 int fl__unhex(const char *in, uint8_t *out, size_t out_len);

@@ -11,8 +11,8 @@ const char *fl_strerror(int err) {
     return (msg);
     FL_ERRNO_MAP(FL__ERR_MSG)
 #undef FL__ERR_MSG
-  default:
-    return "unknown error";
+    default:
+      return "unknown error";
   }
 }
 
@@ -23,7 +23,7 @@ const char *fl_err_name(int err) {
     return #name;
     FL_ERRNO_MAP(FL__ERR_NAME)
 #undef FL__ERR_NAME
-  default:
-    return "UNKNOWN";
+    default:
+      return "UNKNOWN";
   }
 }

@@ -61,9 +61,13 @@ char *fl__strdup(const fl_allocator *a, const char *s) {
 }
 
 /* protobuf-c hands its allocator_data back to us; it holds the fl_allocator (or NULL). */
-static void *pb_alloc(void *data, size_t size) { return fl__malloc(data, size); }
+static void *pb_alloc(void *data, size_t size) {
+  return fl__malloc(data, size);
+}
 
-static void pb_free(void *data, void *ptr) { fl__free(data, ptr); }
+static void pb_free(void *data, void *ptr) {
+  fl__free(data, ptr);
+}
 
 void fl__protobuf_allocator(struct ProtobufCAllocator *out, const fl_allocator *a) {
   out->alloc = pb_alloc;

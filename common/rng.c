@@ -19,7 +19,9 @@ static uint64_t splitmix64(uint64_t *x) {
   return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t xoshiro_next(uint64_t s[4]) {
   uint64_t result = rotl(s[1] * 5, 7) * 9;
@@ -57,7 +59,9 @@ int fl__rng_init_secure(fl_rng *r) {
   return FL_OK;
 }
 
-int fl__rng_error(const fl_rng *r) { return r->failed ? FL_E_CRYPTO : FL_OK; }
+int fl__rng_error(const fl_rng *r) {
+  return r->failed ? FL_E_CRYPTO : FL_OK;
+}
 
 uint64_t fl__rng_u64(fl_rng *r) {
   if (!r->secure)
@@ -76,7 +80,9 @@ uint64_t fl__rng_u64(fl_rng *r) {
   return v;
 }
 
-double fl__rng_uniform(fl_rng *r) { return (double)(fl__rng_u64(r) >> 11) * 0x1.0p-53; }
+double fl__rng_uniform(fl_rng *r) {
+  return (double)(fl__rng_u64(r) >> 11) * 0x1.0p-53;
+}
 
 /* (0, 1): never 0, so log() and pow(u, 1/a) stay finite. */
 static double uniform_open(fl_rng *r) {

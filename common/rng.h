@@ -20,11 +20,11 @@
 
 typedef struct fl_rng {
   uint64_t s[4];
-  bool secure;        /* draws come from RAND_bytes */
-  bool have_spare;    /* the polar method's second value */
+  bool secure;     /* draws come from RAND_bytes */
+  bool have_spare; /* the polar method's second value */
   double spare;
-  bool failed;        /* secure mode: a refill failed (see fl__rng_error) */
-  uint32_t buf_pos;   /* secure mode: next unused word of buf */
+  bool failed;      /* secure mode: a refill failed (see fl__rng_error) */
+  uint32_t buf_pos; /* secure mode: next unused word of buf */
   uint64_t buf[FL_RNG_SECURE_WORDS];
 } fl_rng;
 
@@ -33,10 +33,10 @@ int fl__rng_init_secure(fl_rng *r); /* FL_E_CRYPTO when the CSPRNG fails */
 /* FL_OK, or FL_E_CRYPTO once a secure-mode refill has failed. */
 int fl__rng_error(const fl_rng *r);
 uint64_t fl__rng_u64(fl_rng *r);
-double fl__rng_uniform(fl_rng *r);              /* [0, 1) */
-uint64_t fl__rng_below(fl_rng *r, uint64_t n);  /* [0, n), unbiased; 0 when n is 0 */
-double fl__rng_normal(fl_rng *r);               /* N(0, 1) */
-double fl__rng_gamma(fl_rng *r, double shape);  /* Gamma(shape, 1), shape > 0; NaN otherwise */
+double fl__rng_uniform(fl_rng *r);             /* [0, 1) */
+uint64_t fl__rng_below(fl_rng *r, uint64_t n); /* [0, n), unbiased; 0 when n is 0 */
+double fl__rng_normal(fl_rng *r);              /* N(0, 1) */
+double fl__rng_gamma(fl_rng *r, double shape); /* Gamma(shape, 1), shape > 0; NaN otherwise */
 void fl__rng_shuffle_u32(fl_rng *r, uint32_t *v, size_t n);
 
 #endif

@@ -72,7 +72,8 @@ Test(codec, f16_rounds_to_nearest) {
   for (int i = 0; i < 200000; i++) {
     /* Exponents from 2^-26 to 2^16: subnormals, normals and overflow. */
     uint32_t e = 101 + (uint32_t)fl__rng_below(&r, 42);
-    uint32_t u = (uint32_t)fl__rng_below(&r, 2) << 31 | e << 23 | (uint32_t)fl__rng_below(&r, 1u << 23);
+    uint32_t u =
+        (uint32_t)fl__rng_below(&r, 2) << 31 | e << 23 | (uint32_t)fl__rng_below(&r, 1u << 23);
     float f = bits_to_f(u);
     uint16_t h = fl__f32_to_f16(f);
     double v = fl__f16_to_f32(h);

@@ -75,9 +75,9 @@ Test(crypto, sign_and_verify) {
 Test(crypto, rfc8032_test_vector_1) {
   /* RFC 8032 section 7.1, TEST 1: the empty message. */
   uint8_t pub[32], sig[64];
-  cr_assert_eq(fl__unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
-                         pub, 32),
-               FL_OK);
+  cr_assert_eq(
+      fl__unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", pub, 32),
+      FL_OK);
   cr_assert_eq(fl__unhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555f"
                          "b8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
                          sig, 64),
@@ -96,14 +96,14 @@ Test(crypto, every_flipped_bit_is_refused) {
   cr_assert_eq(fl__sign(k, msg, sizeof msg, sig), FL_OK);
   for (size_t bit = 0; bit < 8 * sizeof msg; bit++) {
     msg[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-    cr_assert_eq(fl__verify(k, msg, sizeof msg, sig, sizeof sig), FL_E_BADSIG,
-                 "message bit %zu", bit);
+    cr_assert_eq(fl__verify(k, msg, sizeof msg, sig, sizeof sig), FL_E_BADSIG, "message bit %zu",
+                 bit);
     msg[bit / 8] ^= (uint8_t)(1u << (bit % 8));
   }
   for (size_t bit = 0; bit < 8 * sizeof sig; bit++) {
     sig[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-    cr_assert_eq(fl__verify(k, msg, sizeof msg, sig, sizeof sig), FL_E_BADSIG,
-                 "signature bit %zu", bit);
+    cr_assert_eq(fl__verify(k, msg, sizeof msg, sig, sizeof sig), FL_E_BADSIG, "signature bit %zu",
+                 bit);
     sig[bit / 8] ^= (uint8_t)(1u << (bit % 8));
   }
   cr_assert_eq(fl__verify(k, msg, sizeof msg, sig, sizeof sig), FL_OK);
@@ -273,8 +273,8 @@ Test(crypto, sha256_known_answers) {
 }
 
 Test(crypto, sha256_incremental_matches_one_shot) {
-  const uint8_t expect_bytes[] = {1, 2, 3, 4, 8, 7, 6, 5, 4, 3, 2, 1, 3, 0, 0, 0, 0, 0, 0, 0,
-                                  'x', 'y', 'z', 'q'};
+  const uint8_t expect_bytes[] = {1, 2, 3, 4, 8, 7, 6, 5, 4,   3,   2,   1,
+                                  3, 0, 0, 0, 0, 0, 0, 0, 'x', 'y', 'z', 'q'};
   uint8_t a[FL_SHA256_LEN], b[FL_SHA256_LEN];
   fl_sha256 h;
   cr_assert_eq(fl__sha256_begin(&h), FL_OK);

@@ -178,27 +178,70 @@ Test(digest, update_layout_is_as_documented) {
 /* Each mutation changes one field of the update; the digest must change each time. */
 static void mutate(upd *x, uint64_t *dev, int which) {
   switch (which) {
-  case 0: (*dev)++; break;
-  case 1: x->u.round_id++; break;
-  case 2: x->u.model_id++; break;
-  case 3: x->u.base_version++; break;
-  case 4: x->u.sample_count++; break;
-  case 5: x->u.loss = 0.2500001f; break;
-  case 6: x->u.norm = -1.5f; break;
-  case 7: x->u.n_delta = 1; break;
-  case 8: x->t[0].encoding = FL__V1__ENCODING__ENCODING_FLOAT16; break;
-  case 9: x->t[0].count = 7; break;
-  case 10: x->t[0].n_shape = 1; break;
-  case 11: x->shape0[1] = 4; break;
-  case 12: x->t[0].scale = 1e-30f; break;
-  case 13: x->data0[23] ^= 1; break;
-  case 14: x->t[0].data.len = 23; break;
-  case 15: x->t[1].indices.len = 4; break;
-  case 16: x->idx1[7] ^= 0x80; break;
-  case 17: x->data1[0] ^= 1; break;
-  case 18: x->shape1[0] = 11; break;
-  case 19: x->t[1].encoding = FL__V1__ENCODING__ENCODING_INT8; break;
-  case 20: x->u.loss = -0.0f; x->u.norm = 0.0f; break;
+    case 0:
+      (*dev)++;
+      break;
+    case 1:
+      x->u.round_id++;
+      break;
+    case 2:
+      x->u.model_id++;
+      break;
+    case 3:
+      x->u.base_version++;
+      break;
+    case 4:
+      x->u.sample_count++;
+      break;
+    case 5:
+      x->u.loss = 0.2500001f;
+      break;
+    case 6:
+      x->u.norm = -1.5f;
+      break;
+    case 7:
+      x->u.n_delta = 1;
+      break;
+    case 8:
+      x->t[0].encoding = FL__V1__ENCODING__ENCODING_FLOAT16;
+      break;
+    case 9:
+      x->t[0].count = 7;
+      break;
+    case 10:
+      x->t[0].n_shape = 1;
+      break;
+    case 11:
+      x->shape0[1] = 4;
+      break;
+    case 12:
+      x->t[0].scale = 1e-30f;
+      break;
+    case 13:
+      x->data0[23] ^= 1;
+      break;
+    case 14:
+      x->t[0].data.len = 23;
+      break;
+    case 15:
+      x->t[1].indices.len = 4;
+      break;
+    case 16:
+      x->idx1[7] ^= 0x80;
+      break;
+    case 17:
+      x->data1[0] ^= 1;
+      break;
+    case 18:
+      x->shape1[0] = 11;
+      break;
+    case 19:
+      x->t[1].encoding = FL__V1__ENCODING__ENCODING_INT8;
+      break;
+    case 20:
+      x->u.loss = -0.0f;
+      x->u.norm = 0.0f;
+      break;
   }
 }
 
@@ -314,15 +357,34 @@ Test(digest, model_covers_ids_spec_and_params) {
     fl_model_spec m;
     make_spec(&m);
     switch (f) {
-    case 0: m.input_ndim = 1; break;
-    case 1: m.input_shape[2] = 27; break;
-    case 2: m.n_layers = 2; break;
-    case 3: m.layers[2].type = FL_LAYER_CONV2D; break;
-    case 4: m.layers[2].units = 11; break;
-    case 5: m.layers[0].out_channels = 7; break;
-    case 6: m.layers[0].kernel = 3; break;
-    case 7: m.layers[0].stride = 2; m.layers[0].padding = 1; break;
-    case 8: m.loss = FL_LOSS_MSE; break;
+      case 0:
+        m.input_ndim = 1;
+        break;
+      case 1:
+        m.input_shape[2] = 27;
+        break;
+      case 2:
+        m.n_layers = 2;
+        break;
+      case 3:
+        m.layers[2].type = FL_LAYER_CONV2D;
+        break;
+      case 4:
+        m.layers[2].units = 11;
+        break;
+      case 5:
+        m.layers[0].out_channels = 7;
+        break;
+      case 6:
+        m.layers[0].kernel = 3;
+        break;
+      case 7:
+        m.layers[0].stride = 2;
+        m.layers[0].padding = 1;
+        break;
+      case 8:
+        m.loss = FL_LOSS_MSE;
+        break;
     }
     cr_assert_eq(fl__model_digest(4, 9, 8, &m, p, N, d), FL_OK);
     cr_assert(memcmp(base, d, 32) != 0, "spec field %d", f);
