@@ -71,7 +71,7 @@ static const fl_model_spec fake_spec = {
     .loss = FL_LOSS_SOFTMAX_CE};
 
 /* Builds and signs version v of the fake model (weights from the seed v). */
-static void fake_make_version(fake_coord *f, uint64_t v) {
+static inline void fake_make_version(fake_coord *f, uint64_t v) {
   fl_model *m = NULL;
   cr_assert_eq(fl__model_new(&m, &fake_spec, NULL), FL_OK);
   fl__model_init(m, 100 + v);
@@ -106,7 +106,7 @@ static void fake_make_version(fake_coord *f, uint64_t v) {
   fl__model_free(m);
 }
 
-static void fake_init(fake_coord *f) {
+static inline void fake_init(fake_coord *f) {
   memset(f, 0, sizeof *f);
   cr_assert_eq(fl__key_generate(&f->key), FL_OK);
   cr_assert_eq(fl__key_public(f->key, f->pub), FL_OK);
@@ -119,7 +119,7 @@ static void fake_init(fake_coord *f) {
   f->lr = 0.1f;
 }
 
-static void fake_free(fake_coord *f) {
+static inline void fake_free(fake_coord *f) {
   for (int v = 0; v <= FAKE_MAX_VERSIONS; v++)
     free(f->v[v].bytes);
   if (f->last_upload != NULL)
@@ -128,7 +128,7 @@ static void fake_free(fake_coord *f) {
   fl__key_free(f->key);
 }
 
-static void fake_answer(fake_coord *f, int status, const ProtobufCMessage *msg) {
+static inline void fake_answer(fake_coord *f, int status, const ProtobufCMessage *msg) {
   free(f->resp);
   f->status = status;
   f->resp_len = protobuf_c_message_get_packed_size(msg);
@@ -136,7 +136,7 @@ static void fake_answer(fake_coord *f, int status, const ProtobufCMessage *msg) 
   protobuf_c_message_pack(msg, f->resp);
 }
 
-static void fake_refuse(fake_coord *f, int status, const char *reason, int64_t retry_ms) {
+static inline void fake_refuse(fake_coord *f, int status, const char *reason, int64_t retry_ms) {
   Fl__V1__Error e;
   fl__v1__error__init(&e);
   e.reason = (char *)reason;
@@ -147,7 +147,7 @@ static void fake_refuse(fake_coord *f, int status, const char *reason, int64_t r
 
 /* Checks the envelope's signature with `pub` (the device key, or for enrollment the key in the
  * body); returns the unpacked envelope or NULL. */
-static Fl__V1__SignedRequest *fake_open(fake_coord *f, const char *method, const char *path,
+static inline Fl__V1__SignedRequest *fake_open(fake_coord *f, const char *method, const char *path,
                                         const uint8_t *buf, size_t len, const uint8_t *pub) {
   Fl__V1__SignedRequest *env = fl__v1__signed_request__unpack(NULL, len, buf);
   if (env == NULL)
@@ -178,7 +178,7 @@ static Fl__V1__SignedRequest *fake_open(fake_coord *f, const char *method, const
   return env;
 }
 
-static void fake_enroll(fake_coord *f, const fl_http_request *req) {
+static inline void fake_enroll(fake_coord *f, const fl_http_request *req) {
   Fl__V1__SignedRequest *env = fake_open(f, "POST", req->path, req->body, req->body_len, NULL);
   if (env == NULL) {
     fake_refuse(f, 401, "bad_signature", 0);
@@ -195,7 +195,7 @@ static void fake_enroll(fake_coord *f, const fl_http_request *req) {
   fake_answer(f, 200, &r.base);
 }
 
-static void fake_checkin(fake_coord *f, const fl_http_request *req) {
+static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
   Fl__V1__SignedRequest *env =
       fake_open(f, "POST", req->path, req->body, req->body_len, f->device_pub);
   if (env == NULL) {
@@ -251,7 +251,7 @@ static void fake_checkin(fake_coord *f, const fl_http_request *req) {
   fake_answer(f, 200, &r.base);
 }
 
-static void fake_model(fake_coord *f, const fl_http_request *req) {
+static inline void fake_model(fake_coord *f, const fl_http_request *req) {
   uint8_t env_buf[512];
   int n = req->auth != NULL ? EVP_DecodeBlock(env_buf, (const unsigned char *)req->auth,
                                               (int)strlen(req->auth))
@@ -282,7 +282,7 @@ static void fake_model(fake_coord *f, const fl_http_request *req) {
     f->resp[v->len - 101] ^= 0x01; /* last byte of the bias data: sha256 and signature follow */
 }
 
-static void fake_upload(fake_coord *f, const fl_http_request *req) {
+static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
   Fl__V1__SignedRequest *env =
       fake_open(f, "POST", req->path, req->body, req->body_len, f->device_pub);
   if (env == NULL) {
@@ -323,7 +323,7 @@ static void fake_upload(fake_coord *f, const fl_http_request *req) {
   fake_answer(f, 200, &ack.base);
 }
 
-static int fake_begin(void *ctx, const fl_http_request *req) {
+static inline int fake_begin(void *ctx, const fl_http_request *req) {
   fake_coord *f = ctx;
   cr_assert(!f->busy, "begin() while an exchange is in flight");
   f->busy = true;
@@ -344,7 +344,7 @@ static int fake_begin(void *ctx, const fl_http_request *req) {
   return FL_OK;
 }
 
-static int fake_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static inline int fake_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   fake_coord *f = ctx;
   (void)timeout_ms;
   cr_assert(f->busy, "poll() without begin()");
@@ -355,12 +355,12 @@ static int fake_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   return FL_OK;
 }
 
-static void fake_end(void *ctx) {
+static inline void fake_end(void *ctx) {
   fake_coord *f = ctx;
   f->busy = false;
 }
 
-static fl_transport fake_transport(fake_coord *f) {
+static inline fl_transport fake_transport(fake_coord *f) {
   return (fl_transport){.version = 1,
                         .ctx = f,
                         .begin = fake_begin,
@@ -371,18 +371,18 @@ static fl_transport fake_transport(fake_coord *f) {
 }
 
 /* A fresh state directory under /tmp, removed by fake_rmdir. */
-static void fake_tmpdir(char *out, size_t len) {
+static inline void fake_tmpdir(char *out, size_t len) {
   snprintf(out, len, "/tmp/fl-client-test-XXXXXX");
   cr_assert_not_null(mkdtemp(out));
 }
 
-static void fake_rmdir(const char *dir) {
+static inline void fake_rmdir(const char *dir) {
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   cr_assert_eq(system(cmd), 0);
 }
 
-static void fake_opts(fl_client_opts *o, const char *dir, const fl_transport *tr) {
+static inline void fake_opts(fl_client_opts *o, const char *dir, const fl_transport *tr) {
   memset(o, 0, sizeof *o);
   o->version = FL_CLIENT_OPTS_VERSION;
   o->state_dir = dir;
@@ -395,7 +395,7 @@ static void fake_opts(fl_client_opts *o, const char *dir, const fl_transport *tr
 /* Twenty examples of four features, three classes, separable by the first features. */
 static float fake_x[20 * FAKE_IN];
 static int32_t fake_y[20];
-static void fake_data(void) {
+static inline void fake_data(void) {
   for (int i = 0; i < 20; i++) {
     fake_y[i] = i % FAKE_CLASSES;
     for (int j = 0; j < FAKE_IN; j++)
