@@ -15,7 +15,10 @@
 static char tmpdir[64];
 
 static void make_tmpdir(void) {
-  strcpy(tmpdir, "/tmp/fl-test-crypto-XXXXXX");
+  /* mkdtemp replaces the six trailing X characters. */
+  strcpy(tmpdir, "/tmp/fl-test-crypto-");
+  memset(tmpdir + strlen(tmpdir), 'X', 6);
+  tmpdir[strlen("/tmp/fl-test-crypto-") + 6] = '\0';
   cr_assert_not_null(mkdtemp(tmpdir));
 }
 
