@@ -53,6 +53,7 @@ static void apply_opts(fl_client *c, const fl_client_opts *o) {
   c->backoff_max_ms = or_default(o->backoff_max_ms, 60000);
   c->max_retries = o->max_retries > 0 ? o->max_retries : 5;
   c->want_model_id = o->model_id;
+  c->follow_base = o->follow_training_base != 0;
   c->log.fn = o->log_fn;
   c->log.ctx = o->log_ctx;
   c->log.level = o->log_level;

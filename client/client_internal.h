@@ -86,6 +86,7 @@ struct fl_client {
   long connect_timeout_ms, request_timeout_ms, backoff_base_ms, backoff_max_ms;
   int max_retries;
   uint64_t want_model_id;
+  bool follow_base;
 
   fl_transport tr;
   void *curl_tr; /* tr.ctx when tr is the built-in transport, else NULL */
@@ -122,6 +123,7 @@ struct fl_client {
   bool have_task;
   fl__rollout rollout;
   bool want_rollout;
+  bool rollout_assigned; /* the last check-in named an inference version */
   fl__loaded_model base;
   fl_round_result result;
 

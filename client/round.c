@@ -26,6 +26,7 @@ void fl__round_reset(fl_client *c) {
   fl__loaded_free(&c->base);
   c->have_task = false;
   c->want_rollout = false;
+  c->rollout_assigned = false;
   memset(&c->task, 0, sizeof c->task);
   memset(&c->result, 0, sizeof c->result);
   c->phase = FL__PH_IDLE;
@@ -93,6 +94,27 @@ static int rollout_from_cache(fl_client *c) {
   return err;
 }
 
+/* Without rollouts, a device may serve the newest version it trains on. The base is in the
+ * cache by now (the download stored it); a second, untrained copy is loaded from there. */
+static int follow_base(fl_client *c) {
+  const fl__loaded_model *a = &c->active;
+  if (!c->follow_base || c->rollout_assigned ||
+      (a->model != NULL && a->model_id == c->task.model_id &&
+       a->version >= c->task.base_version))
+    return FL_OK;
+  fl__loaded_model lm = {0};
+  int err = fl__cache_load(c, c->task.base_sha256, &lm);
+  if (err == FL_OK)
+    err = fl__inference_activate(c, &lm);
+  if (err != FL_OK) {
+    fl__loaded_free(&lm);
+    c->result.rollout_err = err;
+    return err == FL_E_NOMEM ? err : FL_OK;
+  }
+  fl__cache_prune(c);
+  return FL_OK;
+}
+
 /* Chooses the next phase after the check-in or a download. */
 static int advance(fl_client *c) {
   if (c->want_rollout) {
@@ -116,7 +138,7 @@ static int advance(fl_client *c) {
       return set_fetch(c, FL__PH_FETCH_BASE, c->task.model_id, c->task.base_version);
   }
   c->phase = FL__PH_TRAIN;
-  return FL_OK;
+  return follow_base(c);
 }
 
 static void copy_task(fl_client *c, const Fl__V1__TrainTask *t) {
@@ -148,6 +170,7 @@ static void copy_task(fl_client *c, const Fl__V1__TrainTask *t) {
 static void note_rollout(fl_client *c, const Fl__V1__RolloutAssignment *r) {
   if (r == NULL || r->version == 0 || r->sha256.len != FL_SHA256_LEN)
     return;
+  c->rollout_assigned = true;
   if (c->active.model != NULL && memcmp(c->active.sha256, r->sha256.data, FL_SHA256_LEN) == 0)
     return;
   c->rollout.model_id = r->model_id;

@@ -245,3 +245,25 @@ Test(client_model, corrupted_cached_base_is_downloaded_again) {
   cr_assert_eq(f.n_model_get, 3);
   fl_client_free(c);
 }
+
+Test(client_model, without_rollouts_the_training_base_can_be_served) {
+  fl_transport tr2 = fake_transport(&f);
+  fl_client_opts o;
+  fake_opts(&o, dir, &tr2);
+  o.follow_training_base = 1;
+  fl_client *c = NULL;
+  cr_assert_eq(fl_client_new(&c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(c, "tok", NULL, 0, NULL), FL_OK);
+  cr_assert_eq(fl_client_set_data_memory(c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(r.running_version, 1);
+  fl_model_info mi;
+  cr_assert_eq(fl_client_model_info(c, &mi), FL_OK);
+  cr_assert_eq(memcmp(mi.sha256, f.v[1].sha, FL_SHA256_LEN), 0, "the untrained base is served");
+  /* An explicit rollout wins over the training base. */
+  f.rollout_version = 3;
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK);
+  cr_assert_eq(active_version(c), 3);
+  fl_client_free(c);
+}

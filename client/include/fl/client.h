@@ -122,6 +122,9 @@ typedef struct fl_client_opts {
   fl_log_level log_level;      /* lines above this are dropped (default FL_LOG_ERROR = 0) */
   const fl_transport *transport; /* copied; NULL: the built-in libcurl transport */
   uint64_t model_id;           /* model to train and run; 0: whatever the coordinator gives */
+  /* 1: while the coordinator assigns no rollout, serve for inference each newer base version
+   * a training task hands out (verified like any model). 0: only rollout assignments. */
+  int follow_training_base;
 } fl_client_opts;
 
 typedef struct fl_client fl_client;
