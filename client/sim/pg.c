@@ -73,13 +73,13 @@ static int init_and_start(sim_pg *pg, const sim_run_as *as) {
            pg->dir);
   char *init_argv[] = {initdb, "-D", data, "-A", "trust", "-U", "fl", "-E", "UTF8",
                        "--no-sync", NULL};
-  if (sim_run(init_argv, init_log, as) != FL_OK) {
+  if (sim_run_command(init_argv, init_log, as) != FL_OK) {
     fprintf(stderr, "fl-sim: initdb failed, see %s\n", init_log);
     return FL_E_IO;
   }
   char *start_argv[] = {pg_ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o", opts, "start",
                         NULL};
-  if (sim_run(start_argv, NULL, as) != FL_OK) {
+  if (sim_run_command(start_argv, NULL, as) != FL_OK) {
     fprintf(stderr, "fl-sim: pg_ctl start failed, see %s\n", log);
     return FL_E_IO;
   }
@@ -115,7 +115,7 @@ void sim_pg_stop(sim_pg *pg) {
     if (pw != NULL)
       as = (sim_run_as){.switch_user = true, .uid = pw->pw_uid, .gid = pw->pw_gid};
     char *argv[] = {pg_ctl, "-D", data, "-m", "fast", "-w", "stop", NULL};
-    sim_run(argv, NULL, &as);
+    sim_run_command(argv, NULL, &as);
     sim_rmtree(pg->dir);
   }
   memset(pg, 0, sizeof(*pg));

@@ -54,7 +54,7 @@ int sim_spawn(pid_t *pid, char *const argv[], char *const env_extra[], const cha
   return FL_OK;
 }
 
-int sim_run(char *const argv[], const char *log_path, const sim_run_as *as) {
+int sim_run_command(char *const argv[], const char *log_path, const sim_run_as *as) {
   pid_t p;
   int rc = sim_spawn(&p, argv, NULL, log_path, as);
   if (rc != FL_OK)

@@ -20,7 +20,7 @@ typedef struct sim_run_as {
 int sim_spawn(pid_t *pid, char *const argv[], char *const env_extra[], const char *log_path,
               const sim_run_as *as);
 /* Runs to completion: FL_OK when it exits with status 0, FL_E_IO otherwise. */
-int sim_run(char *const argv[], const char *log_path, const sim_run_as *as);
+int sim_run_command(char *const argv[], const char *log_path, const sim_run_as *as);
 /* SIGTERM, up to wait_ms for the exit, then SIGKILL. */
 void sim_terminate(pid_t pid, int wait_ms);
 /* true while the process has not exited (reaps it when it has). */

@@ -1,0 +1,136 @@
+/*
+ * The data of an fl-sim scenario, split over the devices, and the model that goes with it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fl/err.h"
+#include "models.h"
+#include "sensor.h"
+#include "sim.h"
+#include "synthetic.h"
+
+static int load_fmnist(sim_data *d, const sim_options *o, fl_rng *r) {
+  char ti[512], tl[512], vi[512], vl[512];
+  snprintf(ti, sizeof(ti), "%s/train-images-idx3-ubyte.gz", o->data_dir);
+  snprintf(tl, sizeof(tl), "%s/train-labels-idx1-ubyte.gz", o->data_dir);
+  snprintf(vi, sizeof(vi), "%s/t10k-images-idx3-ubyte.gz", o->data_dir);
+  snprintf(vl, sizeof(vl), "%s/t10k-labels-idx1-ubyte.gz", o->data_dir);
+  int rc = fl__idx_load(&d->train, ti, tl, NULL);
+  if (rc == FL_OK)
+    rc = fl__idx_load(&d->test, vi, vl, NULL);
+  if (rc != FL_OK) {
+    fprintf(stderr, "fl-sim: cannot load Fashion-MNIST from %s: %s\n", o->data_dir,
+            fl_strerror(rc));
+    return rc;
+  }
+  sim_partition_scheme sc;
+  if (sim_partition_scheme_parse(&sc, o->partition) != FL_OK) {
+    fprintf(stderr, "fl-sim: bad --partition %s\n", o->partition);
+    return FL_E_INVAL;
+  }
+  size_t n_pool = o->samples_per_device ? o->samples_per_device * o->devices : d->train.n;
+  if (n_pool > d->train.n) {
+    fprintf(stderr, "fl-sim: %zu devices x %zu examples exceed the %zu training examples\n",
+            o->devices, o->samples_per_device, d->train.n);
+    return FL_E_INVAL;
+  }
+  uint32_t *pool = NULL;
+  rc = sim_subsample(&pool, d->train.n, n_pool, r);
+  if (rc == FL_OK) {
+    size_t min_size = n_pool / o->devices / 4 > 10 ? 10 : n_pool / o->devices / 4;
+    rc = sim_partition_apply(&d->part, &sc, d->train.labels, d->train.n_classes, n_pool, pool,
+                             o->devices, min_size ? min_size : 1, r);
+  }
+  free(pool);
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: cannot partition (%s): %s\n", o->partition, fl_strerror(rc));
+  snprintf(d->name, sizeof(d->name), "Fashion-MNIST %s", o->partition);
+  return rc;
+}
+
+static int load_synthetic(sim_data *d, const sim_options *o) {
+  sim_synthetic s;
+  sim_synthetic_opts so = {.n_devices = o->devices, .dim = 60, .n_classes = 10,
+                           .alpha = o->syn_alpha, .beta = o->syn_beta, .seed = o->seed};
+  int rc = sim_synthetic_generate(&s, &so);
+  if (rc != FL_OK)
+    return rc;
+  d->train = s.train;
+  d->test = s.test;
+  d->part = s.train_part;
+  sim_partition_free(&s.test_part);
+  snprintf(d->name, sizeof(d->name), "Synthetic(%g,%g)", o->syn_alpha, o->syn_beta);
+  return FL_OK;
+}
+
+static int load_sensor(sim_data *d, const sim_options *o) {
+  sim_sensor s;
+  sim_sensor_opts so = {.n_devices = o->devices, .bins = 64, .n_train = 60, .n_calib = 10,
+                        .n_test = 40, .fault_rate = o->fault_rate, .seed = o->seed};
+  int rc = sim_sensor_generate(&s, &so);
+  if (rc != FL_OK)
+    return rc;
+  d->train = s.train;
+  d->test = s.test;
+  d->calib = s.calib;
+  d->part = s.train_part;
+  sim_partition_free(&s.calib_part);
+  sim_partition_free(&s.test_part);
+  d->anomaly = 1;
+  snprintf(d->name, sizeof(d->name), "motor vibration");
+  return FL_OK;
+}
+
+static int pick_model(sim_data *d, const sim_options *o) {
+  int32_t classes = d->anomaly ? 0 : d->train.n_classes;
+  int rc;
+  if (o->layers != NULL)
+    rc = sim_model_parse(&d->spec, o->layers, d->train.x_dim,
+                         d->anomaly ? FL_LOSS_MSE : FL_LOSS_SOFTMAX_CE);
+  else
+    rc = sim_model_named(&d->spec, o->model ? o->model : d->anomaly ? "autoencoder" : "2nn",
+                         d->train.x_dim, classes);
+  if (rc == FL_OK)
+    rc = fl__spec_validate(&d->spec);
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: the model does not fit the data: %s\n", fl_strerror(rc));
+  return rc;
+}
+
+int sim_data_load(sim_data *d, const sim_options *o) {
+  memset(d, 0, sizeof(*d));
+  fl_rng r;
+  fl__rng_seed(&r, o->seed);
+  int rc;
+  if (o->devices == 0) {
+    fprintf(stderr, "fl-sim: --devices must be at least 1\n");
+    return FL_E_INVAL;
+  }
+  if (strcmp(o->dataset, "fmnist") == 0)
+    rc = load_fmnist(d, o, &r);
+  else if (strcmp(o->dataset, "synthetic") == 0)
+    rc = load_synthetic(d, o);
+  else if (strcmp(o->dataset, "sensor") == 0)
+    rc = load_sensor(d, o);
+  else {
+    fprintf(stderr, "fl-sim: unknown --dataset %s\n", o->dataset);
+    rc = FL_E_INVAL;
+  }
+  if (rc == FL_OK)
+    rc = pick_model(d, o);
+  if (rc != FL_OK)
+    sim_data_free(d);
+  return rc;
+}
+
+void sim_data_free(sim_data *d) {
+  fl_dataset *sets[3] = {&d->train, &d->test, &d->calib};
+  for (int i = 0; i < 3; i++) {
+    free(sets[i]->x);
+    free(sets[i]->labels);
+  }
+  sim_partition_free(&d->part);
+  memset(d, 0, sizeof(*d));
+}

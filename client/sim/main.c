@@ -1,0 +1,114 @@
+/*
+ * fl-sim: a fleet of virtual devices running libflclient against a real coordinator over
+ * loopback HTTP, with real signatures and a real PostgreSQL (issue 5).
+ *
+ * Order of a run: load or generate the data and split it over the devices; start a throwaway
+ * PostgreSQL and a coordinator unless --url names one; create the model through the admin API;
+ * create the devices and enroll them with one-time tokens; create the training plan; then,
+ * round by round, let the devices train and upload, wait for the coordinator to close the
+ * round, download the new version and evaluate it on the held-out test set.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "coord.h"
+#include "fleet.h"
+#include "fl/err.h"
+#include "options.h"
+#include "pg.h"
+#include "proc.h"
+#include "report.h"
+#include "sim.h"
+
+
+/* Services: the coordinator's URL and admin token, started here or given. */
+typedef struct services {
+  sim_pg pg;
+  sim_coord coord;
+  const char *url, *token;
+} services;
+
+static int start_services(services *s, const sim_options *o, const char *work_dir) {
+  memset(s, 0, sizeof(*s));
+  if (o->url != NULL) {
+    s->url = o->url;
+    s->token = o->admin_token ? o->admin_token : getenv("FL_ADMIN_TOKEN");
+    if (s->token == NULL) {
+      fprintf(stderr, "fl-sim: --url needs --admin-token or FL_ADMIN_TOKEN\n");
+      return FL_E_INVAL;
+    }
+    return FL_OK;
+  }
+  const char *db = o->database_url;
+  if (db == NULL) {
+    printf("starting a throwaway PostgreSQL...\n");
+    int rc = sim_pg_start(&s->pg, o->pg_bin);
+    if (rc != FL_OK)
+      return rc;
+    db = s->pg.conninfo;
+  }
+  printf("starting fl-coordinator...\n");
+  char *extra[] = {"--checkin-interval=500", "--tick=50", "--max-connections=512", NULL};
+  int rc = sim_coord_start(&s->coord, o->coordinator_bin, db, work_dir, extra);
+  if (rc != FL_OK)
+    return rc;
+  s->url = s->coord.url;
+  s->token = s->coord.admin_token;
+  printf("coordinator at %s (log %s)\n", s->url, s->coord.log_path);
+  return FL_OK;
+}
+
+static void stop_services(services *s) {
+  sim_coord_stop(&s->coord);
+  sim_pg_stop(&s->pg);
+}
+
+static int make_work_dir(const sim_options *o, char *out, size_t cap) {
+  if (o->work_dir != NULL) {
+    snprintf(out, cap, "%s", o->work_dir);
+    return mkdir(out, 0700) == 0 || access(out, W_OK) == 0 ? FL_OK : FL_E_IO;
+  }
+  const char *tmp = getenv("TMPDIR");
+  snprintf(out, cap, "%s/fl-sim-XXXXXX", tmp && strlen(tmp) < 100 ? tmp : "/tmp");
+  return mkdtemp(out) ? FL_OK : FL_E_IO;
+}
+
+int main(int argc, char **argv) {
+  sim_options o;
+  sim_options_defaults(&o);
+  int rc = sim_options_parse(&o, argc, argv);
+  if (rc != FL_OK)
+    return rc == 1 ? 0 : 2;
+  /* The workers are the parallelism: BLAS threads on top would oversubscribe the cores. */
+  openblas_set_num_threads(1);
+  sim_data data;
+  if (sim_data_load(&data, &o) != FL_OK)
+    return 1;
+  char work_dir[256];
+  if (make_work_dir(&o, work_dir, sizeof(work_dir)) != FL_OK ||
+      (mkdir(o.out_dir, 0755) != 0 && access(o.out_dir, W_OK) != 0)) {
+    fprintf(stderr, "fl-sim: cannot create the work or output directory\n");
+    sim_data_free(&data);
+    return 1;
+  }
+  services svc;
+  rc = start_services(&svc, &o, work_dir);
+  if (rc == FL_OK)
+    rc = sim_run(&o, &data, svc.url, svc.token, work_dir);
+  else
+    fprintf(stderr, "fl-sim: cannot start the services: %s\n", fl_strerror(rc));
+  if (rc != FL_OK && svc.coord.pid > 0)
+    sim_coord_log_tail(&svc.coord, 15);
+  stop_services(&svc);
+  if (!o.keep_work_dir && o.work_dir == NULL)
+    sim_rmtree(work_dir);
+  sim_data_free(&data);
+  return rc == FL_OK ? 0 : 1;
+}

@@ -1,0 +1,337 @@
+/*
+ * The rounds of an fl-sim run and what is reported about them.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "admin.h"
+#include "eval.h"
+#include "fetch.h"
+#include "fl/client.h"
+#include "fl/err.h"
+#include "fleet.h"
+#include "report.h"
+#include "sim.h"
+
+#define POLL_MS 50
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+typedef struct run_ctx {
+  const sim_options *o;
+  const sim_data *d;
+  const char *url;
+  sim_admin *admin;
+  sim_fleet *fleet;
+  uint64_t model_id;
+  fl_model *model;   /* evaluation copy */
+  fl_key *obs_key;   /* an honest device's key, to download versions */
+  uint64_t obs_id;
+  sim_round_row *rows;
+  int n_rows;
+  double eval_s;
+} run_ctx;
+
+/* Downloads version v and scores it on the held-out data. */
+static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
+  double t0 = mono_s();
+  int rc = sim_fetch_version(x->url, x->obs_key, x->obs_id, x->model_id, version, x->model,
+                             NULL);
+  row->accuracy = row->loss = row->auc = NAN;
+  if (rc != FL_OK) {
+    fprintf(stderr, "fl-sim: cannot download version %llu: %s\n", (unsigned long long)version,
+            fl_strerror(rc));
+    return rc;
+  }
+  const sim_data *d = x->d;
+  if (!d->anomaly) {
+    rc = sim_eval_dataset(x->model, &d->test, &row->loss, &row->accuracy);
+  } else {
+    float *s = malloc(d->test.n * sizeof(float)), *c = malloc(d->calib.n * sizeof(float));
+    rc = s && c ? sim_recon_errors(x->model, &d->test, s) : FL_E_NOMEM;
+    if (rc == FL_OK)
+      rc = sim_recon_errors(x->model, &d->calib, c);
+    if (rc == FL_OK) {
+      double sum = 0;
+      for (size_t i = 0; i < d->test.n; i++)
+        sum += s[i];
+      row->loss = sum / (double)d->test.n;
+      row->auc = sim_auc(s, d->test.labels, d->test.n);
+      /* Alarm above the 99th percentile of normal calibration data: a 1% false-alarm budget.
+       * Accuracy reports the detector's recall at that threshold. */
+      double thr = sim_quantile(c, d->calib.n, 0.99), prec, rec;
+      sim_precision_recall(s, d->test.labels, d->test.n, thr, &prec, &rec);
+      row->accuracy = rec;
+      printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n",
+             prec, rec);
+    }
+    free(s);
+    free(c);
+  }
+  x->eval_s += mono_s() - t0;
+  return rc;
+}
+
+/* Waits for round_id to close, showing progress. FL_E_TIMEOUT past the deadline + slack. */
+static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, double t_start,
+                      sim_round_state *st) {
+  double limit = x->o->deadline_s + 120.0;
+  for (;;) {
+    int rc = sim_admin_round(x->admin, round_id, st);
+    if (rc != FL_OK) {
+      fprintf(stderr, "fl-sim: %s\n", sim_admin_errmsg(x->admin));
+      return rc;
+    }
+    if (st->result_version != 0)
+      return FL_OK;
+    if (strcmp(st->state, "failed") == 0 || strcmp(st->state, "cancelled") == 0)
+      return FL_E_STATE;
+    sim_fleet_counts c;
+    sim_fleet_counts_get(x->fleet, &c);
+    double t = mono_s() - t_start;
+    sim_progress_update(pg, r, x->o->rounds, (size_t)c.finished, x->o->devices, t, mono_s());
+    if (t > limit)
+      return FL_E_TIMEOUT;
+    sleep_ms(POLL_MS);
+  }
+}
+
+/* The round after `prev`: the coordinator opens it when prev closes. */
+static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
+  for (int i = 0; i < 200; i++) {
+    sim_round_state st;
+    if (sim_admin_latest_round(x->admin, x->model_id, &st) == FL_OK && st.round_id > prev) {
+      *out = st.round_id;
+      return FL_OK;
+    }
+    sleep_ms(POLL_MS);
+  }
+  return FL_E_TIMEOUT;
+}
+
+static int run_rounds(run_ctx *x, uint64_t round_id) {
+  sim_progress pg;
+  sim_progress_init(&pg, stdout);
+  char csv_path[512];
+  snprintf(csv_path, sizeof(csv_path), "%s/rounds.csv", x->o->out_dir);
+  FILE *csv = fopen(csv_path, "w");
+  if (csv == NULL)
+    return FL_E_IO;
+  sim_csv_header(csv);
+  sim_fleet_counts before;
+  sim_fleet_counts_get(x->fleet, &before);
+  int rc = FL_OK;
+  for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
+    double t0 = mono_s(), w0 = wall_s();
+    sim_fleet_next_round(x->fleet);
+    sim_round_state st;
+    rc = wait_round(x, round_id, r, &pg, t0, &st);
+    if (rc != FL_OK)
+      break;
+    double t1 = mono_s(), w1 = wall_s();
+    sim_fleet_counts now;
+    sim_fleet_counts_get(x->fleet, &now);
+    sim_round_row *row = &x->rows[x->n_rows++];
+    row->round = r;
+    row->participants = st.accepted;
+    row->refused = (size_t)(now.net.refused - before.net.refused);
+    row->bytes_up = now.net.bytes_up - before.net.bytes_up;
+    row->bytes_down = now.net.bytes_down - before.net.bytes_down;
+    row->seconds = t1 - t0;
+    /* Training ran on the worker threads side by side: its wall share is the sum / threads. */
+    row->train_s = (now.train_s - before.train_s) / x->o->threads;
+    double last_ack = now.last_ack_ms / 1000.0;
+    row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
+    row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
+    before = now;
+    evaluate(x, st.result_version, row);
+    sim_csv_row(csv, row);
+    sim_progress_round(&pg, row, x->o->rounds);
+    if (r < x->o->rounds)
+      rc = next_round_id(x, round_id, &round_id);
+  }
+  fclose(csv);
+  return rc;
+}
+
+static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
+  const sim_options *o = x->o;
+  uint32_t participants = o->participants ? o->participants : (uint32_t)enrolled;
+  sim_plan p = {.participants = participants,
+                .min_participants = o->min_participants ? o->min_participants
+                                                        : (participants * 4 + 4) / 5,
+                .over_selection = 1.3,
+                .deadline_s = o->deadline_s,
+                .local_epochs = o->epochs,
+                .batch_size = o->batch,
+                .learning_rate = o->lr,
+                .momentum = o->momentum,
+                .weight_decay = o->weight_decay,
+                .prox_mu = o->prox_mu,
+                .clip_norm = o->clip_norm,
+                .encoding = o->encoding,
+                .server_optimizer = o->server_optimizer,
+                .server_lr = o->server_lr,
+                .rounds = (uint32_t)o->rounds};
+  uint64_t plan_id;
+  int rc = sim_admin_create_plan(x->admin, x->model_id, &p, &plan_id, round_id);
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: cannot create the plan: %s\n", sim_admin_errmsg(x->admin));
+  return rc;
+}
+
+/* Model, tokens, devices, enrollment; then the observer key. */
+static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
+  const sim_options *o = x->o;
+  char name[96];
+  snprintf(name, sizeof(name), "fl-sim %s", x->d->name);
+  uint64_t version;
+  int rc = sim_admin_create_model(x->admin, name, &x->d->spec, o->seed, &x->model_id, &version);
+  if (rc != FL_OK) {
+    fprintf(stderr, "fl-sim: cannot create the model: %s\n", sim_admin_errmsg(x->admin));
+    return rc;
+  }
+  char **tokens = NULL;
+  rc = sim_admin_enrollment_tokens(x->admin, o->devices, &tokens);
+  if (rc != FL_OK) {
+    fprintf(stderr, "fl-sim: cannot get enrollment tokens: %s\n", sim_admin_errmsg(x->admin));
+    return rc;
+  }
+  int kinds = sim_options_bad_kinds(o->bad_kinds);
+  sim_fleet_opts fo = {.n_devices = o->devices, .threads = o->threads, .url = x->url,
+                       .work_dir = work_dir, .train = &x->d->train, .part = &x->d->part,
+                       .labelled = !x->d->anomaly, .dropout = o->dropout,
+                       .net_fail = o->net_fail, .straggler_frac = o->straggler_frac,
+                       .straggler_ms = o->straggler_ms, .bad_frac = o->bad_frac,
+                       .bad_kinds = kinds > 0 ? (unsigned)kinds : 0, .clip_norm = o->clip_norm,
+                       .seed = o->seed};
+  rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
+  double t0 = mono_s();
+  if (rc == FL_OK)
+    rc = sim_fleet_start(x->fleet, tokens);
+  if (rc == FL_OK) {
+    *enrolled = sim_fleet_wait_enrolled(x->fleet);
+    printf("%zu of %zu devices enrolled in %.1f s\n", *enrolled, o->devices, mono_s() - t0);
+    rc = *enrolled > 0 ? FL_OK : FL_E_NOT_ENROLLED;
+  }
+  sim_admin_free_tokens(tokens, o->devices);
+  const char *key_path;
+  if (rc == FL_OK)
+    rc = sim_fleet_observer(x->fleet, &x->obs_id, &key_path);
+  if (rc == FL_OK)
+    rc = fl__key_load_pem(&x->obs_key, key_path);
+  if (rc == FL_OK)
+    rc = fl__model_new(&x->model, &x->d->spec, NULL);
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: set-up failed: %s\n", fl_strerror(rc));
+  return rc;
+}
+
+static void add_row(sim_kv *rows, size_t *n, const char *label, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void add_row(sim_kv *rows, size_t *n, const char *label, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  rows[*n].label = label;
+  vsnprintf(rows[*n].value, sizeof(rows[*n].value), fmt, ap);
+  va_end(ap);
+  (*n)++;
+}
+
+static void summary(run_ctx *x, double total_s) {
+  sim_fleet_counts c;
+  sim_fleet_counts_get(x->fleet, &c);
+  size_t beh[SIM_BEHAVIOUR_COUNT];
+  sim_fleet_behaviours(x->fleet, beh);
+  sim_kv rows[64];
+  size_t n = 0;
+  const sim_round_row *last = x->n_rows ? &x->rows[x->n_rows - 1] : NULL;
+  add_row(rows, &n, "data", "%s", x->d->name);
+  add_row(rows, &n, "devices", "%zu (%zu misbehaving)", x->o->devices, x->o->devices - beh[SIM_HONEST]);
+  add_row(rows, &n, "rounds completed", "%d of %d", x->n_rows, x->o->rounds);
+  if (last && x->d->anomaly)
+    add_row(rows, &n, "final test AUC", "%.4f", last->auc);
+  else if (last)
+    add_row(rows, &n, "final test accuracy", "%.4f", last->accuracy);
+  double round_s = 0;
+  for (int i = 0; i < x->n_rows; i++)
+    round_s += x->rows[i].seconds;
+  if (x->n_rows)
+    add_row(rows, &n, "mean round time", "%.2f s (%.1f rounds/min)", round_s / x->n_rows,
+        60.0 * x->n_rows / round_s);
+  add_row(rows, &n, "uploads acknowledged", "%llu", (unsigned long long)c.uploaded);
+  add_row(rows, &n, "device rounds failed", "%llu", (unsigned long long)c.failed);
+  add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
+  add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
+  add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6, c.net.bytes_down / 1e6);
+  add_row(rows, &n, "total time", "%.1f s (evaluation %.1f s)", total_s, x->eval_s);
+  rows[n++].label = NULL;
+  add_row(rows, &n, "refused requests", "%llu", (unsigned long long)c.net.refused);
+  for (int i = 0; i < SIM_MAX_REASONS && c.net.reasons[i][0] && n < 60; i++) {
+    static char labels[SIM_MAX_REASONS][48];
+    snprintf(labels[i], sizeof(labels[i]), "  refused: %s", c.net.reasons[i]);
+    add_row(rows, &n, labels[i], "%llu", (unsigned long long)c.net.reason_count[i]);
+  }
+  for (int b = 1; b < SIM_BEHAVIOUR_COUNT && n < 64; b++)
+    if (beh[b])
+      add_row(rows, &n, sim_behaviour_name((sim_behaviour)b), "%zu devices", beh[b]);
+  sim_table_print(stdout, "fl-sim summary", rows, n);
+}
+
+static void plots(run_ctx *x) {
+  char svg[512], png[512], csv[512], title[128];
+  snprintf(svg, sizeof(svg), "%s/accuracy.svg", x->o->out_dir);
+  snprintf(png, sizeof(png), "%s/accuracy.png", x->o->out_dir);
+  snprintf(csv, sizeof(csv), "%s/rounds.csv", x->o->out_dir);
+  snprintf(title, sizeof(title), "%s, %zu devices", x->d->name, x->o->devices);
+  sim_plot_svg(svg, x->rows, (size_t)x->n_rows, title, x->d->anomaly);
+  int rc = sim_plot_png(png, csv, title, x->d->anomaly);
+  printf("\nper-round CSV: %s\nplot: %s%s%s\n", csv, svg, rc == FL_OK ? " and " : "",
+         rc == FL_OK ? png : "");
+}
+
+int sim_run(const sim_options *o, const sim_data *d, const char *url, const char *token,
+            const char *work_dir) {
+  run_ctx x = {.o = o, .d = d, .url = url};
+  x.rows = calloc((size_t)(o->rounds > 0 ? o->rounds : 1), sizeof(*x.rows));
+  int rc = x.rows ? sim_admin_new(&x.admin, url, token) : FL_E_NOMEM;
+  double t0 = mono_s();
+  size_t enrolled = 0;
+  uint64_t round_id = 0;
+  if (rc == FL_OK)
+    rc = set_up(&x, work_dir, &enrolled);
+  if (rc == FL_OK)
+    rc = create_plan(&x, enrolled, &round_id);
+  if (rc == FL_OK) {
+    rc = run_rounds(&x, round_id);
+    if (rc != FL_OK)
+      fprintf(stderr, "fl-sim: rounds stopped: %s\n", fl_strerror(rc));
+    summary(&x, mono_s() - t0);
+    plots(&x);
+  }
+  sim_fleet_free(x.fleet);
+  fl__model_free(x.model);
+  fl__key_free(x.obs_key);
+  sim_admin_free(x.admin);
+  free(x.rows);
+  return rc;
+}

@@ -1,0 +1,30 @@
+/*
+ * The pieces of one fl-sim run that main.c strings together: the data of the chosen scenario
+ * (dataset.c) and the rounds (run.c).
+ */
+#ifndef SIM_SIM_H
+#define SIM_SIM_H
+
+#include "data.h"
+#include "model.h"
+#include "options.h"
+#include "partition.h"
+
+typedef struct sim_data {
+  fl_dataset train, test, calib; /* calib: sensor only (normal operation) */
+  sim_partition part;            /* device k's training rows */
+  fl_model_spec spec;
+  int anomaly;                   /* sensor scenario: an autoencoder scored by AUC */
+  char name[64];                 /* "fmnist", "synthetic(1,1)", ... */
+} sim_data;
+
+/* Loads or generates the data for o->devices devices and picks the model. Prints why on
+ * failure. */
+int sim_data_load(sim_data *d, const sim_options *o);
+void sim_data_free(sim_data *d);
+
+/* Everything after the services are up: model, devices, plan, rounds, reports. */
+int sim_run(const sim_options *o, const sim_data *d, const char *url, const char *token,
+            const char *work_dir);
+
+#endif
