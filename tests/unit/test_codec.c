@@ -749,6 +749,13 @@ Test(codec, delta_encode_and_check_every_encoding) {
     ts[1]->data.len -= 1;
     cr_assert_eq(fl__delta_check_layout(lay, nl, ts, n), FL_E_PARSE);
     ts[1]->data.len += 1;
+    if (encs[e] == ENC_F32) {
+      uint8_t keep[4], nan_bytes[4] = {0x00, 0x00, 0xc0, 0x7f};
+      memcpy(keep, ts[1]->data.data, 4);
+      memcpy(ts[1]->data.data, nan_bytes, 4);
+      cr_assert_eq(fl__delta_check_layout(lay, nl, ts, n), FL_E_NONFINITE);
+      memcpy(ts[1]->data.data, keep, 4);
+    }
     fl__delta_release(ts, n, NULL);
   }
   free(lay);
