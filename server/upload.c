@@ -79,19 +79,15 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
                        const Fl__V1__UpdateUpload *u, fl_resp *r) {
   double sq = 0;
   char msg[128];
-  if (u->n_delta != mi->n_tensors || fl__delta_check(&mi->spec, u->delta, u->n_delta)) {
-    fl__resp_dev_error(r, 422, "bad_shape", "delta does not match the model's tensors", 0);
+  /* Shapes against the cached layout, then sizes and values of every tensor. */
+  int err = fl__delta_check_layout(mi->tensors, mi->n_tensors, u->delta, u->n_delta);
+  if (err) {
+    snprintf(msg, sizeof msg, "delta does not fit the model: %s", fl_strerror(err));
+    fl__resp_dev_error(r, 422, err == FL_E_NONFINITE ? "non_finite" : "bad_shape", msg, 0);
     return -1;
   }
-  for (size_t i = 0; i < u->n_delta; i++) {
-    int err = fl__tensor_check(u->delta[i], mi->tensors[i].count);
-    if (err) {
-      snprintf(msg, sizeof msg, "tensor %zu: %s", i, fl_strerror(err));
-      fl__resp_dev_error(r, 422, err == FL_E_NONFINITE ? "non_finite" : "bad_shape", msg, 0);
-      return -1;
-    }
+  for (size_t i = 0; i < u->n_delta; i++)
     sq += fl__tensor_sqnorm(u->delta[i]);
-  }
   if (u->sample_count == 0 || u->sample_count > s->cfg.max_samples) {
     fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
     return -1;

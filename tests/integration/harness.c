@@ -135,6 +135,9 @@ void fl_h_resp_free(fl_h_resp *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* Set while polling /readyz, where connection errors are expected. */
+static bool g_quiet;
+
 static int http(const char *method, const char *url, struct curl_slist *hdrs, const void *body,
                 size_t len, fl_h_resp *out) {
   CURL *h = curl_easy_init();
@@ -158,7 +161,8 @@ static int http(const char *method, const char *url, struct curl_slist *hdrs, co
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
   curl_easy_cleanup(h);
   if (rc != CURLE_OK) {
-    fprintf(stderr, "harness: %s %s: %s\n", method, url, curl_easy_strerror(rc));
+    if (!g_quiet)
+      fprintf(stderr, "harness: %s %s: %s\n", method, url, curl_easy_strerror(rc));
     fl_h_resp_free(out);
     return -1;
   }
@@ -247,7 +251,10 @@ static int wait_ready(fl_h_coord *c) {
       c->pid = 0;
       return -1;
     }
-    if (http("GET", url, NULL, NULL, 0, &r) == 0) {
+    g_quiet = true;
+    int rc = http("GET", url, NULL, NULL, 0, &r);
+    g_quiet = false;
+    if (rc == 0) {
       long st = r.status;
       fl_h_resp_free(&r);
       if (st == 200)
@@ -547,6 +554,10 @@ int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uin
     for (size_t k = 0; k < b->count; k++)
       sq += (double)delta[off + k] * delta[off + k];
     off += b->count;
+  }
+  if (o->inject_nan && nt > 0 && ts[0].encoding == FL__V1__ENCODING__ENCODING_FLOAT32) {
+    const float nan = NAN;
+    memcpy(ts[0].data.data, &nan, sizeof nan);
   }
   u.round_id = round_id;
   u.model_id = base->model_id;

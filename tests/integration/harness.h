@@ -125,6 +125,7 @@ int fl_h_weights(const Fl__V1__ModelVersion *mv, float **w, size_t *n);
 typedef struct fl_h_update_opts {
   bool drop_last_tensor;         /* a shape error */
   bool corrupt_signature;        /* flip one bit of the update signature */
+  bool inject_nan;               /* first float32 value becomes NaN (encoders refuse NaN) */
   int encoding;                  /* 0: float32; else an fl.v1.Encoding (codec encodes) */
 } fl_h_update_opts;
 

@@ -154,3 +154,161 @@ Test(coordinator, full_round_matches_weighted_mean, .init = setup, .fini = teard
   free(w2);
   free(expect);
 }
+
+/* State that no refusal may change. */
+typedef struct snapshot {
+  int64_t accepted, partials, acceptances, versions, rounds;
+} snapshot;
+
+static snapshot snap(void) {
+  snapshot s = {
+      fl_h_db_int(g_db, "SELECT accepted FROM rounds WHERE round_id = 1"),
+      fl_h_db_int(g_db, "SELECT count(*) FROM partials"),
+      fl_h_db_int(g_db, "SELECT count(*) FROM acceptances"),
+      fl_h_db_int(g_db, "SELECT count(*) FROM versions"),
+      fl_h_db_int(g_db, "SELECT count(*) FROM rounds"),
+  };
+  return s;
+}
+
+static void expect_refusal(const char *what, const fl_h_device *d, const uint8_t *body,
+                           size_t len, const fl_h_forge *f, long status, const char *reason) {
+  snapshot before = snap();
+  fl_h_resp r;
+  cr_assert_eq(fl_h_device_post(&g_coord, d, "/v1/updates", body, len, f, &r), 0);
+  cr_expect_eq(r.status, status, "%s: status %ld, expected %ld", what, r.status, status);
+  const char *got = fl_h_error_reason(&r);
+  cr_expect_str_eq(got, reason, "%s: reason %s, expected %s", what, got, reason);
+  fl_h_resp_free(&r);
+  snapshot after = snap();
+  cr_expect_eq(memcmp(&before, &after, sizeof before), 0, "%s changed the state", what);
+}
+
+/* Packs an update of dev with options; the caller frees *buf. */
+static void pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uint64_t round,
+                 const float *delta, uint64_t samples, const fl_h_update_opts *o, uint8_t **buf,
+                 size_t *len) {
+  cr_assert_eq(fl_h_update_pack(d, base, round, delta, samples, 0.25f, o, buf, len), 0);
+}
+
+Test(coordinator, refusals_change_nothing, .init = setup, .fini = teardown, .timeout = 120) {
+  uint64_t model_id, round_id;
+  uint8_t *buf;
+  size_t len, n;
+  float *w0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "refusals", FL_H_SMALL_SPEC,
+                                   "{\"participants\":3,\"deadline_s\":600,\"clip_norm\":1}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(round_id, 1);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 5), 0);
+  Fl__V1__CheckInResponse *resp[5];
+  for (int i = 0; i < 5; i++)
+    if (i != 2) /* device 2 never checks in: not assigned */
+      checkin_task(&g_dev[i], model_id, &resp[i]);
+  Fl__V1__ModelVersion *base;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(fl_h_weights(base, &w0, &n), 0);
+  float *ok = make_delta(n, 7, 0.05); /* norm about 0.19 < clip 1 */
+  float *big = make_delta(n, 8, 1.0); /* norm about 3.8 > clip 1 */
+  snapshot start = snap();
+  cr_assert_eq(start.accepted, 0);
+  cr_assert_eq(start.versions, 1);
+
+  pack(&g_dev[0], base, round_id, ok, 10, NULL, &buf, &len);
+  fl_h_forge f = {.corrupt_signature = true};
+  expect_refusal("bad request signature", &g_dev[0], buf, len, &f, 401, "bad_signature");
+  f = (fl_h_forge){.timestamp_ms = 1000};
+  expect_refusal("stale timestamp", &g_dev[0], buf, len, &f, 401, "stale_timestamp");
+  f = (fl_h_forge){.device_id = 4242};
+  expect_refusal("unknown device", &g_dev[0], buf, len, &f, 401, "unknown_device");
+  static const uint8_t nonce[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+  f = (fl_h_forge){.nonce = nonce, .nonce_len = sizeof nonce};
+  fl_h_resp r;
+  uint8_t ci[8];
+  Fl__V1__CheckInRequest cr = FL__V1__CHECK_IN_REQUEST__INIT;
+  size_t cn = fl__v1__check_in_request__pack(&cr, ci);
+  cr_assert_eq(fl_h_device_post(&g_coord, &g_dev[0], "/v1/checkin", ci, cn, &f, &r), 0);
+  cr_assert_eq(r.status, 200);
+  fl_h_resp_free(&r);
+  expect_refusal("replayed nonce", &g_dev[0], buf, len, &f, 401, "replayed_nonce");
+  expect_refusal("malformed body", &g_dev[0], (const uint8_t *)"\xff\xff\xff", 3, NULL, 400,
+                 "malformed_request");
+  free(buf);
+
+  fl_h_update_opts o = {.corrupt_signature = true};
+  pack(&g_dev[0], base, round_id, ok, 10, &o, &buf, &len);
+  expect_refusal("bad update signature", &g_dev[0], buf, len, NULL, 401, "bad_update_signature");
+  free(buf);
+  pack(&g_dev[0], base, 777, ok, 10, NULL, &buf, &len);
+  expect_refusal("unknown round", &g_dev[0], buf, len, NULL, 404, "unknown_round");
+  free(buf);
+  pack(&g_dev[2], base, round_id, ok, 10, NULL, &buf, &len);
+  expect_refusal("not assigned", &g_dev[2], buf, len, NULL, 403, "not_assigned");
+  free(buf);
+  base->version = 2;
+  pack(&g_dev[0], base, round_id, ok, 10, NULL, &buf, &len);
+  base->version = 1;
+  expect_refusal("wrong base version", &g_dev[0], buf, len, NULL, 409, "wrong_base_version");
+  free(buf);
+  o = (fl_h_update_opts){.drop_last_tensor = true};
+  pack(&g_dev[0], base, round_id, ok, 10, &o, &buf, &len);
+  expect_refusal("missing tensor", &g_dev[0], buf, len, NULL, 422, "bad_shape");
+  free(buf);
+  o = (fl_h_update_opts){.inject_nan = true};
+  pack(&g_dev[0], base, round_id, ok, 10, &o, &buf, &len);
+  expect_refusal("NaN value", &g_dev[0], buf, len, NULL, 422, "non_finite");
+  free(buf);
+  pack(&g_dev[0], base, round_id, big, 10, NULL, &buf, &len);
+  expect_refusal("norm above the clip bound", &g_dev[0], buf, len, NULL, 422, "norm_exceeded");
+  free(buf);
+  pack(&g_dev[0], base, round_id, ok, 0, NULL, &buf, &len);
+  expect_refusal("zero samples", &g_dev[0], buf, len, NULL, 422, "bad_sample_count");
+  free(buf);
+
+  json_t *rv = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/devices/4/revoke", "{}");
+  cr_assert_not_null(rv);
+  json_decref(rv);
+  pack(&g_dev[3], base, round_id, ok, 10, NULL, &buf, &len);
+  expect_refusal("revoked device", &g_dev[3], buf, len, NULL, 403, "device_revoked");
+  free(buf);
+
+  snapshot mid = snap();
+  cr_assert_eq(memcmp(&start, &mid, sizeof start), 0);
+
+  /* Idempotence: accepted once, the same update again is a duplicate acknowledgement, a
+   * different one is refused. */
+  pack(&g_dev[0], base, round_id, ok, 10, NULL, &buf, &len);
+  cr_assert_eq(fl_h_device_post(&g_coord, &g_dev[0], "/v1/updates", buf, len, NULL, &r), 0);
+  cr_assert_eq(r.status, 200, "valid upload: %s", fl_h_error_reason(&r));
+  Fl__V1__UpdateAck *ack = fl__v1__update_ack__unpack(NULL, r.len, r.data);
+  cr_assert(ack != NULL && !ack->duplicate && ack->accepted_in_round == 1);
+  fl__v1__update_ack__free_unpacked(ack, NULL);
+  fl_h_resp_free(&r);
+  snapshot one = snap();
+  cr_assert_eq(one.accepted, 1);
+  cr_assert_eq(one.acceptances, 1);
+  cr_assert_eq(fl_h_device_post(&g_coord, &g_dev[0], "/v1/updates", buf, len, NULL, &r), 0);
+  cr_assert_eq(r.status, 200);
+  ack = fl__v1__update_ack__unpack(NULL, r.len, r.data);
+  cr_assert(ack != NULL && ack->duplicate);
+  fl__v1__update_ack__free_unpacked(ack, NULL);
+  fl_h_resp_free(&r);
+  free(buf);
+  snapshot dup = snap();
+  cr_assert_eq(memcmp(&one, &dup, sizeof one), 0, "duplicate changed the state");
+  float *other = make_delta(n, 9, 0.05);
+  pack(&g_dev[0], base, round_id, other, 10, NULL, &buf, &len);
+  expect_refusal("second different update", &g_dev[0], buf, len, NULL, 409,
+                 "conflicting_update");
+  free(buf);
+
+  for (int i = 0; i < 5; i++)
+    if (i != 2)
+      fl__v1__check_in_response__free_unpacked(resp[i], NULL);
+  fl__v1__model_version__free_unpacked(base, NULL);
+  free(other);
+  free(ok);
+  free(big);
+  free(w0);
+}
