@@ -46,11 +46,13 @@ static void make_data(int dev) {
   }
 }
 
-/* ---- a transport wrapper that flips one byte in the middle of model downloads ------------ */
+/* ---- a transport wrapper that tampers with model downloads ------------------------------- */
+
+typedef enum tamper_mode { TAMPER_OFF = 0, TAMPER_WEIGHT, TAMPER_SIGNATURE } tamper_mode;
 
 typedef struct tamper {
   fl_transport inner;
-  bool on;
+  tamper_mode mode;
   bool get;
   int flips;
   uint8_t *copy;
@@ -62,17 +64,28 @@ static int tp_begin(void *ctx, const fl_http_request *req) {
   return t->inner.begin(t->inner.ctx, req);
 }
 
+/* Flips one bit of the first weight, or of the signature, keeping the message well-formed. */
+static void tamper_body(tamper *t, fl_http_response *resp) {
+  Fl__V1__ModelVersion *mv = fl__v1__model_version__unpack(NULL, resp->body_len, resp->body);
+  cr_assert_not_null(mv);
+  cr_assert(mv->n_weights > 0 && mv->weights[0]->data.len > 0 && mv->signature.len > 0);
+  if (t->mode == TAMPER_WEIGHT)
+    mv->weights[0]->data.data[0] ^= 0x01;
+  else
+    mv->signature.data[5] ^= 0x01;
+  free(t->copy);
+  t->copy = malloc(resp->body_len);
+  cr_assert_eq(fl__v1__model_version__pack(mv, t->copy), resp->body_len);
+  fl__v1__model_version__free_unpacked(mv, NULL);
+  resp->body = t->copy;
+  t->flips++;
+}
+
 static int tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   tamper *t = ctx;
   int err = t->inner.poll(t->inner.ctx, timeout_ms, resp);
-  if (err == FL_OK && t->on && t->get && resp->status == 200 && resp->body_len > 0) {
-    free(t->copy);
-    t->copy = malloc(resp->body_len);
-    memcpy(t->copy, resp->body, resp->body_len);
-    t->copy[resp->body_len / 2] ^= 0x20;
-    resp->body = t->copy;
-    t->flips++;
-  }
+  if (err == FL_OK && t->mode != TAMPER_OFF && t->get && resp->status == 200)
+    tamper_body(t, resp);
   return err;
 }
 
@@ -257,18 +270,22 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup,
    * keeps serving version 3. */
   float before[NCLS], after[NCLS];
   cr_assert_eq(fl_client_predict(d[0].c, g_x[0], 1, before), FL_OK);
-  tp.on = true;
+  tp.mode = TAMPER_WEIGHT;
   fl_round_result r;
   int err = round_until_selected(d[0].c, &r);
   cr_assert_eq(err, FL_E_BADHASH, "%s: %s", fl_strerror(err), fl_client_errmsg(d[0].c));
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
-  cr_assert_geq(tp.flips, 1);
+  cr_assert_eq(tp.flips, 1);
+  tp.mode = TAMPER_SIGNATURE;
+  err = round_until_selected(d[0].c, &r);
+  cr_assert_eq(err, FL_E_BADSIG, "%s: %s", fl_strerror(err), fl_client_errmsg(d[0].c));
+  cr_assert_eq(tp.flips, 2);
   cr_assert_eq(served_version(d[0].c), 3);
   cr_assert_eq(fl_client_predict(d[0].c, g_x[0], 1, after), FL_OK);
   cr_assert_eq(memcmp(before, after, sizeof before), 0);
 
   /* Honest bytes again: the device catches up. */
-  tp.on = false;
+  tp.mode = TAMPER_OFF;
   cr_assert_eq(round_until_selected(d[0].c, &r), FL_OK, "%s", fl_client_errmsg(d[0].c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(served_version(d[0].c), 4);
