@@ -1,0 +1,166 @@
+/* The update path without a network: delta = local - base, clipping, noise, each encoding,
+ * the norm as sent, and the signature over the canonical update digest. */
+#include "test_client_fake.h"
+
+static fl_model *layout;
+static fl_key *key;
+static uint8_t pub[FL_PUBKEY_LEN];
+static float *base, *local;
+static size_t n;
+
+static void setup(void) {
+  cr_assert_eq(fl__model_new(&layout, &fake_spec, NULL), FL_OK);
+  n = fl__model_num_params(layout);
+  base = malloc(n * sizeof *base);
+  local = malloc(n * sizeof *local);
+  for (size_t i = 0; i < n; i++) {
+    base[i] = 0.1f * (float)i;
+    local[i] = base[i] + 0.25f * (float)((int)(i % 5) - 2); /* deltas -0.5 .. 0.5 */
+  }
+  cr_assert_eq(fl__key_generate(&key), FL_OK);
+  cr_assert_eq(fl__key_public(key, pub), FL_OK);
+}
+
+static void teardown(void) {
+  fl__model_free(layout);
+  fl__key_free(key);
+  free(base);
+  free(local);
+}
+
+TestSuite(client_update, .init = setup, .fini = teardown);
+
+static fl__update_params params(int encoding, float clip) {
+  return (fl__update_params){.device_id = 9,
+                             .round_id = 3,
+                             .model_id = 1,
+                             .base_version = 2,
+                             .sample_count = 50,
+                             .loss = 0.5f,
+                             .clip_norm = clip,
+                             .topk_fraction = 0.25f,
+                             .encoding = encoding};
+}
+
+/* Builds, then unpacks the upload, checks its signature and decodes the delta into out. */
+static Fl__V1__UpdateUpload *build(const fl__update_params *p, float *out, float *norm) {
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  cr_assert_eq(fl__update_build(layout, base, local, p, key, NULL, &buf, &len, norm), FL_OK);
+  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, len, buf);
+  free(buf);
+  cr_assert_not_null(u);
+  uint8_t d[FL_SHA256_LEN];
+  cr_assert_eq(fl__update_digest(p->device_id, u, d), FL_OK);
+  cr_assert_eq(fl__verify_raw(pub, d, sizeof d, u->signature.data, u->signature.len), FL_OK);
+  cr_assert_eq(fl__delta_check(&fake_spec, u->delta, u->n_delta), FL_OK);
+  size_t off = 0;
+  for (size_t i = 0; i < u->n_delta; i++) {
+    cr_assert_eq(fl__tensor_decode(u->delta[i], out + off, u->delta[i]->count), FL_OK);
+    off += u->delta[i]->count;
+  }
+  cr_assert_eq(off, n);
+  return u;
+}
+
+static double norm_of(const float *x) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++)
+    s += (double)x[i] * x[i];
+  return sqrt(s);
+}
+
+Test(client_update, float32_carries_the_exact_delta_and_metadata) {
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_FLOAT32, 0);
+  float d[64], norm = 0;
+  Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+  for (size_t i = 0; i < n; i++)
+    cr_assert_eq(d[i], local[i] - base[i], "element %zu", i);
+  cr_assert_eq(u->round_id, 3);
+  cr_assert_eq(u->model_id, 1);
+  cr_assert_eq(u->base_version, 2);
+  cr_assert_eq(u->sample_count, 50);
+  cr_assert_float_eq(u->loss, 0.5f, 0);
+  cr_assert_float_eq(u->norm, norm_of(d), 1e-5);
+  cr_assert_float_eq(norm, u->norm, 0);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+}
+
+Test(client_update, every_encoding_respects_the_clip_bound) {
+  const int enc[] = {FL__V1__ENCODING__ENCODING_FLOAT32, FL__V1__ENCODING__ENCODING_FLOAT16,
+                     FL__V1__ENCODING__ENCODING_INT8, FL__V1__ENCODING__ENCODING_TOPK};
+  for (size_t e = 0; e < sizeof enc / sizeof enc[0]; e++) {
+    fl__update_params p = params(enc[e], 0.3f);
+    float d[64], norm = 0;
+    Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+    cr_assert_leq(norm_of(d), 0.3 + 1e-6, "encoding %d sent norm %f", enc[e], norm_of(d));
+    cr_assert_float_eq(u->norm, norm_of(d), 1e-5, "encoding %d", enc[e]);
+    cr_assert_eq((int)u->delta[0]->encoding, enc[e]);
+    fl__v1__update_upload__free_unpacked(u, NULL);
+  }
+}
+
+Test(client_update, clipping_keeps_the_direction) {
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_FLOAT32, 0.3f);
+  float d[64], norm = 0;
+  Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+  double full = 0, dot = 0;
+  for (size_t i = 0; i < n; i++) {
+    double r = local[i] - base[i];
+    full += r * r;
+    dot += r * d[i];
+  }
+  cr_assert_float_eq(dot / (sqrt(full) * norm_of(d)), 1.0, 1e-5);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+}
+
+Test(client_update, quantised_encodings_stay_close) {
+  const int enc[] = {FL__V1__ENCODING__ENCODING_FLOAT16, FL__V1__ENCODING__ENCODING_INT8};
+  const float tol[] = {1e-3f, 0.5f / 127 + 1e-6f};
+  for (size_t e = 0; e < 2; e++) {
+    fl__update_params p = params(enc[e], 0);
+    float d[64], norm = 0;
+    Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+    for (size_t i = 0; i < n; i++)
+      cr_assert_float_eq(d[i], local[i] - base[i], tol[e], "encoding %d element %zu", enc[e], i);
+    fl__v1__update_upload__free_unpacked(u, NULL);
+  }
+}
+
+Test(client_update, topk_keeps_only_the_largest) {
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_TOPK, 0);
+  float d[64], norm = 0;
+  Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+  size_t nonzero = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (d[i] != 0) {
+      nonzero++;
+      cr_assert_float_eq(d[i], local[i] - base[i], 0);
+      cr_assert_float_eq(fabsf(d[i]), 0.5f, 1e-5, "only the largest |delta| survive");
+    }
+  }
+  cr_assert_gt(nonzero, 0);
+  cr_assert_lt(nonzero, n);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+}
+
+Test(client_update, noise_is_added_after_clipping) {
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_FLOAT32, 0.3f);
+  p.noise_stddev = 0.5f;
+  float d[64], norm = 0;
+  Fl__V1__UpdateUpload *u = build(&p, d, &norm);
+  cr_assert_gt(norm_of(d), 0.3, "noise of stddev 0.5 over %zu elements stays inside 0.3", n);
+  cr_assert_float_eq(u->norm, norm_of(d), 1e-5);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+}
+
+Test(client_update, diverged_training_is_not_uploaded) {
+  local[3] = NAN;
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_FLOAT32, 0);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  float norm = 0;
+  cr_assert_eq(fl__update_build(layout, base, local, &p, key, NULL, &buf, &len, &norm),
+               FL_E_NONFINITE);
+  cr_assert_null(buf);
+}
