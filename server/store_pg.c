@@ -149,10 +149,23 @@ PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
     p = &none;
   if (sqlstate)
     sqlstate[0] = '\0';
+  bool idle = PQtransactionStatus(c) == PQTRANS_IDLE;
   PGresult *r = PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
   ExecStatusType st = PQresultStatus(r);
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
     return r;
+  if (idle && PQstatus(c) == CONNECTION_BAD) {
+    /* The server went away between statements (a restart, a terminated backend). Outside a
+     * transaction nothing of ours was lost with it: reconnect and run the statement once more,
+     * so callers see a database restart only as latency. */
+    PQclear(r);
+    PQreset(c);
+    fl__slog(FL_LOG_INFO, "db_reconnected", "ok=%s", PQstatus(c) == CONNECTION_OK ? "yes" : "no");
+    r = PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
+    st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+      return r;
+  }
   const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
   if (sqlstate && state)
     snprintf(sqlstate, 6, "%s", state);
