@@ -17,7 +17,10 @@
 static char dir[64];
 
 static void make_dir(void) {
-  strcpy(dir, "/tmp/fl_test_data_XXXXXX");
+  /* mkdtemp replaces the six trailing 'X' of its template. */
+  size_t n = (size_t)snprintf(dir, sizeof dir, "/tmp/fl_test_data_");
+  memset(dir + n, 'X', 6);
+  dir[n + 6] = '\0';
   cr_assert_not_null(mkdtemp(dir));
 }
 

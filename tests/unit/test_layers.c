@@ -282,3 +282,16 @@ Test(gradcheck, batch_split_into_pieces, .timeout = 120) {
   ADD(c, dense(2));
   gradcheck(&c, 300, false, 22);
 }
+
+/* Layers without parameters in front (pool, then an activation over the input, flatten) run
+ * forward only; the first dense layer needs no input gradient. */
+Test(gradcheck, parameterless_layers_first) {
+  fl_model_spec s = spec3(2, 6, 6, FL_LOSS_SOFTMAX_CE);
+  ADD(s, pool(2, 0));
+  ADD(s, L(FL_LAYER_TANH));
+  ADD(s, L(FL_LAYER_FLATTEN));
+  ADD(s, dense(5));
+  ADD(s, L(FL_LAYER_SIGMOID));
+  ADD(s, dense(3));
+  gradcheck(&s, 3, false, 23);
+}
