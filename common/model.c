@@ -252,10 +252,21 @@ static size_t work_per_example(const fl_model *m) {
   return per;
 }
 
-static int grow(const fl_allocator *a, void **p, size_t count, size_t elem) {
-  if (count > SIZE_MAX / elem)
+/* Resize *p to `count` elements; on failure *p is kept as it was. */
+static int grow_floats(const fl_allocator *a, float **p, size_t count) {
+  if (count > SIZE_MAX / sizeof(float))
     return FL_E_NOMEM;
-  void *q = fl__realloc(a, *p, count * elem);
+  float *q = fl__realloc(a, *p, count * sizeof(float));
+  if (!q)
+    return FL_E_NOMEM;
+  *p = q;
+  return FL_OK;
+}
+
+static int grow_ints(const fl_allocator *a, int32_t **p, size_t count) {
+  if (count > SIZE_MAX / sizeof(int32_t))
+    return FL_E_NOMEM;
+  int32_t *q = fl__realloc(a, *p, count * sizeof(int32_t));
   if (!q)
     return FL_E_NOMEM;
   *p = q;
@@ -274,9 +285,9 @@ static int ensure_capacity(fl_model *m, size_t n) {
     fl__layer *l = &m->layers[i];
     if (l->type == FL_LAYER_FLATTEN || l->in_place)
       continue;
-    rc = grow(a, (void **)&l->out, n * l->out_size, sizeof(float));
+    rc = grow_floats(a, &l->out, n * l->out_size);
     if (rc == FL_OK && l->type == FL_LAYER_MAXPOOL2D)
-      rc = grow(a, (void **)&l->argmax, n * l->out_size, sizeof(int32_t));
+      rc = grow_ints(a, &l->argmax, n * l->out_size);
     if (l->type == FL_LAYER_CONV2D) {
       size_t pass = fl__conv_pass_examples(l, n);
       if (pass * l->col_per_ex > col)
@@ -286,13 +297,13 @@ static int ensure_capacity(fl_model *m, size_t n) {
     }
   }
   if (rc == FL_OK)
-    rc = grow(a, (void **)&m->delta[0], n * m->max_size, sizeof(float));
+    rc = grow_floats(a, &m->delta[0], n * m->max_size);
   if (rc == FL_OK)
-    rc = grow(a, (void **)&m->delta[1], n * m->max_size, sizeof(float));
+    rc = grow_floats(a, &m->delta[1], n * m->max_size);
   if (rc == FL_OK && col > 0)
-    rc = grow(a, (void **)&m->ws.col, col, sizeof(float));
+    rc = grow_floats(a, &m->ws.col, col);
   if (rc == FL_OK && tmp > 0)
-    rc = grow(a, (void **)&m->ws.tmp, tmp, sizeof(float));
+    rc = grow_floats(a, &m->ws.tmp, tmp);
   if (rc != FL_OK)
     return rc;
   m->cap = n;
