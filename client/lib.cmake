@@ -63,6 +63,11 @@ if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/examples/gateway.c)
 endif()
 
 include(GNUInstallDirs)
+# The .pc file finds the prefix relative to itself, so that an installed tree can be moved.
+file(RELATIVE_PATH FL_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
+  set(FL_PC_TO_PREFIX "${CMAKE_INSTALL_PREFIX}")
+endif()
 configure_file(${CMAKE_CURRENT_SOURCE_DIR}/flclient.pc.in ${CMAKE_CURRENT_BINARY_DIR}/flclient.pc
                @ONLY)
 install(TARGETS flclient flclient_static
