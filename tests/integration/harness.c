@@ -10,6 +10,8 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +139,8 @@ void fl_h_resp_free(fl_h_resp *r) {
 
 /* Set while polling /readyz, where connection errors are expected. */
 static bool g_quiet;
+/* The certificate that https:// URLs are verified against (fl_h_coord_start_tls). */
+static char g_ca_file[320];
 
 static int http(const char *method, const char *url, struct curl_slist *hdrs, const void *body,
                 size_t len, fl_h_resp *out) {
@@ -152,6 +156,8 @@ static int http(const char *method, const char *url, struct curl_slist *hdrs, co
   curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(h, CURLOPT_HEADERDATA, out);
   curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+  if (strncmp(url, "https:", 6) == 0 && g_ca_file[0])
+    curl_easy_setopt(h, CURLOPT_CAINFO, g_ca_file);
   if (strcmp(method, "POST") == 0) {
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
@@ -276,7 +282,8 @@ int fl_h_coord_restart(fl_h_coord *c) {
   return wait_ready(c);
 }
 
-int fl_h_coord_start(fl_h_coord *c, const char *db, const char *dir, const char *const *extra) {
+static int fl_h_coord_start_scheme(fl_h_coord *c, const char *db, const char *dir,
+                                   const char *const *extra, const char *scheme) {
   static int seq;
   memset(c, 0, sizeof *c);
   snprintf(c->db, sizeof c->db, "%s", db);
@@ -294,8 +301,12 @@ int fl_h_coord_start(fl_h_coord *c, const char *db, const char *dir, const char 
   c->port = free_port();
   if (c->port <= 0)
     return -1;
-  snprintf(c->url, sizeof c->url, "http://127.0.0.1:%d", c->port);
+  snprintf(c->url, sizeof c->url, "%s://127.0.0.1:%d", scheme, c->port);
   return fl_h_coord_restart(c);
+}
+
+int fl_h_coord_start(fl_h_coord *c, const char *db, const char *dir, const char *const *extra) {
+  return fl_h_coord_start_scheme(c, db, dir, extra, "http");
 }
 
 int fl_h_coord_stop(fl_h_coord *c, int sig) {
@@ -320,9 +331,66 @@ void fl_h_coord_cleanup(fl_h_coord *c) {
     unlink(path);
     snprintf(path, sizeof path, "%s/coordinator.log", c->dir);
     unlink(path);
+    snprintf(path, sizeof path, "%s/tls-cert.pem", c->dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/tls-key.pem", c->dir);
+    unlink(path);
     rmdir(c->dir);
   }
   c->dir[0] = '\0';
+}
+
+/* A self-signed certificate for 127.0.0.1 (subjectAltName IP) with a P-256 key. */
+static int make_cert(const char *cert_path, const char *key_path) {
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  X509_EXTENSION *san = NULL;
+  FILE *fc = NULL, *fk = NULL;
+  int rc = -1;
+  if (k == NULL || x == NULL)
+    goto out;
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+  X509_set_pubkey(x, k);
+  X509_NAME *n = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"127.0.0.1", -1, -1,
+                             0);
+  X509_set_issuer_name(x, n);
+  san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, "IP:127.0.0.1");
+  if (san == NULL || !X509_add_ext(x, san, -1) || !X509_sign(x, k, EVP_sha256()))
+    goto out;
+  fc = fopen(cert_path, "w");
+  fk = fopen(key_path, "w");
+  if (fc && fk && PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, k, NULL, NULL, 0, NULL, NULL))
+    rc = 0;
+out:
+  if (fc)
+    fclose(fc);
+  if (fk)
+    fclose(fk);
+  X509_EXTENSION_free(san);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  return rc;
+}
+
+int fl_h_coord_start_tls(fl_h_coord *c, const char *db) {
+  char dir[] = "/tmp/fl_itest_XXXXXX", cert[300], key[300];
+  if (mkdtemp(dir) == NULL)
+    return -1;
+  snprintf(cert, sizeof cert, "%s/tls-cert.pem", dir);
+  snprintf(key, sizeof key, "%s/tls-key.pem", dir);
+  if (make_cert(cert, key))
+    return -1;
+  snprintf(g_ca_file, sizeof g_ca_file, "%s", cert);
+  /* c->extra keeps pointers to the flags, so they must outlive this call. */
+  static char a_cert[320], a_key[320];
+  snprintf(a_cert, sizeof a_cert, "--tls-cert=%s", cert);
+  snprintf(a_key, sizeof a_key, "--tls-key=%s", key);
+  const char *extra[] = {a_cert, a_key, NULL};
+  return fl_h_coord_start_scheme(c, db, dir, extra, "https");
 }
 
 /* ----- devices ----------------------------------------------------------------------------- */

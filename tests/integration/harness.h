@@ -51,6 +51,10 @@ typedef struct fl_h_coord {
  * directory of a previous run (same signing key: a restart). extra: NULL-terminated flags
  * (e.g. "--tick=50"), may be NULL. */
 int fl_h_coord_start(fl_h_coord *c, const char *db, const char *dir, const char *const *extra);
+/* Same as fl_h_coord_start with HTTPS: a fresh self-signed P-256 certificate for 127.0.0.1
+ * (in a new temp dir) is given to --tls-cert/--tls-key, the URL becomes https:// and every
+ * harness request verifies the server against that certificate. */
+int fl_h_coord_start_tls(fl_h_coord *c, const char *db);
 /* Sends sig (SIGTERM: graceful, SIGKILL: crash) and waits for the process. Returns its exit
  * status (or 128+signal). */
 int fl_h_coord_stop(fl_h_coord *c, int sig);

@@ -191,3 +191,17 @@ Test(ops, body_limit_and_database_reconnect, .init = setup, .fini = teardown, .t
   cr_assert_eq(json_array_size(json_object_get(j, "devices")), 1);
   json_decref(j);
 }
+
+Test(ops, tls_round_trip, .init = setup, .fini = teardown, .timeout = 60) {
+  uint64_t model_id, round_id, base_v;
+  cr_assert_eq(fl_h_coord_start_tls(&g_coord, g_db), 0);
+  cr_assert_eq(strncmp(g_coord.url, "https://", 8), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "tls", FL_H_SMALL_SPEC, "{}", &model_id,
+                                   &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 1), 0);
+  cr_assert_eq(task_round(&g_dev[0], model_id, &base_v), round_id);
+  Fl__V1__ModelVersion *base;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 1, &base), 0);
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
