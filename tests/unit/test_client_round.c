@@ -264,3 +264,42 @@ Test(client_round, multi_drives_several_clients) {
   }
   fl_multi_free(m);
 }
+
+Test(client_round, trains_on_a_csv_of_readings) {
+  env e;
+  env_up(&e);
+  cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
+  char path[128];
+  snprintf(path, sizeof path, "%s/readings.csv", e.dir);
+  FILE *fp = fopen(path, "w");
+  cr_assert_not_null(fp);
+  fprintf(fp, "label,a,b,c,d\n");
+  for (int i = 0; i < 15; i++)
+    fprintf(fp, "%d,%g,%g,%g,%g\n", i % 3, (double)(i % 3 == 0), (double)(i % 3 == 1),
+            (double)(i % 3 == 2), 0.1 * i);
+  fclose(fp);
+  cr_assert_eq(fl_client_set_data_csv(e.c, path, 0), FL_OK, "%s", fl_client_errmsg(e.c));
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.sample_count, 15);
+  cr_assert_eq(e.f.n_upload, 1);
+  cr_assert_neq(fl_client_set_data_csv(e.c, "/nonexistent.csv", 0), FL_OK);
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "a failed load keeps the previous data");
+  env_down(&e);
+}
+
+Test(client_round, data_that_does_not_fit_the_model_is_refused) {
+  env e;
+  env_up(&e);
+  cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
+  cr_assert_eq(fl_client_set_data_idx(e.c,
+                                      "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+                                      "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+               FL_OK, "%s", fl_client_errmsg(e.c));
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_SHAPE, "784 pixels into a 4-input model");
+  cr_assert_eq(e.f.n_upload, 0);
+  cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
+  env_down(&e);
+}
