@@ -27,7 +27,7 @@ static const opt_def OPTS[] = {
     {"threads", T_INT, O(threads), "worker threads driving them (2)"},
     {"rounds", T_INT, O(rounds), "training rounds (5)"},
     {"participants", T_U32, O(participants), "target updates per round (all devices)"},
-    {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (80%)"},
+    {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (50%)"},
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
     {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},

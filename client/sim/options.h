@@ -13,7 +13,7 @@ typedef struct sim_options {
   /* fleet and rounds */
   size_t devices;
   int threads, rounds;
-  uint32_t participants, min_participants; /* 0: all devices / 80% of participants */
+  uint32_t participants, min_participants; /* 0: all devices / half of participants */
   double deadline_s;
   /* data */
   const char *dataset;     /* fmnist | synthetic | sensor */

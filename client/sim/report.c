@@ -208,7 +208,11 @@ void sim_progress_round(sim_progress *p, const sim_round_row *r, int rounds) {
   if (p->tty && p->last_len > 0)
     fprintf(p->f, "\r%*s\r", p->last_len, "");
   p->last_len = 0;
-  fprintf(p->f, "round %d/%d: accuracy %.4f loss %.4f", r->round, rounds, r->accuracy, r->loss);
+  if (isnan(r->accuracy) && isnan(r->loss))
+    fprintf(p->f, "round %d/%d: closed without a new version", r->round, rounds);
+  else
+    fprintf(p->f, "round %d/%d: accuracy %.4f loss %.4f", r->round, rounds, r->accuracy,
+            r->loss);
   if (isfinite(r->auc))
     fprintf(p->f, " auc %.4f", r->auc);
   fprintf(p->f, ", %zu participants, %zu refused, %.1f s\n", r->participants, r->refused,

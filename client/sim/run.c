@@ -101,10 +101,9 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
       fprintf(stderr, "fl-sim: %s\n", sim_admin_errmsg(x->admin));
       return rc;
     }
-    if (st->result_version != 0)
+    /* Closed with a new version, or abandoned/stopped without one: either way it is over. */
+    if (st->result_version != 0 || (st->state[0] != '\0' && strcmp(st->state, "open") != 0))
       return FL_OK;
-    if (strcmp(st->state, "failed") == 0 || strcmp(st->state, "cancelled") == 0)
-      return FL_E_STATE;
     sim_fleet_counts c;
     sim_fleet_counts_get(x->fleet, &c);
     double t = mono_s() - t_start;
@@ -163,7 +162,10 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
     row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
     before = now;
-    evaluate(x, st.result_version, row);
+    if (st.result_version != 0)
+      evaluate(x, st.result_version, row);
+    else
+      row->accuracy = row->loss = row->auc = NAN;
     sim_csv_row(csv, row);
     sim_progress_round(&pg, row, x->o->rounds);
     if (r < x->o->rounds)
@@ -177,8 +179,9 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   const sim_options *o = x->o;
   uint32_t participants = o->participants ? o->participants : (uint32_t)enrolled;
   sim_plan p = {.participants = participants,
+                /* Half: dropouts and refused devices must not stall a round. */
                 .min_participants = o->min_participants ? o->min_participants
-                                                        : (participants * 4 + 4) / 5,
+                                                        : (participants + 1) / 2,
                 .over_selection = 1.3,
                 .deadline_s = o->deadline_s,
                 .local_epochs = o->epochs,
