@@ -11,7 +11,7 @@
 
 #include "harness.h"
 
-#define NDEV 3
+#define NDEV 4
 
 static char g_db[64];
 static fl_h_coord g_coord;
@@ -204,4 +204,54 @@ Test(ops, tls_round_trip, .init = setup, .fini = teardown, .timeout = 60) {
   Fl__V1__ModelVersion *base;
   cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 1, &base), 0);
   fl__v1__model_version__free_unpacked(base, NULL);
+
+  /* Evaluation reports: recorded for a known version, refused for an unknown one. */
+  Fl__V1__Metric acc = FL__V1__METRIC__INIT, *mp[1] = {&acc};
+  Fl__V1__EvalReport e = FL__V1__EVAL_REPORT__INIT;
+  uint8_t body[128];
+  fl_h_resp r;
+  acc.name = "accuracy";
+  acc.value = 0.875;
+  e.model_id = model_id;
+  e.version = 1;
+  e.sample_count = 64;
+  e.n_metrics = 1;
+  e.metrics = mp;
+  size_t n = fl__v1__eval_report__pack(&e, body);
+  cr_assert_eq(fl_h_device_post(&g_coord, &g_dev[0], "/v1/evaluations", body, n, NULL, &r), 0);
+  cr_assert_eq(r.status, 200);
+  fl_h_resp_free(&r);
+  e.version = 9;
+  n = fl__v1__eval_report__pack(&e, body);
+  cr_assert_eq(fl_h_device_post(&g_coord, &g_dev[0], "/v1/evaluations", body, n, NULL, &r), 0);
+  cr_assert_eq(r.status, 404);
+  cr_assert_str_eq(fl_h_error_reason(&r), "unknown_version");
+  fl_h_resp_free(&r);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM evaluations"
+                                 " WHERE (metrics->>'accuracy')::float8 = 0.875"),
+               1);
+}
+
+Test(ops, over_selection_limits_assignment, .init = setup, .fini = teardown, .timeout = 60) {
+  uint64_t model_id, round_id, base_v;
+  const char *extra[] = {"--checkin-interval=5000", NULL};
+  cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, extra), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "oversel", FL_H_SMALL_SPEC,
+                                   "{\"participants\":2,\"over_selection\":1.5,"
+                                   "\"deadline_s\":600}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 4), 0);
+  for (int i = 0; i < 3; i++)
+    cr_assert_eq(task_round(&g_dev[i], model_id, &base_v), round_id);
+  /* Checking in again keeps the assignment and takes no new slot. */
+  cr_assert_eq(task_round(&g_dev[0], model_id, &base_v), round_id);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT assigned FROM rounds WHERE round_id = 1"), 3);
+  Fl__V1__CheckInResponse *resp;
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[3], model_id, &resp), 0);
+  cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY);
+  cr_assert_str_eq(resp->retry->reason, "round_full");
+  cr_assert_geq(resp->retry->retry_after_ms, resp->server_time_ms + 5000);
+  fl__v1__check_in_response__free_unpacked(resp, NULL);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM assignments"), 3);
 }
