@@ -206,6 +206,16 @@ json_t *fl_h_admin_ok(const fl_h_coord *c, const char *method, const char *path,
 
 /* ----- coordinator ------------------------------------------------------------------------- */
 
+/* mkdtemp under /tmp; the template's six trailing 'X' are written by memset. */
+static int temp_dir(char *out, size_t size) {
+  int n = snprintf(out, size, "/tmp/fl_itest_");
+  if (n < 0 || (size_t)n + 7 > size)
+    return -1;
+  memset(out + n, 'X', 6);
+  out[n + 6] = '\0';
+  return mkdtemp(out) ? 0 : -1;
+}
+
 static int free_port(void) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t len = sizeof sa;
@@ -294,8 +304,7 @@ static int fl_h_coord_start_scheme(fl_h_coord *c, const char *db, const char *di
   if (dir != NULL) {
     snprintf(c->dir, sizeof c->dir, "%s", dir);
   } else {
-    snprintf(c->dir, sizeof c->dir, "/tmp/fl_itest_XXXXXX");
-    if (mkdtemp(c->dir) == NULL)
+    if (temp_dir(c->dir, sizeof c->dir))
       return -1;
   }
   c->port = free_port();
@@ -377,8 +386,8 @@ out:
 }
 
 int fl_h_coord_start_tls(fl_h_coord *c, const char *db) {
-  char dir[] = "/tmp/fl_itest_XXXXXX", cert[300], key[300];
-  if (mkdtemp(dir) == NULL)
+  char dir[64], cert[300], key[300];
+  if (temp_dir(dir, sizeof dir))
     return -1;
   snprintf(cert, sizeof cert, "%s/tls-cert.pem", dir);
   snprintf(key, sizeof key, "%s/tls-key.pem", dir);
