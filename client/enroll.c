@@ -96,7 +96,8 @@ int fl_client_enroll(fl_client *c, const char *token, const fl_label *labels, si
     return FL_E_INVAL;
   if (fl_client_is_enrolled(c))
     return FL_OK;
-  if (c->phase != FL__PH_IDLE)
+  /* Enrollment blocks on the transport; in an fl_multi the multi drives it instead. */
+  if ((c->phase != FL__PH_IDLE && c->phase != FL__PH_DONE) || c->multi != NULL)
     return FL_E_STATE;
   int err = fl__state_load_key(c, true);
   if (err != FL_OK)

@@ -154,7 +154,8 @@ typedef struct fl_label {
  * written atomically, or reuses the one there) and enrolls with a one-time token. Blocks for
  * at most about (max_retries + 1) * request_timeout_ms. The device id and the coordinator's
  * public key are stored in state_dir/identity (atomic). Already enrolled: FL_OK, no request.
- * On failure the key stays (it is reused by the next attempt) and no identity is written. */
+ * On failure the key stays (it is reused by the next attempt) and no identity is written.
+ * FL_E_STATE during a round or while the client is in an fl_multi (enroll before adding). */
 FL_API int fl_client_enroll(fl_client *c, const char *token, const fl_label *labels,
                             size_t n_labels, const char *firmware);
 
