@@ -312,3 +312,59 @@ Test(coordinator, refusals_change_nothing, .init = setup, .fini = teardown, .tim
   free(big);
   free(w0);
 }
+
+/* FedAdam over two rounds: the optimizer state (m, v) carried in the database between rounds
+ * gives the same weights as the update rule of Reddi et al. computed here in double. */
+Test(coordinator, fedadam_state_persists_across_rounds, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  uint64_t model_id, round_id;
+  const double b1 = 0.9, b2 = 0.99, tau = 1e-3, lr = 0.05;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "adam", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"deadline_s\":600,\"clip_norm\":10,"
+                                   "\"server_optimizer\":\"fedadam\",\"server_lr\":0.05}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 1), 0);
+  Fl__V1__ModelVersion *base;
+  float *w;
+  size_t n;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(fl_h_weights(base, &w, &n), 0);
+  double *rw = calloc(n, sizeof *rw), *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+  for (size_t i = 0; i < n; i++) {
+    rw[i] = w[i];
+    v[i] = tau * tau;
+  }
+  free(w);
+  char reason[64];
+  for (int r = 0; r < 2; r++) {
+    Fl__V1__CheckInResponse *resp;
+    Fl__V1__TrainTask *t = checkin_task(&g_dev[0], model_id, &resp);
+    round_id = t->round_id;
+    cr_assert_eq(t->base_version, (uint64_t)r + 1);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+    float *d = make_delta(n, 4000 + (uint64_t)r, 0.1);
+    cr_assert_eq(upload_status(&g_dev[0], base, round_id, d, 8, NULL, reason), 200, "%s",
+                 reason);
+    for (size_t i = 0; i < n; i++) {
+      m[i] = b1 * m[i] + (1 - b1) * d[i];
+      v[i] = b2 * v[i] + (1 - b2) * (double)d[i] * d[i];
+      rw[i] += lr * m[i] / (sqrt(v[i]) + tau);
+    }
+    free(d);
+    json_t *round = fl_h_wait_round(&g_coord, round_id, "closed", 20000);
+    cr_assert_not_null(round);
+    json_decref(round);
+    fl__v1__model_version__free_unpacked(base, NULL);
+    cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, (uint64_t)r + 2, &base), 0);
+    cr_assert_eq(fl_h_weights(base, &w, &n), 0);
+    for (size_t i = 0; i < n; i++)
+      cr_assert(fabs(w[i] - rw[i]) <= 1e-6 + 1e-5 * fabs(rw[i]), "round %d param %zu: %.9g vs %.9g",
+                r, i, w[i], rw[i]);
+    free(w);
+  }
+  fl__v1__model_version__free_unpacked(base, NULL);
+  free(rw);
+  free(m);
+  free(v);
+}
