@@ -56,31 +56,59 @@ static long tap_pos(uint32_t o, const fl__layer *l, uint32_t t) {
   return (long)o * (long)l->stride - (long)l->padding + (long)t;
 }
 
+/* Output positions [*lo, *hi) whose tap `t` falls inside an input of `n_in` (the others read
+ * padding), so that the inner loops below need no bounds checks. */
+static void tap_range(const fl__layer *l, uint32_t n_out, uint32_t n_in, uint32_t t, uint32_t *lo,
+                      uint32_t *hi) {
+  long s = (long)l->stride, first = (long)l->padding - (long)t;
+  long last = (long)n_in - 1 + (long)l->padding - (long)t; /* o*s must lie in [first, last] */
+  long a = first <= 0 ? 0 : (first + s - 1) / s;
+  long b = last < 0 ? 0 : last / s + 1;
+  if (b > (long)n_out)
+    b = (long)n_out;
+  if (a > b)
+    a = b;
+  *lo = (uint32_t)a;
+  *hi = (uint32_t)b;
+}
+
 /* Columns for `cn` examples: col[(c*k + ki)*k + kj, e*OH*OW + oh*OW + ow] holds the input
  * under tap (ki, kj) of output (oh, ow) of example e, zero on padding. With all examples of a
  * pass side by side, the layer is one sgemm W[out_c, C*k*k] * col. */
 static void im2col(const fl__layer *l, const float *x, size_t cn, float *col) {
-  uint32_t k = l->kernel, oh_n = l->out_h, ow_n = l->out_w;
+  uint32_t k = l->kernel, s = l->stride, oh_n = l->out_h, ow_n = l->out_w;
   size_t ohw = (size_t)oh_n * ow_n, plane = (size_t)l->in_h * l->in_w, ncols = cn * ohw;
   for (uint32_t c = 0; c < l->in_c; c++) {
     for (uint32_t ki = 0; ki < k; ki++) {
+      uint32_t h_lo, h_hi;
+      tap_range(l, oh_n, l->in_h, ki, &h_lo, &h_hi);
       for (uint32_t kj = 0; kj < k; kj++) {
+        uint32_t w_lo, w_hi;
+        tap_range(l, ow_n, l->in_w, kj, &w_lo, &w_hi);
         float *dst = col + (((size_t)c * k + ki) * k + kj) * ncols;
         for (size_t e = 0; e < cn; e++) {
           const float *xp = x + e * l->in_size + c * plane;
           float *d = dst + e * ohw;
-          for (uint32_t oh = 0; oh < oh_n; oh++, d += ow_n) {
-            long ih = tap_pos(oh, l, ki);
-            if (ih < 0 || ih >= (long)l->in_h) {
-              memset(d, 0, ow_n * sizeof(float));
-              continue;
+          for (size_t i = 0; i < (size_t)h_lo * ow_n; i++)
+            d[i] = 0.0f;
+          for (uint32_t oh = h_lo; oh < h_hi; oh++) {
+            float *dr = d + (size_t)oh * ow_n;
+            const float *xr = xp + (size_t)tap_pos(oh, l, ki) * l->in_w;
+            const float *xs = xr + tap_pos(w_lo, l, kj);
+            for (uint32_t ow = 0; ow < w_lo; ow++)
+              dr[ow] = 0.0f;
+            if (s == 1) {
+              for (uint32_t ow = w_lo; ow < w_hi; ow++)
+                dr[ow] = xs[ow - w_lo];
+            } else {
+              for (uint32_t ow = w_lo; ow < w_hi; ow++)
+                dr[ow] = xs[(size_t)(ow - w_lo) * s];
             }
-            const float *xr = xp + (size_t)ih * l->in_w;
-            for (uint32_t ow = 0; ow < ow_n; ow++) {
-              long iw = tap_pos(ow, l, kj);
-              d[ow] = (iw >= 0 && iw < (long)l->in_w) ? xr[iw] : 0.0f;
-            }
+            for (uint32_t ow = w_hi; ow < ow_n; ow++)
+              dr[ow] = 0.0f;
           }
+          for (size_t i = (size_t)h_hi * ow_n; i < ohw; i++)
+            d[i] = 0.0f;
         }
       }
     }
@@ -90,25 +118,24 @@ static void im2col(const fl__layer *l, const float *x, size_t cn, float *col) {
 /* The adjoint of im2col: adds every column entry back onto the input position it was copied
  * from. dx must hold zeros (or a gradient to add to) for the `cn` examples. */
 static void col2im(const fl__layer *l, const float *col, size_t cn, float *dx) {
-  uint32_t k = l->kernel, oh_n = l->out_h, ow_n = l->out_w;
+  uint32_t k = l->kernel, s = l->stride, oh_n = l->out_h, ow_n = l->out_w;
   size_t ohw = (size_t)oh_n * ow_n, plane = (size_t)l->in_h * l->in_w, ncols = cn * ohw;
   for (uint32_t c = 0; c < l->in_c; c++) {
     for (uint32_t ki = 0; ki < k; ki++) {
+      uint32_t h_lo, h_hi;
+      tap_range(l, oh_n, l->in_h, ki, &h_lo, &h_hi);
       for (uint32_t kj = 0; kj < k; kj++) {
+        uint32_t w_lo, w_hi;
+        tap_range(l, ow_n, l->in_w, kj, &w_lo, &w_hi);
         const float *src = col + (((size_t)c * k + ki) * k + kj) * ncols;
         for (size_t e = 0; e < cn; e++) {
           float *xp = dx + e * l->in_size + c * plane;
-          const float *s = src + e * ohw;
-          for (uint32_t oh = 0; oh < oh_n; oh++, s += ow_n) {
-            long ih = tap_pos(oh, l, ki);
-            if (ih < 0 || ih >= (long)l->in_h)
-              continue;
-            float *xr = xp + (size_t)ih * l->in_w;
-            for (uint32_t ow = 0; ow < ow_n; ow++) {
-              long iw = tap_pos(ow, l, kj);
-              if (iw >= 0 && iw < (long)l->in_w)
-                xr[iw] += s[ow];
-            }
+          const float *sp = src + e * ohw;
+          for (uint32_t oh = h_lo; oh < h_hi; oh++) {
+            const float *sr = sp + (size_t)oh * ow_n;
+            float *xs = xp + (size_t)tap_pos(oh, l, ki) * l->in_w + tap_pos(w_lo, l, kj);
+            for (uint32_t ow = w_lo; ow < w_hi; ow++)
+              xs[(size_t)(ow - w_lo) * s] += sr[ow];
           }
         }
       }

@@ -1,8 +1,7 @@
 /*
  * Models: spec validation, parameter counts and layouts of the reference models, seeded
- * initialisation, forward values against naive references, loss values, the SGD update rule
- * against hand-computed numbers, work buffers that stop allocating once sized, and
- * allocation failures.
+ * initialisation, forward values against naive references, loss values, work buffers that
+ * stop allocating once sized, and allocation failures. The SGD rule is in test_sgd.c.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -179,49 +178,71 @@ static float at3(const float *x, uint32_t h, uint32_t w, uint32_t c, long i, lon
   return x[((size_t)c * h + (size_t)i) * w + (size_t)j];
 }
 
-/* conv2d (stride 2, padding 1, two input channels) followed by an overlapping maxpool,
- * computed with plain loops. */
-Test(model, conv_and_maxpool_match_naive_loops) {
-  enum { C = 2, H = 7, W = 6, OC = 3, K = 3, S = 2, P = 1, B = 2 };
-  enum { OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1 };
-  enum { PK = 2, PS = 1, PH = (OH - PK) / PS + 1, PW = (OW - PK) / PS + 1 };
-  fl_model_spec s = {.input_ndim = 3, .input_shape = {C, H, W}, .loss = FL_LOSS_MSE};
-  ADD(s, .type = FL_LAYER_CONV2D, .out_channels = OC, .kernel = K, .stride = S, .padding = P);
-  ADD(s, .type = FL_LAYER_MAXPOOL2D, .kernel = PK, .stride = PS);
+typedef struct conv_case {
+  int c, h, w, oc, k, s, p, pk, ps;
+} conv_case;
+
+/* The model conv2d -> maxpool2d of `cc` against plain loops, for two examples. */
+static void check_conv_pool(const conv_case *cc) {
+  const int B = 2, oh = (cc->h + 2 * cc->p - cc->k) / cc->s + 1;
+  const int ow = (cc->w + 2 * cc->p - cc->k) / cc->s + 1;
+  const int ph = (oh - cc->pk) / cc->ps + 1, pw = (ow - cc->pk) / cc->ps + 1;
+  fl_model_spec s = {.input_ndim = 3,
+                     .input_shape = {(uint32_t)cc->c, (uint32_t)cc->h, (uint32_t)cc->w},
+                     .loss = FL_LOSS_MSE};
+  ADD(s, .type = FL_LAYER_CONV2D, .out_channels = (uint32_t)cc->oc, .kernel = (uint32_t)cc->k,
+      .stride = (uint32_t)cc->s, .padding = (uint32_t)cc->p);
+  ADD(s, .type = FL_LAYER_MAXPOOL2D, .kernel = (uint32_t)cc->pk, .stride = (uint32_t)cc->ps);
   fl_model *m = build(&s);
-  cr_assert_eq(fl__model_output_size(m), (size_t)OC * PH * PW);
+  cr_assert_eq(fl__model_output_size(m), (size_t)(cc->oc * ph * pw));
   float *p = fl__model_params(m);
   random_fill(p, fl__model_num_params(m), 4);
-  const float *wt = p, *bias = p + OC * C * K * K;
-  float x[B * C * H * W], y[B * OC * PH * PW];
-  random_fill(x, B * C * H * W, 5);
+  const float *wt = p, *bias = p + cc->oc * cc->c * cc->k * cc->k;
+  size_t in = (size_t)(cc->c * cc->h * cc->w), out = (size_t)(cc->oc * ph * pw);
+  float *x = malloc(B * in * sizeof(float)), *y = malloc(B * out * sizeof(float));
+  float *conv = malloc((size_t)(cc->oc * oh * ow) * sizeof(float));
+  random_fill(x, B * in, 5);
   cr_assert_eq(fl__model_forward(m, x, B, y), FL_OK);
   for (int e = 0; e < B; e++) {
-    const float *xe = x + e * C * H * W;
-    float conv[OC][OH][OW];
-    for (int o = 0; o < OC; o++)
-      for (int i = 0; i < OH; i++)
-        for (int j = 0; j < OW; j++) {
+    const float *xe = x + e * in;
+    for (int o = 0; o < cc->oc; o++)
+      for (int i = 0; i < oh; i++)
+        for (int j = 0; j < ow; j++) {
           double acc = bias[o];
-          for (int c = 0; c < C; c++)
-            for (int ki = 0; ki < K; ki++)
-              for (int kj = 0; kj < K; kj++)
-                acc += wt[((o * C + c) * K + ki) * K + kj] *
-                       at3(xe, H, W, c, i * S - P + ki, j * S - P + kj);
-          conv[o][i][j] = (float)acc;
+          for (int c = 0; c < cc->c; c++)
+            for (int ki = 0; ki < cc->k; ki++)
+              for (int kj = 0; kj < cc->k; kj++)
+                acc += wt[((o * cc->c + c) * cc->k + ki) * cc->k + kj] *
+                       at3(xe, (uint32_t)cc->h, (uint32_t)cc->w, (uint32_t)c,
+                           i * cc->s - cc->p + ki, j * cc->s - cc->p + kj);
+          conv[(o * oh + i) * ow + j] = (float)acc;
         }
-    for (int o = 0; o < OC; o++)
-      for (int i = 0; i < PH; i++)
-        for (int j = 0; j < PW; j++) {
+    for (int o = 0; o < cc->oc; o++)
+      for (int i = 0; i < ph; i++)
+        for (int j = 0; j < pw; j++) {
           float mx = -INFINITY;
-          for (int a = 0; a < PK; a++)
-            for (int b = 0; b < PK; b++)
-              mx = fmaxf(mx, conv[o][i * PS + a][j * PS + b]);
-          cr_assert_float_eq(y[e * OC * PH * PW + (o * PH + i) * PW + j], mx, 1e-5f,
+          for (int a = 0; a < cc->pk; a++)
+            for (int b = 0; b < cc->pk; b++)
+              mx = fmaxf(mx, conv[(o * oh + i * cc->ps + a) * ow + j * cc->ps + b]);
+          cr_assert_float_eq(y[e * out + (size_t)((o * ph + i) * pw + j)], mx, 1e-5f,
                              "example %d channel %d (%d, %d)", e, o, i, j);
         }
   }
+  free(conv);
+  free(x);
+  free(y);
   fl__model_free(m);
+}
+
+/* Strides larger than one, padding up to kernel - 1, kernels wider than the unpadded input,
+ * non-square inputs, overlapping and disjoint pools. */
+Test(model, conv_and_maxpool_match_naive_loops) {
+  const conv_case cases[] = {
+      {2, 7, 6, 3, 3, 2, 1, 2, 1}, {1, 28, 28, 6, 5, 1, 0, 2, 2}, {3, 5, 9, 2, 4, 3, 2, 2, 1},
+      {1, 3, 4, 2, 5, 1, 4, 3, 2}, {2, 8, 8, 4, 1, 2, 0, 2, 2},   {1, 6, 5, 1, 3, 4, 1, 1, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    check_conv_pool(&cases[i]);
 }
 
 Test(model, activations_values) {
@@ -515,157 +536,6 @@ Test(model, init_scales_follow_he_and_glorot) {
   cr_assert_leq(mx, bound);
   cr_assert_gt(mx, 0.95 * bound);
   cr_assert_float_eq(sqrt(s2 / (double)w3.count), bound / sqrt(3.0), 0.1 * bound / sqrt(3.0));
-  fl__model_free(m);
-}
-
-/* ---- SGD ------------------------------------------------------------------------------- */
-
-/* y = w*x + b with MSE: at x = 1, t = 0, w = 0.5, b = 0.25 the loss is 0.5625 and both
- * gradients are 2 * 0.75 = 1.5, so every update below can be worked out by hand. */
-static fl_model *tiny_regression(void) {
-  fl_model_spec s = spec1(1, FL_LOSS_MSE);
-  ADD(s, .type = FL_LAYER_DENSE, .units = 1);
-  fl_model *m = build(&s);
-  fl__model_params(m)[0] = 0.5f;
-  fl__model_params(m)[1] = 0.25f;
-  return m;
-}
-
-static const float one_x = 1.0f, zero_t = 0.0f;
-static const fl_batch tiny_batch = {.x = &one_x, .targets = &zero_t, .n = 1};
-
-Test(sgd, plain_step) {
-  fl_model *m = tiny_regression();
-  fl_sgd o = {.lr = 0.1f};
-  double loss;
-  cr_assert_eq(fl__model_sgd_step(m, &tiny_batch, &o, &loss), FL_OK);
-  cr_assert_float_eq(loss, 0.5625, 1e-9);
-  cr_assert_float_eq(fl__model_params(m)[0], 0.5f - 0.15f, 1e-7f);
-  cr_assert_float_eq(fl__model_params(m)[1], 0.25f - 0.15f, 1e-7f);
-  fl__model_free(m);
-}
-
-Test(sgd, momentum_weight_decay_and_prox) {
-  fl_model *m = tiny_regression();
-  const float anchor[2] = {0.1f, -0.25f};
-  float v[2] = {0.2f, -0.1f};
-  fl_sgd o = {.lr = 0.1f,
-              .momentum = 0.9f,
-              .weight_decay = 0.1f,
-              .prox_mu = 0.5f,
-              .anchor = anchor,
-              .velocity = v};
-  cr_assert_eq(fl__model_sgd_step(m, &tiny_batch, &o, NULL), FL_OK);
-  /* g_w = 1.5 + 0.1*0.5 + 0.5*(0.5 - 0.1) = 1.75;   v_w = 0.9*0.2 + 1.75 = 1.93
-   * g_b = 1.5 + 0.1*0.25 + 0.5*(0.25 + 0.25) = 1.775; v_b = 0.9*-0.1 + 1.775 = 1.685 */
-  cr_assert_float_eq(v[0], 1.93f, 1e-6f);
-  cr_assert_float_eq(v[1], 1.685f, 1e-6f);
-  cr_assert_float_eq(fl__model_params(m)[0], 0.5f - 0.193f, 1e-6f);
-  cr_assert_float_eq(fl__model_params(m)[1], 0.25f - 0.1685f, 1e-6f);
-  /* The gradient buffer keeps the plain loss gradient. */
-  cr_assert_float_eq(fl__model_grads(m)[0], 1.5f, 1e-6f);
-  cr_assert_float_eq(fl__model_grads(m)[1], 1.5f, 1e-6f);
-  fl__model_free(m);
-}
-
-Test(sgd, prox_needs_an_anchor_and_a_mu) {
-  fl_model *a = tiny_regression(), *b = tiny_regression();
-  const float anchor[2] = {3.0f, 3.0f};
-  fl_sgd off1 = {.lr = 0.1f, .prox_mu = 0.5f, .anchor = NULL};
-  fl_sgd off2 = {.lr = 0.1f, .prox_mu = 0.0f, .anchor = anchor};
-  cr_assert_eq(fl__model_sgd_step(a, &tiny_batch, &off1, NULL), FL_OK);
-  cr_assert_eq(fl__model_sgd_step(b, &tiny_batch, &off2, NULL), FL_OK);
-  cr_assert_float_eq(fl__model_params(a)[0], 0.35f, 1e-7f);
-  cr_assert_float_eq(fl__model_params(b)[0], 0.35f, 1e-7f);
-  /* Weight decay alone: g_w = 1.5 + 0.01 * 0.5 */
-  fl_sgd wd = {.lr = 1.0f, .weight_decay = 0.01f};
-  cr_assert_eq(fl__model_sgd_step(a, &tiny_batch, &wd, NULL), FL_OK);
-  float w = 0.35f, bias = 0.1f, g = 2.0f * (w + bias);
-  cr_assert_float_eq(fl__model_params(a)[0], w - (g + 0.01f * w), 1e-6f);
-  fl__model_free(a);
-  fl__model_free(b);
-}
-
-Test(sgd, bad_options_and_nonfinite_loss) {
-  fl_model *m = tiny_regression();
-  float v[2] = {0, 0};
-  const fl_sgd bad[] = {
-      {.lr = -0.1f},
-      {.lr = NAN},
-      {.lr = 0.1f, .momentum = 0.9f}, /* no velocity */
-      {.lr = 0.1f, .momentum = 1.0f, .velocity = v},
-      {.lr = 0.1f, .weight_decay = -1.0f},
-      {.lr = 0.1f, .prox_mu = INFINITY},
-  };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-    cr_assert_eq(fl__model_sgd_step(m, &tiny_batch, &bad[i], NULL), FL_E_INVAL, "case %zu", i);
-  cr_assert_eq(fl__model_sgd_step(m, &tiny_batch, NULL, NULL), FL_E_INVAL);
-  cr_assert_eq(fl__model_params(m)[0], 0.5f);
-  /* A NaN weight makes the loss NaN: the step is refused and nothing moves. */
-  fl__model_params(m)[0] = NAN;
-  fl_sgd o = {.lr = 0.1f};
-  double loss = 0.0;
-  cr_assert_eq(fl__model_sgd_step(m, &tiny_batch, &o, &loss), FL_E_NONFINITE);
-  cr_assert(isnan(loss));
-  cr_assert_eq(fl__model_params(m)[1], 0.25f);
-  fl__model_free(m);
-}
-
-/* Two Gaussian blobs: a few dozen steps of logistic regression must cut the loss by far. */
-Test(sgd, steps_decrease_the_loss) {
-  fl_model_spec s = spec1(5, FL_LOSS_SOFTMAX_CE);
-  ADD(s, .type = FL_LAYER_DENSE, .units = 8);
-  ADD(s, .type = FL_LAYER_RELU);
-  ADD(s, .type = FL_LAYER_DENSE, .units = 2);
-  fl_model *m = build(&s);
-  fl__model_init(m, 5);
-  enum { N = 64 };
-  float x[N * 5];
-  int32_t y[N];
-  fl_rng r;
-  fl__rng_seed(&r, 77);
-  for (int i = 0; i < N; i++) {
-    y[i] = i & 1;
-    for (int j = 0; j < 5; j++)
-      x[i * 5 + j] = (float)(fl__rng_normal(&r) * 0.5 + (y[i] ? 1.0 : -1.0));
-  }
-  fl_batch b = {.x = x, .labels = y, .n = N};
-  double first, loss, acc;
-  cr_assert_eq(fl__model_evaluate(m, &b, &first, NULL), FL_OK);
-  float *v = calloc(fl__model_num_params(m), sizeof(float));
-  fl_sgd o = {.lr = 0.05f, .momentum = 0.9f, .velocity = v};
-  for (int it = 0; it < 40; it++)
-    cr_assert_eq(fl__model_sgd_step(m, &b, &o, NULL), FL_OK);
-  cr_assert_eq(fl__model_evaluate(m, &b, &loss, &acc), FL_OK);
-  cr_assert_lt(loss, first / 4, "loss %g -> %g", first, loss);
-  cr_assert_geq(acc, 0.95);
-  free(v);
-  fl__model_free(m);
-}
-
-/* The autoencoder learns to reconstruct inputs from a 16-dimensional code. */
-Test(sgd, autoencoder_learns) {
-  fl_model_spec s = autoencoder();
-  fl_model *m = build(&s);
-  fl__model_init(m, 6);
-  enum { N = 128 };
-  float *x = malloc(N * 64 * sizeof(float));
-  fl_rng r;
-  fl__rng_seed(&r, 8);
-  for (int i = 0; i < N; i++) { /* signals on a 2-dimensional manifold */
-    double a = fl__rng_normal(&r), c = fl__rng_normal(&r);
-    for (int j = 0; j < 64; j++)
-      x[i * 64 + j] = (float)(0.5 * a * sin(j * 0.2) + 0.5 * c * cos(j * 0.3));
-  }
-  fl_batch b = {.x = x, .n = N};
-  double first, loss;
-  cr_assert_eq(fl__model_evaluate(m, &b, &first, NULL), FL_OK);
-  fl_sgd o = {.lr = 0.1f};
-  for (int it = 0; it < 300; it++)
-    cr_assert_eq(fl__model_sgd_step(m, &b, &o, NULL), FL_OK);
-  cr_assert_eq(fl__model_evaluate(m, &b, &loss, NULL), FL_OK);
-  cr_assert_lt(loss, first / 5, "loss %g -> %g", first, loss);
-  free(x);
   fl__model_free(m);
 }
 
