@@ -360,8 +360,11 @@ static void sleep_until(int64_t wake_ms) {
 
 int fl_client_run_round(fl_client *c, fl_round_result *result) {
   int err = fl_client_round_begin(c);
-  if (err != FL_OK)
+  if (err != FL_OK) {
+    if (result != NULL)
+      *result = (fl_round_result){.outcome = FL_ROUND_FAILED, .err = err};
     return err;
+  }
   fl_step step = FL_STEP_IDLE;
   do {
     err = fl_client_step(c, 1000, &step);

@@ -101,7 +101,7 @@ int main(int argc, char **argv) {
   if (err == FL_OK)
     err = fl_client_set_data_csv(c, csv, label_col);
   for (int done = 0; err == FL_OK && !stop && (rounds == 0 || done < rounds); done++) {
-    fl_round_result r;
+    fl_round_result r = {0};
     int rerr = fl_client_run_round(c, &r);
     if (rerr != FL_OK)
       fprintf(stderr, "round failed: %s (%s)\n", fl_strerror(rerr), fl_client_errmsg(c));
