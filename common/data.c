@@ -371,7 +371,7 @@ static int csv_alloc(csv_parse *p, size_t max_rows, const fl_allocator *a) {
   d->x_dim = p->ncols - (p->label_col >= 0);
   if (d->x_dim == 0)
     return FL_E_INVAL;
-  if ((uint64_t)max_rows * d->x_dim > FL_DATA_MAX_VALUES)
+  if (d->x_dim > FL_DATA_MAX_FEATURES || (uint64_t)max_rows * d->x_dim > FL_DATA_MAX_VALUES)
     return FL_E_TOOBIG;
   p->fields = fl__malloc(a, p->ncols * sizeof(char *));
   d->x = fl__malloc(a, max_rows * d->x_dim * sizeof(float));
