@@ -40,14 +40,15 @@ typedef struct coord {
   size_t last_upload;
 } coord;
 
-static const fl_model_spec mlp2nn = {
-    .input_ndim = 1,
-    .input_shape = {784},
-    .n_layers = 5,
-    .layers = {{.type = FL_LAYER_DENSE, .units = 200}, {.type = FL_LAYER_RELU},
-               {.type = FL_LAYER_DENSE, .units = 200}, {.type = FL_LAYER_RELU},
-               {.type = FL_LAYER_DENSE, .units = 10}},
-    .loss = FL_LOSS_SOFTMAX_CE};
+static const fl_model_spec mlp2nn = {.input_ndim = 1,
+                                     .input_shape = {784},
+                                     .n_layers = 5,
+                                     .layers = {{.type = FL_LAYER_DENSE, .units = 200},
+                                                {.type = FL_LAYER_RELU},
+                                                {.type = FL_LAYER_DENSE, .units = 200},
+                                                {.type = FL_LAYER_RELU},
+                                                {.type = FL_LAYER_DENSE, .units = 10}},
+                                     .loss = FL_LOSS_SOFTMAX_CE};
 
 static int coord_init(coord *k) {
   memset(k, 0, sizeof *k);
@@ -221,9 +222,10 @@ static long one_round(coord *k, int encoding, const float *x, const int32_t *y, 
     double model_kb = 199210 * 4 / 1024.0, data_kb = N_EX * 785 * 4 / 1024.0;
     printf("training round (2NN, %d examples, 1 epoch, batch 10):\n", N_EX);
     printf("  RSS before the round %ld KB (libraries, data, client), peak %ld KB\n", rss0, peak);
-    printf("  growth during the round %ld KB = %.2f x (model %.0f KB + data %.0f KB); "
-           "target <= 3x\n",
-           peak - rss0, (peak - rss0) / (model_kb + data_kb), model_kb, data_kb);
+    printf(
+        "  growth during the round %ld KB = %.2f x (model %.0f KB + data %.0f KB); "
+        "target <= 3x\n",
+        peak - rss0, (peak - rss0) / (model_kb + data_kb), model_kb, data_kb);
   }
   fl_client_free(c);
   char cmd[64];

@@ -118,7 +118,7 @@ struct fl_client {
   size_t req_body_len;
   uint8_t *wire; /* signed envelope of the attempt in flight */
   size_t wire_len;
-  char *auth;    /* X-FL-Auth of the attempt in flight */
+  char *auth; /* X-FL-Auth of the attempt in flight */
   fl__task task;
   bool have_task;
   fl__rollout rollout;
@@ -144,11 +144,11 @@ struct fl_client {
 
 /* client.c */
 void fl__client_err(fl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int64_t fl__client_now_ms(void);          /* CLOCK_REALTIME */
+int64_t fl__client_now_ms(void);                /* CLOCK_REALTIME */
 int64_t fl__client_time_ms(const fl_client *c); /* corrected by the server's clock */
 
 /* state.c */
-int fl__state_open(fl_client *c);  /* mkdir, lock, recover temp files */
+int fl__state_open(fl_client *c); /* mkdir, lock, recover temp files */
 void fl__state_close(fl_client *c);
 int fl__state_recover(const char *dir); /* removes leftover temp files in dir and dir/models */
 int fl__state_load_key(fl_client *c, bool create);
@@ -169,8 +169,7 @@ int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_
 void fl__loaded_free(fl__loaded_model *m);
 /* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. */
 int fl__cache_load(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
-int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_t *buf,
-                    size_t len);
+int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_t *buf, size_t len);
 /* Removes cached versions other than the active, previous and current base ones. */
 void fl__cache_prune(fl_client *c);
 

@@ -83,8 +83,7 @@ static int accept_answer(fl_client *c, const fl_http_response *resp) {
   }
   err = fl__state_save_identity(c, r->device_id, r->coordinator_public_key.data);
   if (err == FL_OK)
-    fl__log(&c->log, FL_LOG_INFO, "enrolled as device %llu",
-            (unsigned long long)r->device_id);
+    fl__log(&c->log, FL_LOG_INFO, "enrolled as device %llu", (unsigned long long)r->device_id);
 out_free:
   fl__v1__enroll_response__free_unpacked(r, &pa);
   return err;

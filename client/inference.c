@@ -61,7 +61,8 @@ static int parse_pointer(const char *text, uint8_t active[FL_SHA256_LEN],
   if (strlen(a) != 2 * FL_SHA256_LEN || fl__unhex(a, active, FL_SHA256_LEN) != FL_OK)
     return FL_E_PARSE;
   *has_prev = strcmp(p, "-") != 0;
-  if (*has_prev && (strlen(p) != 2 * FL_SHA256_LEN || fl__unhex(p, previous, FL_SHA256_LEN) != FL_OK))
+  if (*has_prev &&
+      (strlen(p) != 2 * FL_SHA256_LEN || fl__unhex(p, previous, FL_SHA256_LEN) != FL_OK))
     return FL_E_PARSE;
   return FL_OK;
 }

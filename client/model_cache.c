@@ -24,9 +24,8 @@ void fl__loaded_free(fl__loaded_model *m) {
   memset(m, 0, sizeof *m);
 }
 
-static int build_and_digest(const Fl__V1__ModelVersion *mv, const fl_allocator *a,
-                            fl_model **out, uint8_t digest[FL_SHA256_LEN], char *why,
-                            size_t why_len) {
+static int build_and_digest(const Fl__V1__ModelVersion *mv, const fl_allocator *a, fl_model **out,
+                            uint8_t digest[FL_SHA256_LEN], char *why, size_t why_len) {
   fl_model_spec spec;
   int err = fl__spec_from_proto(&spec, mv->spec);
   if (err != FL_OK) {

@@ -50,8 +50,7 @@ int fl__request_set(fl_client *c, const char *method, const char *path, const ui
   return FL_OK;
 }
 
-static int pack_envelope(fl_client *c, Fl__V1__SignedRequest *env, uint8_t **out,
-                         size_t *out_len) {
+static int pack_envelope(fl_client *c, Fl__V1__SignedRequest *env, uint8_t **out, size_t *out_len) {
   size_t n = fl__v1__signed_request__get_packed_size(env);
   uint8_t *buf = fl__malloc(c->alloc, n);
   if (buf == NULL)
@@ -121,8 +120,8 @@ int fl__request_sign(fl_client *c) {
 
 /* Refusals after which a freshly signed attempt can succeed. */
 static bool transient_reason(const char *reason) {
-  static const char *const r[] = {"stale_timestamp", "replayed_nonce", "clock_skew",
-                                  "overloaded", "unavailable"};
+  static const char *const r[] = {"stale_timestamp", "replayed_nonce", "clock_skew", "overloaded",
+                                  "unavailable"};
   for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
     if (strcmp(reason, r[i]) == 0)
       return true;
@@ -142,12 +141,12 @@ static int map_status(int status, const char *reason, bool *transient) {
   if (strcmp(reason, "bad_signature") == 0)
     return FL_E_BADSIG;
   switch (status) {
-  case 404:
-    return FL_E_NOTFOUND;
-  case 413:
-    return FL_E_TOOBIG;
-  default:
-    return FL_E_REFUSED;
+    case 404:
+      return FL_E_NOTFOUND;
+    case 413:
+      return FL_E_TOOBIG;
+    default:
+      return FL_E_REFUSED;
   }
 }
 
@@ -209,8 +208,8 @@ static int schedule_retry(fl_client *c, int err, int64_t hint_ms, int64_t deadli
                           fl_step *step) {
   c->attempts++;
   if (c->attempts > c->max_retries) {
-    fl__log(&c->log, FL_LOG_WARN, "%s %s: giving up after %d attempts", c->req_method,
-            c->req_path, c->attempts);
+    fl__log(&c->log, FL_LOG_WARN, "%s %s: giving up after %d attempts", c->req_method, c->req_path,
+            c->attempts);
     return err;
   }
   int64_t delay = backoff_delay(c, c->attempts, hint_ms);

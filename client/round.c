@@ -99,8 +99,7 @@ static int rollout_from_cache(fl_client *c) {
 static int follow_base(fl_client *c) {
   const fl__loaded_model *a = &c->active;
   if (!c->follow_base || c->rollout_assigned ||
-      (a->model != NULL && a->model_id == c->task.model_id &&
-       a->version >= c->task.base_version))
+      (a->model != NULL && a->model_id == c->task.model_id && a->version >= c->task.base_version))
     return FL_OK;
   fl__loaded_model lm = {0};
   int err = fl__cache_load(c, c->task.base_sha256, &lm);
@@ -258,30 +257,30 @@ static int on_upload(fl_client *c, const fl_http_response *resp) {
 static int on_answer(fl_client *c, const fl_http_response *resp) {
   int err;
   switch (c->phase) {
-  case FL__PH_CHECKIN:
-    err = on_checkin(c, resp);
-    fl__exchange_end(c);
-    return err == FL_OK ? advance(c) : err;
-  case FL__PH_FETCH_ROLLOUT:
-    err = on_model(c, resp);
-    fl__exchange_end(c);
-    if (err == FL_E_NOMEM)
+    case FL__PH_CHECKIN:
+      err = on_checkin(c, resp);
+      fl__exchange_end(c);
+      return err == FL_OK ? advance(c) : err;
+    case FL__PH_FETCH_ROLLOUT:
+      err = on_model(c, resp);
+      fl__exchange_end(c);
+      if (err == FL_E_NOMEM)
+        return err;
+      /* A refused inference model leaves the active one in place; training goes on. */
+      c->result.rollout_err = err;
+      c->want_rollout = false;
+      return advance(c);
+    case FL__PH_FETCH_BASE:
+      err = on_model(c, resp);
+      fl__exchange_end(c);
+      return err == FL_OK ? advance(c) : err;
+    case FL__PH_UPLOAD:
+      err = on_upload(c, resp);
+      if (err == FL_OK)
+        fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
       return err;
-    /* A refused inference model leaves the active one in place; training goes on. */
-    c->result.rollout_err = err;
-    c->want_rollout = false;
-    return advance(c);
-  case FL__PH_FETCH_BASE:
-    err = on_model(c, resp);
-    fl__exchange_end(c);
-    return err == FL_OK ? advance(c) : err;
-  case FL__PH_UPLOAD:
-    err = on_upload(c, resp);
-    if (err == FL_OK)
-      fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
-    return err;
-  default:
-    return FL_E_STATE;
+    default:
+      return FL_E_STATE;
   }
 }
 
@@ -313,17 +312,17 @@ int fl_client_step(fl_client *c, int timeout_ms, fl_step *step) {
   int64_t until = fl__client_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
   for (;;) {
     switch (c->phase) {
-    case FL__PH_IDLE:
-      *step = FL_STEP_IDLE;
-      return FL_OK;
-    case FL__PH_DONE:
-      *step = FL_STEP_DONE;
-      return c->result.err;
-    case FL__PH_TRAIN:
-      *step = FL_STEP_NEED_TRAIN;
-      return FL_OK;
-    default:
-      break;
+      case FL__PH_IDLE:
+        *step = FL_STEP_IDLE;
+        return FL_OK;
+      case FL__PH_DONE:
+        *step = FL_STEP_DONE;
+        return c->result.err;
+      case FL__PH_TRAIN:
+        *step = FL_STEP_NEED_TRAIN;
+        return FL_OK;
+      default:
+        break;
     }
     int64_t left = until - fl__client_now_ms();
     int err = network_step(c, left > 0 ? (int)left : 0, step);

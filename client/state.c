@@ -250,8 +250,8 @@ int fl__state_save_identity(fl_client *c, uint64_t device_id, const uint8_t pub[
   char hex[2 * FL_PUBKEY_LEN + 1];
   fl__hex(pub, FL_PUBKEY_LEN, hex);
   char text[256];
-  int n = snprintf(text, sizeof text, IDENTITY_MAGIC "\ndevice_id %" PRIu64 "\ncoordinator_key %s\n",
-                   device_id, hex);
+  int n = snprintf(text, sizeof text,
+                   IDENTITY_MAGIC "\ndevice_id %" PRIu64 "\ncoordinator_key %s\n", device_id, hex);
   if (n < 0 || (size_t)n >= sizeof text)
     return FL_E_TOOBIG;
   err = fl__write_file_atomic(path, text, (size_t)n, 0600);

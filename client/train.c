@@ -66,11 +66,8 @@ static int install_mem(fl_client *c, fl_dataset *owned, const float *x, const in
   c->mem.n = n;
   c->mem.x_dim = x_dim;
   c->mem.order = order;
-  c->src = (fl_data_source){.ctx = &c->mem,
-                            .x_dim = x_dim,
-                            .n_examples = n,
-                            .reset = mem_reset,
-                            .next = mem_next};
+  c->src = (fl_data_source){
+      .ctx = &c->mem, .x_dim = x_dim, .n_examples = n, .reset = mem_reset, .next = mem_next};
   c->have_src = true;
   return FL_OK;
 }

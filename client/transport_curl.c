@@ -242,8 +242,10 @@ static void set_fixed_options(curl_tr *t, const fl_client_opts *o) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->request_timeout_ms > 0 ? o->request_timeout_ms : 60000L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   o->request_timeout_ms > 0 ? o->request_timeout_ms : 60000L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

@@ -66,28 +66,49 @@ static void predict(fl_client *c, const char *path) {
     size_t best = 0;
     for (size_t k = 1; k < mi.output_size; k++)
       best = out[i * mi.output_size + k] > out[i * mi.output_size + best] ? k : best;
-    printf("reading %zu: class %zu (model %llu v%llu)\n", i, best,
-           (unsigned long long)mi.model_id, (unsigned long long)mi.version);
+    printf("reading %zu: class %zu (model %llu v%llu)\n", i, best, (unsigned long long)mi.model_id,
+           (unsigned long long)mi.version);
   }
 }
 
 int main(int argc, char **argv) {
-  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION, .log_fn = log_line,
-                      .log_level = FL_LOG_INFO, .follow_training_base = 1};
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .log_fn = log_line,
+                      .log_level = FL_LOG_INFO,
+                      .follow_training_base = 1};
   const char *token = NULL, *csv = NULL, *latest = NULL;
   int label_col = 0, minutes = 15, rounds = 0, opt;
   while ((opt = getopt(argc, argv, "s:d:t:c:l:p:m:n:a:")) != -1) {
     switch (opt) {
-    case 's': o.server_url = optarg; break;
-    case 'd': o.state_dir = optarg; break;
-    case 't': token = optarg; break;
-    case 'c': csv = optarg; break;
-    case 'l': label_col = atoi(optarg); break;
-    case 'p': latest = optarg; break;
-    case 'm': minutes = atoi(optarg); break;
-    case 'n': rounds = atoi(optarg); break; /* 0: run until stopped */
-    case 'a': o.ca_file = optarg; break;
-    default: goto usage;
+      case 's':
+        o.server_url = optarg;
+        break;
+      case 'd':
+        o.state_dir = optarg;
+        break;
+      case 't':
+        token = optarg;
+        break;
+      case 'c':
+        csv = optarg;
+        break;
+      case 'l':
+        label_col = atoi(optarg);
+        break;
+      case 'p':
+        latest = optarg;
+        break;
+      case 'm':
+        minutes = atoi(optarg);
+        break;
+      case 'n':
+        rounds = atoi(optarg);
+        break; /* 0: run until stopped */
+      case 'a':
+        o.ca_file = optarg;
+        break;
+      default:
+        goto usage;
     }
   }
   if (o.server_url == NULL || o.state_dir == NULL || csv == NULL)
@@ -122,7 +143,9 @@ int main(int argc, char **argv) {
   fl_client_free(c);
   return err == FL_OK ? 0 : 1;
 usage:
-  fprintf(stderr, "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"
-                  "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE]\n", argv[0]);
+  fprintf(stderr,
+          "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"
+          "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE]\n",
+          argv[0]);
   return 2;
 }

@@ -220,8 +220,8 @@ static void check_predictions(fl_client *c, const fl_h_device *hd, uint64_t mode
   fl__v1__model_version__free_unpacked(mv, NULL);
 }
 
-Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup,
-     .fini = teardown, .timeout = 300) {
+Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fini = teardown,
+     .timeout = 300) {
   uint64_t model_id = 0, round_id = 0;
   cr_assert_eq(fl_h_model_and_plan(&g_coord, "client-itest", FL_H_SMALL_SPEC,
                                    "{\"participants\":2,\"min_participants\":2,"
@@ -314,8 +314,8 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup,
     dev_close(&d[i]);
 }
 
-Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setup,
-     .fini = teardown, .timeout = 300) {
+Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setup, .fini = teardown,
+     .timeout = 300) {
   enum { N = 4 };
   uint64_t model_id = 0, round_id = 0;
   cr_assert_eq(fl_h_model_and_plan(&g_coord, "client-multi", FL_H_SMALL_SPEC,

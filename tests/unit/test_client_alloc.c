@@ -7,7 +7,7 @@ typedef struct failing {
   long calls;   /* allocations attempted */
   long fail_at; /* the one that fails; -1: none */
   long failed;
-  long live;    /* blocks currently allocated */
+  long live; /* blocks currently allocated */
 } failing;
 
 static void *f_malloc(void *ctx, size_t n) {

@@ -63,12 +63,11 @@ typedef struct fake_coord {
   bool busy;
 } fake_coord;
 
-static const fl_model_spec fake_spec = {
-    .input_ndim = 1,
-    .input_shape = {FAKE_IN},
-    .n_layers = 1,
-    .layers = {{.type = FL_LAYER_DENSE, .units = FAKE_CLASSES}},
-    .loss = FL_LOSS_SOFTMAX_CE};
+static const fl_model_spec fake_spec = {.input_ndim = 1,
+                                        .input_shape = {FAKE_IN},
+                                        .n_layers = 1,
+                                        .layers = {{.type = FL_LAYER_DENSE, .units = FAKE_CLASSES}},
+                                        .loss = FL_LOSS_SOFTMAX_CE};
 
 /* Builds and signs version v of the fake model (weights from the seed v). */
 static inline void fake_make_version(fake_coord *f, uint64_t v) {
@@ -148,7 +147,7 @@ static inline void fake_refuse(fake_coord *f, int status, const char *reason, in
 /* Checks the envelope's signature with `pub` (the device key, or for enrollment the key in the
  * body); returns the unpacked envelope or NULL. */
 static inline Fl__V1__SignedRequest *fake_open(fake_coord *f, const char *method, const char *path,
-                                        const uint8_t *buf, size_t len, const uint8_t *pub) {
+                                               const uint8_t *buf, size_t len, const uint8_t *pub) {
   Fl__V1__SignedRequest *env = fl__v1__signed_request__unpack(NULL, len, buf);
   if (env == NULL)
     return NULL;
@@ -157,8 +156,7 @@ static inline Fl__V1__SignedRequest *fake_open(fake_coord *f, const char *method
                      env->nonce.len, env->body.data, env->body.len, d);
   bool ok = env->nonce.len == 16;
   if (pub == NULL) { /* enrollment: the key comes with the body */
-    Fl__V1__EnrollRequest *er =
-        fl__v1__enroll_request__unpack(NULL, env->body.len, env->body.data);
+    Fl__V1__EnrollRequest *er = fl__v1__enroll_request__unpack(NULL, env->body.len, env->body.data);
     ok = ok && er != NULL && er->public_key.len == FL_PUBKEY_LEN &&
          strcmp(er->enrollment_token, "tok") == 0 && env->device_id == 0;
     if (ok)
@@ -253,9 +251,9 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
 
 static inline void fake_model(fake_coord *f, const fl_http_request *req) {
   uint8_t env_buf[512];
-  int n = req->auth != NULL ? EVP_DecodeBlock(env_buf, (const unsigned char *)req->auth,
-                                              (int)strlen(req->auth))
-                            : -1;
+  int n = req->auth != NULL
+              ? EVP_DecodeBlock(env_buf, (const unsigned char *)req->auth, (int)strlen(req->auth))
+              : -1;
   if (n > 0) /* EVP_DecodeBlock counts the padding as zero bytes */
     n -= (int)(strlen(req->auth) - strcspn(req->auth, "="));
   Fl__V1__SignedRequest *env =

@@ -35,9 +35,9 @@ TestSuite(client_model, .init = setup, .fini = teardown);
 Test(client_model, signed_model_verifies) {
   fl__loaded_model lm = {0};
   char why[256];
-  cr_assert_eq(fl__model_verify(f.v[2].bytes, f.v[2].len, f.pub, f.v[2].sha, NULL, &lm, why,
-                                sizeof why),
-               FL_OK, "%s", why);
+  cr_assert_eq(
+      fl__model_verify(f.v[2].bytes, f.v[2].len, f.pub, f.v[2].sha, NULL, &lm, why, sizeof why),
+      FL_OK, "%s", why);
   cr_assert_eq(lm.model_id, 1);
   cr_assert_eq(lm.version, 2);
   cr_assert_eq(lm.parent_version, 1);

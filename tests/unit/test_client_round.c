@@ -21,8 +21,7 @@ static void env_up(env *e) {
 
 static void env_enrolled(env *e) {
   env_up(e);
-  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, "fw-1"), FL_OK, "%s",
-               fl_client_errmsg(e->c));
+  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, "fw-1"), FL_OK, "%s", fl_client_errmsg(e->c));
   cr_assert_eq(fl_client_set_data_memory(e->c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
 }
 
@@ -114,8 +113,7 @@ Test(client_round, refusal_fails_the_round_with_detail) {
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_REFUSED);
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
-  cr_assert_not_null(strstr(fl_client_errmsg(e.c), "round_closed"), "%s",
-                     fl_client_errmsg(e.c));
+  cr_assert_not_null(strstr(fl_client_errmsg(e.c), "round_closed"), "%s", fl_client_errmsg(e.c));
   /* The handle is usable afterwards. */
   e.f.refuse_uploads = 0;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
@@ -292,10 +290,10 @@ Test(client_round, data_that_does_not_fit_the_model_is_refused) {
   env e;
   env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
-  cr_assert_eq(fl_client_set_data_idx(e.c,
-                                      "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
-                                      "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
-               FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(
+      fl_client_set_data_idx(e.c, "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+                             "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+      FL_OK, "%s", fl_client_errmsg(e.c));
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_SHAPE, "784 pixels into a 4-input model");
   cr_assert_eq(e.f.n_upload, 0);

@@ -53,19 +53,19 @@ FL_API const char *fl_version_string(void);
 /* One HTTP-like exchange. Everything is borrowed for the duration of begin(); a transport that
  * needs it later copies it. */
 typedef struct fl_http_request {
-  const char *method;          /* "GET" or "POST" */
-  const char *path;            /* "/v1/checkin"; the transport adds its base URL */
-  const char *auth;            /* value of the X-FL-Auth header, or NULL */
-  const char *if_none_match;   /* value of If-None-Match, or NULL */
-  const uint8_t *body;         /* application/x-protobuf, may be NULL when body_len is 0 */
+  const char *method;        /* "GET" or "POST" */
+  const char *path;          /* "/v1/checkin"; the transport adds its base URL */
+  const char *auth;          /* value of the X-FL-Auth header, or NULL */
+  const char *if_none_match; /* value of If-None-Match, or NULL */
+  const uint8_t *body;       /* application/x-protobuf, may be NULL when body_len is 0 */
   size_t body_len;
 } fl_http_request;
 
 typedef struct fl_http_response {
-  int status;              /* HTTP status (200, 304, 4xx, 5xx) */
-  const uint8_t *body;     /* owned by the transport, valid until the next begin() or end() */
+  int status;          /* HTTP status (200, 304, 4xx, 5xx) */
+  const uint8_t *body; /* owned by the transport, valid until the next begin() or end() */
   size_t body_len;
-  int64_t retry_after_ms;  /* from a Retry-After header as a delay, 0 if none */
+  int64_t retry_after_ms; /* from a Retry-After header as a delay, 0 if none */
 } fl_http_response;
 
 /* A transport carries one request at a time for one client. An embedder can supply its own
@@ -104,24 +104,24 @@ FL_API int fl_transport_curl(fl_transport *out, const struct fl_client_opts *opt
  * at the end; a zero means "the default" given in the comment. */
 typedef struct fl_client_opts {
   int version;
-  const char *server_url;      /* "https://coord.example:8443" (required unless transport) */
-  const char *state_dir;       /* created 0700 if missing (required) */
-  const char *ca_file;         /* PEM bundle for TLS; NULL: system store */
-  const char *pinned_pubkey;   /* curl syntax "sha256//base64..." for the server's TLS key */
+  const char *server_url;    /* "https://coord.example:8443" (required unless transport) */
+  const char *state_dir;     /* created 0700 if missing (required) */
+  const char *ca_file;       /* PEM bundle for TLS; NULL: system store */
+  const char *pinned_pubkey; /* curl syntax "sha256//base64..." for the server's TLS key */
   /* Raw 32-byte Ed25519 key of the coordinator, when provisioned in firmware. It must match
    * the one the coordinator announces at enrollment; NULL: pinned from the enrollment answer. */
   const uint8_t *coordinator_key;
-  long connect_timeout_ms;     /* 10000 */
-  long request_timeout_ms;     /* 60000: whole exchange, including the model download */
-  int max_retries;             /* 5: attempts after the first on transient failures */
-  long backoff_base_ms;        /* 500: first backoff; doubles each attempt, full jitter */
-  long backoff_max_ms;         /* 60000 */
+  long connect_timeout_ms;       /* 10000 */
+  long request_timeout_ms;       /* 60000: whole exchange, including the model download */
+  int max_retries;               /* 5: attempts after the first on transient failures */
+  long backoff_base_ms;          /* 500: first backoff; doubles each attempt, full jitter */
+  long backoff_max_ms;           /* 60000 */
   const fl_allocator *allocator; /* copied; NULL: malloc/realloc/free */
-  fl_log_fn log_fn;            /* NULL: silent */
+  fl_log_fn log_fn;              /* NULL: silent */
   void *log_ctx;
-  fl_log_level log_level;      /* lines above this are dropped (default FL_LOG_ERROR = 0) */
+  fl_log_level log_level;        /* lines above this are dropped (default FL_LOG_ERROR = 0) */
   const fl_transport *transport; /* copied; NULL: the built-in libcurl transport */
-  uint64_t model_id;           /* model to train and run; 0: whatever the coordinator gives */
+  uint64_t model_id;             /* model to train and run; 0: whatever the coordinator gives */
   /* 1: while the coordinator assigns no rollout, serve for inference each newer base version
    * a training task hands out (verified like any model). 0: only rollout assignments. */
   int follow_training_base;
@@ -188,8 +188,8 @@ FL_API int fl_client_set_data_source(fl_client *c, const fl_data_source *src);
 FL_API int fl_client_set_data_csv(fl_client *c, const char *path, int label_col);
 /* IDX files (MNIST format, optionally .gz); pixels scaled to [0, 1]. */
 FL_API int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels);
-FL_API int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels,
-                                     size_t n, size_t x_dim);
+FL_API int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
+                                     size_t x_dim);
 
 /* The round's task as the trainer callback sees it. */
 typedef struct fl_train_task {
@@ -226,16 +226,16 @@ typedef enum fl_round_outcome {
 
 typedef struct fl_round_result {
   fl_round_outcome outcome;
-  int err;                   /* FL_OK unless FL_ROUND_FAILED */
+  int err; /* FL_OK unless FL_ROUND_FAILED */
   uint64_t round_id, model_id, base_version;
   uint64_t sample_count;
-  float loss, norm;          /* mean local loss; L2 norm of the delta as sent */
-  size_t upload_bytes;       /* size of the signed request body on the wire */
-  int duplicate;             /* the coordinator had already acknowledged this update */
-  int64_t retry_at_ms;       /* Unix ms at which to check in next (0: whenever you like) */
-  uint64_t running_version;  /* inference model version after this check-in (0: none) */
-  int rollout_err;           /* FL_OK, or why an assigned inference version was refused (the
-                              * previous one stays active); does not fail the round */
+  float loss, norm;         /* mean local loss; L2 norm of the delta as sent */
+  size_t upload_bytes;      /* size of the signed request body on the wire */
+  int duplicate;            /* the coordinator had already acknowledged this update */
+  int64_t retry_at_ms;      /* Unix ms at which to check in next (0: whenever you like) */
+  uint64_t running_version; /* inference model version after this check-in (0: none) */
+  int rollout_err;          /* FL_OK, or why an assigned inference version was refused (the
+                             * previous one stays active); does not fail the round */
 } fl_round_result;
 
 /* Starts a round: the next step checks in. FL_E_STATE if a round is in progress,
