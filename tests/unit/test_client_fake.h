@@ -47,6 +47,7 @@ typedef struct fake_coord {
   bool tamper_models;       /* flip one weight byte in served models */
   int fail_next;            /* answer this many requests with 503 first */
   int refuse_uploads;       /* HTTP status for uploads, 0: accept */
+  int lose_acks;            /* store this many uploads, then answer 503 as if the ack was lost */
   int encoding;
   float clip_norm, noise_stddev, topk_fraction;
   uint32_t epochs, batch;
@@ -313,6 +314,11 @@ static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
   f->last_upload_wire = req->body_len;
   if (!dup)
     f->n_upload++;
+  if (f->lose_acks > 0) {
+    f->lose_acks--;
+    fake_refuse(f, 503, "unavailable", 0);
+    return;
+  }
   Fl__V1__UpdateAck ack;
   fl__v1__update_ack__init(&ack);
   ack.round_id = u->round_id;

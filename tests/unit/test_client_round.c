@@ -301,3 +301,15 @@ Test(client_round, data_that_does_not_fit_the_model_is_refused) {
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   env_down(&e);
 }
+
+Test(client_round, retried_upload_is_the_same_signed_update) {
+  env e;
+  env_enrolled(&e);
+  e.f.lose_acks = 1;
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert(r.duplicate, "the coordinator recognised the retry as the stored update");
+  cr_assert_eq(e.f.n_upload, 1);
+  env_down(&e);
+}
