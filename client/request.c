@@ -134,7 +134,7 @@ static int map_status(int status, const char *reason, bool *transient) {
     *transient = true;
     return status == 429 || status == 503 ? FL_E_RETRY_LATER : FL_E_TRANSPORT;
   }
-  if (strcmp(reason, "revoked") == 0)
+  if (strcmp(reason, "revoked") == 0 || strcmp(reason, "device_revoked") == 0)
     return FL_E_REVOKED;
   if (strcmp(reason, "unknown_device") == 0)
     return FL_E_NOT_ENROLLED;
