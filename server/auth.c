@@ -75,21 +75,28 @@ static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool 
   return rc;
 }
 
-/* Records the nonce. 0 fresh, 1 replayed, -1 database error. */
+/* Records the nonce. 0 fresh, 1 replayed, -1 database error.
+ * The insert commits without waiting for the WAL flush (synchronous_commit off for this one
+ * transaction): a flush per request would cap the whole device API at the disk's fsync rate.
+ * The cost is that nonces of the last few milliseconds before a database crash can be
+ * replayed once; every state change they could cause is idempotent or durable on its own
+ * (uploads are unique per device and round). */
 static int record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
   fl__pgp_bin(&p, nonce->data, nonce->len);
+  if (fl__pg_cmd(c, "BEGIN") || fl__pg_cmd(c, "SET LOCAL synchronous_commit TO off"))
+    return -1;
   PGresult *res = fl__pg_exec(c,
                               "INSERT INTO nonces (device_id, nonce) VALUES ($1, $2)"
                               " ON CONFLICT DO NOTHING",
                               &p, false, NULL);
   if (res == NULL)
-    return -1;
+    return -1; /* the pool rolls the transaction back */
   int rc = strcmp(PQcmdTuples(res), "1") == 0 ? 0 : 1;
   PQclear(res);
-  return rc;
+  return fl__pg_cmd(c, "COMMIT") ? -1 : rc;
 }
 
 static int verify_sig(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub) {

@@ -92,8 +92,18 @@ static const char *const M1[] = {
     " reported_at timestamptz NOT NULL DEFAULT now())",
     NULL};
 
+/* Float vectors hardly compress; storing them uncompressed out of line saves a pglz pass over
+ * every partial sum and every version (it was most of a group commit's time). */
+static const char *const M2[] = {
+    "ALTER TABLE partials ALTER COLUMN sum SET STORAGE EXTERNAL",
+    "ALTER TABLE versions ALTER COLUMN weights SET STORAGE EXTERNAL",
+    "ALTER TABLE optimizer_state ALTER COLUMN m SET STORAGE EXTERNAL",
+    "ALTER TABLE optimizer_state ALTER COLUMN v SET STORAGE EXTERNAL",
+    NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
+    {2, "uncompressed float vectors", M2},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */
