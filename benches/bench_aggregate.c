@@ -1,0 +1,327 @@
+/*
+ * Aggregation throughput of the coordinator's own fold (fl__tensor_fold, which
+ * server/aggregate.c calls for every tensor of every accepted update), against
+ *  - the memory bandwidth measured in the same run: a STREAM-like read of the same N*P*4 bytes
+ *    from the same pool of updates (target: fold >= 70% of it);
+ *  - Flower's aggregation algorithm in numpy (benches/flower_aggregate.py) on the same data,
+ *    run as a child process on a file this program writes (target: fold >= 8x faster);
+ * and the per-update decode cost of each encoding on the server's path (check, norm, fold).
+ *
+ * The N updates cycle through a pool of distinct updates whose size is at least 512 MiB (16x
+ * the 32 MiB L3 of the reference machine) or all N when that is smaller, so every pass reads
+ * from DRAM; the bandwidth read walks the same pool in the same order. OpenBLAS runs on one
+ * thread, as in the coordinator.
+ *
+ *   bench_aggregate [-n N] [-p P] [-r REPS] [--pool-mib MIB] [--flower CMD | --no-flower]
+ *                   [--decode-only | --no-decode]
+ *
+ * --flower CMD: the command that runs flower_aggregate.py; the data file path and the
+ * repetition count are appended (default: python3 from Debian with OPENBLAS_CORETYPE and
+ * OPENBLAS_L2_SIZE unset for that command alone).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "fl/err.h"
+#include "tensor.h"
+
+#ifndef FL_BENCH_SRC_DIR
+#define FL_BENCH_SRC_DIR "benches"
+#endif
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Deterministic data (splitmix64): the same pool for every run. */
+static uint64_t mix64(uint64_t *s) {
+  uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+static float unit(uint64_t *s) { /* uniform in [-1, 1) */
+  return (float)((double)(mix64(s) >> 40) / (double)(1ULL << 23) - 1.0);
+}
+
+typedef struct pool {
+  size_t n, p;    /* n distinct updates of p parameters */
+  float *x;       /* n * p */
+  Fl__V1__Tensor *t;
+} pool;
+
+static int pool_new(pool *pl, size_t n, size_t p) {
+  uint64_t seed = 42;
+  pl->n = n;
+  pl->p = p;
+  pl->x = aligned_alloc(64, ((n * p * sizeof(float)) + 63) & ~(size_t)63);
+  pl->t = calloc(n, sizeof *pl->t);
+  if (pl->x == NULL || pl->t == NULL)
+    return -1;
+  for (size_t i = 0; i < n * p; i++)
+    pl->x[i] = 0.01f * unit(&seed);
+  for (size_t i = 0; i < n; i++) {
+    fl__v1__tensor__init(&pl->t[i]);
+    pl->t[i].encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
+    pl->t[i].count = p;
+    pl->t[i].data.data = (uint8_t *)(pl->x + i * p);
+    pl->t[i].data.len = p * sizeof(float);
+  }
+  return 0;
+}
+
+static void pool_free(pool *pl) {
+  free(pl->x);
+  free(pl->t);
+}
+
+static double weight_of(size_t i) { /* sample counts 50..600, as devices report them */
+  return (double)(50 + (i * 7919) % 551);
+}
+
+/* The coordinator's fold: acc += w_i * delta_i for N updates, then / total (as at close). */
+static double run_fold(const pool *pl, size_t n, float *acc) {
+  double total = 0;
+  memset(acc, 0, pl->p * sizeof *acc);
+  double t0 = now_s();
+  for (size_t i = 0; i < n; i++) {
+    double w = weight_of(i);
+    fl__tensor_fold(&pl->t[i % pl->n], (float)w, acc);
+    total += w;
+  }
+  fl__scal(pl->p, (float)(1.0 / total), acc);
+  return now_s() - t0;
+}
+
+/* STREAM-like read of the same bytes in the same order: 32 independent float lanes, so the
+ * loop vectorises without reassociation and is bound by memory, not by add latency. */
+static double run_read(const pool *pl, size_t n, double *sink) {
+  float lanes[32] = {0};
+  size_t p = pl->p & ~(size_t)31;
+  double t0 = now_s();
+  for (size_t i = 0; i < n; i++) {
+    const float *x = pl->x + (i % pl->n) * pl->p;
+    for (size_t j = 0; j < p; j += 32)
+      for (int k = 0; k < 32; k++)
+        lanes[k] += x[j + k];
+    for (size_t j = p; j < pl->p; j++)
+      lanes[0] += x[j];
+  }
+  double dt = now_s() - t0;
+  double s = 0;
+  for (int k = 0; k < 32; k++)
+    s += lanes[k];
+  *sink += s;
+  return dt;
+}
+
+/* Writes the pool, the sample counts and the C result for flower_aggregate.py. */
+static int write_data(const char *path, const pool *pl, size_t n, const float *result) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL)
+    return -1;
+  uint64_t hdr[4] = {0x464c4147475231ULL /* "1RGGALF" */, n, pl->p, pl->n};
+  int rc = fwrite(hdr, sizeof hdr, 1, f) == 1 ? 0 : -1;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    int64_t w = (int64_t)weight_of(i);
+    rc = fwrite(&w, sizeof w, 1, f) == 1 ? 0 : -1;
+  }
+  if (rc == 0 && fwrite(pl->x, sizeof(float), pl->n * pl->p, f) != pl->n * pl->p)
+    rc = -1;
+  if (rc == 0 && fwrite(result, sizeof(float), pl->p, f) != pl->p)
+    rc = -1;
+  if (fclose(f) != 0)
+    rc = -1;
+  return rc;
+}
+
+/* Runs the numpy script; returns its best time, or -1. */
+static double run_flower(const char *cmd, const char *path, int reps, double *maxdiff) {
+  char line[512], full[2048];
+  double best = -1;
+  snprintf(full, sizeof full, "%s %s %d", cmd, path, reps);
+  FILE *f = popen(full, "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof line, f) != NULL) {
+    double v;
+    if (sscanf(line, "best_seconds=%lf", &v) == 1)
+      best = v;
+    else if (sscanf(line, "max_abs_diff=%lf", &v) == 1)
+      *maxdiff = v;
+  }
+  if (pclose(f) != 0)
+    return -1;
+  return best;
+}
+
+static void aggregation(size_t n, size_t p, int reps, size_t pool_mib, const char *flower) {
+  size_t pool_n = (pool_mib << 20) / (p * sizeof(float));
+  if (pool_n < 32)
+    pool_n = 32;
+  if (pool_n > n)
+    pool_n = n;
+  pool pl;
+  float *acc = aligned_alloc(64, ((p * sizeof(float)) + 63) & ~(size_t)63);
+  if (acc == NULL || pool_new(&pl, pool_n, p)) {
+    fprintf(stderr, "bench_aggregate: out of memory\n");
+    exit(1);
+  }
+  double bytes = (double)n * (double)p * sizeof(float), sink = 0;
+  double best_fold = INFINITY, best_read = INFINITY;
+  run_read(&pl, pool_n, &sink); /* touch every page once */
+  for (int r = 0; r < reps; r++) {
+    double tf = run_fold(&pl, n, acc);
+    double tr = run_read(&pl, n, &sink);
+    best_fold = fmin(best_fold, tf);
+    best_read = fmin(best_read, tr);
+  }
+  printf("\n## aggregation: N=%zu updates x P=%zu float32 parameters (%.0f MB read per pass;"
+         " pool of %zu distinct updates = %.0f MB, cycled; best of %d)\n",
+         n, p, bytes / 1e6, pool_n, (double)pool_n * p * 4 / 1e6, reps);
+  printf("| figure | value | target | ratio |\n|---|---|---|---|\n");
+  printf("| fold (fl__tensor_fold, 1 thread) | %.1f ms, %.2f GB/s, %.0f updates/s | | |\n",
+         best_fold * 1e3, bytes / best_fold / 1e9, (double)n / best_fold);
+  printf("| STREAM-like read of the same bytes | %.1f ms, %.2f GB/s | | |\n", best_read * 1e3,
+         bytes / best_read / 1e9);
+  printf("| fold / memory bandwidth | %.0f%% | >= 70%% | %.2f of target |\n",
+         100.0 * best_read / best_fold, (best_read / best_fold) / 0.70);
+  if (flower != NULL) {
+    char path[] = "/tmp/bench_aggregate_XXXXXX";
+    int fd = mkstemp(path);
+    double maxdiff = -1, tp = -1;
+    if (fd >= 0) {
+      close(fd);
+      run_fold(&pl, n, acc);
+      if (write_data(path, &pl, n, acc) == 0)
+        tp = run_flower(flower, path, reps < 3 ? reps : 3, &maxdiff);
+      unlink(path);
+    }
+    if (tp > 0) {
+      printf("| Flower aggregate() in numpy, same data | %.1f ms, %.0f updates/s"
+             " (max |difference| to ours %.2g) | | |\n",
+             tp * 1e3, (double)n / tp, maxdiff);
+      printf("| fold speed / Flower's | %.1fx | >= 8x | %.2f of target |\n", tp / best_fold,
+             (tp / best_fold) / 8.0);
+    } else {
+      printf("| Flower aggregate() in numpy | failed to run: %s | | |\n", flower);
+    }
+  }
+  if (sink == 12345.678)
+    printf("(sink)\n");
+  pool_free(&pl);
+  free(acc);
+}
+
+/* ---- decode cost per encoding ------------------------------------------------------------- */
+
+static void decode_costs(size_t p, int reps) {
+  enum { COPIES = 8, ITERS = 200 };
+  static const char *const names[] = {"", "float32", "float16", "int8", "top-k 10%"};
+  float *x = malloc(p * sizeof *x), *acc = calloc(p, sizeof *acc), *out = malloc(p * sizeof *out);
+  uint64_t seed = 7;
+  if (x == NULL || acc == NULL || out == NULL)
+    exit(1);
+  printf("\n## decode cost per encoding: one update of P=%zu parameters, the coordinator's"
+         " per-update path (in cache, as after receipt; best of %d x %d updates)\n",
+         p, reps, ITERS);
+  printf("| encoding | wire bytes | check | norm | fold | check+norm+fold | Mparam/s |"
+         " decode to floats |\n|---|---|---|---|---|---|---|---|\n");
+  for (int e = 1; e <= 4; e++) {
+    Fl__V1__Tensor t[COPIES];
+    for (int c = 0; c < COPIES; c++) {
+      for (size_t i = 0; i < p; i++)
+        x[i] = 0.01f * unit(&seed);
+      fl__v1__tensor__init(&t[c]);
+      if (fl__tensor_encode(&t[c], x, p, NULL, 0, e, 0.1f, NULL) != FL_OK)
+        exit(1);
+    }
+    double best[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+    volatile double sq = 0;
+    for (int r = 0; r < reps; r++) {
+      double t0 = now_s();
+      for (int i = 0; i < ITERS; i++)
+        if (fl__tensor_check(&t[i % COPIES], p) != FL_OK)
+          exit(1);
+      double t1 = now_s();
+      for (int i = 0; i < ITERS; i++)
+        sq += fl__tensor_sqnorm(&t[i % COPIES]);
+      double t2 = now_s();
+      for (int i = 0; i < ITERS; i++)
+        fl__tensor_fold(&t[i % COPIES], 3.0f, acc);
+      double t3 = now_s();
+      for (int i = 0; i < ITERS; i++)
+        fl__tensor_decode(&t[i % COPIES], out, p);
+      double t4 = now_s();
+      best[0] = fmin(best[0], (t1 - t0) / ITERS);
+      best[1] = fmin(best[1], (t2 - t1) / ITERS);
+      best[2] = fmin(best[2], (t3 - t2) / ITERS);
+      best[3] = fmin(best[3], (t4 - t3) / ITERS);
+    }
+    double path = best[0] + best[1] + best[2];
+    printf("| %s | %zu | %.1f us | %.1f us | %.1f us | %.1f us | %.0f | %.1f us |\n", names[e],
+           t[0].data.len + t[0].indices.len, best[0] * 1e6, best[1] * 1e6, best[2] * 1e6,
+           path * 1e6, (double)p / path / 1e6, best[3] * 1e6);
+    for (int c = 0; c < COPIES; c++)
+      fl__tensor_release(&t[c], NULL);
+  }
+  free(x);
+  free(acc);
+  free(out);
+}
+
+int main(int argc, char **argv) {
+  size_t n = 1000, p = 100000, pool_mib = 512;
+  int reps = 5;
+  bool do_agg = true, do_decode = true;
+  char flower_default[1024];
+  snprintf(flower_default, sizeof flower_default,
+           "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 %s/flower_aggregate.py",
+           FL_BENCH_SRC_DIR);
+  const char *flower = flower_default;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(a, "-n") == 0 && v)
+      n = strtoull(argv[++i], NULL, 10);
+    else if (strcmp(a, "-p") == 0 && v)
+      p = strtoull(argv[++i], NULL, 10);
+    else if (strcmp(a, "-r") == 0 && v)
+      reps = atoi(argv[++i]);
+    else if (strcmp(a, "--pool-mib") == 0 && v)
+      pool_mib = strtoull(argv[++i], NULL, 10);
+    else if (strcmp(a, "--flower") == 0 && v)
+      flower = argv[++i];
+    else if (strcmp(a, "--no-flower") == 0)
+      flower = NULL;
+    else if (strcmp(a, "--decode-only") == 0)
+      do_agg = false;
+    else if (strcmp(a, "--no-decode") == 0)
+      do_decode = false;
+    else {
+      fprintf(stderr,
+              "usage: bench_aggregate [-n N] [-p P] [-r REPS] [--pool-mib MIB]"
+              " [--flower CMD | --no-flower] [--decode-only | --no-decode]\n");
+      return 2;
+    }
+  }
+  if (n == 0 || p == 0 || reps < 1) {
+    fprintf(stderr, "bench_aggregate: N, P and REPS must be positive\n");
+    return 2;
+  }
+  fl__tensor_set_threads(1);
+  if (do_agg)
+    aggregation(n, p, reps, pool_mib, flower);
+  if (do_decode)
+    decode_costs(p, reps);
+  return 0;
+}
