@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "fl/err.h"
-#include "models.h"
+#include "model_specs.h"
 
 struct sim_admin {
   CURL *curl;

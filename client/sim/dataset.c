@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "fl/err.h"
-#include "models.h"
+#include "model_specs.h"
 #include "sensor.h"
 #include "sim.h"
 #include "synthetic.h"

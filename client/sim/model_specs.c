@@ -1,7 +1,7 @@
 /*
  * Named model specifications and the layer-list parser.
  */
-#include "models.h"
+#include "model_specs.h"
 
 #include <errno.h>
 #include <math.h>

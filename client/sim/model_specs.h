@@ -12,8 +12,8 @@
  * otherwise a vector of x_dim features. Every result passes fl__spec_validate's shape rules
  * only if the layers fit; the caller validates.
  */
-#ifndef SIM_MODELS_H
-#define SIM_MODELS_H
+#ifndef SIM_MODEL_SPECS_H
+#define SIM_MODEL_SPECS_H
 
 #include <stddef.h>
 #include <stdint.h>

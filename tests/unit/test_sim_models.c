@@ -4,7 +4,7 @@
 
 #include "fl/err.h"
 #include "model.h"
-#include "models.h"
+#include "model_specs.h"
 
 static size_t n_params(const char *name, size_t x_dim, int32_t classes) {
   fl_model_spec s;
