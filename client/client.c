@@ -133,6 +133,7 @@ void fl_client_free(fl_client *c) {
     c->tr.destroy(c->tr.ctx);
   fl__loaded_free(&c->active);
   fl__mem_source_free(&c->mem);
+  fl__mem_source_free(&c->hold_mem);
   fl__key_free(c->key);
   fl__state_close(c);
   const fl_allocator *a = c->alloc != NULL ? &c->alloc_copy : NULL;

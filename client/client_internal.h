@@ -39,7 +39,9 @@ typedef enum fl__phase {
   FL__PH_FETCH_BASE,
   FL__PH_TRAIN,
   FL__PH_UPLOAD,
-  FL__PH_DONE
+  FL__PH_DONE,
+  FL__PH_FETCH_EVAL,  /* downloading a version an evaluation gate asked for */
+  FL__PH_EVAL_REPORT  /* posting its evaluation report */
 } fl__phase;
 
 typedef enum fl__io { FL__IO_IDLE = 0, FL__IO_INFLIGHT, FL__IO_BACKOFF } fl__io;
@@ -60,6 +62,12 @@ typedef struct fl__rollout {
   uint64_t model_id, version;
   uint8_t sha256[FL_SHA256_LEN];
 } fl__rollout;
+
+/* The evaluation task of the last check-in (evaluate.c). */
+typedef struct fl__evaltask {
+  uint64_t model_id, version, gate_id;
+  uint8_t sha256[FL_SHA256_LEN];
+} fl__evaltask;
 
 /* Built-in data: a data set owned by the handle (CSV/IDX) or borrowed arrays, served in a
  * seeded shuffled order. */
@@ -105,6 +113,12 @@ struct fl_client {
   fl_trainer_fn trainer;
   void *trainer_ctx;
 
+  /* hold-out data for federated evaluation (evaluate.c) */
+  fl_data_source hold_src;
+  bool have_hold;
+  fl__mem_source hold_mem; /* behind hold_src when the built-in sources are used */
+  float anomaly_threshold;
+
   /* round state */
   fl__phase phase;
   fl__io io;
@@ -124,6 +138,8 @@ struct fl_client {
   fl__rollout rollout;
   bool want_rollout;
   bool rollout_assigned; /* the last check-in named an inference version */
+  fl__evaltask eval;
+  bool want_eval;
   fl__loaded_model base;
   fl_round_result result;
 
@@ -206,6 +222,18 @@ void fl__round_reset(fl_client *c);
 
 /* train.c */
 void fl__mem_source_free(fl__mem_source *s);
+/* Serves borrowed arrays (and, when owned is not NULL, a data set it takes over) through *src.
+ * On error nothing changes (owned stays with the caller). */
+int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allocator *a,
+                           fl_dataset *owned, const float *x, const int32_t *labels, size_t n,
+                           size_t x_dim);
+
+/* evaluate.c */
+/* The check-in named an evaluation task: remembers it when hold-out data is set. */
+void fl__eval_note(fl_client *c, const Fl__V1__EvalTask *t);
+/* Evaluates the verified model on the hold-out data and queues the EvalReport as the next
+ * request (POST /v1/evaluations). */
+int fl__eval_run(fl_client *c, fl__loaded_model *m);
 
 /* update.c */
 typedef struct fl__update_params {

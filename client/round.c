@@ -1,7 +1,8 @@
 /*
  * One training round as a step machine:
  *
- *   IDLE -> CHECKIN -> [FETCH_ROLLOUT] -> [FETCH_BASE] -> TRAIN -> UPLOAD -> DONE
+ *   IDLE -> CHECKIN -> [FETCH_ROLLOUT] -> [[FETCH_EVAL] -> EVAL_REPORT] -> [FETCH_BASE]
+ *        -> TRAIN -> UPLOAD -> DONE
  *                  \-> DONE (not selected: retry window)
  *
  * Network phases never block longer than the caller's timeout: fl_client_step() polls the
@@ -9,7 +10,9 @@
  * is CPU work the caller runs with fl_client_train(), on any thread, so that few threads can
  * drive many clients. A check-in that assigns a new inference version fetches, verifies and
  * activates it on the way; a refused version does not stop training (the result tells).
- * Models already in the cache (by hash) are not downloaded again.
+ * A check-in that carries an evaluation task (and hold-out data is set) evaluates that
+ * version and reports the metrics (evaluate.c); a failed evaluation does not stop training
+ * either. Models already in the cache (by hash) are not downloaded again.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,6 +30,7 @@ void fl__round_reset(fl_client *c) {
   c->have_task = false;
   c->want_rollout = false;
   c->rollout_assigned = false;
+  c->want_eval = false;
   memset(&c->task, 0, sizeof c->task);
   memset(&c->result, 0, sizeof c->result);
   c->phase = FL__PH_IDLE;
@@ -114,6 +118,27 @@ static int follow_base(fl_client *c) {
   return FL_OK;
 }
 
+static int advance(fl_client *c);
+
+/* Ends the evaluation task; a failure is noted in the result and the round goes on. */
+static int eval_done(fl_client *c, int err) {
+  if (err == FL_E_NOMEM)
+    return err;
+  c->result.eval_err = err;
+  c->want_eval = false;
+  return advance(c);
+}
+
+/* Evaluates the verified model (freed here) and queues the report. */
+static int eval_start(fl_client *c, fl__loaded_model *lm) {
+  int err = fl__eval_run(c, lm);
+  fl__loaded_free(lm);
+  if (err != FL_OK)
+    return eval_done(c, err);
+  c->phase = FL__PH_EVAL_REPORT;
+  return FL_OK;
+}
+
 /* Chooses the next phase after the check-in or a download. */
 static int advance(fl_client *c) {
   if (c->want_rollout) {
@@ -124,6 +149,15 @@ static int advance(fl_client *c) {
       return set_fetch(c, FL__PH_FETCH_ROLLOUT, c->rollout.model_id, c->rollout.version);
     c->want_rollout = false;
     fl__cache_prune(c);
+  }
+  if (c->want_eval) {
+    fl__loaded_model lm = {0};
+    int err = fl__cache_load(c, c->eval.sha256, &lm);
+    if (err == FL_E_NOMEM)
+      return err;
+    if (err != FL_OK)
+      return set_fetch(c, FL__PH_FETCH_EVAL, c->eval.model_id, c->eval.version);
+    return eval_start(c, &lm);
   }
   if (!c->have_task) {
     fl__round_finish(c, FL_ROUND_NOT_SELECTED, FL_OK);
@@ -191,6 +225,7 @@ static int on_checkin(fl_client *c, const fl_http_response *resp) {
   if (r->server_time_ms > 0)
     c->clock_offset_ms = r->server_time_ms - fl__client_now_ms();
   note_rollout(c, r->rollout);
+  fl__eval_note(c, r->eval);
   if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK) {
     if (r->task->base_sha256.len != FL_SHA256_LEN || r->task->round_id == 0) {
       fl__client_err(c, "check-in task lacks the round or the base model hash");
@@ -253,6 +288,24 @@ static int on_upload(fl_client *c, const fl_http_response *resp) {
   return FL_OK;
 }
 
+/* The version an evaluation gate asked for: verified against the task's hash and the
+ * coordinator's signature like any model, then evaluated. Not cached: it is not run. */
+static int on_eval_model(fl_client *c, const fl_http_response *resp) {
+  fl__loaded_model lm = {0};
+  char why[FL__ERRMSG_MAX];
+  if (resp->status != 200) {
+    fl__client_err(c, "evaluation model download: unexpected HTTP %d", resp->status);
+    return eval_done(c, FL_E_PARSE);
+  }
+  int err = fl__model_verify(resp->body, resp->body_len, c->coord_pub, c->eval.sha256, c->alloc,
+                             &lm, why, sizeof why);
+  if (err != FL_OK) {
+    fl__client_err(c, "evaluation model refused: %s", why);
+    return eval_done(c, err);
+  }
+  return eval_start(c, &lm);
+}
+
 /* Handles a complete answer for the current phase and moves on. */
 static int on_answer(fl_client *c, const fl_http_response *resp) {
   int err;
@@ -270,6 +323,13 @@ static int on_answer(fl_client *c, const fl_http_response *resp) {
       c->result.rollout_err = err;
       c->want_rollout = false;
       return advance(c);
+    case FL__PH_FETCH_EVAL:
+      err = on_eval_model(c, resp);
+      fl__exchange_end(c);
+      return err;
+    case FL__PH_EVAL_REPORT:
+      fl__exchange_end(c);
+      return eval_done(c, FL_OK);
     case FL__PH_FETCH_BASE:
       err = on_model(c, resp);
       fl__exchange_end(c);
@@ -286,18 +346,25 @@ static int on_answer(fl_client *c, const fl_http_response *resp) {
 
 /* Local-clock deadline for the exchanges of the task (the coordinator's clock may differ). */
 static int64_t phase_deadline(const fl_client *c) {
-  if (!c->have_task || c->task.deadline_ms <= 0 || c->phase == FL__PH_FETCH_ROLLOUT)
+  if (!c->have_task || c->task.deadline_ms <= 0 || c->phase == FL__PH_FETCH_ROLLOUT ||
+      c->phase == FL__PH_FETCH_EVAL || c->phase == FL__PH_EVAL_REPORT)
     return 0;
   return c->task.deadline_ms - c->clock_offset_ms;
 }
 
 static int network_step(fl_client *c, int timeout_ms, fl_step *step) {
   fl_http_response resp;
+  int64_t retry_at = c->result.retry_at_ms;
   int err = fl__exchange_step(c, timeout_ms, phase_deadline(c), &resp, step);
   if (err == FL_E_AGAIN)
     return FL_E_AGAIN;
   if (err == FL_OK)
     return on_answer(c, &resp);
+  if ((c->phase == FL__PH_FETCH_EVAL || c->phase == FL__PH_EVAL_REPORT) && err != FL_E_NOMEM) {
+    /* The check-in's retry window stands; a refused report only loses this evaluation. */
+    c->result.retry_at_ms = retry_at;
+    return eval_done(c, err);
+  }
   if (c->phase == FL__PH_FETCH_ROLLOUT && err != FL_E_NOMEM) {
     c->result.rollout_err = err;
     c->want_rollout = false;

@@ -47,29 +47,37 @@ static int mem_next(void *ctx, float *x, int32_t *labels, float *targets, size_t
   return FL_OK;
 }
 
+int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allocator *a,
+                           fl_dataset *owned, const float *x, const int32_t *labels, size_t n,
+                           size_t x_dim) {
+  if (n == 0 || x_dim == 0 || n > UINT32_MAX)
+    return FL_E_INVAL;
+  uint32_t *order = fl__calloc(a, n, sizeof *order);
+  if (order == NULL)
+    return FL_E_NOMEM;
+  fl__mem_source_free(s);
+  s->alloc = a;
+  if (owned != NULL) {
+    s->owned = *owned;
+    memset(owned, 0, sizeof *owned);
+  }
+  s->x = x;
+  s->labels = labels;
+  s->n = n;
+  s->x_dim = x_dim;
+  s->order = order;
+  *src = (fl_data_source){
+      .ctx = s, .x_dim = x_dim, .n_examples = n, .reset = mem_reset, .next = mem_next};
+  return FL_OK;
+}
+
 /* Installs borrowed arrays (and optionally a data set the source will own) as the data. */
 static int install_mem(fl_client *c, fl_dataset *owned, const float *x, const int32_t *labels,
                        size_t n, size_t x_dim) {
-  if (n == 0 || x_dim == 0 || n > UINT32_MAX)
-    return FL_E_INVAL;
-  uint32_t *order = fl__calloc(c->alloc, n, sizeof *order);
-  if (order == NULL)
-    return FL_E_NOMEM;
-  fl__mem_source_free(&c->mem);
-  c->mem.alloc = c->alloc;
-  if (owned != NULL) {
-    c->mem.owned = *owned;
-    memset(owned, 0, sizeof *owned);
-  }
-  c->mem.x = x;
-  c->mem.labels = labels;
-  c->mem.n = n;
-  c->mem.x_dim = x_dim;
-  c->mem.order = order;
-  c->src = (fl_data_source){
-      .ctx = &c->mem, .x_dim = x_dim, .n_examples = n, .reset = mem_reset, .next = mem_next};
-  c->have_src = true;
-  return FL_OK;
+  int err = fl__mem_source_install(&c->mem, &c->src, c->alloc, owned, x, labels, n, x_dim);
+  if (err == FL_OK)
+    c->have_src = true;
+  return err;
 }
 
 int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,

@@ -8,16 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adminapi.h"
 #include "auth.h"
 #include "models.h"
 #include "plan.h"
+#include "rollouts.h"
 #include "rounds.h"
-
-typedef struct admin_ctx {
-  PGconn *c;
-  char actor[96];
-  json_t *body;
-} admin_ctx;
 
 /* Connection, role check and (for POST) the JSON body. 0, or -1 with *r set. */
 static int begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
@@ -456,6 +452,24 @@ static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {
   end(s, &a);
 }
 
+/* ----- shared with adminapi_rollouts.c ----------------------------------------------------- */
+
+int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
+  return begin(s, q, r, role, a);
+}
+
+void fl__admin_end(fl_srv *s, admin_ctx *a) { end(s, a); }
+
+void fl__admin_json_query(fl_resp *r, PGconn *c, const char *key, const char *sql,
+                          const fl_pgp *p, bool single) {
+  json_query(r, c, key, sql, p, single);
+}
+
+void fl__admin_commit_audited(fl_resp *r, admin_ctx *a, const char *action, const char *target,
+                              json_t *ok) {
+  commit_audited(r, a, action, target, ok);
+}
+
 /* ----- operations -------------------------------------------------------------------------- */
 
 static void h_metrics(fl_srv *s, fl_req *q, fl_resp *r) {
@@ -501,6 +515,17 @@ const fl_route fl__admin_routes[] = {
     {"POST", "/admin/v1/devices/", "admin_device_revoke", h_device_revoke},
     {"GET", "/admin/v1/audit", "admin_audit", h_audit},
     {"GET", "/admin/v1/info", "admin_info", h_info},
+    {"GET", "/admin/v1/channels", "admin_channels_list", fl__admin_channels},
+    {"POST", "/admin/v1/channels", "admin_channel_set", fl__admin_channels},
+    {"POST", "/admin/v1/channels/", "admin_channel_rollback", fl__admin_channel_sub},
+    {"GET", "/admin/v1/rollouts", "admin_rollouts_list", fl__admin_rollouts},
+    {"POST", "/admin/v1/rollouts", "admin_rollout_create", fl__admin_rollouts},
+    {"GET", "/admin/v1/rollouts/", "admin_rollout_get", fl__admin_rollout_sub},
+    {"POST", "/admin/v1/rollouts/", "admin_rollout_change", fl__admin_rollout_sub},
+    {"GET", "/admin/v1/pins", "admin_pins_list", fl__admin_pins},
+    {"POST", "/admin/v1/pins", "admin_pin_create", fl__admin_pins},
+    {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete},
+    {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet},
     {"GET", "/metrics", "metrics", h_metrics},
     {"GET", "/healthz", "healthz", h_healthz},
     {"GET", "/readyz", "readyz", h_readyz},

@@ -15,6 +15,7 @@
 #include "devapi.h"
 #include "digest.h"
 #include "rounds.h"
+#include "rollouts.h"
 
 /* Envelope, database connection and signature check shared by every handler except enroll.
  * Returns 0 with *c and *sr set, or -1 with the refusal in *r (and nothing to release). */
@@ -208,9 +209,41 @@ static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, ope
   return rc;
 }
 
+/* The inference assignment and evaluation task of a check-in answer (rollouts.c); the
+ * messages live in *ra's storage, which outlives the packing. */
+typedef struct rollout_msgs {
+  Fl__V1__RolloutAssignment ro;
+  Fl__V1__EvalTask ev;
+} rollout_msgs;
+
+static void add_rollout(Fl__V1__CheckInResponse *resp, const fl_rollout_answer *ra,
+                        rollout_msgs *m) {
+  if (ra == NULL)
+    return;
+  if (ra->has_assignment) {
+    fl__v1__rollout_assignment__init(&m->ro);
+    m->ro.rollout_id = ra->rollout_id;
+    m->ro.channel = (char *)ra->channel;
+    m->ro.model_id = ra->model_id;
+    m->ro.version = ra->version;
+    m->ro.sha256 = (ProtobufCBinaryData){FL_SHA256_LEN, (uint8_t *)(uintptr_t)ra->sha256};
+    resp->rollout = &m->ro;
+  }
+  if (ra->has_eval) {
+    fl__v1__eval_task__init(&m->ev);
+    m->ev.model_id = ra->eval_model_id;
+    m->ev.version = ra->eval_version;
+    m->ev.gate_id = ra->gate_id;
+    m->ev.sha256 = (ProtobufCBinaryData){FL_SHA256_LEN, (uint8_t *)(uintptr_t)ra->eval_sha256};
+    resp->eval = &m->ev;
+  }
+}
+
 static void send_task(fl_resp *r, const open_round *o, uint64_t device_id,
-                      const uint8_t sha[FL_SHA256_LEN]) {
+                      const uint8_t sha[FL_SHA256_LEN], const fl_rollout_answer *ra) {
   Fl__V1__CheckInResponse resp = FL__V1__CHECK_IN_RESPONSE__INIT;
+  rollout_msgs rm;
+  add_rollout(&resp, ra, &rm);
   Fl__V1__TrainTask t = FL__V1__TRAIN_TASK__INIT;
   Fl__V1__Hyperparameters h = FL__V1__HYPERPARAMETERS__INIT;
   h.local_epochs = o->plan.local_epochs;
@@ -236,8 +269,11 @@ static void send_task(fl_resp *r, const open_round *o, uint64_t device_id,
   fl__resp_proto(r, 200, &resp.base);
 }
 
-static void send_retry(fl_resp *r, int64_t at, const char *reason) {
+static void send_retry(fl_resp *r, int64_t at, const char *reason,
+                       const fl_rollout_answer *ra) {
   Fl__V1__CheckInResponse resp = FL__V1__CHECK_IN_RESPONSE__INIT;
+  rollout_msgs rm;
+  add_rollout(&resp, ra, &rm);
   Fl__V1__RetryWindow w = FL__V1__RETRY_WINDOW__INIT;
   w.retry_after_ms = at;
   w.reason = (char *)reason;
@@ -265,6 +301,7 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   Fl__V1__CheckInRequest *ci = NULL;
   uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
   open_round o;
+  fl_rollout_answer ra;
   if (begin(s, q, r, &c, &sr, pub))
     return;
   ci = fl__v1__check_in_request__unpack(NULL, sr->body.len, sr->body.data);
@@ -273,24 +310,26 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   }
   note_running(c, sr->device_id, ci);
+  if (fl__rollout_for_device(c, sr->device_id, ci->model_id, ci->running_model_id, &ra))
+    goto unavail;
   int found = find_open_round(c, ci->model_id, sr->device_id, &o);
   if (found < 0)
     goto unavail;
   if (found == 0) {
-    send_retry(r, retry_at(s, sr->device_id, fl__now_ms()), "no_open_round");
+    send_retry(r, retry_at(s, sr->device_id, fl__now_ms()), "no_open_round", &ra);
     goto out;
   }
   if (o.contributed) {
-    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "already_contributed");
+    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "already_contributed", &ra);
     goto out;
   }
   int assigned = o.assigned ? 1 : fl__round_assign(c, o.round_id, sr->device_id);
   if (assigned < 0 || (assigned > 0 && fl__version_sha(c, o.model_id, o.base_version, sha)))
     goto unavail;
   if (assigned > 0)
-    send_task(r, &o, sr->device_id, sha);
+    send_task(r, &o, sr->device_id, sha, &ra);
   else
-    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "round_full");
+    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "round_full", &ra);
   goto out;
 unavail:
   unavailable(r);
@@ -371,6 +410,12 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
     goto out;
   }
+  int gate = e->gate_id != 0 && err == FL_OK ? fl__gate_exists(c, e->gate_id) : 1;
+  if (gate == 0) {
+    fl__resp_dev_error(r, 404, "unknown_gate", "no rollout with this gate", 0);
+    goto out;
+  }
+  err = gate < 0 ? FL_E_DB : err;
   mj = m ? json_dumps(m, JSON_COMPACT) : NULL;
   fl_pgp p;
   fl__pgp_init(&p);
@@ -391,6 +436,9 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   }
   PQclear(res);
+  /* The report is stored; a gate that cannot be decided now is decided by the next report. */
+  if (e->gate_id != 0)
+    fl__gate_on_report(c, e->gate_id);
   Fl__V1__EvalAck ack = FL__V1__EVAL_ACK__INIT;
   ack.recorded = true;
   fl__resp_proto(r, 200, &ack.base);

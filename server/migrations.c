@@ -101,9 +101,42 @@ static const char *const M2[] = {
     "ALTER TABLE optimizer_state ALTER COLUMN v SET STORAGE EXTERNAL",
     NULL};
 
+/* Rollouts: channels per model, staged rollouts with an optional evaluation gate (the gate's
+ * id is the rollout's id), and pins of a device or a cohort to a version. */
+static const char *const M3[] = {
+    "CREATE TABLE channels ("
+    " channel_id bigserial PRIMARY KEY, model_id bigint NOT NULL REFERENCES models,"
+    " name text NOT NULL, version bigint NOT NULL, previous_version bigint,"
+    " created_at timestamptz NOT NULL DEFAULT now(),"
+    " updated_at timestamptz NOT NULL DEFAULT now(), UNIQUE (model_id, name))",
+    "CREATE TABLE rollouts ("
+    " rollout_id bigserial PRIMARY KEY, channel_id bigint NOT NULL REFERENCES channels,"
+    " model_id bigint NOT NULL, version bigint NOT NULL, from_version bigint NOT NULL,"
+    " percent double precision NOT NULL CHECK (percent >= 0 AND percent <= 100),"
+    " cohort jsonb NOT NULL DEFAULT '{}',"
+    " state text NOT NULL DEFAULT 'active'"
+    "  CHECK (state IN ('active','paused','promoted','stopped','rolled_back')),"
+    " reason text, gate jsonb,"
+    " gate_state text CHECK (gate_state IN ('evaluating','passed','failed')),"
+    " gate_result jsonb NOT NULL DEFAULT '{}',"
+    " created_at timestamptz NOT NULL DEFAULT now(),"
+    " updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE UNIQUE INDEX rollouts_one_live ON rollouts (channel_id)"
+    " WHERE state IN ('active','paused')",
+    "CREATE TABLE pins ("
+    " pin_id bigserial PRIMARY KEY, model_id bigint NOT NULL REFERENCES models,"
+    " device_id bigint, labels jsonb, version bigint NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now(),"
+    " CHECK ((device_id IS NULL) <> (labels IS NULL)))",
+    "CREATE INDEX pins_model ON pins (model_id)",
+    "CREATE INDEX evaluations_gate ON evaluations (gate_id, version, device_id)"
+    " WHERE gate_id <> 0",
+    NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
+    {3, "rollouts", M3},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -207,6 +207,31 @@ typedef int (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weight
 FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Federated evaluation on hold-out data                                                     */
+
+/* Before a rollout is promoted, an evaluation gate asks a sample of devices to judge the
+ * candidate version on data they did not train on. When a check-in carries such a task and
+ * hold-out data is set, the client downloads the candidate, verifies it (digest and the
+ * coordinator's signature, as for any model), evaluates it on the hold-out examples inside the
+ * step that received it, and reports to the coordinator: "loss" (mean over examples), for a
+ * classifier "accuracy" (fraction in [0, 1]), and with an anomaly threshold set "anomaly_rate"
+ * (fraction of examples whose mean squared reconstruction error exceeds it), with the number
+ * of examples as the report's weight. Without hold-out data such tasks are ignored. The
+ * evaluated model is never used for inference or training.
+ *
+ * Exactly one hold-out set is in effect; each call replaces the previous one and on error the
+ * previous one stays. The source's ctx is borrowed (it must outlive the handle or the next
+ * call), fl_client_set_holdout_memory borrows x and labels the same way, and data loaded from
+ * a CSV file is owned by the handle. The hold-out data is never used for training. */
+FL_API int fl_client_set_holdout_source(fl_client *c, const fl_data_source *src);
+FL_API int fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels,
+                                        size_t n, size_t x_dim);
+FL_API int fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col);
+/* Mean squared reconstruction error above which an example counts as an anomaly in
+ * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off. */
+FL_API int fl_client_set_anomaly_threshold(fl_client *c, float threshold);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Rounds, as steps                                                                           */
 
 typedef enum fl_step {
@@ -236,6 +261,9 @@ typedef struct fl_round_result {
   uint64_t running_version; /* inference model version after this check-in (0: none) */
   int rollout_err;          /* FL_OK, or why an assigned inference version was refused (the
                              * previous one stays active); does not fail the round */
+  uint64_t eval_version;    /* version evaluated for an evaluation gate this check-in (0: none) */
+  int eval_err;             /* FL_OK, or why that evaluation was not reported; does not fail
+                             * the round */
 } fl_round_result;
 
 /* Starts a round: the next step checks in. FL_E_STATE if a round is in progress,
