@@ -21,6 +21,7 @@
 #include "models.h"
 #include "rounds.h"
 #include "store_pg.h"
+#include "tensor.h"
 
 static int load_or_create_key(fl_srv *s) {
   int err = fl__key_load_pem(&s->key, s->cfg.signing_key);
@@ -108,6 +109,10 @@ int main(int argc, char **argv) {
   if (rc != 0)
     return rc > 0 ? 0 : 2;
   fl__slog_init(srv.cfg.log_level, srv.cfg.replica_id);
+  /* Request threads fold concurrently and each fold is a bandwidth-bound pass: OpenBLAS worker
+   * threads would only spin in sched_yield between calls (half of the coordinator's CPU at
+   * 500 uploads/s, benches/RESULTS.md "Ingest"). */
+  fl__tensor_set_threads(1);
   /* Block the stop signals before any thread starts so that every thread inherits the mask
    * and only sigwait() below sees them. */
   sigemptyset(&set);
