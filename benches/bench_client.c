@@ -3,7 +3,10 @@
  *  - size of the stripped shared library (target: <= 300 KB without its shared dependencies);
  *  - peak RSS of one training round of the 2NN (784-200-200-10, 199,210 parameters) on 600
  *    Fashion-MNIST examples, 1 epoch, batch 10 (target: <= 3x (model + data));
- *  - bytes on the wire per update for each encoding.
+ *  - bytes on the wire per update for each encoding;
+ *  - time of one local epoch: fl_client_train() on a round driven step by step (1 epoch of 600
+ *    examples, batch 10, then delta, clip, encode and sign), OpenBLAS on one thread and on all
+ *    cores, best and median of 7 rounds.
  * The round runs against an in-process coordinator behind the fl_transport interface (signed
  * model, real check-in/upload messages), so that only the client is measured.
  *
@@ -17,12 +20,14 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client_internal.h"
 #include "codec.h"
 #include "data.h"
 #include "digest.h"
+#include "tensor.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
 #define N_EX 600
@@ -237,6 +242,62 @@ static long one_round(coord *k, int encoding, const float *x, const int32_t *y, 
   return (long)r.upload_bytes;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Rounds driven with fl_client_step; only fl_client_train() is timed. */
+static int epoch_times(coord *k, const float *x, const int32_t *y, int threads) {
+  enum { ROUNDS = 7 };
+  char dir[] = "/tmp/bench-client-XXXXXX";
+  double t[ROUNDS];
+  if (mkdtemp(dir) == NULL)
+    return -1;
+  k->encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
+  fl_transport tr = {.version = 1, .ctx = k, .begin = c_begin, .poll = c_poll, .end = c_end};
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION, .state_dir = dir, .transport = &tr};
+  fl_client *c = NULL;
+  int err = fl_client_new(&c, &o);
+  if (err == FL_OK)
+    err = fl_client_enroll(c, "t", NULL, 0, NULL);
+  if (err == FL_OK)
+    err = fl_client_set_data_memory(c, x, y, N_EX, 784);
+  fl__tensor_set_threads(threads);
+  for (int r = 0; r < ROUNDS && err == FL_OK; r++) {
+    fl_step step = FL_STEP_IDLE;
+    t[r] = -1;
+    err = fl_client_round_begin(c);
+    while (err == FL_OK && step != FL_STEP_DONE) {
+      err = fl_client_step(c, 1000, &step);
+      if (err == FL_OK && step == FL_STEP_NEED_TRAIN) {
+        double t0 = now_s();
+        err = fl_client_train(c);
+        t[r] = now_s() - t0;
+      }
+    }
+    if (err == FL_OK && t[r] < 0)
+      err = FL_E_STATE;
+  }
+  fl_client_free(c);
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0 || err != FL_OK) {
+    fprintf(stderr, "epoch rounds failed: %s\n", fl_strerror(err));
+    return -1;
+  }
+  qsort(t, ROUNDS, sizeof *t, cmp_double);
+  printf("  OpenBLAS threads %d: best %.1f ms, median %.1f ms (%.0f examples/s)\n", threads,
+         t[0] * 1e3, t[ROUNDS / 2] * 1e3, N_EX / t[ROUNDS / 2]);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   char so[PATH_MAX];
   if (argc > 1) {
@@ -265,6 +326,12 @@ int main(int argc, char **argv) {
       return 1;
     printf("  %-10s %8ld bytes (%.2f bytes/parameter)\n", names[e], bytes, bytes / 199210.0);
   }
+  printf("one local epoch (fl_client_train: 2NN, %d examples, batch 10, SGD lr 0.05; then delta,"
+         " clip, encode float32, sign), 7 rounds:\n",
+         N_EX);
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  if (epoch_times(&k, x, y, 1) != 0 || (ncpu > 1 && epoch_times(&k, x, y, (int)ncpu) != 0))
+    return 1;
   free(x);
   free(y);
   free(k.model);
