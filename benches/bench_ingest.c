@@ -44,6 +44,7 @@
 #include "digest.h"
 #include "fl/err.h"
 #include "mem.h"
+#include "tensor.h"
 
 #ifndef FL_COORDINATOR_BIN
 #define FL_COORDINATOR_BIN "fl-coordinator"
@@ -181,6 +182,44 @@ static long long pg_ticks(pid_t postmaster) {
   if (d != NULL)
     closedir(d);
   return total;
+}
+
+/* With FL_BENCH_PERF=FILE, `perf record -g` of the coordinator and every PostgreSQL process
+ * during the first timed round (a profile of the ingest path without set-up or this program). */
+static pid_t perf_start(const bench *b) {
+  const char *out = getenv("FL_BENCH_PERF");
+  char pids[4096];
+  size_t n;
+  if (out == NULL || *out == '\0')
+    return 0;
+  n = (size_t)snprintf(pids, sizeof pids, "%d,%d", (int)b->coord_pid, (int)b->postmaster);
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d != NULL && (e = readdir(d)) != NULL && n + 16 < sizeof pids) {
+    int pid = atoi(e->d_name), pp = 0;
+    if (pid > 0 && proc_ticks(pid, false, &pp) >= 0 && pp == b->postmaster)
+      n += (size_t)snprintf(pids + n, sizeof pids - n, ",%d", pid);
+  }
+  if (d != NULL)
+    closedir(d);
+  fflush(NULL);
+  pid_t p = fork();
+  if (p == 0) {
+    execlp("perf", "perf", "record", "-q", "-F", "1999", "-g", "-o", out, "-p", pids,
+           (char *)NULL);
+    _exit(127);
+  }
+  sleep_ms(300); /* let perf attach */
+  return p;
+}
+
+static void perf_stop(pid_t p) {
+  int status;
+  if (p <= 0)
+    return;
+  kill(p, SIGINT);
+  while (waitpid(p, &status, 0) < 0 && errno == EINTR)
+    ;
 }
 
 static double self_cpu_s(void) {
@@ -633,6 +672,78 @@ static req *build_uploads(bench *b, device *ds, deltas *dl) {
   return rs;
 }
 
+/* The CPU work of server/upload.c for one update, step by step, measured here on the same
+ * requests (best of 3 passes over 64 of them): where a coordinator core's time goes, without
+ * the database and HTTP. Layout and fold use the model's tensor sizes. */
+static void path_costs(const bench *b, const req *rs, const device *ds, const deltas *dl) {
+  enum { N = 64, STEPS = 8 };
+  static const char *const names[STEPS] = {
+      "unpack SignedRequest (copies the body)", "request digest (SHA-256 of the body)",
+      "request signature (Ed25519 verify)", "unpack UpdateUpload (copies the tensors)",
+      "update digest (SHA-256 of the tensors)", "update signature (Ed25519 verify)",
+      "shape and finiteness checks, norm", "fold into the accumulator"};
+  double best[STEPS];
+  float *acc = calloc(b->o.params, sizeof *acc);
+  int n = b->o.devices < N ? b->o.devices : N;
+  fl_tensor_info lay[2];
+  for (size_t j = 0, off = 0; j < 2; off += lay[j].count, j++) {
+    const Fl__V1__Tensor *t = &dl->t[0][j];
+    lay[j] = (fl_tensor_info){.offset = off, .count = t->count, .ndim = (uint32_t)t->n_shape};
+    memcpy(lay[j].shape, t->shape, t->n_shape * sizeof *t->shape);
+  }
+  for (int k = 0; k < STEPS; k++)
+    best[k] = INFINITY;
+  for (int pass = 0; pass < 3; pass++) {
+    double t[STEPS] = {0};
+    for (int i = 0; i < n; i++) {
+      uint8_t pub[FL_PUBKEY_LEN], dg[FL_SHA256_LEN];
+      double c0 = now_s();
+      Fl__V1__SignedRequest *sr = fl__v1__signed_request__unpack(NULL, rs[i].len, rs[i].body);
+      double c1 = now_s();
+      fl__key_public(ds[i].key, pub);
+      fl__request_digest("POST", "/v1/updates", sr->device_id, sr->timestamp_ms, sr->nonce.data,
+                         sr->nonce.len, sr->body.data, sr->body.len, dg);
+      double c2 = now_s();
+      int bad = fl__verify_raw(pub, dg, sizeof dg, sr->signature.data, sr->signature.len);
+      double c3 = now_s();
+      Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
+      double c4 = now_s();
+      fl__update_digest(sr->device_id, u, dg);
+      double c5 = now_s();
+      bad |= fl__verify_raw(pub, dg, sizeof dg, u->signature.data, u->signature.len);
+      double c6 = now_s();
+      bad |= fl__delta_check_layout(lay, 2, u->delta, u->n_delta);
+      double sq = 0;
+      for (size_t j = 0; j < u->n_delta; j++)
+        sq += fl__tensor_sqnorm(u->delta[j]);
+      double c7 = now_s();
+      for (size_t j = 0; j < u->n_delta; j++)
+        fl__tensor_fold(u->delta[j], (float)u->sample_count, acc + lay[j].offset);
+      double c8 = now_s();
+      if (bad || !(sq >= 0))
+        die("a pre-built update does not verify");
+      fl__v1__update_upload__free_unpacked(u, NULL);
+      fl__v1__signed_request__free_unpacked(sr, NULL);
+      double c[] = {c0, c1, c2, c3, c4, c5, c6, c7, c8};
+      for (int k = 0; k < STEPS; k++)
+        t[k] += c[k + 1] - c[k];
+    }
+    for (int k = 0; k < STEPS; k++)
+      best[k] = fmin(best[k], t[k] / n);
+  }
+  double total = 0;
+  for (int k = 0; k < STEPS; k++)
+    total += best[k];
+  printf("\n## coordinator CPU per update outside HTTP and PostgreSQL (%zu-byte request;"
+         " server/upload.c's steps on the pre-built requests, best of 3 x %d)\n",
+         rs[0].len, n);
+  printf("| step | us | share |\n|---|---|---|\n");
+  for (int k = 0; k < STEPS; k++)
+    printf("| %s | %.1f | %.0f%% |\n", names[k], best[k] * 1e6, 100 * best[k] / total);
+  printf("| total | %.1f | (%.0f updates/s per core) |\n", total * 1e6, 1 / total);
+  free(acc);
+}
+
 static void wait_round_closed(bench *b, uint64_t round_id) {
   char path[64];
   snprintf(path, sizeof path, "/admin/v1/rounds/%" PRIu64, round_id);
@@ -693,6 +804,7 @@ int main(int argc, char **argv) {
       b.o.params < 200 || b.o.params % 100 != 0)
     usage();
   curl_global_init(CURL_GLOBAL_DEFAULT);
+  fl__tensor_set_threads(1); /* as the coordinator does, for path_costs' fold */
   snprintf(b.db, sizeof b.db, "fl_bench_ingest_%d_%lld", (int)getpid(), (long long)wall_ms());
   snprintf(b.dir, sizeof b.dir, "/tmp/bench_ingest_XXXXXX");
   if (mkdtemp(b.dir) == NULL)
@@ -721,9 +833,13 @@ int main(int argc, char **argv) {
     checkin_all(&b, ds);
     req *rs = build_uploads(&b, ds, &dl);
     body_bytes = rs[0].len;
+    if (r == 0)
+      path_costs(&b, rs, ds, &dl);
     long long c0 = proc_ticks(b.coord_pid, true, NULL), p0 = pg_ticks(b.postmaster);
     double g0 = self_cpu_s();
+    pid_t perf = r == 0 ? perf_start(&b) : 0;
     double dt = run_multi(&b, rs, n, b.o.conns);
+    perf_stop(perf);
     long long c1 = proc_ticks(b.coord_pid, true, NULL), p1 = pg_ticks(b.postmaster);
     double g1 = self_cpu_s();
     wall += dt;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the benchmarks whose figures are in benches/RESULTS.md and prints their tables.
+#
+#   bash benches/run.sh [aggregate] [ingest] [client] [scaling] [fleet]   (default: all but fleet)
+#
+# Builds a Release tree in $BUILD (default build-bench), then:
+#   aggregate  bench_aggregate: fold vs memory bandwidth vs Flower's numpy algorithm, N=1000 x
+#              P=100k and P=1M; decode cost per encoding
+#   ingest     bench_ingest against a real fl-coordinator and a throwaway PostgreSQL
+#              (pg_virtualenv -t): 100k-parameter float32 and int8 updates
+#   client     bench_client: libflclient size, peak RSS of a round, bytes per update, epoch time
+#   scaling    aggregation time over N and P; ingest throughput over devices and parameters
+#   fleet      fl-sim, 1000 devices x 3 rounds (the Fleet section; about 2 minutes)
+# Each bench takes well under a few minutes; all of them together about 5 (fleet: +2).
+# Set OPENBLAS_* as for the rest of the project: bench_aggregate unsets OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE for the numpy command alone.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build-bench}
+K=${K:-32}                 # concurrent connections of the ingest load generator
+DEVICES=${DEVICES:-2000}   # devices (= updates per round) for ingest
+ROUNDS=${ROUNDS:-2}
+
+SECTIONS=("$@")
+if [ ${#SECTIONS[@]} -eq 0 ]; then
+  SECTIONS=(aggregate ingest client scaling)
+fi
+has() {
+  local s
+  for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done
+  return 1
+}
+
+echo "# fleetlearn benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD)"
+echo "# $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //');" \
+     "$(free -g | awk '/Mem:/ {print $2}') GB RAM; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-}"
+
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+B=$BUILD/benches
+
+if has aggregate; then
+  echo; echo "\$ $B/bench_aggregate -n 1000 -p 100000 -r 5"
+  "$B/bench_aggregate" -n 1000 -p 100000 -r 5
+  echo; echo "\$ $B/bench_aggregate -n 1000 -p 1000000 -r 3 --no-decode"
+  "$B/bench_aggregate" -n 1000 -p 1000000 -r 3 --no-decode
+fi
+
+if has client; then
+  echo; echo "\$ $B/bench_client"
+  "$B/bench_client"
+fi
+
+ingest() { # one bench_ingest under its own throwaway PostgreSQL cluster
+  echo; echo "\$ pg_virtualenv -t $B/bench_ingest $*"
+  pg_virtualenv -t "$B/bench_ingest" "$@" 2> >(grep '^bench_ingest' >&2) | grep -v '^20..-'
+}
+
+if has ingest; then
+  ingest -d "$DEVICES" -k "$K" -r "$ROUNDS" -e float32
+  ingest -d "$DEVICES" -k "$K" -r "$ROUNDS" -e int8
+fi
+
+if has scaling; then
+  echo; echo "## scaling: aggregation time over N and P (fold only, best of 3)"
+  for p in 100000 1000000; do
+    for n in 250 500 1000 2000; do
+      "$B/bench_aggregate" -n "$n" -p "$p" -r 3 --no-flower --no-decode |
+        awk -v n="$n" -v p="$p" -F'|' '/fold \(fl__tensor_fold/ {print "N=" n " P=" p ":" $3}'
+    done
+  done
+  echo; echo "## scaling: ingest over devices (P=100k float32, 1 round) and parameters (1000 devices)"
+  for d in 500 1000 2000 4000; do
+    ingest -d "$d" -k "$K" -r 1 -e float32 | grep -E '^## |accepted updates/s|latency'
+  done
+  for p in 25000 50000 200000 400000; do
+    ingest -d 1000 -k "$K" -r 1 -e float32 -p "$p" | grep -E '^## |accepted updates/s|latency'
+  done
+fi
+
+if has fleet; then
+  SIM=$BUILD/client/sim/fl-sim
+  OUT=$(mktemp -d /tmp/fl-bench-fleet-XXXXXX)
+  echo; echo "\$ $SIM --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 --out $OUT"
+  "$SIM" --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 \
+    --out "$OUT"
+  rm -rf "$OUT"
+fi
