@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto.h"
 #include "fl/err.h"
 #include "model_specs.h"
 
@@ -304,6 +305,19 @@ int sim_admin_latest_round(sim_admin *a, uint64_t model_id, sim_round_state *out
     }
   }
   rc = best ? parse_round(a, best, out) : FL_E_NOTFOUND;
+  json_decref(ans);
+  return rc;
+}
+
+int sim_admin_public_key(sim_admin *a, uint8_t pub[FL_PUBKEY_LEN]) {
+  json_t *ans = NULL;
+  int rc = sim_admin_call(a, "GET", "/admin/v1/info", NULL, &ans);
+  if (rc != FL_OK)
+    return rc;
+  const char *hex = json_string_value(json_object_get(ans, "public_key"));
+  rc = hex != NULL ? fl__unhex(hex, pub, FL_PUBKEY_LEN) : FL_E_PARSE;
+  if (rc != FL_OK)
+    snprintf(a->err, sizeof(a->err), "GET /admin/v1/info: no 32-byte hex public_key");
   json_decref(ans);
   return rc;
 }

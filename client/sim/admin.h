@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "crypto.h"
 #include "model.h"
 
 typedef struct sim_admin sim_admin;
@@ -56,5 +57,9 @@ typedef struct sim_round_state {
 /* The newest round of the model (largest round_id), FL_E_NOTFOUND when none. */
 int sim_admin_latest_round(sim_admin *a, uint64_t model_id, sim_round_state *out);
 int sim_admin_round(sim_admin *a, uint64_t round_id, sim_round_state *out);
+
+/* The coordinator's Ed25519 public key (GET /admin/v1/info), which signs every model version.
+ * FL_E_PARSE when the answer has no 32-byte hex key. */
+int sim_admin_public_key(sim_admin *a, uint8_t pub[FL_PUBKEY_LEN]);
 
 #endif

@@ -72,6 +72,12 @@ static int load_sensor(sim_data *d, const sim_options *o) {
   int rc = sim_sensor_generate(&s, &so);
   if (rc != FL_OK)
     return rc;
+  /* Each device scales its data by its own normal operation (see sensor.h). */
+  rc = sim_sensor_standardise(&s);
+  if (rc != FL_OK) {
+    sim_sensor_free(&s);
+    return rc;
+  }
   d->train = s.train;
   d->test = s.test;
   d->calib = s.calib;

@@ -86,10 +86,18 @@ static int http_get(const char *url, const char *auth, buf *body, long *status) 
   return cc == CURLE_OK ? FL_OK : FL_E_TRANSPORT;
 }
 
-/* Loads the weights and checks them against the digest the coordinator published. */
-static int load_checked(const Fl__V1__ModelVersion *mv, uint64_t model_id, uint64_t version,
-                        fl_model *m) {
-  int rc = fl__weights_from_proto(m, mv->weights, mv->n_weights);
+/* Checks the coordinator's signature over the published digest, loads the weights and checks
+ * them against that digest. The signature first: it is cheap and refuses anything the
+ * coordinator did not sign (a digest alone only proves the bytes match themselves). */
+static int load_checked(const Fl__V1__ModelVersion *mv, const uint8_t coord_pub[FL_PUBKEY_LEN],
+                        uint64_t model_id, uint64_t version, fl_model *m) {
+  if (mv->sha256.len != FL_SHA256_LEN)
+    return FL_E_BADHASH;
+  int rc = fl__verify_raw(coord_pub, mv->sha256.data, FL_SHA256_LEN, mv->signature.data,
+                          mv->signature.len);
+  if (rc != FL_OK)
+    return FL_E_BADSIG;
+  rc = fl__weights_from_proto(m, mv->weights, mv->n_weights);
   if (rc != FL_OK)
     return rc;
   uint8_t digest[FL_SHA256_LEN];
@@ -97,13 +105,14 @@ static int load_checked(const Fl__V1__ModelVersion *mv, uint64_t model_id, uint6
                         fl__model_params_const(m), fl__model_num_params(m), digest);
   if (rc != FL_OK)
     return rc;
-  if (mv->sha256.len != FL_SHA256_LEN || memcmp(mv->sha256.data, digest, FL_SHA256_LEN) != 0)
+  if (memcmp(mv->sha256.data, digest, FL_SHA256_LEN) != 0)
     return FL_E_BADHASH;
   return FL_OK;
 }
 
 int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_id,
-                      uint64_t model_id, uint64_t version, fl_model *m, uint64_t *bytes) {
+                      const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id,
+                      uint64_t version, fl_model *m, uint64_t *bytes) {
   char path[128], url[512];
   snprintf(path, sizeof(path), "/v1/models/%llu/versions/%llu", (unsigned long long)model_id,
            (unsigned long long)version);
@@ -120,7 +129,7 @@ int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_i
   Fl__V1__ModelVersion *mv = NULL;
   if (rc == FL_OK) {
     mv = fl__v1__model_version__unpack(NULL, body.len, body.p);
-    rc = mv ? load_checked(mv, model_id, version, m) : FL_E_PARSE;
+    rc = mv ? load_checked(mv, coord_pub, model_id, version, m) : FL_E_PARSE;
   }
   if (bytes)
     *bytes = body.len;

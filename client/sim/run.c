@@ -42,10 +42,11 @@ typedef struct run_ctx {
   const char *url;
   sim_admin *admin;
   sim_fleet *fleet;
-  uint64_t model_id;
+  uint64_t model_id, initial_version;
   fl_model *model;   /* evaluation copy */
   fl_key *obs_key;   /* an honest device's key, to download versions */
   uint64_t obs_id;
+  uint8_t coord_pub[FL_PUBKEY_LEN]; /* verifies the versions evaluated */
   sim_round_row *rows;
   int n_rows;
   double eval_s;
@@ -54,8 +55,8 @@ typedef struct run_ctx {
 /* Downloads version v and scores it on the held-out data. */
 static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
   double t0 = mono_s();
-  int rc = sim_fetch_version(x->url, x->obs_key, x->obs_id, x->model_id, version, x->model,
-                             NULL);
+  int rc = sim_fetch_version(x->url, x->obs_key, x->obs_id, x->coord_pub, x->model_id, version,
+                             x->model, NULL);
   row->accuracy = row->loss = row->auc = NAN;
   if (rc != FL_OK) {
     fprintf(stderr, "fl-sim: cannot download version %llu: %s\n", (unsigned long long)version,
@@ -136,6 +137,12 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   if (csv == NULL)
     return FL_E_IO;
   sim_csv_header(csv);
+  /* The untrained model's score: what the rounds' figures are to be read against. */
+  sim_round_row init = {0};
+  if (evaluate(x, x->initial_version, &init) == FL_OK)
+    printf("initial model (version %llu): %s %.4f loss %.4f\n",
+           (unsigned long long)x->initial_version, x->d->anomaly ? "AUC" : "accuracy",
+           x->d->anomaly ? init.auc : init.accuracy, init.loss);
   sim_fleet_counts before;
   sim_fleet_counts_get(x->fleet, &before);
   int rc = FL_OK;
@@ -207,10 +214,15 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   const sim_options *o = x->o;
   char name[96];
   snprintf(name, sizeof(name), "fl-sim %s", x->d->name);
-  uint64_t version;
-  int rc = sim_admin_create_model(x->admin, name, &x->d->spec, o->seed, &x->model_id, &version);
+  int rc = sim_admin_create_model(x->admin, name, &x->d->spec, o->seed, &x->model_id,
+                                  &x->initial_version);
   if (rc != FL_OK) {
     fprintf(stderr, "fl-sim: cannot create the model: %s\n", sim_admin_errmsg(x->admin));
+    return rc;
+  }
+  rc = sim_admin_public_key(x->admin, x->coord_pub);
+  if (rc != FL_OK) {
+    fprintf(stderr, "fl-sim: %s\n", sim_admin_errmsg(x->admin));
     return rc;
   }
   char **tokens = NULL;

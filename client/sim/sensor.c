@@ -165,6 +165,52 @@ out:
   return rc;
 }
 
+/* Applies x <- (x - mean) / sd to the rows of party k in one stream. */
+static void scale_rows(fl_dataset *d, const sim_partition *p, size_t k, const double *mean,
+                       const double *sd) {
+  size_t dim = d->x_dim;
+  for (size_t i = p->offsets[k]; i < p->offsets[k + 1]; i++) {
+    float *x = d->x + (size_t)p->index[i] * dim;
+    for (size_t j = 0; j < dim; j++)
+      x[j] = (float)(((double)x[j] - mean[j]) / sd[j]);
+  }
+}
+
+int sim_sensor_standardise(sim_sensor *s) {
+  size_t dim = s->train.x_dim;
+  double *mean = calloc(2 * (dim ? dim : 1), sizeof(double));
+  if (mean == NULL)
+    return FL_E_NOMEM;
+  double *sd = mean + dim;
+  for (size_t k = 0; k < s->train_part.n_parties; k++) {
+    const sim_partition *p = &s->train_part;
+    size_t n = sim_partition_size(p, k);
+    if (n == 0)
+      continue;
+    memset(mean, 0, 2 * dim * sizeof(double));
+    for (size_t i = p->offsets[k]; i < p->offsets[k + 1]; i++)
+      for (size_t j = 0; j < dim; j++)
+        mean[j] += s->train.x[(size_t)p->index[i] * dim + j];
+    for (size_t j = 0; j < dim; j++)
+      mean[j] /= (double)n;
+    for (size_t i = p->offsets[k]; i < p->offsets[k + 1]; i++)
+      for (size_t j = 0; j < dim; j++) {
+        double e = s->train.x[(size_t)p->index[i] * dim + j] - mean[j];
+        sd[j] += e * e;
+      }
+    for (size_t j = 0; j < dim; j++) {
+      sd[j] = sqrt(sd[j] / (double)n);
+      if (!(sd[j] > 1e-3))
+        sd[j] = 1e-3;
+    }
+    scale_rows(&s->train, &s->train_part, k, mean, sd);
+    scale_rows(&s->calib, &s->calib_part, k, mean, sd);
+    scale_rows(&s->test, &s->test_part, k, mean, sd);
+  }
+  free(mean);
+  return FL_OK;
+}
+
 void sim_sensor_free(sim_sensor *s) {
   if (s == NULL)
     return;

@@ -48,6 +48,15 @@ typedef struct sim_sensor {
 
 /* On error *out is untouched. */
 int sim_sensor_generate(sim_sensor *out, const sim_sensor_opts *o);
+
+/* Standardises every device's streams in place with the per-bin mean and standard deviation of
+ * that device's own training stream, as a device would with the statistics of its normal
+ * operation: what is left is each motor's deviation from its own baseline in units of its own
+ * variability, so one shared autoencoder need not memorise a thousand baselines, and a fault
+ * line is as large in its bins as the motor's normal spread there makes it. Standard
+ * deviations are floored (at 1e-3 log10 units) against bins that barely move. FL_E_NOMEM
+ * leaves the streams unchanged. */
+int sim_sensor_standardise(sim_sensor *s);
 void sim_sensor_free(sim_sensor *s);
 
 #endif

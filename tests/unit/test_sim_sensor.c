@@ -101,3 +101,42 @@ Test(sim_sensor, rejects_bad_options) {
   o.fault_rate = 1.5;
   cr_assert_eq(sim_sensor_generate(&s, &o), FL_E_INVAL);
 }
+
+Test(sim_sensor, standardise_uses_each_motors_own_normal_statistics) {
+  sim_sensor s = gen(10, 0.2, 5), raw = gen(10, 0.2, 5);
+  cr_assert_eq(sim_sensor_standardise(&s), FL_OK);
+  for (size_t k = 0; k < 10; k++) {
+    double m[64], sq[64] = {0};
+    device_mean(&s.train, &s.train_part, k, m);
+    for (size_t i = s.train_part.offsets[k]; i < s.train_part.offsets[k + 1]; i++)
+      for (size_t j = 0; j < 64; j++)
+        sq[j] += pow(s.train.x[i * 64 + j], 2) / 100.0;
+    for (size_t j = 0; j < 64; j++) {
+      cr_assert(fabs(m[j]) < 1e-4, "device %zu bin %zu mean %g", k, j, m[j]);
+      cr_assert(fabs(sq[j] - 1) < 1e-3, "device %zu bin %zu variance %g", k, j, sq[j]);
+    }
+    /* The held-out rows of motor k went through motor k's map: an affine map per bin, the same
+     * as its training rows' (two rows of a bin give its slope; a third must agree). */
+    size_t a = s.train_part.offsets[k], t = s.test_part.offsets[k];
+    for (size_t j = 0; j < 64; j++) {
+      double slope = (s.train.x[a * 64 + j] - s.train.x[(a + 1) * 64 + j]) /
+                     (raw.train.x[a * 64 + j] - raw.train.x[(a + 1) * 64 + j]);
+      double want = s.train.x[a * 64 + j] + slope * (raw.test.x[t * 64 + j] - raw.train.x[a * 64 + j]);
+      cr_assert(fabs(s.test.x[t * 64 + j] - want) < 1e-2 * (1 + fabs(want)),
+                "device %zu bin %zu: %g, want %g", k, j, s.test.x[t * 64 + j], want);
+    }
+  }
+  /* Against its own baseline, a faulty spectrum is far from zero in a motor's units. */
+  float *score = malloc(s.test.n * sizeof(float));
+  for (size_t i = 0; i < s.test.n; i++) {
+    double e = 0;
+    for (size_t j = 0; j < 64; j++)
+      e += pow(s.test.x[i * 64 + j], 2);
+    score[i] = (float)e;
+  }
+  double auc = sim_auc(score, s.test.labels, s.test.n);
+  cr_assert_gt(auc, 0.95, "AUC %g", auc);
+  free(score);
+  sim_sensor_free(&s);
+  sim_sensor_free(&raw);
+}
