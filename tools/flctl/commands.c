@@ -32,6 +32,7 @@ static int parse_args(int argc, char **argv, args *a) {
     if (a->nflag == MAX_ARGS)
       return -1;
     char *eq = strchr(argv[i], '=');
+    a->name[a->nflag] = argv[i] + 2;
     if (eq != NULL) {
       *eq = '\0';
       a->val[a->nflag] = eq + 1;
@@ -41,7 +42,7 @@ static int parse_args(int argc, char **argv, args *a) {
       fprintf(stderr, "flctl: %s needs a value\n", argv[i]);
       return -1;
     }
-    a->name[a->nflag++] = argv[i] + 2;
+    a->nflag++;
   }
   return 0;
 }
