@@ -10,6 +10,8 @@ PACKAGES=(
   libcriterion-dev libcurl4-openssl-dev libjansson-dev zlib1g-dev
   dataset-fashion-mnist
   python3 python3-numpy gnuplot-nox
+  # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks
+  podman debootstrap nginx curl python3-yaml
 )
 
 missing=()
