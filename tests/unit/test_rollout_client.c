@@ -1,0 +1,210 @@
+/* libflclient and evaluation gates, against the in-process fake coordinator wrapped so that its
+ * check-in answers carry an EvalTask and POST /v1/evaluations is answered: the candidate is
+ * verified and evaluated on the hold-out data, the signed report carries the right metrics,
+ * and a refused candidate or report never fails the round. */
+#include "test_client_fake.h"
+
+typedef struct gate_fake {
+  fake_coord f;
+  uint64_t eval_version; /* 0: no evaluation task */
+  int report_status;     /* 200, or a refusal status for reports */
+  int n_reports;
+  Fl__V1__EvalReport *last;
+} gate_fake;
+
+/* Adds the EvalTask to the fake's check-in answer. */
+static void add_eval(gate_fake *g) {
+  fake_coord *f = &g->f;
+  Fl__V1__CheckInResponse *r = fl__v1__check_in_response__unpack(NULL, f->resp_len, f->resp);
+  cr_assert_not_null(r);
+  Fl__V1__EvalTask t;
+  fl__v1__eval_task__init(&t);
+  t.model_id = 1;
+  t.version = g->eval_version;
+  t.gate_id = 9;
+  t.sha256.data = f->v[g->eval_version].sha;
+  t.sha256.len = FL_SHA256_LEN;
+  r->eval = &t;
+  fake_answer(f, 200, &r->base);
+  r->eval = NULL;
+  fl__v1__check_in_response__free_unpacked(r, NULL);
+}
+
+static void on_report(gate_fake *g, const fl_http_request *req) {
+  fake_coord *f = &g->f;
+  Fl__V1__SignedRequest *env =
+      fake_open(f, "POST", req->path, req->body, req->body_len, f->device_pub);
+  cr_assert_not_null(env, "the report is signed by the device");
+  if (g->last != NULL)
+    fl__v1__eval_report__free_unpacked(g->last, NULL);
+  g->last = fl__v1__eval_report__unpack(NULL, env->body.len, env->body.data);
+  fl__v1__signed_request__free_unpacked(env, NULL);
+  cr_assert_not_null(g->last);
+  g->n_reports++;
+  if (g->report_status != 200) {
+    fake_refuse(f, g->report_status, "unknown_gate", 0);
+    return;
+  }
+  Fl__V1__EvalAck ack;
+  fl__v1__eval_ack__init(&ack);
+  ack.recorded = true;
+  fake_answer(f, 200, &ack.base);
+}
+
+static int g_begin(void *ctx, const fl_http_request *req) {
+  gate_fake *g = ctx;
+  if (strcmp(req->path, "/v1/evaluations") == 0) {
+    g->f.busy = true;
+    on_report(g, req);
+    return FL_OK;
+  }
+  int err = fake_begin(&g->f, req);
+  if (strcmp(req->path, "/v1/checkin") == 0 && g->f.status == 200 && g->eval_version != 0)
+    add_eval(g);
+  return err;
+}
+
+static int g_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+  return fake_poll(&((gate_fake *)ctx)->f, timeout_ms, resp);
+}
+
+static void g_end(void *ctx) { fake_end(&((gate_fake *)ctx)->f); }
+
+typedef struct env {
+  char dir[64];
+  gate_fake g;
+  fl_transport tr;
+  fl_client *c;
+} env;
+
+static void env_up(env *e, bool holdout) {
+  fake_data();
+  fake_tmpdir(e->dir, sizeof e->dir);
+  memset(&e->g, 0, sizeof e->g);
+  fake_init(&e->g.f);
+  e->g.f.give_task = false;
+  e->g.report_status = 200;
+  e->tr = (fl_transport){
+      .version = 1, .ctx = &e->g, .begin = g_begin, .poll = g_poll, .end = g_end};
+  fl_client_opts o;
+  fake_opts(&o, e->dir, &e->tr);
+  cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(e->c));
+  if (holdout)
+    cr_assert_eq(fl_client_set_holdout_memory(e->c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+}
+
+static void env_down(env *e) {
+  fl_client_free(e->c);
+  if (e->g.last != NULL)
+    fl__v1__eval_report__free_unpacked(e->g.last, NULL);
+  fake_free(&e->g.f);
+  fake_rmdir(e->dir);
+}
+
+/* Loss and accuracy of a fake version on the hold-out data, computed here. */
+static void reference(const fake_coord *f, uint64_t v, double *loss, double *acc) {
+  fl__loaded_model lm = {0};
+  char why[256];
+  cr_assert_eq(fl__model_verify(f->v[v].bytes, f->v[v].len, f->pub, f->v[v].sha, NULL, &lm, why,
+                                sizeof why),
+               FL_OK, "%s", why);
+  fl_batch b = {.x = fake_x, .labels = fake_y, .n = 20};
+  cr_assert_eq(fl__model_evaluate(lm.model, &b, loss, acc), FL_OK);
+  fl__loaded_free(&lm);
+}
+
+static double metric(const Fl__V1__EvalReport *r, const char *name) {
+  for (size_t i = 0; i < r->n_metrics; i++)
+    if (strcmp(r->metrics[i]->name, name) == 0)
+      return r->metrics[i]->value;
+  cr_assert_fail("no metric %s", name);
+  return NAN;
+}
+
+Test(rollout_client, evaluates_the_candidate_and_reports_signed_metrics) {
+  env e;
+  env_up(&e, true);
+  e.g.eval_version = 3;
+  e.g.f.rollout_version = 2;
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
+  cr_assert_eq(r.eval_err, FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_version, 3);
+  cr_assert_eq(e.g.n_reports, 1);
+  const Fl__V1__EvalReport *rep = e.g.last;
+  cr_assert_eq(rep->model_id, 1);
+  cr_assert_eq(rep->version, 3);
+  cr_assert_eq(rep->gate_id, 9);
+  cr_assert_eq(rep->sample_count, 20);
+  double loss, acc;
+  reference(&e.g.f, 3, &loss, &acc);
+  cr_assert_float_eq(metric(rep, "loss"), loss, 1e-6);
+  cr_assert_float_eq(metric(rep, "accuracy"), acc, 1e-12);
+  /* Evaluating never changes what the device runs: the rollout's version. */
+  fl_model_info mi;
+  cr_assert_eq(fl_client_model_info(e.c, &mi), FL_OK);
+  cr_assert_eq(mi.version, 2);
+  env_down(&e);
+}
+
+Test(rollout_client, without_holdout_data_the_task_is_ignored) {
+  env e;
+  env_up(&e, false);
+  e.g.eval_version = 3;
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_version, 0);
+  cr_assert_eq(e.g.n_reports, 0);
+  cr_assert_eq(e.g.f.n_model_get, 0);
+  env_down(&e);
+}
+
+Test(rollout_client, a_tampered_candidate_is_not_evaluated_and_the_round_goes_on) {
+  env e;
+  env_up(&e, true);
+  e.g.eval_version = 3;
+  e.g.f.tamper_models = true;
+  e.g.f.give_task = true;
+  fl_round_result r;
+  int err = fl_client_run_round(e.c, &r);
+  /* The training base is tampered too, so the round fails on it; the evaluation failed first
+   * and was only noted. */
+  cr_assert_eq(r.eval_err, FL_E_BADHASH, "%s", fl_strerror(r.eval_err));
+  cr_assert_eq(err, FL_E_BADHASH);
+  cr_assert_eq(e.g.n_reports, 0);
+  e.g.f.tamper_models = false;
+  e.g.f.give_task = false;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_err, FL_OK);
+  cr_assert_eq(e.g.n_reports, 1);
+  env_down(&e);
+}
+
+Test(rollout_client, a_refused_report_does_not_fail_the_round) {
+  env e;
+  env_up(&e, true);
+  e.g.eval_version = 2;
+  e.g.report_status = 404;
+  e.g.f.give_task = true;
+  cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  fl_round_result r;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert_eq(r.eval_err, FL_E_NOTFOUND, "%s", fl_strerror(r.eval_err));
+  cr_assert_eq(e.g.n_reports, 1);
+  cr_assert_eq(e.g.f.n_upload, 1);
+  env_down(&e);
+}
+
+Test(rollout_client, holdout_arguments_are_checked) {
+  env e;
+  env_up(&e, false);
+  cr_assert_eq(fl_client_set_holdout_memory(e.c, NULL, NULL, 20, FAKE_IN), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_holdout_memory(e.c, fake_x, fake_y, 0, FAKE_IN), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_anomaly_threshold(e.c, -1.0f), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_anomaly_threshold(e.c, 0.5f), FL_OK);
+  cr_assert_neq(fl_client_set_holdout_csv(e.c, "/nonexistent.csv", 0), FL_OK);
+  env_down(&e);
+}
