@@ -117,6 +117,21 @@ float fl__f16_to_f32(uint16_t h) {
   return f;
 }
 
+/* The same value as fl__f16_to_f32 for a finite half (the hot paths run after the check, which
+ * refuses inf and NaN), without branches so that loops over it vectorise: the 15 magnitude bits
+ * placed at a float's exponent and mantissa are the value times 2^-112, exactly, subnormal
+ * halves included, and the product by 2^112 is exact. */
+static float f16_finite_to_f32(uint16_t h) {
+  uint32_t x = (uint32_t)(h & 0x7fff) << 13, y;
+  float f;
+  memcpy(&f, &x, 4);
+  f *= 0x1p112f;
+  memcpy(&y, &f, 4);
+  y |= (uint32_t)(h & 0x8000) << 16;
+  memcpy(&f, &y, 4);
+  return f;
+}
+
 /* ---- validation ---------------------------------------------------------------------------- */
 
 /* Product of the dimensions; false when it overflows 64 bits. */
@@ -236,7 +251,7 @@ int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count
       break;
     case FL__V1__ENCODING__ENCODING_FLOAT16:
       for (size_t i = 0; i < n; i++)
-        out[i] = fl__f16_to_f32(ld_u16(d + 2 * i));
+        out[i] = f16_finite_to_f32(ld_u16(d + 2 * i));
       break;
     case FL__V1__ENCODING__ENCODING_INT8:
       for (size_t i = 0; i < n; i++)
@@ -282,7 +297,7 @@ void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc) {
       break;
     case FL__V1__ENCODING__ENCODING_FLOAT16:
       for (size_t i = 0; i < n; i++)
-        acc[i] += w * fl__f16_to_f32(ld_u16(d + 2 * i));
+        acc[i] += w * f16_finite_to_f32(ld_u16(d + 2 * i));
       break;
     case FL__V1__ENCODING__ENCODING_INT8: {
       /* Dequantise exactly as decode does, so fold equals decode followed by axpy. */
@@ -302,39 +317,74 @@ void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc) {
   }
 }
 
+/* Squares summed in double over eight independent partial sums: a single running sum would be
+ * bound by the latency of the add (this runs on every received update); eight lanes vectorise,
+ * and the order changes the double result by far less than the norm check's tolerance. */
+static double sum8(const double p[8]) {
+  return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
+static double sq_f32(const uint8_t *d, size_t n) {
+  double p[8] = {0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (size_t k = 0; k < 8; k++) {
+      double v = ld_f32(d + 4 * (i + k));
+      p[k] += v * v;
+    }
+  for (; i < n; i++) {
+    double v = ld_f32(d + 4 * i);
+    p[0] += v * v;
+  }
+  return sum8(p);
+}
+
+static double sq_f16(const uint8_t *d, size_t n) {
+  double p[8] = {0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (size_t k = 0; k < 8; k++) {
+      double v = f16_finite_to_f32(ld_u16(d + 2 * (i + k)));
+      p[k] += v * v;
+    }
+  for (; i < n; i++) {
+    double v = f16_finite_to_f32(ld_u16(d + 2 * i));
+    p[0] += v * v;
+  }
+  return sum8(p);
+}
+
+/* Dequantised exactly as decode does (the float product, then widened). */
+static double sq_i8(const uint8_t *d, size_t n, float scale) {
+  double p[8] = {0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (size_t k = 0; k < 8; k++) {
+      double v = (float)(int8_t)d[i + k] * scale;
+      p[k] += v * v;
+    }
+  for (; i < n; i++) {
+    double v = (float)(int8_t)d[i] * scale;
+    p[0] += v * v;
+  }
+  return sum8(p);
+}
+
 double fl__tensor_sqnorm(const Fl__V1__Tensor *t) {
   const uint8_t *d = t->data.data;
   size_t n = (size_t)t->count;
-  double s = 0.0;
   switch (t->encoding) {
     case FL__V1__ENCODING__ENCODING_FLOAT32:
-      for (size_t i = 0; i < n; i++) {
-        double v = ld_f32(d + 4 * i);
-        s += v * v;
-      }
-      break;
+      return sq_f32(d, n);
     case FL__V1__ENCODING__ENCODING_FLOAT16:
-      for (size_t i = 0; i < n; i++) {
-        double v = fl__f16_to_f32(ld_u16(d + 2 * i));
-        s += v * v;
-      }
-      break;
+      return sq_f16(d, n);
     case FL__V1__ENCODING__ENCODING_INT8:
-      for (size_t i = 0; i < n; i++) {
-        double v = (float)(int8_t)d[i] * t->scale;
-        s += v * v;
-      }
-      break;
+      return sq_i8(d, n, t->scale);
     case FL__V1__ENCODING__ENCODING_TOPK:
-      for (size_t j = 0; j < t->data.len / 4; j++) {
-        double v = ld_f32(d + 4 * j);
-        s += v * v;
-      }
-      break;
+      return sq_f32(d, t->data.len / 4);
     default:
-      break;
+      return 0.0;
   }
-  return s;
 }
 
 /* ---- encode -------------------------------------------------------------------------------- */
