@@ -153,6 +153,7 @@ base_bytes=$(podman image inspect --format '{{.Size}}' localhost/debian:bookworm
 
 # --- 2. build -----------------------------------------------------------------------------------
 t0=$SECONDS
+old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 say "podman build -f deploy/Dockerfile -t $IMAGE"
 podman build --isolation chroot --format docker --pull=never \
   --build-arg BUILD_IMAGE=localhost/debian:bookworm \
@@ -161,6 +162,10 @@ podman build --isolation chroot --format docker --pull=never \
   -f "$ROOT/deploy/Dockerfile" -t "$IMAGE" "$ROOT" >"$CACHE/last-build.log" 2>&1 ||
   { tail -n 40 "$CACHE/last-build.log" >&2; die "podman build failed (log $CACHE/last-build.log)"; }
 t_build=$((SECONDS - t0))
+# The previous build of this tag, now untagged, is not kept (its build-stage layers are: cache).
+if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  podman rmi "$old_id" >/dev/null 2>&1 || true
+fi
 
 # --- 3. size --------------------------------------------------------------------------------------
 bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
@@ -229,6 +234,7 @@ case "$uid$gid" in *[!0-9]*) die "image USER must be numeric uid:gid, got $IMG_U
 MNT=$(podman image mount "$IMAGE")
 [ -x "$MNT/usr/local/bin/fl-coordinator" ] || die "no /usr/local/bin/fl-coordinator in the image"
 # What a container runtime mounts: /proc, /dev, /sys; the secrets; a volume at the workdir.
+# (Bind mounts on the read-only image mount: the image itself is never changed.)
 mkdir -p "$WORK/secrets" "$WORK/volume"
 bind() { mount --bind "$1" "$MNT$2"; MOUNTS+=("$MNT$2"); }
 mount -t proc proc "$MNT/proc"; MOUNTS+=("$MNT/proc")
@@ -236,11 +242,33 @@ bind /dev /dev
 bind /sys /sys
 bind "$WORK/secrets" /run/secrets
 bind "$WORK/volume" "$IMG_WORKDIR"
-ADMIN_TOKEN=$(openssl rand -hex 32)
-printf '%s\n' "$ADMIN_TOKEN" >"$WORK/secrets/fl_admin_token"
-openssl genpkey -algorithm ed25519 -out "$WORK/secrets/fl_signing_key" 2>/dev/null
-chown -R "$uid:$gid" "$WORK/secrets" "$WORK/volume"
-chmod 0400 "$WORK/secrets/"*
+chown "$uid:$gid" "$WORK/secrets" "$WORK/volume"
+chmod 0750 "$WORK/volume"
+mapfile -t IMG_ENV <"$WORK/image.env"
+# The secrets come from deploy/compose.yaml's init-secrets command, run inside the image as its
+# user on the volume (twice: the second run must keep them), then mounted where the image's
+# FL_ADMIN_TOKEN_FILE and FL_SIGNING_KEY point.
+python3 - "$ROOT/deploy/compose.yaml" >"$WORK/init-secrets.sh" <<'EOF'
+import sys, yaml
+svc = yaml.safe_load(open(sys.argv[1]))["services"]["init-secrets"]
+assert svc["entrypoint"] == ["/bin/sh", "-c"], svc["entrypoint"]
+print(svc["command"][0].replace("$$", "$"))
+EOF
+init_secrets() {
+  env -i "${IMG_ENV[@]}" chroot --userspec="$uid:$gid" "$MNT" /bin/sh -c "$(cat "$WORK/init-secrets.sh")" 9>&-
+}
+init_secrets >/dev/null || die "compose.yaml's init-secrets failed in the image"
+sums=$(cd "$WORK/volume" && sha256sum admin-token signing-key.pem db-password)
+init_secrets >/dev/null || die "compose.yaml's init-secrets failed on its second run"
+[ "$sums" = "$(cd "$WORK/volume" && sha256sum admin-token signing-key.pem db-password)" ] ||
+  die "init-secrets replaced existing secrets"
+openssl pkey -in "$WORK/volume/signing-key.pem" -noout 2>/dev/null ||
+  die "init-secrets wrote a signing key that OpenSSL cannot read"
+ADMIN_TOKEN=$(cat "$WORK/volume/admin-token")
+[ ${#ADMIN_TOKEN} -eq 64 ] || die "init-secrets wrote a bad admin token"
+install -o "$uid" -g "$gid" -m 0400 "$WORK/volume/admin-token" "$WORK/secrets/fl_admin_token"
+install -o "$uid" -g "$gid" -m 0400 "$WORK/volume/signing-key.pem" "$WORK/secrets/fl_signing_key"
+find "$WORK/volume" -mindepth 1 -delete
 chmod 0750 "$WORK/volume"
 
 createdb "$DB"
@@ -249,7 +277,6 @@ URL=http://127.0.0.1:$PORT
 # Loopback TCP: the host's Unix socket directory is not inside the image.
 DBURL="host=127.0.0.1 port=$PGPORT user=${PGUSER:-postgres} dbname=$DB"
 [ -z "${PGPASSWORD:-}" ] || DBURL="$DBURL password=$PGPASSWORD"
-mapfile -t IMG_ENV <"$WORK/image.env"
 # `env -i`: the coordinator sees only the image's environment and what is set here.
 run_in_image() {
   env -i "${IMG_ENV[@]}" HOME="$IMG_WORKDIR" "$@"
@@ -277,6 +304,10 @@ grep -q ' event=' "$WORK/coordinator.log" || die "no structured log line on stdo
 grep -q "$ADMIN_TOKEN" "$WORK/coordinator.log" && die "the admin token appears in the log"
 curl -fsS -o /dev/null -H "Authorization: Bearer $ADMIN_TOKEN" "$URL/admin/v1/models" ||
   die "the admin token from /run/secrets/fl_admin_token is not accepted"
+# It signs with the mounted key, not with one of its own.
+pub=$(openssl pkey -in "$WORK/secrets/fl_signing_key" -pubout -outform DER 2>/dev/null | tail -c 32 | od -An -tx1 | tr -d ' \n')
+grep -q "event=signing_key_loaded public_key=$pub" "$WORK/coordinator.log" ||
+  die "the coordinator does not use the signing key mounted at /run/secrets/fl_signing_key"
 [ -z "$(ls -A "$WORK/volume")" ] || say "note: the coordinator wrote to its volume: $(ls -A "$WORK/volume")"
 
 # --- 5. the image's HEALTHCHECK, run inside the image ------------------------------------------
