@@ -26,8 +26,7 @@ int fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *la
                                  size_t x_dim) {
   if (c == NULL || x == NULL)
     return FL_E_INVAL;
-  int err = fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, NULL, x, labels, n,
-                                   x_dim);
+  int err = fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, NULL, x, labels, n, x_dim);
   if (err == FL_OK)
     c->have_hold = true;
   return err;
@@ -43,8 +42,8 @@ int fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col) {
     fl__client_err(c, "cannot load %s: %s", path, fl_strerror(err));
     return err;
   }
-  err = fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, &d, d.x, d.labels, d.n,
-                               d.x_dim);
+  err =
+      fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, &d, d.x, d.labels, d.n, d.x_dim);
   if (err != FL_OK) {
     fl__dataset_free(&d);
     return err;
@@ -111,8 +110,7 @@ static int bufs_alloc(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies) {
 }
 
 /* Examples of the batch whose mean squared reconstruction error exceeds the threshold. */
-static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n,
-                           double *count) {
+static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n, double *count) {
   size_t d = fl__model_output_size(m);
   int err = fl__model_forward(m, b->x, n, b->out);
   for (size_t i = 0; err == FL_OK && i < n; i++) {

@@ -23,8 +23,8 @@ int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a);
 void fl__admin_end(fl_srv *s, admin_ctx *a);
 /* Runs a query whose single text cell is JSON and answers {key: that JSON} (or the JSON
  * itself when single; 404 when single and no row). */
-void fl__admin_json_query(fl_resp *r, PGconn *c, const char *key, const char *sql,
-                          const fl_pgp *p, bool single);
+void fl__admin_json_query(fl_resp *r, PGconn *c, const char *key, const char *sql, const fl_pgp *p,
+                          bool single);
 /* Commits the caller's transaction after its audit row (detail: the request body); answers
  * with `ok` (stolen). */
 void fl__admin_commit_audited(fl_resp *r, admin_ctx *a, const char *action, const char *target,

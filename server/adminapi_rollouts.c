@@ -13,7 +13,9 @@
 #include "auth.h"
 #include "rollouts.h"
 
-static void db_error(fl_resp *r) { fl__resp_admin_error(r, 503, "unavailable", "database error"); }
+static void db_error(fl_resp *r) {
+  fl__resp_admin_error(r, 503, "unavailable", "database error");
+}
 
 static void bad_request(fl_resp *r, const char *msg) {
   fl__resp_admin_error(r, 400, "bad_request", msg);
@@ -62,8 +64,8 @@ static int version_exists(PGconn *c, uint64_t model_id, uint64_t version) {
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_u64(&p, version);
-  PGresult *res = fl__pg_exec(c, "SELECT 1 FROM versions WHERE model_id = $1 AND version = $2",
-                              &p, false, NULL);
+  PGresult *res = fl__pg_exec(c, "SELECT 1 FROM versions WHERE model_id = $1 AND version = $2", &p,
+                              false, NULL);
   if (res == NULL)
     return -1;
   int n = PQntuples(res);
@@ -73,10 +75,10 @@ static int version_exists(PGconn *c, uint64_t model_id, uint64_t version) {
 
 /* ----- channels ------------------------------------------------------------------------------ */
 
-#define CHANNEL_JSON                                                                         \
-  "json_build_object('channel_id', c.channel_id, 'model_id', c.model_id, 'name', c.name,"    \
-  " 'version', c.version, 'previous_version', c.previous_version,"                            \
-  " 'rollout_id', (SELECT y.rollout_id FROM rollouts y WHERE y.channel_id = c.channel_id"     \
+#define CHANNEL_JSON                                                                      \
+  "json_build_object('channel_id', c.channel_id, 'model_id', c.model_id, 'name', c.name," \
+  " 'version', c.version, 'previous_version', c.previous_version,"                        \
+  " 'rollout_id', (SELECT y.rollout_id FROM rollouts y WHERE y.channel_id = c.channel_id" \
   "  AND y.state IN ('active', 'paused')), 'updated_at', c.updated_at)"
 
 static void channel_answer(fl_resp *r, admin_ctx *a, uint64_t channel_id, const char *action) {
@@ -84,9 +86,9 @@ static void channel_answer(fl_resp *r, admin_ctx *a, uint64_t channel_id, const 
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, channel_id);
-  PGresult *res = fl__pg_exec(
-      a->c, "SELECT " CHANNEL_JSON "::text FROM channels c WHERE c.channel_id = $1", &p, false,
-      NULL);
+  PGresult *res =
+      fl__pg_exec(a->c, "SELECT " CHANNEL_JSON "::text FROM channels c WHERE c.channel_id = $1", &p,
+                  false, NULL);
   json_t *j = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
   PQclear(res);
   if (j == NULL) {
@@ -151,7 +153,8 @@ void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__pgp_init(&p);
     fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
     fl__admin_json_query(r, a.c, "channels",
-                         "SELECT json_agg(" CHANNEL_JSON " ORDER BY c.model_id, c.name)::text"
+                         "SELECT json_agg(" CHANNEL_JSON
+                         " ORDER BY c.model_id, c.name)::text"
                          " FROM channels c WHERE $1 = 0 OR c.model_id = $1",
                          &p, false);
   } else {
@@ -195,15 +198,15 @@ void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r) {
 
 /* ----- rollouts ------------------------------------------------------------------------------ */
 
-#define ROLLOUT_JSON                                                                         \
-  "json_build_object('rollout_id', r.rollout_id, 'model_id', r.model_id,"                    \
-  " 'channel_id', r.channel_id, 'channel', (SELECT c.name FROM channels c"                    \
-  "  WHERE c.channel_id = r.channel_id), 'version', r.version,"                               \
-  " 'from_version', r.from_version, 'percent', r.percent, 'cohort', r.cohort,"               \
-  " 'state', r.state, 'reason', r.reason, 'gate', r.gate, 'gate_state', r.gate_state,"       \
+#define ROLLOUT_JSON                                                                           \
+  "json_build_object('rollout_id', r.rollout_id, 'model_id', r.model_id,"                      \
+  " 'channel_id', r.channel_id, 'channel', (SELECT c.name FROM channels c"                     \
+  "  WHERE c.channel_id = r.channel_id), 'version', r.version,"                                \
+  " 'from_version', r.from_version, 'percent', r.percent, 'cohort', r.cohort,"                 \
+  " 'state', r.state, 'reason', r.reason, 'gate', r.gate, 'gate_state', r.gate_state,"         \
   " 'gate_result', r.gate_result, 'gate_reports', (SELECT coalesce(json_object_agg(t.version," \
-  "  t.n), '{}') FROM (SELECT e.version, count(DISTINCT e.device_id) AS n FROM evaluations e" \
-  "  WHERE e.gate_id = r.rollout_id GROUP BY e.version) t),"                                  \
+  "  t.n), '{}') FROM (SELECT e.version, count(DISTINCT e.device_id) AS n FROM evaluations e"  \
+  "  WHERE e.gate_id = r.rollout_id GROUP BY e.version) t),"                                   \
   " 'created_at', r.created_at, 'updated_at', r.updated_at)"
 
 /* Answers the rollout as it is now in the caller's transaction, after the audit row. */
@@ -212,9 +215,9 @@ static void rollout_answer(fl_resp *r, admin_ctx *a, uint64_t id, const char *ac
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
-  PGresult *res = fl__pg_exec(
-      a->c, "SELECT " ROLLOUT_JSON "::text FROM rollouts r WHERE r.rollout_id = $1", &p, false,
-      NULL);
+  PGresult *res =
+      fl__pg_exec(a->c, "SELECT " ROLLOUT_JSON "::text FROM rollouts r WHERE r.rollout_id = $1", &p,
+                  false, NULL);
   json_t *j = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
   PQclear(res);
   if (j == NULL) {
@@ -233,16 +236,17 @@ static bool pct_ok(const json_t *v) {
  * "auto_promote"}; at least one condition. Returns the gate with defaults filled in (new
  * reference) or NULL with a message. */
 static json_t *gate_normalize(const json_t *g, const char **msg) {
-  static const char *const keys[] = {"metric",     "min",         "max",          "min_delta",
-                                     "max_delta",  "sample_pct",  "min_reports", "auto_promote",
-                                     NULL};
+  static const char *const keys[] = {"metric",      "min",          "max",
+                                     "min_delta",   "max_delta",    "sample_pct",
+                                     "min_reports", "auto_promote", NULL};
   static const char *const conds[] = {"min", "max", "min_delta", "max_delta"};
   const char *metric = json_string_value(json_object_get(g, "metric"));
   json_t *sp = json_object_get(g, "sample_pct"), *mr = json_object_get(g, "min_reports");
   json_t *ap = json_object_get(g, "auto_promote");
   int n_cond = 0;
-  *msg = "gate: metric (string), at least one of min/max/min_delta/max_delta (numbers),"
-         " sample_pct (0 < p <= 100), min_reports (>= 1), auto_promote (bool)";
+  *msg =
+      "gate: metric (string), at least one of min/max/min_delta/max_delta (numbers),"
+      " sample_pct (0 < p <= 100), min_reports (>= 1), auto_promote (bool)";
   if (!json_is_object(g) || !only_keys(g, keys) || metric == NULL || metric[0] == '\0' ||
       (sp && (!pct_ok(sp) || json_number_value(sp) <= 0)) ||
       (mr && (!json_is_integer(mr) || json_integer_value(mr) < 1)) || (ap && !json_is_boolean(ap)))
@@ -280,8 +284,8 @@ static int rollout_req_parse(const json_t *b, rollout_req *rq, const char **msg)
   memset(rq, 0, sizeof *rq);
   rq->model_id = body_u64(b, "model_id");
   rq->version = body_u64(b, "version");
-  rq->channel = json_object_get(b, "channel") ? json_string_value(json_object_get(b, "channel"))
-                                              : "stable";
+  rq->channel =
+      json_object_get(b, "channel") ? json_string_value(json_object_get(b, "channel")) : "stable";
   rq->percent = pct ? json_number_value(pct) : 0;
   *msg = "model_id, version, channel, percent (0..100), cohort (object of strings), gate";
   if (!only_keys(b, keys) || rq->model_id == 0 || rq->version == 0 || !name_ok(rq->channel) ||
@@ -355,7 +359,8 @@ void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__pgp_init(&p);
     fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
     fl__admin_json_query(r, a.c, "rollouts",
-                         "SELECT json_agg(" ROLLOUT_JSON " ORDER BY r.rollout_id)::text"
+                         "SELECT json_agg(" ROLLOUT_JSON
+                         " ORDER BY r.rollout_id)::text"
                          " FROM rollouts r WHERE $1 = 0 OR r.model_id = $1",
                          &p, false);
   } else {
@@ -435,8 +440,8 @@ static int op_raise(fl_resp *r, admin_ctx *a, uint64_t id, const rollout_row *ro
   fl__pgp_u64(&p, id);
   fl__pgp_f64(&p, json_number_value(pj));
   PGresult *res = fl__pg_exec(
-      a->c, "UPDATE rollouts SET percent = $2, updated_at = now() WHERE rollout_id = $1", &p,
-      false, NULL);
+      a->c, "UPDATE rollouts SET percent = $2, updated_at = now() WHERE rollout_id = $1", &p, false,
+      NULL);
   PQclear(res);
   return res == NULL ? -1 : 1;
 }
@@ -541,8 +546,8 @@ void fl__admin_rollout_sub(fl_srv *s, fl_req *q, fl_resp *r) {
 
 /* ----- pins ---------------------------------------------------------------------------------- */
 
-#define PIN_JSON                                                                             \
-  "json_build_object('pin_id', pin_id, 'model_id', model_id, 'device_id', device_id,"        \
+#define PIN_JSON                                                                      \
+  "json_build_object('pin_id', pin_id, 'model_id', model_id, 'device_id', device_id," \
   " 'labels', labels, 'version', version, 'created_at', created_at)"
 
 static void pin_create(fl_resp *r, admin_ctx *a) {
@@ -619,8 +624,8 @@ void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r) {
   fl__pgp_u64(&p, id);
   PGresult *res = fl__pg_cmd(a.c, "BEGIN")
                       ? NULL
-                      : fl__pg_exec(a.c, "DELETE FROM pins WHERE pin_id = $1 RETURNING pin_id",
-                                    &p, false, NULL);
+                      : fl__pg_exec(a.c, "DELETE FROM pins WHERE pin_id = $1 RETURNING pin_id", &p,
+                                    false, NULL);
   if (res == NULL) {
     db_error(r);
   } else if (PQntuples(res) == 0) {

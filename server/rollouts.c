@@ -76,9 +76,22 @@ static const char CHECKIN_SQL[] =
     " ORDER BY (c.model_id = $3::bigint) DESC, c.model_id LIMIT 1";
 
 enum {
-  COL_MODEL, COL_CHANNEL, COL_CH_VERSION, COL_CH_SHA, COL_PIN_VERSION, COL_PIN_SHA,
-  COL_ROLLOUT, COL_R_VERSION, COL_R_SHA, COL_PERCENT, COL_STATE, COL_GATE_STATE,
-  COL_SAMPLE_PCT, COL_RELATIVE, COL_REPORTED_CAND, COL_REPORTED_BASE
+  COL_MODEL,
+  COL_CHANNEL,
+  COL_CH_VERSION,
+  COL_CH_SHA,
+  COL_PIN_VERSION,
+  COL_PIN_SHA,
+  COL_ROLLOUT,
+  COL_R_VERSION,
+  COL_R_SHA,
+  COL_PERCENT,
+  COL_STATE,
+  COL_GATE_STATE,
+  COL_SAMPLE_PCT,
+  COL_RELATIVE,
+  COL_REPORTED_CAND,
+  COL_REPORTED_BASE
 };
 
 static bool col_true(const PGresult *res, int col) {
@@ -165,14 +178,14 @@ int fl__rollout_promote_tx(PGconn *c, uint64_t rollout_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, rollout_id);
-  PGresult *res = fl__pg_exec(
-      c,
-      "WITH r AS (UPDATE rollouts SET state = 'promoted', updated_at = now()"
-      " WHERE rollout_id = $1 AND state IN ('active', 'paused')"
-      " RETURNING channel_id, version)"
-      " UPDATE channels c SET previous_version = c.version, version = r.version,"
-      " updated_at = now() FROM r WHERE c.channel_id = r.channel_id",
-      &p, false, NULL);
+  PGresult *res =
+      fl__pg_exec(c,
+                  "WITH r AS (UPDATE rollouts SET state = 'promoted', updated_at = now()"
+                  " WHERE rollout_id = $1 AND state IN ('active', 'paused')"
+                  " RETURNING channel_id, version)"
+                  " UPDATE channels c SET previous_version = c.version, version = r.version,"
+                  " updated_at = now() FROM r WHERE c.channel_id = r.channel_id",
+                  &p, false, NULL);
   if (res == NULL)
     return -1;
   PQclear(res);
@@ -193,14 +206,14 @@ static int gate_means(PGconn *c, uint64_t gate_id, const char *metric, uint64_t 
   fl__pgp_u64(&p, gate_id);
   fl__pgp_u64(&p, version);
   fl__pgp_text(&p, metric);
-  PGresult *res = fl__pg_exec(
-      c,
-      "SELECT count(*), coalesce(sum(w), 0), sum(w * v) / nullif(sum(w), 0) FROM"
-      " (SELECT DISTINCT ON (device_id) sample_count::float8 AS w,"
-      "  (metrics->>$3)::float8 AS v FROM evaluations"
-      "  WHERE gate_id = $1 AND version = $2 AND sample_count > 0 AND metrics ? $3"
-      "  ORDER BY device_id, eval_id DESC) t",
-      &p, false, NULL);
+  PGresult *res =
+      fl__pg_exec(c,
+                  "SELECT count(*), coalesce(sum(w), 0), sum(w * v) / nullif(sum(w), 0) FROM"
+                  " (SELECT DISTINCT ON (device_id) sample_count::float8 AS w,"
+                  "  (metrics->>$3)::float8 AS v FROM evaluations"
+                  "  WHERE gate_id = $1 AND version = $2 AND sample_count > 0 AND metrics ? $3"
+                  "  ORDER BY device_id, eval_id DESC) t",
+                  &p, false, NULL);
   if (res == NULL)
     return -1;
   m->reports = fl__pg_i64(res, 0, 0);
@@ -258,8 +271,8 @@ static int gate_record(PGconn *c, uint64_t gate_id, bool pass, bool promote, con
   PQclear(res);
   snprintf(target, sizeof target, "rollout:%" PRIu64, gate_id);
   json_t *detail = json_pack("{s:s, s:O}", "reason", why, "result", result);
-  int err = fl__audit(c, "gate", pass ? "rollout.gate_passed" : "rollout.gate_failed", target,
-                      detail);
+  int err =
+      fl__audit(c, "gate", pass ? "rollout.gate_passed" : "rollout.gate_failed", target, detail);
   if (err == 0 && promote)
     err = fl__rollout_promote_tx(c, gate_id) ||
           fl__audit(c, "gate", "rollout.promote", target, detail);
@@ -286,16 +299,15 @@ static int gate_decide(PGconn *c, uint64_t gate_id, json_t *g, uint64_t cand_v, 
   bool pass = gate_holds(g, cand.mean, base.mean, why, sizeof why);
   json_t *result = json_pack("{s:s, s:I, s:I, s:f, s:f, s:f, s:f}", "metric", metric,
                              "candidate_reports", (json_int_t)cand.reports, "current_reports",
-                             (json_int_t)base.reports, "candidate", cand.mean, "current",
-                             base.mean, "candidate_samples", cand.weight, "current_samples",
-                             base.weight);
+                             (json_int_t)base.reports, "candidate", cand.mean, "current", base.mean,
+                             "candidate_samples", cand.weight, "current_samples", base.weight);
   if (result == NULL)
     return -1;
   int err = gate_record(c, gate_id, pass, pass && promote, why, result);
   json_decref(result);
   if (err == 0)
-    fl__slog(FL_LOG_INFO, "gate_decided", "rollout=%" PRIu64 " pass=%d why=\"%s\"", gate_id,
-             pass, why);
+    fl__slog(FL_LOG_INFO, "gate_decided", "rollout=%" PRIu64 " pass=%d why=\"%s\"", gate_id, pass,
+             why);
   return err;
 }
 
@@ -305,20 +317,18 @@ int fl__gate_on_report(PGconn *c, uint64_t gate_id) {
   fl__pgp_u64(&p, gate_id);
   if (fl__pg_cmd(c, "BEGIN"))
     return -1;
-  PGresult *res = fl__pg_exec(
-      c,
-      "SELECT r.gate::text, r.version, ch.version FROM rollouts r"
-      " JOIN channels ch ON ch.channel_id = r.channel_id"
-      " WHERE r.rollout_id = $1 AND r.gate_state = 'evaluating'"
-      " AND r.state IN ('active', 'paused') FOR UPDATE OF r",
-      &p, false, NULL);
+  PGresult *res = fl__pg_exec(c,
+                              "SELECT r.gate::text, r.version, ch.version FROM rollouts r"
+                              " JOIN channels ch ON ch.channel_id = r.channel_id"
+                              " WHERE r.rollout_id = $1 AND r.gate_state = 'evaluating'"
+                              " AND r.state IN ('active', 'paused') FOR UPDATE OF r",
+                              &p, false, NULL);
   if (res == NULL)
     goto rollback;
   int err = 0;
   if (PQntuples(res) == 1) {
     json_t *g = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    err = g == NULL ? -1
-                    : gate_decide(c, gate_id, g, fl__pg_u64(res, 0, 1), fl__pg_u64(res, 0, 2));
+    err = g == NULL ? -1 : gate_decide(c, gate_id, g, fl__pg_u64(res, 0, 1), fl__pg_u64(res, 0, 2));
     json_decref(g);
   }
   PQclear(res);

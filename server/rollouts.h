@@ -58,12 +58,12 @@ int fl__gate_exists(PGconn *c, uint64_t gate_id);
 int fl__rollout_promote_tx(PGconn *c, uint64_t rollout_id);
 
 /* Admin handlers (adminapi_rollouts.c). */
-void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r);     /* GET|POST /admin/v1/channels */
-void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r);  /* POST .../channels/{id}/... */
-void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r);     /* GET|POST /admin/v1/rollouts */
-void fl__admin_rollout_sub(fl_srv *s, fl_req *q, fl_resp *r);  /* /admin/v1/rollouts/{id}... */
-void fl__admin_pins(fl_srv *s, fl_req *q, fl_resp *r);         /* GET|POST /admin/v1/pins */
-void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r);   /* DELETE /admin/v1/pins/{id} */
-void fl__admin_fleet(fl_srv *s, fl_req *q, fl_resp *r);        /* GET /admin/v1/fleet */
+void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r);    /* GET|POST /admin/v1/channels */
+void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r); /* POST .../channels/{id}/... */
+void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r);    /* GET|POST /admin/v1/rollouts */
+void fl__admin_rollout_sub(fl_srv *s, fl_req *q, fl_resp *r); /* /admin/v1/rollouts/{id}... */
+void fl__admin_pins(fl_srv *s, fl_req *q, fl_resp *r);        /* GET|POST /admin/v1/pins */
+void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r);  /* DELETE /admin/v1/pins/{id} */
+void fl__admin_fleet(fl_srv *s, fl_req *q, fl_resp *r);       /* GET /admin/v1/fleet */
 
 #endif

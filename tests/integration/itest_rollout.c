@@ -323,8 +323,8 @@ static double fleet_share(uint64_t model_id, uint64_t version) {
   double share = 0;
   cr_assert_str_eq(jstr(ch, "channel"), "stable");
   cr_assert_eq(jint(ch, "devices"), NDEV);
-  json_array_foreach(json_object_get(ch, "running"), i, run) if (jint(run, "version") ==
-                                                                 (json_int_t)version) share =
+  json_array_foreach(json_object_get(ch, "running"), i,
+                     run) if (jint(run, "version") == (json_int_t)version) share =
       json_number_value(json_object_get(run, "fraction"));
   json_decref(j);
   return share;
@@ -358,10 +358,11 @@ static void make_model_and_versions(void) {
   json_t *m = flctl_json("models create rollout-itest --seed 1 --spec '%s'", FL_H_SMALL_SPEC);
   g_model = (uint64_t)jint(m, "model_id");
   json_decref(m);
-  json_t *p = flctl_json("plans create %llu --plan '{\"participants\":2,\"min_participants\":2,"
-                         "\"over_selection\":1.0,\"deadline_s\":600,\"rounds\":2,"
-                         "\"clip_norm\":0}'",
-                         (unsigned long long)g_model);
+  json_t *p = flctl_json(
+      "plans create %llu --plan '{\"participants\":2,\"min_participants\":2,"
+      "\"over_selection\":1.0,\"deadline_s\":600,\"rounds\":2,"
+      "\"clip_norm\":0}'",
+      (unsigned long long)g_model);
   uint64_t plan = (uint64_t)jint(p, "plan_id");
   json_decref(p);
   fl_h_device hd[2];
@@ -526,8 +527,8 @@ Test(rollout, staged_gated_promoted_stopped_and_rolled_back, .init = setup, .fin
   cr_assert(strstr(out, "rolled_back") != NULL && strstr(out, "stopped") != NULL, "%s", out);
   json_t *audit = flctl_json("audit --limit 1000");
   static const char *const actions[] = {
-      "channel.set",   "pin.create",           "rollout.create",      "rollout.raise",
-      "rollout.pause", "rollout.resume",       "rollout.gate_passed", "rollout.promote",
+      "channel.set",         "pin.create",     "rollout.create",      "rollout.raise",
+      "rollout.pause",       "rollout.resume", "rollout.gate_passed", "rollout.promote",
       "rollout.gate_failed", "pin.delete",     "rollout.rollback",    "channel.rollback"};
   for (size_t a = 0; a < sizeof actions / sizeof actions[0]; a++) {
     bool found = false;
@@ -550,8 +551,8 @@ Test(rollout, flctl_devices_tokens_pins_and_errors, .init = setup, .fini = teard
   cr_assert_eq(strlen(jstr(tok, "token")), 64);
   /* A viewer may read but not change. */
   cr_assert_eq(flctl(out, sizeof out, "--token %s models list", jstr(tok, "token")), 0);
-  cr_assert_eq(flctl(out, sizeof out, "--token %s models create x --spec '%s'",
-                     jstr(tok, "token"), FL_H_SMALL_SPEC),
+  cr_assert_eq(flctl(out, sizeof out, "--token %s models create x --spec '%s'", jstr(tok, "token"),
+                     FL_H_SMALL_SPEC),
                1);
   json_decref(tok);
   fl_h_device d;
@@ -578,10 +579,10 @@ Test(rollout, flctl_devices_tokens_pins_and_errors, .init = setup, .fini = teard
   cr_assert_eq(flctl(out, sizeof out, "pins list"), 0);
   cr_assert(strstr(out, "site=plant-3") != NULL, "%s", out);
   /* Bad gates and unknown commands are refused before anything changes. */
-  cr_assert_eq(flctl(out, sizeof out,
-                     "rollouts create %llu 1 --channel canary --gate '{\"metric\":\"accuracy\"}'",
-                     mid),
-               1);
+  cr_assert_eq(
+      flctl(out, sizeof out,
+            "rollouts create %llu 1 --channel canary --gate '{\"metric\":\"accuracy\"}'", mid),
+      1);
   cr_assert_eq(flctl(out, sizeof out, "rollouts frobnicate 1"), 2);
   cr_assert_eq(flctl(out, sizeof out, "info"), 0);
   cr_assert(strstr(out, "public_key") != NULL, "%s", out);

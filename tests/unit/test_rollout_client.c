@@ -68,7 +68,9 @@ static int g_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   return fake_poll(&((gate_fake *)ctx)->f, timeout_ms, resp);
 }
 
-static void g_end(void *ctx) { fake_end(&((gate_fake *)ctx)->f); }
+static void g_end(void *ctx) {
+  fake_end(&((gate_fake *)ctx)->f);
+}
 
 typedef struct env {
   char dir[64];
@@ -84,8 +86,8 @@ static void env_up(env *e, bool holdout) {
   fake_init(&e->g.f);
   e->g.f.give_task = false;
   e->g.report_status = 200;
-  e->tr = (fl_transport){
-      .version = 1, .ctx = &e->g, .begin = g_begin, .poll = g_poll, .end = g_end};
+  e->tr =
+      (fl_transport){.version = 1, .ctx = &e->g, .begin = g_begin, .poll = g_poll, .end = g_end};
   fl_client_opts o;
   fake_opts(&o, e->dir, &e->tr);
   cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
@@ -106,9 +108,9 @@ static void env_down(env *e) {
 static void reference(const fake_coord *f, uint64_t v, double *loss, double *acc) {
   fl__loaded_model lm = {0};
   char why[256];
-  cr_assert_eq(fl__model_verify(f->v[v].bytes, f->v[v].len, f->pub, f->v[v].sha, NULL, &lm, why,
-                                sizeof why),
-               FL_OK, "%s", why);
+  cr_assert_eq(
+      fl__model_verify(f->v[v].bytes, f->v[v].len, f->pub, f->v[v].sha, NULL, &lm, why, sizeof why),
+      FL_OK, "%s", why);
   fl_batch b = {.x = fake_x, .labels = fake_y, .n = 20};
   cr_assert_eq(fl__model_evaluate(lm.model, &b, loss, acc), FL_OK);
   fl__loaded_free(&lm);

@@ -125,17 +125,20 @@ static void model_query(const args *a, char *q, size_t n) {
 
 /* ----- models, versions, plans, rounds ------------------------------------------------------- */
 
-static const flctl_col MODEL_COLS[] = {{"model_id", "MODEL", 0},  {"name", "NAME", 30},
-                                       {"n_params", "PARAMS", 0}, {"latest_version", "LATEST", 0},
-                                       {"created_at", "CREATED", 0}, {NULL, NULL, 0}};
-static const flctl_col VERSION_COLS[] = {
-    {"version", "VERSION", 0},   {"parent_version", "PARENT", 0}, {"round_id", "ROUND", 0},
-    {"sha256", "SHA256", 16},    {"metrics", "METRICS", 90},      {"created_at", "CREATED", 0},
-    {NULL, NULL, 0}};
+static const flctl_col MODEL_COLS[] = {
+    {"model_id", "MODEL", 0},        {"name", "NAME", 30},         {"n_params", "PARAMS", 0},
+    {"latest_version", "LATEST", 0}, {"created_at", "CREATED", 0}, {NULL, NULL, 0}};
+static const flctl_col VERSION_COLS[] = {{"version", "VERSION", 0},
+                                         {"parent_version", "PARENT", 0},
+                                         {"round_id", "ROUND", 0},
+                                         {"sha256", "SHA256", 16},
+                                         {"metrics", "METRICS", 90},
+                                         {"created_at", "CREATED", 0},
+                                         {NULL, NULL, 0}};
 static const flctl_col ROUND_COLS[] = {
-    {"round_id", "ROUND", 0},   {"model_id", "MODEL", 0},   {"base_version", "BASE", 0},
-    {"state", "STATE", 0},      {"accepted", "ACCEPTED", 0}, {"target", "TARGET", 0},
-    {"result_version", "RESULT", 0}, {"reason", "REASON", 40}, {NULL, NULL, 0}};
+    {"round_id", "ROUND", 0},        {"model_id", "MODEL", 0},    {"base_version", "BASE", 0},
+    {"state", "STATE", 0},           {"accepted", "ACCEPTED", 0}, {"target", "TARGET", 0},
+    {"result_version", "RESULT", 0}, {"reason", "REASON", 40},    {NULL, NULL, 0}};
 
 static int cmd_models(const flctl *f, const args *a) {
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
@@ -194,21 +197,31 @@ static int cmd_rounds(const flctl *f, const args *a) {
 
 /* ----- channels, rollouts, pins, fleet ------------------------------------------------------- */
 
-static const flctl_col CHANNEL_COLS[] = {
-    {"channel_id", "CHANNEL", 0}, {"model_id", "MODEL", 0},       {"name", "NAME", 0},
-    {"version", "VERSION", 0},    {"previous_version", "PREVIOUS", 0},
-    {"rollout_id", "ROLLOUT", 0}, {"updated_at", "UPDATED", 0},   {NULL, NULL, 0}};
-static const flctl_col ROLLOUT_COLS[] = {
-    {"rollout_id", "ROLLOUT", 0}, {"model_id", "MODEL", 0},     {"channel", "CHANNEL", 0},
-    {"version", "VERSION", 0},    {"from_version", "FROM", 0},  {"percent", "PERCENT", 0},
-    {"cohort", "COHORT", 30},     {"state", "STATE", 0},        {"gate_state", "GATE", 0},
-    {"reason", "REASON", 60},     {NULL, NULL, 0}};
-static const flctl_col PIN_COLS[] = {{"pin_id", "PIN", 0},        {"model_id", "MODEL", 0},
-                                     {"device_id", "DEVICE", 0},  {"labels", "LABELS", 40},
-                                     {"version", "VERSION", 0},   {"created_at", "CREATED", 0},
-                                     {NULL, NULL, 0}};
-static const flctl_col FLEET_COLS[] = {{"channel", "CHANNEL", 0},   {"version", "RUNNING", 0},
-                                       {"devices", "DEVICES", 0},   {"percent", "SHARE", 0},
+static const flctl_col CHANNEL_COLS[] = {{"channel_id", "CHANNEL", 0},
+                                         {"model_id", "MODEL", 0},
+                                         {"name", "NAME", 0},
+                                         {"version", "VERSION", 0},
+                                         {"previous_version", "PREVIOUS", 0},
+                                         {"rollout_id", "ROLLOUT", 0},
+                                         {"updated_at", "UPDATED", 0},
+                                         {NULL, NULL, 0}};
+static const flctl_col ROLLOUT_COLS[] = {{"rollout_id", "ROLLOUT", 0},
+                                         {"model_id", "MODEL", 0},
+                                         {"channel", "CHANNEL", 0},
+                                         {"version", "VERSION", 0},
+                                         {"from_version", "FROM", 0},
+                                         {"percent", "PERCENT", 0},
+                                         {"cohort", "COHORT", 30},
+                                         {"state", "STATE", 0},
+                                         {"gate_state", "GATE", 0},
+                                         {"reason", "REASON", 60},
+                                         {NULL, NULL, 0}};
+static const flctl_col PIN_COLS[] = {
+    {"pin_id", "PIN", 0},     {"model_id", "MODEL", 0},  {"device_id", "DEVICE", 0},
+    {"labels", "LABELS", 40}, {"version", "VERSION", 0}, {"created_at", "CREATED", 0},
+    {NULL, NULL, 0}};
+static const flctl_col FLEET_COLS[] = {{"channel", "CHANNEL", 0},         {"version", "RUNNING", 0},
+                                       {"devices", "DEVICES", 0},         {"percent", "SHARE", 0},
                                        {"current", "CHANNEL_VERSION", 0}, {NULL, NULL, 0}};
 
 static int cmd_channels(const flctl *f, const args *a) {
@@ -221,19 +234,20 @@ static int cmd_channels(const flctl *f, const args *a) {
   }
   if (strcmp(sub, "set") == 0 && a->npos == 4 && id_arg(a->pos[1]) && id_arg(a->pos[3]))
     return show_call(f, "POST", "/admin/v1/channels",
-                     json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)id_arg(a->pos[1]),
-                               "name", a->pos[2], "version", (json_int_t)id_arg(a->pos[3])));
+                     json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)id_arg(a->pos[1]), "name",
+                               a->pos[2], "version", (json_int_t)id_arg(a->pos[3])));
   if (strcmp(sub, "rollback") == 0 && a->npos == 2 && id_arg(a->pos[1])) {
     snprintf(path, sizeof path, "/admin/v1/channels/%llu/rollback", id_arg(a->pos[1]));
     return show_call(f, "POST", path, NULL);
   }
-  return usage_error("channels list [--model ID] | channels set MODEL_ID NAME VERSION |"
-                     " channels rollback CHANNEL_ID");
+  return usage_error(
+      "channels list [--model ID] | channels set MODEL_ID NAME VERSION |"
+      " channels rollback CHANNEL_ID");
 }
 
 static int rollout_create(const flctl *f, const args *a) {
-  json_t *body = json_pack("{s:I, s:I, s:s}", "model_id", (json_int_t)id_arg(a->pos[1]),
-                           "version", (json_int_t)id_arg(a->pos[2]), "channel",
+  json_t *body = json_pack("{s:I, s:I, s:s}", "model_id", (json_int_t)id_arg(a->pos[1]), "version",
+                           (json_int_t)id_arg(a->pos[2]), "channel",
                            flag(a, "channel") ? flag(a, "channel") : "stable");
   if (flag(a, "percent"))
     json_object_set_new(body, "percent", json_real(atof(flag(a, "percent"))));
@@ -281,9 +295,10 @@ static int cmd_rollouts(const flctl *f, const args *a) {
       snprintf(path, sizeof path, "/admin/v1/rollouts/%llu/%s", id, ops[i]);
       return show_call(f, "POST", path, NULL);
     }
-  return usage_error("rollouts list [--model ID] | get ID | create MODEL_ID VERSION"
-                     " [--channel NAME] [--percent P] [--cohort k=v,...] [--gate JSON|@FILE] |"
-                     " raise ID PERCENT | pause ID | resume ID | promote ID | rollback ID");
+  return usage_error(
+      "rollouts list [--model ID] | get ID | create MODEL_ID VERSION"
+      " [--channel NAME] [--percent P] [--cohort k=v,...] [--gate JSON|@FILE] |"
+      " raise ID PERCENT | pause ID | resume ID | promote ID | rollback ID");
 }
 
 static int cmd_pins(const flctl *f, const args *a) {
@@ -298,8 +313,9 @@ static int cmd_pins(const flctl *f, const args *a) {
   const char *dev = flag(a, "device"), *labels = flag(a, "labels");
   if (strcmp(sub, "add") != 0 || a->npos != 3 || !id_arg(a->pos[1]) || !id_arg(a->pos[2]) ||
       (dev == NULL) == (labels == NULL))
-    return usage_error("pins list | pins add MODEL_ID VERSION (--device ID | --labels k=v,...)"
-                       " | pins remove PIN_ID");
+    return usage_error(
+        "pins list | pins add MODEL_ID VERSION (--device ID | --labels k=v,...)"
+        " | pins remove PIN_ID");
   json_t *body = json_pack("{s:I, s:I}", "model_id", (json_int_t)id_arg(a->pos[1]), "version",
                            (json_int_t)id_arg(a->pos[2]));
   json_t *sel = dev ? json_integer((json_int_t)id_arg(dev)) : labels_arg(labels);
@@ -349,11 +365,13 @@ static int cmd_fleet(const flctl *f, const args *a) {
 
 /* ----- devices, tokens, audit, info ---------------------------------------------------------- */
 
-static const flctl_col DEVICE_COLS[] = {
-    {"device_id", "DEVICE", 0},         {"state", "STATE", 0},
-    {"labels", "LABELS", 40},           {"running_model_id", "MODEL", 0},
-    {"running_version", "VERSION", 0},  {"last_seen_at", "LAST_SEEN", 0},
-    {NULL, NULL, 0}};
+static const flctl_col DEVICE_COLS[] = {{"device_id", "DEVICE", 0},
+                                        {"state", "STATE", 0},
+                                        {"labels", "LABELS", 40},
+                                        {"running_model_id", "MODEL", 0},
+                                        {"running_version", "VERSION", 0},
+                                        {"last_seen_at", "LAST_SEEN", 0},
+                                        {NULL, NULL, 0}};
 static const flctl_col AUDIT_COLS[] = {{"entry_id", "ENTRY", 0}, {"at", "AT", 0},
                                        {"actor", "ACTOR", 30},   {"action", "ACTION", 0},
                                        {"target", "TARGET", 0},  {"detail", "DETAIL", 70},
@@ -373,9 +391,9 @@ static int cmd_devices(const flctl *f, const args *a) {
 static int cmd_tokens(const flctl *f, const args *a) {
   if (a->npos != 2 || strcmp(a->pos[0], "create") != 0)
     return usage_error("tokens create admin|operator|viewer [--name NAME]");
-  return show_call(f, "POST", "/admin/v1/tokens",
-                   json_pack("{s:s, s:s}", "role", a->pos[1], "name",
-                             flag(a, "name") ? flag(a, "name") : ""));
+  return show_call(
+      f, "POST", "/admin/v1/tokens",
+      json_pack("{s:s, s:s}", "role", a->pos[1], "name", flag(a, "name") ? flag(a, "name") : ""));
 }
 
 static int cmd_enrollment_tokens(const flctl *f, const args *a) {
@@ -434,12 +452,20 @@ typedef struct command {
   int (*fn)(const flctl *f, const args *a);
 } command;
 
-static const command COMMANDS[] = {
-    {"models", cmd_models},     {"versions", cmd_versions}, {"plans", cmd_plans},
-    {"rounds", cmd_rounds},     {"channels", cmd_channels}, {"rollouts", cmd_rollouts},
-    {"pins", cmd_pins},         {"fleet", cmd_fleet},       {"devices", cmd_devices},
-    {"tokens", cmd_tokens},     {"enrollment-tokens", cmd_enrollment_tokens},
-    {"audit", cmd_audit},       {"info", cmd_info},         {NULL, NULL}};
+static const command COMMANDS[] = {{"models", cmd_models},
+                                   {"versions", cmd_versions},
+                                   {"plans", cmd_plans},
+                                   {"rounds", cmd_rounds},
+                                   {"channels", cmd_channels},
+                                   {"rollouts", cmd_rollouts},
+                                   {"pins", cmd_pins},
+                                   {"fleet", cmd_fleet},
+                                   {"devices", cmd_devices},
+                                   {"tokens", cmd_tokens},
+                                   {"enrollment-tokens", cmd_enrollment_tokens},
+                                   {"audit", cmd_audit},
+                                   {"info", cmd_info},
+                                   {NULL, NULL}};
 
 int flctl_run(const flctl *f, int argc, char **argv) {
   args a;
