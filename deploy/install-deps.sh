@@ -12,6 +12,7 @@ PACKAGES=(
   python3 python3-numpy gnuplot-nox
   # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks
   podman debootstrap nginx curl python3-yaml
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev  # deploy/helm/render (helm is not in Debian)
 )
 
 missing=()
