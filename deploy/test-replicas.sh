@@ -25,12 +25,16 @@ COORD=${FL_COORDINATOR_BIN:-}
 FL_SIM=${FL_SIM:-}
 DEVICES=${FL_REPLICAS_DEVICES:-60}
 ROUNDS=${FL_REPLICAS_ROUNDS:-5}
+# Data and model of the fleet (fl-sim options); e.g. "--dataset fmnist --model 2nn" to measure
+# the database growth per version of a 199,210-parameter model.
+SIM_ARGS=${FL_REPLICAS_SIM_ARGS:---dataset synthetic --model logreg}
 while [ $# -gt 0 ]; do
   case "$1" in
     --coordinator) COORD=$2; shift 2 ;;
     --fl-sim) FL_SIM=$2; shift 2 ;;
     --devices) DEVICES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --sim-args) SIM_ARGS=$2; shift 2 ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "test-replicas: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -150,7 +154,7 @@ say "nginx on :$PORT_LB"
 t0=$SECONDS
 say "fl-sim: $DEVICES devices, $ROUNDS rounds through the load balancer"
 (cd "$WORK" && "$FL_SIM" --url "$LB" --admin-token "$ADMIN_TOKEN" --devices "$DEVICES" \
-   --rounds "$ROUNDS" --dataset synthetic --model logreg --deadline 60 --threads 2 \
+   --rounds "$ROUNDS" $SIM_ARGS --deadline 60 --threads 2 \
    --out "$WORK/sim-out") >"$WORK/sim.log" 2>&1 ||
   { cat "$WORK/sim.log" >&2; die "fl-sim failed through the load balancer"; }
 say "fleet done in $((SECONDS - t0))s"
@@ -168,4 +172,13 @@ for p in "$PORT_A" "$PORT_B"; do
   say "nginx passed $n uploads to :$p"
   [ "$n" -gt 0 ] || die "nginx passed no upload to :$p"
 done
+# Database growth, for sizing (docs/DEPLOY.md): bytes per table, model versions, partials.
+psql -X -d "$DB" -At -F ' ' -c "
+  SELECT 'db_bytes', pg_database_size(current_database())
+  UNION ALL SELECT 'table_bytes ' || c.relname, pg_total_relation_size(c.oid) FROM pg_class c
+    WHERE c.relname IN ('versions', 'partials', 'acceptances', 'rounds', 'devices', 'nonces')
+  UNION ALL SELECT 'versions', count(*) FROM versions
+  UNION ALL SELECT 'version_weight_bytes', coalesce(max(octet_length(weights)), 0) FROM versions
+  UNION ALL SELECT 'partials', count(*) FROM partials
+  UNION ALL SELECT 'acceptances', count(*) FROM acceptances" | sed 's/^/[test-replicas] db: /'
 echo "test-replicas: PASSED"
