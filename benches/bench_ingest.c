@@ -759,6 +759,50 @@ static void wait_round_closed(bench *b, uint64_t round_id) {
   die("round did not close");
 }
 
+/* With FL_BENCH_PGSS=1 and pg_stat_statements preloaded (pg_virtualenv -o
+ * shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on), the
+ * statements of the whole run by total time, per accepted update: PostgreSQL's side of the
+ * profile. */
+static void pgss_reset(const bench *b) {
+  char conninfo[96];
+  if (getenv("FL_BENCH_PGSS") == NULL)
+    return;
+  snprintf(conninfo, sizeof conninfo, "dbname=%s", b->db);
+  PGconn *c = PQconnectdb(conninfo);
+  PQclear(PQexec(c, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"));
+  PQclear(PQexec(c, "SELECT pg_stat_statements_reset()"));
+  PQfinish(c);
+}
+
+static void pgss_report(const bench *b, int accepted) {
+  char conninfo[96], sql[640];
+  if (getenv("FL_BENCH_PGSS") == NULL || accepted == 0)
+    return;
+  snprintf(conninfo, sizeof conninfo, "dbname=%s", b->db);
+  PGconn *c = PQconnectdb(conninfo);
+  snprintf(sql, sizeof sql,
+           "SELECT calls, round((total_plan_time + total_exec_time)::numeric * 1000 / %d, 1),"
+           " round(((total_plan_time + total_exec_time) / calls)::numeric * 1000, 1),"
+           " regexp_replace(left(query, 90), '\\s+', ' ', 'g')"
+           " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+           " WHERE datname = current_database())"
+           " ORDER BY total_plan_time + total_exec_time DESC LIMIT 12",
+           accepted);
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+    printf("\n## PostgreSQL statements (pg_stat_statements: plan + execution time, whole run"
+           " incl. check-ins)\n| calls | us per accepted update | us per call | statement |\n"
+           "|---|---|---|---|\n");
+    for (int i = 0; i < PQntuples(r); i++)
+      printf("| %s | %s | %s | `%s` |\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+             PQgetvalue(r, i, 2), PQgetvalue(r, i, 3));
+  } else {
+    fprintf(stderr, "bench_ingest: pg_stat_statements: %s", PQerrorMessage(c));
+  }
+  PQclear(r);
+  PQfinish(c);
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -824,6 +868,7 @@ int main(int argc, char **argv) {
   enroll_all(&b, ds);
   fprintf(stderr, "bench_ingest: %d devices enrolled in %.1f s\n", b.o.devices, now_s() - t0);
   deltas_new(&dl, b.o.params, b.o.encoding);
+  pgss_reset(&b);
 
   int n = b.o.devices, total = b.o.rounds * n, accepted = 0, refused = 0;
   double *lat = malloc((size_t)total * sizeof *lat), wall = 0, cpu_c = 0, cpu_pg = 0, cpu_g = 0;
@@ -883,6 +928,7 @@ int main(int argc, char **argv) {
   printf("| CPU per update: coordinator / PostgreSQL / load generator | %.0f / %.0f / %.0f us"
          " | | |\n",
          cpu_c / accepted * 1e6, cpu_pg / accepted * 1e6, cpu_g / accepted * 1e6);
+  pgss_report(&b, accepted);
   fflush(stdout);
 
   coord_stop(&b);

@@ -7,6 +7,7 @@
  * their group commit), commit whatever is still pending, stop the threads, close.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +114,12 @@ int main(int argc, char **argv) {
    * threads would only spin in sched_yield between calls (half of the coordinator's CPU at
    * 500 uploads/s, benches/RESULTS.md "Ingest"). */
   fl__tensor_set_threads(1);
+  /* Every upload allocates a body and its decoded copies of hundreds of KB. With glibc's
+   * defaults these come from fresh mmaps or trimmed heap and page-fault in again on every
+   * request (about 14% of the coordinator's CPU per 100k-parameter upload, benches/RESULTS.md
+   * "Ingest"); keep freed memory for the next request instead. */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   /* Block the stop signals before any thread starts so that every thread inherits the mask
    * and only sigwait() below sees them. */
   sigemptyset(&set);
