@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <malloc.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -782,7 +783,7 @@ static void pgss_report(const bench *b, int accepted) {
   PGconn *c = PQconnectdb(conninfo);
   snprintf(sql, sizeof sql,
            "SELECT calls, round((total_plan_time + total_exec_time)::numeric * 1000 / %d, 1),"
-           " round(((total_plan_time + total_exec_time) / calls)::numeric * 1000, 1),"
+           " round(((total_plan_time + total_exec_time) / NULLIF(calls, 0))::numeric * 1000, 1),"
            " regexp_replace(left(query, 90), '\\s+', ' ', 'g')"
            " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
            " WHERE datname = current_database())"
@@ -848,7 +849,10 @@ int main(int argc, char **argv) {
       b.o.params < 200 || b.o.params % 100 != 0)
     usage();
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  fl__tensor_set_threads(1); /* as the coordinator does, for path_costs' fold */
+  /* As the coordinator does (server/main.c), so that path_costs measures its settings. */
+  fl__tensor_set_threads(1);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   snprintf(b.db, sizeof b.db, "fl_bench_ingest_%d_%lld", (int)getpid(), (long long)wall_ms());
   snprintf(b.dir, sizeof b.dir, "/tmp/bench_ingest_XXXXXX");
   if (mkdtemp(b.dir) == NULL)

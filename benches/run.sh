@@ -10,6 +10,10 @@
 #              (pg_virtualenv -t): 100k-parameter float32 and int8 updates
 #   client     bench_client: libflclient size, peak RSS of a round, bytes per update, epoch time
 #   scaling    aggregation time over N and P; ingest throughput over devices and parameters
+#   profile    where ingest time goes: the coordinator's CPU per update by step, a perf profile
+#              of the coordinator and PostgreSQL during the timed part, pg_stat_statements
+#   compare    before/after the optimisations: the coordinator and bench_aggregate built at
+#              $BASE_REV (default 939019e, the first measurement) against this tree, alternated
 #   fleet      fl-sim, 1000 devices x 3 rounds (the Fleet section; about 2 minutes)
 # Each bench takes well under a few minutes; all of them together about 5 (fleet: +2).
 # Set OPENBLAS_* as for the rest of the project: bench_aggregate unsets OPENBLAS_CORETYPE and
@@ -18,7 +22,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
-K=${K:-32}                 # concurrent connections of the ingest load generator
+K=${K:-16}                 # concurrent connections of the ingest load generator
 DEVICES=${DEVICES:-2000}   # devices (= updates per round) for ingest
 ROUNDS=${ROUNDS:-2}
 
@@ -78,6 +82,41 @@ if has scaling; then
   for p in 25000 50000 200000 400000; do
     ingest -d 1000 -k "$K" -r 1 -e float32 -p "$p" | grep -E '^## |accepted updates/s|latency'
   done
+fi
+
+if has profile; then
+  PERF=$(mktemp /tmp/fl-bench-perf-XXXXXX)
+  echo; echo "\$ FL_BENCH_PERF=$PERF FL_BENCH_PGSS=1 pg_virtualenv -t -o shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on $B/bench_ingest -d $DEVICES -k $K -r $ROUNDS"
+  FL_BENCH_PERF=$PERF FL_BENCH_PGSS=1 pg_virtualenv -t -o shared_preload_libraries=pg_stat_statements \
+    -o pg_stat_statements.track_planning=on "$B/bench_ingest" -d "$DEVICES" -k "$K" -r "$ROUNDS" \
+    2> >(grep '^bench_ingest' >&2) | grep -v '^20..-'
+  echo; echo "\$ perf report --sort pid,dso -g none (first timed round), summed by process kind and library"
+  perf report -i "$PERF" --no-children --sort pid,dso --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' |
+    awk '{k = ($2 ~ /postgres/ ? "PostgreSQL" : "coordinator"); a[k "  " $3] += $1}
+         END {for (x in a) printf "%6.2f%%  %s\n", a[x], x}' | sort -rn | head -14
+  echo; echo "\$ perf report --sort dso,sym -g none | head -25"
+  perf report -i "$PERF" --no-children --sort dso,sym --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -25
+  rm -f "$PERF"
+fi
+
+if has compare; then
+  BASE_REV=${BASE_REV:-939019e}
+  SRC=$(mktemp -d /tmp/fl-bench-base-XXXXXX)
+  git -C "$ROOT" archive "$BASE_REV" | tar -x -C "$SRC"
+  cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$SRC/build" -j"$(nproc)" --target fl-coordinator bench_aggregate >/dev/null
+  echo; echo "## compare: decode cost per encoding at $BASE_REV, then now"
+  "$SRC/build/benches/bench_aggregate" --decode-only -r 5 | grep '^|'
+  "$B/bench_aggregate" --decode-only -r 5 | grep '^|'
+  for i in 1 2; do
+    for c in "$SRC/build/server/fl-coordinator" "$BUILD/server/fl-coordinator"; do
+      ingest -d "$DEVICES" -k "$K" -r "$ROUNDS" --coordinator "$c" |
+        grep -E '^## ingest|accepted updates/s|latency|CPU'
+    done
+  done
+  rm -rf "$SRC"
 fi
 
 if has fleet; then
