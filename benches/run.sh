@@ -42,7 +42,9 @@ echo "# $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | se
 echo "# OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-}"
 
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+TARGETS=(fl-coordinator flclient bench_aggregate bench_ingest bench_client)
+has fleet && TARGETS+=(fl-sim)
+cmake --build "$BUILD" -j"$(nproc)" --target "${TARGETS[@]}" >/dev/null
 B=$BUILD/benches
 
 if has aggregate; then
