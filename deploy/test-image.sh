@@ -146,7 +146,8 @@ for tag in localhost/debian:bookworm localhost/debian:bookworm-slim; do
   if [ "$have" != "$KEY" ]; then
     say "podman import $tag"
     podman import --change "LABEL org.fleetlearn.rootfs=$KEY" --change 'CMD ["/bin/bash"]' \
-      "$TARBALL" "$tag" >/dev/null
+      "$TARBALL" "$tag" >"$CACHE/last-import.log" 2>&1 ||
+      { cat "$CACHE/last-import.log" >&2; die "podman import failed"; }
   fi
 done
 base_bytes=$(podman image inspect --format '{{.Size}}' localhost/debian:bookworm-slim)
