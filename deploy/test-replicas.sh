@@ -28,6 +28,9 @@ ROUNDS=${FL_REPLICAS_ROUNDS:-5}
 # Data and model of the fleet (fl-sim options); e.g. "--dataset fmnist --model 2nn" to measure
 # the database growth per version of a 199,210-parameter model.
 SIM_ARGS=${FL_REPLICAS_SIM_ARGS:---dataset synthetic --model logreg}
+# With N > 0: replica B is killed (SIGKILL, a crash) once N rounds have closed; the fleet must
+# finish through the survivor, every round still closed once, no acknowledged update lost.
+KILL_AFTER=${FL_REPLICAS_KILL_AFTER_ROUND:-0}
 while [ $# -gt 0 ]; do
   case "$1" in
     --coordinator) COORD=$2; shift 2 ;;
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
     --devices) DEVICES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --sim-args) SIM_ARGS=$2; shift 2 ;;
+    --kill-after-round) KILL_AFTER=$2; shift 2 ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "test-replicas: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -153,17 +157,38 @@ say "nginx on :$PORT_LB"
 # --- 4. the fleet, through nginx -----------------------------------------------------------------
 t0=$SECONDS
 say "fl-sim: $DEVICES devices, $ROUNDS rounds through the load balancer"
-(cd "$WORK" && "$FL_SIM" --url "$LB" --admin-token "$ADMIN_TOKEN" --devices "$DEVICES" \
+(cd "$WORK" && exec "$FL_SIM" --url "$LB" --admin-token "$ADMIN_TOKEN" --devices "$DEVICES" \
    --rounds "$ROUNDS" $SIM_ARGS --deadline 60 --threads 2 \
-   --out "$WORK/sim-out") >"$WORK/sim.log" 2>&1 ||
-  { cat "$WORK/sim.log" >&2; die "fl-sim failed through the load balancer"; }
+   --out "$WORK/sim-out") >"$WORK/sim.log" 2>&1 &
+SIM_PID=$!
+if [ "$KILL_AFTER" -gt 0 ]; then
+  closed_rounds() {
+    curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT_A/admin/v1/rounds" 2>/dev/null |
+      python3 -c 'import json,sys; print(sum(r["state"] == "closed" for r in json.load(sys.stdin).get("rounds") or []))' 2>/dev/null ||
+      echo 0
+  }
+  while [ "$(closed_rounds)" -lt "$KILL_AFTER" ]; do
+    kill -0 "$SIM_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "${PIDS[1]}"
+  say "replica-b killed (SIGKILL) after $(closed_rounds) closed rounds"
+fi
+wait "$SIM_PID" || { cat "$WORK/sim.log" >&2; die "fl-sim failed through the load balancer"; }
 say "fleet done in $((SECONDS - t0))s"
 
 # --- 5. checks ---------------------------------------------------------------------------------
+if [ "$KILL_AFTER" -gt 0 ]; then
+  # The dead replica's counters are gone; uploads it committed but could not acknowledge count
+  # in the rounds without being acknowledged to the fleet (accepted >= acknowledged).
+  check_args=(--crashed-replica)
+else
+  check_args=(--metrics "http://127.0.0.1:$PORT_A" --metrics "http://127.0.0.1:$PORT_B" --all-replicas-serve)
+fi
 python3 "$ROOT/tests/integration/deploy_check_rounds.py" --url "$LB" --token "$ADMIN_TOKEN" \
-  --rounds "$ROUNDS" --sim-log "$WORK/sim.log" \
-  --metrics "http://127.0.0.1:$PORT_A" --metrics "http://127.0.0.1:$PORT_B" --all-replicas-serve ||
+  --rounds "$ROUNDS" --sim-log "$WORK/sim.log" "${check_args[@]}" ||
   { tail -n 30 "$WORK/sim.log" >&2; die "round check failed"; }
+[ "$KILL_AFTER" -eq 0 ] || say "requests nginx passed on to the survivor after a failure: $(grep -c 'upstream=[^ ]*, ' "$WORK/nginx.access" || true)"
 finished=$(cat "$WORK"/replica-*.log | grep 'event=round_finished' | grep -c 'outcome=closed' || true)
 say "round_finished (closed) log lines across both replicas: $finished"
 [ "$finished" -eq "$ROUNDS" ] || die "$finished round closes logged, expected $ROUNDS"
