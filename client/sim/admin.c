@@ -321,3 +321,16 @@ int sim_admin_public_key(sim_admin *a, uint8_t pub[FL_PUBKEY_LEN]) {
   json_decref(ans);
   return rc;
 }
+
+int sim_admin_get_text(sim_admin *a, const char *path, const char **body) {
+  long status = 0;
+  int rc = perform(a, "GET", path, NULL, &status);
+  if (rc != FL_OK)
+    return rc;
+  if (status != 200) {
+    snprintf(a->err, sizeof(a->err), "GET %s: HTTP %ld", path, status);
+    return FL_E_REFUSED;
+  }
+  *body = a->buf ? a->buf : "";
+  return FL_OK;
+}

@@ -24,6 +24,10 @@ const char *sim_admin_errmsg(const sim_admin *a);
 int sim_admin_call(sim_admin *a, const char *method, const char *path, json_t *body,
                    json_t **out);
 
+/* A GET whose answer is not JSON (/metrics): *body is borrowed until the next call.
+ * FL_E_TRANSPORT, FL_E_REFUSED (any status but 200). */
+int sim_admin_get_text(sim_admin *a, const char *path, const char **body);
+
 /* GET /healthz-like probe: FL_OK when `path` answers 200. */
 int sim_admin_probe(sim_admin *a, const char *path);
 

@@ -87,7 +87,10 @@ int sim_coord_start(sim_coord *c, const char *bin, const char *database_url,
   for (size_t i = 0; extra_args && extra_args[i] && n < 63; i++)
     argv[n++] = extra_args[i];
   argv[n] = NULL;
-  char *env[] = {env_token, NULL};
+  /* The coordinator's BLAS work (folding updates) runs on its request threads already; OpenBLAS
+   * threads of its own would spin in sched_yield between calls, taking a quarter of a core
+   * from the fleet's workers and PostgreSQL on a small machine (measured with perf). */
+  char *env[] = {env_token, "OPENBLAS_NUM_THREADS=1", NULL};
   int rc = sim_spawn(&c->pid, argv, env, c->log_path, NULL);
   if (rc != FL_OK)
     return rc;

@@ -33,6 +33,7 @@ typedef struct services {
   sim_pg pg;
   sim_coord coord;
   const char *url, *token;
+  char *coord_args; /* split copy of --coordinator-args, pointed into by the coordinator argv */
 } services;
 
 static int start_services(services *s, const sim_options *o, const char *work_dir) {
@@ -55,7 +56,14 @@ static int start_services(services *s, const sim_options *o, const char *work_di
     db = s->pg.conninfo;
   }
   printf("starting fl-coordinator...\n");
-  char *extra[] = {"--checkin-interval=500", "--tick=50", "--max-connections=512", NULL};
+  char *extra[32] = {"--checkin-interval=500", "--tick=50", "--max-connections=512"};
+  size_t n = 3;
+  char *save = NULL;
+  s->coord_args = o->coordinator_args ? strdup(o->coordinator_args) : NULL;
+  for (char *t = s->coord_args ? strtok_r(s->coord_args, " \t", &save) : NULL; t && n < 31;
+       t = strtok_r(NULL, " \t", &save))
+    extra[n++] = t;
+  extra[n] = NULL;
   int rc = sim_coord_start(&s->coord, o->coordinator_bin, db, work_dir, extra);
   if (rc != FL_OK)
     return rc;
@@ -68,6 +76,7 @@ static int start_services(services *s, const sim_options *o, const char *work_di
 static void stop_services(services *s) {
   sim_coord_stop(&s->coord);
   sim_pg_stop(&s->pg);
+  free(s->coord_args);
 }
 
 static int make_work_dir(const sim_options *o, char *out, size_t cap) {

@@ -59,6 +59,8 @@ static const opt_def OPTS[] = {
     {"admin-token", T_STR, O(admin_token), "admin token for --url (or FL_ADMIN_TOKEN)"},
     {"database-url", T_STR, O(database_url), "PostgreSQL for the started coordinator"},
     {"coordinator-bin", T_STR, O(coordinator_bin), "fl-coordinator to start"},
+    {"coordinator-args", T_STR, O(coordinator_args),
+     "more flags for the started coordinator, blank-separated (they win over fl-sim's)"},
     {"pg-bin", T_STR, O(pg_bin), "directory of initdb and pg_ctl"},
     {"work-dir", T_STR, O(work_dir), "device states and logs (a new temporary directory)"},
     {"keep-work-dir", T_FLAG, O(keep_work_dir), "do not delete the work directory"},

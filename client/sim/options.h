@@ -33,6 +33,7 @@ typedef struct sim_options {
   const char *bad_kinds;   /* comma list of poison,unclipped,badsig,replay */
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
+  const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */
   int keep_work_dir;
   /* output */
   const char *out_dir;

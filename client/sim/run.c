@@ -14,6 +14,7 @@
 #include "fl/client.h"
 #include "fl/err.h"
 #include "fleet.h"
+#include "metrics.h"
 #include "report.h"
 #include "sim.h"
 
@@ -50,7 +51,16 @@ typedef struct run_ctx {
   sim_round_row *rows;
   int n_rows;
   double eval_s;
+  int have_stats;           /* the coordinator's /metrics could be read */
+  sim_coord_stats stats;    /* as of the start of the current round */
 } run_ctx;
+
+/* Reads the coordinator's counters; 0 when it cannot (the breakdown is then left out). */
+static int coord_stats(run_ctx *x, sim_coord_stats *out) {
+  const char *text;
+  return sim_admin_get_text(x->admin, "/metrics", &text) == FL_OK &&
+         sim_coord_stats_parse(out, text) == FL_OK;
+}
 
 /* Downloads version v and scores it on the held-out data. */
 static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
@@ -96,12 +106,21 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
 static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, double t_start,
                       sim_round_state *st) {
   double limit = x->o->deadline_s + 120.0;
+  int lost = 0;
   for (;;) {
     int rc = sim_admin_round(x->admin, round_id, st);
+    /* A poll lost in a busy machine's network stack must not end an hour-long run: only
+     * several in a row do, or a refusal. */
+    if (rc == FL_E_TRANSPORT && ++lost < 5) {
+      fprintf(stderr, "fl-sim: %s (retrying)\n", sim_admin_errmsg(x->admin));
+      sleep_ms(1000);
+      continue;
+    }
     if (rc != FL_OK) {
       fprintf(stderr, "fl-sim: %s\n", sim_admin_errmsg(x->admin));
       return rc;
     }
+    lost = 0;
     /* Closed with a new version, or abandoned/stopped without one: either way it is over. */
     if (st->result_version != 0 || (st->state[0] != '\0' && strcmp(st->state, "open") != 0))
       return FL_OK;
@@ -147,6 +166,7 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   sim_fleet_counts_get(x->fleet, &before);
   int rc = FL_OK;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
+    x->have_stats = coord_stats(x, &x->stats);
     double t0 = mono_s(), w0 = wall_s();
     sim_fleet_next_round(x->fleet);
     sim_round_state st;
@@ -154,6 +174,11 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     if (rc != FL_OK)
       break;
     double t1 = mono_s(), w1 = wall_s();
+    sim_coord_stats after, d;
+    if (x->have_stats && coord_stats(x, &after)) {
+      sim_coord_stats_sub(&d, &after, &x->stats);
+      sim_coord_stats_print(stdout, "  coordinator: ", &d);
+    }
     sim_fleet_counts now;
     sim_fleet_counts_get(x->fleet, &now);
     sim_round_row *row = &x->rows[x->n_rows++];
