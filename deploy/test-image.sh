@@ -12,7 +12,8 @@
 #      working directory, PostgreSQL on the host's loopback (PG* variables, e.g. pg_virtualenv);
 #   5. the image's HEALTHCHECK command runs inside the image and must pass;
 #   6. fl-sim (from the host build) runs a short fleet against it: every round must close with
-#      every acknowledged update (tests/integration/deploy_check_rounds.py).
+#      every acknowledged update (tests/integration/deploy_check_rounds.py); SIGTERM stops it;
+#   7. restarted with a mounted certificate (FL_TLS_CERT/KEY): HTTPS, and the HEALTHCHECK too.
 #
 #   pg_virtualenv deploy/test-image.sh --fl-sim build/client/sim/fl-sim
 #
@@ -329,10 +330,41 @@ python3 "$ROOT/tests/integration/deploy_check_rounds.py" --url "$URL" --token "$
   { cat "$WORK/sim.log" >&2; die "round check failed"; }
 
 # A graceful stop on SIGTERM, as `docker stop` does.
-kill -TERM "$COORD_PID"
-for _ in $(seq 1 100); do kill -0 "$COORD_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$COORD_PID" 2>/dev/null && die "fl-coordinator did not stop within 10 s of SIGTERM"
-wait "$COORD_PID" || die "fl-coordinator exited with status $? on SIGTERM"
-COORD_PID=
+stop_coordinator() {
+  kill -TERM "$COORD_PID"
+  for _ in $(seq 1 100); do kill -0 "$COORD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$COORD_PID" 2>/dev/null && die "fl-coordinator did not stop within 10 s of SIGTERM"
+  wait "$COORD_PID" || die "fl-coordinator exited with status $? on SIGTERM"
+  COORD_PID=
+}
+stop_coordinator
+
+# --- 7. HTTPS from mounted certificate files; the HEALTHCHECK follows FL_TLS_CERT ------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=fl-coordinator -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/secrets/tls.key" -out "$WORK/secrets/tls.crt" 2>/dev/null
+chown "$uid:$gid" "$WORK/secrets/tls.key" "$WORK/secrets/tls.crt"
+chmod 0400 "$WORK/secrets/tls.key"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+env -i "${IMG_ENV[@]}" HOME="$IMG_WORKDIR" FL_LISTEN=127.0.0.1:$PORT FL_DATABASE_URL="$DBURL" \
+  FL_REPLICA_ID=image-test-tls FL_TLS_CERT=/run/secrets/tls.crt FL_TLS_KEY=/run/secrets/tls.key \
+  chroot --userspec="$uid:$gid" "$MNT" /bin/sh -c 'cd "$0" && exec "$@"' "$IMG_WORKDIR" "${IMG_CMD[@]}" \
+  >"$WORK/coordinator.log" 2>"$WORK/coordinator.stderr" 9>&- &
+COORD_PID=$!
+for _ in $(seq 1 150); do
+  curl -fsS --cacert "$WORK/secrets/tls.crt" -o /dev/null "https://127.0.0.1:$PORT/readyz" 2>/dev/null && break
+  kill -0 "$COORD_PID" 2>/dev/null || die "fl-coordinator with TLS exited at start"
+  sleep 0.2
+done
+curl -fsS --cacert "$WORK/secrets/tls.crt" -o /dev/null "https://127.0.0.1:$PORT/readyz" ||
+  die "no HTTPS with the mounted certificate"
+run_in_image FL_LISTEN=127.0.0.1:$PORT FL_TLS_CERT=/run/secrets/tls.crt \
+  chroot --userspec="$uid:$gid" "$MNT" "${IMG_HEALTH[@]}" || die "the HEALTHCHECK fails with TLS on"
+say "HTTPS with the mounted certificate and the HEALTHCHECK over HTTPS passed"
+stop_coordinator
+# And the HEALTHCHECK notices a coordinator that is gone.
+if run_in_image FL_LISTEN=127.0.0.1:$PORT FL_TLS_CERT=/run/secrets/tls.crt \
+     chroot --userspec="$uid:$gid" "$MNT" "${IMG_HEALTH[@]}" 2>/dev/null; then
+  die "the HEALTHCHECK passes with no coordinator running"
+fi
 say "times: base ${t_rootfs}s, build ${t_build}s, fleet ${t_fleet}s, total ${SECONDS}s"
 echo "test-image: PASSED (image $IMAGE, ${mb} MB)"
