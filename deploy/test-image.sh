@@ -96,8 +96,16 @@ if [ ! -s "$TARBALL" ]; then
   stage=$(mktemp -d "$CACHE/rootfs.XXXXXX")
   cleanup_stage() { rm -rf "$stage"; }
   trap cleanup_stage EXIT
-  debootstrap --variant=minbase bookworm "$stage/root" "$MIRROR" >"$stage/debootstrap.log" 2>&1 ||
-    { tail -n 30 "$stage/debootstrap.log" >&2; die "debootstrap failed"; }
+  # Two tries: a mirror hiccup should not fail the test.
+  for try in 1 2; do
+    if debootstrap --variant=minbase bookworm "$stage/root" "$MIRROR" >"$stage/debootstrap.log" 2>&1; then
+      break
+    fi
+    tail -n 30 "$stage/debootstrap.log" >&2
+    [ "$try" -lt 2 ] || die "debootstrap failed"
+    say "debootstrap failed, once more"
+    rm -rf "$stage/root"
+  done
   r=$stage/root
   # The machine's own apt sources, so that apt-get in the Dockerfile reaches the same mirror
   # (and the security suite when the machine has it).
