@@ -18,7 +18,7 @@
 # Each bench takes well under a few minutes; all of them together about 5 (fleet: +2).
 # Set OPENBLAS_* as for the rest of the project: bench_aggregate unsets OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE for the numpy command alone.
-set -euo pipefail
+set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
@@ -41,16 +41,18 @@ echo "# $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | se
      "$(free -g | awk '/Mem:/ {print $2}') GB RAM; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-}"
 
+set -e
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
 TARGETS=(fl-coordinator flclient bench_aggregate bench_ingest bench_client)
 has fleet && TARGETS+=(fl-sim)
 cmake --build "$BUILD" -j"$(nproc)" --target "${TARGETS[@]}" >/dev/null
+set +e
 B=$BUILD/benches
 
 if has aggregate; then
-  echo; echo "\$ $B/bench_aggregate -n 1000 -p 100000 -r 5"
+  echo; echo "\$ $B/bench_aggregate -n 1000 -p 100000 -r 9"
   "$B/bench_aggregate" -n 1000 -p 100000 -r 5
-  echo; echo "\$ $B/bench_aggregate -n 1000 -p 1000000 -r 3 --no-decode"
+  echo; echo "\$ $B/bench_aggregate -n 1000 -p 1000000 -r 5 --no-decode"
   "$B/bench_aggregate" -n 1000 -p 1000000 -r 3 --no-decode
 fi
 
@@ -59,9 +61,15 @@ if has client; then
   "$B/bench_client"
 fi
 
-ingest() { # one bench_ingest under its own throwaway PostgreSQL cluster
+ingest() { # one bench_ingest under its own throwaway PostgreSQL cluster (one retry)
   echo; echo "\$ pg_virtualenv -t $B/bench_ingest $*"
-  pg_virtualenv -t "$B/bench_ingest" "$@" 2> >(grep '^bench_ingest' >&2) | grep -v '^20..-'
+  local try
+  for try in 1 2; do
+    pg_virtualenv -t "$B/bench_ingest" "$@" 2> >(grep -v '^20..-' >&2) | grep -v '^20..-' &&
+      return 0
+    echo "(bench_ingest failed, attempt $try)"
+  done
+  return 1
 }
 
 if has ingest; then
