@@ -357,7 +357,7 @@ static void h_rounds_list(fl_srv *s, fl_req *q, fl_resp *r) {
   fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
   json_query(r, a.c, "rounds",
              "SELECT json_agg(" ROUND_JSON " ORDER BY round_id)::text FROM rounds"
-             " WHERE $1 = 0 OR model_id = $1",
+             " WHERE $1::bigint = 0 OR model_id = $1",
              &p, false);
   end(s, &a);
 }

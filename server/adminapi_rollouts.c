@@ -155,7 +155,7 @@ void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__admin_json_query(r, a.c, "channels",
                          "SELECT json_agg(" CHANNEL_JSON
                          " ORDER BY c.model_id, c.name)::text"
-                         " FROM channels c WHERE $1 = 0 OR c.model_id = $1",
+                         " FROM channels c WHERE $1::bigint = 0 OR c.model_id = $1",
                          &p, false);
   } else {
     channel_set(r, &a);
@@ -361,7 +361,7 @@ void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__admin_json_query(r, a.c, "rollouts",
                          "SELECT json_agg(" ROLLOUT_JSON
                          " ORDER BY r.rollout_id)::text"
-                         " FROM rollouts r WHERE $1 = 0 OR r.model_id = $1",
+                         " FROM rollouts r WHERE $1::bigint = 0 OR r.model_id = $1",
                          &p, false);
   } else {
     rollout_create(r, &a);

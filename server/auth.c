@@ -59,6 +59,9 @@ Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r) {
 /* Loads the public key and state of a device. 0 found, 1 unknown, -1 database error. */
 static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *revoked) {
   fl_pgp p;
+  /* Device ids are bigserial: a larger one names no device (and is no bigint to query). */
+  if (id > INT64_MAX)
+    return 1;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
   PGresult *res = fl__pg_exec(c, "SELECT public_key, state FROM devices WHERE device_id = $1",
@@ -111,9 +114,13 @@ static int verify_sig(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t 
 
 int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
                     const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
-  int64_t now = fl__now_ms(), skew = sr->timestamp_ms - now;
+  int64_t now = fl__now_ms();
   bool revoked = false;
-  if (skew > s->cfg.ts_window_ms || -skew > s->cfg.ts_window_ms) {
+  /* |timestamp - now| in unsigned arithmetic: the timestamp is any int64 a client sends, and
+   * the signed difference overflows for values near INT64_MIN or INT64_MAX. */
+  uint64_t skew = sr->timestamp_ms >= now ? (uint64_t)sr->timestamp_ms - (uint64_t)now
+                                          : (uint64_t)now - (uint64_t)sr->timestamp_ms;
+  if (skew > (uint64_t)s->cfg.ts_window_ms) {
     fl__resp_dev_error(r, 401, "stale_timestamp", "timestamp outside the accepted window", 0);
     return -1;
   }

@@ -50,6 +50,33 @@ static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
 }
 
+/* Ids are bigserial: anything above INT64_MAX names nothing and is no bigint either, so it is
+ * refused as malformed instead of reaching PostgreSQL (which would fail the query: a 503). */
+static bool id_ok(uint64_t id) { return id <= INT64_MAX; }
+
+/* Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF): PostgreSQL
+ * refuses anything else in a text column, which must be a 400, not a failed query. */
+static bool utf8_ok(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    unsigned c = *p, n = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2
+                                   : (c & 0xf8) == 0xf0 ? 3 : 4;
+    if (n == 4 || c == 0xc0 || c == 0xc1 || c > 0xf4)
+      return false;
+    uint32_t cp = n == 0 ? c : c & (0x3f >> n);
+    for (unsigned i = 1; i <= n; i++) {
+      if ((p[i] & 0xc0) != 0x80)
+        return false;
+      cp = cp << 6 | (p[i] & 0x3f);
+    }
+    if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+      return false;
+    p += n + 1;
+  }
+  return true;
+}
+
 /* ----- enroll ------------------------------------------------------------------------------ */
 
 static char *labels_json(const Fl__V1__EnrollRequest *e) {
@@ -132,6 +159,13 @@ static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
                        "EnrollRequest needs a token and a 32-byte Ed25519 public key", 0);
     goto out;
   }
+  bool text_ok = utf8_ok(e->firmware);
+  for (size_t i = 0; text_ok && i < e->n_labels; i++)
+    text_ok = utf8_ok(e->labels[i]->key) && utf8_ok(e->labels[i]->value);
+  if (!text_ok) {
+    fl__resp_dev_error(r, 400, "malformed_request", "labels and firmware must be UTF-8", 0);
+    goto out;
+  }
   c = fl__pool_get(s->pool);
   if (c == NULL) {
     unavailable(r);
@@ -189,7 +223,8 @@ static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, ope
       " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id AND a.device_id = $2),"
       " EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id AND x.device_id = $2)"
       " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
-      " WHERE r.state = 'open' AND ($1 = 0 OR r.model_id = $1) ORDER BY r.round_id LIMIT 1",
+      " WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
+      " ORDER BY r.round_id LIMIT 1",
       &p, false, NULL);
   if (r == NULL)
     return -1;
@@ -305,8 +340,10 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   if (begin(s, q, r, &c, &sr, pub))
     return;
   ci = fl__v1__check_in_request__unpack(NULL, sr->body.len, sr->body.data);
-  if (ci == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not a CheckInRequest", 0);
+  if (ci == NULL || !id_ok(ci->model_id) || !id_ok(ci->running_model_id) ||
+      !id_ok(ci->running_version)) {
+    fl__resp_dev_error(r, 400, "malformed_request",
+                       "body is not a CheckInRequest (ids are at most 2^63-1)", 0);
     goto out;
   }
   note_running(c, sr->device_id, ci);
@@ -393,12 +430,21 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   if (begin(s, q, r, &c, &sr, pub))
     return;
   e = fl__v1__eval_report__unpack(NULL, sr->body.len, sr->body.data);
-  if (e == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not an EvalReport", 0);
+  if (e == NULL || !id_ok(e->model_id) || !id_ok(e->version) || !id_ok(e->gate_id)) {
+    fl__resp_dev_error(r, 400, "malformed_request",
+                       "body is not an EvalReport (ids are at most 2^63-1)", 0);
+    goto out;
+  }
+  if (e->sample_count > s->cfg.max_samples) {
+    fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
     goto out;
   }
   m = json_object();
   for (size_t i = 0; m != NULL && i < e->n_metrics; i++) {
+    if (!utf8_ok(e->metrics[i]->name)) {
+      fl__resp_dev_error(r, 400, "malformed_request", "metric names must be UTF-8", 0);
+      goto out;
+    }
     if (!isfinite(e->metrics[i]->value) || e->metrics[i]->name[0] == '\0') {
       fl__resp_dev_error(r, 422, "non_finite", "metrics need a name and a finite value", 0);
       goto out;

@@ -7,6 +7,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -55,8 +56,11 @@ int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char
   char *end;
   if (strncmp(path, prefix, n) != 0 || path[n] < '0' || path[n] > '9')
     return -1;
+  errno = 0;
   unsigned long long v = strtoull(path + n, &end, 10);
-  if (v == 0 || (*end != '\0' && *end != '/'))
+  /* Ids are bigserial: 0, numbers above INT64_MAX and numbers that overflow name nothing
+   * (strtoull would saturate the last to ULLONG_MAX, and PostgreSQL refuses both: a 503). */
+  if (errno == ERANGE || v == 0 || v > INT64_MAX || (*end != '\0' && *end != '/'))
     return -1;
   *out = v;
   if (rest)

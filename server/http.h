@@ -46,7 +46,8 @@ void fl__http_stop(fl_srv *s);
 /* Request helpers. */
 const char *fl__req_header(fl_req *q, const char *name);
 const char *fl__req_query(fl_req *q, const char *name);
-/* Parses "/prefix/{u64}/rest": the number after `prefix`; 0 and *rest set on success. */
+/* Parses "/prefix/{id}/rest": the id (1..INT64_MAX, decimal) after `prefix`; 0 and *rest set
+ * on success, -1 for anything else (overflow, sign, trailing junk). */
 int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char **rest);
 
 /* Response helpers; each sets status, content type and body (on allocation failure the

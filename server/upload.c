@@ -28,6 +28,8 @@ static int load_round_view(PGconn *c, uint64_t round_id, uint64_t device_id, rou
   fl_pgp p;
   char msg[160];
   memset(v, 0, sizeof *v);
+  if (round_id > INT64_MAX)
+    return 0; /* round ids are bigserial: no such round (and no bigint to query with) */
   fl__pgp_init(&p);
   fl__pgp_u64(&p, round_id);
   fl__pgp_u64(&p, device_id);
