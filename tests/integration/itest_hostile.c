@@ -1069,3 +1069,187 @@ Test(hostile, extreme_values_get_clear_refusals, .init = setup, .fini = teardown
   assert_alive();
   scene_free(&s);
 }
+
+/* ----- revoked devices, raced tokens, admin roles ----------------------------------------- */
+
+Test(hostile, revoked_device_is_refused_everywhere, .init = setup, .fini = teardown,
+     .timeout = 300) {
+  scene s;
+  int64_t before[N_STATE];
+  fl_h_resp r;
+  size_t len;
+  scene_build(&s);
+  /* The revoked device was assigned before its revocation: that must not let it upload. */
+  const fl_h_device *rv = &s.dev[1];
+  json_t *tok = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", "{\"count\":1}");
+  const char *token = json_string_value(json_array_get(json_object_get(tok, "tokens"), 0));
+  cr_assert_not_null(token);
+  snapshot(before);
+
+  uint8_t *ci = checkin_body(s.model_id, 0, 0, &len);
+  env_spec e = honest_env(rv, "POST", "/v1/checkin");
+  EXPECT_REFUSAL(signed_req(&e, "POST", "/v1/checkin", ci, len, &r), &r, 403, "device_revoked");
+  free(ci);
+
+  upd x;
+  upd_init(&x, &s);
+  x.u.sample_count = 10;
+  uint8_t *ub = pack_update(&x, rv, &len);
+  upd_free(&x);
+  e = honest_env(rv, "POST", "/v1/updates");
+  EXPECT_REFUSAL(signed_req(&e, "POST", "/v1/updates", ub, len, &r), &r, 403, "device_revoked");
+  free(ub);
+
+  Fl__V1__EvalReport ev = FL__V1__EVAL_REPORT__INIT;
+  uint8_t eb[64];
+  ev.model_id = s.model_id;
+  ev.version = 1;
+  len = fl__v1__eval_report__pack(&ev, eb);
+  e = honest_env(rv, "POST", "/v1/evaluations");
+  EXPECT_REFUSAL(signed_req(&e, "POST", "/v1/evaluations", eb, len, &r), &r, 403,
+                 "device_revoked");
+
+  char path[96];
+  snprintf(path, sizeof path, "/v1/models/%llu/versions/1", (unsigned long long)s.model_id);
+  e = honest_env(rv, "GET", path);
+  EXPECT_REFUSAL(signed_req(&e, "GET", path, NULL, 0, &r), &r, 403, "device_revoked");
+
+  /* Its key cannot come back under a new identity with a fresh token. */
+  fl_h_device again = {.key = rv->key};
+  cr_expect_eq(fl_h_device_enroll(&g_coord, &again, token), 409);
+  assert_unchanged(before);
+  json_decref(tok);
+  scene_free(&s);
+}
+
+typedef struct race {
+  pthread_barrier_t *go;
+  const char *token;
+  fl_h_device dev;
+  long status;
+} race;
+
+static void *race_enroll(void *arg) {
+  race *r = arg;
+  pthread_barrier_wait(r->go);
+  r->status = fl_h_device_enroll(&g_coord, &r->dev, r->token);
+  return NULL;
+}
+
+/* One enrollment token, two devices at the same instant: exactly one gets an identity. */
+Test(hostile, enrollment_token_is_single_use_under_a_race, .init = setup, .fini = teardown,
+     .timeout = 300) {
+  enum { ROUNDS = 12 };
+  json_t *tok = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", "{\"count\":12}");
+  json_t *list = json_object_get(tok, "tokens");
+  cr_assert_eq(json_array_size(list), ROUNDS);
+  int64_t devices0 = fl_h_db_int(g_db, "SELECT count(*) FROM devices");
+  for (int i = 0; i < ROUNDS; i++) {
+    pthread_barrier_t go;
+    race rc[2];
+    pthread_t th[2];
+    pthread_barrier_init(&go, NULL, 2);
+    for (int k = 0; k < 2; k++) {
+      rc[k] = (race){&go, json_string_value(json_array_get(list, (size_t)i)), {0}, 0};
+      cr_assert_eq(fl_h_device_new(&rc[k].dev), 0);
+      cr_assert_eq(pthread_create(&th[k], NULL, race_enroll, &rc[k]), 0);
+    }
+    for (int k = 0; k < 2; k++)
+      pthread_join(th[k], NULL);
+    pthread_barrier_destroy(&go);
+    int ok = (rc[0].status == 200) + (rc[1].status == 200);
+    cr_expect_eq(ok, 1, "token %d: statuses %ld and %ld", i, rc[0].status, rc[1].status);
+    for (int k = 0; k < 2; k++) {
+      if (rc[k].status != 200)
+        cr_expect_eq(rc[k].status, 401, "the loser gets bad_enrollment_token, not %ld",
+                     rc[k].status);
+      fl_h_device_free(&rc[k].dev);
+    }
+  }
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM devices"), devices0 + ROUNDS);
+  json_decref(tok);
+}
+
+/* Every mutating admin route refuses a viewer (and the token route an operator) before it
+ * reads the body, and nothing is written; missing, unknown and malformed tokens get 401. */
+Test(hostile, admin_roles_on_every_route, .init = setup, .fini = teardown, .timeout = 300) {
+  scene s;
+  int64_t before[N_STATE];
+  long st;
+  scene_build(&s);
+  json_t *v = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/tokens",
+                            "{\"role\":\"viewer\",\"name\":\"ro\"}");
+  json_t *o = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/tokens",
+                            "{\"role\":\"operator\",\"name\":\"op\"}");
+  cr_assert(v != NULL && o != NULL);
+  fl_h_coord viewer = g_coord, op = g_coord, nobody = g_coord;
+  snprintf(viewer.admin_token, sizeof viewer.admin_token, "%s",
+           json_string_value(json_object_get(v, "token")));
+  snprintf(op.admin_token, sizeof op.admin_token, "%s",
+           json_string_value(json_object_get(o, "token")));
+  /* The viewer's token with one character changed: a hash lookup finds nothing. */
+  snprintf(nobody.admin_token, sizeof nobody.admin_token, "%s", viewer.admin_token);
+  nobody.admin_token[0] = nobody.admin_token[0] == 'a' ? 'b' : 'a';
+  snapshot(before);
+
+  static const struct {
+    const char *method, *path, *body;
+  } muts[] = {
+      {"POST", "/admin/v1/tokens", "{\"role\":\"admin\",\"name\":\"up\"}"},
+      {"POST", "/admin/v1/enrollment-tokens", "{\"count\":1}"},
+      {"POST", "/admin/v1/models", "{\"name\":\"m2\",\"spec\":" FL_H_SMALL_SPEC "}"},
+      {"POST", "/admin/v1/models/1/plans", "{}"},
+      {"POST", "/admin/v1/plans/1/stop", NULL},
+      {"POST", "/admin/v1/devices/1/revoke", NULL},
+      {"POST", "/admin/v1/channels", "{\"model_id\":1,\"name\":\"stable\",\"version\":1}"},
+      {"POST", "/admin/v1/channels/1/rollback", NULL},
+      {"POST", "/admin/v1/rollouts", "{\"model_id\":1,\"version\":1}"},
+      {"POST", "/admin/v1/rollouts/1/raise", "{\"percent\":50}"},
+      {"POST", "/admin/v1/rollouts/1/pause", NULL},
+      {"POST", "/admin/v1/rollouts/1/resume", NULL},
+      {"POST", "/admin/v1/rollouts/1/promote", NULL},
+      {"POST", "/admin/v1/rollouts/1/rollback", NULL},
+      {"POST", "/admin/v1/pins", "{\"model_id\":1,\"version\":1,\"device_id\":1}"},
+      {"DELETE", "/admin/v1/pins/1", NULL},
+  };
+  for (size_t i = 0; i < sizeof muts / sizeof muts[0]; i++) {
+    json_decref(fl_h_admin(&viewer, muts[i].method, muts[i].path, muts[i].body, &st));
+    cr_expect_eq(st, 403, "viewer: %s %s -> %ld", muts[i].method, muts[i].path, st);
+    json_decref(fl_h_admin(&nobody, muts[i].method, muts[i].path, muts[i].body, &st));
+    cr_expect_eq(st, 401, "unknown token: %s %s -> %ld", muts[i].method, muts[i].path, st);
+  }
+  /* An operator cannot mint tokens, so no role can be raised from below. */
+  static const char *const roles[] = {"admin", "operator", "viewer"};
+  for (int i = 0; i < 3; i++) {
+    char body[64];
+    snprintf(body, sizeof body, "{\"role\":\"%s\",\"name\":\"x\"}", roles[i]);
+    json_decref(fl_h_admin(&op, "POST", "/admin/v1/tokens", body, &st));
+    cr_expect_eq(st, 403, "operator minting a %s token -> %ld", roles[i], st);
+  }
+  /* Malformed Authorization headers. */
+  static const char *const auths[] = {NULL, "", "Bearer", "Bearer ", "Basic YWRtaW46YWRtaW4=",
+                                      "bearer x", "Bearer \t"};
+  for (size_t i = 0; i < sizeof auths / sizeof auths[0]; i++) {
+    struct curl_slist *h = NULL;
+    char line[128];
+    if (auths[i] != NULL) {
+      snprintf(line, sizeof line, "Authorization: %s", auths[i]);
+      h = curl_slist_append(h, line);
+    }
+    fl_h_resp r;
+    cr_assert_eq(raw("POST", "/admin/v1/enrollment-tokens", h, "{}", 2, false, &r), 0);
+    cr_expect_eq(r.status, 401, "Authorization \"%s\" -> %ld", auths[i] ? auths[i] : "(none)",
+                 r.status);
+    fl_h_resp_free(&r);
+    curl_slist_free_all(h);
+  }
+  /* Reads stay open to a viewer. */
+  json_decref(fl_h_admin(&viewer, "GET", "/admin/v1/models", NULL, &st));
+  cr_expect_eq(st, 200);
+  json_decref(fl_h_admin(&viewer, "GET", "/admin/v1/audit", NULL, &st));
+  cr_expect_eq(st, 200);
+  assert_unchanged(before);
+  json_decref(v);
+  json_decref(o);
+  scene_free(&s);
+}
