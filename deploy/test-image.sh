@@ -50,7 +50,7 @@ command -v debootstrap >/dev/null || skip "debootstrap is not installed (apt-get
 [ -n "$FL_SIM" ] && [ -x "$FL_SIM" ] || die "no fl-sim executable (--fl-sim PATH)"
 FL_SIM=$(realpath "$FL_SIM")
 for t in curl python3 psql openssl; do command -v $t >/dev/null || die "$t is missing"; done
-[ -n "${PGPORT:-}" ] || die "no PostgreSQL: run under pg_virtualenv or set PGHOST/PGPORT/PGUSER/PGPASSWORD"
+[ -n "${PGPORT:-}${PGHOST:-}" ] || die "no PostgreSQL: run under pg_virtualenv or set PGHOST/PGPORT/PGUSER/PGPASSWORD"
 
 # --- the Debian mirror, from the machine's apt sources --------------------------------------
 # Prints "URI FILE" for the first enabled deb source of the suite bookworm (deb822 .sources
@@ -285,7 +285,7 @@ createdb "$DB"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
 # Loopback TCP: the host's Unix socket directory is not inside the image.
-DBURL="host=127.0.0.1 port=$PGPORT user=${PGUSER:-postgres} dbname=$DB"
+DBURL="host=127.0.0.1 port=${PGPORT:-5432} user=${PGUSER:-postgres} dbname=$DB"
 [ -z "${PGPASSWORD:-}" ] || DBURL="$DBURL password=$PGPASSWORD"
 # `env -i`: the coordinator sees only the image's environment and what is set here.
 run_in_image() {
