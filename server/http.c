@@ -2,7 +2,8 @@
  * libmicrohttpd plumbing. One thread per connection: an upload handler blocks until the group
  * committer has made its contribution durable, which must not stall other connections.
  * Bodies are collected up to cfg.max_body; a larger Content-Length is refused before the body
- * is read. Routing is a linear scan of two small tables.
+ * is read, and a chunked body is cut off as soon as it passes the limit. Routing is a linear
+ * scan of two small tables.
  */
 #include "http.h"
 
@@ -160,8 +161,11 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
   if (rt == NULL)
     rt = route(fl__admin_routes, q->method, q->path, &mm);
   if (q->too_big) {
-    fl__resp_text(&r, 413, "text/plain", "body_too_large\n");
-    r.reason = "body_too_large";
+    /* Each API refuses in its own format: devices parse an fl.v1.Error, operators JSON. */
+    if (strncmp(q->path, "/v1/", 4) == 0)
+      fl__resp_dev_error(&r, 413, "body_too_large", "body larger than --max-body", 0);
+    else
+      fl__resp_admin_error(&r, 413, "body_too_large", "body larger than --max-body");
     return send_resp(s, q, &r, rt ? rt->name : "unknown");
   }
   if (rt == NULL) {
@@ -226,6 +230,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (append(s, q, upload_data, *upload_data_size))
       return MHD_NO;
     *upload_data_size = 0;
+    if (q->too_big && !q->answered) {
+      /* A chunked body has no Content-Length to refuse up front and may never end: answer
+       * (or, where MHD cannot answer mid-body, close) as soon as it passes the limit rather
+       * than reading it to its end. */
+      q->answered = true;
+      return dispatch(s, q);
+    }
     return MHD_YES;
   }
   if (q->answered)

@@ -14,18 +14,24 @@
  *
  * The seed is printed; FL_HOSTILE_SEED=<n> replays a run. Run under pg_virtualenv.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <curl/curl.h>
 #include <float.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "digest.h"
 #include "harness.h"
@@ -1252,4 +1258,106 @@ Test(hostile, admin_roles_on_every_route, .init = setup, .fini = teardown, .time
   json_decref(v);
   json_decref(o);
   scene_free(&s);
+}
+
+/* ----- bodies over --max-body ------------------------------------------------------------- */
+
+static int connect_coord(void) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_coord.port)};
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert_geq(fd, 0);
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  return fd;
+}
+
+/* Reads what the server sends until it closes or goes quiet for timeout_ms; returns the
+ * number of bytes (the answer is NUL-terminated in buf). */
+static size_t read_answer(int fd, char *buf, size_t cap, int timeout_ms) {
+  size_t n = 0;
+  struct pollfd p = {fd, POLLIN, 0};
+  while (n + 1 < cap && poll(&p, 1, timeout_ms) == 1) {
+    ssize_t k = recv(fd, buf + n, cap - 1 - n, 0);
+    if (k <= 0)
+      break;
+    n += (size_t)k;
+  }
+  buf[n] = '\0';
+  return n;
+}
+
+/* The status of a raw HTTP answer and whether its body is an fl.v1.Error with `reason`. */
+static bool answer_is(const char *buf, size_t n, int status, const char *reason) {
+  int st = 0;
+  if (sscanf(buf, "HTTP/1.%*d %d", &st) != 1 || st != status)
+    return false;
+  const char *body = strstr(buf, "\r\n\r\n");
+  if (body == NULL)
+    return false;
+  body += 4;
+  fl_h_resp r = {.status = st, .data = (uint8_t *)body, .len = n - (size_t)(body - buf)};
+  return strcmp(fl_h_error_reason(&r), reason) == 0;
+}
+
+Test(hostile, oversized_bodies_are_refused_before_they_are_read, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  char buf[4096];
+  int64_t before[N_STATE];
+  snapshot(before);
+  /* A declared length over the limit: answered at once, as an fl.v1.Error. */
+  static const char *const lengths[] = {"1000000000000", "65537", "18446744073709551615"};
+  int fd;
+  for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+    fd = connect_coord();
+    int m = snprintf(buf, sizeof buf,
+                     "POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n",
+                     lengths[i]);
+    cr_assert_eq(send(fd, buf, (size_t)m, MSG_NOSIGNAL), m);
+    size_t n = read_answer(fd, buf, sizeof buf, 5000);
+    cr_expect(answer_is(buf, n, 413, "body_too_large"), "Content-Length %s: %.60s", lengths[i],
+              buf);
+    close(fd);
+  }
+  /* A length that does not fit 64 bits: libmicrohttpd refuses it itself, before routing. */
+  fd = connect_coord();
+  const char *huge = "POST /v1/updates HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 99999999999999999999999\r\n\r\n";
+  cr_assert_eq(send(fd, huge, strlen(huge), MSG_NOSIGNAL), (ssize_t)strlen(huge));
+  read_answer(fd, buf, sizeof buf, 5000);
+  cr_expect_eq(strncmp(buf, "HTTP/1.1 413", 12), 0, "%.40s", buf);
+  close(fd);
+  /* A chunked body that never ends: refused once it passes the limit, not read to its end
+   * (there is none). */
+  fd = connect_coord();
+  const char *head = "POST /v1/updates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  cr_assert_eq(send(fd, head, strlen(head), MSG_NOSIGNAL), (ssize_t)strlen(head));
+  static char chunk[8192 + 16];
+  int hl = snprintf(chunk, sizeof chunk, "2000\r\n");
+  memset(chunk + hl, 'x', 8192);
+  memcpy(chunk + hl + 8192, "\r\n", 2);
+  /* Without sending blocking: once the server stops reading, the socket buffers (a few MB on
+   * loopback) fill and sending stops; reading it all would take the whole 64 MB. */
+  size_t sent = 0, n = 0, total = (size_t)64 << 20;
+  struct pollfd p = {fd, POLLIN, 0};
+  while (sent < total) {
+    ssize_t k = send(fd, chunk, (size_t)hl + 8194, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+      break; /* closed by the server */
+    if (k > 0)
+      sent += (size_t)k;
+    if (poll(&p, 1, k < 0 ? 2000 : 0) == 1) {
+      n = read_answer(fd, buf, sizeof buf, 2000);
+      break;
+    }
+    if (k < 0)
+      break; /* neither reading nor answering */
+  }
+  close(fd);
+  fprintf(stderr, "itest_hostile: chunked: %zu bytes sent, answer: %.30s\n", sent,
+          n ? buf : "(connection closed)");
+  cr_expect_lt(sent, total / 2, "the server read %zu bytes of a chunked body over a %d-byte limit",
+               sent, MAX_BODY);
+  cr_expect(n == 0 || answer_is(buf, n, 413, "body_too_large"), "chunked: %.60s", buf);
+  assert_alive();
+  assert_unchanged(before);
 }
