@@ -762,8 +762,8 @@ static void wait_round_closed(bench *b, uint64_t round_id) {
 
 /* With FL_BENCH_PGSS=1 and pg_stat_statements preloaded (pg_virtualenv -o
  * shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on), the
- * statements of the whole run by total time, per accepted update: PostgreSQL's side of the
- * profile. */
+ * statements of the first timed round (uploads only) by total time, per update: PostgreSQL's
+ * side of the profile. */
 static void pgss_reset(const bench *b) {
   char conninfo[96];
   if (getenv("FL_BENCH_PGSS") == NULL)
@@ -792,7 +792,7 @@ static void pgss_report(const bench *b, int accepted) {
   PGresult *r = PQexec(c, sql);
   if (PQresultStatus(r) == PGRES_TUPLES_OK) {
     printf("\n## PostgreSQL statements (pg_stat_statements: plan + execution time, whole run"
-           " incl. check-ins)\n| calls | us per accepted update | us per call | statement |\n"
+           " during the first timed round: the uploads' statements)\n| calls | us per accepted update | us per call | statement |\n"
            "|---|---|---|---|\n");
     for (int i = 0; i < PQntuples(r); i++)
       printf("| %s | %s | %s | `%s` |\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
@@ -872,7 +872,6 @@ int main(int argc, char **argv) {
   enroll_all(&b, ds);
   fprintf(stderr, "bench_ingest: %d devices enrolled in %.1f s\n", b.o.devices, now_s() - t0);
   deltas_new(&dl, b.o.params, b.o.encoding);
-  pgss_reset(&b);
 
   int n = b.o.devices, total = b.o.rounds * n, accepted = 0, refused = 0;
   double *lat = malloc((size_t)total * sizeof *lat), wall = 0, cpu_c = 0, cpu_pg = 0, cpu_g = 0;
@@ -887,8 +886,12 @@ int main(int argc, char **argv) {
     long long c0 = proc_ticks(b.coord_pid, true, NULL), p0 = pg_ticks(b.postmaster);
     double g0 = self_cpu_s();
     pid_t perf = r == 0 ? perf_start(&b) : 0;
+    if (r == 0)
+      pgss_reset(&b);
     double dt = run_multi(&b, rs, n, b.o.conns);
     perf_stop(perf);
+    if (r == 0)
+      pgss_report(&b, n);
     long long c1 = proc_ticks(b.coord_pid, true, NULL), p1 = pg_ticks(b.postmaster);
     double g1 = self_cpu_s();
     wall += dt;
@@ -932,7 +935,6 @@ int main(int argc, char **argv) {
   printf("| CPU per update: coordinator / PostgreSQL / load generator | %.0f / %.0f / %.0f us"
          " | | |\n",
          cpu_c / accepted * 1e6, cpu_pg / accepted * 1e6, cpu_g / accepted * 1e6);
-  pgss_report(&b, accepted);
   fflush(stdout);
 
   coord_stop(&b);

@@ -48,17 +48,18 @@ has fleet && TARGETS+=(fl-sim)
 cmake --build "$BUILD" -j"$(nproc)" --target "${TARGETS[@]}" >/dev/null
 set +e
 B=$BUILD/benches
+run() { # prints the exact command, then runs it
+  echo; echo "\$ $*"
+  "$@"
+}
 
 if has aggregate; then
-  echo; echo "\$ $B/bench_aggregate -n 1000 -p 100000 -r 9"
-  "$B/bench_aggregate" -n 1000 -p 100000 -r 5
-  echo; echo "\$ $B/bench_aggregate -n 1000 -p 1000000 -r 5 --no-decode"
-  "$B/bench_aggregate" -n 1000 -p 1000000 -r 3 --no-decode
+  run "$B/bench_aggregate" -n 1000 -p 100000 -r 9
+  run "$B/bench_aggregate" -n 1000 -p 1000000 -r 5 --no-decode
 fi
 
 if has client; then
-  echo; echo "\$ $B/bench_client"
-  "$B/bench_client"
+  run "$B/bench_client"
 fi
 
 ingest() { # one bench_ingest under its own throwaway PostgreSQL cluster (one retry)
@@ -78,28 +79,28 @@ if has ingest; then
 fi
 
 if has scaling; then
-  echo; echo "## scaling: aggregation time over N and P (fold only, best of 3)"
+  echo; echo "## scaling: aggregation time over N and P"
+  echo "(\$ $B/bench_aggregate -n N -p P -r 5 --no-flower --no-decode; the fold row: wall ms (CPU ms))"
   for p in 100000 1000000; do
     for n in 250 500 1000 2000; do
-      "$B/bench_aggregate" -n "$n" -p "$p" -r 3 --no-flower --no-decode |
+      "$B/bench_aggregate" -n "$n" -p "$p" -r 5 --no-flower --no-decode |
         awk -v n="$n" -v p="$p" -F'|' '/fold \(fl__tensor_fold/ {print "N=" n " P=" p ":" $3}'
     done
   done
   echo; echo "## scaling: ingest over devices (P=100k float32, 1 round) and parameters (1000 devices)"
   for d in 500 1000 2000 4000; do
-    ingest -d "$d" -k "$K" -r 1 -e float32 | grep -E '^## |accepted updates/s|latency'
+    ingest -d "$d" -k "$K" -r 1 -e float32 | grep -E '^\$ |^## ingest|accepted updates/s|latency|CPU per'
   done
   for p in 25000 50000 200000 400000; do
-    ingest -d 1000 -k "$K" -r 1 -e float32 -p "$p" | grep -E '^## |accepted updates/s|latency'
+    ingest -d 1000 -k "$K" -r 1 -e float32 -p "$p" | grep -E '^\$ |^## ingest|accepted updates/s|latency|CPU per'
   done
 fi
 
 if has profile; then
   PERF=$(mktemp /tmp/fl-bench-perf-XXXXXX)
-  echo; echo "\$ FL_BENCH_PERF=$PERF FL_BENCH_PGSS=1 pg_virtualenv -t -o shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on $B/bench_ingest -d $DEVICES -k $K -r $ROUNDS"
-  FL_BENCH_PERF=$PERF FL_BENCH_PGSS=1 pg_virtualenv -t -o shared_preload_libraries=pg_stat_statements \
-    -o pg_stat_statements.track_planning=on "$B/bench_ingest" -d "$DEVICES" -k "$K" -r "$ROUNDS" \
-    2> >(grep '^bench_ingest' >&2) | grep -v '^20..-'
+  run env FL_BENCH_PERF="$PERF" FL_BENCH_PGSS=1 pg_virtualenv -t \
+    -o shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on \
+    "$B/bench_ingest" -d "$DEVICES" -k "$K" -r "$ROUNDS" 2>&1 | grep -v '^20..-'
   echo; echo "\$ perf report --sort pid,dso -g none (first timed round), summed by process kind and library"
   perf report -i "$PERF" --no-children --sort pid,dso --stdio -g none 2>/dev/null |
     grep -v '^#' | grep -v '^$' |
@@ -118,12 +119,12 @@ if has compare; then
   cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
   cmake --build "$SRC/build" -j"$(nproc)" --target fl-coordinator bench_aggregate >/dev/null
   echo; echo "## compare: decode cost per encoding at $BASE_REV, then now"
-  "$SRC/build/benches/bench_aggregate" --decode-only -r 5 | grep '^|'
-  "$B/bench_aggregate" --decode-only -r 5 | grep '^|'
+  run "$SRC/build/benches/bench_aggregate" --decode-only -r 5 | grep -E '^\$|^\|'
+  run "$B/bench_aggregate" --decode-only -r 5 | grep -E '^\$|^\|'
   for i in 1 2; do
     for c in "$SRC/build/server/fl-coordinator" "$BUILD/server/fl-coordinator"; do
       ingest -d "$DEVICES" -k "$K" -r "$ROUNDS" --coordinator "$c" |
-        grep -E '^## ingest|accepted updates/s|latency|CPU'
+        grep -E '^\$ |^## ingest|accepted updates/s|latency|CPU'
     done
   done
   rm -rf "$SRC"
