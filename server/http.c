@@ -127,6 +127,24 @@ static const fl_route *route(const fl_route *t, const char *method, const char *
   return NULL;
 }
 
+/* The path for a log line: libmicrohttpd has already decoded %XX escapes, so a client can put
+ * a newline, a quote or spaces in it and forge whole log lines or fields. Anything outside
+ * printable ASCII, and the quote and backslash, is written as %XX again; long paths are cut. */
+static void log_path(const char *path, char out[256]) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t n = 0;
+  for (const unsigned char *p = (const unsigned char *)path; *p && n + 4 < 256; p++) {
+    if (*p > 0x20 && *p < 0x7f && *p != '"' && *p != '\\') {
+      out[n++] = (char)*p;
+    } else {
+      out[n++] = '%';
+      out[n++] = hex[*p >> 4];
+      out[n++] = hex[*p & 15];
+    }
+  }
+  out[n] = '\0';
+}
+
 static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *name) {
   struct MHD_Response *mr =
       MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
@@ -148,8 +166,10 @@ static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *n
   MHD_destroy_response(mr);
   double dt = fl__mono_s() - q->t0;
   fl__metrics_request(s->metrics, name, r->status, dt);
+  char path[256];
+  log_path(q->path, path);
   fl__slog(r->status >= 500 ? FL_LOG_WARN : FL_LOG_DEBUG, "http_request",
-           "method=%s path=%s status=%d reason=%s ms=%.2f", q->method, q->path, r->status,
+           "method=%s path=%s status=%d reason=%s ms=%.2f", q->method, path, r->status,
            r->reason ? r->reason : "-", dt * 1e3);
   return ret;
 }

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1360,4 +1361,85 @@ Test(hostile, oversized_bodies_are_refused_before_they_are_read, .init = setup, 
   cr_expect(n == 0 || answer_is(buf, n, 413, "body_too_large"), "chunked: %.60s", buf);
   assert_alive();
   assert_unchanged(before);
+}
+
+/* ----- the log -------------------------------------------------------------------------- */
+
+static char *read_log(void) {
+  char path[320];
+  snprintf(path, sizeof path, "%s/coordinator.log", g_coord.dir);
+  FILE *f = fopen(path, "rb");
+  cr_assert_not_null(f, "%s", path);
+  char *buf = calloc(1, (size_t)64 << 20);
+  cr_assert_not_null(buf);
+  size_t n = fread(buf, 1, ((size_t)64 << 20) - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  return buf;
+}
+
+/* Tokens and keys never reach the log, whatever requests carry them; the signing key file is
+ * 0600; a request path cannot forge a log line (libmicrohttpd decodes %0A into a newline). */
+Test(hostile, no_secrets_and_no_forged_lines_in_the_log, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  scene s;
+  fl_h_resp r;
+  long st;
+  scene_build(&s);
+  json_t *v = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/tokens",
+                            "{\"role\":\"viewer\",\"name\":\"ro\"}");
+  json_t *et = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", "{\"count\":2}");
+  cr_assert(v != NULL && et != NULL);
+  const char *viewer_tok = json_string_value(json_object_get(v, "token"));
+  const char *enroll_tok = json_string_value(json_array_get(json_object_get(et, "tokens"), 0));
+  const char *unused_tok = json_string_value(json_array_get(json_object_get(et, "tokens"), 1));
+  cr_assert(viewer_tok && enroll_tok && unused_tok);
+  /* Use them, rightly and wrongly: refusals are where error paths might echo them. */
+  fl_h_device d;
+  cr_assert_eq(fl_h_device_new(&d), 0);
+  cr_assert_eq(fl_h_device_enroll(&g_coord, &d, enroll_tok), 200);
+  cr_assert_eq(fl_h_device_enroll(&g_coord, &s.dev[2], enroll_tok), 401); /* used token */
+  fl_h_coord viewer = g_coord;
+  snprintf(viewer.admin_token, sizeof viewer.admin_token, "%s", viewer_tok);
+  json_decref(fl_h_admin(&viewer, "POST", "/admin/v1/tokens", "{\"role\":\"admin\"}", &st));
+  cr_assert_eq(st, 403);
+  json_decref(fl_h_admin(&viewer, "POST", "/admin/v1/models", "{not json", &st));
+  char bad_auth[128];
+  snprintf(bad_auth, sizeof bad_auth, "Authorization: Bearer %sx", unused_tok);
+  struct curl_slist *h = curl_slist_append(NULL, bad_auth);
+  cr_assert_eq(raw("GET", "/admin/v1/models", h, NULL, 0, false, &r), 0);
+  cr_expect_eq(r.status, 401);
+  fl_h_resp_free(&r);
+  curl_slist_free_all(h);
+
+  /* A path with a newline and a forged event, through both APIs and an unknown route. */
+  static const char *const forged[] = {
+      "/v1/models/1%0Ats=0%20level=error%20event=forged/versions/1",
+      "/admin/v1/rounds/1%0D%0Ats=0%20level=error%20event=forged",
+      "/nowhere%0Ats=0%20level=error%20event=forged%22"};
+  for (size_t i = 0; i < 3; i++) {
+    cr_assert_eq(raw("GET", forged[i], NULL, NULL, 0, false, &r), 0);
+    fl_h_resp_free(&r);
+  }
+  assert_alive();
+  cr_assert_eq(fl_h_coord_stop(&g_coord, SIGTERM), 0);
+
+  char *log = read_log();
+  const char *secrets[] = {g_coord.admin_token, viewer_tok, enroll_tok, unused_tok};
+  for (size_t i = 0; i < 4; i++)
+    cr_expect_null(strstr(log, secrets[i]), "secret %zu appears in the log", i);
+  cr_expect_null(strstr(log, "PRIVATE KEY"));
+  cr_expect_null(strstr(log, "\nts=0 level=error event=forged"), "a request forged a log line");
+  cr_expect_null(strstr(log, "\"event=forged"), "a request forged a log line");
+  free(log);
+
+  char key[320];
+  struct stat sb;
+  snprintf(key, sizeof key, "%s/signing-key.pem", g_coord.dir);
+  cr_assert_eq(stat(key, &sb), 0);
+  cr_expect_eq(sb.st_mode & 0777, 0600, "signing key mode %o", (unsigned)(sb.st_mode & 0777));
+  fl_h_device_free(&d);
+  json_decref(v);
+  json_decref(et);
+  scene_free(&s);
 }
