@@ -282,6 +282,20 @@ out:
   return err;
 }
 
+/* A finished round's partial sums are folded into its version (or given up with it), so they
+ * go in the same transaction: otherwise every group commit would leave a parameter-sized row
+ * behind forever. The acceptances stay: they are the per-device record of the round. */
+static int drop_partials(PGconn *c, uint64_t round_id) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, round_id);
+  PGresult *r = fl__pg_exec(c, "DELETE FROM partials WHERE round_id = $1", &p, false, NULL);
+  if (r == NULL)
+    return FL_E_DB;
+  PQclear(r);
+  return FL_OK;
+}
+
 int fl__round_try_close(fl_srv *s, uint64_t round_id) {
   round_row rr;
   uint64_t version = 0;
@@ -309,6 +323,8 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
   } else {
     rc = 0;
   }
+  if (outcome != NULL && rc == 0 && drop_partials(c, round_id) != FL_OK)
+    rc = -1;
   if (outcome != NULL && rc == 0 && fl__pg_cmd(c, "COMMIT"))
     rc = -1;
   if (outcome != NULL && rc == 0) {
