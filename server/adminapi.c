@@ -119,9 +119,11 @@ static void h_enrollment_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
   labels = json_object_get(a.body, "labels");
   json_int_t n = count ? json_integer_value(count) : 1;
   json_int_t ttl_s = ttl ? json_integer_value(ttl) : 86400;
-  if (n < 1 || n > 10000 || ttl_s < 1 || (labels && !json_is_object(labels))) {
+  /* ttl_s is bounded (ten years) so that now() + ttl stays a valid timestamp. */
+  if (n < 1 || n > 10000 || ttl_s < 1 || ttl_s > 315360000 ||
+      (labels && !json_is_object(labels))) {
     fl__resp_admin_error(r, 400, "bad_request",
-                         "count 1..10000, ttl_s > 0 and labels an object of strings");
+                         "count 1..10000, ttl_s 1..315360000 and labels an object of strings");
     goto done;
   }
   char *lj = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
@@ -350,11 +352,15 @@ static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
 static void h_rounds_list(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   fl_pgp p;
-  const char *mid = fl__req_query(q, "model_id");
+  uint64_t mid;
+  if (fl__query_id(q, "model_id", &mid)) {
+    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
+    return;
+  }
   if (begin(s, q, r, FL_ROLE_VIEWER, &a))
     return;
   fl__pgp_init(&p);
-  fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
+  fl__pgp_u64(&p, mid);
   json_query(r, a.c, "rounds",
              "SELECT json_agg(" ROUND_JSON " ORDER BY round_id)::text FROM rounds"
              " WHERE $1::bigint = 0 OR model_id = $1",

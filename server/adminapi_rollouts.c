@@ -145,13 +145,17 @@ static void channel_set(fl_resp *r, admin_ctx *a) {
 void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   bool get = strcmp(q->method, "GET") == 0;
+  uint64_t mid = 0;
+  if (get && fl__query_id(q, "model_id", &mid)) {
+    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
+    return;
+  }
   if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
     return;
   if (get) {
-    const char *mid = fl__req_query(q, "model_id");
     fl_pgp p;
     fl__pgp_init(&p);
-    fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
+    fl__pgp_u64(&p, mid);
     fl__admin_json_query(r, a.c, "channels",
                          "SELECT json_agg(" CHANNEL_JSON
                          " ORDER BY c.model_id, c.name)::text"
@@ -351,13 +355,17 @@ out:
 void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   bool get = strcmp(q->method, "GET") == 0;
+  uint64_t mid = 0;
+  if (get && fl__query_id(q, "model_id", &mid)) {
+    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
+    return;
+  }
   if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
     return;
   if (get) {
-    const char *mid = fl__req_query(q, "model_id");
     fl_pgp p;
     fl__pgp_init(&p);
-    fl__pgp_u64(&p, mid ? strtoull(mid, NULL, 10) : 0);
+    fl__pgp_u64(&p, mid);
     fl__admin_json_query(r, a.c, "rollouts",
                          "SELECT json_agg(" ROLLOUT_JSON
                          " ORDER BY r.rollout_id)::text"
@@ -645,9 +653,8 @@ void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r) {
  * it and which version of the model they report running (0: none of this model). */
 void fl__admin_fleet(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
-  const char *mid = fl__req_query(q, "model_id");
-  uint64_t model_id = mid ? strtoull(mid, NULL, 10) : 0;
-  if (model_id == 0) {
+  uint64_t model_id;
+  if (fl__query_id(q, "model_id", &model_id) || model_id == 0) {
     fl__resp_admin_error(r, 400, "bad_request", "model_id query parameter required");
     return;
   }

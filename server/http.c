@@ -69,6 +69,23 @@ int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char
   return 0;
 }
 
+int fl__query_id(fl_req *q, const char *name, uint64_t *out) {
+  const char *v = fl__req_query(q, name);
+  char *end;
+  *out = 0;
+  if (v == NULL)
+    return 0;
+  if (v[0] < '0' || v[0] > '9')
+    return -1;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  /* The same rule as path ids: bigserial values only, so no query fails in PostgreSQL. */
+  if (errno == ERANGE || n > INT64_MAX || *end != '\0')
+    return -1;
+  *out = n;
+  return 0;
+}
+
 static void set_body(fl_resp *r, int status, const char *ctype, char *data, size_t len) {
   free(r->data);
   r->status = data ? status : 500;

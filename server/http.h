@@ -46,6 +46,9 @@ void fl__http_stop(fl_srv *s);
 /* Request helpers. */
 const char *fl__req_header(fl_req *q, const char *name);
 const char *fl__req_query(fl_req *q, const char *name);
+/* A query parameter that holds an id: 0 with *out = 0 when absent, 0 with *out set for a
+ * decimal 0..INT64_MAX, -1 (and *out = 0) for anything else. */
+int fl__query_id(fl_req *q, const char *name, uint64_t *out);
 /* Parses "/prefix/{id}/rest": the id (1..INT64_MAX, decimal) after `prefix`; 0 and *rest set
  * on success, -1 for anything else (overflow, sign, trailing junk). */
 int fl__path_u64(const char *path, const char *prefix, uint64_t *out, const char **rest);

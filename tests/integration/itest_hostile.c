@@ -1443,3 +1443,65 @@ Test(hostile, no_secrets_and_no_forged_lines_in_the_log, .init = setup, .fini = 
   json_decref(et);
   scene_free(&s);
 }
+
+/* ----- admin values --------------------------------------------------------------------- */
+
+/* Bad values in admin requests are 4xx and change nothing; none reaches PostgreSQL as an
+ * out-of-range value (once: 503 for a ttl_s of 2^63-1 seconds and for query ids that are
+ * negative or too large; ids that were not numbers listed everything). */
+Test(hostile, admin_bad_values_get_4xx, .init = setup, .fini = teardown, .timeout = 120) {
+  scene s;
+  int64_t before[N_STATE];
+  scene_build(&s);
+  snapshot(before);
+  static const struct {
+    const char *method, *path, *body;
+  } bad[] = {
+      {"GET", "/admin/v1/rounds?model_id=-1", NULL},
+      {"GET", "/admin/v1/rounds?model_id=18446744073709551615", NULL},
+      {"GET", "/admin/v1/rounds?model_id=99999999999999999999999", NULL},
+      {"GET", "/admin/v1/rounds?model_id=abc", NULL},
+      {"GET", "/admin/v1/rounds?model_id=1x", NULL},
+      {"GET", "/admin/v1/channels?model_id=-1", NULL},
+      {"GET", "/admin/v1/rollouts?model_id=9223372036854775808", NULL},
+      {"GET", "/admin/v1/fleet?model_id=18446744073709551615", NULL},
+      {"GET", "/admin/v1/fleet?model_id=-1", NULL},
+      {"GET", "/admin/v1/rounds/-1", NULL},
+      {"GET", "/admin/v1/models/18446744073709551616/versions", NULL},
+      {"POST", "/admin/v1/models", "{\"name\":\"big\",\"spec\":{\"input_shape\":[4294967296],"
+                                   "\"layers\":[{\"type\":\"dense\",\"units\":2}],"
+                                   "\"loss\":\"mse\"}}"},
+      {"POST", "/admin/v1/models", "{\"name\":\"deep\",\"spec\":{\"input_shape\":[65535,65535,"
+                                   "65535],\"layers\":[{\"type\":\"dense\",\"units\":16777216}],"
+                                   "\"loss\":\"mse\"}}"},
+      {"POST", "/admin/v1/models", "[1,2,3]"},
+      {"POST", "/admin/v1/models", "{\"name\":\"x\",\"spec\":" FL_H_SMALL_SPEC "} trailing"},
+      {"POST", "/admin/v1/enrollment-tokens", "{\"ttl_s\":9223372036854775807}"},
+      {"POST", "/admin/v1/enrollment-tokens", "{\"count\":-1}"},
+      {"POST", "/admin/v1/enrollment-tokens", "{\"labels\":[1]}"},
+      {"POST", "/admin/v1/tokens", "{\"role\":\"root\"}"},
+      {"POST", "/admin/v1/models/1/plans", "{\"deadline_s\":1e300}"},
+      {"POST", "/admin/v1/models/1/plans", "{\"participants\":-5}"},
+      {"POST", "/admin/v1/models/1/plans", "{\"learning_rate\":\"fast\"}"},
+      {"POST", "/admin/v1/channels", "{\"model_id\":1,\"name\":\"stable\",\"version\":-5}"},
+      {"POST", "/admin/v1/channels",
+       "{\"model_id\":1,\"name\":\"stable\",\"version\":9223372036854775807}"},
+      {"POST", "/admin/v1/channels", "{\"model_id\":1,\"name\":\"UPPER case\",\"version\":1}"},
+      {"POST", "/admin/v1/pins", "{\"model_id\":1,\"version\":9223372036854775807,"
+                                 "\"device_id\":1}"},
+      {"POST", "/admin/v1/pins", "{\"model_id\":-1,\"version\":1,\"device_id\":1}"},
+      {"POST", "/admin/v1/rollouts", "{\"model_id\":1,\"version\":1,\"percent\":1e308}"},
+      {"POST", "/admin/v1/rollouts/9223372036854775807/raise", "{\"percent\":50}"},
+      {"DELETE", "/admin/v1/pins/9223372036854775808", NULL},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    long st;
+    json_t *j = fl_h_admin(&g_coord, bad[i].method, bad[i].path, bad[i].body, &st);
+    cr_expect(st >= 400 && st < 500 && json_is_string(json_object_get(j, "error")),
+              "%s %s %s -> %ld", bad[i].method, bad[i].path, bad[i].body ? bad[i].body : "", st);
+    json_decref(j);
+  }
+  assert_alive();
+  assert_unchanged(before);
+  scene_free(&s);
+}
