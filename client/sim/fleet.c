@@ -14,6 +14,7 @@
 
 #include "fl/client.h"
 #include "fl/err.h"
+#include "sim.h"
 
 typedef enum { D_IDLE, D_ACTIVE } dev_phase;
 
@@ -301,9 +302,16 @@ int sim_fleet_start(sim_fleet *f, char *const *tokens) {
 }
 
 size_t sim_fleet_wait_enrolled(sim_fleet *f) {
-  while (atomic_load(&f->enroll_tried) < f->o.n_devices) {
+  while (atomic_load(&f->enroll_tried) < f->o.n_devices && !sim_stop_requested) {
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
+  }
+  if (atomic_load(&f->enroll_tried) < f->o.n_devices) {
+    /* Interrupted: the workers may still read the tokens, which the caller frees next. */
+    atomic_store(&f->stop, 1);
+    for (int t = 0; f->started && t < f->o.threads; t++)
+      pthread_join(f->w[t].thread, NULL);
+    f->started = 0;
   }
   return (size_t)atomic_load(&f->enrolled);
 }

@@ -43,7 +43,8 @@ void sim_fleet_free(sim_fleet *f); /* stops the workers first */
 /* Starts the workers, which enroll their devices with tokens[k] and then wait for round 1.
  * tokens is borrowed until sim_fleet_wait_enrolled returns. */
 int sim_fleet_start(sim_fleet *f, char *const *tokens);
-/* Blocks until every device tried to enroll; the number enrolled. */
+/* Blocks until every device tried to enroll; the number enrolled. When sim_stop_requested is
+ * set first, the workers are stopped before it returns (no device takes part in rounds). */
 size_t sim_fleet_wait_enrolled(sim_fleet *f);
 
 /* Lets devices take part in the next simulated round (the first call starts round 1). */

@@ -108,6 +108,10 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
   double limit = x->o->deadline_s + 120.0;
   int lost = 0;
   for (;;) {
+    if (sim_stop_requested) {
+      fprintf(stderr, "\nfl-sim: interrupted\n");
+      return FL_E_STATE;
+    }
     int rc = sim_admin_round(x->admin, round_id, st);
     /* A poll lost in a busy machine's network stack must not end an hour-long run: only
      * several in a row do, or a refusal. */
@@ -136,7 +140,7 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
 
 /* The round after `prev`: the coordinator opens it when prev closes. */
 static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < 200 && !sim_stop_requested; i++) {
     sim_round_state st;
     if (sim_admin_latest_round(x->admin, x->model_id, &st) == FL_OK && st.round_id > prev) {
       *out = st.round_id;

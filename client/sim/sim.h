@@ -5,6 +5,8 @@
 #ifndef SIM_SIM_H
 #define SIM_SIM_H
 
+#include <signal.h>
+
 #include "data.h"
 #include "model.h"
 #include "options.h"
@@ -17,6 +19,10 @@ typedef struct sim_data {
   int anomaly;                   /* sensor scenario: an autoencoder scored by AUC */
   char name[64];                 /* "fmnist", "synthetic(1,1)", ... */
 } sim_data;
+
+/* Set by SIGINT/SIGTERM: the waits of a run give up, so that main() still stops the coordinator
+ * and PostgreSQL it started and removes its temporary directories. A second signal kills. */
+extern volatile sig_atomic_t sim_stop_requested;
 
 /* Loads or generates the data for o->devices devices and picks the model. Prints why on
  * failure. */
