@@ -38,7 +38,7 @@ int64_t fl__client_now_ms(void) {
 }
 
 int64_t fl__client_time_ms(const fl_client *c) {
-  return fl__client_now_ms() + c->clock_offset_ms;
+  return fl__add_sat(fl__client_now_ms(), c->clock_offset_ms);
 }
 
 static long or_default(long v, long d) {

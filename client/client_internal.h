@@ -163,6 +163,23 @@ void fl__client_err(fl_client *c, const char *fmt, ...) __attribute__((format(pr
 int64_t fl__client_now_ms(void);                /* CLOCK_REALTIME */
 int64_t fl__client_time_ms(const fl_client *c); /* corrected by the server's clock */
 
+/* a + b and a - b clamped to the int64 range. Times from the coordinator (server_time_ms,
+ * retry windows, deadlines, hints) are whatever it sends, unsigned, and signed overflow is
+ * undefined behaviour. */
+static inline int64_t fl__add_sat(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r))
+    return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+static inline int64_t fl__sub_sat(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_sub_overflow(a, b, &r))
+    return b < 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
 /* state.c */
 int fl__state_open(fl_client *c); /* mkdir, lock, recover temp files */
 void fl__state_close(fl_client *c);

@@ -19,6 +19,9 @@
 /* A retry hint larger than this is a Unix time in ms, smaller a delay (the proto leaves it
  * open for fl.v1.Error; RetryWindow always uses Unix time). */
 #define UNIX_MS_FLOOR INT64_C(1000000000000)
+/* The longest wait a coordinator's hint can impose, as for a Retry-After header: a hint of
+ * years (a bug, or a forged answer on a plain-HTTP link) must not park the device forever. */
+#define HINT_MAX_MS INT64_C(86400000)
 
 void fl__request_clear(fl_client *c) {
   fl__free(c->alloc, c->req_body);
@@ -162,9 +165,11 @@ int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
   int err = map_status(r->status, reason, transient);
   int64_t hint = e != NULL ? e->retry_after_ms : 0;
   if (hint >= UNIX_MS_FLOOR)
-    hint -= fl__client_time_ms(c);
+    hint = fl__sub_sat(hint, fl__client_time_ms(c));
   if (hint < r->retry_after_ms)
     hint = r->retry_after_ms;
+  if (hint > HINT_MAX_MS)
+    hint = HINT_MAX_MS;
   *retry_after_ms = hint > 0 ? hint : 0;
   fl__client_err(c, "%s %s: HTTP %d %s%s%s", c->req_method, c->req_path, r->status, reason,
                  msg[0] != '\0' ? ": " : "", msg);

@@ -235,7 +235,7 @@ static int on_checkin(fl_client *c, const fl_http_response *resp) {
     }
   } else if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY &&
              r->retry->retry_after_ms > 0) {
-    c->result.retry_at_ms = r->retry->retry_after_ms - c->clock_offset_ms;
+    c->result.retry_at_ms = fl__sub_sat(r->retry->retry_after_ms, c->clock_offset_ms);
   }
   fl__v1__check_in_response__free_unpacked(r, &pa);
   return err;
@@ -349,7 +349,7 @@ static int64_t phase_deadline(const fl_client *c) {
   if (!c->have_task || c->task.deadline_ms <= 0 || c->phase == FL__PH_FETCH_ROLLOUT ||
       c->phase == FL__PH_FETCH_EVAL || c->phase == FL__PH_EVAL_REPORT)
     return 0;
-  return c->task.deadline_ms - c->clock_offset_ms;
+  return fl__sub_sat(c->task.deadline_ms, c->clock_offset_ms);
 }
 
 static int network_step(fl_client *c, int timeout_ms, fl_step *step) {

@@ -53,6 +53,9 @@ typedef struct fake_coord {
   uint32_t epochs, batch;
   float lr, momentum, prox_mu;
   int64_t retry_at_ms;
+  int64_t server_time_ms;   /* CheckInResponse.server_time_ms; 0: now */
+  int64_t task_deadline_ms; /* TrainTask.deadline_ms */
+  int64_t fail_hint_ms;     /* Error.retry_after_ms of the fail_next refusals */
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
@@ -230,6 +233,7 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
     t.encoding = f->encoding;
     t.topk_fraction = f->topk_fraction;
     t.seed = 5;
+    t.deadline_ms = f->task_deadline_ms;
     r.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK;
     r.task = &t;
   } else {
@@ -246,7 +250,7 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
     ro.sha256.len = FL_SHA256_LEN;
     r.rollout = &ro;
   }
-  r.server_time_ms = fl__client_now_ms();
+  r.server_time_ms = f->server_time_ms ? f->server_time_ms : fl__client_now_ms();
   fake_answer(f, 200, &r.base);
 }
 
@@ -333,7 +337,7 @@ static inline int fake_begin(void *ctx, const fl_http_request *req) {
   f->busy = true;
   if (f->fail_next > 0) {
     f->fail_next--;
-    fake_refuse(f, 503, "overloaded", 0);
+    fake_refuse(f, 503, "overloaded", f->fail_hint_ms);
   } else if (strcmp(req->path, "/v1/enroll") == 0) {
     fake_enroll(f, req);
   } else if (strcmp(req->path, "/v1/checkin") == 0) {
