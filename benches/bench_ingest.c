@@ -59,6 +59,14 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* CPU time of this thread: the step costs below should not count time other programs held
+ * the core. */
+static double thread_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -674,7 +682,7 @@ static req *build_uploads(bench *b, device *ds, deltas *dl) {
 }
 
 /* The CPU work of server/upload.c for one update, step by step, measured here on the same
- * requests (best of 3 passes over 64 of them): where a coordinator core's time goes, without
+ * requests (thread CPU time, best of 3 passes over 64 of them): where a coordinator core's time goes, without
  * the database and HTTP. Layout and fold use the model's tensor sizes. */
 static void path_costs(const bench *b, const req *rs, const device *ds, const deltas *dl) {
   enum { N = 64, STEPS = 8 };
@@ -698,29 +706,29 @@ static void path_costs(const bench *b, const req *rs, const device *ds, const de
     double t[STEPS] = {0};
     for (int i = 0; i < n; i++) {
       uint8_t pub[FL_PUBKEY_LEN], dg[FL_SHA256_LEN];
-      double c0 = now_s();
+      double c0 = thread_cpu_s();
       Fl__V1__SignedRequest *sr = fl__v1__signed_request__unpack(NULL, rs[i].len, rs[i].body);
-      double c1 = now_s();
+      double c1 = thread_cpu_s();
       fl__key_public(ds[i].key, pub);
       fl__request_digest("POST", "/v1/updates", sr->device_id, sr->timestamp_ms, sr->nonce.data,
                          sr->nonce.len, sr->body.data, sr->body.len, dg);
-      double c2 = now_s();
+      double c2 = thread_cpu_s();
       int bad = fl__verify_raw(pub, dg, sizeof dg, sr->signature.data, sr->signature.len);
-      double c3 = now_s();
+      double c3 = thread_cpu_s();
       Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
-      double c4 = now_s();
+      double c4 = thread_cpu_s();
       fl__update_digest(sr->device_id, u, dg);
-      double c5 = now_s();
+      double c5 = thread_cpu_s();
       bad |= fl__verify_raw(pub, dg, sizeof dg, u->signature.data, u->signature.len);
-      double c6 = now_s();
+      double c6 = thread_cpu_s();
       bad |= fl__delta_check_layout(lay, 2, u->delta, u->n_delta);
       double sq = 0;
       for (size_t j = 0; j < u->n_delta; j++)
         sq += fl__tensor_sqnorm(u->delta[j]);
-      double c7 = now_s();
+      double c7 = thread_cpu_s();
       for (size_t j = 0; j < u->n_delta; j++)
         fl__tensor_fold(u->delta[j], (float)u->sample_count, acc + lay[j].offset);
-      double c8 = now_s();
+      double c8 = thread_cpu_s();
       if (bad || !(sq >= 0))
         die("a pre-built update does not verify");
       fl__v1__update_upload__free_unpacked(u, NULL);
@@ -736,7 +744,8 @@ static void path_costs(const bench *b, const req *rs, const device *ds, const de
   for (int k = 0; k < STEPS; k++)
     total += best[k];
   printf("\n## coordinator CPU per update outside HTTP and PostgreSQL (%zu-byte request;"
-         " server/upload.c's steps on the pre-built requests, best of 3 x %d)\n",
+         " server/upload.c's steps on the pre-built requests,"
+         " thread CPU time, best of 3 x %d)\n",
          rs[0].len, n);
   printf("| step | us | share |\n|---|---|---|\n");
   for (int k = 0; k < STEPS; k++)
@@ -791,8 +800,9 @@ static void pgss_report(const bench *b, int accepted) {
            accepted);
   PGresult *r = PQexec(c, sql);
   if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-    printf("\n## PostgreSQL statements (pg_stat_statements: plan + execution time, whole run"
-           " during the first timed round: the uploads' statements)\n| calls | us per accepted update | us per call | statement |\n"
+    printf("\n## PostgreSQL statements (pg_stat_statements: plan + execution time"
+           " during the first timed round: the uploads' statements)\n"
+           "| calls | us per accepted update | us per call | statement |\n"
            "|---|---|---|---|\n");
     for (int i = 0; i < PQntuples(r); i++)
       printf("| %s | %s | %s | `%s` |\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
