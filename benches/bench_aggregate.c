@@ -54,6 +54,13 @@ typedef struct timing {
   double wall, cpu;
 } timing;
 
+/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
+static void tmp_template(char *out, size_t size, const char *prefix) {
+  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
+  memset(out + n, 'X', 6);
+  out[n + 6] = '\0';
+}
+
 /* Deterministic data (splitmix64): the same pool for every run. */
 static uint64_t mix64(uint64_t *s) {
   uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
@@ -248,7 +255,8 @@ static void aggregation(size_t n, size_t p, int reps, size_t pool_mib, const cha
          " %.0f%% (%.0f%%) of bandwidth | | |\n",
          b2.wall * 1e3, b2.cpu * 1e3, 100.0 * br.wall / b2.wall, 100.0 * br.cpu / b2.cpu);
   if (flower != NULL) {
-    char path[] = "/tmp/bench_aggregate_XXXXXX";
+    char path[64];
+    tmp_template(path, sizeof path, "bench_aggregate_");
     int fd = mkstemp(path);
     double maxdiff = -1;
     timing tp = {-1, -1};

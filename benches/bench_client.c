@@ -195,9 +195,17 @@ static int load_data(float **x, int32_t **y) {
   return 0;
 }
 
+/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
+static void tmp_template(char *out, size_t size, const char *prefix) {
+  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
+  memset(out + n, 'X', 6);
+  out[n + 6] = '\0';
+}
+
 /* One enrolled client and one round with the given encoding; returns the upload size. */
 static long one_round(coord *k, int encoding, const float *x, const int32_t *y, bool measure) {
-  char dir[] = "/tmp/bench-client-XXXXXX";
+  char dir[48];
+  tmp_template(dir, sizeof dir, "bench-client-");
   if (mkdtemp(dir) == NULL)
     return -1;
   k->encoding = encoding;
@@ -256,7 +264,8 @@ static int cmp_double(const void *a, const void *b) {
 /* Rounds driven with fl_client_step; only fl_client_train() is timed. */
 static int epoch_times(coord *k, const float *x, const int32_t *y, int threads) {
   enum { ROUNDS = 7 };
-  char dir[] = "/tmp/bench-client-XXXXXX";
+  char dir[48];
+  tmp_template(dir, sizeof dir, "bench-client-");
   double t[ROUNDS];
   if (mkdtemp(dir) == NULL)
     return -1;

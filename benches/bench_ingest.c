@@ -78,6 +78,13 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
+static void tmp_template(char *out, size_t size, const char *prefix) {
+  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
+  memset(out + n, 'X', 6);
+  out[n + 6] = '\0';
+}
+
 static void die(const char *what) {
   fprintf(stderr, "bench_ingest: %s\n", what);
   exit(1);
@@ -864,7 +871,7 @@ int main(int argc, char **argv) {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
   snprintf(b.db, sizeof b.db, "fl_bench_ingest_%d_%lld", (int)getpid(), (long long)wall_ms());
-  snprintf(b.dir, sizeof b.dir, "/tmp/bench_ingest_XXXXXX");
+  tmp_template(b.dir, sizeof b.dir, "bench_ingest_");
   if (mkdtemp(b.dir) == NULL)
     die("mkdtemp");
   char sql[160];

@@ -97,7 +97,7 @@ if has scaling; then
 fi
 
 if has profile; then
-  PERF=$(mktemp /tmp/fl-bench-perf-XXXXXX)
+  PERF=$(mktemp)
   run env FL_BENCH_PERF="$PERF" FL_BENCH_PGSS=1 pg_virtualenv -t \
     -o shared_preload_libraries=pg_stat_statements -o pg_stat_statements.track_planning=on \
     "$B/bench_ingest" -d "$DEVICES" -k "$K" -r "$ROUNDS" 2>&1 | grep -v '^20..-'
@@ -114,7 +114,7 @@ fi
 
 if has compare; then
   BASE_REV=${BASE_REV:-939019e}
-  SRC=$(mktemp -d /tmp/fl-bench-base-XXXXXX)
+  SRC=$(mktemp -d)
   git -C "$ROOT" archive "$BASE_REV" | tar -x -C "$SRC"
   cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF >/dev/null
   cmake --build "$SRC/build" -j"$(nproc)" --target fl-coordinator bench_aggregate >/dev/null
@@ -132,7 +132,7 @@ fi
 
 if has fleet; then
   SIM=$BUILD/client/sim/fl-sim
-  OUT=$(mktemp -d /tmp/fl-bench-fleet-XXXXXX)
+  OUT=$(mktemp -d)
   echo; echo "\$ $SIM --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 --out $OUT"
   "$SIM" --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 \
     --out "$OUT"
