@@ -191,7 +191,9 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   }
   if (fl__auth_device(s, c, q, sr, NULL, pub, r))
     goto out_put;
-  u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
+  fl_pb_budget pb;
+  u = fl__v1__update_upload__unpack(fl__pb_budget(&pb, sr->body.len), sr->body.len,
+                                    sr->body.data);
   if (u == NULL) {
     fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
     goto out_put;

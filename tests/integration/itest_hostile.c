@@ -1505,3 +1505,68 @@ Test(hostile, admin_bad_values_get_4xx, .init = setup, .fini = teardown, .timeou
   assert_unchanged(before);
   scene_free(&s);
 }
+
+/* ----- expansion on unpack ------------------------------------------------------------ */
+
+static void setup_default_body(void) {
+  cr_assert_eq(fl_h_db_create(g_db), 0, "CREATE DATABASE (run under pg_virtualenv)");
+  cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, NULL), 0, "coordinator start");
+  g_curl = curl_easy_init();
+  cr_assert_not_null(g_curl);
+  g_seed = 1;
+  g_rs = 12345;
+}
+
+/* Peak resident memory of the coordinator (kB). */
+static long coord_hwm_kb(void) {
+  char path[64], line[256];
+  long kb = -1;
+  snprintf(path, sizeof path, "/proc/%d/status", (int)g_coord.pid);
+  FILE *f = fopen(path, "r");
+  cr_assert_not_null(f);
+  while (fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+      break;
+  fclose(f);
+  return kb;
+}
+
+/* An unauthenticated enrollment of 4 MiB made of empty repeated labels: two bytes each on the
+ * wire, a struct and a pointer each once unpacked (about 30-fold, 200 MB and more under ASan),
+ * and the EnrollRequest is unpacked before its signature can be checked. Unpacking must stay
+ * within a small multiple of the body. */
+Test(hostile, repeated_fields_do_not_amplify_memory, .init = setup_default_body,
+     .fini = teardown, .timeout = 120) {
+  enum { LABELS = 2 << 20 };
+  size_t n = 2 * (size_t)LABELS + 64;
+  uint8_t *body = malloc(n), *p = body;
+  cr_assert_not_null(body);
+  *p++ = 0x0a; /* enrollment_token = "t" */
+  *p++ = 1;
+  *p++ = 't';
+  *p++ = 0x12; /* public_key: 32 bytes */
+  *p++ = 32;
+  memset(p, 7, 32);
+  p += 32;
+  for (int i = 0; i < LABELS; i++) {
+    *p++ = 0x1a; /* labels: an empty Label */
+    *p++ = 0;
+  }
+  fl_key *k = NULL;
+  cr_assert_eq(fl__key_generate(&k), 0);
+  env_spec e = {k, 0, wall_ms(), 16, "POST", "/v1/enroll", FL_SIG_LEN, false};
+  long before = coord_hwm_kb();
+  fl_h_resp r;
+  int rc = signed_req(&e, "POST", "/v1/enroll", body, (size_t)(p - body), &r);
+  cr_assert_eq(rc, 0);
+  cr_expect(r.status >= 400 && r.status < 500, "status %ld", r.status);
+  fl_h_resp_free(&r);
+  long after = coord_hwm_kb();
+  fprintf(stderr, "itest_hostile: peak RSS %ld kB -> %ld kB for a %zu-byte enrollment\n", before,
+          after, (size_t)(p - body));
+  cr_expect_lt(after - before, 64 * 1024, "unpacking grew the coordinator by %ld MB",
+               (after - before) / 1024);
+  assert_alive();
+  fl__key_free(k);
+  free(body);
+}
