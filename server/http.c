@@ -206,8 +206,12 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
     return send_resp(s, q, &r, rt ? rt->name : "unknown");
   }
   if (rt == NULL) {
-    fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
-                         "no such endpoint");
+    if (strncmp(q->path, "/v1/", 4) == 0)
+      fl__resp_dev_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
+                         "no such endpoint", 0);
+    else
+      fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
+                           "no such endpoint");
     return send_resp(s, q, &r, "unknown");
   }
   r.status = 500;

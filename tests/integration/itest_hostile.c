@@ -1032,6 +1032,10 @@ Test(hostile, extreme_values_get_clear_refusals, .init = setup, .fini = teardown
     e = honest_env(&s.dev[0], "GET", paths[i]);
     EXPECT_REFUSAL(signed_req(&e, "GET", paths[i], NULL, 0, &r), &r, 404, "not_found");
   }
+  /* Unknown device paths and wrong methods answer in the device API's format too. */
+  EXPECT_REFUSAL(raw("POST", "/v1/nowhere", NULL, "x", 1, false, &r), &r, 404, "not_found");
+  EXPECT_REFUSAL(raw("GET", "/v1/checkin", NULL, NULL, 0, false, &r), &r, 405,
+                 "method_not_allowed");
   long st;
   json_decref(fl_h_admin(&g_coord, "GET", "/admin/v1/rounds/18446744073709551616", NULL, &st));
   cr_expect_eq(st, 404);
