@@ -62,18 +62,25 @@ static int load_round_view(PGconn *c, uint64_t round_id, uint64_t device_id, rou
 
 /* The largest norm an honest device can send: the clip bound, plus the rounding of float16
  * (2^-11 relative) and of int8 (at most scale/2 per element), plus the local Gaussian noise
- * the plan asks for (||N(0, s^2 I_n)|| <= s (sqrt(n) + 6) but with probability e^-18). */
+ * the plan asks for (||N(0, s^2 I_n)|| <= s (sqrt(n) + 6) but with probability e^-18).
+ * The int8 allowance grows with a scale the device chooses, so the scale itself is bounded
+ * first: an honest one is max|x|/127, and no |x| exceeds the bound before quantisation.
+ * Returns -1 when an int8 scale is larger than the bound / 127. */
 static double norm_bound(const fl_plan *p, const fl_model_info *mi, Fl__V1__Tensor **t) {
   double q = 0;
   if (p->clip_norm <= 0)
     return INFINITY;
-  for (size_t i = 0; i < mi->n_tensors; i++)
-    if (t[i]->encoding == FL__V1__ENCODING__ENCODING_INT8)
-      q += (double)t[i]->count * (0.5 * t[i]->scale) * (0.5 * t[i]->scale);
-  double b = p->clip_norm * (1.0 + 1e-3) + 1e-6 + sqrt(q);
+  double b = p->clip_norm * (1.0 + 1e-3) + 1e-6;
   if (p->local_noise_stddev > 0)
     b += p->local_noise_stddev * (sqrt((double)mi->n_params) + 6.0);
-  return b;
+  for (size_t i = 0; i < mi->n_tensors; i++) {
+    if (t[i]->encoding != FL__V1__ENCODING__ENCODING_INT8)
+      continue;
+    if ((double)t[i]->scale > b / 127.0)
+      return -1.0;
+    q += (double)t[i]->count * (0.5 * t[i]->scale) * (0.5 * t[i]->scale);
+  }
+  return b + sqrt(q);
 }
 
 /* Shapes, values and norm of the delta. Returns 0 or -1 with the refusal in *r. */
@@ -99,6 +106,10 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
     return -1;
   }
   double bound = norm_bound(&v->plan, mi, u->delta);
+  if (bound < 0) {
+    fl__resp_dev_error(r, 422, "norm_exceeded", "an int8 scale exceeds the norm bound / 127", 0);
+    return -1;
+  }
   if (sqrt(sq) > bound) {
     snprintf(msg, sizeof msg, "norm %.6g exceeds the bound %.6g", sqrt(sq), bound);
     fl__resp_dev_error(r, 422, "norm_exceeded", msg, 0);

@@ -1574,3 +1574,50 @@ Test(hostile, repeated_fields_do_not_amplify_memory, .init = setup_default_body,
   fl__key_free(k);
   free(body);
 }
+
+/* ----- the norm bound ------------------------------------------------------------------- */
+
+/* The int8 quantisation allowance of the norm bound grows with the tensor's scale, which the
+ * device chooses: with a huge scale and a quarter of the values at +-1, any norm fitted under
+ * it (docs/API.md 1.6). An honest scale is at most max|x|/127 <= bound/127. */
+Test(hostile, int8_scale_cannot_lift_the_norm_bound, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  scene s;
+  int64_t before[N_STATE];
+  fl_h_resp r;
+  size_t len;
+  scene_build(&s);
+  snapshot(before);
+  static const float scales[] = {1e6f, 1.0f, 5.0f / 127.0f * 1.01f};
+  for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++) {
+    upd x;
+    upd_init(&x, &s);
+    for (size_t i = 0; i < s.base->n_weights; i++) {
+      Fl__V1__Tensor *t = &x.t[i];
+      size_t n = (size_t)x.count0[i];
+      uint8_t *p = upd_buf(&x.data[i], n);
+      for (size_t j = 0; j < n; j++)
+        p[j] = j % 4 == 0 ? (uint8_t)(j % 8 ? 1 : 0xff) : 0;
+      t->encoding = FL__V1__ENCODING__ENCODING_INT8;
+      t->data = (ProtobufCBinaryData){n, p};
+      t->scale = scales[k];
+    }
+    x.u.sample_count = 10;
+    uint8_t *ub = pack_update(&x, &s.dev[0], &len);
+    upd_free(&x);
+    env_spec e = honest_env(&s.dev[0], "POST", "/v1/updates");
+    EXPECT_REFUSAL(signed_req(&e, "POST", "/v1/updates", ub, len, &r), &r, 422,
+                   "norm_exceeded");
+    free(ub);
+  }
+  assert_unchanged(before);
+  /* An honest int8 update (scale = max|x|/127, clipped to the plan's bound of 5) still counts. */
+  float delta[43];
+  for (int i = 0; i < 43; i++)
+    delta[i] = (float)((i % 7) - 3) * 0.1f;
+  fl_h_update_opts o = {.encoding = FL__V1__ENCODING__ENCODING_INT8};
+  cr_assert_eq(fl_h_upload(&g_coord, &s.dev[0], s.base, s.round_id, delta, 10, &o, &r), 0);
+  cr_expect_eq(r.status, 200, "honest int8 update: %ld %s", r.status, fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  scene_free(&s);
+}
