@@ -89,7 +89,8 @@ int sim_coord_start(sim_coord *c, const char *bin, const char *database_url,
   argv[n] = NULL;
   /* The coordinator's BLAS work (folding updates) runs on its request threads already; OpenBLAS
    * threads of its own would spin in sched_yield between calls, taking a quarter of a core
-   * from the fleet's workers and PostgreSQL on a small machine (measured with perf). */
+   * from the fleet's workers and PostgreSQL on a small machine (measured with perf). Current
+   * coordinators set this themselves (server/main.c); a given --coordinator-bin may not. */
   char *env[] = {env_token, "OPENBLAS_NUM_THREADS=1", NULL};
   int rc = sim_spawn(&c->pid, argv, env, c->log_path, NULL);
   if (rc != FL_OK)

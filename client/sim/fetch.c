@@ -126,15 +126,20 @@ int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_i
   free(auth);
   if (rc == FL_OK && status != 200)
     rc = FL_E_REFUSED;
-  Fl__V1__ModelVersion *mv = NULL;
-  if (rc == FL_OK) {
-    mv = fl__v1__model_version__unpack(NULL, body.len, body.p);
-    rc = mv ? load_checked(mv, coord_pub, model_id, version, m) : FL_E_PARSE;
-  }
+  if (rc == FL_OK)
+    rc = sim_fetch_check(body.p, body.len, coord_pub, model_id, version, m);
   if (bytes)
     *bytes = body.len;
-  if (mv)
-    fl__v1__model_version__free_unpacked(mv, NULL);
   free(body.p);
+  return rc;
+}
+
+int sim_fetch_check(const uint8_t *body, size_t len, const uint8_t coord_pub[FL_PUBKEY_LEN],
+                    uint64_t model_id, uint64_t version, fl_model *m) {
+  Fl__V1__ModelVersion *mv = fl__v1__model_version__unpack(NULL, len, body);
+  if (mv == NULL)
+    return FL_E_PARSE;
+  int rc = load_checked(mv, coord_pub, model_id, version, m);
+  fl__v1__model_version__free_unpacked(mv, NULL);
   return rc;
 }

@@ -8,6 +8,7 @@
 #ifndef SIM_FETCH_H
 #define SIM_FETCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "crypto.h"
@@ -20,5 +21,11 @@
 int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_id,
                       const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id,
                       uint64_t version, fl_model *m, uint64_t *bytes);
+
+/* The checks of sim_fetch_version on a serialized fl.v1.ModelVersion already in memory: the
+ * signature over its digest, then the digest recomputed from model_id, version, its parent,
+ * m's spec and the parameters. FL_E_PARSE, FL_E_BADSIG, FL_E_SHAPE, FL_E_BADHASH. */
+int sim_fetch_check(const uint8_t *body, size_t len, const uint8_t coord_pub[FL_PUBKEY_LEN],
+                    uint64_t model_id, uint64_t version, fl_model *m);
 
 #endif
