@@ -483,9 +483,15 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
     goto out;
   }
-  int gate = e->gate_id != 0 && err == FL_OK ? fl__gate_exists(c, e->gate_id) : 1;
+  int gate =
+      e->gate_id != 0 && err == FL_OK ? fl__gate_sampled(c, e->gate_id, sr->device_id) : 1;
   if (gate == 0) {
     fl__resp_dev_error(r, 404, "unknown_gate", "no rollout with this gate", 0);
+    goto out;
+  }
+  if (gate == 2) {
+    /* Only the sample the gate asked decides it; an unasked report would be a free vote. */
+    fl__resp_dev_error(r, 403, "not_sampled", "this device is not in the gate's sample", 0);
     goto out;
   }
   err = gate < 0 ? FL_E_DB : err;

@@ -161,17 +161,29 @@ out:
 
 /* ----- gates --------------------------------------------------------------------------------- */
 
-int fl__gate_exists(PGconn *c, uint64_t gate_id) {
+int fl__gate_sampled(PGconn *c, uint64_t gate_id, uint64_t device_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, gate_id);
-  PGresult *res = fl__pg_exec(
-      c, "SELECT 1 FROM rollouts WHERE rollout_id = $1 AND gate IS NOT NULL", &p, false, NULL);
+  fl__pgp_u64(&p, device_id);
+  /* The same sample check-ins hand evaluation tasks to (set_eval): the rollout's cohort and
+   * the gate's hash sample. */
+  PGresult *res = fl__pg_exec(c,
+                              "SELECT coalesce((r.gate->>'sample_pct')::float8, 10),"
+                              " coalesce(d.labels @> r.cohort, true)"
+                              " FROM rollouts r JOIN devices d ON d.device_id = $2"
+                              " WHERE r.rollout_id = $1 AND r.gate IS NOT NULL",
+                              &p, false, NULL);
   if (res == NULL)
     return -1;
-  int found = PQntuples(res) == 1;
+  int rc = 0;
+  if (PQntuples(res) == 1)
+    rc = strcmp(PQgetvalue(res, 0, 1), "t") == 0 &&
+                 fl__rollout_member(FL_GATE_DOMAIN, device_id, gate_id, fl__pg_f64(res, 0, 0))
+             ? 1
+             : 2;
   PQclear(res);
-  return found;
+  return rc;
 }
 
 int fl__rollout_promote_tx(PGconn *c, uint64_t rollout_id) {

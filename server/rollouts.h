@@ -50,8 +50,10 @@ int fl__rollout_for_device(PGconn *c, uint64_t device_id, uint64_t model_id,
  * and the gate asks for that), with an audit row. 0, or -1 on a database error. */
 int fl__gate_on_report(PGconn *c, uint64_t gate_id);
 
-/* 1 when gate_id names a rollout with a gate, 0 when not, -1 on a database error. */
-int fl__gate_exists(PGconn *c, uint64_t gate_id);
+/* Whether device_id may report for gate gate_id: 1 when the gate exists and the device is in
+ * its sample (the rollout's cohort and the gate's hash), 2 when the gate exists but the device
+ * is not, 0 when gate_id names no rollout with a gate, -1 on a database error. */
+int fl__gate_sampled(PGconn *c, uint64_t gate_id, uint64_t device_id);
 
 /* Promotes a live rollout inside the caller's transaction (the channel's version becomes the
  * candidate, its previous version the old one). 0, or -1 on a database error. */

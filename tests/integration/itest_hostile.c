@@ -1621,3 +1621,98 @@ Test(hostile, int8_scale_cannot_lift_the_norm_bound, .init = setup, .fini = tear
   fl_h_resp_free(&r);
   scene_free(&s);
 }
+
+/* ----- evaluation gates ----------------------------------------------------------------- */
+
+static bool gate_member(uint64_t device, uint64_t id, double pct) {
+  uint8_t buf[64], h[FL_SHA256_LEN];
+  size_t n = strlen("fl.v1.gate");
+  memcpy(buf, "fl.v1.gate", n);
+  for (int i = 0; i < 8; i++) {
+    buf[n + (size_t)i] = (uint8_t)(device >> (8 * i));
+    buf[n + 8 + (size_t)i] = (uint8_t)(id >> (8 * i));
+  }
+  fl__sha256(buf, n + 16, h);
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = (v << 8) | h[i];
+  return pct >= 100 || (pct > 0 && v < (uint64_t)ldexp(pct / 100.0, 64));
+}
+
+/* A gate is decided by the sample it asked (docs/API.md 5.3): a device outside the sample, or
+ * outside the rollout's cohort, cannot vote by sending a report nobody asked for (with the
+ * largest sample_count, one such report outweighed the whole sample). */
+Test(hostile, only_the_gate_sample_reports, .init = setup, .fini = teardown, .timeout = 120) {
+  enum { NDEV = 24 };
+  fl_h_device dev[NDEV];
+  uint64_t model_id, round_id;
+  char body[512];
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "gated", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"deadline_s\":3600,\"clip_norm\":5}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, dev, NDEV), 0);
+  /* Version 2 from one honest round, so that a rollout has a candidate. */
+  Fl__V1__CheckInResponse *resp = NULL;
+  Fl__V1__ModelVersion *base = NULL;
+  cr_assert_eq(fl_h_checkin(&g_coord, &dev[0], model_id, &resp), 0);
+  fl__v1__check_in_response__free_unpacked(resp, NULL);
+  cr_assert_eq(fl_h_download(&g_coord, &dev[0], model_id, 1, &base), 0);
+  float delta[43] = {0.01f};
+  fl_h_resp r;
+  cr_assert_eq(fl_h_upload(&g_coord, &dev[0], base, round_id, delta, 10, NULL, &r), 0);
+  cr_assert_eq(r.status, 200);
+  fl_h_resp_free(&r);
+  json_decref(fl_h_wait_round(&g_coord, round_id, "closed", 30000));
+  snprintf(body, sizeof body, "{\"model_id\":%llu,\"name\":\"stable\",\"version\":1}",
+           (unsigned long long)model_id);
+  json_decref(fl_h_admin_ok(&g_coord, "POST", "/admin/v1/channels", body));
+  snprintf(body, sizeof body,
+           "{\"model_id\":%llu,\"version\":2,\"percent\":100,"
+           "\"gate\":{\"metric\":\"accuracy\",\"min\":0.5,\"sample_pct\":50,\"min_reports\":1}}",
+           (unsigned long long)model_id);
+  json_t *ro = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/rollouts", body);
+  cr_assert_not_null(ro);
+  uint64_t gate = (uint64_t)json_integer_value(json_object_get(ro, "rollout_id"));
+  json_decref(ro);
+
+  int outside = -1, inside = -1;
+  for (int i = 0; i < NDEV; i++) {
+    if (gate_member(dev[i].id, gate, 50))
+      inside = inside < 0 ? i : inside;
+    else
+      outside = outside < 0 ? i : outside;
+  }
+  cr_assert(inside >= 0 && outside >= 0, "need devices on both sides of the 50%% sample");
+  Fl__V1__EvalReport ev = FL__V1__EVAL_REPORT__INIT;
+  Fl__V1__Metric m = FL__V1__METRIC__INIT, *mp = &m;
+  uint8_t eb[256];
+  m.name = "accuracy";
+  m.value = 1.0;
+  ev.model_id = model_id;
+  ev.version = 2;
+  ev.gate_id = gate;
+  ev.sample_count = 1000000;
+  ev.n_metrics = 1;
+  ev.metrics = &mp;
+  size_t len = fl__v1__eval_report__pack(&ev, eb);
+  int64_t evals = fl_h_db_int(g_db, "SELECT count(*) FROM evaluations");
+  env_spec e = honest_env(&dev[outside], "POST", "/v1/evaluations");
+  EXPECT_REFUSAL(signed_req(&e, "POST", "/v1/evaluations", eb, len, &r), &r, 403,
+                 "not_sampled");
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM evaluations"), evals);
+  char path[64];
+  snprintf(path, sizeof path, "/admin/v1/rollouts/%llu", (unsigned long long)gate);
+  json_t *g = fl_h_admin_ok(&g_coord, "GET", path, NULL);
+  cr_expect_str_eq(json_string_value(json_object_get(g, "gate_state")), "evaluating",
+                   "an unsampled report decided the gate");
+  json_decref(g);
+  /* A sampled device's report counts. */
+  e = honest_env(&dev[inside], "POST", "/v1/evaluations");
+  cr_assert_eq(signed_req(&e, "POST", "/v1/evaluations", eb, len, &r), 0);
+  cr_expect_eq(r.status, 200, "sampled report: %ld %s", r.status, fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  fl__v1__model_version__free_unpacked(base, NULL);
+  for (int i = 0; i < NDEV; i++)
+    fl_h_device_free(&dev[i]);
+}
