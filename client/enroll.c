@@ -64,7 +64,8 @@ static void sleep_until(int64_t wake_ms) {
 
 static int accept_answer(fl_client *c, const fl_http_response *resp) {
   ProtobufCAllocator pa;
-  fl__protobuf_allocator(&pa, c->alloc);
+  fl_pb_budget pbb;
+  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
   Fl__V1__EnrollResponse *r = fl__v1__enroll_response__unpack(&pa, resp->body_len, resp->body);
   if (r == NULL) {
     fl__client_err(c, "enrollment answer does not parse (or out of memory)");

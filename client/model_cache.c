@@ -60,7 +60,8 @@ int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_
                      const uint8_t *expect_sha, const fl_allocator *a, fl__loaded_model *out,
                      char *why, size_t why_len) {
   ProtobufCAllocator pa;
-  fl__protobuf_allocator(&pa, a);
+  fl_pb_budget pbb;
+  fl__protobuf_budget(&pa, &pbb, a, len);
   Fl__V1__ModelVersion *mv = fl__v1__model_version__unpack(&pa, len, buf);
   if (mv == NULL) {
     /* protobuf-c does not tell malformed input from a failed allocation. */

@@ -156,7 +156,8 @@ static int map_status(int status, const char *reason, bool *transient) {
 int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
                        int64_t *retry_after_ms) {
   ProtobufCAllocator pa;
-  fl__protobuf_allocator(&pa, c->alloc);
+  fl_pb_budget pbb;
+  fl__protobuf_budget(&pa, &pbb, c->alloc, r->body_len);
   Fl__V1__Error *e = NULL;
   if (r->body_len > 0)
     e = fl__v1__error__unpack(&pa, r->body_len, r->body);

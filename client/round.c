@@ -214,7 +214,8 @@ static void note_rollout(fl_client *c, const Fl__V1__RolloutAssignment *r) {
 
 static int on_checkin(fl_client *c, const fl_http_response *resp) {
   ProtobufCAllocator pa;
-  fl__protobuf_allocator(&pa, c->alloc);
+  fl_pb_budget pbb;
+  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
   Fl__V1__CheckInResponse *r = fl__v1__check_in_response__unpack(&pa, resp->body_len, resp->body);
   if (r == NULL) {
     fl__client_err(c, "check-in answer does not parse (or out of memory)");
@@ -276,7 +277,8 @@ out_free:
 
 static int on_upload(fl_client *c, const fl_http_response *resp) {
   ProtobufCAllocator pa;
-  fl__protobuf_allocator(&pa, c->alloc);
+  fl_pb_budget pbb;
+  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
   Fl__V1__UpdateAck *a = fl__v1__update_ack__unpack(&pa, resp->body_len, resp->body);
   if (a == NULL) {
     fl__client_err(c, "upload acknowledgement does not parse (or out of memory)");

@@ -76,6 +76,28 @@ void fl__protobuf_allocator(struct ProtobufCAllocator *out, const fl_allocator *
   out->allocator_data = (void *)(uintptr_t)a;
 }
 
+static void *pb_budget_alloc(void *data, size_t size) {
+  fl_pb_budget *b = data;
+  if (size > b->left)
+    return NULL;
+  b->left -= size;
+  return fl__malloc(b->a, size);
+}
+
+static void pb_budget_free(void *data, void *ptr) {
+  fl_pb_budget *b = data;
+  fl__free(b->a, ptr);
+}
+
+void fl__protobuf_budget(struct ProtobufCAllocator *out, fl_pb_budget *b, const fl_allocator *a,
+                         size_t wire_len) {
+  b->a = a;
+  b->left = wire_len > (SIZE_MAX - 65536) / 2 ? SIZE_MAX : 2 * wire_len + 65536;
+  out->alloc = pb_budget_alloc;
+  out->free = pb_budget_free;
+  out->allocator_data = b;
+}
+
 /* Lines longer than this are cut and end in "..."; logging must never allocate. */
 #define FL__LOG_LINE_MAX 1024
 

@@ -22,6 +22,17 @@ char *fl__strdup(const fl_allocator *a, const char *s);
 /* protobuf-c allocator that forwards to `a` (the ProtobufCAllocator is filled in place). */
 struct ProtobufCAllocator;
 void fl__protobuf_allocator(struct ProtobufCAllocator *out, const fl_allocator *a);
+/* The same with a byte budget for unpacking wire_len bytes from the network: honest messages
+ * unpack to about their wire size, but an empty repeated sub-message is two bytes on the wire
+ * and a struct and a pointer once unpacked, so a hostile one would allocate thirty times its
+ * size before any signature could be checked. Allocations fail once twice the wire size plus
+ * 64 KiB are spent (protobuf-c then returns NULL). *b must outlive every use of *out. */
+typedef struct fl_pb_budget {
+  const fl_allocator *a;
+  size_t left;
+} fl_pb_budget;
+void fl__protobuf_budget(struct ProtobufCAllocator *out, fl_pb_budget *b, const fl_allocator *a,
+                         size_t wire_len);
 
 typedef struct fl_logger {
   fl_log_fn fn;   /* NULL: logging off */

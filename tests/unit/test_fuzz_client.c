@@ -98,3 +98,45 @@ Test(fuzz_client, retry_hints_are_capped_at_a_day) {
     env_down(&e);
   }
 }
+
+/* An allocator that counts the bytes handed out (never given back: a peak bound). */
+static size_t g_allocated;
+static void *count_malloc(void *ctx, size_t n) {
+  (void)ctx;
+  g_allocated += n;
+  return malloc(n);
+}
+static void *count_realloc(void *ctx, void *p, size_t n) {
+  (void)ctx;
+  g_allocated += n;
+  return realloc(p, n);
+}
+static void count_free(void *ctx, void *p) {
+  (void)ctx;
+  free(p);
+}
+
+/* A downloaded ModelVersion is unpacked before its signature can be checked; two million empty
+ * metrics (two bytes each on the wire, a struct and a pointer each once unpacked) must not make
+ * the device allocate thirty times the message. */
+Test(fuzz_client, model_versions_do_not_amplify_memory) {
+  enum { METRICS = 2 << 20 };
+  size_t len = 2 * (size_t)METRICS;
+  uint8_t *buf = malloc(len);
+  cr_assert_not_null(buf);
+  for (size_t i = 0; i < len; i += 2) {
+    buf[i] = 0x42; /* field 8 (metrics), length-delimited */
+    buf[i + 1] = 0;
+  }
+  fl_allocator a = {count_malloc, count_realloc, count_free, NULL};
+  uint8_t pub[FL_PUBKEY_LEN] = {0};
+  fl__loaded_model out;
+  memset(&out, 0, sizeof out);
+  char why[256];
+  g_allocated = 0;
+  int err = fl__model_verify(buf, len, pub, NULL, &a, &out, why, sizeof why);
+  cr_assert_neq(err, FL_OK);
+  cr_assert_lt(g_allocated, 2 * len + ((size_t)1 << 20),
+               "%zu bytes allocated for a %zu-byte message", g_allocated, len);
+  free(buf);
+}
