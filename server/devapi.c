@@ -14,6 +14,7 @@
 #include "codec.h"
 #include "devapi.h"
 #include "digest.h"
+#include "mem.h"
 #include "rounds.h"
 #include "rollouts.h"
 
@@ -75,27 +76,6 @@ static bool utf8_ok(const char *s) {
     p += n + 1;
   }
   return true;
-}
-
-static void *budget_alloc(void *data, size_t n) {
-  fl_pb_budget *b = data;
-  if (n > b->left)
-    return NULL;
-  b->left -= n;
-  return malloc(n);
-}
-
-static void budget_free(void *data, void *p) {
-  (void)data;
-  free(p);
-}
-
-ProtobufCAllocator *fl__pb_budget(fl_pb_budget *b, size_t wire_len) {
-  /* Bytes fields are copied once, packed shapes are a few entries: twice the wire size plus
-   * 64 KiB of structs holds every honest message. */
-  b->left = 2 * wire_len + 65536;
-  b->a = (ProtobufCAllocator){budget_alloc, budget_free, b};
-  return &b->a;
 }
 
 /* ----- enroll ------------------------------------------------------------------------------ */
@@ -173,9 +153,11 @@ static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
   uint8_t pub[FL_PUBKEY_LEN];
   if (sr == NULL)
     return;
+  /* Unpacked before the signature can be checked: within a budget (mem.h). */
+  ProtobufCAllocator pa;
   fl_pb_budget pb;
-  e = fl__v1__enroll_request__unpack(fl__pb_budget(&pb, sr->body.len), sr->body.len,
-                                     sr->body.data);
+  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
+  e = fl__v1__enroll_request__unpack(&pa, sr->body.len, sr->body.data);
   if (e == NULL || e->public_key.len != FL_PUBKEY_LEN || e->enrollment_token == NULL ||
       e->enrollment_token[0] == '\0') {
     fl__resp_dev_error(r, 400, "malformed_request",
@@ -362,9 +344,10 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_rollout_answer ra;
   if (begin(s, q, r, &c, &sr, pub))
     return;
+  ProtobufCAllocator pa;
   fl_pb_budget pb;
-  ci = fl__v1__check_in_request__unpack(fl__pb_budget(&pb, sr->body.len), sr->body.len,
-                                        sr->body.data);
+  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
+  ci = fl__v1__check_in_request__unpack(&pa, sr->body.len, sr->body.data);
   if (ci == NULL || !id_ok(ci->model_id) || !id_ok(ci->running_model_id) ||
       !id_ok(ci->running_version)) {
     fl__resp_dev_error(r, 400, "malformed_request",
@@ -454,9 +437,10 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   char *mj = NULL;
   if (begin(s, q, r, &c, &sr, pub))
     return;
+  ProtobufCAllocator pa;
   fl_pb_budget pb;
-  e = fl__v1__eval_report__unpack(fl__pb_budget(&pb, sr->body.len), sr->body.len,
-                                  sr->body.data);
+  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
+  e = fl__v1__eval_report__unpack(&pa, sr->body.len, sr->body.data);
   if (e == NULL || !id_ok(e->model_id) || !id_ok(e->version) || !id_ok(e->gate_id)) {
     fl__resp_dev_error(r, 400, "malformed_request",
                        "body is not an EvalReport (ids are at most 2^63-1)", 0);

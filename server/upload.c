@@ -14,6 +14,7 @@
 #include "codec.h"
 #include "devapi.h"
 #include "digest.h"
+#include "mem.h"
 #include "plan.h"
 
 typedef struct round_view {
@@ -202,9 +203,10 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   }
   if (fl__auth_device(s, c, q, sr, NULL, pub, r))
     goto out_put;
+  ProtobufCAllocator pa;
   fl_pb_budget pb;
-  u = fl__v1__update_upload__unpack(fl__pb_budget(&pb, sr->body.len), sr->body.len,
-                                    sr->body.data);
+  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
+  u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
   if (u == NULL) {
     fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
     goto out_put;
