@@ -7,6 +7,7 @@
 
 #include <endian.h>
 #include <inttypes.h>
+#include <libpq-events.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,32 @@ struct fl_pool {
   unsigned size, nfree;
   PGconn **free_list; /* entries may be NULL: not opened yet */
 };
+
+/* The statements prepared on one connection (fl__pg_exec_prep), attached to it with libpq's
+ * event procedures: libpq tells us when a reset has dropped them with the session. */
+#define PREP_MAX 32
+
+typedef struct conn_data {
+  unsigned n;
+  const char *names[PREP_MAX];
+} conn_data;
+
+static int conn_event(PGEventId id, void *info, void *pass) {
+  (void)pass;
+  if (id == PGEVT_REGISTER) {
+    PGEventRegister *e = info;
+    conn_data *d = calloc(1, sizeof *d);
+    return d != NULL && PQsetInstanceData(e->conn, conn_event, d) ? 1 : 0;
+  }
+  if (id == PGEVT_CONNRESET) {
+    conn_data *d = PQinstanceData(((PGEventConnReset *)info)->conn, conn_event);
+    if (d != NULL)
+      d->n = 0;
+  } else if (id == PGEVT_CONNDESTROY) {
+    free(PQinstanceData(((PGEventConnDestroy *)info)->conn, conn_event));
+  }
+  return 1;
+}
 
 /* libpq prints notices (e.g. "relation already exists, skipping") to stderr by default. */
 static void quiet_notice(void *arg, const char *msg) {
@@ -40,6 +67,8 @@ static PGconn *open_conn(const char *conninfo) {
     return NULL;
   }
   PQsetNoticeProcessor(c, quiet_notice, NULL);
+  /* Without it fl__pg_exec_prep only loses its speed (it falls back to PQexecParams). */
+  PQregisterEventProc(c, conn_event, "fl-prepared", NULL);
   return c;
 }
 
@@ -142,15 +171,35 @@ void fl__pgp_bin(fl_pgp *p, const void *data, size_t len) {
   push(p, data ? data : "", (int)len, 1);
 }
 
-PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
-                      char sqlstate[6]) {
+/* One execution: prepared under `name` (prepared first if this session has not yet), or
+ * PQexecParams when name is NULL or the connection carries no record of its statements. */
+static PGresult *exec_once(PGconn *c, const char *name, const char *sql, const fl_pgp *p,
+                           bool binary) {
+  conn_data *d = name != NULL ? PQinstanceData(c, conn_event) : NULL;
+  bool have = false;
+  for (unsigned i = 0; d != NULL && i < d->n && !have; i++)
+    have = strcmp(d->names[i], name) == 0;
+  if (d == NULL || (!have && d->n == PREP_MAX))
+    return PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
+  if (!have) {
+    PGresult *r = PQprepare(c, name, sql, p->n, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+      return r; /* the failure is reported like an execution's */
+    PQclear(r);
+    d->names[d->n++] = name;
+  }
+  return PQexecPrepared(c, name, p->n, p->v, p->len, p->fmt, binary ? 1 : 0);
+}
+
+static PGresult *exec_checked(PGconn *c, const char *name, const char *sql, const fl_pgp *p,
+                              bool binary, char sqlstate[6]) {
   static const fl_pgp none;
   if (p == NULL)
     p = &none;
   if (sqlstate)
     sqlstate[0] = '\0';
   bool idle = PQtransactionStatus(c) == PQTRANS_IDLE;
-  PGresult *r = PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
+  PGresult *r = exec_once(c, name, sql, p, binary);
   ExecStatusType st = PQresultStatus(r);
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
     return r;
@@ -161,7 +210,7 @@ PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
     PQclear(r);
     PQreset(c);
     fl__slog(FL_LOG_INFO, "db_reconnected", "ok=%s", PQstatus(c) == CONNECTION_OK ? "yes" : "no");
-    r = PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, binary ? 1 : 0);
+    r = exec_once(c, name, sql, p, binary);
     st = PQresultStatus(r);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
       return r;
@@ -177,6 +226,15 @@ PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
   }
   PQclear(r);
   return NULL;
+}
+
+PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary, char sqlstate[6]) {
+  return exec_checked(c, NULL, sql, p, binary, sqlstate);
+}
+
+PGresult *fl__pg_exec_prep(PGconn *c, const char *name, const char *sql, const fl_pgp *p,
+                           bool binary, char sqlstate[6]) {
+  return exec_checked(c, name, sql, p, binary, sqlstate);
 }
 
 int fl__pg_cmd(PGconn *c, const char *sql) {
