@@ -20,13 +20,14 @@
 #include "store_pg.h"
 
 typedef struct waiter {
+  const fl_upload *u; /* the request thread's, alive while it waits: refolded on a replay */
   uint64_t device_id;
   uint8_t digest[FL_SHA256_LEN];
   uint64_t samples, bytes;
   double loss;
   int result;
   uint32_t accepted;
-  bool done;
+  bool done, replayed;
   struct waiter *next;
 } waiter;
 
@@ -41,8 +42,17 @@ typedef struct batch {
   struct batch *next;
 } batch;
 
+typedef struct round_entry {
+  uint64_t round_id; /* 0: empty (round ids start at 1) */
+  double at;
+  fl_round_info info;
+} round_entry;
+
 struct fl_agg {
   fl_srv *s;
+  pthread_mutex_t nmu; /* nonces in flight and the round cache */
+  fl_nonce_slot *nonces;
+  round_entry rounds[FL_ROUND_CACHE_N];
   pthread_mutex_t mu;
   pthread_cond_t work;  /* committer: batches are pending or stop */
   pthread_cond_t done;  /* waiters: some results are in */
@@ -56,6 +66,7 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
   if (a == NULL)
     return FL_E_NOMEM;
   a->s = s;
+  pthread_mutex_init(&a->nmu, NULL);
   pthread_mutex_init(&a->mu, NULL);
   pthread_cond_init(&a->work, NULL);
   pthread_cond_init(&a->done, NULL);
@@ -66,6 +77,7 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
 void fl__agg_free(fl_agg *a) {
   if (a == NULL)
     return;
+  pthread_mutex_destroy(&a->nmu);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->work);
   pthread_cond_destroy(&a->done);
@@ -98,9 +110,71 @@ static bool pending_for(const batch *b, uint64_t device_id) {
   return false;
 }
 
+int fl__agg_nonce_reserve(fl_agg *a, fl_nonce_slot *slot, uint64_t device_id, const uint8_t *nonce,
+                          size_t len) {
+  int rc = 0;
+  if (len > FL_NONCE_MAX)
+    return 1; /* never the case: auth refuses such nonces first */
+  slot->device_id = device_id;
+  slot->len = len;
+  memcpy(slot->nonce, nonce, len);
+  pthread_mutex_lock(&a->nmu);
+  for (const fl_nonce_slot *n = a->nonces; n != NULL && rc == 0; n = n->next)
+    rc = n->device_id == device_id && n->len == len && memcmp(n->nonce, nonce, len) == 0;
+  if (rc == 0) {
+    slot->next = a->nonces;
+    a->nonces = slot;
+  }
+  pthread_mutex_unlock(&a->nmu);
+  return rc;
+}
+
+void fl__agg_nonce_release(fl_agg *a, fl_nonce_slot *slot) {
+  pthread_mutex_lock(&a->nmu);
+  for (fl_nonce_slot **p = &a->nonces; *p != NULL; p = &(*p)->next)
+    if (*p == slot) {
+      *p = slot->next;
+      break;
+    }
+  pthread_mutex_unlock(&a->nmu);
+}
+
+bool fl__agg_round_cached(fl_agg *a, uint64_t round_id, fl_round_info *out) {
+  bool hit = false;
+  pthread_mutex_lock(&a->nmu);
+  for (int i = 0; i < FL_ROUND_CACHE_N && !hit; i++)
+    if (a->rounds[i].round_id == round_id && round_id != 0) {
+      *out = a->rounds[i].info;
+      hit = true;
+    }
+  pthread_mutex_unlock(&a->nmu);
+  return hit;
+}
+
+void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in) {
+  double now = fl__mono_s();
+  pthread_mutex_lock(&a->nmu);
+  /* The same round's entry, else the oldest one. */
+  int k = 0;
+  for (int i = 0; i < FL_ROUND_CACHE_N; i++) {
+    if (a->rounds[i].round_id == round_id) {
+      k = i;
+      break;
+    }
+    if (a->rounds[i].at < a->rounds[k].at)
+      k = i;
+  }
+  a->rounds[k] = (round_entry){.round_id = round_id, .at = now, .info = *in};
+  pthread_mutex_unlock(&a->nmu);
+}
+
 int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
-  waiter w = {.device_id = u->device_id, .samples = u->samples, .bytes = u->bytes,
-              .loss = u->loss, .result = FL_AGG_RETRY};
+  waiter w = {.u = u,
+              .device_id = u->device_id,
+              .samples = u->samples,
+              .bytes = u->bytes,
+              .loss = u->loss,
+              .result = FL_AGG_RETRY};
   memcpy(w.digest, u->digest, sizeof w.digest);
   pthread_mutex_lock(&a->mu);
   if (a->stop) {
@@ -164,15 +238,18 @@ static int build_arrays(const batch *b, sbuf arr[5]) {
   int rc = 0;
   for (int k = 0; k < 5; k++)
     rc |= sb_printf(&arr[k], "{");
+  const char *sep = "";
   for (const waiter *w = b->waiters; w != NULL && rc == 0; w = w->next) {
     char hex[2 * FL_SHA256_LEN + 1];
-    const char *sep = w == b->waiters ? "" : ",";
+    if (w->replayed)
+      continue;
     fl__hex(w->digest, sizeof w->digest, hex);
     rc |= sb_printf(&arr[0], "%s%" PRIu64, sep, w->device_id);
     rc |= sb_printf(&arr[1], "%s%s", sep, hex);
     rc |= sb_printf(&arr[2], "%s%" PRIu64, sep, w->samples);
     rc |= sb_printf(&arr[3], "%s%.9g", sep, w->loss);
     rc |= sb_printf(&arr[4], "%s%" PRIu64, sep, w->bytes);
+    sep = ",";
   }
   for (int k = 0; k < 5; k++)
     rc |= sb_printf(&arr[k], "}");
@@ -186,11 +263,11 @@ static int bump_round(PGconn *c, const batch *b, uint32_t *accepted, uint32_t *t
   fl__pgp_init(&p);
   fl__pgp_u64(&p, b->round_id);
   fl__pgp_u64(&p, b->count);
-  PGresult *r = fl__pg_exec(c,
-                            "UPDATE rounds SET accepted = accepted + $2"
-                            " WHERE round_id = $1 AND state = 'open'"
-                            " RETURNING accepted, target",
-                            &p, false, NULL);
+  PGresult *r = fl__pg_exec_prep(c, "fl_batch_round",
+                                 "UPDATE rounds SET accepted = accepted + $2"
+                                 " WHERE round_id = $1 AND state = 'open'"
+                                 " RETURNING accepted, target",
+                                 &p, false, NULL);
   if (r == NULL)
     return -1;
   int rc = PQntuples(r) == 1;
@@ -214,13 +291,13 @@ static int insert_acceptances(fl_agg *a, PGconn *c, const batch *b) {
   for (int k = 0; k < 5; k++)
     fl__pgp_text(&p, arr[k].p);
   fl__pgp_text(&p, a->s->cfg.replica_id);
-  PGresult *r = fl__pg_exec(
-      c,
+  PGresult *r = fl__pg_exec_prep(
+      c, "fl_batch_acceptances",
       "INSERT INTO acceptances (round_id, device_id, digest, sample_count, loss, bytes, replica)"
       " SELECT $1, d, decode(h, 'hex'), n, l, b, $7"
       " FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::float8[], $6::bigint[])"
       "  AS t(d, h, n, l, b)"
-      " ON CONFLICT DO NOTHING",
+      " ORDER BY d ON CONFLICT DO NOTHING",
       &p, false, NULL);
   if (r != NULL) {
     rc = strtoul(PQcmdTuples(r), NULL, 10) == b->count ? 1 : 0;
@@ -242,25 +319,105 @@ static int insert_partial(fl_agg *a, PGconn *c, const batch *b) {
   fl__pgp_u64(&p, b->count);
   fl__pgp_f64(&p, b->loss_sum);
   fl__pgp_u64(&p, b->bytes);
-  PGresult *r = fl__pg_exec(c,
-                            "INSERT INTO partials (round_id, replica, sum, weight, count,"
-                            " loss_sum, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                            &p, false, NULL);
+  PGresult *r = fl__pg_exec_prep(c, "fl_batch_partial",
+                                 "INSERT INTO partials (round_id, replica, sum, weight, count,"
+                                 " loss_sum, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                 &p, false, NULL);
   if (r == NULL)
     return -1;
   PQclear(r);
   return 0;
 }
 
-/* One transaction for one batch; returns the result for all of its waiters. */
-static int commit_batch(fl_agg *a, const batch *b, uint32_t *accepted) {
+/* Sums the batch again from its waiters that are not replayed (their request threads still
+ * hold the decoded updates). */
+static void refold(batch *b) {
+  memset(b->sum, 0, b->n_params * sizeof *b->sum);
+  b->weight = b->loss_sum = 0;
+  b->bytes = 0;
+  b->count = 0;
+  for (const waiter *w = b->waiters; w != NULL; w = w->next) {
+    if (w->replayed)
+      continue;
+    for (size_t i = 0; i < w->u->mi->n_tensors; i++)
+      fl__tensor_fold(w->u->delta[i], (float)w->samples, b->sum + w->u->mi->tensors[i].offset);
+    b->weight += (double)w->samples;
+    b->loss_sum += w->loss * (double)w->samples;
+    b->bytes += w->bytes;
+    b->count++;
+  }
+}
+
+/* Step 0 of the transaction: the uploads' nonces (inserted, like the acceptances, in key
+ * order, so that two replicas' batches wait for each other instead of deadlocking). The primary key
+ * of nonces is the arbiter between replicas (and against the other device requests): an upload
+ * whose nonce is already there is a replay, marked and taken out of the batch, which is summed
+ * again without it; the rest of the batch commits. Returns 0, or -1 on error. */
+static int insert_nonces(PGconn *c, batch *b) {
+  sbuf ids = {0}, hexes = {0};
+  fl_pgp p;
+  int rc = -1;
+  const char *sep = "";
+  uint64_t *fresh = NULL;
+  PGresult *r = NULL;
+  if (sb_printf(&ids, "{") || sb_printf(&hexes, "{"))
+    goto out;
+  for (const waiter *w = b->waiters; w != NULL; w = w->next) {
+    char hex[2 * FL_NONCE_MAX + 1];
+    fl__hex(w->u->nonce, w->u->nonce_len, hex);
+    if (sb_printf(&ids, "%s%" PRIu64, sep, w->device_id) || sb_printf(&hexes, "%s%s", sep, hex))
+      goto out;
+    sep = ",";
+  }
+  if (sb_printf(&ids, "}") || sb_printf(&hexes, "}"))
+    goto out;
+  fl__pgp_init(&p);
+  fl__pgp_text(&p, ids.p);
+  fl__pgp_text(&p, hexes.p);
+  r = fl__pg_exec_prep(
+      c, "fl_batch_nonces",
+      "INSERT INTO nonces (device_id, nonce)"
+      " SELECT d, decode(h, 'hex') FROM unnest($1::bigint[], $2::text[]) AS t(d, h)"
+      " ORDER BY d, h ON CONFLICT DO NOTHING RETURNING device_id",
+      &p, false, NULL);
+  if (r == NULL)
+    goto out;
+  int n = PQntuples(r);
+  if ((uint32_t)n != b->count) {
+    /* A batch holds one upload per device (fl__agg_submit), so the device id names it. */
+    fresh = calloc(n ? (size_t)n : 1, sizeof *fresh);
+    if (fresh == NULL)
+      goto out;
+    for (int i = 0; i < n; i++)
+      fresh[i] = fl__pg_u64(r, i, 0);
+    for (waiter *w = b->waiters; w != NULL; w = w->next) {
+      w->replayed = true;
+      for (int i = 0; i < n && w->replayed; i++)
+        w->replayed = fresh[i] != w->device_id;
+    }
+    refold(b);
+  }
+  rc = 0;
+out:
+  PQclear(r);
+  free(fresh);
+  free(ids.p);
+  free(hexes.p);
+  return rc;
+}
+
+/* One transaction for one batch; returns the result for all of its waiters that are not
+ * marked replayed. */
+static int commit_batch(fl_agg *a, batch *b, uint32_t *accepted) {
   uint32_t target = 0;
   int result = FL_AGG_RETRY;
   PGconn *c = fl__pool_get(a->s->pool);
   if (c == NULL)
     return FL_AGG_RETRY;
-  if (fl__pg_cmd(c, "BEGIN"))
+  if (fl__pg_cmd(c, "BEGIN") || insert_nonces(c, b))
     goto out;
+  if (b->count == 0)
+    goto out; /* every upload was a replay: nothing to write */
   int rc = bump_round(c, b, accepted, &target);
   if (rc == 0)
     result = FL_AGG_ROUND_CLOSED;
@@ -311,7 +468,7 @@ static void *committer(void *arg) {
                result, accepted);
       pthread_mutex_lock(&a->mu);
       for (waiter *w = b->waiters; w != NULL; w = w->next) {
-        w->result = result;
+        w->result = w->replayed ? FL_AGG_REPLAYED : result;
         w->accepted = accepted;
         w->done = true;
       }

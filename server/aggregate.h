@@ -14,6 +14,7 @@
 
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "models.h"
+#include "plan.h"
 #include "server.h"
 
 typedef struct fl_upload {
@@ -24,6 +25,8 @@ typedef struct fl_upload {
   uint64_t bytes;
   const fl_model_info *mi;
   Fl__V1__Tensor *const *delta; /* mi->n_tensors tensors, already validated */
+  const uint8_t *nonce;         /* the request's nonce, recorded in the batch's transaction */
+  size_t nonce_len;
 } fl_upload;
 
 enum {
@@ -31,7 +34,8 @@ enum {
   FL_AGG_ROUND_CLOSED = 1, /* the round closed before the batch committed */
   FL_AGG_IN_PROGRESS = 2,  /* an upload of this device for this round is already pending */
   FL_AGG_RETRY = 3,        /* not committed (database unavailable or a concurrent duplicate) */
-  FL_AGG_SHUTDOWN = 4
+  FL_AGG_SHUTDOWN = 4,
+  FL_AGG_REPLAYED = 5 /* the nonce was recorded meanwhile (by another request or replica) */
 };
 
 int fl__agg_new(fl_agg **out, fl_srv *s);
@@ -42,5 +46,32 @@ void fl__agg_free(fl_agg *a);
 
 /* Folds and waits for the commit. *accepted receives the round's accepted count after it. */
 int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted);
+
+/* Nonces of uploads in flight on this replica. An upload's nonce is written in the group
+ * commit, not before its checks, so until then this set is what refuses a second request with
+ * the same nonce here; across replicas the primary key of nonces decides at commit. The slot
+ * is the caller's (no allocation); reserve returns 0, or 1 when the nonce is already in
+ * flight. A reserved slot must be released. */
+#define FL_NONCE_MAX 64
+typedef struct fl_nonce_slot {
+  uint64_t device_id;
+  size_t len;
+  uint8_t nonce[FL_NONCE_MAX];
+  struct fl_nonce_slot *next;
+} fl_nonce_slot;
+int fl__agg_nonce_reserve(fl_agg *a, fl_nonce_slot *slot, uint64_t device_id, const uint8_t *nonce,
+                          size_t len);
+void fl__agg_nonce_release(fl_agg *a, fl_nonce_slot *slot);
+
+/* What never changes about a round (model, base version, plan), cached per replica for the
+ * uploads' checks; the round's state is read with every upload. Only rounds that exist are
+ * cached; the least recently stored of FL_ROUND_CACHE_N entries makes room. */
+#define FL_ROUND_CACHE_N 8
+typedef struct fl_round_info {
+  uint64_t model_id, base_version;
+  fl_plan plan;
+} fl_round_info;
+bool fl__agg_round_cached(fl_agg *a, uint64_t round_id, fl_round_info *out);
+void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in);
 
 #endif

@@ -78,13 +78,13 @@ static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool 
   return rc;
 }
 
-/* Records the nonce. 0 fresh, 1 replayed, -1 database error.
+/* Records the nonce (auth.h).
  * The insert commits without waiting for the WAL flush (synchronous_commit off for this one
  * transaction): a flush per request would cap the whole device API at the disk's fsync rate.
  * The cost is that nonces of the last few milliseconds before a database crash can be
  * replayed once; every state change they could cause is idempotent or durable on its own
  * (uploads are unique per device and round). */
-static int record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce) {
+int fl__auth_record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -112,10 +112,8 @@ static int verify_sig(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t 
                                                                                            : -1;
 }
 
-int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
-                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
+int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r) {
   int64_t now = fl__now_ms();
-  bool revoked = false;
   /* |timestamp - now| in unsigned arithmetic: the timestamp is any int64 a client sends, and
    * the signed difference overflows for values near INT64_MIN or INT64_MAX. */
   uint64_t skew = sr->timestamp_ms >= now ? (uint64_t)sr->timestamp_ms - (uint64_t)now
@@ -128,6 +126,27 @@ int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest
     fl__resp_dev_error(r, 400, "bad_nonce", "nonce must be 16 to 64 bytes", 0);
     return -1;
   }
+  return 0;
+}
+
+int fl__auth_verify(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub, bool revoked,
+                    fl_resp *r) {
+  if (verify_sig(q, sr, pub)) {
+    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+    return -1;
+  }
+  if (revoked) {
+    fl__resp_dev_error(r, 403, "device_revoked", "device is revoked", 0);
+    return -1;
+  }
+  return 0;
+}
+
+int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
+                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
+  bool revoked = false;
+  if (fl__auth_precheck(s, sr, r))
+    return -1;
   if (enroll_pub != NULL) {
     if (sr->device_id != 0) {
       fl__resp_dev_error(r, 400, "malformed_request", "enrollment is signed with device_id 0", 0);
@@ -143,15 +162,9 @@ int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest
       return -1;
     }
   }
-  if (verify_sig(q, sr, pub_out)) {
-    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+  if (fl__auth_verify(q, sr, pub_out, revoked, r))
     return -1;
-  }
-  if (revoked) {
-    fl__resp_dev_error(r, 403, "device_revoked", "device is revoked", 0);
-    return -1;
-  }
-  int rc = record_nonce(c, sr->device_id, &sr->nonce);
+  int rc = fl__auth_record_nonce(c, sr->device_id, &sr->nonce);
   if (rc < 0)
     goto unavailable;
   if (rc > 0) {

@@ -20,45 +20,96 @@
 typedef struct round_view {
   bool found, open, assigned, accepted;
   uint64_t model_id, base_version;
-  char digest_hex[2 * FL_SHA256_LEN + 1];
+  uint8_t digest[FL_SHA256_LEN]; /* of the accepted update, when accepted */
   fl_plan plan;
 } round_view;
 
-/* What the coordinator knows about this device in this round. 0 or -1 (database error). */
-static int load_round_view(PGconn *c, uint64_t round_id, uint64_t device_id, round_view *v) {
+/* The device's row, whether its nonce was seen, its standing in the round and the round's
+ * state, in one round trip (what never changes about the round comes from load_round). */
+typedef struct device_view {
+  uint8_t pub[FL_PUBKEY_LEN];
+  bool revoked, nonce_seen;
+} device_view;
+
+/* 0 found, 1 unknown device, -1 database error. round_id NULL: no such round to look at. */
+static int load_device_view(PGconn *c, const Fl__V1__SignedRequest *sr, const uint64_t *round_id,
+                            device_view *d, round_view *v) {
   fl_pgp p;
-  char msg[160];
-  memset(v, 0, sizeof *v);
-  if (round_id > INT64_MAX)
-    return 0; /* round ids are bigserial: no such round (and no bigint to query with) */
+  memset(d, 0, sizeof *d);
+  /* Device ids are bigserial: 0 or one above INT64_MAX names no device. */
+  if (sr->device_id == 0 || sr->device_id > INT64_MAX)
+    return 1;
   fl__pgp_init(&p);
-  fl__pgp_u64(&p, round_id);
-  fl__pgp_u64(&p, device_id);
-  PGresult *r = fl__pg_exec(
-      c,
-      "SELECT r.state, r.model_id, r.base_version, p.config::text,"
-      " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id AND a.device_id = $2),"
-      " (SELECT encode(x.digest, 'hex') FROM acceptances x"
-      "  WHERE x.round_id = r.round_id AND x.device_id = $2)"
-      " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id WHERE r.round_id = $1",
-      &p, false, NULL);
+  fl__pgp_u64(&p, sr->device_id);
+  fl__pgp_bin(&p, sr->nonce.data, sr->nonce.len);
+  if (round_id != NULL && *round_id <= INT64_MAX)
+    fl__pgp_u64(&p, *round_id);
+  else
+    fl__pgp_text(&p, NULL);
+  PGresult *r = fl__pg_exec_prep(
+      c, "fl_upload_device",
+      "SELECT d.public_key, d.state = 'active',"
+      " EXISTS (SELECT 1 FROM nonces n WHERE n.device_id = $1 AND n.nonce = $2),"
+      " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = $3::bigint AND a.device_id = $1),"
+      " (SELECT x.digest FROM acceptances x WHERE x.round_id = $3::bigint AND x.device_id = $1),"
+      " (SELECT r.state FROM rounds r WHERE r.round_id = $3::bigint)"
+      " FROM devices d WHERE d.device_id = $1",
+      &p, true, NULL);
   if (r == NULL)
     return -1;
-  int rc = 0;
-  if (PQntuples(r) == 1) {
-    json_t *cfg = json_loads(PQgetvalue(r, 0, 3), 0, NULL);
-    v->found = true;
-    v->open = strcmp(PQgetvalue(r, 0, 0), "open") == 0;
-    v->model_id = fl__pg_u64(r, 0, 1);
-    v->base_version = fl__pg_u64(r, 0, 2);
-    v->assigned = strcmp(PQgetvalue(r, 0, 4), "t") == 0;
-    v->accepted = !PQgetisnull(r, 0, 5);
-    snprintf(v->digest_hex, sizeof v->digest_hex, "%s", PQgetvalue(r, 0, 5));
-    rc = fl__plan_from_json(&v->plan, cfg, msg) == 0 ? 0 : -1;
-    json_decref(cfg);
+  int rc = 1;
+  if (PQntuples(r) == 1 && PQgetlength(r, 0, 0) == FL_PUBKEY_LEN) {
+    memcpy(d->pub, PQgetvalue(r, 0, 0), FL_PUBKEY_LEN);
+    d->revoked = PQgetvalue(r, 0, 1)[0] == 0;
+    d->nonce_seen = PQgetvalue(r, 0, 2)[0] != 0;
+    v->assigned = PQgetvalue(r, 0, 3)[0] != 0;
+    v->accepted = !PQgetisnull(r, 0, 4) && PQgetlength(r, 0, 4) == FL_SHA256_LEN;
+    if (v->accepted)
+      memcpy(v->digest, PQgetvalue(r, 0, 4), FL_SHA256_LEN);
+    v->found = !PQgetisnull(r, 0, 5);
+    v->open = v->found && strcmp(PQgetvalue(r, 0, 5), "open") == 0;
+    rc = 0;
   }
   PQclear(r);
   return rc;
+}
+
+/* Model, base version and plan of a round that exists (v->found): from the replica's cache,
+ * else from the database (and then cached). 0 or -1 (database error). */
+static int load_round(fl_srv *s, PGconn *c, uint64_t round_id, round_view *v) {
+  fl_round_info ri;
+  fl_pgp p;
+  char msg[160];
+  if (!v->found)
+    return 0;
+  if (!fl__agg_round_cached(s->agg, round_id, &ri)) {
+    fl__pgp_init(&p);
+    fl__pgp_u64(&p, round_id);
+    PGresult *r = fl__pg_exec_prep(c, "fl_upload_round",
+                                   "SELECT r.model_id, r.base_version, p.config::text"
+                                   " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
+                                   " WHERE r.round_id = $1",
+                                   &p, false, NULL);
+    if (r == NULL)
+      return -1;
+    if (PQntuples(r) != 1) {
+      PQclear(r);
+      return -1; /* the round was seen a moment ago and rounds are never deleted */
+    }
+    json_t *cfg = json_loads(PQgetvalue(r, 0, 2), 0, NULL);
+    ri.model_id = fl__pg_u64(r, 0, 0);
+    ri.base_version = fl__pg_u64(r, 0, 1);
+    int rc = fl__plan_from_json(&ri.plan, cfg, msg);
+    json_decref(cfg);
+    PQclear(r);
+    if (rc != 0)
+      return -1;
+    fl__agg_round_store(s->agg, round_id, &ri);
+  }
+  v->model_id = ri.model_id;
+  v->base_version = ri.base_version;
+  v->plan = ri.plan;
+  return 0;
 }
 
 /* The largest norm an honest device can send: the clip bound, plus the rounding of float16
@@ -131,7 +182,6 @@ static void send_ack(fl_resp *r, uint64_t round_id, bool duplicate, uint32_t acc
  * acknowledgement). */
 static int check_round(const round_view *v, const Fl__V1__UpdateUpload *u,
                        const uint8_t digest[FL_SHA256_LEN], fl_resp *r) {
-  char hex[2 * FL_SHA256_LEN + 1];
   if (!v->found) {
     fl__resp_dev_error(r, 404, "unknown_round", "no such round", 0);
     return 0;
@@ -140,8 +190,7 @@ static int check_round(const round_view *v, const Fl__V1__UpdateUpload *u,
     /* Idempotence: the same update again is a lost acknowledgement, anything else a second
      * update, which is refused. Checked before the round state: a retry after the close still
      * learns that its update counted. */
-    fl__hex(digest, FL_SHA256_LEN, hex);
-    if (strcmp(hex, v->digest_hex) == 0)
+    if (memcmp(digest, v->digest, FL_SHA256_LEN) == 0)
       send_ack(r, u->round_id, true, 0);
     else
       fl__resp_dev_error(r, 409, "conflicting_update",
@@ -188,54 +237,115 @@ static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accep
   }
 }
 
+/* The nonce of an authenticated upload that is not committed with its batch is recorded on
+ * its own, as for every other device request (docs/API.md: it is consumed even when a later
+ * check refuses the request). When that is impossible the answer becomes 503, and when the
+ * nonce turns out to be recorded already (a replay that raced this request through another
+ * replica) 401 replayed_nonce, the answers the request would have had with the nonce recorded
+ * before the checks. */
+static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr, fl_resp *r) {
+  if (*c == NULL)
+    *c = fl__pool_get(s->pool);
+  int rc = *c != NULL ? fl__auth_record_nonce(*c, sr->device_id, &sr->nonce) : -1;
+  if (rc < 0)
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+  else if (rc > 0)
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+}
+
+/* Authentication as in fl__auth_device (same checks, same order, same answers), except that
+ * the device, its nonce and its standing in the round come in one query and that the nonce
+ * of an accepted upload is written in the group commit, with its acceptance: no transaction of
+ * its own per upload. Until then the replica's set of nonces in flight refuses a replay here;
+ * the primary key of nonces refuses one through another replica at commit. */
 void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
   Fl__V1__UpdateUpload *u = NULL;
-  uint8_t pub[FL_PUBKEY_LEN], digest[FL_SHA256_LEN];
-  const fl_model_info *mi;
+  PGconn *c = NULL;
+  uint8_t digest[FL_SHA256_LEN];
+  const fl_model_info *mi = NULL;
+  fl_nonce_slot slot;
+  bool reserved = false, consume = false;
+  device_view dv;
   round_view v;
+  memset(&v, 0, sizeof v);
   if (sr == NULL)
     goto refused;
-  PGconn *c = fl__pool_get(s->pool);
-  if (c == NULL) {
-    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+  if (fl__auth_precheck(s, sr, r))
     goto out;
-  }
-  if (fl__auth_device(s, c, q, sr, NULL, pub, r))
-    goto out_put;
+  /* Decoded before authentication only to learn the round for the one query; a body that is
+   * no UpdateUpload is still refused after authentication, as before. */
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
   u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
+  c = fl__pool_get(s->pool);
+  if (c == NULL) {
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    goto out;
+  }
+  int rc = load_device_view(c, sr, u ? &u->round_id : NULL, &dv, &v);
+  if (rc < 0) {
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    goto out;
+  }
+  if (rc > 0) {
+    fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
+    goto out;
+  }
+  if (fl__auth_verify(q, sr, dv.pub, dv.revoked, r))
+    goto out;
+  if (dv.nonce_seen ||
+      fl__agg_nonce_reserve(s->agg, &slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+    goto out;
+  }
+  /* Authenticated: from here on every outcome consumes the nonce. */
+  reserved = consume = true;
   if (u == NULL) {
     fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
-    goto out_put;
+    goto out;
   }
   if (fl__update_digest(sr->device_id, u, digest) ||
-      fl__verify_raw(pub, digest, sizeof digest, u->signature.data, u->signature.len)) {
+      fl__verify_raw(dv.pub, digest, sizeof digest, u->signature.data, u->signature.len)) {
     fl__resp_dev_error(r, 401, "bad_update_signature", "update signature does not verify", 0);
-    goto out_put;
+    goto out;
   }
-  if (load_round_view(c, u->round_id, sr->device_id, &v) ||
-      (v.found && fl__models_get(s, c, v.model_id, &mi))) {
+  if (load_round(s, c, u->round_id, &v) || (v.found && fl__models_get(s, c, v.model_id, &mi))) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-    goto out_put;
+    goto out;
   }
   if (check_round(&v, u, digest, r) == 0 || check_delta(s, &v, mi, u, r))
-    goto out_put;
+    goto out;
   fl__pool_put(s->pool, c);
-  fl_upload up = {.round_id = u->round_id, .device_id = sr->device_id, .samples = u->sample_count,
-                  .loss = u->loss, .bytes = q->len, .mi = mi, .delta = u->delta};
+  c = NULL;
+  fl_upload up = {.round_id = u->round_id,
+                  .device_id = sr->device_id,
+                  .samples = u->sample_count,
+                  .loss = u->loss,
+                  .bytes = q->len,
+                  .mi = mi,
+                  .delta = u->delta,
+                  .nonce = sr->nonce.data,
+                  .nonce_len = sr->nonce.len};
   memcpy(up.digest, digest, sizeof digest);
   uint32_t accepted = 0;
   int res = fl__agg_submit(s->agg, &up, &accepted);
-  answer_submit(r, res, u->round_id, accepted);
+  if (res == FL_AGG_OK || res == FL_AGG_REPLAYED)
+    consume = false; /* recorded in the batch's transaction, or by the request it replays */
+  if (res == FL_AGG_REPLAYED)
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+  else
+    answer_submit(r, res, u->round_id, accepted);
   if (res == FL_AGG_OK)
     fl__metrics_update_accepted(s->metrics, q->len);
-  goto out;
-out_put:
-  fl__pool_put(s->pool, c);
 out:
+  if (consume)
+    consume_nonce(s, &c, sr, r);
+  if (reserved)
+    fl__agg_nonce_release(s->agg, &slot);
+  if (c != NULL)
+    fl__pool_put(s->pool, c);
   fl__v1__update_upload__free_unpacked(u, NULL);
   fl__v1__signed_request__free_unpacked(sr, NULL);
 refused:

@@ -225,3 +225,95 @@ Test(durability, two_replicas_close_each_round_once, .init = setup, .fini = tear
   free(w0);
   fl__v1__model_version__free_unpacked(base, NULL);
 }
+
+typedef struct post_job {
+  const fl_h_coord *c;
+  const fl_h_device *d;
+  const uint8_t *body, *nonce;
+  size_t len;
+  long status; /* -1: transport error */
+  char reason[32];
+} post_job;
+
+static void *run_post(void *arg) {
+  post_job *j = arg;
+  fl_h_forge f = {.nonce = j->nonce, .nonce_len = 16};
+  fl_h_resp r;
+  j->status = -1;
+  if (fl_h_device_post(j->c, j->d, "/v1/updates", j->body, j->len, &f, &r) == 0) {
+    /* Not fl_h_error_reason: its buffer is shared by the threads. */
+    Fl__V1__Error *e = r.status != 200 && r.len ? fl__v1__error__unpack(NULL, r.len, r.data) : NULL;
+    j->status = r.status;
+    snprintf(j->reason, sizeof j->reason, "%s", e && e->reason ? e->reason : "");
+    fl__v1__error__free_unpacked(e, NULL);
+    fl_h_resp_free(&r);
+  }
+  return NULL;
+}
+
+/* An upload's nonce is written in the group commit, not before its checks: two copies of one
+ * request (same device, same nonce) sent at once are still answered once 200 and once 401
+ * replayed_nonce, and the update counts once. Devices 0-2 race their copies through the two
+ * replicas (the long gather window lets both copies pass the nonce lookup and be folded, so
+ * the primary key of nonces decides in the commit and the losing batch is summed again
+ * without the replay); device 3 sends both copies to one replica (its nonces in flight
+ * decide). */
+Test(durability, replays_through_two_replicas_count_once, .init = setup, .fini = teardown,
+     .timeout = 180) {
+  static const char *const extra[] = {"--commit-interval=300", NULL};
+  const uint64_t samples[NDEV] = {3, 9, 4, 30};
+  uint64_t model_id, round_id;
+  uint8_t nonces[NDEV][16], *bodies[NDEV];
+  size_t lens[NDEV], n;
+  float *w0, *deltas[NDEV];
+  Fl__V1__ModelVersion *base;
+  post_job jobs[2 * NDEV];
+  pthread_t th[2 * NDEV];
+  cr_assert_eq(fl_h_coord_start(&g_a, g_db, NULL, extra), 0);
+  cr_assert_eq(fl_h_coord_start(&g_b, g_db, g_a.dir, extra), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_a, "replays", FL_H_SMALL_SPEC,
+                                   "{\"participants\":4,\"deadline_s\":600,\"clip_norm\":10}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_a, g_dev, NDEV), 0);
+  cr_assert_eq(fl_h_download(&g_a, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(fl_h_weights(base, &w0, &n), 0);
+  for (int i = 0; i < NDEV; i++) {
+    checkin(&g_a, &g_dev[i], model_id, round_id);
+    deltas[i] = make_delta(n, 700 + (uint64_t)i);
+    cr_assert_eq(fl_h_update_pack(&g_dev[i], base, round_id, deltas[i], samples[i], 0.5f, NULL,
+                                  &bodies[i], &lens[i]),
+                 0);
+    memset(nonces[i], 0xa0 + i, sizeof nonces[i]);
+    for (int k = 0; k < 2; k++)
+      jobs[2 * i + k] = (post_job){.c = k == 0 || i == NDEV - 1 ? &g_a : &g_b,
+                                   .d = &g_dev[i],
+                                   .body = bodies[i],
+                                   .nonce = nonces[i],
+                                   .len = lens[i]};
+  }
+  for (int j = 0; j < 2 * NDEV; j++)
+    pthread_create(&th[j], NULL, run_post, &jobs[j]);
+  for (int j = 0; j < 2 * NDEV; j++)
+    pthread_join(th[j], NULL);
+  for (int i = 0; i < NDEV; i++) {
+    const post_job *x = &jobs[2 * i], *y = &jobs[2 * i + 1];
+    const post_job *won = x->status == 200 ? x : y, *lost = x->status == 200 ? y : x;
+    cr_assert_eq(won->status, 200, "device %d: %ld %s / %ld %s", i, x->status, x->reason, y->status,
+                 y->reason);
+    cr_assert_eq(lost->status, 401, "device %d: the replay got %ld %s", i, lost->status,
+                 lost->reason);
+    cr_assert_str_eq(lost->reason, "replayed_nonce");
+  }
+  json_t *round = fl_h_wait_round(&g_a, round_id, "closed", 20000);
+  cr_assert_not_null(round);
+  json_decref(round);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM acceptances"), NDEV);
+  expect_fedavg(&g_a, model_id, 2, w0, n, deltas, samples, NDEV);
+  for (int i = 0; i < NDEV; i++) {
+    free(bodies[i]);
+    free(deltas[i]);
+  }
+  free(w0);
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
