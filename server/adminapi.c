@@ -80,6 +80,61 @@ static void commit_audited(fl_resp *r, admin_ctx *a, const char *action, const c
   fl__resp_json(r, 200, ok);
 }
 
+/* ----- request shapes shared by many endpoints --------------------------------------------- */
+
+void fl__admin_list(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql) {
+  admin_ctx a;
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  json_query(r, a.c, key, sql, NULL, false);
+  end(s, &a);
+}
+
+void fl__admin_list_by_model(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql) {
+  admin_ctx a;
+  fl_pgp p;
+  uint64_t mid;
+  /* The query string is checked before the token so that a malformed one is a 400 for all. */
+  if (fl__query_id(q, "model_id", &mid)) {
+    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
+    return;
+  }
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, mid);
+  json_query(r, a.c, key, sql, &p, false);
+  end(s, &a);
+}
+
+int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, int role, const char *prefix,
+                       const char *suffix, uint64_t *id, admin_ctx *a) {
+  const char *rest;
+  if (fl__path_u64(q->path, prefix, id, &rest) || strcmp(rest, suffix) != 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+    return -1;
+  }
+  return begin(s, q, r, role, a);
+}
+
+PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint64_t id,
+                                 const char *missing) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_cmd(a->c, "BEGIN") ? NULL : fl__pg_exec(a->c, sql, &p, false, NULL);
+  if (res == NULL) {
+    db_error(r);
+    return NULL;
+  }
+  if (PQntuples(res) == 0) {
+    fl__resp_admin_error(r, 404, "not_found", missing);
+    PQclear(res);
+    return NULL;
+  }
+  return res;
+}
+
 /* ----- tokens -------------------------------------------------------------------------------- */
 
 static void h_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
@@ -201,17 +256,12 @@ out:
 }
 
 static void h_models_list(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
-    return;
-  json_query(r, a.c, "models",
-             "SELECT json_agg(json_build_object('model_id', m.model_id, 'name', m.name,"
-             " 'n_params', m.n_params, 'seed', m.seed, 'spec', m.spec_json,"
-             " 'latest_version', (SELECT max(v.version) FROM versions v"
-             "   WHERE v.model_id = m.model_id),"
-             " 'created_at', m.created_at) ORDER BY m.model_id)::text FROM models m",
-             NULL, false);
-  end(s, &a);
+  fl__admin_list(s, q, r, "models",
+                 "SELECT json_agg(json_build_object('model_id', m.model_id, 'name', m.name,"
+                 " 'n_params', m.n_params, 'seed', m.seed, 'spec', m.spec_json,"
+                 " 'latest_version', (SELECT max(v.version) FROM versions v"
+                 "   WHERE v.model_id = m.model_id),"
+                 " 'created_at', m.created_at) ORDER BY m.model_id)::text FROM models m");
 }
 
 static void versions_list(fl_resp *r, admin_ctx *a, uint64_t model_id) {
@@ -301,14 +351,9 @@ static void h_model_sub(fl_srv *s, fl_req *q, fl_resp *r) {
 static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
-  const char *rest;
   char target[32];
   fl_pgp p;
-  if (fl__path_u64(q->path, "/admin/v1/plans/", &id, &rest) || strcmp(rest, "/stop") != 0) {
-    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
-    return;
-  }
-  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/plans/", "/stop", &id, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -350,22 +395,10 @@ static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
   " 'opened_at', opened_at, 'deadline_at', deadline_at, 'closed_at', closed_at)"
 
 static void h_rounds_list(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  fl_pgp p;
-  uint64_t mid;
-  if (fl__query_id(q, "model_id", &mid)) {
-    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
-    return;
-  }
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
-    return;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, mid);
-  json_query(r, a.c, "rounds",
-             "SELECT json_agg(" ROUND_JSON " ORDER BY round_id)::text FROM rounds"
-             " WHERE $1::bigint = 0 OR model_id = $1",
-             &p, false);
-  end(s, &a);
+  fl__admin_list_by_model(s, q, r, "rounds",
+                          "SELECT json_agg(" ROUND_JSON
+                          " ORDER BY round_id)::text FROM rounds"
+                          " WHERE $1::bigint = 0 OR model_id = $1");
 }
 
 static void h_round_get(fl_srv *s, fl_req *q, fl_resp *r) {
@@ -387,45 +420,26 @@ static void h_round_get(fl_srv *s, fl_req *q, fl_resp *r) {
 }
 
 static void h_devices_list(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
-    return;
-  json_query(r, a.c, "devices",
-             "SELECT json_agg(json_build_object('device_id', device_id, 'state', state,"
-             " 'labels', labels, 'firmware', firmware, 'public_key', encode(public_key, 'hex'),"
-             " 'running_model_id', running_model_id, 'running_version', running_version,"
-             " 'enrolled_at', enrolled_at, 'last_seen_at', last_seen_at,"
-             " 'revoked_at', revoked_at) ORDER BY device_id)::text FROM devices",
-             NULL, false);
-  end(s, &a);
+  fl__admin_list(s, q, r, "devices",
+                 "SELECT json_agg(json_build_object('device_id', device_id, 'state', state,"
+                 " 'labels', labels, 'firmware', firmware, 'public_key', encode(public_key, 'hex'),"
+                 " 'running_model_id', running_model_id, 'running_version', running_version,"
+                 " 'enrolled_at', enrolled_at, 'last_seen_at', last_seen_at,"
+                 " 'revoked_at', revoked_at) ORDER BY device_id)::text FROM devices");
 }
 
 static void h_device_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
-  fl_pgp p;
   uint64_t id;
-  const char *rest;
   char target[32];
-  if (fl__path_u64(q->path, "/admin/v1/devices/", &id, &rest) || strcmp(rest, "/revoke") != 0) {
-    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/devices/", "/revoke", &id, &a))
     return;
-  }
-  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
-    return;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, id);
-  PGresult *res = fl__pg_cmd(a.c, "BEGIN")
-                      ? NULL
-                      : fl__pg_exec(a.c,
-                                    "UPDATE devices SET state = 'revoked',"
-                                    " revoked_at = coalesce(revoked_at, now())"
-                                    " WHERE device_id = $1 RETURNING device_id",
-                                    &p, false, NULL);
-  if (res == NULL) {
-    db_error(r);
-  } else if (PQntuples(res) == 0) {
-    fl__resp_admin_error(r, 404, "not_found", "no such device");
-  } else {
+  PGresult *res = fl__admin_change_by_id(r, &a,
+                                         "UPDATE devices SET state = 'revoked',"
+                                         " revoked_at = coalesce(revoked_at, now())"
+                                         " WHERE device_id = $1 RETURNING device_id",
+                                         id, "no such device");
+  if (res != NULL) {
     snprintf(target, sizeof target, "device:%" PRIu64, id);
     commit_audited(r, &a, "device.revoke", target,
                    json_pack("{s:I, s:s}", "device_id", (json_int_t)id, "state", "revoked"));
@@ -435,15 +449,11 @@ static void h_device_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
 }
 
 static void h_audit(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
-    return;
-  json_query(r, a.c, "entries",
-             "SELECT json_agg(json_build_object('entry_id', entry_id, 'at', at, 'actor', actor,"
-             " 'action', action, 'target', target, 'detail', detail) ORDER BY entry_id DESC)::text"
-             " FROM (SELECT * FROM audit_log ORDER BY entry_id DESC LIMIT 1000) t",
-             NULL, false);
-  end(s, &a);
+  fl__admin_list(s, q, r, "entries",
+                 "SELECT json_agg(json_build_object('entry_id', entry_id, 'at', at, 'actor',"
+                 " actor, 'action', action, 'target', target, 'detail', detail)"
+                 " ORDER BY entry_id DESC)::text"
+                 " FROM (SELECT * FROM audit_log ORDER BY entry_id DESC LIMIT 1000) t");
 }
 
 static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {

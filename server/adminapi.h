@@ -29,5 +29,18 @@ void fl__admin_json_query(fl_resp *r, PGconn *c, const char *key, const char *sq
  * with `ok` (stolen). */
 void fl__admin_commit_audited(fl_resp *r, admin_ctx *a, const char *action, const char *target,
                               json_t *ok);
+/* GET of a whole list for viewers: `sql` (no parameters) answers {key: [...]}. */
+void fl__admin_list(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql);
+/* The same filtered by ?model_id=, $1 in `sql` (0 when absent: every model); 400 when the
+ * parameter is not a decimal id. */
+void fl__admin_list_by_model(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql);
+/* fl__admin_begin for the path `prefix`{id}`suffix` exactly; a 404 for any other path. 0 with
+ * *id set, or -1 with *r set. */
+int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, int role, const char *prefix,
+                       const char *suffix, uint64_t *id, admin_ctx *a);
+/* Opens the transaction and runs `sql` with $1 = id. The result when it has a row (the caller
+ * clears it); NULL with *r set otherwise: 503 on a database error, 404 `missing` on no row. */
+PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint64_t id,
+                                 const char *missing);
 
 #endif

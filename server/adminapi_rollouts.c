@@ -58,19 +58,53 @@ static bool name_ok(const char *n) {
   return strspn(n, "abcdefghijklmnopqrstuvwxyz0123456789-_.") == len;
 }
 
-/* 1 when the model has that version, 0 when not, -1 on a database error. */
-static int version_exists(PGconn *c, uint64_t model_id, uint64_t version) {
+/* 0 when the model has that version; -1 with *r set when not (404) or on a database error. */
+static int need_version(fl_resp *r, PGconn *c, uint64_t model_id, uint64_t version) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_u64(&p, version);
   PGresult *res = fl__pg_exec(c, "SELECT 1 FROM versions WHERE model_id = $1 AND version = $2", &p,
                               false, NULL);
-  if (res == NULL)
+  if (res == NULL) {
+    db_error(r);
     return -1;
+  }
   int n = PQntuples(res);
   PQclear(res);
-  return n == 1;
+  if (n == 1)
+    return 0;
+  fl__resp_admin_error(r, 404, "not_found", "no such model version");
+  return -1;
+}
+
+/* Answers the object `sql` ($1 = id) builds as JSON text, read in the caller's transaction
+ * after the change, and commits with the audit row for target "`kind`:id". */
+static void answer_audited(fl_resp *r, admin_ctx *a, const char *sql, const char *kind, uint64_t id,
+                           const char *action) {
+  char target[40];
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_exec(a->c, sql, &p, false, NULL);
+  json_t *j = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
+  PQclear(res);
+  if (j == NULL) {
+    db_error(r);
+    return;
+  }
+  snprintf(target, sizeof target, "%s:%" PRIu64, kind, id);
+  fl__admin_commit_audited(r, a, action, target, j);
+}
+
+/* The POST of a collection, for operators: `create` runs with the request begun. */
+static void operator_post(fl_srv *s, fl_req *q, fl_resp *r,
+                          void (*create)(fl_resp *r, admin_ctx *a)) {
+  admin_ctx a;
+  if (fl__admin_begin(s, q, r, FL_ROLE_OPERATOR, &a))
+    return;
+  create(r, &a);
+  fl__admin_end(s, &a);
 }
 
 /* ----- channels ------------------------------------------------------------------------------ */
@@ -82,21 +116,8 @@ static int version_exists(PGconn *c, uint64_t model_id, uint64_t version) {
   "  AND y.state IN ('active', 'paused')), 'updated_at', c.updated_at)"
 
 static void channel_answer(fl_resp *r, admin_ctx *a, uint64_t channel_id, const char *action) {
-  char target[40];
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, channel_id);
-  PGresult *res =
-      fl__pg_exec(a->c, "SELECT " CHANNEL_JSON "::text FROM channels c WHERE c.channel_id = $1", &p,
-                  false, NULL);
-  json_t *j = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
-  PQclear(res);
-  if (j == NULL) {
-    db_error(r);
-    return;
-  }
-  snprintf(target, sizeof target, "channel:%" PRIu64, channel_id);
-  fl__admin_commit_audited(r, a, action, target, j);
+  answer_audited(r, a, "SELECT " CHANNEL_JSON "::text FROM channels c WHERE c.channel_id = $1",
+                 "channel", channel_id, action);
 }
 
 /* POST /admin/v1/channels {"model_id","name","version"}: creates the channel or moves it to
@@ -109,14 +130,8 @@ static void channel_set(fl_resp *r, admin_ctx *a) {
     bad_request(r, "model_id, version (positive integers) and name ([a-z0-9._-], 1..63)");
     return;
   }
-  int ok = version_exists(a->c, model_id, version);
-  if (ok <= 0) {
-    if (ok == 0)
-      fl__resp_admin_error(r, 404, "not_found", "no such model version");
-    else
-      db_error(r);
+  if (need_version(r, a->c, model_id, version))
     return;
-  }
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
@@ -143,28 +158,13 @@ static void channel_set(fl_resp *r, admin_ctx *a) {
 }
 
 void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  bool get = strcmp(q->method, "GET") == 0;
-  uint64_t mid = 0;
-  if (get && fl__query_id(q, "model_id", &mid)) {
-    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
-    return;
-  }
-  if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
-    return;
-  if (get) {
-    fl_pgp p;
-    fl__pgp_init(&p);
-    fl__pgp_u64(&p, mid);
-    fl__admin_json_query(r, a.c, "channels",
-                         "SELECT json_agg(" CHANNEL_JSON
-                         " ORDER BY c.model_id, c.name)::text"
-                         " FROM channels c WHERE $1::bigint = 0 OR c.model_id = $1",
-                         &p, false);
-  } else {
-    channel_set(r, &a);
-  }
-  fl__admin_end(s, &a);
+  if (strcmp(q->method, "GET") == 0)
+    fl__admin_list_by_model(s, q, r, "channels",
+                            "SELECT json_agg(" CHANNEL_JSON
+                            " ORDER BY c.model_id, c.name)::text"
+                            " FROM channels c WHERE $1::bigint = 0 OR c.model_id = $1");
+  else
+    operator_post(s, q, r, channel_set);
 }
 
 /* POST /admin/v1/channels/{id}/rollback: the channel goes back to its previous version, for
@@ -172,29 +172,15 @@ void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
 void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
-  const char *rest;
-  if (fl__path_u64(q->path, "/admin/v1/channels/", &id, &rest) || strcmp(rest, "/rollback")) {
-    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/channels/", "/rollback", &id, &a))
     return;
-  }
-  if (fl__admin_begin(s, q, r, FL_ROLE_OPERATOR, &a))
-    return;
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, id);
-  PGresult *res = fl__pg_cmd(a.c, "BEGIN")
-                      ? NULL
-                      : fl__pg_exec(a.c,
-                                    "UPDATE channels SET version = previous_version,"
-                                    " previous_version = version, updated_at = now()"
-                                    " WHERE channel_id = $1 AND previous_version IS NOT NULL"
-                                    " RETURNING channel_id",
-                                    &p, false, NULL);
-  if (res == NULL)
-    db_error(r);
-  else if (PQntuples(res) == 0)
-    fl__resp_admin_error(r, 404, "not_found", "no such channel, or it has no previous version");
-  else
+  PGresult *res = fl__admin_change_by_id(r, &a,
+                                         "UPDATE channels SET version = previous_version,"
+                                         " previous_version = version, updated_at = now()"
+                                         " WHERE channel_id = $1 AND previous_version IS NOT NULL"
+                                         " RETURNING channel_id",
+                                         id, "no such channel, or it has no previous version");
+  if (res != NULL)
     channel_answer(r, &a, id, "channel.rollback");
   PQclear(res);
   fl__admin_end(s, &a);
@@ -215,21 +201,8 @@ void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r) {
 
 /* Answers the rollout as it is now in the caller's transaction, after the audit row. */
 static void rollout_answer(fl_resp *r, admin_ctx *a, uint64_t id, const char *action) {
-  char target[40];
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, id);
-  PGresult *res =
-      fl__pg_exec(a->c, "SELECT " ROLLOUT_JSON "::text FROM rollouts r WHERE r.rollout_id = $1", &p,
-                  false, NULL);
-  json_t *j = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
-  PQclear(res);
-  if (j == NULL) {
-    db_error(r);
-    return;
-  }
-  snprintf(target, sizeof target, "rollout:%" PRIu64, id);
-  fl__admin_commit_audited(r, a, action, target, j);
+  answer_audited(r, a, "SELECT " ROLLOUT_JSON "::text FROM rollouts r WHERE r.rollout_id = $1",
+                 "rollout", id, action);
 }
 
 static bool pct_ok(const json_t *v) {
@@ -314,11 +287,8 @@ static void rollout_create(fl_resp *r, admin_ctx *a) {
     bad_request(r, msg);
     goto out;
   }
-  int ok = version_exists(a->c, rq.model_id, rq.version);
-  if (ok <= 0) {
-    ok == 0 ? fl__resp_admin_error(r, 404, "not_found", "no such model version") : db_error(r);
+  if (need_version(r, a->c, rq.model_id, rq.version))
     goto out;
-  }
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, rq.model_id);
@@ -353,28 +323,13 @@ out:
 }
 
 void fl__admin_rollouts(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  bool get = strcmp(q->method, "GET") == 0;
-  uint64_t mid = 0;
-  if (get && fl__query_id(q, "model_id", &mid)) {
-    fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
-    return;
-  }
-  if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
-    return;
-  if (get) {
-    fl_pgp p;
-    fl__pgp_init(&p);
-    fl__pgp_u64(&p, mid);
-    fl__admin_json_query(r, a.c, "rollouts",
-                         "SELECT json_agg(" ROLLOUT_JSON
-                         " ORDER BY r.rollout_id)::text"
-                         " FROM rollouts r WHERE $1::bigint = 0 OR r.model_id = $1",
-                         &p, false);
-  } else {
-    rollout_create(r, &a);
-  }
-  fl__admin_end(s, &a);
+  if (strcmp(q->method, "GET") == 0)
+    fl__admin_list_by_model(s, q, r, "rollouts",
+                            "SELECT json_agg(" ROLLOUT_JSON
+                            " ORDER BY r.rollout_id)::text"
+                            " FROM rollouts r WHERE $1::bigint = 0 OR r.model_id = $1");
+  else
+    operator_post(s, q, r, rollout_create);
 }
 
 /* The rollout row an operation works on, locked for the transaction. */
@@ -569,11 +524,8 @@ static void pin_create(fl_resp *r, admin_ctx *a) {
     bad_request(r, "model_id, version and either device_id or labels (object of strings)");
     return;
   }
-  int ok = version_exists(a->c, model_id, version);
-  if (ok <= 0) {
-    ok == 0 ? fl__resp_admin_error(r, 404, "not_found", "no such model version") : db_error(r);
+  if (need_version(r, a->c, model_id, version))
     return;
-  }
   char *lj = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
   fl_pgp p;
   fl__pgp_init(&p);
@@ -603,42 +555,22 @@ static void pin_create(fl_resp *r, admin_ctx *a) {
 }
 
 void fl__admin_pins(fl_srv *s, fl_req *q, fl_resp *r) {
-  admin_ctx a;
-  bool get = strcmp(q->method, "GET") == 0;
-  if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
-    return;
-  if (get)
-    fl__admin_json_query(r, a.c, "pins",
-                         "SELECT json_agg(" PIN_JSON " ORDER BY pin_id)::text FROM pins", NULL,
-                         false);
+  if (strcmp(q->method, "GET") == 0)
+    fl__admin_list(s, q, r, "pins",
+                   "SELECT json_agg(" PIN_JSON " ORDER BY pin_id)::text FROM pins");
   else
-    pin_create(r, &a);
-  fl__admin_end(s, &a);
+    operator_post(s, q, r, pin_create);
 }
 
 void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
-  const char *rest;
   char target[40];
-  if (fl__path_u64(q->path, "/admin/v1/pins/", &id, &rest) || *rest != '\0') {
-    fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
+  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/pins/", "", &id, &a))
     return;
-  }
-  if (fl__admin_begin(s, q, r, FL_ROLE_OPERATOR, &a))
-    return;
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, id);
-  PGresult *res = fl__pg_cmd(a.c, "BEGIN")
-                      ? NULL
-                      : fl__pg_exec(a.c, "DELETE FROM pins WHERE pin_id = $1 RETURNING pin_id", &p,
-                                    false, NULL);
-  if (res == NULL) {
-    db_error(r);
-  } else if (PQntuples(res) == 0) {
-    fl__resp_admin_error(r, 404, "not_found", "no such pin");
-  } else {
+  PGresult *res = fl__admin_change_by_id(
+      r, &a, "DELETE FROM pins WHERE pin_id = $1 RETURNING pin_id", id, "no such pin");
+  if (res != NULL) {
     snprintf(target, sizeof target, "pin:%" PRIu64, id);
     fl__admin_commit_audited(r, &a, "pin.delete", target,
                              json_pack("{s:I, s:b}", "pin_id", (json_int_t)id, "deleted", 1));
