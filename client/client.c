@@ -132,8 +132,8 @@ void fl_client_free(fl_client *c) {
   if (c->tr.destroy != NULL)
     c->tr.destroy(c->tr.ctx);
   fl__loaded_free(&c->active);
-  fl__mem_source_free(&c->mem);
-  fl__mem_source_free(&c->hold_mem);
+  fl__mem_source_free(&c->data.mem);
+  fl__mem_source_free(&c->hold.mem);
   fl__key_free(c->key);
   fl__state_close(c);
   const fl_allocator *a = c->alloc != NULL ? &c->alloc_copy : NULL;

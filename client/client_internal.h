@@ -81,6 +81,13 @@ typedef struct fl__mem_source {
   const fl_allocator *alloc;
 } fl__mem_source;
 
+/* Where examples come from: the embedder's callbacks, or the built-in source over memory. */
+typedef struct fl__data_slot {
+  fl_data_source src;
+  fl__mem_source mem; /* behind src when the built-in sources are used */
+  bool have;
+} fl__data_slot;
+
 struct fl_multi;
 
 struct fl_client {
@@ -107,16 +114,11 @@ struct fl_client {
   bool coord_from_opts;
   int64_t clock_offset_ms; /* server time - local time, learned at check-in */
 
-  fl_data_source src;
-  bool have_src;
-  fl__mem_source mem; /* behind src when the built-in sources are used */
+  fl__data_slot data; /* training data */
   fl_trainer_fn trainer;
   void *trainer_ctx;
 
-  /* hold-out data for federated evaluation (evaluate.c) */
-  fl_data_source hold_src;
-  bool have_hold;
-  fl__mem_source hold_mem; /* behind hold_src when the built-in sources are used */
+  fl__data_slot hold; /* hold-out data for federated evaluation (evaluate.c) */
   float anomaly_threshold;
 
   /* round state */
@@ -244,6 +246,13 @@ void fl__mem_source_free(fl__mem_source *s);
 int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allocator *a,
                            fl_dataset *owned, const float *x, const int32_t *labels, size_t n,
                            size_t x_dim);
+/* Setting the training or the hold-out data, the public setters' shared part. On error the
+ * slot is unchanged; a data set the slot was to own (`owned`, the one a file was loaded into)
+ * is freed. */
+int fl__slot_set_source(fl__data_slot *d, const fl_data_source *src);
+int fl__slot_set_memory(fl__data_slot *d, const fl_allocator *a, fl_dataset *owned, const float *x,
+                        const int32_t *labels, size_t n, size_t x_dim);
+int fl__slot_set_csv(fl_client *c, fl__data_slot *d, const char *path, int label_col);
 
 /* evaluate.c */
 /* The check-in named an evaluation task: remembers it when hold-out data is set. */

@@ -14,42 +14,22 @@
 #define EVAL_BATCH 64
 
 int fl_client_set_holdout_source(fl_client *c, const fl_data_source *src) {
-  if (c == NULL || src == NULL || src->next == NULL || src->x_dim == 0)
+  if (c == NULL)
     return FL_E_INVAL;
-  fl__mem_source_free(&c->hold_mem);
-  c->hold_src = *src;
-  c->have_hold = true;
-  return FL_OK;
+  return fl__slot_set_source(&c->hold, src);
 }
 
 int fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
                                  size_t x_dim) {
   if (c == NULL || x == NULL)
     return FL_E_INVAL;
-  int err = fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, NULL, x, labels, n, x_dim);
-  if (err == FL_OK)
-    c->have_hold = true;
-  return err;
+  return fl__slot_set_memory(&c->hold, c->alloc, NULL, x, labels, n, x_dim);
 }
 
 int fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col) {
   if (c == NULL || path == NULL)
     return FL_E_INVAL;
-  fl_dataset d;
-  memset(&d, 0, sizeof d);
-  int err = fl__csv_load(&d, path, label_col, c->alloc);
-  if (err != FL_OK) {
-    fl__client_err(c, "cannot load %s: %s", path, fl_strerror(err));
-    return err;
-  }
-  err =
-      fl__mem_source_install(&c->hold_mem, &c->hold_src, c->alloc, &d, d.x, d.labels, d.n, d.x_dim);
-  if (err != FL_OK) {
-    fl__dataset_free(&d);
-    return err;
-  }
-  c->have_hold = true;
-  return FL_OK;
+  return fl__slot_set_csv(c, &c->hold, path, label_col);
 }
 
 int fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
@@ -60,7 +40,7 @@ int fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
 }
 
 void fl__eval_note(fl_client *c, const Fl__V1__EvalTask *t) {
-  if (t == NULL || !c->have_hold || t->version == 0 || t->gate_id == 0 ||
+  if (t == NULL || !c->hold.have || t->version == 0 || t->gate_id == 0 ||
       t->sha256.len != FL_SHA256_LEN)
     return;
   c->eval.model_id = t->model_id;
@@ -126,7 +106,7 @@ static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t
 }
 
 static int eval_pass(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies, eval_sums *s) {
-  const fl_data_source *src = &c->hold_src;
+  const fl_data_source *src = &c->hold.src;
   int err = src->reset != NULL ? src->reset(src->ctx, 0) : FL_OK;
   while (err == FL_OK) {
     size_t n = 0;
@@ -183,8 +163,8 @@ static int pack_report(fl_client *c, const fl_model *m, const eval_sums *s, bool
 
 int fl__eval_run(fl_client *c, fl__loaded_model *lm) {
   fl_model *m = lm->model;
-  if (c->hold_src.x_dim != fl__model_input_size(m)) {
-    fl__client_err(c, "hold-out data has %zu features, the model takes %zu", c->hold_src.x_dim,
+  if (c->hold.src.x_dim != fl__model_input_size(m)) {
+    fl__client_err(c, "hold-out data has %zu features, the model takes %zu", c->hold.src.x_dim,
                    fl__model_input_size(m));
     return FL_E_SHAPE;
   }

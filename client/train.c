@@ -71,62 +71,70 @@ int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allo
   return FL_OK;
 }
 
-/* Installs borrowed arrays (and optionally a data set the source will own) as the data. */
-static int install_mem(fl_client *c, fl_dataset *owned, const float *x, const int32_t *labels,
-                       size_t n, size_t x_dim) {
-  int err = fl__mem_source_install(&c->mem, &c->src, c->alloc, owned, x, labels, n, x_dim);
+/* ---- data slots: the training and the hold-out data ---------------------------------------- */
+
+int fl__slot_set_source(fl__data_slot *d, const fl_data_source *src) {
+  if (src == NULL || src->next == NULL || src->x_dim == 0)
+    return FL_E_INVAL;
+  fl__mem_source_free(&d->mem);
+  d->src = *src;
+  d->have = true;
+  return FL_OK;
+}
+
+int fl__slot_set_memory(fl__data_slot *d, const fl_allocator *a, fl_dataset *owned, const float *x,
+                        const int32_t *labels, size_t n, size_t x_dim) {
+  int err = fl__mem_source_install(&d->mem, &d->src, a, owned, x, labels, n, x_dim);
   if (err == FL_OK)
-    c->have_src = true;
+    d->have = true;
+  else if (owned != NULL)
+    fl__dataset_free(owned);
   return err;
 }
+
+/* A data set loaded from `file` (err is the loader's result) goes into the slot. */
+static int slot_set_loaded(fl_client *c, fl__data_slot *d, fl_dataset *ds, const char *file,
+                           int err) {
+  if (err != FL_OK) {
+    fl__client_err(c, "cannot load %s: %s", file, fl_strerror(err));
+    return err;
+  }
+  return fl__slot_set_memory(d, c->alloc, ds, ds->x, ds->labels, ds->n, ds->x_dim);
+}
+
+int fl__slot_set_csv(fl_client *c, fl__data_slot *d, const char *path, int label_col) {
+  fl_dataset ds;
+  memset(&ds, 0, sizeof ds);
+  return slot_set_loaded(c, d, &ds, path, fl__csv_load(&ds, path, label_col, c->alloc));
+}
+
+/* ---- the training data ------------------------------------------------------------------- */
 
 int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
                               size_t x_dim) {
   if (c == NULL || x == NULL)
     return FL_E_INVAL;
-  return install_mem(c, NULL, x, labels, n, x_dim);
-}
-
-static int install_dataset(fl_client *c, fl_dataset *d) {
-  int err = install_mem(c, d, d->x, d->labels, d->n, d->x_dim);
-  if (err != FL_OK)
-    fl__dataset_free(d);
-  return err;
+  return fl__slot_set_memory(&c->data, c->alloc, NULL, x, labels, n, x_dim);
 }
 
 int fl_client_set_data_csv(fl_client *c, const char *path, int label_col) {
   if (c == NULL || path == NULL)
     return FL_E_INVAL;
-  fl_dataset d;
-  memset(&d, 0, sizeof d);
-  int err = fl__csv_load(&d, path, label_col, c->alloc);
-  if (err != FL_OK) {
-    fl__client_err(c, "cannot load %s: %s", path, fl_strerror(err));
-    return err;
-  }
-  return install_dataset(c, &d);
+  return fl__slot_set_csv(c, &c->data, path, label_col);
 }
 
 int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels) {
   if (c == NULL || images == NULL)
     return FL_E_INVAL;
-  fl_dataset d;
-  memset(&d, 0, sizeof d);
-  int err = fl__idx_load(&d, images, labels, c->alloc);
-  if (err != FL_OK) {
-    fl__client_err(c, "cannot load %s: %s", images, fl_strerror(err));
-    return err;
-  }
-  return install_dataset(c, &d);
+  fl_dataset ds;
+  memset(&ds, 0, sizeof ds);
+  return slot_set_loaded(c, &c->data, &ds, images, fl__idx_load(&ds, images, labels, c->alloc));
 }
 
 int fl_client_set_data_source(fl_client *c, const fl_data_source *src) {
-  if (c == NULL || src == NULL || src->next == NULL || src->x_dim == 0)
+  if (c == NULL)
     return FL_E_INVAL;
-  fl__mem_source_free(&c->mem);
-  c->src = *src;
-  c->have_src = true;
-  return FL_OK;
+  return fl__slot_set_source(&c->data, src);
 }
 
 /* ---- training ---------------------------------------------------------------------------- */
@@ -174,7 +182,7 @@ static int check_labels(const int32_t *labels, size_t n, size_t classes) {
 /* One epoch over the data source; adds to *loss_sum (loss x examples) and *count. */
 static int run_epoch(fl_client *c, fl_model *m, train_bufs *b, const fl_sgd *opt, uint64_t seed,
                      double *loss_sum, uint64_t *count) {
-  const fl_data_source *s = &c->src;
+  const fl_data_source *s = &c->data.src;
   size_t bs = c->task.batch_size;
   int err = s->reset != NULL ? s->reset(s->ctx, seed) : FL_OK;
   while (err == FL_OK) {
@@ -200,12 +208,12 @@ static int run_epoch(fl_client *c, fl_model *m, train_bufs *b, const fl_sgd *opt
 
 static int train_builtin(fl_client *c, fl_model *m, const float *anchor, uint64_t *samples,
                          float *mean_loss) {
-  if (!c->have_src) {
+  if (!c->data.have) {
     fl__client_err(c, "no training data: set a data source first");
     return FL_E_STATE;
   }
-  if (c->src.x_dim != fl__model_input_size(m)) {
-    fl__client_err(c, "data has %zu features, the model takes %zu", c->src.x_dim,
+  if (c->data.src.x_dim != fl__model_input_size(m)) {
+    fl__client_err(c, "data has %zu features, the model takes %zu", c->data.src.x_dim,
                    fl__model_input_size(m));
     return FL_E_SHAPE;
   }
@@ -231,7 +239,7 @@ static int train_builtin(fl_client *c, fl_model *m, const float *anchor, uint64_
     fl__client_err(c, "the data source yielded no examples");
     return FL_E_STATE;
   }
-  *samples = c->src.n_examples > 0 ? c->src.n_examples : count / t->local_epochs;
+  *samples = c->data.src.n_examples > 0 ? c->data.src.n_examples : count / t->local_epochs;
   *mean_loss = (float)(loss_sum / (double)count);
   return FL_OK;
 }
