@@ -94,15 +94,23 @@ static int idx_header(gzFile f, uint32_t *dims, uint32_t *ndim) {
   return FL_OK;
 }
 
-static int idx_images(const char *path, fl_dataset *d, const fl_allocator *a) {
-  gzFile f;
-  int rc = open_gz(path, &f);
+/* Opens an IDX file and reads its header; the file is closed again on an error. */
+static int idx_open(const char *path, gzFile *f, uint32_t *dims, uint32_t *ndim) {
+  int rc = open_gz(path, f);
   if (rc != FL_OK)
     return rc;
-  uint32_t dims[FL_IDX_MAX_DIMS], ndim;
-  rc = idx_header(f, dims, &ndim);
+  rc = idx_header(*f, dims, ndim);
   if (rc != FL_OK)
-    goto out_close;
+    gzclose(*f);
+  return rc;
+}
+
+static int idx_images(const char *path, fl_dataset *d, const fl_allocator *a) {
+  gzFile f;
+  uint32_t dims[FL_IDX_MAX_DIMS], ndim;
+  int rc = idx_open(path, &f, dims, &ndim);
+  if (rc != FL_OK)
+    return rc;
   rc = FL_E_PARSE;
   if (ndim < 2)
     goto out_close;
@@ -140,13 +148,10 @@ out_close:
 
 static int idx_labels(const char *path, fl_dataset *d, const fl_allocator *a) {
   gzFile f;
-  int rc = open_gz(path, &f);
+  uint32_t dims[FL_IDX_MAX_DIMS], ndim;
+  int rc = idx_open(path, &f, dims, &ndim);
   if (rc != FL_OK)
     return rc;
-  uint32_t dims[FL_IDX_MAX_DIMS], ndim;
-  rc = idx_header(f, dims, &ndim);
-  if (rc != FL_OK)
-    goto out_close;
   rc = FL_E_SHAPE;
   if (ndim != 1 || dims[0] != d->n)
     goto out_close;
