@@ -103,6 +103,14 @@ static uint64_t active_version(const fl_client *c) {
   return mi.version;
 }
 
+/* The version a new handle on the same state directory runs: the one that was persisted. */
+static uint64_t reopened_version(fl_transport *tr) {
+  fl_client *c = open_client(tr);
+  uint64_t v = active_version(c);
+  fl_client_free(c);
+  return v;
+}
+
 static void predict_ok(fl_client *c) {
   float out[2 * FAKE_CLASSES];
   cr_assert_eq(fl_client_predict(c, fake_x, 2, out), FL_OK);
@@ -124,9 +132,7 @@ Test(client_model, rollout_activates_verified_model) {
   predict_ok(c);
   fl_client_free(c);
   /* Persisted: a new handle runs the same model without asking. */
-  c = open_client(&tr);
-  cr_assert_eq(active_version(c), 2);
-  fl_client_free(c);
+  cr_assert_eq(reopened_version(&tr), 2);
 }
 
 Test(client_model, tampered_rollout_is_refused_and_previous_stays) {
@@ -148,9 +154,7 @@ Test(client_model, tampered_rollout_is_refused_and_previous_stays) {
   cr_assert_eq(fl_client_predict(c, fake_x, 1, after), FL_OK);
   cr_assert_eq(memcmp(before, after, sizeof before), 0);
   fl_client_free(c);
-  c = open_client(&tr);
-  cr_assert_eq(active_version(c), 1);
-  fl_client_free(c);
+  cr_assert_eq(reopened_version(&tr), 1);
 }
 
 Test(client_model, tampered_base_model_fails_the_round) {
@@ -225,9 +229,7 @@ Test(client_model, corrupted_active_file_falls_back_to_previous) {
   predict_ok(c);
   fl_client_free(c);
   /* The fallback is persisted. */
-  c = open_client(&tr);
-  cr_assert_eq(active_version(c), 2);
-  fl_client_free(c);
+  cr_assert_eq(reopened_version(&tr), 2);
 }
 
 Test(client_model, corrupted_cached_base_is_downloaded_again) {
