@@ -411,4 +411,35 @@ static inline void fake_data(void) {
   }
 }
 
+/* A client on a fresh state directory talking to its own fake coordinator. */
+typedef struct fake_env {
+  char dir[64];
+  fake_coord f;
+  fl_transport tr;
+  fl_client *c;
+} fake_env;
+
+static inline void fake_env_up(fake_env *e) {
+  fake_data();
+  fake_tmpdir(e->dir, sizeof e->dir);
+  fake_init(&e->f);
+  e->tr = fake_transport(&e->f);
+  fl_client_opts o;
+  fake_opts(&o, e->dir, &e->tr);
+  cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
+}
+
+/* The same, enrolled and with the fake data set as its training data. */
+static inline void fake_env_enrolled(fake_env *e) {
+  fake_env_up(e);
+  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, "fw-1"), FL_OK, "%s", fl_client_errmsg(e->c));
+  cr_assert_eq(fl_client_set_data_memory(e->c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+}
+
+static inline void fake_env_down(fake_env *e) {
+  fl_client_free(e->c);
+  fake_free(&e->f);
+  fake_rmdir(e->dir);
+}
+
 #endif

@@ -2,35 +2,6 @@
  * the step interface, fl_multi, retries and refusals, the trainer callback. */
 #include "test_client_fake.h"
 
-typedef struct env {
-  char dir[64];
-  fake_coord f;
-  fl_transport tr;
-  fl_client *c;
-} env;
-
-static void env_up(env *e) {
-  fake_data();
-  fake_tmpdir(e->dir, sizeof e->dir);
-  fake_init(&e->f);
-  e->tr = fake_transport(&e->f);
-  fl_client_opts o;
-  fake_opts(&o, e->dir, &e->tr);
-  cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
-}
-
-static void env_enrolled(env *e) {
-  env_up(e);
-  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, "fw-1"), FL_OK, "%s", fl_client_errmsg(e->c));
-  cr_assert_eq(fl_client_set_data_memory(e->c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
-}
-
-static void env_down(env *e) {
-  fl_client_free(e->c);
-  fake_free(&e->f);
-  fake_rmdir(e->dir);
-}
-
 static double upload_delta_norm(const fake_coord *f) {
   double s = 0;
   for (size_t i = 0; i < f->last_upload->n_delta; i++)
@@ -39,8 +10,8 @@ static double upload_delta_norm(const fake_coord *f) {
 }
 
 Test(client_round, enroll_then_round_uploads_a_signed_update) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   cr_assert(fl_client_is_enrolled(e.c));
   cr_assert_eq(fl_client_device_id(e.c), FAKE_DEVICE_ID);
   fl_round_result r;
@@ -57,23 +28,23 @@ Test(client_round, enroll_then_round_uploads_a_signed_update) {
   double n = upload_delta_norm(&e.f);
   cr_assert(n > 1e-4, "training moved nothing");
   cr_assert_float_eq(r.norm, n, 1e-4);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, base_model_comes_from_the_cache_in_later_rounds) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(e.f.n_model_get, 1);
   cr_assert_eq(e.f.n_checkin, 2);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, not_selected_reports_the_retry_window) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   e.f.give_task = false;
   e.f.retry_at_ms = fl__client_now_ms() + 60000;
   fl_round_result r;
@@ -81,34 +52,34 @@ Test(client_round, not_selected_reports_the_retry_window) {
   cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
   cr_assert(llabs(r.retry_at_ms - e.f.retry_at_ms) < 1000);
   cr_assert_eq(e.f.n_upload, 0);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, transient_failures_are_retried) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   e.f.fail_next = 2;
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(e.f.n_upload, 1);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, retries_are_bounded) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   e.f.fail_next = 1000;
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_RETRY_LATER);
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
   cr_assert_eq(e.f.fail_next, 1000 - 4, "one attempt and three retries");
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, refusal_fails_the_round_with_detail) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   e.f.refuse_uploads = 409;
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_REFUSED);
@@ -117,24 +88,24 @@ Test(client_round, refusal_fails_the_round_with_detail) {
   /* The handle is usable afterwards. */
   e.f.refuse_uploads = 0;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, round_needs_enrollment) {
-  env e;
-  env_up(&e);
+  fake_env e;
+  fake_env_up(&e);
   cr_assert_eq(fl_client_round_begin(e.c), FL_E_NOT_ENROLLED);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, round_needs_data) {
-  env e;
-  env_up(&e);
+  fake_env e;
+  fake_env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_STATE);
   cr_assert_eq(e.f.n_upload, 0);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, wrong_provisioned_coordinator_key_refuses_enrollment) {
@@ -171,8 +142,8 @@ static int add_half(void *ctx, const fl_train_task *t, float *w, uint64_t *sampl
 }
 
 Test(client_round, trainer_callback_brings_its_own_training) {
-  env e;
-  env_up(&e);
+  fake_env e;
+  fake_env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
   int calls = 0;
   fl_client_set_trainer(e.c, add_half, &calls);
@@ -185,12 +156,12 @@ Test(client_round, trainer_callback_brings_its_own_training) {
   cr_assert_eq(fl__tensor_decode(e.f.last_upload->delta[0], d, FAKE_IN * FAKE_CLASSES), FL_OK);
   for (int i = 0; i < FAKE_IN * FAKE_CLASSES; i++)
     cr_assert_float_eq(d[i], 0.5f, 1e-6);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, steps_hand_training_to_the_caller) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   fl_step st = FL_STEP_IDLE;
   cr_assert_eq(fl_client_step(e.c, 0, &st), FL_OK);
   cr_assert_eq(st, FL_STEP_IDLE);
@@ -207,12 +178,12 @@ Test(client_round, steps_hand_training_to_the_caller) {
   fl_client_round_result(e.c, &r);
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(e.f.n_upload, 1);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, cancel_returns_to_idle) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   fl_step st;
   cr_assert_eq(fl_client_round_begin(e.c), FL_OK);
   cr_assert_eq(fl_client_step(e.c, 0, &st), FL_OK);
@@ -221,16 +192,16 @@ Test(client_round, cancel_returns_to_idle) {
   cr_assert_eq(fl_client_step(e.c, 0, &st), FL_OK);
   cr_assert_eq(st, FL_STEP_IDLE);
   cr_assert_eq(fl_client_round_begin(e.c), FL_OK);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, multi_drives_several_clients) {
   enum { N = 3 };
-  env e[N];
+  fake_env e[N];
   fl_multi *m = NULL;
   cr_assert_eq(fl_multi_new(&m, NULL), FL_OK);
   for (int i = 0; i < N; i++) {
-    env_enrolled(&e[i]);
+    fake_env_enrolled(&e[i]);
     cr_assert_eq(fl_multi_add(m, e[i].c), FL_OK);
     cr_assert_eq(fl_client_round_begin(e[i].c), FL_OK);
   }
@@ -258,14 +229,14 @@ Test(client_round, multi_drives_several_clients) {
   for (int i = 0; i < N; i++) {
     cr_assert_eq(e[i].f.n_upload, 1);
     cr_assert_eq(fl_multi_remove(m, e[i].c), FL_OK);
-    env_down(&e[i]);
+    fake_env_down(&e[i]);
   }
   fl_multi_free(m);
 }
 
 Test(client_round, trains_on_a_csv_of_readings) {
-  env e;
-  env_up(&e);
+  fake_env e;
+  fake_env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
   char path[128];
   snprintf(path, sizeof path, "%s/readings.csv", e.dir);
@@ -283,12 +254,12 @@ Test(client_round, trains_on_a_csv_of_readings) {
   cr_assert_eq(e.f.n_upload, 1);
   cr_assert_neq(fl_client_set_data_csv(e.c, "/nonexistent.csv", 0), FL_OK);
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "a failed load keeps the previous data");
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, data_that_does_not_fit_the_model_is_refused) {
-  env e;
-  env_up(&e);
+  fake_env e;
+  fake_env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
   cr_assert_eq(
       fl_client_set_data_idx(e.c, "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
@@ -299,17 +270,17 @@ Test(client_round, data_that_does_not_fit_the_model_is_refused) {
   cr_assert_eq(e.f.n_upload, 0);
   cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
-  env_down(&e);
+  fake_env_down(&e);
 }
 
 Test(client_round, retried_upload_is_the_same_signed_update) {
-  env e;
-  env_enrolled(&e);
+  fake_env e;
+  fake_env_enrolled(&e);
   e.f.lose_acks = 1;
   fl_round_result r;
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert(r.duplicate, "the coordinator recognised the retry as the stored update");
   cr_assert_eq(e.f.n_upload, 1);
-  env_down(&e);
+  fake_env_down(&e);
 }

@@ -8,32 +8,6 @@
 
 #define DAY_MS INT64_C(86400000)
 
-typedef struct env {
-  char dir[64];
-  fake_coord f;
-  fl_transport tr;
-  fl_client *c;
-} env;
-
-static void env_enrolled(env *e) {
-  fake_data();
-  fake_tmpdir(e->dir, sizeof e->dir);
-  fake_init(&e->f);
-  e->tr = fake_transport(&e->f);
-  fl_client_opts o;
-  fake_opts(&o, e->dir, &e->tr);
-  cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
-  cr_assert_eq(fl_client_enroll(e->c, "tok", NULL, 0, "fw-1"), FL_OK, "%s",
-               fl_client_errmsg(e->c));
-  cr_assert_eq(fl_client_set_data_memory(e->c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
-}
-
-static void env_down(env *e) {
-  fl_client_free(e->c);
-  fake_free(&e->f);
-  fake_rmdir(e->dir);
-}
-
 static const int64_t EDGY[] = {INT64_MAX, INT64_MAX - 1, INT64_MAX / 2, 1, 2, INT64_C(1) << 53};
 
 /* Check-ins answered with every combination of extreme server time and retry window, then a
@@ -41,8 +15,8 @@ static const int64_t EDGY[] = {INT64_MAX, INT64_MAX - 1, INT64_MAX / 2, 1, 2, IN
 Test(fuzz_client, extreme_server_times_and_retry_windows) {
   for (size_t i = 0; i < sizeof EDGY / sizeof EDGY[0]; i++) {
     for (size_t j = 0; j < sizeof EDGY / sizeof EDGY[0]; j++) {
-      env e;
-      env_enrolled(&e);
+      fake_env e;
+      fake_env_enrolled(&e);
       e.f.give_task = false;
       e.f.server_time_ms = EDGY[i];
       e.f.retry_at_ms = EDGY[j];
@@ -52,7 +26,7 @@ Test(fuzz_client, extreme_server_times_and_retry_windows) {
       e.f.give_task = true;
       int err = fl_client_run_round(e.c, &r);
       cr_assert(err == FL_OK || err < 0, "defined result");
-      env_down(&e);
+      fake_env_down(&e);
     }
   }
 }
@@ -61,15 +35,15 @@ Test(fuzz_client, extreme_server_times_and_retry_windows) {
 Test(fuzz_client, extreme_task_deadlines) {
   for (size_t i = 0; i < sizeof EDGY / sizeof EDGY[0]; i++) {
     for (size_t j = 0; j < sizeof EDGY / sizeof EDGY[0]; j++) {
-      env e;
-      env_enrolled(&e);
+      fake_env e;
+      fake_env_enrolled(&e);
       e.f.give_task = true;
       e.f.server_time_ms = EDGY[i];
       e.f.task_deadline_ms = EDGY[j];
       fl_round_result r;
       int err = fl_client_run_round(e.c, &r);
       cr_assert(err == FL_OK || err < 0, "defined result");
-      env_down(&e);
+      fake_env_down(&e);
     }
   }
 }
@@ -79,8 +53,8 @@ Test(fuzz_client, extreme_task_deadlines) {
 Test(fuzz_client, retry_hints_are_capped_at_a_day) {
   static const int64_t hints[] = {INT64_MAX, INT64_MAX - 1, INT64_C(1) << 62, 3 * DAY_MS};
   for (size_t i = 0; i < sizeof hints / sizeof hints[0]; i++) {
-    env e;
-    env_enrolled(&e);
+    fake_env e;
+    fake_env_enrolled(&e);
     e.f.fail_next = 1;
     e.f.fail_hint_ms = hints[i];
     fl_step st = FL_STEP_IDLE;
@@ -95,7 +69,7 @@ Test(fuzz_client, retry_hints_are_capped_at_a_day) {
     fl_client_round_result(e.c, &r);
     cr_assert(r.retry_at_ms == 0 || r.retry_at_ms - fl__client_now_ms() <= DAY_MS,
               "retry_at_ms %lld", (long long)r.retry_at_ms);
-    env_down(&e);
+    fake_env_down(&e);
   }
 }
 
