@@ -217,6 +217,18 @@ int fl__request_sign(fl_client *c);
 int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
                        int64_t *retry_after_ms);
 void fl__request_clear(fl_client *c);
+/* A 200 answer being decoded: protobuf-c allocates within the handle's allocator and a budget
+ * set by the answer's size. */
+typedef struct fl__answer_arena {
+  ProtobufCAllocator pa;
+  fl_pb_budget budget;
+} fl__answer_arena;
+/* Decodes the answer's body as a `desc` message, allocated from `ar`; NULL on malformed input or
+ * out of memory (protobuf-c does not tell them apart), the client's message naming `what`.
+ * Free the message with its own free_unpacked and &ar->pa. */
+ProtobufCMessage *fl__answer_unpack(fl_client *c, fl__answer_arena *ar,
+                                    const ProtobufCMessageDescriptor *desc,
+                                    const fl_http_response *resp, const char *what);
 /* Advances the current exchange (c->req_*) with retries and backoff. FL_OK: *resp holds a 200
  * or 304 answer, valid until fl__exchange_end(). FL_E_AGAIN: not yet, *step says whether I/O
  * or a backoff is pending. Anything else: the exchange failed for good (nothing in flight).

@@ -63,14 +63,11 @@ static void sleep_until(int64_t wake_ms) {
 }
 
 static int accept_answer(fl_client *c, const fl_http_response *resp) {
-  ProtobufCAllocator pa;
-  fl_pb_budget pbb;
-  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
-  Fl__V1__EnrollResponse *r = fl__v1__enroll_response__unpack(&pa, resp->body_len, resp->body);
-  if (r == NULL) {
-    fl__client_err(c, "enrollment answer does not parse (or out of memory)");
+  fl__answer_arena ar;
+  Fl__V1__EnrollResponse *r = (Fl__V1__EnrollResponse *)fl__answer_unpack(
+      c, &ar, &fl__v1__enroll_response__descriptor, resp, "enrollment answer");
+  if (r == NULL)
     return FL_E_PARSE;
-  }
   int err = FL_E_PARSE;
   if (r->device_id == 0 || r->coordinator_public_key.len != FL_PUBKEY_LEN) {
     fl__client_err(c, "enrollment answer lacks the device id or the coordinator key");
@@ -86,7 +83,7 @@ static int accept_answer(fl_client *c, const fl_http_response *resp) {
   if (err == FL_OK)
     fl__log(&c->log, FL_LOG_INFO, "enrolled as device %llu", (unsigned long long)r->device_id);
 out_free:
-  fl__v1__enroll_response__free_unpacked(r, &pa);
+  fl__v1__enroll_response__free_unpacked(r, &ar.pa);
   return err;
 }
 

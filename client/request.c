@@ -23,6 +23,16 @@
  * years (a bug, or a forged answer on a plain-HTTP link) must not park the device forever. */
 #define HINT_MAX_MS INT64_C(86400000)
 
+ProtobufCMessage *fl__answer_unpack(fl_client *c, fl__answer_arena *ar,
+                                    const ProtobufCMessageDescriptor *desc,
+                                    const fl_http_response *resp, const char *what) {
+  fl__protobuf_budget(&ar->pa, &ar->budget, c->alloc, resp->body_len);
+  ProtobufCMessage *m = protobuf_c_message_unpack(desc, &ar->pa, resp->body_len, resp->body);
+  if (m == NULL)
+    fl__client_err(c, "%s does not parse (or out of memory)", what);
+  return m;
+}
+
 void fl__request_clear(fl_client *c) {
   fl__free(c->alloc, c->req_body);
   fl__free(c->alloc, c->wire);

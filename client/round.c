@@ -213,14 +213,11 @@ static void note_rollout(fl_client *c, const Fl__V1__RolloutAssignment *r) {
 }
 
 static int on_checkin(fl_client *c, const fl_http_response *resp) {
-  ProtobufCAllocator pa;
-  fl_pb_budget pbb;
-  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
-  Fl__V1__CheckInResponse *r = fl__v1__check_in_response__unpack(&pa, resp->body_len, resp->body);
-  if (r == NULL) {
-    fl__client_err(c, "check-in answer does not parse (or out of memory)");
+  fl__answer_arena ar;
+  Fl__V1__CheckInResponse *r = (Fl__V1__CheckInResponse *)fl__answer_unpack(
+      c, &ar, &fl__v1__check_in_response__descriptor, resp, "check-in answer");
+  if (r == NULL)
     return FL_E_PARSE;
-  }
   int err = FL_OK;
   /* Timestamps we sign must fall in the coordinator's window, whatever our clock says. */
   if (r->server_time_ms > 0)
@@ -238,7 +235,7 @@ static int on_checkin(fl_client *c, const fl_http_response *resp) {
              r->retry->retry_after_ms > 0) {
     c->result.retry_at_ms = fl__sub_sat(r->retry->retry_after_ms, c->clock_offset_ms);
   }
-  fl__v1__check_in_response__free_unpacked(r, &pa);
+  fl__v1__check_in_response__free_unpacked(r, &ar.pa);
   return err;
 }
 
@@ -276,17 +273,14 @@ out_free:
 }
 
 static int on_upload(fl_client *c, const fl_http_response *resp) {
-  ProtobufCAllocator pa;
-  fl_pb_budget pbb;
-  fl__protobuf_budget(&pa, &pbb, c->alloc, resp->body_len);
-  Fl__V1__UpdateAck *a = fl__v1__update_ack__unpack(&pa, resp->body_len, resp->body);
-  if (a == NULL) {
-    fl__client_err(c, "upload acknowledgement does not parse (or out of memory)");
+  fl__answer_arena ar;
+  Fl__V1__UpdateAck *a = (Fl__V1__UpdateAck *)fl__answer_unpack(
+      c, &ar, &fl__v1__update_ack__descriptor, resp, "upload acknowledgement");
+  if (a == NULL)
     return FL_E_PARSE;
-  }
   c->result.duplicate = a->duplicate;
   c->result.upload_bytes = c->wire_len;
-  fl__v1__update_ack__free_unpacked(a, &pa);
+  fl__v1__update_ack__free_unpacked(a, &ar.pa);
   return FL_OK;
 }
 
