@@ -1,45 +1,8 @@
 /* Allocation-failure sweep: for every N, fail the Nth allocation of a whole device life
  * (open, enroll, a round with a rollout, reopen from the state directory, a second round with
  * an upload) and check that the library returns errors, never crashes, and leaks nothing. */
+#include "test_alloc.h"
 #include "test_client_fake.h"
-
-typedef struct failing {
-  long calls;   /* allocations attempted */
-  long fail_at; /* the one that fails; -1: none */
-  long failed;
-  long live; /* blocks currently allocated */
-} failing;
-
-static void *f_malloc(void *ctx, size_t n) {
-  failing *a = ctx;
-  if (a->calls++ == a->fail_at) {
-    a->failed++;
-    return NULL;
-  }
-  void *p = malloc(n);
-  if (p != NULL)
-    a->live++;
-  return p;
-}
-
-static void *f_realloc(void *ctx, void *p, size_t n) {
-  failing *a = ctx;
-  if (a->calls++ == a->fail_at) {
-    a->failed++;
-    return NULL;
-  }
-  void *q = realloc(p, n);
-  if (q != NULL && p == NULL)
-    a->live++;
-  return q;
-}
-
-static void f_free(void *ctx, void *p) {
-  failing *a = ctx;
-  if (p != NULL)
-    a->live--;
-  free(p);
-}
 
 /* Errors an allocation failure may surface as: out of memory, or a message that protobuf-c
  * could not unpack (it does not tell the two apart), or the state that failure left behind
@@ -108,8 +71,8 @@ Test(client_alloc, every_failed_allocation_is_an_error_and_leaks_nothing, .timeo
   fake_data();
   fake_coord f;
   fake_init(&f);
-  failing a = {.fail_at = -1};
-  fl_allocator al = {.malloc_fn = f_malloc, .realloc_fn = f_realloc, .free_fn = f_free, .ctx = &a};
+  test_alloc a = {.fail_at = -1};
+  fl_allocator al = test_alloc_hooks(&a);
   char dir[64];
 
   /* A run without failures: the number of allocations to sweep, and what success looks like. */
@@ -123,7 +86,7 @@ Test(client_alloc, every_failed_allocation_is_an_error_and_leaks_nothing, .timeo
 
   int degraded = 0;
   for (long n = 0; n < total; n++) {
-    a = (failing){.fail_at = n};
+    a = (test_alloc){.fail_at = n};
     fake_tmpdir(dir, sizeof dir);
     f.n_upload = 0;
     life l = run_life(&f, dir, &al);

@@ -11,6 +11,7 @@
 
 #include "data.h"
 #include "fl/err.h"
+#include "test_alloc.h"
 
 #define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
 
@@ -148,36 +149,12 @@ Test(idx, malformed_files_are_refused) {
 
 /* ---- allocation failures ---------------------------------------------------------------- */
 
-typedef struct counting {
-  long allocs, live, fail_at;
-} counting;
-
-static void *c_malloc(void *ctx, size_t n) {
-  counting *c = ctx;
-  if (c->allocs++ == c->fail_at)
-    return NULL;
-  c->live++;
-  return malloc(n);
-}
-static void *c_realloc(void *ctx, void *p, size_t n) {
-  counting *c = ctx;
-  if (c->allocs++ == c->fail_at)
-    return NULL;
-  c->live += p == NULL;
-  return realloc(p, n);
-}
-static void c_free(void *ctx, void *p) {
-  counting *c = ctx;
-  c->live -= p != NULL;
-  free(p);
-}
-
 /* Fails each allocation of a load in turn; returns how many allocations a full load takes. */
 static long fail_each(int (*load)(fl_dataset *, const fl_allocator *, const void *),
                       const void *arg) {
   for (long k = 0;; k++) {
-    counting c = {.fail_at = k};
-    fl_allocator a = {c_malloc, c_realloc, c_free, &c};
+    test_alloc c = {.fail_at = k};
+    fl_allocator a = test_alloc_hooks(&c);
     fl_dataset d = {0};
     int rc = load(&d, &a, arg);
     if (rc == FL_OK) {

@@ -9,6 +9,7 @@
 
 #include "model.h"
 #include "rng.h"
+#include "test_alloc.h"
 
 #define ADD(spec, ...) ((spec).layers[(spec).n_layers++] = (fl_layer_spec){__VA_ARGS__})
 
@@ -541,33 +542,6 @@ Test(model, init_scales_follow_he_and_glorot) {
 
 /* ---- allocation ------------------------------------------------------------------------ */
 
-typedef struct counting {
-  long allocs, live;
-  long fail_at; /* the allocation with this index fails; -1 never */
-} counting;
-
-static void *c_malloc(void *ctx, size_t n) {
-  counting *c = ctx;
-  if (c->allocs++ == c->fail_at)
-    return NULL;
-  c->live++;
-  return malloc(n);
-}
-static void *c_realloc(void *ctx, void *p, size_t n) {
-  counting *c = ctx;
-  if (c->allocs++ == c->fail_at)
-    return NULL;
-  if (!p)
-    c->live++;
-  return realloc(p, n);
-}
-static void c_free(void *ctx, void *p) {
-  counting *c = ctx;
-  if (p)
-    c->live--;
-  free(p);
-}
-
 /* Every allocation of building a CNN and training it fails in turn: each failure reports
  * FL_E_NOMEM, leaves nothing behind, and the model stays usable afterwards. */
 Test(alloc, every_failure_is_reported_and_recoverable) {
@@ -578,8 +552,8 @@ Test(alloc, every_failure_is_reported_and_recoverable) {
   fl_batch b = {.x = x, .labels = y, .n = B};
   bool completed = false;
   for (long k = 0; !completed; k++) {
-    counting c = {.fail_at = k};
-    fl_allocator a = {.malloc_fn = c_malloc, .realloc_fn = c_realloc, .free_fn = c_free, .ctx = &c};
+    test_alloc c = {.fail_at = k};
+    fl_allocator a = test_alloc_hooks(&c);
     fl_model *m = NULL;
     int rc = fl__model_new(&m, &s, &a);
     if (rc != FL_OK) {
@@ -607,8 +581,8 @@ Test(alloc, every_failure_is_reported_and_recoverable) {
 Test(alloc, no_allocation_per_step_once_sized) {
   const uint32_t h2[2] = {200, 200};
   fl_model_spec s = mlp(784, h2, 2, 10);
-  counting c = {.fail_at = -1};
-  fl_allocator a = {.malloc_fn = c_malloc, .realloc_fn = c_realloc, .free_fn = c_free, .ctx = &c};
+  test_alloc c = {.fail_at = -1};
+  fl_allocator a = test_alloc_hooks(&c);
   fl_model *m = NULL;
   cr_assert_eq(fl__model_new(&m, &s, &a), FL_OK);
   fl__model_init(m, 2);
@@ -618,13 +592,13 @@ Test(alloc, no_allocation_per_step_once_sized) {
   fl_batch b = {.x = x, .labels = y, .n = B};
   fl_sgd o = {.lr = 0.01f};
   cr_assert_eq(fl__model_sgd_step(m, &b, &o, NULL), FL_OK);
-  long after_first = c.allocs;
+  long after_first = c.calls;
   for (int i = 0; i < 5; i++) {
     b.n = (size_t)(B - i);
     cr_assert_eq(fl__model_sgd_step(m, &b, &o, NULL), FL_OK);
     cr_assert_eq(fl__model_evaluate(m, &b, NULL, NULL), FL_OK);
   }
-  cr_assert_eq(c.allocs, after_first);
+  cr_assert_eq(c.calls, after_first);
   free(x);
   fl__model_free(m);
   cr_assert_eq(c.live, 0);
