@@ -132,11 +132,15 @@ static int run_gnuplot(const char *gnuplot, const char *terminal, const char *pn
   if (p == NULL)
     return FL_E_IO;
   fprintf(p,
-          "set datafile separator ','\nset terminal %s size 800,500\nset output '%s'\n"
+          "set datafile separator ','\nset terminal %s size 800,500 noenhanced\n"
+          "set output '%s'\n"
+          /* Rounds are whole numbers: a tick step of at least 1, about ten ticks. */
+          "stats '%s' using 1 nooutput\nxstep = STATS_max < 10 ? 1 : ceil(STATS_max / 10.0)\nset "
+          "xtics xstep\n"
           "set title '%s'\nset xlabel 'round'\nset ylabel '%s'\nset yrange [0:1]\nset grid\n"
           "set key autotitle columnhead\nset key bottom right\n"
           "plot '%s' using 1:%d with linespoints lw 2 pt 7\n",
-          terminal, png_path, title, use_auc ? "test AUC" : "test accuracy", csv_path,
+          terminal, png_path, csv_path, title, use_auc ? "test AUC" : "test accuracy", csv_path,
           use_auc ? 4 : 2);
   int st = pclose(p);
   return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? FL_OK : FL_E_IO;
