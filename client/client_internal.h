@@ -193,6 +193,10 @@ int fl__state_path(const fl_client *c, char *out, size_t out_len, const char *fm
     __attribute__((format(printf, 4, 5)));
 int fl__read_file(const fl_allocator *a, const char *path, size_t max, uint8_t **out,
                   size_t *out_len);
+/* Reads the state file `name` (at most `max` bytes) as text into text[cap], cut to fit and
+ * NUL-terminated; path[] gets its path for the caller's messages. */
+int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL__PATH_MAX],
+                        char *text, size_t cap);
 
 /* model_cache.c */
 /* Parses ModelVersion bytes, checks spec and weights, recomputes the model digest and checks

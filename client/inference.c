@@ -69,19 +69,10 @@ static int parse_pointer(const char *text, uint8_t active[FL_SHA256_LEN],
 
 static int read_pointer(fl_client *c, uint8_t active[FL_SHA256_LEN],
                         uint8_t previous[FL_SHA256_LEN], bool *has_prev) {
-  char path[FL__PATH_MAX];
-  int err = fl__state_path(c, path, sizeof path, "rollout");
+  char path[FL__PATH_MAX], text[1025];
+  int err = fl__state_read_text(c, "rollout", 1024, path, text, sizeof text);
   if (err != FL_OK)
     return err;
-  uint8_t *buf = NULL;
-  size_t len = 0;
-  err = fl__read_file(c->alloc, path, 1024, &buf, &len);
-  if (err != FL_OK)
-    return err;
-  char text[1025];
-  memcpy(text, buf, len);
-  text[len] = '\0';
-  fl__free(c->alloc, buf);
   err = parse_pointer(text, active, previous, has_prev);
   if (err != FL_OK)
     fl__client_err(c, "%s is malformed", path);

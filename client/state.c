@@ -210,21 +210,28 @@ static int parse_identity(const char *text, uint64_t *id, uint8_t pub[FL_PUBKEY_
   return FL_OK;
 }
 
-int fl__state_load_identity(fl_client *c) {
-  char path[FL__PATH_MAX];
-  int err = fl__state_path(c, path, sizeof path, "identity");
+int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL__PATH_MAX],
+                        char *text, size_t cap) {
+  int err = fl__state_path(c, path, FL__PATH_MAX, "%s", name);
   if (err != FL_OK)
     return err;
   uint8_t *buf = NULL;
   size_t len = 0;
-  err = fl__read_file(c->alloc, path, 4096, &buf, &len);
+  err = fl__read_file(c->alloc, path, max, &buf, &len);
   if (err != FL_OK)
     return err;
-  char text[512];
-  size_t n = len < sizeof text - 1 ? len : sizeof text - 1;
+  size_t n = len < cap - 1 ? len : cap - 1;
   memcpy(text, buf, n);
   text[n] = '\0';
   fl__free(c->alloc, buf);
+  return FL_OK;
+}
+
+int fl__state_load_identity(fl_client *c) {
+  char path[FL__PATH_MAX], text[512];
+  int err = fl__state_read_text(c, "identity", 4096, path, text, sizeof text);
+  if (err != FL_OK)
+    return err;
   uint64_t id = 0;
   uint8_t pub[FL_PUBKEY_LEN];
   err = parse_identity(text, &id, pub);
