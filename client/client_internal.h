@@ -293,6 +293,8 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
 /* Makes `m` the active model: writes the rollout pointer file atomically, then keeps the old
  * active one as previous. Takes ownership of *m on success (m is zeroed). */
 int fl__inference_activate(fl_client *c, fl__loaded_model *m);
+/* The same for the cached model with that hash; on error the active model stays. */
+int fl__inference_activate_cached(fl_client *c, const uint8_t sha256[FL_SHA256_LEN]);
 int fl__inference_load(fl_client *c); /* at open: active, else previous */
 
 /* multi.c */

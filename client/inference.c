@@ -50,6 +50,17 @@ int fl__inference_activate(fl_client *c, fl__loaded_model *m) {
   return FL_OK;
 }
 
+int fl__inference_activate_cached(fl_client *c, const uint8_t sha256[FL_SHA256_LEN]) {
+  fl__loaded_model m = {0};
+  int err = fl__cache_load(c, sha256, &m);
+  if (err != FL_OK)
+    return err;
+  err = fl__inference_activate(c, &m);
+  if (err != FL_OK)
+    fl__loaded_free(&m);
+  return err;
+}
+
 /* "active HEX" and "previous HEX|-" after the magic line. */
 static int parse_pointer(const char *text, uint8_t active[FL_SHA256_LEN],
                          uint8_t previous[FL_SHA256_LEN], bool *has_prev) {
@@ -145,12 +156,5 @@ int fl_client_rollback(fl_client *c) {
     return FL_E_NOTFOUND;
   if (c->phase != FL__PH_IDLE && c->phase != FL__PH_DONE)
     return FL_E_STATE;
-  fl__loaded_model m = {0};
-  int err = fl__cache_load(c, c->previous_sha, &m);
-  if (err != FL_OK)
-    return err;
-  err = fl__inference_activate(c, &m);
-  if (err != FL_OK)
-    fl__loaded_free(&m);
-  return err;
+  return fl__inference_activate_cached(c, c->previous_sha);
 }

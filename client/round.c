@@ -88,14 +88,7 @@ static int set_fetch(fl_client *c, fl__phase phase, uint64_t model_id, uint64_t 
 
 /* Tries the cache for the rollout model; FL_OK when nothing more is needed for it. */
 static int rollout_from_cache(fl_client *c) {
-  fl__loaded_model lm = {0};
-  int err = fl__cache_load(c, c->rollout.sha256, &lm);
-  if (err != FL_OK)
-    return err;
-  err = fl__inference_activate(c, &lm);
-  if (err != FL_OK)
-    fl__loaded_free(&lm);
-  return err;
+  return fl__inference_activate_cached(c, c->rollout.sha256);
 }
 
 /* Without rollouts, a device may serve the newest version it trains on. The base is in the
