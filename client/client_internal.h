@@ -132,6 +132,8 @@ struct fl_client {
   char req_etag[2 * FL_SHA256_LEN + 3];
   uint8_t *req_body; /* inner message, re-wrapped and re-signed at every attempt */
   size_t req_body_len;
+  bool req_upload;                      /* req_body is an unsigned UpdateUpload */
+  uint8_t req_content[FL_SHA256_LEN];   /* its content digest, signed per attempt */
   uint8_t *wire; /* signed envelope of the attempt in flight */
   size_t wire_len;
   char *auth; /* X-FL-Auth of the attempt in flight */
@@ -242,6 +244,10 @@ int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http
 void fl__exchange_end(fl_client *c);
 int fl__request_set(fl_client *c, const char *method, const char *path, const uint8_t *body,
                     size_t len); /* copies body */
+/* POST /v1/updates of an unsigned UpdateUpload (fl__update_build): every attempt signs the
+ * update over its own timestamp and nonce and sends an empty envelope signature. */
+int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
+                           const uint8_t content[FL_SHA256_LEN]);
 
 /* transport_curl.c */
 int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
@@ -283,11 +289,20 @@ typedef struct fl__update_params {
   float loss, clip_norm, noise_stddev, topk_fraction;
   int encoding;
 } fl__update_params;
-/* Builds the signed, serialized UpdateUpload for delta = local - base (n floats each, in the
- * layout of `layout`). *out is allocated with `a`; *norm is the norm as sent. */
+/* Builds the serialized UpdateUpload for delta = local - base (n floats each, in the layout
+ * of `layout`), without its signature. *out is allocated with `a`; *norm is the norm as sent;
+ * content receives the update's content digest (docs/SIGNING.md), from which each attempt is
+ * signed by fl__update_sign. */
 int fl__update_build(const fl_model *layout, const float *base, const float *local,
-                     const fl__update_params *p, const fl_key *key, const fl_allocator *a,
-                     uint8_t **out, size_t *out_len, float *norm);
+                     const fl__update_params *p, const fl_allocator *a, uint8_t **out,
+                     size_t *out_len, float *norm, uint8_t content[FL_SHA256_LEN]);
+/* The body of one upload attempt: the unsigned UpdateUpload `body` with its signature over the
+ * upload digest of content, timestamp_ms and nonce (the attempt's envelope fields). *out is
+ * allocated with `a`. */
+int fl__update_sign(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                    const uint8_t *nonce, size_t nonce_len, const fl_key *key,
+                    const uint8_t *body, size_t body_len, const fl_allocator *a, uint8_t **out,
+                    size_t *out_len);
 
 /* inference.c */
 /* Makes `m` the active model: writes the rollout pointer file atomically, then keeps the old

@@ -42,6 +42,7 @@ void fl__request_clear(fl_client *c) {
   c->auth = NULL;
   c->req_body_len = c->wire_len = 0;
   c->req_etag[0] = '\0';
+  c->req_upload = false;
 }
 
 int fl__request_set(fl_client *c, const char *method, const char *path, const uint8_t *body,
@@ -60,6 +61,16 @@ int fl__request_set(fl_client *c, const char *method, const char *path, const ui
   c->req_body_len = len;
   strcpy(c->req_method, method);
   strcpy(c->req_path, path);
+  return FL_OK;
+}
+
+int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
+                           const uint8_t content[FL_SHA256_LEN]) {
+  int err = fl__request_set(c, "POST", "/v1/updates", body, len);
+  if (err != FL_OK)
+    return err;
+  c->req_upload = true;
+  memcpy(c->req_content, content, FL_SHA256_LEN);
   return FL_OK;
 }
 
@@ -102,18 +113,30 @@ int fl__request_sign(fl_client *c) {
   env.body.data = c->req_body;
   env.body.len = c->req_body_len;
   uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  err = fl__request_digest(c->req_method, c->req_path, env.device_id, env.timestamp_ms, nonce,
-                           sizeof nonce, c->req_body, c->req_body_len, digest);
-  if (err != FL_OK)
-    return err;
-  err = fl__sign(c->key, digest, sizeof digest, sig);
-  if (err != FL_OK)
-    return err;
-  env.signature.data = sig;
-  env.signature.len = sizeof sig;
-  uint8_t *wire = NULL;
-  size_t wire_len = 0;
+  uint8_t *signed_body = NULL, *wire = NULL;
+  size_t signed_len = 0, wire_len = 0;
+  if (c->req_upload) {
+    /* An upload's one signature is the update's, over this attempt's timestamp and nonce
+     * (docs/SIGNING.md); the envelope signature stays empty. */
+    err = fl__update_sign(c->req_content, env.timestamp_ms, nonce, sizeof nonce, c->key,
+                          c->req_body, c->req_body_len, c->alloc, &signed_body, &signed_len);
+    if (err != FL_OK)
+      return err;
+    env.body.data = signed_body;
+    env.body.len = signed_len;
+  } else {
+    err = fl__request_digest(c->req_method, c->req_path, env.device_id, env.timestamp_ms, nonce,
+                             sizeof nonce, c->req_body, c->req_body_len, digest);
+    if (err != FL_OK)
+      return err;
+    err = fl__sign(c->key, digest, sizeof digest, sig);
+    if (err != FL_OK)
+      return err;
+    env.signature.data = sig;
+    env.signature.len = sizeof sig;
+  }
   err = pack_envelope(c, &env, &wire, &wire_len);
+  fl__free(c->alloc, signed_body);
   if (err != FL_OK)
     return err;
   fl__free(c->alloc, c->wire);

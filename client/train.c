@@ -301,13 +301,14 @@ static int train_and_pack(fl_client *c) {
   uint8_t *body = NULL;
   size_t len = 0;
   float norm = 0;
-  err = fl__update_build(m, base, fl__model_params_const(m), &p, c->key, c->alloc, &body, &len,
-                         &norm);
+  uint8_t content[FL_SHA256_LEN];
+  err = fl__update_build(m, base, fl__model_params_const(m), &p, c->alloc, &body, &len, &norm,
+                         content);
   if (err == FL_E_NONFINITE)
     fl__client_err(c, "local training diverged (non-finite weights)");
   if (err != FL_OK)
     goto out_free;
-  err = fl__request_set(c, "POST", "/v1/updates", body, len);
+  err = fl__request_set_upload(c, body, len, content);
   fl__free(c->alloc, body);
   if (err != FL_OK)
     goto out_free;

@@ -49,32 +49,58 @@ static int encode_within_bound(const fl_model *layout, float *delta, size_t n,
   }
 }
 
-static int sign_and_pack(Fl__V1__UpdateUpload *u, uint64_t device_id, const fl_key *key,
-                         const fl_allocator *a, uint8_t **out, size_t *out_len) {
-  uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  int err = fl__update_digest(device_id, u, digest);
+/* Packs u without a signature and keeps its content digest: the signature covers the
+ * timestamp and nonce of each attempt, so it is made per attempt by fl__update_sign, which then
+ * needs no second pass over the delta. */
+static int pack_unsigned(Fl__V1__UpdateUpload *u, uint64_t device_id, const fl_allocator *a,
+                         uint8_t **out, size_t *out_len, uint8_t content[FL_SHA256_LEN]) {
+  int err = fl__update_content_digest(device_id, u, content);
   if (err != FL_OK)
     return err;
-  err = fl__sign(key, digest, sizeof digest, sig);
-  if (err != FL_OK)
-    return err;
-  u->signature.data = sig;
-  u->signature.len = sizeof sig;
   size_t len = fl__v1__update_upload__get_packed_size(u);
   uint8_t *buf = fl__malloc(a, len);
   if (buf == NULL)
     return FL_E_NOMEM;
   fl__v1__update_upload__pack(u, buf);
-  u->signature.data = NULL;
-  u->signature.len = 0;
   *out = buf;
   *out_len = len;
   return FL_OK;
 }
 
+/* Field 8 (signature, length-delimited) with a 64-byte value: key byte (8 << 3 | 2), length. */
+#define SIG_FIELD_KEY 0x42
+#define SIG_FIELD_HEAD 2
+
+int fl__update_sign(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                    const uint8_t *nonce, size_t nonce_len, const fl_key *key,
+                    const uint8_t *body, size_t body_len, const fl_allocator *a, uint8_t **out,
+                    size_t *out_len) {
+  uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  int err = fl__upload_digest(content, timestamp_ms, nonce, nonce_len, digest);
+  if (err != FL_OK)
+    return err;
+  err = fl__sign(key, digest, sizeof digest, sig);
+  if (err != FL_OK)
+    return err;
+  /* A protobuf message followed by one more field is that message with the field set, and
+   * field 8 is the highest of UpdateUpload: appending gives the bytes a full pack would, without
+   * decoding and re-encoding the delta at every attempt. */
+  uint8_t *buf = fl__malloc(a, body_len + SIG_FIELD_HEAD + sizeof sig);
+  if (buf == NULL)
+    return FL_E_NOMEM;
+  if (body_len > 0)
+    memcpy(buf, body, body_len);
+  buf[body_len] = SIG_FIELD_KEY;
+  buf[body_len + 1] = (uint8_t)sizeof sig;
+  memcpy(buf + body_len + SIG_FIELD_HEAD, sig, sizeof sig);
+  *out = buf;
+  *out_len = body_len + SIG_FIELD_HEAD + sizeof sig;
+  return FL_OK;
+}
+
 int fl__update_build(const fl_model *layout, const float *base, const float *local,
-                     const fl__update_params *p, const fl_key *key, const fl_allocator *a,
-                     uint8_t **out, size_t *out_len, float *norm) {
+                     const fl__update_params *p, const fl_allocator *a, uint8_t **out,
+                     size_t *out_len, float *norm, uint8_t content[FL_SHA256_LEN]) {
   size_t n = fl__model_num_params(layout);
   float *delta = fl__malloc(a, n * sizeof *delta);
   if (delta == NULL)
@@ -109,7 +135,7 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
   u.delta = t;
   u.n_delta = nt;
   u.norm = (float)s;
-  err = sign_and_pack(&u, p->device_id, key, a, out, out_len);
+  err = pack_unsigned(&u, p->device_id, a, out, out_len, content);
   if (err == FL_OK)
     *norm = (float)s;
   fl__delta_release(t, nt, a);

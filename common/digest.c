@@ -13,6 +13,7 @@
 
 static const char tag_request[] = "fl.v1.request"; /* hashed with its NUL */
 static const char tag_update[] = "fl.v1.update";
+static const char tag_upload[] = "fl.v1.upload";
 static const char tag_model[] = "fl.v1.model";
 
 /* Floats as their bit patterns: -0.0 and 0.0, or two NaNs, are different messages. */
@@ -53,8 +54,8 @@ static void hash_tensor(fl_sha256 *h, const Fl__V1__Tensor *t) {
   fl__sha256_bytes(h, t->indices.data, t->indices.len);
 }
 
-int fl__update_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
-                      uint8_t out[FL_SHA256_LEN]) {
+int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
+                              uint8_t out[FL_SHA256_LEN]) {
   if (u == NULL || (u->n_delta > 0 && u->delta == NULL))
     return FL_E_INVAL;
   for (size_t i = 0; i < u->n_delta; i++)
@@ -76,6 +77,35 @@ int fl__update_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
   for (size_t i = 0; i < u->n_delta; i++)
     hash_tensor(&h, u->delta[i]);
   return fl__sha256_end(&h, out);
+}
+
+int fl__upload_digest(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                      const uint8_t *nonce, size_t nonce_len, uint8_t out[FL_SHA256_LEN]) {
+  if (content == NULL || (nonce == NULL && nonce_len > 0))
+    return FL_E_INVAL;
+  fl_sha256 h;
+  int err = fl__sha256_begin(&h);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&h, tag_upload, sizeof tag_upload);
+  fl__sha256_update(&h, content, FL_SHA256_LEN);
+  fl__sha256_u64(&h, (uint64_t)timestamp_ms);
+  fl__sha256_bytes(&h, nonce, nonce_len);
+  return fl__sha256_end(&h, out);
+}
+
+int fl__update_digest(uint64_t device_id, int64_t timestamp_ms, const uint8_t *nonce,
+                      size_t nonce_len, const Fl__V1__UpdateUpload *u,
+                      uint8_t content[FL_SHA256_LEN], uint8_t out[FL_SHA256_LEN]) {
+  uint8_t c[FL_SHA256_LEN];
+  if (nonce == NULL && nonce_len > 0)
+    return FL_E_INVAL;
+  int err = fl__update_content_digest(device_id, u, c);
+  if (err != FL_OK)
+    return err;
+  if (content != NULL)
+    memcpy(content, c, sizeof c);
+  return fl__upload_digest(c, timestamp_ms, nonce, nonce_len, out);
 }
 
 static void hash_spec(fl_sha256 *h, const fl_model_spec *spec) {

@@ -26,12 +26,28 @@ int fl__request_digest(const char *method, const char *path, uint64_t device_id,
                        int64_t timestamp_ms, const uint8_t *nonce, size_t nonce_len,
                        const uint8_t *body, size_t body_len, uint8_t out[FL_SHA256_LEN]);
 
-/* "fl.v1.update\0" | device_id | round_id | model_id | base_version | sample_count (u64 each) |
- * loss (f32 bits) | norm (f32 bits) | n_tensors u64 | per tensor: encoding u32, count u64,
- * ndim u32, shape u32..., scale (f32 bits), data, indices (length-prefixed).
- * The signature field of u is not part of the digest. */
-int fl__update_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
-                      uint8_t out[FL_SHA256_LEN]);
+/* Content digest of an update: "fl.v1.update\0" | device_id | round_id | model_id |
+ * base_version | sample_count (u64 each) | loss (f32 bits) | norm (f32 bits) | n_tensors u64 |
+ * per tensor: encoding u32, count u64, ndim u32, shape u32..., scale (f32 bits), data, indices
+ * (length-prefixed). The signature field of u is not part of it. It names the update itself,
+ * whatever request carried it: the coordinator stores it for idempotence (a retry is sent
+ * with a fresh nonce and timestamp and must still be recognised as the same update). */
+int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
+                              uint8_t out[FL_SHA256_LEN]);
+
+/* Signed upload digest, from a content digest: "fl.v1.upload\0" | content (32 raw bytes) |
+ * timestamp_ms i64 | nonce (length-prefixed). Ed25519 over it is UpdateUpload.signature, the
+ * only signature of an upload: it authenticates the device, the update and the freshness of
+ * the request (docs/SIGNING.md). 32 + 40 + nonce bytes: re-signing a retry costs no pass over
+ * the delta. */
+int fl__upload_digest(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                      const uint8_t *nonce, size_t nonce_len, uint8_t out[FL_SHA256_LEN]);
+
+/* Both of the above with one pass over the delta: out is the signed upload digest, content
+ * (may be NULL) receives the content digest. */
+int fl__update_digest(uint64_t device_id, int64_t timestamp_ms, const uint8_t *nonce,
+                      size_t nonce_len, const Fl__V1__UpdateUpload *u,
+                      uint8_t content[FL_SHA256_LEN], uint8_t out[FL_SHA256_LEN]);
 
 /* "fl.v1.model\0" | model_id | version | parent_version (u64 each) | spec: input_ndim u32,
  * input_shape u32 x input_ndim, n_layers u32, per layer: type, units, out_channels, kernel,

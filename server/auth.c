@@ -102,14 +102,14 @@ int fl__auth_record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *non
   return fl__pg_cmd(c, "COMMIT") ? -1 : rc;
 }
 
-static int verify_sig(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub) {
-  uint8_t d[FL_SHA256_LEN];
+static int request_digest(fl_req *q, const Fl__V1__SignedRequest *sr,
+                          uint8_t d[FL_SHA256_LEN]) {
   static const uint8_t empty[1];
-  if (fl__request_digest(q->method, q->path, sr->device_id, sr->timestamp_ms, sr->nonce.data,
-                         sr->nonce.len, sr->body.data ? sr->body.data : empty, sr->body.len, d))
-    return -1;
-  return fl__verify_raw(pub, d, sizeof d, sr->signature.data, sr->signature.len) == FL_OK ? 0
-                                                                                           : -1;
+  return fl__request_digest(q->method, q->path, sr->device_id, sr->timestamp_ms, sr->nonce.data,
+                            sr->nonce.len, sr->body.data ? sr->body.data : empty, sr->body.len,
+                            d)
+             ? -1
+             : 0;
 }
 
 int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r) {
@@ -129,9 +129,9 @@ int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r) {
   return 0;
 }
 
-int fl__auth_verify(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub, bool revoked,
-                    fl_resp *r) {
-  if (verify_sig(q, sr, pub)) {
+int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryData *sig,
+                    const uint8_t *pub, bool revoked, fl_resp *r) {
+  if (fl__verify_raw(pub, digest, FL_SHA256_LEN, sig->data, sig->len) != FL_OK) {
     fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
     return -1;
   }
@@ -162,7 +162,13 @@ int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest
       return -1;
     }
   }
-  if (fl__auth_verify(q, sr, pub_out, revoked, r))
+  uint8_t d[FL_SHA256_LEN];
+  if (request_digest(q, sr, d)) {
+    /* A digest that cannot be built verifies nothing: the answer of a wrong signature. */
+    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+    return -1;
+  }
+  if (fl__auth_verify(d, &sr->signature, pub_out, revoked, r))
     return -1;
   int rc = fl__auth_record_nonce(c, sr->device_id, &sr->nonce);
   if (rc < 0)

@@ -25,11 +25,12 @@ int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest
 
 /* The parts of fl__auth_device for a handler that looks the device up itself (uploads fetch
  * the device, its nonce and its round state in one query, and record the nonce in the group
- * commit): timestamp window and nonce length; then signature and device state. Each returns
+ * commit): timestamp window and nonce length; then the signature over a digest the caller
+ * built (for uploads the upload digest, docs/SIGNING.md) and the device state. Each returns
  * 0, or -1 with the refusal in *r. */
 int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r);
-int fl__auth_verify(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t *pub, bool revoked,
-                    fl_resp *r);
+int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryData *sig,
+                    const uint8_t *pub, bool revoked, fl_resp *r);
 /* Records a nonce in its own transaction. 0 fresh, 1 replayed, -1 database error. */
 int fl__auth_record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce);
 

@@ -254,15 +254,19 @@ static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr
 }
 
 /* Authentication as in fl__auth_device (same checks, same order, same answers), except that
- * the device, its nonce and its standing in the round come in one query and that the nonce
- * of an accepted upload is written in the group commit, with its acceptance: no transaction of
- * its own per upload. Until then the replica's set of nonces in flight refuses a replay here;
- * the primary key of nonces refuses one through another replica at commit. */
+ * the one signature of an upload is UpdateUpload.signature over the upload digest, which
+ * covers the envelope's timestamp and nonce (docs/SIGNING.md): one SHA-256 pass over the delta
+ * and one Ed25519 verification per upload. The envelope's own signature must be empty, so that
+ * there is one way to sign an upload. The device, its nonce and its standing in the round come
+ * in one query, and the nonce of an accepted upload is written in the group commit, with its
+ * acceptance: no transaction of its own per upload. Until then the replica's set of nonces in
+ * flight refuses a replay here; the primary key of nonces refuses one through another replica
+ * at commit. */
 void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
   Fl__V1__UpdateUpload *u = NULL;
   PGconn *c = NULL;
-  uint8_t digest[FL_SHA256_LEN];
+  uint8_t digest[FL_SHA256_LEN], signed_digest[FL_SHA256_LEN];
   const fl_model_info *mi = NULL;
   fl_nonce_slot slot;
   bool reserved = false, consume = false;
@@ -273,8 +277,15 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     goto refused;
   if (fl__auth_precheck(s, sr, r))
     goto out;
-  /* Decoded before authentication only to learn the round for the one query; a body that is
-   * no UpdateUpload is still refused after authentication, as before. */
+  if (sr->signature.len != 0) {
+    fl__resp_dev_error(r, 400, "malformed_request",
+                       "uploads are signed by UpdateUpload.signature; the envelope signature "
+                       "must be empty",
+                       0);
+    goto out;
+  }
+  /* The body carries the signature, so it is decoded before authentication; nothing in it is
+   * acted upon until that signature verifies. */
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -293,7 +304,18 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
     goto out;
   }
-  if (fl__auth_verify(q, sr, dv.pub, dv.revoked, r))
+  /* Without an UpdateUpload there is no signature to check: the request is not
+   * authenticated, so it is refused without consuming the nonce. */
+  if (u == NULL) {
+    fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
+    goto out;
+  }
+  if (fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u,
+                        digest, signed_digest)) {
+    fl__resp_dev_error(r, 401, "bad_signature", "update signature does not verify", 0);
+    goto out;
+  }
+  if (fl__auth_verify(signed_digest, &u->signature, dv.pub, dv.revoked, r))
     goto out;
   if (dv.nonce_seen ||
       fl__agg_nonce_reserve(s->agg, &slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
@@ -302,15 +324,6 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   }
   /* Authenticated: from here on every outcome consumes the nonce. */
   reserved = consume = true;
-  if (u == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
-    goto out;
-  }
-  if (fl__update_digest(sr->device_id, u, digest) ||
-      fl__verify_raw(dv.pub, digest, sizeof digest, u->signature.data, u->signature.len)) {
-    fl__resp_dev_error(r, 401, "bad_update_signature", "update signature does not verify", 0);
-    goto out;
-  }
   if (load_round(s, c, u->round_id, &v) || (v.found && fl__models_get(s, c, v.model_id, &mi))) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto out;

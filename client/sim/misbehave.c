@@ -48,19 +48,6 @@ static void scale_delta(Fl__V1__UpdateUpload *u, float f) {
   }
 }
 
-/* Signs the request envelope again over its (new) body. */
-static int resign_request(Fl__V1__SignedRequest *sr, const fl_key *key, const char *path,
-                          uint8_t sig[FL_SIG_LEN]) {
-  uint8_t digest[FL_SHA256_LEN];
-  int rc = fl__request_digest("POST", path, sr->device_id, sr->timestamp_ms, sr->nonce.data,
-                              sr->nonce.len, sr->body.data, sr->body.len, digest);
-  if (rc == FL_OK)
-    rc = fl__sign(key, digest, sizeof(digest), sig);
-  if (rc == FL_OK)
-    sr->signature = (ProtobufCBinaryData){FL_SIG_LEN, sig};
-  return rc;
-}
-
 static int pack_request(const Fl__V1__SignedRequest *sr, uint8_t **body, size_t *len) {
   size_t n = fl__v1__signed_request__get_packed_size(sr);
   uint8_t *out = malloc(n ? n : 1);
@@ -73,9 +60,24 @@ static int pack_request(const Fl__V1__SignedRequest *sr, uint8_t **body, size_t 
   return FL_OK;
 }
 
-/* POISON and UNCLIPPED: a changed delta, honestly signed by the device. */
+/* Replaces the UpdateUpload in sr's body by u, packed; sr->body then points into *inner,
+ * which the caller frees after packing the envelope. */
+static int repack_update(Fl__V1__SignedRequest *sr, const Fl__V1__UpdateUpload *u,
+                         uint8_t **inner) {
+  size_t n = fl__v1__update_upload__get_packed_size(u);
+  *inner = malloc(n ? n : 1);
+  if (*inner == NULL)
+    return FL_E_NOMEM;
+  fl__v1__update_upload__pack(u, *inner);
+  sr->body = (ProtobufCBinaryData){n, *inner};
+  return FL_OK;
+}
+
+/* POISON and UNCLIPPED: a changed delta, honestly signed by the device. An upload's one
+ * signature is the update's, over the envelope's timestamp and nonce (docs/SIGNING.md), so
+ * signing the changed update again is all a compromised device has to do. */
 static int rescale(Fl__V1__SignedRequest *sr, sim_behaviour b, const fl_key *key,
-                   double clip_norm, const char *path, uint8_t **body, size_t *len) {
+                   double clip_norm, uint8_t **body, size_t *len) {
   Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
   if (u == NULL)
     return FL_E_PARSE;
@@ -85,29 +87,41 @@ static int rescale(Fl__V1__SignedRequest *sr, sim_behaviour b, const fl_key *key
                                                : 1.0);
   scale_delta(u, f);
   u->norm = (float)sqrt(delta_sqnorm(u));
-  uint8_t digest[FL_SHA256_LEN], usig[FL_SIG_LEN], rsig[FL_SIG_LEN];
-  ProtobufCBinaryData old_usig = u->signature, old_body = sr->body, old_rsig = sr->signature;
-  int rc = fl__update_digest(sr->device_id, u, digest);
+  uint8_t digest[FL_SHA256_LEN], usig[FL_SIG_LEN];
+  ProtobufCBinaryData old_usig = u->signature, old_body = sr->body;
+  int rc = fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u,
+                             NULL, digest);
   if (rc == FL_OK)
     rc = fl__sign(key, digest, sizeof(digest), usig);
   uint8_t *inner = NULL;
   if (rc == FL_OK) {
     u->signature = (ProtobufCBinaryData){FL_SIG_LEN, usig};
-    size_t n = fl__v1__update_upload__get_packed_size(u);
-    inner = malloc(n ? n : 1);
-    rc = inner ? FL_OK : FL_E_NOMEM;
-    if (inner) {
-      fl__v1__update_upload__pack(u, inner);
-      sr->body = (ProtobufCBinaryData){n, inner};
-      rc = resign_request(sr, key, path, rsig);
-    }
+    rc = repack_update(sr, u, &inner);
   }
   if (rc == FL_OK)
     rc = pack_request(sr, body, len);
   /* Hand the unpacked messages back their own buffers before they are freed. */
   u->signature = old_usig;
   sr->body = old_body;
-  sr->signature = old_rsig;
+  free(inner);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  return rc;
+}
+
+/* BADSIG on an upload: one bit of the update signature flipped, the only signature an upload
+ * carries (its envelope signature is empty). */
+static int corrupt_update_signature(Fl__V1__SignedRequest *sr, uint8_t **body, size_t *len) {
+  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
+  if (u == NULL)
+    return FL_E_PARSE;
+  ProtobufCBinaryData old_body = sr->body;
+  uint8_t *inner = NULL;
+  if (u->signature.len > 0)
+    u->signature.data[u->signature.len / 2] ^= 0x01;
+  int rc = repack_update(sr, u, &inner);
+  if (rc == FL_OK)
+    rc = pack_request(sr, body, len);
+  sr->body = old_body;
   free(inner);
   fl__v1__update_upload__free_unpacked(u, NULL);
   return rc;
@@ -139,14 +153,16 @@ int sim_misbehave(sim_behaviour b, const fl_key *key, double clip_norm, const ch
   if (sr == NULL)
     return FL_E_PARSE;
   int rc = FL_OK;
-  if (b == SIM_BADSIG) {
+  if (b == SIM_BADSIG && strcmp(path, "/v1/updates") == 0) {
+    rc = corrupt_update_signature(sr, body, len);
+  } else if (b == SIM_BADSIG) {
     if (sr->signature.len > 0)
       sr->signature.data[sr->signature.len / 2] ^= 0x01;
     rc = pack_request(sr, body, len);
   } else if (key == NULL) {
     rc = FL_E_INVAL;
   } else {
-    rc = rescale(sr, b, key, clip_norm, path, body, len);
+    rc = rescale(sr, b, key, clip_norm, body, len);
   }
   fl__v1__signed_request__free_unpacked(sr, NULL);
   return rc;

@@ -414,6 +414,40 @@ void fl_h_device_free(fl_h_device *d) {
   d->key = NULL;
 }
 
+/* The body of an upload signed over sr's device id, timestamp and nonce (docs/SIGNING.md).
+ * *out is NULL when body goes out unchanged: it is no UpdateUpload, or it carries a forged
+ * signature already. */
+static int sign_upload(const fl_h_device *d, const Fl__V1__SignedRequest *sr,
+                       const uint8_t *body, size_t len, const fl_h_forge *f, uint8_t **out,
+                       size_t *out_len) {
+  uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  int rc = -1;
+  *out = NULL;
+  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, len, body);
+  if (u == NULL || u->signature.len != 0) {
+    fl__v1__update_upload__free_unpacked(u, NULL);
+    return 0;
+  }
+  if (fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u, NULL,
+                        digest) ||
+      fl__sign(d->key, digest, sizeof digest, sig))
+    goto out;
+  if (f->corrupt_signature)
+    sig[7] ^= 0x10;
+  u->signature = (ProtobufCBinaryData){sizeof sig, sig};
+  *out_len = fl__v1__update_upload__get_packed_size(u);
+  *out = malloc(*out_len + 1);
+  if (*out != NULL) {
+    fl__v1__update_upload__pack(u, *out);
+    rc = 0;
+  }
+  /* The unpacked message frees what it allocated, not sig. */
+  u->signature = (ProtobufCBinaryData){0, NULL};
+out:
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  return rc;
+}
+
 /* Packs a SignedRequest around body for method and path. */
 static int envelope(const fl_h_device *d, const char *method, const char *path,
                     const uint8_t *body, size_t len, const fl_h_forge *f, uint8_t **out,
@@ -421,6 +455,9 @@ static int envelope(const fl_h_device *d, const char *method, const char *path,
   static const fl_h_forge honest;
   Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
   uint8_t nonce[16], digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  uint8_t *signed_body = NULL;
+  size_t signed_len = 0;
+  int rc = -1;
   if (f == NULL)
     f = &honest;
   if (f->nonce == NULL && fl__random_bytes(nonce, sizeof nonce))
@@ -431,20 +468,33 @@ static int envelope(const fl_h_device *d, const char *method, const char *path,
   sr.nonce.len = f->nonce ? f->nonce_len : sizeof nonce;
   sr.body.data = (uint8_t *)body;
   sr.body.len = len;
-  if (fl__request_digest(method, path, sr.device_id, sr.timestamp_ms, sr.nonce.data,
-                         sr.nonce.len, body ? body : (const uint8_t *)"", len, digest) ||
-      fl__sign(d->key, digest, sizeof digest, sig))
-    return -1;
-  if (f->corrupt_signature)
-    sig[7] ^= 0x10;
-  sr.signature.data = sig;
-  sr.signature.len = sizeof sig;
+  bool upload = strcmp(method, "POST") == 0 && strcmp(path, "/v1/updates") == 0;
+  if (upload) {
+    if (sign_upload(d, &sr, body, len, f, &signed_body, &signed_len))
+      goto out;
+    if (signed_body != NULL)
+      sr.body = (ProtobufCBinaryData){signed_len, signed_body};
+  }
+  if (!upload || f->envelope_signature) {
+    if (fl__request_digest(method, path, sr.device_id, sr.timestamp_ms, sr.nonce.data,
+                           sr.nonce.len, sr.body.data ? sr.body.data : (const uint8_t *)"",
+                           sr.body.len, digest) ||
+        fl__sign(d->key, digest, sizeof digest, sig))
+      goto out;
+    if (f->corrupt_signature && !upload)
+      sig[7] ^= 0x10;
+    sr.signature.data = sig;
+    sr.signature.len = sizeof sig;
+  }
   *out_len = fl__v1__signed_request__get_packed_size(&sr);
   *out = malloc(*out_len + 1);
   if (*out == NULL)
-    return -1;
+    goto out;
   fl__v1__signed_request__pack(&sr, *out);
-  return 0;
+  rc = 0;
+out:
+  free(signed_body);
+  return rc;
 }
 
 int fl_h_device_post(const fl_h_coord *c, const fl_h_device *d, const char *path,
@@ -644,11 +694,16 @@ int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uin
   u.n_delta = o->drop_last_tensor ? nt - 1 : nt;
   u.delta = tp;
   u.norm = (float)sqrt(sq);
-  if (fl__update_digest(d->id, &u, digest) || fl__sign(d->key, digest, sizeof digest, sig))
-    goto out;
-  if (o->corrupt_signature)
+  if (o->corrupt_signature) {
+    /* Signed for a timestamp and nonce no request carries, then damaged: whatever envelope
+     * carries it, the signature cannot verify. */
+    static const uint8_t other_nonce[16];
+    if (fl__update_digest(d->id, 1, other_nonce, sizeof other_nonce, &u, NULL, digest) ||
+        fl__sign(d->key, digest, sizeof digest, sig))
+      goto out;
     sig[3] ^= 0x01;
-  u.signature = (ProtobufCBinaryData){sizeof sig, sig};
+    u.signature = (ProtobufCBinaryData){sizeof sig, sig};
+  }
   *len = fl__v1__update_upload__get_packed_size(&u);
   *buf = malloc(*len + 1);
   if (*buf != NULL) {

@@ -95,7 +95,9 @@ typedef struct fl_h_forge {
   const uint8_t *nonce;          /* NULL: 16 fresh random bytes */
   size_t nonce_len;
   uint64_t device_id;            /* 0: the device's own id */
-  bool corrupt_signature;        /* flip one bit of the request signature */
+  bool corrupt_signature;        /* flip one bit of the request signature (uploads: of the
+                                    update signature, their only one) */
+  bool envelope_signature;       /* uploads: sign the envelope too (must be refused) */
   const char *if_none_match;     /* GET only */
 } fl_h_forge;
 
@@ -106,7 +108,10 @@ long fl_h_device_enroll(const fl_h_coord *c, fl_h_device *d, const char *token);
 void fl_h_device_free(fl_h_device *d);
 
 /* Signed POST of an inner message (already packed) / signed GET. -1 on transport errors,
- * else 0 with the response in *out. */
+ * else 0 with the response in *out. POST /v1/updates (docs/SIGNING.md): an UpdateUpload
+ * without a signature is signed here over the envelope's device id, timestamp and nonce, one
+ * that has a signature (fl_h_update_opts.corrupt_signature) is sent as it is, and the envelope
+ * signature is empty. */
 int fl_h_device_post(const fl_h_coord *c, const fl_h_device *d, const char *path,
                      const uint8_t *body, size_t len, const fl_h_forge *f, fl_h_resp *out);
 int fl_h_device_get(const fl_h_coord *c, const fl_h_device *d, const char *path,
@@ -128,12 +133,14 @@ int fl_h_weights(const Fl__V1__ModelVersion *mv, float **w, size_t *n);
 /* Knobs for update bodies. */
 typedef struct fl_h_update_opts {
   bool drop_last_tensor;         /* a shape error */
-  bool corrupt_signature;        /* flip one bit of the update signature */
+  bool corrupt_signature;        /* carry a signature made for other freshness fields, with
+                                    one bit flipped (fl_h_device_post keeps it) */
   bool inject_nan;               /* first float32 value becomes NaN (encoders refuse NaN) */
   int encoding;                  /* 0: float32; else an fl.v1.Encoding (codec encodes) */
 } fl_h_update_opts;
 
-/* Packs a signed UpdateUpload of the flat delta laid out like base's tensors. */
+/* Packs an UpdateUpload of the flat delta laid out like base's tensors, unsigned: its
+ * signature covers the envelope's timestamp and nonce, so fl_h_device_post makes it. */
 int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uint64_t round_id,
                      const float *delta, uint64_t samples, float loss,
                      const fl_h_update_opts *o, uint8_t **buf, size_t *len);

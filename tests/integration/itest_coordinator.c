@@ -218,6 +218,9 @@ Test(coordinator, refusals_change_nothing, .init = setup, .fini = teardown, .tim
   pack(&g_dev[0], base, round_id, ok, 10, NULL, &buf, &len);
   fl_h_forge f = {.corrupt_signature = true};
   expect_refusal("bad request signature", &g_dev[0], buf, len, &f, 401, "bad_signature");
+  f = (fl_h_forge){.envelope_signature = true};
+  expect_refusal("upload with an envelope signature", &g_dev[0], buf, len, &f, 400,
+                 "malformed_request");
   f = (fl_h_forge){.timestamp_ms = 1000};
   expect_refusal("stale timestamp", &g_dev[0], buf, len, &f, 401, "stale_timestamp");
   f = (fl_h_forge){.device_id = 4242};
@@ -238,7 +241,7 @@ Test(coordinator, refusals_change_nothing, .init = setup, .fini = teardown, .tim
 
   fl_h_update_opts o = {.corrupt_signature = true};
   pack(&g_dev[0], base, round_id, ok, 10, &o, &buf, &len);
-  expect_refusal("bad update signature", &g_dev[0], buf, len, NULL, 401, "bad_update_signature");
+  expect_refusal("bad update signature", &g_dev[0], buf, len, NULL, 401, "bad_signature");
   free(buf);
   pack(&g_dev[0], base, 777, ok, 10, NULL, &buf, &len);
   expect_refusal("unknown round", &g_dev[0], buf, len, NULL, 404, "unknown_round");

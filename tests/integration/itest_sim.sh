@@ -16,7 +16,7 @@ db_args=()
 if [ -n "${PGPORT:-}" ]; then db_args=(--database-url=); fi
 
 "$sim" --devices 50 --rounds 3 --samples-per-device 200 --model 2nn --lr 0.05 \
-  --bad-devices 0.2 --bad-kinds poison,unclipped,badsig --dropout 0.05 --net-fail 0.02 \
+  --bad-devices 0.2 --bad-kinds poison,unclipped,badsig,replay --dropout 0.05 --net-fail 0.02 \
   --deadline 20 --coordinator-bin "$coord" --out "$out" "${db_args[@]}" | tee "$out/log"
 
 csv="$out/rounds.csv"
@@ -28,6 +28,7 @@ awk -v a="$first" -v b="$last" 'BEGIN { exit !(b > a && b > 0.6) }' ||
   { echo "FAIL: accuracy did not rise: $first -> $last"; exit 1; }
 grep -q "refused: norm_exceeded" "$out/log" || { echo "FAIL: no norm refusals counted"; exit 1; }
 grep -q "refused: bad_signature" "$out/log" || { echo "FAIL: no signature refusals"; exit 1; }
+grep -q "refused: replayed_nonce" "$out/log" || { echo "FAIL: no replay refusals"; exit 1; }
 [ -s "$out/accuracy.svg" ] || { echo "FAIL: no plot"; exit 1; }
 # Every round's breakdown from the coordinator's /metrics: 3 rounds, each with check-ins served.
 n=$(grep -cE "^  coordinator: checkin [1-9][0-9]* x" "$out/log" || true)

@@ -59,6 +59,7 @@ typedef struct fake_coord {
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
+  uint8_t last_content[FL_SHA256_LEN]; /* content digest of last_upload (SIGNING.md) */
   size_t last_upload_wire;
   /* the exchange in flight */
   int status;
@@ -286,16 +287,23 @@ static inline void fake_model(fake_coord *f, const fl_http_request *req) {
 }
 
 static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
-  Fl__V1__SignedRequest *env =
-      fake_open(f, "POST", req->path, req->body, req->body_len, f->device_pub);
-  if (env == NULL) {
+  /* As the coordinator checks an upload (docs/SIGNING.md): the envelope signature is empty and
+   * the update signature covers the envelope's device id, timestamp and nonce. */
+  Fl__V1__SignedRequest *env = fl__v1__signed_request__unpack(NULL, req->body_len, req->body);
+  if (env == NULL || env->signature.len != 0 || env->nonce.len != 16 ||
+      env->device_id != FAKE_DEVICE_ID) {
+    f->n_bad_sig++;
+    fl__v1__signed_request__free_unpacked(env, NULL);
     fake_refuse(f, 401, "bad_signature", 0);
     return;
   }
   Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, env->body.len, env->body.data);
+  uint8_t d[FL_SHA256_LEN], content[FL_SHA256_LEN];
+  bool signed_ok = u != NULL && fl__update_digest(FAKE_DEVICE_ID, env->timestamp_ms,
+                                                  env->nonce.data, env->nonce.len, u, content,
+                                                  d) == FL_OK;
   fl__v1__signed_request__free_unpacked(env, NULL);
-  uint8_t d[FL_SHA256_LEN];
-  if (u == NULL || fl__update_digest(FAKE_DEVICE_ID, u, d) != FL_OK ||
+  if (!signed_ok ||
       fl__verify_raw(f->device_pub, d, sizeof d, u->signature.data, u->signature.len) != FL_OK ||
       fl__delta_check(&fake_spec, u->delta, u->n_delta) != FL_OK) {
     f->n_bad_sig++;
@@ -309,9 +317,10 @@ static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
     fake_refuse(f, f->refuse_uploads, "round_closed", 0);
     return;
   }
-  /* Idempotent like the real one: the same signed update again is acknowledged as such. */
-  bool dup = f->last_upload != NULL && f->last_upload->signature.len == u->signature.len &&
-             memcmp(f->last_upload->signature.data, u->signature.data, u->signature.len) == 0;
+  /* Idempotent like the real one: the same update again (same content digest; a retry is
+   * signed anew over its own timestamp and nonce) is acknowledged as such. */
+  bool dup = f->last_upload != NULL && memcmp(f->last_content, content, sizeof content) == 0;
+  memcpy(f->last_content, content, sizeof content);
   if (f->last_upload != NULL)
     fl__v1__update_upload__free_unpacked(f->last_upload, NULL);
   f->last_upload = u;

@@ -42,17 +42,34 @@ static fl__update_params params(int encoding, float clip) {
                              .encoding = encoding};
 }
 
-/* Builds, then unpacks the upload, checks its signature and decodes the delta into out. */
+/* Builds the unsigned upload, signs it for one attempt as the request layer does, then unpacks
+ * it, checks the content digest, the signature over the attempt's timestamp and nonce, and
+ * decodes the delta into out. */
 static Fl__V1__UpdateUpload *build(const fl__update_params *p, float *out, float *norm) {
-  uint8_t *buf = NULL;
-  size_t len = 0;
-  cr_assert_eq(fl__update_build(layout, base, local, p, key, NULL, &buf, &len, norm), FL_OK);
-  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, len, buf);
+  uint8_t *buf = NULL, *wire = NULL, content[FL_SHA256_LEN];
+  size_t len = 0, wire_len = 0;
+  static const uint8_t nonce[16] = {7, 7, 7};
+  cr_assert_eq(fl__update_build(layout, base, local, p, NULL, &buf, &len, norm, content), FL_OK);
+  Fl__V1__UpdateUpload *unsigned_u = fl__v1__update_upload__unpack(NULL, len, buf);
+  cr_assert_not_null(unsigned_u);
+  cr_assert_eq(unsigned_u->signature.len, 0, "the build leaves the signature to each attempt");
+  fl__v1__update_upload__free_unpacked(unsigned_u, NULL);
+  cr_assert_eq(fl__update_sign(content, 1700000000123, nonce, sizeof nonce, key, buf, len, NULL,
+                               &wire, &wire_len),
+               FL_OK);
   free(buf);
+  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, wire_len, wire);
+  free(wire);
   cr_assert_not_null(u);
-  uint8_t d[FL_SHA256_LEN];
-  cr_assert_eq(fl__update_digest(p->device_id, u, d), FL_OK);
+  uint8_t c[FL_SHA256_LEN], d[FL_SHA256_LEN];
+  cr_assert_eq(fl__update_digest(p->device_id, 1700000000123, nonce, sizeof nonce, u, c, d),
+               FL_OK);
+  cr_assert_eq(memcmp(c, content, sizeof c), 0);
   cr_assert_eq(fl__verify_raw(pub, d, sizeof d, u->signature.data, u->signature.len), FL_OK);
+  /* Another attempt's freshness fields do not verify with this signature. */
+  cr_assert_eq(fl__update_digest(p->device_id, 1700000000124, nonce, sizeof nonce, u, NULL, d),
+               FL_OK);
+  cr_assert_neq(fl__verify_raw(pub, d, sizeof d, u->signature.data, u->signature.len), FL_OK);
   cr_assert_eq(fl__delta_check(&fake_spec, u->delta, u->n_delta), FL_OK);
   size_t off = 0;
   for (size_t i = 0; i < u->n_delta; i++) {
@@ -160,7 +177,8 @@ Test(client_update, diverged_training_is_not_uploaded) {
   uint8_t *buf = NULL;
   size_t len = 0;
   float norm = 0;
-  cr_assert_eq(fl__update_build(layout, base, local, &p, key, NULL, &buf, &len, &norm),
+  uint8_t content[FL_SHA256_LEN];
+  cr_assert_eq(fl__update_build(layout, base, local, &p, NULL, &buf, &len, &norm, content),
                FL_E_NONFINITE);
   cr_assert_null(buf);
 }

@@ -154,11 +154,17 @@ static void put_tensor(buf *b, const Fl__V1__Tensor *t) {
   put_bytes(b, t->indices.data, t->indices.len);
 }
 
+/* The freshness fields of the upload the tests sign: a negative timestamp pins i64 as its
+ * two's-complement u64. */
+static const int64_t TS = -1700000000123LL;
+static const uint8_t NONCE[17] = {0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0xff};
+
 Test(digest, update_layout_is_as_documented) {
   upd x;
   make_update(&x);
-  uint8_t got[32], want[32];
-  cr_assert_eq(fl__update_digest(99, &x.u, got), FL_OK);
+  uint8_t got[32], got_content[32], content[32], want[32], want_content[32];
+  cr_assert_eq(fl__update_digest(99, TS, NONCE, sizeof NONCE, &x.u, got_content, got), FL_OK);
+  cr_assert_eq(fl__update_content_digest(99, &x.u, content), FL_OK);
   buf b = {.n = 0};
   put(&b, "fl.v1.update", 13);
   put_u64(&b, 99);
@@ -171,12 +177,29 @@ Test(digest, update_layout_is_as_documented) {
   put_u64(&b, 2);
   put_tensor(&b, &x.t[0]);
   put_tensor(&b, &x.t[1]);
-  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_eq(fl__sha256(b.b, b.n, want_content), FL_OK);
+  cr_assert_arr_eq(content, want_content, 32);
+  cr_assert_arr_eq(got_content, want_content, 32);
+  /* The signed digest: tag (13 bytes with its NUL), the content digest raw, then i64
+   * timestamp and the length-prefixed nonce; 32 + 13 + 8 + 8 + 17 bytes. */
+  buf s = {.n = 0};
+  put(&s, "fl.v1.upload", 13);
+  put(&s, want_content, 32);
+  put_u64(&s, (uint64_t)TS);
+  put_bytes(&s, NONCE, sizeof NONCE);
+  cr_assert_eq(s.n, 13 + 32 + 8 + 8 + 17);
+  static const uint8_t ts_bytes[8] = {0x85, 0x97, 0x1a, 0x30, 0x74, 0xfe, 0xff, 0xff};
+  cr_assert_arr_eq(s.b + 45, ts_bytes, 8);
+  cr_assert_eq(fl__sha256(s.b, s.n, want), FL_OK);
   cr_assert_arr_eq(got, want, 32);
+  uint8_t again[32];
+  cr_assert_eq(fl__upload_digest(content, TS, NONCE, sizeof NONCE, again), FL_OK);
+  cr_assert_arr_eq(again, want, 32);
 }
 
-/* Each mutation changes one field of the update; the digest must change each time. */
-static void mutate(upd *x, uint64_t *dev, int which) {
+/* Each mutation changes one field of the upload; the signed digest must change each time. */
+static void mutate(upd *x, uint64_t *dev, int64_t *ts, uint8_t *nonce, size_t *nonce_len,
+                   int which) {
   switch (which) {
     case 0:
       (*dev)++;
@@ -242,35 +265,60 @@ static void mutate(upd *x, uint64_t *dev, int which) {
       x->u.loss = -0.0f;
       x->u.norm = 0.0f;
       break;
+    case 21:
+      (*ts)++;
+      break;
+    case 22:
+      *ts = -*ts;
+      break;
+    case 23:
+      nonce[5] ^= 0x01;
+      break;
+    case 24:
+      (*nonce_len)--;
+      break;
   }
 }
 
+enum { N_FIELDS = 25, FIRST_FRESHNESS = 21 };
+
 Test(digest, update_every_field_changes_digest) {
   upd x;
-  uint8_t base[32], d[32];
+  uint8_t base[32], base_content[32], d[32], c[32];
   make_update(&x);
   x.u.loss = 0.0f;
-  cr_assert_eq(fl__update_digest(99, &x.u, base), FL_OK);
+  cr_assert_eq(fl__update_digest(99, TS, NONCE, sizeof NONCE, &x.u, base_content, base), FL_OK);
   make_update(&x);
-  cr_assert_eq(fl__update_digest(99, &x.u, base), FL_OK);
-  for (int which = 0; which <= 20; which++) {
+  cr_assert_eq(fl__update_digest(99, TS, NONCE, sizeof NONCE, &x.u, base_content, base), FL_OK);
+  for (int which = 0; which < N_FIELDS; which++) {
     uint64_t dev = 99;
+    int64_t ts = TS;
+    uint8_t nonce[sizeof NONCE];
+    size_t nonce_len = sizeof NONCE;
+    memcpy(nonce, NONCE, sizeof nonce);
     make_update(&x);
-    mutate(&x, &dev, which);
-    cr_assert_eq(fl__update_digest(dev, &x.u, d), FL_OK);
+    mutate(&x, &dev, &ts, nonce, &nonce_len, which);
+    cr_assert_eq(fl__update_digest(dev, ts, nonce, nonce_len, &x.u, c, d), FL_OK);
     cr_assert(memcmp(base, d, 32) != 0, "field %d did not change the digest", which);
+    /* The content digest names the update alone: a retry with fresh timestamp and nonce is
+     * the same update (idempotence), any other field makes it another one. */
+    if (which < FIRST_FRESHNESS)
+      cr_assert(memcmp(base_content, c, 32) != 0, "field %d did not change the content", which);
+    else
+      cr_assert_arr_eq(base_content, c, 32, "freshness field %d changed the content", which);
   }
 }
 
 Test(digest, update_signature_not_covered) {
   upd x;
-  uint8_t a[32], b[32], sig[64] = {1};
+  uint8_t a[32], b[32], ca[32], cb[32], sig[64] = {1};
   make_update(&x);
-  cr_assert_eq(fl__update_digest(1, &x.u, a), FL_OK);
+  cr_assert_eq(fl__update_digest(1, TS, NONCE, sizeof NONCE, &x.u, ca, a), FL_OK);
   x.u.signature.data = sig;
   x.u.signature.len = 64;
-  cr_assert_eq(fl__update_digest(1, &x.u, b), FL_OK);
+  cr_assert_eq(fl__update_digest(1, TS, NONCE, sizeof NONCE, &x.u, cb, b), FL_OK);
   cr_assert_arr_eq(a, b, 32);
+  cr_assert_arr_eq(ca, cb, 32);
 }
 
 Test(digest, update_refuses_null_tensor) {
@@ -278,8 +326,13 @@ Test(digest, update_refuses_null_tensor) {
   uint8_t d[32];
   make_update(&x);
   x.tp[1] = NULL;
-  cr_assert_eq(fl__update_digest(1, &x.u, d), FL_E_INVAL);
-  cr_assert_eq(fl__update_digest(1, NULL, d), FL_E_INVAL);
+  cr_assert_eq(fl__update_digest(1, TS, NONCE, sizeof NONCE, &x.u, NULL, d), FL_E_INVAL);
+  cr_assert_eq(fl__update_digest(1, TS, NONCE, sizeof NONCE, NULL, NULL, d), FL_E_INVAL);
+  cr_assert_eq(fl__update_content_digest(1, &x.u, d), FL_E_INVAL);
+  make_update(&x);
+  cr_assert_eq(fl__update_digest(1, TS, NULL, 16, &x.u, NULL, d), FL_E_INVAL);
+  cr_assert_eq(fl__upload_digest(NULL, TS, NONCE, sizeof NONCE, d), FL_E_INVAL);
+  cr_assert_eq(fl__upload_digest(d, TS, NULL, 1, d), FL_E_INVAL);
 }
 
 static void make_spec(fl_model_spec *s) {
