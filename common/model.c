@@ -121,7 +121,7 @@ static int resolve_maxpool(const fl_layer_spec *ls, shape in, fl__layer *l) {
   if (in.ndim != 3)
     return FL_E_SHAPE;
   uint32_t k = ls->kernel, s = ls->stride ? ls->stride : ls->kernel;
-  /* Padded pooling is not implemented; refusing beats silently ignoring the field. */
+  /* Pooling with padding is refused: silently ignoring the field would train another model. */
   if (k == 0 || ls->padding != 0)
     return FL_E_INVAL;
   if (k > FL_SPEC_MAX_KERNEL || s > FL_SPEC_MAX_KERNEL)
