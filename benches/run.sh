@@ -131,7 +131,7 @@ if has compare; then
 fi
 
 if has fleet; then
-  SIM=$BUILD/client/sim/fl-sim
+  SIM=$BUILD/sim/fl-sim
   OUT=$(mktemp -d)
   echo; echo "\$ $SIM --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 --out $OUT"
   "$SIM" --devices 1000 --rounds 3 --model 2nn --samples-per-device 60 --epochs 1 --batch 10 \

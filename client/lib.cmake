@@ -3,14 +3,9 @@
 # nothing else of ours. Only the fl_ API (FL_API in fl/client.h, and fl/err.h's functions) is
 # exported from the shared library; a version script keeps fl__ internals and the generated
 # protobuf code local.
-if(NOT TARGET flclient_obj)
-  return()
-endif()
-
 target_compile_options(flclient_obj PRIVATE -fvisibility=hidden)
 
-file(GLOB FL_CLIENT_COMMON_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/common/*.c)
-add_library(flclient_common_obj OBJECT ${FL_CLIENT_COMMON_SOURCES}
+add_library(flclient_common_obj OBJECT ${FL_COMMON_SOURCES}
             ${CMAKE_BINARY_DIR}/gen/fl/v1/fleetlearn.pb-c.c)
 add_dependencies(flclient_common_obj flproto)
 set_source_files_properties(${CMAKE_BINARY_DIR}/gen/fl/v1/fleetlearn.pb-c.c PROPERTIES
@@ -56,11 +51,9 @@ target_include_directories(flclient_static PUBLIC
   $<BUILD_INTERFACE:${FL_PROTO_OUT}>
   $<INSTALL_INTERFACE:include>)
 
-if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/examples/gateway.c)
-  add_executable(fl-gateway examples/gateway.c)
-  target_link_libraries(fl-gateway PRIVATE flclient)
-  install(TARGETS fl-gateway RUNTIME DESTINATION bin)
-endif()
+add_executable(fl-gateway examples/gateway.c)
+target_link_libraries(fl-gateway PRIVATE flclient)
+install(TARGETS fl-gateway RUNTIME DESTINATION bin)
 
 include(GNUInstallDirs)
 # The .pc file finds the prefix relative to itself, so that an installed tree can be moved.

@@ -14,6 +14,6 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF -DFL_BUIL
   >/dev/null
 cmake --build "$BUILD" -j "$(nproc)" --target fl-sim fl-coordinator
 
-exec "$BUILD/client/sim/fl-sim" --devices 1000 --rounds 5 --model 2nn --dataset fmnist \
+exec "$BUILD/sim/fl-sim" --devices 1000 --rounds 5 --model 2nn --dataset fmnist \
   --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 \
   --coordinator-bin "$BUILD/server/fl-coordinator" --out fl-sim-out "$@"

@@ -15,7 +15,7 @@
 #      every acknowledged update (tests/integration/deploy_check_rounds.py); SIGTERM stops it;
 #   7. restarted with a mounted certificate (FL_TLS_CERT/KEY): HTTPS, and the HEALTHCHECK too.
 #
-#   pg_virtualenv deploy/test-image.sh --fl-sim build/client/sim/fl-sim
+#   pg_virtualenv deploy/test-image.sh --fl-sim build/sim/fl-sim
 #
 # Exit 0: passed; 77 with a line "SKIPPED: <why>" when podman or debootstrap (or root, which
 # both need here) is missing; anything else: failed.

@@ -15,7 +15,7 @@
 #      shows uploads passed to both.
 #
 #   pg_virtualenv deploy/test-replicas.sh --coordinator build/server/fl-coordinator \
-#                                         --fl-sim build/client/sim/fl-sim
+#                                         --fl-sim build/sim/fl-sim
 #
 # Exit 0: passed; 77 with a line "SKIPPED: <why>" when nginx is not installed; else failed.
 set -euo pipefail

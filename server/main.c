@@ -15,13 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aggregate.h"
-#include "auth.h"
-#include "http.h"
-#include "migrations.h"
-#include "models.h"
-#include "rounds.h"
-#include "store_pg.h"
+#include "rounds/aggregate.h"
+#include "auth/auth.h"
+#include "http/http.h"
+#include "store/migrations.h"
+#include "registry/models.h"
+#include "rounds/rounds.h"
+#include "store/store_pg.h"
 #include "tensor.h"
 
 static int load_or_create_key(fl_srv *s) {

@@ -1,12 +1,13 @@
 /*
  * The coordinator's shared context and the interfaces between its modules.
  *
- * One fl_srv exists per process. Modules: config.c (flags, environment), slog.c (structured
- * log lines), store_pg.c (connection pool), migrations.c (schema), http.c (MHD plumbing and
- * routing), auth.c (device signatures, nonces, admin bearer tokens), devapi.c (device
- * endpoints), adminapi.c (JSON admin endpoints), plan.c (training plans), models.c (model
- * cache and version storage), aggregate.c (streaming accumulator and group commit), rounds.c
- * (assignment, closing, deadlines), optimizer.c (server optimizers), metrics.c (Prometheus).
+ * One fl_srv exists per process. Modules (folders as in docs/HACKING.md): config.c (flags,
+ * environment), slog.c (structured log lines), store/ (store_pg.c connection pool,
+ * migrations.c schema), http/ (http.c MHD plumbing and routing, metrics.c Prometheus), auth/
+ * (device signatures, nonces, admin bearer tokens), device/ (device endpoints, uploads), admin/
+ * (JSON admin endpoints), rounds/ (plan.c training plans, aggregate.c streaming accumulator and
+ * group commit, rounds.c assignment and deadlines, close.c closing, optimizer.c server
+ * optimizers), registry/ (models.c model cache and version storage, rollouts.c).
  */
 #ifndef FL__SERVER_H
 #define FL__SERVER_H

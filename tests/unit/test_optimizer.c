@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 
-#include "optimizer.h"
+#include "rounds/optimizer.h"
 
 static void params(fl_opt_params *p, int kind) { fl__opt_defaults(p, kind); }
 

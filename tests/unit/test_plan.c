@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "plan.h"
+#include "rounds/plan.h"
 
 static int parse(const char *text, fl_plan *p, char msg[160]) {
   json_t *j = json_loads(text, 0, NULL);

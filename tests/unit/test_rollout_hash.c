@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 
-#include "rollouts.h"
+#include "registry/rollouts.h"
 
 Test(rollout_hash, known_vectors) {
   cr_assert_eq(fl__rollout_hash(FL_ROLLOUT_DOMAIN, 1, 1), 0x2830e69d8b6c4abaULL);

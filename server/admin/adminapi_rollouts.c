@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adminapi.h"
-#include "auth.h"
-#include "rollouts.h"
+#include "admin/adminapi.h"
+#include "auth/auth.h"
+#include "registry/rollouts.h"
 
 static void db_error(fl_resp *r) {
   fl__resp_admin_error(r, 503, "unavailable", "database error");

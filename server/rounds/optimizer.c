@@ -2,7 +2,7 @@
  * Server optimizers; see optimizer.h for the update rules. The arithmetic is done in double
  * per element and stored as float32, the precision of the weights themselves.
  */
-#include "optimizer.h"
+#include "rounds/optimizer.h"
 
 #include <math.h>
 #include <string.h>

@@ -16,8 +16,8 @@
 #include <stdint.h>
 
 #include "crypto.h"
-#include "http.h"
-#include "store_pg.h"
+#include "http/http.h"
+#include "store/store_pg.h"
 
 /* Hash domains (docs/API.md, "Rollout membership"). */
 #define FL_ROLLOUT_DOMAIN "fl.v1.rollout"

@@ -7,9 +7,9 @@
 #ifndef FL__ROUNDS_H
 #define FL__ROUNDS_H
 
-#include "plan.h"
+#include "rounds/plan.h"
 #include "server.h"
-#include "store_pg.h"
+#include "store/store_pg.h"
 
 int fl__rounds_new(fl_rounds **out, fl_srv *s);
 int fl__rounds_start(fl_rounds *r);

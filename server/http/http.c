@@ -5,7 +5,7 @@
  * is read, and a chunked body is cut off as soon as it passes the limit. Routing is a linear
  * scan of two small tables.
  */
-#include "http.h"
+#include "http/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

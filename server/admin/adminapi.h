@@ -9,8 +9,8 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-#include "http.h"
-#include "store_pg.h"
+#include "http/http.h"
+#include "store/store_pg.h"
 
 typedef struct admin_ctx {
   PGconn *c;

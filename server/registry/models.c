@@ -3,7 +3,7 @@
  * only grows (one entry per model, a few hundred bytes each). Packed versions are cached in a
  * small round-robin table because a round's devices all download the same base version.
  */
-#include "models.h"
+#include "registry/models.h"
 
 #include <inttypes.h>
 #include <stdio.h>

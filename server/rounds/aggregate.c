@@ -6,7 +6,7 @@
  * parameters), the database transaction does not: the committer detaches the batches first,
  * so uploads keep folding into fresh batches while the previous ones commit.
  */
-#include "aggregate.h"
+#include "rounds/aggregate.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -16,8 +16,8 @@
 #include <time.h>
 
 #include "codec.h"
-#include "rounds.h"
-#include "store_pg.h"
+#include "rounds/rounds.h"
+#include "store/store_pg.h"
 
 typedef struct waiter {
   const fl_upload *u; /* the request thread's, alive while it waits: refolded on a replay */

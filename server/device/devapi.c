@@ -9,14 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregate.h"
-#include "auth.h"
+#include "rounds/aggregate.h"
+#include "auth/auth.h"
 #include "codec.h"
-#include "devapi.h"
+#include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
-#include "rounds.h"
-#include "rollouts.h"
+#include "rounds/rounds.h"
+#include "registry/rollouts.h"
 
 /* Envelope, database connection and signature check shared by every handler except enroll.
  * Returns 0 with *c and *sr set, or -1 with the refusal in *r (and nothing to release). */

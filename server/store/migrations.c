@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "migrations.h"
+#include "store/migrations.h"
 #include "server.h"
 
 typedef struct migration {

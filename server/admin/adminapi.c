@@ -8,12 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adminapi.h"
-#include "auth.h"
-#include "models.h"
-#include "plan.h"
-#include "rollouts.h"
-#include "rounds.h"
+#include "admin/adminapi.h"
+#include "auth/auth.h"
+#include "registry/models.h"
+#include "rounds/plan.h"
+#include "registry/rollouts.h"
+#include "rounds/rounds.h"
 
 /* Connection, role check and (for POST) the JSON body. 0, or -1 with *r set. */
 static int begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {

@@ -5,7 +5,7 @@
  * then the signature) and the nonce is recorded last, so a forged request never consumes a
  * device's nonce. Admin tokens are 32 random bytes shown once; only their SHA-256 is stored.
  */
-#include "auth.h"
+#include "auth/auth.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
  * or a rollback reaches every device at its next check-in without touching per-device rows,
  * and what devices really run is known from the version they report (devices.running_version).
  */
-#include "rollouts.h"
+#include "registry/rollouts.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
+#include "auth/auth.h"
 #include "server.h"
 
 uint64_t fl__rollout_hash(const char *domain, uint64_t device_id, uint64_t id) {

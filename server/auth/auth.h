@@ -8,8 +8,8 @@
 #include <jansson.h>
 
 #include "fl/v1/fleetlearn.pb-c.h"
-#include "http.h"
-#include "store_pg.h"
+#include "http/http.h"
+#include "store/store_pg.h"
 
 /* Unpacks the request envelope: the POST body, or for GET the base64 X-FL-Auth header.
  * On failure the refusal is in *r and NULL is returned. Free with

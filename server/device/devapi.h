@@ -3,7 +3,7 @@
 #ifndef FL__DEVAPI_H
 #define FL__DEVAPI_H
 
-#include "http.h"
+#include "http/http.h"
 
 /* POST /v1/updates (upload.c). */
 void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r);

@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "optimizer.h"
+#include "rounds/optimizer.h"
 
 typedef struct fl_plan {
   uint32_t participants;      /* target accepted updates per round */

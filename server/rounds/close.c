@@ -11,10 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "models.h"
-#include "optimizer.h"
+#include "registry/models.h"
+#include "rounds/optimizer.h"
 #include "rng.h"
-#include "rounds.h"
+#include "rounds/rounds.h"
 
 /* Names the advisory lock space of rounds ("FLrd"); the round id is the second key. */
 #define ROUND_LOCK_CLASS "1179415140"

@@ -3,14 +3,14 @@
  * once when poked by the committer) and hands each candidate to fl__round_try_close, which
  * decides under locks; the poll itself only reads.
  */
-#include "rounds.h"
+#include "rounds/rounds.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "auth.h"
+#include "auth/auth.h"
 
 struct fl_rounds {
   fl_srv *s;

@@ -2,7 +2,7 @@
  * Training plan parsing. The stored form is the output of fl__plan_to_json, so a plan read
  * back from the database goes through the same validation as one posted by an operator.
  */
-#include "plan.h"
+#include "rounds/plan.h"
 
 #include <math.h>
 #include <stdio.h>

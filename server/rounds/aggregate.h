@@ -13,8 +13,8 @@
 #define FL__AGGREGATE_H
 
 #include "fl/v1/fleetlearn.pb-c.h"
-#include "models.h"
-#include "plan.h"
+#include "registry/models.h"
+#include "rounds/plan.h"
 #include "server.h"
 
 typedef struct fl_upload {

@@ -3,7 +3,7 @@
  * broken, so the coordinator rides out a database restart: requests during the outage get
  * "unavailable" and the next ones reconnect.
  */
-#include "store_pg.h"
+#include "store/store_pg.h"
 
 #include <endian.h>
 #include <inttypes.h>

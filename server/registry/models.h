@@ -11,7 +11,7 @@
 
 #include "model.h"
 #include "server.h"
-#include "store_pg.h"
+#include "store/store_pg.h"
 
 typedef struct fl_model_info {
   uint64_t model_id;

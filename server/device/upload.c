@@ -9,13 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregate.h"
-#include "auth.h"
+#include "rounds/aggregate.h"
+#include "auth/auth.h"
 #include "codec.h"
-#include "devapi.h"
+#include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
-#include "plan.h"
+#include "rounds/plan.h"
 
 typedef struct round_view {
   bool found, open, assigned, accepted;
