@@ -68,6 +68,8 @@ static void st_f32(uint8_t *p, float f) {
 
 /* ---- float16 ------------------------------------------------------------------------------- */
 
+#define FL_F16_MAX 65504.0f /* the largest finite half */
+
 uint16_t fl__f32_to_f16(float f) {
   uint32_t x;
   memcpy(&x, &f, 4);
@@ -459,11 +461,16 @@ static int topk_pick(const float *x, size_t n, size_t k, uint8_t *vals, uint8_t 
   return FL_OK;
 }
 
+/* The largest scale the decoder accepts (128 * scale must stay finite). Above it the encoder
+ * saturates: values beyond 127 * FL_I8_SCALE_MAX (within 1% of FLT_MAX) become +-127 steps,
+ * so that the codec never writes what its own decoder refuses. */
+#define FL_I8_SCALE_MAX (FLT_MAX / 128.0f)
+
 static void encode_int8(const float *x, size_t n, uint8_t *out, float *scale_out) {
   float maxabs = 0.0f;
   for (size_t i = 0; i < n; i++)
     maxabs = fmaxf(maxabs, fabsf(x[i]));
-  float scale = maxabs / 127.0f;
+  float scale = fminf(maxabs / 127.0f, FL_I8_SCALE_MAX);
   *scale_out = scale;
   for (size_t i = 0; i < n; i++) {
     /* Division rather than a reciprocal: 1/scale overflows for tiny subnormal scales. */
@@ -508,8 +515,11 @@ static int encode_data(const float *x, size_t n, int encoding, float fraction,
     for (size_t i = 0; i < n; i++)
       st_f32(d + 4 * i, x[i]);
   } else if (encoding == FL__V1__ENCODING__ENCODING_FLOAT16) {
+    /* Saturate at the largest finite half (65504): IEEE rounding would turn |x| >= 65520 into
+     * infinity, which every decoder (ours included) refuses. Clamping only shrinks a value, so
+     * a delta that met the clip norm still does. */
     for (size_t i = 0; i < n; i++)
-      st_u16(d + 2 * i, fl__f32_to_f16(x[i]));
+      st_u16(d + 2 * i, fl__f32_to_f16(fmaxf(-FL_F16_MAX, fminf(x[i], FL_F16_MAX))));
   } else if (encoding == FL__V1__ENCODING__ENCODING_INT8) {
     encode_int8(x, n, d, scale);
   } else {
