@@ -94,6 +94,27 @@ static int idx_header(gzFile f, uint32_t *dims, uint32_t *ndim) {
   return FL_OK;
 }
 
+/* Makes room for `need` elements of `size` bytes in *buf (capacity *cap), doubling up to
+ * `total`. The header's dimensions are only a claim: memory follows the data actually read,
+ * so a 16-byte header that promises a gigabyte costs nothing until the bytes arrive (gzip
+ * files give no size to check the claim against up front). */
+static int grow(const fl_allocator *a, void **buf, size_t *cap, size_t need, size_t total,
+                size_t size) {
+  if (need <= *cap)
+    return FL_OK;
+  size_t n = *cap < IO_PIECE ? IO_PIECE : *cap;
+  while (n < need)
+    n *= 2;
+  if (n > total)
+    n = total;
+  void *p = fl__realloc(a, *buf, n * size);
+  if (p == NULL)
+    return FL_E_NOMEM;
+  *buf = p;
+  *cap = n;
+  return FL_OK;
+}
+
 /* Opens an IDX file and reads its header; the file is closed again on an error. */
 static int idx_open(const char *path, gzFile *f, uint32_t *dims, uint32_t *ndim) {
   int rc = open_gz(path, f);
@@ -123,15 +144,14 @@ static int idx_images(const char *path, fl_dataset *d, const fl_allocator *a) {
   }
   if (dims[0] > FL_DATA_MAX_EXAMPLES || dims[0] * x_dim > FL_DATA_MAX_VALUES)
     goto out_close;
-  size_t count = (size_t)(dims[0] * x_dim);
-  rc = FL_E_NOMEM;
-  d->x = fl__malloc(a, count * sizeof(float));
-  if (!d->x)
-    goto out_close;
+  size_t count = (size_t)(dims[0] * x_dim), cap = 0;
   unsigned char buf[IO_PIECE];
   for (size_t off = 0; off < count;) {
     size_t k = count - off < IO_PIECE ? count - off : IO_PIECE;
     rc = read_exact(f, buf, k);
+    if (rc != FL_OK)
+      goto out_close;
+    rc = grow(a, (void **)&d->x, &cap, off + k, count, sizeof(float));
     if (rc != FL_OK)
       goto out_close;
     for (size_t i = 0; i < k; i++)
@@ -155,15 +175,15 @@ static int idx_labels(const char *path, fl_dataset *d, const fl_allocator *a) {
   rc = FL_E_SHAPE;
   if (ndim != 1 || dims[0] != d->n)
     goto out_close;
-  rc = FL_E_NOMEM;
-  d->labels = fl__malloc(a, d->n * sizeof(int32_t));
-  if (!d->labels)
-    goto out_close;
   unsigned char buf[IO_PIECE];
   int32_t max = -1;
+  size_t cap = 0;
   for (size_t off = 0; off < d->n;) {
     size_t k = d->n - off < IO_PIECE ? d->n - off : IO_PIECE;
     rc = read_exact(f, buf, k);
+    if (rc != FL_OK)
+      goto out_close;
+    rc = grow(a, (void **)&d->labels, &cap, off + k, d->n, sizeof(int32_t));
     if (rc != FL_OK)
       goto out_close;
     for (size_t i = 0; i < k; i++) {

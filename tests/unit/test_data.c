@@ -168,6 +168,41 @@ static long fail_each(int (*load)(fl_dataset *, const fl_allocator *, const void
   }
 }
 
+/* Largest single request seen by a counting allocator: with realloc growth this is the
+ * largest buffer the loader held. */
+static size_t biggest_request;
+static void *count_malloc(void *ctx, size_t n) {
+  (void)ctx;
+  biggest_request = n > biggest_request ? n : biggest_request;
+  return malloc(n);
+}
+static void *count_realloc(void *ctx, void *p, size_t n) {
+  (void)ctx;
+  biggest_request = n > biggest_request ? n : biggest_request;
+  return realloc(p, n);
+}
+static void count_free(void *ctx, void *p) {
+  (void)ctx;
+  free(p);
+}
+
+/* A header that promises 60000 x 28 x 28 images (188 MB of floats) followed by 100 bytes:
+ * refused as truncated, and memory follows the bytes read, not the claim (raw and gzip).
+ * (A label file's count must equal the images' before anything is read.) */
+Test(idx, header_claims_do_not_allocate) {
+  static unsigned char img[256];
+  const uint32_t idims[3] = {60000, 28, 28};
+  size_t ni = idx_bytes(img, 0x08, idims, 3, 100);
+  const fl_allocator counting = {count_malloc, count_realloc, count_free, NULL};
+  for (int gz = 0; gz < 2; gz++) {
+    fl_dataset d;
+    biggest_request = 0;
+    cr_assert_eq(fl__idx_load(&d, put(0, "i", img, ni, gz), NULL, &counting), FL_E_PARSE);
+    cr_assert_leq(biggest_request, 64 * 1024, "gz %d: %zu bytes for 100 bytes of data", gz,
+                  biggest_request);
+  }
+}
+
 static int load_idx(fl_dataset *d, const fl_allocator *a, const void *arg) {
   const char *const *p = arg;
   return fl__idx_load(d, p[0], p[1], a);
