@@ -16,11 +16,12 @@
 #include "server.h"
 
 static int g_level = FL_LOG_INFO;
-static char g_replica[96] = "-";
+static char g_replica[FL_SLOG_VALUE_MAX + 8] = "-";
 
 void fl__slog_init(int level, const char *replica_id) {
   g_level = level;
-  snprintf(g_replica, sizeof g_replica, "%s", replica_id ? replica_id : "-");
+  /* --replica-id is the operator's text: escaped once here for every line. */
+  snprintf(g_replica, sizeof g_replica, "%s", replica_id ? fl__slog_str(replica_id) : "-");
 }
 
 /* Whether a logfmt value must be quoted: empty, or a byte that ends or splits a bare value. */
