@@ -310,17 +310,27 @@ Test(startup, unreadable_key_files) {
 
 /* ----- serving on IPv6; logfmt with quotes ---------------------------------------------------- */
 
-static size_t discard(char *p, size_t size, size_t n, void *ctx) {
-  (void)p, (void)ctx;
-  return size * n;
+/* The body's first bytes into a static buffer (http_body). */
+static char g_body[1 << 16];
+static size_t g_body_len;
+
+static size_t keep(char *p, size_t size, size_t n, void *ctx) {
+  size_t m = size * n, room = sizeof g_body - 1 - g_body_len;
+  (void)ctx;
+  memcpy(g_body + g_body_len, p, m < room ? m : room);
+  g_body_len += m < room ? m : room;
+  g_body[g_body_len] = '\0';
+  return m;
 }
 
 static long http_get(const char *url) {
   CURL *h = curl_easy_init();
   long status = -1;
+  g_body_len = 0;
+  g_body[0] = '\0';
   curl_easy_setopt(h, CURLOPT_URL, url);
   curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, keep);
   if (curl_easy_perform(h) == CURLE_OK)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_cleanup(h);
@@ -352,11 +362,17 @@ Test(startup, ipv6_listen_address_serves) {
   }
   snprintf(url, sizeof url, "http://[::1]:%d/healthz", port);
   long health = http_get(url);
+  snprintf(url, sizeof url, "http://[::1]:%d/metrics", port);
+  long metrics = http_get(url);
   kill(p.pid, SIGTERM);
   finish(&p, 30);
   fl_h_db_drop(db);
   cr_assert_eq(st, 200, "/readyz on [::1]:%d -> %ld:\n%s", port, st, p.log);
   cr_assert_eq(health, 200, "/healthz -> %ld", health);
+  /* The HELP text says what the counter counts (it said "Device requests"). */
+  cr_assert_eq(metrics, 200);
+  cr_assert(strstr(g_body, "# HELP fl_updates_refused_total Update uploads (POST /v1/updates)"),
+            "%s", g_body);
   cr_assert_eq(p.status, 0, "graceful stop: exit %d\n%s", p.status, p.log);
   cr_assert(strstr(p.log, "event=listening host=::1"), "%s", p.log);
   cr_assert(strstr(p.log, "replica=[::1]:"), "%s", p.log);
