@@ -208,8 +208,8 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv) {
                                OPTS[i].id};
     const char *e = OPTS[i].env ? getenv(OPTS[i].env) : NULL;
     if (e != NULL && *e != '\0' && apply(cfg, OPTS[i].id, e)) {
-      fprintf(stderr, "fl-coordinator: %s=%s: bad value '%s' (%s)\n", OPTS[i].env, OPTS[i].arg,
-              e, OPTS[i].help);
+      fprintf(stderr, "fl-coordinator: %s=%s: bad value '%s' (%s)\n", OPTS[i].env, OPTS[i].arg, e,
+              OPTS[i].help);
       return -1;
     }
   }
