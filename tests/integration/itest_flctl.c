@@ -173,6 +173,12 @@ Test(flctl, ca_bundle_from_the_environment) {
   cr_assert_eq(r->rc, 2);
   cr_assert(strstr(r->err, "/nonexistent/env-ca.pem") && strstr(r->err, "SSL_CERT_FILE"), "%s",
             r->err);
+  /* Only https:// reads the environment's bundle: a stale one does not stop http://. */
+  const char *const plain[] = {"SSL_CERT_FILE=/nonexistent/env-ca.pem", "FL_URL=http://127.0.0.1:1",
+                               NULL};
+  r = flctl(plain, "info", NULL);
+  cr_assert_eq(r->rc, 1, "%s", r->err);
+  cr_assert_null(strstr(r->err, "env-ca.pem"), "%s", r->err);
 }
 
 /* ----- numbers and options ------------------------------------------------------------------- */

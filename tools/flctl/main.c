@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "flctl.h"
 
@@ -108,7 +109,9 @@ static int normalise_url(flctl *f, char *buf, size_t cap) {
  * typo is reported with the file's name and where it came from rather than as a TLS error. */
 static int pick_cacert(flctl *f) {
   static const char *const vars[] = {"CURL_CA_BUNDLE", "SSL_CERT_FILE"};
-  for (int i = 0; i < 2 && f->cacert == NULL; i++) {
+  /* The environment's bundle matters only for https://; a stale one must not stop http://. */
+  bool https = strncasecmp(f->url, "https://", 8) == 0;
+  for (int i = 0; i < 2 && f->cacert == NULL && https; i++) {
     const char *e = getenv(vars[i]);
     if (e != NULL && *e != '\0') {
       f->cacert = e;
