@@ -6,10 +6,18 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server.h"
 
@@ -31,7 +39,9 @@ typedef struct opt_def {
 static const opt_def OPTS[] = {
     {"database-url", OPT_DB, "FL_DATABASE_URL", "URL",
      "PostgreSQL conninfo or URI (default: libpq's PG* variables)"},
-    {"listen", OPT_LISTEN, "FL_LISTEN", "HOST:PORT", "listen address (default 127.0.0.1:8080)"},
+    {"listen", OPT_LISTEN, "FL_LISTEN", "HOST:PORT",
+     "listen address: a host name or IPv4 address, [IPv6] in brackets, or :PORT for every IPv4 "
+     "address (default 127.0.0.1:8080)"},
     {"tls-cert", OPT_TLS_CERT, "FL_TLS_CERT", "FILE", "PEM certificate chain; enables HTTPS"},
     {"tls-key", OPT_TLS_KEY, "FL_TLS_KEY", "FILE", "PEM private key for --tls-cert"},
     {"signing-key", OPT_SIGNING_KEY, "FL_SIGNING_KEY", "FILE",
@@ -87,17 +97,43 @@ static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
   return 0;
 }
 
+/* HOST:PORT, [IPV6]:PORT or :PORT (every IPv4 address). HOST is a name or a numeric address;
+ * an IPv6 address needs its brackets, else its last group would read as the port. */
 static int parse_listen(fl_config *cfg, const char *s) {
-  static char host[64];
-  const char *colon = strrchr(s, ':');
+  static char host[256];
+  const char *h = s, *colon;
+  size_t n;
   uint64_t port;
-  if (colon == NULL || (size_t)(colon - s) >= sizeof host || parse_u64(colon + 1, 0, 65535, &port))
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (close == NULL || close[1] != ':' || close == s + 1)
+      return -1;
+    h = s + 1;
+    n = (size_t)(close - h);
+    colon = close + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (colon == NULL)
+      return -1;
+    n = (size_t)(colon - s);
+    if (memchr(s, ':', n) != NULL)
+      return -1; /* an IPv6 address without brackets */
+  }
+  if (n >= sizeof host || parse_u64(colon + 1, 0, 65535, &port))
     return -1;
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = '\0';
+  memcpy(host, h, n);
+  host[n] = '\0';
   cfg->listen_host = host[0] ? host : "0.0.0.0";
   cfg->port = (uint16_t)port;
   return 0;
+}
+
+const char *fl__config_listen_text(const fl_config *cfg) {
+  static char text[300];
+  bool v6 = strchr(cfg->listen_host, ':') != NULL;
+  snprintf(text, sizeof text, "%s%s%s:%u", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "",
+           (unsigned)cfg->port);
+  return text;
 }
 
 static int parse_level(const char *s, int *out) {
@@ -139,6 +175,13 @@ static int apply(fl_config *cfg, int id, const char *v) {
   }
 }
 
+static const opt_def *find_opt(int id) {
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (OPTS[i].id == id)
+      return &OPTS[i];
+  return NULL;
+}
+
 static void set_defaults(fl_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->database_url = "";
@@ -165,7 +208,8 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv) {
                                OPTS[i].id};
     const char *e = OPTS[i].env ? getenv(OPTS[i].env) : NULL;
     if (e != NULL && *e != '\0' && apply(cfg, OPTS[i].id, e)) {
-      fprintf(stderr, "fl-coordinator: bad value in %s\n", OPTS[i].env);
+      fprintf(stderr, "fl-coordinator: %s=%s: bad value '%s' (%s)\n", OPTS[i].env, OPTS[i].arg, e,
+              OPTS[i].help);
       return -1;
     }
   }
@@ -186,22 +230,152 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv) {
       return 1;
     }
     if (c == '?' || apply(cfg, c, optarg)) {
-      if (c != '?')
-        fprintf(stderr, "fl-coordinator: bad value in %s\n", argv[optind - 1]);
-      usage(stderr);
+      const opt_def *d = c == '?' ? NULL : find_opt(c);
+      if (d == NULL) {
+        usage(stderr);
+        return -1;
+      }
+      fprintf(stderr, "fl-coordinator: --%s=%s: bad value '%s' (%s)\n", d->name, d->arg, optarg,
+              d->help);
       return -1;
     }
   }
-  if (optind != argc || (cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
-    fprintf(stderr, "fl-coordinator: unexpected argument or --tls-cert without --tls-key\n");
+  if (optind != argc) {
+    fprintf(stderr, "fl-coordinator: unexpected argument '%s'\n", argv[optind]);
+    return -1;
+  }
+  if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+    fprintf(stderr, "fl-coordinator: %s needs %s as well\n",
+            cfg->tls_cert ? "--tls-cert" : "--tls-key", cfg->tls_cert ? "--tls-key" : "--tls-cert");
     return -1;
   }
   if (cfg->replica_id == NULL) {
     static char rid[128];
-    snprintf(rid, sizeof rid, "%s:%u", cfg->listen_host, (unsigned)cfg->port);
+    snprintf(rid, sizeof rid, "%s", fl__config_listen_text(cfg));
     cfg->replica_id = rid;
   }
   return 0;
+}
+
+/* ----- checks before the database ------------------------------------------------------- */
+
+/* Resolves the listen address and binds it once (with the options MHD's listening socket
+ * gets), so that a name that does not resolve, an address this machine does not have or a
+ * port in use is reported now rather than after a minute of waiting for the database. */
+static int check_listen(fl_config *cfg, char *why, size_t n) {
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res = NULL;
+  char port[8];
+  const int one = 1;
+  snprintf(port, sizeof port, "%u", (unsigned)cfg->port);
+  int rc = getaddrinfo(cfg->listen_host, port, &hints, &res);
+  if (rc != 0 || res == NULL || res->ai_addrlen > sizeof cfg->listen_addr) {
+    snprintf(why, n, "--listen %s: host %s: %s", fl__config_listen_text(cfg), cfg->listen_host,
+             rc ? gai_strerror(rc) : "no usable address");
+    if (res != NULL)
+      freeaddrinfo(res);
+    return -1;
+  }
+  memcpy(&cfg->listen_addr, res->ai_addr, res->ai_addrlen);
+  cfg->listen_addr_len = res->ai_addrlen;
+  freeaddrinfo(res);
+  int fam = cfg->listen_addr.ss_family;
+  int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  rc = fd < 0 ? -1 : 0;
+  if (rc == 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (fam == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    rc = bind(fd, (struct sockaddr *)&cfg->listen_addr, cfg->listen_addr_len);
+  }
+  if (rc != 0)
+    snprintf(why, n, "--listen %s: cannot bind: %s", fl__config_listen_text(cfg), strerror(errno));
+  if (fd >= 0)
+    close(fd);
+  return rc ? -1 : 0;
+}
+
+/* path must be a readable regular file (root reads anything, but not a directory). */
+static int check_readable(const char *opt, const char *path, char *why, size_t n) {
+  struct stat st;
+  FILE *f = NULL;
+  if (stat(path, &st) != 0 || (!S_ISREG(st.st_mode) && (errno = EISDIR)) ||
+      (f = fopen(path, "r")) == NULL) {
+    snprintf(why, n, "%s %s: %s", opt, path, strerror(errno));
+    return -1;
+  }
+  fclose(f);
+  return 0;
+}
+
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)buf, (void)size, (void)rwflag, (void)u;
+  return 0; /* an encrypted key fails here instead of prompting */
+}
+
+/* The certificate and key are PEM that OpenSSL reads and the key is the certificate's. */
+static int check_tls(const fl_config *cfg, char *why, size_t n) {
+  if (check_readable("--tls-cert", cfg->tls_cert, why, n) ||
+      check_readable("--tls-key", cfg->tls_key, why, n))
+    return -1;
+  FILE *fc = fopen(cfg->tls_cert, "r"), *fk = fopen(cfg->tls_key, "r");
+  X509 *x = fc ? PEM_read_X509(fc, NULL, no_passphrase, NULL) : NULL;
+  EVP_PKEY *k = fk ? PEM_read_PrivateKey(fk, NULL, no_passphrase, NULL) : NULL;
+  int rc = -1;
+  if (x == NULL)
+    snprintf(why, n, "--tls-cert %s: not a PEM certificate", cfg->tls_cert);
+  else if (k == NULL)
+    snprintf(why, n, "--tls-key %s: not an unencrypted PEM private key", cfg->tls_key);
+  else if (X509_check_private_key(x, k) != 1)
+    snprintf(why, n, "--tls-key %s: not the key of the certificate in %s", cfg->tls_key,
+             cfg->tls_cert);
+  else
+    rc = 0;
+  ERR_clear_error();
+  X509_free(x);
+  EVP_PKEY_free(k);
+  if (fc)
+    fclose(fc);
+  if (fk)
+    fclose(fk);
+  return rc;
+}
+
+/* An existing signing key must be readable; a missing one is created in its directory. */
+static int check_signing_key(const fl_config *cfg, char *why, size_t n) {
+  char dir[4096];
+  if (access(cfg->signing_key, F_OK) == 0)
+    return check_readable("--signing-key", cfg->signing_key, why, n);
+  if (errno != ENOENT) {
+    snprintf(why, n, "--signing-key %s: %s", cfg->signing_key, strerror(errno));
+    return -1;
+  }
+  const char *slash = strrchr(cfg->signing_key, '/');
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - cfg->signing_key) : 1,
+           slash ? cfg->signing_key : ".");
+  if (dir[0] == '\0')
+    snprintf(dir, sizeof dir, "/");
+  if (access(dir, W_OK | X_OK) != 0) {
+    snprintf(why, n, "--signing-key %s: missing, and it cannot be created in %s: %s",
+             cfg->signing_key, dir, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+int fl__config_check(fl_config *cfg, char *why, size_t n) {
+  if (cfg->tls_cert != NULL && check_tls(cfg, why, n))
+    return -1;
+  if (check_signing_key(cfg, why, n))
+    return -1;
+  /* The image names a token file by default: only one that exists must be readable (a
+   * missing one means "no bootstrap token", as before). */
+  const char *tf = cfg->admin_token_file;
+  if ((cfg->admin_token == NULL || cfg->admin_token[0] == '\0') && tf != NULL && tf[0] != '\0' &&
+      access(tf, F_OK) == 0 && check_readable("FL_ADMIN_TOKEN_FILE", tf, why, n))
+    return -1;
+  return check_listen(cfg, why, n);
 }
 
 int64_t fl__now_ms(void) {

@@ -1,10 +1,16 @@
 /*
  * fl-coordinator: start-up and graceful shutdown.
  *
- * Start: configuration, signing key, database (waiting for it up to a minute), migrations,
- * bootstrap admin token, committer and ticker threads, then the HTTP daemon. SIGTERM/SIGINT:
- * stop accepting connections, let in-flight requests finish (uploads among them wait for
- * their group commit), commit whatever is still pending, stop the threads, close.
+ * Start: configuration (parsed, then checked: listen address, TLS files, key files), signing
+ * key, database (waiting for it up to a minute), migrations, bootstrap admin token, committer
+ * and ticker threads, then the HTTP daemon. Everything that does not need the database is
+ * checked before it, so that a typo is reported at once and not after a minute of retries.
+ * SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (uploads among
+ * them wait for their group commit), commit whatever is still pending, stop the threads, close.
+ *
+ * Exit status: 0 after a graceful stop (or --help), 2 for a configuration that is refused
+ * (bad option value, unreadable file, listen address that cannot be bound), 1 when start-up
+ * fails later (database, ...); the last log line, event=startup_failed, says which and why.
  */
 #include <errno.h>
 #include <malloc.h>
@@ -31,13 +37,13 @@ static int load_or_create_key(fl_srv *s) {
     if (err == FL_OK)
       err = fl__key_save_pem(s->key, s->cfg.signing_key);
     if (err == FL_OK)
-      fl__slog(FL_LOG_INFO, "signing_key_created", "path=%s", s->cfg.signing_key);
+      fl__slog(FL_LOG_INFO, "signing_key_created", "path=%s", fl__slog_str(s->cfg.signing_key));
   }
   if (err == FL_OK)
     err = fl__key_public(s->key, s->pub);
   if (err) {
-    fl__slog(FL_LOG_ERROR, "signing_key_failed", "path=%s error=\"%s\"", s->cfg.signing_key,
-             fl_strerror(err));
+    fl__slog(FL_LOG_ERROR, "signing_key_failed", "path=%s error=%s",
+             fl__slog_str(s->cfg.signing_key), fl__slog_str(fl_strerror(err)));
     return err;
   }
   char hex[2 * FL_PUBKEY_LEN + 1];
@@ -67,23 +73,24 @@ static int open_database(fl_srv *s) {
   return err;
 }
 
-static int start(fl_srv *s) {
+/* Starts every part in order; *step names the one that failed. */
+static int start(fl_srv *s, const char **step) {
   int err = fl__metrics_new(&s->metrics);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "signing_key"))
     err = load_or_create_key(s);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "database"))
     err = open_database(s);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "models"))
     err = fl__models_new(&s->models);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "aggregator"))
     err = fl__agg_new(&s->agg, s);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "rounds"))
     err = fl__rounds_new(&s->rounds, s);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "aggregator"))
     err = fl__agg_start(s->agg);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "rounds"))
     err = fl__rounds_start(s->rounds);
-  if (err == FL_OK)
+  if (err == FL_OK && (*step = "http"))
     err = fl__http_start(s);
   return err;
 }
@@ -110,6 +117,11 @@ int main(int argc, char **argv) {
   if (rc != 0)
     return rc > 0 ? 0 : 2;
   fl__slog_init(srv.cfg.log_level, srv.cfg.replica_id);
+  char why[1024];
+  if (fl__config_check(&srv.cfg, why, sizeof why)) {
+    fl__slog(FL_LOG_ERROR, "startup_failed", "step=config error=%s", fl__slog_str(why));
+    return 2;
+  }
   /* Request threads fold concurrently and each fold is a bandwidth-bound pass: OpenBLAS worker
    * threads would only spin in sched_yield between calls (half of the coordinator's CPU at
    * 500 uploads/s, benches/RESULTS.md "Ingest"). */
@@ -128,8 +140,14 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
   atomic_init(&srv.ready, false);
-  if (start(&srv) != FL_OK) {
-    fl__slog(FL_LOG_ERROR, "startup_failed", NULL);
+  const char *step = "metrics";
+  int err = start(&srv, &step);
+  if (err != FL_OK) {
+    fl__slog(FL_LOG_ERROR, "startup_failed", "step=%s error=%s%s", step,
+             fl__slog_str(fl_strerror(err)),
+             strcmp(step, "database") == 0
+                 ? " hint=\"see the db_connect_failed and db_error lines above\""
+                 : "");
     shutdown_all(&srv);
     return 1;
   }

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "crypto.h"
 #include "fl/alloc.h"
@@ -27,8 +28,10 @@
 
 typedef struct fl_config {
   const char *database_url;     /* libpq conninfo or URI; "" = libpq's PG* environment */
-  const char *listen_host;      /* numeric IPv4 address */
+  const char *listen_host;      /* host name, IPv4 or IPv6 address (without brackets) */
   uint16_t port;
+  struct sockaddr_storage listen_addr; /* listen_host resolved by fl__config_check */
+  socklen_t listen_addr_len;
   const char *tls_cert;         /* PEM paths; both or neither */
   const char *tls_key;
   const char *signing_key;      /* PKCS#8 PEM; created (0600) when missing */
@@ -50,14 +53,35 @@ typedef struct fl_config {
 /* Parses argv and the environment into *cfg. Returns 0 to run, 1 when --help/--version was
  * printed, -1 on a usage error (message printed to stderr). Strings point into argv/environ. */
 int fl__config_parse(fl_config *cfg, int argc, char **argv);
+/* Checks what start-up would otherwise find only after connecting to the database: the listen
+ * address resolves (its first address is kept in cfg->listen_addr) and can be bound, the TLS
+ * certificate and key are readable PEM and belong together, the signing key is readable (or
+ * can be created) and the admin token file is readable. Returns 0, or -1 with a message that
+ * names the option and the file or value in why. */
+int fl__config_check(fl_config *cfg, char *why, size_t n);
+/* "host:port", "[v6]:port" of the listen address, for logs; static storage. */
+const char *fl__config_listen_text(const fl_config *cfg);
 
 /* ----- structured logs (slog.c) ------------------------------------------------------------ */
 
 /* One line per event on stderr: ts=<RFC 3339 ms> level=<l> event=<name> key=value ...
- * Callers pass key=value pairs in fmt; values with spaces are quoted by the caller. */
+ * Callers pass key=value pairs in fmt; a value that is not a number or a fixed word goes
+ * through fl__slog_str: "error=%s", fl__slog_str(PQerrorMessage(c)). Control characters that
+ * reach fl__slog unescaped become spaces, so that an event stays one line. */
 void fl__slog_init(int level, const char *replica_id);
 void fl__slog(fl_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Longest value fl__slog_str returns (bytes, without the terminator); longer ones are cut and
+ * end in "...". */
+#define FL_SLOG_VALUE_MAX 1000
+/* s as a logfmt value: as it is when it has no space, quote, '=', backslash or control
+ * character, else in double quotes with \" \\ \n \r \t and \u00XX escapes. Trailing
+ * newlines are dropped (libpq's messages end in one); NULL is "". The result is thread-local
+ * storage valid until the same thread's fourth next call: up to four values per line.
+ * fl__slog_strn reads at most n bytes of s. */
+const char *fl__slog_str(const char *s);
+const char *fl__slog_strn(const char *s, size_t n);
 
 /* ----- metrics (metrics.c) ----------------------------------------------------------------- */
 

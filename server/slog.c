@@ -1,9 +1,13 @@
 /*
- * Structured logs: one line per event on stderr, key=value pairs after a fixed prefix, so that
- * both people and log shippers read them. Lines are written with one write(2) so that lines of
- * concurrent threads never interleave. Callers never pass secrets (tokens, keys, signatures).
+ * Structured logs: one line per event on stderr, key=value pairs after a fixed prefix (logfmt),
+ * so that both people and log shippers read them. Lines are written with one write(2) so that
+ * lines of concurrent threads never interleave. Callers never pass secrets (tokens, keys,
+ * signatures), and pass any text they did not write themselves (libpq and libmicrohttpd
+ * messages, file names, option values) through fl__slog_str so that a quote, a space or a
+ * newline in it cannot break the line.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -12,11 +16,69 @@
 #include "server.h"
 
 static int g_level = FL_LOG_INFO;
-static char g_replica[96] = "-";
+static char g_replica[FL_SLOG_VALUE_MAX + 8] = "-";
 
 void fl__slog_init(int level, const char *replica_id) {
   g_level = level;
-  snprintf(g_replica, sizeof g_replica, "%s", replica_id ? replica_id : "-");
+  /* --replica-id is the operator's text: escaped once here for every line. */
+  snprintf(g_replica, sizeof g_replica, "%s", replica_id ? fl__slog_str(replica_id) : "-");
+}
+
+/* Whether a logfmt value must be quoted: empty, or a byte that ends or splits a bare value. */
+static bool needs_quotes(const char *s, size_t n) {
+  if (n == 0)
+    return true;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7f)
+      return true;
+  }
+  return false;
+}
+
+const char *fl__slog_strn(const char *s, size_t n) {
+  /* Four buffers per thread, used in turn: one log line may carry four such values. */
+  static _Thread_local char bufs[4][FL_SLOG_VALUE_MAX + 8];
+  static _Thread_local unsigned next;
+  char *out = bufs[next++ % 4];
+  size_t len = 0, cap = FL_SLOG_VALUE_MAX;
+  if (s == NULL)
+    s = "";
+  n = strnlen(s, n);
+  while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+    n--;
+  if (!needs_quotes(s, n)) {
+    size_t m = n < cap ? n : cap;
+    memcpy(out, s, m);
+    out[m] = '\0';
+    return out;
+  }
+  out[len++] = '"';
+  size_t i = 0;
+  for (; i < n && len + 7 < cap; i++) {
+    unsigned char c = (unsigned char)s[i];
+    const char *esc = c == '"'    ? "\\\""
+                      : c == '\\' ? "\\\\"
+                      : c == '\n' ? "\\n"
+                      : c == '\r' ? "\\r"
+                      : c == '\t' ? "\\t"
+                                  : NULL;
+    if (esc != NULL)
+      len += (size_t)sprintf(out + len, "%s", esc);
+    else if (c < 0x20 || c == 0x7f)
+      len += (size_t)sprintf(out + len, "\\u%04x", c);
+    else
+      out[len++] = (char)c;
+  }
+  if (i < n)
+    len += (size_t)sprintf(out + len, "...");
+  out[len++] = '"';
+  out[len] = '\0';
+  return out;
+}
+
+const char *fl__slog_str(const char *s) {
+  return fl__slog_strn(s, (size_t)-1);
 }
 
 void fl__slog(fl_log_level level, const char *event, const char *fmt, ...) {
@@ -30,13 +92,14 @@ void fl__slog(fl_log_level level, const char *event, const char *fmt, ...) {
   gmtime_r(&ts.tv_sec, &tm);
   int n = snprintf(line, sizeof line,
                    "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s replica=%s event=%s",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, ts.tv_nsec / 1000000, names[level], g_replica, event);
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   ts.tv_nsec / 1000000, names[level], g_replica, event);
   if (n < 0 || (size_t)n >= sizeof line - 2)
     n = (int)sizeof line - 2;
   if (fmt != NULL && *fmt != '\0' && (size_t)n < sizeof line - 3) {
     va_list ap;
-    line[n++] = ' ';
+    int start = ++n;
+    line[start - 1] = ' ';
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - 1 - (size_t)n, fmt, ap);
     va_end(ap);
@@ -44,6 +107,10 @@ void fl__slog(fl_log_level level, const char *event, const char *fmt, ...) {
       n += m;
     if ((size_t)n > sizeof line - 2)
       n = (int)sizeof line - 2;
+    /* One event, one line, whatever a caller formatted without fl__slog_str. */
+    for (int i = start; i < n; i++)
+      if ((unsigned char)line[i] < 0x20)
+        line[i] = ' ';
   }
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, (size_t)n);

@@ -315,23 +315,24 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   (void)cls;
   vsnprintf(msg, sizeof msg, fmt, ap);
   msg[strcspn(msg, "\n")] = '\0';
-  fl__slog(FL_LOG_WARN, "mhd", "message=\"%s\"", msg);
+  fl__slog(FL_LOG_WARN, "mhd", "message=%s", fl__slog_str(msg));
 }
 
 int fl__http_start(fl_srv *s) {
-  struct sockaddr_in sa = {0};
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                    MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  /* fl__config_check resolved the listen address (a name, IPv4 or IPv6) before the database. */
+  const struct sockaddr *sa = (const struct sockaddr *)&s->cfg.listen_addr;
+  if (s->cfg.listen_addr_len == 0 || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)) {
+    fl__slog(FL_LOG_ERROR, "listen_failed", "listen=%s reason=\"address not resolved\"",
+             fl__slog_str(fl__config_listen_text(&s->cfg)));
+    return FL_E_INVAL;
+  }
+  if (sa->sa_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
   fl_http *h = calloc(1, sizeof *h);
   if (h == NULL)
     return FL_E_NOMEM;
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(s->cfg.port);
-  if (inet_pton(AF_INET, s->cfg.listen_host, &sa.sin_addr) != 1) {
-    fl__slog(FL_LOG_ERROR, "listen_failed", "reason=\"listen host must be a numeric IPv4 address\"");
-    free(h);
-    return FL_E_INVAL;
-  }
   if (s->cfg.tls_cert) {
     h->tls_cert = read_file(s->cfg.tls_cert);
     h->tls_key = read_file(s->cfg.tls_key);
@@ -345,20 +346,19 @@ int fl__http_start(fl_srv *s) {
       {h->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->tls_cert},
       {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
       {MHD_OPTION_END, 0, NULL}};
-  h->d = MHD_start_daemon(
-      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-      NULL, MHD_OPTION_SOCK_ADDR, &sa,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
-      s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-      MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+  h->d = MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+                          mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED,
+                          on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
+                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
+                          MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_ARRAY, tls_opts,
+                          MHD_OPTION_END);
   if (h->d == NULL) {
-    fl__slog(FL_LOG_ERROR, "listen_failed", "host=%s port=%u", s->cfg.listen_host,
-             (unsigned)s->cfg.port);
+    fl__slog(FL_LOG_ERROR, "listen_failed", "listen=%s",
+             fl__slog_str(fl__config_listen_text(&s->cfg)));
     goto fail;
   }
   s->http = h;
-  fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s", s->cfg.listen_host,
+  fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s", fl__slog_str(s->cfg.listen_host),
            (unsigned)s->cfg.port, h->tls_cert ? "on" : "off");
   return FL_OK;
 fail:

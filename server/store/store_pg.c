@@ -61,8 +61,7 @@ static PGconn *open_conn(const char *conninfo) {
   if (c == NULL)
     return NULL;
   if (PQstatus(c) != CONNECTION_OK) {
-    fl__slog(FL_LOG_WARN, "db_connect_failed", "error=\"%.*s\"",
-             (int)strcspn(PQerrorMessage(c), "\n"), PQerrorMessage(c));
+    fl__slog(FL_LOG_WARN, "db_connect_failed", "error=%s", fl__slog_str(PQerrorMessage(c)));
     PQfinish(c);
     return NULL;
   }
@@ -221,8 +220,8 @@ static PGresult *exec_checked(PGconn *c, const char *name, const char *sql, cons
   /* Unique violations are expected outcomes for some statements; callers log them. */
   if (state == NULL || strcmp(state, "23505") != 0) {
     const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
-    fl__slog(FL_LOG_WARN, "db_error", "sqlstate=%s error=\"%.*s\" sql=\"%.60s\"",
-             state ? state : "-", (int)strcspn(msg, "\n"), msg, sql);
+    fl__slog(FL_LOG_WARN, "db_error", "sqlstate=%s error=%s sql=%s", state ? state : "-",
+             fl__slog_str(msg), fl__slog_strn(sql, 60));
   }
   PQclear(r);
   return NULL;

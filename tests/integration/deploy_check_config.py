@@ -11,7 +11,10 @@ against each other and against the coordinator's real options (`fl-coordinator -
     default values and with TLS / a database URL Secret / one replica; the manifests are checked
     (selectors, probes on /readyz and /healthz, Secret volumes, resources, PodDisruptionBudget,
     Prometheus annotations, the image's uid); renders that must fail (no signing key, TLS
-    without a certificate Secret) fail; every top-level value is documented.
+    without a certificate Secret) fail; every top-level value is documented;
+  * the documented commands work as written: every `helm install` in values.yaml's header and
+    docs/DEPLOY.md renders with exactly its --set values and the Secrets it names are the ones
+    the pods use; docs/DEPLOY.md's `podman build` uses --isolation chroot like test-image.sh.
 
   deploy_check_config.py --root REPO --coordinator PATH --work DIR
 
@@ -21,6 +24,7 @@ that renders the chart is missing, after every other check passed.
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -241,6 +245,80 @@ def chart_checks(exe, chart, known, uid, values):
         check(rc != 0 and msg in err, "chart: render with %s fails naming %s" % (sets, msg))
 
 
+def documented_installs(root):
+    """The `helm install` commands of values.yaml's header comment and docs/DEPLOY.md, each as
+    (where, argv): continuation lines joined, comment markers removed."""
+    sources = []
+    header = []
+    for l in open(os.path.join(root, "deploy/helm/fleetlearn/values.yaml")).read().splitlines():
+        if not l.startswith("#"):
+            break
+        header.append(l[1:])
+    sources.append(("values.yaml header", header))
+    sources.append(("docs/DEPLOY.md", open(os.path.join(root, "docs/DEPLOY.md")).read().splitlines()))
+    found = []
+    for where, lines in sources:
+        i = 0
+        while i < len(lines):
+            cmd = lines[i].strip()
+            if cmd.startswith("helm install"):
+                while cmd.endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    cmd = cmd[:-1] + " " + lines[i].strip()
+                found.append((where, shlex.split(cmd)))
+            i += 1
+    return found
+
+
+def install_checks(exe, root, chart):
+    """Every documented `helm install` renders as written, and the Secrets it names are the ones
+    the pods mount or read."""
+    installs = documented_installs(root)
+    check(any(w == "values.yaml header" for w, _ in installs), "values.yaml header shows a helm install")
+    for where, argv in installs:
+        check(len(argv) >= 4 and os.path.normpath(argv[3]) == "deploy/helm/fleetlearn",
+              "%s: helm install RELEASE deploy/helm/fleetlearn (%s)" % (where, argv[:4]))
+        sets, k = [], 4
+        while k < len(argv):
+            a = argv[k]
+            if a == "--set" and k + 1 < len(argv):
+                sets.append(argv[k + 1])
+                k += 2
+            elif a.startswith("--set="):
+                sets.append(a[len("--set="):])
+                k += 1
+            else:
+                check(False, "%s: helm install option %s is understood by the check" % (where, a))
+                k += 1
+        p = subprocess.run([exe] + sum((["--set", x] for x in sets), []) + ["--name", argv[2], chart],
+                           capture_output=True, text=True)
+        if not check(p.returncode == 0, "%s: `%s` renders: %s" % (where, " ".join(argv), p.stderr.strip())):
+            continue
+        manifests = [d for d in yaml.safe_load_all(p.stdout) if d]
+        dep = next((d for d in manifests if d.get("kind") == "Deployment"), None)
+        if not check(dep is not None, "%s: renders a Deployment" % where):
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        used = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for c in pod["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.add(ref["name"])
+        named = {v.split("=", 1)[1] for v in sets
+                 if re.match(r"[\w.]*(secretName|Secret\.name)=", v)}
+        check(named and named <= used, "%s: Secrets %s are used by the pods (%s)" % (where, sorted(named), sorted(used)))
+
+
+def docs_checks(root):
+    """docs/DEPLOY.md's podman build is the one deploy/test-image.sh proves (chroot isolation)."""
+    text = open(os.path.join(root, "docs/DEPLOY.md")).read()
+    builds = re.findall(r"^ +(podman build(?:[^\n]*\\\n)*[^\n]*)", text, re.M)
+    check(builds, "docs/DEPLOY.md shows a podman build")
+    for b in builds:
+        check("--isolation chroot" in b, "docs/DEPLOY.md: podman build has --isolation chroot: %s" % b.split("\n")[0])
+
+
 def values_documented(path):
     lines = open(path).read().splitlines()
     blocks, cur = [], None
@@ -274,6 +352,7 @@ def main():
           "fl-coordinator --help lists its environment variables")
     uid = dockerfile_checks(a.root, known)
     compose_checks(a.root, known)
+    docs_checks(a.root)
     chart = os.path.join(a.root, "deploy/helm/fleetlearn")
     values = yaml.safe_load(open(os.path.join(chart, "values.yaml")))
     values_documented(os.path.join(chart, "values.yaml"))
@@ -283,6 +362,7 @@ def main():
         skipped = "chart rendering needs golang-go and golang-github-masterminds-sprig-dev"
     else:
         chart_checks(exe, chart, known, uid, values)
+        install_checks(exe, a.root, chart)
     print("deploy config: %d passed, %d failed" % (passed, len(failures)))
     if failures:
         return 1

@@ -1,41 +1,110 @@
 /*
  * flctl commands: each maps its arguments onto one admin API call (docs/API.md, section 3
- * and 5) and prints the answer as a table (or JSON with --json).
+ * and 5) and prints the answer as a table (or JSON with --json). Every argument is checked
+ * before anything is sent: a command with an unknown option, a malformed number or a missing
+ * argument changes nothing and exits with FLCTL_USAGE.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "flctl.h"
 
+/* ----- the commands' forms ---------------------------------------------------------------------
+ */
+
+/* One form of a command: its options (space separated) and its usage line. */
+typedef struct form {
+  const char *noun;
+  const char *sub; /* NULL: the noun takes no subcommand */
+  const char *flags;
+  const char *usage;
+} form;
+
+static const form FORMS[] = {
+    {"models", "list", "", "models list"},
+    {"models", "create", "spec seed", "models create NAME --spec JSON|@FILE [--seed N]"},
+    {"versions", "list", "", "versions list MODEL_ID"},
+    {"plans", "create", "plan", "plans create MODEL_ID [--plan JSON|@FILE]"},
+    {"plans", "stop", "", "plans stop PLAN_ID"},
+    {"rounds", "list", "model", "rounds list [--model MODEL_ID]"},
+    {"rounds", "get", "", "rounds get ROUND_ID"},
+    {"channels", "list", "model", "channels list [--model MODEL_ID]"},
+    {"channels", "set", "", "channels set MODEL_ID NAME VERSION"},
+    {"channels", "rollback", "", "channels rollback CHANNEL_ID"},
+    {"rollouts", "list", "model", "rollouts list [--model MODEL_ID]"},
+    {"rollouts", "get", "", "rollouts get ROLLOUT_ID"},
+    {"rollouts", "create", "channel percent cohort gate",
+     "rollouts create MODEL_ID VERSION [--channel NAME] [--percent P] [--cohort k=v,...]\n"
+     "                  [--gate JSON|@FILE]"},
+    {"rollouts", "raise", "", "rollouts raise ROLLOUT_ID PERCENT"},
+    {"rollouts", "pause", "", "rollouts pause ROLLOUT_ID"},
+    {"rollouts", "resume", "", "rollouts resume ROLLOUT_ID"},
+    {"rollouts", "promote", "", "rollouts promote ROLLOUT_ID"},
+    {"rollouts", "rollback", "", "rollouts rollback ROLLOUT_ID"},
+    {"pins", "list", "", "pins list"},
+    {"pins", "add", "device labels",
+     "pins add MODEL_ID VERSION (--device DEVICE_ID | --labels k=v,...)"},
+    {"pins", "remove", "", "pins remove PIN_ID"},
+    {"fleet", NULL, "", "fleet MODEL_ID"},
+    {"devices", "list", "", "devices list"},
+    {"devices", "revoke", "", "devices revoke DEVICE_ID"},
+    {"tokens", "create", "name", "tokens create admin|operator|viewer [--name NAME]"},
+    {"enrollment-tokens", "create", "count labels ttl",
+     "enrollment-tokens create [--count N] [--labels k=v,...] [--ttl SECONDS]"},
+    {"audit", NULL, "limit", "audit [--limit N]"},
+    {"info", NULL, "", "info"},
+    {NULL, NULL, NULL, NULL}};
+
+void flctl_usage(FILE *out, const char *noun) {
+  for (const form *m = FORMS; m->noun != NULL; m++)
+    if (noun == NULL || strcmp(noun, m->noun) == 0)
+      fprintf(out, "  %s%s\n", noun ? "flctl " : "", m->usage);
+}
+
 /* ----- arguments ----------------------------------------------------------------------------- */
 
 #define MAX_ARGS 16
 
-/* Positional arguments and "--name value" / "--name=value" flags of one command. */
+/* Positional arguments and "--name value" / "--name=value" options of one command. */
 typedef struct args {
+  const char *noun;
   const char *pos[MAX_ARGS];
   int npos;
   const char *name[MAX_ARGS], *val[MAX_ARGS];
   int nflag;
+  bool help;
 } args;
 
 static int parse_args(int argc, char **argv, args *a) {
-  memset(a, 0, sizeof *a);
   for (int i = 0; i < argc; i++) {
     if (strncmp(argv[i], "--", 2) != 0) {
-      if (a->npos == MAX_ARGS)
+      if (a->npos == MAX_ARGS) {
+        fprintf(stderr, "flctl: too many arguments\n");
         return -1;
+      }
       a->pos[a->npos++] = argv[i];
       continue;
     }
-    if (a->nflag == MAX_ARGS)
+    if (strcmp(argv[i], "--help") == 0) {
+      a->help = true;
+      continue;
+    }
+    if (a->nflag == MAX_ARGS) {
+      fprintf(stderr, "flctl: too many options\n");
       return -1;
+    }
     char *eq = strchr(argv[i], '=');
     a->name[a->nflag] = argv[i] + 2;
     if (eq != NULL) {
       *eq = '\0';
       a->val[a->nflag] = eq + 1;
+    } else if (strcmp(argv[i], "--json") == 0) {
+      a->val[a->nflag] = ""; /* takes no value; check_flags says where it belongs */
     } else if (i + 1 < argc) {
       a->val[a->nflag] = argv[++i];
     } else {
@@ -54,20 +123,100 @@ static const char *flag(const args *a, const char *name) {
   return NULL;
 }
 
-/* A positive integer argument; 0 when it is not one. */
-static unsigned long long id_arg(const char *s) {
-  char *end;
-  if (s == NULL || *s == '\0')
-    return 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  return *end == '\0' ? v : 0;
+/* Whether `name` is a word of the space-separated list. */
+static bool listed(const char *list, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = list; *p != '\0';) {
+    size_t w = strcspn(p, " ");
+    if (w == n && strncmp(p, name, n) == 0)
+      return true;
+    p += w;
+    p += *p == ' ';
+  }
+  return false;
 }
 
-/* "site=plant-3,hw=rev-b" as a JSON object of strings; NULL when malformed. */
-static json_t *labels_arg(const char *s) {
+static int usage_error(const args *a) {
+  fprintf(stderr, "flctl: usage:\n");
+  flctl_usage(stderr, a->noun);
+  fprintf(stderr, "(flctl help for all commands)\n");
+  return FLCTL_USAGE;
+}
+
+/* Refuses an option the typed form does not take, or one given twice. */
+static int check_flags(const form *m, const args *a) {
+  for (int i = 0; i < a->nflag; i++) {
+    const char *name = a->name[i];
+    if (!listed(m->flags, name)) {
+      bool global = listed("url token cacert json timeout", name);
+      fprintf(stderr, "flctl: %s%s%s: unknown option --%s%s\nflctl: usage: flctl %s\n", m->noun,
+              m->sub ? " " : "", m->sub ? m->sub : "", name,
+              global ? " (global options go before the command)" : "", m->usage);
+      return -1;
+    }
+    for (int k = 0; k < i; k++)
+      if (strcmp(a->name[k], name) == 0) {
+        fprintf(stderr, "flctl: --%s given twice\n", name);
+        return -1;
+      }
+  }
+  return 0;
+}
+
+int flctl_int(const char *what, const char *s, long long lo, long long hi, long long *out) {
+  char *end;
+  long long v = 0;
+  bool ok = s != NULL && *s != '\0' && !isspace((unsigned char)*s);
+  if (ok) {
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    ok = errno == 0 && *end == '\0' && v >= lo && v <= hi;
+  }
+  if (ok) {
+    *out = v;
+    return 0;
+  }
+  if (hi == INT64_MAX)
+    fprintf(stderr, "flctl: %s: '%s' is not a %s integer\n", what, s ? s : "",
+            lo > 0 ? "positive" : "non-negative");
+  else
+    fprintf(stderr, "flctl: %s: '%s' is not an integer in %lld..%lld\n", what, s ? s : "", lo, hi);
+  return -1;
+}
+
+/* A positive id (1..INT64_MAX, the coordinator's ids) at positional argument i. */
+static int id_at(const args *a, int i, const char *what, long long *out) {
+  return flctl_int(what, a->pos[i], 1, INT64_MAX, out);
+}
+
+/* A percentage 0..100 (decimals allowed). */
+static int percent_arg(const char *what, const char *s, double *out) {
+  char *end;
+  double v = 0;
+  bool ok = *s != '\0' && !isspace((unsigned char)*s);
+  if (ok) {
+    errno = 0;
+    v = strtod(s, &end);
+    ok = errno == 0 && *end == '\0' && isfinite(v) && v >= 0 && v <= 100;
+  }
+  if (!ok) {
+    fprintf(stderr, "flctl: %s: '%s' is not a percentage (a number in 0..100)\n", what, s);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* "site=plant-3,hw=rev-b" as a JSON object of strings; NULL after a message when malformed. */
+static json_t *labels_arg(const char *what, const char *s) {
   json_t *o = json_object();
   char *copy = strdup(s), *save = NULL;
-  for (char *kv = strtok_r(copy, ",", &save); o && kv; kv = strtok_r(NULL, ",", &save)) {
+  if (copy == NULL || *s == '\0') {
+    json_decref(o);
+    o = NULL;
+  }
+  for (char *kv = copy ? strtok_r(copy, ",", &save) : NULL; o && kv;
+       kv = strtok_r(NULL, ",", &save)) {
     char *eq = strchr(kv, '=');
     if (eq == NULL || eq == kv) {
       json_decref(o);
@@ -78,21 +227,18 @@ static json_t *labels_arg(const char *s) {
     json_object_set_new(o, kv, json_string(eq + 1));
   }
   free(copy);
+  if (o == NULL)
+    fprintf(stderr, "flctl: %s: '%s' is not key=value[,key=value...]\n", what, s);
   return o;
 }
 
-/* JSON text, or @FILE with JSON. */
-static json_t *json_arg(const char *s) {
+/* JSON text, or @FILE with JSON; NULL after a message naming the option. */
+static json_t *json_arg(const char *what, const char *s) {
   json_error_t e;
   json_t *j = s[0] == '@' ? json_load_file(s + 1, 0, &e) : json_loads(s, 0, &e);
   if (j == NULL)
-    fprintf(stderr, "flctl: bad JSON (%s at line %d)\n", e.text, e.line);
+    fprintf(stderr, "flctl: %s: bad JSON (%s at line %d)\n", what, e.text, e.line);
   return j;
-}
-
-static int usage_error(const char *what) {
-  fprintf(stderr, "flctl: usage: flctl %s (flctl help for all commands)\n", what);
-  return FLCTL_USAGE;
 }
 
 /* ----- output helpers ------------------------------------------------------------------------ */
@@ -117,10 +263,21 @@ static int show_call(const flctl *f, const char *method, const char *path, json_
   return FLCTL_OK;
 }
 
-/* "?model_id=N" from --model, or "". */
-static void model_query(const args *a, char *q, size_t n) {
+/* GET base, or base?model_id=N with --model; FLCTL_USAGE when --model is no id. */
+static int filtered_list(const flctl *f, const args *a, const char *base, const char *key,
+                         const flctl_col *cols) {
+  char path[96];
+  long long id = 0;
   const char *m = flag(a, "model");
-  snprintf(q, n, m ? "?model_id=%llu" : "", m ? id_arg(m) : 0ULL);
+  if (a->npos > 1)
+    return usage_error(a);
+  if (m != NULL && flctl_int("--model", m, 1, INT64_MAX, &id))
+    return FLCTL_USAGE;
+  if (m != NULL)
+    snprintf(path, sizeof path, "%s?model_id=%lld", base, id);
+  else
+    snprintf(path, sizeof path, "%s", base);
+  return show_list(f, path, key, cols);
 }
 
 /* ----- models, versions, plans, rounds ------------------------------------------------------- */
@@ -142,56 +299,64 @@ static const flctl_col ROUND_COLS[] = {
 
 static int cmd_models(const flctl *f, const args *a) {
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  if (strcmp(sub, "list") == 0)
+  long long seed = 0;
+  if (strcmp(sub, "list") == 0 && a->npos <= 1)
     return show_list(f, "/admin/v1/models", "models", MODEL_COLS);
   if (strcmp(sub, "create") != 0 || a->npos != 2 || flag(a, "spec") == NULL)
-    return usage_error("models create NAME --spec JSON|@FILE [--seed N]");
-  json_t *spec = json_arg(flag(a, "spec"));
+    return usage_error(a);
+  if (flag(a, "seed") && flctl_int("--seed", flag(a, "seed"), 0, INT64_MAX, &seed))
+    return FLCTL_USAGE;
+  json_t *spec = json_arg("--spec", flag(a, "spec"));
   if (spec == NULL)
     return FLCTL_USAGE;
   json_t *body = json_pack("{s:s, s:o}", "name", a->pos[1], "spec", spec);
   if (flag(a, "seed"))
-    json_object_set_new(body, "seed", json_integer((json_int_t)id_arg(flag(a, "seed"))));
+    json_object_set_new(body, "seed", json_integer((json_int_t)seed));
   return show_call(f, "POST", "/admin/v1/models", body);
 }
 
 static int cmd_versions(const flctl *f, const args *a) {
   char path[96];
-  unsigned long long m = a->npos == 2 && strcmp(a->pos[0], "list") == 0 ? id_arg(a->pos[1]) : 0;
-  if (m == 0)
-    return usage_error("versions list MODEL_ID");
-  snprintf(path, sizeof path, "/admin/v1/models/%llu/versions", m);
+  long long m;
+  if (a->npos != 2 || strcmp(a->pos[0], "list") != 0)
+    return usage_error(a);
+  if (id_at(a, 1, "MODEL_ID", &m))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/models/%lld/versions", m);
   return show_list(f, path, "versions", VERSION_COLS);
 }
 
 static int cmd_plans(const flctl *f, const args *a) {
   char path[96];
-  unsigned long long id = a->npos == 2 ? id_arg(a->pos[1]) : 0;
-  if (id != 0 && strcmp(a->pos[0], "create") == 0) {
-    json_t *plan = json_arg(flag(a, "plan") ? flag(a, "plan") : "{}");
-    if (plan == NULL)
-      return FLCTL_USAGE;
-    snprintf(path, sizeof path, "/admin/v1/models/%llu/plans", id);
-    return show_call(f, "POST", path, plan);
-  }
-  if (id != 0 && strcmp(a->pos[0], "stop") == 0) {
-    snprintf(path, sizeof path, "/admin/v1/plans/%llu/stop", id);
+  long long id;
+  bool create = a->npos == 2 && strcmp(a->pos[0], "create") == 0;
+  bool stop = a->npos == 2 && strcmp(a->pos[0], "stop") == 0;
+  if (!create && !stop)
+    return usage_error(a);
+  if (id_at(a, 1, create ? "MODEL_ID" : "PLAN_ID", &id))
+    return FLCTL_USAGE;
+  if (stop) {
+    snprintf(path, sizeof path, "/admin/v1/plans/%lld/stop", id);
     return show_call(f, "POST", path, NULL);
   }
-  return usage_error("plans create MODEL_ID [--plan JSON|@FILE] | plans stop PLAN_ID");
+  json_t *plan = json_arg("--plan", flag(a, "plan") ? flag(a, "plan") : "{}");
+  if (plan == NULL)
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/models/%lld/plans", id);
+  return show_call(f, "POST", path, plan);
 }
 
 static int cmd_rounds(const flctl *f, const args *a) {
-  char path[96], q[48];
+  char path[96];
+  long long id;
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  if (strcmp(sub, "list") == 0) {
-    model_query(a, q, sizeof q);
-    snprintf(path, sizeof path, "/admin/v1/rounds%s", q);
-    return show_list(f, path, "rounds", ROUND_COLS);
-  }
-  if (strcmp(sub, "get") != 0 || a->npos != 2 || id_arg(a->pos[1]) == 0)
-    return usage_error("rounds list [--model ID] | rounds get ROUND_ID");
-  snprintf(path, sizeof path, "/admin/v1/rounds/%llu", id_arg(a->pos[1]));
+  if (strcmp(sub, "list") == 0)
+    return filtered_list(f, a, "/admin/v1/rounds", "rounds", ROUND_COLS);
+  if (strcmp(sub, "get") != 0 || a->npos != 2)
+    return usage_error(a);
+  if (id_at(a, 1, "ROUND_ID", &id))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/rounds/%lld", id);
   return show_call(f, "GET", path, NULL);
 }
 
@@ -220,129 +385,143 @@ static const flctl_col PIN_COLS[] = {
     {"pin_id", "PIN", 0},     {"model_id", "MODEL", 0},  {"device_id", "DEVICE", 0},
     {"labels", "LABELS", 40}, {"version", "VERSION", 0}, {"created_at", "CREATED", 0},
     {NULL, NULL, 0}};
-static const flctl_col FLEET_COLS[] = {{"channel", "CHANNEL", 0},         {"version", "RUNNING", 0},
-                                       {"devices", "DEVICES", 0},         {"percent", "SHARE", 0},
-                                       {"current", "CHANNEL_VERSION", 0}, {NULL, NULL, 0}};
+/* The channel's version next to what its devices run: "92% of stable runs v14 (channel: v14)". */
+static const flctl_col FLEET_COLS[] = {{"channel", "CHANNEL", 0}, {"version", "VERSION", 0},
+                                       {"running", "RUNNING", 0}, {"devices", "DEVICES", 0},
+                                       {"percent", "SHARE", 0},   {NULL, NULL, 0}};
 
 static int cmd_channels(const flctl *f, const args *a) {
-  char path[96], q[48];
+  char path[96];
+  long long model, version, id;
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  if (strcmp(sub, "list") == 0) {
-    model_query(a, q, sizeof q);
-    snprintf(path, sizeof path, "/admin/v1/channels%s", q);
-    return show_list(f, path, "channels", CHANNEL_COLS);
-  }
-  if (strcmp(sub, "set") == 0 && a->npos == 4 && id_arg(a->pos[1]) && id_arg(a->pos[3]))
+  if (strcmp(sub, "list") == 0)
+    return filtered_list(f, a, "/admin/v1/channels", "channels", CHANNEL_COLS);
+  if (strcmp(sub, "set") == 0 && a->npos == 4) {
+    if (id_at(a, 1, "MODEL_ID", &model) || id_at(a, 3, "VERSION", &version))
+      return FLCTL_USAGE;
     return show_call(f, "POST", "/admin/v1/channels",
-                     json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)id_arg(a->pos[1]), "name",
-                               a->pos[2], "version", (json_int_t)id_arg(a->pos[3])));
-  if (strcmp(sub, "rollback") == 0 && a->npos == 2 && id_arg(a->pos[1])) {
-    snprintf(path, sizeof path, "/admin/v1/channels/%llu/rollback", id_arg(a->pos[1]));
-    return show_call(f, "POST", path, NULL);
+                     json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)model, "name", a->pos[2],
+                               "version", (json_int_t)version));
   }
-  return usage_error(
-      "channels list [--model ID] | channels set MODEL_ID NAME VERSION |"
-      " channels rollback CHANNEL_ID");
+  if (strcmp(sub, "rollback") != 0 || a->npos != 2)
+    return usage_error(a);
+  if (id_at(a, 1, "CHANNEL_ID", &id))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/channels/%lld/rollback", id);
+  return show_call(f, "POST", path, NULL);
 }
 
-static int rollout_create(const flctl *f, const args *a) {
-  json_t *body = json_pack("{s:I, s:I, s:s}", "model_id", (json_int_t)id_arg(a->pos[1]), "version",
-                           (json_int_t)id_arg(a->pos[2]), "channel",
-                           flag(a, "channel") ? flag(a, "channel") : "stable");
-  if (flag(a, "percent"))
-    json_object_set_new(body, "percent", json_real(atof(flag(a, "percent"))));
-  if (flag(a, "cohort")) {
-    json_t *c = labels_arg(flag(a, "cohort"));
-    if (c == NULL) {
-      json_decref(body);
-      return usage_error("rollouts create ... --cohort key=value[,key=value...]");
-    }
+/* The body of POST /admin/v1/rollouts; NULL after a message when an argument is bad. */
+static json_t *rollout_body(const args *a) {
+  long long model, version;
+  double pct = 0;
+  const char *p = flag(a, "percent"), *cohort = flag(a, "cohort"), *gate = flag(a, "gate");
+  if (id_at(a, 1, "MODEL_ID", &model) || id_at(a, 2, "VERSION", &version) ||
+      (p != NULL && percent_arg("--percent", p, &pct)))
+    return NULL;
+  json_t *c = cohort ? labels_arg("--cohort", cohort) : NULL;
+  json_t *g = gate ? json_arg("--gate", gate) : NULL;
+  if ((cohort && c == NULL) || (gate && g == NULL)) {
+    json_decref(c);
+    json_decref(g);
+    return NULL;
+  }
+  json_t *body =
+      json_pack("{s:I, s:I, s:s}", "model_id", (json_int_t)model, "version", (json_int_t)version,
+                "channel", flag(a, "channel") ? flag(a, "channel") : "stable");
+  if (p != NULL)
+    json_object_set_new(body, "percent", json_real(pct));
+  if (c != NULL)
     json_object_set_new(body, "cohort", c);
-  }
-  if (flag(a, "gate")) {
-    json_t *g = json_arg(flag(a, "gate"));
-    if (g == NULL) {
-      json_decref(body);
-      return FLCTL_USAGE;
-    }
+  if (g != NULL)
     json_object_set_new(body, "gate", g);
-  }
-  return show_call(f, "POST", "/admin/v1/rollouts", body);
+  return body;
 }
 
 static int cmd_rollouts(const flctl *f, const args *a) {
   static const char *const ops[] = {"pause", "resume", "promote", "rollback", NULL};
-  char path[96], q[48];
+  char path[96];
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  unsigned long long id = a->npos >= 2 ? id_arg(a->pos[1]) : 0;
-  if (strcmp(sub, "list") == 0) {
-    model_query(a, q, sizeof q);
-    snprintf(path, sizeof path, "/admin/v1/rollouts%s", q);
-    return show_list(f, path, "rollouts", ROLLOUT_COLS);
+  long long id;
+  double pct;
+  if (strcmp(sub, "list") == 0)
+    return filtered_list(f, a, "/admin/v1/rollouts", "rollouts", ROLLOUT_COLS);
+  if (strcmp(sub, "create") == 0 && a->npos == 3) {
+    json_t *body = rollout_body(a);
+    return body ? show_call(f, "POST", "/admin/v1/rollouts", body) : FLCTL_USAGE;
   }
-  if (strcmp(sub, "create") == 0 && a->npos == 3 && id && id_arg(a->pos[2]))
-    return rollout_create(f, a);
-  if (strcmp(sub, "get") == 0 && a->npos == 2 && id) {
-    snprintf(path, sizeof path, "/admin/v1/rollouts/%llu", id);
+  if (strcmp(sub, "raise") == 0 && a->npos == 3) {
+    if (id_at(a, 1, "ROLLOUT_ID", &id) || percent_arg("PERCENT", a->pos[2], &pct))
+      return FLCTL_USAGE;
+    snprintf(path, sizeof path, "/admin/v1/rollouts/%lld/raise", id);
+    return show_call(f, "POST", path, json_pack("{s:f}", "percent", pct));
+  }
+  bool known = strcmp(sub, "get") == 0;
+  for (int i = 0; ops[i] != NULL; i++)
+    known = known || strcmp(sub, ops[i]) == 0;
+  if (!known || a->npos != 2)
+    return usage_error(a);
+  if (id_at(a, 1, "ROLLOUT_ID", &id))
+    return FLCTL_USAGE;
+  if (strcmp(sub, "get") == 0) {
+    snprintf(path, sizeof path, "/admin/v1/rollouts/%lld", id);
     return show_call(f, "GET", path, NULL);
   }
-  if (strcmp(sub, "raise") == 0 && a->npos == 3 && id) {
-    snprintf(path, sizeof path, "/admin/v1/rollouts/%llu/raise", id);
-    return show_call(f, "POST", path, json_pack("{s:f}", "percent", atof(a->pos[2])));
-  }
-  for (int i = 0; ops[i] != NULL && a->npos == 2 && id; i++)
-    if (strcmp(sub, ops[i]) == 0) {
-      snprintf(path, sizeof path, "/admin/v1/rollouts/%llu/%s", id, ops[i]);
-      return show_call(f, "POST", path, NULL);
-    }
-  return usage_error(
-      "rollouts list [--model ID] | get ID | create MODEL_ID VERSION"
-      " [--channel NAME] [--percent P] [--cohort k=v,...] [--gate JSON|@FILE] |"
-      " raise ID PERCENT | pause ID | resume ID | promote ID | rollback ID");
+  snprintf(path, sizeof path, "/admin/v1/rollouts/%lld/%s", id, sub);
+  return show_call(f, "POST", path, NULL);
 }
 
 static int cmd_pins(const flctl *f, const args *a) {
   char path[96];
+  long long model, version, id;
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  if (strcmp(sub, "list") == 0)
+  if (strcmp(sub, "list") == 0 && a->npos <= 1)
     return show_list(f, "/admin/v1/pins", "pins", PIN_COLS);
-  if (strcmp(sub, "remove") == 0 && a->npos == 2 && id_arg(a->pos[1])) {
-    snprintf(path, sizeof path, "/admin/v1/pins/%llu", id_arg(a->pos[1]));
+  if (strcmp(sub, "remove") == 0 && a->npos == 2) {
+    if (id_at(a, 1, "PIN_ID", &id))
+      return FLCTL_USAGE;
+    snprintf(path, sizeof path, "/admin/v1/pins/%lld", id);
     return show_call(f, "DELETE", path, NULL);
   }
   const char *dev = flag(a, "device"), *labels = flag(a, "labels");
-  if (strcmp(sub, "add") != 0 || a->npos != 3 || !id_arg(a->pos[1]) || !id_arg(a->pos[2]) ||
-      (dev == NULL) == (labels == NULL))
-    return usage_error(
-        "pins list | pins add MODEL_ID VERSION (--device ID | --labels k=v,...)"
-        " | pins remove PIN_ID");
-  json_t *body = json_pack("{s:I, s:I}", "model_id", (json_int_t)id_arg(a->pos[1]), "version",
-                           (json_int_t)id_arg(a->pos[2]));
-  json_t *sel = dev ? json_integer((json_int_t)id_arg(dev)) : labels_arg(labels);
-  if (sel == NULL) {
-    json_decref(body);
-    return usage_error("pins add ... --labels key=value[,key=value...]");
-  }
+  if (strcmp(sub, "add") != 0 || a->npos != 3 || (dev == NULL) == (labels == NULL))
+    return usage_error(a);
+  if (id_at(a, 1, "MODEL_ID", &model) || id_at(a, 2, "VERSION", &version) ||
+      (dev && flctl_int("--device", dev, 1, INT64_MAX, &id)))
+    return FLCTL_USAGE;
+  json_t *sel = dev ? json_integer((json_int_t)id) : labels_arg("--labels", labels);
+  if (sel == NULL)
+    return FLCTL_USAGE;
+  json_t *body =
+      json_pack("{s:I, s:I}", "model_id", (json_int_t)model, "version", (json_int_t)version);
   json_object_set_new(body, dev ? "device_id" : "labels", sel);
   return show_call(f, "POST", "/admin/v1/pins", body);
 }
 
-/* One row per (channel, running version): "92% of stable runs v14". */
+/* One row per (channel, running version), each with the channel's version; a channel that no
+ * active device follows still gets a row, so that every channel's version is shown. */
 static json_t *fleet_rows(const json_t *channels) {
   json_t *rows = json_array(), *ch, *run;
   size_t i, k;
   json_array_foreach((json_t *)channels, i, ch) {
-    json_int_t current = json_integer_value(json_object_get(ch, "version"));
-    json_array_foreach(json_object_get(ch, "running"), k, run) {
-      char pct[32];
-      json_int_t v = json_integer_value(json_object_get(run, "version"));
-      snprintf(pct, sizeof pct, "%.1f%%",
-               100.0 * json_number_value(json_object_get(run, "fraction")));
-      json_array_append_new(
-          rows, json_pack("{s:O, s:o, s:O, s:s, s:s}", "channel", json_object_get(ch, "channel"),
-                          "version", v == 0 ? json_string("none") : json_integer(v), "devices",
-                          json_object_get(run, "devices"), "percent", pct, "current",
-                          v == current ? "yes" : ""));
+    const json_t *runs = json_object_get(ch, "running");
+    for (k = 0; k == 0 || k < json_array_size(runs); k++) {
+      char pct[32] = "-";
+      json_t *row = json_object();
+      run = json_array_get(runs, k);
+      json_object_set(row, "channel", json_object_get(ch, "channel"));
+      json_object_set(row, "version", json_object_get(ch, "version"));
+      if (run != NULL) {
+        json_int_t v = json_integer_value(json_object_get(run, "version"));
+        snprintf(pct, sizeof pct, "%.1f%%",
+                 100.0 * json_number_value(json_object_get(run, "fraction")));
+        json_object_set_new(row, "running", v == 0 ? json_string("none") : json_integer(v));
+        json_object_set(row, "devices", json_object_get(run, "devices"));
+      } else {
+        json_object_set_new(row, "devices", json_integer(0));
+      }
+      json_object_set_new(row, "percent", json_string(pct));
+      json_array_append_new(rows, row);
     }
   }
   return rows;
@@ -350,9 +529,12 @@ static json_t *fleet_rows(const json_t *channels) {
 
 static int cmd_fleet(const flctl *f, const args *a) {
   char path[96];
-  if (a->npos != 1 || id_arg(a->pos[0]) == 0)
-    return usage_error("fleet MODEL_ID");
-  snprintf(path, sizeof path, "/admin/v1/fleet?model_id=%llu", id_arg(a->pos[0]));
+  long long model;
+  if (a->npos != 1)
+    return usage_error(a);
+  if (id_at(a, 0, "MODEL_ID", &model))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/fleet?model_id=%lld", model);
   json_t *j = flctl_call(f, "GET", path, NULL);
   if (j == NULL)
     return FLCTL_ERR;
@@ -379,39 +561,52 @@ static const flctl_col AUDIT_COLS[] = {{"entry_id", "ENTRY", 0}, {"at", "AT", 0}
 
 static int cmd_devices(const flctl *f, const args *a) {
   char path[96];
+  long long id;
   const char *sub = a->npos > 0 ? a->pos[0] : "list";
-  if (strcmp(sub, "list") == 0)
+  if (strcmp(sub, "list") == 0 && a->npos <= 1)
     return show_list(f, "/admin/v1/devices", "devices", DEVICE_COLS);
-  if (strcmp(sub, "revoke") != 0 || a->npos != 2 || id_arg(a->pos[1]) == 0)
-    return usage_error("devices list | devices revoke DEVICE_ID");
-  snprintf(path, sizeof path, "/admin/v1/devices/%llu/revoke", id_arg(a->pos[1]));
+  if (strcmp(sub, "revoke") != 0 || a->npos != 2)
+    return usage_error(a);
+  if (id_at(a, 1, "DEVICE_ID", &id))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/devices/%lld/revoke", id);
   return show_call(f, "POST", path, NULL);
 }
 
 static int cmd_tokens(const flctl *f, const args *a) {
   if (a->npos != 2 || strcmp(a->pos[0], "create") != 0)
-    return usage_error("tokens create admin|operator|viewer [--name NAME]");
+    return usage_error(a);
   return show_call(
       f, "POST", "/admin/v1/tokens",
       json_pack("{s:s, s:s}", "role", a->pos[1], "name", flag(a, "name") ? flag(a, "name") : ""));
 }
 
+/* The body of POST /admin/v1/enrollment-tokens; NULL after a message when an option is bad. */
+static json_t *enrollment_body(const args *a) {
+  long long count = 0, ttl = 0;
+  const char *c = flag(a, "count"), *t = flag(a, "ttl"), *l = flag(a, "labels");
+  if ((c && flctl_int("--count", c, 1, INT64_MAX, &count)) ||
+      (t && flctl_int("--ttl", t, 1, INT64_MAX, &ttl)))
+    return NULL;
+  json_t *labels = l ? labels_arg("--labels", l) : NULL;
+  if (l && labels == NULL)
+    return NULL;
+  json_t *body = json_object();
+  if (c)
+    json_object_set_new(body, "count", json_integer((json_int_t)count));
+  if (t)
+    json_object_set_new(body, "ttl_s", json_integer((json_int_t)ttl));
+  if (labels)
+    json_object_set_new(body, "labels", labels);
+  return body;
+}
+
 static int cmd_enrollment_tokens(const flctl *f, const args *a) {
   if (a->npos != 1 || strcmp(a->pos[0], "create") != 0)
-    return usage_error("enrollment-tokens create [--count N] [--labels k=v,...] [--ttl SECONDS]");
-  json_t *body = json_object();
-  if (flag(a, "count"))
-    json_object_set_new(body, "count", json_integer((json_int_t)id_arg(flag(a, "count"))));
-  if (flag(a, "ttl"))
-    json_object_set_new(body, "ttl_s", json_integer((json_int_t)id_arg(flag(a, "ttl"))));
-  if (flag(a, "labels")) {
-    json_t *l = labels_arg(flag(a, "labels"));
-    if (l == NULL) {
-      json_decref(body);
-      return usage_error("enrollment-tokens create --labels key=value[,key=value...]");
-    }
-    json_object_set_new(body, "labels", l);
-  }
+    return usage_error(a);
+  json_t *body = enrollment_body(a);
+  if (body == NULL)
+    return FLCTL_USAGE;
   json_t *j = flctl_call(f, "POST", "/admin/v1/enrollment-tokens", body);
   json_decref(body);
   if (j == NULL)
@@ -428,12 +623,17 @@ static int cmd_enrollment_tokens(const flctl *f, const args *a) {
 }
 
 static int cmd_audit(const flctl *f, const args *a) {
+  long long limit = 20;
+  if (a->npos != 0)
+    return usage_error(a);
+  /* The coordinator answers its latest 1000 entries, newest first. */
+  if (flag(a, "limit") && flctl_int("--limit", flag(a, "limit"), 1, 1000, &limit))
+    return FLCTL_USAGE;
   json_t *j = flctl_call(f, "GET", "/admin/v1/audit", NULL);
   if (j == NULL)
     return FLCTL_ERR;
   json_t *entries = json_object_get(j, "entries");
-  unsigned long long limit = flag(a, "limit") ? id_arg(flag(a, "limit")) : 20;
-  while (json_array_size(entries) > limit)
+  while (json_array_size(entries) > (size_t)limit)
     json_array_remove(entries, json_array_size(entries) - 1);
   flctl_table(f, j, entries, AUDIT_COLS);
   json_decref(j);
@@ -441,7 +641,8 @@ static int cmd_audit(const flctl *f, const args *a) {
 }
 
 static int cmd_info(const flctl *f, const args *a) {
-  (void)a;
+  if (a->npos != 0)
+    return usage_error(a);
   return show_call(f, "GET", "/admin/v1/info", NULL);
 }
 
@@ -467,13 +668,36 @@ static const command COMMANDS[] = {{"models", cmd_models},
                                    {"info", cmd_info},
                                    {NULL, NULL}};
 
+/* The form the arguments name: the noun's only form, or the one of its subcommand (the first
+ * positional, "list" when there is none). NULL for an unknown subcommand. */
+static const form *typed_form(const args *a) {
+  for (const form *m = FORMS; m->noun != NULL; m++) {
+    if (strcmp(m->noun, a->noun) != 0)
+      continue;
+    if (m->sub == NULL || strcmp(m->sub, a->npos > 0 ? a->pos[0] : "list") == 0)
+      return m;
+  }
+  return NULL;
+}
+
 int flctl_run(const flctl *f, int argc, char **argv) {
   args a;
   for (const command *c = COMMANDS; c->name != NULL; c++) {
     if (strcmp(argv[0], c->name) != 0)
       continue;
+    memset(&a, 0, sizeof a);
+    a.noun = c->name;
     if (parse_args(argc - 1, argv + 1, &a))
-      return usage_error(c->name);
+      return usage_error(&a);
+    if (a.help) {
+      flctl_usage(stdout, a.noun);
+      return FLCTL_OK;
+    }
+    const form *m = typed_form(&a);
+    if (m == NULL)
+      return usage_error(&a);
+    if (check_flags(m, &a))
+      return FLCTL_USAGE;
     return c->fn(f, &a);
   }
   fprintf(stderr, "flctl: unknown command '%s' (flctl help)\n", argv[0]);

@@ -7,11 +7,14 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 typedef struct flctl {
-  const char *url;   /* "http://127.0.0.1:8080", no trailing slash needed */
-  const char *token; /* bearer token */
-  bool json;         /* --json: print the coordinator's JSON instead of tables */
+  const char *url;         /* "http://127.0.0.1:8080", trailing slashes removed by main.c */
+  const char *token;       /* bearer token */
+  const char *cacert;      /* PEM CA bundle that verifies https:// (NULL: the system's) */
+  const char *cacert_from; /* where cacert came from, for messages */
+  bool json;               /* --json: print the coordinator's JSON instead of tables */
   long timeout_s;
 } flctl;
 
@@ -39,5 +42,10 @@ char *flctl_cell(const json_t *v);
 
 /* commands.c: argv starts at the command's noun ("rollouts", "create", ...). */
 int flctl_run(const flctl *f, int argc, char **argv);
+/* The usage lines of a command (noun), or of every command when noun is NULL. */
+void flctl_usage(FILE *out, const char *noun);
+/* A whole decimal integer in [lo, hi]; else -1 after a message naming `what` (an option or
+ * argument name) and the value. */
+int flctl_int(const char *what, const char *s, long long lo, long long hi, long long *out);
 
 #endif

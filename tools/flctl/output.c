@@ -38,7 +38,7 @@ static void print_refusal(long status, const json_t *j, const buf *b) {
 }
 
 json_t *flctl_call(const flctl *f, const char *method, const char *path, const json_t *body) {
-  char url[2048], auth[600];
+  char url[4096], auth[600], why[CURL_ERROR_SIZE] = "";
   buf b = {0};
   json_t *answer = NULL;
   char *payload = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -58,11 +58,18 @@ json_t *flctl_call(const flctl *f, const char *method, const char *path, const j
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
   curl_easy_setopt(h, CURLOPT_TIMEOUT, f->timeout_s);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, why);
+  if (f->cacert != NULL)
+    curl_easy_setopt(h, CURLOPT_CAINFO, f->cacert);
   if (strcmp(method, "POST") == 0)
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload ? payload : "{}");
   CURLcode rc = curl_easy_perform(h);
   if (rc != CURLE_OK) {
-    fprintf(stderr, "flctl: %s %s: %s\n", method, url, curl_easy_strerror(rc));
+    fprintf(stderr, "flctl: %s %s: %s\n", method, url, why[0] ? why : curl_easy_strerror(rc));
+    if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE)
+      fprintf(stderr,
+              "flctl: (a private CA: --cacert FILE, or CURL_CA_BUNDLE / SSL_CERT_FILE%s%s)\n",
+              f->cacert ? "; used " : "", f->cacert ? f->cacert_from : "");
     goto out;
   }
   long status = 0;
