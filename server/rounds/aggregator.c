@@ -84,34 +84,36 @@ int fl__agg_check(const fl_agg_params *p, size_t min_n, size_t max_n, char *why,
 /* ---- selection ------------------------------------------------------------------------------ */
 
 /* select_T(v, n, k) rearranges v[0..n) so that v[k] is the k-th smallest, everything before
- * it <= v[k] and everything after >= v[k] (Wirth's selection around a median of three;
- * indices are signed because j steps below lo). Expected O(n). */
+ * it <= v[k] and everything after >= v[k]. Quickselect with a median-of-three pivot and
+ * branch-free Lomuto partitions (the comparison feeds an index increment, not a jump: on
+ * random data a branchy partition mispredicts half its comparisons). Each step splits off
+ * the values below the pivot, then those equal to it, so duplicates cannot stall it.
+ * Expected O(n). */
 #define DEFINE_SELECT(name, T)                                                         \
+  static size_t name##_split(T *v, size_t lo, size_t hi, T pivot, int le) {            \
+    size_t i = lo;                                                                     \
+    for (size_t j = lo; j < hi; j++) {                                                 \
+      T x = v[j];                                                                      \
+      v[j] = v[i];                                                                     \
+      v[i] = x;                                                                        \
+      i += le ? x <= pivot : x < pivot;                                                \
+    }                                                                                  \
+    return i;                                                                          \
+  }                                                                                    \
   static void name(T *v, size_t n, size_t k) {                                         \
-    ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;                        \
-    while (lo < hi) {                                                                  \
-      T x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi];                               \
+    size_t lo = 0, hi = n;                                                             \
+    while (hi - lo > 1) {                                                              \
+      T x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi - 1];                           \
       T pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y)); \
-      ptrdiff_t i = lo, j = hi;                                                        \
-      do {                                                                             \
-        while (v[i] < pivot)                                                           \
-          i++;                                                                         \
-        while (pivot < v[j])                                                           \
-          j--;                                                                         \
-        if (i <= j) {                                                                  \
-          T t = v[i];                                                                  \
-          v[i] = v[j];                                                                 \
-          v[j] = t;                                                                    \
-          i++;                                                                         \
-          j--;                                                                         \
-        }                                                                              \
-      } while (i <= j);                                                                \
-      if (kk <= j)                                                                     \
-        hi = j;                                                                        \
-      else if (kk >= i)                                                                \
-        lo = i;                                                                        \
-      else                                                                             \
-        return;                                                                        \
+      size_t lt = name##_split(v, lo, hi, pivot, 0);                                   \
+      if (k < lt) {                                                                    \
+        hi = lt;                                                                       \
+        continue;                                                                      \
+      }                                                                                \
+      size_t le = name##_split(v, lt, hi, pivot, 1);                                   \
+      if (k < le)                                                                      \
+        return; /* v[lt..le) all equal the pivot */                                    \
+      lo = le;                                                                         \
     }                                                                                  \
   }
 DEFINE_SELECT(select_f, float)
