@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "digest.h"
+#include "fl/version.h"
 #include "itest_hostile_common.h"
 
 /* ----- admin roles ---------------------------------------------------------------------- */
@@ -106,6 +107,13 @@ Test(hostile, admin_roles_on_every_route, .init = hx_setup, .fini = hx_teardown,
   cr_expect_eq(st, 200);
   json_decref(fl_h_admin(&viewer, "GET", "/admin/v1/audit", NULL, &st));
   cr_expect_eq(st, 200);
+  /* The info endpoint names the version the build was configured with (fl/version.h). */
+  json_t *info = fl_h_admin(&viewer, "GET", "/admin/v1/info", NULL, &st);
+  const char *version = json_string_value(json_object_get(info, "version"));
+  cr_expect_eq(st, 200);
+  cr_expect(version != NULL && strcmp(version, FL_VERSION_STRING) == 0,
+            "/admin/v1/info version %s, want " FL_VERSION_STRING, version ? version : "(none)");
+  json_decref(info);
   hx_assert_unchanged(before);
   json_decref(v);
   json_decref(o);
