@@ -1,8 +1,10 @@
 #!/bin/bash
 # NIID-Bench FMNIST (ARCHITECTURE.md s.6) through fl-sim: simple CNN, 10 parties all
 # participating, 50 rounds, 10 local epochs, batch 64, SGD lr 0.01 momentum 0.9 weight decay
-# 1e-5, FedProx mu 0.01, no update clipping; one seed. Usage: run.sh BIN_DIR OUT_DIR [CONFIG...]
+# 1e-5, FedProx mu 0.01, no update clipping; one seed. Usage: niid.sh BIN_DIR OUT_DIR [CONFIG...]
 # CONFIG is one of fedavg-iid fedavg-dir fedprox-iid fedprox-dir (default: all four).
+# BIN_DIR holds fl-sim (e.g. build-bench/sim); OUT_DIR is benches/logs/niid for the recorded
+# runs: OUT_DIR/CONFIG/{log.txt,rounds.csv} and OUT_DIR/summary.txt (benches/logs/ is not in git).
 set -u
 bin=$1 out=$2
 shift 2

@@ -1,6 +1,9 @@
 #!/bin/bash
 # Learning-quality runs of benches/RESULTS.md ("Learning quality"), one seed each.
-# Usage: run.sh BIN_DIR OUT_DIR [RUN...]  (default: logreg mlp fedavg-2nn fedsgd-2nn)
+# Usage: learning.sh BIN_DIR OUT_DIR [RUN...]  (default: logreg mlp fedavg-2nn fedsgd-2nn)
+#  BIN_DIR holds fl-sim (e.g. build-bench/sim); OUT_DIR is benches/logs/learning for the
+#  recorded runs: OUT_DIR/RUN/{log.txt,rounds.csv,accuracy.svg} and OUT_DIR/summary.txt
+#  (benches/logs/ is not in git).
 #  logreg, mlp: FedAvg on IID Fashion-MNIST, all 60,000 training examples over 10 devices (6,000
 #    each), all participating, E=1, B=10, no clipping (lr: logreg 0.05, the best of 0.005, 0.01,
 #    0.05 over 30 rounds; mlp 0.05); against Xiao et al. 2017's centralized
