@@ -36,6 +36,13 @@ has() {
   return 1
 }
 
+# The complete output also goes to benches/logs/run-<UTC time>.txt (not in git, see .gitignore):
+# the logs benches/RESULTS.md quotes from are made this way.
+LOGS=${LOGS:-$ROOT/benches/logs}
+mkdir -p "$LOGS"
+LOG=$LOGS/run-$(date -u '+%Y-%m-%dT%H%MZ').txt
+exec > >(tee "$LOG") 2>&1
+echo "# log: $LOG"
 echo "# fleetlearn benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD)"
 echo "# $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //');" \
      "$(free -g | awk '/Mem:/ {print $2}') GB RAM; load average $(cut -d' ' -f1-3 /proc/loadavg)"

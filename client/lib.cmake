@@ -27,6 +27,7 @@ target_link_libraries(flclient PRIVATE ${FL_CLIENT_DEPS})
 target_include_directories(flclient PUBLIC
   $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>
   $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}/common/include>
+  $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/gen>
   $<INSTALL_INTERFACE:include>)
 set_target_properties(flclient PROPERTIES
   VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR})
@@ -69,6 +70,7 @@ install(TARGETS flclient flclient_static
 install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/include/fl/client.h
               ${CMAKE_SOURCE_DIR}/common/include/fl/err.h
               ${CMAKE_SOURCE_DIR}/common/include/fl/alloc.h
+              ${CMAKE_BINARY_DIR}/gen/fl/version.h
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/fl)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/flclient.pc
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

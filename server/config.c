@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fl/version.h"
 #include "server.h"
 
 enum {
@@ -226,7 +227,7 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv) {
       return 1;
     }
     if (c == OPT_VERSION) {
-      printf("fl-coordinator 0.1.0\n");
+      printf("fl-coordinator " FL_VERSION_STRING "\n");
       return 1;
     }
     if (c == '?' || apply(cfg, c, optarg)) {

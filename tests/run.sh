@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian 12 machine: installs the dependencies, builds with
-# AddressSanitizer + UBSan, runs the unit tests, then the integration tests against a real
-# coordinator and a throwaway PostgreSQL cluster (pg_virtualenv) that lives only for this run.
+# The whole test suite, from a fresh Debian 12 machine: installs the dependencies, checks the
+# formatting of the C lines changed since the recorded baseline (.ci/check-format.sh), builds
+# with AddressSanitizer + UBSan and runs the unit tests, then the integration tests against a
+# real coordinator and a throwaway PostgreSQL cluster (pg_virtualenv) that lives only for this
+# run. It also builds the tree as README's "Building by hand" does (Release, -O3, where GCC's
+# -Wformat-truncation and friends see more) and runs that build's unit tests, so that a Release
+# build cannot break unnoticed; that costs about a minute or two of the 2-core budget.
 #
 #   bash tests/run.sh            # everything
 #   FL_TEST_LABEL=unit bash tests/run.sh   # one label only (unit | integration)
+#   FL_RELEASE=0 / FL_FORMAT=0   # skip the Release build / the formatting check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
 
 BUILD=${FL_BUILD_DIR:-build-test}
+RELEASE_BUILD=${FL_RELEASE_BUILD_DIR:-build-release}
 JOBS=${FL_JOBS:-$(nproc)}
+label=${FL_TEST_LABEL:-}
+status=0
+
+if [ "${FL_FORMAT:-1}" != 0 ]; then
+  bash .ci/check-format.sh || status=1
+fi
+
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFL_SANITIZE=ON >/dev/null
 cmake --build "$BUILD" -j "$JOBS"
+if [ "${FL_RELEASE:-1}" != 0 ] && { [ -z "$label" ] || [ "$label" = unit ]; }; then
+  # README's build type with the tests in it (benches too: they are part of a default build).
+  cmake -S . -B "$RELEASE_BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$RELEASE_BUILD" -j "$JOBS"
+fi
 
 # LeakSanitizer is part of ASan: leaks fail the tests. OpenBLAS keeps its thread pool alive
 # until exit; one thread is enough for tests and keeps timings steady on 2 cores.
@@ -21,10 +39,14 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_strin
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OPENBLAS_NUM_THREADS=1
 
-label=${FL_TEST_LABEL:-}
-status=0
 if [ -z "$label" ] || [ "$label" = unit ]; then
   ctest --test-dir "$BUILD" -L unit --output-on-failure -j "$JOBS" || status=1
+  if [ "${FL_RELEASE:-1}" != 0 ]; then
+    # The unit tests again, optimised and without sanitizers (undefined behaviour the
+    # optimiser exploits shows here). The deploy checks do not depend on the build type.
+    echo "unit tests of the Release build ($RELEASE_BUILD):"
+    ctest --test-dir "$RELEASE_BUILD" -L unit -LE deploy --output-on-failure -j "$JOBS" || status=1
+  fi
 fi
 if [ -z "$label" ] || [ "$label" = integration ]; then
   if ctest --test-dir "$BUILD" -L integration -N | grep -q "Total Tests: [1-9]"; then

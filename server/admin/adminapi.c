@@ -10,6 +10,7 @@
 
 #include "admin/adminapi.h"
 #include "auth/auth.h"
+#include "fl/version.h"
 #include "registry/models.h"
 #include "rounds/plan.h"
 #include "registry/rollouts.h"
@@ -464,7 +465,7 @@ static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {
   fl__hex(s->pub, sizeof s->pub, hex);
   fl__resp_json(r, 200,
                 json_pack("{s:s, s:s, s:s}", "public_key", hex, "replica_id", s->cfg.replica_id,
-                          "version", "0.1.0"));
+                          "version", FL_VERSION_STRING));
   end(s, &a);
 }
 

@@ -2,6 +2,7 @@
 """Static checks of deploy/: the Dockerfile, compose.yaml, the nginx template and the Helm chart,
 against each other and against the coordinator's real options (`fl-coordinator --help`).
 
+  * versions: `fl-coordinator --version` and the chart's appVersion are the CMake project version;
   * Dockerfile: two stages, slim runtime base, numeric non-root USER, HEALTHCHECK on /healthz,
     every FL_* variable it sets is a coordinator option;
   * compose.yaml parses; services, volumes and build paths it names exist; every replica gets
@@ -43,6 +44,25 @@ def check(cond, what):
         failures.append(what)
         print("FAILED: " + what)
     return cond
+
+
+def project_version(root):
+    """The version in the top-level CMakeLists.txt's project(), the only place it is written."""
+    text = open(os.path.join(root, "CMakeLists.txt")).read()
+    m = re.search(r"^project\(\s*fleetlearn\b[^)]*\bVERSION\s+([0-9]+\.[0-9]+\.[0-9]+)\b", text, re.M)
+    check(m is not None, "CMakeLists.txt: project(fleetlearn VERSION x.y.z)")
+    return m.group(1) if m else None
+
+
+def version_checks(root, coordinator, version):
+    """fl-coordinator --version and the chart's appVersion both say the CMake project version."""
+    out = subprocess.run([coordinator, "--version"], capture_output=True, text=True).stdout
+    check(out == "fl-coordinator %s\n" % version,
+          "fl-coordinator --version is the project version %s (got %r)" % (version, out))
+    chart = yaml.safe_load(open(os.path.join(root, "deploy/helm/fleetlearn/Chart.yaml")))
+    app = chart.get("appVersion")
+    check(isinstance(app, str) and app == version,
+          "Chart.yaml: appVersion %r equals the CMake project version %s" % (app, version))
 
 
 def coordinator_env(coordinator):
@@ -347,6 +367,7 @@ def main():
     ap.add_argument("--coordinator", required=True)
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
+    version_checks(a.root, a.coordinator, project_version(a.root))
     known = coordinator_env(a.coordinator)
     check("FL_DATABASE_URL" in known and "FL_ADMIN_TOKEN_FILE" in known,
           "fl-coordinator --help lists its environment variables")

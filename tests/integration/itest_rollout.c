@@ -244,7 +244,8 @@ static void close_fleet(void) {
     char cmd[128];
     cr_assert_eq(fl_multi_remove(g_multi, g_dev[k].c), FL_OK);
     fl_client_free(g_dev[k].c);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dev[k].dir);
+    int n = snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dev[k].dir);
+    cr_assert(n > 0 && (size_t)n < sizeof cmd, "state dir path too long: %s", g_dev[k].dir);
     cr_assert_eq(system(cmd), 0);
   }
   fl_multi_free(g_multi);

@@ -26,6 +26,7 @@
 
 #include "fl/alloc.h"
 #include "fl/err.h"
+#include "fl/version.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,13 +38,8 @@ extern "C" {
 #define FL_API
 #endif
 
-/* Same major version: same ABI. */
-#define FL_VERSION_MAJOR 0
-#define FL_VERSION_MINOR 1
-#define FL_VERSION_PATCH 0
-#define FL_VERSION_HEX ((FL_VERSION_MAJOR << 16) | (FL_VERSION_MINOR << 8) | FL_VERSION_PATCH)
-
-/* Run-time version as FL_VERSION_HEX, and as a static string "0.1.0". */
+/* Run-time version as FL_VERSION_HEX, and as a static string FL_VERSION_STRING (fl/version.h,
+ * generated from the CMake project version; same major version: same ABI). */
 FL_API unsigned fl_version(void);
 FL_API const char *fl_version_string(void);
 
