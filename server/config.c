@@ -64,7 +64,8 @@ static const opt_def OPTS[] = {
      "base retry window for devices that are not selected (default 10000)"},
     {"max-samples", OPT_MAX_SAMPLES, "FL_MAX_SAMPLES", "N",
      "largest sample_count of one update (default 1000000)"},
-    {"log-level", OPT_LOG_LEVEL, "FL_LOG_LEVEL", "LEVEL", "error, warn, info or debug (default info)"},
+    {"log-level", OPT_LOG_LEVEL, "FL_LOG_LEVEL", "LEVEL",
+     "error, warn, info or debug (default info)"},
     {"help", OPT_HELP, NULL, NULL, "print this help"},
     {"version", OPT_VERSION, NULL, NULL, "print the version"},
 };

@@ -172,9 +172,10 @@ int fl__metrics_render(fl_metrics *m, char **out, size_t *len) {
   put_counter(f, "fl_update_bytes_total", "Bytes of acknowledged update requests.", m->bytes);
   /* Counted by the upload handler only: other device endpoints, and uploads refused before
    * it runs (a body over --max-body), are in fl_http_requests_total. */
-  fprintf(f, "# HELP fl_updates_refused_total Update uploads (POST /v1/updates) answered with "
-             "an error, by the fl.v1.Error reason.\n"
-             "# TYPE fl_updates_refused_total counter\n");
+  fprintf(f,
+          "# HELP fl_updates_refused_total Update uploads (POST /v1/updates) answered with "
+          "an error, by the fl.v1.Error reason.\n"
+          "# TYPE fl_updates_refused_total counter\n");
   for (size_t i = 0; i < m->n_reasons; i++)
     fprintf(f, "fl_updates_refused_total{reason=\"%s\"} %" PRIu64 "\n", m->reasons[i].reason,
             m->reasons[i].n);

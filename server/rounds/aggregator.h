@@ -84,7 +84,6 @@ int fl__agg_run(const fl_agg_params *p, const fl_agg_source *src, float *out,
 
 /* Krum scores (score[i] = sum of the k smallest squared distances from update i to the
  * others, k = n - f - 2), in double; for tests and for the round's metrics. */
-int fl__agg_krum_scores(const fl_agg_source *src, uint32_t f, double *score,
-                        const fl_allocator *a);
+int fl__agg_krum_scores(const fl_agg_source *src, uint32_t f, double *score, const fl_allocator *a);
 
 #endif
