@@ -53,7 +53,7 @@ static size_t read_rows(const char *path, float *x, size_t dim, size_t max) {
 }
 
 static void predict(fl_client *c, const char *path) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   if (path == NULL || fl_client_model_info(c, &mi) != FL_OK)
     return;
   float x[16 * 64], out[16 * 64];
@@ -122,7 +122,7 @@ int main(int argc, char **argv) {
   if (err == FL_OK)
     err = fl_client_set_data_csv(c, csv, label_col);
   for (int done = 0; err == FL_OK && !stop && (rounds == 0 || done < rounds); done++) {
-    fl_round_result r = {0};
+    fl_round_result r = {.size = sizeof r};
     int rerr = fl_client_run_round(c, &r);
     if (rerr != FL_OK)
       fprintf(stderr, "round failed: %s (%s)\n", fl_strerror(rerr), fl_client_errmsg(c));

@@ -58,7 +58,7 @@ typedef struct tamper {
   uint8_t *copy;
 } tamper;
 
-static int tp_begin(void *ctx, const fl_http_request *req) {
+static fl_err tp_begin(void *ctx, const fl_http_request *req) {
   tamper *t = ctx;
   t->get = strcmp(req->method, "GET") == 0;
   return t->inner.begin(t->inner.ctx, req);
@@ -81,7 +81,7 @@ static void tamper_body(tamper *t, fl_http_response *resp) {
   t->flips++;
 }
 
-static int tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   tamper *t = ctx;
   int err = t->inner.poll(t->inner.ctx, timeout_ms, resp);
   if (err == FL_OK && t->mode != TAMPER_OFF && t->get && resp->status == 200)
@@ -127,7 +127,7 @@ static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
   fl_transport wrapped;
   if (tp != NULL) {
     cr_assert_eq(fl_transport_curl(&tp->inner, &o), FL_OK);
-    wrapped = (fl_transport){.version = 1,
+    wrapped = (fl_transport){.version = FL_TRANSPORT_VERSION,
                              .ctx = tp,
                              .begin = tp_begin,
                              .poll = tp_poll,
@@ -175,7 +175,7 @@ static int round_until_selected(fl_client *c, fl_round_result *r) {
 }
 
 static uint64_t served_version(const fl_client *c) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   return fl_client_model_info(c, &mi) == FL_OK ? mi.version : 0;
 }
 
@@ -198,7 +198,7 @@ static void reference_forward(const float *w, const float *x, float out[NCLS]) {
 }
 
 static void check_predictions(fl_client *c, const fl_h_device *hd, uint64_t model_id) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(c, &mi), FL_OK);
   cr_assert_eq(mi.input_size, NFEAT);
   cr_assert_eq(mi.output_size, NCLS);
@@ -250,7 +250,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   for (uint64_t k = 1; k <= 3; k++) {
     uint64_t rid = 0;
     for (int i = 0; i < 2; i++) {
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       cr_assert_eq(round_until_selected(d[i].c, &r), FL_OK, "round %llu device %d: %s",
                    (unsigned long long)k, i, fl_client_errmsg(d[i].c));
       cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
@@ -271,7 +271,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   float before[NCLS], after[NCLS];
   cr_assert_eq(fl_client_predict(d[0].c, g_x[0], 1, before), FL_OK);
   tp.mode = TAMPER_WEIGHT;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   int err = round_until_selected(d[0].c, &r);
   cr_assert_eq(err, FL_E_BADHASH, "%s: %s", fl_strerror(err), fl_client_errmsg(d[0].c));
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
@@ -343,7 +343,7 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
     cr_assert_eq(fl_multi_perform(m, 100), FL_OK);
     fl_client *c;
     fl_step st;
-    int err;
+    fl_err err;
     while (fl_multi_next(m, &c, &st, &err)) {
       if (st == FL_STEP_NEED_TRAIN) {
         cr_assert_eq(fl_client_train(c), FL_OK, "%s", fl_client_errmsg(c));
@@ -351,7 +351,7 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
         continue;
       }
       cr_assert_eq(err, FL_OK, "%s", fl_client_errmsg(c));
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       fl_client_round_result(c, &r);
       cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
       cr_assert_eq(r.round_id, round_id);
