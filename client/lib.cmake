@@ -5,6 +5,24 @@
 # protobuf code local.
 target_compile_options(flclient_obj PRIVATE -fvisibility=hidden)
 
+# Versions (docs/ABI.md). The header's FL_VERSION_* is what fl_version() reports: it must be the
+# project's version. The SONAME changes with every incompatible release: libflclient.so.<major>,
+# and while the major version is 0, libflclient.so.0.<minor> (0.x minors may break the ABI).
+file(STRINGS ${CMAKE_CURRENT_SOURCE_DIR}/include/fl/client.h FL_HDR_VERSION
+     REGEX "^#define FL_VERSION_(MAJOR|MINOR|PATCH) [0-9]+$")
+string(REGEX REPLACE "[^;]*_(MAJOR|MINOR|PATCH) ([0-9]+)" "\\2" FL_HDR_VERSION "${FL_HDR_VERSION}")
+string(REPLACE ";" "." FL_HDR_VERSION "${FL_HDR_VERSION}")
+if(NOT FL_HDR_VERSION STREQUAL PROJECT_VERSION)
+  message(FATAL_ERROR "fl/client.h says version ${FL_HDR_VERSION}, the project ${PROJECT_VERSION}")
+endif()
+if(PROJECT_VERSION_MAJOR EQUAL 0)
+  set(FL_CLIENT_SOVERSION 0.${PROJECT_VERSION_MINOR})
+else()
+  set(FL_CLIENT_SOVERSION ${PROJECT_VERSION_MAJOR})
+endif()
+# tests/ checks the built library against it (unit.flclient_symbols).
+set(FL_CLIENT_SOVERSION ${FL_CLIENT_SOVERSION} PARENT_SCOPE)
+
 add_library(flclient_common_obj OBJECT ${FL_COMMON_SOURCES}
             ${CMAKE_BINARY_DIR}/gen/fl/v1/fleetlearn.pb-c.c)
 add_dependencies(flclient_common_obj flproto)
@@ -29,7 +47,7 @@ target_include_directories(flclient PUBLIC
   $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}/common/include>
   $<INSTALL_INTERFACE:include>)
 set_target_properties(flclient PROPERTIES
-  VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR})
+  VERSION ${PROJECT_VERSION} SOVERSION ${FL_CLIENT_SOVERSION})
 target_link_options(flclient PRIVATE
   -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/flclient.map -Wl,--gc-sections)
 if(NOT FL_SANITIZE)
