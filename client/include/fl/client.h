@@ -124,7 +124,9 @@ typedef struct fl_http_response {
  *            nothing is in flight.
  * - poll:    makes progress for at most timeout_ms (0: do not wait). FL_E_AGAIN while the
  *            exchange is in flight; FL_OK with *resp filled when an HTTP status arrived;
- *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM when it failed (nothing in flight).
+ *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM / FL_E_TOOBIG when it failed
+ *            (nothing in flight). The client retries FL_E_TRANSPORT and FL_E_TIMEOUT (with
+ *            backoff, within max_retries); any other error ends the exchange.
  * - end:     releases the exchange (aborts it if still in flight). Always called after begin.
  * - destroy: frees the transport; called by fl_client_free(). May be NULL.
  * - detail:  optional (may be NULL): text describing the last failure, for error messages;
