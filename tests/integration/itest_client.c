@@ -2,7 +2,8 @@
  * libflclient against a real fl-coordinator and PostgreSQL (run under pg_virtualenv):
  * enrollment, several training rounds, predictions from the served version checked against an
  * independent forward pass, a tampered download refused while the previous model stays in use,
- * and one round of several clients driven by fl_multi on one thread.
+ * one round of several clients driven by fl_multi on one thread, and max_response_bytes
+ * enforced by the built-in transport.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -369,4 +370,59 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
     dev_close(&d[i]);
   }
   fl_multi_free(m);
+}
+
+Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .fini = teardown,
+     .timeout = 300) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "client-limit", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"min_participants\":1,"
+                                   "\"over_selection\":1.0,\"deadline_s\":600,"
+                                   "\"local_epochs\":1,\"batch_size\":10,\"learning_rate\":0.1}",
+                                   &model_id, &round_id),
+               0);
+  /* The limit: one byte less than version 1 as the coordinator serves it. */
+  fl_h_device hd;
+  memset(&hd, 0, sizeof hd);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, &hd, 1), 0);
+  Fl__V1__ModelVersion *mv = NULL;
+  cr_assert_eq(fl_h_download(&g_coord, &hd, model_id, 1, &mv), 0);
+  size_t model_len = fl__v1__model_version__get_packed_size(mv);
+  fl__v1__model_version__free_unpacked(mv, NULL);
+  fl_h_device_free(&hd);
+
+  json_t *tok = tokens(1);
+  dev d;
+  snprintf(d.dir, sizeof d.dir, "/tmp/fl-itest-client-XXXXXX");
+  cr_assert_not_null(mkdtemp(d.dir));
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .server_url = g_coord.url,
+                      .state_dir = d.dir,
+                      .request_timeout_ms = 20000,
+                      .backoff_base_ms = 50,
+                      .backoff_max_ms = 500,
+                      .model_id = model_id,
+                      .max_response_bytes = model_len - 1};
+  cr_assert_eq(fl_client_new(&d.c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(d.c, token_at(tok, 0), NULL, 0, NULL), FL_OK, "%s",
+               fl_client_errmsg(d.c));
+  json_decref(tok);
+  make_data(0);
+  cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
+  fl_round_result r = {.size = sizeof r};
+  fl_err err = round_until_selected(d.c, &r);
+  cr_assert_eq(err, FL_E_TOOBIG, "%s: %s", fl_strerror(err), fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_FAILED);
+  cr_assert(strstr(fl_client_errmsg(d.c), "max_response_bytes") != NULL, "%s",
+            fl_client_errmsg(d.c));
+  cr_assert_eq(served_version(d.c), 0);
+
+  /* With room for the model, the same device takes part. */
+  fl_client_free(d.c);
+  o.max_response_bytes = model_len;
+  cr_assert_eq(fl_client_new(&d.c, &o), FL_OK);
+  cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
+  cr_assert_eq(round_until_selected(d.c, &r), FL_OK, "%s", fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  dev_close(&d);
 }
