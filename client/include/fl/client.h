@@ -17,10 +17,10 @@
  *   library knows is FL_E_UNSUPPORTED (upgrade the library). A struct the library fills for
  *   the caller starts with `size_t size`, set by the caller to sizeof the struct: the library
  *   writes at most that many bytes (fields beyond it are left out; bytes beyond the fields it
- *   knows are zeroed), and a size below the first published layout is FL_E_INVAL. Structs the
- *   library hands to a callback start with `size_t size` set by the library: a field lies
- *   beyond it when the library is older than the header the callback was built with. Fields
- *   are only ever appended.
+ *   knows are zeroed), and a size below the first published layout (or above 4096) is
+ *   FL_E_INVAL, with nothing written. Structs the library hands to a callback start with
+ *   `size_t size` set by the library: a field lies beyond it when the library is older than
+ *   the header the callback was built with. Fields are only ever appended.
  * - Ownership: the caller owns every struct and string it passes in; the library copies what
  *   it keeps (options, the transport table, the allocator) unless a comment says "borrowed".
  *   Pointers the library returns (messages, version strings, response bodies) stay owned by
