@@ -279,7 +279,9 @@ typedef struct fl_train_task {
 
 /* Embedder-supplied training: `weights` holds the base weights (n_params floats, the flat
  * layout of docs/API.md) and receives the locally trained ones. Set *sample_count (> 0) and
- * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training. */
+ * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training.
+ * Called on the thread running fl_client_train(); ctx is borrowed (it must outlive the handle
+ * or the next set_trainer call), task and weights are valid during the call only. */
 typedef fl_err (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weights,
                                 uint64_t *sample_count, float *loss);
 FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
@@ -397,7 +399,8 @@ FL_API fl_err fl_multi_remove(fl_multi *m, fl_client *c);
  * for fl_multi_next(). Returns FL_OK or FL_E_TRANSPORT/FL_E_NOMEM from the multi itself. */
 FL_API fl_err fl_multi_perform(fl_multi *m, int timeout_ms);
 
-/* Pops the next client needing attention: 1 with *c, *step and *err set, 0 when none. */
+/* Pops the next client needing attention: 1 with *c, *step and *err set, 0 when none. The
+ * client stays in the multi and owned by the caller. */
 FL_API int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, fl_err *err);
 
 /* Number of clients with a round in progress. */
