@@ -114,7 +114,7 @@ static void checkin(coord *k) {
   answer(k, &r.base);
 }
 
-static int c_begin(void *ctx, const fl_http_request *req) {
+static fl_err c_begin(void *ctx, const fl_http_request *req) {
   coord *k = ctx;
   if (strcmp(req->path, "/v1/enroll") == 0) {
     Fl__V1__EnrollResponse r;
@@ -139,7 +139,7 @@ static int c_begin(void *ctx, const fl_http_request *req) {
   return FL_OK;
 }
 
-static int c_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err c_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   coord *k = ctx;
   (void)timeout_ms;
   *resp = (fl_http_response){.status = 200, .body = k->resp, .body_len = k->resp_len};
@@ -209,10 +209,11 @@ static long one_round(coord *k, int encoding, const float *x, const int32_t *y, 
   if (mkdtemp(dir) == NULL)
     return -1;
   k->encoding = encoding;
-  fl_transport tr = {.version = 1, .ctx = k, .begin = c_begin, .poll = c_poll, .end = c_end};
+  fl_transport tr = {
+      .version = FL_TRANSPORT_VERSION, .ctx = k, .begin = c_begin, .poll = c_poll, .end = c_end};
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION, .state_dir = dir, .transport = &tr};
   fl_client *c = NULL;
-  fl_round_result r = {0};
+  fl_round_result r = {.size = sizeof r};
   long rss0 = 0;
   int err = fl_client_new(&c, &o);
   if (err == FL_OK)
@@ -270,7 +271,8 @@ static int epoch_times(coord *k, const float *x, const int32_t *y, int threads) 
   if (mkdtemp(dir) == NULL)
     return -1;
   k->encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
-  fl_transport tr = {.version = 1, .ctx = k, .begin = c_begin, .poll = c_poll, .end = c_end};
+  fl_transport tr = {
+      .version = FL_TRANSPORT_VERSION, .ctx = k, .begin = c_begin, .poll = c_poll, .end = c_end};
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION, .state_dir = dir, .transport = &tr};
   fl_client *c = NULL;
   int err = fl_client_new(&c, &o);

@@ -2,6 +2,7 @@
  * The client handle: options, construction and destruction, error detail, clocks.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -45,6 +46,96 @@ static long or_default(long v, long d) {
   return v > 0 ? v : d;
 }
 
+/* ---- versioned structs (docs/ABI.md) ------------------------------------------------------ */
+
+#define FIELD_END(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+
+/* Bytes of fl_client_opts each version has; index = version. */
+static const size_t OPTS_SIZE[] = {0, FIELD_END(fl_client_opts, follow_training_base),
+                                   FIELD_END(fl_client_opts, max_response_bytes)};
+_Static_assert(sizeof OPTS_SIZE / sizeof OPTS_SIZE[0] == FL_CLIENT_OPTS_VERSION + 1,
+               "one size per fl_client_opts version");
+
+/* Reports a bad struct where a caller without a handle can see it: every layout of
+ * fl_client_opts, including a version 0 one, has log_fn and log_ctx at the same place. */
+void fl__opts_log(const fl_client_opts *o, const char *fmt, ...) {
+  fl_logger lg = {.fn = o->log_fn, .ctx = o->log_ctx, .level = FL_LOG_ERROR};
+  va_list ap;
+  va_start(ap, fmt);
+  fl__vlog(&lg, FL_LOG_ERROR, fmt, ap);
+  va_end(ap);
+}
+
+/* `macro` names the version macro the caller should have used. */
+static int check_version(const fl_client_opts *o, const char *what, const char *macro, int version,
+                         int known) {
+  if (version <= 0) {
+    fl__opts_log(o, "%s.version is %d: set it to %s from fl/client.h", what, version, macro);
+    return FL_E_INVAL;
+  }
+  if (version > known) {
+    fl__opts_log(o,
+                 "%s.version %d is newer than this libflclient %s knows (%d): upgrade the library",
+                 what, version, fl_version_string(), known);
+    return FL_E_UNSUPPORTED;
+  }
+  return FL_OK;
+}
+
+int fl__opts_read(const fl_client_opts *in, fl_client_opts *out) {
+  int err = check_version(in, "fl_client_opts", "FL_CLIENT_OPTS_VERSION", in->version,
+                          FL_CLIENT_OPTS_VERSION);
+  if (err != FL_OK)
+    return err;
+  memset(out, 0, sizeof *out);
+  memcpy(out, in, OPTS_SIZE[in->version]);
+  return FL_OK;
+}
+
+int fl__transport_read(const fl_client_opts *o, const fl_transport *in, fl_transport *out) {
+  int err =
+      check_version(o, "fl_transport", "FL_TRANSPORT_VERSION", in->version, FL_TRANSPORT_VERSION);
+  if (err != FL_OK)
+    return err;
+  if (in->begin == NULL || in->poll == NULL || in->end == NULL) {
+    fl__opts_log(o, "fl_transport: begin, poll and end are required");
+    return FL_E_INVAL;
+  }
+  *out = *in; /* version 1 is the whole struct */
+  return FL_OK;
+}
+
+int fl__data_source_read(fl_client *c, const fl_data_source *in, fl_data_source *out) {
+  if (in == NULL)
+    return FL_E_INVAL;
+  if (in->version <= 0 || in->version > FL_DATA_SOURCE_VERSION) {
+    fl__client_err(c, "fl_data_source.version %d: %s", in->version,
+                   in->version <= 0 ? "set it to FL_DATA_SOURCE_VERSION from fl/client.h"
+                                    : "newer than this libflclient knows: upgrade the library");
+    return in->version <= 0 ? FL_E_INVAL : FL_E_UNSUPPORTED;
+  }
+  if (in->next == NULL || in->x_dim == 0) {
+    fl__client_err(c, "fl_data_source: next() and x_dim are required");
+    return FL_E_INVAL;
+  }
+  *out = *in; /* version 1 is the whole struct */
+  return FL_OK;
+}
+
+int fl__copy_out(void *dst, const void *src, size_t known, size_t min) {
+  size_t want;
+  memcpy(&want, dst, sizeof want);
+  if (want < min || want > FL__OUT_SIZE_MAX)
+    return FL_E_INVAL;
+  size_t n = want < known ? want : known;
+  memcpy((char *)dst + sizeof want, (const char *)src + sizeof want, n - sizeof want);
+  if (want > known) /* a caller built against a newer header: its new fields read as 0 */
+    memset((char *)dst + known, 0, want - known);
+  return FL_OK;
+}
+
+/* ---- the handle ---------------------------------------------------------------------------- */
+
 /* Copies the scalar options; strings are duplicated by the caller of this. */
 static void apply_opts(fl_client *c, const fl_client_opts *o) {
   c->connect_timeout_ms = or_default(o->connect_timeout_ms, 10000);
@@ -54,6 +145,7 @@ static void apply_opts(fl_client *c, const fl_client_opts *o) {
   c->max_retries = o->max_retries > 0 ? o->max_retries : 5;
   c->want_model_id = o->model_id;
   c->follow_base = o->follow_training_base != 0;
+  c->max_response_bytes = o->max_response_bytes > 0 ? o->max_response_bytes : FL__RESPONSE_MAX;
   c->log.fn = o->log_fn;
   c->log.ctx = o->log_ctx;
   c->log.level = o->log_level;
@@ -64,11 +156,10 @@ static void apply_opts(fl_client *c, const fl_client_opts *o) {
   }
 }
 
-static int setup_transport(fl_client *c, const fl_client_opts *o) {
-  if (o->transport != NULL) {
-    if (o->transport->begin == NULL || o->transport->poll == NULL || o->transport->end == NULL)
-      return FL_E_INVAL;
-    c->tr = *o->transport;
+/* The embedder's transport was checked by fl_client_new(); else the built-in one. */
+static int setup_transport(fl_client *c, const fl_client_opts *o, const fl_transport *tr) {
+  if (tr != NULL) {
+    c->tr = *tr;
     return FL_OK;
   }
   int err = fl_transport_curl(&c->tr, o);
@@ -77,10 +168,27 @@ static int setup_transport(fl_client *c, const fl_client_opts *o) {
   return err;
 }
 
-int fl_client_new(fl_client **out, const fl_client_opts *opts) {
-  if (out == NULL || opts == NULL || opts->version < 1 || opts->state_dir == NULL ||
-      (opts->server_url == NULL && opts->transport == NULL))
+/* Reads the options by their version and checks what every handle needs. */
+static int read_new_opts(const fl_client_opts *in, fl_client_opts *o, fl_transport *tr) {
+  int err = fl__opts_read(in, o);
+  if (err != FL_OK)
+    return err;
+  if (o->state_dir == NULL || (o->server_url == NULL && o->transport == NULL)) {
+    fl__opts_log(o, "fl_client_opts: state_dir and one of server_url or transport are required");
     return FL_E_INVAL;
+  }
+  return o->transport != NULL ? fl__transport_read(o, o->transport, tr) : FL_OK;
+}
+
+fl_err fl_client_new(fl_client **out, const fl_client_opts *in) {
+  if (out == NULL || in == NULL)
+    return FL_E_INVAL;
+  fl_client_opts o;
+  fl_transport tr;
+  const fl_client_opts *opts = &o;
+  int err = read_new_opts(in, &o, &tr);
+  if (err != FL_OK)
+    return err;
   const fl_allocator *a = opts->allocator;
   fl_client *c = fl__calloc(a, 1, sizeof *c);
   if (c == NULL)
@@ -91,7 +199,7 @@ int fl_client_new(fl_client **out, const fl_client_opts *opts) {
   }
   c->lock_fd = -1;
   apply_opts(c, opts);
-  int err = FL_E_NOMEM;
+  err = FL_E_NOMEM;
   c->state_dir = fl__strdup(c->alloc, opts->state_dir);
   if (c->state_dir == NULL)
     goto out_free;
@@ -107,7 +215,7 @@ int fl_client_new(fl_client **out, const fl_client_opts *opts) {
   err = fl__inference_load(c);
   if (err != FL_OK)
     goto out_close;
-  err = setup_transport(c, opts);
+  err = setup_transport(c, opts, opts->transport != NULL ? &tr : NULL);
   if (err != FL_OK)
     goto out_close;
   c->errmsg[0] = '\0';

@@ -24,6 +24,10 @@
 
 #define FL__ERRMSG_MAX 256
 #define FL__PATH_MAX 4096
+/* Default (and the curl transport's hard) limit on an answer body. */
+#define FL__RESPONSE_MAX ((size_t)1 << 30)
+/* Largest size an output struct may claim: beyond it the size field is taken for garbage. */
+#define FL__OUT_SIZE_MAX ((size_t)4096)
 
 /* A model version that passed verification, with the fl_model built from it. */
 typedef struct fl__loaded_model {
@@ -40,8 +44,8 @@ typedef enum fl__phase {
   FL__PH_TRAIN,
   FL__PH_UPLOAD,
   FL__PH_DONE,
-  FL__PH_FETCH_EVAL,  /* downloading a version an evaluation gate asked for */
-  FL__PH_EVAL_REPORT  /* posting its evaluation report */
+  FL__PH_FETCH_EVAL, /* downloading a version an evaluation gate asked for */
+  FL__PH_EVAL_REPORT /* posting its evaluation report */
 } fl__phase;
 
 typedef enum fl__io { FL__IO_IDLE = 0, FL__IO_INFLIGHT, FL__IO_BACKOFF } fl__io;
@@ -102,6 +106,7 @@ struct fl_client {
   int max_retries;
   uint64_t want_model_id;
   bool follow_base;
+  size_t max_response_bytes;
 
   fl_transport tr;
   void *curl_tr; /* tr.ctx when tr is the built-in transport, else NULL */
@@ -132,9 +137,9 @@ struct fl_client {
   char req_etag[2 * FL_SHA256_LEN + 3];
   uint8_t *req_body; /* inner message, re-wrapped and re-signed at every attempt */
   size_t req_body_len;
-  bool req_upload;                      /* req_body is an unsigned UpdateUpload */
-  uint8_t req_content[FL_SHA256_LEN];   /* its content digest, signed per attempt */
-  uint8_t *wire; /* signed envelope of the attempt in flight */
+  bool req_upload;                    /* req_body is an unsigned UpdateUpload */
+  uint8_t req_content[FL_SHA256_LEN]; /* its content digest, signed per attempt */
+  uint8_t *wire;                      /* signed envelope of the attempt in flight */
   size_t wire_len;
   char *auth; /* X-FL-Auth of the attempt in flight */
   fl__task task;
@@ -163,6 +168,21 @@ struct fl_client {
 };
 
 /* client.c */
+/* Versioned structs (docs/ABI.md). fl__opts_read copies the fields in->version has into a
+ * zeroed *out; a bad version is FL_E_INVAL (<= 0) or FL_E_UNSUPPORTED (newer), logged through
+ * the options' log_fn. fl__transport_read and fl__data_source_read check the version and the
+ * required callbacks the same way. */
+int fl__opts_read(const fl_client_opts *in, fl_client_opts *out);
+/* Logs at FL_LOG_ERROR through the options' log_fn: errors found before there is a handle. */
+void fl__opts_log(const fl_client_opts *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int fl__transport_read(const fl_client_opts *o, const fl_transport *in, fl_transport *out);
+int fl__data_source_read(fl_client *c, const fl_data_source *in, fl_data_source *out);
+/* Copies an output struct whose first field is `size_t size`, set by the caller in dst: at most
+ * that many bytes of src (of `known` bytes), zeroes dst's bytes beyond `known`, leaves dst's
+ * size as it is. FL_E_INVAL if dst's size is below `min` (the first published layout) or
+ * above FL__OUT_SIZE_MAX. */
+int fl__copy_out(void *dst, const void *src, size_t known, size_t min);
 void fl__client_err(fl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t fl__client_now_ms(void);                /* CLOCK_REALTIME */
 int64_t fl__client_time_ms(const fl_client *c); /* corrected by the server's clock */
@@ -271,7 +291,7 @@ int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allo
 /* Setting the training or the hold-out data, the public setters' shared part. On error the
  * slot is unchanged; a data set the slot was to own (`owned`, the one a file was loaded into)
  * is freed. */
-int fl__slot_set_source(fl__data_slot *d, const fl_data_source *src);
+int fl__slot_set_source(fl_client *c, fl__data_slot *d, const fl_data_source *src);
 int fl__slot_set_memory(fl__data_slot *d, const fl_allocator *a, fl_dataset *owned, const float *x,
                         const int32_t *labels, size_t n, size_t x_dim);
 int fl__slot_set_csv(fl_client *c, fl__data_slot *d, const char *path, int label_col);
@@ -300,9 +320,8 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
  * upload digest of content, timestamp_ms and nonce (the attempt's envelope fields). *out is
  * allocated with `a`. */
 int fl__update_sign(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
-                    const uint8_t *nonce, size_t nonce_len, const fl_key *key,
-                    const uint8_t *body, size_t body_len, const fl_allocator *a, uint8_t **out,
-                    size_t *out_len);
+                    const uint8_t *nonce, size_t nonce_len, const fl_key *key, const uint8_t *body,
+                    size_t body_len, const fl_allocator *a, uint8_t **out, size_t *out_len);
 
 /* inference.c */
 /* Makes `m` the active model: writes the rollout pointer file atomically, then keeps the old

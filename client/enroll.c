@@ -87,8 +87,8 @@ out_free:
   return err;
 }
 
-int fl_client_enroll(fl_client *c, const char *token, const fl_label *labels, size_t n_labels,
-                     const char *firmware) {
+fl_err fl_client_enroll(fl_client *c, const char *token, const fl_label *labels, size_t n_labels,
+                        const char *firmware) {
   if (c == NULL || token == NULL || (labels == NULL && n_labels > 0))
     return FL_E_INVAL;
   if (fl_client_is_enrolled(c))

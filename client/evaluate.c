@@ -13,26 +13,26 @@
 
 #define EVAL_BATCH 64
 
-int fl_client_set_holdout_source(fl_client *c, const fl_data_source *src) {
+fl_err fl_client_set_holdout_source(fl_client *c, const fl_data_source *src) {
   if (c == NULL)
     return FL_E_INVAL;
-  return fl__slot_set_source(&c->hold, src);
+  return fl__slot_set_source(c, &c->hold, src);
 }
 
-int fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
-                                 size_t x_dim) {
+fl_err fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
+                                    size_t x_dim) {
   if (c == NULL || x == NULL)
     return FL_E_INVAL;
   return fl__slot_set_memory(&c->hold, c->alloc, NULL, x, labels, n, x_dim);
 }
 
-int fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col) {
+fl_err fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col) {
   if (c == NULL || path == NULL)
     return FL_E_INVAL;
   return fl__slot_set_csv(c, &c->hold, path, label_col);
 }
 
-int fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
+fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
   if (c == NULL || !(threshold >= 0) || !isfinite(threshold))
     return FL_E_INVAL;
   c->anomaly_threshold = threshold;

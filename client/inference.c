@@ -125,21 +125,24 @@ int fl__inference_load(fl_client *c) {
   return err == FL_E_NOMEM ? err : FL_OK;
 }
 
-int fl_client_model_info(const fl_client *c, fl_model_info *out) {
+fl_err fl_client_model_info(const fl_client *c, fl_model_info *out) {
   if (c == NULL || out == NULL)
     return FL_E_INVAL;
+  fl_model_info mi = {.size = sizeof mi};
+  if (fl__copy_out(out, &mi, sizeof mi, sizeof mi) != FL_OK)
+    return FL_E_INVAL; /* checked before FL_E_NOTFOUND: a bad size is always an error */
   if (c->active.model == NULL)
     return FL_E_NOTFOUND;
-  out->model_id = c->active.model_id;
-  out->version = c->active.version;
-  out->input_size = fl__model_input_size(c->active.model);
-  out->output_size = fl__model_output_size(c->active.model);
-  out->n_params = fl__model_num_params(c->active.model);
-  memcpy(out->sha256, c->active.sha256, FL_SHA256_LEN);
-  return FL_OK;
+  mi.model_id = c->active.model_id;
+  mi.version = c->active.version;
+  mi.input_size = fl__model_input_size(c->active.model);
+  mi.output_size = fl__model_output_size(c->active.model);
+  mi.n_params = fl__model_num_params(c->active.model);
+  memcpy(mi.sha256, c->active.sha256, FL_SHA256_LEN);
+  return fl__copy_out(out, &mi, sizeof mi, sizeof mi);
 }
 
-int fl_client_predict(fl_client *c, const float *x, size_t n, float *out) {
+fl_err fl_client_predict(fl_client *c, const float *x, size_t n, float *out) {
   if (c == NULL || (n > 0 && (x == NULL || out == NULL)))
     return FL_E_INVAL;
   if (c->active.model == NULL)
@@ -149,7 +152,7 @@ int fl_client_predict(fl_client *c, const float *x, size_t n, float *out) {
   return fl__model_forward(c->active.model, x, n, out);
 }
 
-int fl_client_rollback(fl_client *c) {
+fl_err fl_client_rollback(fl_client *c) {
   if (c == NULL)
     return FL_E_INVAL;
   if (!c->has_previous || c->active.model == NULL)

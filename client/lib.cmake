@@ -5,6 +5,18 @@
 # protobuf code local.
 target_compile_options(flclient_obj PRIVATE -fvisibility=hidden)
 
+# Versions (docs/ABI.md). fl/version.h (generated from the project version) is what
+# fl_version() reports. The SONAME changes with every incompatible release:
+# libflclient.so.<major>, and while the major version is 0, libflclient.so.0.<minor> (0.x minors
+# may break the ABI).
+if(PROJECT_VERSION_MAJOR EQUAL 0)
+  set(FL_CLIENT_SOVERSION 0.${PROJECT_VERSION_MINOR})
+else()
+  set(FL_CLIENT_SOVERSION ${PROJECT_VERSION_MAJOR})
+endif()
+# tests/ checks the built library against it (unit.flclient_symbols).
+set(FL_CLIENT_SOVERSION ${FL_CLIENT_SOVERSION} PARENT_SCOPE)
+
 add_library(flclient_common_obj OBJECT ${FL_COMMON_SOURCES}
             ${CMAKE_BINARY_DIR}/gen/fl/v1/fleetlearn.pb-c.c)
 add_dependencies(flclient_common_obj flproto)
@@ -30,7 +42,7 @@ target_include_directories(flclient PUBLIC
   $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/gen>
   $<INSTALL_INTERFACE:include>)
 set_target_properties(flclient PROPERTIES
-  VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR})
+  VERSION ${PROJECT_VERSION} SOVERSION ${FL_CLIENT_SOVERSION})
 target_link_options(flclient PRIVATE
   -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/flclient.map -Wl,--gc-sections)
 if(NOT FL_SANITIZE)

@@ -31,7 +31,7 @@ struct fl_multi {
   size_t q_cap, q_head, q_len;
 };
 
-int fl_multi_new(fl_multi **out, const fl_allocator *allocator) {
+fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator) {
   if (out == NULL)
     return FL_E_INVAL;
   fl_multi *m = fl__calloc(allocator, 1, sizeof *m);
@@ -86,7 +86,7 @@ static int grow_queue(fl_multi *m, size_t need) {
   return FL_OK;
 }
 
-int fl_multi_add(fl_multi *m, fl_client *c) {
+fl_err fl_multi_add(fl_multi *m, fl_client *c) {
   if (m == NULL || c == NULL)
     return FL_E_INVAL;
   if (c->multi != NULL || c->tr_busy)
@@ -119,7 +119,7 @@ static void unqueue(fl_multi *m, const fl_client *c) {
   m->q_len = kept;
 }
 
-int fl_multi_remove(fl_multi *m, fl_client *c) {
+fl_err fl_multi_remove(fl_multi *m, fl_client *c) {
   if (m == NULL || c == NULL || c->multi != m)
     return FL_E_INVAL;
   /* The shared multi handle must not keep a transfer of a client that leaves it. */
@@ -215,7 +215,7 @@ static void collect_finished(fl_multi *m) {
   }
 }
 
-int fl_multi_perform(fl_multi *m, int timeout_ms) {
+fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
   if (m == NULL)
     return FL_E_INVAL;
   int running = 0;
@@ -232,7 +232,7 @@ int fl_multi_perform(fl_multi *m, int timeout_ms) {
   return mc == CURLM_OK ? FL_OK : FL_E_TRANSPORT;
 }
 
-int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, int *err) {
+int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, fl_err *err) {
   if (m == NULL || m->q_len == 0)
     return 0;
   fl_multi_event e = m->q[m->q_head];

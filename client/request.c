@@ -268,7 +268,8 @@ static int start_attempt(fl_client *c) {
   if (err != FL_OK)
     return err;
   bool get = strcmp(c->req_method, "GET") == 0;
-  fl_http_request req = {.method = c->req_method,
+  fl_http_request req = {.size = sizeof req,
+                         .method = c->req_method,
                          .path = c->req_path,
                          .auth = get ? c->auth : NULL,
                          .if_none_match = c->req_etag[0] != '\0' ? c->req_etag : NULL,
@@ -325,7 +326,15 @@ int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http
       return err;
   }
   memset(resp, 0, sizeof *resp);
+  resp->size = sizeof *resp;
   int err = c->tr.poll(c->tr.ctx, timeout_ms, resp);
+  if (err == FL_OK && resp->body_len > c->max_response_bytes) {
+    /* An embedder's transport may not enforce the limit itself. */
+    fl__client_err(c, "%s %s: answer of %zu bytes is larger than max_response_bytes (%zu)",
+                   c->req_method, c->req_path, resp->body_len, c->max_response_bytes);
+    fl__exchange_end(c);
+    return FL_E_TOOBIG;
+  }
   if (err == FL_E_AGAIN && fl__client_now_ms() > c->inflight_deadline_ms)
     err = FL_E_TIMEOUT;
   if (err == FL_E_AGAIN) {

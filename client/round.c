@@ -60,7 +60,7 @@ static int pack_checkin(fl_client *c) {
   return fl__request_set(c, "POST", "/v1/checkin", buf, n);
 }
 
-int fl_client_round_begin(fl_client *c) {
+fl_err fl_client_round_begin(fl_client *c) {
   if (c == NULL)
     return FL_E_INVAL;
   if (!fl_client_is_enrolled(c))
@@ -362,7 +362,7 @@ static int network_step(fl_client *c, int timeout_ms, fl_step *step) {
   return err;
 }
 
-int fl_client_step(fl_client *c, int timeout_ms, fl_step *step) {
+fl_err fl_client_step(fl_client *c, int timeout_ms, fl_step *step) {
   if (c == NULL || step == NULL)
     return FL_E_INVAL;
   int64_t until = fl__client_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
@@ -396,8 +396,10 @@ int64_t fl_client_wake_at_ms(const fl_client *c) {
   return c != NULL && c->io == FL__IO_BACKOFF ? c->wake_at_ms : 0;
 }
 
-void fl_client_round_result(const fl_client *c, fl_round_result *out) {
-  *out = c->result;
+fl_err fl_client_round_result(const fl_client *c, fl_round_result *out) {
+  if (c == NULL || out == NULL)
+    return FL_E_INVAL;
+  return fl__copy_out(out, &c->result, sizeof c->result, sizeof c->result);
 }
 
 void fl_client_round_cancel(fl_client *c) {
@@ -413,11 +415,16 @@ static void sleep_until(int64_t wake_ms) {
   nanosleep(&ts, NULL);
 }
 
-int fl_client_run_round(fl_client *c, fl_round_result *result) {
+fl_err fl_client_run_round(fl_client *c, fl_round_result *result) {
+  fl_round_result failed = {.size = sizeof failed, .outcome = FL_ROUND_FAILED};
+  /* A bad size is refused before anything is sent: the result could not be reported. */
+  if (result != NULL && fl__copy_out(result, &failed, sizeof failed, sizeof failed) != FL_OK)
+    return FL_E_INVAL;
   int err = fl_client_round_begin(c);
   if (err != FL_OK) {
+    failed.err = err;
     if (result != NULL)
-      *result = (fl_round_result){.outcome = FL_ROUND_FAILED, .err = err};
+      fl__copy_out(result, &failed, sizeof failed, sizeof failed);
     return err;
   }
   fl_step step = FL_STEP_IDLE;
@@ -429,6 +436,6 @@ int fl_client_run_round(fl_client *c, fl_round_result *result) {
       sleep_until(c->wake_at_ms);
   } while (step != FL_STEP_DONE && step != FL_STEP_IDLE);
   if (result != NULL)
-    *result = c->result;
+    fl__copy_out(result, &c->result, sizeof c->result, sizeof c->result);
   return c->result.outcome == FL_ROUND_FAILED ? c->result.err : FL_OK;
 }

@@ -19,7 +19,7 @@ void fl__mem_source_free(fl__mem_source *s) {
   memset(s, 0, sizeof *s);
 }
 
-static int mem_reset(void *ctx, uint64_t seed) {
+static fl_err mem_reset(void *ctx, uint64_t seed) {
   fl__mem_source *s = ctx;
   for (size_t i = 0; i < s->n; i++)
     s->order[i] = (uint32_t)i;
@@ -30,7 +30,8 @@ static int mem_reset(void *ctx, uint64_t seed) {
   return FL_OK;
 }
 
-static int mem_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max, size_t *n) {
+static fl_err mem_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max,
+                       size_t *n) {
   fl__mem_source *s = ctx;
   (void)targets; /* only autoencoders train on unlabelled data: targets are the inputs */
   size_t k = 0;
@@ -66,18 +67,24 @@ int fl__mem_source_install(fl__mem_source *s, fl_data_source *src, const fl_allo
   s->n = n;
   s->x_dim = x_dim;
   s->order = order;
-  *src = (fl_data_source){
-      .ctx = s, .x_dim = x_dim, .n_examples = n, .reset = mem_reset, .next = mem_next};
+  *src = (fl_data_source){.version = FL_DATA_SOURCE_VERSION,
+                          .ctx = s,
+                          .x_dim = x_dim,
+                          .n_examples = n,
+                          .reset = mem_reset,
+                          .next = mem_next};
   return FL_OK;
 }
 
 /* ---- data slots: the training and the hold-out data ---------------------------------------- */
 
-int fl__slot_set_source(fl__data_slot *d, const fl_data_source *src) {
-  if (src == NULL || src->next == NULL || src->x_dim == 0)
-    return FL_E_INVAL;
+int fl__slot_set_source(fl_client *c, fl__data_slot *d, const fl_data_source *src) {
+  fl_data_source s;
+  int err = fl__data_source_read(c, src, &s);
+  if (err != FL_OK)
+    return err;
   fl__mem_source_free(&d->mem);
-  d->src = *src;
+  d->src = s;
   d->have = true;
   return FL_OK;
 }
@@ -110,20 +117,20 @@ int fl__slot_set_csv(fl_client *c, fl__data_slot *d, const char *path, int label
 
 /* ---- the training data ------------------------------------------------------------------- */
 
-int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
-                              size_t x_dim) {
+fl_err fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
+                                 size_t x_dim) {
   if (c == NULL || x == NULL)
     return FL_E_INVAL;
   return fl__slot_set_memory(&c->data, c->alloc, NULL, x, labels, n, x_dim);
 }
 
-int fl_client_set_data_csv(fl_client *c, const char *path, int label_col) {
+fl_err fl_client_set_data_csv(fl_client *c, const char *path, int label_col) {
   if (c == NULL || path == NULL)
     return FL_E_INVAL;
   return fl__slot_set_csv(c, &c->data, path, label_col);
 }
 
-int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels) {
+fl_err fl_client_set_data_idx(fl_client *c, const char *images, const char *labels) {
   if (c == NULL || images == NULL)
     return FL_E_INVAL;
   fl_dataset ds;
@@ -131,10 +138,10 @@ int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels)
   return slot_set_loaded(c, &c->data, &ds, images, fl__idx_load(&ds, images, labels, c->alloc));
 }
 
-int fl_client_set_data_source(fl_client *c, const fl_data_source *src) {
+fl_err fl_client_set_data_source(fl_client *c, const fl_data_source *src) {
   if (c == NULL)
     return FL_E_INVAL;
-  return fl__slot_set_source(&c->data, src);
+  return fl__slot_set_source(c, &c->data, src);
 }
 
 /* ---- training ---------------------------------------------------------------------------- */
@@ -246,7 +253,8 @@ static int train_builtin(fl_client *c, fl_model *m, const float *anchor, uint64_
 
 static int train_callback(fl_client *c, fl_model *m, uint64_t *samples, float *loss) {
   const fl__task *t = &c->task;
-  fl_train_task task = {.round_id = t->round_id,
+  fl_train_task task = {.size = sizeof task,
+                        .round_id = t->round_id,
                         .model_id = t->model_id,
                         .base_version = t->base_version,
                         .seed = t->seed,
@@ -320,7 +328,7 @@ out_free:
   return err;
 }
 
-int fl_client_train(fl_client *c) {
+fl_err fl_client_train(fl_client *c) {
   if (c == NULL)
     return FL_E_INVAL;
   if (c->phase != FL__PH_TRAIN || c->base.model == NULL)

@@ -18,8 +18,6 @@
 
 #include "client_internal.h"
 
-#define BODY_MAX ((size_t)1 << 30)
-
 typedef struct curl_tr {
   fl_allocator alloc_copy;
   const fl_allocator *alloc;
@@ -35,7 +33,8 @@ typedef struct curl_tr {
   char *url;
   uint8_t *req_body;
   uint8_t *body;
-  size_t body_len, body_cap;
+  size_t body_len, body_cap, body_max;
+  bool toobig; /* the answer went over body_max */
   int64_t retry_after_ms;
   char errbuf[CURL_ERROR_SIZE];
 } curl_tr;
@@ -43,8 +42,10 @@ typedef struct curl_tr {
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
   curl_tr *t = ud;
   size_t n = size * nmemb;
-  if (n > BODY_MAX - t->body_len)
-    return 0;
+  if (n > t->body_max - t->body_len) {
+    t->toobig = true;
+    return 0; /* aborts the transfer */
+  }
   if (t->body_len + n > t->body_cap) {
     size_t cap = t->body_cap ? t->body_cap : 4096;
     while (cap < t->body_len + n)
@@ -140,11 +141,12 @@ static int set_request(curl_tr *t, const fl_http_request *req) {
   return FL_OK;
 }
 
-static int tr_begin(void *ctx, const fl_http_request *req) {
+static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   curl_tr *t = ctx;
   tr_end(t);
   t->body_len = 0;
   t->oom = false;
+  t->toobig = false;
   t->retry_after_ms = 0;
   t->errbuf[0] = '\0';
   int err = set_request(t, req);
@@ -181,7 +183,7 @@ static void drive_own(curl_tr *t, int timeout_ms) {
   }
 }
 
-static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   curl_tr *t = ctx;
   if (!t->added)
     return FL_E_STATE;
@@ -193,6 +195,11 @@ static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   t->added = false;
   if (t->oom || t->result == CURLE_OUT_OF_MEMORY)
     return FL_E_NOMEM;
+  if (t->toobig) {
+    snprintf(t->errbuf, sizeof t->errbuf, "answer larger than max_response_bytes (%zu)",
+             t->body_max);
+    return FL_E_TOOBIG;
+  }
   if (t->result != CURLE_OK) {
     if (t->errbuf[0] == '\0')
       snprintf(t->errbuf, sizeof t->errbuf, "%s", curl_easy_strerror(t->result));
@@ -256,9 +263,18 @@ static void set_fixed_options(curl_tr *t, const fl_client_opts *o) {
     curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, o->pinned_pubkey);
 }
 
-int fl_transport_curl(fl_transport *out, const fl_client_opts *o) {
-  if (out == NULL || o == NULL || o->server_url == NULL)
+fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
+  if (out == NULL || in == NULL)
     return FL_E_INVAL;
+  fl_client_opts opts;
+  const fl_client_opts *o = &opts;
+  int err = fl__opts_read(in, &opts);
+  if (err != FL_OK)
+    return err;
+  if (o->server_url == NULL) {
+    fl__opts_log(o, "fl_transport_curl: server_url is required");
+    return FL_E_INVAL;
+  }
   const fl_allocator *a = o->allocator;
   curl_tr *t = fl__calloc(a, 1, sizeof *t);
   if (t == NULL)
@@ -267,7 +283,8 @@ int fl_transport_curl(fl_transport *out, const fl_client_opts *o) {
     t->alloc_copy = *a;
     t->alloc = &t->alloc_copy;
   }
-  int err = FL_E_TRANSPORT;
+  t->body_max = o->max_response_bytes > 0 ? o->max_response_bytes : FL__RESPONSE_MAX;
+  err = FL_E_TRANSPORT;
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
     goto out_free;
   err = FL_E_NOMEM;
@@ -283,7 +300,7 @@ int fl_transport_curl(fl_transport *out, const fl_client_opts *o) {
     goto out_destroy;
   t->multi = t->own;
   set_fixed_options(t, o);
-  *out = (fl_transport){.version = 1,
+  *out = (fl_transport){.version = FL_TRANSPORT_VERSION,
                         .ctx = t,
                         .begin = tr_begin,
                         .poll = tr_poll,

@@ -72,9 +72,8 @@ static int pack_unsigned(Fl__V1__UpdateUpload *u, uint64_t device_id, const fl_a
 #define SIG_FIELD_HEAD 2
 
 int fl__update_sign(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
-                    const uint8_t *nonce, size_t nonce_len, const fl_key *key,
-                    const uint8_t *body, size_t body_len, const fl_allocator *a, uint8_t **out,
-                    size_t *out_len) {
+                    const uint8_t *nonce, size_t nonce_len, const fl_key *key, const uint8_t *body,
+                    size_t body_len, const fl_allocator *a, uint8_t **out, size_t *out_len) {
   uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
   int err = fl__upload_digest(content, timestamp_ms, nonce, nonce_len, digest);
   if (err != FL_OK)

@@ -70,7 +70,7 @@ static uint64_t mono_ns(void) {
 }
 
 /* fl_data_source over this device's rows of the shared data set, shuffled each epoch. */
-static int ds_reset(void *ctx, uint64_t seed) {
+static fl_err ds_reset(void *ctx, uint64_t seed) {
   device *d = ctx;
   fl_rng r;
   fl__rng_seed(&r, seed);
@@ -80,8 +80,8 @@ static int ds_reset(void *ctx, uint64_t seed) {
   return FL_OK;
 }
 
-static int ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max,
-                   size_t *n) {
+static fl_err ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max,
+                      size_t *n) {
   device *d = ctx;
   size_t dim = d->data->x_dim, k = 0;
   for (; k < max && d->pos < d->n_rows; k++, d->pos++) {
@@ -97,7 +97,7 @@ static int ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t 
 }
 
 static void record_result(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   fl_client_round_result(d->c, &r);
   d->phase = D_IDLE;
   if (r.outcome == FL_ROUND_NOT_SELECTED) {
@@ -246,7 +246,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
     tr.destroy(tr.ctx);
     return rc;
   }
-  fl_data_source src = {.ctx = d, .x_dim = f->o.train->x_dim, .n_examples = d->n_rows,
+  fl_data_source src = {.version = FL_DATA_SOURCE_VERSION, .ctx = d,
+                        .x_dim = f->o.train->x_dim, .n_examples = d->n_rows,
                         .reset = ds_reset, .next = ds_next};
   return fl_client_set_data_source(d->c, &src);
 }

@@ -223,7 +223,7 @@ static int set_request(sim_link *l, const fl_http_request *req) {
   return FL_OK;
 }
 
-static int tr_begin(void *ctx, const fl_http_request *req) {
+static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   sim_link *l = ctx;
   sim_net *n = l->net;
   double roll = fl__rng_uniform(&n->rng);
@@ -269,7 +269,7 @@ static int tr_begin(void *ctx, const fl_http_request *req) {
   return FL_OK;
 }
 
-static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   sim_link *l = ctx;
   if (l->st == L_DELAYED) {
     int64_t wait = l->start_at_ms - now_ms();
@@ -343,7 +343,7 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
     tr_destroy(l);
     return FL_E_NOMEM;
   }
-  *out = (fl_transport){.version = 1,
+  *out = (fl_transport){.version = FL_TRANSPORT_VERSION,
                         .ctx = l,
                         .begin = tr_begin,
                         .poll = tr_poll,

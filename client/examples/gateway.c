@@ -8,9 +8,19 @@
  *   fl-gateway -s http://coord:8080 -d /var/lib/fl -t TOKEN -c readings.csv -l 0 \
  *              -p latest.csv -m 15
  *
- * readings.csv: one reading per line, the label in column -l; latest.csv: features only.
+ * readings.csv: one reading per line, the label in column -l (-1: none, for an autoencoder);
+ * latest.csv: features only.
+ *
+ * The data is loaded (and -p checked) before the one-time token is used, so that a wrong path
+ * or a broken file does not cost a token. Exit status: 0 when every round ended uploaded or
+ * not selected, 1 when a round failed or the gateway could not start, 2 on a usage error.
+ * With -n, the first failed round stops the gateway. Without -n, a round that failed for a
+ * reason time can cure (network, coordinator busy) is tried again at the next period, and any
+ * other failure (revoked, refused, data that does not fit the model) stops it.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +63,7 @@ static size_t read_rows(const char *path, float *x, size_t dim, size_t max) {
 }
 
 static void predict(fl_client *c, const char *path) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   if (path == NULL || fl_client_model_info(c, &mi) != FL_OK)
     return;
   float x[16 * 64], out[16 * 64];
@@ -69,6 +79,56 @@ static void predict(fl_client *c, const char *path) {
     printf("reading %zu: class %zu (model %llu v%llu)\n", i, best, (unsigned long long)mi.model_id,
            (unsigned long long)mi.version);
   }
+}
+
+/* A decimal integer >= min, the whole argument. */
+static int parse_int(const char *arg, const char *what, long min, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(arg, &end, 10);
+  if (errno != 0 || end == arg || *end != '\0' || v < min || v > INT_MAX) {
+    fprintf(stderr, "fl-gateway: %s must be an integer >= %ld, not \"%s\"\n", what, min, arg);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
+/* Failures another round may not have: the network or the coordinator's load. */
+static int transient(fl_err err) {
+  return err == FL_E_TRANSPORT || err == FL_E_TIMEOUT || err == FL_E_RETRY_LATER;
+}
+
+/* Opens the client and loads the training data; then, if needed, enrolls. */
+static fl_err start(fl_client **c, const fl_client_opts *o, const char *token, const char *csv,
+                    int label_col, const char *latest) {
+  fl_err err = fl_client_new(c, o);
+  if (err != FL_OK) {
+    fprintf(stderr, "fl-gateway: cannot open state directory %s: %s\n", o->state_dir,
+            fl_strerror(err));
+    return err;
+  }
+  err = fl_client_set_data_csv(*c, csv, label_col);
+  if (err != FL_OK) {
+    fprintf(stderr, "fl-gateway: training data %s: %s (%s)\n", csv, fl_strerror(err),
+            fl_client_errmsg(*c));
+    return err;
+  }
+  if (latest != NULL && access(latest, R_OK) != 0) {
+    fprintf(stderr, "fl-gateway: readings to classify %s: %s\n", latest, strerror(errno));
+    return FL_E_IO;
+  }
+  if (fl_client_is_enrolled(*c))
+    return FL_OK;
+  if (token == NULL) {
+    fprintf(stderr, "fl-gateway: not enrolled yet: give the enrollment token with -t\n");
+    return FL_E_NOT_ENROLLED;
+  }
+  err = fl_client_enroll(*c, token, NULL, 0, "fl-gateway/1");
+  if (err != FL_OK)
+    fprintf(stderr, "fl-gateway: enrollment failed: %s (%s)\n", fl_strerror(err),
+            fl_client_errmsg(*c));
+  return err;
 }
 
 int main(int argc, char **argv) {
@@ -93,17 +153,20 @@ int main(int argc, char **argv) {
         csv = optarg;
         break;
       case 'l':
-        label_col = atoi(optarg);
+        if (parse_int(optarg, "-l", -1, &label_col) != 0)
+          goto usage;
         break;
       case 'p':
         latest = optarg;
         break;
       case 'm':
-        minutes = atoi(optarg);
+        if (parse_int(optarg, "-m", 0, &minutes) != 0)
+          goto usage;
         break;
-      case 'n':
-        rounds = atoi(optarg);
-        break; /* 0: run until stopped */
+      case 'n': /* 0: run until stopped */
+        if (parse_int(optarg, "-n", 0, &rounds) != 0)
+          goto usage;
+        break;
       case 'a':
         o.ca_file = optarg;
         break;
@@ -111,22 +174,24 @@ int main(int argc, char **argv) {
         goto usage;
     }
   }
-  if (o.server_url == NULL || o.state_dir == NULL || csv == NULL)
+  if (o.server_url == NULL || o.state_dir == NULL || csv == NULL || optind != argc)
     goto usage;
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   fl_client *c = NULL;
-  int err = fl_client_new(&c, &o);
-  if (err == FL_OK && !fl_client_is_enrolled(c))
-    err = token != NULL ? fl_client_enroll(c, token, NULL, 0, "fl-gateway/1") : FL_E_NOT_ENROLLED;
-  if (err == FL_OK)
-    err = fl_client_set_data_csv(c, csv, label_col);
+  fl_err err = start(&c, &o, token, csv, label_col, latest);
+  int failed = 0;
   for (int done = 0; err == FL_OK && !stop && (rounds == 0 || done < rounds); done++) {
-    fl_round_result r = {0};
-    int rerr = fl_client_run_round(c, &r);
-    if (rerr != FL_OK)
-      fprintf(stderr, "round failed: %s (%s)\n", fl_strerror(rerr), fl_client_errmsg(c));
-    else if (r.outcome == FL_ROUND_UPLOADED)
+    fl_round_result r = {.size = sizeof r};
+    fl_err rerr = fl_client_run_round(c, &r);
+    if (rerr != FL_OK) {
+      failed++;
+      fprintf(stderr, "fl-gateway: round failed: %s (%s)\n", fl_strerror(rerr),
+              fl_client_errmsg(c));
+      if (rounds == 0 && transient(rerr))
+        rerr = FL_OK; /* a gateway without -n keeps trying at the next period */
+      err = rerr;
+    } else if (r.outcome == FL_ROUND_UPLOADED)
       printf("round %llu: %llu samples, loss %.4f, %zu bytes sent\n",
              (unsigned long long)r.round_id, (unsigned long long)r.sample_count, r.loss,
              r.upload_bytes);
@@ -135,13 +200,11 @@ int main(int argc, char **argv) {
     time_t wake = time(NULL) + 60L * minutes;
     if (r.retry_at_ms / 1000 > wake)
       wake = (time_t)(r.retry_at_ms / 1000); /* the coordinator asked us to stay away longer */
-    while (!stop && (rounds == 0 || done + 1 < rounds) && time(NULL) < wake)
+    while (err == FL_OK && !stop && (rounds == 0 || done + 1 < rounds) && time(NULL) < wake)
       sleep(1);
   }
-  if (err != FL_OK)
-    fprintf(stderr, "fl-gateway: %s: %s\n", fl_strerror(err), c ? fl_client_errmsg(c) : "");
   fl_client_free(c);
-  return err == FL_OK ? 0 : 1;
+  return err == FL_OK && failed == 0 ? 0 : 1;
 usage:
   fprintf(stderr,
           "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"

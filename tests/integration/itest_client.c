@@ -2,7 +2,8 @@
  * libflclient against a real fl-coordinator and PostgreSQL (run under pg_virtualenv):
  * enrollment, several training rounds, predictions from the served version checked against an
  * independent forward pass, a tampered download refused while the previous model stays in use,
- * and one round of several clients driven by fl_multi on one thread.
+ * one round of several clients driven by fl_multi on one thread, and max_response_bytes
+ * enforced by the built-in transport.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -58,7 +59,7 @@ typedef struct tamper {
   uint8_t *copy;
 } tamper;
 
-static int tp_begin(void *ctx, const fl_http_request *req) {
+static fl_err tp_begin(void *ctx, const fl_http_request *req) {
   tamper *t = ctx;
   t->get = strcmp(req->method, "GET") == 0;
   return t->inner.begin(t->inner.ctx, req);
@@ -81,7 +82,7 @@ static void tamper_body(tamper *t, fl_http_response *resp) {
   t->flips++;
 }
 
-static int tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   tamper *t = ctx;
   int err = t->inner.poll(t->inner.ctx, timeout_ms, resp);
   if (err == FL_OK && t->mode != TAMPER_OFF && t->get && resp->status == 200)
@@ -127,7 +128,7 @@ static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
   fl_transport wrapped;
   if (tp != NULL) {
     cr_assert_eq(fl_transport_curl(&tp->inner, &o), FL_OK);
-    wrapped = (fl_transport){.version = 1,
+    wrapped = (fl_transport){.version = FL_TRANSPORT_VERSION,
                              .ctx = tp,
                              .begin = tp_begin,
                              .poll = tp_poll,
@@ -175,7 +176,7 @@ static int round_until_selected(fl_client *c, fl_round_result *r) {
 }
 
 static uint64_t served_version(const fl_client *c) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   return fl_client_model_info(c, &mi) == FL_OK ? mi.version : 0;
 }
 
@@ -198,7 +199,7 @@ static void reference_forward(const float *w, const float *x, float out[NCLS]) {
 }
 
 static void check_predictions(fl_client *c, const fl_h_device *hd, uint64_t model_id) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(c, &mi), FL_OK);
   cr_assert_eq(mi.input_size, NFEAT);
   cr_assert_eq(mi.output_size, NCLS);
@@ -250,7 +251,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   for (uint64_t k = 1; k <= 3; k++) {
     uint64_t rid = 0;
     for (int i = 0; i < 2; i++) {
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       cr_assert_eq(round_until_selected(d[i].c, &r), FL_OK, "round %llu device %d: %s",
                    (unsigned long long)k, i, fl_client_errmsg(d[i].c));
       cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
@@ -271,7 +272,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   float before[NCLS], after[NCLS];
   cr_assert_eq(fl_client_predict(d[0].c, g_x[0], 1, before), FL_OK);
   tp.mode = TAMPER_WEIGHT;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   int err = round_until_selected(d[0].c, &r);
   cr_assert_eq(err, FL_E_BADHASH, "%s: %s", fl_strerror(err), fl_client_errmsg(d[0].c));
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
@@ -343,7 +344,7 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
     cr_assert_eq(fl_multi_perform(m, 100), FL_OK);
     fl_client *c;
     fl_step st;
-    int err;
+    fl_err err;
     while (fl_multi_next(m, &c, &st, &err)) {
       if (st == FL_STEP_NEED_TRAIN) {
         cr_assert_eq(fl_client_train(c), FL_OK, "%s", fl_client_errmsg(c));
@@ -351,7 +352,7 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
         continue;
       }
       cr_assert_eq(err, FL_OK, "%s", fl_client_errmsg(c));
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       fl_client_round_result(c, &r);
       cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
       cr_assert_eq(r.round_id, round_id);
@@ -369,4 +370,59 @@ Test(client, multi_drives_a_round_of_several_clients_on_one_thread, .init = setu
     dev_close(&d[i]);
   }
   fl_multi_free(m);
+}
+
+Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .fini = teardown,
+     .timeout = 300) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "client-limit", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"min_participants\":1,"
+                                   "\"over_selection\":1.0,\"deadline_s\":600,"
+                                   "\"local_epochs\":1,\"batch_size\":10,\"learning_rate\":0.1}",
+                                   &model_id, &round_id),
+               0);
+  /* The limit: one byte less than version 1 as the coordinator serves it. */
+  fl_h_device hd;
+  memset(&hd, 0, sizeof hd);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, &hd, 1), 0);
+  Fl__V1__ModelVersion *mv = NULL;
+  cr_assert_eq(fl_h_download(&g_coord, &hd, model_id, 1, &mv), 0);
+  size_t model_len = fl__v1__model_version__get_packed_size(mv);
+  fl__v1__model_version__free_unpacked(mv, NULL);
+  fl_h_device_free(&hd);
+
+  json_t *tok = tokens(1);
+  dev d;
+  snprintf(d.dir, sizeof d.dir, "/tmp/fl-itest-client-XXXXXX");
+  cr_assert_not_null(mkdtemp(d.dir));
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .server_url = g_coord.url,
+                      .state_dir = d.dir,
+                      .request_timeout_ms = 20000,
+                      .backoff_base_ms = 50,
+                      .backoff_max_ms = 500,
+                      .model_id = model_id,
+                      .max_response_bytes = model_len - 1};
+  cr_assert_eq(fl_client_new(&d.c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(d.c, token_at(tok, 0), NULL, 0, NULL), FL_OK, "%s",
+               fl_client_errmsg(d.c));
+  json_decref(tok);
+  make_data(0);
+  cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
+  fl_round_result r = {.size = sizeof r};
+  fl_err err = round_until_selected(d.c, &r);
+  cr_assert_eq(err, FL_E_TOOBIG, "%s: %s", fl_strerror(err), fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_FAILED);
+  cr_assert(strstr(fl_client_errmsg(d.c), "max_response_bytes") != NULL, "%s",
+            fl_client_errmsg(d.c));
+  cr_assert_eq(served_version(d.c), 0);
+
+  /* With room for the model, the same device takes part. */
+  fl_client_free(d.c);
+  o.max_response_bytes = model_len;
+  cr_assert_eq(fl_client_new(&d.c, &o), FL_OK);
+  cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
+  cr_assert_eq(round_until_selected(d.c, &r), FL_OK, "%s", fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  dev_close(&d);
 }

@@ -263,11 +263,11 @@ static int wave(void) {
     cr_assert_eq(fl_multi_perform(g_multi, 50), FL_OK);
     fl_client *c;
     fl_step st;
-    int err;
+    fl_err err;
     while (fl_multi_next(g_multi, &c, &st, &err)) {
       cr_assert_eq(st, FL_STEP_DONE);
       cr_assert_eq(err, FL_OK, "%s", fl_client_errmsg(c));
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       fl_client_round_result(c, &r);
       cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
       cr_assert_eq(r.rollout_err, FL_OK, "%s", fl_client_errmsg(c));
@@ -283,7 +283,7 @@ static int wave(void) {
 /* The version a device serves, checked against the coordinator's signed version: the model
  * digest it verified is the one the harness verified for that version. */
 static uint64_t running(const dev *d) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(d->c, &mi), FL_OK, "device %llu has no model",
                (unsigned long long)d->id);
   cr_assert(mi.version >= 1 && mi.version <= 3);

@@ -24,7 +24,7 @@ static int open_client(fl_client **c, const char *dir, fl_transport *tr, fl_allo
 }
 
 static int one_round(fl_client *c) {
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   int err = fl_client_set_data_memory(c, fake_x, fake_y, 20, FAKE_IN);
   if (err == FL_OK)
     err = fl_client_run_round(c, &r);

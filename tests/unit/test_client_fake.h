@@ -299,9 +299,9 @@ static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
   }
   Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, env->body.len, env->body.data);
   uint8_t d[FL_SHA256_LEN], content[FL_SHA256_LEN];
-  bool signed_ok = u != NULL && fl__update_digest(FAKE_DEVICE_ID, env->timestamp_ms,
-                                                  env->nonce.data, env->nonce.len, u, content,
-                                                  d) == FL_OK;
+  bool signed_ok =
+      u != NULL && fl__update_digest(FAKE_DEVICE_ID, env->timestamp_ms, env->nonce.data,
+                                     env->nonce.len, u, content, d) == FL_OK;
   fl__v1__signed_request__free_unpacked(env, NULL);
   if (!signed_ok ||
       fl__verify_raw(f->device_pub, d, sizeof d, u->signature.data, u->signature.len) != FL_OK ||
@@ -340,7 +340,7 @@ static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
   fake_answer(f, 200, &ack.base);
 }
 
-static inline int fake_begin(void *ctx, const fl_http_request *req) {
+static inline fl_err fake_begin(void *ctx, const fl_http_request *req) {
   fake_coord *f = ctx;
   cr_assert(!f->busy, "begin() while an exchange is in flight");
   f->busy = true;
@@ -361,7 +361,7 @@ static inline int fake_begin(void *ctx, const fl_http_request *req) {
   return FL_OK;
 }
 
-static inline int fake_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static inline fl_err fake_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   fake_coord *f = ctx;
   (void)timeout_ms;
   cr_assert(f->busy, "poll() without begin()");
@@ -378,7 +378,7 @@ static inline void fake_end(void *ctx) {
 }
 
 static inline fl_transport fake_transport(fake_coord *f) {
-  return (fl_transport){.version = 1,
+  return (fl_transport){.version = FL_TRANSPORT_VERSION,
                         .ctx = f,
                         .begin = fake_begin,
                         .poll = fake_poll,

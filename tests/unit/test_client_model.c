@@ -97,7 +97,7 @@ static fl_client *enrolled_client(fl_transport *tr) {
 }
 
 static uint64_t active_version(const fl_client *c) {
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   if (fl_client_model_info(c, &mi) != FL_OK)
     return 0;
   return mi.version;
@@ -124,7 +124,7 @@ Test(client_model, rollout_activates_verified_model) {
   float out[FAKE_CLASSES];
   cr_assert_eq(fl_client_predict(c, fake_x, 1, out), FL_E_NOTFOUND);
   f.rollout_version = 2;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK);
   cr_assert_eq(r.rollout_err, FL_OK);
   cr_assert_eq(r.running_version, 2);
@@ -139,7 +139,7 @@ Test(client_model, tampered_rollout_is_refused_and_previous_stays) {
   fl_transport tr = fake_transport(&f);
   fl_client *c = enrolled_client(&tr);
   f.rollout_version = 1;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK);
   cr_assert_eq(active_version(c), 1);
   float before[FAKE_CLASSES], after[FAKE_CLASSES];
@@ -161,7 +161,7 @@ Test(client_model, tampered_base_model_fails_the_round) {
   fl_transport tr = fake_transport(&f);
   fl_client *c = enrolled_client(&tr);
   f.tamper_models = true;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_E_BADHASH);
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
   cr_assert_eq(f.n_upload, 0);
@@ -171,7 +171,7 @@ Test(client_model, tampered_base_model_fails_the_round) {
 
 static void rollout_to(fl_client *c, uint64_t v) {
   f.rollout_version = v;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
   cr_assert_eq(r.rollout_err, FL_OK);
   cr_assert_eq(active_version(c), v);
@@ -236,7 +236,7 @@ Test(client_model, corrupted_cached_base_is_downloaded_again) {
   fl_transport tr = fake_transport(&f);
   fl_client *c = enrolled_client(&tr);
   f.rollout_version = 1;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK);
   cr_assert_eq(f.n_model_get, 1);
   rollout_to(c, 2);
@@ -257,10 +257,10 @@ Test(client_model, without_rollouts_the_training_base_can_be_served) {
   cr_assert_eq(fl_client_new(&c, &o), FL_OK);
   cr_assert_eq(fl_client_enroll(c, "tok", NULL, 0, NULL), FL_OK);
   cr_assert_eq(fl_client_set_data_memory(c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
   cr_assert_eq(r.running_version, 1);
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(c, &mi), FL_OK);
   cr_assert_eq(memcmp(mi.sha256, f.v[1].sha, FL_SHA256_LEN), 0, "the untrained base is served");
   /* An explicit rollout wins over the training base. */

@@ -14,7 +14,7 @@ Test(client_round, enroll_then_round_uploads_a_signed_update) {
   fake_env_enrolled(&e);
   cr_assert(fl_client_is_enrolled(e.c));
   cr_assert_eq(fl_client_device_id(e.c), FAKE_DEVICE_ID);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(r.round_id, 11);
@@ -34,7 +34,7 @@ Test(client_round, enroll_then_round_uploads_a_signed_update) {
 Test(client_round, base_model_comes_from_the_cache_in_later_rounds) {
   fake_env e;
   fake_env_enrolled(&e);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(e.f.n_model_get, 1);
@@ -47,7 +47,7 @@ Test(client_round, not_selected_reports_the_retry_window) {
   fake_env_enrolled(&e);
   e.f.give_task = false;
   e.f.retry_at_ms = fl__client_now_ms() + 60000;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK);
   cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
   cr_assert(llabs(r.retry_at_ms - e.f.retry_at_ms) < 1000);
@@ -59,7 +59,7 @@ Test(client_round, transient_failures_are_retried) {
   fake_env e;
   fake_env_enrolled(&e);
   e.f.fail_next = 2;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(e.f.n_upload, 1);
@@ -70,7 +70,7 @@ Test(client_round, retries_are_bounded) {
   fake_env e;
   fake_env_enrolled(&e);
   e.f.fail_next = 1000;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_RETRY_LATER);
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
   cr_assert_eq(e.f.fail_next, 1000 - 4, "one attempt and three retries");
@@ -81,7 +81,7 @@ Test(client_round, refusal_fails_the_round_with_detail) {
   fake_env e;
   fake_env_enrolled(&e);
   e.f.refuse_uploads = 409;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_REFUSED);
   cr_assert_eq(r.outcome, FL_ROUND_FAILED);
   cr_assert_not_null(strstr(fl_client_errmsg(e.c), "round_closed"), "%s", fl_client_errmsg(e.c));
@@ -102,7 +102,7 @@ Test(client_round, round_needs_data) {
   fake_env e;
   fake_env_up(&e);
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_STATE);
   cr_assert_eq(e.f.n_upload, 0);
   fake_env_down(&e);
@@ -128,7 +128,8 @@ Test(client_round, wrong_provisioned_coordinator_key_refuses_enrollment) {
 }
 
 /* Adds 0.5 to every weight; the delta must say exactly that. */
-static int add_half(void *ctx, const fl_train_task *t, float *w, uint64_t *samples, float *loss) {
+static fl_err add_half(void *ctx, const fl_train_task *t, float *w, uint64_t *samples,
+                       float *loss) {
   int *calls = ctx;
   (*calls)++;
   cr_assert_eq(t->n_params, FAKE_IN * FAKE_CLASSES + FAKE_CLASSES);
@@ -147,7 +148,7 @@ Test(client_round, trainer_callback_brings_its_own_training) {
   cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK);
   int calls = 0;
   fl_client_set_trainer(e.c, add_half, &calls);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(calls, 1);
   cr_assert_eq(e.f.last_upload->sample_count, 42);
@@ -174,7 +175,7 @@ Test(client_round, steps_hand_training_to_the_caller) {
   cr_assert_eq(fl_client_train(e.c), FL_OK);
   cr_assert_eq(fl_client_step(e.c, 0, &st), FL_OK);
   cr_assert_eq(st, FL_STEP_DONE);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   fl_client_round_result(e.c, &r);
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(e.f.n_upload, 1);
@@ -211,7 +212,7 @@ Test(client_round, multi_drives_several_clients) {
     cr_assert_eq(fl_multi_perform(m, 10), FL_OK);
     fl_client *c;
     fl_step st;
-    int err;
+    fl_err err;
     while (fl_multi_next(m, &c, &st, &err)) {
       if (st == FL_STEP_NEED_TRAIN) {
         cr_assert_eq(fl_client_train(c), FL_OK);
@@ -248,7 +249,7 @@ Test(client_round, trains_on_a_csv_of_readings) {
             (double)(i % 3 == 2), 0.1 * i);
   fclose(fp);
   cr_assert_eq(fl_client_set_data_csv(e.c, path, 0), FL_OK, "%s", fl_client_errmsg(e.c));
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.sample_count, 15);
   cr_assert_eq(e.f.n_upload, 1);
@@ -265,7 +266,7 @@ Test(client_round, data_that_does_not_fit_the_model_is_refused) {
       fl_client_set_data_idx(e.c, "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
                              "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
       FL_OK, "%s", fl_client_errmsg(e.c));
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_SHAPE, "784 pixels into a 4-input model");
   cr_assert_eq(e.f.n_upload, 0);
   cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
@@ -277,7 +278,7 @@ Test(client_round, retried_upload_is_the_same_signed_update) {
   fake_env e;
   fake_env_enrolled(&e);
   e.f.lose_acks = 1;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert(r.duplicate, "the coordinator recognised the retry as the stored update");

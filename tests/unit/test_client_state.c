@@ -80,7 +80,7 @@ Test(client_state, half_written_temp_files_are_removed) {
   cr_assert(exists("notes.txt"));
   /* The half-written files were not taken for real ones. */
   cr_assert(!fl_client_is_enrolled(c));
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(c, &mi), FL_E_NOTFOUND);
   /* And the directory works: enrollment writes the real files. */
   cr_assert_eq(fl_client_enroll(c, "tok", NULL, 0, NULL), FL_OK);

@@ -62,8 +62,7 @@ static Fl__V1__UpdateUpload *build(const fl__update_params *p, float *out, float
   free(wire);
   cr_assert_not_null(u);
   uint8_t c[FL_SHA256_LEN], d[FL_SHA256_LEN];
-  cr_assert_eq(fl__update_digest(p->device_id, 1700000000123, nonce, sizeof nonce, u, c, d),
-               FL_OK);
+  cr_assert_eq(fl__update_digest(p->device_id, 1700000000123, nonce, sizeof nonce, u, c, d), FL_OK);
   cr_assert_eq(memcmp(c, content, sizeof c), 0);
   cr_assert_eq(fl__verify_raw(pub, d, sizeof d, u->signature.data, u->signature.len), FL_OK);
   /* Another attempt's freshness fields do not verify with this signature. */

@@ -20,7 +20,7 @@ Test(fuzz_client, extreme_server_times_and_retry_windows) {
       e.f.give_task = false;
       e.f.server_time_ms = EDGY[i];
       e.f.retry_at_ms = EDGY[j];
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
       cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
       e.f.give_task = true;
@@ -40,7 +40,7 @@ Test(fuzz_client, extreme_task_deadlines) {
       e.f.give_task = true;
       e.f.server_time_ms = EDGY[i];
       e.f.task_deadline_ms = EDGY[j];
-      fl_round_result r;
+      fl_round_result r = {.size = sizeof r};
       int err = fl_client_run_round(e.c, &r);
       cr_assert(err == FL_OK || err < 0, "defined result");
       fake_env_down(&e);
@@ -65,7 +65,7 @@ Test(fuzz_client, retry_hints_are_capped_at_a_day) {
     int64_t wait = fl_client_wake_at_ms(e.c) - fl__client_now_ms();
     cr_assert(wait > 0 && wait <= DAY_MS, "hint %lld: waits %lld ms", (long long)hints[i],
               (long long)wait);
-    fl_round_result r;
+    fl_round_result r = {.size = sizeof r};
     fl_client_round_result(e.c, &r);
     cr_assert(r.retry_at_ms == 0 || r.retry_at_ms - fl__client_now_ms() <= DAY_MS,
               "retry_at_ms %lld", (long long)r.retry_at_ms);

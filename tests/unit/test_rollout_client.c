@@ -51,7 +51,7 @@ static void on_report(gate_fake *g, const fl_http_request *req) {
   fake_answer(f, 200, &ack.base);
 }
 
-static int g_begin(void *ctx, const fl_http_request *req) {
+static fl_err g_begin(void *ctx, const fl_http_request *req) {
   gate_fake *g = ctx;
   if (strcmp(req->path, "/v1/evaluations") == 0) {
     g->f.busy = true;
@@ -64,7 +64,7 @@ static int g_begin(void *ctx, const fl_http_request *req) {
   return err;
 }
 
-static int g_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+static fl_err g_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   return fake_poll(&((gate_fake *)ctx)->f, timeout_ms, resp);
 }
 
@@ -86,8 +86,11 @@ static void env_up(env *e, bool holdout) {
   fake_init(&e->g.f);
   e->g.f.give_task = false;
   e->g.report_status = 200;
-  e->tr =
-      (fl_transport){.version = 1, .ctx = &e->g, .begin = g_begin, .poll = g_poll, .end = g_end};
+  e->tr = (fl_transport){.version = FL_TRANSPORT_VERSION,
+                         .ctx = &e->g,
+                         .begin = g_begin,
+                         .poll = g_poll,
+                         .end = g_end};
   fl_client_opts o;
   fake_opts(&o, e->dir, &e->tr);
   cr_assert_eq(fl_client_new(&e->c, &o), FL_OK);
@@ -129,7 +132,7 @@ Test(rollout_client, evaluates_the_candidate_and_reports_signed_metrics) {
   env_up(&e, true);
   e.g.eval_version = 3;
   e.g.f.rollout_version = 2;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_NOT_SELECTED);
   cr_assert_eq(r.eval_err, FL_OK, "%s", fl_client_errmsg(e.c));
@@ -145,7 +148,7 @@ Test(rollout_client, evaluates_the_candidate_and_reports_signed_metrics) {
   cr_assert_float_eq(metric(rep, "loss"), loss, 1e-6);
   cr_assert_float_eq(metric(rep, "accuracy"), acc, 1e-12);
   /* Evaluating never changes what the device runs: the rollout's version. */
-  fl_model_info mi;
+  fl_model_info mi = {.size = sizeof mi};
   cr_assert_eq(fl_client_model_info(e.c, &mi), FL_OK);
   cr_assert_eq(mi.version, 2);
   env_down(&e);
@@ -155,7 +158,7 @@ Test(rollout_client, without_holdout_data_the_task_is_ignored) {
   env e;
   env_up(&e, false);
   e.g.eval_version = 3;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.eval_version, 0);
   cr_assert_eq(e.g.n_reports, 0);
@@ -169,7 +172,7 @@ Test(rollout_client, a_tampered_candidate_is_not_evaluated_and_the_round_goes_on
   e.g.eval_version = 3;
   e.g.f.tamper_models = true;
   e.g.f.give_task = true;
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   int err = fl_client_run_round(e.c, &r);
   /* The training base is tampered too, so the round fails on it; the evaluation failed first
    * and was only noted. */
@@ -191,7 +194,7 @@ Test(rollout_client, a_refused_report_does_not_fail_the_round) {
   e.g.report_status = 404;
   e.g.f.give_task = true;
   cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
-  fl_round_result r;
+  fl_round_result r = {.size = sizeof r};
   cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(r.eval_err, FL_E_NOTFOUND, "%s", fl_strerror(r.eval_err));

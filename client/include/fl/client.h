@@ -6,17 +6,59 @@
  *
  * Conventions
  * - Every function that can fail returns an fl_err (0 = FL_OK); fl_strerror() names it and
- *   fl_client_errmsg() gives the detail of the last failure on that handle.
+ *   fl_client_errmsg() gives the detail of the last failure on that handle. Callbacks the
+ *   embedder supplies (transport, data source, trainer) return an fl_err the same way.
+ *   Functions that cannot fail return their value (a count, a flag as 0/1, a time).
  * - Constructors set *out only on success. Free functions accept NULL.
+ * - Structs and ABI (docs/ABI.md): a struct the caller passes in starts with `int version`,
+ *   set to the FL_..._VERSION macro of the header it was built with; the library reads only
+ *   the fields that version has, so a program built against an older header keeps working
+ *   with a newer library. A zero or negative version is FL_E_INVAL; a version newer than the
+ *   library knows is FL_E_UNSUPPORTED (upgrade the library). A struct the library fills for
+ *   the caller starts with `size_t size`, set by the caller to sizeof the struct: the library
+ *   writes at most that many bytes (fields beyond it are left out; bytes beyond the fields it
+ *   knows are zeroed), and a size below the first published layout (or above 4096) is
+ *   FL_E_INVAL, with nothing written. Structs the library hands to a callback start with
+ *   `size_t size` set by the library: a field lies beyond it when the library is older than
+ *   the header the callback was built with. Fields are only ever appended.
+ * - Ownership: the caller owns every struct and string it passes in; the library copies what
+ *   it keeps (options, the transport table, the allocator) unless a comment says "borrowed".
+ *   Pointers the library returns (messages, version strings, response bodies) stay owned by
+ *   the library; how long they are valid is said at each function.
  * - Nothing blocks forever: every network exchange is bounded by the timeouts in the options,
  *   retries are bounded by a count and by the round's deadline.
  * - The library never aborts on out-of-memory: it returns FL_E_NOMEM and the handle stays
  *   usable (the step that failed may be called again).
- * - Threads: the library starts none. One fl_client is used by one thread at a time (any
- *   thread, but not two at once); different handles are independent. An fl_multi and the
+ * - Threads: libflclient itself starts none. One fl_client is used by one thread at a time
+ *   (any thread, but not two at once); different handles are independent. An fl_multi and the
  *   clients added to it are used by one thread at a time, except fl_client_train(), which may
- *   run on another thread for a client whose last step returned FL_STEP_NEED_TRAIN.
- * - Strings and buffers passed in are copied unless a comment says "borrowed".
+ *   run on another thread for a client whose last step returned FL_STEP_NEED_TRAIN. Callbacks
+ *   (log, transport, data source, trainer, allocator) run on the thread that made the call
+ *   they serve; the allocator and the log function of a client also run on the thread
+ *   running fl_client_train(), so they must be thread-safe when training runs elsewhere.
+ *   fl_version(), fl_version_string(), fl_strerror() and fl_err_name() may be called from any
+ *   thread at any time.
+ * - Process-wide state: each built-in transport and each fl_multi calls curl_global_init()
+ *   when created and curl_global_cleanup() when freed (libcurl counts them). Before libcurl
+ *   7.84 these are not thread-safe: then call curl_global_init() yourself before starting
+ *   threads that create clients.
+ *
+ * Memory outside the allocator hooks
+ * The fl_allocator in the options receives every allocation libflclient makes itself (handle,
+ * request and response buffers, models, data sets). Three libraries it uses allocate on their
+ * own with malloc() or mmap(), which the hooks do not see: libcurl (handles, connections, TLS
+ * sessions, header lists), OpenSSL (key, digest and signature contexts, TLS) and OpenBLAS (its
+ * work buffers, mapped at its first use). libcurl's out-of-memory failures come back as
+ * FL_E_NOMEM, OpenSSL's as FL_E_CRYPTO or FL_E_NOMEM; OpenBLAS has no way to report one. A
+ * device that must bound all memory budgets for them separately.
+ *
+ * Threads started by OpenBLAS
+ * OpenBLAS, which the built-in training and inference use for matrix products, may start a
+ * pool of worker threads (one per core) at its first use, and they stay until the process
+ * exits. To keep a gateway single-threaded, set OPENBLAS_NUM_THREADS=1 in the environment
+ * before the process starts, or call openblas_set_num_threads(1) (from <cblas.h>) before the
+ * first fl_client_train() or fl_client_predict(). An embedder-supplied trainer does not use
+ * OpenBLAS, but fl_client_predict() and federated evaluation still do.
  */
 #ifndef FL_CLIENT_H
 #define FL_CLIENT_H
@@ -38,17 +80,20 @@ extern "C" {
 #define FL_API
 #endif
 
-/* Run-time version as FL_VERSION_HEX, and as a static string FL_VERSION_STRING (fl/version.h,
- * generated from the CMake project version; same major version: same ABI). */
+/* The library's version: FL_VERSION_HEX, FL_VERSION_STRING and the parts in fl/version.h,
+ * generated from the CMake project version. A program built against version X.Y runs with any
+ * library X.Z, Z >= Y (for X = 0: only 0.Y.*, see docs/ABI.md); compare fl_version() against
+ * FL_VERSION_HEX at start-up to check. fl_version_string() is a static string. */
 FL_API unsigned fl_version(void);
 FL_API const char *fl_version_string(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Transport: how requests reach the coordinator                                              */
 
-/* One HTTP-like exchange. Everything is borrowed for the duration of begin(); a transport that
- * needs it later copies it. */
+/* One HTTP-like exchange, built by the library. Everything is borrowed for the duration of
+ * begin(); a transport that needs it later copies it. */
 typedef struct fl_http_request {
+  size_t size;               /* set by the library: sizeof as it knows the struct */
   const char *method;        /* "GET" or "POST" */
   const char *path;          /* "/v1/checkin"; the transport adds its base URL */
   const char *auth;          /* value of the X-FL-Auth header, or NULL */
@@ -57,7 +102,10 @@ typedef struct fl_http_request {
   size_t body_len;
 } fl_http_request;
 
+/* Zeroed by the library before each poll(), with size set: the transport fills in the fields
+ * that lie within size (all of these, for a transport of version 1). */
 typedef struct fl_http_response {
+  size_t size;         /* set by the library */
   int status;          /* HTTP status (200, 304, 4xx, 5xx) */
   const uint8_t *body; /* owned by the transport, valid until the next begin() or end() */
   size_t body_len;
@@ -71,15 +119,24 @@ typedef struct fl_http_response {
  *            nothing is in flight.
  * - poll:    makes progress for at most timeout_ms (0: do not wait). FL_E_AGAIN while the
  *            exchange is in flight; FL_OK with *resp filled when an HTTP status arrived;
- *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM when it failed (nothing in flight).
+ *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM / FL_E_TOOBIG when it failed
+ *            (nothing in flight). The client retries FL_E_TRANSPORT and FL_E_TIMEOUT (with
+ *            backoff, within max_retries); any other error ends the exchange.
  * - end:     releases the exchange (aborts it if still in flight). Always called after begin.
  * - destroy: frees the transport; called by fl_client_free(). May be NULL.
- * - detail:  optional (may be NULL): text describing the last failure, for error messages. */
+ * - detail:  optional (may be NULL): text describing the last failure, for error messages;
+ *            owned by the transport, valid until its next call.
+ * The table is copied (read by its version) by fl_client_new(); when that succeeds, ctx
+ * belongs to the client, which calls destroy(ctx) when it is freed; when it fails, the
+ * transport stays the caller's. The callbacks are called on the thread driving the client,
+ * never two at once. */
+#define FL_TRANSPORT_VERSION 1
+
 typedef struct fl_transport {
-  int version; /* 1 */
+  int version; /* FL_TRANSPORT_VERSION */
   void *ctx;
-  int (*begin)(void *ctx, const fl_http_request *req);
-  int (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
+  fl_err (*begin)(void *ctx, const fl_http_request *req);
+  fl_err (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
   void (*end)(void *ctx);
   void (*destroy)(void *ctx);
   const char *(*detail)(void *ctx);
@@ -88,18 +145,22 @@ typedef struct fl_transport {
 /* ------------------------------------------------------------------------------------------ */
 /* Options and the handle                                                                     */
 
-#define FL_CLIENT_OPTS_VERSION 1
+/* 1: up to follow_training_base; 2: max_response_bytes. */
+#define FL_CLIENT_OPTS_VERSION 2
 
-/* The built-in libcurl transport (keep-alive, TLS, timeouts from opts), for embedders who
- * wrap it (logging, fault injection) and pass the wrapper as opts->transport. On error *out is
- * untouched. Its destroy() frees it. */
+/* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
+ * which is read by its version like fl_client_new() reads it), for embedders who wrap it
+ * (logging, fault injection) and pass the wrapper as opts->transport. On error *out is
+ * untouched. The caller owns the result until it hands it to fl_client_new(); its destroy()
+ * frees it. */
 struct fl_client_opts;
-FL_API int fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
+FL_API fl_err fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
 
 /* Zero-initialise, set version = FL_CLIENT_OPTS_VERSION, then what you need. Fields only grow
- * at the end; a zero means "the default" given in the comment. */
+ * at the end; a zero means "the default" given in the comment. Read once by fl_client_new():
+ * the struct and its strings may be freed when it returns. */
 typedef struct fl_client_opts {
-  int version;
+  int version;               /* FL_CLIENT_OPTS_VERSION */
   const char *server_url;    /* "https://coord.example:8443" (required unless transport) */
   const char *state_dir;     /* created 0700 if missing (required) */
   const char *ca_file;       /* PEM bundle for TLS; NULL: system store */
@@ -112,8 +173,8 @@ typedef struct fl_client_opts {
   int max_retries;               /* 5: attempts after the first on transient failures */
   long backoff_base_ms;          /* 500: first backoff; doubles each attempt, full jitter */
   long backoff_max_ms;           /* 60000 */
-  const fl_allocator *allocator; /* copied; NULL: malloc/realloc/free */
-  fl_log_fn log_fn;              /* NULL: silent */
+  const fl_allocator *allocator; /* copied (ctx borrowed); NULL: malloc/realloc/free */
+  fl_log_fn log_fn;              /* NULL: silent; log_ctx is borrowed */
   void *log_ctx;
   fl_log_level log_level;        /* lines above this are dropped (default FL_LOG_ERROR = 0) */
   const fl_transport *transport; /* copied; NULL: the built-in libcurl transport */
@@ -121,26 +182,35 @@ typedef struct fl_client_opts {
   /* 1: while the coordinator assigns no rollout, serve for inference each newer base version
    * a training task hands out (verified like any model). 0: only rollout assignments. */
   int follow_training_base;
+  /* --- version 2 --- */
+  /* Largest answer body accepted, in bytes (bounds the memory a model download takes);
+   * a larger answer fails the exchange with FL_E_TOOBIG, not retried. 0: 1 GiB. */
+  size_t max_response_bytes;
 } fl_client_opts;
 
 typedef struct fl_client fl_client;
 
 /* Opens the state directory (creating it), removes temp files a power loss left behind, loads
  * the device key, identity and the active model if present. On error *out is untouched and
- * nothing remains but the state directory itself (which may have been created).
- * The directory is locked against a second handle (FL_E_STATE when already in use). */
-FL_API int fl_client_new(fl_client **out, const fl_client_opts *opts);
+ * nothing remains but the state directory itself (which may have been created); an
+ * embedder's transport is not destroyed (it stays the caller's). Options of a bad version,
+ * or missing required fields, are FL_E_INVAL / FL_E_UNSUPPORTED, with the reason sent to
+ * opts->log_fn at FL_LOG_ERROR (there is no handle to ask yet). The directory is locked
+ * against a second handle (FL_E_STATE when already in use). */
+FL_API fl_err fl_client_new(fl_client **out, const fl_client_opts *opts);
 
 /* Frees the handle and everything it owns, including the transport (destroy is called). Aborts
  * a request in flight. The client must not be in an fl_multi. */
 FL_API void fl_client_free(fl_client *c);
 
-/* Detail of the last failure on this handle ("" if none). Valid until the next call. */
+/* Detail of the last failure on this handle ("" if none). Owned by the handle, valid until
+ * the next call on it. */
 FL_API const char *fl_client_errmsg(const fl_client *c);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Enrollment                                                                                 */
 
+/* Passed as an array: this struct never grows (a new field would come with a new type). */
 typedef struct fl_label {
   const char *key;
   const char *value;
@@ -152,8 +222,8 @@ typedef struct fl_label {
  * public key are stored in state_dir/identity (atomic). Already enrolled: FL_OK, no request.
  * On failure the key stays (it is reused by the next attempt) and no identity is written.
  * FL_E_STATE during a round or while the client is in an fl_multi (enroll before adding). */
-FL_API int fl_client_enroll(fl_client *c, const char *token, const fl_label *labels,
-                            size_t n_labels, const char *firmware);
+FL_API fl_err fl_client_enroll(fl_client *c, const char *token, const fl_label *labels,
+                               size_t n_labels, const char *firmware);
 
 /* 1 when the state directory holds an identity, else 0. */
 FL_API int fl_client_is_enrolled(const fl_client *c);
@@ -167,28 +237,35 @@ FL_API uint64_t fl_client_device_id(const fl_client *c); /* 0 before enrollment 
  * floats) and sets *n (0 = end of epoch). `labels` is a buffer of max ints for a classifier and
  * NULL otherwise; `targets` is NULL for a classifier and for an autoencoder (output size equals
  * input size: the inputs are the targets), else a buffer of max * output_size floats to fill.
- * Return FL_OK or an error, which aborts the training. */
+ * Return FL_OK or an error, which aborts the training. The callbacks run on the thread
+ * calling fl_client_train() (training) or fl_client_step() (evaluation). */
+#define FL_DATA_SOURCE_VERSION 1
+
 typedef struct fl_data_source {
+  int version; /* FL_DATA_SOURCE_VERSION */
   void *ctx;
   size_t x_dim;      /* floats per example: must equal the model's input size */
   size_t n_examples; /* examples per epoch, used as the update's weight */
-  int (*reset)(void *ctx, uint64_t seed);
-  int (*next)(void *ctx, float *x, int32_t *labels, float *targets, size_t max, size_t *n);
+  fl_err (*reset)(void *ctx, uint64_t seed);
+  fl_err (*next)(void *ctx, float *x, int32_t *labels, float *targets, size_t max, size_t *n);
 } fl_data_source;
 
 /* Exactly one of these is in effect; each replaces the previous one. Data loaded from files is
  * owned by the handle; fl_client_set_data_memory borrows x and labels (they must outlive the
- * handle or the next set_data call). On error the previous data stays in effect. */
-FL_API int fl_client_set_data_source(fl_client *c, const fl_data_source *src);
+ * handle or the next set_data call). The source struct is copied (read by its version) and
+ * its ctx borrowed the same way. On error the previous data stays in effect. */
+FL_API fl_err fl_client_set_data_source(fl_client *c, const fl_data_source *src);
 /* CSV of floats; label_col is the 0-based label column, -1 for none (autoencoder). */
-FL_API int fl_client_set_data_csv(fl_client *c, const char *path, int label_col);
+FL_API fl_err fl_client_set_data_csv(fl_client *c, const char *path, int label_col);
 /* IDX files (MNIST format, optionally .gz); pixels scaled to [0, 1]. */
-FL_API int fl_client_set_data_idx(fl_client *c, const char *images, const char *labels);
-FL_API int fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels, size_t n,
-                                     size_t x_dim);
+FL_API fl_err fl_client_set_data_idx(fl_client *c, const char *images, const char *labels);
+FL_API fl_err fl_client_set_data_memory(fl_client *c, const float *x, const int32_t *labels,
+                                        size_t n, size_t x_dim);
 
-/* The round's task as the trainer callback sees it. */
+/* The round's task as the trainer callback sees it (built by the library, valid during the
+ * call). */
 typedef struct fl_train_task {
+  size_t size; /* set by the library: fields beyond it are missing (an older library) */
   uint64_t round_id, model_id, base_version, seed;
   uint32_t local_epochs, batch_size;
   float learning_rate, momentum, weight_decay, prox_mu;
@@ -197,9 +274,11 @@ typedef struct fl_train_task {
 
 /* Embedder-supplied training: `weights` holds the base weights (n_params floats, the flat
  * layout of docs/API.md) and receives the locally trained ones. Set *sample_count (> 0) and
- * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training. */
-typedef int (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weights,
-                             uint64_t *sample_count, float *loss);
+ * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training.
+ * Called on the thread running fl_client_train(); ctx is borrowed (it must outlive the handle
+ * or the next set_trainer call), task and weights are valid during the call only. */
+typedef fl_err (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weights,
+                                uint64_t *sample_count, float *loss);
 FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -219,13 +298,13 @@ FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
  * previous one stays. The source's ctx is borrowed (it must outlive the handle or the next
  * call), fl_client_set_holdout_memory borrows x and labels the same way, and data loaded from
  * a CSV file is owned by the handle. The hold-out data is never used for training. */
-FL_API int fl_client_set_holdout_source(fl_client *c, const fl_data_source *src);
-FL_API int fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels,
-                                        size_t n, size_t x_dim);
-FL_API int fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col);
+FL_API fl_err fl_client_set_holdout_source(fl_client *c, const fl_data_source *src);
+FL_API fl_err fl_client_set_holdout_memory(fl_client *c, const float *x, const int32_t *labels,
+                                           size_t n, size_t x_dim);
+FL_API fl_err fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col);
 /* Mean squared reconstruction error above which an example counts as an anomaly in
  * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off. */
-FL_API int fl_client_set_anomaly_threshold(fl_client *c, float threshold);
+FL_API fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Rounds, as steps                                                                           */
@@ -245,9 +324,11 @@ typedef enum fl_round_outcome {
   FL_ROUND_FAILED = 3        /* err says why; retry_at_ms when the coordinator gave one */
 } fl_round_outcome;
 
+/* Filled by the library: set size = sizeof(fl_round_result) first. */
 typedef struct fl_round_result {
+  size_t size;
   fl_round_outcome outcome;
-  int err; /* FL_OK unless FL_ROUND_FAILED */
+  fl_err err; /* FL_OK unless FL_ROUND_FAILED */
   uint64_t round_id, model_id, base_version;
   uint64_t sample_count;
   float loss, norm;         /* mean local loss; L2 norm of the delta as sent */
@@ -255,23 +336,23 @@ typedef struct fl_round_result {
   int duplicate;            /* the coordinator had already acknowledged this update */
   int64_t retry_at_ms;      /* Unix ms at which to check in next (0: whenever you like) */
   uint64_t running_version; /* inference model version after this check-in (0: none) */
-  int rollout_err;          /* FL_OK, or why an assigned inference version was refused (the
+  fl_err rollout_err;       /* FL_OK, or why an assigned inference version was refused (the
                              * previous one stays active); does not fail the round */
   uint64_t eval_version;    /* version evaluated for an evaluation gate this check-in (0: none) */
-  int eval_err;             /* FL_OK, or why that evaluation was not reported; does not fail
+  fl_err eval_err;          /* FL_OK, or why that evaluation was not reported; does not fail
                              * the round */
 } fl_round_result;
 
 /* Starts a round: the next step checks in. FL_E_STATE if a round is in progress,
  * FL_E_NOT_ENROLLED before enrollment. Nothing is sent yet. */
-FL_API int fl_client_round_begin(fl_client *c);
+FL_API fl_err fl_client_round_begin(fl_client *c);
 
 /* Advances the round without blocking longer than timeout_ms (0: never wait) and tells what
  * the caller should do next in *step. A check-in that assigns a new inference version fetches,
  * verifies and activates it on the way. Returns FL_OK, or the error that ended the round
  * (then *step is FL_STEP_DONE and the result says FL_ROUND_FAILED). Transient failures are
  * retried inside the step machine and are not returned. */
-FL_API int fl_client_step(fl_client *c, int timeout_ms, fl_step *step);
+FL_API fl_err fl_client_step(fl_client *c, int timeout_ms, fl_step *step);
 
 /* Unix time in ms at which the client wants its next step (WAIT_TIME), else 0. */
 FL_API int64_t fl_client_wake_at_ms(const fl_client *c);
@@ -279,18 +360,19 @@ FL_API int64_t fl_client_wake_at_ms(const fl_client *c);
 /* Trains on the base model after FL_STEP_NEED_TRAIN. CPU only, no I/O; may run on a worker
  * thread while no other call uses this handle. On error the round ends as failed (the next
  * step returns the error). */
-FL_API int fl_client_train(fl_client *c);
+FL_API fl_err fl_client_train(fl_client *c);
 
-/* Result of the last finished round (valid after FL_STEP_DONE until the next round_begin). */
-FL_API void fl_client_round_result(const fl_client *c, fl_round_result *out);
+/* Result of the last finished round (meaningful after FL_STEP_DONE until the next
+ * round_begin), copied into *out within out->size. FL_E_INVAL when out->size is too small. */
+FL_API fl_err fl_client_round_result(const fl_client *c, fl_round_result *out);
 
 /* Abandons a round in progress (aborting a request in flight); the client becomes IDLE. */
 FL_API void fl_client_round_cancel(fl_client *c);
 
 /* A whole round, blocking: check in, fetch, train, upload, with retries. Sleeps through
  * backoffs. Returns FL_OK when the round ended as UPLOADED or NOT_SELECTED (see *result, which
- * may be NULL), else the error. */
-FL_API int fl_client_run_round(fl_client *c, fl_round_result *result);
+ * may be NULL and otherwise needs its size set), else the error. */
+FL_API fl_err fl_client_run_round(fl_client *c, fl_round_result *result);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Many clients, one thread: fl_multi drives the state machines of many clients over one    */
@@ -298,21 +380,23 @@ FL_API int fl_client_run_round(fl_client *c, fl_round_result *result);
 
 typedef struct fl_multi fl_multi;
 
-FL_API int fl_multi_new(fl_multi **out, const fl_allocator *allocator);
+/* The allocator is copied (its ctx borrowed). One thread uses the multi and its clients. */
+FL_API fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator);
 /* Removes nothing: remove (or free) clients first. NULL is a no-op. */
 FL_API void fl_multi_free(fl_multi *m);
 /* Adds an idle client (FL_E_STATE if a request is in flight). Clients with an embedder
  * transport are stepped too, with timeout 0. The client stays owned by the caller. */
-FL_API int fl_multi_add(fl_multi *m, fl_client *c);
-FL_API int fl_multi_remove(fl_multi *m, fl_client *c);
+FL_API fl_err fl_multi_add(fl_multi *m, fl_client *c);
+FL_API fl_err fl_multi_remove(fl_multi *m, fl_client *c);
 
 /* Waits up to timeout_ms for network activity or a client's wake time, then advances every
  * client with a round in progress. Clients whose state changed to NEED_TRAIN or DONE are queued
  * for fl_multi_next(). Returns FL_OK or FL_E_TRANSPORT/FL_E_NOMEM from the multi itself. */
-FL_API int fl_multi_perform(fl_multi *m, int timeout_ms);
+FL_API fl_err fl_multi_perform(fl_multi *m, int timeout_ms);
 
-/* Pops the next client needing attention: 1 with *c, *step and *err set, 0 when none. */
-FL_API int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, int *err);
+/* Pops the next client needing attention: 1 with *c, *step and *err set, 0 when none. The
+ * client stays in the multi and owned by the caller. */
+FL_API int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, fl_err *err);
 
 /* Number of clients with a round in progress. */
 FL_API size_t fl_multi_active(const fl_multi *m);
@@ -320,23 +404,26 @@ FL_API size_t fl_multi_active(const fl_multi *m);
 /* ------------------------------------------------------------------------------------------ */
 /* Inference on the rolled-out model                                                          */
 
+/* Filled by the library: set size = sizeof(fl_model_info) first. */
 typedef struct fl_model_info {
+  size_t size;
   uint64_t model_id, version;
   size_t input_size, output_size, n_params;
   uint8_t sha256[32];
 } fl_model_info;
 
-/* The model used for predictions, FL_E_NOTFOUND when there is none yet. */
-FL_API int fl_client_model_info(const fl_client *c, fl_model_info *out);
+/* The model used for predictions, FL_E_NOTFOUND when there is none yet, FL_E_INVAL when
+ * out->size is too small. */
+FL_API fl_err fl_client_model_info(const fl_client *c, fl_model_info *out);
 
 /* Runs the active model on n examples: x holds n * input_size floats, out receives
  * n * output_size floats (logits for a classifier, the reconstruction for an autoencoder).
  * FL_E_NOTFOUND without a model; the handle is unchanged by a failure. */
-FL_API int fl_client_predict(fl_client *c, const float *x, size_t n, float *out);
+FL_API fl_err fl_client_predict(fl_client *c, const float *x, size_t n, float *out);
 
 /* Switches back to the previously active model (persisted); FL_E_NOTFOUND if there is none.
  * The model rolled back from becomes the previous one. */
-FL_API int fl_client_rollback(fl_client *c);
+FL_API fl_err fl_client_rollback(fl_client *c);
 
 #ifdef __cplusplus
 }
