@@ -25,7 +25,7 @@
 enum {
   OPT_DB = 1000, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SIGNING_KEY, OPT_REPLICA,
   OPT_MAX_BODY, OPT_MAX_CONN, OPT_TIMEOUT, OPT_POOL, OPT_TS_WINDOW, OPT_COMMIT, OPT_TICK,
-  OPT_CHECKIN, OPT_MAX_SAMPLES, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION
+  OPT_CHECKIN, OPT_MAX_SAMPLES, OPT_LOG_LEVEL, OPT_REUSE_PORT, OPT_HELP, OPT_VERSION
 };
 
 /* One table drives getopt, the environment and --help, so that they cannot drift apart. */
@@ -66,6 +66,9 @@ static const opt_def OPTS[] = {
      "largest sample_count of one update (default 1000000)"},
     {"log-level", OPT_LOG_LEVEL, "FL_LOG_LEVEL", "LEVEL",
      "error, warn, info or debug (default info)"},
+    {"reuse-port", OPT_REUSE_PORT, "FL_REUSE_PORT", "0|1",
+     "1: bind with SO_REUSEPORT, so that several processes share the port (the kernel splits "
+     "connections between them); default 0: a port in use is a start-up error"},
     {"help", OPT_HELP, NULL, NULL, "print this help"},
     {"version", OPT_VERSION, NULL, NULL, "print the version"},
 };
@@ -173,6 +176,7 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_TICK: cfg->tick_ms = (unsigned)n; return n >= 10 && n <= 60000 ? 0 : -1;
   case OPT_CHECKIN: cfg->checkin_interval_ms = (int64_t)n; return n >= 100 ? 0 : -1;
   case OPT_MAX_SAMPLES: cfg->max_samples = n; return n >= 1 ? 0 : -1;
+  case OPT_REUSE_PORT: cfg->reuse_port = n == 1; return n <= 1 ? 0 : -1;
   default: return -1;
   }
 }
@@ -286,7 +290,8 @@ static int check_listen(fl_config *cfg, char *why, size_t n) {
   rc = fd < 0 ? -1 : 0;
   if (rc == 0) {
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (cfg->reuse_port)
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (fam == AF_INET6)
       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     rc = bind(fd, (struct sockaddr *)&cfg->listen_addr, cfg->listen_addr_len);

@@ -48,6 +48,7 @@ typedef struct fl_config {
   int64_t checkin_interval_ms;  /* pace steering base for devices that are not selected */
   uint64_t max_samples;         /* upper bound of an update's sample_count */
   int log_level;                /* fl_log_level */
+  bool reuse_port;              /* SO_REUSEPORT on the listening socket (opt-in) */
 } fl_config;
 
 /* Parses argv and the environment into *cfg. Returns 0 to run, 1 when --help/--version was

@@ -133,8 +133,8 @@ static const fl_route *route(const fl_route *t, const char *method, const char *
                              bool *method_mismatch) {
   for (; t->prefix != NULL; t++) {
     size_t n = strlen(t->prefix);
-    bool match = t->prefix[n - 1] == '/' ? strncmp(path, t->prefix, n) == 0
-                                         : strcmp(path, t->prefix) == 0;
+    bool match =
+        t->prefix[n - 1] == '/' ? strncmp(path, t->prefix, n) == 0 : strcmp(path, t->prefix) == 0;
     if (!match)
       continue;
     if (strcmp(method, t->method) == 0)
@@ -163,8 +163,7 @@ static void log_path(const char *path, char out[256]) {
 }
 
 static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *name) {
-  struct MHD_Response *mr =
-      MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
+  struct MHD_Response *mr = MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
   if (mr == NULL) {
     free(r->data);
     return MHD_NO;
@@ -246,9 +245,8 @@ static int append(fl_srv *s, fl_req *q, const char *data, size_t n) {
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
   fl_srv *s = cls;
   fl_req *q = *con_cls;
   (void)version;
@@ -318,6 +316,12 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   fl__slog(FL_LOG_WARN, "mhd", "message=%s", fl__slog_str(msg));
 }
 
+/* GnuTLS priorities: TLS 1.2 and 1.3 only, AEAD ciphers only (AES-GCM, ChaCha20-Poly1305),
+ * forward-secret key exchange; no CBC, no SHA-1 MACs, no TLS 1.0/1.1. */
+#define FL_TLS_PRIORITIES                                                             \
+  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:" \
+  "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:+DHE-RSA"
+
 int fl__http_start(fl_srv *s) {
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                    MHD_USE_ERROR_LOG | MHD_USE_ITC;
@@ -342,16 +346,23 @@ int fl__http_start(fl_srv *s) {
     }
     flags |= MHD_USE_TLS;
   }
+  /* Without the option MHD sets only SO_REUSEADDR (a restart binds at once, a second
+   * process on the port fails); with it, SO_REUSEPORT lets processes share the port, which
+   * must be asked for: the kernel then splits connections between them. An array entry so
+   * that the option is absent rather than set to "disallow", which drops SO_REUSEADDR too. */
+  struct MHD_OptionItem reuse_opts[] = {
+      {s->cfg.reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1, NULL},
+      {MHD_OPTION_END, 0, NULL}};
   struct MHD_OptionItem tls_opts[] = {
       {h->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->tls_cert},
       {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
+      {h->tls_key ? MHD_OPTION_HTTPS_PRIORITIES : MHD_OPTION_END, 0, (void *)FL_TLS_PRIORITIES},
       {MHD_OPTION_END, 0, NULL}};
   h->d = MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
                           mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED,
                           on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
-                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-                          MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_ARRAY, tls_opts,
-                          MHD_OPTION_END);
+                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s, MHD_OPTION_ARRAY,
+                          reuse_opts, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   if (h->d == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "listen=%s",
              fl__slog_str(fl__config_listen_text(&s->cfg)));

@@ -432,3 +432,64 @@ Test(startup, libpq_message_with_quotes_is_one_logfmt_value) {
   const char *close = eol - 1;
   cr_assert_eq(*close, '"', "%.*s", (int)(eol - line), line);
 }
+
+/* ----- the listening socket and TLS ---------------------------------------------------------- */
+
+/* A second coordinator on a port a coordinator already serves is a start-up error, also when
+ * only the newcomer asks for --reuse-port=1 (both must opt in to share a port). Before, every
+ * coordinator bound with SO_REUSEPORT and the kernel split connections between the two. */
+Test(startup, port_in_use_by_a_coordinator_is_refused) {
+  char db[64];
+  cr_assert_eq(fl_h_db_create(db), 0, "CREATE DATABASE (run under pg_virtualenv)");
+  fl_h_coord c;
+  cr_assert_eq(fl_h_coord_start(&c, db, NULL, NULL), 0);
+  char listen_at[64], text[32];
+  snprintf(text, sizeof text, "127.0.0.1:%d", c.port);
+  snprintf(listen_at, sizeof listen_at, "--listen=%s", text);
+  const char *key = flag_arg("signing-key", path_in_dir("signing.pem"));
+  const char *want[] = {text, "Address already in use", NULL};
+  const char *plain[] = {NO_DB, key, listen_at, NULL};
+  refused(plain, NULL, want);
+  const char *reuse[] = {NO_DB, key, listen_at, "--reuse-port=1", NULL};
+  refused(reuse, NULL, want);
+  fl_h_coord_stop(&c, SIGTERM);
+  fl_h_db_drop(db);
+}
+
+/* openssl s_client against 127.0.0.1:port with extra arguments; 0 when the handshake and
+ * certificate verification succeed. SECLEVEL=0 so that the client itself would offer TLS 1.0
+ * and 1.1 and CBC suites: the server must be the one that refuses them. */
+static int handshake(int port, const char *cafile, const char *extra) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "timeout 10 openssl s_client -connect 127.0.0.1:%d -CAfile '%s' -verify_return_error"
+           " -cipher 'DEFAULT:@SECLEVEL=0' %s </dev/null >/dev/null 2>&1",
+           port, cafile, extra);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(startup, tls_is_1_2_or_1_3_with_aead_suites_only) {
+  char db[64], ca[300];
+  cr_assert_eq(fl_h_db_create(db), 0, "CREATE DATABASE (run under pg_virtualenv)");
+  fl_h_coord c;
+  cr_assert_eq(fl_h_coord_start_tls(&c, db), 0);
+  snprintf(ca, sizeof ca, "%s/tls-cert.pem", c.dir);
+  cr_assert_eq(access(ca, R_OK), 0, "%s", ca);
+  int tls13 = handshake(c.port, ca, "-tls1_3");
+  int gcm = handshake(c.port, ca, "-tls1_2 -cipher 'ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0'");
+  int chacha = handshake(c.port, ca, "-tls1_2 -cipher 'ECDHE-ECDSA-CHACHA20-POLY1305'");
+  int cbc = handshake(c.port, ca, "-tls1_2 -cipher 'ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0'");
+  int cbc256 = handshake(c.port, ca, "-tls1_2 -cipher 'ECDHE-ECDSA-AES256-SHA384:@SECLEVEL=0'");
+  int tls11 = handshake(c.port, ca, "-tls1_1");
+  int tls10 = handshake(c.port, ca, "-tls1");
+  fl_h_coord_stop(&c, SIGTERM);
+  fl_h_db_drop(db);
+  cr_assert_eq(tls13, 0, "TLS 1.3 refused");
+  cr_assert_eq(gcm, 0, "TLS 1.2 AES-GCM refused");
+  cr_assert_eq(chacha, 0, "TLS 1.2 ChaCha20-Poly1305 refused");
+  cr_assert_neq(cbc, 0, "TLS 1.2 CBC/SHA-1 suite accepted");
+  cr_assert_neq(cbc256, 0, "TLS 1.2 CBC/SHA-384 suite accepted");
+  cr_assert_neq(tls11, 0, "TLS 1.1 accepted");
+  cr_assert_neq(tls10, 0, "TLS 1.0 accepted");
+}
