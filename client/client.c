@@ -2,6 +2,7 @@
  * The client handle: options, construction and destruction, error detail, clocks.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -68,13 +69,13 @@ static int setup_transport(fl_client *c, const fl_client_opts *o) {
   if (o->transport != NULL) {
     if (o->transport->begin == NULL || o->transport->poll == NULL || o->transport->end == NULL)
       return FL_E_INVAL;
-    c->tr = *o->transport;
+    /* A version 1 struct ends before attach: copying the whole of ours would read past it. */
+    memset(&c->tr, 0, sizeof c->tr);
+    memcpy(&c->tr, o->transport,
+           o->transport->version >= 2 ? sizeof c->tr : offsetof(fl_transport, attach));
     return FL_OK;
   }
-  int err = fl_transport_curl(&c->tr, o);
-  if (err == FL_OK)
-    c->curl_tr = c->tr.ctx;
-  return err;
+  return fl_transport_curl(&c->tr, o);
 }
 
 int fl_client_new(fl_client **out, const fl_client_opts *opts) {

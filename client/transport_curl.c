@@ -207,6 +207,15 @@ static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   return FL_OK;
 }
 
+/* Moves the easy handle onto the fl_multi's shared handle (NULL: back to its own). */
+static int tr_attach(void *ctx, struct fl_multi *m) {
+  curl_tr *t = ctx;
+  if (t->added)
+    return FL_E_STATE;
+  t->multi = m != NULL ? fl__multi_curlm(m) : t->own;
+  return FL_OK;
+}
+
 static const char *tr_detail(void *ctx) {
   curl_tr *t = ctx;
   return t->errbuf;
@@ -283,13 +292,14 @@ int fl_transport_curl(fl_transport *out, const fl_client_opts *o) {
     goto out_destroy;
   t->multi = t->own;
   set_fixed_options(t, o);
-  *out = (fl_transport){.version = 1,
+  *out = (fl_transport){.version = 2,
                         .ctx = t,
                         .begin = tr_begin,
                         .poll = tr_poll,
                         .end = tr_end,
                         .destroy = tr_destroy,
-                        .detail = tr_detail};
+                        .detail = tr_detail,
+                        .attach = tr_attach};
   return FL_OK;
 out_destroy:
   tr_destroy(t); /* also balances curl_global_init */
@@ -297,14 +307,6 @@ out_destroy:
 out_free:
   fl__free(a, t);
   return err;
-}
-
-int fl__curl_transport_attach(void *ctx, void *curlm) {
-  curl_tr *t = ctx;
-  if (t->added)
-    return FL_E_STATE;
-  t->multi = curlm != NULL ? curlm : t->own;
-  return FL_OK;
 }
 
 void fl__curl_transport_finished(void *ctx, int curlcode) {

@@ -78,15 +78,22 @@ typedef struct fl_http_response {
  *            FL_E_TRANSPORT / FL_E_TIMEOUT / FL_E_NOMEM when it failed (nothing in flight).
  * - end:     releases the exchange (aborts it if still in flight). Always called after begin.
  * - destroy: frees the transport; called by fl_client_free(). May be NULL.
- * - detail:  optional (may be NULL): text describing the last failure, for error messages. */
+ * - detail:  optional (may be NULL): text describing the last failure, for error messages.
+ * - attach:  version 2, optional (may be NULL): called by fl_multi_add() with the multi and by
+ *            fl_multi_remove() with NULL, never while an exchange is in flight. The built-in
+ *            transport moves its transfers onto the multi's shared libcurl handle (one
+ *            connection pool, one poll); a wrapper forwards the call to the transport it wraps
+ *            so that the wrapped one shares them too. FL_OK or an error that fails the add. */
+struct fl_multi;
 typedef struct fl_transport {
-  int version; /* 1 */
+  int version; /* 1, or 2 with attach */
   void *ctx;
   int (*begin)(void *ctx, const fl_http_request *req);
   int (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
   void (*end)(void *ctx);
   void (*destroy)(void *ctx);
   const char *(*detail)(void *ctx);
+  int (*attach)(void *ctx, struct fl_multi *m);
 } fl_transport;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -95,8 +102,9 @@ typedef struct fl_transport {
 #define FL_CLIENT_OPTS_VERSION 1
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts from opts), for embedders who
- * wrap it (logging, fault injection) and pass the wrapper as opts->transport. On error *out is
- * untouched. Its destroy() frees it. */
+ * wrap it (logging, fault injection) and pass the wrapper as opts->transport. It is a version 2
+ * transport: a wrapper that forwards attach() keeps the shared pool of an fl_multi. On error
+ * *out is untouched. Its destroy() frees it. */
 struct fl_client_opts;
 FL_API int fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
 
