@@ -56,6 +56,7 @@ typedef struct run_ctx {
   sim_coord_stats stats;     /* as of the start of the current round */
   uint32_t min_participants; /* the plan's */
   int explained;             /* why the rounds stopped has been printed */
+  int n_versions;            /* rounds that produced a version */
 } run_ctx;
 
 /* Reads the coordinator's counters; 0 when it cannot (the breakdown is then left out). */
@@ -172,12 +173,18 @@ static void explain_no_version(run_ctx *x, int r, const sim_round_state *st,
   fputc('\n', stderr);
   uint64_t up = a->uploaded - b->uploaded, failed = a->failed - b->failed;
   uint64_t dropped = a->dropped - b->dropped;
-  if (up == 0 && failed + dropped > 0)
-    fprintf(stderr, "fl-sim: every device failed round %d (%llu failed, %llu dropped out)\n", r,
-            (unsigned long long)failed, (unsigned long long)dropped);
+  /* a->finished counts this round's devices; the others had not heard back when it ended. */
+  char unfinished[48] = "";
+  if (x->o->devices > a->finished)
+    snprintf(unfinished, sizeof(unfinished), ", %llu unfinished",
+             (unsigned long long)(x->o->devices - a->finished));
+  if (up == 0 && st->accepted == 0 && failed + dropped > 0)
+    fprintf(stderr, "fl-sim: every device failed round %d (%llu failed, %llu dropped out%s)\n", r,
+            (unsigned long long)failed, (unsigned long long)dropped, unfinished);
   else
-    fprintf(stderr, "fl-sim: devices in round %d: %llu uploaded, %llu failed, %llu dropped out\n",
-            r, (unsigned long long)up, (unsigned long long)failed, (unsigned long long)dropped);
+    fprintf(stderr, "fl-sim: devices in round %d: %llu uploaded, %llu failed, %llu dropped out%s\n",
+            r, (unsigned long long)up, (unsigned long long)failed, (unsigned long long)dropped,
+            unfinished);
   for (int e = 0; e < 32; e++)
     if (a->failed_by_err[e] > b->failed_by_err[e])
       fprintf(stderr, "  failed: %s x %llu\n", fl_strerror(e),
@@ -238,6 +245,7 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
     row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
     if (st.result_version != 0) {
+      x->n_versions++;
       evaluate(x, st.result_version, row);
     } else {
       row->accuracy = row->loss = row->auc = NAN;
@@ -382,7 +390,7 @@ static void summary(run_ctx *x, double total_s) {
   add_row(rows, &n, "data", "%s", x->d->name);
   add_row(rows, &n, "devices", "%zu (%zu misbehaving)", x->o->devices,
           x->o->devices - beh[SIM_HONEST]);
-  add_row(rows, &n, "rounds completed", "%d of %d", x->n_rows, x->o->rounds);
+  add_row(rows, &n, "rounds with a new version", "%d of %d", x->n_versions, x->o->rounds);
   if (last && x->d->anomaly)
     add_row(rows, &n, "final test AUC", "%.4f", last->auc);
   else if (last)
