@@ -147,7 +147,10 @@ static int tr_begin(void *ctx, const fl_http_request *req) {
   t->oom = false;
   t->retry_after_ms = 0;
   t->errbuf[0] = '\0';
-  int err = set_request(t, req);
+  int err = FL_E_NOMEM;
+  if (t->multi == NULL && (t->own = t->multi = curl_multi_init()) == NULL)
+    goto out_end;
+  err = set_request(t, req);
   if (err != FL_OK)
     goto out_end;
   CURLMcode mc = curl_multi_add_handle(t->multi, t->easy);
@@ -207,11 +210,18 @@ static int tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   return FL_OK;
 }
 
-/* Moves the easy handle onto the fl_multi's shared handle (NULL: back to its own). */
+/* Moves the easy handle onto the fl_multi's shared handle (NULL: back to its own). The own
+ * handle goes: its pool would keep the connection of a standalone enrollment open beside the
+ * shared pool (a thousand clients, a thousand idle sockets at the coordinator). tr_begin makes
+ * a new one when the transport stands alone again. */
 static int tr_attach(void *ctx, struct fl_multi *m) {
   curl_tr *t = ctx;
   if (t->added)
     return FL_E_STATE;
+  if (m != NULL && t->own != NULL) {
+    curl_multi_cleanup(t->own);
+    t->own = NULL;
+  }
   t->multi = m != NULL ? fl__multi_curlm(m) : t->own;
   return FL_OK;
 }

@@ -2,13 +2,21 @@
  * fl-sim's fault-injecting transport wrapper (sim/transport.c) around a scripted inner
  * transport: faults follow the device's seed alone, attach() reaches the wrapped transport,
  * straggler delays and the worker's in-flight cap hold exchanges back, refusals are counted by
- * reason, and what the inner transport was given is the request the client made.
+ * reason, and what the inner transport was given is the request the client made. Last, the real
+ * fl_transport_curl inside the wrapper against a socket.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fl/err.h"
 #include "fl/v1/fleetlearn.pb-c.h"
@@ -258,4 +266,90 @@ Test(sim_transport, refusals_counted_by_reason) {
   cr_expect_str_eq(net.stats.reasons[1], "http_503");
   cr_expect_eq(net.stats.bytes_down, 2 * (uint64_t)fl__v1__error__get_packed_size(&e));
   t.destroy(t.ctx);
+}
+
+/* ---- the real thing: fl_transport_curl inside the wrapper ------------------------------- */
+
+/* A one-connection HTTP server: answers one request with keep-alive, then reports whether the
+ * client closed the connection within 3 s. */
+typedef struct server {
+  int listen_fd, port;
+  pthread_t thread;
+  atomic_int answered, closed;
+} server;
+
+static void *serve(void *arg) {
+  server *s = arg;
+  int fd = accept(s->listen_fd, NULL, NULL);
+  if (fd < 0)
+    return NULL;
+  char buf[4096];
+  size_t got = 0;
+  while (got < sizeof(buf) - 1) {
+    ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+    if (n <= 0)
+      break;
+    got += (size_t)n;
+    buf[got] = '\0';
+    if (strstr(buf, "\r\n\r\n") != NULL)
+      break;
+  }
+  static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  if (send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL) == (ssize_t)sizeof(resp) - 1)
+    atomic_store(&s->answered, 1);
+  struct timeval tv = {3, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  atomic_store(&s->closed, recv(fd, buf, sizeof(buf), 0) == 0);
+  close(fd);
+  return NULL;
+}
+
+static void server_start(server *s) {
+  memset(s, 0, sizeof(*s));
+  s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert_geq(s->listen_fd, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof(a);
+  cr_assert_eq(bind(s->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  cr_assert_eq(listen(s->listen_fd, 4), 0);
+  cr_assert_eq(getsockname(s->listen_fd, (struct sockaddr *)&a, &len), 0);
+  s->port = ntohs(a.sin_port);
+  cr_assert_eq(pthread_create(&s->thread, NULL, serve, s), 0);
+}
+
+/* A device enrolls standing alone, then joins its worker's fl_multi: the connection of its
+ * private pool must not stay open beside the shared pool (with 1000 devices, 1000 idle
+ * sockets held the coordinator's connection limit and slowed enrollment fivefold). */
+Test(sim_transport, curl_transport_closes_its_private_connection_on_attach) {
+  server s;
+  server_start(&s);
+  char url[64];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d", s.port);
+  fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION, .server_url = url};
+  sim_net net = {0};
+  sim_link_opts o = {.net = &net, .seed = 1};
+  cr_assert_eq(fl_transport_curl(&o.inner, &co), FL_OK);
+  cr_expect_eq(o.inner.version, 2);
+  fl_transport t;
+  cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
+  fl_http_request get = {.method = "GET", .path = "/v1/x"};
+  cr_assert_eq(t.begin(t.ctx, &get), FL_OK);
+  fl_http_response r;
+  int rc;
+  while ((rc = t.poll(t.ctx, 100, &r)) == FL_E_AGAIN)
+    ;
+  cr_assert_eq(rc, FL_OK, "%s", t.detail(t.ctx));
+  cr_expect_eq(r.status, 200);
+  cr_expect_eq(r.body_len, 2);
+  t.end(t.ctx);
+  cr_expect(atomic_load(&s.answered));
+  fl_multi *m = NULL;
+  cr_assert_eq(fl_multi_new(&m, NULL), FL_OK);
+  cr_assert_eq(t.attach(t.ctx, m), FL_OK);
+  pthread_join(s.thread, NULL);
+  cr_expect(atomic_load(&s.closed), "the idle connection was closed at attach");
+  cr_expect_eq(t.attach(t.ctx, NULL), FL_OK);
+  t.destroy(t.ctx);
+  fl_multi_free(m);
+  close(s.listen_fd);
 }
