@@ -101,7 +101,9 @@ int fl__transport_read(const fl_client_opts *o, const fl_transport *in, fl_trans
     fl__opts_log(o, "fl_transport: begin, poll and end are required");
     return FL_E_INVAL;
   }
-  *out = *in; /* version 1 is the whole struct */
+  /* A version 1 struct ends before attach: copying the whole of ours would read past it. */
+  memset(out, 0, sizeof *out);
+  memcpy(out, in, in->version >= 2 ? sizeof *out : offsetof(fl_transport, attach));
   return FL_OK;
 }
 
@@ -162,10 +164,7 @@ static int setup_transport(fl_client *c, const fl_client_opts *o, const fl_trans
     c->tr = *tr;
     return FL_OK;
   }
-  int err = fl_transport_curl(&c->tr, o);
-  if (err == FL_OK)
-    c->curl_tr = c->tr.ctx;
-  return err;
+  return fl_transport_curl(&c->tr, o);
 }
 
 /* Reads the options by their version and checks what every handle needs. */

@@ -109,7 +109,6 @@ struct fl_client {
   size_t max_response_bytes;
 
   fl_transport tr;
-  void *curl_tr; /* tr.ctx when tr is the built-in transport, else NULL */
   bool tr_busy;  /* begin() called, end() not yet */
 
   fl_key *key;
@@ -271,9 +270,6 @@ int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
 
 /* transport_curl.c */
 int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
-/* Moves the easy handle of the built-in transport onto a shared multi handle (NULL: back to
- * its own). Only when nothing is in flight. */
-int fl__curl_transport_attach(void *ctx, void *curlm);
 /* Called by fl_multi when the shared multi reports the transfer finished. */
 void fl__curl_transport_finished(void *ctx, int curlcode);
 
@@ -333,6 +329,7 @@ int fl__inference_load(fl_client *c); /* at open: active, else previous */
 
 /* multi.c */
 void fl__multi_forget(fl_client *c);
+void *fl__multi_curlm(struct fl_multi *m); /* the shared CURLM, for the built-in transport */
 void fl__multi_wakeup(struct fl_multi *m); /* thread-safe: a lent client finished training */
 
 #endif /* FL__CLIENT_INTERNAL_H */

@@ -1,12 +1,13 @@
 /*
  * fl_multi: one thread drives the rounds of many clients.
  *
- * Clients with the built-in transport move their easy handles onto one shared libcurl multi
- * handle, so a thousand clients share one connection pool and one poll. Each perform advances
- * every client's step machine without blocking; clients that need training or finished their
- * round are queued for fl_multi_next(). A client handed out for training is "lent": the multi
- * does not touch it until fl_client_train() has returned (it sets an atomic flag and wakes the
- * multi), so the training may run on any worker thread.
+ * Clients with the built-in transport (or a wrapper that forwards its attach()) move their
+ * easy handles onto one shared libcurl multi handle, so a thousand clients share one connection
+ * pool and one poll. Each perform advances every client's step machine without blocking;
+ * clients that need training or finished their round are queued for fl_multi_next(). A client
+ * handed out for training is "lent": the multi does not touch it until fl_client_train() has
+ * returned (it sets an atomic flag and wakes the multi), so the training may run on any worker
+ * thread.
  */
 #include <string.h>
 
@@ -94,8 +95,8 @@ fl_err fl_multi_add(fl_multi *m, fl_client *c) {
   int err = grow_queue(m, m->n_clients + 1);
   if (err != FL_OK)
     return err;
-  if (c->curl_tr != NULL) {
-    err = fl__curl_transport_attach(c->curl_tr, m->curlm);
+  if (c->tr.attach != NULL) {
+    err = c->tr.attach(c->tr.ctx, m);
     if (err != FL_OK)
       return err;
   }
@@ -125,8 +126,8 @@ fl_err fl_multi_remove(fl_multi *m, fl_client *c) {
   /* The shared multi handle must not keep a transfer of a client that leaves it. */
   if (c->tr_busy)
     fl__round_reset(c);
-  if (c->curl_tr != NULL)
-    fl__curl_transport_attach(c->curl_tr, NULL);
+  if (c->tr.attach != NULL)
+    c->tr.attach(c->tr.ctx, NULL);
   fl_client **pp = &m->head;
   while (*pp != c)
     pp = &(*pp)->multi_next;
@@ -143,6 +144,10 @@ fl_err fl_multi_remove(fl_multi *m, fl_client *c) {
 void fl__multi_forget(fl_client *c) {
   if (c->multi != NULL)
     fl_multi_remove(c->multi, c);
+}
+
+void *fl__multi_curlm(fl_multi *m) {
+  return m->curlm;
 }
 
 void fl__multi_wakeup(fl_multi *m) {

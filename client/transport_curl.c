@@ -149,7 +149,10 @@ static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   t->toobig = false;
   t->retry_after_ms = 0;
   t->errbuf[0] = '\0';
-  int err = set_request(t, req);
+  int err = FL_E_NOMEM;
+  if (t->multi == NULL && (t->own = t->multi = curl_multi_init()) == NULL)
+    goto out_end;
+  err = set_request(t, req);
   if (err != FL_OK)
     goto out_end;
   CURLMcode mc = curl_multi_add_handle(t->multi, t->easy);
@@ -211,6 +214,22 @@ static fl_err tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   resp->body = t->body;
   resp->body_len = t->body_len;
   resp->retry_after_ms = t->retry_after_ms;
+  return FL_OK;
+}
+
+/* Moves the easy handle onto the fl_multi's shared handle (NULL: back to its own). The own
+ * handle goes: its pool would keep the connection of a standalone enrollment open beside the
+ * shared pool (a thousand clients, a thousand idle sockets at the coordinator). tr_begin makes
+ * a new one when the transport stands alone again. */
+static fl_err tr_attach(void *ctx, struct fl_multi *m) {
+  curl_tr *t = ctx;
+  if (t->added)
+    return FL_E_STATE;
+  if (m != NULL && t->own != NULL) {
+    curl_multi_cleanup(t->own);
+    t->own = NULL;
+  }
+  t->multi = m != NULL ? fl__multi_curlm(m) : t->own;
   return FL_OK;
 }
 
@@ -306,7 +325,8 @@ fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
                         .poll = tr_poll,
                         .end = tr_end,
                         .destroy = tr_destroy,
-                        .detail = tr_detail};
+                        .detail = tr_detail,
+                        .attach = tr_attach};
   return FL_OK;
 out_destroy:
   tr_destroy(t); /* also balances curl_global_init */
@@ -314,14 +334,6 @@ out_destroy:
 out_free:
   fl__free(a, t);
   return err;
-}
-
-int fl__curl_transport_attach(void *ctx, void *curlm) {
-  curl_tr *t = ctx;
-  if (t->added)
-    return FL_E_STATE;
-  t->multi = curlm != NULL ? curlm : t->own;
-  return FL_OK;
 }
 
 void fl__curl_transport_finished(void *ctx, int curlcode) {

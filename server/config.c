@@ -23,9 +23,25 @@
 #include "server.h"
 
 enum {
-  OPT_DB = 1000, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SIGNING_KEY, OPT_REPLICA,
-  OPT_MAX_BODY, OPT_MAX_CONN, OPT_TIMEOUT, OPT_POOL, OPT_TS_WINDOW, OPT_COMMIT, OPT_TICK,
-  OPT_CHECKIN, OPT_MAX_SAMPLES, OPT_LOG_LEVEL, OPT_REUSE_PORT, OPT_HELP, OPT_VERSION
+  OPT_DB = 1000,
+  OPT_LISTEN,
+  OPT_TLS_CERT,
+  OPT_TLS_KEY,
+  OPT_SIGNING_KEY,
+  OPT_REPLICA,
+  OPT_MAX_BODY,
+  OPT_MAX_CONN,
+  OPT_TIMEOUT,
+  OPT_POOL,
+  OPT_TS_WINDOW,
+  OPT_COMMIT,
+  OPT_TICK,
+  OPT_CHECKIN,
+  OPT_MAX_SAMPLES,
+  OPT_LOG_LEVEL,
+  OPT_REUSE_PORT,
+  OPT_HELP,
+  OPT_VERSION
 };
 
 /* One table drives getopt, the environment and --help, so that they cannot drift apart. */
@@ -176,7 +192,9 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_TICK: cfg->tick_ms = (unsigned)n; return n >= 10 && n <= 60000 ? 0 : -1;
   case OPT_CHECKIN: cfg->checkin_interval_ms = (int64_t)n; return n >= 100 ? 0 : -1;
   case OPT_MAX_SAMPLES: cfg->max_samples = n; return n >= 1 ? 0 : -1;
-  case OPT_REUSE_PORT: cfg->reuse_port = n == 1; return n <= 1 ? 0 : -1;
+  case OPT_REUSE_PORT:
+    cfg->reuse_port = n == 1;
+    return n <= 1 ? 0 : -1;
   default: return -1;
   }
 }

@@ -25,6 +25,15 @@ static int load_fmnist(sim_data *d, const sim_options *o, fl_rng *r) {
             fl_strerror(rc));
     return rc;
   }
+  /* The options were checked against Fashion-MNIST's shape (sim_scenario_shape). */
+  sim_scenario shape;
+  sim_scenario_shape("fmnist", &shape);
+  if (d->train.x_dim != shape.x_dim || d->train.n_classes != shape.n_classes ||
+      d->test.x_dim != shape.x_dim) {
+    fprintf(stderr, "fl-sim: %s does not hold Fashion-MNIST (%zu pixels, %d classes)\n",
+            o->data_dir, d->train.x_dim, (int)d->train.n_classes);
+    return FL_E_INVAL;
+  }
   sim_partition_scheme sc;
   if (sim_partition_scheme_parse(&sc, o->partition) != FL_OK) {
     fprintf(stderr, "fl-sim: bad --partition %s\n", o->partition);
@@ -52,8 +61,14 @@ static int load_fmnist(sim_data *d, const sim_options *o, fl_rng *r) {
 
 static int load_synthetic(sim_data *d, const sim_options *o) {
   sim_synthetic s;
-  sim_synthetic_opts so = {.n_devices = o->devices, .dim = 60, .n_classes = 10,
-                           .alpha = o->syn_alpha, .beta = o->syn_beta, .seed = o->seed};
+  sim_scenario sc;
+  sim_scenario_shape("synthetic", &sc);
+  sim_synthetic_opts so = {.n_devices = o->devices,
+                           .dim = sc.x_dim,
+                           .n_classes = sc.n_classes,
+                           .alpha = o->syn_alpha,
+                           .beta = o->syn_beta,
+                           .seed = o->seed};
   int rc = sim_synthetic_generate(&s, &so);
   if (rc != FL_OK)
     return rc;
@@ -67,8 +82,15 @@ static int load_synthetic(sim_data *d, const sim_options *o) {
 
 static int load_sensor(sim_data *d, const sim_options *o) {
   sim_sensor s;
-  sim_sensor_opts so = {.n_devices = o->devices, .bins = 64, .n_train = 60, .n_calib = 10,
-                        .n_test = 40, .fault_rate = o->fault_rate, .seed = o->seed};
+  sim_scenario sc;
+  sim_scenario_shape("sensor", &sc);
+  sim_sensor_opts so = {.n_devices = o->devices,
+                        .bins = sc.x_dim,
+                        .n_train = 60,
+                        .n_calib = 10,
+                        .n_test = 40,
+                        .fault_rate = o->fault_rate,
+                        .seed = o->seed};
   int rc = sim_sensor_generate(&s, &so);
   if (rc != FL_OK)
     return rc;
@@ -90,18 +112,15 @@ static int load_sensor(sim_data *d, const sim_options *o) {
 }
 
 static int pick_model(sim_data *d, const sim_options *o) {
-  int32_t classes = d->anomaly ? 0 : d->train.n_classes;
-  int rc;
-  if (o->layers != NULL)
-    rc = sim_model_parse(&d->spec, o->layers, d->train.x_dim,
-                         d->anomaly ? FL_LOSS_MSE : FL_LOSS_SOFTMAX_CE);
-  else
-    rc = sim_model_named(&d->spec, o->model ? o->model : d->anomaly ? "autoencoder" : "2nn",
-                         d->train.x_dim, classes);
+  sim_scenario sc;
+  char msg[256] = "the data set has an unexpected shape";
+  int rc = sim_scenario_shape(o->dataset, &sc);
   if (rc == FL_OK)
-    rc = fl__spec_validate(&d->spec);
+    rc = sim_options_model(o, &sc, &d->spec, msg, sizeof(msg));
+  if (rc == FL_OK && d->train.x_dim != sc.x_dim)
+    rc = FL_E_INVAL;
   if (rc != FL_OK)
-    fprintf(stderr, "fl-sim: the model does not fit the data: %s\n", fl_strerror(rc));
+    fprintf(stderr, "fl-sim: the model does not fit the data: %s\n", msg);
   return rc;
 }
 

@@ -16,16 +16,25 @@
 #include "fl/err.h"
 #include "sim.h"
 
-typedef enum { D_IDLE, D_ACTIVE } dev_phase;
+/* Exchanges in flight per worker: what the coordinator's connection threads are sized for. */
+#define MAX_INFLIGHT 32
+/* How long one fl_multi_perform may wait for the network: short, since round starts, straggler
+ * delays and the in-flight cap are only looked at between performs. */
+#define PERFORM_MS 2
 
 typedef struct device {
   fl_client *c;
-  dev_phase phase;
+  size_t index;
+  int active;        /* a round begun and not yet DONE */
+  uint64_t cur_seq;  /* simulated round it takes part in */
   uint64_t done_seq; /* last simulated round this device finished */
   int64_t next_ms;   /* not before: the coordinator's retry window */
   sim_behaviour behaviour;
   int enrolled;
   char key_path[300];
+  fl_rng dropout_rng;
+  uint64_t shuffle_seed;
+  uint32_t resets; /* epochs started in the current round */
   /* data source */
   const fl_dataset *data;
   const uint32_t *rows;
@@ -38,6 +47,8 @@ typedef struct worker {
   struct sim_fleet *f;
   size_t lo, hi;
   sim_net net;
+  fl_multi *multi;
+  device **by_client; /* the slice's devices sorted by client handle, for fl_multi_next */
   pthread_t thread;
   pthread_mutex_t mu; /* guards snap and failed_by_err */
   sim_net_stats snap;
@@ -69,19 +80,22 @@ static uint64_t mono_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* fl_data_source over this device's rows of the shared data set, shuffled each epoch. */
+/* fl_data_source over this device's rows of the shared data set, shuffled each epoch. The
+ * coordinator's seed is not used: it mixes in the device id, which follows enrollment order
+ * and so the thread count. The device's own seed, the simulated round and the epoch do not. */
 static fl_err ds_reset(void *ctx, uint64_t seed) {
+  (void)seed;
   device *d = ctx;
   fl_rng r;
-  fl__rng_seed(&r, seed);
+  fl__rng_seed(
+      &r, sim_device_seed(d->shuffle_seed, d->cur_seq * 65536 + d->resets++, SIM_SEED_SHUFFLE));
   memcpy(d->order, d->rows, d->n_rows * sizeof(uint32_t));
   fl__rng_shuffle_u32(&r, d->order, d->n_rows);
   d->pos = 0;
   return FL_OK;
 }
 
-static fl_err ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max,
-                      size_t *n) {
+static fl_err ds_next(void *ctx, float *x, int32_t *labels, float *targets, size_t max, size_t *n) {
   device *d = ctx;
   size_t dim = d->data->x_dim, k = 0;
   for (; k < max && d->pos < d->n_rows; k++, d->pos++) {
@@ -96,17 +110,24 @@ static fl_err ds_next(void *ctx, float *x, int32_t *labels, float *targets, size
   return FL_OK;
 }
 
-static void record_result(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
+static void count_failure(struct sim_fleet *f, worker *w, int err) {
+  atomic_fetch_add(&f->failed, 1);
+  pthread_mutex_lock(&w->mu);
+  w->failed_by_err[err >= 0 && err < 32 ? err : 31]++;
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void record_result(struct sim_fleet *f, worker *w, device *d) {
   fl_round_result r = {.size = sizeof r};
   fl_client_round_result(d->c, &r);
-  d->phase = D_IDLE;
+  d->active = 0;
   if (r.outcome == FL_ROUND_NOT_SELECTED) {
     int64_t now = now_ms(), at = r.retry_at_ms;
     /* Keep the simulation moving even if the coordinator paces devices far out. */
     d->next_ms = at <= now ? now + 200 : at > now + 3000 ? now + 3000 : at;
     return;
   }
-  d->done_seq = seq;
+  d->done_seq = d->cur_seq;
   atomic_fetch_add(&f->finished, 1);
   if (r.outcome == FL_ROUND_UPLOADED) {
     atomic_fetch_add(&f->uploaded, 1);
@@ -114,46 +135,79 @@ static void record_result(struct sim_fleet *f, worker *w, device *d, uint64_t se
     while (now > prev && !atomic_compare_exchange_weak(&f->last_ack_ms, &prev, now))
       ;
   } else {
-    atomic_fetch_add(&f->failed, 1);
-    pthread_mutex_lock(&w->mu);
-    w->failed_by_err[r.err >= 0 && r.err < 32 ? r.err : 31]++;
-    pthread_mutex_unlock(&w->mu);
+    count_failure(f, w, r.err);
   }
 }
 
-/* Steps one device as far as it goes without waiting. */
-static void drive(struct sim_fleet *f, worker *w, device *d, uint64_t seq, fl_rng *r) {
-  if (d->phase == D_IDLE) {
-    if (d->done_seq >= seq || now_ms() < d->next_ms)
-      return;
-    if (fl_client_round_begin(d->c) != FL_OK) {
-      d->done_seq = seq;
-      atomic_fetch_add(&f->finished, 1);
-      atomic_fetch_add(&f->failed, 1);
-      return;
-    }
-    d->phase = D_ACTIVE;
+/* Starts the device's round when the simulated round allows it. */
+static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
+  if (!d->enrolled || d->active || d->done_seq >= seq || now_ms() < d->next_ms)
+    return;
+  d->cur_seq = seq;
+  d->resets = 0;
+  int rc = fl_client_round_begin(d->c);
+  if (rc != FL_OK) {
+    d->done_seq = seq;
+    atomic_fetch_add(&f->finished, 1);
+    count_failure(f, w, rc);
+    return;
   }
-  for (;;) {
-    fl_step st = FL_STEP_IDLE;
-    fl_client_step(d->c, 0, &st);
-    if (st == FL_STEP_NEED_TRAIN) {
-      if (fl__rng_uniform(r) < f->o.dropout) {
-        fl_client_round_cancel(d->c);
-        d->phase = D_IDLE;
-        d->done_seq = seq;
-        atomic_fetch_add(&f->finished, 1);
-        atomic_fetch_add(&f->dropped, 1);
-        return;
+  d->active = 1;
+}
+
+/* A selected device that drops out says nothing more to the coordinator. The multi lends a
+ * client that needs training until fl_client_train() returns; taking it out and back in is how
+ * a round is abandoned instead. */
+static void drop_out(struct sim_fleet *f, worker *w, device *d) {
+  fl_multi_remove(w->multi, d->c);
+  fl_client_round_cancel(d->c);
+  if (fl_multi_add(w->multi, d->c) != FL_OK)
+    d->enrolled = 0; /* out of memory: the device leaves the fleet */
+  d->active = 0;
+  d->done_seq = d->cur_seq;
+  atomic_fetch_add(&f->finished, 1);
+  atomic_fetch_add(&f->dropped, 1);
+}
+
+static int cmp_by_client(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)(*(device *const *)a)->c, y = (uintptr_t)(*(device *const *)b)->c;
+  return x < y ? -1 : x > y;
+}
+
+static device *find_device(worker *w, const fl_client *c) {
+  size_t lo = 0, hi = w->hi - w->lo;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (w->by_client[mid]->c == c)
+      return w->by_client[mid];
+    if ((uintptr_t)w->by_client[mid]->c < (uintptr_t)c)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+/* What the multi has to say: devices to train (inline, on this thread) and rounds over. */
+static void handle_events(struct sim_fleet *f, worker *w) {
+  fl_client *c;
+  fl_step step;
+  fl_err err;
+  while (fl_multi_next(w->multi, &c, &step, &err)) {
+    device *d = find_device(w, c);
+    if (d == NULL)
+      continue;
+    if (step == FL_STEP_NEED_TRAIN) {
+      if (fl__rng_uniform(&d->dropout_rng) < f->o.dropout) {
+        drop_out(f, w, d);
+        continue;
       }
       uint64_t t0 = mono_ns();
-      fl_client_train(d->c);
+      fl_client_train(d->c); /* a failure ends the round; the next step reports it */
       atomic_fetch_add(&f->train_ns, mono_ns() - t0);
-      continue;
+    } else if (step == FL_STEP_DONE) {
+      record_result(f, w, d);
     }
-    if (st == FL_STEP_DONE || st == FL_STEP_IDLE)
-      record_result(f, w, d, seq);
-    return;
   }
 }
 
@@ -161,6 +215,8 @@ static void enroll_slice(struct sim_fleet *f, worker *w) {
   for (size_t k = w->lo; k < w->hi && !atomic_load(&f->stop); k++) {
     device *d = &f->dev[k];
     int rc = fl_client_enroll(d->c, w->tokens[k], NULL, 0, "fl-sim");
+    if (rc == FL_OK)
+      rc = fl_multi_add(w->multi, d->c);
     d->enrolled = rc == FL_OK;
     if (rc != FL_OK && k == w->lo)
       fprintf(stderr, "fl-sim: device %zu cannot enroll: %s (%s)\n", k, fl_strerror(rc),
@@ -173,22 +229,21 @@ static void enroll_slice(struct sim_fleet *f, worker *w) {
 static void *worker_main(void *arg) {
   worker *w = arg;
   struct sim_fleet *f = w->f;
-  fl_rng r;
-  fl__rng_seed(&r, f->o.seed * 7919 + w->lo);
   enroll_slice(f, w);
   while (!atomic_load(&f->stop)) {
     uint64_t seq = atomic_load(&f->seq);
-    for (size_t k = w->lo; k < w->hi && seq > 0; k++)
-      if (f->dev[k].enrolled)
-        drive(f, w, &f->dev[k], seq, &r);
-    sim_net_run(&w->net, 2);
-    pthread_mutex_lock(&w->mu);
-    w->snap = w->net.stats;
-    pthread_mutex_unlock(&w->mu);
     if (seq == 0) {
       struct timespec ts = {0, 5 * 1000 * 1000};
       nanosleep(&ts, NULL);
+      continue;
     }
+    for (size_t k = w->lo; k < w->hi; k++)
+      maybe_begin(f, w, &f->dev[k], seq);
+    fl_multi_perform(w->multi, PERFORM_MS);
+    handle_events(f, w);
+    pthread_mutex_lock(&w->mu);
+    w->snap = w->net.stats;
+    pthread_mutex_unlock(&w->mu);
   }
   return NULL;
 }
@@ -215,41 +270,84 @@ static void assign_behaviours(struct sim_fleet *f) {
   free(perm);
 }
 
+/* The device's transport: libflclient's own curl transport inside the fault injection. */
+static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl_client_opts *co,
+                          fl_transport *out) {
+  fl_rng r;
+  fl__rng_seed(&r, sim_device_seed(f->o.seed, d->index, SIM_SEED_PROFILE));
+  int straggler = fl__rng_uniform(&r) < f->o.straggler_frac;
+  sim_link_opts lo = {.net = net,
+                      .key_path = d->key_path,
+                      .behaviour = d->behaviour,
+                      .straggler_ms = straggler ? f->o.straggler_ms : 0,
+                      .net_fail = f->o.net_fail,
+                      .clip_norm = f->o.clip_norm,
+                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS)};
+  int rc = fl_transport_curl(&lo.inner, co);
+  return rc == FL_OK ? sim_link_transport(out, &lo) : rc;
+}
+
 static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
   device *d = &f->dev[k];
   char dir[256];
   snprintf(dir, sizeof(dir), "%s/devices/%05zu", f->o.work_dir, k);
   snprintf(d->key_path, sizeof(d->key_path), "%s/device.key", dir);
+  d->index = k;
   d->data = f->o.train;
   d->rows = f->o.part->index + f->o.part->offsets[k];
   d->n_rows = sim_partition_size(f->o.part, k);
   d->labelled = f->o.labelled;
+  d->shuffle_seed = sim_device_seed(f->o.seed, k, SIM_SEED_SHUFFLE);
+  fl__rng_seed(&d->dropout_rng, sim_device_seed(f->o.seed, k, SIM_SEED_DROPOUT));
   d->order = malloc((d->n_rows ? d->n_rows : 1) * sizeof(uint32_t));
   if (d->order == NULL)
     return FL_E_NOMEM;
-  fl_rng r;
-  fl__rng_seed(&r, f->o.seed * 31 + k);
-  int straggler = fl__rng_uniform(&r) < f->o.straggler_frac;
-  sim_link_opts lo = {.net = net, .base_url = f->o.url, .key_path = d->key_path,
-                      .behaviour = d->behaviour,
-                      .straggler_ms = straggler ? f->o.straggler_ms : 0};
+  fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION,
+                       .server_url = f->o.url,
+                       .state_dir = dir,
+                       .max_retries = 4,
+                       .backoff_base_ms = 50,
+                       .backoff_max_ms = 2000,
+                       .request_timeout_ms = 120000,
+                       .connect_timeout_ms = 10000,
+                       .model_id = f->o.model_id};
   fl_transport tr;
-  int rc = sim_link_transport(&tr, &lo);
+  int rc = make_transport(f, d, net, &co, &tr);
   if (rc != FL_OK)
     return rc;
-  fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION, .server_url = f->o.url,
-                       .state_dir = dir, .transport = &tr, .max_retries = 4,
-                       .backoff_base_ms = 50, .backoff_max_ms = 2000,
-                       .request_timeout_ms = 120000, .connect_timeout_ms = 10000};
+  co.transport = &tr;
   rc = fl_client_new(&d->c, &co);
   if (rc != FL_OK) {
     tr.destroy(tr.ctx);
     return rc;
   }
-  fl_data_source src = {.version = FL_DATA_SOURCE_VERSION, .ctx = d,
-                        .x_dim = f->o.train->x_dim, .n_examples = d->n_rows,
-                        .reset = ds_reset, .next = ds_next};
+  fl_data_source src = {.version = FL_DATA_SOURCE_VERSION,
+                        .ctx = d,
+                        .x_dim = f->o.train->x_dim,
+                        .n_examples = d->n_rows,
+                        .reset = ds_reset,
+                        .next = ds_next};
   return fl_client_set_data_source(d->c, &src);
+}
+
+/* The worker's multi and its lookup table (after its devices exist). */
+static int make_worker(struct sim_fleet *f, worker *w) {
+  w->net.max_inflight = MAX_INFLIGHT;
+  int rc = FL_OK;
+  for (size_t k = w->lo; rc == FL_OK && k < w->hi; k++)
+    rc = make_device(f, k, &w->net);
+  if (rc == FL_OK)
+    rc = fl_multi_new(&w->multi, NULL);
+  size_t n = w->hi - w->lo;
+  w->by_client = rc == FL_OK ? malloc((n ? n : 1) * sizeof(*w->by_client)) : NULL;
+  if (rc == FL_OK && w->by_client == NULL)
+    rc = FL_E_NOMEM;
+  if (rc != FL_OK)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    w->by_client[i] = &f->dev[w->lo + i];
+  qsort(w->by_client, n, sizeof(*w->by_client), cmp_by_client);
+  return FL_OK;
 }
 
 int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
@@ -274,11 +372,7 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
     w->lo = o->n_devices * (size_t)t / (size_t)o->threads;
     w->hi = o->n_devices * (size_t)(t + 1) / (size_t)o->threads;
     pthread_mutex_init(&w->mu, NULL);
-    rc = sim_net_init(&w->net, o->seed + (uint64_t)t);
-    w->net.net_fail = o->net_fail;
-    w->net.clip_norm = o->clip_norm;
-    for (size_t k = w->lo; rc == FL_OK && k < w->hi; k++)
-      rc = make_device(f, k, &w->net);
+    rc = make_worker(f, w);
   }
   if (rc != FL_OK) {
     sim_fleet_free(f);
@@ -381,11 +475,12 @@ void sim_fleet_free(sim_fleet *f) {
   for (int t = 0; f->started && t < f->o.threads; t++)
     pthread_join(f->w[t].thread, NULL);
   for (size_t k = 0; f->dev && k < f->o.n_devices; k++) {
-    fl_client_free(f->dev[k].c);
+    fl_client_free(f->dev[k].c); /* leaves its worker's multi first */
     free(f->dev[k].order);
   }
   for (int t = 0; f->w && t < f->o.threads; t++) {
-    sim_net_cleanup(&f->w[t].net);
+    fl_multi_free(f->w[t].multi);
+    free(f->w[t].by_client);
     pthread_mutex_destroy(&f->w[t].mu);
   }
   free(f->dev);

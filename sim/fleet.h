@@ -1,8 +1,12 @@
 /*
  * The simulated fleet: N libflclient handles, each with its own state directory (key,
- * identity, model cache), data partition and fault profile, driven through the client's step
- * interface by a few worker threads. Each worker owns a slice of the devices and one libcurl
- * multi handle (sim_net) that all of its devices share; training runs inline on the worker.
+ * identity, model cache), data partition and fault profile, driven through libflclient's
+ * public API by a few worker threads. Each worker owns a slice of the devices and one fl_multi
+ * that steps them all over one shared connection pool (each device's built-in curl transport
+ * is wrapped by the fault injection of transport.h); training runs inline on the worker.
+ *
+ * Everything random about device k (faults, dropouts, example order, being a straggler) is
+ * drawn from seeds of (seed, k) alone, so the thread count does not change what happens.
  *
  * Rounds are paced by the main thread: a device takes part at most once per simulated round
  * and waits for sim_fleet_next_round() after uploading (or failing, or dropping out).
@@ -28,10 +32,11 @@ typedef struct sim_fleet_opts {
   double dropout;            /* probability that a selected device drops out before uploading */
   double net_fail;           /* per exchange */
   double straggler_frac, straggler_ms;
-  double bad_frac;           /* fraction of misbehaving devices */
-  unsigned bad_kinds;        /* bit (1 << sim_behaviour) per kind in use; 0: all four */
+  double bad_frac;    /* fraction of misbehaving devices */
+  unsigned bad_kinds; /* bit (1 << sim_behaviour) per kind in use; 0: all four */
   double clip_norm;
   uint64_t seed;
+  uint64_t model_id; /* the run's model: devices check in for it alone */
 } sim_fleet_opts;
 
 typedef struct sim_fleet sim_fleet;
@@ -51,7 +56,7 @@ size_t sim_fleet_wait_enrolled(sim_fleet *f);
 void sim_fleet_next_round(sim_fleet *f);
 
 typedef struct sim_fleet_counts {
-  uint64_t finished;   /* devices done with the current round (any outcome) */
+  uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
   double train_s;      /* training time summed over devices */
   int64_t last_ack_ms; /* Unix ms of the latest acknowledged upload */

@@ -5,11 +5,15 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fl/err.h"
+#include "model_specs.h"
+#include "partition.h"
 #include "transport.h"
 
 typedef enum { T_SIZE, T_INT, T_U32, T_DBL, T_STR, T_U64, T_FLAG } opt_type;
@@ -28,6 +32,8 @@ static const opt_def OPTS[] = {
     {"rounds", T_INT, O(rounds), "training rounds (5)"},
     {"participants", T_U32, O(participants), "target updates per round (all devices)"},
     {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (50%)"},
+    {"over-selection", T_DBL, O(over_selection),
+     "devices given a task per target update, in [1, 10] (1.3)"},
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
     {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},
@@ -61,6 +67,7 @@ static const opt_def OPTS[] = {
     {"coordinator-bin", T_STR, O(coordinator_bin), "fl-coordinator to start"},
     {"coordinator-args", T_STR, O(coordinator_args),
      "more flags for the started coordinator, blank-separated (they win over fl-sim's)"},
+    {"model-name", T_STR, O(model_name), "model name on the coordinator (a new one each run)"},
     {"pg-bin", T_STR, O(pg_bin), "directory of initdb and pg_ctl"},
     {"work-dir", T_STR, O(work_dir), "device states and logs (a new temporary directory)"},
     {"keep-work-dir", T_FLAG, O(keep_work_dir), "do not delete the work directory"},
@@ -74,6 +81,7 @@ void sim_options_defaults(sim_options *o) {
   o->devices = 1000;
   o->threads = 2;
   o->rounds = 5;
+  o->over_selection = 1.3;
   o->deadline_s = 60;
   o->dataset = "fmnist";
   o->data_dir = "/usr/share/datasets/fashion-mnist";
@@ -95,8 +103,9 @@ void sim_options_defaults(sim_options *o) {
 }
 
 void sim_options_usage(FILE *f) {
-  fprintf(f, "usage: fl-sim [--config FILE] [options]\n\n"
-             "Runs a fleet of virtual devices with libflclient against a real coordinator.\n\n");
+  fprintf(f,
+          "usage: fl-sim [--config FILE] [options]\n\n"
+          "Runs a fleet of virtual devices with libflclient against a real coordinator.\n\n");
   for (size_t i = 0; i < N_OPTS; i++) {
     char left[48];
     snprintf(left, sizeof(left), "--%s%s", OPTS[i].name, OPTS[i].type == T_FLAG ? "" : "=V");
@@ -226,6 +235,11 @@ int sim_options_parse(sim_options *o, int argc, char **argv) {
     fprintf(stderr, "fl-sim: unexpected argument %s\n", argv[optind]);
     return FL_E_INVAL;
   }
+  char msg[256];
+  if (sim_options_check(o, msg, sizeof(msg)) != FL_OK) {
+    fprintf(stderr, "fl-sim: %s\n", msg);
+    return FL_E_INVAL;
+  }
   return FL_OK;
 }
 
@@ -248,4 +262,175 @@ int sim_options_bad_kinds(const char *list) {
     p += len + (p[len] == ',');
   }
   return mask;
+}
+
+/* ---- validation ------------------------------------------------------------------------- */
+
+/* Fashion-MNIST's training set: what --samples-per-device draws from. */
+#define FMNIST_TRAIN 60000
+
+int sim_scenario_shape(const char *dataset, sim_scenario *out) {
+  if (dataset != NULL && strcmp(dataset, "fmnist") == 0)
+    *out = (sim_scenario){784, 10};
+  else if (dataset != NULL && strcmp(dataset, "synthetic") == 0)
+    *out = (sim_scenario){60, 10};
+  else if (dataset != NULL && strcmp(dataset, "sensor") == 0)
+    *out = (sim_scenario){64, 0};
+  else
+    return FL_E_INVAL;
+  return FL_OK;
+}
+
+static int fail(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *msg, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, cap, fmt, ap);
+  va_end(ap);
+  return FL_E_INVAL;
+}
+
+int sim_options_model(const sim_options *o, const sim_scenario *sc, fl_model_spec *out, char *msg,
+                      size_t cap) {
+  int classifier = sc->n_classes > 0;
+  const char *name = o->model ? o->model : classifier ? "2nn" : "autoencoder";
+  int rc;
+  if (o->layers != NULL) {
+    rc = sim_model_parse(out, o->layers, sc->x_dim, classifier ? FL_LOSS_SOFTMAX_CE : FL_LOSS_MSE);
+    if (rc != FL_OK)
+      return fail(msg, cap, "bad --layers %s: %s", o->layers, fl_strerror(rc));
+  } else {
+    static const char *const known[] = {"logreg", "mlp", "2nn", "cnn", "autoencoder"};
+    int is_known = 0;
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+      is_known |= strcmp(name, known[i]) == 0;
+    if (!is_known)
+      return fail(msg, cap, "unknown --model %s: logreg, mlp, 2nn, cnn or autoencoder", name);
+    if (sim_model_named(out, name, sc->x_dim, sc->n_classes) != FL_OK)
+      return fail(msg, cap, "--model %s cannot take the data of --dataset %s (%zu inputs%s)", name,
+                  o->dataset, sc->x_dim, classifier ? "" : ", no classes");
+    if ((out->loss == FL_LOSS_SOFTMAX_CE) != classifier)
+      return fail(msg, cap, "--model %s does not suit --dataset %s: it needs %s", name, o->dataset,
+                  classifier ? "a classifier" : "an autoencoder");
+  }
+  rc = fl__spec_validate(out);
+  if (rc != FL_OK)
+    return fail(msg, cap, "the model does not fit the %zu inputs of --dataset %s: %s", sc->x_dim,
+                o->dataset, fl_strerror(rc));
+  fl_model *m = NULL;
+  rc = fl__model_new(&m, out, NULL);
+  if (rc != FL_OK)
+    return fail(msg, cap, "cannot build the model: %s", fl_strerror(rc));
+  size_t n_out = fl__model_output_size(m), want = classifier ? (size_t)sc->n_classes : sc->x_dim;
+  fl__model_free(m);
+  if (n_out != want)
+    return fail(msg, cap, "the model's output layer has %zu units; --dataset %s needs %zu (%s)",
+                n_out, o->dataset, want, classifier ? "one per class" : "the input size");
+  return FL_OK;
+}
+
+typedef struct range_check {
+  const char *name;
+  double v, lo, hi;
+} range_check;
+
+/* The numbers with a range; the plan's ranges are the coordinator's (server/rounds/plan.c). */
+static int check_ranges(const sim_options *o, char *msg, size_t cap) {
+  const range_check R[] = {
+      {"devices", (double)o->devices, 1, 1e6},
+      {"threads", o->threads, 1, 256},
+      {"rounds", o->rounds, 1, 1e6},
+      {"participants", o->participants, 0, 1e6},
+      {"min-participants", o->min_participants, 0, 1e6},
+      {"over-selection", o->over_selection, 1, 10},
+      {"deadline", o->deadline_s, 1, 7 * 86400},
+      {"epochs", o->epochs, 1, 1000},
+      {"batch", o->batch, 1, 1e6},
+      {"lr", o->lr, 0, 100},
+      {"momentum", o->momentum, 0, 1},
+      {"weight-decay", o->weight_decay, 0, 1},
+      {"prox-mu", o->prox_mu, 0, 1e3},
+      {"clip-norm", o->clip_norm, 0, 1e9},
+      {"server-lr", o->server_lr, 1e-9, 1e3},
+      {"dropout", o->dropout, 0, 1},
+      {"net-fail", o->net_fail, 0, 0.99}, /* 1 would fail every exchange, enrollment too */
+      {"stragglers", o->straggler_frac, 0, 1},
+      {"straggler-ms", o->straggler_ms, 0, 3600e3},
+      {"bad-devices", o->bad_frac, 0, 1},
+      {"synthetic-alpha", o->syn_alpha, 0, 1e3},
+      {"synthetic-beta", o->syn_beta, 0, 1e3},
+      {"fault-rate", o->fault_rate, 0, 1},
+  };
+  for (size_t i = 0; i < sizeof(R) / sizeof(R[0]); i++)
+    if (!isfinite(R[i].v) || R[i].v < R[i].lo || R[i].v > R[i].hi)
+      return fail(msg, cap, "--%s must be in [%g, %g], not %g", R[i].name, R[i].lo, R[i].hi,
+                  R[i].v);
+  if (o->deadline_s != floor(o->deadline_s))
+    return fail(msg, cap, "--deadline must be whole seconds, not %g", o->deadline_s);
+  return FL_OK;
+}
+
+/* Counts against each other: participants, devices, threads, misbehaving devices. */
+static int check_fleet(const sim_options *o, char *msg, size_t cap) {
+  if ((size_t)o->threads > o->devices)
+    return fail(msg, cap, "--threads %d exceeds --devices %zu", o->threads, o->devices);
+  if (o->participants > o->devices)
+    return fail(msg, cap, "--participants %u exceeds --devices %zu", o->participants, o->devices);
+  size_t target = o->participants ? o->participants : o->devices;
+  if (o->min_participants > target)
+    return fail(msg, cap, "--min-participants %u exceeds the %zu participants", o->min_participants,
+                target);
+  size_t n_bad = (size_t)(o->bad_frac * (double)o->devices + 0.5);
+  if (n_bad >= o->devices)
+    return fail(msg, cap, "--bad-devices %g leaves no honest device (one downloads the versions)",
+                o->bad_frac);
+  if (sim_options_bad_kinds(o->bad_kinds) < 0)
+    return fail(msg, cap, "bad --bad-kinds %s: poison, unclipped, badsig, replay", o->bad_kinds);
+  return FL_OK;
+}
+
+static int check_names(const sim_options *o, char *msg, size_t cap) {
+  static const char *const encodings[] = {"float32", "float16", "int8", "topk"};
+  static const char *const optimizers[] = {"fedavg", "fedavgm", "fedadam", "fedyogi"};
+  int ok_enc = 0, ok_opt = 0;
+  for (int i = 0; i < 4; i++) {
+    ok_enc |= o->encoding != NULL && strcmp(o->encoding, encodings[i]) == 0;
+    ok_opt |= o->server_optimizer != NULL && strcmp(o->server_optimizer, optimizers[i]) == 0;
+  }
+  if (!ok_enc)
+    return fail(msg, cap, "bad --encoding %s: float32, float16, int8 or topk", o->encoding);
+  if (!ok_opt)
+    return fail(msg, cap, "bad --server-optimizer %s: fedavg, fedavgm, fedadam or fedyogi",
+                o->server_optimizer);
+  sim_partition_scheme ps;
+  if (sim_partition_scheme_parse(&ps, o->partition) != FL_OK)
+    return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA or shards:K", o->partition);
+  if (o->model_name != NULL && (o->model_name[0] == '\0' || strlen(o->model_name) > 200))
+    return fail(msg, cap, "--model-name must have 1 to 200 characters");
+  if (o->out_dir == NULL || o->out_dir[0] == '\0')
+    return fail(msg, cap, "--out must name a directory");
+  if (o->url != NULL && o->admin_token == NULL && getenv("FL_ADMIN_TOKEN") == NULL)
+    return fail(msg, cap, "--url needs --admin-token or FL_ADMIN_TOKEN");
+  return FL_OK;
+}
+
+int sim_options_check(const sim_options *o, char *msg, size_t cap) {
+  sim_scenario sc;
+  if (sim_scenario_shape(o->dataset, &sc) != FL_OK)
+    return fail(msg, cap, "unknown --dataset %s: fmnist, synthetic or sensor", o->dataset);
+  int rc = check_ranges(o, msg, cap);
+  if (rc == FL_OK)
+    rc = check_fleet(o, msg, cap);
+  if (rc == FL_OK)
+    rc = check_names(o, msg, cap);
+  if (rc != FL_OK)
+    return rc;
+  if (strcmp(o->dataset, "fmnist") == 0) {
+    size_t per = o->samples_per_device;
+    if (per > FMNIST_TRAIN / o->devices || (per == 0 && o->devices > FMNIST_TRAIN))
+      return fail(msg, cap, "%zu devices x %zu examples exceed the %d Fashion-MNIST examples",
+                  o->devices, per ? per : 1, FMNIST_TRAIN);
+  }
+  fl_model_spec spec;
+  return sim_options_model(o, &sc, &spec, msg, cap);
 }

@@ -6,34 +6,39 @@
 #ifndef SIM_OPTIONS_H
 #define SIM_OPTIONS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "model.h"
 
 typedef struct sim_options {
   /* fleet and rounds */
   size_t devices;
   int threads, rounds;
   uint32_t participants, min_participants; /* 0: all devices / half of participants */
+  double over_selection;                   /* devices given a task per target update (1.3) */
   double deadline_s;
   /* data */
-  const char *dataset;     /* fmnist | synthetic | sensor */
+  const char *dataset; /* fmnist | synthetic | sensor */
   const char *data_dir;
-  const char *partition;   /* iid | dirichlet:A | shards:K */
+  const char *partition;     /* iid | dirichlet:A | shards:K */
   size_t samples_per_device; /* fmnist: 0 = the whole training set spread over the fleet */
   double syn_alpha, syn_beta;
-  double fault_rate;       /* sensor: held-out stream */
+  double fault_rate; /* sensor: held-out stream */
   /* model and training */
-  const char *model;       /* logreg | mlp | 2nn | cnn | autoencoder */
-  const char *layers;      /* instead of model: a layer list */
+  const char *model;  /* logreg | mlp | 2nn | cnn | autoencoder */
+  const char *layers; /* instead of model: a layer list */
   uint32_t epochs, batch;
   double lr, momentum, weight_decay, prox_mu, clip_norm, server_lr;
   const char *encoding, *server_optimizer;
   /* faults */
   double dropout, net_fail, straggler_frac, straggler_ms, bad_frac;
-  const char *bad_kinds;   /* comma list of poison,unclipped,badsig,replay */
+  const char *bad_kinds; /* comma list of poison,unclipped,badsig,replay */
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */
+  const char *model_name;       /* NULL: "fl-sim <data> <UTC time> <pid>", new each run */
   int keep_work_dir;
   /* output */
   const char *out_dir;
@@ -42,8 +47,28 @@ typedef struct sim_options {
 
 void sim_options_defaults(sim_options *o);
 /* FL_OK, or FL_E_INVAL after printing why to stderr; 1 with --help (usage printed). Strings
- * point into argv or into storage owned by the options module for the process lifetime. */
+ * point into argv or into storage owned by the options module for the process lifetime.
+ * A successful parse has passed sim_options_check. */
 int sim_options_parse(sim_options *o, int argc, char **argv);
+
+/* Every check that can be made before data, PostgreSQL or the coordinator are touched: ranges
+ * (the coordinator's plan limits among them), names, participants against devices, the model
+ * against the scenario's data. FL_OK, or FL_E_INVAL with why in msg. */
+int sim_options_check(const sim_options *o, char *msg, size_t cap);
+
+/* The shape of a scenario's data, fixed by fl-sim: what its model takes and gives. */
+typedef struct sim_scenario {
+  size_t x_dim;      /* floats per example */
+  int32_t n_classes; /* 0: unlabelled, the model is an autoencoder (output = input) */
+} sim_scenario;
+/* FL_E_INVAL for an unknown --dataset. */
+int sim_scenario_shape(const char *dataset, sim_scenario *out);
+
+/* The model of --model or --layers for the scenario, validated: its shapes fit, its loss suits
+ * the data, its output is the number of classes (classifier) or the input size (autoencoder).
+ * FL_E_INVAL with why in msg. */
+int sim_options_model(const sim_options *o, const sim_scenario *sc, fl_model_spec *out, char *msg,
+                      size_t cap);
 void sim_options_usage(FILE *f);
 /* Bit mask (1 << sim_behaviour) from bad_kinds, or -1 for an unknown name. */
 int sim_options_bad_kinds(const char *list);

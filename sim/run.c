@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "admin.h"
 #include "eval.h"
@@ -44,15 +45,18 @@ typedef struct run_ctx {
   sim_admin *admin;
   sim_fleet *fleet;
   uint64_t model_id, initial_version;
-  fl_model *model;   /* evaluation copy */
-  fl_key *obs_key;   /* an honest device's key, to download versions */
+  fl_model *model; /* evaluation copy */
+  fl_key *obs_key; /* an honest device's key, to download versions */
   uint64_t obs_id;
   uint8_t coord_pub[FL_PUBKEY_LEN]; /* verifies the versions evaluated */
   sim_round_row *rows;
   int n_rows;
   double eval_s;
-  int have_stats;           /* the coordinator's /metrics could be read */
-  sim_coord_stats stats;    /* as of the start of the current round */
+  int have_stats;            /* the coordinator's /metrics could be read */
+  sim_coord_stats stats;     /* as of the start of the current round */
+  uint32_t min_participants; /* the plan's */
+  int explained;             /* why the rounds stopped has been printed */
+  int n_versions;            /* rounds that produced a version */
 } run_ctx;
 
 /* Reads the coordinator's counters; 0 when it cannot (the breakdown is then left out). */
@@ -92,8 +96,8 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
       double thr = sim_quantile(c, d->calib.n, 0.99), prec, rec;
       sim_precision_recall(s, d->test.labels, d->test.n, thr, &prec, &rec);
       row->accuracy = rec;
-      printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n",
-             prec, rec);
+      printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n", prec,
+             rec);
     }
     free(s);
     free(c);
@@ -151,6 +155,49 @@ static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
   return FL_E_TIMEOUT;
 }
 
+static uint64_t reason_count(const sim_net_stats *s, const char *reason) {
+  for (int i = 0; i < SIM_MAX_REASONS && s->reasons[i][0]; i++)
+    if (strcmp(s->reasons[i], reason) == 0)
+      return s->reason_count[i];
+  return 0;
+}
+
+/* Why round r gave no version: the coordinator's side, then what the devices went through
+ * (counts from b to a). A run that trains nothing must not look like a success. */
+static void explain_no_version(run_ctx *x, int r, const sim_round_state *st,
+                               const sim_fleet_counts *b, const sim_fleet_counts *a) {
+  fprintf(stderr, "fl-sim: round %d ended without a new version: %s with %u update%s accepted", r,
+          st->state[0] ? st->state : "closed", st->accepted, st->accepted == 1 ? "" : "s");
+  if (strcmp(st->state, "abandoned") == 0)
+    fprintf(stderr, ", fewer than the %u needed by the deadline", x->min_participants);
+  fputc('\n', stderr);
+  uint64_t up = a->uploaded - b->uploaded, failed = a->failed - b->failed;
+  uint64_t dropped = a->dropped - b->dropped;
+  /* a->finished counts this round's devices; the others had not heard back when it ended. */
+  char unfinished[48] = "";
+  if (x->o->devices > a->finished)
+    snprintf(unfinished, sizeof(unfinished), ", %llu unfinished",
+             (unsigned long long)(x->o->devices - a->finished));
+  if (up == 0 && st->accepted == 0 && failed + dropped > 0)
+    fprintf(stderr, "fl-sim: every device failed round %d (%llu failed, %llu dropped out%s)\n", r,
+            (unsigned long long)failed, (unsigned long long)dropped, unfinished);
+  else
+    fprintf(stderr, "fl-sim: devices in round %d: %llu uploaded, %llu failed, %llu dropped out%s\n",
+            r, (unsigned long long)up, (unsigned long long)failed, (unsigned long long)dropped,
+            unfinished);
+  for (int e = 0; e < 32; e++)
+    if (a->failed_by_err[e] > b->failed_by_err[e])
+      fprintf(stderr, "  failed: %s x %llu\n", fl_strerror(e),
+              (unsigned long long)(a->failed_by_err[e] - b->failed_by_err[e]));
+  for (int i = 0; i < SIM_MAX_REASONS && a->net.reasons[i][0]; i++) {
+    uint64_t n = a->net.reason_count[i] - reason_count(&b->net, a->net.reasons[i]);
+    if (n > 0)
+      fprintf(stderr, "  refused by the coordinator: %s x %llu\n", a->net.reasons[i],
+              (unsigned long long)n);
+  }
+  x->explained = 1;
+}
+
 static int run_rounds(run_ctx *x, uint64_t round_id) {
   sim_progress pg;
   sim_progress_init(&pg, stdout);
@@ -197,14 +244,18 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     double last_ack = now.last_ack_ms / 1000.0;
     row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
     row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
-    before = now;
-    if (st.result_version != 0)
+    if (st.result_version != 0) {
+      x->n_versions++;
       evaluate(x, st.result_version, row);
-    else
+    } else {
       row->accuracy = row->loss = row->auc = NAN;
+      explain_no_version(x, r, &st, &before, &now);
+      rc = FL_E_STATE;
+    }
+    before = now;
     sim_csv_row(csv, row);
     sim_progress_round(&pg, row, x->o->rounds);
-    if (r < x->o->rounds)
+    if (rc == FL_OK && r < x->o->rounds)
       rc = next_round_id(x, round_id, &round_id);
   }
   fclose(csv);
@@ -214,23 +265,24 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
 static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   const sim_options *o = x->o;
   uint32_t participants = o->participants ? o->participants : (uint32_t)enrolled;
-  sim_plan p = {.participants = participants,
-                /* Half: dropouts and refused devices must not stall a round. */
-                .min_participants = o->min_participants ? o->min_participants
-                                                        : (participants + 1) / 2,
-                .over_selection = 1.3,
-                .deadline_s = o->deadline_s,
-                .local_epochs = o->epochs,
-                .batch_size = o->batch,
-                .learning_rate = o->lr,
-                .momentum = o->momentum,
-                .weight_decay = o->weight_decay,
-                .prox_mu = o->prox_mu,
-                .clip_norm = o->clip_norm,
-                .encoding = o->encoding,
-                .server_optimizer = o->server_optimizer,
-                .server_lr = o->server_lr,
-                .rounds = (uint32_t)o->rounds};
+  sim_plan p = {
+      .participants = participants,
+      /* Half: dropouts and refused devices must not stall a round. */
+      .min_participants = o->min_participants ? o->min_participants : (participants + 1) / 2,
+      .over_selection = o->over_selection,
+      .deadline_s = o->deadline_s,
+      .local_epochs = o->epochs,
+      .batch_size = o->batch,
+      .learning_rate = o->lr,
+      .momentum = o->momentum,
+      .weight_decay = o->weight_decay,
+      .prox_mu = o->prox_mu,
+      .clip_norm = o->clip_norm,
+      .encoding = o->encoding,
+      .server_optimizer = o->server_optimizer,
+      .server_lr = o->server_lr,
+      .rounds = (uint32_t)o->rounds};
+  x->min_participants = p.min_participants;
   uint64_t plan_id;
   int rc = sim_admin_create_plan(x->admin, x->model_id, &p, &plan_id, round_id);
   if (rc != FL_OK)
@@ -238,17 +290,34 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   return rc;
 }
 
+/* --model-name, or one of its own for each run: a coordinator keeps the models of earlier
+ * runs (names are unique there), and a second run against it must not collide. */
+static void model_name(const run_ctx *x, char *out, size_t cap) {
+  if (x->o->model_name != NULL) {
+    snprintf(out, cap, "%s", x->o->model_name);
+    return;
+  }
+  char when[32];
+  time_t t = time(NULL);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  snprintf(out, cap, "fl-sim %s %s pid %ld", x->d->name, when, (long)getpid());
+}
+
 /* Model, tokens, devices, enrollment; then the observer key. */
 static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   const sim_options *o = x->o;
-  char name[96];
-  snprintf(name, sizeof(name), "fl-sim %s", x->d->name);
+  char name[256];
+  model_name(x, name, sizeof(name));
   int rc = sim_admin_create_model(x->admin, name, &x->d->spec, o->seed, &x->model_id,
                                   &x->initial_version);
   if (rc != FL_OK) {
-    fprintf(stderr, "fl-sim: cannot create the model: %s\n", sim_admin_errmsg(x->admin));
+    fprintf(stderr, "fl-sim: cannot create the model \"%s\": %s\n", name,
+            sim_admin_errmsg(x->admin));
     return rc;
   }
+  printf("model %llu \"%s\"\n", (unsigned long long)x->model_id, name);
   rc = sim_admin_public_key(x->admin, x->coord_pub);
   if (rc != FL_OK) {
     fprintf(stderr, "fl-sim: %s\n", sim_admin_errmsg(x->admin));
@@ -261,13 +330,22 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   int kinds = sim_options_bad_kinds(o->bad_kinds);
-  sim_fleet_opts fo = {.n_devices = o->devices, .threads = o->threads, .url = x->url,
-                       .work_dir = work_dir, .train = &x->d->train, .part = &x->d->part,
-                       .labelled = !x->d->anomaly, .dropout = o->dropout,
-                       .net_fail = o->net_fail, .straggler_frac = o->straggler_frac,
-                       .straggler_ms = o->straggler_ms, .bad_frac = o->bad_frac,
-                       .bad_kinds = kinds > 0 ? (unsigned)kinds : 0, .clip_norm = o->clip_norm,
-                       .seed = o->seed};
+  sim_fleet_opts fo = {.n_devices = o->devices,
+                       .threads = o->threads,
+                       .url = x->url,
+                       .work_dir = work_dir,
+                       .train = &x->d->train,
+                       .part = &x->d->part,
+                       .labelled = !x->d->anomaly,
+                       .dropout = o->dropout,
+                       .net_fail = o->net_fail,
+                       .straggler_frac = o->straggler_frac,
+                       .straggler_ms = o->straggler_ms,
+                       .bad_frac = o->bad_frac,
+                       .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
+                       .clip_norm = o->clip_norm,
+                       .seed = o->seed,
+                       .model_id = x->model_id};
   rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
   double t0 = mono_s();
   if (rc == FL_OK)
@@ -310,8 +388,9 @@ static void summary(run_ctx *x, double total_s) {
   size_t n = 0;
   const sim_round_row *last = x->n_rows ? &x->rows[x->n_rows - 1] : NULL;
   add_row(rows, &n, "data", "%s", x->d->name);
-  add_row(rows, &n, "devices", "%zu (%zu misbehaving)", x->o->devices, x->o->devices - beh[SIM_HONEST]);
-  add_row(rows, &n, "rounds completed", "%d of %d", x->n_rows, x->o->rounds);
+  add_row(rows, &n, "devices", "%zu (%zu misbehaving)", x->o->devices,
+          x->o->devices - beh[SIM_HONEST]);
+  add_row(rows, &n, "rounds with a new version", "%d of %d", x->n_versions, x->o->rounds);
   if (last && x->d->anomaly)
     add_row(rows, &n, "final test AUC", "%.4f", last->auc);
   else if (last)
@@ -321,12 +400,13 @@ static void summary(run_ctx *x, double total_s) {
     round_s += x->rows[i].seconds;
   if (x->n_rows)
     add_row(rows, &n, "mean round time", "%.2f s (%.1f rounds/min)", round_s / x->n_rows,
-        60.0 * x->n_rows / round_s);
+            60.0 * x->n_rows / round_s);
   add_row(rows, &n, "uploads acknowledged", "%llu", (unsigned long long)c.uploaded);
   add_row(rows, &n, "device rounds failed", "%llu", (unsigned long long)c.failed);
   add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
   add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
-  add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6, c.net.bytes_down / 1e6);
+  add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6,
+          c.net.bytes_down / 1e6);
   add_row(rows, &n, "total time", "%.1f s (evaluation %.1f s)", total_s, x->eval_s);
   rows[n++].label = NULL;
   add_row(rows, &n, "refused requests", "%llu", (unsigned long long)c.net.refused);
@@ -367,7 +447,7 @@ int sim_run(const sim_options *o, const sim_data *d, const char *url, const char
     rc = create_plan(&x, enrolled, &round_id);
   if (rc == FL_OK) {
     rc = run_rounds(&x, round_id);
-    if (rc != FL_OK)
+    if (rc != FL_OK && !x.explained)
       fprintf(stderr, "fl-sim: rounds stopped: %s\n", fl_strerror(rc));
     summary(&x, mono_s() - t0);
     plots(&x);

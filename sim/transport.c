@@ -1,46 +1,48 @@
 /*
- * The simulator's fault-injecting transport on a shared libcurl multi handle.
+ * The simulator's fault-injecting wrapper around a libflclient transport.
+ *
+ * An exchange goes IDLE -> WAITING (straggler delay, or the worker's cap on exchanges in
+ * flight) -> INFLIGHT (the wrapped transport carries it) -> FINISHED (answer or failure
+ * handed to the client) -> IDLE at end(). The request is borrowed only during begin(), so the
+ * link keeps its own copy until the wrapped transport has taken it.
  */
 #include "transport.h"
 
-#include <curl/curl.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "crypto.h"
-#include "digest.h"
 #include "fl/err.h"
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "misbehave.h"
+#include "rng.h"
 
-typedef enum link_state { L_IDLE, L_DELAYED, L_INFLIGHT, L_DONE, L_FAILED } link_state;
+typedef enum link_state { L_IDLE, L_WAITING, L_INFLIGHT, L_FINISHED } link_state;
 
 struct sim_link {
   sim_net *net;
-  CURL *easy;
-  char base[256];
+  fl_transport inner;
+  bool inner_begun; /* inner.begin succeeded, inner.end not yet called */
   char *key_path;
   fl_key *key;
   sim_behaviour behaviour;
-  double straggler_ms;
+  double straggler_ms, net_fail, clip_norm;
+  fl_rng rng;
   link_state st;
   int64_t start_at_ms;
   int lose_answer;
-  int fail_err;
-  struct curl_slist *headers;
+  /* the request, copied */
+  char method[8];
+  char *path, *auth, *if_none_match;
   uint8_t *body;
   size_t body_len;
-  uint8_t *resp;
-  size_t resp_len, resp_cap;
-  long status;
-  int64_t retry_after_ms;
   uint8_t *replay;
   size_t replay_len;
-  char errbuf[CURL_ERROR_SIZE];
+  char errbuf[96]; /* an injected failure; else the wrapped transport's detail */
 };
 
 const char *sim_behaviour_name(sim_behaviour b) {
@@ -54,22 +56,21 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int sim_net_init(sim_net *n, uint64_t seed) {
-  memset(n, 0, sizeof(*n));
-  n->multi = curl_multi_init();
-  if (n->multi == NULL)
-    return FL_E_NOMEM;
-  /* A bounded pool per thread: transfers beyond it queue inside libcurl instead of each
-   * holding a coordinator connection thread. */
-  curl_multi_setopt(n->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
-  fl__rng_seed(&n->rng, seed);
-  return FL_OK;
+static void sleep_ms(int64_t ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
 }
 
-void sim_net_cleanup(sim_net *n) {
-  if (n->multi)
-    curl_multi_cleanup(n->multi);
-  n->multi = NULL;
+/* splitmix64's finaliser: neighbouring inputs give unrelated outputs. */
+static uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t sim_device_seed(uint64_t run_seed, uint64_t device, sim_seed_stream stream) {
+  return mix64(mix64(mix64(run_seed) ^ device) ^ (uint64_t)stream);
 }
 
 static void count_reason(sim_net_stats *s, const char *reason) {
@@ -84,229 +85,172 @@ static void count_reason(sim_net_stats *s, const char *reason) {
   }
 }
 
-/* The coordinator's refusal reason, from its fl.v1.Error body. */
-static void note_refusal(sim_net *n, const sim_link *l) {
-  Fl__V1__Error *e = fl__v1__error__unpack(NULL, l->resp_len, l->resp);
+void sim_net_count_refusal(sim_net_stats *s, int status, const uint8_t *body, size_t len) {
+  Fl__V1__Error *e = body != NULL ? fl__v1__error__unpack(NULL, len, body) : NULL;
   char reason[32];
   if (e != NULL && e->reason != NULL && e->reason[0] != '\0')
     snprintf(reason, sizeof(reason), "%s", e->reason);
   else
-    snprintf(reason, sizeof(reason), "http_%ld", l->status);
+    snprintf(reason, sizeof(reason), "http_%d", status);
   if (e != NULL)
     fl__v1__error__free_unpacked(e, NULL);
-  count_reason(&n->stats, reason);
-}
-
-static void finish(sim_net *n, sim_link *l, CURLcode cc) {
-  curl_multi_remove_handle(n->multi, l->easy);
-  curl_off_t up = 0, down = 0;
-  long req_hdr = 0, resp_hdr = 0;
-  curl_easy_getinfo(l->easy, CURLINFO_SIZE_UPLOAD_T, &up);
-  curl_easy_getinfo(l->easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
-  curl_easy_getinfo(l->easy, CURLINFO_REQUEST_SIZE, &req_hdr);
-  curl_easy_getinfo(l->easy, CURLINFO_HEADER_SIZE, &resp_hdr);
-  n->stats.bytes_up += (uint64_t)up + (uint64_t)req_hdr;
-  n->stats.bytes_down += (uint64_t)down + (uint64_t)resp_hdr;
-  n->stats.requests++;
-  if (cc != CURLE_OK) {
-    l->st = L_FAILED;
-    l->fail_err = cc == CURLE_OPERATION_TIMEDOUT ? FL_E_TIMEOUT : FL_E_TRANSPORT;
-    return;
-  }
-  curl_easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &l->status);
-  if (l->status >= 400)
-    note_refusal(n, l);
-  if (l->lose_answer) {
-    /* The coordinator did the work; the device never hears of it. */
-    n->stats.net_faults++;
-    l->st = L_FAILED;
-    l->fail_err = FL_E_TRANSPORT;
-    return;
-  }
-  l->st = L_DONE;
-}
-
-void sim_net_run(sim_net *n, int timeout_ms) {
-  int running = 0;
-  curl_multi_perform(n->multi, &running);
-  if (timeout_ms > 0) {
-    curl_multi_poll(n->multi, NULL, 0, timeout_ms, NULL);
-    curl_multi_perform(n->multi, &running);
-  }
-  CURLMsg *msg;
-  int left;
-  while ((msg = curl_multi_info_read(n->multi, &left)) != NULL) {
-    if (msg->msg != CURLMSG_DONE)
-      continue;
-    sim_link *l = NULL;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&l);
-    if (l != NULL)
-      finish(n, l, msg->data.result);
-  }
-}
-
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ctx) {
-  sim_link *l = ctx;
-  size_t add = size * nmemb;
-  if (l->resp_len + add > l->resp_cap) {
-    size_t cap = (l->resp_len + add) * 2;
-    uint8_t *q = realloc(l->resp, cap);
-    if (q == NULL)
-      return 0;
-    l->resp = q;
-    l->resp_cap = cap;
-  }
-  memcpy(l->resp + l->resp_len, p, add);
-  l->resp_len += add;
-  return add;
-}
-
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ctx) {
-  sim_link *l = ctx;
-  size_t len = size * nmemb;
-  if (len > 12 && strncasecmp(p, "Retry-After:", 12) == 0)
-    l->retry_after_ms = (int64_t)(atof(p + 12) * 1000.0);
-  return len;
+  count_reason(s, reason);
 }
 
 /* Rewrites this device's upload as its behaviour dictates (the key is loaded on first use). */
-static int rewrite_upload(sim_link *l, const char *path) {
+static int rewrite_upload(sim_link *l) {
   if (l->key == NULL && (l->behaviour == SIM_POISON || l->behaviour == SIM_UNCLIPPED)) {
     int rc = fl__key_load_pem(&l->key, l->key_path);
     if (rc != FL_OK)
       return rc;
   }
   sim_replay rp = {l->replay, l->replay_len};
-  int rc = sim_misbehave(l->behaviour, l->key, l->net->clip_norm, path, &l->body, &l->body_len,
-                         &rp);
+  int rc = sim_misbehave(l->behaviour, l->key, l->clip_norm, l->path, &l->body, &l->body_len, &rp);
   l->replay = rp.data;
   l->replay_len = rp.len;
   return rc;
 }
 
-static int set_request(sim_link *l, const fl_http_request *req) {
-  char url[512], hdr[8192];
-  snprintf(url, sizeof(url), "%s%s", l->base, req->path);
-  curl_easy_reset(l->easy);
-  curl_slist_free_all(l->headers);
-  l->headers = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
-  l->headers = curl_slist_append(l->headers, "Expect:");
-  if (req->auth) {
-    if (strlen(req->auth) + 16 > sizeof(hdr))
-      return FL_E_TOOBIG;
-    snprintf(hdr, sizeof(hdr), "X-FL-Auth: %s", req->auth);
-    l->headers = curl_slist_append(l->headers, hdr);
-  }
-  if (req->if_none_match) {
-    snprintf(hdr, sizeof(hdr), "If-None-Match: %s", req->if_none_match);
-    l->headers = curl_slist_append(l->headers, hdr);
-  }
-  if (l->headers == NULL)
-    return FL_E_NOMEM;
-  CURL *e = l->easy;
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, l->headers);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)l);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, l);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, l);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 120000L);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, l->errbuf);
-  if (strcmp(req->method, "POST") == 0) {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, l->body ? (char *)l->body : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->body_len);
-  }
-  return FL_OK;
-}
-
-static fl_err tr_begin(void *ctx, const fl_http_request *req) {
-  sim_link *l = ctx;
-  sim_net *n = l->net;
-  double roll = fl__rng_uniform(&n->rng);
-  if (roll < n->net_fail / 2) {
-    n->stats.net_faults++;
-    snprintf(l->errbuf, sizeof(l->errbuf), "injected connection failure");
-    return FL_E_TRANSPORT;
-  }
-  l->lose_answer = roll < n->net_fail;
+static void clear_request(sim_link *l) {
+  free(l->path);
+  free(l->auth);
+  free(l->if_none_match);
   free(l->body);
+  l->path = l->auth = l->if_none_match = NULL;
   l->body = NULL;
   l->body_len = 0;
-  if (req->body_len > 0) {
+}
+
+static int copy_str(char **to, const char *s) {
+  *to = s != NULL ? strdup(s) : NULL;
+  return s != NULL && *to == NULL ? FL_E_NOMEM : FL_OK;
+}
+
+static int copy_request(sim_link *l, const fl_http_request *req) {
+  clear_request(l);
+  if (strlen(req->method) >= sizeof(l->method))
+    return FL_E_INVAL;
+  snprintf(l->method, sizeof(l->method), "%s", req->method);
+  int rc = copy_str(&l->path, req->path);
+  if (rc == FL_OK)
+    rc = copy_str(&l->auth, req->auth);
+  if (rc == FL_OK)
+    rc = copy_str(&l->if_none_match, req->if_none_match);
+  if (rc == FL_OK && req->body_len > 0) {
     l->body = malloc(req->body_len);
     if (l->body == NULL)
       return FL_E_NOMEM;
     memcpy(l->body, req->body, req->body_len);
     l->body_len = req->body_len;
   }
-  int upload = strcmp(req->path, "/v1/updates") == 0;
-  if (upload && l->behaviour != SIM_HONEST) {
-    int rc = rewrite_upload(l, req->path);
-    if (rc != FL_OK)
-      return rc;
+  return rc;
+}
+
+/* Hands the copied request to the wrapped transport once its delay is over and the worker
+ * has room: FL_E_AGAIN while it waits, FL_OK when it is in flight, else the failure. */
+static int try_start(sim_link *l) {
+  sim_net *n = l->net;
+  if (now_ms() < l->start_at_ms || (n->max_inflight > 0 && n->inflight >= n->max_inflight))
+    return FL_E_AGAIN;
+  fl_http_request req = {.method = l->method,
+                         .path = l->path,
+                         .auth = l->auth,
+                         .if_none_match = l->if_none_match,
+                         .body = l->body,
+                         .body_len = l->body_len};
+  int rc = l->inner.begin(l->inner.ctx, &req);
+  if (rc != FL_OK) {
+    l->st = L_IDLE;
+    return rc;
   }
-  l->resp_len = 0;
-  l->status = 0;
-  l->retry_after_ms = 0;
+  l->inner_begun = true;
+  n->inflight++;
+  n->stats.requests++;
+  n->stats.bytes_up += l->body_len;
+  l->st = L_INFLIGHT;
+  return FL_OK;
+}
+
+static fl_err tr_begin(void *ctx, const fl_http_request *req) {
+  sim_link *l = ctx;
   l->errbuf[0] = '\0';
-  int rc = set_request(l, req);
+  double roll = fl__rng_uniform(&l->rng);
+  if (roll < l->net_fail / 2) {
+    l->net->stats.net_faults++;
+    snprintf(l->errbuf, sizeof(l->errbuf), "injected connection failure");
+    return FL_E_TRANSPORT;
+  }
+  l->lose_answer = roll < l->net_fail;
+  int rc = copy_request(l, req);
+  int upload = rc == FL_OK && strcmp(req->path, "/v1/updates") == 0;
+  if (upload && l->behaviour != SIM_HONEST)
+    rc = rewrite_upload(l);
   if (rc != FL_OK)
     return rc;
+  l->start_at_ms = 0;
   if (upload && l->straggler_ms > 0) {
     /* Lognormal with median straggler_ms: a long tail, as slow devices have. */
-    double d = l->straggler_ms * exp(0.75 * fl__rng_normal(&n->rng));
+    double d = l->straggler_ms * exp(0.75 * fl__rng_normal(&l->rng));
     l->start_at_ms = now_ms() + (int64_t)d;
-    l->st = L_DELAYED;
-    return FL_OK;
   }
-  if (curl_multi_add_handle(n->multi, l->easy) != CURLM_OK)
+  l->st = L_WAITING;
+  rc = try_start(l);
+  return rc == FL_E_AGAIN ? FL_OK : rc;
+}
+
+/* The wrapped transport's answer, as the device is to see it. */
+static int finish(sim_link *l, int rc, const fl_http_response *resp) {
+  sim_net *n = l->net;
+  n->inflight--;
+  l->st = L_FINISHED;
+  if (rc != FL_OK)
+    return rc;
+  n->stats.bytes_down += resp->body_len;
+  if (resp->status >= 400)
+    sim_net_count_refusal(&n->stats, resp->status, resp->body, resp->body_len);
+  if (l->lose_answer) {
+    /* The coordinator did the work; the device never hears of it. */
+    n->stats.net_faults++;
+    snprintf(l->errbuf, sizeof(l->errbuf), "injected loss of the answer");
     return FL_E_TRANSPORT;
-  l->st = L_INFLIGHT;
+  }
   return FL_OK;
 }
 
 static fl_err tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   sim_link *l = ctx;
-  if (l->st == L_DELAYED) {
-    int64_t wait = l->start_at_ms - now_ms();
-    if (wait > 0 && timeout_ms > 0) {
-      int64_t ms = wait < timeout_ms ? wait : timeout_ms;
-      struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-      nanosleep(&ts, NULL);
-      wait -= ms;
+  if (l->st == L_WAITING) {
+    int rc = try_start(l);
+    if (rc == FL_E_AGAIN && timeout_ms > 0) {
+      /* Standing alone (not in an fl_multi) the caller expects the wait to happen here. */
+      int64_t wait = l->start_at_ms - now_ms();
+      sleep_ms(wait > 0 && wait < timeout_ms ? wait : wait > 0 ? timeout_ms : 1);
+      rc = try_start(l);
     }
-    if (wait > 0)
-      return FL_E_AGAIN;
-    if (curl_multi_add_handle(l->net->multi, l->easy) != CURLM_OK) {
-      l->st = L_IDLE;
-      return FL_E_TRANSPORT;
-    }
-    l->st = L_INFLIGHT;
+    if (rc != FL_OK)
+      return rc;
   }
-  if (l->st == L_INFLIGHT)
-    sim_net_run(l->net, timeout_ms);
-  if (l->st == L_FAILED) {
-    l->st = L_IDLE;
-    return l->fail_err;
-  }
-  if (l->st != L_DONE)
-    return FL_E_AGAIN;
-  resp->status = (int)l->status;
-  resp->body = l->resp;
-  resp->body_len = l->resp_len;
-  resp->retry_after_ms = l->retry_after_ms;
-  return FL_OK;
+  if (l->st != L_INFLIGHT)
+    return FL_E_STATE;
+  int rc = l->inner.poll(l->inner.ctx, timeout_ms, resp);
+  return rc == FL_E_AGAIN ? rc : finish(l, rc, resp);
 }
 
 static void tr_end(void *ctx) {
   sim_link *l = ctx;
   if (l->st == L_INFLIGHT)
-    curl_multi_remove_handle(l->net->multi, l->easy);
+    l->net->inflight--;
+  if (l->inner_begun)
+    l->inner.end(l->inner.ctx);
+  l->inner_begun = false;
   l->st = L_IDLE;
+}
+
+static fl_err tr_attach(void *ctx, struct fl_multi *m) {
+  sim_link *l = ctx;
+  if (l->inner.version < 2 || l->inner.attach == NULL)
+    return FL_OK;
+  return l->inner.attach(l->inner.ctx, m);
 }
 
 static void tr_destroy(void *ctx) {
@@ -314,32 +258,38 @@ static void tr_destroy(void *ctx) {
   if (l == NULL)
     return;
   tr_end(l);
-  if (l->easy)
-    curl_easy_cleanup(l->easy);
-  curl_slist_free_all(l->headers);
+  if (l->inner.destroy != NULL)
+    l->inner.destroy(l->inner.ctx);
+  clear_request(l);
   fl__key_free(l->key);
   free(l->key_path);
-  free(l->body);
-  free(l->resp);
   free(l->replay);
   free(l);
 }
 
 static const char *tr_detail(void *ctx) {
-  return ((sim_link *)ctx)->errbuf;
+  sim_link *l = ctx;
+  if (l->errbuf[0] != '\0' || l->inner.detail == NULL)
+    return l->errbuf;
+  return l->inner.detail(l->inner.ctx);
 }
 
 int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
   sim_link *l = calloc(1, sizeof(*l));
-  if (l == NULL)
+  if (l == NULL) {
+    if (o->inner.destroy != NULL)
+      o->inner.destroy(o->inner.ctx);
     return FL_E_NOMEM;
+  }
   l->net = o->net;
+  l->inner = o->inner;
   l->behaviour = o->behaviour;
   l->straggler_ms = o->straggler_ms;
-  snprintf(l->base, sizeof(l->base), "%s", o->base_url);
+  l->net_fail = o->net_fail;
+  l->clip_norm = o->clip_norm;
+  fl__rng_seed(&l->rng, o->seed);
   l->key_path = strdup(o->key_path ? o->key_path : "");
-  l->easy = curl_easy_init();
-  if (l->easy == NULL || l->key_path == NULL) {
+  if (l->key_path == NULL) {
     tr_destroy(l);
     return FL_E_NOMEM;
   }
@@ -349,6 +299,7 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
                         .poll = tr_poll,
                         .end = tr_end,
                         .destroy = tr_destroy,
-                        .detail = tr_detail};
+                        .detail = tr_detail,
+                        .attach = tr_attach};
   return FL_OK;
 }

@@ -1,7 +1,8 @@
 /*
- * fl-sim's transport for libflclient (the public fl_transport vtable): every device of one
- * worker thread shares that thread's libcurl multi handle and its connection pool, and faults
- * are injected on the way.
+ * fl-sim's fault injection: a wrapper around a libflclient transport (in a run, the built-in
+ * fl_transport_curl), through the public fl_transport interface only. The wrapper forwards
+ * attach(), so that in an fl_multi the wrapped curl transport shares the multi's connection
+ * pool and poll.
  *
  * Faults, per exchange or per device:
  * - transient network failures (net_fail): half fail before anything is sent, half lose the
@@ -14,6 +15,9 @@
  *   clip norm (what an update that skipped clipping looks like), BADSIG flips a bit of the
  *   request signature, REPLAY sends again the exact bytes of its previous upload.
  * Every refusal's fl.v1.Error reason is counted.
+ *
+ * Each device draws its faults from a generator of its own, seeded from (run seed, device
+ * index): the same seed injects the same faults into the same devices whatever the threads.
  */
 #ifndef SIM_TRANSPORT_H
 #define SIM_TRANSPORT_H
@@ -21,7 +25,6 @@
 #include <stdint.h>
 
 #include "fl/client.h"
-#include "rng.h"
 
 typedef enum sim_behaviour {
   SIM_HONEST = 0,
@@ -36,7 +39,9 @@ const char *sim_behaviour_name(sim_behaviour b);
 
 #define SIM_MAX_REASONS 24
 
-/* Counters of one worker thread (read by the main thread with the atomics in fleet.c). */
+/* Counters of one worker thread, shared by its devices' links (read by the main thread under
+ * the worker's lock in fleet.c). Bytes are request and response bodies: HTTP headers are the
+ * wrapped transport's business and not seen here. */
 typedef struct sim_net_stats {
   uint64_t bytes_up, bytes_down;
   uint64_t requests, net_faults;
@@ -45,31 +50,44 @@ typedef struct sim_net_stats {
   uint64_t reason_count[SIM_MAX_REASONS];
 } sim_net_stats;
 
-/* One per worker thread. */
+/* What the links of one worker share: its counters and its cap on exchanges in flight. */
 typedef struct sim_net {
-  void *multi; /* CURLM */
   sim_net_stats stats;
-  double net_fail;     /* probability per exchange */
-  double clip_norm;    /* the plan's, for UNCLIPPED */
-  fl_rng rng;
+  /* Exchanges beyond the cap wait inside the links instead of each holding one of the
+   * coordinator's connection threads (0: no cap). */
+  unsigned max_inflight, inflight;
 } sim_net;
-
-int sim_net_init(sim_net *n, uint64_t seed);
-void sim_net_cleanup(sim_net *n);
-/* Drives the shared multi handle for up to timeout_ms (0: no waiting). */
-void sim_net_run(sim_net *n, int timeout_ms);
 
 /* The per-device part. */
 typedef struct sim_link sim_link;
 typedef struct sim_link_opts {
   sim_net *net;
-  const char *base_url;
-  const char *key_path;   /* the device's key, for re-signing rewritten uploads */
+  fl_transport inner;   /* the transport that carries the exchanges; owned by the link */
+  const char *key_path; /* the device's key, for re-signing rewritten uploads */
   sim_behaviour behaviour;
-  double straggler_ms;    /* median upload delay of this device, 0: none */
+  double straggler_ms; /* median upload delay of this device, 0: none */
+  double net_fail;     /* probability per exchange */
+  double clip_norm;    /* the plan's, for UNCLIPPED */
+  uint64_t seed;       /* of this device's faults */
 } sim_link_opts;
 
-/* Fills *out (an fl_transport owning a new sim_link); destroy() frees it. */
+/* Fills *out (a version 2 fl_transport owning a new sim_link and o->inner); destroy() frees
+ * both. On error o->inner is destroyed too. */
 int sim_link_transport(fl_transport *out, const sim_link_opts *o);
+
+/* The independent random streams of one device. */
+typedef enum sim_seed_stream {
+  SIM_SEED_FAULTS = 1,  /* network faults and straggler delays (the link) */
+  SIM_SEED_DROPOUT = 2, /* whether it drops out of a round */
+  SIM_SEED_SHUFFLE = 3, /* the order of its training examples */
+  SIM_SEED_PROFILE = 4  /* whether it is a straggler */
+} sim_seed_stream;
+
+/* A seed of device `device` (its index in the fleet) from the run's seed only: nothing that
+ * depends on thread count or enrollment order (such as the coordinator's device id). */
+uint64_t sim_device_seed(uint64_t run_seed, uint64_t device, sim_seed_stream stream);
+
+/* Counts a refusal under the coordinator's fl.v1.Error reason (or "http_<status>"). */
+void sim_net_count_refusal(sim_net_stats *s, int status, const uint8_t *body, size_t len);
 
 #endif

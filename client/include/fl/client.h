@@ -126,20 +126,27 @@ typedef struct fl_http_response {
  * - destroy: frees the transport; called by fl_client_free(). May be NULL.
  * - detail:  optional (may be NULL): text describing the last failure, for error messages;
  *            owned by the transport, valid until its next call.
- * The table is copied (read by its version) by fl_client_new(); when that succeeds, ctx
- * belongs to the client, which calls destroy(ctx) when it is freed; when it fails, the
- * transport stays the caller's. The callbacks are called on the thread driving the client,
- * never two at once. */
-#define FL_TRANSPORT_VERSION 1
+ * - attach:  version 2, optional (may be NULL): called by fl_multi_add() with the multi and by
+ *            fl_multi_remove() with NULL, never while an exchange is in flight. The built-in
+ *            transport moves its transfers onto the multi's shared libcurl handle (one
+ *            connection pool, one poll); a wrapper forwards the call to the transport it wraps
+ *            so that the wrapped one shares them too. FL_OK or an error that fails the add.
+ * The table is copied (read by its version: 1 ends before attach) by fl_client_new(); when
+ * that succeeds, ctx belongs to the client, which calls destroy(ctx) when it is freed; when it
+ * fails, the transport stays the caller's. The callbacks are called on the thread driving the
+ * client, never two at once. */
+#define FL_TRANSPORT_VERSION 2
 
+struct fl_multi;
 typedef struct fl_transport {
-  int version; /* FL_TRANSPORT_VERSION */
+  int version; /* FL_TRANSPORT_VERSION (1: without attach) */
   void *ctx;
   fl_err (*begin)(void *ctx, const fl_http_request *req);
   fl_err (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
   void (*end)(void *ctx);
   void (*destroy)(void *ctx);
   const char *(*detail)(void *ctx);
+  fl_err (*attach)(void *ctx, struct fl_multi *m);
 } fl_transport;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -150,9 +157,10 @@ typedef struct fl_transport {
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
  * which is read by its version like fl_client_new() reads it), for embedders who wrap it
- * (logging, fault injection) and pass the wrapper as opts->transport. On error *out is
- * untouched. The caller owns the result until it hands it to fl_client_new(); its destroy()
- * frees it. */
+ * (logging, fault injection) and pass the wrapper as opts->transport. It is a version 2
+ * transport: a wrapper that forwards attach() keeps the shared pool of an fl_multi. On error
+ * *out is untouched. The caller owns the result until it hands it to fl_client_new(); its
+ * destroy() frees it. */
 struct fl_client_opts;
 FL_API fl_err fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
 

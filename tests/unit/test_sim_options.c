@@ -1,0 +1,189 @@
+/*
+ * fl-sim's option checks: everything that the coordinator, the data or the plan would refuse
+ * later is refused by sim_options_parse, before any service starts.
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fl/err.h"
+#include "options.h"
+
+#define ARGV(...)               \
+  (char *[]) {                  \
+    "fl-sim", __VA_ARGS__, NULL \
+  }
+#define ARGC(...) ((int)(sizeof((char *[]){"fl-sim", __VA_ARGS__}) / sizeof(char *)))
+#define PARSE(o, ...) sim_options_parse((o), ARGC(__VA_ARGS__), ARGV(__VA_ARGS__))
+
+static sim_options opts(void) {
+  sim_options o;
+  sim_options_defaults(&o);
+  return o;
+}
+
+/* The check's message for o, "" when it passes. */
+static const char *why(const sim_options *o) {
+  static char msg[256];
+  msg[0] = '\0';
+  if (sim_options_check(o, msg, sizeof(msg)) == FL_OK)
+    return "";
+  cr_assert(msg[0] != '\0', "a refusal says why");
+  return msg;
+}
+
+Test(sim_options, defaults_pass) {
+  sim_options o = opts();
+  cr_expect_str_empty(why(&o));
+  cr_expect_float_eq(o.over_selection, 1.3, 1e-12);
+  o.dataset = "sensor";
+  cr_expect_str_empty(why(&o), "the sensor scenario defaults to the autoencoder");
+  o.dataset = "synthetic";
+  cr_expect_str_empty(why(&o));
+}
+
+Test(sim_options, negative_learning_rate_refused_by_parse) {
+  sim_options o = opts();
+  cr_expect_eq(PARSE(&o, "--lr", "-1"), FL_E_INVAL);
+  o = opts();
+  o.lr = -1;
+  cr_expect(strstr(why(&o), "--lr") != NULL, "%s", why(&o));
+  o.lr = 101;
+  cr_expect(strstr(why(&o), "--lr") != NULL);
+}
+
+Test(sim_options, participants_beyond_devices) {
+  sim_options o = opts();
+  cr_expect_eq(PARSE(&o, "--devices", "50", "--participants", "60"), FL_E_INVAL);
+  o = opts();
+  cr_expect_eq(PARSE(&o, "--devices", "50", "--participants", "50"), FL_OK);
+  o = opts();
+  o.devices = 50;
+  o.participants = 20;
+  o.min_participants = 21;
+  cr_expect(strstr(why(&o), "--min-participants") != NULL, "%s", why(&o));
+  o.participants = 0; /* all 50 */
+  cr_expect_str_empty(why(&o));
+  o.min_participants = 51;
+  cr_expect(strstr(why(&o), "--min-participants") != NULL);
+}
+
+Test(sim_options, output_layer_must_match_classes) {
+  sim_options o = opts();
+  o.layers = "dense:32,relu,dense:7";
+  cr_expect(strstr(why(&o), "7 units") != NULL, "%s", why(&o));
+  cr_expect(strstr(why(&o), "10") != NULL, "names the class count: %s", why(&o));
+  o.layers = "dense:32,relu,dense:10";
+  cr_expect_str_empty(why(&o));
+  o.dataset = "sensor"; /* an autoencoder: the output must be the input's 64 bins */
+  cr_expect(strstr(why(&o), "10 units") != NULL, "%s", why(&o));
+  o.layers = "dense:8,relu,dense:64";
+  cr_expect_str_empty(why(&o));
+  o = opts();
+  cr_expect_eq(PARSE(&o, "--layers", "dense:32,relu,dense:7"), FL_E_INVAL);
+}
+
+Test(sim_options, model_must_suit_the_data) {
+  sim_options o = opts();
+  o.model = "autoencoder"; /* Fashion-MNIST is labelled: a classifier */
+  cr_expect(strstr(why(&o), "classifier") != NULL, "%s", why(&o));
+  o.dataset = "sensor";
+  cr_expect_str_empty(why(&o));
+  o.model = "2nn";
+  cr_expect_str_neq(why(&o), "");
+  o = opts();
+  o.model = "nosuchmodel";
+  cr_expect(strstr(why(&o), "nosuchmodel") != NULL);
+  o.model = "cnn";
+  cr_expect_str_empty(why(&o));
+  o.dataset = "synthetic"; /* 60 features: no square image for a CNN */
+  cr_expect_str_neq(why(&o), "");
+  o = opts();
+  o.layers = "dense:32,bogus";
+  cr_expect(strstr(why(&o), "--layers") != NULL);
+}
+
+Test(sim_options, over_selection_option) {
+  sim_options o = opts();
+  cr_expect_eq(PARSE(&o, "--over-selection", "2.5"), FL_OK);
+  cr_expect_float_eq(o.over_selection, 2.5, 1e-12);
+  o = opts();
+  cr_expect_eq(PARSE(&o, "--over-selection", "0.5"), FL_E_INVAL);
+  o = opts();
+  cr_expect_eq(PARSE(&o, "--over-selection", "11"), FL_E_INVAL);
+  o = opts();
+  cr_expect_eq(PARSE(&o, "--over-selection", "nan"), FL_E_INVAL);
+}
+
+Test(sim_options, ranges_and_names) {
+  sim_options o = opts();
+  o.deadline_s = 2.5;
+  cr_expect(strstr(why(&o), "--deadline") != NULL);
+  o = opts();
+  o.deadline_s = 0;
+  cr_expect(strstr(why(&o), "--deadline") != NULL);
+  o = opts();
+  o.dropout = 1.5;
+  cr_expect(strstr(why(&o), "--dropout") != NULL);
+  o = opts();
+  o.net_fail = 1;
+  cr_expect(strstr(why(&o), "--net-fail") != NULL);
+  o = opts();
+  o.epochs = 0;
+  cr_expect(strstr(why(&o), "--epochs") != NULL);
+  o = opts();
+  o.rounds = 0;
+  cr_expect(strstr(why(&o), "--rounds") != NULL);
+  o = opts();
+  o.devices = 4;
+  o.threads = 5;
+  cr_expect(strstr(why(&o), "--threads") != NULL);
+  o = opts();
+  o.encoding = "float8";
+  cr_expect(strstr(why(&o), "--encoding") != NULL);
+  o = opts();
+  o.server_optimizer = "sgd";
+  cr_expect(strstr(why(&o), "--server-optimizer") != NULL);
+  o = opts();
+  o.partition = "dirichlet";
+  cr_expect(strstr(why(&o), "--partition") != NULL);
+  o = opts();
+  o.dataset = "mnist";
+  cr_expect(strstr(why(&o), "--dataset") != NULL);
+  o = opts();
+  o.bad_kinds = "poison,evil";
+  cr_expect(strstr(why(&o), "--bad-kinds") != NULL);
+  o = opts();
+  o.model_name = "";
+  cr_expect(strstr(why(&o), "--model-name") != NULL);
+  o = opts();
+  o.devices = 1001; /* x 60 examples > Fashion-MNIST's 60000 */
+  cr_expect_str_neq(why(&o), "");
+  o.samples_per_device = 0; /* the whole set spread */
+  cr_expect_str_empty(why(&o));
+}
+
+Test(sim_options, an_honest_device_is_left) {
+  sim_options o = opts();
+  o.devices = 20;
+  o.bad_frac = 0.98; /* rounds to all 20 */
+  cr_expect(strstr(why(&o), "--bad-devices") != NULL);
+  o.bad_frac = 0.9;
+  cr_expect_str_empty(why(&o));
+}
+
+Test(sim_options, url_needs_a_token) {
+  unsetenv("FL_ADMIN_TOKEN");
+  sim_options o = opts();
+  o.url = "http://127.0.0.1:1";
+  cr_expect(strstr(why(&o), "--admin-token") != NULL);
+  o.admin_token = "t";
+  cr_expect_str_empty(why(&o));
+}
+
+Test(sim_options, model_name_option) {
+  sim_options o = opts();
+  cr_expect_null(o.model_name, "unique per run unless given");
+  cr_expect_eq(PARSE(&o, "--model-name", "my model"), FL_OK);
+  cr_expect_str_eq(o.model_name, "my model");
+}
