@@ -262,11 +262,17 @@ static int parse_round(fl_sup_admin *a, json_t *round, fl_sup_round_state *out) 
   return FL_OK;
 }
 
+/* GET of a path made of fmt and one id. */
+static int get_by_id(fl_sup_admin *a, const char *fmt, uint64_t id, json_t **ans) {
+  char path[96];
+  snprintf(path, sizeof(path), fmt, (unsigned long long)id);
+  *ans = NULL;
+  return fl_sup_admin_call(a, "GET", path, NULL, ans);
+}
+
 int fl_sup_admin_round(fl_sup_admin *a, uint64_t round_id, fl_sup_round_state *out) {
-  char path[64];
-  snprintf(path, sizeof(path), "/admin/v1/rounds/%llu", (unsigned long long)round_id);
-  json_t *ans = NULL;
-  int rc = fl_sup_admin_call(a, "GET", path, NULL, &ans);
+  json_t *ans;
+  int rc = get_by_id(a, "/admin/v1/rounds/%llu", round_id, &ans);
   if (rc == FL_OK) {
     json_t *r = json_object_get(ans, "round");
     rc = parse_round(a, json_is_object(r) ? r : ans, out);
@@ -276,10 +282,8 @@ int fl_sup_admin_round(fl_sup_admin *a, uint64_t round_id, fl_sup_round_state *o
 }
 
 int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_state *out) {
-  char path[80];
-  snprintf(path, sizeof(path), "/admin/v1/rounds?model_id=%llu", (unsigned long long)model_id);
-  json_t *ans = NULL;
-  int rc = fl_sup_admin_call(a, "GET", path, NULL, &ans);
+  json_t *ans;
+  int rc = get_by_id(a, "/admin/v1/rounds?model_id=%llu", model_id, &ans);
   if (rc != FL_OK)
     return rc;
   json_t *rounds = json_object_get(ans, "rounds"), *best = NULL;
