@@ -141,7 +141,9 @@ int fl_sup_guard_start(void) {
     close(g_fd); /* inherited from the process that forked us: its guard, not ours */
   g_fd = -1;
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+  /* Close-on-exec: a program we start that inherited our end would keep the guard from seeing
+   * our end close. */
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return FL_E_IO;
   fflush(NULL);
   pid_t p = fork();
@@ -155,8 +157,6 @@ int fl_sup_guard_start(void) {
     guard_main(sv[1]);
   }
   close(sv[1]);
-  /* Close-on-exec: a child that inherited our end would keep the guard from seeing our end. */
-  fcntl(sv[0], F_SETFD, FD_CLOEXEC);
   g_fd = sv[0];
   g_owner = getpid();
   g_guard = p;
