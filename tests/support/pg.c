@@ -157,9 +157,11 @@ int fl_sup_db_exec(const char *db, const char *sql, int64_t *value) {
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     fprintf(stderr, "flsupport: %s: %s", sql, PQerrorMessage(c));
     rc = FL_E_DB;
+  } else if (value != NULL && (st != PGRES_TUPLES_OK || PQntuples(r) == 0)) {
+    fprintf(stderr, "flsupport: %s: no row\n", sql);
+    rc = FL_E_NOTFOUND;
   } else if (value != NULL) {
-    bool cell = st == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0);
-    *value = cell ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    *value = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
   }
   PQclear(r);
   PQfinish(c);

@@ -40,8 +40,9 @@ void fl_sup_pg_stop(fl_sup_pg *pg);
 int fl_sup_db_create(const char *prefix, char name[64]);
 /* DROP DATABASE ... WITH (FORCE); errors are printed and ignored (it is cleanup). */
 void fl_sup_db_drop(const char *name);
-/* A parameterless statement in `db` (NULL: the default database); the first cell as an
- * integer (NULL or no row -> 0) into *value when it is not NULL. FL_OK or FL_E_DB (printed). */
+/* A parameterless statement in `db` (NULL: the default database); with value, the first cell
+ * of its answer as an integer (NULL -> 0). FL_OK, FL_E_DB, or FL_E_NOTFOUND when value was
+ * asked for and there is no row (printed). */
 int fl_sup_db_exec(const char *db, const char *sql, int64_t *value);
 
 #endif
