@@ -30,17 +30,13 @@
 
 #include "codec.h"
 #include "fl/err.h"
+#include "flsupport/proc.h"
+#include "flsupport/rng.h"
 #include "tensor.h"
 
 #ifndef FL_BENCH_SRC_DIR
 #define FL_BENCH_SRC_DIR "benches"
 #endif
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* CPU time of this thread: on a shared machine, wall time also counts the time other
  * programs held the core; both are reported. */
@@ -54,28 +50,10 @@ typedef struct timing {
   double wall, cpu;
 } timing;
 
-/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
-static void tmp_template(char *out, size_t size, const char *prefix) {
-  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
-  memset(out + n, 'X', 6);
-  out[n + 6] = '\0';
-}
-
-/* Deterministic data (splitmix64): the same pool for every run. */
-static uint64_t mix64(uint64_t *s) {
-  uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-static float unit(uint64_t *s) { /* uniform in [-1, 1) */
-  return (float)((double)(mix64(s) >> 40) / (double)(1ULL << 23) - 1.0);
-}
-
+/* Deterministic data (splitmix64, flsupport/rng.h): the same pool for every run. */
 typedef struct pool {
-  size_t n, p;    /* n distinct updates of p parameters */
-  float *x;       /* n * p */
+  size_t n, p; /* n distinct updates of p parameters */
+  float *x;    /* n * p */
   Fl__V1__Tensor *t;
 } pool;
 
@@ -88,7 +66,7 @@ static int pool_new(pool *pl, size_t n, size_t p) {
   if (pl->x == NULL || pl->t == NULL)
     return -1;
   for (size_t i = 0; i < n * p; i++)
-    pl->x[i] = 0.01f * unit(&seed);
+    pl->x[i] = 0.01f * fl_sup_splitmix_unit(&seed);
   for (size_t i = 0; i < n; i++) {
     fl__v1__tensor__init(&pl->t[i]);
     pl->t[i].encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
@@ -117,14 +95,14 @@ static double weight_of(size_t i) { /* sample counts 50..600, as devices report 
 static timing run_fold(const pool *pl, size_t n, float *acc) {
   double total = 0;
   memset(acc, 0, pl->p * sizeof *acc);
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = cpu_s();
   for (size_t i = 0; i < n; i++) {
     double w = weight_of(i);
     fl__tensor_fold(&pl->t[i % pl->n], (float)w, acc);
     total += w;
   }
   fl__scal(pl->p, (float)(1.0 / total), acc);
-  return (timing){now_s() - t0, cpu_s() - c0};
+  return (timing){fl_sup_mono_s() - t0, cpu_s() - c0};
 }
 
 /* Not the coordinator's code: what folding two updates per pass over the accumulator would
@@ -132,7 +110,7 @@ static timing run_fold(const pool *pl, size_t n, float *acc) {
 static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
   size_t p = pl->p;
   memset(acc, 0, p * sizeof *acc);
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = cpu_s();
   size_t i = 0;
   for (; i + 2 <= n; i += 2) {
     const float *a = pl->x + (i % pl->n) * p, *b = pl->x + ((i + 1) % pl->n) * p;
@@ -142,7 +120,7 @@ static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
   }
   if (i < n)
     fl__tensor_fold(&pl->t[i % pl->n], (float)weight_of(i), acc);
-  return (timing){now_s() - t0, cpu_s() - c0};
+  return (timing){fl_sup_mono_s() - t0, cpu_s() - c0};
 }
 
 /* STREAM-like read of the same bytes in the same order: 32 independent float lanes, so the
@@ -150,7 +128,7 @@ static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
 static timing run_read(const pool *pl, size_t n, double *sink) {
   float lanes[32] = {0};
   size_t p = pl->p & ~(size_t)31;
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = cpu_s();
   for (size_t i = 0; i < n; i++) {
     const float *x = pl->x + (i % pl->n) * pl->p;
     for (size_t j = 0; j < p; j += 32)
@@ -159,7 +137,7 @@ static timing run_read(const pool *pl, size_t n, double *sink) {
     for (size_t j = p; j < pl->p; j++)
       lanes[0] += x[j];
   }
-  timing t = {now_s() - t0, cpu_s() - c0};
+  timing t = {fl_sup_mono_s() - t0, cpu_s() - c0};
   double s = 0;
   for (int k = 0; k < 32; k++)
     s += lanes[k];
@@ -237,40 +215,42 @@ static void aggregation(size_t n, size_t p, int reps, size_t pool_mib, const cha
   qsort(paired, (size_t)reps, sizeof *paired, cmp_double);
   double paired_median = paired[reps / 2];
   free(paired);
-  printf("\n## aggregation: N=%zu updates x P=%zu float32 parameters (%.0f MB read per pass;"
-         " pool of %zu distinct updates = %.0f MB, cycled; best of %d; wall time, thread CPU"
-         " time in brackets)\n",
-         n, p, bytes / 1e6, pool_n, (double)pool_n * p * 4 / 1e6, reps);
+  printf(
+      "\n## aggregation: N=%zu updates x P=%zu float32 parameters (%.0f MB read per pass;"
+      " pool of %zu distinct updates = %.0f MB, cycled; best of %d; wall time, thread CPU"
+      " time in brackets)\n",
+      n, p, bytes / 1e6, pool_n, (double)pool_n * p * 4 / 1e6, reps);
   printf("| figure | value | target | ratio |\n|---|---|---|---|\n");
   printf("| fold (fl__tensor_fold, 1 thread) | %.1f ms (%.1f), %.2f GB/s, %.0f updates/s | | |\n",
          bf.wall * 1e3, bf.cpu * 1e3, bytes / bf.wall / 1e9, (double)n / bf.wall);
-  printf("| STREAM-like read of the same bytes | %.1f ms (%.1f), %.2f GB/s | | |\n",
-         br.wall * 1e3, br.cpu * 1e3, bytes / br.wall / 1e9);
+  printf("| STREAM-like read of the same bytes | %.1f ms (%.1f), %.2f GB/s | | |\n", br.wall * 1e3,
+         br.cpu * 1e3, bytes / br.wall / 1e9);
   printf("| fold / memory bandwidth (best times) | %.0f%% (%.0f%%) | >= 70%% | %.2f of target |\n",
          100.0 * br.wall / bf.wall, 100.0 * br.cpu / bf.cpu, (br.wall / bf.wall) / 0.70);
-  printf("| fold / memory bandwidth (median of the %d back-to-back pairs) | %.0f%% | >= 70%% |"
-         " %.2f of target |\n",
-         reps, 100.0 * paired_median, paired_median / 0.70);
-  printf("| experiment, not the coordinator's code: two updates per pass | %.1f ms (%.1f),"
-         " %.0f%% (%.0f%%) of bandwidth | | |\n",
-         b2.wall * 1e3, b2.cpu * 1e3, 100.0 * br.wall / b2.wall, 100.0 * br.cpu / b2.cpu);
+  printf(
+      "| fold / memory bandwidth (median of the %d back-to-back pairs) | %.0f%% | >= 70%% |"
+      " %.2f of target |\n",
+      reps, 100.0 * paired_median, paired_median / 0.70);
+  printf(
+      "| experiment, not the coordinator's code: two updates per pass | %.1f ms (%.1f),"
+      " %.0f%% (%.0f%%) of bandwidth | | |\n",
+      b2.wall * 1e3, b2.cpu * 1e3, 100.0 * br.wall / b2.wall, 100.0 * br.cpu / b2.cpu);
   if (flower != NULL) {
-    char path[64];
-    tmp_template(path, sizeof path, "bench_aggregate_");
-    int fd = mkstemp(path);
+    char dir[256], path[300];
     double maxdiff = -1;
     timing tp = {-1, -1};
-    if (fd >= 0) {
-      close(fd);
+    if (fl_sup_mkdtemp(dir, sizeof dir, "bench_aggregate_") == FL_OK) {
+      snprintf(path, sizeof path, "%s/updates.bin", dir);
       run_fold(&pl, n, acc);
       if (write_data(path, &pl, n, acc) == 0)
         tp = run_flower(flower, path, reps < 3 ? reps : 3, &maxdiff);
-      unlink(path);
+      fl_sup_rmtree(dir);
     }
     if (tp.wall > 0) {
-      printf("| Flower aggregate() in numpy, same data | %.1f ms (%.1f), %.0f updates/s"
-             " (max |difference| to ours %.2g) | | |\n",
-             tp.wall * 1e3, tp.cpu * 1e3, (double)n / tp.wall, maxdiff);
+      printf(
+          "| Flower aggregate() in numpy, same data | %.1f ms (%.1f), %.0f updates/s"
+          " (max |difference| to ours %.2g) | | |\n",
+          tp.wall * 1e3, tp.cpu * 1e3, (double)n / tp.wall, maxdiff);
       printf("| fold speed / Flower's | %.1fx (%.1fx) | >= 8x | %.2f of target |\n",
              tp.wall / bf.wall, tp.cpu / bf.cpu, (tp.wall / bf.wall) / 8.0);
     } else {
@@ -292,16 +272,18 @@ static void decode_costs(size_t p, int reps) {
   uint64_t seed = 7;
   if (x == NULL || acc == NULL || out == NULL)
     exit(1);
-  printf("\n## decode cost per encoding: one update of P=%zu parameters, the coordinator's"
-         " per-update path (in cache, as after receipt; best of %d x %d updates)\n",
-         p, reps, ITERS);
-  printf("| encoding | wire bytes | check | norm | fold | check+norm+fold | Mparam/s |"
-         " decode to floats |\n|---|---|---|---|---|---|---|---|\n");
+  printf(
+      "\n## decode cost per encoding: one update of P=%zu parameters, the coordinator's"
+      " per-update path (in cache, as after receipt; best of %d x %d updates)\n",
+      p, reps, ITERS);
+  printf(
+      "| encoding | wire bytes | check | norm | fold | check+norm+fold | Mparam/s |"
+      " decode to floats |\n|---|---|---|---|---|---|---|---|\n");
   for (int e = 1; e <= 4; e++) {
     Fl__V1__Tensor t[COPIES];
     for (int c = 0; c < COPIES; c++) {
       for (size_t i = 0; i < p; i++)
-        x[i] = 0.01f * unit(&seed);
+        x[i] = 0.01f * fl_sup_splitmix_unit(&seed);
       fl__v1__tensor__init(&t[c]);
       if (fl__tensor_encode(&t[c], x, p, NULL, 0, e, 0.1f, NULL) != FL_OK)
         exit(1);
@@ -309,20 +291,20 @@ static void decode_costs(size_t p, int reps) {
     double best[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
     volatile double sq = 0;
     for (int r = 0; r < reps; r++) {
-      double t0 = now_s();
+      double t0 = fl_sup_mono_s();
       for (int i = 0; i < ITERS; i++)
         if (fl__tensor_check(&t[i % COPIES], p) != FL_OK)
           exit(1);
-      double t1 = now_s();
+      double t1 = fl_sup_mono_s();
       for (int i = 0; i < ITERS; i++)
         sq += fl__tensor_sqnorm(&t[i % COPIES]);
-      double t2 = now_s();
+      double t2 = fl_sup_mono_s();
       for (int i = 0; i < ITERS; i++)
         fl__tensor_fold(&t[i % COPIES], 3.0f, acc);
-      double t3 = now_s();
+      double t3 = fl_sup_mono_s();
       for (int i = 0; i < ITERS; i++)
         fl__tensor_decode(&t[i % COPIES], out, p);
-      double t4 = now_s();
+      double t4 = fl_sup_mono_s();
       best[0] = fmin(best[0], (t1 - t0) / ITERS);
       best[1] = fmin(best[1], (t2 - t1) / ITERS);
       best[2] = fmin(best[2], (t3 - t2) / ITERS);

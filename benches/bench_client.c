@@ -27,6 +27,7 @@
 #include "codec.h"
 #include "data.h"
 #include "digest.h"
+#include "flsupport/proc.h"
 #include "tensor.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
@@ -195,18 +196,10 @@ static int load_data(float **x, int32_t **y) {
   return 0;
 }
 
-/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
-static void tmp_template(char *out, size_t size, const char *prefix) {
-  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
-  memset(out + n, 'X', 6);
-  out[n + 6] = '\0';
-}
-
 /* One enrolled client and one round with the given encoding; returns the upload size. */
 static long one_round(coord *k, int encoding, const float *x, const int32_t *y, bool measure) {
-  char dir[48];
-  tmp_template(dir, sizeof dir, "bench-client-");
-  if (mkdtemp(dir) == NULL)
+  char dir[256];
+  if (fl_sup_mkdtemp(dir, sizeof dir, "bench-client-") != FL_OK)
     return -1;
   k->encoding = encoding;
   fl_transport tr = {
@@ -242,19 +235,12 @@ static long one_round(coord *k, int encoding, const float *x, const int32_t *y, 
         peak - rss0, (peak - rss0) / (model_kb + data_kb), model_kb, data_kb);
   }
   fl_client_free(c);
-  char cmd[64];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0 || err != FL_OK) {
+  fl_sup_rmtree(dir);
+  if (err != FL_OK) {
     fprintf(stderr, "round failed: %s\n", fl_strerror(err));
     return -1;
   }
   return (long)r.upload_bytes;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -265,10 +251,9 @@ static int cmp_double(const void *a, const void *b) {
 /* Rounds driven with fl_client_step; only fl_client_train() is timed. */
 static int epoch_times(coord *k, const float *x, const int32_t *y, int threads) {
   enum { ROUNDS = 7 };
-  char dir[48];
-  tmp_template(dir, sizeof dir, "bench-client-");
+  char dir[256];
   double t[ROUNDS];
-  if (mkdtemp(dir) == NULL)
+  if (fl_sup_mkdtemp(dir, sizeof dir, "bench-client-") != FL_OK)
     return -1;
   k->encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
   fl_transport tr = {
@@ -288,18 +273,17 @@ static int epoch_times(coord *k, const float *x, const int32_t *y, int threads) 
     while (err == FL_OK && step != FL_STEP_DONE) {
       err = fl_client_step(c, 1000, &step);
       if (err == FL_OK && step == FL_STEP_NEED_TRAIN) {
-        double t0 = now_s();
+        double t0 = fl_sup_mono_s();
         err = fl_client_train(c);
-        t[r] = now_s() - t0;
+        t[r] = fl_sup_mono_s() - t0;
       }
     }
     if (err == FL_OK && t[r] < 0)
       err = FL_E_STATE;
   }
   fl_client_free(c);
-  char cmd[64];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0 || err != FL_OK) {
+  fl_sup_rmtree(dir);
+  if (err != FL_OK) {
     fprintf(stderr, "epoch rounds failed: %s\n", fl_strerror(err));
     return -1;
   }
@@ -337,9 +321,10 @@ int main(int argc, char **argv) {
       return 1;
     printf("  %-10s %8ld bytes (%.2f bytes/parameter)\n", names[e], bytes, bytes / 199210.0);
   }
-  printf("one local epoch (fl_client_train: 2NN, %d examples, batch 10, SGD lr 0.05; then delta,"
-         " clip, encode float32, sign), 7 rounds:\n",
-         N_EX);
+  printf(
+      "one local epoch (fl_client_train: 2NN, %d examples, batch 10, SGD lr 0.05; then delta,"
+      " clip, encode float32, sign), 7 rounds:\n",
+      N_EX);
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   if (epoch_times(&k, x, y, 1) != 0 || (ncpu > 1 && epoch_times(&k, x, y, (int)ncpu) != 0))
     return 1;

@@ -29,15 +29,12 @@
 #include <libpq-fe.h>
 #include <malloc.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +43,13 @@
 #include "crypto.h"
 #include "digest.h"
 #include "fl/err.h"
+#include "flsupport/admin.h"
+#include "flsupport/coord.h"
+#include "flsupport/http.h"
+#include "flsupport/pg.h"
+#include "flsupport/proc.h"
+#include "flsupport/rng.h"
+#include "flsupport/signer.h"
 #include "mem.h"
 #include "tensor.h"
 
@@ -55,36 +59,12 @@
 #define ADMIN_TOKEN "bench-ingest-admin-token-0123456789abcdef"
 #define POOL_DELTAS 8
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* CPU time of this thread: the step costs below should not count time other programs held
  * the core. */
 static double thread_cpu_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* A mkstemp/mkdtemp template "/tmp/<prefix>" plus six 'X' (written by memset). */
-static void tmp_template(char *out, size_t size, const char *prefix) {
-  int n = snprintf(out, size - 7, "/tmp/%s", prefix);
-  memset(out + n, 'X', 6);
-  out[n + 6] = '\0';
 }
 
 static void die(const char *what) {
@@ -116,28 +96,12 @@ static int encoding_of(const char *s) {
 
 typedef struct bench {
   opts o;
-  char db[64], dir[64], url[64];
-  int port;
-  pid_t coord_pid;
+  char db[64], dir[256];
+  fl_sup_coord coord;
+  fl_sup_admin *admin;
   pid_t postmaster;
   uint64_t model_id;
 } bench;
-
-static int db_cmd(const char *sql) {
-  PGconn *c = PQconnectdb("dbname=postgres");
-  int rc = -1;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult *r = PQexec(c, sql);
-    rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
-    if (rc)
-      fprintf(stderr, "bench_ingest: %s: %s", sql, PQerrorMessage(c));
-    PQclear(r);
-  } else {
-    fprintf(stderr, "bench_ingest: cannot connect to PostgreSQL: %s", PQerrorMessage(c));
-  }
-  PQfinish(c);
-  return rc;
-}
 
 /* The postmaster of the cluster: the parent of one of our backends. */
 static pid_t find_postmaster(const char *db) {
@@ -211,7 +175,7 @@ static pid_t perf_start(const bench *b) {
   size_t n;
   if (out == NULL || *out == '\0')
     return 0;
-  n = (size_t)snprintf(pids, sizeof pids, "%d,%d", (int)b->coord_pid, (int)b->postmaster);
+  n = (size_t)snprintf(pids, sizeof pids, "%d,%d", (int)b->coord.pid, (int)b->postmaster);
   DIR *d = opendir("/proc");
   struct dirent *e;
   while (d != NULL && (e = readdir(d)) != NULL && n + 16 < sizeof pids) {
@@ -224,11 +188,10 @@ static pid_t perf_start(const bench *b) {
   fflush(NULL);
   pid_t p = fork();
   if (p == 0) {
-    execlp("perf", "perf", "record", "-q", "-F", "1999", "-g", "-o", out, "-p", pids,
-           (char *)NULL);
+    execlp("perf", "perf", "record", "-q", "-F", "1999", "-g", "-o", out, "-p", pids, (char *)NULL);
     _exit(127);
   }
-  sleep_ms(300); /* let perf attach */
+  fl_sup_sleep_ms(300); /* let perf attach */
   return p;
 }
 
@@ -248,145 +211,23 @@ static double self_cpu_s(void) {
          ru.ru_stime.tv_usec * 1e-6;
 }
 
-static int free_port(void) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof sa;
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-    port = ntohs(sa.sin_port);
-  if (fd >= 0)
-    close(fd);
-  return port;
-}
+/* ---- the coordinator ------------------------------------------------------------------------ */
 
-/* ---- HTTP (easy, for set-up) ---------------------------------------------------------------- */
-
-typedef struct buf {
-  uint8_t *p;
-  size_t len, cap;
-} buf;
-
-static size_t on_data(char *p, size_t sz, size_t n, void *ud) {
-  buf *b = ud;
-  size_t k = sz * n;
-  if (b->len + k + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 4096;
-    while (cap < b->len + k + 1)
-      cap *= 2;
-    uint8_t *q = realloc(b->p, cap);
-    if (q == NULL)
-      return 0;
-    b->p = q;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, p, k);
-  b->len += k;
-  b->p[b->len] = 0;
-  return k;
-}
-
-static json_t *admin(const bench *b, const char *method, const char *path, const char *body) {
-  char url[256];
-  buf out = {0};
-  long st = 0;
-  CURL *h = curl_easy_init();
-  struct curl_slist *hd = curl_slist_append(NULL, "Authorization: Bearer " ADMIN_TOKEN);
-  hd = curl_slist_append(hd, "Content-Type: application/json");
-  snprintf(url, sizeof url, "%s%s", b->url, path);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-  if (body != NULL)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
-  CURLcode cc = curl_easy_perform(h);
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
-  curl_slist_free_all(hd);
-  curl_easy_cleanup(h);
-  json_t *j = cc == CURLE_OK && out.p ? json_loads((char *)out.p, 0, NULL) : NULL;
-  if (st != 200) {
-    fprintf(stderr, "bench_ingest: %s %s -> %ld %s\n", method, path, st,
-            out.p ? (char *)out.p : "");
-    json_decref(j);
-    j = NULL;
-  }
-  free(out.p);
-  return j;
-}
-
-static int wait_ready(bench *b) {
-  char url[128];
-  snprintf(url, sizeof url, "%s/readyz", b->url);
-  for (int i = 0; i < 300; i++) {
-    int status;
-    long st = 0;
-    if (waitpid(b->coord_pid, &status, WNOHANG) == b->coord_pid)
-      return -1;
-    CURL *h = curl_easy_init();
-    buf out = {0};
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
-    if (curl_easy_perform(h) == CURLE_OK)
-      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
-    curl_easy_cleanup(h);
-    free(out.p);
-    if (st == 200)
-      return 0;
-    sleep_ms(100);
-  }
-  return -1;
-}
-
-static int coord_start(bench *b) {
-  char a_db[128], a_listen[64], a_key[128], a_conn[48], log[128];
-  const char *argv[32];
-  int n = 0;
-  b->port = free_port();
-  snprintf(b->url, sizeof b->url, "http://127.0.0.1:%d", b->port);
-  snprintf(a_db, sizeof a_db, "--database-url=dbname=%s", b->db);
-  snprintf(a_listen, sizeof a_listen, "--listen=127.0.0.1:%d", b->port);
-  snprintf(a_key, sizeof a_key, "--signing-key=%s/signing-key.pem", b->dir);
+static void coord_start(bench *b) {
+  char a_db[128], a_conn[48];
+  char *args[24] = {a_conn, "--log-level=warn"};
+  int n = 2;
+  snprintf(a_db, sizeof a_db, "dbname=%s", b->db);
   snprintf(a_conn, sizeof a_conn, "--max-connections=%d", b->o.conns + 64);
-  snprintf(log, sizeof log, "%s/coordinator.log", b->dir);
-  argv[n++] = b->o.coordinator;
-  argv[n++] = a_db;
-  argv[n++] = a_listen;
-  argv[n++] = a_key;
-  argv[n++] = a_conn;
-  argv[n++] = "--log-level=warn";
   for (int i = 0; i < b->o.n_extra; i++)
-    argv[n++] = b->o.extra[i];
-  argv[n] = NULL;
-  fflush(NULL);
-  b->coord_pid = fork();
-  if (b->coord_pid < 0)
-    return -1;
-  if (b->coord_pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (freopen(log, "a", stdout) == NULL || dup2(fileno(stdout), STDERR_FILENO) < 0)
-      _exit(126);
-    setenv("FL_ADMIN_TOKEN", ADMIN_TOKEN, 1);
-    execv(b->o.coordinator, (char *const *)argv);
-    _exit(127);
-  }
-  if (wait_ready(b)) {
-    fprintf(stderr, "bench_ingest: coordinator did not start (log: %s)\n", log);
-    return -1;
-  }
-  return 0;
-}
-
-static void coord_stop(bench *b) {
-  int status;
-  if (b->coord_pid <= 0)
-    return;
-  kill(b->coord_pid, SIGTERM);
-  while (waitpid(b->coord_pid, &status, 0) < 0 && errno == EINTR)
-    ;
-  b->coord_pid = 0;
+    args[n++] = (char *)b->o.extra[i];
+  args[n] = NULL;
+  fl_sup_coord_opts co = {
+      .bin = b->o.coordinator, .database_url = a_db, .dir = b->dir, .args = args};
+  if (fl_sup_coord_start(&b->coord, &co) != FL_OK)
+    die("coordinator start");
+  if (fl_sup_admin_new(&b->admin, b->coord.url, b->coord.admin_token) != FL_OK)
+    die("admin client");
 }
 
 /* ---- signed device requests --------------------------------------------------------------- */
@@ -397,30 +238,6 @@ typedef struct device {
   uint64_t round_id, base_version;
 } device;
 
-/* A SignedRequest around an inner message, signed for POST path; malloc'ed into *out. */
-static int envelope(const device *d, uint64_t device_id, const char *path, const uint8_t *body,
-                    size_t len, uint8_t **out, size_t *out_len) {
-  Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
-  uint8_t nonce[16], digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  if (fl__random_bytes(nonce, sizeof nonce))
-    return -1;
-  sr.device_id = device_id;
-  sr.timestamp_ms = wall_ms();
-  sr.nonce = (ProtobufCBinaryData){sizeof nonce, nonce};
-  sr.body = (ProtobufCBinaryData){len, (uint8_t *)body};
-  if (fl__request_digest("POST", path, device_id, sr.timestamp_ms, nonce, sizeof nonce, body,
-                         len, digest) ||
-      fl__sign(d->key, digest, sizeof digest, sig))
-    return -1;
-  sr.signature = (ProtobufCBinaryData){sizeof sig, sig};
-  *out_len = fl__v1__signed_request__get_packed_size(&sr);
-  *out = malloc(*out_len + 1);
-  if (*out == NULL)
-    return -1;
-  fl__v1__signed_request__pack(&sr, *out);
-  return 0;
-}
-
 /* ---- the multi runner: n requests over k connections, latency per request ------------------- */
 
 typedef struct req {
@@ -429,7 +246,7 @@ typedef struct req {
   size_t len;
   long status;
   double t_sent, t_done;
-  buf resp;
+  fl_sup_resp resp;
 } req;
 
 typedef struct slot {
@@ -439,17 +256,17 @@ typedef struct slot {
 
 static void slot_start(CURLM *m, slot *s, const bench *b, req *r, struct curl_slist *hd) {
   char url[256];
-  snprintf(url, sizeof url, "%s%s", b->url, r->path);
+  snprintf(url, sizeof url, "%s%s", b->coord.url, r->path);
   s->r = r;
-  r->resp.len = 0;
+  fl_sup_resp_free(&r->resp);
   curl_easy_setopt(s->h, CURLOPT_URL, url);
   curl_easy_setopt(s->h, CURLOPT_HTTPHEADER, hd);
   curl_easy_setopt(s->h, CURLOPT_POSTFIELDS, r->body);
   curl_easy_setopt(s->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->len);
-  curl_easy_setopt(s->h, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(s->h, CURLOPT_WRITEFUNCTION, fl_sup_resp_write);
   curl_easy_setopt(s->h, CURLOPT_WRITEDATA, &r->resp);
   curl_easy_setopt(s->h, CURLOPT_PRIVATE, s);
-  r->t_sent = now_s();
+  r->t_sent = fl_sup_mono_s();
   curl_multi_add_handle(m, s->h);
 }
 
@@ -463,7 +280,7 @@ static double run_multi(const bench *b, req *rs, int n, int k) {
   if (slots == NULL)
     die("out of memory");
   curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)k);
-  double t0 = now_s();
+  double t0 = fl_sup_mono_s();
   for (int i = 0; i < k && next < n; i++) {
     slots[i].h = curl_easy_init();
     curl_easy_setopt(slots[i].h, CURLOPT_TCP_NODELAY, 1L);
@@ -481,7 +298,7 @@ static double run_multi(const bench *b, req *rs, int n, int k) {
         continue;
       slot *s;
       curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
-      s->r->t_done = now_s();
+      s->r->t_done = fl_sup_mono_s();
       s->r->status = 0;
       if (msg->data.result == CURLE_OK)
         curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->r->status);
@@ -495,7 +312,7 @@ static double run_multi(const bench *b, req *rs, int n, int k) {
     if (active > 0)
       curl_multi_poll(m, NULL, 0, 100, NULL);
   }
-  double dt = now_s() - t0;
+  double dt = fl_sup_mono_s() - t0;
   for (int i = 0; i < k; i++)
     if (slots[i].h != NULL)
       curl_easy_cleanup(slots[i].h);
@@ -508,86 +325,57 @@ static double run_multi(const bench *b, req *rs, int n, int k) {
 static void reqs_free(req *rs, int n) {
   for (int i = 0; i < n; i++) {
     free(rs[i].body);
-    free(rs[i].resp.p);
+    fl_sup_resp_free(&rs[i].resp);
   }
   free(rs);
 }
 
 static const char *error_reason(const req *r) {
   static char reason[64];
-  Fl__V1__Error *e = r->resp.len ? fl__v1__error__unpack(NULL, r->resp.len, r->resp.p) : NULL;
-  snprintf(reason, sizeof reason, "%s", e && e->reason ? e->reason : "-");
-  fl__v1__error__free_unpacked(e, NULL);
-  return reason;
+  fl_sup_error_reason(r->resp.data, r->resp.len, reason, sizeof reason);
+  return reason[0] ? reason : "-";
 }
 
 /* ---- set-up: model, plan, devices ----------------------------------------------------------- */
 
 static void create_model_and_plan(bench *b) {
-  char body[1024];
-  size_t in = b->o.params / 100 - 1;
   static const char *const enc[] = {"", "float32", "float16", "int8", "topk"};
-  snprintf(body, sizeof body,
-           "{\"name\":\"bench\",\"seed\":1,\"spec\":{\"input_shape\":[%zu],\"layers\":"
-           "[{\"type\":\"dense\",\"units\":100}],\"loss\":\"softmax_ce\"}}",
-           in);
-  json_t *m = admin(b, "POST", "/admin/v1/models", body);
-  if (m == NULL)
-    die("model creation failed");
-  b->model_id = (uint64_t)json_integer_value(json_object_get(m, "model_id"));
-  json_decref(m);
-  snprintf(body, sizeof body,
-           "{\"participants\":%d,\"min_participants\":1,\"over_selection\":1,"
-           "\"deadline_s\":3600,\"clip_norm\":1000,\"encoding\":\"%s\",\"topk_fraction\":0.1,"
-           "\"rounds\":0}",
-           b->o.devices, enc[b->o.encoding]);
-  char path[96];
-  snprintf(path, sizeof path, "/admin/v1/models/%" PRIu64 "/plans", b->model_id);
-  json_t *p = admin(b, "POST", path, body);
-  if (p == NULL)
-    die("plan creation failed");
-  json_decref(p);
+  json_t *spec =
+      json_pack("{s:[I], s:[{s:s, s:i}], s:s}", "input_shape", (json_int_t)(b->o.params / 100 - 1),
+                "layers", "type", "dense", "units", 100, "loss", "softmax_ce");
+  json_t *plan =
+      json_pack("{s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:i}", "participants", b->o.devices,
+                "min_participants", 1, "over_selection", 1, "deadline_s", 3600, "clip_norm", 1000,
+                "encoding", enc[b->o.encoding], "topk_fraction", 0.1, "rounds", 0);
+  if (fl_sup_admin_create_model(b->admin, "bench", spec, 1, &b->model_id, NULL) != FL_OK ||
+      fl_sup_admin_create_plan(b->admin, b->model_id, plan, NULL, NULL) != FL_OK) {
+    fprintf(stderr, "bench_ingest: %s\n", fl_sup_admin_errmsg(b->admin));
+    die("model and plan creation failed");
+  }
+  json_decref(spec);
+  json_decref(plan);
 }
 
 static void enroll_all(bench *b, device *ds) {
   int n = b->o.devices;
   req *rs = calloc((size_t)n, sizeof *rs);
-  int done = 0;
-  while (done < n) {
-    int batch = n - done > 10000 ? 10000 : n - done;
-    char body[64];
-    snprintf(body, sizeof body, "{\"count\":%d}", batch);
-    json_t *t = admin(b, "POST", "/admin/v1/enrollment-tokens", body);
-    json_t *tokens = json_object_get(t, "tokens");
-    if (json_array_size(tokens) != (size_t)batch)
-      die("enrollment tokens");
-    for (int i = 0; i < batch; i++) {
-      device *d = &ds[done + i];
-      Fl__V1__EnrollRequest e = FL__V1__ENROLL_REQUEST__INIT;
-      uint8_t pub[FL_PUBKEY_LEN], inner[256];
-      if (fl__key_generate(&d->key) || fl__key_public(d->key, pub))
-        die("key generation");
-      e.enrollment_token = (char *)json_string_value(json_array_get(tokens, i));
-      e.public_key = (ProtobufCBinaryData){sizeof pub, pub};
-      size_t len = fl__v1__enroll_request__pack(&e, inner);
-      rs[done + i].path = "/v1/enroll";
-      if (envelope(d, 0, "/v1/enroll", inner, len, &rs[done + i].body, &rs[done + i].len))
-        die("enroll envelope");
-    }
-    json_decref(t);
-    done += batch;
+  char **tokens = NULL;
+  if (rs == NULL || fl_sup_admin_enrollment_tokens(b->admin, (size_t)n, &tokens) != FL_OK)
+    die("enrollment tokens");
+  for (int i = 0; i < n; i++) {
+    rs[i].path = "/v1/enroll";
+    if (fl__key_generate(&ds[i].key) ||
+        fl_sup_enroll_request(ds[i].key, tokens[i], &rs[i].body, &rs[i].len))
+      die("enroll request");
   }
+  fl_sup_admin_free_tokens(tokens, (size_t)n);
   run_multi(b, rs, n, 8);
   for (int i = 0; i < n; i++) {
-    Fl__V1__EnrollResponse *er =
-        rs[i].status == 200 ? fl__v1__enroll_response__unpack(NULL, rs[i].resp.len, rs[i].resp.p)
-                            : NULL;
-    if (er == NULL) {
+    if (rs[i].status != 200 ||
+        fl_sup_enroll_parse(rs[i].resp.data, rs[i].resp.len, &ds[i].id, NULL) != FL_OK) {
       fprintf(stderr, "bench_ingest: enroll -> %ld %s\n", rs[i].status, error_reason(&rs[i]));
       die("enrollment failed");
     }
-    ds[i].id = er->device_id;
-    fl__v1__enroll_response__free_unpacked(er, NULL);
   }
   reqs_free(rs, n);
 }
@@ -602,15 +390,15 @@ static void checkin_all(bench *b, device *ds) {
     ci.model_id = b->model_id;
     size_t len = fl__v1__check_in_request__pack(&ci, inner);
     rs[i].path = "/v1/checkin";
-    if (envelope(&ds[i], ds[i].id, "/v1/checkin", inner, len, &rs[i].body, &rs[i].len))
+    if (fl_sup_envelope(ds[i].key, ds[i].id, "POST", "/v1/checkin", inner, len, NULL, &rs[i].body,
+                        &rs[i].len))
       die("checkin envelope");
   }
   run_multi(b, rs, n, 8);
   for (int i = 0; i < n; i++) {
-    Fl__V1__CheckInResponse *cr =
-        rs[i].status == 200
-            ? fl__v1__check_in_response__unpack(NULL, rs[i].resp.len, rs[i].resp.p)
-            : NULL;
+    Fl__V1__CheckInResponse *cr = rs[i].status == 200 ? fl__v1__check_in_response__unpack(
+                                                            NULL, rs[i].resp.len, rs[i].resp.data)
+                                                      : NULL;
     if (cr == NULL || cr->task == NULL) {
       fprintf(stderr, "bench_ingest: check-in -> %ld %s\n", rs[i].status,
               cr && cr->retry ? cr->retry->reason : error_reason(&rs[i]));
@@ -645,10 +433,8 @@ static void deltas_new(deltas *dl, size_t params, int encoding) {
     die("model layout");
   dl->n_tensors = n_lay;
   for (int k = 0; k < POOL_DELTAS; k++) {
-    for (size_t i = 0; i < params; i++) {
-      s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-      x[i] = 0.01f * ((float)(s >> 40) / (float)(1 << 23) - 1.0f);
-    }
+    for (size_t i = 0; i < params; i++)
+      x[i] = 0.01f * fl_sup_splitmix_unit(&s);
     for (size_t j = 0; j < n_lay; j++) {
       fl__v1__tensor__init(&dl->t[k][j]);
       if (fl__tensor_encode(&dl->t[k][j], x + lay[j].offset, lay[j].count, lay[j].shape,
@@ -659,40 +445,6 @@ static void deltas_new(deltas *dl, size_t params, int encoding) {
   }
   fl__free(NULL, lay);
   free(x);
-}
-
-/* An upload as a device sends it (docs/SIGNING.md): the UpdateUpload signed over the
- * envelope's device id, timestamp and nonce, in an envelope whose own signature is empty. */
-static int upload_envelope(const device *d, Fl__V1__UpdateUpload *u, uint8_t **out,
-                           size_t *out_len) {
-  Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
-  uint8_t nonce[16], digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  int rc = -1;
-  if (fl__random_bytes(nonce, sizeof nonce))
-    return -1;
-  sr.device_id = d->id;
-  sr.timestamp_ms = wall_ms();
-  sr.nonce = (ProtobufCBinaryData){sizeof nonce, nonce};
-  if (fl__update_digest(d->id, sr.timestamp_ms, nonce, sizeof nonce, u, NULL, digest) ||
-      fl__sign(d->key, digest, sizeof digest, sig))
-    return -1;
-  u->signature = (ProtobufCBinaryData){sizeof sig, sig};
-  size_t len = fl__v1__update_upload__get_packed_size(u);
-  uint8_t *inner = malloc(len);
-  if (inner == NULL)
-    goto out;
-  fl__v1__update_upload__pack(u, inner);
-  sr.body = (ProtobufCBinaryData){len, inner};
-  *out_len = fl__v1__signed_request__get_packed_size(&sr);
-  *out = malloc(*out_len + 1);
-  if (*out == NULL)
-    goto out;
-  fl__v1__signed_request__pack(&sr, *out);
-  rc = 0;
-out:
-  u->signature = (ProtobufCBinaryData){0, NULL};
-  free(inner);
-  return rc;
 }
 
 /* A signed upload for every device (what a device sends). */
@@ -710,22 +462,23 @@ static req *build_uploads(bench *b, device *ds, deltas *dl) {
     u.delta = dl->tp[i % POOL_DELTAS];
     u.norm = 1.0f;
     rs[i].path = "/v1/updates";
-    if (upload_envelope(&ds[i], &u, &rs[i].body, &rs[i].len))
+    if (fl_sup_upload_envelope(ds[i].key, ds[i].id, &u, &rs[i].body, &rs[i].len))
       die("update signature");
   }
   return rs;
 }
 
 /* The CPU work of server/upload.c for one update, step by step, measured here on the same
- * requests (thread CPU time, best of 3 passes over 64 of them): where a coordinator core's time goes, without
- * the database and HTTP. Layout and fold use the model's tensor sizes. */
+ * requests (thread CPU time, best of 3 passes over 64 of them): where a coordinator core's time
+ * goes, without the database and HTTP. Layout and fold use the model's tensor sizes. */
 static void path_costs(const bench *b, const req *rs, const device *ds, const deltas *dl) {
   enum { N = 64, STEPS = 6 };
-  static const char *const names[STEPS] = {
-      "unpack SignedRequest (copies the body)", "unpack UpdateUpload (copies the tensors)",
-      "upload digest (SHA-256 of the tensors, once)",
-      "upload signature (Ed25519 verify, the only one)", "shape and finiteness checks, norm",
-      "fold into the accumulator"};
+  static const char *const names[STEPS] = {"unpack SignedRequest (copies the body)",
+                                           "unpack UpdateUpload (copies the tensors)",
+                                           "upload digest (SHA-256 of the tensors, once)",
+                                           "upload signature (Ed25519 verify, the only one)",
+                                           "shape and finiteness checks, norm",
+                                           "fold into the accumulator"};
   double best[STEPS];
   float *acc = calloc(b->o.params, sizeof *acc);
   int n = b->o.devices < N ? b->o.devices : N;
@@ -775,10 +528,11 @@ static void path_costs(const bench *b, const req *rs, const device *ds, const de
   double total = 0;
   for (int k = 0; k < STEPS; k++)
     total += best[k];
-  printf("\n## coordinator CPU per update outside HTTP and PostgreSQL (%zu-byte request;"
-         " server/upload.c's steps on the pre-built requests,"
-         " thread CPU time, best of 3 x %d)\n",
-         rs[0].len, n);
+  printf(
+      "\n## coordinator CPU per update outside HTTP and PostgreSQL (%zu-byte request;"
+      " server/upload.c's steps on the pre-built requests,"
+      " thread CPU time, best of 3 x %d)\n",
+      rs[0].len, n);
   printf("| step | us | share |\n|---|---|---|\n");
   for (int k = 0; k < STEPS; k++)
     printf("| %s | %.1f | %.0f%% |\n", names[k], best[k] * 1e6, 100 * best[k] / total);
@@ -787,18 +541,10 @@ static void path_costs(const bench *b, const req *rs, const device *ds, const de
 }
 
 static void wait_round_closed(bench *b, uint64_t round_id) {
-  char path[64];
-  snprintf(path, sizeof path, "/admin/v1/rounds/%" PRIu64, round_id);
-  for (int i = 0; i < 1200; i++) {
-    json_t *r = admin(b, "GET", path, NULL);
-    const char *st = json_string_value(json_object_get(r, "state"));
-    bool open = st == NULL || strcmp(st, "open") == 0;
-    json_decref(r);
-    if (!open)
-      return;
-    sleep_ms(50);
+  if (fl_sup_admin_wait_round(b->admin, round_id, NULL, 60000, NULL) != FL_OK) {
+    fprintf(stderr, "bench_ingest: %s\n", fl_sup_admin_errmsg(b->admin));
+    die("round did not close");
   }
-  die("round did not close");
 }
 
 /* With FL_BENCH_PGSS=1 and pg_stat_statements preloaded (pg_virtualenv -o
@@ -832,10 +578,11 @@ static void pgss_report(const bench *b, int accepted) {
            accepted);
   PGresult *r = PQexec(c, sql);
   if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-    printf("\n## PostgreSQL statements (pg_stat_statements: plan + execution time"
-           " during the first timed round: the uploads' statements)\n"
-           "| calls | us per accepted update | us per call | statement |\n"
-           "|---|---|---|---|\n");
+    printf(
+        "\n## PostgreSQL statements (pg_stat_statements: plan + execution time"
+        " during the first timed round: the uploads' statements)\n"
+        "| calls | us per accepted update | us per call | statement |\n"
+        "|---|---|---|---|\n");
     for (int i = 0; i < PQntuples(r); i++)
       printf("| %s | %s | %s | `%s` |\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
              PQgetvalue(r, i, 2), PQgetvalue(r, i, 3));
@@ -854,10 +601,11 @@ static int cmp_double(const void *a, const void *b) {
 /* ---- main --------------------------------------------------------------------------------- */
 
 static void usage(void) {
-  fprintf(stderr, "usage: bench_ingest [-d DEVICES] [-k CONNS] [-p PARAMS] [-r ROUNDS]"
-                  " [-e float32|float16|int8|topk] [--coordinator PATH] [--upload-buffer BYTES]"
-                  " [--keep]"
-                  " [-- coordinator flags]\n");
+  fprintf(stderr,
+          "usage: bench_ingest [-d DEVICES] [-k CONNS] [-p PARAMS] [-r ROUNDS]"
+          " [-e float32|float16|int8|topk] [--coordinator PATH] [--upload-buffer BYTES]"
+          " [--keep]"
+          " [-- coordinator flags]\n");
   exit(2);
 }
 
@@ -865,8 +613,13 @@ int main(int argc, char **argv) {
   /* A 2 MB upload buffer (libcurl's largest) sends a 400 KB body in one write instead of
    * seven: 25% less CPU in this program, which shares the 2 cores with the coordinator
    * (RESULTS.md, Ingest). --upload-buffer 0 restores libcurl's 64 KB default. */
-  bench b = {.o = {.devices = 2000, .conns = 16, .rounds = 2, .encoding = 1, .params = 100000,
-                   .upload_buffer = 2L << 20, .coordinator = FL_COORDINATOR_BIN}};
+  bench b = {.o = {.devices = 2000,
+                   .conns = 16,
+                   .rounds = 2,
+                   .encoding = 1,
+                   .params = 100000,
+                   .upload_buffer = 2L << 20,
+                   .coordinator = FL_COORDINATOR_BIN}};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     bool has = i + 1 < argc;
@@ -893,32 +646,28 @@ int main(int argc, char **argv) {
       usage();
     }
   }
-  if (b.o.devices < 1 || b.o.conns < 1 || b.o.rounds < 1 || b.o.encoding < 1 ||
-      b.o.params < 200 || b.o.params % 100 != 0)
+  if (b.o.devices < 1 || b.o.conns < 1 || b.o.rounds < 1 || b.o.encoding < 1 || b.o.params < 200 ||
+      b.o.params % 100 != 0)
     usage();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   /* As the coordinator does (server/main.c), so that path_costs measures its settings. */
   fl__tensor_set_threads(1);
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  snprintf(b.db, sizeof b.db, "fl_bench_ingest_%d_%lld", (int)getpid(), (long long)wall_ms());
-  tmp_template(b.dir, sizeof b.dir, "bench_ingest_");
-  if (mkdtemp(b.dir) == NULL)
+  if (fl_sup_mkdtemp(b.dir, sizeof b.dir, "bench_ingest_") != FL_OK)
     die("mkdtemp");
-  char sql[160];
-  snprintf(sql, sizeof sql, "CREATE DATABASE %s", b.db);
-  if (db_cmd(sql))
+  if (fl_sup_db_create("fl_bench_ingest_", b.db) != FL_OK)
     die("cannot create the database (run under pg_virtualenv -t)");
-  if (coord_start(&b))
-    die("coordinator start");
+  coord_start(&b);
   b.postmaster = find_postmaster(b.db);
   create_model_and_plan(&b);
 
   device *ds = calloc((size_t)b.o.devices, sizeof *ds);
   deltas dl;
-  double t0 = now_s();
+  double t0 = fl_sup_mono_s();
   enroll_all(&b, ds);
-  fprintf(stderr, "bench_ingest: %d devices enrolled in %.1f s\n", b.o.devices, now_s() - t0);
+  fprintf(stderr, "bench_ingest: %d devices enrolled in %.1f s\n", b.o.devices,
+          fl_sup_mono_s() - t0);
   deltas_new(&dl, b.o.params, b.o.encoding);
 
   int n = b.o.devices, total = b.o.rounds * n, accepted = 0, refused = 0;
@@ -931,7 +680,7 @@ int main(int argc, char **argv) {
     body_bytes = rs[0].len;
     if (r == 0)
       path_costs(&b, rs, ds, &dl);
-    long long c0 = proc_ticks(b.coord_pid, true, NULL), p0 = pg_ticks(b.postmaster);
+    long long c0 = proc_ticks(b.coord.pid, true, NULL), p0 = pg_ticks(b.postmaster);
     double g0 = self_cpu_s();
     pid_t perf = r == 0 ? perf_start(&b) : 0;
     if (r == 0)
@@ -940,7 +689,7 @@ int main(int argc, char **argv) {
     perf_stop(perf);
     if (r == 0)
       pgss_report(&b, n);
-    long long c1 = proc_ticks(b.coord_pid, true, NULL), p1 = pg_ticks(b.postmaster);
+    long long c1 = proc_ticks(b.coord.pid, true, NULL), p1 = pg_ticks(b.postmaster);
     double g1 = self_cpu_s();
     wall += dt;
     cpu_c += (double)(c1 - c0) / (double)hz;
@@ -969,30 +718,31 @@ int main(int argc, char **argv) {
   double p50 = accepted ? lat[accepted / 2] : NAN;
   double p99 = accepted ? lat[(size_t)((accepted - 1) * 0.99)] : NAN;
   double mx = accepted ? lat[accepted - 1] : NAN;
-  printf("\n## ingest: %zu-parameter %s updates (%zu bytes per request), %d devices x %d rounds,"
-         " %d connections\n",
-         b.o.params, enc[b.o.encoding], body_bytes, n, b.o.rounds, b.o.conns);
+  printf(
+      "\n## ingest: %zu-parameter %s updates (%zu bytes per request), %d devices x %d rounds,"
+      " %d connections\n",
+      b.o.params, enc[b.o.encoding], body_bytes, n, b.o.rounds, b.o.conns);
   printf("| figure | value | target | ratio |\n|---|---|---|---|\n");
   printf("| accepted updates/s | %.0f (%d accepted, %d refused, %.2f s) | >= 1500 | %.2f |\n",
          accepted / wall, accepted, refused, wall, accepted / wall / 1500.0);
   printf("| ack latency p50 / p99 / max | %.1f / %.1f / %.1f ms | p99 < 50 ms | %.2f |\n",
          p50 * 1e3, p99 * 1e3, mx * 1e3, 50.0 / (p99 * 1e3));
-  printf("| CPU, cores: coordinator / PostgreSQL / load generator | %.2f / %.2f / %.2f"
-         " (of 2) | | |\n",
-         cpu_c / wall, cpu_pg / wall, cpu_g / wall);
-  printf("| CPU per update: coordinator / PostgreSQL / load generator | %.0f / %.0f / %.0f us"
-         " | | |\n",
-         cpu_c / accepted * 1e6, cpu_pg / accepted * 1e6, cpu_g / accepted * 1e6);
+  printf(
+      "| CPU, cores: coordinator / PostgreSQL / load generator | %.2f / %.2f / %.2f"
+      " (of 2) | | |\n",
+      cpu_c / wall, cpu_pg / wall, cpu_g / wall);
+  printf(
+      "| CPU per update: coordinator / PostgreSQL / load generator | %.0f / %.0f / %.0f us"
+      " | | |\n",
+      cpu_c / accepted * 1e6, cpu_pg / accepted * 1e6, cpu_g / accepted * 1e6);
   fflush(stdout);
 
-  coord_stop(&b);
-  snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", b.db);
-  if (!b.o.keep)
-    db_cmd(sql);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", b.dir);
-  if (!b.o.keep && system(cmd) != 0)
-    fprintf(stderr, "bench_ingest: could not remove %s\n", b.dir);
+  fl_sup_coord_stop(&b.coord, SIGTERM, 60000);
+  fl_sup_admin_free(b.admin);
+  if (!b.o.keep) {
+    fl_sup_db_drop(b.db);
+    fl_sup_rmtree(b.dir);
+  }
   for (int i = 0; i < b.o.devices; i++)
     fl__key_free(ds[i].key);
   free(ds);

@@ -23,11 +23,11 @@
 #include "fleet.h"
 #include "fl/err.h"
 #include "options.h"
+#include "flsupport/guard.h"
+#include "flsupport/proc.h"
 #include "pg.h"
-#include "proc.h"
 #include "report.h"
 #include "sim.h"
-
 
 volatile sig_atomic_t sim_stop_requested;
 
@@ -36,8 +36,12 @@ static void on_stop_signal(int sig) {
   sim_stop_requested = 1;
 }
 
-/* Without SA_RESTART, so that the main thread's sleeps end early; SA_RESETHAND, so that a
- * second signal is not caught. */
+/* SIGINT, SIGTERM, SIGHUP and SIGPIPE (the reader of our output went away: `fl-sim | head`)
+ * end the run early and cleanly: the services are stopped and the work directory removed on
+ * the way out. Without SA_RESTART, so that the main thread's sleeps end early; SA_RESETHAND,
+ * so that a second ^C is not caught. SIGPIPE stays caught: every later write to the closed
+ * pipe raises it again and must not kill us before the clean-up (writes fail with EPIPE).
+ * Deaths that no handler sees (SIGKILL, a crash) are the guard's (flsupport/guard.h). */
 static void catch_stop_signals(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
@@ -46,6 +50,9 @@ static void catch_stop_signals(void) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  sa.sa_flags = 0;
+  sigaction(SIGPIPE, &sa, NULL);
 }
 
 /* Services: the coordinator's URL and admin token, started here or given. */
@@ -104,14 +111,24 @@ static void stop_services(services *s) {
   free(s->coord_args);
 }
 
+/* A temporary work directory that is not kept is the guard's too: it goes however we end. */
 static int make_work_dir(const sim_options *o, char *out, size_t cap) {
   if (o->work_dir != NULL) {
     snprintf(out, cap, "%s", o->work_dir);
     return mkdir(out, 0700) == 0 || access(out, W_OK) == 0 ? FL_OK : FL_E_IO;
   }
-  const char *tmp = getenv("TMPDIR");
-  snprintf(out, cap, "%s/fl-sim-XXXXXX", tmp && strlen(tmp) < 100 ? tmp : "/tmp");
-  return mkdtemp(out) ? FL_OK : FL_E_IO;
+  if (fl_sup_mkdtemp(out, cap, "fl-sim-") != FL_OK)
+    return FL_E_IO;
+  if (!o->keep_work_dir)
+    fl_sup_guard_dir(out, true);
+  return FL_OK;
+}
+
+static void remove_work_dir(const sim_options *o, const char *work_dir) {
+  if (o->keep_work_dir || o->work_dir != NULL)
+    return;
+  fl_sup_rmtree(work_dir);
+  fl_sup_guard_dir(work_dir, false);
 }
 
 int main(int argc, char **argv) {
@@ -123,6 +140,9 @@ int main(int argc, char **argv) {
   /* The workers are the parallelism: BLAS threads on top would oversubscribe the cores. */
   openblas_set_num_threads(1);
   catch_stop_signals();
+  /* Before the data and the fleet's threads: the guard is a fork of this process. */
+  if (o.url == NULL && fl_sup_guard_start() != FL_OK)
+    fprintf(stderr, "fl-sim: no guard process: a crash would leave the services behind\n");
   sim_data data;
   if (sim_data_load(&data, &o) != FL_OK)
     return 1;
@@ -135,15 +155,16 @@ int main(int argc, char **argv) {
   }
   services svc;
   rc = start_services(&svc, &o, work_dir);
-  if (rc == FL_OK)
+  if (rc == FL_OK && sim_stop_requested) /* a signal during the start-up */
+    rc = FL_E_STATE;
+  else if (rc == FL_OK)
     rc = sim_run(&o, &data, svc.url, svc.token, work_dir);
   else
     fprintf(stderr, "fl-sim: cannot start the services: %s\n", fl_strerror(rc));
   if (rc != FL_OK && svc.coord.pid > 0)
     sim_coord_log_tail(&svc.coord, 15);
   stop_services(&svc);
-  if (!o.keep_work_dir && o.work_dir == NULL)
-    sim_rmtree(work_dir);
+  remove_work_dir(&o, work_dir);
   sim_data_free(&data);
   return rc == FL_OK ? 0 : 1;
 }

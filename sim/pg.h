@@ -1,24 +1,23 @@
 /*
- * A throwaway PostgreSQL cluster for one fl-sim run: initdb and pg_ctl in a temporary
- * directory, reachable only over a Unix socket in that directory (so no TCP port can clash),
- * stopped and deleted at the end. As root the server runs as the `postgres` user, because
- * PostgreSQL refuses to run as root.
+ * The throwaway PostgreSQL cluster of one fl-sim run: tests/support's (flsupport/pg.h), in a
+ * temporary directory fl-sim-pg-XXXXXX, reachable only over a Unix socket there, stopped and
+ * deleted at the end, and by the guard if fl-sim dies first.
  */
 #ifndef SIM_PG_H
 #define SIM_PG_H
 
-#include <limits.h>
+#include "flsupport/pg.h"
 
-typedef struct sim_pg {
-  char dir[256];     /* temporary directory (data, socket, log) */
-  char bindir[256];  /* where initdb and pg_ctl were found */
-  char conninfo[512];/* libpq conninfo of the running cluster */
-  int started;
-} sim_pg;
+typedef fl_sup_pg sim_pg;
 
 /* bindir NULL: $FL_PG_BIN, else the newest /usr/lib/postgresql/<v>/bin, else PATH.
- * On failure the directory is removed and the log's path is in pg->dir's parent message. */
-int sim_pg_start(sim_pg *pg, const char *bindir);
-void sim_pg_stop(sim_pg *pg);
+ * On failure the directory stays for its logs (named on stderr). */
+static inline int sim_pg_start(sim_pg *pg, const char *bindir) {
+  return fl_sup_pg_start(pg, bindir, "fl-sim-pg-", "fl-sim");
+}
+
+static inline void sim_pg_stop(sim_pg *pg) {
+  fl_sup_pg_stop(pg);
+}
 
 #endif

@@ -12,6 +12,10 @@
  *
  * Every function returns 0 on success and -1 on failure (after printing why on stderr), so
  * tests can wrap calls in cr_assert_eq(..., 0).
+ *
+ * The work is done by the shared test-support library (tests/support, the flsupport/ headers): the
+ * coordinator launcher, the admin client, the device signer; this file keeps the names the
+ * itest_*.c files use.
  */
 #ifndef FL_H_HARNESS_H
 #define FL_H_HARNESS_H
@@ -24,6 +28,8 @@
 
 #include "crypto.h"
 #include "fl/v1/fleetlearn.pb-c.h"
+#include "flsupport/http.h"
+#include "flsupport/signer.h"
 
 /* ----- database ---------------------------------------------------------------------------- */
 
@@ -39,12 +45,12 @@ int64_t fl_h_db_int(const char *db, const char *sql);
 typedef struct fl_h_coord {
   pid_t pid;
   int port;
-  char url[64];          /* http://127.0.0.1:<port> */
+  char url[64]; /* http://127.0.0.1:<port> */
   char db[64];
-  char dir[256];         /* temp directory with the signing key and the log */
+  char dir[256]; /* temp directory with the signing key and the log */
   char admin_token[65];
   char replica[32];
-  const char *extra[8];  /* extra command-line flags (NULL-terminated) */
+  const char *extra[8]; /* extra command-line flags (NULL-terminated) */
 } fl_h_coord;
 
 /* Starts a coordinator on database `db`. `dir` may be NULL (a new temp dir is made) or the
@@ -65,12 +71,8 @@ void fl_h_coord_cleanup(fl_h_coord *c);
 
 /* ----- HTTP -------------------------------------------------------------------------------- */
 
-typedef struct fl_h_resp {
-  long status;
-  uint8_t *data;
-  size_t len;
-  char etag[80];
-} fl_h_resp;
+/* status, data (NUL-terminated past len), len, etag. */
+typedef fl_sup_resp fl_h_resp;
 void fl_h_resp_free(fl_h_resp *r);
 
 /* Admin request with the bootstrap token; body may be NULL. Returns the parsed JSON answer
@@ -78,8 +80,7 @@ void fl_h_resp_free(fl_h_resp *r);
 json_t *fl_h_admin(const fl_h_coord *c, const char *method, const char *path, const char *body,
                    long *status);
 /* Same, but returns the JSON only when the status is 200 (else prints it and returns NULL). */
-json_t *fl_h_admin_ok(const fl_h_coord *c, const char *method, const char *path,
-                      const char *body);
+json_t *fl_h_admin_ok(const fl_h_coord *c, const char *method, const char *path, const char *body);
 
 /* ----- devices ----------------------------------------------------------------------------- */
 
@@ -89,17 +90,8 @@ typedef struct fl_h_device {
   uint8_t coordinator_pub[FL_PUBKEY_LEN];
 } fl_h_device;
 
-/* Knobs to forge requests; zero-initialised means "honest". */
-typedef struct fl_h_forge {
-  int64_t timestamp_ms;          /* 0: now */
-  const uint8_t *nonce;          /* NULL: 16 fresh random bytes */
-  size_t nonce_len;
-  uint64_t device_id;            /* 0: the device's own id */
-  bool corrupt_signature;        /* flip one bit of the request signature (uploads: of the
-                                    update signature, their only one) */
-  bool envelope_signature;       /* uploads: sign the envelope too (must be refused) */
-  const char *if_none_match;     /* GET only */
-} fl_h_forge;
+/* Knobs to forge requests; zero-initialised means "honest" (flsupport/signer.h). */
+typedef fl_sup_forge fl_h_forge;
 
 /* A new key; then enrolls with the token (id and coordinator key filled in). Returns the HTTP
  * status of the enrollment (200 on success), -1 on a transport error. */
@@ -125,32 +117,32 @@ int fl_h_checkin(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
                  Fl__V1__CheckInResponse **resp);
 /* Downloads and verifies a version (digest recomputed, signature checked with the
  * coordinator's key). Free with fl__v1__model_version__free_unpacked. */
-int fl_h_download(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
-                  uint64_t version, Fl__V1__ModelVersion **out);
+int fl_h_download(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id, uint64_t version,
+                  Fl__V1__ModelVersion **out);
 /* Flat float32 weights of a version (malloc'ed) and their count. */
 int fl_h_weights(const Fl__V1__ModelVersion *mv, float **w, size_t *n);
 
 /* Knobs for update bodies. */
 typedef struct fl_h_update_opts {
-  bool drop_last_tensor;         /* a shape error */
-  bool corrupt_signature;        /* carry a signature made for other freshness fields, with
-                                    one bit flipped (fl_h_device_post keeps it) */
-  bool inject_nan;               /* first float32 value becomes NaN (encoders refuse NaN) */
-  int encoding;                  /* 0: float32; else an fl.v1.Encoding (codec encodes) */
+  bool drop_last_tensor;  /* a shape error */
+  bool corrupt_signature; /* carry a signature made for other freshness fields, with
+                             one bit flipped (fl_h_device_post keeps it) */
+  bool inject_nan;        /* first float32 value becomes NaN (encoders refuse NaN) */
+  int encoding;           /* 0: float32; else an fl.v1.Encoding (codec encodes) */
 } fl_h_update_opts;
 
 /* Packs an UpdateUpload of the flat delta laid out like base's tensors, unsigned: its
  * signature covers the envelope's timestamp and nonce, so fl_h_device_post makes it. */
 int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uint64_t round_id,
-                     const float *delta, uint64_t samples, float loss,
-                     const fl_h_update_opts *o, uint8_t **buf, size_t *len);
+                     const float *delta, uint64_t samples, float loss, const fl_h_update_opts *o,
+                     uint8_t **buf, size_t *len);
 
 /* ----- scenario helpers -------------------------------------------------------------------- */
 
 /* The spec used by the coordinator tests: input [6], dense 4, relu, dense 3, softmax CE
  * (43 parameters in 4 tensors). */
-#define FL_H_SMALL_SPEC                                                                      \
-  "{\"input_shape\":[6],\"layers\":[{\"type\":\"dense\",\"units\":4},{\"type\":\"relu\"},"   \
+#define FL_H_SMALL_SPEC                                                                    \
+  "{\"input_shape\":[6],\"layers\":[{\"type\":\"dense\",\"units\":4},{\"type\":\"relu\"}," \
   "{\"type\":\"dense\",\"units\":3}],\"loss\":\"softmax_ce\"}"
 
 /* Creates a model named `name` with `spec_json` and seed 1, then a plan (JSON object text);
@@ -161,11 +153,10 @@ int fl_h_model_and_plan(const fl_h_coord *c, const char *name, const char *spec_
 int fl_h_enroll_devices(const fl_h_coord *c, fl_h_device *devs, int n);
 /* Polls /admin/v1/rounds/{id} until its state is `state` (timeout_ms); returns the round
  * JSON (caller decrefs) or NULL on timeout. */
-json_t *fl_h_wait_round(const fl_h_coord *c, uint64_t round_id, const char *state,
-                        int timeout_ms);
+json_t *fl_h_wait_round(const fl_h_coord *c, uint64_t round_id, const char *state, int timeout_ms);
 /* Packs, signs and posts an update; -1 on transport/packing errors, else 0 with *out set. */
 int fl_h_upload(const fl_h_coord *c, const fl_h_device *d, const Fl__V1__ModelVersion *base,
-                uint64_t round_id, const float *delta, uint64_t samples,
-                const fl_h_update_opts *o, fl_h_resp *out);
+                uint64_t round_id, const float *delta, uint64_t samples, const fl_h_update_opts *o,
+                fl_h_resp *out);
 
 #endif
