@@ -38,14 +38,6 @@
 #define FL_BENCH_SRC_DIR "benches"
 #endif
 
-/* CPU time of this thread: on a shared machine, wall time also counts the time other
- * programs held the core; both are reported. */
-static double cpu_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 typedef struct timing {
   double wall, cpu;
 } timing;
@@ -95,14 +87,14 @@ static double weight_of(size_t i) { /* sample counts 50..600, as devices report 
 static timing run_fold(const pool *pl, size_t n, float *acc) {
   double total = 0;
   memset(acc, 0, pl->p * sizeof *acc);
-  double t0 = fl_sup_mono_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = fl_sup_thread_cpu_s();
   for (size_t i = 0; i < n; i++) {
     double w = weight_of(i);
     fl__tensor_fold(&pl->t[i % pl->n], (float)w, acc);
     total += w;
   }
   fl__scal(pl->p, (float)(1.0 / total), acc);
-  return (timing){fl_sup_mono_s() - t0, cpu_s() - c0};
+  return (timing){fl_sup_mono_s() - t0, fl_sup_thread_cpu_s() - c0};
 }
 
 /* Not the coordinator's code: what folding two updates per pass over the accumulator would
@@ -110,7 +102,7 @@ static timing run_fold(const pool *pl, size_t n, float *acc) {
 static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
   size_t p = pl->p;
   memset(acc, 0, p * sizeof *acc);
-  double t0 = fl_sup_mono_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = fl_sup_thread_cpu_s();
   size_t i = 0;
   for (; i + 2 <= n; i += 2) {
     const float *a = pl->x + (i % pl->n) * p, *b = pl->x + ((i + 1) % pl->n) * p;
@@ -120,7 +112,7 @@ static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
   }
   if (i < n)
     fl__tensor_fold(&pl->t[i % pl->n], (float)weight_of(i), acc);
-  return (timing){fl_sup_mono_s() - t0, cpu_s() - c0};
+  return (timing){fl_sup_mono_s() - t0, fl_sup_thread_cpu_s() - c0};
 }
 
 /* STREAM-like read of the same bytes in the same order: 32 independent float lanes, so the
@@ -128,7 +120,7 @@ static timing run_fold_pairs(const pool *pl, size_t n, float *acc) {
 static timing run_read(const pool *pl, size_t n, double *sink) {
   float lanes[32] = {0};
   size_t p = pl->p & ~(size_t)31;
-  double t0 = fl_sup_mono_s(), c0 = cpu_s();
+  double t0 = fl_sup_mono_s(), c0 = fl_sup_thread_cpu_s();
   for (size_t i = 0; i < n; i++) {
     const float *x = pl->x + (i % pl->n) * pl->p;
     for (size_t j = 0; j < p; j += 32)
@@ -137,7 +129,7 @@ static timing run_read(const pool *pl, size_t n, double *sink) {
     for (size_t j = p; j < pl->p; j++)
       lanes[0] += x[j];
   }
-  timing t = {fl_sup_mono_s() - t0, cpu_s() - c0};
+  timing t = {fl_sup_mono_s() - t0, fl_sup_thread_cpu_s() - c0};
   double s = 0;
   for (int k = 0; k < 32; k++)
     s += lanes[k];

@@ -218,20 +218,6 @@ Test(hostile, int8_scale_cannot_lift_the_norm_bound, .init = hx_setup, .fini = h
 
 /* ----- evaluation gates ----------------------------------------------------------------- */
 
-static bool gate_member(uint64_t device, uint64_t id, double pct) {
-  uint8_t buf[64], h[FL_SHA256_LEN];
-  size_t n = strlen("fl.v1.gate");
-  memcpy(buf, "fl.v1.gate", n);
-  for (int i = 0; i < 8; i++) {
-    buf[n + (size_t)i] = (uint8_t)(device >> (8 * i));
-    buf[n + 8 + (size_t)i] = (uint8_t)(id >> (8 * i));
-  }
-  fl__sha256(buf, n + 16, h);
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = (v << 8) | h[i];
-  return pct >= 100 || (pct > 0 && v < (uint64_t)ldexp(pct / 100.0, 64));
-}
 
 /* A gate is decided by the sample it asked (docs/API.md 5.3): a device outside the sample, or
  * outside the rollout's cohort, cannot vote by sending a report nobody asked for (with the
@@ -272,7 +258,7 @@ Test(hostile, only_the_gate_sample_reports, .init = hx_setup, .fini = hx_teardow
 
   int outside = -1, inside = -1;
   for (int i = 0; i < NDEV; i++) {
-    if (gate_member(dev[i].id, gate, 50))
+    if (fl_sup_doc_member("fl.v1.gate", dev[i].id, gate, 50))
       inside = inside < 0 ? i : inside;
     else
       outside = outside < 0 ? i : outside;

@@ -88,22 +88,6 @@ static const char *jstr(const json_t *o, const char *key) {
   return s ? s : "";
 }
 
-/* ---- the documented membership hash, written again from docs/API.md ------------------------ */
-
-static bool member(const char *domain, uint64_t device, uint64_t id, double pct) {
-  uint8_t buf[64], h[FL_SHA256_LEN];
-  size_t n = strlen(domain);
-  memcpy(buf, domain, n);
-  for (int i = 0; i < 8; i++) {
-    buf[n + (size_t)i] = (uint8_t)(device >> (8 * i));
-    buf[n + 8 + (size_t)i] = (uint8_t)(id >> (8 * i));
-  }
-  fl__sha256(buf, n + 16, h);
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = (v << 8) | h[i];
-  return pct >= 100 || (pct > 0 && v < (uint64_t)ldexp(pct / 100.0, 64));
-}
 
 /* ---- models ------------------------------------------------------------------------------- */
 
@@ -301,7 +285,7 @@ static int check_split(uint64_t rollout, double pct, int cohort_rev_b, uint64_t 
     if (d->id == pinned)
       continue;
     bool eligible = cohort_rev_b < 0 || d->rev_b == (cohort_rev_b == 1);
-    bool is_in = eligible && member("fl.v1.rollout", d->id, rollout, pct);
+    bool is_in = eligible && fl_sup_doc_member("fl.v1.rollout", d->id, rollout, pct);
     uint64_t v = running(d);
     cr_assert_eq(v, is_in ? in : out, "device %llu runs v%llu", (unsigned long long)d->id,
                  (unsigned long long)v);
@@ -450,7 +434,7 @@ Test(rollout, staged_gated_promoted_stopped_and_rolled_back, .init = setup, .fin
   binomial_ok(in50, NDEV - 1, 0.50);
   cr_assert_gt(in50, in10);
   for (int k = 0; k < NDEV; k++)
-    if (g_dev[k].id != pinned && member("fl.v1.rollout", g_dev[k].id, rid1, 10))
+    if (g_dev[k].id != pinned && fl_sup_doc_member("fl.v1.rollout", g_dev[k].id, rid1, 10))
       cr_assert_eq(running(&g_dev[k]), 2);
   cr_assert_gt(evals, 20, "the sample evaluated the current version (%d)", evals);
   json_t *g1 = rollout_get(rid1);

@@ -3,6 +3,7 @@
  */
 #include "flsupport/signer.h"
 
+#include <math.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,4 +168,21 @@ const char *fl_sup_error_reason(const uint8_t *body, size_t len, char *out, size
     snprintf(out, cap, "%s", e->reason);
   fl__v1__error__free_unpacked(e, NULL);
   return out;
+}
+
+bool fl_sup_doc_member(const char *domain, uint64_t device, uint64_t id, double pct) {
+  uint8_t buf[64], h[FL_SHA256_LEN];
+  size_t n = strlen(domain);
+  if (n > 48)
+    n = 48;
+  memcpy(buf, domain, n);
+  for (int i = 0; i < 8; i++) {
+    buf[n + (size_t)i] = (uint8_t)(device >> (8 * i));
+    buf[n + 8 + (size_t)i] = (uint8_t)(id >> (8 * i));
+  }
+  fl__sha256(buf, n + 16, h);
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = (v << 8) | h[i];
+  return pct >= 100 || (pct > 0 && v < (uint64_t)ldexp(pct / 100.0, 64));
 }

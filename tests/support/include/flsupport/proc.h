@@ -45,8 +45,11 @@ int fl_sup_free_port(void);
  * FL_E_IO (out too small, mkdtemp failed). */
 int fl_sup_mkdtemp(char *out, size_t cap, const char *prefix);
 
-/* Clocks: monotonic seconds, wall-clock milliseconds since the epoch, a plain sleep. */
+/* Clocks: monotonic seconds, the calling thread's CPU seconds (on a shared machine wall time
+ * also counts the time other programs held the core), wall-clock milliseconds since the
+ * epoch, a plain sleep. */
 double fl_sup_mono_s(void);
+double fl_sup_thread_cpu_s(void);
 int64_t fl_sup_wall_ms(void);
 void fl_sup_sleep_ms(long ms);
 

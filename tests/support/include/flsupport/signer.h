@@ -53,4 +53,10 @@ char *fl_sup_auth_header(const uint8_t *env, size_t len);
 /* The reason of an fl.v1.Error body, "" when it is not one; written to out. */
 const char *fl_sup_error_reason(const uint8_t *body, size_t len, char *out, size_t cap);
 
+/* The documented membership hash (docs/API.md 5.2 and 5.3), written again from the docs as the
+ * tests' oracle: SHA-256(domain | device_id LE64 | id LE64), first 8 bytes as a little-endian
+ * integer v, member when v < pct% of 2^64. domain is "fl.v1.rollout" or "fl.v1.gate"
+ * (at most 48 bytes). */
+bool fl_sup_doc_member(const char *domain, uint64_t device, uint64_t id, double pct);
+
 #endif
