@@ -512,13 +512,15 @@ out:
   end(s, c, sr);
 }
 
-
+/* Enrollments, check-ins and evaluation reports are a few hundred bytes; the limit leaves room
+ * for many labels or metrics (docs/API.md 1.2). A download is a GET: no body. */
+#define SMALL_BODY 65536
 
 const fl_route fl__dev_routes[] = {
-    {"POST", "/v1/enroll", "enroll", h_enroll},
-    {"POST", "/v1/checkin", "checkin", h_checkin},
-    {"GET", "/v1/models/", "download", h_download},
-    {"POST", "/v1/updates", "update", fl__devapi_update},
-    {"POST", "/v1/evaluations", "evaluation", h_evaluation},
-    {NULL, NULL, NULL, NULL},
+    {"POST", "/v1/enroll", "enroll", h_enroll, SMALL_BODY, NULL},
+    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL},
+    {"GET", "/v1/models/", "download", h_download, 0, NULL},
+    {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit},
+    {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL},
+    {NULL, NULL, NULL, NULL, 0, NULL},
 };
