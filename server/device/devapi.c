@@ -90,6 +90,33 @@ static char *labels_json(const Fl__V1__EnrollRequest *e) {
   return s;
 }
 
+/* A token that is used (or unknown, or expired): when it was used by this very key, this is a
+ * retry of an enrollment whose answer was lost, and it gets the same device id (the request is
+ * signed by that key, so it learns nothing its holder did not know). Any other key is refused.
+ * Returns the device id, 0 with the refusal in *r. */
+static uint64_t enrolled_before(PGconn *c, const uint8_t th[FL_SHA256_LEN],
+                                const Fl__V1__EnrollRequest *e, fl_resp *r) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, th, FL_SHA256_LEN);
+  fl__pgp_bin(&p, e->public_key.data, e->public_key.len);
+  PGresult *res = fl__pg_exec(c,
+                              "SELECT d.device_id FROM enrollment_tokens t"
+                              " JOIN devices d ON d.device_id = t.used_by"
+                              " WHERE t.token_hash = $1 AND d.public_key = $2"
+                              " AND d.state = 'active'",
+                              &p, false, NULL);
+  if (res == NULL) {
+    unavailable(r);
+    return 0;
+  }
+  uint64_t id = PQntuples(res) == 1 ? fl__pg_u64(res, 0, 0) : 0;
+  PQclear(res);
+  if (id == 0)
+    fl__resp_dev_error(r, 401, "bad_enrollment_token", "unknown, used or expired token", 0);
+  return id;
+}
+
 /* Consumes the token and creates the device in one transaction. Returns the device id, 0 with
  * the refusal in *r. */
 static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r) {
@@ -121,9 +148,9 @@ static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r)
   if (res == NULL)
     goto unavail;
   if (PQntuples(res) == 0) {
-    fl__resp_dev_error(r, 401, "bad_enrollment_token", "unknown, used or expired token", 0);
     PQclear(res);
-    goto out;
+    id = enrolled_before(c, th, e, r);
+    goto out; /* nothing was written: the pool rolls the transaction back */
   }
   id = fl__pg_u64(res, 0, 0);
   PQclear(res);

@@ -327,3 +327,53 @@ Test(harden, upload_limit_follows_the_largest_model, .init = setup, .fini = tear
   fl__v1__check_in_response__free_unpacked(ci, NULL);
   fl_h_device_free(&d);
 }
+
+/* ----- 4. enrollment is idempotent ------------------------------------------------------------ */
+
+/* `n` fresh enrollment tokens (with labels when given) into tokens[]; 0 or -1. */
+static int new_tokens(int n, const char *labels_json, char tokens[][65]) {
+  char body[256];
+  snprintf(body, sizeof body, "{\"count\":%d%s%s}", n, labels_json ? ",\"labels\":" : "",
+           labels_json ? labels_json : "");
+  json_t *t = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", body);
+  json_t *a = json_object_get(t, "tokens");
+  int rc = json_array_size(a) == (size_t)n ? 0 : -1;
+  for (int i = 0; rc == 0 && i < n; i++)
+    snprintf(tokens[i], 65, "%s", json_string_value(json_array_get(a, i)));
+  json_decref(t);
+  return rc;
+}
+
+/* The answer of an enrollment is lost; the device retries with the same token and key (a
+ * fresh nonce and timestamp, as the client does) and must learn the same device id. Another
+ * key with that token is still refused. */
+Test(harden, enrollment_retry_gets_the_same_device, .init = setup, .fini = teardown,
+     .timeout = 60) {
+  char tok[1][65];
+  fl_h_device d, other;
+  cr_assert_eq(new_tokens(1, NULL, tok), 0);
+  cr_assert_eq(fl_h_device_new(&d), 0);
+  cr_assert_eq(fl_h_device_enroll(&g_coord, &d, tok[0]), 200);
+  uint64_t first = d.id;
+  cr_assert_gt(first, 0);
+  cr_expect_eq(fl_h_device_enroll(&g_coord, &d, tok[0]), 200, "retry with the same key");
+  cr_expect_eq(d.id, first, "the retry got device %llu, not %llu", (unsigned long long)d.id,
+               (unsigned long long)first);
+  cr_assert_eq(fl_h_device_new(&other), 0);
+  cr_expect_eq(fl_h_device_enroll(&g_coord, &other, tok[0]), 401, "another key, same token");
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM devices"), 1);
+  /* The retried device is the same one: it can check in. */
+  Fl__V1__CheckInResponse *ci;
+  d.id = first;
+  cr_expect_eq(fl_h_checkin(&g_coord, &d, 0, &ci), 0);
+  fl__v1__check_in_response__free_unpacked(ci, NULL);
+  /* A revoked device does not come back through its old token. */
+  long st;
+  char path[96];
+  snprintf(path, sizeof path, "/admin/v1/devices/%llu/revoke", (unsigned long long)first);
+  json_decref(fl_h_admin(&g_coord, "POST", path, "{}", &st));
+  cr_expect_eq(st, 200);
+  cr_expect_eq(fl_h_device_enroll(&g_coord, &d, tok[0]), 401, "revoked, then retried");
+  fl_h_device_free(&d);
+  fl_h_device_free(&other);
+}
