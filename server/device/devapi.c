@@ -80,16 +80,6 @@ static bool utf8_ok(const char *s) {
 
 /* ----- enroll ------------------------------------------------------------------------------ */
 
-static char *labels_json(const Fl__V1__EnrollRequest *e) {
-  json_t *o = json_object();
-  for (size_t i = 0; o != NULL && i < e->n_labels; i++)
-    if (e->labels[i]->key && e->labels[i]->key[0])
-      json_object_set_new(o, e->labels[i]->key, json_string(e->labels[i]->value));
-  char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-  json_decref(o);
-  return s;
-}
-
 /* A token that is used (or unknown, or expired): when it was used by this very key, this is a
  * retry of an enrollment whose answer was lost, and it gets the same device id (the request is
  * signed by that key, so it learns nothing its holder did not know). Any other key is refused.
@@ -124,22 +114,22 @@ static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r)
   char state[6];
   fl_pgp p;
   uint64_t id = 0;
-  char *labels = labels_json(e);
   fl__sha256(e->enrollment_token, strlen(e->enrollment_token), th);
-  if (labels == NULL || fl__pg_cmd(c, "BEGIN"))
+  if (fl__pg_cmd(c, "BEGIN"))
     goto unavail;
   fl__pgp_init(&p);
   fl__pgp_bin(&p, th, sizeof th);
   fl__pgp_bin(&p, e->public_key.data, e->public_key.len);
-  fl__pgp_text(&p, labels);
   fl__pgp_text(&p, e->firmware ? e->firmware : "");
-  /* Token labels win over labels the device claims for itself. */
+  /* A device's labels are its token's, set by the operator: they route it (its channel,
+   * rollout cohorts, cohort pins, gate samples), so a device must not choose them. The labels
+   * an EnrollRequest carries are not stored (docs/API.md 1.3). */
   PGresult *res = fl__pg_exec(
       c,
       "WITH tok AS (UPDATE enrollment_tokens SET used_at = now()"
       " WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING labels)"
       " INSERT INTO devices (public_key, labels, firmware)"
-      " SELECT $2, $3::jsonb || tok.labels, $4 FROM tok RETURNING device_id",
+      " SELECT $2, tok.labels, $3 FROM tok RETURNING device_id",
       &p, false, state);
   if (res == NULL && strcmp(state, "23505") == 0) {
     fl__resp_dev_error(r, 409, "key_already_enrolled", "this public key is already enrolled", 0);
@@ -169,7 +159,6 @@ static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r)
 unavail:
   unavailable(r);
 out:
-  free(labels);
   return id;
 }
 

@@ -377,3 +377,75 @@ Test(harden, enrollment_retry_gets_the_same_device, .init = setup, .fini = teard
   fl_h_device_free(&d);
   fl_h_device_free(&other);
 }
+
+/* ----- 9. routing labels come from the enrollment token ------------------------------------- */
+
+/* Enrolls d with `token`, claiming labels of its own; returns the HTTP status. */
+static long enroll_claiming(fl_h_device *d, const char *token, Fl__V1__Label **labels, size_t n) {
+  Fl__V1__EnrollRequest e = FL__V1__ENROLL_REQUEST__INIT;
+  uint8_t pub[FL_PUBKEY_LEN], body[1024];
+  fl_h_resp r;
+  cr_assert_eq(fl__key_public(d->key, pub), 0);
+  e.enrollment_token = (char *)token;
+  e.public_key = (ProtobufCBinaryData){sizeof pub, pub};
+  e.labels = labels;
+  e.n_labels = n;
+  size_t len = fl__v1__enroll_request__get_packed_size(&e);
+  cr_assert_lt(len, sizeof body);
+  fl__v1__enroll_request__pack(&e, body);
+  d->id = 0;
+  cr_assert_eq(fl_h_device_post(&g_coord, d, "/v1/enroll", body, len, NULL, &r), 0);
+  Fl__V1__EnrollResponse *er =
+      r.status == 200 ? fl__v1__enroll_response__unpack(NULL, r.len, r.data) : NULL;
+  if (er != NULL)
+    d->id = er->device_id;
+  fl__v1__enroll_response__free_unpacked(er, NULL);
+  long st = r.status;
+  fl_h_resp_free(&r);
+  return st;
+}
+
+/* A device that names its own channel and cohort labels at enrollment joins neither: with only
+ * a `canary` channel it gets no inference
+ * assignment, while a device whose token says channel=canary does. */
+Test(harden, devices_cannot_choose_routing_labels, .init = setup, .fini = teardown, .timeout = 60) {
+  uint64_t model_id, round_id;
+  cr_assert_eq(
+      fl_h_model_and_plan(&g_coord, "routing", FL_H_SMALL_SPEC, "{}", &model_id, &round_id), 0);
+  char body[160];
+  snprintf(body, sizeof body, "{\"model_id\":%llu,\"name\":\"canary\",\"version\":1}",
+           (unsigned long long)model_id);
+  json_decref(fl_h_admin_ok(&g_coord, "POST", "/admin/v1/channels", body));
+  char plain[1][65], routed[1][65];
+  cr_assert_eq(new_tokens(1, "{\"site\":\"a\"}", plain), 0);
+  cr_assert_eq(new_tokens(1, "{\"channel\":\"canary\"}", routed), 0);
+  Fl__V1__Label ch = FL__V1__LABEL__INIT, tier = FL__V1__LABEL__INIT, site = FL__V1__LABEL__INIT;
+  ch.key = "channel";
+  ch.value = "canary";
+  tier.key = "tier";
+  tier.value = "gold";
+  site.key = "site";
+  site.value = "b";
+  Fl__V1__Label *claims[] = {&ch, &tier, &site};
+  fl_h_device self, op;
+  cr_assert_eq(fl_h_device_new(&self), 0);
+  cr_assert_eq(fl_h_device_new(&op), 0);
+  cr_assert_eq(enroll_claiming(&self, plain[0], claims, 3), 200);
+  cr_assert_eq(enroll_claiming(&op, routed[0], NULL, 0), 200);
+  /* Stored: the token's labels, nothing the device claimed. */
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM devices WHERE device_id = %llu AND labels = '{\"site\":\"a\"}'",
+           (unsigned long long)self.id);
+  cr_expect_eq(fl_h_db_int(g_db, sql), 1, "the device's own labels were stored");
+  Fl__V1__CheckInResponse *ci;
+  cr_assert_eq(fl_h_checkin(&g_coord, &self, model_id, &ci), 0);
+  cr_expect_null(ci->rollout, "a device chose its channel: got rollout of channel %s",
+                 ci->rollout ? ci->rollout->channel : "");
+  fl__v1__check_in_response__free_unpacked(ci, NULL);
+  cr_assert_eq(fl_h_checkin(&g_coord, &op, model_id, &ci), 0);
+  cr_expect_not_null(ci->rollout, "the token's channel label routes the device");
+  fl__v1__check_in_response__free_unpacked(ci, NULL);
+  fl_h_device_free(&self);
+  fl_h_device_free(&op);
+}
