@@ -449,3 +449,54 @@ Test(harden, devices_cannot_choose_routing_labels, .init = setup, .fini = teardo
   fl_h_device_free(&self);
   fl_h_device_free(&op);
 }
+
+/* ----- 10. no non-finite version ----------------------------------------------------------- */
+
+/* With clip_norm 0 there is no norm bound: one device sends finite values near FLT_MAX with a
+ * large sample_count, and the weighted fold overflows. The round must be abandoned with a
+ * reason instead of storing a version of infinities, and the next round starts from the same
+ * base. */
+Test(harden, non_finite_aggregate_is_not_stored, .init = setup, .fini = teardown, .timeout = 60) {
+  uint64_t model_id, round_id;
+  fl_h_device d;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "unbounded", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"min_participants\":1,"
+                                   "\"clip_norm\":0,\"over_selection\":1}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, &d, 1), 0);
+  Fl__V1__CheckInResponse *ci;
+  cr_assert_eq(fl_h_checkin(&g_coord, &d, model_id, &ci), 0);
+  cr_assert_not_null(ci->task);
+  cr_assert_eq(ci->task->round_id, round_id);
+  fl__v1__check_in_response__free_unpacked(ci, NULL);
+  Fl__V1__ModelVersion *base;
+  cr_assert_eq(fl_h_download(&g_coord, &d, model_id, 1, &base), 0);
+  float *w;
+  size_t n;
+  cr_assert_eq(fl_h_weights(base, &w, &n), 0);
+  for (size_t i = 0; i < n; i++)
+    w[i] = 3e38f;
+  fl_h_resp r;
+  cr_assert_eq(fl_h_upload(&g_coord, &d, base, round_id, w, 1000000, NULL, &r), 0);
+  cr_assert_eq(r.status, 200, "the upload is finite and unbounded: %ld %s", r.status,
+               fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  json_t *rd = fl_h_wait_round(&g_coord, round_id, "abandoned", 10000);
+  cr_assert_not_null(rd, "the round was not abandoned");
+  const char *reason = json_string_value(json_object_get(rd, "reason"));
+  cr_expect(reason && strstr(reason, "non_finite_aggregate"), "reason %s", reason);
+  json_decref(rd);
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM versions WHERE model_id = %llu",
+           (unsigned long long)model_id);
+  cr_expect_eq(fl_h_db_int(g_db, sql), 1, "a version was stored");
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM rounds WHERE model_id = %llu AND state = 'open'"
+           " AND base_version = 1",
+           (unsigned long long)model_id);
+  cr_expect_eq(fl_h_db_int(g_db, sql), 1, "the next round does not start from version 1");
+  free(w);
+  fl__v1__model_version__free_unpacked(base, NULL);
+  fl_h_device_free(&d);
+}
