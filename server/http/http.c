@@ -197,12 +197,12 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
   bool dev = strncmp(q->path, "/v1/", 4) == 0;
   if (rt == NULL) {
     bool mm = q->method_mismatch;
+    const char *msg =
+        q->escaped ? "no such endpoint (a path has no %-escapes)" : "no such endpoint";
     if (dev)
-      fl__resp_dev_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
-                         "no such endpoint", 0);
+      fl__resp_dev_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found", msg, 0);
     else
-      fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
-                           "no such endpoint");
+      fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found", msg);
     return send_resp(s, q, &r, "unknown");
   }
   if (q->too_big) {
@@ -270,9 +270,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   fl_srv *s = cls;
   fl_req *q = *con_cls;
   (void)version;
-  if (q == NULL) {
-    q = calloc(1, sizeof *q);
-    if (q == NULL)
+  if (q == NULL || q->conn == NULL) {
+    if (q == NULL && (q = calloc(1, sizeof *q)) == NULL)
       return MHD_NO;
     q->conn = conn;
     q->method = method;
@@ -288,6 +287,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     unsigned long long cl = declared_length(conn, &chunked);
     if (q->rt != NULL)
       q->limit = body_limit(s, q->rt, method, chunked || cl > SIZE_MAX ? SIZE_MAX : (size_t)cl);
+    if (q->escaped) {
+      q->rt = NULL; /* paths are taken as sent (on_uri) */
+      q->method_mismatch = false;
+    }
     if (q->rt == NULL || cl > q->limit) {
       /* Answer before the body is read: MHD skips "100 Continue" and closes afterwards. */
       q->too_big = q->rt != NULL;
@@ -313,6 +316,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return MHD_YES;
   q->answered = true;
   return dispatch(s, q);
+}
+
+/* Called with the request target as sent, before libmicrohttpd decodes %XX escapes in it. The
+ * path a device signs is hashed as sent (docs/SIGNING.md) while routing and the digest see the
+ * decoded one, so "/v1/models/5/versions/1%00" would serve version 1 and "1%31" version 11
+ * under a signature over another path. No endpoint's path needs an escape (they are fixed
+ * words and decimal ids): a path with one names no endpoint (404), before anything else. The
+ * query string may keep its escapes. The request state starts here (on_request completes it). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  (void)cls;
+  (void)conn;
+  fl_req *q = calloc(1, sizeof *q);
+  if (q != NULL && uri != NULL)
+    q->escaped = memchr(uri, '%', strcspn(uri, "?")) != NULL;
+  return q;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -364,12 +382,11 @@ int fl__http_start(fl_srv *s) {
       {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
       {MHD_OPTION_END, 0, NULL}};
   h->d = MHD_start_daemon(
-      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-      NULL, MHD_OPTION_SOCK_ADDR, &sa,
+      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+      MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_SOCK_ADDR, &sa,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
       s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-      MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   if (h->d == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "host=%s port=%u", s->cfg.listen_host,
              (unsigned)s->cfg.port);

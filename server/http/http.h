@@ -22,6 +22,7 @@ typedef struct fl_req {
   const char *path;          /* without the query string */
   const struct fl_route *rt; /* chosen on the request line; NULL: no such endpoint */
   bool method_mismatch;      /* the path exists with another method */
+  bool escaped;              /* the path as sent has a %-escape (http.c: refused) */
   uint8_t *body;
   size_t len, cap;
   size_t limit; /* largest body this route takes */
