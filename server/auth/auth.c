@@ -154,6 +154,17 @@ int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryDa
   return 0;
 }
 
+int fl__auth_signature(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t pub[FL_PUBKEY_LEN],
+                       fl_resp *r) {
+  uint8_t d[FL_SHA256_LEN];
+  if (request_digest(q, sr, d)) {
+    /* A digest that cannot be built verifies nothing: the answer of a wrong signature. */
+    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+    return -1;
+  }
+  return fl__auth_verify(d, &sr->signature, pub, false, r);
+}
+
 int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
                     const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
   bool revoked = false;

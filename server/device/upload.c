@@ -254,7 +254,7 @@ static uint64_t g_limit_gen;
 /* 0 when the database cannot say. */
 static size_t read_limit(fl_srv *s) {
   size_t lim = 0;
-  PGconn *c = fl__pool_get(s->pool);
+  PGconn *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (c == NULL)
     return 0;
   PGresult *r = fl__pg_exec(c,
@@ -304,7 +304,7 @@ size_t fl__devapi_update_limit(fl_srv *s, size_t declared) {
  * before the checks. */
 static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr, fl_resp *r) {
   if (*c == NULL)
-    *c = fl__pool_get(s->pool);
+    *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   int rc = *c != NULL ? fl__auth_record_nonce(*c, sr->device_id, &sr->nonce) : -1;
   if (rc < 0)
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -349,7 +349,7 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
   u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
-  c = fl__pool_get(s->pool);
+  c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (c == NULL) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto out;

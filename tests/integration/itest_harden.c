@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <libpq-fe.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -504,7 +506,16 @@ Test(harden, non_finite_aggregate_is_not_stored, .init = setup, .fini = teardown
 
 /* ----- 2. paths are taken as sent ----------------------------------------------------------- */
 
-/* A GET of `path` (sent as it is) whose envelope is signed over `sign_path`. */
+/* Keeps a Retry-After header line in r->etag (the harness' response has no other header). */
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+  fl_h_resp *r = ud;
+  if (sz * n > 12 && strncasecmp(p, "Retry-After:", 12) == 0)
+    snprintf(r->etag, sizeof r->etag, "%.*s", (int)(sz * n), p);
+  return sz * n;
+}
+
+/* A GET of `path` (sent as it is) whose envelope is signed over `sign_path`; a Retry-After
+ * header line lands in out->etag. */
 static int get_signed_over(const fl_h_device *d, const char *path, const char *sign_path,
                            fl_h_resp *out) {
   Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
@@ -534,6 +545,8 @@ static int get_signed_over(const fl_h_device *d, const char *path, const char *s
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
   CURLcode rc = curl_easy_perform(c);
   if (rc == CURLE_OK)
@@ -582,4 +595,126 @@ Test(harden, escaped_paths_are_refused, .init = setup, .fini = teardown, .timeou
   cr_expect_eq(st, 200, "%s", q);
   json_decref(j);
   fl_h_device_free(&d);
+}
+
+/* ----- 8. no database work before authentication -------------------------------------------- */
+
+/* Anyone can sign an enrollment with a key of their own: one with a bogus token must leave
+ * nothing behind, not even its nonce (fifty of them once left fifty rows). A good one still
+ * records its nonce, and its replay is refused. */
+Test(harden, bogus_enrollments_leave_no_rows, .init = setup, .fini = teardown, .timeout = 120) {
+  for (int i = 0; i < 50; i++) {
+    fl_h_device d;
+    char tok[40];
+    snprintf(tok, sizeof tok, "bogus-token-%d", i);
+    cr_assert_eq(fl_h_device_new(&d), 0);
+    cr_expect_eq(fl_h_device_enroll(&g_coord, &d, tok), 401);
+    fl_h_device_free(&d);
+  }
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM nonces"), 0, "bogus enrollments left rows");
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM devices"), 0);
+  /* An honest enrollment, then its exact replay (same nonce). */
+  char tok[1][65];
+  cr_assert_eq(new_tokens(1, NULL, tok), 0);
+  fl_h_device d;
+  cr_assert_eq(fl_h_device_new(&d), 0);
+  Fl__V1__EnrollRequest e = FL__V1__ENROLL_REQUEST__INIT;
+  uint8_t pub[FL_PUBKEY_LEN], body[256], nonce[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  cr_assert_eq(fl__key_public(d.key, pub), 0);
+  e.enrollment_token = tok[0];
+  e.public_key = (ProtobufCBinaryData){sizeof pub, pub};
+  size_t n = fl__v1__enroll_request__get_packed_size(&e);
+  fl__v1__enroll_request__pack(&e, body);
+  fl_h_forge f = {.nonce = nonce, .nonce_len = sizeof nonce};
+  fl_h_resp r;
+  d.id = 0;
+  cr_assert_eq(fl_h_device_post(&g_coord, &d, "/v1/enroll", body, n, &f, &r), 0);
+  cr_expect_eq(r.status, 200);
+  fl_h_resp_free(&r);
+  cr_expect_eq(fl_h_db_int(g_db, "SELECT count(*) FROM nonces"), 1);
+  cr_assert_eq(fl_h_device_post(&g_coord, &d, "/v1/enroll", body, n, &f, &r), 0);
+  cr_expect_eq(r.status, 401);
+  cr_expect_str_eq(fl_h_error_reason(&r), "replayed_nonce");
+  fl_h_resp_free(&r);
+  fl_h_device_free(&d);
+}
+
+typedef struct get_arg {
+  const fl_h_device *d;
+  char path[96];
+  fl_h_resp r;
+  int rc;
+} get_arg;
+
+static void *blocked_get(void *p) {
+  get_arg *a = p;
+  a->rc = get_signed_over(a->d, a->path, a->path, &a->r);
+  return NULL;
+}
+
+/* Backends of the coordinator's database waiting for a lock. */
+static int64_t lock_waiters(void) {
+  return fl_h_db_int(g_db,
+                     "SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                     " current_database() AND wait_event_type = 'Lock'");
+}
+
+static void setup_small_pool(void) {
+  static const char *const extra[] = {"--db-pool=2", NULL};
+  start(extra);
+}
+
+/* Every device request takes a pool connection before its signature can be checked; with the
+ * pool exhausted (here: two downloads stuck behind a lock on the nonces table) a request used
+ * to wait without limit. It must be answered 503 with Retry-After within a few seconds. */
+Test(harden, exhausted_pool_answers_503, .init = setup_small_pool, .fini = teardown,
+     .timeout = 120) {
+  uint64_t model_id, round_id;
+  fl_h_device d[3];
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "pool", FL_H_SMALL_SPEC, "{}", &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, d, 3), 0);
+  const char *keys[] = {"dbname", NULL}, *vals[] = {g_db, NULL};
+  PGconn *lk = PQconnectdbParams(keys, vals, 0);
+  cr_assert_eq(PQstatus(lk), CONNECTION_OK);
+  PQclear(PQexec(lk, "BEGIN"));
+  PGresult *res = PQexec(lk, "LOCK TABLE nonces IN ACCESS EXCLUSIVE MODE");
+  cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(lk));
+  PQclear(res);
+  get_arg a[2];
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) {
+    memset(&a[i], 0, sizeof a[i]);
+    a[i].d = &d[i];
+    snprintf(a[i].path, sizeof a[i].path, "/v1/models/%llu/versions/1",
+             (unsigned long long)model_id);
+    cr_assert_eq(pthread_create(&t[i], NULL, blocked_get, &a[i]), 0);
+  }
+  for (int waited = 0; lock_waiters() < 2 && waited < 10000; waited += 50)
+    usleep(50000);
+  cr_assert_geq(lock_waiters(), 2, "the pool's two connections are not stuck");
+  char path[96];
+  snprintf(path, sizeof path, "/v1/models/%llu/versions/1", (unsigned long long)model_id);
+  fl_h_resp r;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int rc = get_signed_over(&d[2], path, path, &r);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  PQclear(PQexec(lk, "COMMIT"));
+  PQfinish(lk);
+  cr_expect_eq(rc, 0, "no answer while the pool was exhausted (%.1f s)", s);
+  cr_expect_eq(r.status, 503, "status %ld after %.1f s", r.status, s);
+  cr_expect_str_eq(fl_h_error_reason(&r), "unavailable");
+  cr_expect_eq(strncasecmp(r.etag, "Retry-After:", 12), 0, "no Retry-After header");
+  cr_expect_lt(s, 6.0, "answered after %.1f s", s);
+  fl_h_resp_free(&r);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(t[i], NULL);
+    cr_expect_eq(a[i].rc, 0);
+    cr_expect_eq(a[i].r.status, 200, "a stuck download after the lock: %ld", a[i].r.status);
+    fl_h_resp_free(&a[i].r);
+  }
+  for (int i = 0; i < 3; i++)
+    fl_h_device_free(&d[i]);
 }
