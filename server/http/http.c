@@ -382,11 +382,13 @@ int fl__http_start(fl_srv *s) {
       {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
       {MHD_OPTION_END, 0, NULL}};
   h->d = MHD_start_daemon(
-      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-      MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_SOCK_ADDR, &sa,
+      flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+      NULL, MHD_OPTION_SOCK_ADDR, &sa,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
       s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+      MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, /* the path as sent, before unescaping */
+      MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   if (h->d == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "host=%s port=%u", s->cfg.listen_host,
              (unsigned)s->cfg.port);

@@ -128,7 +128,21 @@ static int take(fl_pool *p, const struct timespec *deadline, PGconn **out) {
   return rc;
 }
 
-static PGconn *ready(fl_pool *p, PGconn *c);
+/* A taken slot made usable: reset when broken, opened when empty; handed back on failure. */
+static PGconn *ready(fl_pool *p, PGconn *c) {
+  if (c != NULL && PQstatus(c) != CONNECTION_OK) {
+    PQreset(c);
+    if (PQstatus(c) == CONNECTION_OK)
+      fl__slog(FL_LOG_INFO, "db_reconnected", NULL);
+  }
+  if (c == NULL)
+    c = open_conn(p->conninfo);
+  if (c != NULL && PQstatus(c) == CONNECTION_OK)
+    return c;
+  /* Hand the slot back (as a broken or empty connection) so the pool keeps its size. */
+  fl__pool_put(p, c);
+  return NULL;
+}
 
 PGconn *fl__pool_get(fl_pool *p) {
   PGconn *c = NULL;
@@ -147,22 +161,6 @@ PGconn *fl__pool_get_timed(fl_pool *p, unsigned wait_ms) {
     dl.tv_nsec -= 1000000000L;
   }
   return take(p, &dl, &c) ? NULL : ready(p, c);
-}
-
-/* A taken slot made usable: reset when broken, opened when empty; handed back on failure. */
-static PGconn *ready(fl_pool *p, PGconn *c) {
-  if (c != NULL && PQstatus(c) != CONNECTION_OK) {
-    PQreset(c);
-    if (PQstatus(c) == CONNECTION_OK)
-      fl__slog(FL_LOG_INFO, "db_reconnected", NULL);
-  }
-  if (c == NULL)
-    c = open_conn(p->conninfo);
-  if (c != NULL && PQstatus(c) == CONNECTION_OK)
-    return c;
-  /* Hand the slot back (as a broken or empty connection) so the pool keeps its size. */
-  fl__pool_put(p, c);
-  return NULL;
 }
 
 void fl__pool_put(fl_pool *p, PGconn *c) {
