@@ -16,11 +16,19 @@ static const char tag_update[] = "fl.v1.update";
 static const char tag_upload[] = "fl.v1.upload";
 static const char tag_model[] = "fl.v1.model";
 
-/* Floats as their bit patterns: -0.0 and 0.0, or two NaNs, are different messages. */
+/* Floats as their bit patterns: two NaNs are different messages. */
 static uint32_t f32_bits(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
   return u;
+}
+
+/* A protobuf float field (loss, norm, scale): proto3 omits a field equal to zero, and -0.0 is
+ * equal to zero, so a receiver parses 0.0 where the sender had -0.0. Hashing -0.0 as 0.0 on
+ * both sides keeps such a message verifiable (docs/SIGNING.md). Parameters travel as bytes and
+ * keep their bits. */
+static uint32_t f32_field(float f) {
+  return f == 0.0f ? 0 : f32_bits(f);
 }
 
 int fl__request_digest(const char *method, const char *path, uint64_t device_id,
@@ -49,7 +57,7 @@ static void hash_tensor(fl_sha256 *h, const Fl__V1__Tensor *t) {
   fl__sha256_u32(h, (uint32_t)t->n_shape);
   for (size_t i = 0; i < t->n_shape; i++)
     fl__sha256_u32(h, t->shape[i]);
-  fl__sha256_u32(h, f32_bits(t->scale));
+  fl__sha256_u32(h, f32_field(t->scale));
   fl__sha256_bytes(h, t->data.data, t->data.len);
   fl__sha256_bytes(h, t->indices.data, t->indices.len);
 }
@@ -71,8 +79,8 @@ int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
   fl__sha256_u64(&h, u->model_id);
   fl__sha256_u64(&h, u->base_version);
   fl__sha256_u64(&h, u->sample_count);
-  fl__sha256_u32(&h, f32_bits(u->loss));
-  fl__sha256_u32(&h, f32_bits(u->norm));
+  fl__sha256_u32(&h, f32_field(u->loss));
+  fl__sha256_u32(&h, f32_field(u->norm));
   fl__sha256_u64(&h, (uint64_t)u->n_delta);
   for (size_t i = 0; i < u->n_delta; i++)
     hash_tensor(&h, u->delta[i]);

@@ -29,6 +29,7 @@ int fl__request_digest(const char *method, const char *path, uint64_t device_id,
 /* Content digest of an update: "fl.v1.update\0" | device_id | round_id | model_id |
  * base_version | sample_count (u64 each) | loss (f32 bits) | norm (f32 bits) | n_tensors u64 |
  * per tensor: encoding u32, count u64, ndim u32, shape u32..., scale (f32 bits), data, indices
+ * (loss, norm and scale: -0.0 hashed as 0.0, as protobuf delivers it)
  * (length-prefixed). The signature field of u is not part of it. It names the update itself,
  * whatever request carried it: the coordinator stores it for idempotence (a retry is sent
  * with a fresh nonce and timestamp and must still be recognised as the same update). */

@@ -31,6 +31,10 @@ int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest
 int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r);
 int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryData *sig,
                     const uint8_t *pub, bool revoked, fl_resp *r);
+/* The request signature over fl__request_digest with `pub`, the check of fl__auth_device
+ * without the device lookup and the nonce (enrollment records its nonce with the device). */
+int fl__auth_signature(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t pub[FL_PUBKEY_LEN],
+                       fl_resp *r);
 /* Records a nonce in its own transaction. 0 fresh, 1 replayed, -1 database error. */
 int fl__auth_record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce);
 

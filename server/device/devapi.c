@@ -25,7 +25,7 @@ static int begin(fl_srv *s, fl_req *q, fl_resp *r, PGconn **c, Fl__V1__SignedReq
   *sr = fl__auth_envelope(s, q, r);
   if (*sr == NULL)
     return -1;
-  *c = fl__pool_get(s->pool);
+  *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (*c == NULL) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto fail;
@@ -80,77 +80,117 @@ static bool utf8_ok(const char *s) {
 
 /* ----- enroll ------------------------------------------------------------------------------ */
 
-static char *labels_json(const Fl__V1__EnrollRequest *e) {
-  json_t *o = json_object();
-  for (size_t i = 0; o != NULL && i < e->n_labels; i++)
-    if (e->labels[i]->key && e->labels[i]->key[0])
-      json_object_set_new(o, e->labels[i]->key, json_string(e->labels[i]->value));
-  char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-  json_decref(o);
-  return s;
+/* A token that is used (or unknown, or expired): when it was used by this very key, this is a
+ * retry of an enrollment whose answer was lost, and it gets the same device id (the request is
+ * signed by that key, so it learns nothing its holder did not know). Any other key is refused.
+ * Returns the device id, 0 with the refusal in *r. */
+static uint64_t enrolled_before(PGconn *c, const uint8_t th[FL_SHA256_LEN],
+                                const Fl__V1__EnrollRequest *e, fl_resp *r) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, th, FL_SHA256_LEN);
+  fl__pgp_bin(&p, e->public_key.data, e->public_key.len);
+  PGresult *res = fl__pg_exec(c,
+                              "SELECT d.device_id FROM enrollment_tokens t"
+                              " JOIN devices d ON d.device_id = t.used_by"
+                              " WHERE t.token_hash = $1 AND d.public_key = $2"
+                              " AND d.state = 'active'",
+                              &p, false, NULL);
+  if (res == NULL) {
+    unavailable(r);
+    return 0;
+  }
+  uint64_t id = PQntuples(res) == 1 ? fl__pg_u64(res, 0, 0) : 0;
+  PQclear(res);
+  if (id == 0)
+    fl__resp_dev_error(r, 401, "bad_enrollment_token", "unknown, used or expired token", 0);
+  return id;
 }
 
-/* Consumes the token and creates the device in one transaction. Returns the device id, 0 with
- * the refusal in *r. */
-static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e, fl_resp *r) {
-  uint8_t th[FL_SHA256_LEN];
+/* Consumes the token and creates the device, or finds the device of a retried enrollment.
+ * Returns the device id, 0 with the refusal in *r. */
+static uint64_t consume_token(PGconn *c, const uint8_t th[FL_SHA256_LEN],
+                              const Fl__V1__EnrollRequest *e, fl_resp *r) {
   char state[6];
   fl_pgp p;
-  uint64_t id = 0;
-  char *labels = labels_json(e);
-  fl__sha256(e->enrollment_token, strlen(e->enrollment_token), th);
-  if (labels == NULL || fl__pg_cmd(c, "BEGIN"))
-    goto unavail;
   fl__pgp_init(&p);
-  fl__pgp_bin(&p, th, sizeof th);
+  fl__pgp_bin(&p, th, FL_SHA256_LEN);
   fl__pgp_bin(&p, e->public_key.data, e->public_key.len);
-  fl__pgp_text(&p, labels);
   fl__pgp_text(&p, e->firmware ? e->firmware : "");
-  /* Token labels win over labels the device claims for itself. */
+  /* A device's labels are its token's, set by the operator: they route it (its channel,
+   * rollout cohorts, cohort pins, gate samples), so a device must not choose them. The labels
+   * an EnrollRequest carries are not stored (docs/API.md 1.3). */
   PGresult *res = fl__pg_exec(
       c,
       "WITH tok AS (UPDATE enrollment_tokens SET used_at = now()"
       " WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING labels)"
       " INSERT INTO devices (public_key, labels, firmware)"
-      " SELECT $2, $3::jsonb || tok.labels, $4 FROM tok RETURNING device_id",
+      " SELECT $2, tok.labels, $3 FROM tok RETURNING device_id",
       &p, false, state);
   if (res == NULL && strcmp(state, "23505") == 0) {
     fl__resp_dev_error(r, 409, "key_already_enrolled", "this public key is already enrolled", 0);
-    goto out;
+    return 0;
   }
-  if (res == NULL)
-    goto unavail;
+  if (res == NULL) {
+    unavailable(r);
+    return 0;
+  }
   if (PQntuples(res) == 0) {
-    fl__resp_dev_error(r, 401, "bad_enrollment_token", "unknown, used or expired token", 0);
     PQclear(res);
-    goto out;
+    return enrolled_before(c, th, e, r);
   }
-  id = fl__pg_u64(res, 0, 0);
+  uint64_t id = fl__pg_u64(res, 0, 0);
   PQclear(res);
   fl__pgp_init(&p);
-  fl__pgp_bin(&p, th, sizeof th);
+  fl__pgp_bin(&p, th, FL_SHA256_LEN);
   fl__pgp_u64(&p, id);
   res = fl__pg_exec(c, "UPDATE enrollment_tokens SET used_by = $2 WHERE token_hash = $1", &p,
                     false, NULL);
-  if (res == NULL || fl__pg_cmd(c, "COMMIT")) {
-    PQclear(res);
-    id = 0;
-    goto unavail;
+  if (res == NULL) {
+    unavailable(r);
+    return 0;
   }
   PQclear(res);
-  goto out;
-unavail:
-  unavailable(r);
-out:
-  free(labels);
   return id;
+}
+
+/* The token, the device and the request's nonce in one transaction, the nonce last: an
+ * enrollment with a bad token leaves nothing behind, not even a nonce row (anyone can sign
+ * one with a key of their own). Returns the device id, 0 with the refusal in *r; on a refusal
+ * nothing is committed (the pool rolls the transaction back). */
+static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e,
+                          const Fl__V1__SignedRequest *sr, fl_resp *r) {
+  uint8_t th[FL_SHA256_LEN];
+  fl_pgp p;
+  fl__sha256(e->enrollment_token, strlen(e->enrollment_token), th);
+  if (fl__pg_cmd(c, "BEGIN")) {
+    unavailable(r);
+    return 0;
+  }
+  uint64_t id = consume_token(c, th, e, r);
+  if (id == 0)
+    return 0;
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, sr->nonce.data, sr->nonce.len);
+  PGresult *res = fl__pg_exec(c,
+                              "INSERT INTO nonces (device_id, nonce) VALUES (0, $1)"
+                              " ON CONFLICT DO NOTHING",
+                              &p, false, NULL);
+  bool fresh = res != NULL && strcmp(PQcmdTuples(res), "1") == 0;
+  if (res != NULL && !fresh)
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+  if (res == NULL || (fresh && fl__pg_cmd(c, "COMMIT"))) {
+    fresh = false;
+    unavailable(r);
+  }
+  PQclear(res);
+  return fresh ? id : 0;
 }
 
 static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
   Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
   Fl__V1__EnrollRequest *e = NULL;
   PGconn *c = NULL;
-  uint8_t pub[FL_PUBKEY_LEN];
   if (sr == NULL)
     return;
   /* Unpacked before the signature can be checked: within a budget (mem.h). */
@@ -171,14 +211,21 @@ static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 400, "malformed_request", "labels and firmware must be UTF-8", 0);
     goto out;
   }
-  c = fl__pool_get(s->pool);
+  /* Timestamp and signature first: they need no database. */
+  if (fl__auth_precheck(s, sr, r))
+    goto out;
+  if (sr->device_id != 0) {
+    fl__resp_dev_error(r, 400, "malformed_request", "enrollment is signed with device_id 0", 0);
+    goto out;
+  }
+  if (fl__auth_signature(q, sr, e->public_key.data, r))
+    goto out;
+  c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (c == NULL) {
     unavailable(r);
     goto out;
   }
-  if (fl__auth_device(s, c, q, sr, e->public_key.data, pub, r))
-    goto out;
-  uint64_t id = enroll_tx(c, e, r);
+  uint64_t id = enroll_tx(c, e, sr, r);
   if (id == 0)
     goto out;
   Fl__V1__EnrollResponse resp = FL__V1__ENROLL_RESPONSE__INIT;
@@ -512,13 +559,15 @@ out:
   end(s, c, sr);
 }
 
-
+/* Enrollments, check-ins and evaluation reports are a few hundred bytes; the limit leaves room
+ * for many labels or metrics (docs/API.md 1.2). A download is a GET: no body. */
+#define SMALL_BODY 65536
 
 const fl_route fl__dev_routes[] = {
-    {"POST", "/v1/enroll", "enroll", h_enroll},
-    {"POST", "/v1/checkin", "checkin", h_checkin},
-    {"GET", "/v1/models/", "download", h_download},
-    {"POST", "/v1/updates", "update", fl__devapi_update},
-    {"POST", "/v1/evaluations", "evaluation", h_evaluation},
-    {NULL, NULL, NULL, NULL},
+    {"POST", "/v1/enroll", "enroll", h_enroll, SMALL_BODY, NULL},
+    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL},
+    {"GET", "/v1/models/", "download", h_download, 0, NULL},
+    {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit},
+    {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL},
+    {NULL, NULL, NULL, NULL, 0, NULL},
 };

@@ -5,6 +5,7 @@
  */
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +238,64 @@ static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accep
   }
 }
 
+/* ----- body limit -------------------------------------------------------------------------- */
+
+/* The bytes of the largest honest upload: top-k with every element kept (a uint32 index and a
+ * float32 per parameter, the widest encoding), a Tensor's fields for each of at most two
+ * tensors per layer, and the envelope and UpdateUpload fields. Models are created on any
+ * replica, so the bound is read from the database and cached; a request that declares more
+ * than the cached bound reads it again (a model may have been created since), one reader at a
+ * time: requests that waited for a reading use it instead of making their own. */
+static pthread_mutex_t g_limit_mu = PTHREAD_MUTEX_INITIALIZER;   /* g_limit, g_limit_gen */
+static pthread_mutex_t g_refresh_mu = PTHREAD_MUTEX_INITIALIZER; /* one reader at a time */
+static size_t g_limit;
+static uint64_t g_limit_gen;
+
+/* 0 when the database cannot say. */
+static size_t read_limit(fl_srv *s) {
+  size_t lim = 0;
+  PGconn *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
+  if (c == NULL)
+    return 0;
+  PGresult *r = fl__pg_exec(c,
+                            "SELECT coalesce(max(8 * n_params + 128 *"
+                            " jsonb_array_length(spec_json->'layers')), 0) FROM models",
+                            NULL, false, NULL);
+  if (r != NULL && PQntuples(r) == 1)
+    lim = (size_t)fl__pg_u64(r, 0, 0) + 4096;
+  PQclear(r);
+  fl__pool_put(s->pool, c);
+  return lim;
+}
+
+size_t fl__devapi_update_limit(fl_srv *s, size_t declared) {
+  pthread_mutex_lock(&g_limit_mu);
+  size_t lim = g_limit;
+  uint64_t gen = g_limit_gen;
+  pthread_mutex_unlock(&g_limit_mu);
+  if (declared <= lim)
+    return lim;
+  pthread_mutex_lock(&g_refresh_mu);
+  pthread_mutex_lock(&g_limit_mu);
+  bool fresh_enough = g_limit_gen != gen; /* read while this request waited */
+  lim = g_limit;
+  pthread_mutex_unlock(&g_limit_mu);
+  if (!fresh_enough) {
+    size_t got = read_limit(s);
+    pthread_mutex_lock(&g_limit_mu);
+    if (got > g_limit)
+      g_limit = got; /* models are never deleted: the bound only grows */
+    if (got != 0)
+      g_limit_gen++;
+    lim = g_limit;
+    pthread_mutex_unlock(&g_limit_mu);
+    if (got == 0)
+      lim = s->cfg.max_body; /* the request goes on, to the 503 its upload would get anyway */
+  }
+  pthread_mutex_unlock(&g_refresh_mu);
+  return lim;
+}
+
 /* The nonce of an authenticated upload that is not committed with its batch is recorded on
  * its own, as for every other device request (docs/API.md: it is consumed even when a later
  * check refuses the request). When that is impossible the answer becomes 503, and when the
@@ -245,7 +304,7 @@ static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accep
  * before the checks. */
 static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr, fl_resp *r) {
   if (*c == NULL)
-    *c = fl__pool_get(s->pool);
+    *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   int rc = *c != NULL ? fl__auth_record_nonce(*c, sr->device_id, &sr->nonce) : -1;
   if (rc < 0)
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -290,7 +349,7 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
   u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
-  c = fl__pool_get(s->pool);
+  c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (c == NULL) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto out;

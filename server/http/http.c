@@ -1,9 +1,9 @@
 /*
  * libmicrohttpd plumbing. One thread per connection: an upload handler blocks until the group
  * committer has made its contribution durable, which must not stall other connections.
- * Bodies are collected up to cfg.max_body; a larger Content-Length is refused before the body
- * is read, and a chunked body is cut off as soon as it passes the limit. Routing is a linear
- * scan of two small tables.
+ * Requests are routed on the request line (a linear scan of two small tables); bodies are
+ * collected up to the route's limit (http.h): a larger Content-Length is refused before the
+ * body is read, and a chunked body is cut off as soon as it passes the limit.
  */
 #include "http/http.h"
 
@@ -192,47 +192,65 @@ static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *n
 
 static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
   fl_resp r = {0};
-  bool mm = false;
-  const fl_route *rt = route(fl__dev_routes, q->method, q->path, &mm);
-  if (rt == NULL)
-    rt = route(fl__admin_routes, q->method, q->path, &mm);
+  const fl_route *rt = q->rt;
+  bool dev = strncmp(q->path, "/v1/", 4) == 0;
+  if (rt == NULL) {
+    bool mm = q->method_mismatch;
+    const char *msg =
+        q->escaped ? "no such endpoint (a path has no %-escapes)" : "no such endpoint";
+    if (dev)
+      fl__resp_dev_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found", msg, 0);
+    else
+      fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found", msg);
+    return send_resp(s, q, &r, "unknown");
+  }
   if (q->too_big) {
     /* Each API refuses in its own format: devices parse an fl.v1.Error, operators JSON. */
-    if (strncmp(q->path, "/v1/", 4) == 0)
-      fl__resp_dev_error(&r, 413, "body_too_large", "body larger than --max-body", 0);
+    char msg[96];
+    snprintf(msg, sizeof msg, "body larger than this endpoint's limit of %zu bytes", q->limit);
+    if (dev)
+      fl__resp_dev_error(&r, 413, "body_too_large", msg, 0);
     else
-      fl__resp_admin_error(&r, 413, "body_too_large", "body larger than --max-body");
-    return send_resp(s, q, &r, rt ? rt->name : "unknown");
-  }
-  if (rt == NULL) {
-    if (strncmp(q->path, "/v1/", 4) == 0)
-      fl__resp_dev_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
-                         "no such endpoint", 0);
-    else
-      fl__resp_admin_error(&r, mm ? 405 : 404, mm ? "method_not_allowed" : "not_found",
-                           "no such endpoint");
-    return send_resp(s, q, &r, "unknown");
+      fl__resp_admin_error(&r, 413, "body_too_large", msg);
+    return send_resp(s, q, &r, rt->name);
   }
   r.status = 500;
   rt->fn(s, q, &r);
   return send_resp(s, q, &r, rt->name);
 }
 
-/* The declared body length, 0 when there is none (chunked) or it is not a number. */
-static unsigned long long declared_length(struct MHD_Connection *c) {
+/* The declared body length (0 when there is none, ULLONG_MAX when it does not fit); *chunked
+ * is set for a body without one. */
+static unsigned long long declared_length(struct MHD_Connection *c, bool *chunked) {
   const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  *chunked = cl == NULL && MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                       MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
   return cl != NULL ? strtoull(cl, NULL, 10) : 0;
 }
 
-static int append(fl_srv *s, fl_req *q, const char *data, size_t n) {
-  if (q->too_big || q->len + n > s->cfg.max_body) {
+/* The body limit of a routed request (http.h, fl_route). */
+static size_t body_limit(fl_srv *s, const fl_route *rt, const char *method, size_t declared) {
+  if (strcmp(method, "GET") == 0 || strcmp(method, "DELETE") == 0 || strcmp(method, "HEAD") == 0)
+    return 0;
+  size_t lim = rt->body_limit ? rt->body_limit(s, declared)
+               : rt->max_body ? rt->max_body
+                              : s->cfg.max_body;
+  return lim < s->cfg.max_body ? lim : s->cfg.max_body;
+}
+
+/* The body grows as it arrives: a buffer of the declared size would let any client make the
+ * coordinator reserve the whole limit per connection by announcing a length it never sends.
+ * The first piece is sized for a small body, and the doubling keeps the copies of a large
+ * upload at about one body's worth in all. */
+static int append(fl_req *q, const char *data, size_t n) {
+  if (q->too_big || n > q->limit - q->len) {
     q->too_big = true;
     return 0;
   }
   if (q->len + n > q->cap) {
-    size_t cap = q->cap ? q->cap : 4096;
+    size_t cap = q->cap ? q->cap : 16384;
     while (cap < q->len + n)
-      cap *= 2;
+      cap = cap > q->limit / 2 ? q->limit : cap * 2;
     uint8_t *b = realloc(q->body, cap);
     if (b == NULL)
       return -1;
@@ -250,34 +268,37 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   fl_srv *s = cls;
   fl_req *q = *con_cls;
   (void)version;
-  if (q == NULL) {
-    q = calloc(1, sizeof *q);
-    if (q == NULL)
+  if (q == NULL || q->conn == NULL) {
+    if (q == NULL && (q = calloc(1, sizeof *q)) == NULL)
       return MHD_NO;
     q->conn = conn;
     q->method = method;
     q->path = url;
     q->t0 = fl__mono_s();
     *con_cls = q;
-    unsigned long long cl = declared_length(conn);
-    if (cl > s->cfg.max_body) {
-      /* Answer before the body is read: MHD skips "100 Continue" and closes afterwards. */
-      q->too_big = q->answered = true;
-      return dispatch(s, q);
+    /* Routed on the request line, so that the route's body limit applies before any of the
+     * body is read, and a request for no endpoint is answered without reading its body. */
+    q->rt = route(fl__dev_routes, method, url, &q->method_mismatch);
+    if (q->rt == NULL)
+      q->rt = route(fl__admin_routes, method, url, &q->method_mismatch);
+    bool chunked;
+    unsigned long long cl = declared_length(conn, &chunked);
+    if (q->rt != NULL)
+      q->limit = body_limit(s, q->rt, method, chunked || cl > SIZE_MAX ? SIZE_MAX : (size_t)cl);
+    if (q->escaped) {
+      q->rt = NULL; /* paths are taken as sent (on_uri) */
+      q->method_mismatch = false;
     }
-    /* One buffer of the declared size: a 400 KB upload arriving in MHD's pieces would
-     * otherwise be copied again at every doubling of a growing buffer. MHD never passes more
-     * than Content-Length bytes; append still grows the buffer for a chunked body. */
-    if (cl > 0) {
-      q->body = malloc(cl);
-      if (q->body == NULL)
-        return MHD_NO;
-      q->cap = cl;
+    if (q->rt == NULL || cl > q->limit) {
+      /* Answer before the body is read: MHD skips "100 Continue" and closes afterwards. */
+      q->too_big = q->rt != NULL;
+      q->answered = true;
+      return dispatch(s, q);
     }
     return MHD_YES;
   }
   if (*upload_data_size != 0) {
-    if (append(s, q, upload_data, *upload_data_size))
+    if (append(q, upload_data, *upload_data_size))
       return MHD_NO;
     *upload_data_size = 0;
     if (q->too_big && !q->answered) {
@@ -293,6 +314,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return MHD_YES;
   q->answered = true;
   return dispatch(s, q);
+}
+
+/* Called with the request target as sent, before libmicrohttpd decodes %XX escapes in it. The
+ * path a device signs is hashed as sent (docs/SIGNING.md) while routing and the digest see the
+ * decoded one, so "/v1/models/5/versions/1%00" would serve version 1 and "1%31" version 11
+ * under a signature over another path. No endpoint's path needs an escape (they are fixed
+ * words and decimal ids): a path with one names no endpoint (404), before anything else. The
+ * query string may keep its escapes. The request state starts here (on_request completes it). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  (void)cls;
+  (void)conn;
+  fl_req *q = calloc(1, sizeof *q);
+  if (q != NULL && uri != NULL)
+    q->escaped = memchr(uri, '%', strcspn(uri, "?")) != NULL;
+  return q;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -361,8 +397,10 @@ int fl__http_start(fl_srv *s) {
   h->d = MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
                           mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED,
                           on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
-                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s, MHD_OPTION_ARRAY,
-                          reuse_opts, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
+                          /* the path as sent, before unescaping */
+                          MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_ARRAY, reuse_opts,
+                          MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   if (h->d == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "listen=%s",
              fl__slog_str(fl__config_listen_text(&s->cfg)));

@@ -1,7 +1,7 @@
 /*
  * HTTP plumbing (http.c): the MHD daemon (one thread per connection, so that a request may
- * block until its upload is durable), body collection with a size limit, routing and
- * response helpers shared by the device and admin APIs.
+ * block until its upload is durable), routing on the request line, body collection within the
+ * route's size limit, and response helpers shared by the device and admin APIs.
  */
 #ifndef FL__HTTP_H
 #define FL__HTTP_H
@@ -14,25 +14,31 @@
 
 #include "server.h"
 
+struct fl_route;
+
 typedef struct fl_req {
   struct MHD_Connection *conn;
   const char *method;
-  const char *path;      /* without the query string */
+  const char *path;          /* without the query string */
+  const struct fl_route *rt; /* chosen on the request line; NULL: no such endpoint */
+  bool method_mismatch;      /* the path exists with another method */
+  bool escaped;              /* the path as sent has a %-escape (http.c: refused) */
   uint8_t *body;
   size_t len, cap;
+  size_t limit; /* largest body this route takes */
   bool too_big;
-  bool answered;         /* a response was queued before the body arrived */
+  bool answered; /* a response was queued before the body arrived */
   double t0;
 } fl_req;
 
 typedef struct fl_resp {
   int status;
   const char *content_type;
-  char *data;            /* malloc'ed, freed by MHD */
+  char *data; /* malloc'ed, freed by MHD */
   size_t len;
-  char etag[72];         /* set: ETag header */
-  int64_t retry_after_ms;/* > 0: Retry-After header (seconds, rounded up) */
-  const char *reason;    /* refusal reason for metrics and logs, static storage */
+  char etag[72];          /* set: ETag header */
+  int64_t retry_after_ms; /* > 0: Retry-After header (seconds, rounded up) */
+  const char *reason;     /* refusal reason for metrics and logs, static storage */
 } fl_resp;
 
 typedef void (*fl_handler)(fl_srv *s, fl_req *q, fl_resp *r);
@@ -62,12 +68,20 @@ void fl__resp_dev_error(fl_resp *r, int status, const char *reason, const char *
                         int64_t retry_after_ms);
 void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text);
 
-/* Route tables provided by devapi.c and adminapi.c. */
+/* Route tables provided by devapi.c and adminapi.c.
+ * Body limits: a GET or DELETE takes no body; otherwise body_limit (when set) decides, else
+ * max_body (when not 0), else --max-body; every limit is capped at --max-body. A body over
+ * the limit is refused with 413 before it is read when its Content-Length says so, and as
+ * soon as it passes the limit when it is chunked. */
 typedef struct fl_route {
   const char *method;
-  const char *prefix;    /* exact path, or prefix when it ends in '/' */
-  const char *name;      /* metrics label */
+  const char *prefix; /* exact path, or prefix when it ends in '/' */
+  const char *name;   /* metrics label */
   fl_handler fn;
+  size_t max_body; /* 0: --max-body */
+  /* The limit for a request that declares `declared` bytes (SIZE_MAX: chunked), for a route
+   * whose limit depends on the registry (uploads: the largest model). */
+  size_t (*body_limit)(fl_srv *s, size_t declared);
 } fl_route;
 extern const fl_route fl__dev_routes[];
 extern const fl_route fl__admin_routes[];

@@ -47,7 +47,9 @@ bool fl__rollout_member(const char *domain, uint64_t device_id, uint64_t id, dou
 
 /* ----- check-in ------------------------------------------------------------------------------ */
 
-/* One row: the channel the device follows (of the requested model, else of the model it runs,
+/* The device's labels are its enrollment token's (devapi.c): a device cannot name its channel
+ * or join a cohort by itself.
+ * One row: the channel the device follows (of the requested model, else of the model it runs,
  * else the lowest model id), a pin (device pins before cohort pins, newest first), the
  * channel's live rollout when the device's labels contain its cohort, and whether this device
  * already reported the candidate and the channel's version for the rollout's gate. */

@@ -242,7 +242,18 @@ static json_t *round_metrics(const round_row *rr, const round_sum *rs) {
                    (json_int_t)rr->round_id);
 }
 
-/* Builds and stores the new version; *version receives its number. */
+static bool all_finite(const float *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(v[i]))
+      return false;
+  return true;
+}
+
+/* Builds and stores the new version; *version receives its number. FL_E_NONFINITE when the
+ * mean update or the new weights are not all finite: without a norm bound (clip_norm 0) one
+ * device can send values that overflow the fold, and such a version would poison every later
+ * round and every device that runs it. The optimizer state may then have been written: the
+ * caller rolls back to its savepoint. */
 static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *version) {
   const fl_model_info *mi;
   round_sum rs = {0};
@@ -265,8 +276,12 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   for (size_t i = 0; i < mi->n_params; i++)
     mean[i] = (float)(rs.sum[i] / rs.weight);
   err = add_central_noise(rr, mean, mi->n_params, rs.count);
+  if (err == FL_OK && !all_finite(mean, mi->n_params))
+    err = FL_E_NONFINITE;
   if (err == FL_OK)
     err = optimizer_step(c, rr, w, mean, mi->n_params);
+  if (err == FL_OK && !all_finite(w, mi->n_params))
+    err = FL_E_NONFINITE;
   if (err == FL_OK)
     err = next_version(c, rr->model_id, version);
   if (err == FL_OK)
@@ -314,7 +329,22 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
   }
   if (rr.accepted >= rr.target || (rr.deadline_passed && rr.accepted >= rr.min_count)) {
     outcome = "closed";
-    rc = close_round(s, c, &rr, &version) == FL_OK ? 0 : -1;
+    int err = fl__pg_cmd(c, "SAVEPOINT fl_close") ? FL_E_DB : close_round(s, c, &rr, &version);
+    rc = err == FL_OK ? 0 : -1;
+    if (err == FL_E_NONFINITE) {
+      /* Refused, not retried: the same partials would give the same aggregate. The round is
+       * abandoned and the next one starts from the same base version. */
+      outcome = "abandoned";
+      version = 0;
+      snprintf(reason, sizeof reason, "non_finite_aggregate: %u updates summed to NaN or Inf",
+               rr.accepted);
+      fl__slog(FL_LOG_WARN, "round_aggregate_refused", "round=%" PRIu64 " reason=\"%s\"", round_id,
+               reason);
+      rc = fl__pg_cmd(c, "ROLLBACK TO SAVEPOINT fl_close") ||
+                   finish_round(c, &rr, "abandoned", 0, NULL, reason, rr.base_version) != FL_OK
+               ? -1
+               : 0;
+    }
   } else if (rr.deadline_passed) {
     outcome = "abandoned";
     snprintf(reason, sizeof reason, "deadline_without_minimum: accepted %u < min %u",

@@ -6,12 +6,14 @@
 #include "store/store_pg.h"
 
 #include <endian.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <libpq-events.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mem.h"
 #include "server.h"
@@ -109,12 +111,24 @@ void fl__pool_free(fl_pool *p) {
   fl__free(NULL, p);
 }
 
-PGconn *fl__pool_get(fl_pool *p) {
+/* A free slot within the deadline (NULL deadline: no limit). 0 taken, -1 timed out. */
+static int take(fl_pool *p, const struct timespec *deadline, PGconn **out) {
+  int rc = 0;
   pthread_mutex_lock(&p->mu);
-  while (p->nfree == 0)
-    pthread_cond_wait(&p->cv, &p->mu);
-  PGconn *c = p->free_list[--p->nfree];
+  while (p->nfree == 0 && rc == 0) {
+    if (deadline == NULL)
+      pthread_cond_wait(&p->cv, &p->mu);
+    else if (pthread_cond_timedwait(&p->cv, &p->mu, deadline) == ETIMEDOUT && p->nfree == 0)
+      rc = -1;
+  }
+  if (rc == 0)
+    *out = p->free_list[--p->nfree];
   pthread_mutex_unlock(&p->mu);
+  return rc;
+}
+
+/* A taken slot made usable: reset when broken, opened when empty; handed back on failure. */
+static PGconn *ready(fl_pool *p, PGconn *c) {
   if (c != NULL && PQstatus(c) != CONNECTION_OK) {
     PQreset(c);
     if (PQstatus(c) == CONNECTION_OK)
@@ -127,6 +141,25 @@ PGconn *fl__pool_get(fl_pool *p) {
   /* Hand the slot back (as a broken or empty connection) so the pool keeps its size. */
   fl__pool_put(p, c);
   return NULL;
+}
+
+PGconn *fl__pool_get(fl_pool *p) {
+  PGconn *c = NULL;
+  take(p, NULL, &c);
+  return ready(p, c);
+}
+
+PGconn *fl__pool_get_timed(fl_pool *p, unsigned wait_ms) {
+  struct timespec dl;
+  PGconn *c = NULL;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += wait_ms / 1000;
+  dl.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+  if (dl.tv_nsec >= 1000000000L) {
+    dl.tv_sec++;
+    dl.tv_nsec -= 1000000000L;
+  }
+  return take(p, &dl, &c) ? NULL : ready(p, c);
 }
 
 void fl__pool_put(fl_pool *p, PGconn *c) {

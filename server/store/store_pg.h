@@ -20,6 +20,8 @@ void fl__pool_free(fl_pool *p);
 /* Blocks until a connection is free. A connection found broken is reset; NULL when the
  * database cannot be reached now (the caller answers "unavailable"). */
 PGconn *fl__pool_get(fl_pool *p);
+/* The same, waiting at most wait_ms for a free connection (NULL when none became free). */
+PGconn *fl__pool_get_timed(fl_pool *p, unsigned wait_ms);
 /* Returns a connection; one left inside a transaction is rolled back first. */
 void fl__pool_put(fl_pool *p, PGconn *c);
 

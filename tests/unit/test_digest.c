@@ -309,6 +309,42 @@ Test(digest, update_every_field_changes_digest) {
   }
 }
 
+/* proto3 omits a float field equal to zero, -0.0 included, so the receiver of an update whose
+ * loss, norm or scale is -0.0 parses 0.0: the digests hash -0.0 as 0.0 (docs/SIGNING.md), or a
+ * device that signs such an update would be refused bad_signature. */
+Test(digest, negative_zero_hashes_as_zero) {
+  upd x;
+  uint8_t pos[32], neg[32], got[32], cpos[32], cneg[32], cgot[32];
+  make_update(&x);
+  x.u.loss = 0.0f;
+  x.u.norm = 0.0f;
+  x.t[0].scale = 0.0f;
+  cr_assert_eq(fl__update_digest(7, TS, NONCE, sizeof NONCE, &x.u, cpos, pos), FL_OK);
+  x.u.loss = -0.0f;
+  x.u.norm = -0.0f;
+  x.t[0].scale = -0.0f;
+  cr_assert_eq(fl__update_digest(7, TS, NONCE, sizeof NONCE, &x.u, cneg, neg), FL_OK);
+  cr_assert_arr_eq(pos, neg, 32, "-0.0 and 0.0 hash differently");
+  cr_assert_arr_eq(cpos, cneg, 32);
+  /* What the coordinator sees: the update after the wire. */
+  size_t n = fl__v1__update_upload__get_packed_size(&x.u);
+  uint8_t wire[512];
+  cr_assert_leq(n, sizeof wire);
+  fl__v1__update_upload__pack(&x.u, wire);
+  Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, n, wire);
+  cr_assert_not_null(u);
+  cr_assert_eq(fl__update_digest(7, TS, NONCE, sizeof NONCE, u, cgot, got), FL_OK);
+  cr_assert_arr_eq(got, neg, 32, "the digest changed on the wire");
+  cr_assert_arr_eq(cgot, cneg, 32);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  /* Other values keep their bits: -1.0 is not 1.0. */
+  x.u.loss = -1.0f;
+  cr_assert_eq(fl__update_digest(7, TS, NONCE, sizeof NONCE, &x.u, NULL, got), FL_OK);
+  x.u.loss = 1.0f;
+  cr_assert_eq(fl__update_digest(7, TS, NONCE, sizeof NONCE, &x.u, NULL, pos), FL_OK);
+  cr_assert(memcmp(got, pos, 32) != 0);
+}
+
 Test(digest, update_signature_not_covered) {
   upd x;
   uint8_t a[32], b[32], ca[32], cb[32], sig[64] = {1};
