@@ -218,7 +218,6 @@ Test(hostile, int8_scale_cannot_lift_the_norm_bound, .init = hx_setup, .fini = h
 
 /* ----- evaluation gates ----------------------------------------------------------------- */
 
-
 /* A gate is decided by the sample it asked (docs/API.md 5.3): a device outside the sample, or
  * outside the rollout's cohort, cannot vote by sending a report nobody asked for (with the
  * largest sample_count, one such report outweighed the whole sample). */

@@ -88,7 +88,6 @@ static const char *jstr(const json_t *o, const char *key) {
   return s ? s : "";
 }
 
-
 /* ---- models ------------------------------------------------------------------------------- */
 
 /* FL_H_SMALL_SPEC's MLP (6 -> 4 relu -> 3): the predicted class. */
