@@ -67,7 +67,7 @@ typedef struct fl_config {
 #define FL_TOKEN_MIN_LEN 32
 #define FL_TOKEN_MAX_LEN 512
 /* 0 when tok is acceptable as a bootstrap admin token: 32..512 printable ASCII characters
- * without spaces, at least 10 distinct ones and about 96 bits by their frequencies. Else -1
+ * without spaces, at least 8 distinct ones and about 80 bits by their frequencies. Else -1
  * with why the token is refused in why (never the token itself). */
 int fl__token_strength(const char *tok, char *why, size_t n);
 
