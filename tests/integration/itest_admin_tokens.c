@@ -320,6 +320,18 @@ Test(tokens, generated_token_goes_to_a_private_file_not_the_log) {
   fl_sup_coord_opts o = {
       .bin = FL_COORDINATOR_BIN, .database_url = db_url, .dir = g_dir, .env = env};
   fl_sup_coord c;
+  /* A token file that cannot be written: the start fails, naming it, and nothing is stored. */
+  char dbflag[160], key[400];
+  snprintf(dbflag, sizeof dbflag, "--database-url=%s", db_url);
+  snprintf(key, sizeof key, "--signing-key=%s", in_dir("signing.pem"));
+  const char *bargs[] = {dbflag, key, "--admin-token-out=/nonexistent/dir/admin-token", NULL};
+  const char *benv[] = {"FL_ADMIN_TOKEN=", NULL};
+  int rc = run_refused(bargs, benv, log, sizeof log);
+  cr_assert_eq(rc, 1, "exit %d:\n%s", rc, log);
+  cr_assert_not_null(strstr(log, "event=bootstrap_token_unwritable"), "%s", log);
+  cr_assert_not_null(strstr(log, "/nonexistent/dir/admin-token"), "%s", log);
+  cr_assert_not_null(strstr(log, "step=admin_token"), "%s", log);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM admin_tokens"), 0);
   for (int run = 0; run < 2; run++) {
     cr_assert_eq(fl_sup_coord_start(&c, &o), FL_OK);
     cr_assert_eq(fl_sup_coord_stop(&c, SIGTERM, 60000), 0);
