@@ -238,6 +238,20 @@ Test(tokens, bootstrap_token_is_applied_once_and_replaced_when_changed) {
   cr_assert_eq(fl_h_coord_restart(&g_coord), 0);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM admin_tokens WHERE bootstrap"), 1);
   cr_assert_eq(status_of(first, "/admin/v1/models", why), 401);
+  /* Rotated again: the token it replaces is revoked. */
+  char second[65];
+  snprintf(second, sizeof second, "%s", g_coord.admin_token);
+  snprintf(g_coord.admin_token, sizeof g_coord.admin_token, "%s",
+           "third-bootstrap-token-0c7e4b19f25a4d83a9e6");
+  cr_assert_eq(fl_h_coord_stop(&g_coord, SIGTERM), 0);
+  cr_assert_eq(fl_h_coord_restart(&g_coord), 0);
+  cr_assert_eq(status_of(g_coord.admin_token, "/admin/v1/models", why), 200, "%s", why);
+  cr_assert_eq(status_of(second, "/admin/v1/models", why), 401);
+  cr_assert_str_eq(why, "token_revoked");
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM audit_log"
+                           " WHERE action = 'token.bootstrap_rotate'"),
+               2);
 }
 
 /* Starts the coordinator binary with args and env and waits up to 20 s for its exit; the exit
