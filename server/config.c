@@ -4,8 +4,10 @@
  * reference; docs/API.md repeats the table.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -40,6 +42,9 @@ enum {
   OPT_MAX_SAMPLES,
   OPT_LOG_LEVEL,
   OPT_REUSE_PORT,
+  OPT_METRICS_LISTEN,
+  OPT_NONCE_MARGIN,
+  OPT_TOKEN_OUT,
   OPT_HELP,
   OPT_VERSION
 };
@@ -85,16 +90,28 @@ static const opt_def OPTS[] = {
     {"reuse-port", OPT_REUSE_PORT, "FL_REUSE_PORT", "0|1",
      "1: bind with SO_REUSEPORT, so that several processes share the port (the kernel splits "
      "connections between them); default 0: a port in use is a start-up error"},
+    {"metrics-listen", OPT_METRICS_LISTEN, "FL_METRICS_LISTEN", "HOST:PORT",
+     "serve /metrics, /healthz and /readyz (plain HTTP) on this address too; /metrics then "
+     "leaves the main port (default: everything on --listen)"},
+    {"nonce-skew-margin", OPT_NONCE_MARGIN, "FL_NONCE_SKEW_MARGIN_MS", "MS",
+     "nonces are kept 2 x --timestamp-window plus this margin: at least the largest clock "
+     "difference between replicas and the database (default 300000)"},
+    {"admin-token-out", OPT_TOKEN_OUT, "FL_ADMIN_TOKEN_OUT", "FILE",
+     "where a generated bootstrap admin token is written (0600; default admin-token beside "
+     "--signing-key)"},
     {"help", OPT_HELP, NULL, NULL, "print this help"},
     {"version", OPT_VERSION, NULL, NULL, "print the version"},
 };
 #define N_OPTS (sizeof OPTS / sizeof OPTS[0])
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: fl-coordinator [options]\n\n"
-             "fleetlearn coordinator: device API (protobuf) and admin API (JSON) over HTTP.\n"
-             "Bootstrap admin token: FL_ADMIN_TOKEN or the file named by FL_ADMIN_TOKEN_FILE;\n"
-             "when neither is set and no admin token exists, one is generated and printed once.\n\n");
+  fprintf(f,
+          "usage: fl-coordinator [options]\n\n"
+          "fleetlearn coordinator: device API (protobuf) and admin API (JSON) over HTTP.\n"
+          "Bootstrap admin token: FL_ADMIN_TOKEN or the first line of the file named by\n"
+          "FL_ADMIN_TOKEN_FILE (at least 32 characters; a named file that cannot be read is\n"
+          "a start-up error). When neither is set and the database has no admin token, one\n"
+          "is generated and written to --admin-token-out (never to the log).\n\n");
   for (size_t i = 0; i < N_OPTS; i++) {
     char left[64];
     snprintf(left, sizeof left, "--%s%s%s", OPTS[i].name, OPTS[i].arg ? "=" : "",
@@ -120,8 +137,8 @@ static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
 
 /* HOST:PORT, [IPV6]:PORT or :PORT (every IPv4 address). HOST is a name or a numeric address;
  * an IPv6 address needs its brackets, else its last group would read as the port. */
-static int parse_listen(fl_config *cfg, const char *s) {
-  static char host[256];
+static int parse_hostport(const char *s, char host[256], const char **host_out,
+                          uint16_t *port_out) {
   const char *h = s, *colon;
   size_t n;
   uint64_t port;
@@ -140,21 +157,40 @@ static int parse_listen(fl_config *cfg, const char *s) {
     if (memchr(s, ':', n) != NULL)
       return -1; /* an IPv6 address without brackets */
   }
-  if (n >= sizeof host || parse_u64(colon + 1, 0, 65535, &port))
+  if (n >= 256 || parse_u64(colon + 1, 0, 65535, &port))
     return -1;
   memcpy(host, h, n);
   host[n] = '\0';
-  cfg->listen_host = host[0] ? host : "0.0.0.0";
-  cfg->port = (uint16_t)port;
+  *host_out = host[0] ? host : "0.0.0.0";
+  *port_out = (uint16_t)port;
   return 0;
+}
+
+static int parse_listen(fl_config *cfg, const char *s) {
+  static char host[256];
+  return parse_hostport(s, host, &cfg->listen_host, &cfg->port);
+}
+
+static int parse_metrics_listen(fl_config *cfg, const char *s) {
+  static char host[256];
+  cfg->metrics.on = parse_hostport(s, host, &cfg->metrics.host, &cfg->metrics.port) == 0;
+  return cfg->metrics.on ? 0 : -1;
+}
+
+static const char *hostport_text(char text[300], const char *host, uint16_t port) {
+  bool v6 = strchr(host, ':') != NULL;
+  snprintf(text, 300, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", (unsigned)port);
+  return text;
 }
 
 const char *fl__config_listen_text(const fl_config *cfg) {
   static char text[300];
-  bool v6 = strchr(cfg->listen_host, ':') != NULL;
-  snprintf(text, sizeof text, "%s%s%s:%u", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "",
-           (unsigned)cfg->port);
-  return text;
+  return hostport_text(text, cfg->listen_host, cfg->port);
+}
+
+const char *fl__config_metrics_text(const fl_config *cfg) {
+  static char text[300];
+  return cfg->metrics.on ? hostport_text(text, cfg->metrics.host, cfg->metrics.port) : "";
 }
 
 static int parse_level(const char *s, int *out) {
@@ -178,6 +214,11 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_SIGNING_KEY: cfg->signing_key = v; return 0;
   case OPT_REPLICA: cfg->replica_id = v; return 0;
   case OPT_LOG_LEVEL: return parse_level(v, &cfg->log_level);
+  case OPT_METRICS_LISTEN:
+    return parse_metrics_listen(cfg, v);
+  case OPT_TOKEN_OUT:
+    cfg->admin_token_out = v;
+    return 0;
   default: break;
   }
   if (parse_u64(v, 0, INT64_MAX, &n))
@@ -195,6 +236,9 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_REUSE_PORT:
     cfg->reuse_port = n == 1;
     return n <= 1 ? 0 : -1;
+  case OPT_NONCE_MARGIN:
+    cfg->nonce_margin_ms = (int64_t)n;
+    return n <= 86400000 ? 0 : -1;
   default: return -1;
   }
 }
@@ -221,6 +265,7 @@ static void set_defaults(fl_config *cfg) {
   cfg->tick_ms = 200;
   cfg->checkin_interval_ms = 10000;
   cfg->max_samples = 1000000;
+  cfg->nonce_margin_ms = 300000;
   cfg->log_level = FL_LOG_INFO;
 }
 
@@ -286,39 +331,69 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv) {
 /* Resolves the listen address and binds it once (with the options MHD's listening socket
  * gets), so that a name that does not resolve, an address this machine does not have or a
  * port in use is reported now rather than after a minute of waiting for the database. */
-static int check_listen(fl_config *cfg, char *why, size_t n) {
+typedef struct listen_spec {
+  const char *opt, *host, *text;
+  uint16_t port;
+  bool reuse_port;
+  struct sockaddr_storage *addr;
+  socklen_t *addr_len;
+} listen_spec;
+
+static int check_listen(const listen_spec *l, char *why, size_t n) {
   struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
   struct addrinfo *res = NULL;
   char port[8];
   const int one = 1;
-  snprintf(port, sizeof port, "%u", (unsigned)cfg->port);
-  int rc = getaddrinfo(cfg->listen_host, port, &hints, &res);
-  if (rc != 0 || res == NULL || res->ai_addrlen > sizeof cfg->listen_addr) {
-    snprintf(why, n, "--listen %s: host %s: %s", fl__config_listen_text(cfg), cfg->listen_host,
+  snprintf(port, sizeof port, "%u", (unsigned)l->port);
+  int rc = getaddrinfo(l->host, port, &hints, &res);
+  if (rc != 0 || res == NULL || res->ai_addrlen > sizeof *l->addr) {
+    snprintf(why, n, "%s %s: host %s: %s", l->opt, l->text, l->host,
              rc ? gai_strerror(rc) : "no usable address");
     if (res != NULL)
       freeaddrinfo(res);
     return -1;
   }
-  memcpy(&cfg->listen_addr, res->ai_addr, res->ai_addrlen);
-  cfg->listen_addr_len = res->ai_addrlen;
+  memcpy(l->addr, res->ai_addr, res->ai_addrlen);
+  *l->addr_len = res->ai_addrlen;
   freeaddrinfo(res);
-  int fam = cfg->listen_addr.ss_family;
+  int fam = l->addr->ss_family;
   int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
   rc = fd < 0 ? -1 : 0;
   if (rc == 0) {
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (cfg->reuse_port)
+    if (l->reuse_port)
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (fam == AF_INET6)
       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    rc = bind(fd, (struct sockaddr *)&cfg->listen_addr, cfg->listen_addr_len);
+    rc = bind(fd, (struct sockaddr *)l->addr, *l->addr_len);
   }
   if (rc != 0)
-    snprintf(why, n, "--listen %s: cannot bind: %s", fl__config_listen_text(cfg), strerror(errno));
+    snprintf(why, n, "%s %s: cannot bind: %s", l->opt, l->text, strerror(errno));
   if (fd >= 0)
     close(fd);
   return rc ? -1 : 0;
+}
+
+static int check_listeners(fl_config *cfg, char *why, size_t n) {
+  listen_spec main_l = {"--listen",      cfg->listen_host,  fl__config_listen_text(cfg), cfg->port,
+                        cfg->reuse_port, &cfg->listen_addr, &cfg->listen_addr_len};
+  if (check_listen(&main_l, why, n))
+    return -1;
+  if (!cfg->metrics.on)
+    return 0;
+  listen_spec m = {"--metrics-listen",
+                   cfg->metrics.host,
+                   fl__config_metrics_text(cfg),
+                   cfg->metrics.port,
+                   false,
+                   &cfg->metrics.addr,
+                   &cfg->metrics.addr_len};
+  /* Both sockets are bound at once only by MHD; the same address twice is a typo. */
+  if (cfg->metrics.port == cfg->port && strcmp(cfg->metrics.host, cfg->listen_host) == 0) {
+    snprintf(why, n, "--metrics-listen %s: the same address as --listen", m.text);
+    return -1;
+  }
+  return check_listen(&m, why, n);
 }
 
 /* path must be a readable regular file (root reads anything, but not a directory). */
@@ -334,6 +409,35 @@ static int check_readable(const char *opt, const char *path, char *why, size_t n
   return 0;
 }
 
+/* A private key file's owner and mode, by PostgreSQL's rule for ssl_key_file: owned by our
+ * user, no access for group or others (0600 or less); owned by root, at most group read
+ * (0640: a Kubernetes Secret mounted with fsGroup is root:fsGroup 0440). A key that others
+ * can read is a key others may hold: refused, whatever the file's contents. */
+static int check_key_mode(const char *opt, const char *path, char *why, size_t n) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    snprintf(why, n, "%s %s: %s", opt, path, strerror(errno));
+    return -1;
+  }
+  unsigned mode = (unsigned)st.st_mode & 0777;
+  if (st.st_uid == geteuid() && (mode & 077) != 0)
+    snprintf(why, n,
+             "%s %s: private key is accessible by group or others (mode %04o); "
+             "chmod 0600 it (docs/DEPLOY.md)",
+             opt, path, mode);
+  else if (st.st_uid != geteuid() && st.st_uid == 0 && (mode & 037) != 0)
+    snprintf(why, n,
+             "%s %s: private key owned by root allows more than owner read/write and group read "
+             "(mode %04o); chmod 0640 or less (docs/DEPLOY.md)",
+             opt, path, mode);
+  else if (st.st_uid != geteuid() && st.st_uid != 0)
+    snprintf(why, n, "%s %s: private key owned by uid %u: it must be owned by this user or root",
+             opt, path, (unsigned)st.st_uid);
+  else
+    return 0;
+  return -1;
+}
+
 static int no_passphrase(char *buf, int size, int rwflag, void *u) {
   (void)buf, (void)size, (void)rwflag, (void)u;
   return 0; /* an encrypted key fails here instead of prompting */
@@ -342,9 +446,14 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u) {
 /* The certificate and key are PEM that OpenSSL reads and the key is the certificate's. */
 static int check_tls(const fl_config *cfg, char *why, size_t n) {
   if (check_readable("--tls-cert", cfg->tls_cert, why, n) ||
-      check_readable("--tls-key", cfg->tls_key, why, n))
+      check_readable("--tls-key", cfg->tls_key, why, n) ||
+      check_key_mode("--tls-key", cfg->tls_key, why, n))
     return -1;
   FILE *fc = fopen(cfg->tls_cert, "r"), *fk = fopen(cfg->tls_key, "r");
+  /* Unbuffered: stdio's buffer would keep a copy of the key text in freed heap memory
+   * (OpenSSL's PEM reader clears its own buffers). */
+  if (fk != NULL)
+    setvbuf(fk, NULL, _IONBF, 0);
   X509 *x = fc ? PEM_read_X509(fc, NULL, no_passphrase, NULL) : NULL;
   EVP_PKEY *k = fk ? PEM_read_PrivateKey(fk, NULL, no_passphrase, NULL) : NULL;
   int rc = -1;
@@ -367,11 +476,15 @@ static int check_tls(const fl_config *cfg, char *why, size_t n) {
   return rc;
 }
 
-/* An existing signing key must be readable; a missing one is created in its directory. */
+/* An existing signing key must be readable and private; a missing one is created in its
+ * directory. */
 static int check_signing_key(const fl_config *cfg, char *why, size_t n) {
   char dir[4096];
   if (access(cfg->signing_key, F_OK) == 0)
-    return check_readable("--signing-key", cfg->signing_key, why, n);
+    return check_readable("--signing-key", cfg->signing_key, why, n) ||
+                   check_key_mode("--signing-key", cfg->signing_key, why, n)
+               ? -1
+               : 0;
   if (errno != ENOENT) {
     snprintf(why, n, "--signing-key %s: %s", cfg->signing_key, strerror(errno));
     return -1;
@@ -389,18 +502,97 @@ static int check_signing_key(const fl_config *cfg, char *why, size_t n) {
   return 0;
 }
 
+int fl__token_strength(const char *tok, char *why, size_t n) {
+  size_t len = strlen(tok), count[128] = {0}, distinct = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)tok[i];
+    if (ch <= 0x20 || ch >= 0x7f) {
+      snprintf(why, n, "has a character that is not printable ASCII (or a space) at %zu", i);
+      return -1;
+    }
+    distinct += count[ch]++ == 0;
+  }
+  /* The Shannon entropy of the token's own character frequencies, times its length: no
+   * measure of how the token was made, but it refuses the usual mistakes ("changeme"
+   * repeated: 7 distinct characters, 88 bits) while random 32 hex digits pass (about 117 bits
+   * expected; of a million, none had fewer than 8 distinct characters or 80 bits, while with
+   * 10 and 96 one in 5000 was refused). */
+  double bits = 0;
+  for (int c = 0; c < 128; c++)
+    if (count[c] > 0) {
+      double p = (double)count[c] / (double)len;
+      bits -= (double)count[c] * log2(p);
+    }
+  if (len < FL_TOKEN_MIN_LEN || len > FL_TOKEN_MAX_LEN)
+    snprintf(why, n, "is %zu characters long; a bootstrap token has %d to %d", len,
+             FL_TOKEN_MIN_LEN, FL_TOKEN_MAX_LEN);
+  else if (distinct < 8 || bits < 80)
+    snprintf(why, n,
+             "is too predictable (%zu distinct characters, about %.0f bits; at least 8 and 80)",
+             distinct, bits);
+  else
+    return 0;
+  return -1;
+}
+
+/* The bootstrap token: FL_ADMIN_TOKEN, else the first line of FL_ADMIN_TOKEN_FILE, which then
+ * must exist and be readable (fail closed: a file that was named and cannot be read is not
+ * "no token", which would generate one). Either must be strong enough. */
+static int check_bootstrap_token(fl_config *cfg, char *why, size_t n) {
+  static char tok[FL_TOKEN_MAX_LEN + 2];
+  char msg[160];
+  const char *tf = cfg->admin_token_file, *src = "FL_ADMIN_TOKEN";
+  if (cfg->admin_token != NULL && cfg->admin_token[0] != '\0') {
+    snprintf(tok, sizeof tok, "%s", cfg->admin_token);
+    if (strlen(cfg->admin_token) >= sizeof tok)
+      tok[sizeof tok - 1] = '\0'; /* too long: refused below by its length */
+  } else if (tf != NULL && tf[0] != '\0') {
+    src = "FL_ADMIN_TOKEN_FILE";
+    if (check_readable("FL_ADMIN_TOKEN_FILE", tf, why, n))
+      return -1;
+    int fd = open(tf, O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd < 0 ? -1 : read(fd, tok, sizeof tok - 1);
+    if (fd >= 0)
+      close(fd);
+    if (got < 0) {
+      snprintf(why, n, "FL_ADMIN_TOKEN_FILE %s: %s", tf, strerror(errno));
+      return -1;
+    }
+    tok[got] = '\0';
+    tok[strcspn(tok, "\r\n")] = '\0';
+    if (tok[0] == '\0') {
+      snprintf(why, n, "FL_ADMIN_TOKEN_FILE %s: the first line is empty", tf);
+      return -1;
+    }
+  } else {
+    cfg->bootstrap_token = NULL;
+    return 0;
+  }
+  if (fl__token_strength(tok, msg, sizeof msg)) {
+    snprintf(why, n, "%s%s%s: the bootstrap admin token %s (make one with: openssl rand -hex 32)",
+             src, tf && strcmp(src, "FL_ADMIN_TOKEN_FILE") == 0 ? " " : "",
+             strcmp(src, "FL_ADMIN_TOKEN_FILE") == 0 ? tf : "", msg);
+    return -1;
+  }
+  cfg->bootstrap_token = tok;
+  return 0;
+}
+
 int fl__config_check(fl_config *cfg, char *why, size_t n) {
+  static char out[4096];
   if (cfg->tls_cert != NULL && check_tls(cfg, why, n))
     return -1;
   if (check_signing_key(cfg, why, n))
     return -1;
-  /* The image names a token file by default: only one that exists must be readable (a
-   * missing one means "no bootstrap token", as before). */
-  const char *tf = cfg->admin_token_file;
-  if ((cfg->admin_token == NULL || cfg->admin_token[0] == '\0') && tf != NULL && tf[0] != '\0' &&
-      access(tf, F_OK) == 0 && check_readable("FL_ADMIN_TOKEN_FILE", tf, why, n))
+  if (check_bootstrap_token(cfg, why, n))
     return -1;
-  return check_listen(cfg, why, n);
+  if (cfg->admin_token_out == NULL) {
+    const char *slash = strrchr(cfg->signing_key, '/');
+    snprintf(out, sizeof out, "%.*sadmin-token", slash ? (int)(slash - cfg->signing_key + 1) : 0,
+             cfg->signing_key);
+    cfg->admin_token_out = out;
+  }
+  return check_listeners(cfg, why, n);
 }
 
 int64_t fl__now_ms(void) {

@@ -1,8 +1,9 @@
 /*
  * fl-coordinator: start-up and graceful shutdown.
  *
- * Start: configuration (parsed, then checked: listen address, TLS files, key files), signing
- * key, database (waiting for it up to a minute), migrations, bootstrap admin token, committer
+ * Start: configuration (parsed, then checked: listen address, TLS files and key file modes,
+ * the bootstrap token), signing key, database (waiting for it up to a minute), migrations,
+ * the bootstrap admin token (step admin_token: a database or token file error), committer
  * and ticker threads, then the HTTP daemon. Everything that does not need the database is
  * checked before it, so that a typo is reported at once and not after a minute of retries.
  * SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (uploads among
@@ -52,8 +53,7 @@ static int load_or_create_key(fl_srv *s) {
   return FL_OK;
 }
 
-/* Connects (retrying for a minute: the database may start together with us), migrates and
- * makes sure an admin token exists. */
+/* Connects (retrying for a minute: the database may start together with us) and migrates. */
 static int open_database(fl_srv *s) {
   int err = FL_E_DB;
   for (int i = 0; i < 60 && err != FL_OK; i++) {
@@ -67,8 +67,18 @@ static int open_database(fl_srv *s) {
   if (c == NULL)
     return FL_E_DB;
   err = fl__migrate(c);
-  if (err == FL_OK && fl__auth_bootstrap(s, c))
-    err = FL_E_DB;
+  fl__pool_put(s->pool, c);
+  return err;
+}
+
+/* The bootstrap admin token (auth.h): applied when configured and new, generated into
+ * --admin-token-out when none is configured and the database has no token. A step of its own
+ * so that an unwritable token file is not reported as a database failure. */
+static int bootstrap_token(fl_srv *s) {
+  PGconn *c = fl__pool_get(s->pool);
+  if (c == NULL)
+    return FL_E_DB;
+  int err = fl__auth_bootstrap(s, c) ? FL_E_IO : FL_OK;
   fl__pool_put(s->pool, c);
   return err;
 }
@@ -80,6 +90,8 @@ static int start(fl_srv *s, const char **step) {
     err = load_or_create_key(s);
   if (err == FL_OK && (*step = "database"))
     err = open_database(s);
+  if (err == FL_OK && (*step = "admin_token"))
+    err = bootstrap_token(s);
   if (err == FL_OK && (*step = "models"))
     err = fl__models_new(&s->models);
   if (err == FL_OK && (*step = "aggregator"))

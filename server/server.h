@@ -38,7 +38,11 @@ typedef struct fl_config {
   const char *replica_id;       /* name of this process in partial aggregates and logs */
   const char *admin_token;      /* bootstrap admin token (FL_ADMIN_TOKEN) */
   const char *admin_token_file; /* or read from this file (FL_ADMIN_TOKEN_FILE) */
-  size_t max_body;              /* bytes of one request body */
+  /* The bootstrap token that applies (fl__config_check: FL_ADMIN_TOKEN, else the file's first
+   * line, checked by fl__token_strength); NULL when none is configured. */
+  const char *bootstrap_token;
+  const char *admin_token_out; /* a generated bootstrap token goes here (0600) */
+  size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
   unsigned conn_timeout_s;
   unsigned db_pool_size;
@@ -49,7 +53,23 @@ typedef struct fl_config {
   uint64_t max_samples;         /* upper bound of an update's sample_count */
   int log_level;                /* fl_log_level */
   bool reuse_port;              /* SO_REUSEPORT on the listening socket (opt-in) */
+  int64_t nonce_margin_ms;      /* nonces are kept 2 x ts_window_ms + this */
+  struct {                      /* --metrics-listen: /metrics, /healthz, /readyz only */
+    bool on;
+    const char *host;
+    uint16_t port;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+  } metrics;
 } fl_config;
+
+/* Bounds of a bootstrap admin token supplied by the operator (docs/API.md section 3). */
+#define FL_TOKEN_MIN_LEN 32
+#define FL_TOKEN_MAX_LEN 512
+/* 0 when tok is acceptable as a bootstrap admin token: 32..512 printable ASCII characters
+ * without spaces, at least 8 distinct ones and about 80 bits by their frequencies. Else -1
+ * with why the token is refused in why (never the token itself). */
+int fl__token_strength(const char *tok, char *why, size_t n);
 
 /* Parses argv and the environment into *cfg. Returns 0 to run, 1 when --help/--version was
  * printed, -1 on a usage error (message printed to stderr). Strings point into argv/environ. */
@@ -62,6 +82,8 @@ int fl__config_parse(fl_config *cfg, int argc, char **argv);
 int fl__config_check(fl_config *cfg, char *why, size_t n);
 /* "host:port", "[v6]:port" of the listen address, for logs; static storage. */
 const char *fl__config_listen_text(const fl_config *cfg);
+/* The same for --metrics-listen ("" when it is not set). */
+const char *fl__config_metrics_text(const fl_config *cfg);
 
 /* ----- structured logs (slog.c) ------------------------------------------------------------ */
 

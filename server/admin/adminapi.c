@@ -4,6 +4,7 @@
  * (json_agg) so that the column-to-field mapping lives in one SQL statement per endpoint.
  */
 #include <inttypes.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,30 +139,132 @@ PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint
 
 /* ----- tokens -------------------------------------------------------------------------------- */
 
-static void h_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
+/* Admin tokens made through the API expire: by default after 90 days, at most after a year
+ * (docs/API.md section 3). Only the bootstrap token has no expiry. */
+#define TOKEN_TTL_DEFAULT_S 7776000
+#define TOKEN_TTL_MAX_S 31536000
+
+/* A token's name: up to 100 printable characters (it is shown in lists and audit actors). */
+static bool good_token_name(const char *name) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+      return false;
+  return n <= 100;
+}
+
+static void token_create(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   char tok[65], target[32];
   if (begin(s, q, r, FL_ROLE_ADMIN, &a))
     return;
+  json_t *jn = json_object_get(a.body, "name"), *je = json_object_get(a.body, "expires_in_s");
   int role = fl__role_parse(json_string_value(json_object_get(a.body, "role")));
-  const char *name = json_string_value(json_object_get(a.body, "name"));
-  if (role < 0) {
-    fl__resp_admin_error(r, 400, "bad_request", "role must be admin, operator or viewer");
+  const char *name = jn ? json_string_value(jn) : "";
+  json_int_t ttl = je ? (json_is_integer(je) ? json_integer_value(je) : -1) : TOKEN_TTL_DEFAULT_S;
+  if (role < 0 || name == NULL || !good_token_name(name) || ttl < 1 || ttl > TOKEN_TTL_MAX_S) {
+    fl__resp_admin_error(r, 400, "bad_request",
+                         "role admin, operator or viewer; name a string of up to 100 printable "
+                         "characters; expires_in_s 1..31536000 (default 7776000, 90 days)");
     goto out;
   }
   if (fl__pg_cmd(a.c, "BEGIN")) {
     db_error(r);
     goto out;
   }
-  uint64_t id = fl__auth_new_token(a.c, role, name ? name : "", tok);
-  if (id == 0) {
+  uint64_t id = fl__auth_new_token(a.c, role, name, (int64_t)ttl, a.actor, tok);
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = id == 0 ? NULL
+                          : fl__pg_exec(a.c,
+                                        "SELECT to_json(expires_at)#>>'{}' FROM admin_tokens"
+                                        " WHERE token_id = $1",
+                                        &p, false, NULL);
+  if (res == NULL || PQntuples(res) != 1) {
+    PQclear(res);
     db_error(r);
     goto out;
   }
   snprintf(target, sizeof target, "token:%" PRIu64, id);
+  /* The secret is in this answer only; the audit row gets the request (role, name, expiry). */
   commit_audited(r, &a, "token.create", target,
-                 json_pack("{s:s, s:I}", "token", tok, "token_id", (json_int_t)id));
+                 json_pack("{s:s, s:I, s:s, s:s, s:s}", "token", tok, "token_id", (json_int_t)id,
+                           "role", json_string_value(json_object_get(a.body, "role")), "name", name,
+                           "expires_at", PQgetvalue(res, 0, 0)));
+  PQclear(res);
 out:
+  OPENSSL_cleanse(tok, sizeof tok);
+  end(s, &a);
+}
+
+/* Lists every token without its secret (only its hash is stored anyway). */
+static void token_list(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  if (begin(s, q, r, FL_ROLE_ADMIN, &a))
+    return;
+  json_query(r, a.c, "tokens",
+             "SELECT json_agg(json_build_object('token_id', token_id, 'name', name, 'role', role,"
+             " 'state', CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
+             "  WHEN expires_at <= now() THEN 'expired' ELSE 'active' END,"
+             " 'bootstrap', bootstrap, 'created_at', created_at, 'created_by', created_by,"
+             " 'expires_at', expires_at, 'last_used_at', last_used_at, 'revoked_at', revoked_at)"
+             " ORDER BY token_id)::text FROM admin_tokens",
+             NULL, false);
+  end(s, &a);
+}
+
+static void h_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
+  if (strcmp(q->method, "GET") == 0)
+    token_list(s, q, r);
+  else
+    token_create(s, q, r);
+}
+
+/* POST /admin/v1/tokens/{id}/revoke. The last usable admin token is not revoked (409): with
+ * none left, only a new FL_ADMIN_TOKEN and a restart would let anyone in again. The table lock
+ * makes two concurrent revocations of the last two admin tokens take turns. */
+static void h_token_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  uint64_t id;
+  char target[32];
+  fl_pgp p;
+  if (fl__admin_begin_at(s, q, r, FL_ROLE_ADMIN, "/admin/v1/tokens/", "/revoke", &id, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res =
+      fl__pg_cmd(a.c, "BEGIN") || fl__pg_cmd(a.c,
+                                             "LOCK TABLE admin_tokens IN SHARE ROW"
+                                             " EXCLUSIVE MODE")
+          ? NULL
+          : fl__pg_exec(a.c,
+                        "UPDATE admin_tokens t SET revoked_at = coalesce(t.revoked_at, now())"
+                        " WHERE t.token_id = $1 AND (t.role <> 'admin' OR t.revoked_at IS NOT NULL"
+                        "  OR EXISTS (SELECT 1 FROM admin_tokens o WHERE o.token_id <> t.token_id"
+                        "   AND o.role = 'admin' AND o.revoked_at IS NULL"
+                        "   AND (o.expires_at IS NULL OR o.expires_at > now())))"
+                        " RETURNING to_json(t.revoked_at)#>>'{}'",
+                        &p, false, NULL);
+  PGresult *found =
+      res == NULL || PQntuples(res) > 0
+          ? NULL
+          : fl__pg_exec(a.c, "SELECT 1 FROM admin_tokens WHERE token_id = $1", &p, false, NULL);
+  if (res == NULL || (PQntuples(res) == 0 && found == NULL)) {
+    db_error(r);
+  } else if (PQntuples(res) == 0 && PQntuples(found) == 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such token");
+  } else if (PQntuples(res) == 0) {
+    fl__resp_admin_error(r, 409, "last_admin_token",
+                         "this is the last usable admin token: create another one first");
+  } else {
+    snprintf(target, sizeof target, "token:%" PRIu64, id);
+    commit_audited(r, &a, "token.revoke", target,
+                   json_pack("{s:I, s:s, s:s}", "token_id", (json_int_t)id, "state", "revoked",
+                             "revoked_at", PQgetvalue(res, 0, 0)));
+  }
+  PQclear(found);
+  PQclear(res);
   end(s, &a);
 }
 
@@ -520,6 +623,8 @@ static void h_readyz(fl_srv *s, fl_req *q, fl_resp *r) {
 
 const fl_route fl__admin_routes[] = {
     {"POST", "/admin/v1/tokens", "admin_tokens", h_tokens, 0, NULL},
+    {"GET", "/admin/v1/tokens", "admin_tokens_list", h_tokens, 0, NULL},
+    {"POST", "/admin/v1/tokens/", "admin_token_revoke", h_token_revoke, 0, NULL},
     {"POST", "/admin/v1/enrollment-tokens", "admin_enrollment_tokens", h_enrollment_tokens, 0,
      NULL},
     {"POST", "/admin/v1/models", "admin_models_create", h_models_create, 0, NULL},
@@ -544,7 +649,18 @@ const fl_route fl__admin_routes[] = {
     {"POST", "/admin/v1/pins", "admin_pin_create", fl__admin_pins, 0, NULL},
     {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete, 0, NULL},
     {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet, 0, NULL},
+    {NULL, NULL, NULL, NULL, 0, NULL},
+};
+
+/* Operations endpoints, without a token: on the main port, and with --metrics-listen on that
+ * listener, which then is the only one with /metrics (http.c). */
+const fl_route fl__ops_routes[] = {
     {"GET", "/metrics", "metrics", h_metrics, 0, NULL},
+    {"GET", "/healthz", "healthz", h_healthz, 0, NULL},
+    {"GET", "/readyz", "readyz", h_readyz, 0, NULL},
+    {NULL, NULL, NULL, NULL, 0, NULL},
+};
+const fl_route fl__probe_routes[] = {
     {"GET", "/healthz", "healthz", h_healthz, 0, NULL},
     {"GET", "/readyz", "readyz", h_readyz, 0, NULL},
     {NULL, NULL, NULL, NULL, 0, NULL},

@@ -3,14 +3,20 @@
  *
  * Device requests: the check order is cheapest first (timestamp, then one indexed lookup,
  * then the signature) and the nonce is recorded last, so a forged request never consumes a
- * device's nonce. Admin tokens are 32 random bytes shown once; only their SHA-256 is stored.
+ * device's nonce. Admin tokens are 32 random bytes shown once; only their SHA-256 is stored,
+ * with an optional expiry, a revocation time and the last use (docs/API.md section 3).
  */
 #include "auth/auth.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "digest.h"
 #include "mem.h"
@@ -206,22 +212,40 @@ unavailable:
   return -1;
 }
 
+/* A nonce can be replayed while some replica accepts its request's timestamp. The row's
+ * seen_at is the database's clock, each replica checks timestamps with its own: a replica
+ * whose clock lags the database's by L (or that runs a larger --timestamp-window) accepts a
+ * request up to L after 2 x window has passed on the database's clock. The margin covers that
+ * difference (--nonce-skew-margin). */
 void fl__auth_prune_nonces(fl_srv *s, PGconn *c) {
   fl_pgp p;
   fl__pgp_init(&p);
-  fl__pgp_f64(&p, 2.0 * (double)s->cfg.ts_window_ms / 1000.0);
-  PGresult *res = fl__pg_exec(
-      c, "DELETE FROM nonces WHERE seen_at < now() - make_interval(secs => $1::float8)", &p,
-      false, NULL);
+  fl__pgp_f64(&p, (2.0 * (double)s->cfg.ts_window_ms + (double)s->cfg.nonce_margin_ms) / 1000.0);
+  PGresult *res =
+      fl__pg_exec(c, "DELETE FROM nonces WHERE seen_at < now() - make_interval(secs => $1::float8)",
+                  &p, false, NULL);
   PQclear(res);
 }
 
+static const char *const ROLES[] = {"viewer", "operator", "admin"};
+
 int fl__role_parse(const char *name) {
-  static const char *const roles[] = {"viewer", "operator", "admin"};
   for (int i = 0; i < 3; i++)
-    if (name != NULL && strcmp(name, roles[i]) == 0)
+    if (name != NULL && strcmp(name, ROLES[i]) == 0)
       return i;
   return -1;
+}
+
+/* last_used_at is written at most once a minute per token, so that a busy operator's script
+ * does not turn every admin read into a write. */
+static void touch_token(PGconn *c, const char *id) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_text(&p, id);
+  PQclear(fl__pg_exec(c,
+                      "UPDATE admin_tokens SET last_used_at = now() WHERE token_id = $1::bigint"
+                      " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 s')",
+                      &p, false, NULL));
 }
 
 int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r) {
@@ -236,8 +260,11 @@ int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96]
   fl__sha256(h + 7, strlen(h + 7), hash);
   fl__pgp_init(&p);
   fl__pgp_bin(&p, hash, sizeof hash);
-  PGresult *res = fl__pg_exec(c, "SELECT token_id, role, name FROM admin_tokens"
-                                 " WHERE token_hash = $1", &p, false, NULL);
+  PGresult *res = fl__pg_exec(c,
+                              "SELECT token_id, role, name, revoked_at IS NOT NULL,"
+                              " coalesce(expires_at <= now(), false) FROM admin_tokens"
+                              " WHERE token_hash = $1",
+                              &p, false, NULL);
   if (res == NULL) {
     fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
     return -1;
@@ -245,28 +272,37 @@ int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96]
   int rc = -1;
   if (PQntuples(res) != 1) {
     fl__resp_admin_error(r, 401, "unauthorized", "unknown token");
+  } else if (strcmp(PQgetvalue(res, 0, 3), "t") == 0) {
+    fl__resp_admin_error(r, 401, "token_revoked", "this token has been revoked");
+  } else if (strcmp(PQgetvalue(res, 0, 4), "t") == 0) {
+    fl__resp_admin_error(r, 401, "token_expired", "this token has expired");
   } else if (fl__role_parse(PQgetvalue(res, 0, 1)) < min_role) {
     fl__resp_admin_error(r, 403, "forbidden", "role too low for this endpoint");
   } else {
     snprintf(actor, 96, "token:%s:%.60s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2));
+    touch_token(c, PQgetvalue(res, 0, 0));
     rc = 0;
   }
   PQclear(res);
   return rc;
 }
 
-static int store_token(PGconn *c, const char *token, int role, const char *name, uint64_t *id) {
-  static const char *const roles[] = {"viewer", "operator", "admin"};
-  uint8_t hash[FL_SHA256_LEN];
+/* Inserts a token's hash. expires_in_s 0: no expiry. *id = 0 when the hash exists. */
+static int store_token(PGconn *c, const uint8_t hash[FL_SHA256_LEN], int role, const char *name,
+                       int64_t expires_in_s, const char *created_by, bool bootstrap, uint64_t *id) {
   fl_pgp p;
-  fl__sha256(token, strlen(token), hash);
   fl__pgp_init(&p);
-  fl__pgp_bin(&p, hash, sizeof hash);
-  fl__pgp_text(&p, roles[role]);
+  fl__pgp_bin(&p, hash, FL_SHA256_LEN);
+  fl__pgp_text(&p, ROLES[role]);
   fl__pgp_text(&p, name);
+  fl__pgp_i64(&p, expires_in_s);
+  fl__pgp_text(&p, created_by);
+  fl__pgp_text(&p, bootstrap ? "t" : "f");
   PGresult *res = fl__pg_exec(c,
-                              "INSERT INTO admin_tokens (token_hash, role, name)"
-                              " VALUES ($1, $2, $3) ON CONFLICT (token_hash) DO NOTHING"
+                              "INSERT INTO admin_tokens (token_hash, role, name, expires_at,"
+                              " created_by, bootstrap) VALUES ($1, $2, $3, CASE WHEN $4::bigint"
+                              " > 0 THEN now() + make_interval(secs => $4::float8) END, $5,"
+                              " $6::boolean) ON CONFLICT (token_hash) DO NOTHING"
                               " RETURNING token_id",
                               &p, false, NULL);
   if (res == NULL)
@@ -277,57 +313,145 @@ static int store_token(PGconn *c, const char *token, int role, const char *name,
   return 0;
 }
 
-uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, char token_hex[65]) {
-  uint8_t raw[32];
+uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, int64_t expires_in_s,
+                            const char *created_by, char token_hex[65]) {
+  uint8_t raw[32], hash[FL_SHA256_LEN];
   uint64_t id = 0;
   if (fl__random_bytes(raw, sizeof raw))
     return 0;
   fl__hex(raw, sizeof raw, token_hex);
-  if (store_token(c, token_hex, role, name, &id))
+  OPENSSL_cleanse(raw, sizeof raw);
+  fl__sha256(token_hex, 64, hash);
+  if (store_token(c, hash, role, name, expires_in_s, created_by, false, &id))
     return 0;
   return id;
 }
 
-static char *read_token_file(const char *path) {
-  char buf[512];
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return NULL;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  buf[strcspn(buf, "\r\n")] = '\0';
-  return buf[0] ? strdup(buf) : NULL;
+/* Writes a generated token to path, 0600, through a temporary file and a rename: a reader
+ * sees the old file or the whole new one, never a part. */
+static int write_token_file(const char *path, const char *tok) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    return -1;
+  size_t n = strlen(tok);
+  int rc = fchmod(fd, 0600) == 0 && write(fd, tok, n) == (ssize_t)n && write(fd, "\n", 1) == 1 &&
+                   fsync(fd) == 0
+               ? 0
+               : -1;
+  if (close(fd) != 0)
+    rc = -1;
+  if (rc == 0 && rename(tmp, path) != 0)
+    rc = -1;
+  if (rc != 0) {
+    int e = errno;
+    unlink(tmp);
+    errno = e;
+  }
+  return rc;
 }
 
-int fl__auth_bootstrap(fl_srv *s, PGconn *c) {
-  char *tok = NULL;
-  int rc = -1;
-  if (s->cfg.admin_token && s->cfg.admin_token[0])
-    tok = strdup(s->cfg.admin_token);
-  else if (s->cfg.admin_token_file)
-    tok = read_token_file(s->cfg.admin_token_file);
-  if (tok != NULL) {
-    rc = store_token(c, tok, FL_ROLE_ADMIN, "bootstrap", NULL);
-    free(tok);
-    return rc;
-  }
-  PGresult *res = fl__pg_exec(c, "SELECT count(*) FROM admin_tokens WHERE role = 'admin'", NULL,
-                              false, NULL);
+/* The configured token (cfg.bootstrap_token) is applied when it differs from the one applied
+ * last (admin_bootstrap): it is inserted, and the previous bootstrap token is revoked (a
+ * changed FL_ADMIN_TOKEN is a rotation). The same token at the next start changes nothing, so
+ * revoking or deleting it holds across restarts. */
+static int apply_configured(fl_srv *s, PGconn *c) {
+  uint8_t hash[FL_SHA256_LEN];
+  fl_pgp p;
+  fl__sha256(s->cfg.bootstrap_token, strlen(s->cfg.bootstrap_token), hash);
+  fl__pgp_init(&p);
+  fl__pgp_bin(&p, hash, sizeof hash);
+  PGresult *res =
+      fl__pg_exec(c, "SELECT token_hash = $1 FROM admin_bootstrap WHERE id = 1", &p, false, NULL);
   if (res == NULL)
     return -1;
-  bool have = fl__pg_u64(res, 0, 0) > 0;
+  bool first = PQntuples(res) == 0, same = !first && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
   PQclear(res);
-  if (have)
+  if (same)
+    return 0;
+  /* The previous one first: its hash is in admin_bootstrap (none on the first start). */
+  res = fl__pg_exec(c,
+                    "UPDATE admin_tokens SET revoked_at = now() WHERE revoked_at IS NULL"
+                    " AND token_hash = (SELECT token_hash FROM admin_bootstrap WHERE id = 1)"
+                    " RETURNING token_id",
+                    NULL, false, NULL);
+  if (res == NULL)
+    return -1;
+  uint64_t old = PQntuples(res) ? fl__pg_u64(res, 0, 0) : 0, id = 0;
+  PQclear(res);
+  if (store_token(c, hash, FL_ROLE_ADMIN, "bootstrap", 0, "bootstrap", true, &id))
+    return -1;
+  res = fl__pg_exec(c,
+                    "INSERT INTO admin_bootstrap (id, token_hash) VALUES (1, $1)"
+                    " ON CONFLICT (id) DO UPDATE SET token_hash = $1, applied_at = now()",
+                    &p, false, NULL);
+  if (res == NULL)
+    return -1;
+  PQclear(res);
+  if (id == 0)
+    fl__slog(FL_LOG_WARN, "bootstrap_token_exists",
+             "detail=\"the configured token is stored already; revoked or expired, it stays so\"");
+  fl__slog(FL_LOG_INFO, "bootstrap_token_applied", "token_id=%llu revoked_previous=%llu",
+           (unsigned long long)id, (unsigned long long)old);
+  json_t *d = json_pack("{s:I, s:I}", "token_id", (json_int_t)id, "revoked", (json_int_t)old);
+  int rc = fl__audit(c, "bootstrap", first ? "token.bootstrap" : "token.bootstrap_rotate", "", d);
+  json_decref(d);
+  return rc;
+}
+
+/* No configured token and an empty token table: a new one, written to cfg.admin_token_out
+ * (0600) and never logged or printed: stdout is a container's log. */
+static int generate(fl_srv *s, PGconn *c) {
+  PGresult *res = fl__pg_exec(c, "SELECT count(*) FROM admin_tokens", NULL, false, NULL);
+  if (res == NULL)
+    return -1;
+  bool empty = fl__pg_u64(res, 0, 0) == 0;
+  PQclear(res);
+  if (!empty)
     return 0;
   char hex[65];
-  if (fl__auth_new_token(c, FL_ROLE_ADMIN, "bootstrap", hex) == 0)
+  uint8_t hash[FL_SHA256_LEN];
+  uint64_t id = 0;
+  if (fl__random_bytes(hash, sizeof hash))
     return -1;
-  /* The only time this token is ever shown; it goes to stdout, never to the log. */
-  printf("bootstrap admin token (shown once): %s\n", hex);
-  fflush(stdout);
-  fl__slog(FL_LOG_INFO, "bootstrap_token_created", "role=admin");
+  fl__hex(hash, sizeof hash, hex);
+  fl__sha256(hex, 64, hash);
+  int rc = store_token(c, hash, FL_ROLE_ADMIN, "bootstrap", 0, "generated", true, &id);
+  if (rc == 0 && write_token_file(s->cfg.admin_token_out, hex) != 0) {
+    fl__slog(FL_LOG_ERROR, "bootstrap_token_unwritable", "path=%s error=%s hint=%s",
+             fl__slog_str(s->cfg.admin_token_out), fl__slog_str(strerror(errno)),
+             fl__slog_str("set FL_ADMIN_TOKEN(_FILE), or --admin-token-out to a writable file"));
+    rc = -1;
+  }
+  OPENSSL_cleanse(hex, sizeof hex);
+  if (rc == 0) {
+    fl__slog(FL_LOG_INFO, "bootstrap_token_created", "role=admin token_id=%llu path=%s",
+             (unsigned long long)id, fl__slog_str(s->cfg.admin_token_out));
+    json_t *d = json_pack("{s:I, s:s}", "token_id", (json_int_t)id, "path", s->cfg.admin_token_out);
+    rc = fl__audit(c, "bootstrap", "token.generate", "", d);
+    json_decref(d);
+  }
+  return rc;
+}
+
+/* Replicas that start together take turns (a transaction-scoped advisory lock), so a token
+ * is applied or generated once. */
+#define BOOTSTRAP_LOCK "7302214520"
+
+int fl__auth_bootstrap(fl_srv *s, PGconn *c) {
+  if (fl__pg_cmd(c, "BEGIN") || fl__pg_cmd(c, "SELECT pg_advisory_xact_lock(" BOOTSTRAP_LOCK ")"))
+    goto fail;
+  int rc = s->cfg.bootstrap_token ? apply_configured(s, c) : generate(s, c);
+  if (rc != 0 || fl__pg_cmd(c, "COMMIT"))
+    goto fail;
+  /* The token is needed no more; its text should not linger in the process's memory. */
+  if (s->cfg.bootstrap_token)
+    OPENSSL_cleanse((char *)s->cfg.bootstrap_token, strlen(s->cfg.bootstrap_token));
   return 0;
+fail:
+  fl__pg_cmd(c, "ROLLBACK");
+  return -1;
 }
 
 int fl__audit(PGconn *c, const char *actor, const char *action, const char *target,

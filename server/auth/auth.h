@@ -38,23 +38,28 @@ int fl__auth_signature(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t
 /* Records a nonce in its own transaction. 0 fresh, 1 replayed, -1 database error. */
 int fl__auth_record_nonce(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce);
 
-/* Deletes nonces older than twice the timestamp window (they can no longer be replayed). */
+/* Deletes nonces older than twice the timestamp window plus --nonce-skew-margin (they can no
+ * longer be replayed on any replica whose clock is within the margin). */
 void fl__auth_prune_nonces(fl_srv *s, PGconn *c);
 
 enum { FL_ROLE_VIEWER = 0, FL_ROLE_OPERATOR = 1, FL_ROLE_ADMIN = 2 };
 int fl__role_parse(const char *name); /* -1 when unknown */
 
-/* Checks "Authorization: Bearer <token>" against the stored hashes and the required role.
+/* Checks "Authorization: Bearer <token>" against the stored hashes (401 unauthorized,
+ * token_revoked or token_expired) and the required role (403), and notes the token's use.
  * actor receives "token:<id>:<name>" for the audit log. Returns 0, or -1 with *r set. */
 int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r);
 
-/* Makes sure an admin token exists: the configured bootstrap token (stored hashed), or a new
- * random one printed once on stdout when the table has no admin token. */
+/* The bootstrap admin token (docs/API.md section 3): the configured one (cfg.bootstrap_token)
+ * is stored when it differs from the one applied last, which it then revokes; with none
+ * configured and an empty token table, a new one is written to cfg.admin_token_out (0600).
+ * Never printed or logged. 0, or -1 (logged). */
 int fl__auth_bootstrap(fl_srv *s, PGconn *c);
 
-/* Creates a token for a role; *token_hex receives 64 hex characters + NUL. Returns the id
- * or 0 on failure. */
-uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, char token_hex[65]);
+/* Creates a token for a role, expiring after expires_in_s (0: never); *token_hex receives
+ * 64 hex characters + NUL. Returns the id or 0 on failure. */
+uint64_t fl__auth_new_token(PGconn *c, int role, const char *name, int64_t expires_in_s,
+                            const char *created_by, char token_hex[65]);
 
 /* Appends one audit row; detail is borrowed (may be NULL). 0 or -1. */
 int fl__audit(PGconn *c, const char *actor, const char *action, const char *target,

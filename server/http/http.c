@@ -10,37 +10,56 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "mem.h"
 
+/* A listening daemon and the route tables it serves, in order (NULL-terminated). */
+typedef struct fl_listener {
+  fl_srv *s;
+  const fl_route *tables[4];
+} fl_listener;
+
 struct fl_http {
-  struct MHD_Daemon *d;
-  char *tls_cert, *tls_key;
+  struct MHD_Daemon *d, *md; /* md: --metrics-listen */
+  char *tls_cert;
+  fl_listener main, ops;
 };
 
-static char *read_file(const char *path) {
-  FILE *f = fopen(path, "rb");
+/* The whole file with read(2), not stdio: a FILE's buffer would leave a copy of a private key
+ * in freed memory that nothing clears. *len receives the size. */
+static char *read_file(const char *path, size_t *len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
   char *buf = NULL;
-  long n;
-  if (f == NULL)
+  if (fd < 0)
     return NULL;
-  if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET))
-    goto out_close;
-  buf = malloc((size_t)n + 1);
-  if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-    free(buf);
-    buf = NULL;
+  if (fstat(fd, &st) == 0 && st.st_size >= 0 && st.st_size < (64 << 20))
+    buf = malloc((size_t)st.st_size + 1);
+  size_t n = 0;
+  while (buf != NULL && n < (size_t)st.st_size) {
+    ssize_t got = read(fd, buf + n, (size_t)st.st_size - n);
+    if (got <= 0) {
+      OPENSSL_cleanse(buf, n);
+      free(buf);
+      buf = NULL;
+    } else {
+      n += (size_t)got;
+    }
   }
-  if (buf != NULL)
+  close(fd);
+  if (buf != NULL) {
     buf[n] = '\0';
-out_close:
-  fclose(f);
+    *len = n;
+  }
   return buf;
 }
 
@@ -265,7 +284,8 @@ static int append(fl_req *q, const char *data, size_t n) {
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
-  fl_srv *s = cls;
+  const fl_listener *l = cls;
+  fl_srv *s = l->s;
   fl_req *q = *con_cls;
   (void)version;
   if (q == NULL || q->conn == NULL) {
@@ -278,9 +298,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     *con_cls = q;
     /* Routed on the request line, so that the route's body limit applies before any of the
      * body is read, and a request for no endpoint is answered without reading its body. */
-    q->rt = route(fl__dev_routes, method, url, &q->method_mismatch);
-    if (q->rt == NULL)
-      q->rt = route(fl__admin_routes, method, url, &q->method_mismatch);
+    for (size_t i = 0; q->rt == NULL && l->tables[i] != NULL; i++)
+      q->rt = route(l->tables[i], method, url, &q->method_mismatch);
     bool chunked;
     unsigned long long cl = declared_length(conn, &chunked);
     if (q->rt != NULL)
@@ -358,9 +377,35 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:" \
   "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:+DHE-RSA"
 
+/* The --metrics-listen daemon: /metrics, /healthz and /readyz in plain HTTP, a few
+ * connections (a scraper and probes). */
+static int start_ops(fl_srv *s, fl_http *h) {
+  const struct sockaddr *sa = (const struct sockaddr *)&s->cfg.metrics.addr;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  if (sa->sa_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
+  h->ops = (fl_listener){s, {fl__ops_routes, NULL}};
+  h->md = MHD_start_daemon(flags, s->cfg.metrics.port, NULL, NULL, on_request, &h->ops,
+                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
+                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                           MHD_OPTION_CONNECTION_LIMIT, 16u, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                           MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_END);
+  if (h->md == NULL) {
+    fl__slog(FL_LOG_ERROR, "listen_failed", "metrics_listen=%s",
+             fl__slog_str(fl__config_metrics_text(&s->cfg)));
+    return -1;
+  }
+  fl__slog(FL_LOG_INFO, "metrics_listening", "listen=%s",
+           fl__slog_str(fl__config_metrics_text(&s->cfg)));
+  return 0;
+}
+
 int fl__http_start(fl_srv *s) {
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                    MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  char *tls_key = NULL;
+  size_t cert_len = 0, key_len = 0;
   /* fl__config_check resolved the listen address (a name, IPv4 or IPv6) before the database. */
   const struct sockaddr *sa = (const struct sockaddr *)&s->cfg.listen_addr;
   if (s->cfg.listen_addr_len == 0 || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)) {
@@ -373,10 +418,14 @@ int fl__http_start(fl_srv *s) {
   fl_http *h = calloc(1, sizeof *h);
   if (h == NULL)
     return FL_E_NOMEM;
+  /* With --metrics-listen, /metrics is served there only; the probes stay on both. */
+  h->main = (fl_listener){s,
+                          {fl__dev_routes, fl__admin_routes,
+                           s->cfg.metrics.on ? fl__probe_routes : fl__ops_routes, NULL}};
   if (s->cfg.tls_cert) {
-    h->tls_cert = read_file(s->cfg.tls_cert);
-    h->tls_key = read_file(s->cfg.tls_key);
-    if (h->tls_cert == NULL || h->tls_key == NULL) {
+    h->tls_cert = read_file(s->cfg.tls_cert, &cert_len);
+    tls_key = read_file(s->cfg.tls_key, &key_len);
+    if (h->tls_cert == NULL || tls_key == NULL) {
       fl__slog(FL_LOG_ERROR, "tls_files_unreadable", NULL);
       goto fail;
     }
@@ -391,28 +440,44 @@ int fl__http_start(fl_srv *s) {
       {MHD_OPTION_END, 0, NULL}};
   struct MHD_OptionItem tls_opts[] = {
       {h->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->tls_cert},
-      {h->tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, h->tls_key},
-      {h->tls_key ? MHD_OPTION_HTTPS_PRIORITIES : MHD_OPTION_END, 0, (void *)FL_TLS_PRIORITIES},
+      {tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, tls_key},
+      {tls_key ? MHD_OPTION_HTTPS_PRIORITIES : MHD_OPTION_END, 0, (void *)FL_TLS_PRIORITIES},
       {MHD_OPTION_END, 0, NULL}};
-  h->d = MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
-                          mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED,
-                          on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
-                          MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-                          /* the path as sent, before unescaping */
-                          MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_ARRAY, reuse_opts,
-                          MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+  h->d =
+      MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, &h->main,
+                       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
+                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                       s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
+                       /* the path as sent, before unescaping */
+                       MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_ARRAY, reuse_opts,
+                       MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+  /* MHD keeps only a pointer to the key text and hands it to GnuTLS while it starts
+   * (MHD_init_daemon_certificate); GnuTLS holds the parsed key from then on. The text is
+   * cleared now rather than left in the heap for a core dump or a memory disclosure. */
+  if (tls_key != NULL) {
+    OPENSSL_cleanse(tls_key, key_len);
+    free(tls_key);
+    tls_key = NULL;
+  }
   if (h->d == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "listen=%s",
              fl__slog_str(fl__config_listen_text(&s->cfg)));
     goto fail;
   }
+  if (s->cfg.metrics.on && start_ops(s, h))
+    goto fail;
   s->http = h;
   fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s", fl__slog_str(s->cfg.listen_host),
            (unsigned)s->cfg.port, h->tls_cert ? "on" : "off");
   return FL_OK;
 fail:
+  if (h->d != NULL)
+    MHD_stop_daemon(h->d);
+  if (tls_key != NULL) {
+    OPENSSL_cleanse(tls_key, key_len);
+    free(tls_key);
+  }
   free(h->tls_cert);
-  free(h->tls_key);
   free(h);
   return FL_E_IO;
 }
@@ -430,8 +495,9 @@ void fl__http_stop(fl_srv *s) {
     return;
   if (s->http->d != NULL)
     MHD_stop_daemon(s->http->d);
+  if (s->http->md != NULL)
+    MHD_stop_daemon(s->http->md);
   free(s->http->tls_cert);
-  free(s->http->tls_key);
   free(s->http);
   s->http = NULL;
 }

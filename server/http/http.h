@@ -85,5 +85,9 @@ typedef struct fl_route {
 } fl_route;
 extern const fl_route fl__dev_routes[];
 extern const fl_route fl__admin_routes[];
+/* /metrics, /healthz, /readyz; and the last two alone, for the main port when --metrics-listen
+ * takes /metrics (adminapi.c). */
+extern const fl_route fl__ops_routes[];
+extern const fl_route fl__probe_routes[];
 
 #endif

@@ -133,10 +133,26 @@ static const char *const M3[] = {
     " WHERE gate_id <> 0",
     NULL};
 
+/* Admin token life cycle (docs/API.md section 3): expiry, revocation, last use, and the
+ * bootstrap state: the hash of the configured bootstrap token last applied, so that a restart
+ * with the same FL_ADMIN_TOKEN inserts nothing (a revoked or deleted bootstrap token stays so)
+ * and a changed one replaces it. One row (id = 1). */
+static const char *const M_ADMIN_TOKENS[] = {
+    "ALTER TABLE admin_tokens ADD COLUMN expires_at timestamptz,"
+    " ADD COLUMN revoked_at timestamptz, ADD COLUMN last_used_at timestamptz,"
+    " ADD COLUMN created_by text NOT NULL DEFAULT '',"
+    " ADD COLUMN bootstrap boolean NOT NULL DEFAULT false",
+    "UPDATE admin_tokens SET bootstrap = true WHERE name = 'bootstrap'",
+    "CREATE TABLE admin_bootstrap ("
+    " id int PRIMARY KEY CHECK (id = 1), token_hash bytea NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())",
+    NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
     {3, "rollouts", M3},
+    {4, "admin token life cycle", M_ADMIN_TOKENS},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "codec.h"
@@ -179,7 +180,9 @@ static int make_cert(const char *cert_path, const char *key_path) {
     goto out;
   fc = fopen(cert_path, "w");
   fk = fopen(key_path, "w");
-  if (fc && fk && PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, k, NULL, NULL, 0, NULL, NULL))
+  /* 0600: the coordinator refuses a private key that group or others may read. */
+  if (fc && fk && PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, k, NULL, NULL, 0, NULL, NULL) &&
+      fchmod(fileno(fk), 0600) == 0)
     rc = 0;
 out:
   if (fc)

@@ -316,3 +316,52 @@ Test(flctl, fleet_shows_the_channels_version) {
   for (int i = 0; i < 2; i++)
     fl_h_device_free(&devs[i]);
 }
+
+/* ----- admin tokens (issue 13 item 7) ------------------------------------------------------ */
+
+Test(flctl, tokens_create_list_and_revoke) {
+  run *r = FLCTL("--json", "tokens", "create", "--role", "viewer", "--name", "dash", "--expires-in",
+                 "3600");
+  cr_assert_eq(r->rc, 0, "tokens create: %d %s", r->rc, r->err);
+  json_t *j = json_loads(r->out, 0, NULL);
+  cr_assert_not_null(j, "%s", r->out);
+  char secret[80], id[24];
+  snprintf(secret, sizeof secret, "%s", json_string_value(json_object_get(j, "token")));
+  snprintf(id, sizeof id, "%lld", (long long)json_integer_value(json_object_get(j, "token_id")));
+  cr_assert_eq(strlen(secret), 64);
+  cr_assert(json_is_string(json_object_get(j, "expires_at")));
+  json_decref(j);
+  /* The list shows the token without its secret. */
+  r = FLCTL("tokens", "list");
+  cr_assert_eq(r->rc, 0, "tokens list: %d %s", r->rc, r->err);
+  char words[8][32];
+  cr_assert_geq(row_words(r->out, id, words), 4, "%s", r->out);
+  cr_assert_str_eq(words[1], "dash");
+  cr_assert_str_eq(words[2], "viewer");
+  cr_assert_str_eq(words[3], "active");
+  cr_assert_null(strstr(r->out, secret), "%s", r->out);
+  /* Bad options change nothing. */
+  int64_t tokens0 = db_count("admin_tokens");
+  const char *bad[][8] = {{"tokens", "create", "--role", "root"},
+                          {"tokens", "create", "--role", "viewer", "--expires-in", "10s"},
+                          {"tokens", "create", "--role", "viewer", "--expires-in", "0"},
+                          {"tokens", "create", "viewer", "--role", "viewer"},
+                          {"tokens", "create", "--name", "x"},
+                          {"tokens", "revoke", "abc"},
+                          {"tokens", "revoke"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    r = FLCTL(bad[i][0], bad[i][1], bad[i][2], bad[i][3], bad[i][4], bad[i][5]);
+    cr_assert_eq(r->rc, 2, "case %zu: %d %s", i, r->rc, r->err);
+  }
+  cr_assert_eq(db_count("admin_tokens"), tokens0);
+  /* Revoked: the coordinator refuses it with its reason. */
+  r = FLCTL("tokens", "revoke", id);
+  cr_assert_eq(r->rc, 0, "tokens revoke: %d %s", r->rc, r->err);
+  r = flctl(NULL, "--url", g_coord.url, "--token", secret, "--cacert", g_cert, "models", "list",
+            NULL);
+  cr_assert_eq(r->rc, 1);
+  cr_assert_not_null(strstr(r->err, "token_revoked"), "%s", r->err);
+  r = FLCTL("tokens", "list");
+  cr_assert_geq(row_words(r->out, id, words), 4, "%s", r->out);
+  cr_assert_str_eq(words[3], "revoked");
+}

@@ -137,6 +137,7 @@ static void refused(const char *const *args, const char *const *env, const char 
 static void write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
   cr_assert_not_null(f, "%s", path);
+  fchmod(fileno(f), 0600); /* key files must be private (a refusal of its own) */
   fputs(text, f);
   fclose(f);
 }
@@ -157,6 +158,7 @@ static void make_cert(const char *cert_path, const char *key_path) {
   FILE *fc = fopen(cert_path, "w"), *fk = fopen(key_path, "w");
   cr_assert(fc && fk);
   cr_assert(PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, k, NULL, NULL, 0, NULL, NULL));
+  cr_assert_eq(fchmod(fileno(fk), 0600), 0);
   fclose(fc);
   fclose(fk);
   X509_free(x);

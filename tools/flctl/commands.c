@@ -53,7 +53,10 @@ static const form FORMS[] = {
     {"fleet", NULL, "", "fleet MODEL_ID"},
     {"devices", "list", "", "devices list"},
     {"devices", "revoke", "", "devices revoke DEVICE_ID"},
-    {"tokens", "create", "name", "tokens create admin|operator|viewer [--name NAME]"},
+    {"tokens", "list", "", "tokens list"},
+    {"tokens", "create", "role name expires-in",
+     "tokens create --role admin|operator|viewer [--name NAME] [--expires-in SECONDS]"},
+    {"tokens", "revoke", "", "tokens revoke TOKEN_ID"},
     {"enrollment-tokens", "create", "count labels ttl",
      "enrollment-tokens create [--count N] [--labels k=v,...] [--ttl SECONDS]"},
     {"audit", NULL, "limit", "audit [--limit N]"},
@@ -573,12 +576,51 @@ static int cmd_devices(const flctl *f, const args *a) {
   return show_call(f, "POST", path, NULL);
 }
 
-static int cmd_tokens(const flctl *f, const args *a) {
-  if (a->npos != 2 || strcmp(a->pos[0], "create") != 0)
+static const flctl_col TOKEN_COLS[] = {{"token_id", "TOKEN", 0},
+                                       {"name", "NAME", 30},
+                                       {"role", "ROLE", 0},
+                                       {"state", "STATE", 0},
+                                       {"created_at", "CREATED", 0},
+                                       {"expires_at", "EXPIRES", 0},
+                                       {"last_used_at", "LAST_USED", 0},
+                                       {NULL, NULL, 0}};
+
+/* tokens create: the role as --role (or, as before, the one positional argument). The
+ * coordinator bounds --expires-in (docs/API.md); here it only has to be a positive number. */
+static int token_create(const flctl *f, const args *a) {
+  long long ttl = 0;
+  const char *role = flag(a, "role"), *e = flag(a, "expires-in");
+  if (a->npos > 2 || (role != NULL && a->npos == 2) || (role == NULL && a->npos != 2))
     return usage_error(a);
-  return show_call(
-      f, "POST", "/admin/v1/tokens",
-      json_pack("{s:s, s:s}", "role", a->pos[1], "name", flag(a, "name") ? flag(a, "name") : ""));
+  if (role == NULL)
+    role = a->pos[1];
+  if (strcmp(role, "admin") != 0 && strcmp(role, "operator") != 0 && strcmp(role, "viewer") != 0) {
+    fprintf(stderr, "flctl: --role: '%s' is not admin, operator or viewer\n", role);
+    return FLCTL_USAGE;
+  }
+  if (e && flctl_int("--expires-in", e, 1, INT64_MAX, &ttl))
+    return FLCTL_USAGE;
+  json_t *body =
+      json_pack("{s:s, s:s}", "role", role, "name", flag(a, "name") ? flag(a, "name") : "");
+  if (e)
+    json_object_set_new(body, "expires_in_s", json_integer((json_int_t)ttl));
+  return show_call(f, "POST", "/admin/v1/tokens", body);
+}
+
+static int cmd_tokens(const flctl *f, const args *a) {
+  char path[96];
+  long long id;
+  const char *sub = a->npos > 0 ? a->pos[0] : "list";
+  if (strcmp(sub, "list") == 0 && a->npos <= 1)
+    return show_list(f, "/admin/v1/tokens", "tokens", TOKEN_COLS);
+  if (strcmp(sub, "create") == 0)
+    return token_create(f, a);
+  if (strcmp(sub, "revoke") != 0 || a->npos != 2)
+    return usage_error(a);
+  if (id_at(a, 1, "TOKEN_ID", &id))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/tokens/%lld/revoke", id);
+  return show_call(f, "POST", path, NULL);
 }
 
 /* The body of POST /admin/v1/enrollment-tokens; NULL after a message when an option is bad. */
