@@ -2,11 +2,11 @@
  * Fair selection and the target cap (docs/API.md section 2).
  *
  * fairness: 100 devices driven by this process (signed check-ins and uploads straight from the
- * harness, honouring every retry window like a device would, and checking in again at once
- * after an upload like libflclient does), 10 per round, a selection window of 0.5 s, 50
- * rounds. On the participation records (acceptances): the share of a round's participants that
- * also took part in the round before is at most 20% (first come, first served gave 74%) and
- * at least 97 devices took part; no round has more accepted updates than its target.
+ * harness, training 50 to 250 ms, honouring every retry window like a device would, and
+ * checking in again right after an upload like libflclient does), 10 per round, a selection window
+ * of 0.5 s, 50 rounds. On the participation records (acceptances): the share of a round's
+ * participants that also took part in the round before is at most 20% (first come, first served
+ * gave 74%) and at least 97 devices took part; no round has more accepted updates than its target.
  * target_cap: four assigned devices upload at once into a round of target 2 (one group commit):
  * two are acknowledged, two are refused with target_reached, and the new version is the mean
  * of the two acknowledged deltas only.
@@ -66,28 +66,38 @@ static const Fl__V1__ModelVersion *base_of(bases *b, const fl_h_device *d, uint6
   return b->v[version];
 }
 
-/* One check-in of device i; trains (uploads) when assigned and returns when to come back. */
-static int64_t device_step(int i, uint64_t model_id, bases *b, int *uploads) {
+/* A device's pending task: it trains for a while, then uploads. */
+typedef struct pending {
+  uint64_t round_id, base_version; /* round_id 0: none */
+} pending;
+
+/* Uploads device i's update for its pending task. */
+static void device_upload(int i, uint64_t model_id, bases *b, const pending *t, int *uploads) {
+  float delta[NPARAMS];
+  for (int k = 0; k < NPARAMS; k++)
+    delta[k] = 0.001f * (float)((i + k) % 7);
+  fl_h_resp r;
+  const Fl__V1__ModelVersion *base = base_of(b, &g_dev[i], model_id, t->base_version);
+  cr_assert_eq(fl_h_upload(&g_coord, &g_dev[i], base, t->round_id, delta, 10, NULL, &r), 0);
+  const char *why = fl_h_error_reason(&r);
+  /* Over-selected devices that finish late find the target reached or the round closed. */
+  cr_assert(
+      r.status == 200 || strcmp(why, "target_reached") == 0 || strcmp(why, "round_closed") == 0,
+      "upload: %ld %s", r.status, why);
+  *uploads += r.status == 200;
+  fl_h_resp_free(&r);
+}
+
+/* One check-in of device i: a task (trained for 50 to 250 ms, then uploaded) or a retry
+ * window, honoured. Returns when the device acts next. */
+static int64_t device_checkin(int i, uint64_t model_id, pending *t) {
   Fl__V1__CheckInResponse *resp;
   cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[i], model_id, &resp), 0);
   int64_t next;
   if (resp->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK) {
-    const Fl__V1__TrainTask *t = resp->task;
-    float delta[NPARAMS];
-    for (int k = 0; k < NPARAMS; k++)
-      delta[k] = 0.001f * (float)((i + k) % 7);
-    fl_h_resp r;
-    cr_assert_eq(fl_h_upload(&g_coord, &g_dev[i], base_of(b, &g_dev[i], model_id, t->base_version),
-                             t->round_id, delta, 10, NULL, &r),
-                 0);
-    const char *why = fl_h_error_reason(&r);
-    /* Over-selected devices that finish late find the target reached or the round closed. */
-    cr_assert(
-        r.status == 200 || strcmp(why, "target_reached") == 0 || strcmp(why, "round_closed") == 0,
-        "upload: %ld %s", r.status, why);
-    *uploads += r.status == 200;
-    fl_h_resp_free(&r);
-    next = now_ms(); /* like libflclient: check in again at once */
+    t->round_id = resp->task->round_id;
+    t->base_version = resp->task->base_version;
+    next = now_ms() + 50 + (int64_t)((uint64_t)(i * 7919 + now_ms()) % 200);
   } else {
     cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY);
     /* Same clock on both ends; the server's time is the reference anyway. */
@@ -115,6 +125,7 @@ Test(selection, fairness, .init = setup, .fini = teardown, .timeout = 600) {
                0);
   cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, NDEV), 0);
   static bases b;
+  static pending task[NDEV];
   int64_t next[NDEV], t0 = now_ms(), last_poll = 0;
   for (int i = 0; i < NDEV; i++)
     next[i] = t0 + (i * 1000) / NDEV; /* a fleet that comes up over a second */
@@ -128,8 +139,14 @@ Test(selection, fairness, .init = setup, .fini = teardown, .timeout = 600) {
     int64_t now = now_ms();
     if (next[k] > now) {
       sleep_ms(next[k] - now < 20 ? next[k] - now : 20);
+    } else if (task[k].round_id != 0) {
+      device_upload(k, model_id, &b, &task[k], &uploads);
+      task[k].round_id = 0;
+      /* Like libflclient: check in again as soon as the round is done (its bookkeeping, a
+       * few tens of ms, is when the round closes and the next one opens). */
+      next[k] = now_ms() + 50;
     } else {
-      next[k] = device_step(k, model_id, &b, &uploads);
+      next[k] = device_checkin(k, model_id, &task[k]);
     }
     if (now - last_poll > 500) {
       closed = fl_h_db_int(g_db, "SELECT count(*) FROM rounds WHERE state = 'closed'");
