@@ -10,6 +10,8 @@
  * target_cap: four assigned devices upload at once into a round of target 2 (one group commit):
  * two are acknowledged, two are refused with target_reached, and the new version is the mean
  * of the two acknowledged deltas only.
+ * two_replicas_draw_once: 20 candidates through two replicas; one draw of 5, and the answers
+ * agree on either replica.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -272,4 +274,52 @@ Test(selection, target_cap, .init = setup, .fini = teardown, .timeout = 120) {
   free(w2);
   fl__v1__model_version__free_unpacked(base, NULL);
   fl__v1__model_version__free_unpacked(v2, NULL);
+}
+
+/* Two replicas on one database, both tickers every 20 ms: the window's draw happens once
+ * (the round's row lock and drawn_at), and the devices' answers agree on either replica. */
+Test(selection, two_replicas_draw_once, .init = setup, .fini = teardown, .timeout = 120) {
+  enum { N = 20 };
+  static fl_h_coord b;
+  const char *extra[] = {"--tick=20", NULL};
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, extra), 0);
+  cr_assert_eq(fl_h_coord_start(&b, g_db, g_coord.dir, extra), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "replicas", FL_H_SMALL_SPEC,
+                                   "{\"participants\":5,\"over_selection\":1,"
+                                   "\"deadline_s\":600,\"selection_window_s\":1.5,"
+                                   "\"selection_pool\":100}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, N), 0);
+  for (int i = 0; i < N; i++) {
+    Fl__V1__CheckInResponse *resp;
+    cr_assert_eq(fl_h_checkin(i % 2 ? &b : &g_coord, &g_dev[i], model_id, &resp), 0);
+    cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY);
+    cr_assert_str_eq(resp->retry->reason, "selection_pending");
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+  }
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM candidates"), N);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM assignments"), 0, "drawn early");
+  for (int t = 0; t < 100 && fl_h_db_int(g_db,
+                                         "SELECT count(*) FROM rounds WHERE drawn_at"
+                                         " IS NOT NULL") == 0;
+       t++)
+    sleep_ms(50);
+  sleep_ms(300); /* both tickers have passed the window's end several times */
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM assignments"), 5);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT assigned FROM rounds"), 5);
+  int tasks = 0;
+  for (int i = 0; i < N; i++) {
+    Fl__V1__CheckInResponse *resp;
+    cr_assert_eq(fl_h_checkin(i % 2 ? &g_coord : &b, &g_dev[i], model_id, &resp), 0);
+    if (resp->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK)
+      tasks++;
+    else
+      cr_assert_str_eq(resp->retry->reason, "round_full");
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+  }
+  cr_assert_eq(tasks, 5);
+  fl_h_coord_stop(&b, SIGTERM);
+  fl_h_coord_cleanup(&b);
 }
