@@ -247,17 +247,24 @@ static uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-/* Pace steering: spread devices that come back over [base, 2*base) after `from`. */
-static int64_t retry_at(fl_srv *s, uint64_t device_id, int64_t from) {
-  int64_t base = s->cfg.checkin_interval_ms;
-  uint64_t j = mix64(device_id ^ (uint64_t)fl__now_ms());
-  return from + base + (int64_t)(j % (uint64_t)base);
+/* Pace steering (fl__pace_interval_ms): spread devices that come back over [from + T,
+ * from + 2T). With key != 0 the point in the spread is fixed by the key (a device asking again
+ * gets the same time), else it is drawn anew. */
+static int64_t retry_at(uint64_t device_id, uint64_t key, int64_t from, int64_t t) {
+  if (t < 1)
+    t = 1;
+  uint64_t j = mix64(device_id ^ (key ? key * 0x9e3779b97f4a7c15ULL : (uint64_t)fl__now_ms()));
+  return from + t + (int64_t)(j % (uint64_t)t);
 }
 
 typedef struct open_round {
   uint64_t round_id, model_id, base_version;
   int64_t deadline_ms;
+  int64_t select_until_ms; /* 0: no selection window (first come, first served) */
+  bool drawn;
   bool assigned, contributed;
+  uint64_t last_round;      /* the device's latest accepted update: its round (0: none) */
+  int64_t last_accepted_ms; /* and when it was accepted */
   fl_plan plan;
 } open_round;
 
@@ -273,8 +280,13 @@ static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, ope
       "SELECT r.round_id, r.model_id, r.base_version,"
       " (extract(epoch FROM r.deadline_at) * 1000)::bigint, p.config::text,"
       " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id AND a.device_id = $2),"
-      " EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id AND x.device_id = $2)"
+      " EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id AND x.device_id = $2),"
+      " coalesce((extract(epoch FROM r.select_until) * 1000)::bigint, 0), r.drawn_at IS NOT NULL,"
+      " coalesce(la.round_id, 0), coalesce(la.ms, 0)"
       " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
+      " LEFT JOIN LATERAL (SELECT x.round_id, (extract(epoch FROM x.accepted_at) * 1000)::bigint"
+      "  AS ms FROM acceptances x WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1)"
+      "  la ON true"
       " WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
       " ORDER BY r.round_id LIMIT 1",
       &p, false, NULL);
@@ -289,11 +301,30 @@ static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, ope
     o->deadline_ms = fl__pg_i64(r, 0, 3);
     o->assigned = strcmp(PQgetvalue(r, 0, 5), "t") == 0;
     o->contributed = strcmp(PQgetvalue(r, 0, 6), "t") == 0;
+    o->select_until_ms = fl__pg_i64(r, 0, 7);
+    o->drawn = strcmp(PQgetvalue(r, 0, 8), "t") == 0;
+    o->last_round = fl__pg_u64(r, 0, 9);
+    o->last_accepted_ms = fl__pg_i64(r, 0, 10);
     rc = fl__plan_from_json(&o->plan, cfg, msg) == 0 ? 1 : -1;
     json_decref(cfg);
   }
   PQclear(r);
   return rc;
+}
+
+/* Records the device as a candidate of the round's draw. The table is UNLOGGED and the
+ * statement runs on its own: no WAL, no wait for a flush, no lock on the round's row. */
+static int add_candidate(PGconn *c, uint64_t round_id, uint64_t device_id) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, round_id);
+  fl__pgp_u64(&p, device_id);
+  PGresult *r = fl__pg_exec_prep(c, "fl_candidate",
+                                 "INSERT INTO candidates (round_id, device_id) VALUES ($1, $2)"
+                                 " ON CONFLICT DO NOTHING",
+                                 &p, false, NULL);
+  PQclear(r);
+  return r != NULL ? 0 : -1;
 }
 
 /* The inference assignment and evaluation task of a check-in answer (rollouts.c); the
@@ -382,6 +413,49 @@ static void note_running(PGconn *c, uint64_t device_id, const Fl__V1__CheckInReq
                       &p, false, NULL));
 }
 
+/* Whether the device trains in the open round: 1 assigned (task), 0 told to wait (the retry
+ * is in *r), -1 database error. With a selection window, devices that check in before the draw
+ * are candidates told to come back just after it (fl__round_draw assigns the drawn ones);
+ * after the draw, free slots go to whoever checks in. A device that finished a round waits
+ * out a retry window from its acceptance like the devices that were not selected. */
+static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t device_id, fl_resp *r,
+                          const fl_rollout_answer *ra) {
+  int64_t now = fl__now_ms();
+  int64_t t =
+      fl__pace_interval_ms(&o->plan, s->cfg.checkin_interval_ms, fl__rounds_fleet(s->rounds));
+  bool window = o->select_until_ms > 0;
+  if (o->contributed) {
+    int64_t at = window ? retry_at(device_id, o->last_round, o->last_accepted_ms, t) : 0;
+    send_retry(r, at > now ? at : retry_at(device_id, 0, now, t), "already_contributed", ra);
+    return 0;
+  }
+  if (o->assigned)
+    return 1;
+  if (window && o->last_round != 0) {
+    int64_t at = retry_at(device_id, o->last_round, o->last_accepted_ms, t);
+    if (at > now) {
+      send_retry(r, at, "already_contributed", ra);
+      return 0;
+    }
+  }
+  if (window && !o->drawn) {
+    if (add_candidate(c, o->round_id, device_id))
+      return -1;
+    /* Back just after the draw (the ticker's next pass after the window), spread a little so
+     * that the candidates do not all arrive in the same millisecond. */
+    int64_t w = (int64_t)(o->plan.selection_window_s * 1000.0);
+    int64_t spread = w / 4 < 1000 ? w / 4 + 1 : 1000;
+    int64_t from = (o->select_until_ms > now ? o->select_until_ms : now) + s->cfg.tick_ms;
+    send_retry(r, from + (int64_t)(mix64(device_id ^ o->round_id) % (uint64_t)spread),
+               "selection_pending", ra);
+    return 0;
+  }
+  int assigned = fl__round_assign(c, o->round_id, device_id);
+  if (assigned == 0)
+    send_retry(r, retry_at(device_id, 0, now, t), "round_full", ra);
+  return assigned;
+}
+
 static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   PGconn *c;
   Fl__V1__SignedRequest *sr;
@@ -408,20 +482,15 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   if (found < 0)
     goto unavail;
   if (found == 0) {
-    send_retry(r, retry_at(s, sr->device_id, fl__now_ms()), "no_open_round", &ra);
+    send_retry(r, retry_at(sr->device_id, 0, fl__now_ms(), s->cfg.checkin_interval_ms),
+               "no_open_round", &ra);
     goto out;
   }
-  if (o.contributed) {
-    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "already_contributed", &ra);
-    goto out;
-  }
-  int assigned = o.assigned ? 1 : fl__round_assign(c, o.round_id, sr->device_id);
+  int assigned = checkin_decide(s, c, &o, sr->device_id, r, &ra);
   if (assigned < 0 || (assigned > 0 && fl__version_sha(c, o.model_id, o.base_version, sha)))
     goto unavail;
   if (assigned > 0)
     send_task(r, &o, sr->device_id, sha, &ra);
-  else
-    send_retry(r, retry_at(s, sr->device_id, o.deadline_ms), "round_full", &ra);
   goto out;
 unavail:
   unavailable(r);

@@ -226,6 +226,10 @@ static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accep
     fl__resp_dev_error(r, 409, "round_closed", "the round closed before the update committed",
                        0);
     break;
+  case FL_AGG_TARGET_REACHED:
+    fl__resp_dev_error(r, 409, "target_reached",
+                       "the round already has its target count of updates; not aggregated", 0);
+    break;
   case FL_AGG_IN_PROGRESS:
     fl__resp_dev_error(r, 409, "upload_in_progress",
                        "an upload of this device for this round is being committed",
@@ -403,7 +407,7 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   memcpy(up.digest, digest, sizeof digest);
   uint32_t accepted = 0;
   int res = fl__agg_submit(s->agg, &up, &accepted);
-  if (res == FL_AGG_OK || res == FL_AGG_REPLAYED)
+  if (res == FL_AGG_OK || res == FL_AGG_REPLAYED || res == FL_AGG_TARGET_REACHED)
     consume = false; /* recorded in the batch's transaction, or by the request it replays */
   if (res == FL_AGG_REPLAYED)
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);

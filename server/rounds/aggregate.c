@@ -28,6 +28,7 @@ typedef struct waiter {
   int result;
   uint32_t accepted;
   bool done, replayed;
+  bool over; /* past the round's target: refused (FL_AGG_TARGET_REACHED), not folded */
   struct waiter *next;
 } waiter;
 
@@ -241,7 +242,7 @@ static int build_arrays(const batch *b, sbuf arr[5]) {
   const char *sep = "";
   for (const waiter *w = b->waiters; w != NULL && rc == 0; w = w->next) {
     char hex[2 * FL_SHA256_LEN + 1];
-    if (w->replayed)
+    if (w->replayed || w->over)
       continue;
     fl__hex(w->digest, sizeof w->digest, hex);
     rc |= sb_printf(&arr[0], "%s%" PRIu64, sep, w->device_id);
@@ -256,25 +257,54 @@ static int build_arrays(const batch *b, sbuf arr[5]) {
   return rc;
 }
 
-/* Step 1 of the transaction: count the batch into the round if it is still open.
- * Returns 1 when committed-to-open, 0 when the round is no longer open, -1 on error. */
-static int bump_round(PGconn *c, const batch *b, uint32_t *accepted, uint32_t *target) {
+static void refold(batch *b);
+
+/* Step 1 of the transaction: count the batch into the round if it is still open, up to its
+ * target. The row lock (FOR UPDATE, then the UPDATE) makes the check and the count atomic
+ * across replicas' batches: uploads past the target are marked over (the earliest arrivals
+ * are kept), taken out of the sum and refused. Returns 1 when counted (some may be over), 2
+ * when the round is already at its target (all over, nothing to count), 0 when the round is
+ * no longer open, -1 on error. */
+static int bump_round(PGconn *c, batch *b, uint32_t *accepted, uint32_t *target) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, b->round_id);
-  fl__pgp_u64(&p, b->count);
-  PGresult *r = fl__pg_exec_prep(c, "fl_batch_round",
-                                 "UPDATE rounds SET accepted = accepted + $2"
-                                 " WHERE round_id = $1 AND state = 'open'"
-                                 " RETURNING accepted, target",
+  PGresult *r = fl__pg_exec_prep(c, "fl_batch_round_lock",
+                                 "SELECT accepted, target FROM rounds"
+                                 " WHERE round_id = $1 AND state = 'open' FOR UPDATE",
                                  &p, false, NULL);
   if (r == NULL)
     return -1;
-  int rc = PQntuples(r) == 1;
-  if (rc) {
-    *accepted = (uint32_t)fl__pg_u64(r, 0, 0);
-    *target = (uint32_t)fl__pg_u64(r, 0, 1);
+  if (PQntuples(r) != 1) {
+    PQclear(r);
+    return 0;
   }
+  *accepted = (uint32_t)fl__pg_u64(r, 0, 0);
+  *target = (uint32_t)fl__pg_u64(r, 0, 1);
+  PQclear(r);
+  uint32_t room = *accepted < *target ? *target - *accepted : 0;
+  if (b->count > room) {
+    /* Waiters are pushed in front: the last `room` of the list arrived first. */
+    uint32_t i = 0;
+    for (waiter *w = b->waiters; w != NULL; w = w->next)
+      if (!w->replayed)
+        w->over = i++ < b->count - room;
+    refold(b);
+  }
+  if (b->count == 0)
+    return 2;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, b->round_id);
+  fl__pgp_u64(&p, b->count);
+  r = fl__pg_exec_prep(c, "fl_batch_round",
+                       "UPDATE rounds SET accepted = accepted + $2 WHERE round_id = $1"
+                       " RETURNING accepted",
+                       &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  int rc = PQntuples(r) == 1 ? 1 : -1;
+  if (rc == 1)
+    *accepted = (uint32_t)fl__pg_u64(r, 0, 0);
   PQclear(r);
   return rc;
 }
@@ -337,7 +367,7 @@ static void refold(batch *b) {
   b->bytes = 0;
   b->count = 0;
   for (const waiter *w = b->waiters; w != NULL; w = w->next) {
-    if (w->replayed)
+    if (w->replayed || w->over)
       continue;
     for (size_t i = 0; i < w->u->mi->n_tensors; i++)
       fl__tensor_fold(w->u->delta[i], (float)w->samples, b->sum + w->u->mi->tensors[i].offset);
@@ -423,6 +453,12 @@ static int commit_batch(fl_agg *a, batch *b, uint32_t *accepted) {
     result = FL_AGG_ROUND_CLOSED;
   if (rc <= 0)
     goto out;
+  if (rc == 2) {
+    /* Only the nonces to commit: those over the target are recorded like accepted ones. */
+    if (fl__pg_cmd(c, "COMMIT") == 0)
+      result = FL_AGG_TARGET_REACHED;
+    goto out;
+  }
   /* A duplicate means another replica acknowledged one of these devices meanwhile: nothing
    * of this batch is committed and every device retries (the duplicate one then gets its
    * precise answer from the acceptance row). */
@@ -468,7 +504,9 @@ static void *committer(void *arg) {
                result, accepted);
       pthread_mutex_lock(&a->mu);
       for (waiter *w = b->waiters; w != NULL; w = w->next) {
-        w->result = w->replayed ? FL_AGG_REPLAYED : result;
+        w->result = w->replayed                      ? FL_AGG_REPLAYED
+                    : w->over && result == FL_AGG_OK ? FL_AGG_TARGET_REACHED
+                                                     : result;
         w->accepted = accepted;
         w->done = true;
       }

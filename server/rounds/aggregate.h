@@ -35,7 +35,8 @@ enum {
   FL_AGG_IN_PROGRESS = 2,  /* an upload of this device for this round is already pending */
   FL_AGG_RETRY = 3,        /* not committed (database unavailable or a concurrent duplicate) */
   FL_AGG_SHUTDOWN = 4,
-  FL_AGG_REPLAYED = 5 /* the nonce was recorded meanwhile (by another request or replica) */
+  FL_AGG_REPLAYED = 5,      /* the nonce was recorded meanwhile (by another request or replica) */
+  FL_AGG_TARGET_REACHED = 6 /* the round has its target count: not folded (nonce recorded) */
 };
 
 int fl__agg_new(fl_agg **out, fl_srv *s);

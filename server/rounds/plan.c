@@ -23,6 +23,7 @@ static void defaults(fl_plan *p) {
   p->clip_norm = 10.0;
   p->encoding = 1;
   p->topk_fraction = 0.1;
+  p->selection_pool = 3.0;
   fl__opt_defaults(&p->opt, 0);
 }
 
@@ -96,7 +97,32 @@ static int parse_enum(fl_plan *p, const json_t *j, char msg[160]) {
   return 0;
 }
 
+/* Fair selection (rounds.c), apart from NUMS: the fields of one feature in one place. */
+static const num_field SELECTION[] = {
+    {"selection_window_s", 0, 3600, false},
+    {"selection_pool", 1, 100, false},
+};
+
+static int parse_selection(fl_plan *p, const json_t *j, char msg[160]) {
+  for (size_t i = 0; i < sizeof SELECTION / sizeof SELECTION[0]; i++) {
+    const json_t *v = json_object_get(j, SELECTION[i].name);
+    double d = json_number_value(v);
+    if (v == NULL)
+      continue;
+    if (!json_is_number(v) || !isfinite(d) || d < SELECTION[i].lo || d > SELECTION[i].hi) {
+      snprintf(msg, 160, "%s must be a number in [%g, %g]", SELECTION[i].name, SELECTION[i].lo,
+               SELECTION[i].hi);
+      return -1;
+    }
+    *(i == 0 ? &p->selection_window_s : &p->selection_pool) = d;
+  }
+  return 0;
+}
+
 static int known_key(const char *k) {
+  for (size_t i = 0; i < sizeof SELECTION / sizeof SELECTION[0]; i++)
+    if (strcmp(k, SELECTION[i].name) == 0)
+      return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
@@ -121,6 +147,8 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   }
   /* The optimizer first: it sets the defaults that server_lr etc. then override. */
   if (parse_enum(p, j, msg))
+    return -1;
+  if (parse_selection(p, j, msg))
     return -1;
   bool have_min = false;
   for (size_t i = 0; i < N_NUMS; i++) {
@@ -150,7 +178,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   return 0;
 }
 
-json_t *fl__plan_to_json(const fl_plan *p) {
+static json_t *base_json(const fl_plan *p) {
   return json_pack("{s:i, s:i, s:f, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s,"
                    " s:f, s:s, s:f, s:f, s:f, s:f, s:f, s:i}",
                    "participants", (json_int_t)p->participants, "min_participants",
@@ -167,7 +195,23 @@ json_t *fl__plan_to_json(const fl_plan *p) {
                    p->opt.tau, "rounds", (json_int_t)p->rounds);
 }
 
+json_t *fl__plan_to_json(const fl_plan *p) {
+  json_t *j = base_json(p);
+  if (j != NULL &&
+      (json_object_set_new(j, "selection_window_s", json_real(p->selection_window_s)) ||
+       json_object_set_new(j, "selection_pool", json_real(p->selection_pool)))) {
+    json_decref(j);
+    j = NULL;
+  }
+  return j;
+}
+
 uint32_t fl__plan_max_assign(const fl_plan *p) {
   double m = ceil((double)p->participants * p->over_selection - 1e-9);
   return m < p->participants ? p->participants : (uint32_t)m;
+}
+
+uint32_t fl__plan_pool(const fl_plan *p) {
+  double m = ceil((double)fl__plan_max_assign(p) * p->selection_pool - 1e-9);
+  return m > 1e9 ? 1000000000u : (uint32_t)m;
 }

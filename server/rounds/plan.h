@@ -24,6 +24,8 @@ typedef struct fl_plan {
   double topk_fraction;
   fl_opt_params opt;
   uint32_t rounds;            /* 0: continuous */
+  double selection_window_s;  /* fair selection window (rounds.c); 0: first come, first served */
+  double selection_pool;      /* draw early at ceil(max_assign x pool) candidates */
 } fl_plan;
 
 /* Parses and validates; fields not given take their defaults; unknown fields are refused.
@@ -32,6 +34,8 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]);
 /* The complete plan (all fields) as JSON; NULL on allocation failure. */
 json_t *fl__plan_to_json(const fl_plan *p);
 uint32_t fl__plan_max_assign(const fl_plan *p);
+/* Candidates at which a selection window draws early: ceil(max_assign * selection_pool). */
+uint32_t fl__plan_pool(const fl_plan *p);
 const char *fl__encoding_name(int encoding);
 
 #endif

@@ -26,6 +26,19 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
  * 1: assigned (now or before), 0: the round is full or no longer open, -1: database error. */
 int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id);
 
+/* Fair selection: when the round's selection window is over (or its pool of candidates
+ * filled), assigns min(free slots, candidates) of the candidates drawn uniformly with the
+ * CSPRNG, in one transaction under the round's row lock (once across replicas). Called by the
+ * ticker. Returns 0 (including "nothing to do") or -1 on a database error. */
+int fl__round_draw(fl_srv *s, uint64_t round_id);
+/* Active devices as last counted by the ticker (0 before the first count). */
+uint64_t fl__rounds_fleet(fl_rounds *r);
+/* Pace steering: the retry interval T (ms) for devices told to wait, with W the plan's
+ * selection window (or base_ms without one), N the fleet and P = fl__plan_pool:
+ * T = max(W, N * W / (1.5 * P)); retries spread over [t + T, t + 2T), mean 1.5 T, so about P
+ * devices check in per W. Capped at one day. */
+int64_t fl__pace_interval_ms(const fl_plan *p, int64_t base_ms, uint64_t fleet);
+
 /* Closes, abandons or leaves the round as its state demands (close.c). Safe to call from any
  * replica at any time. Returns 0 (including "nothing to do") or -1 on a database error. */
 int fl__round_try_close(fl_srv *s, uint64_t round_id);

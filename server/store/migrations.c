@@ -148,11 +148,25 @@ static const char *const M_ADMIN_TOKENS[] = {
     " applied_at timestamptz NOT NULL DEFAULT now())",
     NULL};
 
+/* Fair selection (rounds.c): a round's selection window and early-draw pool size, the time
+ * of its draw, and the candidates that checked in during the window. Candidates are UNLOGGED:
+ * a check-in told to wait writes no WAL and waits for no flush, and losing them in a crash
+ * costs a round only a smaller pool (the devices check in again). The index finds a device's
+ * latest acceptance (its retry window after a round). */
+static const char *const M_SELECTION[] = {
+    "ALTER TABLE rounds ADD COLUMN select_until timestamptz,"
+    " ADD COLUMN pool int NOT NULL DEFAULT 0, ADD COLUMN drawn_at timestamptz",
+    "CREATE UNLOGGED TABLE candidates ("
+    " round_id bigint NOT NULL, device_id bigint NOT NULL,"
+    " at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (round_id, device_id))",
+    "CREATE INDEX acceptances_device ON acceptances (device_id, accepted_at)", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
     {3, "rollouts", M3},
     {4, "admin token life cycle", M_ADMIN_TOKENS},
+    {5, "fair selection", M_SELECTION},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "rounds/plan.h"
+#include "rounds/rounds.h"
 
 static int parse(const char *text, fl_plan *p, char msg[160]) {
   json_t *j = json_loads(text, 0, NULL);
@@ -62,4 +63,35 @@ Test(plan, stored_form_round_trips) {
   cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
   json_decref(j);
   cr_assert_eq(memcmp(&p, &q, sizeof p), 0);
+}
+
+/* Fair selection fields (docs/API.md 2.1): defaults, bounds, the early-draw pool and the pace
+ * interval T = max(W, N W / (1.5 P)). */
+Test(plan, selection_fields_and_pace) {
+  fl_plan p;
+  char msg[160];
+  cr_assert_eq(parse("{\"participants\":10}", &p, msg), 0);
+  cr_assert_eq(p.selection_window_s, 0);
+  cr_assert_eq(p.selection_pool, 3);
+  cr_assert_eq(fl__plan_pool(&p), 39); /* ceil(13 x 3) */
+  cr_assert_eq(parse("{\"selection_window_s\":-1}", &p, msg), -1);
+  cr_assert(strstr(msg, "selection_window_s") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"selection_window_s\":\"2\"}", &p, msg), -1);
+  cr_assert_eq(parse("{\"selection_pool\":0.5}", &p, msg), -1);
+  cr_assert(strstr(msg, "selection_pool") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"participants\":100,\"over_selection\":1.3,\"selection_window_s\":5,"
+                     "\"selection_pool\":3}",
+                     &p, msg),
+               0);
+  cr_assert_eq(fl__plan_pool(&p), 390);
+  /* 10 000 devices: T = 10000 x 5000 / (1.5 x 390) = 85 470 ms; a small fleet: T = W. */
+  cr_assert_eq(fl__pace_interval_ms(&p, 10000, 10000), 85470);
+  cr_assert_eq(fl__pace_interval_ms(&p, 10000, 50), 5000);
+  /* Without a window the operator's --checkin-interval is W. */
+  p.selection_window_s = 0;
+  cr_assert_eq(fl__pace_interval_ms(&p, 10000, 100), 10000);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_not_null(j);
+  cr_assert_float_eq(json_real_value(json_object_get(j, "selection_pool")), 3.0, 1e-12);
+  json_decref(j);
 }
