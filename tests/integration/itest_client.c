@@ -119,6 +119,7 @@ static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
   cr_assert_not_null(mkdtemp(d->dir));
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d->dir,
                       .request_timeout_ms = 20000,
                       .backoff_base_ms = 50,
@@ -306,6 +307,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   fl_client_free(d[0].c);
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d[0].dir,
                       .model_id = model_id};
   cr_assert_eq(fl_client_new(&d[0].c, &o), FL_OK);
@@ -397,6 +399,7 @@ Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .f
   cr_assert_not_null(mkdtemp(d.dir));
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d.dir,
                       .request_timeout_ms = 20000,
                       .backoff_base_ms = 50,
