@@ -110,6 +110,10 @@ static void checkin(coord *k) {
   t.clip_norm = 10;
   t.encoding = k->encoding;
   t.topk_fraction = 0.1f;
+  uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN]; /* signed as the coordinator signs it */
+  fl__task_digest(1, &t, d);
+  fl__sign(k->key, d, sizeof d, sig);
+  t.signature = (ProtobufCBinaryData){FL_SIG_LEN, sig};
   r.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK;
   r.task = &t;
   answer(k, &r.base);

@@ -28,6 +28,14 @@
 #define FL__RESPONSE_MAX ((size_t)1 << 30)
 /* Largest size an output struct may claim: beyond it the size field is taken for garbage. */
 #define FL__OUT_SIZE_MAX ((size_t)4096)
+/* Bounds on what a check-in answer may ask of the device (fl/client.h, docs/API.md 1.4): a task
+ * with more local epochs is refused (the coordinator's plans allow at most this many), a
+ * larger batch is trained as batches of this size (the buffers it needs are the only thing a
+ * batch size changes on the device), and no wait the coordinator names (retry window, retry
+ * hint) is longer than a day. */
+#define FL__TASK_MAX_EPOCHS 1000u
+#define FL__TASK_MAX_BATCH 65536u
+#define FL__WAIT_MAX_MS INT64_C(86400000)
 
 /* A model version that passed verification, with the fl_model built from it. */
 typedef struct fl__loaded_model {
@@ -109,13 +117,14 @@ struct fl_client {
   size_t max_response_bytes;
 
   fl_transport tr;
-  bool tr_busy;  /* begin() called, end() not yet */
+  bool tr_busy; /* begin() called, end() not yet */
 
   fl_key *key;
   uint64_t device_id; /* 0: not enrolled */
   uint8_t coord_pub[FL_PUBKEY_LEN];
   bool have_coord_pub;
   bool coord_from_opts;
+  bool insecure_http;      /* the built-in transport on an http:// URL (allow_insecure_http) */
   int64_t clock_offset_ms; /* server time - local time, learned at check-in */
 
   fl__data_slot data; /* training data */

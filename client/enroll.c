@@ -1,7 +1,10 @@
 /*
  * Enrollment: a device proves possession of a one-time token and registers its public key; the
  * coordinator answers with the device id and its own public key, which is pinned from then on
- * (models are verified against it). The device key is created before the first attempt and
+ * (models and tasks are verified against it). The answer itself is not signed: it is only as
+ * trustworthy as the channel, so enrollment needs TLS or a provisioned coordinator_key (which
+ * the answer must match); plain http is the embedder's explicit choice (allow_insecure_http).
+ * The device key is created before the first attempt and
  * kept if enrollment fails, so a retry presents the same key.
  */
 #include <string.h>
@@ -82,6 +85,10 @@ static int accept_answer(fl_client *c, const fl_http_response *resp) {
   err = fl__state_save_identity(c, r->device_id, r->coordinator_public_key.data);
   if (err == FL_OK)
     fl__log(&c->log, FL_LOG_INFO, "enrolled as device %llu", (unsigned long long)r->device_id);
+  if (err == FL_OK && c->insecure_http && !c->coord_from_opts)
+    fl__log(&c->log, FL_LOG_WARN,
+            "enrolled over plain http without a provisioned coordinator key: the key now pinned "
+            "is whatever the network answered");
 out_free:
   fl__v1__enroll_response__free_unpacked(r, &ar.pa);
   return err;

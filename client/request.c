@@ -19,9 +19,6 @@
 /* A retry hint larger than this is a Unix time in ms, smaller a delay (the proto leaves it
  * open for fl.v1.Error; RetryWindow always uses Unix time). */
 #define UNIX_MS_FLOOR INT64_C(1000000000000)
-/* The longest wait a coordinator's hint can impose, as for a Retry-After header: a hint of
- * years (a bug, or a forged answer on a plain-HTTP link) must not park the device forever. */
-#define HINT_MAX_MS INT64_C(86400000)
 
 ProtobufCMessage *fl__answer_unpack(fl_client *c, fl__answer_arena *ar,
                                     const ProtobufCMessageDescriptor *desc,
@@ -186,6 +183,33 @@ static int map_status(int status, const char *reason, bool *transient) {
   }
 }
 
+/* The coordinator's words go into fl_client_errmsg() and the log, which an embedder may print
+ * on a terminal or write line by line: control characters (C0, DEL, and C1 as UTF-8 encodes
+ * it, C2 80..9F: an escape sequence, a newline that forges a log line) are shown byte by byte
+ * as \xNN, and a backslash as \\ so that an escape cannot be faked either. Cut to fit
+ * out[cap], never inside an escape. */
+static void escape_text(const char *in, char *out, size_t cap) {
+  size_t n = 0;
+  bool c1 = false; /* the byte is the second of a UTF-8 C1 control */
+  for (const unsigned char *p = (const unsigned char *)in; *p != '\0'; p++) {
+    char esc[5];
+    int k;
+    bool ctl = *p < 0x20 || *p == 0x7f || c1 || (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f);
+    c1 = *p == 0xc2 && ctl && !c1;
+    if (ctl)
+      k = snprintf(esc, sizeof esc, "\\x%02x", *p);
+    else if (*p == '\\')
+      k = snprintf(esc, sizeof esc, "\\\\");
+    else
+      k = snprintf(esc, sizeof esc, "%c", *p);
+    if (n + (size_t)k >= cap)
+      break;
+    memcpy(out + n, esc, (size_t)k);
+    n += (size_t)k;
+  }
+  out[n] = '\0';
+}
+
 int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
                        int64_t *retry_after_ms) {
   ProtobufCAllocator pa;
@@ -202,11 +226,16 @@ int fl__response_error(fl_client *c, const fl_http_response *r, bool *transient,
     hint = fl__sub_sat(hint, fl__client_time_ms(c));
   if (hint < r->retry_after_ms)
     hint = r->retry_after_ms;
-  if (hint > HINT_MAX_MS)
-    hint = HINT_MAX_MS;
+  /* As for a Retry-After header: a hint of years (a bug, or a forged answer on a plain-HTTP
+   * link) must not park the device forever. */
+  if (hint > FL__WAIT_MAX_MS)
+    hint = FL__WAIT_MAX_MS;
   *retry_after_ms = hint > 0 ? hint : 0;
-  fl__client_err(c, "%s %s: HTTP %d %s%s%s", c->req_method, c->req_path, r->status, reason,
-                 msg[0] != '\0' ? ": " : "", msg);
+  char reason_esc[64], msg_esc[FL__ERRMSG_MAX];
+  escape_text(reason, reason_esc, sizeof reason_esc);
+  escape_text(msg, msg_esc, sizeof msg_esc);
+  fl__client_err(c, "%s %s: HTTP %d %s%s%s", c->req_method, c->req_path, r->status, reason_esc,
+                 msg_esc[0] != '\0' ? ": " : "", msg_esc);
   if (e != NULL)
     fl__v1__error__free_unpacked(e, &pa);
   return err;

@@ -22,6 +22,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "client_internal.h"
+#include "digest.h"
 
 void fl__round_reset(fl_client *c) {
   fl__exchange_end(c);
@@ -178,6 +179,8 @@ static void copy_task(fl_client *c, const Fl__V1__TrainTask *t) {
   const Fl__V1__Hyperparameters *h = t->hyperparameters;
   k->local_epochs = h != NULL && h->local_epochs > 0 ? h->local_epochs : 1;
   k->batch_size = h != NULL && h->batch_size > 0 ? h->batch_size : 32;
+  if (k->batch_size > FL__TASK_MAX_BATCH)
+    k->batch_size = FL__TASK_MAX_BATCH; /* the same examples, in smaller steps */
   k->learning_rate = h != NULL && h->learning_rate > 0 ? h->learning_rate : 0.01f;
   k->momentum = h != NULL ? h->momentum : 0;
   k->weight_decay = h != NULL ? h->weight_decay : 0;
@@ -205,6 +208,43 @@ static void note_rollout(fl_client *c, const Fl__V1__RolloutAssignment *r) {
   c->want_rollout = true;
 }
 
+/* A task is the coordinator's only if its signature verifies with the pinned key, for this
+ * device (docs/SIGNING.md, "Task digest"): otherwise anyone on the path could set the sizes
+ * the device allocates and trains for, or the hyperparameters of its update. What it may ask
+ * is bounded even then, before anything is allocated for it. */
+static int check_task(fl_client *c, const Fl__V1__TrainTask *t) {
+  if (t->base_sha256.len != FL_SHA256_LEN || t->round_id == 0) {
+    fl__client_err(c, "check-in task lacks the round or the base model hash");
+    return FL_E_PARSE;
+  }
+  uint8_t d[FL_SHA256_LEN];
+  int err = fl__task_digest(c->device_id, t, d);
+  if (err != FL_OK)
+    return err;
+  if (!c->have_coord_pub ||
+      fl__verify_raw(c->coord_pub, d, sizeof d, t->signature.data, t->signature.len) != FL_OK) {
+    fl__client_err(c,
+                   "check-in task of round %" PRIu64 " refused: %s with the pinned coordinator key",
+                   t->round_id, t->signature.len == 0 ? "it is unsigned" : "its signature fails");
+    return FL_E_BADSIG;
+  }
+  const Fl__V1__Hyperparameters *h = t->hyperparameters;
+  if (h != NULL && h->local_epochs > FL__TASK_MAX_EPOCHS) {
+    fl__client_err(c, "check-in task asks for %" PRIu32 " local epochs (at most %u): refused",
+                   h->local_epochs, FL__TASK_MAX_EPOCHS);
+    return FL_E_TOOBIG;
+  }
+  return FL_OK;
+}
+
+/* RetryWindow.retry_after_ms (coordinator's Unix ms) as a local time, at most a day away: a
+ * window of years would park the gateway for ever. */
+static int64_t retry_at(const fl_client *c, int64_t at_ms) {
+  int64_t local = fl__sub_sat(at_ms, c->clock_offset_ms);
+  int64_t latest = fl__add_sat(fl__client_now_ms(), FL__WAIT_MAX_MS);
+  return local < latest ? local : latest;
+}
+
 static int on_checkin(fl_client *c, const fl_http_response *resp) {
   fl__answer_arena ar;
   Fl__V1__CheckInResponse *r = (Fl__V1__CheckInResponse *)fl__answer_unpack(
@@ -218,15 +258,12 @@ static int on_checkin(fl_client *c, const fl_http_response *resp) {
   note_rollout(c, r->rollout);
   fl__eval_note(c, r->eval);
   if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK) {
-    if (r->task->base_sha256.len != FL_SHA256_LEN || r->task->round_id == 0) {
-      fl__client_err(c, "check-in task lacks the round or the base model hash");
-      err = FL_E_PARSE;
-    } else {
+    err = check_task(c, r->task);
+    if (err == FL_OK)
       copy_task(c, r->task);
-    }
   } else if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY &&
              r->retry->retry_after_ms > 0) {
-    c->result.retry_at_ms = fl__sub_sat(r->retry->retry_after_ms, c->clock_offset_ms);
+    c->result.retry_at_ms = retry_at(c, r->retry->retry_after_ms);
   }
   fl__v1__check_in_response__free_unpacked(r, &ar.pa);
   return err;

@@ -160,15 +160,22 @@ static void bufs_free(const fl_allocator *a, train_bufs *b) {
 
 /* Buffers for one batch; targets only when a regression model's output differs from its
  * input (an autoencoder's targets are its inputs). */
-static int bufs_alloc(fl_client *c, fl_model *m, train_bufs *b) {
-  size_t bs = c->task.batch_size, in = fl__model_input_size(m), out = fl__model_output_size(m);
+static int bufs_alloc(fl_client *c, fl_model *m, size_t bs, train_bufs *b) {
+  size_t in = fl__model_input_size(m), out = fl__model_output_size(m), nx, nt;
   bool ce = fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE;
   memset(b, 0, sizeof *b);
-  b->x = fl__calloc(c->alloc, bs * in, sizeof *b->x);
+  /* The batch size comes from the coordinator and the sizes from its model: checked products,
+   * or a wrapped one would allocate a small buffer that next() then overruns. */
+  if (__builtin_mul_overflow(bs, in, &nx) || __builtin_mul_overflow(bs, out, &nt)) {
+    fl__client_err(c, "batches of %zu examples of %zu values do not fit in memory", bs,
+                   in > out ? in : out);
+    return FL_E_TOOBIG;
+  }
+  b->x = fl__calloc(c->alloc, nx, sizeof *b->x);
   if (ce)
     b->labels = fl__calloc(c->alloc, bs, sizeof *b->labels);
   else if (out != in)
-    b->targets = fl__calloc(c->alloc, bs * out, sizeof *b->targets);
+    b->targets = fl__calloc(c->alloc, nt, sizeof *b->targets);
   if (c->task.momentum > 0)
     b->velocity = fl__calloc(c->alloc, fl__model_num_params(m), sizeof *b->velocity);
   if (b->x == NULL || (ce && b->labels == NULL) || (!ce && out != in && b->targets == NULL) ||
@@ -187,10 +194,9 @@ static int check_labels(const int32_t *labels, size_t n, size_t classes) {
 }
 
 /* One epoch over the data source; adds to *loss_sum (loss x examples) and *count. */
-static int run_epoch(fl_client *c, fl_model *m, train_bufs *b, const fl_sgd *opt, uint64_t seed,
-                     double *loss_sum, uint64_t *count) {
+static int run_epoch(fl_client *c, fl_model *m, train_bufs *b, size_t bs, const fl_sgd *opt,
+                     uint64_t seed, double *loss_sum, uint64_t *count) {
   const fl_data_source *s = &c->data.src;
-  size_t bs = c->task.batch_size;
   int err = s->reset != NULL ? s->reset(s->ctx, seed) : FL_OK;
   while (err == FL_OK) {
     size_t n = 0;
@@ -224,8 +230,13 @@ static int train_builtin(fl_client *c, fl_model *m, const float *anchor, uint64_
                    fl__model_input_size(m));
     return FL_E_SHAPE;
   }
+  /* A batch larger than an epoch is the epoch: buffers for more examples than the source
+   * has would only take memory. */
+  size_t bs = c->task.batch_size;
+  if (c->data.src.n_examples > 0 && c->data.src.n_examples < bs)
+    bs = c->data.src.n_examples;
   train_bufs b;
-  int err = bufs_alloc(c, m, &b);
+  int err = bufs_alloc(c, m, bs, &b);
   if (err != FL_OK)
     return err;
   const fl__task *t = &c->task;
@@ -238,7 +249,7 @@ static int train_builtin(fl_client *c, fl_model *m, const float *anchor, uint64_
   double loss_sum = 0;
   uint64_t count = 0;
   for (uint32_t e = 0; e < t->local_epochs && err == FL_OK; e++)
-    err = run_epoch(c, m, &b, &opt, t->seed + e, &loss_sum, &count);
+    err = run_epoch(c, m, &b, bs, &opt, t->seed + e, &loss_sum, &count);
   bufs_free(c->alloc, &b);
   if (err != FL_OK)
     return err;

@@ -274,12 +274,32 @@ static void set_fixed_options(curl_tr *t, const fl_client_opts *o) {
                    o->request_timeout_ms > 0 ? o->request_timeout_ms : 60000L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, o->allow_insecure_http ? "http,https" : "https");
   curl_easy_setopt(e, CURLOPT_USERAGENT, "libflclient");
   if (o->ca_file != NULL)
     curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
   if (o->pinned_pubkey != NULL)
     curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, o->pinned_pubkey);
+}
+
+/* https://, or http:// when the embedder opted in; nothing else (libcurl would guess http
+ * for a URL without a scheme). */
+static int check_scheme(const fl_client_opts *o) {
+  const char *u = o->server_url;
+  if (strncasecmp(u, "https://", 8) == 0)
+    return FL_OK;
+  if (strncasecmp(u, "http://", 7) == 0) {
+    if (o->allow_insecure_http)
+      return FL_OK;
+    fl__opts_log(o,
+                 "fl_transport_curl: %s is plain http, which lets anyone on the path enroll the "
+                 "device under their own coordinator key: use https:// (allow_insecure_http "
+                 "opts in, e.g. for a coordinator on loopback)",
+                 u);
+    return FL_E_INVAL;
+  }
+  fl__opts_log(o, "fl_transport_curl: server_url %s does not start with https://", u);
+  return FL_E_INVAL;
 }
 
 fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
@@ -294,6 +314,9 @@ fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
     fl__opts_log(o, "fl_transport_curl: server_url is required");
     return FL_E_INVAL;
   }
+  err = check_scheme(o);
+  if (err != FL_OK)
+    return err;
   const fl_allocator *a = o->allocator;
   curl_tr *t = fl__calloc(a, 1, sizeof *t);
   if (t == NULL)

@@ -1,5 +1,5 @@
 /*
- * Canonical digests of requests, updates and model versions (docs/SIGNING.md).
+ * Canonical digests of requests, updates, model versions and training tasks (docs/SIGNING.md).
  *
  * Nothing here depends on protobuf's serialisation: two encoders may order or pack fields
  * differently, so signatures are over these fixed layouts, rebuilt by the receiver from the
@@ -15,6 +15,7 @@ static const char tag_request[] = "fl.v1.request"; /* hashed with its NUL */
 static const char tag_update[] = "fl.v1.update";
 static const char tag_upload[] = "fl.v1.upload";
 static const char tag_model[] = "fl.v1.model";
+static const char tag_task[] = "fl.v1.task";
 
 /* Floats as their bit patterns: two NaNs are different messages. */
 static uint32_t f32_bits(float f) {
@@ -23,10 +24,10 @@ static uint32_t f32_bits(float f) {
   return u;
 }
 
-/* A protobuf float field (loss, norm, scale): proto3 omits a field equal to zero, and -0.0 is
- * equal to zero, so a receiver parses 0.0 where the sender had -0.0. Hashing -0.0 as 0.0 on
- * both sides keeps such a message verifiable (docs/SIGNING.md). Parameters travel as bytes and
- * keep their bits. */
+/* A protobuf float field (loss, norm, scale, the task's hyperparameters): proto3 omits a field
+ * equal to zero, and -0.0 is equal to zero, so a receiver parses 0.0 where the sender had -0.0.
+ * Hashing -0.0 as 0.0 on both sides keeps such a message verifiable (docs/SIGNING.md). Parameters
+ * travel as bytes and keep their bits. */
 static uint32_t f32_field(float f) {
   return f == 0.0f ? 0 : f32_bits(f);
 }
@@ -114,6 +115,36 @@ int fl__update_digest(uint64_t device_id, int64_t timestamp_ms, const uint8_t *n
   if (content != NULL)
     memcpy(content, c, sizeof c);
   return fl__upload_digest(c, timestamp_ms, nonce, nonce_len, out);
+}
+
+int fl__task_digest(uint64_t device_id, const Fl__V1__TrainTask *t, uint8_t out[FL_SHA256_LEN]) {
+  if (t == NULL || (t->base_sha256.data == NULL && t->base_sha256.len > 0))
+    return FL_E_INVAL;
+  static const Fl__V1__Hyperparameters none = FL__V1__HYPERPARAMETERS__INIT;
+  const Fl__V1__Hyperparameters *h = t->hyperparameters != NULL ? t->hyperparameters : &none;
+  fl_sha256 s;
+  int err = fl__sha256_begin(&s);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&s, tag_task, sizeof tag_task);
+  fl__sha256_u64(&s, device_id);
+  fl__sha256_u64(&s, t->round_id);
+  fl__sha256_u64(&s, t->model_id);
+  fl__sha256_u64(&s, t->base_version);
+  fl__sha256_bytes(&s, t->base_sha256.data, t->base_sha256.len);
+  fl__sha256_u32(&s, h->local_epochs);
+  fl__sha256_u32(&s, h->batch_size);
+  fl__sha256_u32(&s, f32_field(h->learning_rate));
+  fl__sha256_u32(&s, f32_field(h->momentum));
+  fl__sha256_u32(&s, f32_field(h->weight_decay));
+  fl__sha256_u32(&s, f32_field(h->prox_mu));
+  fl__sha256_u32(&s, f32_field(t->clip_norm));
+  fl__sha256_u32(&s, f32_field(t->noise_stddev));
+  fl__sha256_u32(&s, (uint32_t)t->encoding);
+  fl__sha256_u32(&s, f32_field(t->topk_fraction));
+  fl__sha256_u64(&s, (uint64_t)t->deadline_ms);
+  fl__sha256_u64(&s, t->seed);
+  return fl__sha256_end(&s, out);
 }
 
 static void hash_spec(fl_sha256 *h, const fl_model_spec *spec) {

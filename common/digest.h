@@ -50,6 +50,15 @@ int fl__update_digest(uint64_t device_id, int64_t timestamp_ms, const uint8_t *n
                       size_t nonce_len, const Fl__V1__UpdateUpload *u,
                       uint8_t content[FL_SHA256_LEN], uint8_t out[FL_SHA256_LEN]);
 
+/* Task digest, signed by the coordinator into TrainTask.signature: "fl.v1.task\0" | device_id |
+ * round_id | model_id | base_version (u64 each) | base_sha256 (length-prefixed) |
+ * local_epochs, batch_size (u32) | learning_rate, momentum, weight_decay, prox_mu (f32 bits;
+ * all six zero when hyperparameters is absent) | clip_norm, noise_stddev (f32) | encoding u32 |
+ * topk_fraction f32 | deadline_ms i64 | seed u64. Floats: -0.0 hashed as 0.0. device_id is the
+ * device the task was assigned to (a task copied to another device does not verify). The
+ * signature field is not part of it. */
+int fl__task_digest(uint64_t device_id, const Fl__V1__TrainTask *t, uint8_t out[FL_SHA256_LEN]);
+
 /* "fl.v1.model\0" | model_id | version | parent_version (u64 each) | spec: input_ndim u32,
  * input_shape u32 x input_ndim, n_layers u32, per layer: type, units, out_channels, kernel,
  * stride, padding (u32 each, as stored, unused ones included), loss u32 | n_params u64 |

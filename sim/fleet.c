@@ -304,6 +304,9 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
     return FL_E_NOMEM;
   fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION,
                        .server_url = f->o.url,
+                       /* a simulator, not a device: it runs against test coordinators,
+                        * usually on loopback over plain http */
+                       .allow_insecure_http = 1,
                        .state_dir = dir,
                        .max_retries = 4,
                        .backoff_base_ms = 50,

@@ -5,8 +5,12 @@
  * CSV of sensor readings and uploads the update, and classifies the latest readings with the
  * model the coordinator rolled out (or, without rollouts, the newest one it trained on).
  *
- *   fl-gateway -s http://coord:8080 -d /var/lib/fl -t TOKEN -c readings.csv -l 0 \
+ *   fl-gateway -s https://coord:8443 -d /var/lib/fl -t TOKEN -c readings.csv -l 0 \
  *              -p latest.csv -m 15
+ *
+ * A plain http:// URL is refused unless -I is given (allow_insecure_http): over plain HTTP
+ * whoever is on the path at enrollment chooses the coordinator key the gateway pins. -I is for
+ * a coordinator on loopback (tests).
  *
  * readings.csv: one reading per line, the label in column -l (-1: none, for an autoencoder);
  * latest.csv: features only.
@@ -138,7 +142,7 @@ int main(int argc, char **argv) {
                       .follow_training_base = 1};
   const char *token = NULL, *csv = NULL, *latest = NULL;
   int label_col = 0, minutes = 15, rounds = 0, opt;
-  while ((opt = getopt(argc, argv, "s:d:t:c:l:p:m:n:a:")) != -1) {
+  while ((opt = getopt(argc, argv, "s:d:t:c:l:p:m:n:a:I")) != -1) {
     switch (opt) {
       case 's':
         o.server_url = optarg;
@@ -169,6 +173,9 @@ int main(int argc, char **argv) {
         break;
       case 'a':
         o.ca_file = optarg;
+        break;
+      case 'I':
+        o.allow_insecure_http = 1;
         break;
       default:
         goto usage;
@@ -208,7 +215,8 @@ int main(int argc, char **argv) {
 usage:
   fprintf(stderr,
           "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"
-          "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE]\n",
+          "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE] [-I]\n"
+          "  -I: accept a plain http:// URL (no server authentication; loopback tests)\n",
           argv[0]);
   return 2;
 }

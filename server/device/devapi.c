@@ -357,7 +357,7 @@ static void add_rollout(Fl__V1__CheckInResponse *resp, const fl_rollout_answer *
   }
 }
 
-static void send_task(fl_resp *r, const open_round *o, uint64_t device_id,
+static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t device_id,
                       const uint8_t sha[FL_SHA256_LEN], const fl_rollout_answer *ra) {
   Fl__V1__CheckInResponse resp = FL__V1__CHECK_IN_RESPONSE__INIT;
   rollout_msgs rm;
@@ -381,6 +381,14 @@ static void send_task(fl_resp *r, const open_round *o, uint64_t device_id,
   t.topk_fraction = (float)o->plan.topk_fraction;
   t.deadline_ms = o->deadline_ms;
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
+  /* Signed for this device: the sizes and the base it names reach the device unchanged
+   * (docs/SIGNING.md, "Task digest"). */
+  uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  if (fl__task_digest(device_id, &t, d) != FL_OK || fl__sign(s->key, d, sizeof d, sig) != FL_OK) {
+    unavailable(r);
+    return;
+  }
+  t.signature = (ProtobufCBinaryData){FL_SIG_LEN, sig};
   resp.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK;
   resp.task = &t;
   resp.server_time_ms = fl__now_ms();
@@ -490,7 +498,7 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   if (assigned < 0 || (assigned > 0 && fl__version_sha(c, o.model_id, o.base_version, sha)))
     goto unavail;
   if (assigned > 0)
-    send_task(r, &o, sr->device_id, sha, &ra);
+    send_task(s, r, &o, sr->device_id, sha, &ra);
   goto out;
 unavail:
   unavailable(r);

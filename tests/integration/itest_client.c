@@ -2,8 +2,9 @@
  * libflclient against a real fl-coordinator and PostgreSQL (run under pg_virtualenv):
  * enrollment, several training rounds, predictions from the served version checked against an
  * independent forward pass, a tampered download refused while the previous model stays in use,
- * one round of several clients driven by fl_multi on one thread, and max_response_bytes
- * enforced by the built-in transport.
+ * one round of several clients driven by fl_multi on one thread, max_response_bytes
+ * enforced by the built-in transport, and the coordinator's signed tasks (a task changed on the
+ * way is refused).
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -47,14 +48,19 @@ static void make_data(int dev) {
   }
 }
 
-/* ---- a transport wrapper that tampers with model downloads ------------------------------- */
+/* ---- a transport wrapper that tampers with model downloads or tasks ---------------------- */
 
-typedef enum tamper_mode { TAMPER_OFF = 0, TAMPER_WEIGHT, TAMPER_SIGNATURE } tamper_mode;
+typedef enum tamper_mode {
+  TAMPER_OFF = 0,
+  TAMPER_WEIGHT,
+  TAMPER_SIGNATURE,
+  TAMPER_TASK
+} tamper_mode;
 
 typedef struct tamper {
   fl_transport inner;
   tamper_mode mode;
-  bool get;
+  bool get, checkin;
   int flips;
   uint8_t *copy;
 } tamper;
@@ -62,6 +68,7 @@ typedef struct tamper {
 static fl_err tp_begin(void *ctx, const fl_http_request *req) {
   tamper *t = ctx;
   t->get = strcmp(req->method, "GET") == 0;
+  t->checkin = strcmp(req->path, "/v1/checkin") == 0;
   return t->inner.begin(t->inner.ctx, req);
 }
 
@@ -82,10 +89,30 @@ static void tamper_body(tamper *t, fl_http_response *resp) {
   t->flips++;
 }
 
+/* A man in the middle of a check-in: one more local epoch than the coordinator signed. */
+static void tamper_task(tamper *t, fl_http_response *resp) {
+  Fl__V1__CheckInResponse *r = fl__v1__check_in_response__unpack(NULL, resp->body_len, resp->body);
+  cr_assert_not_null(r);
+  if (r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK) {
+    cr_assert_eq(r->task->signature.len, FL_SIG_LEN, "the coordinator signs its tasks");
+    r->task->hyperparameters->local_epochs++;
+    free(t->copy);
+    t->copy = malloc(fl__v1__check_in_response__get_packed_size(r));
+    resp->body_len = fl__v1__check_in_response__pack(r, t->copy);
+    resp->body = t->copy;
+    t->flips++;
+  }
+  fl__v1__check_in_response__free_unpacked(r, NULL);
+}
+
 static fl_err tp_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   tamper *t = ctx;
   int err = t->inner.poll(t->inner.ctx, timeout_ms, resp);
-  if (err == FL_OK && t->mode != TAMPER_OFF && t->get && resp->status == 200)
+  if (err != FL_OK || resp->status != 200)
+    return err;
+  if (t->mode == TAMPER_TASK && t->checkin)
+    tamper_task(t, resp);
+  else if (t->mode != TAMPER_OFF && t->mode != TAMPER_TASK && t->get)
     tamper_body(t, resp);
   return err;
 }
@@ -119,6 +146,7 @@ static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
   cr_assert_not_null(mkdtemp(d->dir));
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d->dir,
                       .request_timeout_ms = 20000,
                       .backoff_base_ms = 50,
@@ -306,6 +334,7 @@ Test(client, enroll_rounds_predict_and_refuse_tampered_model, .init = setup, .fi
   fl_client_free(d[0].c);
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d[0].dir,
                       .model_id = model_id};
   cr_assert_eq(fl_client_new(&d[0].c, &o), FL_OK);
@@ -397,6 +426,7 @@ Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .f
   cr_assert_not_null(mkdtemp(d.dir));
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
+                      .allow_insecure_http = 1, /* the coordinator is on loopback */
                       .state_dir = d.dir,
                       .request_timeout_ms = 20000,
                       .backoff_base_ms = 50,
@@ -424,5 +454,43 @@ Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .f
   cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
   cr_assert_eq(round_until_selected(d.c, &r), FL_OK, "%s", fl_client_errmsg(d.c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  dev_close(&d);
+}
+
+/* The real coordinator's task reaches the client signed; changed on the way, it is refused
+ * before anything is downloaded or trained, and the same device takes part once the link is
+ * honest again. */
+Test(client, a_task_changed_on_the_way_is_refused, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "client-task-sig", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"min_participants\":1,"
+                                   "\"over_selection\":1.0,\"deadline_s\":600,"
+                                   "\"local_epochs\":2,\"batch_size\":8}",
+                                   &model_id, &round_id),
+               0);
+  json_t *tok = tokens(1);
+  static tamper tp;
+  memset(&tp, 0, sizeof tp);
+  tp.mode = TAMPER_TASK;
+  dev d;
+  dev_open(&d, model_id, &tp);
+  cr_assert_eq(fl_client_enroll(d.c, token_at(tok, 0), NULL, 0, NULL), FL_OK, "%s",
+               fl_client_errmsg(d.c));
+  json_decref(tok);
+  make_data(0);
+  cr_assert_eq(fl_client_set_data_memory(d.c, g_x[0], g_y[0], NEX, NFEAT), FL_OK);
+  fl_round_result r = {.size = sizeof r};
+  fl_err err = round_until_selected(d.c, &r);
+  cr_assert_eq(err, FL_E_BADSIG, "%s: %s", fl_strerror(err), fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_FAILED);
+  cr_assert_eq(tp.flips, 1);
+  cr_assert(strstr(fl_client_errmsg(d.c), "signature") != NULL, "%s", fl_client_errmsg(d.c));
+  cr_assert_eq(served_version(d.c), 0, "nothing was downloaded");
+
+  tp.mode = TAMPER_OFF;
+  cr_assert_eq(round_until_selected(d.c, &r), FL_OK, "%s", fl_client_errmsg(d.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert_eq(r.round_id, round_id);
   dev_close(&d);
 }

@@ -65,12 +65,13 @@ static const char *slurp(const char *name) {
   return buf;
 }
 
-/* Runs fl-gateway -s URL -d g_dir/state -n 1 -m 0 plus `args`; returns its exit status,
- * stdout and stderr in g_dir/out and g_dir/err. */
+/* Runs fl-gateway -s URL -I -d g_dir/state -n 1 -m 0 plus `args` (-I: the coordinator is on
+ * loopback, plain http); returns its exit status, stdout and stderr in g_dir/out and
+ * g_dir/err. */
 static int gateway(const char *args) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd,
-           "'%s' -s '%s' -d '%s/state' -n 1 -m 0 %s >'%s/out' 2>'%s/err' </dev/null",
+           "'%s' -s '%s' -I -d '%s/state' -n 1 -m 0 %s >'%s/out' 2>'%s/err' </dev/null",
            FL_GATEWAY_BIN, g_coord.url, g_dir, args, g_dir, g_dir);
   int st = system(cmd);
   cr_assert(WIFEXITED(st), "fl-gateway did not exit normally (status %d): %s", st, slurp("err"));

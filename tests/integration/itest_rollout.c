@@ -205,6 +205,7 @@ static void open_fleet(uint64_t model_id) {
     cr_assert_not_null(mkdtemp(d->dir));
     fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                         .server_url = g_coord.url,
+                        .allow_insecure_http = 1, /* the coordinator is on loopback */
                         .state_dir = d->dir,
                         .request_timeout_ms = 30000,
                         .backoff_base_ms = 50,

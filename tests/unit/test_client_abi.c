@@ -14,6 +14,11 @@
   ((FIELD_END(fl_client_opts, follow_training_base) + _Alignof(fl_client_opts) - 1) & \
    ~(_Alignof(fl_client_opts) - 1))
 
+/* The same for version 2: up to max_response_bytes. */
+#define OPTS_V2_SIZE                                                                \
+  ((FIELD_END(fl_client_opts, max_response_bytes) + _Alignof(fl_client_opts) - 1) & \
+   ~(_Alignof(fl_client_opts) - 1))
+
 /* `size` bytes right before a PROT_NONE page. */
 typedef struct guarded {
   uint8_t *map;
@@ -67,10 +72,38 @@ Test(client_abi, options_of_version_1_are_read_without_touching_later_fields) {
 
   /* The built-in transport reads the options the same way. */
   fl_transport tr;
-  v1->server_url = "http://127.0.0.1:9";
+  v1->server_url = "https://127.0.0.1:9";
   cr_assert_eq(fl_transport_curl(&tr, v1), FL_OK);
   tr.destroy(tr.ctx);
   unguard(&g);
+}
+
+/* Version 2 has no allow_insecure_http: such a program gets https only, and the library does
+ * not read past its struct to find out. */
+Test(client_abi, options_of_version_2_are_read_without_touching_allow_insecure_http) {
+  char dir[64];
+  fake_tmpdir(dir, sizeof dir);
+  guarded g;
+  cr_assert_lt(OPTS_V2_SIZE, sizeof(fl_client_opts));
+  fl_client_opts *v2 = guard(&g, OPTS_V2_SIZE);
+  memset(v2, 0, OPTS_V2_SIZE);
+  v2->version = 2;
+  v2->state_dir = dir;
+  v2->server_url = "http://127.0.0.1:9";
+  v2->log_fn = keep_log;
+  fl_client *c = NULL;
+  g_log[0] = '\0';
+  cr_assert_eq(fl_client_new(&c, v2), FL_E_INVAL);
+  cr_assert(strstr(g_log, "plain http") != NULL, "log says \"%s\"", g_log);
+  fl_transport tr;
+  cr_assert_eq(fl_transport_curl(&tr, v2), FL_E_INVAL);
+  v2->server_url = "https://127.0.0.1:9";
+  cr_assert_eq(fl_client_new(&c, v2), FL_OK);
+  fl_client_free(c);
+  cr_assert_eq(fl_transport_curl(&tr, v2), FL_OK);
+  tr.destroy(tr.ctx);
+  unguard(&g);
+  fake_rmdir(dir);
 }
 
 Test(client_abi, zero_negative_and_newer_option_versions_are_refused_with_a_reason) {
@@ -96,7 +129,7 @@ Test(client_abi, zero_negative_and_newer_option_versions_are_refused_with_a_reas
     cr_assert_eq(fl_client_new(&c, &o), cases[i].want, "version %d", cases[i].version);
     cr_assert_null(c);
     cr_assert(strstr(g_log, cases[i].says) != NULL, "log says \"%s\"", g_log);
-    o.server_url = "http://127.0.0.1:9";
+    o.server_url = "https://127.0.0.1:9";
     cr_assert_eq(fl_transport_curl(&tr, &o), cases[i].want);
   }
   /* Nothing was left locked or half-made: the current version opens the directory. */

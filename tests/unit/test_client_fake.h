@@ -56,6 +56,9 @@ typedef struct fake_coord {
   int64_t server_time_ms;   /* CheckInResponse.server_time_ms; 0: now */
   int64_t task_deadline_ms; /* TrainTask.deadline_ms */
   int64_t fail_hint_ms;     /* Error.retry_after_ms of the fail_next refusals */
+  bool unsigned_task;       /* send the task without TrainTask.signature */
+  uint32_t mitm_epochs;     /* non-zero: change local_epochs after signing (a man in the middle) */
+  const char *refuse_message; /* Error.message of refusals; NULL: a plain one */
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
@@ -144,7 +147,7 @@ static inline void fake_refuse(fake_coord *f, int status, const char *reason, in
   Fl__V1__Error e;
   fl__v1__error__init(&e);
   e.reason = (char *)reason;
-  e.message = (char *)"fake coordinator says no";
+  e.message = (char *)(f->refuse_message != NULL ? f->refuse_message : "fake coordinator says no");
   e.retry_after_ms = retry_ms;
   fake_answer(f, status, &e.base);
 }
@@ -211,6 +214,7 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
   fl__v1__check_in_response__init(&r);
   Fl__V1__TrainTask t;
   fl__v1__train_task__init(&t);
+  uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN]; /* the task's signature lives until packed */
   Fl__V1__Hyperparameters h;
   fl__v1__hyperparameters__init(&h);
   Fl__V1__RetryWindow w;
@@ -235,6 +239,13 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
     t.topk_fraction = f->topk_fraction;
     t.seed = 5;
     t.deadline_ms = f->task_deadline_ms;
+    /* Signed as the coordinator signs it (docs/SIGNING.md, "Task digest"). */
+    cr_assert_eq(fl__task_digest(FAKE_DEVICE_ID, &t, d), FL_OK);
+    cr_assert_eq(fl__sign(f->key, d, sizeof d, sig), FL_OK);
+    if (!f->unsigned_task)
+      t.signature = (ProtobufCBinaryData){FL_SIG_LEN, sig};
+    if (f->mitm_epochs != 0)
+      h.local_epochs = f->mitm_epochs;
     r.assignment_case = FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK;
     r.task = &t;
   } else {

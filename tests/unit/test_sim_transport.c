@@ -325,7 +325,8 @@ Test(sim_transport, curl_transport_closes_its_private_connection_on_attach) {
   server_start(&s);
   char url[64];
   snprintf(url, sizeof(url), "http://127.0.0.1:%d", s.port);
-  fl_client_opts co = {.version = FL_CLIENT_OPTS_VERSION, .server_url = url};
+  fl_client_opts co = {
+      .version = FL_CLIENT_OPTS_VERSION, .server_url = url, .allow_insecure_http = 1};
   sim_net net = {0};
   sim_link_opts o = {.net = &net, .seed = 1};
   cr_assert_eq(fl_transport_curl(&o.inner, &co), FL_OK);

@@ -152,8 +152,8 @@ typedef struct fl_transport {
 /* ------------------------------------------------------------------------------------------ */
 /* Options and the handle                                                                     */
 
-/* 1: up to follow_training_base; 2: max_response_bytes. */
-#define FL_CLIENT_OPTS_VERSION 2
+/* 1: up to follow_training_base; 2: max_response_bytes; 3: allow_insecure_http. */
+#define FL_CLIENT_OPTS_VERSION 3
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
  * which is read by its version like fl_client_new() reads it), for embedders who wrap it
@@ -168,13 +168,17 @@ FL_API fl_err fl_transport_curl(fl_transport *out, const struct fl_client_opts *
  * at the end; a zero means "the default" given in the comment. Read once by fl_client_new():
  * the struct and its strings may be freed when it returns. */
 typedef struct fl_client_opts {
-  int version;               /* FL_CLIENT_OPTS_VERSION */
-  const char *server_url;    /* "https://coord.example:8443" (required unless transport) */
+  int version; /* FL_CLIENT_OPTS_VERSION */
+  /* "https://coord.example:8443" (required unless transport). The built-in transport speaks
+   * https only (FL_E_INVAL otherwise, the reason sent to log_fn): see allow_insecure_http. */
+  const char *server_url;
   const char *state_dir;     /* created 0700 if missing (required) */
   const char *ca_file;       /* PEM bundle for TLS; NULL: system store */
   const char *pinned_pubkey; /* curl syntax "sha256//base64..." for the server's TLS key */
   /* Raw 32-byte Ed25519 key of the coordinator, when provisioned in firmware. It must match
-   * the one the coordinator announces at enrollment; NULL: pinned from the enrollment answer. */
+   * the one the coordinator announces at enrollment; NULL: pinned from the enrollment answer,
+   * which is then only as trustworthy as the channel it came over: enrollment needs TLS
+   * (https:// with the coordinator's certificate checked) or a provisioned key. */
   const uint8_t *coordinator_key;
   long connect_timeout_ms;       /* 10000 */
   long request_timeout_ms;       /* 60000: whole exchange, including the model download */
@@ -194,6 +198,14 @@ typedef struct fl_client_opts {
   /* Largest answer body accepted, in bytes (bounds the memory a model download takes);
    * a larger answer fails the exchange with FL_E_TOOBIG, not retried. 0: 1 GiB. */
   size_t max_response_bytes;
+  /* --- version 3 --- */
+  /* 1: the built-in transport also accepts an http:// server_url. Plain HTTP has no server
+   * authentication: whoever is on the path at enrollment can answer with their own
+   * coordinator key, which the device then pins, and so choose every model it accepts and
+   * every task it trains. For tests against a coordinator on loopback, or a device that is
+   * provisioned with coordinator_key (then a forged enrollment answer is refused, and models
+   * and tasks are verified against the provisioned key). 0: https:// only. */
+  int allow_insecure_http;
 } fl_client_opts;
 
 typedef struct fl_client fl_client;
@@ -350,6 +362,12 @@ typedef struct fl_round_result {
   fl_err eval_err;          /* FL_OK, or why that evaluation was not reported; does not fail
                              * the round */
 } fl_round_result;
+
+/* What a check-in may ask is checked before anything is fetched or allocated for it: the task
+ * must carry the coordinator's signature for this device, verified with the pinned coordinator
+ * key (else the round fails with FL_E_BADSIG); more than 1000 local epochs is FL_E_TOOBIG; a
+ * batch size above 65536 is trained (and shown to the trainer callback) as 65536; a retry
+ * window or retry hint more than a day away is taken as one day (docs/API.md 1.4). */
 
 /* Starts a round: the next step checks in. FL_E_STATE if a round is in progress,
  * FL_E_NOT_ENROLLED before enrollment. Nothing is sent yet. */
