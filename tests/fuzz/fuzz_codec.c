@@ -28,7 +28,9 @@ static Fl__V1__Tensor *unpack(const uint8_t *p, size_t n, ProtobufCAllocator *pa
 static void decode_half(const uint8_t *p, size_t n) {
   ProtobufCAllocator pa;
   fl_pb_budget pb;
+  size_t heap = fz_heap_bytes();
   Fl__V1__Tensor *t = unpack(p, n, &pa, &pb);
+  FZ_ASSERT(fz_heap_bytes() <= heap + FZ_PB_BUDGET(n));
   if (t == NULL)
     return;
   /* The count the layout would expect; anything above MAX_COUNT is refused by size here, so

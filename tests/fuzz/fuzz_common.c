@@ -1,6 +1,7 @@
 /* fuzz_common.h */
 #include "fuzz_common.h"
 
+#include <sanitizer/allocator_interface.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,4 +64,8 @@ const uint8_t *fz_span(fz_cur *c, size_t max, size_t *len) {
 void fz_fail(const char *file, int line, const char *what) {
   fprintf(stderr, "%s:%d: invariant violated: %s\n", file, line, what);
   abort();
+}
+
+size_t fz_heap_bytes(void) {
+  return __sanitizer_get_current_allocated_bytes();
 }

@@ -37,8 +37,10 @@ static void check_upload(const Fl__V1__SignedRequest *sr) {
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl_resp r = {0};
+  size_t heap = fz_heap_bytes();
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
   Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
+  FZ_ASSERT(fz_heap_bytes() <= heap + FZ_PB_BUDGET(sr->body.len));
   if (u == NULL)
     return;
   uint8_t content[FL_SHA256_LEN], signed_digest[FL_SHA256_LEN];
@@ -78,7 +80,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   q.path = "/v1/updates";
   q.body = (uint8_t *)data;
   q.len = q.cap = size;
+  size_t heap = fz_heap_bytes();
   Fl__V1__SignedRequest *sr = fl__auth_envelope(&g_srv, &q, &r);
+  FZ_ASSERT(fz_heap_bytes() <= heap + FZ_PB_BUDGET(size));
   if (sr == NULL) {
     FZ_ASSERT(r.status == 400);
     free(r.data);

@@ -103,6 +103,25 @@ static void uploads(fl_model *m) {
   put("envelope", "checkin", env, el, NULL, 0);
   free(env);
   free(cb);
+  /* Issue 13 item 1: 16 KiB of two-byte unknown fields (field 15, varint 0), which protobuf-c
+   * without a budget unpacks into some forty times their size: as the envelope itself, as
+   * the body of a well-formed envelope, and as a tensor. */
+  size_t jn = 16384;
+  uint8_t *junk = malloc(jn);
+  if (junk == NULL)
+    abort();
+  for (size_t i = 0; i < jn; i += 2) {
+    junk[i] = 15 << 3;
+    junk[i + 1] = 0;
+  }
+  put("envelope", "unknown_fields", junk, jn, NULL, 0);
+  if (fl_sup_envelope(fz_key(), FZ_DEVICE_ID, "POST", "/v1/checkin", junk, jn, NULL, &env, &el))
+    abort();
+  put("envelope", "body_unknown_fields", env, el, NULL, 0);
+  free(env);
+  uint8_t sel = 0;
+  put("codec", "decode_unknown_fields", &sel, 1, junk, jn);
+  free(junk);
 }
 
 /* ModelVersion 1 of model 1, signed as the coordinator signs it; its digest in sha. */
