@@ -117,7 +117,10 @@ static void upload_until_answered(round_run *rr, int k) {
       sleep_ms(20);
       continue;
     }
-    const char *why = r.status == 200 ? "" : fl_h_error_reason(&r);
+    /* fl_h_error_reason answers in static storage: not for concurrent workers. */
+    char why[64] = "";
+    if (r.status != 200)
+      fl_sup_error_reason((const uint8_t *)r.data, r.len, why, sizeof why);
     if (r.status == 200) {
       Fl__V1__UpdateAck *ack = fl__v1__update_ack__unpack(NULL, r.len, (uint8_t *)r.data);
       rr->duplicate[k] = ack != NULL && ack->duplicate;
