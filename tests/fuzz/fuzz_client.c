@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "fl/client.h"
+#include "digest.h"
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "fuzz_common.h"
 
@@ -34,9 +35,34 @@ static char g_dir[64];
 static float g_x[16];
 static int32_t g_y[4] = {0, 1, 2, 1};
 
+#ifdef FZ_SIGN_TASKS
+/* The coordinator signs the tasks it assigns (TrainTask.signature over fl__task_digest): the
+ * harness signs whatever task the input holds with the coordinator's key, so that what the
+ * client does with a signed task (its bounds on epochs, batch and buffers, which hold whoever
+ * signed it) stays reachable; an input's own signature is replaced. */
+static void sign_task(fz_net *n) {
+  Fl__V1__CheckInResponse *r = fl__v1__check_in_response__unpack(NULL, n->body_len, n->body);
+  uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN];
+  if (r != NULL && r->assignment_case == FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK &&
+      fl__task_digest(FZ_DEVICE_ID, r->task, d) == 0 && fl__sign(fz_key(), d, sizeof d, sig) == 0) {
+    ProtobufCBinaryData old = r->task->signature;
+    r->task->signature = (ProtobufCBinaryData){FL_SIG_LEN, sig};
+    size_t len = fl__v1__check_in_response__get_packed_size(r);
+    uint8_t *b = malloc(len ? len : 1);
+    if (b == NULL)
+      abort();
+    fl__v1__check_in_response__pack(r, b);
+    r->task->signature = old;
+    free(n->body);
+    n->body = b;
+    n->body_len = len;
+  }
+  fl__v1__check_in_response__free_unpacked(r, NULL);
+}
+#endif
+
 static fl_err net_begin(void *ctx, const fl_http_request *req) {
   fz_net *n = ctx;
-  (void)req;
   free(n->body);
   n->body = NULL;
   n->have = n->in.left > 0;
@@ -51,6 +77,12 @@ static fl_err net_begin(void *ctx, const fl_http_request *req) {
     abort();
   memcpy(n->body, p, len);
   n->body_len = len;
+#ifdef FZ_SIGN_TASKS
+  if (n->status == 200 && strcmp(req->path, "/v1/checkin") == 0)
+    sign_task(n);
+#else
+  (void)req;
+#endif
   return FL_OK;
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (tests/fuzz, clang, ASan + UBSan) in a tree of their own and
 # runs each for a bounded time from the committed seed corpus (tests/fuzz/corpus/<harness>/,
-# copied so that the repository's corpus stays small). Any crash, leak, timeout or memory
+# copied so that the repository's corpus stays small), after replaying the inputs of defects
+# found before (tests/fuzz/regress/<harness>/). Any crash, leak, timeout or memory
 # limit hit fails the run; the reproducer is left in the build tree (crash-*, leak-*, oom-*).
 #
 #   bash tests/fuzz/run.sh                 # every harness, FL_FUZZ_SECONDS (60) each
@@ -53,6 +54,16 @@ for h in "${harnesses[@]}"; do
   rm -rf "$work"
   mkdir -p "$work/corpus" "$work/artifacts"
   cp tests/fuzz/corpus/"$name"/* "$work/corpus/"
+  # Inputs of defects found before (tests/fuzz/regress/<name>/): each must pass, once.
+  if compgen -G "tests/fuzz/regress/$name/*" >/dev/null; then
+    if ! "$bin/$h" -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=256 \
+        tests/fuzz/regress/"$name"/* >"$work/regress.log" 2>&1; then
+      echo "fuzz: $h FAILED on a regression input (log: $work/regress.log)"
+      grep -E "ERROR|SUMMARY|Running:|invariant" "$work/regress.log" | head -20
+      status=1
+      continue
+    fi
+  fi
   echo "fuzz: $h for ${SECONDS_EACH}s"
   if "$bin/$h" -max_total_time="$SECONDS_EACH" -max_len="$(max_len "$h")" -timeout=30 \
       -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 \
