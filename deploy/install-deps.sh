@@ -11,6 +11,7 @@ PACKAGES=(
   dataset-fashion-mnist
   python3 python3-numpy gnuplot-nox
   clang-format  # tests/run.sh: the formatting check of changed C lines (.ci/check-format.sh)
+  clang  # tests/fuzz/run.sh: libFuzzer harnesses (-fsanitize=fuzzer comes with clang)
   # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks
   podman debootstrap nginx curl python3-yaml
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev  # deploy/helm/render (helm is not in Debian)

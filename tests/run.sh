@@ -8,8 +8,10 @@
 # build cannot break unnoticed; that costs about a minute or two of the 2-core budget.
 #
 #   bash tests/run.sh            # everything
-#   FL_TEST_LABEL=unit bash tests/run.sh   # one label only (unit | integration)
+#   FL_TEST_LABEL=unit bash tests/run.sh   # one label only (unit | integration | fuzz)
 #   FL_RELEASE=0 / FL_FORMAT=0   # skip the Release build / the formatting check
+#   FL_FUZZ=0                    # skip the fuzzing step (tests/fuzz/run.sh: six libFuzzer
+#                                # harnesses, FL_FUZZ_SECONDS = 60 each, about 7 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,10 @@ if [ -z "$label" ] || [ "$label" = unit ]; then
     echo "unit tests of the Release build ($RELEASE_BUILD):"
     ctest --test-dir "$RELEASE_BUILD" -L unit -LE deploy --output-on-failure -j "$JOBS" || status=1
   fi
+fi
+if [ "${FL_FUZZ:-1}" != 0 ] && { [ -z "$label" ] || [ "$label" = fuzz ]; }; then
+  # Own tree (clang, coverage instrumentation); zero crashes, leaks and memory-limit hits.
+  bash tests/fuzz/run.sh || status=1
 fi
 if [ -z "$label" ] || [ "$label" = integration ]; then
   if ctest --test-dir "$BUILD" -L integration -N | grep -q "Total Tests: [1-9]"; then

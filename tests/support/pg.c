@@ -118,6 +118,21 @@ int fl_sup_pg_start(fl_sup_pg *pg, const char *bindir, const char *prefix, const
   return FL_OK;
 }
 
+int fl_sup_pg_restart(fl_sup_pg *pg, const char *mode) {
+  if (!pg->started)
+    return FL_E_STATE;
+  char pg_ctl[300], data[300], log[300], m[32];
+  tool(pg_ctl, sizeof(pg_ctl), pg, "pg_ctl");
+  snprintf(data, sizeof(data), "%s/data", pg->dir);
+  snprintf(log, sizeof(log), "%s/postgres.log", pg->dir);
+  snprintf(m, sizeof(m), "%s", mode);
+  /* The server options of the first start are in postmaster.opts: restart reuses them. */
+  char *argv[] = {pg_ctl, "-D", data, "-l", log, "-m", m, "-w", "-t", "60", "restart", NULL};
+  fl_sup_spawn_opts o = as_owner(pg, NULL);
+  o.new_session = true;
+  return fl_sup_run(argv, &o) == FL_OK ? FL_OK : FL_E_IO;
+}
+
 void fl_sup_pg_stop(fl_sup_pg *pg) {
   if (pg->started) {
     char pg_ctl[300], data[300];

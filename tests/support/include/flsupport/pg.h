@@ -30,6 +30,10 @@ typedef struct fl_sup_pg {
  * names the directory ("fl-sim-pg-"). Progress and failures are printed on stderr, prefixed
  * with `who`; on failure the directory stays for its logs. */
 int fl_sup_pg_start(fl_sup_pg *pg, const char *bindir, const char *prefix, const char *who);
+/* pg_ctl restart with a shutdown mode ("immediate": a crash, the next start replays the WAL;
+ * "fast"), waiting until the cluster accepts connections again. Existing connections are
+ * broken. FL_OK, FL_E_STATE when not started, FL_E_IO (see postgres.log). */
+int fl_sup_pg_restart(fl_sup_pg *pg, const char *mode);
 /* pg_ctl stop (fast), then the directory is removed. Does nothing when not started. */
 void fl_sup_pg_stop(fl_sup_pg *pg);
 
