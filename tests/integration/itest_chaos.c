@@ -9,7 +9,8 @@
  * is 1/|F| on the coordinates of the set F of folded devices and exactly 0 elsewhere: the
  * version says which devices it holds, and an update folded twice (or a stale one of another
  * round) would show as an unequal coordinate. Workers retry every update until it has a
- * definitive answer (200, or 409 round_closed), so the answered set A of a round is known
+ * definitive answer (200, or 409 round_closed / target_reached: not folded), so the answered
+ * set A of a round is known
  * exactly, and the test requires F == A and |F| == the round's accepted count: every update
  * answered 200 is in exactly one version, none twice, and none that was refused. Every
  * retry of a committed update must be answered 200 (duplicate), never refused.
@@ -41,7 +42,8 @@
 #define SPEC                                                                                  \
   "{\"input_shape\":[64],\"layers\":[{\"type\":\"dense\",\"units\":300},{\"type\":\"relu\"}," \
   "{\"type\":\"dense\",\"units\":1}],\"loss\":\"mse\"}"
-/* A round closes at >= 8 accepted (one group commit may take more); the rest: round_closed. */
+/* A round closes at 8 accepted (a group commit counts only up to the target: the rest of its
+ * batch is answered target_reached); later uploads: round_closed. */
 #define PARTICIPANTS 8
 #define WORKERS 4       /* concurrent uploads */
 #define RETRY_MS 60000L /* how long a worker keeps retrying one update */
@@ -129,7 +131,8 @@ static void upload_until_answered(round_run *rr, int k) {
       if (rr->answer[k] == ANS_BAD)
         snprintf(rr->bad[k], sizeof rr->bad[k], "200 without a matching UpdateAck");
       fl__v1__update_ack__free_unpacked(ack, NULL);
-    } else if (r.status == 409 && strcmp(why, "round_closed") == 0) {
+    } else if (r.status == 409 &&
+               (strcmp(why, "round_closed") == 0 || strcmp(why, "target_reached") == 0)) {
       rr->answer[k] = ANS_CLOSED;
     } else if (r.status == 503 || (r.status == 409 && strcmp(why, "upload_in_progress") == 0)) {
       fl_h_resp_free(&r);
@@ -245,7 +248,7 @@ static void expect_version(uint64_t model_id, uint64_t v, const float *w0, size_
     bool in = fabsf(w[k] - w0[k]) > 1e-6f;
     cr_assert_eq(in, rr->answer[k] == ANS_ACKED,
                  "round %d device %d: answered %s (%d attempts%s) but %s version %llu", r, k,
-                 rr->answer[k] == ANS_ACKED ? "200" : "round_closed", rr->attempts[k],
+                 rr->answer[k] == ANS_ACKED ? "200" : "409", rr->attempts[k],
                  rr->duplicate[k] ? ", duplicate" : "", in ? "folded into" : "missing from",
                  (unsigned long long)v);
     if (in)
