@@ -133,10 +133,22 @@ static const char *const M3[] = {
     " WHERE gate_id <> 0",
     NULL};
 
+/* Stored updates: a robust aggregator's round keeps every accepted update, as the device sent
+ * it, from the group commit that acknowledges it to the transaction that closes the round
+ * (rounds/aggregate.c, rounds/close.c). The key is the acceptance's. EXTERNAL: the data are
+ * floats or already compressed encodings, which pglz would only burn CPU on. */
+static const char *const M4[] = {
+    "CREATE TABLE round_updates ("
+    " round_id bigint NOT NULL, device_id bigint NOT NULL, delta bytea NOT NULL,"
+    " PRIMARY KEY (round_id, device_id),"
+    " FOREIGN KEY (round_id, device_id) REFERENCES acceptances (round_id, device_id))",
+    "ALTER TABLE round_updates ALTER COLUMN delta SET STORAGE EXTERNAL", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
     {3, "rollouts", M3},
+    {4, "stored updates", M4},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */
