@@ -46,7 +46,10 @@ struct sim_link {
 };
 
 const char *sim_behaviour_name(sim_behaviour b) {
-  static const char *names[] = {"honest", "poisoned", "unclipped", "bad signature", "replay"};
+  static const char *names[] = {
+      "honest",     "poisoned",    "unclipped",           "bad signature",
+      "replay",     "sign flip",   "scaled to the bound", "a little is enough",
+      "label flip", "random noise"};
   return b < SIM_BEHAVIOUR_COUNT ? names[b] : "?";
 }
 
