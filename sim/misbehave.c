@@ -239,6 +239,11 @@ static int corrupt_update_signature(Fl__V1__SignedRequest *sr, uint8_t **body, s
   return rc;
 }
 
+int sim_misbehave_resigns(sim_behaviour b) {
+  return b == SIM_POISON || b == SIM_UNCLIPPED || b == SIM_SIGNFLIP || b == SIM_SCALED ||
+         b == SIM_LIE || b == SIM_NOISE;
+}
+
 int sim_misbehave(sim_behaviour b, const fl_key *key, double clip_norm, const char *path,
                   uint8_t **body, size_t *len, sim_replay *replay) {
   if (b == SIM_HONEST || b == SIM_LABELFLIP) /* label flipping changed the data, not this */

@@ -32,7 +32,10 @@ typedef struct sim_replay {
   size_t len;
 } sim_replay;
 
-/* key: the device's private key (needed for POISON and UNCLIPPED). *body is replaced by a new
+/* Whether b changes the update and so signs it again (needs the device's key). */
+int sim_misbehave_resigns(sim_behaviour b);
+
+/* key: the device's private key (needed when sim_misbehave_resigns(b)). *body is replaced by a new
  * malloc'd buffer when it changes. FL_E_PARSE when the body is not an update upload. */
 int sim_misbehave(sim_behaviour b, const fl_key *key, double clip_norm, const char *path,
                   uint8_t **body, size_t *len, sim_replay *replay);

@@ -166,3 +166,15 @@ Test(sim_misbehave, label_flip_leaves_the_upload_alone, .init = setup, .fini = t
   free(body);
   free(copy);
 }
+
+Test(sim_misbehave, the_rewriting_attacks_load_the_key) {
+  /* The transport loads the device key only for these: an in-bound attack without it failed
+   * every upload with FL_E_INVAL (found by the first fl-sim run of the robustness table). */
+  const sim_behaviour resign[] = {SIM_POISON, SIM_UNCLIPPED, SIM_SIGNFLIP,
+                                  SIM_SCALED, SIM_LIE,       SIM_NOISE};
+  for (size_t i = 0; i < sizeof resign / sizeof resign[0]; i++)
+    cr_expect(sim_misbehave_resigns(resign[i]), "%s", sim_behaviour_name(resign[i]));
+  cr_expect(!sim_misbehave_resigns(SIM_HONEST));
+  cr_expect(!sim_misbehave_resigns(SIM_LABELFLIP));
+  cr_expect(!sim_misbehave_resigns(SIM_BADSIG));
+}
