@@ -422,3 +422,81 @@ Test(robust, sigkill_loses_no_acknowledged_stored_update, .init = setup, .fini =
   free(w0);
   fl__v1__model_version__free_unpacked(base, NULL);
 }
+
+static fl_h_coord g_b;
+
+static void teardown2(void) {
+  fl_h_coord_cleanup(&g_b);
+  teardown();
+}
+
+typedef struct job2 {
+  const fl_h_coord *c;
+  const fl_h_device *d;
+  const Fl__V1__ModelVersion *base;
+  uint64_t round_id;
+  const float *delta;
+  long status;
+} job2;
+
+static void *run_job2(void *arg) {
+  job2 *j = arg;
+  fl_h_resp r;
+  j->status = -1;
+  if (fl_h_upload(j->c, j->d, j->base, j->round_id, j->delta, 10, NULL, &r) == 0) {
+    j->status = r.status;
+    fl_h_resp_free(&r);
+  }
+  return NULL;
+}
+
+/* Stored updates committed through two replicas: the round closes once (one new version),
+ * and that version is the median of every update, whichever replica took it. */
+Test(robust, two_replicas_close_a_stored_round_once, .init = setup, .fini = teardown2,
+     .timeout = 300) {
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, NULL), 0);
+  cr_assert_eq(fl_h_coord_start(&g_b, g_db, g_c.dir, NULL), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "replicas", FL_H_SMALL_SPEC,
+                                   "{\"participants\":8,\"deadline_s\":600,\"clip_norm\":100,"
+                                   "\"over_selection\":1,\"aggregator\":\"median\"}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_c, g_dev, 8), 0);
+  Fl__V1__ModelVersion *base;
+  float *w0, *u[8];
+  size_t dim;
+  cr_assert_eq(fl_h_download(&g_c, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(fl_h_weights(base, &w0, &dim), 0);
+  job2 jobs[8];
+  pthread_t th[8];
+  for (int i = 0; i < 8; i++) {
+    u[i] = make_delta(dim, i, 55);
+    checkin(&g_dev[i], model_id, round_id);
+    jobs[i] = (job2){i % 2 ? &g_b : &g_c, &g_dev[i], base, round_id, u[i], -1};
+  }
+  for (int i = 0; i < 8; i++)
+    pthread_create(&th[i], NULL, run_job2, &jobs[i]);
+  for (int i = 0; i < 8; i++) {
+    pthread_join(th[i], NULL);
+    cr_assert_eq(jobs[i].status, 200, "device %d", i);
+  }
+  json_t *round = fl_h_wait_round(&g_c, round_id, "closed", 20000);
+  cr_assert_not_null(round);
+  json_decref(round);
+  cr_assert_eq(
+      db_int("SELECT count(*) FROM versions WHERE model_id = %llu", (unsigned long long)model_id),
+      2, "one close, one new version");
+  cr_assert_eq(db_int("SELECT count(*) FROM rounds WHERE plan_id = (SELECT plan_id FROM rounds"
+                      " WHERE round_id = %llu)",
+                      (unsigned long long)round_id),
+               2, "one next round");
+  double expect[64];
+  expect_median(u, 8, dim, expect);
+  expect_version(model_id, 2, w0, expect, dim, "median through two replicas");
+  cr_assert_eq(db_int("SELECT count(*) FROM round_updates"), 0);
+  for (int i = 0; i < 8; i++)
+    free(u[i]);
+  free(w0);
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
