@@ -136,8 +136,7 @@ static int stored_read(void *ctx, size_t i, size_t off, size_t len, float *dst) 
  * how the rules' index tie-break reads) into out. FL_E_REFUSED when fewer updates are stored
  * than the rule needs (plan validation makes that unreachable for rounds it opened);
  * FL_E_PARSE when a stored update does not parse as the model's layout. */
-static int stored_aggregate(PGconn *c, const round_row *rr, const fl_model_info *mi, float *out,
-                            size_t *n_out) {
+static int stored_aggregate(PGconn *c, const round_row *rr, const fl_model_info *mi, float *out) {
   stored_src ss = {.mi = mi};
   fl_agg_source src;
   fl_pgp p;
@@ -151,7 +150,6 @@ static int stored_aggregate(PGconn *c, const round_row *rr, const fl_model_info 
   if (r == NULL)
     return FL_E_DB;
   size_t n = (size_t)PQntuples(r), nt = mi->n_tensors;
-  *n_out = n;
   if (n < fl__agg_min_updates(&rr->plan.agg)) {
     err = FL_E_REFUSED;
     goto out;
@@ -337,8 +335,7 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   if (mean == NULL || metrics == NULL)
     goto out;
   if (fl__agg_kind(rr->plan.agg.rule) == FL_AGG_STORED) {
-    size_t n_stored = 0;
-    err = stored_aggregate(c, rr, mi, mean, &n_stored);
+    err = stored_aggregate(c, rr, mi, mean);
     if (err != FL_OK)
       goto out;
   } else {
@@ -415,7 +412,7 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
         snprintf(reason, sizeof reason, "non_finite_aggregate: %u updates summed to NaN or Inf",
                  rr.accepted);
       else if (err == FL_E_REFUSED)
-        snprintf(reason, sizeof reason, "too_few_updates: %u stored, %s needs %zu", rr.accepted,
+        snprintf(reason, sizeof reason, "too_few_updates: fewer stored updates than %s needs (%zu)",
                  fl__agg_rule_name(rr.plan.agg.rule), fl__agg_min_updates(&rr.plan.agg));
       else
         snprintf(reason, sizeof reason, "bad_stored_update: a stored update does not parse");

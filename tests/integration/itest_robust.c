@@ -500,3 +500,52 @@ Test(robust, two_replicas_close_a_stored_round_once, .init = setup, .fini = tear
   free(w0);
   fl__v1__model_version__free_unpacked(base, NULL);
 }
+
+/* A stored update that no longer parses (here: overwritten in the database) cannot be
+ * aggregated, now or on a retry: the round is abandoned with the reason, not retried forever,
+ * its stored updates are removed, and the next round opens on the same base. */
+Test(robust, unparsable_stored_update_abandons_the_round, .init = setup, .fini = teardown,
+     .timeout = 120) {
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, NULL), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "corrupt", FL_H_SMALL_SPEC,
+                                   "{\"participants\":3,\"deadline_s\":600,\"clip_norm\":100,"
+                                   "\"over_selection\":1,\"aggregator\":\"median\"}",
+                                   &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_c, g_dev, 3), 0);
+  Fl__V1__ModelVersion *base;
+  float *w0, *u[3];
+  size_t dim;
+  cr_assert_eq(fl_h_download(&g_c, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(fl_h_weights(base, &w0, &dim), 0);
+  for (int i = 0; i < 3; i++) {
+    u[i] = make_delta(dim, i, 3);
+    checkin(&g_dev[i], model_id, round_id);
+  }
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(upload(&g_dev[i], base, round_id, u[i], 0, NULL), 200);
+  cr_assert_eq(db_int("WITH c AS (UPDATE round_updates SET delta = '\\x0102'::bytea"
+                      " WHERE device_id = %llu RETURNING 1) SELECT count(*) FROM c",
+                      (unsigned long long)g_dev[1].id),
+               1);
+  cr_assert_eq(upload(&g_dev[2], base, round_id, u[2], 0, NULL), 200);
+  json_t *round = fl_h_wait_round(&g_c, round_id, "abandoned", 20000);
+  cr_assert_not_null(round);
+  const char *reason = json_string_value(json_object_get(round, "reason"));
+  cr_assert(reason != NULL && strncmp(reason, "bad_stored_update", 17) == 0, "reason %s",
+            reason ? reason : "(none)");
+  json_decref(round);
+  cr_assert_eq(db_int("SELECT count(*) FROM round_updates"), 0);
+  cr_assert_eq(
+      db_int("SELECT count(*) FROM versions WHERE model_id = %llu", (unsigned long long)model_id),
+      1, "no version from it");
+  cr_assert_eq(db_int("SELECT count(*) FROM rounds WHERE state = 'open' AND base_version = 1"
+                      " AND model_id = %llu",
+                      (unsigned long long)model_id),
+               1, "the next round opens on the same base");
+  for (int i = 0; i < 3; i++)
+    free(u[i]);
+  free(w0);
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
