@@ -594,3 +594,136 @@ void fl__tensor_release(Fl__V1__Tensor *t, const fl_allocator *a) {
   t->data.data = t->indices.data = NULL;
   t->data.len = t->indices.len = 0;
 }
+
+/* ---- stored updates ------------------------------------------------------------------------ */
+
+/* Per tensor: u32 encoding, f32 scale, u64 count, u64 data length, u64 indices length
+ * (little-endian), then the data and index bytes exactly as the device sent them. */
+#define STORED_HDR 32
+
+static void st_u64(uint8_t *p, uint64_t v) {
+  st_u32(p, (uint32_t)v);
+  st_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t ld_u64(const uint8_t *p) {
+  return (uint64_t)ld_u32(p) | (uint64_t)ld_u32(p + 4) << 32;
+}
+
+int fl__delta_pack(Fl__V1__Tensor *const *t, size_t n, uint8_t **out, size_t *out_len,
+                   const fl_allocator *a) {
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t add = STORED_HDR + t[i]->data.len + t[i]->indices.len;
+    if (add < t[i]->data.len || len > SIZE_MAX - add)
+      return FL_E_TOOBIG;
+    len += add;
+  }
+  uint8_t *b = fl__malloc(a, len ? len : 1), *p = b;
+  if (b == NULL)
+    return FL_E_NOMEM;
+  for (size_t i = 0; i < n; i++) {
+    st_u32(p, (uint32_t)t[i]->encoding);
+    st_f32(p + 4, t[i]->scale);
+    st_u64(p + 8, t[i]->count);
+    st_u64(p + 16, t[i]->data.len);
+    st_u64(p + 24, t[i]->indices.len);
+    p += STORED_HDR;
+    if (t[i]->data.len)
+      memcpy(p, t[i]->data.data, t[i]->data.len);
+    p += t[i]->data.len;
+    if (t[i]->indices.len)
+      memcpy(p, t[i]->indices.data, t[i]->indices.len);
+    p += t[i]->indices.len;
+  }
+  *out = b;
+  *out_len = len;
+  return FL_OK;
+}
+
+int fl__delta_view(const uint8_t *blob, size_t len, const fl_tensor_info *layout, size_t n,
+                   Fl__V1__Tensor *views) {
+  size_t pos = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (len - pos < STORED_HDR)
+      return FL_E_PARSE;
+    const uint8_t *h = blob + pos;
+    uint64_t dlen = ld_u64(h + 16), ilen = ld_u64(h + 24);
+    pos += STORED_HDR;
+    if (dlen > len - pos || ilen > len - pos - dlen)
+      return FL_E_PARSE;
+    Fl__V1__Tensor *v = &views[i];
+    fl__v1__tensor__init(v);
+    v->encoding = (Fl__V1__Encoding)ld_u32(h);
+    v->scale = ld_f32(h + 4);
+    v->count = ld_u64(h + 8);
+    v->data.len = (size_t)dlen;
+    v->data.data = dlen ? (uint8_t *)blob + pos : NULL;
+    v->indices.len = (size_t)ilen;
+    v->indices.data = ilen ? (uint8_t *)blob + pos + dlen : NULL;
+    pos += (size_t)(dlen + ilen);
+    int err = fl__tensor_check(v, layout[i].count);
+    if (err != FL_OK)
+      return err;
+  }
+  return pos == len ? FL_OK : FL_E_PARSE;
+}
+
+/* The first position j in [0, k) whose index is >= lo (indices ascend). */
+static size_t topk_lower(const uint8_t *idx, size_t k, uint64_t lo) {
+  size_t a = 0, b = k;
+  while (a < b) {
+    size_t m = a + (b - a) / 2;
+    if (ld_u32(idx + 4 * m) < lo)
+      a = m + 1;
+    else
+      b = m;
+  }
+  return a;
+}
+
+/* Values [s, e) of one checked tensor into out[0 .. e - s). */
+static void decode_part(const Fl__V1__Tensor *t, size_t s, size_t e, float *out) {
+  const uint8_t *d = t->data.data;
+  switch (t->encoding) {
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+      for (size_t i = s; i < e; i++)
+        out[i - s] = ld_f32(d + 4 * i);
+      break;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      for (size_t i = s; i < e; i++)
+        out[i - s] = f16_finite_to_f32(ld_u16(d + 2 * i));
+      break;
+    case FL__V1__ENCODING__ENCODING_INT8:
+      for (size_t i = s; i < e; i++)
+        out[i - s] = (float)(int8_t)d[i] * t->scale;
+      break;
+    default: {
+      const uint8_t *idx = t->indices.data;
+      size_t k = t->data.len / 4;
+      memset(out, 0, (e - s) * sizeof *out);
+      for (size_t j = topk_lower(idx, k, s); j < k; j++) {
+        size_t at = ld_u32(idx + 4 * j);
+        if (at >= e)
+          break;
+        out[at - s] = ld_f32(d + 4 * j);
+      }
+      break;
+    }
+  }
+}
+
+int fl__delta_decode_range(Fl__V1__Tensor *const *t, const fl_tensor_info *layout, size_t n,
+                           size_t off, size_t len, float *out) {
+  size_t end = off + len, total = n ? layout[n - 1].offset + layout[n - 1].count : 0;
+  if (end < off || end > total)
+    return FL_E_INVAL;
+  for (size_t i = 0; i < n && len > 0; i++) {
+    size_t o = layout[i].offset, c = layout[i].count;
+    if (o + c <= off || o >= end)
+      continue;
+    size_t s = off > o ? off - o : 0, e = end < o + c ? end - o : c;
+    decode_part(t[i], s, e, out + (o + s - off));
+  }
+  return FL_OK;
+}

@@ -66,6 +66,21 @@ int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
 int fl__layout_new(const fl_model_spec *spec, fl_tensor_info **out, size_t *out_n,
                    const fl_allocator *a);
 
+/* Stored updates (robust aggregators keep every update until the round closes). pack
+ * serialises n tensors as sent (each encoding's bytes unchanged, so compressed updates stay
+ * compressed) into one buffer allocated with `a`; view parses such a buffer into n tensors
+ * that point into it (no copy; blob must outlive them), checking each with fl__tensor_check
+ * against layout[i].count: FL_E_PARSE for a malformed buffer, else check's code. */
+int fl__delta_pack(Fl__V1__Tensor *const *t, size_t n, uint8_t **out, size_t *out_len,
+                   const fl_allocator *a);
+int fl__delta_view(const uint8_t *blob, size_t len, const fl_tensor_info *layout, size_t n,
+                   Fl__V1__Tensor *views);
+/* Decodes the flat coordinates [off, off + len) of n checked tensors laid out by layout into
+ * out[0 .. len): the same values as a full decode, for a block only (top-k finds its first
+ * index by binary search). FL_E_INVAL when the range exceeds the layout. */
+int fl__delta_decode_range(Fl__V1__Tensor *const *t, const fl_tensor_info *layout, size_t n,
+                           size_t off, size_t len, float *out);
+
 /* ModelSpec conversions. from_proto validates (fl__spec_validate). */
 int fl__spec_from_proto(fl_model_spec *out, const Fl__V1__ModelSpec *p);
 /* Fills a proto spec whose repeated fields point into `storage` (no allocation). */

@@ -103,6 +103,9 @@ static fl_err ds_next(void *ctx, float *x, int32_t *labels, float *targets, size
     memcpy(x + k * dim, d->data->x + (size_t)row * dim, dim * sizeof(float));
     if (labels != NULL && d->labelled)
       labels[k] = d->data->labels[row];
+    /* A label-flipping attacker trains honestly on labels c -> C - 1 - c. */
+    if (labels != NULL && d->labelled && d->behaviour == SIM_LABELFLIP && d->data->n_classes > 0)
+      labels[k] = d->data->n_classes - 1 - labels[k];
     if (targets != NULL && !d->labelled)
       memcpy(targets + k * dim, d->data->x + (size_t)row * dim, dim * sizeof(float));
   }

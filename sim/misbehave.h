@@ -7,8 +7,16 @@
  *   SIM_BADSIG     one bit of the request signature flipped
  *   SIM_REPLAY     the exact bytes of the previous upload of this device (the first upload is
  *                  sent unchanged and remembered)
- * Deltas in float32 are scaled value by value, int8 through the tensor's scale; float16 and
- * top-k tensors are left as they are.
+ * and the attacks inside the norm bound (clip_norm; re-signed like POISON), which signatures
+ * and the norm check cannot stop and robust aggregators are for:
+ *   SIM_SIGNFLIP   -delta
+ *   SIM_SCALED     -delta scaled to just inside the bound
+ *   SIM_LIE        "a little is enough" (Baruch et al. 2019), estimated from the device's own
+ *                  update (misbehave.c says how)
+ *   SIM_NOISE      Gaussian noise of norm just inside the bound
+ *   SIM_LABELFLIP  nothing here: the device trains on flipped labels (fleet.c)
+ * Deltas in float32 are changed value by value, int8 through the tensor's scale (requantised
+ * for the in-bound attacks); float16 and top-k tensors are left as they are.
  */
 #ifndef SIM_MISBEHAVE_H
 #define SIM_MISBEHAVE_H
@@ -24,7 +32,10 @@ typedef struct sim_replay {
   size_t len;
 } sim_replay;
 
-/* key: the device's private key (needed for POISON and UNCLIPPED). *body is replaced by a new
+/* Whether b changes the update and so signs it again (needs the device's key). */
+int sim_misbehave_resigns(sim_behaviour b);
+
+/* key: the device's private key (needed when sim_misbehave_resigns(b)). *body is replaced by a new
  * malloc'd buffer when it changes. FL_E_PARSE when the body is not an update upload. */
 int sim_misbehave(sim_behaviour b, const fl_key *key, double clip_norm, const char *path,
                   uint8_t **body, size_t *len, sim_replay *replay);

@@ -60,7 +60,14 @@ static const opt_def OPTS[] = {
     {"stragglers", T_DBL, O(straggler_frac), "fraction of slow devices (0)"},
     {"straggler-ms", T_DBL, O(straggler_ms), "median upload delay of a slow device (2000)"},
     {"bad-devices", T_DBL, O(bad_frac), "fraction of misbehaving devices (0)"},
-    {"bad-kinds", T_STR, O(bad_kinds), "poison,unclipped,badsig,replay (all)"},
+    {"bad-kinds", T_STR, O(bad_kinds),
+     "poison,unclipped,badsig,replay (default: these four), or the in-bound attacks"
+     " signflip,scaled,lie,labelflip,noise"},
+    {"aggregator", T_STR, O(aggregator),
+     "fedavg | median | trimmed_mean | krum | multi_krum | bulyan (fedavg)"},
+    {"trim-fraction", T_DBL, O(trim_fraction), "trimmed_mean: fraction cut per side (0)"},
+    {"byzantine", T_U32, O(byzantine), "krum, multi_krum, bulyan: assumed attackers f (0)"},
+    {"krum-select", T_U32, O(krum_select), "multi_krum: updates averaged m (0)"},
     {"url", T_STR, O(url), "use this running coordinator instead of starting one"},
     {"admin-token", T_STR, O(admin_token), "admin token for --url (or FL_ADMIN_TOKEN)"},
     {"database-url", T_STR, O(database_url), "PostgreSQL for the started coordinator"},
@@ -96,6 +103,7 @@ void sim_options_defaults(sim_options *o) {
   o->clip_norm = 10;
   o->encoding = "float32";
   o->server_optimizer = "fedavg";
+  o->aggregator = "fedavg";
   o->server_lr = 1;
   o->straggler_ms = 2000;
   o->out_dir = "fl-sim-out";
@@ -244,7 +252,8 @@ int sim_options_parse(sim_options *o, int argc, char **argv) {
 }
 
 int sim_options_bad_kinds(const char *list) {
-  static const char *names[] = {NULL, "poison", "unclipped", "badsig", "replay"};
+  static const char *names[] = {NULL,       "poison", "unclipped", "badsig",    "replay",
+                                "signflip", "scaled", "lie",       "labelflip", "noise"};
   if (list == NULL || *list == '\0')
     return 0;
   int mask = 0;
@@ -360,6 +369,7 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"synthetic-alpha", o->syn_alpha, 0, 1e3},
       {"synthetic-beta", o->syn_beta, 0, 1e3},
       {"fault-rate", o->fault_rate, 0, 1},
+      {"trim-fraction", o->trim_fraction, 0, 0.4999999},
   };
   for (size_t i = 0; i < sizeof(R) / sizeof(R[0]); i++)
     if (!isfinite(R[i].v) || R[i].v < R[i].lo || R[i].v > R[i].hi)
@@ -385,7 +395,10 @@ static int check_fleet(const sim_options *o, char *msg, size_t cap) {
     return fail(msg, cap, "--bad-devices %g leaves no honest device (one downloads the versions)",
                 o->bad_frac);
   if (sim_options_bad_kinds(o->bad_kinds) < 0)
-    return fail(msg, cap, "bad --bad-kinds %s: poison, unclipped, badsig, replay", o->bad_kinds);
+    return fail(msg, cap,
+                "bad --bad-kinds %s: poison, unclipped, badsig, replay, signflip, scaled, lie,"
+                " labelflip, noise",
+                o->bad_kinds);
   return FL_OK;
 }
 
@@ -402,6 +415,15 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
   if (!ok_opt)
     return fail(msg, cap, "bad --server-optimizer %s: fedavg, fedavgm, fedadam or fedyogi",
                 o->server_optimizer);
+  static const char *const aggregators[] = {"fedavg", "median",     "trimmed_mean",
+                                            "krum",   "multi_krum", "bulyan"};
+  int ok_agg = 0;
+  for (int i = 0; i < 6; i++)
+    ok_agg |= o->aggregator != NULL && strcmp(o->aggregator, aggregators[i]) == 0;
+  if (!ok_agg)
+    return fail(msg, cap,
+                "bad --aggregator %s: fedavg, median, trimmed_mean, krum, multi_krum or bulyan",
+                o->aggregator ? o->aggregator : "");
   sim_partition_scheme ps;
   if (sim_partition_scheme_parse(&ps, o->partition) != FL_OK)
     return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA or shards:K", o->partition);

@@ -34,7 +34,11 @@ typedef struct sim_options {
   const char *encoding, *server_optimizer;
   /* faults */
   double dropout, net_fail, straggler_frac, straggler_ms, bad_frac;
-  const char *bad_kinds; /* comma list of poison,unclipped,badsig,replay */
+  const char *bad_kinds; /* comma list of sim_behaviour names (options.c) */
+  /* robust aggregation, passed into the plan (the coordinator checks them: 400 bad_plan) */
+  const char *aggregator;
+  double trim_fraction;
+  uint32_t byzantine, krum_select;
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */

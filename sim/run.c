@@ -284,7 +284,19 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
       .rounds = (uint32_t)o->rounds};
   x->min_participants = p.min_participants;
   uint64_t plan_id;
-  int rc = sim_admin_create_plan(x->admin, x->model_id, &p, &plan_id, round_id);
+  /* The aggregator's fields go on top of the common plan; the coordinator validates them
+   * (rule against min_participants) and answers 400 bad_plan with why. */
+  json_t *j = fl_sup_plan_json(&p);
+  int rc = FL_E_NOMEM;
+  bool robust = strcmp(o->aggregator, "fedavg") != 0; /* else as before, for older coordinators */
+  if (j != NULL && !robust)
+    rc = fl_sup_admin_create_plan(x->admin, x->model_id, j, &plan_id, round_id);
+  else if (j != NULL && json_object_set_new(j, "aggregator", json_string(o->aggregator)) == 0 &&
+           json_object_set_new(j, "trim_fraction", json_real(o->trim_fraction)) == 0 &&
+           json_object_set_new(j, "byzantine", json_integer(o->byzantine)) == 0 &&
+           json_object_set_new(j, "krum_select", json_integer(o->krum_select)) == 0)
+    rc = fl_sup_admin_create_plan(x->admin, x->model_id, j, &plan_id, round_id);
+  json_decref(j);
   if (rc != FL_OK)
     fprintf(stderr, "fl-sim: cannot create the plan: %s\n", sim_admin_errmsg(x->admin));
   return rc;

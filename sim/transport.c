@@ -46,7 +46,10 @@ struct sim_link {
 };
 
 const char *sim_behaviour_name(sim_behaviour b) {
-  static const char *names[] = {"honest", "poisoned", "unclipped", "bad signature", "replay"};
+  static const char *names[] = {
+      "honest",     "poisoned",    "unclipped",           "bad signature",
+      "replay",     "sign flip",   "scaled to the bound", "a little is enough",
+      "label flip", "random noise"};
   return b < SIM_BEHAVIOUR_COUNT ? names[b] : "?";
 }
 
@@ -99,7 +102,7 @@ void sim_net_count_refusal(sim_net_stats *s, int status, const uint8_t *body, si
 
 /* Rewrites this device's upload as its behaviour dictates (the key is loaded on first use). */
 static int rewrite_upload(sim_link *l) {
-  if (l->key == NULL && (l->behaviour == SIM_POISON || l->behaviour == SIM_UNCLIPPED)) {
+  if (l->key == NULL && sim_misbehave_resigns(l->behaviour)) {
     int rc = fl__key_load_pem(&l->key, l->key_path);
     if (rc != FL_OK)
       return rc;

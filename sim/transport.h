@@ -32,7 +32,13 @@ typedef enum sim_behaviour {
   SIM_UNCLIPPED = 2,
   SIM_BADSIG = 3,
   SIM_REPLAY = 4,
-  SIM_BEHAVIOUR_COUNT = 5
+  /* Attacks inside the norm bound (misbehave.h); label flipping acts on the training data. */
+  SIM_SIGNFLIP = 5,
+  SIM_SCALED = 6,
+  SIM_LIE = 7,
+  SIM_LABELFLIP = 8,
+  SIM_NOISE = 9,
+  SIM_BEHAVIOUR_COUNT = 10
 } sim_behaviour;
 
 const char *sim_behaviour_name(sim_behaviour b);

@@ -403,7 +403,8 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
                   .mi = mi,
                   .delta = u->delta,
                   .nonce = sr->nonce.data,
-                  .nonce_len = sr->nonce.len};
+                  .nonce_len = sr->nonce.len,
+                  .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED};
   memcpy(up.digest, digest, sizeof digest);
   uint32_t accepted = 0;
   int res = fl__agg_submit(s->agg, &up, &accepted);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "mem.h"
 #include "rounds/rounds.h"
 #include "store/store_pg.h"
 
@@ -39,6 +40,7 @@ typedef struct batch {
   double weight, loss_sum;
   uint64_t bytes;
   uint32_t count;
+  bool stored; /* the round's updates are written to round_updates (aggregate.h) */
   waiter *waiters;
   struct batch *next;
 } batch;
@@ -189,6 +191,7 @@ int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
   }
   for (size_t i = 0; i < u->mi->n_tensors; i++)
     fl__tensor_fold(u->delta[i], (float)u->samples, b->sum + u->mi->tensors[i].offset);
+  b->stored |= u->stored;
   b->weight += (double)u->samples;
   b->loss_sum += u->loss * (double)u->samples;
   b->bytes += u->bytes;
@@ -359,6 +362,34 @@ static int insert_partial(fl_agg *a, PGconn *c, const batch *b) {
   return 0;
 }
 
+/* Step 3 for a stored aggregator: each update as sent, keyed like its acceptance row (which
+ * step 2 has just inserted, so these rows are new). One prepared INSERT per update: the
+ * blobs go as binary parameters, not through an array literal. */
+static int insert_updates(PGconn *c, const batch *b) {
+  for (const waiter *w = b->waiters; w != NULL; w = w->next) {
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    fl_pgp p;
+    if (w->replayed || w->over) /* neither has an acceptance row: not counted, not stored */
+      continue;
+    if (fl__delta_pack(w->u->delta, w->u->mi->n_tensors, &blob, &len, NULL) != FL_OK)
+      return -1;
+    fl__pgp_init(&p);
+    fl__pgp_u64(&p, b->round_id);
+    fl__pgp_u64(&p, w->device_id);
+    fl__pgp_bin(&p, blob, len);
+    PGresult *r = fl__pg_exec_prep(c, "fl_batch_update",
+                                   "INSERT INTO round_updates (round_id, device_id, delta)"
+                                   " VALUES ($1, $2, $3)",
+                                   &p, false, NULL);
+    fl__free(NULL, blob);
+    if (r == NULL)
+      return -1;
+    PQclear(r);
+  }
+  return 0;
+}
+
 /* Sums the batch again from its waiters that are not replayed (their request threads still
  * hold the decoded updates). */
 static void refold(batch *b) {
@@ -462,7 +493,8 @@ static int commit_batch(fl_agg *a, batch *b, uint32_t *accepted) {
   /* A duplicate means another replica acknowledged one of these devices meanwhile: nothing
    * of this batch is committed and every device retries (the duplicate one then gets its
    * precise answer from the acceptance row). */
-  if (insert_acceptances(a, c, b) != 1 || insert_partial(a, c, b) || fl__pg_cmd(c, "COMMIT"))
+  if (insert_acceptances(a, c, b) != 1 || insert_partial(a, c, b) ||
+      (b->stored && insert_updates(c, b)) || fl__pg_cmd(c, "COMMIT"))
     goto out;
   result = FL_AGG_OK;
   if (*accepted >= target)

@@ -8,6 +8,11 @@
  * Only after COMMIT are the waiting requests answered, so an acknowledged update is durable;
  * a crash loses only unacknowledged ones, which devices retry. No list of whole updates is
  * ever kept: memory is one vector per round with pending uploads.
+ *
+ * Rounds of a stored aggregator (aggregator.h: median, Krum...) need every update at close:
+ * for them the same transaction also writes each update as sent (fl__delta_pack) to
+ * round_updates, so an acknowledged update is durable there too; close.c reads and removes
+ * them. The partial sums are still written: they carry the round's counts, loss and bytes.
  */
 #ifndef FL__AGGREGATE_H
 #define FL__AGGREGATE_H
@@ -27,6 +32,7 @@ typedef struct fl_upload {
   Fl__V1__Tensor *const *delta; /* mi->n_tensors tensors, already validated */
   const uint8_t *nonce;         /* the request's nonce, recorded in the batch's transaction */
   size_t nonce_len;
+  bool stored; /* the round's aggregator is a stored one: the update itself is committed too */
 } fl_upload;
 
 enum {

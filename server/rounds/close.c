@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "registry/models.h"
+#include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
 #include "rng.h"
 #include "rounds/rounds.h"
@@ -111,6 +113,65 @@ static int sum_partials(PGconn *c, uint64_t round_id, size_t n, round_sum *rs) {
     rs->loss_sum += fl__pg_bin_f64(r, row, 3);
     rs->bytes += (uint64_t)fl__pg_bin_i64(r, row, 4);
   }
+  PQclear(r);
+  return err;
+}
+
+/* A stored round's updates, as committed (fl__delta_pack), viewed in place: the result holds
+ * the n encoded blobs (their compressed size) and the aggregator decodes coordinate blocks
+ * on demand, so no decoded copy of a whole update is ever made. */
+typedef struct stored_src {
+  const fl_model_info *mi;
+  Fl__V1__Tensor *views; /* n * n_tensors, pointing into the PGresult */
+  Fl__V1__Tensor **ptrs; /* the same, as the pointer arrays codec takes */
+} stored_src;
+
+static int stored_read(void *ctx, size_t i, size_t off, size_t len, float *dst) {
+  const stored_src *ss = ctx;
+  size_t nt = ss->mi->n_tensors;
+  return fl__delta_decode_range(ss->ptrs + i * nt, ss->mi->tensors, nt, off, len, dst);
+}
+
+/* Runs the plan's stored aggregator over the round's updates (in device id order, which is
+ * how the rules' index tie-break reads) into out. FL_E_REFUSED when fewer updates are stored
+ * than the rule needs (plan validation makes that unreachable for rounds it opened);
+ * FL_E_PARSE when a stored update does not parse as the model's layout. */
+static int stored_aggregate(PGconn *c, const round_row *rr, const fl_model_info *mi, float *out) {
+  stored_src ss = {.mi = mi};
+  fl_agg_source src;
+  fl_pgp p;
+  int err = FL_E_NOMEM;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, rr->round_id);
+  PGresult *r = fl__pg_exec(c,
+                            "SELECT delta FROM round_updates WHERE round_id = $1"
+                            " ORDER BY device_id",
+                            &p, true, NULL);
+  if (r == NULL)
+    return FL_E_DB;
+  size_t n = (size_t)PQntuples(r), nt = mi->n_tensors;
+  if (n < fl__agg_min_updates(&rr->plan.agg)) {
+    err = FL_E_REFUSED;
+    goto out;
+  }
+  ss.views = calloc(n * nt + 1, sizeof *ss.views);
+  ss.ptrs = calloc(n * nt + 1, sizeof *ss.ptrs);
+  if (ss.views == NULL || ss.ptrs == NULL)
+    goto out;
+  err = FL_OK;
+  for (size_t i = 0; i < n && err == FL_OK; i++)
+    err = fl__delta_view((const uint8_t *)PQgetvalue(r, (int)i, 0),
+                         (size_t)PQgetlength(r, (int)i, 0), mi->tensors, nt, ss.views + i * nt);
+  if (err != FL_OK)
+    err = FL_E_PARSE;
+  for (size_t k = 0; k < n * nt; k++)
+    ss.ptrs[k] = &ss.views[k];
+  src = (fl_agg_source){.n = n, .dim = mi->n_params, .read = stored_read, .ctx = &ss};
+  if (err == FL_OK)
+    err = fl__agg_run(&rr->plan.agg, &src, out, NULL);
+out:
+  free(ss.views);
+  free(ss.ptrs);
   PQclear(r);
   return err;
 }
@@ -235,11 +296,11 @@ static int finish_round(PGconn *c, const round_row *rr, const char *state, uint6
 }
 
 static json_t *round_metrics(const round_row *rr, const round_sum *rs) {
-  return json_pack("{s:I, s:f, s:I, s:I, s:f, s:I}", "participants", (json_int_t)rs->count,
-                   "mean_loss", rs->weight > 0 ? rs->loss_sum / rs->weight : 0.0,
-                   "total_samples", (json_int_t)llround(rs->weight), "bytes_received",
-                   (json_int_t)rs->bytes, "seconds", rr->seconds, "round_id",
-                   (json_int_t)rr->round_id);
+  return json_pack("{s:I, s:f, s:I, s:I, s:f, s:I, s:s}", "participants", (json_int_t)rs->count,
+                   "mean_loss", rs->weight > 0 ? rs->loss_sum / rs->weight : 0.0, "total_samples",
+                   (json_int_t)llround(rs->weight), "bytes_received", (json_int_t)rs->bytes,
+                   "seconds", rr->seconds, "round_id", (json_int_t)rr->round_id, "aggregator",
+                   fl__agg_rule_name(rr->plan.agg.rule));
 }
 
 static bool all_finite(const float *v, size_t n) {
@@ -273,8 +334,14 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   metrics = round_metrics(rr, &rs);
   if (mean == NULL || metrics == NULL)
     goto out;
-  for (size_t i = 0; i < mi->n_params; i++)
-    mean[i] = (float)(rs.sum[i] / rs.weight);
+  if (fl__agg_kind(rr->plan.agg.rule) == FL_AGG_STORED) {
+    err = stored_aggregate(c, rr, mi, mean);
+    if (err != FL_OK)
+      goto out;
+  } else {
+    for (size_t i = 0; i < mi->n_params; i++)
+      mean[i] = (float)(rs.sum[i] / rs.weight);
+  }
   err = add_central_noise(rr, mean, mi->n_params, rs.count);
   if (err == FL_OK && !all_finite(mean, mi->n_params))
     err = FL_E_NONFINITE;
@@ -297,14 +364,19 @@ out:
   return err;
 }
 
-/* A finished round's partial sums are folded into its version (or given up with it), so they
- * go in the same transaction: otherwise every group commit would leave a parameter-sized row
- * behind forever. The acceptances stay: they are the per-device record of the round. */
+/* A finished round's partial sums and stored updates are folded into its version (or given
+ * up with it), so they go in the same transaction: otherwise every group commit would leave
+ * parameter-sized rows behind forever. The acceptances stay: they are the per-device record
+ * of the round. */
 static int drop_partials(PGconn *c, uint64_t round_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, round_id);
   PGresult *r = fl__pg_exec(c, "DELETE FROM partials WHERE round_id = $1", &p, false, NULL);
+  if (r == NULL)
+    return FL_E_DB;
+  PQclear(r);
+  r = fl__pg_exec(c, "DELETE FROM round_updates WHERE round_id = $1", &p, false, NULL);
   if (r == NULL)
     return FL_E_DB;
   PQclear(r);
@@ -331,13 +403,19 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
     outcome = "closed";
     int err = fl__pg_cmd(c, "SAVEPOINT fl_close") ? FL_E_DB : close_round(s, c, &rr, &version);
     rc = err == FL_OK ? 0 : -1;
-    if (err == FL_E_NONFINITE) {
+    if (err == FL_E_NONFINITE || err == FL_E_REFUSED || err == FL_E_PARSE) {
       /* Refused, not retried: the same partials would give the same aggregate. The round is
        * abandoned and the next one starts from the same base version. */
       outcome = "abandoned";
       version = 0;
-      snprintf(reason, sizeof reason, "non_finite_aggregate: %u updates summed to NaN or Inf",
-               rr.accepted);
+      if (err == FL_E_NONFINITE)
+        snprintf(reason, sizeof reason, "non_finite_aggregate: %u updates summed to NaN or Inf",
+                 rr.accepted);
+      else if (err == FL_E_REFUSED)
+        snprintf(reason, sizeof reason, "too_few_updates: fewer stored updates than %s needs (%zu)",
+                 fl__agg_rule_name(rr.plan.agg.rule), fl__agg_min_updates(&rr.plan.agg));
+      else
+        snprintf(reason, sizeof reason, "bad_stored_update: a stored update does not parse");
       fl__slog(FL_LOG_WARN, "round_aggregate_refused", "round=%" PRIu64 " reason=\"%s\"", round_id,
                reason);
       rc = fl__pg_cmd(c, "ROLLBACK TO SAVEPOINT fl_close") ||

@@ -35,16 +35,29 @@ typedef struct num_field {
 
 /* Order matches num_ptr(). */
 static const num_field NUMS[] = {
-    {"participants", 1, 1e6, true},      {"min_participants", 1, 1e6, true},
-    {"over_selection", 1, 10, false},    {"deadline_s", 1, 7 * 86400, true},
-    {"local_epochs", 1, 1000, true},     {"batch_size", 1, 1e6, true},
-    {"learning_rate", 0, 100, false},    {"momentum", 0, 1, false},
-    {"weight_decay", 0, 1, false},       {"prox_mu", 0, 1e3, false},
-    {"clip_norm", 0, 1e9, false},        {"noise_multiplier", 0, 1e3, false},
-    {"local_noise_stddev", 0, 1e3, false}, {"topk_fraction", 1e-6, 1, false},
-    {"server_lr", 1e-9, 1e3, false},     {"server_momentum", 0, 1, false},
-    {"beta1", 0, 1, false},              {"beta2", 0, 1, false},
-    {"tau", 1e-12, 1, false},            {"rounds", 0, 1e9, true},
+    {"participants", 1, 1e6, true},
+    {"min_participants", 1, 1e6, true},
+    {"over_selection", 1, 10, false},
+    {"deadline_s", 1, 7 * 86400, true},
+    {"local_epochs", 1, 1000, true},
+    {"batch_size", 1, 1e6, true},
+    {"learning_rate", 0, 100, false},
+    {"momentum", 0, 1, false},
+    {"weight_decay", 0, 1, false},
+    {"prox_mu", 0, 1e3, false},
+    {"clip_norm", 0, 1e9, false},
+    {"noise_multiplier", 0, 1e3, false},
+    {"local_noise_stddev", 0, 1e3, false},
+    {"topk_fraction", 1e-6, 1, false},
+    {"server_lr", 1e-9, 1e3, false},
+    {"server_momentum", 0, 1, false},
+    {"beta1", 0, 1, false},
+    {"beta2", 0, 1, false},
+    {"tau", 1e-12, 1, false},
+    {"rounds", 0, 1e9, true},
+    {"trim_fraction", 0, 0.5, false},
+    {"byzantine", 0, 1e6, true},
+    {"krum_select", 0, 1e6, true},
 };
 #define N_NUMS (sizeof NUMS / sizeof NUMS[0])
 
@@ -69,13 +82,34 @@ static void set_num(fl_plan *p, size_t i, double v) {
   case 16: p->opt.beta1 = v; break;
   case 17: p->opt.beta2 = v; break;
   case 18: p->opt.tau = v; break;
-  default: p->rounds = (uint32_t)v; break;
+  case 19:
+    p->rounds = (uint32_t)v;
+    break;
+  case 20:
+    p->agg.trim_fraction = v;
+    break;
+  case 21:
+    p->agg.byzantine = (uint32_t)v;
+    break;
+  default:
+    p->agg.krum_select = (uint32_t)v;
+    break;
   }
 }
 
 static int parse_enum(fl_plan *p, const json_t *j, char msg[160]) {
   const json_t *e = json_object_get(j, "encoding");
   const json_t *o = json_object_get(j, "server_optimizer");
+  const json_t *g = json_object_get(j, "aggregator");
+  if (g != NULL) {
+    int k = json_is_string(g) ? fl__agg_rule(json_string_value(g)) : -1;
+    if (k < 0) {
+      snprintf(msg, 160,
+               "aggregator must be fedavg, median, trimmed_mean, krum, multi_krum or bulyan");
+      return -1;
+    }
+    p->agg.rule = (fl_agg_rule)k;
+  }
   if (e != NULL) {
     p->encoding = 0;
     for (int i = 1; i <= 4; i++)
@@ -123,7 +157,8 @@ static int known_key(const char *k) {
   for (size_t i = 0; i < sizeof SELECTION / sizeof SELECTION[0]; i++)
     if (strcmp(k, SELECTION[i].name) == 0)
       return 1;
-  if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0)
+  if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
+      strcmp(k, "aggregator") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
     if (strcmp(k, NUMS[i].name) == 0)
@@ -175,24 +210,39 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
     snprintf(msg, 160, "noise_multiplier needs clip_norm > 0");
     return -1;
   }
+  if (p->agg.trim_fraction >= 0.5) {
+    snprintf(msg, 160, "trim_fraction must be in [0, 0.5)");
+    return -1;
+  }
+  /* The Gaussian mechanism's stddev is calibrated to the sensitivity of a mean of clipped
+   * updates; a median or a Krum pick has another one, so the noise would promise nothing. */
+  if (p->noise_multiplier > 0 && fl__agg_kind(p->agg.rule) == FL_AGG_STORED) {
+    snprintf(msg, 160, "noise_multiplier applies to the fedavg aggregator only");
+    return -1;
+  }
+  /* A round may close with min_participants updates, so the rule must work with that many:
+   * a round then never reaches its close with too few updates for its aggregator. */
+  if (fl__agg_check(&p->agg, p->min_participants, p->participants, msg, 160))
+    return -1;
   return 0;
 }
 
 static json_t *base_json(const fl_plan *p) {
-  return json_pack("{s:i, s:i, s:f, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s,"
-                   " s:f, s:s, s:f, s:f, s:f, s:f, s:f, s:i}",
-                   "participants", (json_int_t)p->participants, "min_participants",
-                   (json_int_t)p->min_participants, "over_selection", p->over_selection,
-                   "deadline_s", (json_int_t)p->deadline_s, "local_epochs",
-                   (json_int_t)p->local_epochs, "batch_size", (json_int_t)p->batch_size,
-                   "learning_rate", p->learning_rate, "momentum", p->momentum, "weight_decay",
-                   p->weight_decay, "prox_mu", p->prox_mu, "clip_norm", p->clip_norm,
-                   "noise_multiplier", p->noise_multiplier, "local_noise_stddev",
-                   p->local_noise_stddev, "encoding", fl__encoding_name(p->encoding),
-                   "topk_fraction", p->topk_fraction, "server_optimizer",
-                   fl__opt_name(p->opt.kind), "server_lr", p->opt.lr, "server_momentum",
-                   p->opt.momentum, "beta1", p->opt.beta1, "beta2", p->opt.beta2, "tau",
-                   p->opt.tau, "rounds", (json_int_t)p->rounds);
+  return json_pack(
+      "{s:i, s:i, s:f, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s,"
+      " s:f, s:s, s:f, s:f, s:f, s:f, s:f, s:i, s:s, s:f, s:i, s:i}",
+      "participants", (json_int_t)p->participants, "min_participants",
+      (json_int_t)p->min_participants, "over_selection", p->over_selection, "deadline_s",
+      (json_int_t)p->deadline_s, "local_epochs", (json_int_t)p->local_epochs, "batch_size",
+      (json_int_t)p->batch_size, "learning_rate", p->learning_rate, "momentum", p->momentum,
+      "weight_decay", p->weight_decay, "prox_mu", p->prox_mu, "clip_norm", p->clip_norm,
+      "noise_multiplier", p->noise_multiplier, "local_noise_stddev", p->local_noise_stddev,
+      "encoding", fl__encoding_name(p->encoding), "topk_fraction", p->topk_fraction,
+      "server_optimizer", fl__opt_name(p->opt.kind), "server_lr", p->opt.lr, "server_momentum",
+      p->opt.momentum, "beta1", p->opt.beta1, "beta2", p->opt.beta2, "tau", p->opt.tau, "rounds",
+      (json_int_t)p->rounds, "aggregator", fl__agg_rule_name(p->agg.rule), "trim_fraction",
+      p->agg.trim_fraction, "byzantine", (json_int_t)p->agg.byzantine, "krum_select",
+      (json_int_t)p->agg.krum_select);
 }
 
 json_t *fl__plan_to_json(const fl_plan *p) {

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
 
 typedef struct fl_plan {
@@ -23,6 +24,7 @@ typedef struct fl_plan {
   int encoding;               /* fl.v1.Encoding */
   double topk_fraction;
   fl_opt_params opt;
+  fl_agg_params agg;          /* the rounds' aggregator: fedavg streams, the others store updates */
   uint32_t rounds;            /* 0: continuous */
   double selection_window_s;  /* fair selection window (rounds.c); 0: first come, first served */
   double selection_pool;      /* draw early at ceil(max_assign x pool) candidates */

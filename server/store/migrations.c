@@ -161,12 +161,24 @@ static const char *const M_SELECTION[] = {
     " at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (round_id, device_id))",
     "CREATE INDEX acceptances_device ON acceptances (device_id, accepted_at)", NULL};
 
+/* Stored updates: a robust aggregator's round keeps every accepted update, as the device sent
+ * it, from the group commit that acknowledges it to the transaction that closes the round
+ * (rounds/aggregate.c, rounds/close.c). The key is the acceptance's. EXTERNAL: the data are
+ * floats or already compressed encodings, which pglz would only burn CPU on. */
+static const char *const M_STORED_UPDATES[] = {
+    "CREATE TABLE round_updates ("
+    " round_id bigint NOT NULL, device_id bigint NOT NULL, delta bytea NOT NULL,"
+    " PRIMARY KEY (round_id, device_id),"
+    " FOREIGN KEY (round_id, device_id) REFERENCES acceptances (round_id, device_id))",
+    "ALTER TABLE round_updates ALTER COLUMN delta SET STORAGE EXTERNAL", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
     {3, "rollouts", M3},
     {4, "admin token life cycle", M_ADMIN_TOKENS},
     {5, "fair selection", M_SELECTION},
+    {6, "stored updates", M_STORED_UPDATES},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

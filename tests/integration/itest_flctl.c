@@ -365,3 +365,24 @@ Test(flctl, tokens_create_list_and_revoke) {
   cr_assert_geq(row_words(r->out, id, words), 4, "%s", r->out);
   cr_assert_str_eq(words[3], "revoked");
 }
+
+Test(flctl, plans_create_takes_the_aggregator_fields) {
+  char model[32];
+  snprintf(model, sizeof model, "%llu", (unsigned long long)g_model);
+  run *r = FLCTL("plans", "create", model, "--byzantine", "one");
+  cr_expect_eq(r->rc, 2, "%s", r->err);
+  cr_expect(strstr(r->err, "--byzantine") != NULL, "%s", r->err);
+  r = FLCTL("plans", "create", model, "--aggregator", "krum", "--byzantine", "2", "--plan",
+            "{\"participants\":6}");
+  cr_expect_neq(r->rc, 0, "krum with f = 2 needs 7 per round: %s", r->out);
+  cr_expect(strstr(r->err, "bad_plan") != NULL, "%s", r->err);
+  cr_assert_eq(db_count("plans"), 0);
+  r = FLCTL("plans", "create", model, "--plan", "{\"participants\":7}", "--aggregator",
+            "multi_krum", "--byzantine", "1", "--krum-select", "3");
+  cr_assert_eq(r->rc, 0, "%s", r->err);
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM plans WHERE config->>'aggregator' ="
+                           " 'multi_krum' AND (config->>'byzantine')::int = 1"
+                           " AND (config->>'krum_select')::int = 3"),
+               1, "%s", r->out);
+}

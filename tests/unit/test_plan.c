@@ -95,3 +95,55 @@ Test(plan, selection_fields_and_pace) {
   cr_assert_float_eq(json_real_value(json_object_get(j, "selection_pool")), 3.0, 1e-12);
   json_decref(j);
 }
+
+Test(plan, aggregator_fields) {
+  fl_plan p, q;
+  char msg[160];
+  cr_assert_eq(parse("{}", &p, msg), 0);
+  cr_assert_eq(p.agg.rule, FL_AGGR_FEDAVG, "fedavg by default");
+  cr_assert_eq(parse("{\"participants\":9,\"aggregator\":\"bulyan\",\"byzantine\":1}", &p, msg), 0,
+               "%s", msg);
+  cr_assert_eq(p.agg.rule, FL_AGGR_BULYAN);
+  cr_assert_eq(p.agg.byzantine, 1);
+  cr_assert_eq(parse("{\"aggregator\":\"trimmed_mean\",\"trim_fraction\":0.2}", &p, msg), 0);
+  cr_assert_float_eq(p.agg.trim_fraction, 0.2, 1e-15);
+  cr_assert_eq(parse("{\"participants\":6,\"aggregator\":\"multi_krum\",\"byzantine\":1,"
+                     "\"krum_select\":3}",
+                     &p, msg),
+               0, "%s", msg);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_not_null(j);
+  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_assert_eq(memcmp(&p, &q, sizeof p), 0, "the stored form keeps the aggregator");
+}
+
+Test(plan, refuses_bad_aggregator_parameters) {
+  fl_plan p;
+  char msg[160];
+  cr_assert_eq(parse("{\"aggregator\":\"mean\"}", &p, msg), -1);
+  cr_assert(strstr(msg, "aggregator must be") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"aggregator\":7}", &p, msg), -1);
+  cr_assert_eq(parse("{\"aggregator\":\"trimmed_mean\",\"trim_fraction\":0.5}", &p, msg), -1);
+  cr_assert(strstr(msg, "trim_fraction") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"trim_fraction\":-0.1}", &p, msg), -1);
+  /* krum with f = 2 needs 2f + 3 = 7 updates; a round may close with min_participants = 6. */
+  cr_assert_eq(parse("{\"participants\":10,\"min_participants\":6,\"aggregator\":\"krum\","
+                     "\"byzantine\":2}",
+                     &p, msg),
+               -1);
+  cr_assert(strstr(msg, "needs at least 7") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"participants\":10,\"min_participants\":7,\"aggregator\":\"krum\","
+                     "\"byzantine\":2}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_assert_eq(parse("{\"participants\":10,\"aggregator\":\"bulyan\",\"byzantine\":2}", &p, msg),
+               -1, "bulyan with f = 2 needs 11");
+  cr_assert_eq(parse("{\"participants\":5,\"aggregator\":\"multi_krum\"}", &p, msg), -1,
+               "multi_krum needs krum_select");
+  cr_assert_eq(
+      parse("{\"participants\":5,\"aggregator\":\"multi_krum\",\"krum_select\":6}", &p, msg), -1,
+      "more selected than participants");
+  cr_assert_eq(parse("{\"aggregator\":\"median\",\"noise_multiplier\":1}", &p, msg), -1);
+  cr_assert(strstr(msg, "fedavg aggregator only") != NULL, "%s", msg);
+}

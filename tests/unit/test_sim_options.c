@@ -8,6 +8,7 @@
 
 #include "fl/err.h"
 #include "options.h"
+#include "transport.h"
 
 #define ARGV(...)               \
   (char *[]) {                  \
@@ -186,4 +187,24 @@ Test(sim_options, model_name_option) {
   cr_expect_null(o.model_name, "unique per run unless given");
   cr_expect_eq(PARSE(&o, "--model-name", "my model"), FL_OK);
   cr_expect_str_eq(o.model_name, "my model");
+}
+
+Test(sim_options, robust_aggregation_and_in_bound_attacks) {
+  sim_options o = opts();
+  cr_expect_eq(PARSE(&o, "--aggregator", "trimmed_mean", "--trim-fraction", "0.2", "--byzantine",
+                     "2", "--krum-select", "3", "--bad-kinds", "signflip,lie,labelflip"),
+               FL_OK);
+  cr_expect_str_eq(o.aggregator, "trimmed_mean");
+  cr_expect_float_eq(o.trim_fraction, 0.2, 1e-12);
+  cr_expect_eq(o.byzantine, 2);
+  cr_expect_eq(o.krum_select, 3);
+  cr_expect_eq(sim_options_bad_kinds(o.bad_kinds),
+               (1 << SIM_SIGNFLIP) | (1 << SIM_LIE) | (1 << SIM_LABELFLIP));
+  cr_expect_eq(sim_options_bad_kinds("scaled,noise"), (1 << SIM_SCALED) | (1 << SIM_NOISE));
+  o = opts();
+  o.aggregator = "geomedian";
+  cr_expect(strstr(why(&o), "--aggregator") != NULL, "%s", why(&o));
+  o = opts();
+  o.trim_fraction = 0.5;
+  cr_expect(strstr(why(&o), "--trim-fraction") != NULL, "%s", why(&o));
 }

@@ -29,7 +29,9 @@ static const form FORMS[] = {
     {"models", "list", "", "models list"},
     {"models", "create", "spec seed", "models create NAME --spec JSON|@FILE [--seed N]"},
     {"versions", "list", "", "versions list MODEL_ID"},
-    {"plans", "create", "plan", "plans create MODEL_ID [--plan JSON|@FILE]"},
+    {"plans", "create", "plan aggregator trim-fraction byzantine krum-select",
+     "plans create MODEL_ID [--plan JSON|@FILE] [--aggregator NAME] [--trim-fraction B]\n"
+     "                  [--byzantine F] [--krum-select M]"},
     {"plans", "stop", "", "plans stop PLAN_ID"},
     {"rounds", "list", "model", "rounds list [--model MODEL_ID]"},
     {"rounds", "get", "", "rounds get ROUND_ID"},
@@ -329,6 +331,36 @@ static int cmd_versions(const flctl *f, const args *a) {
   return show_list(f, path, "versions", VERSION_COLS);
 }
 
+/* --aggregator and its parameters, over the fields of --plan (the coordinator checks them and
+ * answers 400 bad_plan with why). -1 after printing why for a value that is not a number. */
+static int robust_flags(const args *a, json_t *plan) {
+  static const char *const nums[] = {"trim-fraction", "byzantine", "krum-select"};
+  static const char *const keys[] = {"trim_fraction", "byzantine", "krum_select"};
+  if (!json_is_object(plan)) {
+    fprintf(stderr, "flctl: --plan must be a JSON object\n");
+    return -1;
+  }
+  if (flag(a, "aggregator") != NULL)
+    json_object_set_new(plan, "aggregator", json_string(flag(a, "aggregator")));
+  for (int i = 0; i < 3; i++) {
+    const char *v = flag(a, nums[i]);
+    char *end;
+    if (v == NULL)
+      continue;
+    double d = strtod(v, &end);
+    if (*v == '\0' || *end != '\0' || !isfinite(d)) {
+      fprintf(stderr, "flctl: --%s: not a number: %s\n", nums[i], v);
+      return -1;
+    }
+    if (i > 0 && (d != floor(d) || fabs(d) > 1e15)) {
+      fprintf(stderr, "flctl: --%s: not a whole number: %s\n", nums[i], v);
+      return -1;
+    }
+    json_object_set_new(plan, keys[i], i == 0 ? json_real(d) : json_integer((json_int_t)d));
+  }
+  return 0;
+}
+
 static int cmd_plans(const flctl *f, const args *a) {
   char path[96];
   long long id;
@@ -343,8 +375,10 @@ static int cmd_plans(const flctl *f, const args *a) {
     return show_call(f, "POST", path, NULL);
   }
   json_t *plan = json_arg("--plan", flag(a, "plan") ? flag(a, "plan") : "{}");
-  if (plan == NULL)
+  if (plan == NULL || robust_flags(a, plan)) {
+    json_decref(plan);
     return FLCTL_USAGE;
+  }
   snprintf(path, sizeof path, "/admin/v1/models/%lld/plans", id);
   return show_call(f, "POST", path, plan);
 }
