@@ -208,15 +208,14 @@ static void *run_upload(void *arg) {
   return NULL;
 }
 
-Test(selection, target_cap, .init = setup, .fini = teardown, .timeout = 120) {
+/* Four uploads in one batch past a target of 2: two folded, two target_reached. With a
+ * stored rule (median of two = their mean) only the two counted updates are stored. */
+static void target_cap_case(const char *plan, bool stored) {
   /* A long group-commit gather: the four uploads share one batch, past the target of 2. */
   const char *extra[] = {"--commit-interval=1000", NULL};
   uint64_t model_id, round_id;
   cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, extra), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_coord, "cap", FL_H_SMALL_SPEC,
-                                   "{\"participants\":2,\"over_selection\":2,"
-                                   "\"deadline_s\":600}",
-                                   &model_id, &round_id),
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "cap", FL_H_SMALL_SPEC, plan, &model_id, &round_id),
                0);
   cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 4), 0);
   for (int i = 0; i < 4; i++) {
@@ -258,6 +257,8 @@ Test(selection, target_cap, .init = setup, .fini = teardown, .timeout = 120) {
            (unsigned long long)round_id);
   cr_assert_eq(fl_h_db_int(g_db, sql), 2);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM acceptances"), 2);
+  if (stored) /* kept until close, which deletes them: the close ran, so none are left */
+    cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM round_updates"), 0);
   /* A refused upload's nonce is spent like an accepted one's. */
   cr_assert_eq(fl_h_db_int(g_db, nonces), nonces_before + 4);
   cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 2, &v2), 0);
@@ -274,6 +275,19 @@ Test(selection, target_cap, .init = setup, .fini = teardown, .timeout = 120) {
   free(w2);
   fl__v1__model_version__free_unpacked(base, NULL);
   fl__v1__model_version__free_unpacked(v2, NULL);
+}
+
+Test(selection, target_cap, .init = setup, .fini = teardown, .timeout = 120) {
+  target_cap_case("{\"participants\":2,\"over_selection\":2,\"deadline_s\":600}", false);
+}
+
+/* The same batch for a stored rule: the uploads past the target have no acceptance row, so
+ * they must not be stored either (their rows would break the batch's transaction). */
+Test(selection, target_cap_with_a_stored_rule, .init = setup, .fini = teardown, .timeout = 120) {
+  target_cap_case(
+      "{\"participants\":2,\"over_selection\":2,\"deadline_s\":600,"
+      "\"aggregator\":\"median\"}",
+      true);
 }
 
 /* Two replicas on one database, both tickers every 20 ms: the window's draw happens once
