@@ -57,8 +57,8 @@ struct fl_agg {
   fl_nonce_slot *nonces;
   round_entry rounds[FL_ROUND_CACHE_N];
   pthread_mutex_t mu;
-  pthread_cond_t work;  /* committer: batches are pending or stop */
-  pthread_cond_t done;  /* waiters: some results are in */
+  pthread_cond_t work; /* committer: batches are pending or stop */
+  pthread_cond_t done; /* waiters: some results are in */
   batch *pending;
   bool stop, started;
   pthread_t thread;
@@ -472,35 +472,65 @@ out:
 static int commit_batch(fl_agg *a, batch *b, uint32_t *accepted) {
   uint32_t target = 0;
   int result = FL_AGG_RETRY;
+  /* The step that failed and PostgreSQL's message go into the log: "result=3" alone (as it
+   * was) cannot tell a lost database from a duplicate acceptance or a constraint. */
+  const char *step = "pool";
   PGconn *c = fl__pool_get(a->s->pool);
   if (c == NULL)
-    return FL_AGG_RETRY;
-  if (fl__pg_cmd(c, "BEGIN") || insert_nonces(c, b))
-    goto out;
+    goto failed;
+  step = "begin";
+  if (fl__pg_cmd(c, "BEGIN"))
+    goto failed;
+  step = "nonces";
+  if (insert_nonces(c, b))
+    goto failed;
   if (b->count == 0)
     goto out; /* every upload was a replay: nothing to write */
+  step = "round";
   int rc = bump_round(c, b, accepted, &target);
   if (rc == 0)
     result = FL_AGG_ROUND_CLOSED;
-  if (rc <= 0)
+  if (rc < 0)
+    goto failed;
+  if (rc == 0)
     goto out;
   if (rc == 2) {
     /* Only the nonces to commit: those over the target are recorded like accepted ones. */
-    if (fl__pg_cmd(c, "COMMIT") == 0)
-      result = FL_AGG_TARGET_REACHED;
+    step = "commit";
+    if (fl__pg_cmd(c, "COMMIT"))
+      goto failed;
+    result = FL_AGG_TARGET_REACHED;
     goto out;
   }
   /* A duplicate means another replica acknowledged one of these devices meanwhile: nothing
    * of this batch is committed and every device retries (the duplicate one then gets its
    * precise answer from the acceptance row). */
-  if (insert_acceptances(a, c, b) != 1 || insert_partial(a, c, b) ||
-      (b->stored && insert_updates(c, b)) || fl__pg_cmd(c, "COMMIT"))
-    goto out;
+  step = "acceptances";
+  rc = insert_acceptances(a, c, b);
+  if (rc == 0)
+    step = "acceptances (a concurrent duplicate)";
+  if (rc != 1)
+    goto failed;
+  step = "partial";
+  if (insert_partial(a, c, b))
+    goto failed;
+  step = "stored updates";
+  if (b->stored && insert_updates(c, b))
+    goto failed;
+  step = "commit";
+  if (fl__pg_cmd(c, "COMMIT"))
+    goto failed;
   result = FL_AGG_OK;
   if (*accepted >= target)
     fl__rounds_poke(a->s->rounds);
+  goto out;
+failed:
+  fl__slog(FL_LOG_WARN, "batch_failed", "round=%" PRIu64 " updates=%u step=%s error=%s",
+           b->round_id, b->count, fl__slog_str(step),
+           fl__slog_str(c != NULL ? PQerrorMessage(c) : "no database connection"));
 out:
-  fl__pool_put(a->s->pool, c); /* rolls back an unfinished transaction */
+  if (c != NULL)
+    fl__pool_put(a->s->pool, c); /* rolls back an unfinished transaction */
   return result;
 }
 
@@ -532,8 +562,8 @@ static void *committer(void *arg) {
       int result = commit_batch(a, b, &accepted);
       fl__metrics_commit(a->s->metrics, b->count, fl__mono_s() - t0);
       fl__slog(result == FL_AGG_OK ? FL_LOG_DEBUG : FL_LOG_WARN, "batch_commit",
-               "round=%" PRIu64 " updates=%u result=%d accepted=%u", b->round_id, b->count,
-               result, accepted);
+               "round=%" PRIu64 " updates=%u result=%d accepted=%u", b->round_id, b->count, result,
+               accepted);
       pthread_mutex_lock(&a->mu);
       for (waiter *w = b->waiters; w != NULL; w = w->next) {
         w->result = w->replayed                      ? FL_AGG_REPLAYED

@@ -1,14 +1,18 @@
 /*
  * Operations: deadlines (abandon without the minimum, close with it), admin roles and the
- * audit log, body limits, reconnection after the database drops its connections, metrics.
+ * audit log, body limits, reconnection after the database drops its connections, metrics, a
+ * failed group commit answered 503 and logged with its cause.
  */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fl/err.h"
+#include "flsupport/pg.h"
 #include "harness.h"
 
 #define NDEV 4
@@ -84,8 +88,8 @@ Test(ops, deadline_abandons_then_closes_with_minimum, .init = setup, .fini = tea
 
   json_t *r1 = fl_h_wait_round(&g_coord, round1, "abandoned", 10000);
   cr_assert_not_null(r1);
-  cr_assert(strstr(json_string_value(json_object_get(r1, "reason")),
-                   "deadline_without_minimum") != NULL);
+  cr_assert(strstr(json_string_value(json_object_get(r1, "reason")), "deadline_without_minimum") !=
+            NULL);
   json_decref(r1);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM versions"), 1);
 
@@ -99,8 +103,7 @@ Test(ops, deadline_abandons_then_closes_with_minimum, .init = setup, .fini = tea
   json_t *r2 = fl_h_wait_round(&g_coord, round2, "closed", 10000);
   cr_assert_not_null(r2);
   cr_assert_eq(json_integer_value(json_object_get(r2, "result_version")), 2);
-  cr_assert_eq(json_integer_value(json_object_get(json_object_get(r2, "metrics"),
-                                                  "participants")),
+  cr_assert_eq(json_integer_value(json_object_get(json_object_get(r2, "metrics"), "participants")),
                2);
   json_decref(r2);
 
@@ -144,9 +147,8 @@ Test(ops, admin_roles_and_audit, .init = setup, .fini = teardown, .timeout = 60)
   cr_assert_str_eq(json_string_value(json_object_get(j, "error")), "bad_spec");
   json_decref(j);
   uint64_t model_id, round_id;
-  cr_assert_eq(fl_h_model_and_plan(&g_coord, "audited", FL_H_SMALL_SPEC, "{}", &model_id,
-                                   &round_id),
-               0);
+  cr_assert_eq(
+      fl_h_model_and_plan(&g_coord, "audited", FL_H_SMALL_SPEC, "{}", &model_id, &round_id), 0);
   j = fl_h_admin(&g_coord, "POST", "/admin/v1/models/1/plans", "{}", &st);
   cr_assert_eq(st, 409, "second active plan");
   json_decref(j);
@@ -157,12 +159,14 @@ Test(ops, admin_roles_and_audit, .init = setup, .fini = teardown, .timeout = 60)
   cr_assert_str_eq(json_string_value(json_object_get(j, "state")), "stopped");
   json_decref(j);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM rounds WHERE state = 'stopped'"), 1);
-  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM audit_log WHERE action IN"
-                                 " ('token.create', 'model.create', 'plan.create', 'plan.stop')"),
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM audit_log WHERE action IN"
+                           " ('token.create', 'model.create', 'plan.create', 'plan.stop')"),
                4);
   /* Secrets are never stored in clear. */
-  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM admin_tokens"
-                                 " WHERE octet_length(token_hash) = 32"),
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM admin_tokens"
+                           " WHERE octet_length(token_hash) = 32"),
                2);
 }
 
@@ -170,8 +174,7 @@ Test(ops, body_limit_and_database_reconnect, .init = setup, .fini = teardown, .t
   const char *extra[] = {"--max-body=4096", NULL};
   uint64_t model_id, round_id, base_v;
   cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, extra), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_coord, "limits", FL_H_SMALL_SPEC, "{}", &model_id,
-                                   &round_id),
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "limits", FL_H_SMALL_SPEC, "{}", &model_id, &round_id),
                0);
   cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 1), 0);
   uint8_t *big = calloc(1, 10000);
@@ -182,9 +185,10 @@ Test(ops, body_limit_and_database_reconnect, .init = setup, .fini = teardown, .t
   free(big);
 
   /* The database drops every connection; the coordinator reconnects on its own. */
-  cr_assert_gt(fl_h_db_int(g_db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                                 " WHERE datname = current_database()"
-                                 " AND pid <> pg_backend_pid()"),
+  cr_assert_gt(fl_h_db_int(g_db,
+                           "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                           " WHERE datname = current_database()"
+                           " AND pid <> pg_backend_pid()"),
                0);
   cr_assert_eq(task_round(&g_dev[0], model_id, &base_v), round_id);
   json_t *j = fl_h_admin_ok(&g_coord, "GET", "/admin/v1/devices", NULL);
@@ -196,8 +200,7 @@ Test(ops, tls_round_trip, .init = setup, .fini = teardown, .timeout = 60) {
   uint64_t model_id, round_id, base_v;
   cr_assert_eq(fl_h_coord_start_tls(&g_coord, g_db), 0);
   cr_assert_eq(strncmp(g_coord.url, "https://", 8), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_coord, "tls", FL_H_SMALL_SPEC, "{}", &model_id,
-                                   &round_id),
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "tls", FL_H_SMALL_SPEC, "{}", &model_id, &round_id),
                0);
   cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 1), 0);
   cr_assert_eq(task_round(&g_dev[0], model_id, &base_v), round_id);
@@ -227,8 +230,9 @@ Test(ops, tls_round_trip, .init = setup, .fini = teardown, .timeout = 60) {
   cr_assert_eq(r.status, 404);
   cr_assert_str_eq(fl_h_error_reason(&r), "unknown_version");
   fl_h_resp_free(&r);
-  cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM evaluations"
-                                 " WHERE (metrics->>'accuracy')::float8 = 0.875"),
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM evaluations"
+                           " WHERE (metrics->>'accuracy')::float8 = 0.875"),
                1);
 }
 
@@ -254,4 +258,40 @@ Test(ops, over_selection_limits_assignment, .init = setup, .fini = teardown, .ti
   cr_assert_geq(resp->retry->retry_after_ms, resp->server_time_ms + 5000);
   fl__v1__check_in_response__free_unpacked(resp, NULL);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM assignments"), 3);
+}
+
+/* A group commit that PostgreSQL refuses (here: its partials table is gone) answers every
+ * upload of the batch 503 and logs which step failed with PostgreSQL's message (issue 13
+ * item 5: the log said only "batch_commit result=3"). Nothing of the batch is counted. */
+Test(ops, failed_batch_is_logged_with_its_cause, .init = setup, .fini = teardown, .timeout = 60) {
+  uint64_t model_id, round_id, base_v;
+  cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, NULL), 0);
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "batchfail", FL_H_SMALL_SPEC,
+                                   "{\"participants\":3,\"deadline_s\":600}", &model_id, &round_id),
+               0);
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, g_dev, 1), 0);
+  Fl__V1__ModelVersion *base;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], model_id, 1, &base), 0);
+  cr_assert_eq(task_round(&g_dev[0], model_id, &base_v), round_id);
+  cr_assert_eq(fl_sup_db_exec(g_db, "ALTER TABLE partials RENAME TO partials_gone", NULL), FL_OK);
+  float delta[43] = {0.01f};
+  fl_h_resp r;
+  cr_assert_eq(fl_h_upload(&g_coord, &g_dev[0], base, round_id, delta, 4, NULL, &r), 0);
+  cr_assert_eq(r.status, 503, "upload: %ld %s", (long)r.status, fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT accepted FROM rounds WHERE round_id = %llu",
+           (unsigned long long)round_id);
+  cr_assert_eq(fl_h_db_int(g_db, sql), 0, "the failed batch counted nothing");
+  char path[320], line[2048];
+  snprintf(path, sizeof path, "%s/coordinator.log", g_coord.dir);
+  FILE *f = fopen(path, "r");
+  cr_assert_not_null(f, "%s", path);
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f) != NULL)
+    found = strstr(line, "event=batch_failed") && strstr(line, "step=partial") &&
+            strstr(line, "partials") && strstr(line, "does not exist");
+  fclose(f);
+  cr_assert(found, "no batch_failed line naming the step and the missing relation in %s", path);
+  fl__v1__model_version__free_unpacked(base, NULL);
 }
