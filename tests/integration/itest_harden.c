@@ -68,33 +68,6 @@ static long coord_status_kb(const char *field) {
 
 /* ----- raw HTTP ----------------------------------------------------------------------------- */
 
-static int connect_coord(void) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_coord.port)};
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    return -1;
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-/* Reads until the server closes or goes quiet for timeout_ms; NUL-terminated, returns bytes. */
-static size_t read_answer(int fd, char *buf, size_t cap, int timeout_ms) {
-  size_t n = 0;
-  struct pollfd p = {fd, POLLIN, 0};
-  while (n + 1 < cap && poll(&p, 1, timeout_ms) == 1) {
-    ssize_t k = recv(fd, buf + n, cap - 1 - n, 0);
-    if (k <= 0)
-      break;
-    n += (size_t)k;
-  }
-  buf[n] = '\0';
-  return n;
-}
-
 /* The status of a raw answer (0: none) and its fl.v1.Error reason in why. */
 static int answer_status(const char *buf, size_t n, char why[64]) {
   int st = 0;
@@ -109,18 +82,6 @@ static int answer_status(const char *buf, size_t n, char why[64]) {
   return st;
 }
 
-static size_t on_data(char *p, size_t sz, size_t n, void *ud) {
-  fl_h_resp *r = ud;
-  uint8_t *d = realloc(r->data, r->len + sz * n + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + r->len, p, sz * n);
-  r->data = d;
-  r->len += sz * n;
-  r->data[r->len] = 0;
-  return sz * n;
-}
-
 /* One POST of `body` (no signature, no envelope unless the caller built one). */
 static int raw_post(const char *path, const void *body, size_t len, fl_h_resp *out) {
   char url[2048];
@@ -131,7 +92,7 @@ static int raw_post(const char *path, const void *body, size_t len, fl_h_resp *o
   struct curl_slist *h = curl_slist_append(NULL, "Expect:");
   h = curl_slist_append(h, "Content-Type: application/x-protobuf");
   curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fl_sup_resp_write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -194,7 +155,7 @@ static void *junk_post(void *p) {
   junk_arg *a = p;
   uint8_t *piece = malloc(65536 + 16); /* per thread: the chunk framing differs */
   char head[256], buf[4096];
-  int fd = piece ? connect_coord() : -1;
+  int fd = piece ? fl_sup_tcp_connect(g_coord.port) : -1;
   if (fd < 0) {
     free(piece);
     return NULL;
@@ -232,7 +193,7 @@ static void *junk_post(void *p) {
     if (k < 0 && poll(&pf, 1, 0) == 0)
       break; /* neither reading nor answering for 5 s */
   }
-  size_t n = read_answer(fd, buf, sizeof buf, 5000);
+  size_t n = fl_sup_tcp_read(fd, buf, sizeof buf, 5000);
   a->status = answer_status(buf, n, a->why);
 out:
   close(fd);
@@ -290,13 +251,13 @@ Test(harden, upload_limit_follows_the_largest_model, .init = setup, .fini = tear
                           "{\"participants\":1,\"min_participants\":1}", &model_id, &round_id),
       0);
   cr_assert_eq(fl_h_enroll_devices(&g_coord, &d, 1), 0);
-  int fd = connect_coord();
+  int fd = fl_sup_tcp_connect(g_coord.port);
   cr_assert_geq(fd, 0);
   char buf[4096], why[64];
   int m = snprintf(buf, sizeof buf,
                    "POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n");
   cr_assert_eq(send(fd, buf, (size_t)m, MSG_NOSIGNAL), m);
-  size_t n = read_answer(fd, buf, sizeof buf, 5000);
+  size_t n = fl_sup_tcp_read(fd, buf, sizeof buf, 5000);
   cr_expect_eq(answer_status(buf, n, why), 413, "%.60s", buf);
   cr_expect_str_eq(why, "body_too_large");
   close(fd);
@@ -543,7 +504,7 @@ static int get_signed_over(const fl_h_device *d, const char *path, const char *s
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fl_sup_resp_write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(c, CURLOPT_HEADERDATA, out);

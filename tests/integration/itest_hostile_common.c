@@ -75,18 +75,6 @@ void hx_rnd_fill(uint8_t *p, size_t n) {
 
 /* ----- raw HTTP on one keep-alive connection ---------------------------------------------- */
 
-static size_t on_data(char *p, size_t sz, size_t n, void *ud) {
-  fl_h_resp *r = ud;
-  uint8_t *d = realloc(r->data, r->len + sz * n + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + r->len, p, sz * n);
-  r->data = d;
-  r->len += sz * n;
-  r->data[r->len] = 0;
-  return sz * n;
-}
-
 typedef struct chunked_src {
   size_t left;
 } chunked_src;
@@ -108,7 +96,7 @@ int hx_raw(const char *method, const char *path, struct curl_slist *hdrs, const 
   curl_easy_reset(hx_curl);
   curl_easy_setopt(hx_curl, CURLOPT_URL, url);
   curl_easy_setopt(hx_curl, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(hx_curl, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(hx_curl, CURLOPT_WRITEFUNCTION, fl_sup_resp_write);
   curl_easy_setopt(hx_curl, CURLOPT_WRITEDATA, out);
   curl_easy_setopt(hx_curl, CURLOPT_TIMEOUT, 30L);
   struct curl_slist *h = curl_slist_append(NULL, "Expect:");

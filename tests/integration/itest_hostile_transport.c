@@ -29,27 +29,9 @@
 /* ----- bodies over --max-body ------------------------------------------------------------- */
 
 static int connect_coord(void) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)hx_coord.port)};
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  cr_assert_geq(fd, 0);
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  int fd = fl_sup_tcp_connect(hx_coord.port);
+  cr_assert_geq(fd, 0, "connect to the coordinator");
   return fd;
-}
-
-/* Reads what the server sends until it closes or goes quiet for timeout_ms; returns the
- * number of bytes (the answer is NUL-terminated in buf). */
-static size_t read_answer(int fd, char *buf, size_t cap, int timeout_ms) {
-  size_t n = 0;
-  struct pollfd p = {fd, POLLIN, 0};
-  while (n + 1 < cap && poll(&p, 1, timeout_ms) == 1) {
-    ssize_t k = recv(fd, buf + n, cap - 1 - n, 0);
-    if (k <= 0)
-      break;
-    n += (size_t)k;
-  }
-  buf[n] = '\0';
-  return n;
 }
 
 /* The status of a raw HTTP answer and whether its body is an fl.v1.Error with `reason`. */
@@ -79,7 +61,7 @@ Test(hostile, oversized_bodies_are_refused_before_they_are_read, .init = hx_setu
         snprintf(buf, sizeof buf,
                  "POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n", lengths[i]);
     cr_assert_eq(send(fd, buf, (size_t)m, MSG_NOSIGNAL), m);
-    size_t n = read_answer(fd, buf, sizeof buf, 5000);
+    size_t n = fl_sup_tcp_read(fd, buf, sizeof buf, 5000);
     cr_expect(answer_is(buf, n, 413, "body_too_large"), "Content-Length %s: %.60s", lengths[i],
               buf);
     close(fd);
@@ -90,7 +72,7 @@ Test(hostile, oversized_bodies_are_refused_before_they_are_read, .init = hx_setu
       "POST /v1/updates HTTP/1.1\r\nHost: x\r\n"
       "Content-Length: 99999999999999999999999\r\n\r\n";
   cr_assert_eq(send(fd, huge, strlen(huge), MSG_NOSIGNAL), (ssize_t)strlen(huge));
-  read_answer(fd, buf, sizeof buf, 5000);
+  fl_sup_tcp_read(fd, buf, sizeof buf, 5000);
   cr_expect_eq(strncmp(buf, "HTTP/1.1 413", 12), 0, "%.40s", buf);
   close(fd);
   /* A chunked body that never ends: refused once it passes the limit, not read to its end
@@ -113,7 +95,7 @@ Test(hostile, oversized_bodies_are_refused_before_they_are_read, .init = hx_setu
     if (k > 0)
       sent += (size_t)k;
     if (poll(&p, 1, k < 0 ? 2000 : 0) == 1) {
-      n = read_answer(fd, buf, sizeof buf, 2000);
+      n = fl_sup_tcp_read(fd, buf, sizeof buf, 2000);
       break;
     }
     if (k < 0)

@@ -3,6 +3,11 @@
  */
 #include "flsupport/http.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -79,4 +84,30 @@ int fl_sup_http(CURL *h, const char *method, const char *url, const fl_sup_http_
     return FL_E_TRANSPORT;
   }
   return FL_OK;
+}
+
+int fl_sup_tcp_connect(int port) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+size_t fl_sup_tcp_read(int fd, char *buf, size_t cap, int timeout_ms) {
+  size_t n = 0;
+  struct pollfd p = {fd, POLLIN, 0};
+  while (n + 1 < cap && poll(&p, 1, timeout_ms) == 1) {
+    ssize_t k = recv(fd, buf + n, cap - 1 - n, 0);
+    if (k <= 0)
+      break;
+    n += (size_t)k;
+  }
+  buf[n] = '\0';
+  return n;
 }

@@ -35,4 +35,10 @@ typedef struct fl_sup_http_opts {
 int fl_sup_http(CURL *h, const char *method, const char *url, const fl_sup_http_opts *o,
                 fl_sup_resp *out, char *err, size_t err_cap);
 
+/* Raw TCP for tests that send bytes no HTTP client would (slow, oversized, malformed
+ * requests): a connected socket to 127.0.0.1:port, or -1; and what the server sends until it
+ * closes or goes quiet for timeout_ms (NUL-terminated in buf; returns the byte count). */
+int fl_sup_tcp_connect(int port);
+size_t fl_sup_tcp_read(int fd, char *buf, size_t cap, int timeout_ms);
+
 #endif
