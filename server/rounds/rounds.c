@@ -101,8 +101,8 @@ static const char DUE_DRAW[] =
     "  WHERE c.round_id = r.round_id) >= r.pool)"
     " ORDER BY round_id LIMIT 64";
 
-static int due_rounds(PGconn *c, const char *sql, uint64_t **ids, int *n) {
-  PGresult *r = fl__pg_exec(c, sql, NULL, false, NULL);
+/* The first column of r (freed here) as a calloc'ed id list; -1 on a failed query or OOM. */
+static int result_ids(PGresult *r, uint64_t **ids, int *n) {
   if (r == NULL)
     return -1;
   *n = PQntuples(r);
@@ -111,6 +111,11 @@ static int due_rounds(PGconn *c, const char *sql, uint64_t **ids, int *n) {
     (*ids)[i] = fl__pg_u64(r, i, 0);
   PQclear(r);
   return *ids ? 0 : -1;
+}
+
+static int due_rounds(PGconn *c, const char *sql, uint64_t **ids, int *n) {
+  PGresult *r = fl__pg_exec(c, sql, NULL, false, NULL);
+  return result_ids(r, ids, n);
 }
 
 /* ----- fair selection ---------------------------------------------------------------------- */
@@ -170,14 +175,7 @@ static int candidates(PGconn *c, uint64_t round_id, uint64_t **ids, int *n) {
                             " WHERE c.round_id = $1 AND NOT EXISTS (SELECT 1 FROM assignments a"
                             "  WHERE a.round_id = $1 AND a.device_id = c.device_id)",
                             &p, false, NULL);
-  if (r == NULL)
-    return -1;
-  *n = PQntuples(r);
-  *ids = calloc((size_t)*n + 1, sizeof **ids);
-  for (int i = 0; *ids != NULL && i < *n; i++)
-    (*ids)[i] = fl__pg_u64(r, i, 0);
-  PQclear(r);
-  return *ids ? 0 : -1;
+  return result_ids(r, ids, n);
 }
 
 /* Moves k uniformly drawn ids to the front (partial Fisher-Yates) and writes them as a
