@@ -34,6 +34,9 @@ static const opt_def OPTS[] = {
     {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (50%)"},
     {"over-selection", T_DBL, O(over_selection),
      "devices given a task per target update, in [1, 10] (1.3)"},
+    {"selection-window", T_DBL, O(selection_window_s),
+     "seconds a round collects candidates before it draws its participants uniformly; 0: first "
+     "come, first served (1 when --participants is below --devices, else 0)"},
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
     {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},
@@ -89,6 +92,7 @@ void sim_options_defaults(sim_options *o) {
   o->threads = 2;
   o->rounds = 5;
   o->over_selection = 1.3;
+  o->selection_window_s = -1;
   o->deadline_s = 60;
   o->dataset = "fmnist";
   o->data_dir = "/usr/share/datasets/fashion-mnist";
@@ -352,6 +356,7 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"participants", o->participants, 0, 1e6},
       {"min-participants", o->min_participants, 0, 1e6},
       {"over-selection", o->over_selection, 1, 10},
+      {"selection-window", o->selection_window_s < 0 ? 0 : o->selection_window_s, 0, 3600},
       {"deadline", o->deadline_s, 1, 7 * 86400},
       {"epochs", o->epochs, 1, 1000},
       {"batch", o->batch, 1, 1e6},

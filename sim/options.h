@@ -18,6 +18,7 @@ typedef struct sim_options {
   int threads, rounds;
   uint32_t participants, min_participants; /* 0: all devices / half of participants */
   double over_selection;                   /* devices given a task per target update (1.3) */
+  double selection_window_s; /* fair selection window (-1: 1 s when participants < devices) */
   double deadline_s;
   /* data */
   const char *dataset; /* fmnist | synthetic | sensor */

@@ -287,6 +287,16 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   /* The aggregator's fields go on top of the common plan; the coordinator validates them
    * (rule against min_participants) and answers 400 bad_plan with why. */
   json_t *j = fl_sup_plan_json(&p);
+  /* Fair selection (docs/API.md 2.1) when only some devices train each round: without it the
+   * devices that just uploaded win the next round's first check-ins. */
+  double window = o->selection_window_s >= 0 ? o->selection_window_s
+                  : participants < enrolled  ? 1.0
+                                             : 0.0;
+  if (j != NULL && window > 0 &&
+      json_object_set_new(j, "selection_window_s", json_real(window)) != 0) {
+    json_decref(j);
+    j = NULL;
+  }
   int rc = FL_E_NOMEM;
   bool robust = strcmp(o->aggregator, "fedavg") != 0; /* else as before, for older coordinators */
   if (j != NULL && !robust)
