@@ -263,7 +263,8 @@ int fl_h_device_get(const fl_h_coord *c, const fl_h_device *d, const char *path,
 }
 
 const char *fl_h_error_reason(const fl_h_resp *r) {
-  static char reason[64];
+  /* Per thread: tests call this from upload worker threads. */
+  static _Thread_local char reason[64];
   return fl_sup_error_reason(r->data, r->len, reason, sizeof reason);
 }
 

@@ -108,7 +108,8 @@ int fl_h_device_post(const fl_h_coord *c, const fl_h_device *d, const char *path
                      const uint8_t *body, size_t len, const fl_h_forge *f, fl_h_resp *out);
 int fl_h_device_get(const fl_h_coord *c, const fl_h_device *d, const char *path,
                     const fl_h_forge *f, fl_h_resp *out);
-/* The reason of an fl.v1.Error response body ("" when it is not one); static storage. */
+/* The reason of an fl.v1.Error response body ("" when it is not one); thread-local storage,
+ * valid until the same thread's next call. */
 const char *fl_h_error_reason(const fl_h_resp *r);
 
 /* Check-in: *task receives the TrainTask (free with fl__v1__check_in_response__free_unpacked
