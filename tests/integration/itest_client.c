@@ -141,9 +141,14 @@ typedef struct dev {
   fl_client *c;
 } dev;
 
-static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
+/* A fresh state directory for a device (mkdtemp fills in the XXXXXX). */
+static void dev_dir(dev *d) {
   snprintf(d->dir, sizeof d->dir, "/tmp/fl-itest-client-XXXXXX");
   cr_assert_not_null(mkdtemp(d->dir));
+}
+
+static void dev_open(dev *d, uint64_t model_id, tamper *tp) {
+  dev_dir(d);
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
                       .allow_insecure_http = 1, /* the coordinator is on loopback */
@@ -422,8 +427,7 @@ Test(client, max_response_bytes_stops_a_larger_model_download, .init = setup, .f
 
   json_t *tok = tokens(1);
   dev d;
-  snprintf(d.dir, sizeof d.dir, "/tmp/fl-itest-client-XXXXXX");
-  cr_assert_not_null(mkdtemp(d.dir));
+  dev_dir(&d);
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = g_coord.url,
                       .allow_insecure_http = 1, /* the coordinator is on loopback */
