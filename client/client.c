@@ -267,6 +267,8 @@ uint64_t fl_client_device_id(const fl_client *c) {
 }
 
 void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx) {
+  if (c == NULL) /* void API: a NULL handle is a no-op, as for the other setters and _free */
+    return;
   c->trainer = fn;
   c->trainer_ctx = ctx;
 }

@@ -224,3 +224,48 @@ Test(client_hostile, plain_http_needs_the_embedders_opt_in) {
   cr_assert_eq(open_url(dir, "ftp://127.0.0.1:9", 1), FL_E_INVAL);
   fake_rmdir(dir);
 }
+
+/* ---- a NULL handle ------------------------------------------------------------------------- */
+
+/* An embedder's error path often frees or calls into a handle that was never created: every
+ * entry point takes NULL without crashing, and those that report errors report FL_E_INVAL. */
+Test(client_hostile, a_null_handle_is_refused_by_every_entry_point) {
+  float w[1] = {0};
+  int32_t lab[1] = {0};
+  fl_step step;
+  fl_round_result res = {.size = sizeof res};
+  fl_model_info info = {.size = sizeof info};
+  fl_client *got = (fl_client *)&step;
+  fl_err err = FL_OK;
+  fl_client_free(NULL);
+  fl_multi_free(NULL);
+  fl_client_set_trainer(NULL, NULL, NULL);
+  fl_client_round_cancel(NULL);
+  cr_assert_not_null(fl_client_errmsg(NULL));
+  cr_assert_eq(fl_client_is_enrolled(NULL), 0);
+  cr_assert_eq(fl_client_device_id(NULL), 0);
+  cr_assert_eq(fl_client_new(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_enroll(NULL, "t", NULL, 0, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_data_source(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_data_csv(NULL, "x.csv", 0), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_data_idx(NULL, "a", "b"), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_data_memory(NULL, w, lab, 1, 1), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_holdout_source(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_holdout_memory(NULL, w, lab, 1, 1), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_holdout_csv(NULL, "x.csv", 0), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_anomaly_threshold(NULL, 1.0f), FL_E_INVAL);
+  cr_assert_eq(fl_client_round_begin(NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_step(NULL, 0, &step), FL_E_INVAL);
+  cr_assert_eq(fl_client_train(NULL), FL_E_INVAL);
+  cr_assert_eq(fl_client_round_result(NULL, &res), FL_E_INVAL);
+  cr_assert_eq(fl_client_run_round(NULL, &res), FL_E_INVAL);
+  cr_assert_eq(fl_client_model_info(NULL, &info), FL_E_INVAL);
+  cr_assert_eq(fl_client_predict(NULL, w, 1, w), FL_E_INVAL);
+  cr_assert_eq(fl_client_rollback(NULL), FL_E_INVAL);
+  cr_assert_eq(fl_multi_new(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_multi_add(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_multi_remove(NULL, NULL), FL_E_INVAL);
+  cr_assert_eq(fl_multi_perform(NULL, 0), FL_E_INVAL);
+  cr_assert_eq(fl_multi_next(NULL, &got, &step, &err), 0);
+  cr_assert_eq(fl_multi_active(NULL), 0);
+}

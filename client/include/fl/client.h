@@ -296,7 +296,8 @@ typedef struct fl_train_task {
  * layout of docs/API.md) and receives the locally trained ones. Set *sample_count (> 0) and
  * *loss. A non-zero return aborts the round's upload with that error. NULL: built-in training.
  * Called on the thread running fl_client_train(); ctx is borrowed (it must outlive the handle
- * or the next set_trainer call), task and weights are valid during the call only. */
+ * or the next set_trainer call), task and weights are valid during the call only. A NULL handle
+ * is ignored. */
 typedef fl_err (*fl_trainer_fn)(void *ctx, const fl_train_task *task, float *weights,
                                 uint64_t *sample_count, float *loss);
 FL_API void fl_client_set_trainer(fl_client *c, fl_trainer_fn fn, void *ctx);
