@@ -42,6 +42,7 @@ typedef struct fl_config {
    * line, checked by fl__token_strength); NULL when none is configured. */
   const char *bootstrap_token;
   const char *admin_token_out; /* a generated bootstrap token goes here (0600) */
+  const char *ui_dir;          /* the dashboard's files; NULL: beside the executable (ui.c) */
   size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
   unsigned conn_timeout_s;

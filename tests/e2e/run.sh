@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The operator dashboard end to end (issue 19), against a real coordinator and PostgreSQL
+# (pg_virtualenv's PG* variables) that served a small fleet (fl-sim --url):
+# 1. the static route: Content-Types, security headers, ETag and 304, GET only, no way out of
+#    the directory, /ui redirects to ui/;
+# 2. `promtool check metrics` on the coordinator's /metrics after the rounds;
+# 3. dashboard.test.mjs in headless Chromium (playwright-core from tests/e2e/package-lock.json)
+#    for an admin, an operator and a viewer token, directly and under a path prefix.
+# Screenshots go to ARTIFACTS (the build tree), never into the sources.
+#   run.sh FL_SIM FL_COORDINATOR ARTIFACTS
+set -euo pipefail
+sim=$1
+coord=$2
+art=$3
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(mktemp -d)
+coord_pid=
+cleanup() {
+  if [ -n "$coord_pid" ]; then kill "$coord_pid" 2>/dev/null || true; wait "$coord_pid" || true; fi
+  rm -rf "$out"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  [ -f "$out/coordinator.log" ] && tail -30 "$out/coordinator.log"
+  exit 1
+}
+[ -n "${PGPORT:-}" ] || { echo "SKIP: needs a PostgreSQL (run under pg_virtualenv)"; exit 77; }
+for t in node npm promtool /usr/bin/chromium; do
+  command -v "$t" >/dev/null || fail "$t is missing (bash deploy/install-deps.sh)"
+done
+mkdir -p "$art"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base="http://127.0.0.1:$port"
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# No --ui-dir: the build tree's share/fleetlearn/ui is found beside the executable, as an
+# installed coordinator finds <prefix>/share/fleetlearn/ui.
+FL_ADMIN_TOKEN=$token OPENBLAS_NUM_THREADS=1 "$coord" --listen="127.0.0.1:$port" \
+  --signing-key="$out/coordinator-key.pem" --database-url= --checkin-interval=500 --tick=50 \
+  >"$out/coordinator.log" 2>&1 &
+coord_pid=$!
+for _ in $(seq 100); do
+  curl -sf "$base/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "$base/readyz" >/dev/null || fail "the coordinator did not become ready"
+
+# ---- 1. the static route --------------------------------------------------------------
+hdr() { curl -s -o /dev/null -D - "$@" | tr -d '\r'; }
+status() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+h=$(hdr "$base/ui/")
+grep -q '^HTTP/1.1 200' <<<"$h" || fail "/ui/: $h"
+grep -qi '^content-type: text/html; charset=utf-8$' <<<"$h" || fail "/ui/ content type: $h"
+grep -qi "^content-security-policy: default-src 'self'; script-src 'self';.*frame-ancestors 'none'$" <<<"$h" ||
+  fail "/ui/ CSP: $h"
+grep -qi '^x-content-type-options: nosniff$' <<<"$h" || fail "/ui/ nosniff: $h"
+grep -qi '^cache-control: no-cache$' <<<"$h" || fail "/ui/ cache-control: $h"
+etag=$(sed -n 's/^[Ee][Tt][Aa][Gg]: //p' <<<"$h")
+[ -n "$etag" ] || fail "/ui/ has no ETag"
+[ "$(status -H "If-None-Match: $etag" "$base/ui/index.html")" = 304 ] || fail "no 304 for its ETag"
+[ "$(status -H 'If-None-Match: "0000"' "$base/ui/index.html")" = 200 ] || fail "a 304 for another ETag"
+for f in app.js:text/javascript pages.js:text/javascript style.css:text/css vendor/chart.min.js:text/javascript; do
+  hdr "$base/ui/${f%%:*}" | grep -qi "^content-type: ${f#*:}; charset=utf-8$" || fail "${f%%:*}: wrong type"
+done
+cmp -s <(curl -s "$base/ui/vendor/chart.min.js") /usr/share/javascript/chart.js/chart.min.js ||
+  fail "vendor/chart.min.js is not Debian's Chart.js"
+# No way out of the directory, no dotfiles, no guessed types, GET only.
+for p in /ui/../admin/v1/info /ui/..%2f..%2fetc/passwd /ui/%2e%2e/x.js /ui/.hidden.js \
+  /ui//etc/passwd.txt /ui/vendor/../index.html /ui/nope.js /ui/index.htm /ui/vendor/ \
+  "/ui/a;b.js" /ui/a~b.js /ui/x.sh /ui/%69ndex.html; do
+  c=$(status --path-as-is "$base$p")
+  [ "$c" = 404 ] || fail "$p answered $c, want 404"
+done
+[ "$(status -X POST "$base/ui/index.html")" = 405 ] || fail "POST /ui/index.html is not 405"
+h=$(hdr "$base/ui")
+grep -q '^HTTP/1.1 308' <<<"$h" && grep -qi '^location: ui/$' <<<"$h" || fail "/ui: $h"
+
+# ---- the fleet ------------------------------------------------------------------------
+FL_ADMIN_TOKEN=$token "$sim" --url "$base" --devices 12 --rounds 3 --participants 6 \
+  --dataset synthetic --samples-per-device 60 --deadline 30 --bad-devices 0.2 --bad-kinds badsig \
+  --model-name e2e --out "$out/sim" >"$out/sim.log" 2>&1 || { cat "$out/sim.log"; fail "fl-sim failed"; }
+
+admin() { curl -sf -H "Authorization: Bearer $token" "$@"; }
+mk_token() {
+  admin -X POST -d "{\"role\":\"$1\",\"name\":\"e2e $1\"}" "$base/admin/v1/tokens" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])'
+}
+viewer=$(mk_token viewer)
+operator=$(mk_token operator)
+model=$(admin "$base/admin/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["models"][-1]["model_id"])')
+latest=$(admin "$base/admin/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["models"][-1]["latest_version"])')
+admin -X POST -d "{\"model_id\":$model,\"name\":\"stable\",\"version\":1}" "$base/admin/v1/channels" >/dev/null ||
+  fail "channel"
+admin -X POST -d "{\"model_id\":$model,\"version\":$latest,\"channel\":\"stable\",\"percent\":10}" \
+  "$base/admin/v1/rollouts" >/dev/null || fail "rollout"
+
+# ---- 2. promtool on /metrics ----------------------------------------------------------
+curl -sf "$base/metrics" >"$out/metrics.txt" || fail "no /metrics"
+promtool check metrics <"$out/metrics.txt" || fail "promtool check metrics"
+
+# ---- 3. the browser -------------------------------------------------------------------
+# npm ci in the build tree: the sources keep only package.json and the lock file.
+work="$art/node"
+mkdir -p "$work"
+cp "$here/package.json" "$here/package-lock.json" "$here/dashboard.test.mjs" "$work/"
+(cd "$work" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error) || fail "npm ci"
+FL_E2E_URL=$base FL_E2E_ADMIN=$token FL_E2E_OPERATOR=$operator FL_E2E_VIEWER=$viewer \
+  FL_E2E_MODEL=$model FL_E2E_ARTIFACTS=$art node "$work/dashboard.test.mjs" || fail "dashboard test"
+echo "PASS: dashboard end to end (screenshots in $art)"
