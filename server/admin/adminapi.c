@@ -596,7 +596,7 @@ static void h_metrics(fl_srv *s, fl_req *q, fl_resp *r) {
   char *text;
   size_t len;
   (void)q;
-  if (fl__metrics_render(s->metrics, &text, &len)) {
+  if (fl__metrics_render_all(s, &text, &len)) {
     fl__resp_text(r, 500, "text/plain", "out of memory\n");
     return;
   }

@@ -98,6 +98,16 @@ admin -X POST -d "{\"model_id\":$model,\"version\":$latest,\"channel\":\"stable\
 # ---- 2. promtool on /metrics ----------------------------------------------------------
 curl -sf "$base/metrics" >"$out/metrics.txt" || fail "no /metrics"
 promtool check metrics <"$out/metrics.txt" || fail "promtool check metrics"
+metric() { awk -v n="$1" '$1 == n { print $2 }' "$out/metrics.txt"; }
+active=$(admin "$base/admin/v1/devices" | python3 -c 'import json, sys; print(sum(d["state"] == "active" for d in json.load(sys.stdin)["devices"]))')
+[ "$(metric 'fl_devices{state="active"}')" = "$active" ] || fail "fl_devices{state=active} is not $active"
+[ "$(metric fl_fleet_gauges_up)" = 1 ] || fail "fl_fleet_gauges_up is not 1"
+[ "$(metric 'fl_build_info{version="'"$("$coord" --version | awk '{print $NF}')"'"}')" = 1 ] ||
+  fail "no fl_build_info with the coordinator's version"
+[ "$(metric fl_commit_batch_size_count)" = "$(metric fl_commit_batches_total)" ] || fail "batch sizes"
+[ "$(metric fl_commit_batch_size_sum)" = "$(metric fl_commit_updates_total)" ] || fail "batch size sum"
+awk '$1 == "process_cpu_seconds_total" && $2 > 0 { ok = 1 } $1 == "process_resident_memory_bytes" &&
+  $2 > 1e6 { ok2 = 1 } END { exit !(ok && ok2) }' "$out/metrics.txt" || fail "process metrics"
 
 # ---- 3. the browser -------------------------------------------------------------------
 # npm ci in the build tree: the sources keep only package.json and the lock file.
