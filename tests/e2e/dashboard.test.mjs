@@ -3,10 +3,9 @@
 // loads without a console error, its numbers equal the API's, the round chart has a point per
 // closed round, a viewer sees no change buttons and the API refuses its promotion, an
 // operator pauses, resumes and promotes from the page, logout clears the token; and all of it
-// also works under a path prefix (a proxy in this process maps /fleet/* to the coordinator).
+// also works behind deploy/nginx and under a path prefix (run.sh starts nginx for both).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -34,25 +33,6 @@ const get = async (p) => {
   return r.body;
 };
 
-// /fleet/<rest> -> the coordinator's /<rest>: the dashboard must not assume it is at /ui/.
-function startProxy() {
-  const target = new URL(base);
-  const srv = http.createServer((req, res) => {
-    if (!req.url.startsWith('/fleet/')) {
-      res.writeHead(404).end();
-      return;
-    }
-    const up = http.request({ host: target.hostname, port: target.port, method: req.method,
-      path: req.url.slice('/fleet'.length), headers: req.headers }, (ur) => {
-      res.writeHead(ur.statusCode, ur.headers);
-      ur.pipe(res);
-    });
-    up.on('error', () => res.writeHead(502).end());
-    req.pipe(up);
-  });
-  return new Promise((ok) => srv.listen(0, '127.0.0.1', () => ok(srv)));
-}
-
 // Playwright gives the browser a new empty profile (user-data-dir) of its own.
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
@@ -60,8 +40,9 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
-const proxy = await startProxy();
-const prefixed = 'http://127.0.0.1:' + proxy.address().port + '/fleet/ui/';
+// deploy/nginx's template in front of the coordinator, and the same upstream under /fleet/.
+const lb = env('FL_E2E_LB');
+const prefixed = env('FL_E2E_PREFIXED');
 let failures = 0;
 
 // A fresh browser context per session (its own sessionStorage), collecting console errors,
@@ -176,7 +157,7 @@ await check('logout clears the token', async () => {
   assert.equal(await admin.page.textContent('#page'), '');
 });
 
-// ---- viewer, under a path prefix: no buttons, and the API refuses anyway --------------
+// ---- viewer, under nginx's /fleet/ prefix: no buttons, and the API refuses anyway ----
 const viewer = await session('viewer', prefixed);
 await check('viewer (under /fleet/): every page loads, no change buttons', async () => {
   for (const p of ['fleet', 'models', 'rollouts', 'devices', 'audit']) await open(viewer, p);
@@ -195,8 +176,8 @@ await check('viewer: the API refuses a promotion', async () => {
   assert.equal((await get('rollouts/' + r.rollout_id)).state, 'active');
 });
 
-// ---- operator: pause, resume, promote, revoke from the page ---------------------------
-const operator = await session('operator', base + '/ui/index.html');
+// ---- operator, through deploy/nginx: pause, resume, promote, revoke from the page ------
+const operator = await session('operator', lb + '/ui/index.html');
 await check('operator: pause, resume and promote from the rollouts page', async () => {
   const id = (await get('rollouts')).rollouts[0].rollout_id;
   const state = async () => (await get('rollouts/' + id)).state;
@@ -246,6 +227,5 @@ await check('a wrong token is refused and not kept', async () => {
 });
 
 await browser.close();
-proxy.close();
 console.log(failures ? failures + ' check(s) failed' : 'all checks passed');
 process.exit(failures ? 1 : 0);

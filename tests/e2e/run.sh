@@ -7,16 +7,25 @@
 # 3. dashboard.test.mjs in headless Chromium (playwright-core from tests/e2e/package-lock.json)
 #    for an admin, an operator and a viewer token, directly and under a path prefix.
 # Screenshots go to ARTIFACTS (the build tree), never into the sources.
-#   run.sh FL_SIM FL_COORDINATOR ARTIFACTS
+# 4. the install rule: `cmake --install` of server/ puts the files in <prefix>/share/fleetlearn/ui,
+#    where the installed coordinator finds them by itself; --ui-dir names another directory;
+#    a symbolic link in the directory is not followed.
+# The browser reaches the coordinator directly, through deploy/nginx's template, and under a
+# path prefix (/fleet/ on a second nginx server block proxying to the same upstream).
+#   run.sh FL_SIM FL_COORDINATOR ARTIFACTS BUILD_DIR
 set -euo pipefail
 sim=$1
 coord=$2
 art=$3
+build=$4
 here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
 out=$(mktemp -d)
+chmod 0755 "$out" # nginx's workers read their temp directories under it
 coord_pid=
+pids=()
 cleanup() {
-  if [ -n "$coord_pid" ]; then kill "$coord_pid" 2>/dev/null || true; wait "$coord_pid" || true; fi
+  for p in "${pids[@]}" $coord_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$out"
 }
 trap cleanup EXIT
@@ -26,12 +35,14 @@ fail() {
   exit 1
 }
 [ -n "${PGPORT:-}" ] || { echo "SKIP: needs a PostgreSQL (run under pg_virtualenv)"; exit 77; }
-for t in node npm promtool /usr/bin/chromium; do
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+for t in node npm promtool /usr/bin/chromium "$nginx"; do
   command -v "$t" >/dev/null || fail "$t is missing (bash deploy/install-deps.sh)"
 done
 mkdir -p "$art"
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
 base="http://127.0.0.1:$port"
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # No --ui-dir: the build tree's share/fleetlearn/ui is found beside the executable, as an
@@ -76,6 +87,74 @@ done
 h=$(hdr "$base/ui")
 grep -q '^HTTP/1.1 308' <<<"$h" && grep -qi '^location: ui/$' <<<"$h" || fail "/ui: $h"
 
+# ---- 4. installed, --ui-dir, symbolic links -------------------------------------------
+cmake --install "$build/server" --prefix "$out/prefix" >/dev/null || fail "cmake --install"
+ui="$out/prefix/share/fleetlearn/ui"
+[ -f "$ui/index.html" ] && [ -f "$ui/vendor/chart.min.js" ] || fail "the install has no dashboard"
+ln -s /etc/passwd "$ui/leak.txt"
+mkdir -p "$out/alt"
+echo "<!doctype html><title>alt</title>" >"$out/alt/index.html"
+start_other() { # the installed coordinator on port $1, with further arguments
+  local p=$1
+  shift
+  FL_ADMIN_TOKEN=$token "$out/prefix/bin/fl-coordinator" --listen="127.0.0.1:$p" --database-url= \
+    --signing-key="$out/coordinator-key.pem" "$@" >>"$out/installed.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/readyz" >/dev/null && return; sleep 0.1; done
+  fail "the installed coordinator did not start: $(tail -5 "$out/installed.log")"
+}
+p2=$(free_port)
+start_other "$p2"
+cmp -s <(curl -s "http://127.0.0.1:$p2/ui/") "$root/server/ui/index.html" ||
+  fail "the installed coordinator does not serve <prefix>/share/fleetlearn/ui"
+[ "$(status "http://127.0.0.1:$p2/ui/leak.txt")" = 404 ] || fail "a symbolic link was followed"
+p3=$(free_port)
+start_other "$p3" --ui-dir="$out/alt"
+[ "$(curl -s "http://127.0.0.1:$p3/ui/")" = "$(cat "$out/alt/index.html")" ] || fail "--ui-dir is not used"
+[ "$(status "http://127.0.0.1:$p3/ui/app.js")" = 404 ] || fail "--ui-dir: app.js from elsewhere"
+for p in "${pids[@]}"; do kill "$p"; wait "$p" || true; done
+pids=()
+
+# ---- nginx: deploy's template, and a path prefix in front of the same upstream --------
+lb_port=$(free_port)
+pfx_port=$(free_port)
+mkdir -p "$out/nginx/conf.d" "$out/nginx/tmp"
+sed -e "s/\${FL_COORDINATOR_1}/127.0.0.1:$port/; s/\${FL_COORDINATOR_2}/127.0.0.1:$port/" \
+  -e "s/\${FL_LB_PORT}/127.0.0.1:$lb_port/" "$root/deploy/nginx/templates/fleetlearn.conf.template" \
+  >"$out/nginx/conf.d/fleetlearn.conf"
+if grep -q '\${' "$out/nginx/conf.d/fleetlearn.conf"; then fail "a placeholder of the nginx template is left"; fi
+cat >"$out/nginx/conf.d/prefix.conf" <<NGINX
+server {
+    listen 127.0.0.1:$pfx_port;
+    location /fleet/ {
+        proxy_pass http://fl_coordinators/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host \$host;
+    }
+}
+NGINX
+cat >"$out/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $out/nginx/nginx.pid;
+error_log $out/nginx.err warn;
+events { worker_connections 256; }
+http {
+    client_body_temp_path $out/nginx/tmp/body;
+    proxy_temp_path $out/nginx/tmp/proxy;
+    fastcgi_temp_path $out/nginx/tmp/fastcgi;
+    uwsgi_temp_path $out/nginx/tmp/uwsgi;
+    scgi_temp_path $out/nginx/tmp/scgi;
+    include $out/nginx/conf.d/*.conf;
+}
+NGINX
+"$nginx" -e "$out/nginx.err" -p "$out/nginx" -c "$out/nginx/nginx.conf" -g 'daemon off;' \
+  >/dev/null 2>>"$out/nginx.err" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$pfx_port/fleet/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$lb_port/ui/" >/dev/null || fail "nginx: $(cat "$out/nginx.err")"
+curl -sf "http://127.0.0.1:$pfx_port/fleet/ui/" >/dev/null || fail "nginx /fleet/: $(cat "$out/nginx.err")"
+
 # ---- the fleet ------------------------------------------------------------------------
 FL_ADMIN_TOKEN=$token "$sim" --url "$base" --devices 12 --rounds 3 --participants 6 \
   --dataset synthetic --samples-per-device 60 --deadline 30 --bad-devices 0.2 --bad-kinds badsig \
@@ -115,6 +194,7 @@ work="$art/node"
 mkdir -p "$work"
 cp "$here/package.json" "$here/package-lock.json" "$here/dashboard.test.mjs" "$work/"
 (cd "$work" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error) || fail "npm ci"
-FL_E2E_URL=$base FL_E2E_ADMIN=$token FL_E2E_OPERATOR=$operator FL_E2E_VIEWER=$viewer \
+FL_E2E_URL=$base FL_E2E_LB="http://127.0.0.1:$lb_port" \
+  FL_E2E_PREFIXED="http://127.0.0.1:$pfx_port/fleet/ui/" FL_E2E_ADMIN=$token FL_E2E_OPERATOR=$operator FL_E2E_VIEWER=$viewer \
   FL_E2E_MODEL=$model FL_E2E_ARTIFACTS=$art node "$work/dashboard.test.mjs" || fail "dashboard test"
 echo "PASS: dashboard end to end (screenshots in $art)"
