@@ -119,6 +119,15 @@ FL.chart = (id, labels, datasets, opts = {}) => {
   return box;
 };
 
+// Redraws the page every `seconds` while nobody is typing or has armed a button in it, so that
+// round progress and a gate's reports fill in by themselves.
+FL.autoRefresh = (seconds) => {
+  FL.timers.push(setInterval(() => {
+    const busy = document.activeElement && document.activeElement !== document.body;
+    if (!busy && !document.querySelector('[data-armed="1"]') && !document.hidden) render();
+  }, seconds * 1000));
+};
+
 FL.showError = (msg) => {
   const p = document.getElementById('page-error');
   p.textContent = msg || '';

@@ -96,6 +96,7 @@
     out.push(table('last-seen', ['device', 'state', 'last seen'],
       seen.map((d) => [d.device_id, d.state, FL.ago(d.last_seen_at)])));
 
+    FL.autoRefresh(30);
     out.push(el('h2', {}, 'Refused uploads by reason'));
     const now = await refusals();
     if (now === null) {
@@ -209,9 +210,10 @@
           labelText(r.cohort), { v: r.state, k: 'rollout-state-' + r.rollout_id },
           r.gate ? r.gate.metric + ' (' + (r.gate_state || '') + ')' : '',
           Object.entries(r.gate_reports || {}).map(([v, n]) => 'v' + v + ': ' + n).join(', '),
-          r.gate_result ? JSON.stringify(r.gate_result) : r.reason || '',
+          r.gate_result && Object.keys(r.gate_result).length ? JSON.stringify(r.gate_result) : r.reason || '',
           el('span', { class: 'actions' }, rolloutButtons(r))])));
     if (!FL.can('operator')) out.push(el('p', { class: 'muted' }, 'Changes need the operator role.'));
+    FL.autoRefresh(15);
     return out;
   };
 
