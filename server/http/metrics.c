@@ -286,11 +286,12 @@ static void put_process(FILE *f) {
  * gauges are left out and fl_fleet_gauges_up says 0, rather than making the scrape hang. */
 static void put_fleet(FILE *f, fl_srv *s) {
   PGconn *c = s->pool ? fl__pool_get_timed(s->pool, 500) : NULL;
-  PGresult *dev = c ? fl__pg_exec(c,
-                                  "SELECT st, (SELECT count(*) FROM devices d WHERE d.state = st)"
-                                  " FROM unnest(ARRAY['active', 'revoked']) st",
-                                  NULL, false, NULL)
-                    : NULL;
+  PGresult *dev =
+      c ? fl__pg_exec(c,
+                      "SELECT st, count(d.device_id) FROM unnest(ARRAY['active', 'revoked']) st"
+                      " LEFT JOIN devices d ON d.state = st GROUP BY st ORDER BY st",
+                      NULL, false, NULL)
+        : NULL;
   PGresult *rnd = dev ? fl__pg_exec(c,
                                     "SELECT round_id, model_id, accepted, target, assigned,"
                                     " extract(epoch FROM deadline_at) FROM rounds"

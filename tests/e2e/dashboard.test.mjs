@@ -97,6 +97,11 @@ await check('fleet overview equals the API', async () => {
   assert.ok(devices.length >= 12);
   assert.equal(await num(admin, 'devices-active'), devices.filter((d) => d.state === 'active').length);
   assert.equal(await num(admin, 'rounds-open'), rounds.filter((r) => r.state === 'open').length);
+  const openRounds = rounds.filter((r) => r.state === 'open');
+  assert.equal(openRounds.length, 1, 'run.sh left one round open');
+  const r0 = openRounds[0];
+  assert.equal((await admin.page.textContent('[data-k="round-' + r0.round_id + '-progress"]')).trim(),
+    r0.accepted + ' / ' + r0.target);
   assert.equal(await num(admin, 'channel-stable'), devices.filter((d) => !(d.labels || {}).channel).length);
   // The fleet's badly signed uploads, counted by the coordinator's /metrics.
   const metrics = await (await fetch(base + '/metrics')).text();

@@ -174,6 +174,10 @@ admin -X POST -d "{\"model_id\":$model,\"name\":\"stable\",\"version\":1}" "$bas
 admin -X POST -d "{\"model_id\":$model,\"version\":$latest,\"channel\":\"stable\",\"percent\":10}" \
   "$base/admin/v1/rollouts" >/dev/null || fail "rollout"
 
+# A round left open (no device checks in any more): the open-round gauges and the page's table.
+round=$(admin -X POST -d '{"participants":5,"deadline_s":3600}' "$base/admin/v1/models/$model/plans" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["round_id"])') || fail "plan"
+
 # ---- 2. promtool on /metrics ----------------------------------------------------------
 curl -sf "$base/metrics" >"$out/metrics.txt" || fail "no /metrics"
 promtool check metrics <"$out/metrics.txt" || fail "promtool check metrics"
@@ -181,6 +185,9 @@ metric() { awk -v n="$1" '$1 == n { print $2 }' "$out/metrics.txt"; }
 active=$(admin "$base/admin/v1/devices" | python3 -c 'import json, sys; print(sum(d["state"] == "active" for d in json.load(sys.stdin)["devices"]))')
 [ "$(metric 'fl_devices{state="active"}')" = "$active" ] || fail "fl_devices{state=active} is not $active"
 [ "$(metric fl_fleet_gauges_up)" = 1 ] || fail "fl_fleet_gauges_up is not 1"
+[ "$(metric fl_rounds_open)" = 1 ] || fail "fl_rounds_open is not 1"
+[ "$(metric "fl_round_target{model_id=\"$model\",round_id=\"$round\"}")" = 5 ] || fail "fl_round_target"
+[ "$(metric "fl_round_accepted{model_id=\"$model\",round_id=\"$round\"}")" = 0 ] || fail "fl_round_accepted"
 [ "$(metric 'fl_build_info{version="'"$("$coord" --version | awk '{print $NF}')"'"}')" = 1 ] ||
   fail "no fl_build_info with the coordinator's version"
 [ "$(metric fl_commit_batch_size_count)" = "$(metric fl_commit_batches_total)" ] || fail "batch sizes"
