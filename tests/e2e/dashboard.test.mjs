@@ -189,8 +189,9 @@ await check('operator: pause, resume and promote from the rollouts page', async 
   const press = async (what, want) => {
     await open(operator, 'rollouts');
     await operator.page.click('button[data-action="' + what + '"]');
-    await operator.page.waitForFunction((w) =>
-      document.querySelector('#page[data-ready="rollouts"] [data-k^="rollout-state-"]')?.textContent === w, want);
+    // A selector, not waitForFunction with an argument: that evaluates a string, which the
+    // page's CSP (no 'unsafe-eval') refuses, as it should.
+    await operator.page.waitForSelector('#page[data-ready="rollouts"] [data-k="rollout-state-' + id + '"]:text-is("' + want + '")');
     assert.equal(await state(), want);
   };
   await press('pause', 'paused');
