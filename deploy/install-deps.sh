@@ -15,6 +15,11 @@ PACKAGES=(
   # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks
   podman debootstrap nginx curl python3-yaml
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev  # deploy/helm/render (helm is not in Debian)
+  libjs-chart.js  # the dashboard's charts: copied from /usr/share/javascript/chart.js into share/fleetlearn/ui
+  # tests/e2e: the dashboard in headless Chromium (playwright-core 1.49 from npm, which needs Node >= 18
+  # like Debian 12's nodejs, drives Debian's chromium)
+  chromium nodejs npm
+  prometheus  # promtool: check metrics on /metrics, check and test the rules in deploy/prometheus
 )
 
 missing=()

@@ -45,6 +45,7 @@ enum {
   OPT_METRICS_LISTEN,
   OPT_NONCE_MARGIN,
   OPT_TOKEN_OUT,
+  OPT_UI_DIR,
   OPT_HELP,
   OPT_VERSION
 };
@@ -99,6 +100,9 @@ static const opt_def OPTS[] = {
     {"admin-token-out", OPT_TOKEN_OUT, "FL_ADMIN_TOKEN_OUT", "FILE",
      "where a generated bootstrap admin token is written (0600; default admin-token beside "
      "--signing-key)"},
+    {"ui-dir", OPT_UI_DIR, "FL_UI_DIR", "DIR",
+     "the operator dashboard's files, served at /ui/ (default share/fleetlearn/ui beside the "
+     "executable's bin/: the install prefix's)"},
     {"help", OPT_HELP, NULL, NULL, "print this help"},
     {"version", OPT_VERSION, NULL, NULL, "print the version"},
 };
@@ -219,6 +223,9 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_TOKEN_OUT:
     cfg->admin_token_out = v;
     return 0;
+  case OPT_UI_DIR:
+    cfg->ui_dir = v;
+    return v[0] != '\0' ? 0 : -1;
   default: break;
   }
   if (parse_u64(v, 0, INT64_MAX, &n))

@@ -42,6 +42,7 @@ typedef struct fl_config {
    * line, checked by fl__token_strength); NULL when none is configured. */
   const char *bootstrap_token;
   const char *admin_token_out; /* a generated bootstrap token goes here (0600) */
+  const char *ui_dir;          /* the dashboard's files; NULL: beside the executable (ui.c) */
   size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
   unsigned conn_timeout_s;
@@ -116,8 +117,12 @@ void fl__metrics_update_refused(fl_metrics *m, const char *reason);
 void fl__metrics_round(fl_metrics *m, bool closed); /* closed or abandoned */
 void fl__metrics_request(fl_metrics *m, const char *route, int status, double seconds);
 void fl__metrics_commit(fl_metrics *m, size_t batch, double seconds);
-/* Prometheus text exposition; *out is malloc'ed. */
+/* Prometheus text exposition of the counters; *out is malloc'ed. */
 int fl__metrics_render(fl_metrics *m, char **out, size_t *len);
+struct fl_srv;
+/* The counters and the gauges of a scrape: fl_build_info, process_*, and the fleet's devices
+ * and open rounds from the database (metrics.c). */
+int fl__metrics_render_all(struct fl_srv *s, char **out, size_t *len);
 
 /* ----- the process --------------------------------------------------------------------------- */
 

@@ -596,7 +596,7 @@ static void h_metrics(fl_srv *s, fl_req *q, fl_resp *r) {
   char *text;
   size_t len;
   (void)q;
-  if (fl__metrics_render(s->metrics, &text, &len)) {
+  if (fl__metrics_render_all(s, &text, &len)) {
     fl__resp_text(r, 500, "text/plain", "out of memory\n");
     return;
   }
@@ -649,6 +649,10 @@ const fl_route fl__admin_routes[] = {
     {"POST", "/admin/v1/pins", "admin_pin_create", fl__admin_pins, 0, NULL},
     {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete, 0, NULL},
     {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet, 0, NULL},
+    {"GET", "/admin/v1/whoami", "admin_whoami", fl__admin_whoami, 0, NULL},
+    /* The dashboard's static files (ui.c): no token, GET only. */
+    {"GET", "/ui", "ui", fl__ui_static, 0, NULL},
+    {"GET", "/ui/", "ui", fl__ui_static, 0, NULL},
     {NULL, NULL, NULL, NULL, 0, NULL},
 };
 

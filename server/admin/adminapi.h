@@ -43,4 +43,10 @@ int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, int role, const char *p
 PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint64_t id,
                                  const char *missing);
 
+/* The dashboard (ui.c): GET /ui and /ui/<file> from its directory (--ui-dir, else
+ * share/fleetlearn/ui beside the executable's directory), and GET /admin/v1/whoami. */
+void fl__ui_static(fl_srv *s, fl_req *q, fl_resp *r);
+void fl__admin_whoami(fl_srv *s, fl_req *q, fl_resp *r);
+const char *fl__ui_dir(fl_srv *s); /* resolved (and logged) once */
+
 #endif

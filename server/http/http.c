@@ -192,6 +192,8 @@ static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *n
     MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
   if (r->etag[0])
     MHD_add_response_header(mr, MHD_HTTP_HEADER_ETAG, r->etag);
+  for (const char *const *h = r->headers; h != NULL && h[0] != NULL; h += 2)
+    MHD_add_response_header(mr, h[0], h[1]);
   if (r->retry_after_ms > 0) {
     char ra[32];
     snprintf(ra, sizeof ra, "%lld", (long long)((r->retry_after_ms + 999) / 1000));

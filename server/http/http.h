@@ -39,6 +39,9 @@ typedef struct fl_resp {
   char etag[72];          /* set: ETag header */
   int64_t retry_after_ms; /* > 0: Retry-After header (seconds, rounded up) */
   const char *reason;     /* refusal reason for metrics and logs, static storage */
+  /* Further headers: name, value, name, value, ..., NULL; static storage (the dashboard's
+   * security and cache headers, server/admin/ui.c). */
+  const char *const *headers;
 } fl_resp;
 
 typedef void (*fl_handler)(fl_srv *s, fl_req *q, fl_resp *r);
