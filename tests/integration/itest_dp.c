@@ -334,6 +334,23 @@ Test(dp, max_epsilon_stops_the_plan, .init = setup, .fini = teardown) {
     fl__v1__model_version__free_unpacked(base, NULL);
     round_id++;
   }
+  /* flctl shows the epsilon spent, for the plan and for each version. */
+  char cmd[512], out[8192], want[96];
+  snprintf(cmd, sizeof cmd,
+           "%s --url %s --token %s plans get %llu && %s --url %s --token %s"
+           " versions list %llu",
+           FL_FLCTL_BIN, g_c.url, g_c.admin_token, (unsigned long long)plan_id, FL_FLCTL_BIN,
+           g_c.url, g_c.admin_token, (unsigned long long)model_id);
+  FILE *fp = popen(cmd, "r");
+  cr_assert_not_null(fp);
+  size_t got = fread(out, 1, sizeof out - 1, fp);
+  out[got] = '\0';
+  cr_assert_eq(pclose(fp), 0, "flctl failed: %s", out);
+  snprintf(want, sizeof want, "epsilon %.4g at delta 1e-05 after 2 rounds", e2);
+  cr_expect(strstr(out, want) != NULL, "flctl output lacks \"%s\":\n%s", want, out);
+  cr_expect(strstr(out, "EPSILON") != NULL, "%s", out);
+  snprintf(want, sizeof want, "%g", e1);
+  cr_expect(strstr(out, want) != NULL, "versions list lacks round 1's epsilon %s:\n%s", want, out);
   json_t *p = plan_json(plan_id);
   cr_expect_str_eq(json_string_value(json_object_get(p, "state")), "stopped");
   cr_expect_eq(json_integer_value(json_object_get(p, "rounds_done")), 2);
