@@ -227,6 +227,54 @@ Test(dp, noise_sd_is_z_c_over_participants, .init = setup, .fini = teardown) {
   fl__v1__model_version__free_unpacked(base, NULL);
 }
 
+/* Adaptive clipping with noise: the update sum gets z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2),
+ * here z = 1, sigma_b = 1: z_delta = 1.1547, sd 1.1547 * 2 / 4 = 0.577 (15% above the 0.5 of
+ * the fixed clip, so the measurement tells them apart); epsilon is charged at z = 1. */
+Test(dp, adaptive_noise_uses_the_split_multiplier, .init = setup, .fini = teardown) {
+  const int n = 4;
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "dp_adaptive_noise", WIDE_SPEC,
+                                   "{\"participants\":4,\"over_selection\":1,\"deadline_s\":600,"
+                                   "\"clip_norm\":2,\"noise_multiplier\":1.0,"
+                                   "\"clip_target_quantile\":0.5,\"clip_count_stddev\":1}",
+                                   &model_id, &round_id),
+               0);
+  Fl__V1__ModelVersion *base;
+  size_t dim;
+  float *w0 = weights_of(model_id, 1, &base, &dim);
+  float *zero = calloc(dim, sizeof *zero);
+  for (int i = 0; i < n; i++)
+    checkin(&g_dev[i], model_id, round_id, NULL);
+  for (int i = 0; i < n; i++)
+    upload_ok(&g_dev[i], base, round_id, zero, 10, FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED);
+  json_t *round = fl_h_wait_round(&g_c, round_id, "closed", 20000);
+  cr_assert_not_null(round);
+  json_t *m = json_object_get(round, "metrics");
+  double zd = fl__dp_update_multiplier(1.0, 1.0), want = zd * 2.0 / n;
+  cr_expect(fabs(zd - 1.0 / sqrt(0.75)) < 1e-12);
+  cr_expect(fabs(json_number_value(json_object_get(m, "update_noise_multiplier")) - zd) < 1e-12);
+  cr_expect(fabs(json_number_value(json_object_get(m, "noise_stddev")) - want) < 1e-12);
+  expect_privacy(json_object_get(m, "privacy"), 4.0 / NDEV, 1.0, 1, 1e-5);
+  /* The noised unclipped fraction: 4/4 + N(0, 1)/4; the clip moved by exp(-0.2 (b - 0.5)). */
+  double b = json_number_value(json_object_get(m, "unclipped_fraction"));
+  cr_expect(fabs(json_number_value(json_object_get(m, "next_clip_norm")) -
+                 2.0 * exp(-0.2 * (b - 0.5))) < 1e-9);
+  json_decref(round);
+  float *w1 = weights_of(model_id, 2, NULL, &dim);
+  double s = 0, s2 = 0;
+  for (size_t k = 0; k < dim; k++) {
+    double x = (double)w1[k] - w0[k];
+    s += x;
+    s2 += x * x;
+  }
+  double mu = s / (double)dim, sd = sqrt(s2 / (double)dim - mu * mu);
+  cr_expect(fabs(sd - want) < 0.05 * want, "empirical sd %.5f, z_delta*C/n = %.5f", sd, want);
+  free(zero);
+  free(w0);
+  free(w1);
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
+
 /* Adaptive clipping without noise: 3 of 4 devices report unclipped, target quantile 0.5, rate
  * 0.2: the next clip is C exp(-0.2 (0.75 - 0.5)), in the plan and in the next task; an upload
  * without the bit is refused. */
