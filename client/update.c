@@ -109,8 +109,13 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
   int err = FL_E_NONFINITE;
   if (!fl__all_finite(delta, n))
     goto out_free;
+  /* Clipping comes first and local noise after it (PRIVACY.md): the bit says whether the
+   * delta as trained was within the bound, before any noise. */
+  int clip_state = FL__V1__CLIP_STATE__CLIP_STATE_UNSPECIFIED;
   if (p->clip_norm > 0)
-    fl__clip_l2(delta, n, p->clip_norm);
+    clip_state = fl__clip_l2(delta, n, p->clip_norm) <= p->clip_norm
+                     ? FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED
+                     : FL__V1__CLIP_STATE__CLIP_STATE_CLIPPED;
   if (p->noise_stddev > 0) {
     fl_rng r;
     err = fl__rng_init_secure(&r);
@@ -134,6 +139,7 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
   u.delta = t;
   u.n_delta = nt;
   u.norm = (float)s;
+  u.clip_state = (Fl__V1__ClipState)clip_state;
   err = pack_unsigned(&u, p->device_id, a, out, out_len, content);
   if (err == FL_OK)
     *norm = (float)s;

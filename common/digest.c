@@ -85,6 +85,9 @@ int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
   fl__sha256_u64(&h, (uint64_t)u->n_delta);
   for (size_t i = 0; i < u->n_delta; i++)
     hash_tensor(&h, u->delta[i]);
+  /* Hashed only when set, so the digests of uploads without it are those of before. */
+  if (u->clip_state != FL__V1__CLIP_STATE__CLIP_STATE_UNSPECIFIED)
+    fl__sha256_u32(&h, (uint32_t)u->clip_state);
   return fl__sha256_end(&h, out);
 }
 

@@ -71,6 +71,10 @@ static const opt_def OPTS[] = {
     {"trim-fraction", T_DBL, O(trim_fraction), "trimmed_mean: fraction cut per side (0)"},
     {"byzantine", T_U32, O(byzantine), "krum, multi_krum, bulyan: assumed attackers f (0)"},
     {"krum-select", T_U32, O(krum_select), "multi_krum: updates averaged m (0)"},
+    {"noise-multiplier", T_DBL, O(noise_multiplier),
+     "DP-FedAvg: central noise multiplier z (0: not private; docs/PRIVACY.md)"},
+    {"clip-quantile", T_DBL, O(clip_quantile),
+     "adaptive clipping: target quantile of unclipped updates (0: fixed --clip-norm)"},
     {"url", T_STR, O(url), "use this running coordinator instead of starting one"},
     {"admin-token", T_STR, O(admin_token), "admin token for --url (or FL_ADMIN_TOKEN)"},
     {"database-url", T_STR, O(database_url), "PostgreSQL for the started coordinator"},
@@ -375,6 +379,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"synthetic-beta", o->syn_beta, 0, 1e3},
       {"fault-rate", o->fault_rate, 0, 1},
       {"trim-fraction", o->trim_fraction, 0, 0.4999999},
+      {"noise-multiplier", o->noise_multiplier, 0, 1e3},
+      {"clip-quantile", o->clip_quantile, 0, 1},
   };
   for (size_t i = 0; i < sizeof(R) / sizeof(R[0]); i++)
     if (!isfinite(R[i].v) || R[i].v < R[i].lo || R[i].v > R[i].hi)

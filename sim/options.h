@@ -40,6 +40,9 @@ typedef struct sim_options {
   const char *aggregator;
   double trim_fraction;
   uint32_t byzantine, krum_select;
+  /* differential privacy, passed into the plan (docs/PRIVACY.md): central noise multiplier
+   * (0: none) and adaptive clipping's target quantile (0: fixed clip) */
+  double noise_multiplier, clip_quantile;
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */

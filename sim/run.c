@@ -57,6 +57,7 @@ typedef struct run_ctx {
   uint32_t min_participants; /* the plan's */
   int explained;             /* why the rounds stopped has been printed */
   int n_versions;            /* rounds that produced a version */
+  uint64_t plan_id;
 } run_ctx;
 
 /* Reads the coordinator's counters; 0 when it cannot (the breakdown is then left out). */
@@ -283,7 +284,7 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
       .server_lr = o->server_lr,
       .rounds = (uint32_t)o->rounds};
   x->min_participants = p.min_participants;
-  uint64_t plan_id;
+  uint64_t plan_id = 0;
   /* The aggregator's fields go on top of the common plan; the coordinator validates them
    * (rule against min_participants) and answers 400 bad_plan with why. */
   json_t *j = fl_sup_plan_json(&p);
@@ -294,6 +295,15 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
                                              : 0.0;
   if (j != NULL && window > 0 &&
       json_object_set_new(j, "selection_window_s", json_real(window)) != 0) {
+    json_decref(j);
+    j = NULL;
+  }
+  /* DP fields only when asked, so that older coordinators keep working without them. */
+  if (j != NULL &&
+      ((o->noise_multiplier > 0 &&
+        json_object_set_new(j, "noise_multiplier", json_real(o->noise_multiplier)) != 0) ||
+       (o->clip_quantile > 0 &&
+        json_object_set_new(j, "clip_target_quantile", json_real(o->clip_quantile)) != 0))) {
     json_decref(j);
     j = NULL;
   }
@@ -309,6 +319,7 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   json_decref(j);
   if (rc != FL_OK)
     fprintf(stderr, "fl-sim: cannot create the plan: %s\n", sim_admin_errmsg(x->admin));
+  x->plan_id = plan_id;
   return rc;
 }
 
@@ -401,6 +412,31 @@ static void add_row(sim_kv *rows, size_t *n, const char *label, const char *fmt,
   (*n)++;
 }
 
+/* The privacy the plan spent (GET /admin/v1/plans/{id}, docs/PRIVACY.md) as a summary row. */
+static void privacy_row(run_ctx *x, sim_kv *rows, size_t *n) {
+  char path[64];
+  json_t *j = NULL;
+  if (x->o->noise_multiplier <= 0) {
+    add_row(rows, n, "privacy", "not private (no central noise)");
+    return;
+  }
+  snprintf(path, sizeof(path), "/admin/v1/plans/%llu", (unsigned long long)x->plan_id);
+  if (sim_admin_call(x->admin, "GET", path, NULL, &j) != FL_OK) {
+    add_row(rows, n, "privacy", "unknown (%s)", sim_admin_errmsg(x->admin));
+    return;
+  }
+  json_t *pv = json_object_get(j, "privacy"), *e = json_object_get(pv, "epsilon");
+  if (json_is_number(e))
+    add_row(rows, n, "privacy (epsilon)", "%.3f at delta %g, %lld rounds, q %.4g, z %g",
+            json_number_value(e), json_number_value(json_object_get(pv, "delta")),
+            (long long)json_integer_value(json_object_get(pv, "rounds")),
+            json_number_value(json_object_get(pv, "sampling_rate")),
+            json_number_value(json_object_get(pv, "noise_multiplier")));
+  else
+    add_row(rows, n, "privacy (epsilon)", "unbounded");
+  json_decref(j);
+}
+
 static void summary(run_ctx *x, double total_s) {
   sim_fleet_counts c;
   sim_fleet_counts_get(x->fleet, &c);
@@ -413,6 +449,7 @@ static void summary(run_ctx *x, double total_s) {
   add_row(rows, &n, "devices", "%zu (%zu misbehaving)", x->o->devices,
           x->o->devices - beh[SIM_HONEST]);
   add_row(rows, &n, "rounds with a new version", "%d of %d", x->n_versions, x->o->rounds);
+  privacy_row(x, rows, &n);
   if (last && x->d->anomaly)
     add_row(rows, &n, "final test AUC", "%.4f", last->auc);
   else if (last)

@@ -12,6 +12,7 @@
 #include "admin/adminapi.h"
 #include "auth/auth.h"
 #include "fl/version.h"
+#include "privacy/budget.h"
 #include "registry/models.h"
 #include "rounds/plan.h"
 #include "registry/rollouts.h"
@@ -394,17 +395,41 @@ static void plan_create(fl_resp *r, admin_ctx *a, uint64_t model_id) {
   json_t *norm = fl__plan_to_json(&plan);
   cj = norm ? json_dumps(norm, JSON_COMPACT) : NULL;
   json_decref(norm);
+  uint64_t population = 0;
+  double rate = 1;
+  bool began = cj != NULL && fl__pg_cmd(a->c, "BEGIN") == 0;
+  if (began && FL_PLAN_DP(&plan) && fl__privacy_population(a->c, &plan, &population, &rate))
+    began = false;
+  /* A budget that one round already exceeds would stop the plan before it trained at all. */
+  double first = began && plan.max_epsilon > 0 ? fl__privacy_epsilon(&plan, rate, 1) : 0;
+  if (began && !(first <= plan.max_epsilon || plan.max_epsilon <= 0)) {
+    free(cj);
+    snprintf(msg, sizeof msg,
+             "max_epsilon %g is below the epsilon of one round (%.4g at sampling rate %.4g)",
+             plan.max_epsilon, first, rate);
+    fl__resp_admin_error(r, 400, "bad_plan", msg);
+    return;
+  }
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_text(&p, cj);
-  PGresult *res = cj == NULL || fl__pg_cmd(a->c, "BEGIN")
-                      ? NULL
-                      : fl__pg_exec(a->c,
-                                    "INSERT INTO plans (model_id, config)"
-                                    " SELECT model_id, $2::jsonb FROM models WHERE model_id = $1"
-                                    " RETURNING plan_id, (SELECT max(version) FROM versions"
-                                    "  WHERE model_id = $1)",
-                                    &p, false, state);
+  if (FL_PLAN_DP(&plan)) {
+    fl__pgp_u64(&p, population);
+    fl__pgp_f64(&p, rate);
+  } else {
+    fl__pgp_text(&p, NULL);
+    fl__pgp_text(&p, NULL);
+  }
+  PGresult *res =
+      !began ? NULL
+             : fl__pg_exec(a->c,
+                           "INSERT INTO plans (model_id, config, dp_population,"
+                           " dp_sampling_rate)"
+                           " SELECT model_id, $2::jsonb, $3::bigint, $4::float8 FROM models"
+                           " WHERE model_id = $1"
+                           " RETURNING plan_id, (SELECT max(version) FROM versions"
+                           "  WHERE model_id = $1)",
+                           &p, false, state);
   free(cj);
   if (res == NULL) {
     if (strcmp(state, "23505") == 0)
@@ -485,6 +510,52 @@ static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
                    json_pack("{s:I, s:s}", "plan_id", (json_int_t)id, "state",
                              PQgetvalue(res, 0, 0)));
   }
+  PQclear(res);
+  end(s, &a);
+}
+
+/* GET /admin/v1/plans/{id}: the plan as stored (the adaptive clip is the current round's), its
+ * state and rounds, and the privacy spent (docs/PRIVACY.md; null without central noise). */
+static void h_plan_get(fl_srv *s, fl_req *q, fl_resp *r) {
+  admin_ctx a;
+  fl_pgp p;
+  fl_plan plan;
+  uint64_t id;
+  const char *rest;
+  char msg[160];
+  if (fl__path_u64(q->path, "/admin/v1/plans/", &id, &rest) || *rest != '\0') {
+    fl__resp_admin_error(r, 404, "not_found", "no such plan");
+    return;
+  }
+  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+    return;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  PGresult *res = fl__pg_exec(a.c,
+                              "SELECT model_id, state, rounds_done, config::text,"
+                              " to_json(created_at)::text, dp_population,"
+                              " coalesce(dp_sampling_rate, 1) FROM plans WHERE plan_id = $1",
+                              &p, false, NULL);
+  json_t *cfg = res && PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 3), 0, NULL) : NULL;
+  if (res == NULL) {
+    db_error(r);
+  } else if (PQntuples(res) == 0) {
+    fl__resp_admin_error(r, 404, "not_found", "no such plan");
+  } else if (fl__plan_from_json(&plan, cfg, msg)) {
+    fl__resp_admin_error(r, 500, "bad_stored_plan", msg);
+  } else {
+    uint64_t done = fl__pg_u64(res, 0, 2);
+    json_t *at = json_loads(PQgetvalue(res, 0, 4), JSON_DECODE_ANY, NULL);
+    fl__resp_json(
+        r, 200,
+        json_pack("{s:I, s:I, s:s, s:I, s:O, s:o, s:o, s:o}", "plan_id", (json_int_t)id, "model_id",
+                  (json_int_t)fl__pg_u64(res, 0, 0), "state", PQgetvalue(res, 0, 1), "rounds_done",
+                  (json_int_t)done, "config", cfg, "created_at", at ? at : json_null(),
+                  "population",
+                  PQgetisnull(res, 0, 5) ? json_null() : json_integer(fl__pg_i64(res, 0, 5)),
+                  "privacy", fl__privacy_json(&plan, fl__pg_f64(res, 0, 6), done)));
+  }
+  json_decref(cfg);
   PQclear(res);
   end(s, &a);
 }
@@ -632,6 +703,7 @@ const fl_route fl__admin_routes[] = {
     {"GET", "/admin/v1/models/", "admin_model_versions", h_model_sub, 0, NULL},
     {"POST", "/admin/v1/models/", "admin_plan_create", h_model_sub, 0, NULL},
     {"POST", "/admin/v1/plans/", "admin_plan_stop", h_plan_stop, 0, NULL},
+    {"GET", "/admin/v1/plans/", "admin_plan_get", h_plan_get, 0, NULL},
     {"GET", "/admin/v1/rounds", "admin_rounds_list", h_rounds_list, 0, NULL},
     {"GET", "/admin/v1/rounds/", "admin_round_get", h_round_get, 0, NULL},
     {"GET", "/admin/v1/devices", "admin_devices_list", h_devices_list, 0, NULL},

@@ -136,9 +136,10 @@ static double norm_bound(const fl_plan *p, const fl_model_info *mi, Fl__V1__Tens
   return b + sqrt(q);
 }
 
-/* Shapes, values and norm of the delta. Returns 0 or -1 with the refusal in *r. */
+/* Shapes, values and norm of the delta; *norm receives the norm. Returns 0 or -1 with the
+ * refusal in *r. */
 static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
-                       const Fl__V1__UpdateUpload *u, fl_resp *r) {
+                       const Fl__V1__UpdateUpload *u, fl_resp *r, double *norm) {
   double sq = 0;
   char msg[128];
   /* Shapes against the cached layout, then sizes and values of every tensor. */
@@ -168,7 +169,26 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
     fl__resp_dev_error(r, 422, "norm_exceeded", msg, 0);
     return -1;
   }
+  /* Adaptive clipping steers the clip by the devices' bits: an update without one would
+   * count as clipped and bias the quantile (docs/PRIVACY.md). */
+  if (v->plan.clip_target_quantile > 0 &&
+      u->clip_state != FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED &&
+      u->clip_state != FL__V1__CLIP_STATE__CLIP_STATE_CLIPPED) {
+    fl__resp_dev_error(r, 422, "missing_clip_state",
+                       "the plan clips adaptively: clip_state must be 1 or 2", 0);
+    return -1;
+  }
+  *norm = sqrt(sq);
   return 0;
+}
+
+/* A DP plan's factor on the delta in the sum: min(1, C / norm), so that one device moves the
+ * sum by at most C whatever it sent (encoding rounding and local noise are allowed past C by
+ * norm_bound; the sensitivity is not). 0 outside DP plans (aggregate.h). */
+static double dp_scale(const fl_plan *p, double norm) {
+  if (!FL_PLAN_DP(p))
+    return 0.0;
+  return norm > p->clip_norm ? p->clip_norm / norm * (1.0 - 0x1.0p-20) : 1.0;
 }
 
 static void send_ack(fl_resp *r, uint64_t round_id, bool duplicate, uint32_t accepted) {
@@ -391,7 +411,8 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto out;
   }
-  if (check_round(&v, u, digest, r) == 0 || check_delta(s, &v, mi, u, r))
+  double norm = 0;
+  if (check_round(&v, u, digest, r) == 0 || check_delta(s, &v, mi, u, r, &norm))
     goto out;
   fl__pool_put(s->pool, c);
   c = NULL;
@@ -404,7 +425,9 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
                   .delta = u->delta,
                   .nonce = sr->nonce.data,
                   .nonce_len = sr->nonce.len,
-                  .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED};
+                  .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
+                  .dp_scale = dp_scale(&v.plan, norm),
+                  .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED};
   memcpy(up.digest, digest, sizeof digest);
   uint32_t accepted = 0;
   int res = fl__agg_submit(s->agg, &up, &accepted);

@@ -40,7 +40,8 @@ typedef struct batch {
   double weight, loss_sum;
   uint64_t bytes;
   uint32_t count;
-  bool stored; /* the round's updates are written to round_updates (aggregate.h) */
+  uint32_t unclipped; /* updates whose devices did not clip (adaptive clipping's bit) */
+  bool stored;        /* the round's updates are written to round_updates (aggregate.h) */
   waiter *waiters;
   struct batch *next;
 } batch;
@@ -171,6 +172,15 @@ void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in) 
   pthread_mutex_unlock(&a->nmu);
 }
 
+/* A DP plan's updates count once each, clipped (docs/PRIVACY.md); the others by their sample
+ * count. fold_scale multiplies the delta, fold_weight is what the batch's weight adds. */
+static double fold_scale(const fl_upload *u) {
+  return u->dp_scale > 0 ? u->dp_scale : (double)u->samples;
+}
+static double fold_weight(const fl_upload *u) {
+  return u->dp_scale > 0 ? 1.0 : (double)u->samples;
+}
+
 int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
   waiter w = {.u = u,
               .device_id = u->device_id,
@@ -189,12 +199,14 @@ int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
     pthread_mutex_unlock(&a->mu);
     return b == NULL ? FL_AGG_RETRY : FL_AGG_IN_PROGRESS;
   }
+  double fw = fold_weight(u);
   for (size_t i = 0; i < u->mi->n_tensors; i++)
-    fl__tensor_fold(u->delta[i], (float)u->samples, b->sum + u->mi->tensors[i].offset);
+    fl__tensor_fold(u->delta[i], (float)fold_scale(u), b->sum + u->mi->tensors[i].offset);
   b->stored |= u->stored;
-  b->weight += (double)u->samples;
-  b->loss_sum += u->loss * (double)u->samples;
+  b->weight += fw;
+  b->loss_sum += u->loss * fw;
   b->bytes += u->bytes;
+  b->unclipped += u->unclipped;
   b->count++;
   w.next = b->waiters;
   b->waiters = &w;
@@ -352,9 +364,11 @@ static int insert_partial(fl_agg *a, PGconn *c, const batch *b) {
   fl__pgp_u64(&p, b->count);
   fl__pgp_f64(&p, b->loss_sum);
   fl__pgp_u64(&p, b->bytes);
+  fl__pgp_u64(&p, b->unclipped);
   PGresult *r = fl__pg_exec_prep(c, "fl_batch_partial",
                                  "INSERT INTO partials (round_id, replica, sum, weight, count,"
-                                 " loss_sum, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                 " loss_sum, bytes, unclipped)"
+                                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                                  &p, false, NULL);
   if (r == NULL)
     return -1;
@@ -396,15 +410,18 @@ static void refold(batch *b) {
   memset(b->sum, 0, b->n_params * sizeof *b->sum);
   b->weight = b->loss_sum = 0;
   b->bytes = 0;
-  b->count = 0;
+  b->count = b->unclipped = 0;
   for (const waiter *w = b->waiters; w != NULL; w = w->next) {
     if (w->replayed || w->over)
       continue;
+    double fw = fold_weight(w->u);
     for (size_t i = 0; i < w->u->mi->n_tensors; i++)
-      fl__tensor_fold(w->u->delta[i], (float)w->samples, b->sum + w->u->mi->tensors[i].offset);
-    b->weight += (double)w->samples;
-    b->loss_sum += w->loss * (double)w->samples;
+      fl__tensor_fold(w->u->delta[i], (float)fold_scale(w->u),
+                      b->sum + w->u->mi->tensors[i].offset);
+    b->weight += fw;
+    b->loss_sum += w->loss * fw;
     b->bytes += w->bytes;
+    b->unclipped += w->u->unclipped;
     b->count++;
   }
 }

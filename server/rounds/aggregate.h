@@ -13,6 +13,8 @@
  * for them the same transaction also writes each update as sent (fl__delta_pack) to
  * round_updates, so an acknowledged update is durable there too; close.c reads and removes
  * them. The partial sums are still written: they carry the round's counts, loss and bytes.
+ *
+ * A DP plan's update is folded clipped and with weight 1 instead (fl_upload.dp_scale).
  */
 #ifndef FL__AGGREGATE_H
 #define FL__AGGREGATE_H
@@ -33,6 +35,11 @@ typedef struct fl_upload {
   const uint8_t *nonce;         /* the request's nonce, recorded in the batch's transaction */
   size_t nonce_len;
   bool stored; /* the round's aggregator is a stored one: the update itself is committed too */
+  /* A DP plan (docs/PRIVACY.md): > 0, the update is folded times dp_scale = min(1, C / norm)
+   * (clipped again here, whatever its encoding or local noise) and counts 1 in the weight;
+   * 0: folded times its sample count, which is its weight. */
+  double dp_scale;
+  bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
 } fl_upload;
 
 enum {

@@ -3,7 +3,9 @@
  * skip it), row lock on the open round (the committer's "UPDATE ... WHERE state = 'open'"
  * waits behind it, then finds the round closed and refuses its batch, so no acknowledged
  * update can miss the sum), sum of the committed partials in double, server optimizer step,
- * the new signed version, the round's metrics, and the next round.
+ * the new signed version, the round's metrics, and the next round. A DP plan's round adds the
+ * Gaussian noise, steps the adaptive clip, records the privacy spent and stops the plan when
+ * the next round would exceed its max_epsilon (docs/PRIVACY.md).
  */
 #include <inttypes.h>
 #include <math.h>
@@ -11,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/auth.h"
 #include "codec.h"
+#include "privacy/accountant.h"
+#include "privacy/budget.h"
 #include "registry/models.h"
 #include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
@@ -26,13 +31,14 @@ typedef struct round_row {
   uint32_t target, min_count, accepted, rounds_done;
   bool deadline_passed;
   double seconds;
+  double dp_rate; /* the DP plan's sampling rate, recorded when it started (1 when absent) */
   fl_plan plan;
 } round_row;
 
 typedef struct round_sum {
   double *sum;
   double weight, loss_sum;
-  uint64_t count, bytes;
+  uint64_t count, bytes, unclipped;
 } round_sum;
 
 /* Locks the round if it is open. 1 locked, 0 not open / another replica is on it, -1 error. */
@@ -55,7 +61,7 @@ static int lock_round(PGconn *c, uint64_t round_id, round_row *rr) {
                   "SELECT r.plan_id, r.model_id, r.base_version, r.target, r.min_count,"
                   " r.accepted, r.deadline_at <= now(),"
                   " extract(epoch FROM now() - r.opened_at)::float8, p.config::text,"
-                  " p.rounds_done"
+                  " p.rounds_done, coalesce(p.dp_sampling_rate, 1)"
                   " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
                   " WHERE r.round_id = $1 AND r.state = 'open' FOR UPDATE OF r",
                   &p, false, NULL);
@@ -74,6 +80,7 @@ static int lock_round(PGconn *c, uint64_t round_id, round_row *rr) {
     rr->deadline_passed = strcmp(PQgetvalue(r, 0, 6), "t") == 0;
     rr->seconds = fl__pg_f64(r, 0, 7);
     rr->rounds_done = (uint32_t)fl__pg_u64(r, 0, 9);
+    rr->dp_rate = fl__pg_f64(r, 0, 10);
     rc = fl__plan_from_json(&rr->plan, cfg, msg) == 0 ? 1 : -1;
     json_decref(cfg);
   }
@@ -87,7 +94,7 @@ static int sum_partials(PGconn *c, uint64_t round_id, size_t n, round_sum *rs) {
   fl__pgp_init(&p);
   fl__pgp_u64(&p, round_id);
   PGresult *r = fl__pg_exec(c,
-                            "SELECT sum, weight, count, loss_sum, bytes FROM partials"
+                            "SELECT sum, weight, count, loss_sum, bytes, unclipped FROM partials"
                             " WHERE round_id = $1",
                             &p, true, NULL);
   if (r == NULL)
@@ -112,6 +119,7 @@ static int sum_partials(PGconn *c, uint64_t round_id, size_t n, round_sum *rs) {
     rs->count += (uint64_t)fl__pg_bin_i32(r, row, 2);
     rs->loss_sum += fl__pg_bin_f64(r, row, 3);
     rs->bytes += (uint64_t)fl__pg_bin_i64(r, row, 4);
+    rs->unclipped += (uint64_t)fl__pg_bin_i32(r, row, 5);
   }
   PQclear(r);
   return err;
@@ -225,17 +233,94 @@ out:
   return err;
 }
 
-/* Central DP (Gaussian mechanism on the mean of clipped updates): stddev z * C / count. */
-static int add_central_noise(const round_row *rr, float *mean, size_t n, uint64_t count) {
+/* The adaptive clip stays where a float32 delta and the plan's validation can follow it. */
+#define CLIP_MIN 1e-6
+#define CLIP_MAX 1e9
+
+/* DP-FedAvg at close (docs/PRIVACY.md). The sum holds each update once, clipped to C
+ * (upload.c's dp_scale), so one device moves it by at most C: Gaussian noise of sd z * C on the
+ * sum, z * C / count on the mean. With adaptive clipping (Andrew et al. 2021) the budget z is
+ * split: the update sum gets z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2), the count of unclipped
+ * updates N(0, sigma_b^2), and the next clip is C exp(-eta (b_bar - gamma)) with b_bar the
+ * noised unclipped fraction; a plan without noise adapts on the exact fraction. The noise comes
+ * from the CSPRNG (rng.c's secure mode: OpenSSL RAND_bytes). *next_clip receives the next
+ * round's clip (0 when the clip is fixed); the figures go into metrics. */
+static int dp_close(const round_row *rr, const round_sum *rs, float *mean, size_t n,
+                    json_t *metrics, double *next_clip) {
+  const fl_plan *p = &rr->plan;
+  bool adaptive = p->clip_target_quantile > 0;
   fl_rng rng;
-  if (rr->plan.noise_multiplier <= 0 || count == 0)
+  *next_clip = 0;
+  if ((!FL_PLAN_DP(p) && !adaptive) || rs->count == 0)
     return FL_OK;
   if (fl__rng_init_secure(&rng))
     return FL_E_CRYPTO;
-  double sd = rr->plan.noise_multiplier * rr->plan.clip_norm / (double)count;
-  for (size_t i = 0; i < n; i++)
+  double count = (double)rs->count, sb = FL_PLAN_DP(p) ? fl__plan_count_stddev(p) : 0.0;
+  double z = p->noise_multiplier;
+  if (FL_PLAN_DP(p) && adaptive)
+    z = fl__dp_update_multiplier(p->noise_multiplier, sb);
+  double sd = FL_PLAN_DP(p) ? z * p->clip_norm / count : 0.0;
+  for (size_t i = 0; sd > 0 && i < n; i++)
     mean[i] = (float)(mean[i] + sd * fl__rng_normal(&rng));
+  int bad = json_object_set_new(metrics, "clip_norm", json_real(p->clip_norm));
+  if (FL_PLAN_DP(p))
+    bad |= json_object_set_new(metrics, "noise_stddev", json_real(sd)) |
+           json_object_set_new(metrics, "update_noise_multiplier", json_real(z)) |
+           json_object_set_new(metrics, "privacy",
+                               fl__privacy_json(p, rr->dp_rate, (uint64_t)rr->rounds_done + 1));
+  if (adaptive) {
+    double b = ((double)rs->unclipped + (sb > 0 ? sb * fl__rng_normal(&rng) : 0.0)) / count;
+    double c = fl__dp_next_clip(p->clip_norm, p->clip_learning_rate, b, p->clip_target_quantile);
+    *next_clip = c < CLIP_MIN ? CLIP_MIN : c > CLIP_MAX ? CLIP_MAX : c;
+    bad |= json_object_set_new(metrics, "unclipped_fraction", json_real(b)) |
+           json_object_set_new(metrics, "next_clip_norm", json_real(*next_clip));
+  }
+  if (fl__rng_error(&rng))
+    return FL_E_CRYPTO;
+  return bad ? FL_E_NOMEM : FL_OK;
+}
+
+/* The next round's clip goes into the plan, where check-ins (the task's clip_norm) and uploads
+ * (the norm bound) read it. */
+static int store_clip(PGconn *c, uint64_t plan_id, double clip) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, plan_id);
+  fl__pgp_f64(&p, clip);
+  PGresult *r = fl__pg_exec(c,
+                            "UPDATE plans SET config = jsonb_set(config, '{clip_norm}',"
+                            " to_jsonb($2::float8)) WHERE plan_id = $1",
+                            &p, false, NULL);
+  if (r == NULL)
+    return FL_E_DB;
+  PQclear(r);
   return FL_OK;
+}
+
+/* True when one more round would take a DP plan past its max_epsilon: the plan stops now,
+ * with the epsilon it has spent (docs/PRIVACY.md). */
+static bool over_budget(const round_row *rr, double *spent, double *next) {
+  const fl_plan *p = &rr->plan;
+  if (!FL_PLAN_DP(p) || p->max_epsilon <= 0)
+    return false;
+  *spent = fl__privacy_epsilon(p, rr->dp_rate, (uint64_t)rr->rounds_done + 1);
+  *next = fl__privacy_epsilon(p, rr->dp_rate, (uint64_t)rr->rounds_done + 2);
+  return !(*next <= p->max_epsilon);
+}
+
+static int audit_budget_stop(PGconn *c, const round_row *rr, double spent, double next) {
+  char target[32];
+  snprintf(target, sizeof target, "plan:%" PRIu64, rr->plan_id);
+  json_t *d =
+      json_pack("{s:I, s:s, s:f, s:f, s:f, s:I}", "plan_id", (json_int_t)rr->plan_id, "reason",
+                "max_epsilon", "epsilon", spent, "next_epsilon", isfinite(next) ? next : 1e308,
+                "max_epsilon", rr->plan.max_epsilon, "rounds", (json_int_t)rr->rounds_done + 1);
+  int rc = d != NULL && fl__audit(c, "coordinator", "plan.stop", target, d) == 0 ? FL_OK : FL_E_DB;
+  json_decref(d);
+  fl__slog(FL_LOG_INFO, "plan_budget_stop",
+           "plan=%" PRIu64 " epsilon=%.4f next=%.4f max_epsilon=%.4f", rr->plan_id, spent, next,
+           rr->plan.max_epsilon);
+  return rc;
 }
 
 /* The next version number of a model (versions are only inserted by closers that hold the
@@ -278,18 +363,23 @@ static int finish_round(PGconn *c, const round_row *rr, const char *state, uint6
   PQclear(r);
   bool counted = strcmp(state, "closed") == 0;
   bool done = counted && rr->plan.rounds > 0 && rr->rounds_done + 1 >= rr->plan.rounds;
+  double spent = 0, next_eps = 0;
+  bool stop = counted && !done && over_budget(rr, &spent, &next_eps);
   fl__pgp_init(&p);
   fl__pgp_u64(&p, rr->plan_id);
   fl__pgp_u64(&p, counted ? 1 : 0);
-  fl__pgp_text(&p, done ? "done" : "active");
+  fl__pgp_text(&p, done ? "done" : stop ? "stopped" : "active");
   r = fl__pg_exec(c,
                   "UPDATE plans SET rounds_done = rounds_done + $2, state = $3"
                   " WHERE plan_id = $1 AND state = 'active' RETURNING plan_id",
                   &p, false, NULL);
   if (r == NULL)
     return FL_E_DB;
-  bool active = PQntuples(r) == 1 && !done;
+  bool active = PQntuples(r) == 1 && !done && !stop;
+  bool stopped = PQntuples(r) == 1 && stop;
   PQclear(r);
+  if (stopped && audit_budget_stop(c, rr, spent, next_eps) != FL_OK)
+    return FL_E_DB;
   uint64_t next;
   return active ? fl__round_open(c, rr->plan_id, rr->model_id, next_base, &rr->plan, &next)
                 : FL_OK;
@@ -320,6 +410,7 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   round_sum rs = {0};
   float *w = NULL, *mean = NULL;
   json_t *metrics = NULL;
+  double next_clip = 0;
   int err = fl__models_get(s, c, rr->model_id, &mi);
   if (err == FL_OK)
     err = sum_partials(c, rr->round_id, mi->n_params, &rs);
@@ -342,7 +433,7 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
     for (size_t i = 0; i < mi->n_params; i++)
       mean[i] = (float)(rs.sum[i] / rs.weight);
   }
-  err = add_central_noise(rr, mean, mi->n_params, rs.count);
+  err = dp_close(rr, &rs, mean, mi->n_params, metrics, &next_clip);
   if (err == FL_OK && !all_finite(mean, mi->n_params))
     err = FL_E_NONFINITE;
   if (err == FL_OK)
@@ -356,6 +447,8 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
                              NULL);
   if (err == FL_OK)
     err = finish_round(c, rr, "closed", *version, metrics, NULL, *version);
+  if (err == FL_OK && next_clip > 0)
+    err = store_clip(c, rr->plan_id, next_clip);
 out:
   json_decref(metrics);
   free(mean);

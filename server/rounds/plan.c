@@ -24,6 +24,8 @@ static void defaults(fl_plan *p) {
   p->encoding = 1;
   p->topk_fraction = 0.1;
   p->selection_pool = 3.0;
+  p->target_delta = 1e-5;
+  p->clip_learning_rate = 0.2;
   fl__opt_defaults(&p->opt, 0);
 }
 
@@ -153,9 +155,73 @@ static int parse_selection(fl_plan *p, const json_t *j, char msg[160]) {
   return 0;
 }
 
+/* Differential privacy (docs/PRIVACY.md), in the order of dp_ptr(). */
+static const num_field DP[] = {
+    {"target_delta", 1e-15, 0.1, false},   {"max_epsilon", 0, 1e6, false},
+    {"clip_target_quantile", 0, 1, false}, {"clip_learning_rate", 0, 10, false},
+    {"clip_count_stddev", 0, 1e9, false},
+};
+#define N_DP (sizeof DP / sizeof DP[0])
+
+static double *dp_ptr(fl_plan *p, size_t i) {
+  double *f[N_DP] = {&p->target_delta, &p->max_epsilon, &p->clip_target_quantile,
+                     &p->clip_learning_rate, &p->clip_count_stddev};
+  return f[i];
+}
+
+double fl__plan_count_stddev(const fl_plan *p) {
+  return p->clip_count_stddev > 0 ? p->clip_count_stddev : p->participants / 20.0;
+}
+
+static int parse_dp(fl_plan *p, const json_t *j, char msg[160]) {
+  for (size_t i = 0; i < N_DP; i++) {
+    const json_t *v = json_object_get(j, DP[i].name);
+    double d = json_number_value(v);
+    if (v == NULL)
+      continue;
+    if (!json_is_number(v) || !isfinite(d) || d < DP[i].lo || d > DP[i].hi) {
+      snprintf(msg, 160, "%s must be a number in [%g, %g]", DP[i].name, DP[i].lo, DP[i].hi);
+      return -1;
+    }
+    *dp_ptr(p, i) = d;
+  }
+  return 0;
+}
+
+/* The DP fields against the rest of the plan (after every field is read). */
+static int check_dp(const fl_plan *p, char msg[160]) {
+  if (p->max_epsilon > 0 && !FL_PLAN_DP(p)) {
+    snprintf(msg, 160, "max_epsilon needs noise_multiplier > 0");
+    return -1;
+  }
+  if (p->clip_target_quantile <= 0)
+    return 0;
+  if (p->clip_norm <= 0) {
+    snprintf(msg, 160, "clip_target_quantile needs clip_norm > 0 (the initial clip)");
+    return -1;
+  }
+  if (fl__agg_kind(p->agg.rule) == FL_AGG_STORED) {
+    snprintf(msg, 160, "clip_target_quantile applies to the fedavg aggregator only");
+    return -1;
+  }
+  /* Andrew et al. 2021: the update noise z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2) exists only
+   * when the count's noise alone is below the budget z. */
+  double sb = fl__plan_count_stddev(p);
+  if (FL_PLAN_DP(p) && !(2.0 * sb > p->noise_multiplier)) {
+    snprintf(msg, 160,
+             "clip_count_stddev %g must exceed noise_multiplier / 2 (%g) for adaptive clipping", sb,
+             p->noise_multiplier / 2.0);
+    return -1;
+  }
+  return 0;
+}
+
 static int known_key(const char *k) {
   for (size_t i = 0; i < sizeof SELECTION / sizeof SELECTION[0]; i++)
     if (strcmp(k, SELECTION[i].name) == 0)
+      return 1;
+  for (size_t i = 0; i < N_DP; i++)
+    if (strcmp(k, DP[i].name) == 0)
       return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
       strcmp(k, "aggregator") == 0)
@@ -183,7 +249,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   /* The optimizer first: it sets the defaults that server_lr etc. then override. */
   if (parse_enum(p, j, msg))
     return -1;
-  if (parse_selection(p, j, msg))
+  if (parse_selection(p, j, msg) || parse_dp(p, j, msg))
     return -1;
   bool have_min = false;
   for (size_t i = 0; i < N_NUMS; i++) {
@@ -224,7 +290,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
    * a round then never reaches its close with too few updates for its aggregator. */
   if (fl__agg_check(&p->agg, p->min_participants, p->participants, msg, 160))
     return -1;
-  return 0;
+  return check_dp(p, msg);
 }
 
 static json_t *base_json(const fl_plan *p) {
@@ -253,6 +319,12 @@ json_t *fl__plan_to_json(const fl_plan *p) {
     json_decref(j);
     j = NULL;
   }
+  fl_plan c = *p; /* dp_ptr names fields of a writable plan */
+  for (size_t i = 0; j != NULL && i < N_DP; i++)
+    if (json_object_set_new(j, DP[i].name, json_real(*dp_ptr(&c, i)))) {
+      json_decref(j);
+      j = NULL;
+    }
   return j;
 }
 

@@ -12,23 +12,34 @@
 #include "rounds/optimizer.h"
 
 typedef struct fl_plan {
-  uint32_t participants;      /* target accepted updates per round */
-  uint32_t min_participants;  /* at the deadline, close with at least this many */
-  double over_selection;      /* assign up to ceil(participants * over_selection) devices */
+  uint32_t participants;     /* target accepted updates per round */
+  uint32_t min_participants; /* at the deadline, close with at least this many */
+  double over_selection;     /* assign up to ceil(participants * over_selection) devices */
   uint32_t deadline_s;
   uint32_t local_epochs, batch_size;
   double learning_rate, momentum, weight_decay, prox_mu;
-  double clip_norm;           /* 0: no bound */
-  double noise_multiplier;    /* central DP: stddev = noise_multiplier * clip_norm / count */
-  double local_noise_stddev;  /* devices add N(0, s^2) per element after clipping */
-  int encoding;               /* fl.v1.Encoding */
+  double clip_norm;          /* 0: no bound */
+  double noise_multiplier;   /* central DP (docs/PRIVACY.md): z; 0 = not a DP plan */
+  double local_noise_stddev; /* devices add N(0, s^2) per element after clipping */
+  int encoding;              /* fl.v1.Encoding */
   double topk_fraction;
   fl_opt_params opt;
-  fl_agg_params agg;          /* the rounds' aggregator: fedavg streams, the others store updates */
-  uint32_t rounds;            /* 0: continuous */
-  double selection_window_s;  /* fair selection window (rounds.c); 0: first come, first served */
-  double selection_pool;      /* draw early at ceil(max_assign x pool) candidates */
+  fl_agg_params agg;         /* the rounds' aggregator: fedavg streams, the others store updates */
+  uint32_t rounds;           /* 0: continuous */
+  double selection_window_s; /* fair selection window (rounds.c); 0: first come, first served */
+  double selection_pool;     /* draw early at ceil(max_assign x pool) candidates */
+  /* Differential privacy (docs/PRIVACY.md, close.c, privacy/accountant.h). */
+  double target_delta;         /* the delta of the reported epsilon */
+  double max_epsilon;          /* stop the plan before a round would exceed it; 0: no limit */
+  double clip_target_quantile; /* adaptive clipping's gamma; 0: the clip is fixed */
+  double clip_learning_rate;   /* eta_C of the geometric clip update */
+  double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
 } fl_plan;
+
+/* A DP plan: central noise, uniform weights, an accountant (docs/PRIVACY.md). */
+#define FL_PLAN_DP(p) ((p)->noise_multiplier > 0)
+/* sigma_b as used: the plan's, or the paper's default of participants / 20. */
+double fl__plan_count_stddev(const fl_plan *p);
 
 /* Parses and validates; fields not given take their defaults; unknown fields are refused.
  * On error returns -1 with a message in msg. */

@@ -172,6 +172,13 @@ static const char *const M_STORED_UPDATES[] = {
     " FOREIGN KEY (round_id, device_id) REFERENCES acceptances (round_id, device_id))",
     "ALTER TABLE round_updates ALTER COLUMN delta SET STORAGE EXTERNAL", NULL};
 
+/* Differential privacy (docs/PRIVACY.md): the population a DP plan's sampling rate was taken
+ * from when it started (q = participants / population), and per partial sum the count of
+ * updates their devices did not have to clip (adaptive clipping's bit, rounds/close.c). */
+static const char *const M_PRIVACY[] = {
+    "ALTER TABLE plans ADD COLUMN dp_population bigint, ADD COLUMN dp_sampling_rate float8",
+    "ALTER TABLE partials ADD COLUMN unclipped int NOT NULL DEFAULT 0", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -179,6 +186,7 @@ static const migration MIGRATIONS[] = {
     {4, "admin token life cycle", M_ADMIN_TOKENS},
     {5, "fair selection", M_SELECTION},
     {6, "stored updates", M_STORED_UPDATES},
+    {7, "differential privacy", M_PRIVACY},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -403,6 +403,7 @@ int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uin
   u.n_delta = o->drop_last_tensor ? nt - 1 : nt;
   u.delta = tp;
   u.norm = (float)sqrt(sq);
+  u.clip_state = (Fl__V1__ClipState)o->clip_state;
   if (o->corrupt_signature) {
     /* Signed for a timestamp and nonce no request carries, then damaged: whatever envelope
      * carries it, the signature cannot verify. */

@@ -181,3 +181,32 @@ Test(client_update, diverged_training_is_not_uploaded) {
                FL_E_NONFINITE);
   cr_assert_null(buf);
 }
+
+/* Adaptive clipping's bit (docs/PRIVACY.md 3): 1 when the delta was within the clip, 2 when it
+ * was scaled down, not set without a clip; it is part of the signed content digest, and an
+ * upload without it digests as before the field existed. */
+Test(client_update, clip_state_reports_whether_the_delta_was_clipped) {
+  float *out = malloc(n * sizeof *out), norm = 0;
+  double raw = 0;
+  for (size_t i = 0; i < n; i++)
+    raw += (double)(local[i] - base[i]) * (local[i] - base[i]);
+  raw = sqrt(raw);
+  fl__update_params p = params(1, (float)(raw * 2));
+  Fl__V1__UpdateUpload *u = build(&p, out, &norm);
+  cr_expect_eq(u->clip_state, FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  p = params(1, (float)(raw / 2));
+  u = build(&p, out, &norm);
+  cr_expect_eq(u->clip_state, FL__V1__CLIP_STATE__CLIP_STATE_CLIPPED);
+  uint8_t with[FL_SHA256_LEN], without[FL_SHA256_LEN];
+  cr_assert_eq(fl__update_content_digest(9, u, with), FL_OK);
+  u->clip_state = FL__V1__CLIP_STATE__CLIP_STATE_UNSPECIFIED;
+  cr_assert_eq(fl__update_content_digest(9, u, without), FL_OK);
+  cr_expect_neq(memcmp(with, without, sizeof with), 0, "clip_state is signed");
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  p = params(1, 0);
+  u = build(&p, out, &norm);
+  cr_expect_eq(u->clip_state, FL__V1__CLIP_STATE__CLIP_STATE_UNSPECIFIED);
+  fl__v1__update_upload__free_unpacked(u, NULL);
+  free(out);
+}

@@ -147,3 +147,57 @@ Test(plan, refuses_bad_aggregator_parameters) {
   cr_assert_eq(parse("{\"aggregator\":\"median\",\"noise_multiplier\":1}", &p, msg), -1);
   cr_assert(strstr(msg, "fedavg aggregator only") != NULL, "%s", msg);
 }
+
+/* Differential privacy fields (docs/PRIVACY.md): defaults, ranges, the checks against the rest
+ * of the plan, and the stored round trip. */
+Test(plan, privacy_fields) {
+  fl_plan p, back;
+  char msg[160];
+  cr_assert_eq(parse("{\"participants\":40}", &p, msg), 0);
+  cr_expect_eq(p.target_delta, 1e-5);
+  cr_expect_eq(p.max_epsilon, 0);
+  cr_expect_eq(p.clip_target_quantile, 0);
+  cr_expect_eq(p.clip_learning_rate, 0.2);
+  cr_expect_eq(fl__plan_count_stddev(&p), 2.0); /* participants / 20 */
+  cr_expect(!FL_PLAN_DP(&p));
+  cr_assert_eq(parse("{\"participants\":40,\"noise_multiplier\":1.1,\"target_delta\":1e-6,"
+                     "\"max_epsilon\":8,\"clip_target_quantile\":0.5,\"clip_learning_rate\":0.1,"
+                     "\"clip_count_stddev\":3}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_expect(FL_PLAN_DP(&p));
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_eq(fl__plan_from_json(&back, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_expect_eq(back.target_delta, 1e-6);
+  cr_expect_eq(back.max_epsilon, 8);
+  cr_expect_eq(back.clip_target_quantile, 0.5);
+  cr_expect_eq(back.clip_learning_rate, 0.1);
+  cr_expect_eq(back.clip_count_stddev, 3);
+
+  cr_expect_eq(parse("{\"target_delta\":0}", &p, msg), -1);
+  cr_expect_eq(parse("{\"target_delta\":0.5}", &p, msg), -1);
+  cr_expect_eq(parse("{\"clip_target_quantile\":1.5}", &p, msg), -1);
+  cr_expect_eq(parse("{\"max_epsilon\":-1,\"noise_multiplier\":1}", &p, msg), -1);
+  cr_expect_eq(parse("{\"max_epsilon\":\"3\",\"noise_multiplier\":1}", &p, msg), -1);
+  /* A budget without noise means nothing. */
+  cr_expect_eq(parse("{\"max_epsilon\":3}", &p, msg), -1);
+  cr_expect(strstr(msg, "noise_multiplier") != NULL, "%s", msg);
+  /* Adaptive clipping needs an initial clip, the fedavg rule, and sigma_b > z / 2. */
+  cr_expect_eq(parse("{\"clip_target_quantile\":0.5,\"clip_norm\":0}", &p, msg), -1);
+  cr_expect_eq(parse("{\"clip_target_quantile\":0.5,\"aggregator\":\"median\","
+                     "\"participants\":5}",
+                     &p, msg),
+               -1);
+  cr_expect_eq(parse("{\"participants\":10,\"noise_multiplier\":1.2,"
+                     "\"clip_target_quantile\":0.5}",
+                     &p, msg),
+               -1); /* default sigma_b 0.5 <= 0.6 */
+  cr_expect(strstr(msg, "clip_count_stddev") != NULL, "%s", msg);
+  cr_expect_eq(parse("{\"participants\":10,\"noise_multiplier\":1.2,"
+                     "\"clip_target_quantile\":0.5,\"clip_count_stddev\":0.7}",
+                     &p, msg),
+               0, "%s", msg);
+  /* Adaptive clipping without noise is allowed (it adapts on the exact fraction). */
+  cr_expect_eq(parse("{\"clip_target_quantile\":0.5}", &p, msg), 0, "%s", msg);
+}

@@ -32,6 +32,7 @@ static const form FORMS[] = {
     {"plans", "create", "plan aggregator trim-fraction byzantine krum-select",
      "plans create MODEL_ID [--plan JSON|@FILE] [--aggregator NAME] [--trim-fraction B]\n"
      "                  [--byzantine F] [--krum-select M]"},
+    {"plans", "get", "", "plans get PLAN_ID"},
     {"plans", "stop", "", "plans stop PLAN_ID"},
     {"rounds", "list", "model", "rounds list [--model MODEL_ID]"},
     {"rounds", "get", "", "rounds get ROUND_ID"},
@@ -290,13 +291,11 @@ static int filtered_list(const flctl *f, const args *a, const char *base, const 
 static const flctl_col MODEL_COLS[] = {
     {"model_id", "MODEL", 0},        {"name", "NAME", 30},         {"n_params", "PARAMS", 0},
     {"latest_version", "LATEST", 0}, {"created_at", "CREATED", 0}, {NULL, NULL, 0}};
-static const flctl_col VERSION_COLS[] = {{"version", "VERSION", 0},
-                                         {"parent_version", "PARENT", 0},
-                                         {"round_id", "ROUND", 0},
-                                         {"sha256", "SHA256", 16},
-                                         {"metrics", "METRICS", 90},
-                                         {"created_at", "CREATED", 0},
-                                         {NULL, NULL, 0}};
+static const flctl_col VERSION_COLS[] = {
+    {"version", "VERSION", 0},    {"parent_version", "PARENT", 0},
+    {"round_id", "ROUND", 0},     {"sha256", "SHA256", 16},
+    {"epsilon", "EPSILON", 0},    {"metrics", "METRICS", 90},
+    {"created_at", "CREATED", 0}, {NULL, NULL, 0}};
 static const flctl_col ROUND_COLS[] = {
     {"round_id", "ROUND", 0},        {"model_id", "MODEL", 0},    {"base_version", "BASE", 0},
     {"state", "STATE", 0},           {"accepted", "ACCEPTED", 0}, {"target", "TARGET", 0},
@@ -328,7 +327,48 @@ static int cmd_versions(const flctl *f, const args *a) {
   if (id_at(a, 1, "MODEL_ID", &m))
     return FLCTL_USAGE;
   snprintf(path, sizeof path, "/admin/v1/models/%lld/versions", m);
-  return show_list(f, path, "versions", VERSION_COLS);
+  json_t *j = flctl_call(f, "GET", path, NULL);
+  if (j == NULL)
+    return FLCTL_ERR;
+  /* The privacy spent after each version's round (docs/PRIVACY.md) gets a column of its own;
+   * "-" for versions of plans without central noise. --json prints the answer as it came. */
+  json_t *rows = json_object_get(j, "versions"), *row;
+  size_t i;
+  json_array_foreach(rows, i, row) {
+    json_t *pv = json_object_get(json_object_get(row, "metrics"), "privacy");
+    json_t *e = json_object_get(pv, "epsilon");
+    if (!f->json && json_is_number(e))
+      json_object_set_new(row, "epsilon", json_real(json_number_value(e)));
+  }
+  flctl_table(f, j, rows, VERSION_COLS);
+  json_decref(j);
+  return FLCTL_OK;
+}
+
+/* plans get: the plan object, then its privacy spent in one line (docs/PRIVACY.md 2). */
+static int plan_get(const flctl *f, long long id) {
+  char path[96];
+  snprintf(path, sizeof path, "/admin/v1/plans/%lld", id);
+  json_t *j = flctl_call(f, "GET", path, NULL);
+  if (j == NULL)
+    return FLCTL_ERR;
+  flctl_object(f, j);
+  json_t *pv = json_object_get(j, "privacy");
+  if (!f->json && json_is_object(pv)) {
+    json_t *e = json_object_get(pv, "epsilon");
+    char eps[32] = "inf";
+    if (json_is_number(e))
+      snprintf(eps, sizeof eps, "%.4g", json_number_value(e));
+    printf("epsilon %s at delta %g after %lld rounds (sampling rate %.4g, noise multiplier %g)\n",
+           eps, json_number_value(json_object_get(pv, "delta")),
+           (long long)json_integer_value(json_object_get(pv, "rounds")),
+           json_number_value(json_object_get(pv, "sampling_rate")),
+           json_number_value(json_object_get(pv, "noise_multiplier")));
+  } else if (!f->json) {
+    printf("no central noise: no epsilon\n");
+  }
+  json_decref(j);
+  return FLCTL_OK;
 }
 
 /* --aggregator and its parameters, over the fields of --plan (the coordinator checks them and
@@ -366,10 +406,13 @@ static int cmd_plans(const flctl *f, const args *a) {
   long long id;
   bool create = a->npos == 2 && strcmp(a->pos[0], "create") == 0;
   bool stop = a->npos == 2 && strcmp(a->pos[0], "stop") == 0;
-  if (!create && !stop)
+  bool get = a->npos == 2 && strcmp(a->pos[0], "get") == 0;
+  if (!create && !stop && !get)
     return usage_error(a);
   if (id_at(a, 1, create ? "MODEL_ID" : "PLAN_ID", &id))
     return FLCTL_USAGE;
+  if (get)
+    return plan_get(f, id);
   if (stop) {
     snprintf(path, sizeof path, "/admin/v1/plans/%lld/stop", id);
     return show_call(f, "POST", path, NULL);
