@@ -44,7 +44,12 @@ typedef struct fl_config {
   const char *admin_token_out; /* a generated bootstrap token goes here (0600) */
   size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
-  unsigned conn_timeout_s;
+  unsigned max_conns_per_ip; /* 0: no per-address limit */
+  unsigned http_threads;     /* event-loop threads; 0: the CPU count, at least 4 */
+  unsigned conn_timeout_s;   /* idle: no byte in either direction (MHD's own timeout) */
+  unsigned header_timeout_s; /* the whole request header, however slowly it trickles */
+  unsigned body_timeout_s;   /* window over which a body must average min_body_rate */
+  uint64_t min_body_rate;    /* bytes per second; 0: no body rate check */
   unsigned db_pool_size;
   int64_t ts_window_ms;         /* accepted |now - request timestamp| */
   unsigned commit_interval_ms;  /* group commit: wait this long to gather a batch */
