@@ -84,7 +84,7 @@ static const opt_def OPTS[] = {
      "no limit: behind a load balancer every connection comes from its address)"},
     {"http-threads", OPT_HTTP_THREADS, "FL_HTTP_THREADS", "N",
      "HTTP event-loop threads (epoll), each serving many connections (default 0: the number "
-     "of CPUs, at least 4)"},
+     "of CPUs, at least 4, at most --db-pool - 4)"},
     {"timeout", OPT_TIMEOUT, "FL_TIMEOUT", "SECONDS", "idle connection timeout (default 30)"},
     {"header-timeout", OPT_HEADER_TIMEOUT, "FL_HEADER_TIMEOUT", "SECONDS",
      "the whole request header must arrive within this time of the connection's accept or of "

@@ -45,7 +45,7 @@ typedef struct fl_config {
   size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
   unsigned max_conns_per_ip; /* 0: no per-address limit */
-  unsigned http_threads;     /* event-loop threads; 0: the CPU count, at least 4 */
+  unsigned http_threads;     /* event-loop threads; 0: CPUs, 4 <= n <= pool - 4 */
   unsigned conn_timeout_s;   /* idle: no byte in either direction (MHD's own timeout) */
   unsigned header_timeout_s; /* the whole request header, however slowly it trickles */
   unsigned body_timeout_s;   /* window over which a body must average min_body_rate */

@@ -449,14 +449,22 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:" \
   "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:+DHE-RSA"
 
+/* The database connections that are not the loop threads': the committer, the rounds ticker
+ * (and the close it runs), the metrics listener's /readyz. */
+#define FL_POOL_OTHERS 4
+
 /* Event-loop threads of the main listener: --http-threads, else the CPU count but at least 4
  * (handlers wait for PostgreSQL round trips on these threads, and the database runs on the
- * same cores: a few threads more than cores keep them busy). */
+ * same cores: a few threads more than cores keep them busy), and no more than the database
+ * pool has connections for (fl__http_start). */
 static unsigned loop_threads(const fl_config *cfg) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned t = n > 4 ? (unsigned)n : 4u;
   if (cfg->http_threads != 0)
     return cfg->http_threads;
-  return n > 4 ? (unsigned)n : 4u;
+  if (cfg->db_pool_size >= 4 + FL_POOL_OTHERS && t > cfg->db_pool_size - FL_POOL_OTHERS)
+    t = cfg->db_pool_size - FL_POOL_OTHERS;
+  return t;
 }
 
 /* Each connection holds a descriptor: idle ones no longer cost a thread, so the descriptor
@@ -524,6 +532,15 @@ int fl__http_start(fl_srv *s) {
     return FL_E_NOMEM;
   }
   raise_nofile(&s->cfg);
+  /* A handler waits on its loop thread for a pool connection (device requests at most
+   * FL_DEVICE_POOL_WAIT_MS), stalling every connection of that thread meanwhile. A loop thread
+   * holds one connection at a time: a pool with one per loop thread besides the others'
+   * (FL_POOL_OTHERS) is never waited for. */
+  if (s->cfg.db_pool_size < threads + FL_POOL_OTHERS)
+    fl__slog(FL_LOG_WARN, "db_pool_small",
+             "db_pool=%u http_threads=%u hint=\"requests may wait for a database connection on "
+             "the event loops; --db-pool of at least --http-threads + %d\"",
+             s->cfg.db_pool_size, threads, FL_POOL_OTHERS);
   /* With --metrics-listen, /metrics is served there only; the probes stay on both. */
   h->main = (fl_listener){s,
                           h,
