@@ -121,6 +121,10 @@ void fl__metrics_update_refused(fl_metrics *m, const char *reason);
 void fl__metrics_round(fl_metrics *m, bool closed); /* closed or abandoned */
 void fl__metrics_request(fl_metrics *m, const char *route, int status, double seconds);
 void fl__metrics_commit(fl_metrics *m, size_t batch, double seconds);
+/* Connections open now, and closed at their header deadline / for a slow body since the start
+ * (http/conns.c sets them four times a second). */
+void fl__metrics_connections(fl_metrics *m, uint64_t open, uint64_t closed_header,
+                             uint64_t closed_body);
 /* Prometheus text exposition; *out is malloc'ed. */
 int fl__metrics_render(fl_metrics *m, char **out, size_t *len);
 

@@ -44,7 +44,8 @@ struct fl_conns {
   pthread_t thread;
   int64_t header_ms, body_ms;
   uint64_t min_rate;
-  atomic_ullong closed_header, closed_body;
+  uint64_t closed_header, closed_body; /* the reaper's */
+  fl_metrics *metrics;
 };
 
 static int64_t mono_ms(void) {
@@ -177,11 +178,11 @@ static void *reaper(void *arg) {
       n_header += why == 1;
       n_body += why == 2;
     }
+    uint64_t open = t->open;
     pthread_mutex_unlock(&t->mu);
-    if (n_header)
-      atomic_fetch_add(&t->closed_header, n_header);
-    if (n_body)
-      atomic_fetch_add(&t->closed_body, n_body);
+    t->closed_header += n_header;
+    t->closed_body += n_body;
+    fl__metrics_connections(t->metrics, open, t->closed_header, t->closed_body);
     /* One line per pass, not per connection: under a slowloris flood the log stays readable. */
     if (n_header || n_body)
       fl__slog(FL_LOG_INFO, "connections_closed", "header_deadline=%u body_rate=%u", n_header,
@@ -192,7 +193,7 @@ static void *reaper(void *arg) {
   return NULL;
 }
 
-int fl__conns_new(fl_conns **out, const fl_config *cfg) {
+int fl__conns_new(fl_conns **out, const fl_config *cfg, fl_metrics *m) {
   fl_conns *t = calloc(1, sizeof *t);
   if (t == NULL)
     return FL_E_NOMEM;
@@ -201,6 +202,7 @@ int fl__conns_new(fl_conns **out, const fl_config *cfg) {
   t->header_ms = (int64_t)cfg->header_timeout_s * 1000;
   t->body_ms = (int64_t)cfg->body_timeout_s * 1000;
   t->min_rate = cfg->min_body_rate;
+  t->metrics = m;
   if (pthread_create(&t->thread, NULL, reaper, t) != 0) {
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
@@ -222,12 +224,4 @@ void fl__conns_free(fl_conns *t) {
   pthread_cond_destroy(&t->cv);
   pthread_mutex_destroy(&t->mu);
   free(t);
-}
-
-void fl__conns_stats(fl_conns *t, uint64_t *open, uint64_t *closed_header, uint64_t *closed_body) {
-  pthread_mutex_lock(&t->mu);
-  *open = t->open;
-  pthread_mutex_unlock(&t->mu);
-  *closed_header = atomic_load(&t->closed_header);
-  *closed_body = atomic_load(&t->closed_body);
 }

@@ -28,8 +28,8 @@
 typedef struct fl_conns fl_conns;
 typedef struct fl_conn fl_conn;
 
-/* Starts the reaper with the deadlines of cfg. */
-int fl__conns_new(fl_conns **out, const fl_config *cfg);
+/* Starts the reaper with the deadlines of cfg; it reports to m (fl__metrics_connections). */
+int fl__conns_new(fl_conns **out, const fl_config *cfg, fl_metrics *m);
 /* Stops the reaper; every connection must have been closed (the daemons stopped). */
 void fl__conns_free(fl_conns *t);
 /* MHD_OPTION_NOTIFY_CONNECTION callback; cls is the fl_conns. */
@@ -42,7 +42,5 @@ void fl__conn_header_done(fl_conn *c, bool body_follows);
 void fl__conn_body(fl_conn *c, size_t n);
 void fl__conn_busy(fl_conn *c);
 void fl__conn_idle(fl_conn *c); /* answered: the next request's header is awaited */
-/* Connections open now, and closed by each deadline since the start. */
-void fl__conns_stats(fl_conns *t, uint64_t *open, uint64_t *closed_header, uint64_t *closed_body);
 
 #endif

@@ -527,7 +527,7 @@ int fl__http_start(fl_srv *s) {
     return FL_E_NOMEM;
   atomic_init(&h->busy, 0);
   atomic_init(&h->stopping, false);
-  if (fl__conns_new(&h->conns, &s->cfg) != FL_OK) {
+  if (fl__conns_new(&h->conns, &s->cfg, s->metrics) != FL_OK) {
     free(h);
     return FL_E_NOMEM;
   }

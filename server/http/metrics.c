@@ -36,6 +36,7 @@ typedef struct reason_stat {
 struct fl_metrics {
   pthread_mutex_t mu;
   uint64_t rounds_closed, rounds_abandoned, accepted, bytes, batches, batch_updates;
+  uint64_t conns_open, conns_closed_header, conns_closed_body;
   histo commit;
   route_stat routes[MAX_LABELS];
   reason_stat reasons[MAX_LABELS];
@@ -158,6 +159,15 @@ static void put_routes(FILE *f, const fl_metrics *m) {
   }
 }
 
+void fl__metrics_connections(fl_metrics *m, uint64_t open, uint64_t closed_header,
+                             uint64_t closed_body) {
+  pthread_mutex_lock(&m->mu);
+  m->conns_open = open;
+  m->conns_closed_header = closed_header;
+  m->conns_closed_body = closed_body;
+  pthread_mutex_unlock(&m->mu);
+}
+
 int fl__metrics_render(fl_metrics *m, char **out, size_t *len) {
   char *buf = NULL;
   size_t n = 0;
@@ -186,6 +196,17 @@ int fl__metrics_render(fl_metrics *m, char **out, size_t *len) {
              "# TYPE fl_commit_duration_seconds histogram\n");
   put_histo(f, "fl_commit_duration_seconds", "", &m->commit);
   put_routes(f, m);
+  fprintf(f,
+          "# HELP fl_http_connections Connections open (device, admin and metrics listeners).\n"
+          "# TYPE fl_http_connections gauge\nfl_http_connections %" PRIu64
+          "\n"
+          "# HELP fl_http_connections_closed_total Connections closed past a deadline: a header "
+          "that took longer than --header-timeout, a body slower than --min-body-rate.\n"
+          "# TYPE fl_http_connections_closed_total counter\n"
+          "fl_http_connections_closed_total{reason=\"header_deadline\"} %" PRIu64
+          "\n"
+          "fl_http_connections_closed_total{reason=\"body_rate\"} %" PRIu64 "\n",
+          m->conns_open, m->conns_closed_header, m->conns_closed_body);
   pthread_mutex_unlock(&m->mu);
   if (fclose(f) != 0) {
     free(buf);

@@ -144,6 +144,33 @@ static int healthz(int fd) {
   return st;
 }
 
+/* A counter of /metrics (main port, a connection of its own): its value, -1 when absent. */
+static long metric(const char *series) {
+  static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  char *buf = calloc(1, 1 << 16);
+  size_t n = 0;
+  long v = -1;
+  int fd = tcp_connect("127.0.0.1");
+  cr_assert_not_null(buf);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(send_all(fd, req, sizeof req - 1), 0);
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 5000) != 1 || n + 1 >= 1 << 16)
+      break;
+    ssize_t k = recv(fd, buf + n, (1 << 16) - 1 - n, 0);
+    if (k <= 0)
+      break;
+    n += (size_t)k;
+  }
+  close(fd);
+  const char *at = strstr(buf, series);
+  if (at != NULL)
+    v = strtol(at + strlen(series), NULL, 10);
+  free(buf);
+  return v;
+}
+
 static void raise_nofile(rlim_t need) {
   struct rlimit rl;
   cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
@@ -305,6 +332,8 @@ Test(slowloris, header_deadline, .fini = teardown, .timeout = 120) {
   fprintf(stderr, "header_deadline: closed=%d after %.2f s\n", closed, took);
   cr_assert(closed, "a header trickling for 10 s was not cut off");
   cr_assert(took >= 1.9 && took < 3.5, "closed after %.2f s, the deadline is 2 s", took);
+  long counted = metric("fl_http_connections_closed_total{reason=\"header_deadline\"} ");
+  cr_assert_geq(counted, 1, "/metrics counts %ld header deadline closes", counted);
 
   /* A connection that sends its header in time is answered, and its keep-alive successor
    * request too (the deadline restarts after each answer). */
@@ -346,6 +375,7 @@ Test(slowloris, body_rate, .fini = teardown, .timeout = 120) {
   fprintf(stderr, "body_rate: closed=%d after %.2f s, %d body bytes sent\n", closed, took, sent);
   cr_assert(closed, "a body crawling at 20 B/s was not cut off");
   cr_assert(took >= 1.9 && took < 3.5, "closed after %.2f s, the window is 2 s", took);
+  cr_assert_eq(metric("fl_http_connections_closed_total{reason=\"body_rate\"} "), 1);
 
   /* The same body at once is read and answered (a refusal of the junk body, but an answer
    * after the whole body: 4xx, not the 413 of a refusal before it). */
