@@ -4,7 +4,8 @@
  * nor cost a thread each; a header that never ends and a body that crawls are cut off at
  * their deadlines (--header-timeout, --body-timeout with --min-body-rate), which MHD's idle
  * timeout alone never does while bytes keep coming; --max-connections-per-ip refuses one
- * address's surplus while another address is served. Run under pg_virtualenv.
+ * address's surplus while another address is served; an upload waiting for its group commit
+ * is parked without a thread. Run under pg_virtualenv.
  *
  * FL_SLOWLORIS_SECONDS sets how long the thousand connections trickle (default 60, the issue's
  * figure); FL_SLOWLORIS_CONNS how many there are (default 1000).
@@ -436,4 +437,85 @@ Test(slowloris, per_address_limit, .fini = teardown, .timeout = 120) {
   cr_assert_eq(again, 200, "a freed slot of the address was not given again");
   for (int i = 0; i < 7; i++)
     close(fds[i]);
+}
+
+/* ----- parked uploads --------------------------------------------------------------------------
+ */
+
+typedef struct upload_job {
+  const fl_h_device *d;
+  const Fl__V1__ModelVersion *base;
+  uint64_t round_id;
+  const float *delta;
+  long status;
+  double ms;
+  char reason[64];
+} upload_job;
+
+static void *upload_main(void *arg) {
+  upload_job *j = arg;
+  fl_h_resp r;
+  double t0 = mono_s();
+  j->status = fl_h_upload(&g_coord, j->d, j->base, j->round_id, j->delta, 10, NULL, &r) == 0
+                  ? r.status
+                  : -1;
+  j->ms = (mono_s() - t0) * 1e3;
+  if (j->status >= 0) {
+    snprintf(j->reason, sizeof j->reason, "%s", fl_h_error_reason(&r));
+    fl_h_resp_free(&r);
+  }
+  return NULL;
+}
+
+/* An upload waits for its group commit without a thread: with a 1 s gathering window and one
+ * event-loop thread, the parked upload holds no thread, so a check-in and a second upload of
+ * the same device are answered at once meanwhile (the second one refused upload_in_progress
+ * before it is parked: the handler resumes its own connection), and the parked one gets its
+ * 200 after the commit. With a thread per connection the check-in would be answered too; with
+ * a loop thread blocked on the commit, it would wait the whole second. */
+Test(slowloris, parked_upload, .fini = teardown, .timeout = 120) {
+  const char *extra[] = {"--http-threads=1", "--commit-interval=1000", NULL};
+  start(extra);
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "parked", FL_H_SMALL_SPEC,
+                                   "{\"participants\":2,\"deadline_s\":600}", &model_id, &round_id),
+               0);
+  fl_h_device dev[2];
+  cr_assert_eq(fl_h_enroll_devices(&g_coord, dev, 2), 0);
+  for (int i = 0; i < 2; i++) {
+    Fl__V1__CheckInResponse *resp = NULL;
+    cr_assert_eq(fl_h_checkin(&g_coord, &dev[i], model_id, &resp), 0);
+    cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+  }
+  Fl__V1__ModelVersion *base;
+  cr_assert_eq(fl_h_download(&g_coord, &dev[0], model_id, 1, &base), 0);
+  float delta[43] = {0.01f};
+  upload_job first = {&dev[0], base, round_id, delta, 0, 0, ""};
+  pthread_t th;
+  cr_assert_eq(pthread_create(&th, NULL, upload_main, &first), 0);
+  sleep_ms(300); /* the first upload is folded and parked by now */
+
+  double t0 = mono_s();
+  Fl__V1__CheckInResponse *resp = NULL;
+  cr_assert_eq(fl_h_checkin(&g_coord, &dev[1], model_id, &resp), 0);
+  double checkin_ms = (mono_s() - t0) * 1e3;
+  fl__v1__check_in_response__free_unpacked(resp, NULL);
+
+  upload_job second = {&dev[0], base, round_id, delta, 0, 0, ""};
+  upload_main(&second);
+  pthread_join(th, NULL);
+  fprintf(stderr,
+          "parked_upload: first upload %ld after %.0f ms; meanwhile a check-in in %.1f ms and "
+          "the same device's second upload %ld in %.1f ms\n",
+          first.status, first.ms, checkin_ms, second.status, second.ms);
+  cr_assert_eq(first.status, 200);
+  cr_assert_geq(first.ms, 600.0, "the upload was answered before its 1 s group commit");
+  cr_assert_lt(checkin_ms, 300.0, "the check-in waited for the parked upload's commit");
+  cr_assert(second.status == 409 && strcmp(second.reason, "upload_in_progress") == 0,
+            "a second upload while the first is pending: %ld %s", second.status, second.reason);
+  cr_assert_lt(second.ms, 300.0, "the refused second upload waited for the commit");
+  fl__v1__model_version__free_unpacked(base, NULL);
+  for (int i = 0; i < 2; i++)
+    fl_h_device_free(&dev[i]);
 }
