@@ -46,6 +46,11 @@ enum {
   OPT_NONCE_MARGIN,
   OPT_TOKEN_OUT,
   OPT_UI_DIR,
+  OPT_HTTP_THREADS,
+  OPT_HEADER_TIMEOUT,
+  OPT_BODY_TIMEOUT,
+  OPT_MIN_BODY_RATE,
+  OPT_PER_IP,
   OPT_HELP,
   OPT_VERSION
 };
@@ -74,8 +79,23 @@ static const opt_def OPTS[] = {
      "name of this replica in logs and partial aggregates (default host:port)"},
     {"max-body", OPT_MAX_BODY, "FL_MAX_BODY", "BYTES", "largest request body (default 64 MiB)"},
     {"max-connections", OPT_MAX_CONN, "FL_MAX_CONNECTIONS", "N",
-     "concurrent connections, one thread each (default 256)"},
+     "concurrent connections; an idle one costs memory, not a thread (default 4096)"},
+    {"max-connections-per-ip", OPT_PER_IP, "FL_MAX_CONNECTIONS_PER_IP", "N",
+     "concurrent connections from one client address; more are closed at accept (default 0: "
+     "no limit: behind a load balancer every connection comes from its address)"},
+    {"http-threads", OPT_HTTP_THREADS, "FL_HTTP_THREADS", "N",
+     "HTTP event-loop threads (epoll), each serving many connections (default 0: the number "
+     "of CPUs, at least 4, at most --db-pool - 4)"},
     {"timeout", OPT_TIMEOUT, "FL_TIMEOUT", "SECONDS", "idle connection timeout (default 30)"},
+    {"header-timeout", OPT_HEADER_TIMEOUT, "FL_HEADER_TIMEOUT", "SECONDS",
+     "the whole request header must arrive within this time of the connection's accept or of "
+     "its previous response, however steadily its bytes trickle (default 30)"},
+    {"body-timeout", OPT_BODY_TIMEOUT, "FL_BODY_TIMEOUT", "SECONDS",
+     "a request body must bring --min-body-rate bytes per second in each window of this length "
+     "(default 30)"},
+    {"min-body-rate", OPT_MIN_BODY_RATE, "FL_MIN_BODY_RATE", "BYTES",
+     "slowest accepted body, bytes per second averaged over --body-timeout (default 256; 0: "
+     "only the idle timeout applies)"},
     {"db-pool", OPT_POOL, "FL_DB_POOL", "N", "PostgreSQL connections (default 8)"},
     {"timestamp-window", OPT_TS_WINDOW, "FL_TIMESTAMP_WINDOW_MS", "MS",
      "accepted clock difference of signed requests (default 300000)"},
@@ -246,6 +266,21 @@ static int apply(fl_config *cfg, int id, const char *v) {
   case OPT_NONCE_MARGIN:
     cfg->nonce_margin_ms = (int64_t)n;
     return n <= 86400000 ? 0 : -1;
+  case OPT_HTTP_THREADS:
+    cfg->http_threads = (unsigned)n;
+    return n <= 256 ? 0 : -1;
+  case OPT_HEADER_TIMEOUT:
+    cfg->header_timeout_s = (unsigned)n;
+    return n >= 1 && n <= 3600 ? 0 : -1;
+  case OPT_BODY_TIMEOUT:
+    cfg->body_timeout_s = (unsigned)n;
+    return n >= 1 && n <= 3600 ? 0 : -1;
+  case OPT_MIN_BODY_RATE:
+    cfg->min_body_rate = n;
+    return n <= (1u << 30) ? 0 : -1;
+  case OPT_PER_IP:
+    cfg->max_conns_per_ip = (unsigned)n;
+    return n <= 65536 ? 0 : -1;
   default: return -1;
   }
 }
@@ -264,8 +299,11 @@ static void set_defaults(fl_config *cfg) {
   cfg->port = 8080;
   cfg->signing_key = "fl-coordinator-key.pem";
   cfg->max_body = 64u << 20;
-  cfg->max_connections = 256;
+  cfg->max_connections = 4096;
   cfg->conn_timeout_s = 30;
+  cfg->header_timeout_s = 30;
+  cfg->body_timeout_s = 30;
+  cfg->min_body_rate = 256;
   cfg->db_pool_size = 8;
   cfg->ts_window_ms = 300000;
   cfg->commit_interval_ms = 2;

@@ -45,7 +45,12 @@ typedef struct fl_config {
   const char *ui_dir;          /* the dashboard's files; NULL: beside the executable (ui.c) */
   size_t max_body;             /* bytes of one request body */
   unsigned max_connections;
-  unsigned conn_timeout_s;
+  unsigned max_conns_per_ip; /* 0: no per-address limit */
+  unsigned http_threads;     /* event-loop threads; 0: CPUs, 4 <= n <= pool - 4 */
+  unsigned conn_timeout_s;   /* idle: no byte in either direction (MHD's own timeout) */
+  unsigned header_timeout_s; /* the whole request header, however slowly it trickles */
+  unsigned body_timeout_s;   /* window over which a body must average min_body_rate */
+  uint64_t min_body_rate;    /* bytes per second; 0: no body rate check */
   unsigned db_pool_size;
   int64_t ts_window_ms;         /* accepted |now - request timestamp| */
   unsigned commit_interval_ms;  /* group commit: wait this long to gather a batch */
@@ -117,7 +122,11 @@ void fl__metrics_update_refused(fl_metrics *m, const char *reason);
 void fl__metrics_round(fl_metrics *m, bool closed); /* closed or abandoned */
 void fl__metrics_request(fl_metrics *m, const char *route, int status, double seconds);
 void fl__metrics_commit(fl_metrics *m, size_t batch, double seconds);
-/* Prometheus text exposition of the counters; *out is malloc'ed. */
+/* Connections open now, and closed at their header deadline / for a slow body since the start
+ * (http/conns.c sets them four times a second). */
+void fl__metrics_connections(fl_metrics *m, uint64_t open, uint64_t closed_header,
+                             uint64_t closed_body);
+/* Prometheus text exposition; *out is malloc'ed. */
 int fl__metrics_render(fl_metrics *m, char **out, size_t *len);
 struct fl_srv;
 /* The counters and the gauges of a scrape: fl_build_info, process_*, and the fleet's devices

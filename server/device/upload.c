@@ -1,7 +1,8 @@
 /*
  * POST /v1/updates: every check of an update, in the order of docs/API.md, then the fold and
- * the wait for the group commit. The database connection is handed back before waiting: the
- * committer needs one from the same pool.
+ * the group commit. No thread waits for the commit: the request is parked (fl__req_defer, the
+ * connection suspended) and the committer's completion resumes it, which answers. The database
+ * connection is handed back before that: the committer needs one from the same pool.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -239,26 +240,24 @@ static int check_round(const round_view *v, const Fl__V1__UpdateUpload *u,
 
 static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accepted) {
   switch (res) {
-  case FL_AGG_OK:
-    send_ack(r, round_id, false, accepted);
-    break;
-  case FL_AGG_ROUND_CLOSED:
-    fl__resp_dev_error(r, 409, "round_closed", "the round closed before the update committed",
-                       0);
-    break;
-  case FL_AGG_TARGET_REACHED:
-    fl__resp_dev_error(r, 409, "target_reached",
-                       "the round already has its target count of updates; not aggregated", 0);
-    break;
-  case FL_AGG_IN_PROGRESS:
-    fl__resp_dev_error(r, 409, "upload_in_progress",
-                       "an upload of this device for this round is being committed",
-                       fl__now_ms() + 1000);
-    break;
-  default:
-    fl__resp_dev_error(r, 503, "unavailable", "update not committed; retry",
-                       fl__now_ms() + 1000);
-    break;
+    case FL_AGG_OK:
+      send_ack(r, round_id, false, accepted);
+      break;
+    case FL_AGG_ROUND_CLOSED:
+      fl__resp_dev_error(r, 409, "round_closed", "the round closed before the update committed", 0);
+      break;
+    case FL_AGG_TARGET_REACHED:
+      fl__resp_dev_error(r, 409, "target_reached",
+                         "the round already has its target count of updates; not aggregated", 0);
+      break;
+    case FL_AGG_IN_PROGRESS:
+      fl__resp_dev_error(r, 409, "upload_in_progress",
+                         "an upload of this device for this round is being committed",
+                         fl__now_ms() + 1000);
+      break;
+    default:
+      fl__resp_dev_error(r, 503, "unavailable", "update not committed; retry", fl__now_ms() + 1000);
+      break;
   }
 }
 
@@ -336,6 +335,68 @@ static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
 }
 
+/* An upload from its envelope to its answer. The decoded envelope and update, the nonce slot
+ * and the fl_upload outlive the handler while the group commit runs (aggregate.h: the
+ * committer may refold the batch from them), so they live here, not on its stack. */
+typedef struct upload_op {
+  fl_srv *s;
+  fl_req *q;
+  Fl__V1__SignedRequest *sr;
+  Fl__V1__UpdateUpload *u;
+  fl_nonce_slot slot;
+  bool reserved, consume;
+  fl_upload up;
+  int res; /* the committer's result (FL_AGG_*) */
+  uint32_t accepted;
+} upload_op;
+
+/* What every outcome does last: record the nonce when nothing else did, release the in-flight
+ * slot, free the request's messages, count a refusal. */
+static void upload_end(upload_op *op, PGconn **c, fl_resp *r) {
+  fl_srv *s = op->s;
+  if (op->consume)
+    consume_nonce(s, c, op->sr, r);
+  if (op->reserved)
+    fl__agg_nonce_release(s->agg, &op->slot);
+  if (*c != NULL)
+    fl__pool_put(s->pool, *c);
+  fl__v1__update_upload__free_unpacked(op->u, NULL);
+  fl__v1__signed_request__free_unpacked(op->sr, NULL);
+  if (r->reason != NULL)
+    fl__metrics_update_refused(s->metrics, r->reason);
+  free(op);
+}
+
+/* The completion of fl__agg_submit, on the committer's thread (or the submitter's): keep the
+ * result and resume the parked connection, nothing more. */
+static void upload_committed(void *arg, int res, uint32_t accepted) {
+  upload_op *op = arg;
+  op->res = res;
+  op->accepted = accepted;
+  fl__req_resume(op->q); /* MHD's lock orders these stores before upload_finish reads them */
+}
+
+/* The resumed request (fl_finish): the answer to the group commit's result. r == NULL: the
+ * connection ended first (http.c), nothing to answer. */
+static void upload_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
+  upload_op *op = arg;
+  PGconn *c = NULL;
+  fl_resp unsent = {0}; /* the nonce is consumed all the same */
+  int res = op->res;
+  if (r == NULL)
+    r = &unsent;
+  if (res == FL_AGG_OK || res == FL_AGG_REPLAYED || res == FL_AGG_TARGET_REACHED)
+    op->consume = false; /* recorded in the batch's transaction, or by the request it replays */
+  if (res == FL_AGG_REPLAYED)
+    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+  else
+    answer_submit(r, res, op->up.round_id, op->accepted);
+  if (res == FL_AGG_OK)
+    fl__metrics_update_accepted(s->metrics, q->len);
+  upload_end(op, &c, r);
+  free(unsent.data);
+}
+
 /* Authentication as in fl__auth_device (same checks, same order, same answers), except that
  * the one signature of an upload is UpdateUpload.signature over the upload digest, which
  * covers the envelope's timestamp and nonce (docs/SIGNING.md): one SHA-256 pass over the delta
@@ -346,18 +407,24 @@ static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr
  * flight refuses a replay here; the primary key of nonces refuses one through another replica
  * at commit. */
 void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
-  Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
+  upload_op *op = calloc(1, sizeof *op);
   Fl__V1__UpdateUpload *u = NULL;
   PGconn *c = NULL;
   uint8_t digest[FL_SHA256_LEN], signed_digest[FL_SHA256_LEN];
   const fl_model_info *mi = NULL;
-  fl_nonce_slot slot;
-  bool reserved = false, consume = false;
   device_view dv;
   round_view v;
   memset(&v, 0, sizeof v);
+  if (op == NULL) {
+    fl__resp_dev_error(r, 503, "unavailable", "out of memory", fl__now_ms() + 1000);
+    fl__metrics_update_refused(s->metrics, r->reason);
+    return;
+  }
+  op->s = s;
+  op->q = q;
+  Fl__V1__SignedRequest *sr = op->sr = fl__auth_envelope(s, q, r);
   if (sr == NULL)
-    goto refused;
+    goto out;
   if (fl__auth_precheck(s, sr, r))
     goto out;
   if (sr->signature.len != 0) {
@@ -372,7 +439,7 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
+  u = op->u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
   c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
   if (c == NULL) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -393,20 +460,20 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
     goto out;
   }
-  if (fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u,
-                        digest, signed_digest)) {
+  if (fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u, digest,
+                        signed_digest)) {
     fl__resp_dev_error(r, 401, "bad_signature", "update signature does not verify", 0);
     goto out;
   }
   if (fl__auth_verify(signed_digest, &u->signature, dv.pub, dv.revoked, r))
     goto out;
   if (dv.nonce_seen ||
-      fl__agg_nonce_reserve(s->agg, &slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
+      fl__agg_nonce_reserve(s->agg, &op->slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
     goto out;
   }
   /* Authenticated: from here on every outcome consumes the nonce. */
-  reserved = consume = true;
+  op->reserved = op->consume = true;
   if (load_round(s, c, u->round_id, &v) || (v.found && fl__models_get(s, c, v.model_id, &mi))) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     goto out;
@@ -416,39 +483,23 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   fl__pool_put(s->pool, c);
   c = NULL;
-  fl_upload up = {.round_id = u->round_id,
-                  .device_id = sr->device_id,
-                  .samples = u->sample_count,
-                  .loss = u->loss,
-                  .bytes = q->len,
-                  .mi = mi,
-                  .delta = u->delta,
-                  .nonce = sr->nonce.data,
-                  .nonce_len = sr->nonce.len,
-                  .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
-                  .dp_scale = dp_scale(&v.plan, norm),
-                  .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED};
-  memcpy(up.digest, digest, sizeof digest);
-  uint32_t accepted = 0;
-  int res = fl__agg_submit(s->agg, &up, &accepted);
-  if (res == FL_AGG_OK || res == FL_AGG_REPLAYED || res == FL_AGG_TARGET_REACHED)
-    consume = false; /* recorded in the batch's transaction, or by the request it replays */
-  if (res == FL_AGG_REPLAYED)
-    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
-  else
-    answer_submit(r, res, u->round_id, accepted);
-  if (res == FL_AGG_OK)
-    fl__metrics_update_accepted(s->metrics, q->len);
+  op->up = (fl_upload){.round_id = u->round_id,
+                       .device_id = sr->device_id,
+                       .samples = u->sample_count,
+                       .loss = u->loss,
+                       .bytes = q->len,
+                       .mi = mi,
+                       .delta = u->delta,
+                       .nonce = sr->nonce.data,
+                       .nonce_len = sr->nonce.len,
+                       .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
+                       .dp_scale = dp_scale(&v.plan, norm),
+                       .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED};
+  memcpy(op->up.digest, digest, sizeof digest);
+  /* Parked before the submit: the completion may resume the connection at once. */
+  fl__req_defer(q, upload_finish, op);
+  fl__agg_submit(s->agg, &op->up, upload_committed, op);
+  return;
 out:
-  if (consume)
-    consume_nonce(s, &c, sr, r);
-  if (reserved)
-    fl__agg_nonce_release(s->agg, &slot);
-  if (c != NULL)
-    fl__pool_put(s->pool, c);
-  fl__v1__update_upload__free_unpacked(u, NULL);
-  fl__v1__signed_request__free_unpacked(sr, NULL);
-refused:
-  if (r->reason != NULL)
-    fl__metrics_update_refused(s->metrics, r->reason);
+  upload_end(op, &c, r);
 }

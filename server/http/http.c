@@ -1,6 +1,13 @@
 /*
- * libmicrohttpd plumbing. One thread per connection: an upload handler blocks until the group
- * committer has made its contribution durable, which must not stall other connections.
+ * libmicrohttpd plumbing. The daemons run MHD's epoll event loop in a small pool of threads
+ * (--http-threads): a connection costs memory (MHD's per-connection pool, a socket), not a
+ * thread, so a thousand clients that trickle bytes (slowloris) or sit idle do not starve the
+ * others, and conns.c closes those that take too long over a header or a body. Handlers run on
+ * the loop threads: one that would wait for another thread does not block there but defers its
+ * answer (fl__req_defer: an upload is parked with MHD_suspend_connection until the group
+ * committer's completion resumes it). Handlers still wait for PostgreSQL (their queries and a
+ * pool wait bounded by FL_DEVICE_POOL_WAIT_MS for device requests), which is why the pool has
+ * a few more threads than cores.
  * Requests are routed on the request line (a linear scan of two small tables); bodies are
  * collected up to the route's limit (http.h): a larger Content-Length is refused before the
  * body is read, and a chunked body is cut off as soon as it passes the limit.
@@ -15,16 +22,21 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fl/v1/fleetlearn.pb-c.h"
+#include "http/conns.h"
 #include "mem.h"
 
 /* A listening daemon and the route tables it serves, in order (NULL-terminated). */
 typedef struct fl_listener {
   fl_srv *s;
+  struct fl_http *h;
   const fl_route *tables[4];
 } fl_listener;
 
@@ -32,6 +44,11 @@ struct fl_http {
   struct MHD_Daemon *d, *md; /* md: --metrics-listen */
   char *tls_cert;
   fl_listener main, ops;
+  fl_conns *conns;
+  /* Requests in a handler or parked with a deferred answer (a suspended connection), and
+   * whether fl__http_stop has begun: then no handler starts, so that the count only falls. */
+  atomic_int busy;
+  atomic_bool stopping;
 };
 
 /* The whole file with read(2), not stdio: a FILE's buffer would leave a copy of a private key
@@ -235,9 +252,47 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
       fl__resp_admin_error(&r, 413, "body_too_large", msg);
     return send_resp(s, q, &r, rt->name);
   }
+  /* Counted before the check (both sequentially consistent): either fl__http_stop sees this
+   * request, or this request sees it stopping. */
+  atomic_fetch_add(&q->http->busy, 1);
+  if (atomic_load(&q->http->stopping)) {
+    atomic_fetch_sub(&q->http->busy, 1);
+    if (dev)
+      fl__resp_dev_error(&r, 503, "unavailable", "the coordinator is stopping; retry",
+                         fl__now_ms() + 1000);
+    else
+      fl__resp_admin_error(&r, 503, "unavailable", "the coordinator is stopping; retry");
+    return send_resp(s, q, &r, rt->name);
+  }
   r.status = 500;
   rt->fn(s, q, &r);
+  if (q->finish != NULL) {
+    free(r.data); /* deferred: the answer comes from finish (finish_deferred) */
+    return MHD_YES;
+  }
+  atomic_fetch_sub(&q->http->busy, 1);
   return send_resp(s, q, &r, rt->name);
+}
+
+void fl__req_defer(fl_req *q, fl_finish finish, void *arg) {
+  q->finish = finish;
+  q->finish_arg = arg;
+  MHD_suspend_connection(q->conn);
+}
+
+void fl__req_resume(fl_req *q) {
+  MHD_resume_connection(q->conn);
+}
+
+/* A resumed connection: MHD calls the access handler again, which answers with what the
+ * deferred work left. */
+static enum MHD_Result finish_deferred(fl_srv *s, fl_req *q) {
+  fl_resp r = {.status = 500};
+  fl_finish f = q->finish;
+  q->finish = NULL;
+  f(s, q, &r, q->finish_arg);
+  atomic_fetch_sub(&q->http->busy, 1);
+  return send_resp(s, q, &r, q->rt->name);
 }
 
 /* The declared body length (0 when there is none, ULLONG_MAX when it does not fit); *chunked
@@ -297,6 +352,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     q->method = method;
     q->path = url;
     q->t0 = fl__mono_s();
+    q->cx = fl__conn_of(conn);
+    q->http = l->h;
     *con_cls = q;
     /* Routed on the request line, so that the route's body limit applies before any of the
      * body is read, and a request for no endpoint is answered without reading its body. */
@@ -314,11 +371,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       /* Answer before the body is read: MHD skips "100 Continue" and closes afterwards. */
       q->too_big = q->rt != NULL;
       q->answered = true;
+      fl__conn_header_done(q->cx, false);
       return dispatch(s, q);
     }
+    /* The header is in; the body deadline (conns.h) runs while one is expected. */
+    fl__conn_header_done(q->cx, chunked || cl > 0);
     return MHD_YES;
   }
   if (*upload_data_size != 0) {
+    fl__conn_body(q->cx, *upload_data_size);
     if (append(q, upload_data, *upload_data_size))
       return MHD_NO;
     *upload_data_size = 0;
@@ -327,13 +388,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
        * (or, where MHD cannot answer mid-body, close) as soon as it passes the limit rather
        * than reading it to its end. */
       q->answered = true;
+      fl__conn_busy(q->cx);
       return dispatch(s, q);
     }
     return MHD_YES;
   }
+  if (q->finish != NULL)
+    return finish_deferred(s, q);
   if (q->answered)
     return MHD_YES;
   q->answered = true;
+  fl__conn_busy(q->cx);
   return dispatch(s, q);
 }
 
@@ -356,13 +421,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   fl_req *q = *con_cls;
   (void)cls;
-  (void)conn;
   (void)toe;
   if (q != NULL) {
+    if (q->finish != NULL) {
+      /* Never the case while the daemon runs (a parked connection is resumed first), but the
+       * deferred state must not leak if it were. */
+      q->finish(q->http->main.s, q, NULL, q->finish_arg);
+      atomic_fetch_sub(&q->http->busy, 1);
+    }
     free(q->body);
     free(q);
     *con_cls = NULL;
   }
+  /* Answered (or given up): the next request's header is awaited from now. */
+  fl__conn_idle(fl__conn_of(conn));
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -379,20 +451,54 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:" \
   "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:+DHE-RSA"
 
+/* The database connections that are not the loop threads': the committer, the rounds ticker
+ * (and the close it runs), the metrics listener's /readyz. */
+#define FL_POOL_OTHERS 4
+
+/* Event-loop threads of the main listener: --http-threads, else the CPU count but at least 4
+ * (handlers wait for PostgreSQL round trips on these threads, and the database runs on the
+ * same cores: a few threads more than cores keep them busy), and no more than the database
+ * pool has connections for (fl__http_start). */
+static unsigned loop_threads(const fl_config *cfg) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned t = n > 4 ? (unsigned)n : 4u;
+  if (cfg->http_threads != 0)
+    return cfg->http_threads;
+  if (cfg->db_pool_size >= 4 + FL_POOL_OTHERS && t > cfg->db_pool_size - FL_POOL_OTHERS)
+    t = cfg->db_pool_size - FL_POOL_OTHERS;
+  return t;
+}
+
+/* Each connection holds a descriptor: idle ones no longer cost a thread, so the descriptor
+ * limit is what would refuse them first. The soft limit is raised (up to the hard one) to what
+ * --max-connections needs, plus the database pool and files. */
+static void raise_nofile(const fl_config *cfg) {
+  struct rlimit rl;
+  rlim_t need = (rlim_t)cfg->max_connections + cfg->db_pool_size + 128;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
+    return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
+    fl__slog(FL_LOG_WARN, "nofile_limit",
+             "limit=%llu needed=%llu hint=\"raise the hard limit (ulimit -Hn) or lower "
+             "--max-connections\"",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+}
+
 /* The --metrics-listen daemon: /metrics, /healthz and /readyz in plain HTTP, a few
- * connections (a scraper and probes). */
+ * connections (a scraper and probes): one event-loop thread, the same deadlines. */
 static int start_ops(fl_srv *s, fl_http *h) {
   const struct sockaddr *sa = (const struct sockaddr *)&s->cfg.metrics.addr;
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
   if (sa->sa_family == AF_INET6)
     flags |= MHD_USE_IPv6;
-  h->ops = (fl_listener){s, {fl__ops_routes, NULL}};
-  h->md = MHD_start_daemon(flags, s->cfg.metrics.port, NULL, NULL, on_request, &h->ops,
-                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
-                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                           MHD_OPTION_CONNECTION_LIMIT, 16u, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                           MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_END);
+  h->ops = (fl_listener){s, h, {fl__ops_routes, NULL}};
+  h->md = MHD_start_daemon(
+      flags, s->cfg.metrics.port, NULL, NULL, on_request, &h->ops, MHD_OPTION_EXTERNAL_LOGGER,
+      mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+      MHD_OPTION_NOTIFY_CONNECTION, fl__conns_notify, h->conns, MHD_OPTION_CONNECTION_LIMIT, 16u,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.max_conns_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+      10u, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_END);
   if (h->md == NULL) {
     fl__slog(FL_LOG_ERROR, "listen_failed", "metrics_listen=%s",
              fl__slog_str(fl__config_metrics_text(&s->cfg)));
@@ -404,8 +510,9 @@ static int start_ops(fl_srv *s, fl_http *h) {
 }
 
 int fl__http_start(fl_srv *s) {
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  /* Suspend and resume: uploads parked until their group commit (fl__req_defer). */
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  unsigned threads = loop_threads(&s->cfg);
   char *tls_key = NULL;
   size_t cert_len = 0, key_len = 0;
   /* fl__config_check resolved the listen address (a name, IPv4 or IPv6) before the database. */
@@ -420,8 +527,25 @@ int fl__http_start(fl_srv *s) {
   fl_http *h = calloc(1, sizeof *h);
   if (h == NULL)
     return FL_E_NOMEM;
+  atomic_init(&h->busy, 0);
+  atomic_init(&h->stopping, false);
+  if (fl__conns_new(&h->conns, &s->cfg, s->metrics) != FL_OK) {
+    free(h);
+    return FL_E_NOMEM;
+  }
+  raise_nofile(&s->cfg);
+  /* A handler waits on its loop thread for a pool connection (device requests at most
+   * FL_DEVICE_POOL_WAIT_MS), stalling every connection of that thread meanwhile. A loop thread
+   * holds one connection at a time: a pool with one per loop thread besides the others'
+   * (FL_POOL_OTHERS) is never waited for. */
+  if (s->cfg.db_pool_size < threads + FL_POOL_OTHERS)
+    fl__slog(FL_LOG_WARN, "db_pool_small",
+             "db_pool=%u http_threads=%u hint=\"requests may wait for a database connection on "
+             "the event loops; --db-pool of at least --http-threads + %d\"",
+             s->cfg.db_pool_size, threads, FL_POOL_OTHERS);
   /* With --metrics-listen, /metrics is served there only; the probes stay on both. */
   h->main = (fl_listener){s,
+                          h,
                           {fl__dev_routes, fl__admin_routes,
                            s->cfg.metrics.on ? fl__probe_routes : fl__ops_routes, NULL}};
   if (s->cfg.tls_cert) {
@@ -445,14 +569,19 @@ int fl__http_start(fl_srv *s) {
       {tls_key ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, tls_key},
       {tls_key ? MHD_OPTION_HTTPS_PRIORITIES : MHD_OPTION_END, 0, (void *)FL_TLS_PRIORITIES},
       {MHD_OPTION_END, 0, NULL}};
-  h->d =
-      MHD_start_daemon(flags, s->cfg.port, NULL, NULL, on_request, &h->main,
-                       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
-                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
-                       s->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
-                       /* the path as sent, before unescaping */
-                       MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_ARRAY, reuse_opts,
-                       MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+  /* A thread pool of one is no pool: MHD wants the option absent then. */
+  struct MHD_OptionItem pool_opts[] = {
+      {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
+      {MHD_OPTION_END, 0, NULL}};
+  h->d = MHD_start_daemon(
+      flags, s->cfg.port, NULL, NULL, on_request, &h->main, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+      NULL, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+      MHD_OPTION_NOTIFY_CONNECTION, fl__conns_notify, h->conns, MHD_OPTION_CONNECTION_LIMIT,
+      s->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.max_conns_per_ip,
+      MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.conn_timeout_s,
+      /* the path as sent, before unescaping */
+      MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_ARRAY, reuse_opts, MHD_OPTION_ARRAY,
+      pool_opts, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   /* MHD keeps only a pointer to the key text and hands it to GnuTLS while it starts
    * (MHD_init_daemon_certificate); GnuTLS holds the parsed key from then on. The text is
    * cleared now rather than left in the heap for a core dump or a memory disclosure. */
@@ -469,8 +598,9 @@ int fl__http_start(fl_srv *s) {
   if (s->cfg.metrics.on && start_ops(s, h))
     goto fail;
   s->http = h;
-  fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s", fl__slog_str(s->cfg.listen_host),
-           (unsigned)s->cfg.port, h->tls_cert ? "on" : "off");
+  fl__slog(FL_LOG_INFO, "listening", "host=%s port=%u tls=%s threads=%u",
+           fl__slog_str(s->cfg.listen_host), (unsigned)s->cfg.port, h->tls_cert ? "on" : "off",
+           threads);
   return FL_OK;
 fail:
   if (h->d != NULL)
@@ -479,6 +609,7 @@ fail:
     OPENSSL_cleanse(tls_key, key_len);
     free(tls_key);
   }
+  fl__conns_free(h->conns);
   free(h->tls_cert);
   free(h);
   return FL_E_IO;
@@ -492,14 +623,31 @@ void fl__http_quiesce(fl_srv *s) {
   }
 }
 
+/* How long fl__http_stop waits for requests in handlers and parked uploads: their batches
+ * commit (or fail) within the pool wait and one transaction, far below this. */
+#define FL_STOP_BUSY_WAIT_MS 60000
+
 void fl__http_stop(fl_srv *s) {
-  if (s->http == NULL)
+  fl_http *h = s->http;
+  if (h == NULL)
     return;
-  if (s->http->d != NULL)
-    MHD_stop_daemon(s->http->d);
-  if (s->http->md != NULL)
-    MHD_stop_daemon(s->http->md);
-  free(s->http->tls_cert);
-  free(s->http);
+  /* MHD_stop_daemon must not see a suspended connection (microhttpd.h). The committer is still
+   * running, so the parked uploads are answered first, as in-flight requests were before; a
+   * request that arrives meanwhile on an open connection is answered 503 (retry). */
+  atomic_store(&h->stopping, true);
+  for (int ms = 0; atomic_load(&h->busy) > 0 && ms < FL_STOP_BUSY_WAIT_MS; ms += 10)
+    nanosleep(&(struct timespec){0, 10000000L}, NULL);
+  if (atomic_load(&h->busy) > 0) {
+    /* Stopping the daemons now is undefined behaviour; the process is exiting: leave them. */
+    fl__slog(FL_LOG_ERROR, "http_stop_busy", "requests=%d", atomic_load(&h->busy));
+    return;
+  }
+  if (h->d != NULL)
+    MHD_stop_daemon(h->d);
+  if (h->md != NULL)
+    MHD_stop_daemon(h->md);
+  fl__conns_free(h->conns);
+  free(h->tls_cert);
+  free(h);
   s->http = NULL;
 }

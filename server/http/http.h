@@ -1,7 +1,8 @@
 /*
- * HTTP plumbing (http.c): the MHD daemon (one thread per connection, so that a request may
- * block until its upload is durable), routing on the request line, body collection within the
- * route's size limit, and response helpers shared by the device and admin APIs.
+ * HTTP plumbing (http.c): the MHD daemons (epoll event loops, a few threads for any number of
+ * connections; header and body deadlines in conns.c), routing on the request line, body
+ * collection within the route's size limit, answers deferred without a thread (an upload
+ * waiting for its group commit), and response helpers shared by the device and admin APIs.
  */
 #ifndef FL__HTTP_H
 #define FL__HTTP_H
@@ -15,6 +16,14 @@
 #include "server.h"
 
 struct fl_route;
+struct fl_req;
+struct fl_resp;
+struct fl_conn;
+
+/* A deferred answer (fl__req_defer): fills *r once the connection is resumed, on the
+ * connection's thread. Called with r == NULL when the connection ends first: then it only
+ * frees arg. */
+typedef void (*fl_finish)(fl_srv *s, struct fl_req *q, struct fl_resp *r, void *arg);
 
 typedef struct fl_req {
   struct MHD_Connection *conn;
@@ -29,6 +38,10 @@ typedef struct fl_req {
   bool too_big;
   bool answered; /* a response was queued before the body arrived */
   double t0;
+  struct fl_conn *cx;   /* the connection's deadlines (conns.h) */
+  struct fl_http *http; /* the listener's, for the count of deferred answers */
+  fl_finish finish;     /* set while an answer is deferred */
+  void *finish_arg;
 } fl_req;
 
 typedef struct fl_resp {
@@ -45,6 +58,15 @@ typedef struct fl_resp {
 } fl_resp;
 
 typedef void (*fl_handler)(fl_srv *s, fl_req *q, fl_resp *r);
+
+/* Deferring an answer: instead of filling *r, a handler that would wait for another thread
+ * (an upload for its group commit) calls fl__req_defer, which parks the connection (MHD
+ * suspends it: no thread is held and no timeout runs), hands the work over and returns with *r
+ * untouched. Exactly one fl__req_resume(q) must follow, from any thread and possibly before the
+ * handler returns; the connection's thread then calls finish to fill the answer. Only from a
+ * handler, once per request. */
+void fl__req_defer(fl_req *q, fl_finish finish, void *arg);
+void fl__req_resume(fl_req *q);
 
 int fl__http_start(fl_srv *s);
 /* Stops accepting new connections; in-flight requests continue. */

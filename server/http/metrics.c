@@ -56,6 +56,7 @@ typedef struct size_histo {
 struct fl_metrics {
   pthread_mutex_t mu;
   uint64_t rounds_closed, rounds_abandoned, accepted, bytes, batches, batch_updates;
+  uint64_t conns_open, conns_closed_header, conns_closed_body;
   histo commit;
   size_histo batch_size;
   route_stat routes[MAX_LABELS];
@@ -187,6 +188,15 @@ static void put_routes(FILE *f, const fl_metrics *m) {
   }
 }
 
+void fl__metrics_connections(fl_metrics *m, uint64_t open, uint64_t closed_header,
+                             uint64_t closed_body) {
+  pthread_mutex_lock(&m->mu);
+  m->conns_open = open;
+  m->conns_closed_header = closed_header;
+  m->conns_closed_body = closed_body;
+  pthread_mutex_unlock(&m->mu);
+}
+
 static void put_counters(FILE *f, fl_metrics *m) {
   pthread_mutex_lock(&m->mu);
   put_counter(f, "fl_rounds_closed_total", "Rounds closed with a new version.", m->rounds_closed);
@@ -223,6 +233,17 @@ static void put_counters(FILE *f, fl_metrics *m) {
   fprintf(f, "fl_commit_batch_size_sum %.9g\nfl_commit_batch_size_count %" PRIu64 "\n",
           m->batch_size.sum, m->batch_size.n);
   put_routes(f, m);
+  fprintf(f,
+          "# HELP fl_http_connections Connections open (device, admin and metrics listeners).\n"
+          "# TYPE fl_http_connections gauge\nfl_http_connections %" PRIu64
+          "\n"
+          "# HELP fl_http_connections_closed_total Connections closed past a deadline: a header "
+          "that took longer than --header-timeout, a body slower than --min-body-rate.\n"
+          "# TYPE fl_http_connections_closed_total counter\n"
+          "fl_http_connections_closed_total{reason=\"header_deadline\"} %" PRIu64
+          "\n"
+          "fl_http_connections_closed_total{reason=\"body_rate\"} %" PRIu64 "\n",
+          m->conns_open, m->conns_closed_header, m->conns_closed_body);
   pthread_mutex_unlock(&m->mu);
 }
 

@@ -1,10 +1,11 @@
 /*
  * Accumulator and group committer; see aggregate.h for the protocol.
  *
- * Locking: one mutex guards the pending batches and the waiters' results. Folding happens
- * under it (a fold is a bandwidth-bound pass over the update, microseconds for 100k
- * parameters), the database transaction does not: the committer detaches the batches first,
- * so uploads keep folding into fresh batches while the previous ones commit.
+ * Locking: one mutex guards the pending batches. Folding happens under it (a fold is a
+ * bandwidth-bound pass over the update, microseconds for 100k parameters), the database
+ * transaction does not: the committer detaches the batches first, so uploads keep folding into
+ * fresh batches while the previous ones commit. A detached batch and its waiters belong to the
+ * committer alone, which calls each waiter's completion once the transaction is over.
  */
 #include "rounds/aggregate.h"
 
@@ -21,14 +22,14 @@
 #include "store/store_pg.h"
 
 typedef struct waiter {
-  const fl_upload *u; /* the request thread's, alive while it waits: refolded on a replay */
+  const fl_upload *u; /* the submitter's, alive until done is called: refolded on a replay */
+  fl_agg_done done;
+  void *arg;
   uint64_t device_id;
   uint8_t digest[FL_SHA256_LEN];
   uint64_t samples, bytes;
   double loss;
-  int result;
-  uint32_t accepted;
-  bool done, replayed;
+  bool replayed;
   bool over; /* past the round's target: refused (FL_AGG_TARGET_REACHED), not folded */
   struct waiter *next;
 } waiter;
@@ -59,7 +60,6 @@ struct fl_agg {
   round_entry rounds[FL_ROUND_CACHE_N];
   pthread_mutex_t mu;
   pthread_cond_t work; /* committer: batches are pending or stop */
-  pthread_cond_t done; /* waiters: some results are in */
   batch *pending;
   bool stop, started;
   pthread_t thread;
@@ -73,7 +73,6 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
   pthread_mutex_init(&a->nmu, NULL);
   pthread_mutex_init(&a->mu, NULL);
   pthread_cond_init(&a->work, NULL);
-  pthread_cond_init(&a->done, NULL);
   *out = a;
   return FL_OK;
 }
@@ -84,7 +83,6 @@ void fl__agg_free(fl_agg *a) {
   pthread_mutex_destroy(&a->nmu);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->work);
-  pthread_cond_destroy(&a->done);
   free(a);
 }
 
@@ -181,23 +179,30 @@ static double fold_weight(const fl_upload *u) {
   return u->dp_scale > 0 ? 1.0 : (double)u->samples;
 }
 
-int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
-  waiter w = {.u = u,
-              .device_id = u->device_id,
-              .samples = u->samples,
-              .bytes = u->bytes,
-              .loss = u->loss,
-              .result = FL_AGG_RETRY};
-  memcpy(w.digest, u->digest, sizeof w.digest);
+void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) {
+  waiter *w = calloc(1, sizeof *w);
+  int result = FL_AGG_RETRY;
+  if (w == NULL)
+    goto now;
+  *w = (waiter){.u = u,
+                .done = done,
+                .arg = arg,
+                .device_id = u->device_id,
+                .samples = u->samples,
+                .bytes = u->bytes,
+                .loss = u->loss};
+  memcpy(w->digest, u->digest, sizeof w->digest);
   pthread_mutex_lock(&a->mu);
   if (a->stop) {
     pthread_mutex_unlock(&a->mu);
-    return FL_AGG_SHUTDOWN;
+    result = FL_AGG_SHUTDOWN;
+    goto now;
   }
   batch *b = find_batch(a, u->round_id, u->mi->n_params);
   if (b == NULL || pending_for(b, u->device_id)) {
     pthread_mutex_unlock(&a->mu);
-    return b == NULL ? FL_AGG_RETRY : FL_AGG_IN_PROGRESS;
+    result = b == NULL ? FL_AGG_RETRY : FL_AGG_IN_PROGRESS;
+    goto now;
   }
   double fw = fold_weight(u);
   for (size_t i = 0; i < u->mi->n_tensors; i++)
@@ -208,14 +213,14 @@ int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted) {
   b->bytes += u->bytes;
   b->unclipped += u->unclipped;
   b->count++;
-  w.next = b->waiters;
-  b->waiters = &w;
+  w->next = b->waiters;
+  b->waiters = w;
   pthread_cond_signal(&a->work);
-  while (!w.done)
-    pthread_cond_wait(&a->done, &a->mu);
   pthread_mutex_unlock(&a->mu);
-  *accepted = w.accepted;
-  return w.result;
+  return;
+now:
+  free(w);
+  done(arg, result, 0);
 }
 
 /* Appends printf output to a growing string; -1 on allocation failure. */
@@ -404,8 +409,8 @@ static int insert_updates(PGconn *c, const batch *b) {
   return 0;
 }
 
-/* Sums the batch again from its waiters that are not replayed (their request threads still
- * hold the decoded updates). */
+/* Sums the batch again from its waiters that are not replayed (their submitters keep the
+ * decoded updates until their completion is called). */
 static void refold(batch *b) {
   memset(b->sum, 0, b->n_params * sizeof *b->sum);
   b->weight = b->loss_sum = 0;
@@ -581,16 +586,18 @@ static void *committer(void *arg) {
       fl__slog(result == FL_AGG_OK ? FL_LOG_DEBUG : FL_LOG_WARN, "batch_commit",
                "round=%" PRIu64 " updates=%u result=%d accepted=%u", b->round_id, b->count, result,
                accepted);
-      pthread_mutex_lock(&a->mu);
-      for (waiter *w = b->waiters; w != NULL; w = w->next) {
-        w->result = w->replayed                      ? FL_AGG_REPLAYED
-                    : w->over && result == FL_AGG_OK ? FL_AGG_TARGET_REACHED
-                                                     : result;
-        w->accepted = accepted;
-        w->done = true;
+      /* The batch is detached: its waiters are the committer's alone. After done() the
+       * submitter may free what w->u points to, so w is not read again but for its link. */
+      for (waiter *w = b->waiters, *next; w != NULL; w = next) {
+        next = w->next;
+        w->done(w->arg,
+                w->replayed                      ? FL_AGG_REPLAYED
+                : w->over && result == FL_AGG_OK ? FL_AGG_TARGET_REACHED
+                                                 : result,
+                accepted);
+        free(w);
       }
-      pthread_cond_broadcast(&a->done);
-      pthread_mutex_unlock(&a->mu);
+      b->waiters = NULL;
     }
     while (list != NULL) {
       batch *next = list->next;

@@ -1,11 +1,12 @@
 /*
  * Streaming weighted FedAvg with group commit (aggregate.c).
  *
- * A request thread folds its verified update into the pending batch of its round
- * (sum += sample_count * delta, in float32) and blocks. The committer thread takes all pending
- * batches and writes each in one transaction: the round's accepted count, one acceptance row
- * per update (unique per device and round), and one partials row with the batch's sum vector.
- * Only after COMMIT are the waiting requests answered, so an acknowledged update is durable;
+ * A request folds its verified update into the pending batch of its round
+ * (sum += sample_count * delta, in float32) and is parked (no thread waits for it). The
+ * committer thread takes all pending batches and writes each in one transaction: the round's
+ * accepted count, one acceptance row per update (unique per device and round), and one partials
+ * row with the batch's sum vector. Only after COMMIT are the parked requests told their result
+ * (a completion callback) and answered, so an acknowledged update is durable;
  * a crash loses only unacknowledged ones, which devices retry. No list of whole updates is
  * ever kept: memory is one vector per round with pending uploads.
  *
@@ -58,8 +59,18 @@ int fl__agg_start(fl_agg *a);
 void fl__agg_stop(fl_agg *a);
 void fl__agg_free(fl_agg *a);
 
-/* Folds and waits for the commit. *accepted receives the round's accepted count after it. */
-int fl__agg_submit(fl_agg *a, const fl_upload *u, uint32_t *accepted);
+/* The outcome of a submitted upload: an FL_AGG_* result and the round's accepted count after
+ * its batch (0 when it was not committed). Called once per submit, on the committer thread
+ * (or in fl__agg_submit itself when the upload is not folded): it must not block, since every
+ * other waiter of the batch and the next batches wait for it. */
+typedef void (*fl_agg_done)(void *arg, int result, uint32_t accepted);
+
+/* Folds u into its round's pending batch and returns at once; done(arg, ...) follows once the
+ * batch's transaction has committed or failed, so that a request is answered 200 only for an
+ * update that is durable, without a thread waiting for it (http.c suspends the connection).
+ * u and everything it points to must stay valid until done is called: a replay found at
+ * commit refolds the batch from its other uploads, and a stored aggregator writes them. */
+void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg);
 
 /* Nonces of uploads in flight on this replica. An upload's nonce is written in the group
  * commit, not before its checks, so until then this set is what refuses a second request with
