@@ -554,9 +554,10 @@ static struct timespec deadline_in(double s) {
 /* Gathers a batch (called and returning with a->mu held): uploads arriving meanwhile share the
  * transaction. The batch is sized by load: it commits once FL_BATCH_FULL uploads wait, or
  * when an interval (--commit-interval) passes without a new arrival, or at the latest after
- * FL_BATCH_MAX_WAIT_S (or one interval, when that is longer). An idle coordinator answers one upload after one interval as before;
- * under a round's burst the batches grow, and with them the partial rows shrink in number:
- * each is one vector written to the WAL (850 KB for a 2NN), whatever the batch's size. */
+ * FL_BATCH_MAX_WAIT_S (or one interval, when that is longer). An idle coordinator answers one
+ * upload after one interval as before; under a round's burst the batches grow, and with them the
+ * partial rows shrink in number: each is one vector written to the WAL (850 KB for a 2NN), whatever
+ * the batch's size. */
 #define FL_BATCH_FULL 64
 #define FL_BATCH_MAX_WAIT_S 0.025
 
