@@ -633,7 +633,7 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
     }
     json_object_set_new(m, e->metrics[i]->name, json_real(e->metrics[i]->value));
   }
-  int err = fl__version_sha(c, e->model_id, e->version, sha);
+  int err = fl__version_sha_cached(s, c, e->model_id, e->version, sha);
   if (err == FL_E_NOTFOUND) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
     goto out;

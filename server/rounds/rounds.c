@@ -124,8 +124,8 @@ static int result_ids(PGresult *r, uint64_t **ids, int *n) {
   return *ids ? 0 : -1;
 }
 
-static int due_rounds(PGconn *c, const char *sql, uint64_t **ids, int *n) {
-  PGresult *r = fl__pg_exec(c, sql, NULL, false, NULL);
+static int due_rounds(PGconn *c, const char *name, const char *sql, uint64_t **ids, int *n) {
+  PGresult *r = fl__pg_exec_prep(c, name, sql, NULL, false, NULL);
   return result_ids(r, ids, n);
 }
 
@@ -295,8 +295,8 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
   }
   if (fl__seen_due(rs->seen))
     fl__seen_flush(rs->seen, c);
-  int rc = due_rounds(c, DUE_CLOSE, &ids, &n);
-  if (rc == 0 && due_rounds(c, DUE_DRAW, &draws, &nd))
+  int rc = due_rounds(c, "fl_due_close", DUE_CLOSE, &ids, &n);
+  if (rc == 0 && due_rounds(c, "fl_due_draw", DUE_DRAW, &draws, &nd))
     nd = 0;
   housekeeping(rs, c, last_prune, last_fleet);
   atomic_store(&rs->s->ready, rc == 0);
