@@ -2,7 +2,7 @@
  * bench_pgcost: what the device path costs PostgreSQL and the coordinator (issue 12).
  *
  *   bench_pgcost [--devices N] [--rounds R] [--warmup W] [--coordinator BIN] [--sim BIN]
- *                [--checkins K] [-- fl-sim args...]
+ *                [--checkins K] [--coord-arg FLAG]... [-- fl-sim args...]
  *
  * A throwaway cluster with pg_stat_statements (shared_preload_libraries, track = all,
  * track_planning on), one fl-coordinator, then two parts:
@@ -157,12 +157,17 @@ static void start_cluster(bench *b) {
   b->mon_pid = (pid_t)q_int(b, "SELECT pg_backend_pid()");
 }
 
+static const char *g_coord_args[8];
+static int g_n_coord_args;
+
 static void start_coordinator(bench *b, const char *bin) {
   static char db[400];
   snprintf(db, sizeof db, "host=%s port=5432 user=fl dbname=fl", b->pg.dir);
   if (fl_sup_mkdtemp(b->dir, sizeof b->dir, "fl-pgcost-coord-") != FL_OK)
     die("temp dir");
-  char *args[] = {"--max-connections=2000", "--log-level=warn", NULL};
+  char *args[12] = {"--max-connections=2000", "--log-level=warn"};
+  for (int i = 0; i < g_n_coord_args; i++)
+    args[2 + i] = (char *)g_coord_args[i];
   fl_sup_coord_opts co = {.bin = bin, .database_url = db, .dir = b->dir, .args = args};
   if (fl_sup_coord_start(&b->coord, &co) != FL_OK)
     die("coordinator start");
@@ -298,6 +303,7 @@ static void statements_per_checkin(bench *b, int k) {
 typedef struct snap {
   long long coord, pg;
   long long wal; /* bytes */
+  long long fpi; /* full-page images (pg_stat_wal): pages first written after a checkpoint */
 } snap;
 
 static snap take(bench *b) {
@@ -305,6 +311,7 @@ static snap take(bench *b) {
   s.coord = proc_ticks(b->coord.pid, false, NULL);
   s.pg = pg_ticks(b->postmaster) - proc_ticks(b->mon_pid, false, NULL);
   s.wal = q_int(b, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
+  s.fpi = q_int(b, "SELECT wal_fpi FROM pg_stat_wal");
   return s;
 }
 
@@ -400,6 +407,8 @@ static void fleet(bench *b, const char *sim, int devices, int rounds, int warmup
   printf("  %-34s %8.2f s %7.3f ms\n", "CPU coordinator + PostgreSQL", (cc + pc) / nr,
          (cc + pc) * 1e3 / dr);
   printf("  %-34s %7.1f MB %7.1f kB\n", "WAL", wal / nr, wal * 1e3 / dr);
+  printf("  %-34s %7.1f MB %7.1f kB\n", "  of which full-page images (<=)",
+         (double)(s1.fpi - s0.fpi) * 8192 / 1e6 / nr, (double)(s1.fpi - s0.fpi) * 8.192 / dr);
   top_statements(b, dr);
   fl_sup_terminate(pid, SIGTERM, 30000);
 }
@@ -430,6 +439,8 @@ int main(int argc, char **argv) {
       coord = v;
     else if (strcmp(a, "--sim") == 0)
       sim = v;
+    else if (strcmp(a, "--coord-arg") == 0 && g_n_coord_args < 8)
+      g_coord_args[g_n_coord_args++] = v;
     else {
       fprintf(stderr, "bench_pgcost: unknown option %s\n", a);
       return 2;
@@ -450,7 +461,10 @@ int main(int argc, char **argv) {
     load = 0;
   if (la != NULL)
     fclose(la);
-  printf("# bench_pgcost: coordinator %s, load %.2f\n", coord, load);
+  printf("# bench_pgcost: coordinator %s", coord);
+  for (int i = 0; i < g_n_coord_args; i++)
+    printf(" %s", g_coord_args[i]);
+  printf(", load %.2f\n", load);
   statements_per_checkin(&b, checkins);
   fleet(&b, sim, devices, rounds, warmup, extra);
   fl_sup_admin_free(b.admin);
