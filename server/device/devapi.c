@@ -268,46 +268,97 @@ typedef struct open_round {
   fl_plan plan;
 } open_round;
 
-/* The oldest open round of the requested model (or of any model). 1 found, 0 none, -1 error. */
-static int find_open_round(PGconn *c, uint64_t model_id, uint64_t device_id, open_round *o) {
-  fl_pgp p;
+/* What one check-in statement reads: the registry generation and the device's channel label
+ * (rollouts.c's cache), and the oldest open round of the requested model (or of any). */
+typedef struct checkin_view {
+  uint64_t gen;
+  char channel[64];
+  bool has_channel; /* the label is set (and fits): else the default channel */
+  bool long_label;  /* set but longer than the cache keeps: the full query decides */
+  uint8_t base_sha[FL_SHA256_LEN];
+} checkin_view;
+
+/* The round's plan: from the round cache (a round's facts never change), else parsed from the
+ * row's JSON and cached. 0 or -1. */
+static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
+  fl_round_info ri;
   char msg[160];
+  if (fl__agg_round_cached(s->agg, o->round_id, &ri)) {
+    o->plan = ri.plan;
+    return 0;
+  }
+  json_t *cfg = json_loads(PQgetvalue(r, 0, 6), 0, NULL);
+  int rc = fl__plan_from_json(&ri.plan, cfg, msg);
+  json_decref(cfg);
+  if (rc != 0)
+    return -1;
+  ri.model_id = o->model_id;
+  ri.base_version = o->base_version;
+  fl__agg_round_store(s->agg, o->round_id, &ri);
+  o->plan = ri.plan;
+  return 0;
+}
+
+/* The check-in's one read (prepared). 1 an open round in *o, 0 none, -1 error (also when the
+ * device row is gone, which authentication has just read). */
+static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t device_id,
+                           open_round *o, checkin_view *v) {
+  fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_u64(&p, device_id);
-  PGresult *r = fl__pg_exec(
-      c,
-      "SELECT r.round_id, r.model_id, r.base_version,"
-      " (extract(epoch FROM r.deadline_at) * 1000)::bigint, p.config::text,"
-      " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id AND a.device_id = $2),"
-      " EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id AND x.device_id = $2),"
-      " coalesce((extract(epoch FROM r.select_until) * 1000)::bigint, 0), r.drawn_at IS NOT NULL,"
-      " coalesce(la.round_id, 0), coalesce(la.ms, 0)"
-      " FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
-      " LEFT JOIN LATERAL (SELECT x.round_id, (extract(epoch FROM x.accepted_at) * 1000)::bigint"
-      "  AS ms FROM acceptances x WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1)"
-      "  la ON true"
-      " WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
-      " ORDER BY r.round_id LIMIT 1",
+  PGresult *r = fl__pg_exec_prep(
+      c, "fl_checkin",
+      "SELECT (SELECT gen FROM registry_generation WHERE id = 1), d.labels->>'channel',"
+      " o.round_id, o.model_id, o.base_version, o.deadline, o.config, o.assigned, o.contributed,"
+      " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha"
+      " FROM devices d LEFT JOIN LATERAL (SELECT r.round_id, r.model_id, r.base_version,"
+      "  (extract(epoch FROM r.deadline_at) * 1000)::bigint AS deadline, p.config::text AS config,"
+      "  EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id"
+      "   AND a.device_id = $2) AS assigned,"
+      "  EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id"
+      "   AND x.device_id = $2) AS contributed,"
+      "  coalesce((extract(epoch FROM r.select_until) * 1000)::bigint, 0) AS select_until,"
+      "  r.drawn_at IS NOT NULL AS drawn, coalesce(la.round_id, 0) AS last_round,"
+      "  coalesce(la.ms, 0) AS last_ms,"
+      "  (SELECT encode(v.sha256, 'hex') FROM versions v WHERE v.model_id = r.model_id"
+      "   AND v.version = r.base_version) AS sha"
+      "  FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
+      "  LEFT JOIN LATERAL (SELECT x.round_id,"
+      "   (extract(epoch FROM x.accepted_at) * 1000)::bigint AS ms FROM acceptances x"
+      "   WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
+      "  WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
+      "  ORDER BY r.round_id LIMIT 1) o ON true"
+      " WHERE d.device_id = $2",
       &p, false, NULL);
   if (r == NULL)
     return -1;
-  int rc = 0;
-  if (PQntuples(r) == 1) {
-    json_t *cfg = json_loads(PQgetvalue(r, 0, 4), 0, NULL);
-    o->round_id = fl__pg_u64(r, 0, 0);
-    o->model_id = fl__pg_u64(r, 0, 1);
-    o->base_version = fl__pg_u64(r, 0, 2);
-    o->deadline_ms = fl__pg_i64(r, 0, 3);
-    o->assigned = strcmp(PQgetvalue(r, 0, 5), "t") == 0;
-    o->contributed = strcmp(PQgetvalue(r, 0, 6), "t") == 0;
-    o->select_until_ms = fl__pg_i64(r, 0, 7);
-    o->drawn = strcmp(PQgetvalue(r, 0, 8), "t") == 0;
-    o->last_round = fl__pg_u64(r, 0, 9);
-    o->last_accepted_ms = fl__pg_i64(r, 0, 10);
-    rc = fl__plan_from_json(&o->plan, cfg, msg) == 0 ? 1 : -1;
-    json_decref(cfg);
-  }
+  int rc = -1;
+  if (PQntuples(r) != 1)
+    goto out;
+  v->gen = fl__pg_u64(r, 0, 0);
+  v->has_channel = !PQgetisnull(r, 0, 1) && strlen(PQgetvalue(r, 0, 1)) < sizeof v->channel;
+  snprintf(v->channel, sizeof v->channel, "%s", v->has_channel ? PQgetvalue(r, 0, 1) : "");
+  v->long_label = !PQgetisnull(r, 0, 1) && !v->has_channel;
+  rc = 0;
+  if (PQgetisnull(r, 0, 2))
+    goto out;
+  o->round_id = fl__pg_u64(r, 0, 2);
+  o->model_id = fl__pg_u64(r, 0, 3);
+  o->base_version = fl__pg_u64(r, 0, 4);
+  o->deadline_ms = fl__pg_i64(r, 0, 5);
+  o->assigned = strcmp(PQgetvalue(r, 0, 7), "t") == 0;
+  o->contributed = strcmp(PQgetvalue(r, 0, 8), "t") == 0;
+  o->select_until_ms = fl__pg_i64(r, 0, 9);
+  o->drawn = strcmp(PQgetvalue(r, 0, 10), "t") == 0;
+  o->last_round = fl__pg_u64(r, 0, 11);
+  o->last_accepted_ms = fl__pg_i64(r, 0, 12);
+  /* A round's base version exists (close.c stores it before opening the round). */
+  if (PQgetisnull(r, 0, 13) || fl__unhex(PQgetvalue(r, 0, 13), v->base_sha, FL_SHA256_LEN))
+    rc = -1;
+  else
+    rc = round_plan(s, r, o) == 0 ? 1 : -1;
+out:
   PQclear(r);
   return rc;
 }
@@ -409,18 +460,6 @@ static void send_retry(fl_resp *r, int64_t at, const char *reason,
   fl__resp_proto(r, 200, &resp.base);
 }
 
-static void note_running(PGconn *c, uint64_t device_id, const Fl__V1__CheckInRequest *ci) {
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, device_id);
-  fl__pgp_u64(&p, ci->running_model_id);
-  fl__pgp_u64(&p, ci->running_version);
-  PQclear(fl__pg_exec(c,
-                      "UPDATE devices SET last_seen_at = now(), running_model_id = $2,"
-                      " running_version = $3 WHERE device_id = $1",
-                      &p, false, NULL));
-}
-
 /* Whether the device trains in the open round: 1 assigned (task), 0 told to wait (the retry
  * is in *r), -1 database error. With a selection window, devices that check in before the draw
  * are candidates told to come back just after it (fl__round_draw assigns the drawn ones);
@@ -470,6 +509,7 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   Fl__V1__CheckInRequest *ci = NULL;
   uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
   open_round o;
+  checkin_view cv;
   fl_rollout_answer ra;
   if (begin(s, q, r, &c, &sr, pub))
     return;
@@ -483,11 +523,15 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
                        "body is not a CheckInRequest (ids are at most 2^63-1)", 0);
     goto out;
   }
-  note_running(c, sr->device_id, ci);
-  if (fl__rollout_for_device(c, sr->device_id, ci->model_id, ci->running_model_id, &ra))
-    goto unavail;
-  int found = find_open_round(c, ci->model_id, sr->device_id, &o);
+  /* Told to wait or assigned, the check-in writes its telemetry later (store/seen.h). */
+  fl__rounds_seen(s->rounds, sr->device_id, ci->running_model_id, ci->running_version);
+  int found = find_open_round(s, c, ci->model_id, sr->device_id, &o, &cv);
   if (found < 0)
+    goto unavail;
+  if (cv.long_label
+          ? fl__rollout_for_device(c, sr->device_id, ci->model_id, ci->running_model_id, &ra)
+          : fl__rollout_for_checkin(c, cv.gen, cv.has_channel ? cv.channel : NULL, sr->device_id,
+                                    ci->model_id, ci->running_model_id, &ra))
     goto unavail;
   if (found == 0) {
     send_retry(r, retry_at(sr->device_id, 0, fl__now_ms(), s->cfg.checkin_interval_ms),
@@ -495,8 +539,9 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   }
   int assigned = checkin_decide(s, c, &o, sr->device_id, r, &ra);
-  if (assigned < 0 || (assigned > 0 && fl__version_sha(c, o.model_id, o.base_version, sha)))
+  if (assigned < 0)
     goto unavail;
+  memcpy(sha, cv.base_sha, sizeof sha);
   if (assigned > 0)
     send_task(s, r, &o, sr->device_id, sha, &ra);
   goto out;
@@ -509,13 +554,16 @@ out:
 
 /* ----- model download ---------------------------------------------------------------------- */
 
+/* The packed version goes out as the cache holds it: one refcounted buffer per version for
+ * every download (models.c), released by MHD once the response is sent. A cached version
+ * costs no database statement beyond authentication; its sha answers If-None-Match. */
 static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
   PGconn *c;
   Fl__V1__SignedRequest *sr;
-  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN], *buf = NULL;
+  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
   uint64_t model_id, version;
   const char *rest;
-  size_t len;
+  fl_packed *pk = NULL;
   if (fl__path_u64(q->path, "/v1/models/", &model_id, &rest) ||
       fl__path_u64(rest, "/versions/", &version, &rest) || *rest != '\0') {
     fl__resp_dev_error(r, 404, "not_found", "expected /v1/models/{id}/versions/{version}", 0);
@@ -523,30 +571,29 @@ static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
   }
   if (begin(s, q, r, &c, &sr, pub))
     return;
-  int err = fl__version_sha(c, model_id, version, sha);
-  if (err == FL_OK) {
-    char hex[2 * FL_SHA256_LEN + 1];
-    const char *inm = fl__req_header(q, "If-None-Match");
-    fl__hex(sha, sizeof sha, hex);
-    snprintf(r->etag, sizeof r->etag, "\"%s\"", hex);
-    if (inm != NULL && (strcmp(inm, r->etag) == 0 || strcmp(inm, hex) == 0)) {
-      fl__resp_text(r, 304, NULL, "");
-      goto out;
-    }
-    err = fl__version_packed(s, c, model_id, version, &buf, &len, sha);
-  }
-  if (err == FL_E_NOTFOUND)
+  int err = fl__version_acquire(s, c, model_id, version, &pk);
+  if (err == FL_E_NOTFOUND) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
-  else if (err)
-    unavailable(r);
-  else {
-    free(r->data);
-    r->status = 200;
-    r->content_type = "application/x-protobuf";
-    r->data = (char *)buf;
-    r->len = len;
+    goto out;
   }
+  if (err) {
+    unavailable(r);
+    goto out;
+  }
+  size_t len;
+  const uint8_t *data = fl__packed_data(pk, &len, sha);
+  char hex[2 * FL_SHA256_LEN + 1];
+  const char *inm = fl__req_header(q, "If-None-Match");
+  fl__hex(sha, sizeof sha, hex);
+  snprintf(r->etag, sizeof r->etag, "\"%s\"", hex);
+  if (inm != NULL && (strcmp(inm, r->etag) == 0 || strcmp(inm, hex) == 0)) {
+    fl__resp_text(r, 304, NULL, "");
+    goto out;
+  }
+  fl__resp_shared(r, 200, "application/x-protobuf", data, len, fl__packed_release, pk);
+  pk = NULL; /* the response's now */
 out:
+  fl__packed_release(pk);
   end(s, c, sr);
 }
 
@@ -586,7 +633,7 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
     }
     json_object_set_new(m, e->metrics[i]->name, json_real(e->metrics[i]->value));
   }
-  int err = fl__version_sha(c, e->model_id, e->version, sha);
+  int err = fl__version_sha_cached(s, c, e->model_id, e->version, sha);
   if (err == FL_E_NOTFOUND) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
     goto out;

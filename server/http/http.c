@@ -122,8 +122,18 @@ int fl__query_id(fl_req *q, const char *name, uint64_t *out) {
   return 0;
 }
 
+/* Drops the body r holds: its own malloc'ed one, or its reference to a shared one. */
+static void drop_body(fl_resp *r) {
+  if (r->release != NULL)
+    r->release(r->release_cls);
+  else
+    free(r->data);
+  r->release = NULL;
+  r->data = NULL;
+}
+
 static void set_body(fl_resp *r, int status, const char *ctype, char *data, size_t len) {
-  free(r->data);
+  drop_body(r);
   r->status = data ? status : 500;
   r->content_type = ctype;
   r->data = data;
@@ -165,6 +175,17 @@ void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text) 
   set_body(r, status, ctype, s, s ? strlen(s) : 0);
 }
 
+void fl__resp_shared(fl_resp *r, int status, const char *ctype, const void *data, size_t len,
+                     void (*release)(void *), void *cls) {
+  drop_body(r);
+  r->status = status;
+  r->content_type = ctype;
+  r->data = (char *)(uintptr_t)data;
+  r->len = len;
+  r->release = release;
+  r->release_cls = cls;
+}
+
 static const fl_route *route(const fl_route *t, const char *method, const char *path,
                              bool *method_mismatch) {
   for (; t->prefix != NULL; t++) {
@@ -199,12 +220,18 @@ static void log_path(const char *path, char out[256]) {
 }
 
 static enum MHD_Result send_resp(fl_srv *s, fl_req *q, fl_resp *r, const char *name) {
-  struct MHD_Response *mr = MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
+  struct MHD_Response *mr;
+  if (r->release != NULL) /* since libmicrohttpd 0.9.73 (Debian 12 has 0.9.75) */
+    mr = MHD_create_response_from_buffer_with_free_callback_cls(r->len, r->data, r->release,
+                                                                r->release_cls);
+  else
+    mr = MHD_create_response_from_buffer(r->len, r->data, MHD_RESPMEM_MUST_FREE);
   if (mr == NULL) {
-    free(r->data);
+    drop_body(r);
     return MHD_NO;
   }
   r->data = NULL;
+  r->release = NULL;
   if (r->content_type)
     MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
   if (r->etag[0])

@@ -47,8 +47,10 @@ typedef struct fl_req {
 typedef struct fl_resp {
   int status;
   const char *content_type;
-  char *data; /* malloc'ed, freed by MHD */
+  char *data; /* malloc'ed, freed by MHD; or shared (release set, fl__resp_shared) */
   size_t len;
+  void (*release)(void *cls); /* set: data is not ours, release(release_cls) when sent */
+  void *release_cls;
   char etag[72];          /* set: ETag header */
   int64_t retry_after_ms; /* > 0: Retry-After header (seconds, rounded up) */
   const char *reason;     /* refusal reason for metrics and logs, static storage */
@@ -92,6 +94,11 @@ void fl__resp_proto(fl_resp *r, int status, const ProtobufCMessage *m);
 void fl__resp_dev_error(fl_resp *r, int status, const char *reason, const char *msg,
                         int64_t retry_after_ms);
 void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text);
+/* A body that is not copied: MHD sends data as it is and calls release(cls) once the response
+ * is done with it (also when it cannot be created). For buffers shared by many responses,
+ * e.g. a refcounted model version. */
+void fl__resp_shared(fl_resp *r, int status, const char *ctype, const void *data, size_t len,
+                     void (*release)(void *), void *cls);
 
 /* Route tables provided by devapi.c and adminapi.c.
  * Body limits: a GET or DELETE takes no body; otherwise body_limit (when set) decides, else

@@ -1,11 +1,14 @@
 /*
  * Model layouts, specs in JSON and version storage. Specs are immutable, so the layout cache
  * only grows (one entry per model, a few hundred bytes each). Packed versions are cached in a
- * small round-robin table because a round's devices all download the same base version.
+ * small round-robin table because a round's devices all download the same base version; an
+ * entry is a refcounted fl_packed that downloads send as it is (no copy per request), so the
+ * mutex covers a lookup and an increment, never a copy of the 800 KB.
  */
 #include "registry/models.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,11 +23,16 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 #define VCACHE 8
 
-typedef struct vcache_entry {
+struct fl_packed {
+  atomic_uint refs; /* the cache's reference and one per response that sends it */
   uint64_t model_id, version;
-  uint8_t *buf;
   size_t len;
   uint8_t sha[FL_SHA256_LEN];
+  uint8_t *buf;
+};
+
+typedef struct vcache_entry {
+  fl_packed *pk; /* NULL: empty */
 } vcache_entry;
 
 struct fl_models {
@@ -52,7 +60,7 @@ void fl__models_free(fl_models *m) {
     free(m->items[i]);
   }
   for (size_t i = 0; i < VCACHE; i++)
-    free(m->vc[i].buf);
+    fl__packed_release(m->vc[i].pk);
   free(m->items);
   pthread_mutex_destroy(&m->mu);
   free(m);
@@ -332,8 +340,9 @@ int fl__version_sha(PGconn *c, uint64_t model_id, uint64_t version, uint8_t sha[
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_u64(&p, version);
-  PGresult *r = fl__pg_exec(c, "SELECT sha256 FROM versions WHERE model_id = $1 AND version = $2",
-                            &p, true, NULL);
+  PGresult *r = fl__pg_exec_prep(c, "fl_version_sha",
+                                 "SELECT sha256 FROM versions WHERE model_id = $1 AND version = $2",
+                                 &p, true, NULL);
   if (r == NULL)
     return FL_E_DB;
   int err = FL_E_NOTFOUND;
@@ -426,12 +435,12 @@ static int load_packed(PGconn *c, const fl_model_info *mi, uint64_t version, uin
   fl__pgp_init(&p);
   fl__pgp_u64(&p, mi->model_id);
   fl__pgp_u64(&p, version);
-  PGresult *r = fl__pg_exec(c,
-                            "SELECT parent_version, round_id, weights, sha256, signature,"
-                            " metrics::text,"
-                            " (extract(epoch FROM created_at) * 1000)::bigint"
-                            " FROM versions WHERE model_id = $1 AND version = $2",
-                            &p, true, NULL);
+  PGresult *r = fl__pg_exec_prep(c, "fl_version_packed",
+                                 "SELECT parent_version, round_id, weights, sha256, signature,"
+                                 " metrics::text,"
+                                 " (extract(epoch FROM created_at) * 1000)::bigint"
+                                 " FROM versions WHERE model_id = $1 AND version = $2",
+                                 &p, true, NULL);
   if (r == NULL)
     return FL_E_DB;
   int err = FL_E_NOTFOUND;
@@ -454,41 +463,85 @@ out:
   return err;
 }
 
-int fl__version_packed(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version,
-                       uint8_t **buf, size_t *len, uint8_t sha[FL_SHA256_LEN]) {
-  fl_models *m = s->models;
-  const fl_model_info *mi;
-  int err = FL_E_NOMEM;
+void fl__packed_release(void *pk) {
+  fl_packed *p = pk;
+  if (p != NULL && atomic_fetch_sub(&p->refs, 1) == 1) {
+    free(p->buf);
+    free(p);
+  }
+}
+
+const uint8_t *fl__packed_data(const fl_packed *p, size_t *len, uint8_t sha[FL_SHA256_LEN]) {
+  *len = p->len;
+  if (sha != NULL)
+    memcpy(sha, p->sha, FL_SHA256_LEN);
+  return p->buf;
+}
+
+/* The cached entry with a reference taken, NULL when not cached. */
+static fl_packed *vcache_get(fl_models *m, uint64_t model_id, uint64_t version) {
+  fl_packed *pk = NULL;
   pthread_mutex_lock(&m->mu);
-  for (size_t i = 0; i < VCACHE; i++) {
-    vcache_entry *e = &m->vc[i];
-    if (e->buf == NULL || e->model_id != model_id || e->version != version)
-      continue;
-    *buf = malloc(e->len ? e->len : 1);
-    if (*buf != NULL) {
-      memcpy(*buf, e->buf, e->len);
-      *len = e->len;
-      memcpy(sha, e->sha, FL_SHA256_LEN);
-      err = FL_OK;
+  for (size_t i = 0; i < VCACHE && pk == NULL; i++) {
+    fl_packed *e = m->vc[i].pk;
+    if (e != NULL && e->model_id == model_id && e->version == version) {
+      atomic_fetch_add(&e->refs, 1);
+      pk = e;
     }
-    pthread_mutex_unlock(&m->mu);
-    return err;
   }
   pthread_mutex_unlock(&m->mu);
-  err = fl__models_get(s, c, model_id, &mi);
+  return pk;
+}
+
+int fl__version_acquire(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version,
+                        fl_packed **out) {
+  fl_models *m = s->models;
+  const fl_model_info *mi;
+  fl_packed *pk = vcache_get(m, model_id, version);
+  if (pk != NULL) {
+    *out = pk;
+    return FL_OK;
+  }
+  pk = calloc(1, sizeof *pk);
+  if (pk == NULL)
+    return FL_E_NOMEM;
+  int err = fl__models_get(s, c, model_id, &mi);
   if (err == FL_OK)
-    err = load_packed(c, mi, version, buf, len, sha);
-  if (err)
+    err = load_packed(c, mi, version, &pk->buf, &pk->len, pk->sha);
+  if (err) {
+    free(pk);
     return err;
-  uint8_t *copy = malloc(*len ? *len : 1);
-  if (copy == NULL)
-    return FL_OK; /* served without caching */
-  memcpy(copy, *buf, *len);
+  }
+  pk->model_id = model_id;
+  pk->version = version;
+  atomic_init(&pk->refs, 2); /* the cache's and the caller's */
   pthread_mutex_lock(&m->mu);
-  vcache_entry *e = &m->vc[m->vc_next++ % VCACHE];
-  free(e->buf);
-  *e = (vcache_entry){model_id, version, copy, *len, {0}};
-  memcpy(e->sha, sha, FL_SHA256_LEN);
+  /* Two requests may have loaded the same version at once: the later one replaces nothing,
+   * it only hands out its own copy (released with its last response). */
+  bool dup = false;
+  for (size_t i = 0; i < VCACHE && !dup; i++)
+    dup =
+        m->vc[i].pk != NULL && m->vc[i].pk->model_id == model_id && m->vc[i].pk->version == version;
+  fl_packed *old = NULL;
+  if (dup) {
+    atomic_store(&pk->refs, 1);
+  } else {
+    vcache_entry *e = &m->vc[m->vc_next++ % VCACHE];
+    old = e->pk;
+    e->pk = pk;
+  }
   pthread_mutex_unlock(&m->mu);
+  fl__packed_release(old);
+  *out = pk;
+  return FL_OK;
+}
+
+int fl__version_sha_cached(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version,
+                           uint8_t sha[FL_SHA256_LEN]) {
+  fl_packed *pk = vcache_get(s->models, model_id, version);
+  if (pk == NULL)
+    return fl__version_sha(c, model_id, version, sha);
+  memcpy(sha, pk->sha, FL_SHA256_LEN);
+  fl__packed_release(pk);
   return FL_OK;
 }

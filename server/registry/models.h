@@ -48,9 +48,21 @@ int fl__version_weights(PGconn *c, const fl_model_info *mi, uint64_t version, fl
 /* The sha256 of a version. FL_OK, FL_E_NOTFOUND, FL_E_DB. */
 int fl__version_sha(PGconn *c, uint64_t model_id, uint64_t version, uint8_t sha[FL_SHA256_LEN]);
 
-/* A packed fl.v1.ModelVersion (malloc'ed copy, through a small cache of immutable versions)
- * and its sha256. FL_OK, FL_E_NOTFOUND, FL_E_DB, FL_E_NOMEM. */
-int fl__version_packed(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version,
-                       uint8_t **buf, size_t *len, uint8_t sha[FL_SHA256_LEN]);
+/* A packed fl.v1.ModelVersion, shared: versions are immutable, so one buffer serves every
+ * download of a version (the zero-copy download, devapi.c). */
+typedef struct fl_packed fl_packed;
+
+/* The packed version with a reference for the caller, from the cache (no database access) or
+ * loaded, packed and cached. Release it with fl__packed_release (which takes a void * so that
+ * it can be a response's free callback). FL_OK, FL_E_NOTFOUND, FL_E_DB, FL_E_NOMEM. */
+int fl__version_acquire(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version, fl_packed **out);
+void fl__packed_release(void *pk); /* NULL: no-op */
+/* Its bytes (valid while the reference is held), their length and the version's sha256 (when
+ * sha is not NULL). */
+const uint8_t *fl__packed_data(const fl_packed *p, size_t *len, uint8_t sha[FL_SHA256_LEN]);
+
+/* fl__version_sha, answered from the packed cache when the version is there. */
+int fl__version_sha_cached(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t version,
+                           uint8_t sha[FL_SHA256_LEN]);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,7 +141,7 @@ int fl__rollout_for_device(PGconn *c, uint64_t device_id, uint64_t model_id,
   fl__pgp_u64(&p, device_id);
   fl__pgp_u64(&p, model_id);
   fl__pgp_u64(&p, running_model_id);
-  PGresult *res = fl__pg_exec(c, CHECKIN_SQL, &p, false, NULL);
+  PGresult *res = fl__pg_exec_prep(c, "fl_rollout_checkin", CHECKIN_SQL, &p, false, NULL);
   if (res == NULL)
     return -1;
   if (PQntuples(res) != 1)
@@ -159,6 +160,123 @@ int fl__rollout_for_device(PGconn *c, uint64_t device_id, uint64_t model_id,
 out:
   PQclear(res);
   return 0;
+}
+
+/* ----- the registry cache ------------------------------------------------------------------ */
+
+/* The channels of every model and whether a model has a live rollout or a pin, as of one
+ * registry generation (registry_generation.gen, bumped at commit by a deferred trigger on
+ * channels, rollouts and pins: migration "registry generation"). Check-ins read the
+ * generation in the statement they run anyway (devapi.c) and come here with it: the same
+ * generation means the same registry, so a device of a model without rollouts and pins is
+ * answered from memory, with no join. Every replica sees a change at its next check-in, as
+ * the counter lives in PostgreSQL. One cache per process (one coordinator per process). */
+typedef struct cached_channel {
+  uint64_t model_id, version;
+  char name[64];
+  uint8_t sha[FL_SHA256_LEN];
+  bool live; /* the model has a live rollout or a pin: the full query decides */
+} cached_channel;
+
+static struct {
+  pthread_mutex_t mu;
+  bool valid;
+  uint64_t gen;
+  cached_channel *ch;
+  size_t n;
+} g_reg = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Reloads the cache; the generation comes from the same snapshot as the rows, so a change
+ * that commits meanwhile bumps past the generation stored here. 0 or -1. */
+static int reg_reload(PGconn *c) {
+  PGresult *res =
+      fl__pg_exec_prep(c, "fl_registry_load",
+                       "SELECT g.gen, c.model_id, c.name, c.version, encode(v.sha256, 'hex'),"
+                       " EXISTS (SELECT 1 FROM rollouts y WHERE y.model_id = c.model_id"
+                       "  AND y.state IN ('active', 'paused'))"
+                       " OR EXISTS (SELECT 1 FROM pins x WHERE x.model_id = c.model_id)"
+                       " FROM registry_generation g LEFT JOIN channels c ON true"
+                       " LEFT JOIN versions v ON v.model_id = c.model_id AND v.version = c.version"
+                       " WHERE g.id = 1 ORDER BY c.model_id, c.name",
+                       NULL, false, NULL);
+  if (res == NULL)
+    return -1;
+  int n = PQntuples(res);
+  cached_channel *ch = calloc(n ? (size_t)n : 1, sizeof *ch);
+  if (n == 0 || ch == NULL) {
+    PQclear(res);
+    free(ch);
+    return -1;
+  }
+  size_t k = 0;
+  for (int i = 0; i < n; i++) {
+    /* No channel (the LEFT JOIN's empty row), or one whose version row is missing: such a
+     * channel answers nothing, as the full query's inner join does. */
+    if (PQgetisnull(res, i, 1) || PQgetisnull(res, i, 4))
+      continue;
+    ch[k].model_id = fl__pg_u64(res, i, 1);
+    snprintf(ch[k].name, sizeof ch[k].name, "%s", PQgetvalue(res, i, 2));
+    ch[k].version = fl__pg_u64(res, i, 3);
+    fl__unhex(PQgetvalue(res, i, 4), ch[k].sha, FL_SHA256_LEN);
+    ch[k].live = strcmp(PQgetvalue(res, i, 5), "t") == 0;
+    k++;
+  }
+  pthread_mutex_lock(&g_reg.mu);
+  free(g_reg.ch);
+  g_reg.ch = ch;
+  g_reg.n = k;
+  g_reg.gen = fl__pg_u64(res, 0, 0);
+  g_reg.valid = true;
+  pthread_mutex_unlock(&g_reg.mu);
+  PQclear(res);
+  return 0;
+}
+
+/* The fast answer under the cache's lock: 1 answered (maybe with nothing), 0 the full query
+ * must decide (stale cache, a live rollout or a pin on the model, a channel name too long for
+ * the cache). The channel as the full query picks it: the device's channel of the requested
+ * model (any when 0), the one of the model it runs first, else the lowest model id. */
+static int reg_answer(uint64_t gen, const char *channel, uint64_t model_id,
+                      uint64_t running_model_id, fl_rollout_answer *a) {
+  const cached_channel *best = NULL;
+  if (!g_reg.valid || g_reg.gen < gen || strlen(channel) >= sizeof best->name)
+    return 0;
+  for (size_t i = 0; i < g_reg.n; i++) {
+    const cached_channel *ch = &g_reg.ch[i];
+    if (strcmp(ch->name, channel) != 0 || (model_id != 0 && ch->model_id != model_id))
+      continue;
+    if (best == NULL || (ch->model_id == running_model_id && best->model_id != running_model_id))
+      best = ch; /* rows are in model order: the first match has the lowest id */
+  }
+  if (best == NULL)
+    return 1;
+  if (best->live)
+    return 0;
+  a->has_assignment = true;
+  a->model_id = best->model_id;
+  a->version = best->version;
+  snprintf(a->channel, sizeof a->channel, "%s", best->name);
+  memcpy(a->sha256, best->sha, FL_SHA256_LEN);
+  return 1;
+}
+
+int fl__rollout_for_checkin(PGconn *c, uint64_t gen, const char *channel, uint64_t device_id,
+                            uint64_t model_id, uint64_t running_model_id, fl_rollout_answer *a) {
+  memset(a, 0, sizeof *a);
+  if (channel == NULL)
+    channel = "stable";
+  for (int attempt = 0; attempt < 2; attempt++) {
+    pthread_mutex_lock(&g_reg.mu);
+    int rc = reg_answer(gen, channel, model_id, running_model_id, a);
+    bool stale = !g_reg.valid || g_reg.gen < gen;
+    pthread_mutex_unlock(&g_reg.mu);
+    if (rc == 1)
+      return 0;
+    /* A newer generation than the one read by the check-in: reloaded once. */
+    if (!stale || attempt == 1 || reg_reload(c))
+      break;
+  }
+  return fl__rollout_for_device(c, device_id, model_id, running_model_id, a);
 }
 
 /* ----- gates --------------------------------------------------------------------------------- */

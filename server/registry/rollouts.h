@@ -45,6 +45,13 @@ typedef struct fl_rollout_answer {
 int fl__rollout_for_device(PGconn *c, uint64_t device_id, uint64_t model_id,
                            uint64_t running_model_id, fl_rollout_answer *a);
 
+/* fl__rollout_for_device for a check-in that has read the registry generation (gen) and the
+ * device's "channel" label (NULL: none) in its own statement: answered from the coordinator's
+ * registry cache when the generation is the cached one and the model has no live rollout or
+ * pin, else by the full query (the cache is reloaded first when gen is newer). 0 or -1. */
+int fl__rollout_for_checkin(PGconn *c, uint64_t gen, const char *channel, uint64_t device_id,
+                            uint64_t model_id, uint64_t running_model_id, fl_rollout_answer *a);
+
 /* An evaluation report for gate_id (= rollout id) was stored: decides the gate when enough
  * reports are in (stopping the rollout when the condition fails, promoting it when it holds
  * and the gate asks for that), with an audit row. 0, or -1 on a database error. */

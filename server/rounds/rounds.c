@@ -13,6 +13,7 @@
 
 #include "auth/auth.h"
 #include "crypto.h"
+#include "store/seen.h"
 
 struct fl_rounds {
   fl_srv *s;
@@ -21,6 +22,7 @@ struct fl_rounds {
   bool stop, poked, started;
   pthread_t thread;
   _Atomic uint64_t fleet; /* active devices, counted every FLEET_PERIOD_S (pace steering) */
+  fl_seen *seen;          /* check-ins' last-seen telemetry, flushed by the ticker */
 };
 
 #define FLEET_PERIOD_S 5.0
@@ -57,35 +59,44 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
   return FL_OK;
 }
 
+/* One statement. The UPDATE takes the round's row lock, so the count check and the increment
+ * are atomic across concurrent check-ins on every replica; the NOT EXISTS keeps a device that
+ * is already assigned from taking a second slot. The commit does not wait for the WAL flush
+ * (set_config(..., true) is SET LOCAL for the statement's own transaction): PostgreSQL's WAL
+ * writer flushes these commits in groups within wal_writer_delay, so check-ins no longer queue
+ * behind one fsync each on the round's row. What a crash of PostgreSQL can lose is the last
+ * fraction of a second of assignments, together with their slots (same transaction, so
+ * `assigned` stays equal to the rows): the device's upload is then refused as not assigned
+ * and it checks in again. A crash of the coordinator loses nothing (the commit is done). */
 int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, round_id);
   fl__pgp_u64(&p, device_id);
-  PGresult *r = fl__pg_exec(c,
-                            "SELECT 1 FROM assignments WHERE round_id = $1 AND device_id = $2",
-                            &p, false, NULL);
+  PGresult *r = fl__pg_exec_prep(
+      c, "fl_round_assign",
+      "WITH mine AS (SELECT EXISTS (SELECT 1 FROM assignments"
+      "  WHERE round_id = $1 AND device_id = $2) AS yes),"
+      " slot AS (UPDATE rounds SET assigned = assigned + 1"
+      "  WHERE round_id = $1 AND state = 'open' AND assigned < max_assign"
+      "  AND NOT (SELECT yes FROM mine)"
+      "  AND set_config('synchronous_commit', 'off', true) IS NOT NULL RETURNING round_id),"
+      " ins AS (INSERT INTO assignments (round_id, device_id)"
+      "  SELECT round_id, $2 FROM slot ON CONFLICT DO NOTHING RETURNING 1)"
+      " SELECT (SELECT yes FROM mine) OR EXISTS (SELECT 1 FROM ins)",
+      &p, false, NULL);
   if (r == NULL)
     return -1;
-  int n = PQntuples(r);
+  int n = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
   PQclear(r);
-  if (n > 0)
-    return 1;
-  /* The UPDATE takes the round's row lock, so the count check and the increment are atomic
-   * across concurrent check-ins on every replica. */
-  r = fl__pg_exec(c,
-                  "WITH slot AS ("
-                  " UPDATE rounds SET assigned = assigned + 1"
-                  " WHERE round_id = $1 AND state = 'open' AND assigned < max_assign"
-                  " RETURNING round_id)"
-                  " INSERT INTO assignments (round_id, device_id)"
-                  " SELECT round_id, $2 FROM slot ON CONFLICT DO NOTHING RETURNING 1",
-                  &p, false, NULL);
-  if (r == NULL)
-    return -1;
-  n = PQntuples(r);
-  PQclear(r);
-  return n > 0 ? 1 : 0;
+  return n;
+}
+
+void fl__rounds_seen(fl_rounds *r, uint64_t device_id, uint64_t running_model_id,
+                     uint64_t running_version) {
+  if (r != NULL && r->seen != NULL &&
+      fl__seen_note(r->seen, device_id, running_model_id, running_version))
+    fl__rounds_poke(r);
 }
 
 /* Open rounds that may need closing, abandoning or reopening. */
@@ -113,8 +124,8 @@ static int result_ids(PGresult *r, uint64_t **ids, int *n) {
   return *ids ? 0 : -1;
 }
 
-static int due_rounds(PGconn *c, const char *sql, uint64_t **ids, int *n) {
-  PGresult *r = fl__pg_exec(c, sql, NULL, false, NULL);
+static int due_rounds(PGconn *c, const char *name, const char *sql, uint64_t **ids, int *n) {
+  PGresult *r = fl__pg_exec_prep(c, name, sql, NULL, false, NULL);
   return result_ids(r, ids, n);
 }
 
@@ -282,8 +293,10 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
     atomic_store(&rs->s->ready, false);
     return;
   }
-  int rc = due_rounds(c, DUE_CLOSE, &ids, &n);
-  if (rc == 0 && due_rounds(c, DUE_DRAW, &draws, &nd))
+  if (fl__seen_due(rs->seen))
+    fl__seen_flush(rs->seen, c);
+  int rc = due_rounds(c, "fl_due_close", DUE_CLOSE, &ids, &n);
+  if (rc == 0 && due_rounds(c, "fl_due_draw", DUE_DRAW, &draws, &nd))
     nd = 0;
   housekeeping(rs, c, last_prune, last_fleet);
   atomic_store(&rs->s->ready, rc == 0);
@@ -325,6 +338,10 @@ int fl__rounds_new(fl_rounds **out, fl_srv *s) {
   if (r == NULL)
     return FL_E_NOMEM;
   r->s = s;
+  if (fl__seen_new(&r->seen)) {
+    free(r);
+    return FL_E_NOMEM;
+  }
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
   *out = r;
@@ -356,11 +373,18 @@ void fl__rounds_stop(fl_rounds *r) {
   pthread_mutex_unlock(&r->mu);
   pthread_join(r->thread, NULL);
   r->started = false;
+  /* The last check-ins' telemetry, when the database is there. */
+  PGconn *c = fl__pool_get_timed(r->s->pool, 1000);
+  if (c != NULL) {
+    fl__seen_flush(r->seen, c);
+    fl__pool_put(r->s->pool, c);
+  }
 }
 
 void fl__rounds_free(fl_rounds *r) {
   if (r == NULL)
     return;
+  fl__seen_free(r->seen);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
   free(r);

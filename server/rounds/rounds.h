@@ -23,8 +23,13 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
                    const fl_plan *p, uint64_t *round_id);
 
 /* Assigns a device to an open round unless ceil(target * over_selection) devices already are.
- * 1: assigned (now or before), 0: the round is full or no longer open, -1: database error. */
+ * 1: assigned (now or before), 0: the round is full or no longer open, -1: database error.
+ * One statement with an asynchronous commit (rounds.c says what a crash can lose). */
 int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id);
+
+/* A check-in's last-seen telemetry (store/seen.h): batched and written by the ticker. */
+void fl__rounds_seen(fl_rounds *r, uint64_t device_id, uint64_t running_model_id,
+                     uint64_t running_version);
 
 /* Fair selection: when the round's selection window is over (or its pool of candidates
  * filled), assigns min(free slots, candidates) of the candidates drawn uniformly with the

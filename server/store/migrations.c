@@ -179,6 +179,27 @@ static const char *const M_PRIVACY[] = {
     "ALTER TABLE plans ADD COLUMN dp_population bigint, ADD COLUMN dp_sampling_rate float8",
     "ALTER TABLE partials ADD COLUMN unclipped int NOT NULL DEFAULT 0", NULL};
 
+/* Check-in cost (issue 12). The registry generation: one counter bumped by every transaction
+ * that changes channels, rollouts or pins, so a coordinator can cache the registry and check
+ * in one cheap read that its copy is current (registry/rollouts.c). The triggers are deferred
+ * to commit time: the counter's row lock is always a transaction's last one, so two admin
+ * transactions (a promotion writes rollouts, then channels) cannot deadlock over it. Partial
+ * sums keep SET STORAGE EXTERNAL (migration 2), stated again here so that a database restored
+ * from a dump made without it (pg_dump keeps it, hand-made schemas may not) gets it back. */
+static const char *const M_CHECKIN_COST[] = {
+    "CREATE TABLE registry_generation (id int PRIMARY KEY CHECK (id = 1), gen bigint NOT NULL)",
+    "INSERT INTO registry_generation (id, gen) VALUES (1, 1)",
+    "CREATE FUNCTION fl_registry_bump() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$BEGIN UPDATE registry_generation SET gen = gen + 1 WHERE id = 1; RETURN NULL; END$$",
+    "CREATE CONSTRAINT TRIGGER channels_generation AFTER INSERT OR UPDATE OR DELETE ON channels"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fl_registry_bump()",
+    "CREATE CONSTRAINT TRIGGER rollouts_generation AFTER INSERT OR UPDATE OR DELETE ON rollouts"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fl_registry_bump()",
+    "CREATE CONSTRAINT TRIGGER pins_generation AFTER INSERT OR UPDATE OR DELETE ON pins"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fl_registry_bump()",
+    "ALTER TABLE partials ALTER COLUMN sum SET STORAGE EXTERNAL",
+    NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -187,6 +208,8 @@ static const migration MIGRATIONS[] = {
     {5, "fair selection", M_SELECTION},
     {6, "stored updates", M_STORED_UPDATES},
     {7, "differential privacy", M_PRIVACY},
+
+    {8, "check-in cost", M_CHECKIN_COST},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */
