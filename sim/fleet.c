@@ -64,7 +64,7 @@ struct sim_fleet {
   atomic_uint_fast64_t seq;
   atomic_int stop;
   atomic_uint_fast64_t enroll_tried, enrolled;
-  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns;
+  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns, train_cpu_ns;
   atomic_int_fast64_t last_ack_ms;
 };
 
@@ -74,10 +74,14 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static uint64_t mono_ns(void) {
+static uint64_t clock_ns(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_ns(void) {
+  return clock_ns(CLOCK_MONOTONIC);
 }
 
 /* fl_data_source over this device's rows of the shared data set, shuffled each epoch. The
@@ -205,8 +209,9 @@ static void handle_events(struct sim_fleet *f, worker *w) {
         drop_out(f, w, d);
         continue;
       }
-      uint64_t t0 = mono_ns();
+      uint64_t t0 = mono_ns(), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
       fl_client_train(d->c); /* a failure ends the round; the next step reports it */
+      atomic_fetch_add(&f->train_cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0);
       atomic_fetch_add(&f->train_ns, mono_ns() - t0);
     } else if (step == FL_STEP_DONE) {
       record_result(f, w, d);
@@ -446,6 +451,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->failed = atomic_load(&f->failed);
   c->dropped = atomic_load(&f->dropped);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;
+  c->train_cpu_s = (double)atomic_load(&f->train_cpu_ns) / 1e9;
   c->last_ack_ms = atomic_load(&f->last_ack_ms);
   for (int t = 0; t < f->o.threads; t++) {
     pthread_mutex_lock(&f->w[t].mu);

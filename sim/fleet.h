@@ -59,6 +59,7 @@ typedef struct sim_fleet_counts {
   uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
   double train_s;      /* training time summed over devices */
+  double train_cpu_s;  /* CPU time of the training threads while they trained, summed */
   int64_t last_ack_ms; /* Unix ms of the latest acknowledged upload */
   sim_net_stats net;   /* summed over the workers */
   uint64_t failed_by_err[32];
