@@ -223,6 +223,11 @@ int fl__state_path(const fl_client *c, char *out, size_t out_len, const char *fm
     __attribute__((format(printf, 4, 5)));
 int fl__read_file(const fl_allocator *a, const char *path, size_t max, uint8_t **out,
                   size_t *out_len);
+/* Writes path atomically (temp file, rename) without fsync: for files verified when loaded
+ * (the model cache), where a file torn by a power loss is detected and fetched again. */
+int fl__write_file_fast(const char *path, const void *data, size_t len, unsigned mode);
+/* fsync of the file and of its directory: makes a fl__write_file_fast file durable. */
+int fl__file_sync(const char *path);
 /* Reads the state file `name` (at most `max` bytes) as text into text[cap], cut to fit and
  * NUL-terminated; path[] gets its path for the caller's messages. */
 int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL__PATH_MAX],
@@ -236,9 +241,15 @@ int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_
                      const uint8_t *expect_sha, const fl_allocator *a, fl__loaded_model *out,
                      char *why, size_t why_len);
 void fl__loaded_free(fl__loaded_model *m);
-/* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. */
+/* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. A file that does
+ * not verify (torn by a power loss, damaged) is removed, so that the next download writes it
+ * again. */
 int fl__cache_load(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
+/* Writes a verified version once: nothing is done when its file exists (the name is its
+ * content's hash, and loading verifies it). Not synced: see state.c. */
 int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_t *buf, size_t len);
+/* Makes the cached file of that version durable (before an inference pointer names it). */
+int fl__cache_sync(fl_client *c, const uint8_t sha[FL_SHA256_LEN]);
 /* Removes cached versions other than the active, previous and current base ones. */
 void fl__cache_prune(fl_client *c);
 

@@ -5,6 +5,9 @@
  * coordinator's Ed25519 signature over the digest in the message, the digest recomputed from
  * the spec and the weights, and the digest the check-in asked for. Cached files are verified
  * again when loaded, so a file damaged on disk is refused like a tampered download.
+ *
+ * Files are named by the version's sha256 and written once, without fsync (state.c says why
+ * that is safe): a file that exists holds that version or is refused at load and removed.
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -138,6 +141,9 @@ int fl__cache_load(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_mo
   fl__free(c->alloc, buf);
   if (err != FL_OK && err != FL_E_NOMEM)
     fl__client_err(c, "cached %s refused: %s", path, why);
+  /* Torn or damaged: it goes, or the write-once store would never replace it. */
+  if (err != FL_OK && err != FL_E_NOMEM && err != FL_E_NOT_ENROLLED && unlink(path) == 0)
+    fl__log(&c->log, FL_LOG_WARN, "removed cached model %s, which does not verify", path);
   return err;
 }
 
@@ -147,9 +153,21 @@ int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_
   int err = cache_path(c, sha, path, sizeof path);
   if (err != FL_OK)
     return err;
-  err = fl__write_file_atomic(path, buf, len, 0600);
+  if (access(path, F_OK) == 0)
+    return FL_OK;
+  err = fl__write_file_fast(path, buf, len, 0600);
   if (err != FL_OK)
     fl__client_err(c, "cannot write %s: %s", path, fl_strerror(err));
+  return err;
+}
+
+int fl__cache_sync(fl_client *c, const uint8_t sha[FL_SHA256_LEN]) {
+  char path[FL__PATH_MAX];
+  int err = cache_path(c, sha, path, sizeof path);
+  if (err == FL_OK)
+    err = fl__file_sync(path);
+  if (err != FL_OK)
+    fl__client_err(c, "cannot sync %s: %s", path, fl_strerror(err));
   return err;
 }
 
