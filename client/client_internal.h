@@ -37,12 +37,22 @@
 #define FL__TASK_MAX_BATCH 65536u
 #define FL__WAIT_MAX_MS INT64_C(86400000)
 
-/* A model version that passed verification, with the fl_model built from it. */
+struct fl__store_entry;
+
+/* A model version that passed verification: the fl_model built from it (owned), or a reference
+ * to the shared copy in an fl_model_store (ref; model is NULL then). */
 typedef struct fl__loaded_model {
   fl_model *model;
+  struct fl__store_entry *ref;
   uint64_t model_id, version, parent_version;
   uint8_t sha256[FL_SHA256_LEN];
+  uint8_t sig[FL_SIG_LEN]; /* the coordinator's signature over sha256 */
+  size_t sig_len;
 } fl__loaded_model;
+
+static inline bool fl__loaded_have(const fl__loaded_model *m) {
+  return m->model != NULL || m->ref != NULL;
+}
 
 typedef enum fl__phase {
   FL__PH_IDLE = 0,
@@ -117,7 +127,8 @@ struct fl_client {
   size_t max_response_bytes;
 
   fl_transport tr;
-  bool tr_busy; /* begin() called, end() not yet */
+  bool tr_busy;          /* begin() called, end() not yet */
+  fl_model_store *store; /* borrowed, may be NULL */
 
   fl_key *key;
   uint64_t device_id; /* 0: not enrolled */
@@ -240,7 +251,21 @@ int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL
 int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_PUBKEY_LEN],
                      const uint8_t *expect_sha, const fl_allocator *a, fl__loaded_model *out,
                      char *why, size_t why_len);
-void fl__loaded_free(fl__loaded_model *m);
+void fl__loaded_free(fl__loaded_model *m); /* also drops a store reference */
+/* The weights of a loaded version (its own model's or the shared copy's), read-only. */
+const float *fl__loaded_params(const fl__loaded_model *m);
+const fl_model *fl__loaded_layout(const fl__loaded_model *m);
+/* A private, trainable model with the version's weights (allocated with the client's
+ * allocator): m->model itself is handed over when it is owned (m->model becomes NULL), else a
+ * copy of the shared one is built. */
+int fl__loaded_take_model(fl_client *c, fl__loaded_model *m, fl_model **out);
+/* With a store: puts the verified version (model built, buf its ModelVersion bytes) into it
+ * and turns *m into a reference to the shared copy. Without one, or on failure to allocate,
+ * *m stays as it is (FL_OK: the store is only an optimisation). */
+void fl__store_adopt(fl_client *c, fl__loaded_model *m, const uint8_t *buf, size_t len);
+/* The training base: from the store (a reference, after checking its signature with this
+ * client's key), else from the disk cache (then adopted into the store). */
+int fl__cache_load_base(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
 /* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. A file that does
  * not verify (torn by a power loss, damaged) is removed, so that the next download writes it
  * again. */

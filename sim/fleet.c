@@ -58,6 +58,7 @@ typedef struct worker {
 
 struct sim_fleet {
   sim_fleet_opts o;
+  fl_model_store *store; /* one copy of each version for all devices */
   device *dev;
   worker *w;
   int started;
@@ -321,7 +322,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
                        .backoff_max_ms = 2000,
                        .request_timeout_ms = 120000,
                        .connect_timeout_ms = 10000,
-                       .model_id = f->o.model_id};
+                       .model_id = f->o.model_id,
+                       .model_store = f->store};
   fl_transport tr;
   int rc = make_transport(f, d, net, &co, &tr);
   if (rc != FL_OK)
@@ -375,6 +377,8 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
   int rc = f->dev && f->w ? FL_OK : FL_E_NOMEM;
   if (rc == FL_OK && mkdir(dir, 0700) != 0 && errno != EEXIST)
     rc = FL_E_IO;
+  if (rc == FL_OK)
+    rc = fl_model_store_new(&f->store, NULL);
   if (rc == FL_OK)
     assign_behaviours(f);
   for (int t = 0; rc == FL_OK && t < o->threads; t++) {
@@ -495,6 +499,7 @@ void sim_fleet_free(sim_fleet *f) {
     free(f->w[t].by_client);
     pthread_mutex_destroy(&f->w[t].mu);
   }
+  fl_model_store_free(f->store); /* after every client that borrowed it */
   free(f->dev);
   free(f->w);
   free(f);
