@@ -28,7 +28,11 @@ typedef struct opt_def {
 #define O(field) offsetof(sim_options, field)
 static const opt_def OPTS[] = {
     {"devices", T_SIZE, O(devices), "virtual devices (1000)"},
-    {"threads", T_INT, O(threads), "worker threads driving them (2)"},
+    {"threads", T_INT, O(threads), "worker threads driving their network (2)"},
+    {"train-threads", T_INT, O(train_threads), "threads training them (0: one per CPU)"},
+    {"max-inflight", T_INT, O(max_inflight),
+     "exchanges in flight at once, all workers together (256; the coordinator fl-sim starts "
+     "takes 512 connections)"},
     {"rounds", T_INT, O(rounds), "training rounds (5)"},
     {"participants", T_U32, O(participants), "target updates per round (all devices)"},
     {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (50%)"},
@@ -90,6 +94,7 @@ void sim_options_defaults(sim_options *o) {
   memset(o, 0, sizeof(*o));
   o->devices = 1000;
   o->threads = 2;
+  o->max_inflight = 256;
   o->rounds = 5;
   o->over_selection = 1.3;
   o->selection_window_s = -1;
@@ -352,6 +357,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
   const range_check R[] = {
       {"devices", (double)o->devices, 1, 1e6},
       {"threads", o->threads, 1, 256},
+      {"train-threads", o->train_threads, 0, 256},
+      {"max-inflight", o->max_inflight, 1, 65536},
       {"rounds", o->rounds, 1, 1e6},
       {"participants", o->participants, 0, 1e6},
       {"min-participants", o->min_participants, 0, 1e6},

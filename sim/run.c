@@ -262,8 +262,8 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     row->bytes_up = now.net.bytes_up - before.net.bytes_up;
     row->bytes_down = now.net.bytes_down - before.net.bytes_down;
     row->seconds = t1 - t0;
-    /* Training ran on the worker threads side by side: its wall share is the sum / threads. */
-    row->train_s = (now.train_s - before.train_s) / x->o->threads;
+    /* Training ran on the pool's threads side by side: its wall share is the sum / threads. */
+    row->train_s = (now.train_s - before.train_s) / sim_fleet_train_threads(x->fleet);
     double last_ack = now.last_ack_ms / 1000.0;
     row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
     row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
@@ -385,6 +385,8 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   int kinds = sim_options_bad_kinds(o->bad_kinds);
   sim_fleet_opts fo = {.n_devices = o->devices,
                        .threads = o->threads,
+                       .train_threads = o->train_threads,
+                       .max_inflight = o->max_inflight,
                        .url = x->url,
                        .work_dir = work_dir,
                        .train = &x->d->train,
