@@ -44,7 +44,9 @@ static const opt_def OPTS[] = {
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
     {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},
-    {"partition", T_STR, O(partition), "iid | dirichlet:ALPHA | shards:K (iid)"},
+    {"partition", T_STR, O(partition),
+     "iid | dirichlet:ALPHA | shards:K | labels:K (K classes per device, as NIID-Bench #C=K) "
+     "(iid)"},
     {"samples-per-device", T_SIZE, O(samples_per_device),
      "fmnist examples per device (60; 0: all 60000 spread)"},
     {"synthetic-alpha", T_DBL, O(syn_alpha), "Synthetic(alpha, beta): alpha (1)"},
@@ -438,7 +440,8 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
                 o->aggregator ? o->aggregator : "");
   sim_partition_scheme ps;
   if (sim_partition_scheme_parse(&ps, o->partition) != FL_OK)
-    return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA or shards:K", o->partition);
+    return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA, shards:K or labels:K",
+                o->partition);
   if (o->model_name != NULL && (o->model_name[0] == '\0' || strlen(o->model_name) > 200))
     return fail(msg, cap, "--model-name must have 1 to 200 characters");
   if (o->out_dir == NULL || o->out_dir[0] == '\0')
