@@ -37,6 +37,18 @@
 #define FL__TASK_MAX_BATCH 65536u
 #define FL__WAIT_MAX_MS INT64_C(86400000)
 
+/* The buffer an upload is sent from: the unsigned UpdateUpload at body (len bytes) inside one
+ * allocation with FL__UPLOAD_HEAD bytes before it, where each attempt writes its envelope's
+ * fields, and FL__UPLOAD_TAIL after it, where it writes the signature field: the delta is
+ * packed once and never copied inside the library again (request.c). */
+#define FL__UPLOAD_HEAD 64 /* device_id, timestamp, nonce, body's key and length: <= 51 */
+#define FL__UPLOAD_TAIL 66 /* UpdateUpload.signature: key, length, 64 bytes */
+typedef struct fl__upload_buf {
+  uint8_t *alloc;
+  uint8_t *body;
+  size_t len;
+} fl__upload_buf;
+
 struct fl__store_entry;
 
 /* A model version that passed verification: the fl_model built from it (owned), or a reference
@@ -156,11 +168,13 @@ struct fl_client {
   char req_etag[2 * FL_SHA256_LEN + 3];
   uint8_t *req_body; /* inner message, re-wrapped and re-signed at every attempt */
   size_t req_body_len;
-  bool req_upload;                    /* req_body is an unsigned UpdateUpload */
+  uint8_t *req_alloc; /* an upload's fl__upload_buf allocation, req_body inside it; else NULL */
+  bool req_upload;    /* req_body is an unsigned UpdateUpload */
   uint8_t req_content[FL_SHA256_LEN]; /* its content digest, signed per attempt */
   uint8_t *wire;                      /* signed envelope of the attempt in flight */
   size_t wire_len;
-  char *auth; /* X-FL-Auth of the attempt in flight */
+  bool wire_in_req; /* wire points into req_alloc (an upload): not freed on its own */
+  char *auth;       /* X-FL-Auth of the attempt in flight */
   fl__task task;
   bool have_task;
   fl__rollout rollout;
@@ -308,10 +322,11 @@ int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http
 void fl__exchange_end(fl_client *c);
 int fl__request_set(fl_client *c, const char *method, const char *path, const uint8_t *body,
                     size_t len); /* copies body */
-/* POST /v1/updates of an unsigned UpdateUpload (fl__update_build): every attempt signs the
- * update over its own timestamp and nonce and sends an empty envelope signature. */
-int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
-                           const uint8_t content[FL_SHA256_LEN]);
+/* POST /v1/updates of an unsigned UpdateUpload packed by fl__update_pack, whose buffer the
+ * request takes over (no copy): every attempt signs the update over its own timestamp and
+ * nonce in place and sends an empty envelope signature. */
+int fl__request_set_upload_buf(fl_client *c, fl__upload_buf *ub,
+                               const uint8_t content[FL_SHA256_LEN]);
 
 /* transport_curl.c */
 int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
@@ -350,6 +365,13 @@ typedef struct fl__update_params {
   float loss, clip_norm, noise_stddev, topk_fraction;
   int encoding;
 } fl__update_params;
+int fl__update_pack(const fl_model *layout, const float *base, const float *local,
+                    const fl__update_params *p, const fl_allocator *a, fl__upload_buf *out,
+                    float *norm, uint8_t content[FL_SHA256_LEN]);
+/* Writes the signature field of one attempt (FL__UPLOAD_TAIL bytes) at tail. */
+int fl__update_sign_in_place(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                             const uint8_t *nonce, size_t nonce_len, const fl_key *key,
+                             uint8_t *tail);
 /* Builds the serialized UpdateUpload for delta = local - base (n floats each, in the layout
  * of `layout`), without its signature. *out is allocated with `a`; *norm is the norm as sent;
  * content receives the update's content digest (docs/SIGNING.md), from which each attempt is

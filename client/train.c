@@ -328,18 +328,16 @@ static int train_and_pack(fl_client *c) {
                          .noise_stddev = t->noise_stddev,
                          .topk_fraction = t->topk_fraction,
                          .encoding = t->encoding};
-  uint8_t *body = NULL;
-  size_t len = 0;
+  fl__upload_buf ub;
   float norm = 0;
   uint8_t content[FL_SHA256_LEN];
-  err = fl__update_build(m, anchor, fl__model_params_const(m), &p, c->alloc, &body, &len, &norm,
-                         content);
+  /* Packed once into the buffer it is sent from; each attempt signs it in place. */
+  err = fl__update_pack(m, anchor, fl__model_params_const(m), &p, c->alloc, &ub, &norm, content);
   if (err == FL_E_NONFINITE)
     fl__client_err(c, "local training diverged (non-finite weights)");
   if (err != FL_OK)
     goto out_free;
-  err = fl__request_set_upload(c, body, len, content);
-  fl__free(c->alloc, body);
+  err = fl__request_set_upload_buf(c, &ub, content);
   if (err != FL_OK)
     goto out_free;
   c->result.sample_count = samples;
