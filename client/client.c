@@ -54,7 +54,8 @@ static long or_default(long v, long d) {
 /* Bytes of fl_client_opts each version has; index = version. */
 static const size_t OPTS_SIZE[] = {0, FIELD_END(fl_client_opts, follow_training_base),
                                    FIELD_END(fl_client_opts, max_response_bytes),
-                                   FIELD_END(fl_client_opts, allow_insecure_http)};
+                                   FIELD_END(fl_client_opts, allow_insecure_http),
+                                   FIELD_END(fl_client_opts, model_store)};
 _Static_assert(sizeof OPTS_SIZE / sizeof OPTS_SIZE[0] == FL_CLIENT_OPTS_VERSION + 1,
                "one size per fl_client_opts version");
 
@@ -152,6 +153,7 @@ static void apply_opts(fl_client *c, const fl_client_opts *o) {
   c->max_response_bytes = o->max_response_bytes > 0 ? o->max_response_bytes : FL__RESPONSE_MAX;
   c->insecure_http = o->transport == NULL && o->server_url != NULL &&
                      strncasecmp(o->server_url, "http://", 7) == 0;
+  c->store = o->model_store;
   c->log.fn = o->log_fn;
   c->log.ctx = o->log_ctx;
   c->log.level = o->log_level;

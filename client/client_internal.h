@@ -37,12 +37,34 @@
 #define FL__TASK_MAX_BATCH 65536u
 #define FL__WAIT_MAX_MS INT64_C(86400000)
 
-/* A model version that passed verification, with the fl_model built from it. */
+/* The buffer an upload is sent from: the unsigned UpdateUpload at body (len bytes) inside one
+ * allocation with FL__UPLOAD_HEAD bytes before it, where each attempt writes its envelope's
+ * fields, and FL__UPLOAD_TAIL after it, where it writes the signature field: the delta is
+ * packed once and never copied inside the library again (request.c). */
+#define FL__UPLOAD_HEAD 64 /* device_id, timestamp, nonce, body's key and length: <= 51 */
+#define FL__UPLOAD_TAIL 66 /* UpdateUpload.signature: key, length, 64 bytes */
+typedef struct fl__upload_buf {
+  uint8_t *alloc;
+  uint8_t *body;
+  size_t len;
+} fl__upload_buf;
+
+struct fl__store_entry;
+
+/* A model version that passed verification: the fl_model built from it (owned), or a reference
+ * to the shared copy in an fl_model_store (ref; model is NULL then). */
 typedef struct fl__loaded_model {
   fl_model *model;
+  struct fl__store_entry *ref;
   uint64_t model_id, version, parent_version;
   uint8_t sha256[FL_SHA256_LEN];
+  uint8_t sig[FL_SIG_LEN]; /* the coordinator's signature over sha256 */
+  size_t sig_len;
 } fl__loaded_model;
+
+static inline bool fl__loaded_have(const fl__loaded_model *m) {
+  return m->model != NULL || m->ref != NULL;
+}
 
 typedef enum fl__phase {
   FL__PH_IDLE = 0,
@@ -117,7 +139,8 @@ struct fl_client {
   size_t max_response_bytes;
 
   fl_transport tr;
-  bool tr_busy; /* begin() called, end() not yet */
+  bool tr_busy;          /* begin() called, end() not yet */
+  fl_model_store *store; /* borrowed, may be NULL */
 
   fl_key *key;
   uint64_t device_id; /* 0: not enrolled */
@@ -145,11 +168,13 @@ struct fl_client {
   char req_etag[2 * FL_SHA256_LEN + 3];
   uint8_t *req_body; /* inner message, re-wrapped and re-signed at every attempt */
   size_t req_body_len;
-  bool req_upload;                    /* req_body is an unsigned UpdateUpload */
+  uint8_t *req_alloc; /* an upload's fl__upload_buf allocation, req_body inside it; else NULL */
+  bool req_upload;    /* req_body is an unsigned UpdateUpload */
   uint8_t req_content[FL_SHA256_LEN]; /* its content digest, signed per attempt */
   uint8_t *wire;                      /* signed envelope of the attempt in flight */
   size_t wire_len;
-  char *auth; /* X-FL-Auth of the attempt in flight */
+  bool wire_in_req; /* wire points into req_alloc (an upload): not freed on its own */
+  char *auth;       /* X-FL-Auth of the attempt in flight */
   fl__task task;
   bool have_task;
   fl__rollout rollout;
@@ -223,6 +248,11 @@ int fl__state_path(const fl_client *c, char *out, size_t out_len, const char *fm
     __attribute__((format(printf, 4, 5)));
 int fl__read_file(const fl_allocator *a, const char *path, size_t max, uint8_t **out,
                   size_t *out_len);
+/* Writes path atomically (temp file, rename) without fsync: for files verified when loaded
+ * (the model cache), where a file torn by a power loss is detected and fetched again. */
+int fl__write_file_fast(const char *path, const void *data, size_t len, unsigned mode);
+/* fsync of the file and of its directory: makes a fl__write_file_fast file durable. */
+int fl__file_sync(const char *path);
 /* Reads the state file `name` (at most `max` bytes) as text into text[cap], cut to fit and
  * NUL-terminated; path[] gets its path for the caller's messages. */
 int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL__PATH_MAX],
@@ -235,10 +265,30 @@ int fl__state_read_text(fl_client *c, const char *name, size_t max, char path[FL
 int fl__model_verify(const uint8_t *buf, size_t len, const uint8_t coord_pub[FL_PUBKEY_LEN],
                      const uint8_t *expect_sha, const fl_allocator *a, fl__loaded_model *out,
                      char *why, size_t why_len);
-void fl__loaded_free(fl__loaded_model *m);
-/* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. */
+void fl__loaded_free(fl__loaded_model *m); /* also drops a store reference */
+/* The weights of a loaded version (its own model's or the shared copy's), read-only. */
+const float *fl__loaded_params(const fl__loaded_model *m);
+const fl_model *fl__loaded_layout(const fl__loaded_model *m);
+/* A private, trainable model with the version's weights (allocated with the client's
+ * allocator): m->model itself is handed over when it is owned (m->model becomes NULL), else a
+ * copy of the shared one is built. */
+int fl__loaded_take_model(fl_client *c, fl__loaded_model *m, fl_model **out);
+/* With a store: puts the verified version (model built, buf its ModelVersion bytes) into it
+ * and turns *m into a reference to the shared copy. Without one, or on failure to allocate,
+ * *m stays as it is (FL_OK: the store is only an optimisation). */
+void fl__store_adopt(fl_client *c, fl__loaded_model *m, const uint8_t *buf, size_t len);
+/* The training base: from the store (a reference, after checking its signature with this
+ * client's key), else from the disk cache (then adopted into the store). */
+int fl__cache_load_base(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
+/* Loads and verifies state_dir/models/<hex>.pb; FL_E_NOTFOUND when absent. A file that does
+ * not verify (torn by a power loss, damaged) is removed, so that the next download writes it
+ * again. */
 int fl__cache_load(fl_client *c, const uint8_t sha[FL_SHA256_LEN], fl__loaded_model *out);
+/* Writes a verified version once: nothing is done when its file exists (the name is its
+ * content's hash, and loading verifies it). Not synced: see state.c. */
 int fl__cache_store(fl_client *c, const uint8_t sha[FL_SHA256_LEN], const uint8_t *buf, size_t len);
+/* Makes the cached file of that version durable (before an inference pointer names it). */
+int fl__cache_sync(fl_client *c, const uint8_t sha[FL_SHA256_LEN]);
 /* Removes cached versions other than the active, previous and current base ones. */
 void fl__cache_prune(fl_client *c);
 
@@ -272,10 +322,11 @@ int fl__exchange_step(fl_client *c, int timeout_ms, int64_t deadline_ms, fl_http
 void fl__exchange_end(fl_client *c);
 int fl__request_set(fl_client *c, const char *method, const char *path, const uint8_t *body,
                     size_t len); /* copies body */
-/* POST /v1/updates of an unsigned UpdateUpload (fl__update_build): every attempt signs the
- * update over its own timestamp and nonce and sends an empty envelope signature. */
-int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
-                           const uint8_t content[FL_SHA256_LEN]);
+/* POST /v1/updates of an unsigned UpdateUpload packed by fl__update_pack, whose buffer the
+ * request takes over (no copy): every attempt signs the update over its own timestamp and
+ * nonce in place and sends an empty envelope signature. */
+int fl__request_set_upload_buf(fl_client *c, fl__upload_buf *ub,
+                               const uint8_t content[FL_SHA256_LEN]);
 
 /* transport_curl.c */
 int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
@@ -314,6 +365,13 @@ typedef struct fl__update_params {
   float loss, clip_norm, noise_stddev, topk_fraction;
   int encoding;
 } fl__update_params;
+int fl__update_pack(const fl_model *layout, const float *base, const float *local,
+                    const fl__update_params *p, const fl_allocator *a, fl__upload_buf *out,
+                    float *norm, uint8_t content[FL_SHA256_LEN]);
+/* Writes the signature field of one attempt (FL__UPLOAD_TAIL bytes) at tail. */
+int fl__update_sign_in_place(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                             const uint8_t *nonce, size_t nonce_len, const fl_key *key,
+                             uint8_t *tail);
 /* Builds the serialized UpdateUpload for delta = local - base (n floats each, in the layout
  * of `layout`), without its signature. *out is allocated with `a`; *norm is the norm as sent;
  * content receives the update's content digest (docs/SIGNING.md), from which each attempt is

@@ -35,7 +35,10 @@ static int write_pointer(fl_client *c, const uint8_t active[FL_SHA256_LEN],
 int fl__inference_activate(fl_client *c, fl__loaded_model *m) {
   bool had = c->active.model != NULL;
   const uint8_t *prev = had ? c->active.sha256 : (c->has_previous ? c->previous_sha : NULL);
-  int err = write_pointer(c, m->sha256, prev);
+  /* The cache is written without fsync; the model a reboot must find is synced first. */
+  int err = fl__cache_sync(c, m->sha256);
+  if (err == FL_OK)
+    err = write_pointer(c, m->sha256, prev);
   if (err != FL_OK)
     return err;
   if (had) {

@@ -30,12 +30,20 @@ ProtobufCMessage *fl__answer_unpack(fl_client *c, fl__answer_arena *ar,
   return m;
 }
 
+static void wire_free(fl_client *c) {
+  if (!c->wire_in_req)
+    fl__free(c->alloc, c->wire);
+  c->wire = NULL;
+  c->wire_len = 0;
+  c->wire_in_req = false;
+}
+
 void fl__request_clear(fl_client *c) {
-  fl__free(c->alloc, c->req_body);
-  fl__free(c->alloc, c->wire);
+  wire_free(c);
+  fl__free(c->alloc, c->req_alloc != NULL ? c->req_alloc : c->req_body);
   fl__free(c->alloc, c->auth);
   c->req_body = NULL;
-  c->wire = NULL;
+  c->req_alloc = NULL;
   c->auth = NULL;
   c->req_body_len = c->wire_len = 0;
   c->req_etag[0] = '\0';
@@ -61,13 +69,58 @@ int fl__request_set(fl_client *c, const char *method, const char *path, const ui
   return FL_OK;
 }
 
-int fl__request_set_upload(fl_client *c, const uint8_t *body, size_t len,
-                           const uint8_t content[FL_SHA256_LEN]) {
-  int err = fl__request_set(c, "POST", "/v1/updates", body, len);
-  if (err != FL_OK)
-    return err;
+int fl__request_set_upload_buf(fl_client *c, fl__upload_buf *ub,
+                               const uint8_t content[FL_SHA256_LEN]) {
+  fl__request_clear(c);
+  strcpy(c->req_method, "POST");
+  strcpy(c->req_path, "/v1/updates");
+  c->req_alloc = ub->alloc;
+  c->req_body = ub->body;
+  c->req_body_len = ub->len;
   c->req_upload = true;
   memcpy(c->req_content, content, FL_SHA256_LEN);
+  ub->alloc = ub->body = NULL;
+  return FL_OK;
+}
+
+static size_t put_varint(uint8_t *out, uint64_t v) {
+  size_t n = 0;
+  do {
+    out[n++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    v >>= 7;
+  } while (v != 0);
+  return n;
+}
+
+/* SignedRequest.body: key of field 4, length-delimited. */
+#define BODY_FIELD_KEY 0x22
+
+/* An upload whose buffer has room around it (fl__upload_buf): the attempt's signature field
+ * goes after the body, the envelope's fields before it, and the wire is the buffer itself,
+ * the same bytes protobuf-c would pack (fields in number order; the envelope signature, field
+ * 5, is empty and so absent, leaving the body last). */
+static int sign_upload_in_place(fl_client *c, Fl__V1__SignedRequest *env, const uint8_t *nonce) {
+  int err = fl__update_sign_in_place(c->req_content, env->timestamp_ms, nonce, NONCE_LEN, c->key,
+                                     c->req_body + c->req_body_len);
+  if (err != FL_OK)
+    return err;
+  env->body.data = NULL;
+  env->body.len = 0;
+  uint8_t head[FL__UPLOAD_HEAD];
+  size_t body_len = c->req_body_len + FL__UPLOAD_TAIL;
+  size_t n = fl__v1__signed_request__get_packed_size(env);
+  if (n + 1 + 10 > sizeof head)
+    return FL_E_TOOBIG; /* three scalar fields and 16 bytes of nonce always fit */
+  fl__v1__signed_request__pack(env, head);
+  head[n++] = BODY_FIELD_KEY;
+  n += put_varint(head + n, body_len);
+  wire_free(c);
+  fl__free(c->alloc, c->auth);
+  c->auth = NULL;
+  memcpy(c->req_body - n, head, n);
+  c->wire = c->req_body - n;
+  c->wire_len = n + body_len;
+  c->wire_in_req = true;
   return FL_OK;
 }
 
@@ -109,37 +162,27 @@ int fl__request_sign(fl_client *c) {
   env.nonce.len = sizeof nonce;
   env.body.data = c->req_body;
   env.body.len = c->req_body_len;
+  /* An upload's one signature is the update's, over this attempt's timestamp and nonce
+   * (docs/SIGNING.md); the envelope signature stays empty. */
+  if (c->req_upload)
+    return sign_upload_in_place(c, &env, nonce);
   uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  uint8_t *signed_body = NULL, *wire = NULL;
-  size_t signed_len = 0, wire_len = 0;
-  if (c->req_upload) {
-    /* An upload's one signature is the update's, over this attempt's timestamp and nonce
-     * (docs/SIGNING.md); the envelope signature stays empty. */
-    err = fl__update_sign(c->req_content, env.timestamp_ms, nonce, sizeof nonce, c->key,
-                          c->req_body, c->req_body_len, c->alloc, &signed_body, &signed_len);
-    if (err != FL_OK)
-      return err;
-    env.body.data = signed_body;
-    env.body.len = signed_len;
-  } else {
-    err = fl__request_digest(c->req_method, c->req_path, env.device_id, env.timestamp_ms, nonce,
-                             sizeof nonce, c->req_body, c->req_body_len, digest);
-    if (err != FL_OK)
-      return err;
-    err = fl__sign(c->key, digest, sizeof digest, sig);
-    if (err != FL_OK)
-      return err;
-    env.signature.data = sig;
-    env.signature.len = sizeof sig;
-  }
-  err = pack_envelope(c, &env, &wire, &wire_len);
-  fl__free(c->alloc, signed_body);
+  err = fl__request_digest(c->req_method, c->req_path, env.device_id, env.timestamp_ms, nonce,
+                           sizeof nonce, c->req_body, c->req_body_len, digest);
   if (err != FL_OK)
     return err;
-  fl__free(c->alloc, c->wire);
+  err = fl__sign(c->key, digest, sizeof digest, sig);
+  if (err != FL_OK)
+    return err;
+  env.signature.data = sig;
+  env.signature.len = sizeof sig;
+  uint8_t *wire = NULL;
+  size_t wire_len = 0;
+  err = pack_envelope(c, &env, &wire, &wire_len);
+  if (err != FL_OK)
+    return err;
+  wire_free(c);
   fl__free(c->alloc, c->auth);
-  c->wire = NULL;
-  c->wire_len = 0;
   c->auth = NULL;
   if (!get) {
     c->wire = wire;

@@ -157,8 +157,8 @@ static int advance(fl_client *c) {
     fl__round_finish(c, FL_ROUND_NOT_SELECTED, FL_OK);
     return FL_OK;
   }
-  if (c->base.model == NULL) {
-    int err = fl__cache_load(c, c->task.base_sha256, &c->base);
+  if (!fl__loaded_have(&c->base)) {
+    int err = fl__cache_load_base(c, c->task.base_sha256, &c->base);
     if (err == FL_E_NOMEM)
       return err;
     if (err != FL_OK)
@@ -289,6 +289,7 @@ static int on_model(fl_client *c, const fl_http_response *resp) {
   if (err != FL_OK && rollout)
     goto out_free; /* an inference model must survive a reboot */
   if (!rollout) {
+    fl__store_adopt(c, &lm, resp->body, resp->body_len); /* shared with the process's clients */
     c->base = lm;
     return FL_OK;
   }

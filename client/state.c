@@ -10,6 +10,13 @@
  * Every file is replaced atomically (temp file, fsync, rename, fsync of the directory), so after
  * a power loss a file holds either its old or its new content. What can remain is a temp file;
  * opening the directory removes those (their names contain ".tmp").
+ *
+ * One exception: a model written to the cache for training only (fl__write_file_fast) is
+ * renamed into place without an fsync. It is content-addressed and verified again, signature
+ * and digest, every time it is loaded, so after a power loss a torn or empty file is refused
+ * like a tampered one, removed, and downloaded again: the cost of a crash is one download, and
+ * a round no longer waits for the disk. A cached model that becomes the inference model is
+ * synced (fl__file_sync) before the rollout pointer names it, since it must survive a reboot.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -111,6 +118,66 @@ void fl__state_close(fl_client *c) {
   if (c->lock_fd >= 0)
     close(c->lock_fd);
   c->lock_fd = -1;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t len) {
+  while (len > 0) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return FL_E_IO;
+    p += w;
+    len -= (size_t)w;
+  }
+  return FL_OK;
+}
+
+int fl__write_file_fast(const char *path, const void *data, size_t len, unsigned mode) {
+  char tmp[FL__PATH_MAX];
+  int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  if (n < 0 || (size_t)n >= sizeof tmp)
+    return FL_E_TOOBIG;
+  /* The directory lock makes this handle the only writer; a stale temp file is a leftover. */
+  if (unlink(tmp) != 0 && errno != ENOENT)
+    return FL_E_IO;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+  if (fd < 0)
+    return FL_E_IO;
+  int err = write_all(fd, data, len);
+  if (close(fd) != 0)
+    err = FL_E_IO;
+  if (err == FL_OK && rename(tmp, path) != 0)
+    err = FL_E_IO;
+  if (err != FL_OK)
+    unlink(tmp);
+  return err;
+}
+
+int fl__file_sync(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return errno == ENOENT ? FL_E_NOTFOUND : FL_E_IO;
+  int err = fsync(fd) == 0 ? FL_OK : FL_E_IO;
+  close(fd);
+  if (err != FL_OK)
+    return err;
+  /* The rename that put it there is durable once its directory is synced. */
+  char dir[FL__PATH_MAX];
+  int n = snprintf(dir, sizeof dir, "%s", path);
+  if (n < 0 || (size_t)n >= sizeof dir)
+    return FL_E_TOOBIG;
+  char *slash = strrchr(dir, '/');
+  if (slash == NULL)
+    snprintf(dir, sizeof dir, ".");
+  else
+    *slash = '\0';
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return FL_E_IO;
+  err = fsync(fd) == 0 ? FL_OK : FL_E_IO;
+  close(fd);
+  return err;
 }
 
 int fl__read_file(const fl_allocator *a, const char *path, size_t max, uint8_t **out,

@@ -294,16 +294,27 @@ static int train_callback(fl_client *c, fl_model *m, uint64_t *samples, float *l
 
 /* Trains, then builds the signed upload and queues it as the next request. */
 static int train_and_pack(fl_client *c) {
-  fl_model *m = c->base.model;
-  size_t n = fl__model_num_params(m);
-  float *base = fl__malloc(c->alloc, n * sizeof *base);
-  if (base == NULL)
-    return FL_E_NOMEM;
-  memcpy(base, fl__model_params_const(m), n * sizeof *base);
+  /* A base shared through the model store stays as it is: training runs on a private copy
+   * made now, and the delta is taken against the shared weights. An own base is trained in
+   * place, its weights saved first. */
+  fl_model *m = c->base.model, *own = NULL;
+  float *base = NULL;
+  if (m == NULL) {
+    int err = fl__loaded_take_model(c, &c->base, &own);
+    if (err != FL_OK)
+      return err;
+    m = own;
+  } else {
+    base = fl__malloc(c->alloc, fl__model_num_params(m) * sizeof *base);
+    if (base == NULL)
+      return FL_E_NOMEM;
+    memcpy(base, fl__model_params_const(m), fl__model_num_params(m) * sizeof *base);
+  }
+  const float *anchor = base != NULL ? base : fl__loaded_params(&c->base);
   uint64_t samples = 0;
   float loss = 0;
   int err = c->trainer != NULL ? train_callback(c, m, &samples, &loss)
-                               : train_builtin(c, m, base, &samples, &loss);
+                               : train_builtin(c, m, anchor, &samples, &loss);
   if (err != FL_OK)
     goto out_free;
   const fl__task *t = &c->task;
@@ -317,18 +328,16 @@ static int train_and_pack(fl_client *c) {
                          .noise_stddev = t->noise_stddev,
                          .topk_fraction = t->topk_fraction,
                          .encoding = t->encoding};
-  uint8_t *body = NULL;
-  size_t len = 0;
+  fl__upload_buf ub;
   float norm = 0;
   uint8_t content[FL_SHA256_LEN];
-  err = fl__update_build(m, base, fl__model_params_const(m), &p, c->alloc, &body, &len, &norm,
-                         content);
+  /* Packed once into the buffer it is sent from; each attempt signs it in place. */
+  err = fl__update_pack(m, anchor, fl__model_params_const(m), &p, c->alloc, &ub, &norm, content);
   if (err == FL_E_NONFINITE)
     fl__client_err(c, "local training diverged (non-finite weights)");
   if (err != FL_OK)
     goto out_free;
-  err = fl__request_set_upload(c, body, len, content);
-  fl__free(c->alloc, body);
+  err = fl__request_set_upload_buf(c, &ub, content);
   if (err != FL_OK)
     goto out_free;
   c->result.sample_count = samples;
@@ -336,13 +345,14 @@ static int train_and_pack(fl_client *c) {
   c->result.norm = norm;
 out_free:
   fl__free(c->alloc, base);
+  fl__model_free(own);
   return err;
 }
 
 fl_err fl_client_train(fl_client *c) {
   if (c == NULL)
     return FL_E_INVAL;
-  if (c->phase != FL__PH_TRAIN || c->base.model == NULL)
+  if (c->phase != FL__PH_TRAIN || !fl__loaded_have(&c->base))
     return FL_E_STATE;
   int err = train_and_pack(c);
   if (err == FL_OK) {

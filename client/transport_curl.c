@@ -39,6 +39,20 @@ typedef struct curl_tr {
   char errbuf[CURL_ERROR_SIZE];
 } curl_tr;
 
+/* An idle transport keeps a response buffer up to this size for the next answer (check-ins,
+ * acknowledgements); a larger one (a model) is freed when the exchange ends, so that a
+ * thousand idle links do not each hold a model's worth of memory. */
+#define BODY_KEEP_MAX ((size_t)16384)
+
+static int body_reserve(curl_tr *t, size_t cap) {
+  uint8_t *p = fl__realloc(t->alloc, t->body, cap);
+  if (p == NULL)
+    return FL_E_NOMEM;
+  t->body = p;
+  t->body_cap = cap;
+  return FL_OK;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
   curl_tr *t = ud;
   size_t n = size * nmemb;
@@ -47,26 +61,58 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
     return 0; /* aborts the transfer */
   }
   if (t->body_len + n > t->body_cap) {
+    /* Content-Length sized the buffer already when the server sent one: growing is for
+     * answers without it (or longer than announced), by doubling. */
     size_t cap = t->body_cap ? t->body_cap : 4096;
     while (cap < t->body_len + n)
-      cap *= 2;
-    uint8_t *p = fl__realloc(t->alloc, t->body, cap);
-    if (p == NULL) {
+      cap = cap > t->body_max / 2 ? t->body_max : cap * 2;
+    if (body_reserve(t, cap) != FL_OK) {
       t->oom = true;
       return 0;
     }
-    t->body = p;
-    t->body_cap = cap;
   }
   memcpy(t->body + t->body_len, data, n);
   t->body_len += n;
   return n;
 }
 
+/* The value of header line `data` (n bytes) named `name` (lower case, with the colon), as a
+ * NUL-terminated string in tmp; NULL when the line is another header. */
+static const char *header_value(const char *data, size_t n, const char *name, char *tmp,
+                                size_t cap) {
+  size_t k = strlen(name);
+  if (n <= k || strncasecmp(data, name, k) != 0)
+    return NULL;
+  size_t len = n - k < cap - 1 ? n - k : cap - 1;
+  memcpy(tmp, data + k, len);
+  tmp[len] = '\0';
+  return tmp;
+}
+
+/* Content-Length: the body buffer is sized for the whole answer before it arrives (one
+ * allocation instead of a doubling series with a copy at each step). Never beyond body_max:
+ * an answer over the limit is refused as it arrives, not allocated for. */
+static void size_from_content_length(curl_tr *t, const char *v) {
+  char *end = NULL;
+  unsigned long long len = strtoull(v, &end, 10);
+  if (end == v || len == 0 || len > t->body_max || len <= t->body_cap)
+    return;
+  if (body_reserve(t, (size_t)len) != FL_OK)
+    t->oom = true;
+}
+
 /* Retry-After as delta-seconds; the HTTP-date form is not used by the coordinator. */
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   curl_tr *t = ud;
   size_t n = size * nmemb;
+  char tmp[32];
+  /* Headers of a 1xx interim answer would precede the final ones; the coordinator sends none
+   * (Expect is disabled), and an oversized guess only costs the allocation. */
+  const char *cl = header_value(data, n, "content-length:", tmp, sizeof tmp);
+  if (cl != NULL) {
+    size_from_content_length(t, cl);
+    return t->oom ? 0 : n;
+  }
   static const char name[] = "retry-after:";
   if (n > sizeof name && strncasecmp(data, name, sizeof name - 1) == 0) {
     char tmp[32];
@@ -92,6 +138,13 @@ static void tr_end(void *ctx) {
   fl__free(t->alloc, t->req_body);
   t->url = NULL;
   t->req_body = NULL;
+  /* The answer is the caller's until now (fl_http_response.body): a large buffer goes. */
+  if (t->body_cap > BODY_KEEP_MAX) {
+    fl__free(t->alloc, t->body);
+    t->body = NULL;
+    t->body_cap = 0;
+    t->body_len = 0;
+  }
 }
 
 static int add_header(curl_tr *t, const char *name, const char *value) {

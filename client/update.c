@@ -49,57 +49,66 @@ static int encode_within_bound(const fl_model *layout, float *delta, size_t n,
   }
 }
 
-/* Packs u without a signature and keeps its content digest: the signature covers the
- * timestamp and nonce of each attempt, so it is made per attempt by fl__update_sign, which then
- * needs no second pass over the delta. */
+/* Field 8 (signature, length-delimited) with a 64-byte value: key byte (8 << 3 | 2), length. */
+#define SIG_FIELD_KEY 0x42
+#define SIG_FIELD_HEAD 2
+_Static_assert(FL__UPLOAD_TAIL == SIG_FIELD_HEAD + FL_SIG_LEN, "room for the signature field");
+
+/* Packs u without a signature, once, into the buffer it is sent from (room for the envelope's
+ * head before it, for the signature field after it), and keeps its content digest: the
+ * signature covers the timestamp and nonce of each attempt, so it is made per attempt by
+ * fl__update_sign_in_place, which then needs no second pass over the delta. */
 static int pack_unsigned(Fl__V1__UpdateUpload *u, uint64_t device_id, const fl_allocator *a,
-                         uint8_t **out, size_t *out_len, uint8_t content[FL_SHA256_LEN]) {
+                         fl__upload_buf *out, uint8_t content[FL_SHA256_LEN]) {
   int err = fl__update_content_digest(device_id, u, content);
   if (err != FL_OK)
     return err;
   size_t len = fl__v1__update_upload__get_packed_size(u);
-  uint8_t *buf = fl__malloc(a, len);
+  uint8_t *buf = fl__malloc(a, FL__UPLOAD_HEAD + len + FL__UPLOAD_TAIL);
   if (buf == NULL)
     return FL_E_NOMEM;
-  fl__v1__update_upload__pack(u, buf);
-  *out = buf;
-  *out_len = len;
+  fl__v1__update_upload__pack(u, buf + FL__UPLOAD_HEAD);
+  out->alloc = buf;
+  out->body = buf + FL__UPLOAD_HEAD;
+  out->len = len;
   return FL_OK;
 }
 
-/* Field 8 (signature, length-delimited) with a 64-byte value: key byte (8 << 3 | 2), length. */
-#define SIG_FIELD_KEY 0x42
-#define SIG_FIELD_HEAD 2
+int fl__update_sign_in_place(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
+                             const uint8_t *nonce, size_t nonce_len, const fl_key *key,
+                             uint8_t *tail) {
+  uint8_t digest[FL_SHA256_LEN];
+  int err = fl__upload_digest(content, timestamp_ms, nonce, nonce_len, digest);
+  if (err != FL_OK)
+    return err;
+  /* A protobuf message followed by one more field is that message with the field set, and
+   * field 8 is the highest of UpdateUpload: the bytes a full pack would give. */
+  tail[0] = SIG_FIELD_KEY;
+  tail[1] = (uint8_t)FL_SIG_LEN;
+  return fl__sign(key, digest, sizeof digest, tail + SIG_FIELD_HEAD);
+}
 
 int fl__update_sign(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
                     const uint8_t *nonce, size_t nonce_len, const fl_key *key, const uint8_t *body,
                     size_t body_len, const fl_allocator *a, uint8_t **out, size_t *out_len) {
-  uint8_t digest[FL_SHA256_LEN], sig[FL_SIG_LEN];
-  int err = fl__upload_digest(content, timestamp_ms, nonce, nonce_len, digest);
-  if (err != FL_OK)
-    return err;
-  err = fl__sign(key, digest, sizeof digest, sig);
-  if (err != FL_OK)
-    return err;
-  /* A protobuf message followed by one more field is that message with the field set, and
-   * field 8 is the highest of UpdateUpload: appending gives the bytes a full pack would, without
-   * decoding and re-encoding the delta at every attempt. */
-  uint8_t *buf = fl__malloc(a, body_len + SIG_FIELD_HEAD + sizeof sig);
+  uint8_t *buf = fl__malloc(a, body_len + FL__UPLOAD_TAIL);
   if (buf == NULL)
     return FL_E_NOMEM;
   if (body_len > 0)
     memcpy(buf, body, body_len);
-  buf[body_len] = SIG_FIELD_KEY;
-  buf[body_len + 1] = (uint8_t)sizeof sig;
-  memcpy(buf + body_len + SIG_FIELD_HEAD, sig, sizeof sig);
+  int err = fl__update_sign_in_place(content, timestamp_ms, nonce, nonce_len, key, buf + body_len);
+  if (err != FL_OK) {
+    fl__free(a, buf);
+    return err;
+  }
   *out = buf;
-  *out_len = body_len + SIG_FIELD_HEAD + sizeof sig;
+  *out_len = body_len + FL__UPLOAD_TAIL;
   return FL_OK;
 }
 
-int fl__update_build(const fl_model *layout, const float *base, const float *local,
-                     const fl__update_params *p, const fl_allocator *a, uint8_t **out,
-                     size_t *out_len, float *norm, uint8_t content[FL_SHA256_LEN]) {
+int fl__update_pack(const fl_model *layout, const float *base, const float *local,
+                    const fl__update_params *p, const fl_allocator *a, fl__upload_buf *out,
+                    float *norm, uint8_t content[FL_SHA256_LEN]) {
   size_t n = fl__model_num_params(layout);
   float *delta = fl__malloc(a, n * sizeof *delta);
   if (delta == NULL)
@@ -140,11 +149,29 @@ int fl__update_build(const fl_model *layout, const float *base, const float *loc
   u.n_delta = nt;
   u.norm = (float)s;
   u.clip_state = (Fl__V1__ClipState)clip_state;
-  err = pack_unsigned(&u, p->device_id, a, out, out_len, content);
+  err = pack_unsigned(&u, p->device_id, a, out, content);
   if (err == FL_OK)
     *norm = (float)s;
   fl__delta_release(t, nt, a);
 out_free:
   fl__free(a, delta);
   return err;
+}
+
+int fl__update_build(const fl_model *layout, const float *base, const float *local,
+                     const fl__update_params *p, const fl_allocator *a, uint8_t **out,
+                     size_t *out_len, float *norm, uint8_t content[FL_SHA256_LEN]) {
+  fl__upload_buf ub;
+  int err = fl__update_pack(layout, base, local, p, a, &ub, norm, content);
+  if (err != FL_OK)
+    return err;
+  uint8_t *buf = fl__malloc(a, ub.len);
+  if (buf != NULL)
+    memcpy(buf, ub.body, ub.len);
+  fl__free(a, ub.alloc);
+  if (buf == NULL)
+    return FL_E_NOMEM;
+  *out = buf;
+  *out_len = ub.len;
+  return FL_OK;
 }

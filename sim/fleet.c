@@ -11,13 +11,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fl/client.h"
 #include "fl/err.h"
 #include "sim.h"
 
-/* Exchanges in flight per worker: what the coordinator's connection threads are sized for. */
-#define MAX_INFLIGHT 32
 /* How long one fl_multi_perform may wait for the network: short, since round starts, straggler
  * delays and the in-flight cap are only looked at between performs. */
 #define PERFORM_MS 2
@@ -56,15 +55,28 @@ typedef struct worker {
   char *const *tokens;
 } worker;
 
+/* Devices lent out by the workers' multis for training, and the threads that train them. */
+typedef struct train_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  device **q; /* ring of n_devices slots: a device is queued at most once */
+  size_t cap, head, len;
+  int stop;
+  pthread_t *threads;
+  int n_started;
+} train_pool;
+
 struct sim_fleet {
   sim_fleet_opts o;
+  fl_model_store *store; /* one copy of each version for all devices */
+  train_pool pool;
   device *dev;
   worker *w;
   int started;
   atomic_uint_fast64_t seq;
   atomic_int stop;
   atomic_uint_fast64_t enroll_tried, enrolled;
-  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns;
+  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns, train_cpu_ns;
   atomic_int_fast64_t last_ack_ms;
 };
 
@@ -74,10 +86,14 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static uint64_t mono_ns(void) {
+static uint64_t clock_ns(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_ns(void) {
+  return clock_ns(CLOCK_MONOTONIC);
 }
 
 /* fl_data_source over this device's rows of the shared data set, shuffled each epoch. The
@@ -191,7 +207,64 @@ static device *find_device(worker *w, const fl_client *c) {
   return NULL;
 }
 
-/* What the multi has to say: devices to train (inline, on this thread) and rounds over. */
+static void pool_push(train_pool *p, device *d) {
+  pthread_mutex_lock(&p->mu);
+  p->q[(p->head + p->len) % p->cap] = d;
+  p->len++;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* A training thread: the device's client and its data source are this thread's until
+ * fl_client_train returns (the worker does not touch a lent client, and the device's fields
+ * the data source uses are not the worker's while the device is active). */
+static void *trainer_main(void *arg) {
+  struct sim_fleet *f = arg;
+  train_pool *p = &f->pool;
+  for (;;) {
+    pthread_mutex_lock(&p->mu);
+    while (p->len == 0 && !p->stop)
+      pthread_cond_wait(&p->cv, &p->mu);
+    if (p->stop) {
+      pthread_mutex_unlock(&p->mu);
+      return NULL;
+    }
+    device *d = p->q[p->head];
+    p->head = (p->head + 1) % p->cap;
+    p->len--;
+    pthread_mutex_unlock(&p->mu);
+    uint64_t t0 = mono_ns(), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    fl_client_train(d->c); /* a failure ends the round; the next step reports it */
+    atomic_fetch_add(&f->train_cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0);
+    atomic_fetch_add(&f->train_ns, mono_ns() - t0);
+  }
+}
+
+static int pool_start(struct sim_fleet *f) {
+  train_pool *p = &f->pool;
+  p->threads = calloc((size_t)f->o.train_threads, sizeof(*p->threads));
+  if (p->threads == NULL)
+    return FL_E_NOMEM;
+  for (int i = 0; i < f->o.train_threads; i++) {
+    if (pthread_create(&p->threads[i], NULL, trainer_main, f) != 0)
+      return FL_E_NOMEM;
+    p->n_started++;
+  }
+  return FL_OK;
+}
+
+/* After the workers stopped: queued devices stay untrained (their clients are freed next). */
+static void pool_stop(train_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->n_started; i++)
+    pthread_join(p->threads[i], NULL);
+  p->n_started = 0;
+}
+
+/* What the multi has to say: devices to train (handed to the pool) and rounds over. */
 static void handle_events(struct sim_fleet *f, worker *w) {
   fl_client *c;
   fl_step step;
@@ -205,9 +278,7 @@ static void handle_events(struct sim_fleet *f, worker *w) {
         drop_out(f, w, d);
         continue;
       }
-      uint64_t t0 = mono_ns();
-      fl_client_train(d->c); /* a failure ends the round; the next step reports it */
-      atomic_fetch_add(&f->train_ns, mono_ns() - t0);
+      pool_push(&f->pool, d); /* the multi steps it again once fl_client_train returned */
     } else if (step == FL_STEP_DONE) {
       record_result(f, w, d);
     }
@@ -316,7 +387,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
                        .backoff_max_ms = 2000,
                        .request_timeout_ms = 120000,
                        .connect_timeout_ms = 10000,
-                       .model_id = f->o.model_id};
+                       .model_id = f->o.model_id,
+                       .model_store = f->store};
   fl_transport tr;
   int rc = make_transport(f, d, net, &co, &tr);
   if (rc != FL_OK)
@@ -338,7 +410,10 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
 
 /* The worker's multi and its lookup table (after its devices exist). */
 static int make_worker(struct sim_fleet *f, worker *w) {
-  w->net.max_inflight = MAX_INFLIGHT;
+  /* The cap on exchanges in flight, split between the workers: what the coordinator's
+   * connection threads are sized for (fl-sim starts it with 512). */
+  int share = f->o.max_inflight / f->o.threads;
+  w->net.max_inflight = (unsigned)(share > 0 ? share : 1);
   int rc = FL_OK;
   for (size_t k = w->lo; rc == FL_OK && k < w->hi; k++)
     rc = make_device(f, k, &w->net);
@@ -357,19 +432,30 @@ static int make_worker(struct sim_fleet *f, worker *w) {
 }
 
 int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
-  if (o->n_devices == 0 || o->threads < 1 || o->part->n_parties < o->n_devices)
+  if (o->n_devices == 0 || o->threads < 1 || o->train_threads < 0 || o->max_inflight < 1 ||
+      o->part->n_parties < o->n_devices)
     return FL_E_INVAL;
   struct sim_fleet *f = calloc(1, sizeof(*f));
   if (f == NULL)
     return FL_E_NOMEM;
   f->o = *o;
+  if (f->o.train_threads == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    f->o.train_threads = cpus > 0 ? (int)cpus : 1;
+  }
+  pthread_mutex_init(&f->pool.mu, NULL);
+  pthread_cond_init(&f->pool.cv, NULL);
+  f->pool.cap = o->n_devices;
+  f->pool.q = calloc(o->n_devices, sizeof(*f->pool.q));
   f->dev = calloc(o->n_devices, sizeof(*f->dev));
   f->w = calloc((size_t)o->threads, sizeof(*f->w));
   char dir[256];
   snprintf(dir, sizeof(dir), "%s/devices", o->work_dir);
-  int rc = f->dev && f->w ? FL_OK : FL_E_NOMEM;
+  int rc = f->dev && f->w && f->pool.q ? FL_OK : FL_E_NOMEM;
   if (rc == FL_OK && mkdir(dir, 0700) != 0 && errno != EEXIST)
     rc = FL_E_IO;
+  if (rc == FL_OK)
+    rc = fl_model_store_new(&f->store, NULL);
   if (rc == FL_OK)
     assign_behaviours(f);
   for (int t = 0; rc == FL_OK && t < o->threads; t++) {
@@ -388,7 +474,15 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
   return FL_OK;
 }
 
+int sim_fleet_train_threads(const sim_fleet *f) {
+  return f->o.train_threads;
+}
+
 int sim_fleet_start(sim_fleet *f, char *const *tokens) {
+  if (pool_start(f) != FL_OK) {
+    pool_stop(&f->pool);
+    return FL_E_NOMEM;
+  }
   for (int t = 0; t < f->o.threads; t++) {
     f->w[t].tokens = tokens;
     if (pthread_create(&f->w[t].thread, NULL, worker_main, &f->w[t]) != 0) {
@@ -446,6 +540,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->failed = atomic_load(&f->failed);
   c->dropped = atomic_load(&f->dropped);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;
+  c->train_cpu_s = (double)atomic_load(&f->train_cpu_ns) / 1e9;
   c->last_ack_ms = atomic_load(&f->last_ack_ms);
   for (int t = 0; t < f->o.threads; t++) {
     pthread_mutex_lock(&f->w[t].mu);
@@ -480,6 +575,7 @@ void sim_fleet_free(sim_fleet *f) {
   atomic_store(&f->stop, 1);
   for (int t = 0; f->started && t < f->o.threads; t++)
     pthread_join(f->w[t].thread, NULL);
+  pool_stop(&f->pool); /* no client is trained while the clients are freed */
   for (size_t k = 0; f->dev && k < f->o.n_devices; k++) {
     fl_client_free(f->dev[k].c); /* leaves its worker's multi first */
     free(f->dev[k].order);
@@ -489,6 +585,11 @@ void sim_fleet_free(sim_fleet *f) {
     free(f->w[t].by_client);
     pthread_mutex_destroy(&f->w[t].mu);
   }
+  fl_model_store_free(f->store); /* after every client that borrowed it */
+  free(f->pool.q);
+  free(f->pool.threads);
+  pthread_cond_destroy(&f->pool.cv);
+  pthread_mutex_destroy(&f->pool.mu);
   free(f->dev);
   free(f->w);
   free(f);

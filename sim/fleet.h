@@ -3,7 +3,9 @@
  * identity, model cache), data partition and fault profile, driven through libflclient's
  * public API by a few worker threads. Each worker owns a slice of the devices and one fl_multi
  * that steps them all over one shared connection pool (each device's built-in curl transport
- * is wrapped by the fault injection of transport.h); training runs inline on the worker.
+ * is wrapped by the fault injection of transport.h). Training runs on a pool of its own
+ * threads (fl_client_train of a client the multi lent out), so that a worker's devices keep
+ * their exchanges moving while others train. All devices share one fl_model_store.
  *
  * Everything random about device k (faults, dropouts, example order, being a straggler) is
  * drawn from seeds of (seed, k) alone, so the thread count does not change what happens.
@@ -23,7 +25,9 @@
 
 typedef struct sim_fleet_opts {
   size_t n_devices;
-  int threads;
+  int threads;       /* network workers, one fl_multi each */
+  int train_threads; /* the training pool (>= 1) */
+  int max_inflight;  /* exchanges in flight over all workers */
   const char *url;
   const char *work_dir;
   const fl_dataset *train;   /* borrowed */
@@ -52,6 +56,9 @@ int sim_fleet_start(sim_fleet *f, char *const *tokens);
  * set first, the workers are stopped before it returns (no device takes part in rounds). */
 size_t sim_fleet_wait_enrolled(sim_fleet *f);
 
+/* Threads in the training pool (train_threads, or the CPUs when it was 0). */
+int sim_fleet_train_threads(const sim_fleet *f);
+
 /* Lets devices take part in the next simulated round (the first call starts round 1). */
 void sim_fleet_next_round(sim_fleet *f);
 
@@ -59,6 +66,7 @@ typedef struct sim_fleet_counts {
   uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
   double train_s;      /* training time summed over devices */
+  double train_cpu_s;  /* CPU time of the training threads while they trained, summed */
   int64_t last_ack_ms; /* Unix ms of the latest acknowledged upload */
   sim_net_stats net;   /* summed over the workers */
   uint64_t failed_by_err[32];

@@ -28,7 +28,11 @@ typedef struct opt_def {
 #define O(field) offsetof(sim_options, field)
 static const opt_def OPTS[] = {
     {"devices", T_SIZE, O(devices), "virtual devices (1000)"},
-    {"threads", T_INT, O(threads), "worker threads driving them (2)"},
+    {"threads", T_INT, O(threads), "worker threads driving their network (2)"},
+    {"train-threads", T_INT, O(train_threads), "threads training them (0: one per CPU)"},
+    {"max-inflight", T_INT, O(max_inflight),
+     "exchanges in flight at once, all workers together (256; the coordinator fl-sim starts "
+     "takes 512 connections)"},
     {"rounds", T_INT, O(rounds), "training rounds (5)"},
     {"participants", T_U32, O(participants), "target updates per round (all devices)"},
     {"min-participants", T_U32, O(min_participants), "minimum to close at the deadline (50%)"},
@@ -40,7 +44,9 @@ static const opt_def OPTS[] = {
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
     {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},
-    {"partition", T_STR, O(partition), "iid | dirichlet:ALPHA | shards:K (iid)"},
+    {"partition", T_STR, O(partition),
+     "iid | dirichlet:ALPHA | shards:K | labels:K (K classes per device, as NIID-Bench #C=K) "
+     "(iid)"},
     {"samples-per-device", T_SIZE, O(samples_per_device),
      "fmnist examples per device (60; 0: all 60000 spread)"},
     {"synthetic-alpha", T_DBL, O(syn_alpha), "Synthetic(alpha, beta): alpha (1)"},
@@ -94,6 +100,7 @@ void sim_options_defaults(sim_options *o) {
   memset(o, 0, sizeof(*o));
   o->devices = 1000;
   o->threads = 2;
+  o->max_inflight = 256;
   o->rounds = 5;
   o->over_selection = 1.3;
   o->selection_window_s = -1;
@@ -356,6 +363,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
   const range_check R[] = {
       {"devices", (double)o->devices, 1, 1e6},
       {"threads", o->threads, 1, 256},
+      {"train-threads", o->train_threads, 0, 256},
+      {"max-inflight", o->max_inflight, 1, 65536},
       {"rounds", o->rounds, 1, 1e6},
       {"participants", o->participants, 0, 1e6},
       {"min-participants", o->min_participants, 0, 1e6},
@@ -437,7 +446,8 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
                 o->aggregator ? o->aggregator : "");
   sim_partition_scheme ps;
   if (sim_partition_scheme_parse(&ps, o->partition) != FL_OK)
-    return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA or shards:K", o->partition);
+    return fail(msg, cap, "bad --partition %s: iid, dirichlet:ALPHA, shards:K or labels:K",
+                o->partition);
   if (o->model_name != NULL && (o->model_name[0] == '\0' || strlen(o->model_name) > 200))
     return fail(msg, cap, "--model-name must have 1 to 200 characters");
   if (o->out_dir == NULL || o->out_dir[0] == '\0')

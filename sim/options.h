@@ -51,6 +51,8 @@ typedef struct sim_options {
   /* output */
   const char *out_dir;
   uint64_t seed;
+  /* threads training the devices (0: one per online CPU); exchanges in flight, all workers */
+  int train_threads, max_inflight;
 } sim_options;
 
 void sim_options_defaults(sim_options *o);

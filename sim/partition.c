@@ -143,9 +143,9 @@ static void dirichlet_counts(size_t n_parties, double alpha, size_t n_class, siz
 }
 
 /* Repeats whole draws until the smallest party has min_size examples; counts[c*P + p]. */
-static int dirichlet_draw(size_t *counts, const size_t *cls_off, int32_t n_classes,
-                          size_t n_pool, size_t n_parties, double alpha, size_t min_size,
-                          int max_attempts, fl_rng *r) {
+static int dirichlet_draw(size_t *counts, const size_t *cls_off, int32_t n_classes, size_t n_pool,
+                          size_t n_parties, double alpha, size_t min_size, int max_attempts,
+                          fl_rng *r) {
   size_t *held = malloc(n_parties * sizeof(*held));
   double *prop = malloc(n_parties * sizeof(*prop));
   int rc = FL_E_NOMEM;
@@ -193,8 +193,8 @@ int sim_partition_dirichlet(sim_partition *out, const int32_t *labels, int32_t n
   idx = malloc((n_pool ? n_pool : 1) * sizeof(*idx));
   if (counts == NULL || off == NULL || taken == NULL || idx == NULL)
     goto out;
-  rc = dirichlet_draw(counts, cls_off, n_classes, n_pool, n_parties, alpha, min_size,
-                      max_attempts, r);
+  rc = dirichlet_draw(counts, cls_off, n_classes, n_pool, n_parties, alpha, min_size, max_attempts,
+                      r);
   if (rc != FL_OK)
     goto out;
   /* Each class in random order, then party p takes its count of class c off the front. */
@@ -274,6 +274,92 @@ out:
   return rc;
 }
 
+/* Which classes each party holds: party p's first class is p mod n_classes, the others drawn
+ * uniformly, a class already held drawn again (NIID-Bench's quantity-based label imbalance).
+ * held[p * k ..] lists p's classes; holders[c] counts the parties holding class c. */
+static void label_sets(size_t n_parties, int32_t n_classes, size_t k, uint32_t *held,
+                       size_t *holders, fl_rng *r) {
+  for (size_t p = 0; p < n_parties; p++) {
+    uint32_t *h = held + p * k;
+    h[0] = (uint32_t)(p % (size_t)n_classes);
+    for (size_t j = 1; j < k;) {
+      uint32_t c = (uint32_t)fl__rng_below(r, (uint64_t)n_classes);
+      size_t i = 0;
+      while (i < j && h[i] != c)
+        i++;
+      if (i == j)
+        h[j++] = c;
+    }
+    for (size_t j = 0; j < k; j++)
+      holders[h[j]]++;
+  }
+}
+
+int sim_partition_labels(sim_partition *out, const int32_t *labels, int32_t n_classes,
+                         size_t n_pool, const uint32_t *pool, size_t n_parties, size_t k,
+                         fl_rng *r) {
+  if (n_parties == 0 || n_classes < 1 || k == 0 || k > (size_t)n_classes || n_pool > UINT32_MAX)
+    return FL_E_INVAL;
+  uint32_t *byclass = NULL, *held = NULL, *idx = NULL;
+  size_t *cls_off = NULL, *holders = NULL, *next = NULL, *off = NULL;
+  int rc = group_by_class(labels, n_classes, n_pool, pool, &byclass, &cls_off);
+  if (rc != FL_OK)
+    return rc;
+  rc = FL_E_NOMEM;
+  held = malloc(n_parties * k * sizeof(*held));
+  holders = calloc((size_t)n_classes, sizeof(*holders));
+  next = calloc((size_t)n_classes, sizeof(*next));
+  off = malloc((n_parties + 1) * sizeof(*off));
+  idx = malloc((n_pool ? n_pool : 1) * sizeof(*idx));
+  if (held == NULL || holders == NULL || next == NULL || off == NULL || idx == NULL)
+    goto out;
+  label_sets(n_parties, n_classes, k, held, holders, r);
+  /* Exactly k classes each: every holder of a class must get at least one of its examples. */
+  rc = FL_E_STATE;
+  for (int32_t c = 0; c < n_classes; c++)
+    if (cls_off[c + 1] - cls_off[c] < holders[c])
+      goto out;
+  for (int32_t c = 0; c < n_classes; c++)
+    fl__rng_shuffle_u32(r, byclass + cls_off[c], cls_off[c + 1] - cls_off[c]);
+  /* Class c's examples are cut into holders[c] runs whose sizes differ by at most one (the
+   * longer ones first, as numpy's array_split does), dealt to its holders in party order. */
+  size_t n = 0;
+  for (size_t p = 0; p < n_parties; p++) {
+    off[p] = n;
+    for (size_t c = 0; c < (size_t)n_classes; c++) {
+      const uint32_t *h = held + p * k;
+      size_t j = 0;
+      while (j < k && h[j] != c)
+        j++;
+      if (j == k)
+        continue;
+      size_t total = cls_off[c + 1] - cls_off[c], q = total / holders[c],
+             extra = total % holders[c];
+      size_t piece = next[c], len = q + (piece < extra ? 1 : 0);
+      size_t start = piece * q + (piece < extra ? piece : extra);
+      memcpy(idx + n, byclass + cls_off[c] + start, len * sizeof(*idx));
+      n += len;
+      next[c]++;
+    }
+  }
+  off[n_parties] = n;
+  out->n_parties = n_parties;
+  out->offsets = off;
+  out->index = idx;
+  off = NULL;
+  idx = NULL;
+  rc = FL_OK;
+out:
+  free(byclass);
+  free(cls_off);
+  free(held);
+  free(holders);
+  free(next);
+  free(off);
+  free(idx);
+  return rc;
+}
+
 int sim_partition_scheme_parse(sim_partition_scheme *out, const char *s) {
   sim_partition_scheme sc = {0};
   char *end = NULL;
@@ -292,6 +378,13 @@ int sim_partition_scheme_parse(sim_partition_scheme *out, const char *s) {
     if (errno != 0 || end == s + 7 || *end != '\0' || k <= 0 || k > 1000)
       return FL_E_INVAL;
     sc.shards = (size_t)k;
+  } else if (strncmp(s, "labels:", 7) == 0) {
+    sc.kind = SIM_PART_LABELS;
+    errno = 0;
+    long k = strtol(s + 7, &end, 10);
+    if (errno != 0 || end == s + 7 || *end != '\0' || k <= 0 || k > 1000)
+      return FL_E_INVAL;
+    sc.labels = (size_t)k;
   } else {
     return FL_E_INVAL;
   }
@@ -310,6 +403,8 @@ int sim_partition_apply(sim_partition *out, const sim_partition_scheme *s, const
                                      min_size, 100, r);
     case SIM_PART_SHARDS:
       return sim_partition_shards(out, labels, n_pool, pool, n_parties, s->shards, r);
+    case SIM_PART_LABELS:
+      return sim_partition_labels(out, labels, n_classes, n_pool, pool, n_parties, s->labels, r);
   }
   return FL_E_INVAL;
 }

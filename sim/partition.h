@@ -5,7 +5,8 @@
  * party p owns index[offsets[p] .. offsets[p+1]). Every function draws from a "pool" of example
  * indices (NULL pool: all examples 0..n-1), so a fleet can use a random subset of a large data
  * set. Parties never share an example; every pool example is assigned to exactly one party,
- * except for the shards scheme, which drops the remainder that does not fill a whole shard.
+ * except for the shards scheme, which drops the remainder that does not fill a whole shard, and
+ * the labels scheme, which leaves out the classes no party holds.
  *
  * On error *out is untouched and nothing is allocated.
  */
@@ -19,8 +20,8 @@
 
 typedef struct sim_partition {
   size_t n_parties;
-  size_t *offsets;  /* n_parties + 1 */
-  uint32_t *index;  /* offsets[n_parties] example indices */
+  size_t *offsets; /* n_parties + 1 */
+  uint32_t *index; /* offsets[n_parties] example indices */
 } sim_partition;
 
 void sim_partition_free(sim_partition *p); /* leaves p zeroed; NULL and zeroed are fine */
@@ -52,11 +53,25 @@ int sim_partition_shards(sim_partition *out, const int32_t *labels, size_t n_poo
                          const uint32_t *pool, size_t n_parties, size_t shards_per_party,
                          fl_rng *r);
 
-/* Parses "iid", "dirichlet:ALPHA" or "shards:K" (K shards per party). */
+/* NIID-Bench's quantity-based label imbalance ("#C=k", partition noniid-#label<k> in Li et al.
+ * 2021): every party holds examples of exactly k of the n_classes classes. Party p's first
+ * class is p mod n_classes (so every class is held when there are enough parties); its other
+ * k - 1 are drawn uniformly among the classes it does not hold yet. Each class's pool examples
+ * are shuffled and cut into as many near-equal runs as parties hold it (sizes differ by at most
+ * one, the longer runs first), dealt to those parties in party order. Examples of a class no
+ * party holds are left out. FL_E_INVAL for k = 0 or k > n_classes; FL_E_STATE when a class
+ * has fewer pool examples than parties holding it (some party would get fewer than k). */
+int sim_partition_labels(sim_partition *out, const int32_t *labels, int32_t n_classes,
+                         size_t n_pool, const uint32_t *pool, size_t n_parties, size_t k,
+                         fl_rng *r);
+
+/* Parses "iid", "dirichlet:ALPHA", "shards:K" (K shards per party) or "labels:K" (K classes
+ * per party). */
 typedef struct sim_partition_scheme {
-  enum { SIM_PART_IID, SIM_PART_DIRICHLET, SIM_PART_SHARDS } kind;
+  enum { SIM_PART_IID, SIM_PART_DIRICHLET, SIM_PART_SHARDS, SIM_PART_LABELS } kind;
   double alpha;
   size_t shards;
+  size_t labels;
 } sim_partition_scheme;
 int sim_partition_scheme_parse(sim_partition_scheme *out, const char *s);
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +32,28 @@ static double wall_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds of this process alone (all its threads; not the coordinator or PostgreSQL it
+ * started): the machine is shared, so wall time says little about fl-sim's own cost. */
+static double self_cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Peak resident set of this process in KB (VmHWM), 0 if /proc cannot tell. */
+static long self_hwm_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[128];
+  long kb = 0;
+  while (f != NULL && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+      break;
+  if (f != NULL)
+    fclose(f);
+  return kb;
 }
 
 static void sleep_ms(long ms) {
@@ -219,13 +242,13 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   int rc = FL_OK;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
     x->have_stats = coord_stats(x, &x->stats);
-    double t0 = mono_s(), w0 = wall_s();
+    double t0 = mono_s(), w0 = wall_s(), cpu0 = self_cpu_s();
     sim_fleet_next_round(x->fleet);
     sim_round_state st;
     rc = wait_round(x, round_id, r, &pg, t0, &st);
     if (rc != FL_OK)
       break;
-    double t1 = mono_s(), w1 = wall_s();
+    double t1 = mono_s(), w1 = wall_s(), cpu1 = self_cpu_s();
     sim_coord_stats after, d;
     if (x->have_stats && coord_stats(x, &after)) {
       sim_coord_stats_sub(&d, &after, &x->stats);
@@ -240,11 +263,19 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     row->bytes_up = now.net.bytes_up - before.net.bytes_up;
     row->bytes_down = now.net.bytes_down - before.net.bytes_down;
     row->seconds = t1 - t0;
-    /* Training ran on the worker threads side by side: its wall share is the sum / threads. */
-    row->train_s = (now.train_s - before.train_s) / x->o->threads;
+    /* Training ran on the pool's threads side by side: its wall share is the sum / threads. */
+    row->train_s = (now.train_s - before.train_s) / sim_fleet_train_threads(x->fleet);
     double last_ack = now.last_ack_ms / 1000.0;
     row->aggregation_s = last_ack > w0 && last_ack < w1 ? w1 - last_ack : 0;
     row->network_s = fmax(0, row->seconds - row->train_s - row->aggregation_s);
+    uint64_t dev_rounds = now.uploaded - before.uploaded;
+    double train_cpu = now.train_cpu_s - before.train_cpu_s;
+    if (dev_rounds > 0)
+      printf(
+          "  fl-sim CPU: %.2f ms per device round (%.1f s for %llu uploads), training %.2f ms "
+          "of it; peak RSS %ld KB\n",
+          (cpu1 - cpu0) * 1e3 / (double)dev_rounds, cpu1 - cpu0, (unsigned long long)dev_rounds,
+          train_cpu * 1e3 / (double)dev_rounds, self_hwm_kb());
     if (st.result_version != 0) {
       x->n_versions++;
       evaluate(x, st.result_version, row);
@@ -365,6 +396,8 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   int kinds = sim_options_bad_kinds(o->bad_kinds);
   sim_fleet_opts fo = {.n_devices = o->devices,
                        .threads = o->threads,
+                       .train_threads = o->train_threads,
+                       .max_inflight = o->max_inflight,
                        .url = x->url,
                        .work_dir = work_dir,
                        .train = &x->d->train,

@@ -247,6 +247,7 @@ static void tr_end(void *ctx) {
     l->inner.end(l->inner.ctx);
   l->inner_begun = false;
   l->st = L_IDLE;
+  clear_request(l); /* an idle link holds no copy of an 800 KB upload */
 }
 
 static fl_err tr_attach(void *ctx, struct fl_multi *m) {

@@ -19,6 +19,11 @@
   ((FIELD_END(fl_client_opts, max_response_bytes) + _Alignof(fl_client_opts) - 1) & \
    ~(_Alignof(fl_client_opts) - 1))
 
+/* The same for version 3: up to allow_insecure_http. */
+#define OPTS_V3_SIZE                                                                 \
+  ((FIELD_END(fl_client_opts, allow_insecure_http) + _Alignof(fl_client_opts) - 1) & \
+   ~(_Alignof(fl_client_opts) - 1))
+
 /* `size` bytes right before a PROT_NONE page. */
 typedef struct guarded {
   uint8_t *map;
@@ -104,6 +109,31 @@ Test(client_abi, options_of_version_2_are_read_without_touching_allow_insecure_h
   tr.destroy(tr.ctx);
   unguard(&g);
   fake_rmdir(dir);
+}
+
+/* Version 3 has no model_store: such a client keeps its own models, and the library does not
+ * read past its struct to look for a store. */
+Test(client_abi, options_of_version_3_are_read_without_touching_model_store) {
+  fake_env e;
+  fake_data();
+  fake_tmpdir(e.dir, sizeof e.dir);
+  fake_init(&e.f);
+  e.tr = fake_transport(&e.f);
+  fl_client_opts full;
+  fake_opts(&full, e.dir, &e.tr);
+  guarded g;
+  cr_assert_lt(OPTS_V3_SIZE, sizeof full);
+  fl_client_opts *v3 = guard(&g, OPTS_V3_SIZE);
+  memcpy(v3, &full, OPTS_V3_SIZE);
+  v3->version = 3;
+  cr_assert_eq(fl_client_new(&e.c, v3), FL_OK);
+  cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  fake_env_down(&e);
+  unguard(&g);
 }
 
 Test(client_abi, zero_negative_and_newer_option_versions_are_refused_with_a_reason) {

@@ -245,6 +245,35 @@ Test(client_model, corrupted_cached_base_is_downloaded_again) {
   cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
   cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
   cr_assert_eq(f.n_model_get, 3);
+  /* The refused file was replaced by the download: the cache is written once per version,
+   * so a damaged file that stayed would cost a download every round. */
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(f.n_model_get, 3);
+  fl_client_free(c);
+}
+
+/* A power loss can leave a cached model (written without fsync) empty or cut short: it is
+ * refused at load, removed, downloaded again and rewritten. */
+Test(client_model, torn_cached_base_is_downloaded_again_and_rewritten) {
+  fl_transport tr = fake_transport(&f);
+  fl_client *c = enrolled_client(&tr);
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(f.n_model_get, 1);
+  char hex[2 * FL_SHA256_LEN + 1], path[256];
+  fl__hex(f.v[1].sha, FL_SHA256_LEN, hex);
+  snprintf(path, sizeof path, "%s/models/%s.pb", dir, hex);
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0);
+  cr_assert_eq(truncate(path, st.st_size / 2), 0);
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert_eq(f.n_model_get, 2);
+  struct stat st2;
+  cr_assert_eq(stat(path, &st2), 0);
+  cr_assert_eq(st2.st_size, st.st_size, "the file was written again in full");
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(f.n_model_get, 2);
   fl_client_free(c);
 }
 

@@ -210,3 +210,58 @@ Test(client_update, clip_state_reports_whether_the_delta_was_clipped) {
   fl__v1__update_upload__free_unpacked(u, NULL);
   free(out);
 }
+
+/* The upload is packed once and each attempt signs it in place: the wire is the bytes the
+ * reference construction (the signed UpdateUpload inside a SignedRequest packed by protobuf-c)
+ * gives, for every attempt, with the attempt's own nonce and timestamp. */
+Test(client_update, upload_is_signed_in_place_with_the_bytes_a_full_pack_gives) {
+  fake_env e;
+  fake_env_enrolled(&e);
+  fl_client *c = e.c;
+  fl__update_params p = params(FL__V1__ENCODING__ENCODING_FLOAT32, 0);
+  p.device_id = c->device_id;
+  fl__upload_buf ub;
+  float norm = 0;
+  uint8_t content[FL_SHA256_LEN];
+  cr_assert_eq(fl__update_pack(layout, base, local, &p, NULL, &ub, &norm, content), FL_OK);
+  size_t body_len = ub.len;
+  uint8_t *body = malloc(body_len);
+  memcpy(body, ub.body, body_len);
+  cr_assert_eq(fl__request_set_upload_buf(c, &ub, content), FL_OK);
+  uint8_t first_nonce[16] = {0};
+  for (int attempt = 0; attempt < 2; attempt++) {
+    cr_assert_eq(fl__request_sign(c), FL_OK);
+    cr_assert(c->wire_in_req, "the wire is the request's own buffer");
+    Fl__V1__SignedRequest *env = fl__v1__signed_request__unpack(NULL, c->wire_len, c->wire);
+    cr_assert_not_null(env);
+    cr_assert_eq(env->nonce.len, 16);
+    if (attempt == 0)
+      memcpy(first_nonce, env->nonce.data, 16);
+    else
+      cr_assert_neq(memcmp(first_nonce, env->nonce.data, 16), 0, "a fresh nonce per attempt");
+    uint8_t *signed_body = NULL;
+    size_t signed_len = 0;
+    cr_assert_eq(fl__update_sign(content, env->timestamp_ms, env->nonce.data, env->nonce.len,
+                                 c->key, body, body_len, NULL, &signed_body, &signed_len),
+                 FL_OK);
+    Fl__V1__SignedRequest ref;
+    fl__v1__signed_request__init(&ref);
+    ref.device_id = env->device_id;
+    ref.timestamp_ms = env->timestamp_ms;
+    ref.nonce = env->nonce;
+    ref.body.data = signed_body;
+    ref.body.len = signed_len;
+    size_t ref_len = fl__v1__signed_request__get_packed_size(&ref);
+    uint8_t *ref_wire = malloc(ref_len);
+    fl__v1__signed_request__pack(&ref, ref_wire);
+    cr_assert_eq(c->wire_len, ref_len);
+    cr_assert_eq(memcmp(c->wire, ref_wire, ref_len), 0, "attempt %d", attempt);
+    cr_assert_eq(env->device_id, c->device_id);
+    cr_assert_eq(env->signature.len, 0, "an upload's envelope carries no signature");
+    free(ref_wire);
+    free(signed_body);
+    fl__v1__signed_request__free_unpacked(env, NULL);
+  }
+  free(body);
+  fake_env_down(&e);
+}

@@ -140,6 +140,17 @@ Test(sim_options, ranges_and_names) {
   o.threads = 5;
   cr_expect(strstr(why(&o), "--threads") != NULL);
   o = opts();
+  o.max_inflight = 0;
+  cr_expect(strstr(why(&o), "--max-inflight") != NULL);
+  o = opts();
+  o.train_threads = -1;
+  cr_expect(strstr(why(&o), "--train-threads") != NULL);
+  o = opts();
+  cr_expect_eq(o.max_inflight, 256, "no longer capped at 2 workers x 32");
+  cr_expect_eq(PARSE(&o, "--max-inflight=1024", "--train-threads=3"), FL_OK);
+  cr_expect_eq(o.max_inflight, 1024);
+  cr_expect_eq(o.train_threads, 3);
+  o = opts();
   o.encoding = "float8";
   cr_expect(strstr(why(&o), "--encoding") != NULL);
   o = opts();

@@ -128,9 +128,9 @@ Test(sim_partition, dirichlet_skew_grows_as_alpha_shrinks) {
     fl_rng r;
     fl__rng_seed(&r, 40 + (uint64_t)i);
     sim_partition p = {0};
-    cr_assert_eq(sim_partition_dirichlet(&p, labels, N_CLASSES, N_EX, NULL, 20, alphas[i], 5,
-                                         200, &r),
-                 FL_OK, "alpha %g", alphas[i]);
+    cr_assert_eq(
+        sim_partition_dirichlet(&p, labels, N_CLASSES, N_EX, NULL, 20, alphas[i], 5, 200, &r),
+        FL_OK, "alpha %g", alphas[i]);
     share[i] = mean_top_share(&p);
     sim_partition_free(&p);
   }
@@ -192,8 +192,108 @@ Test(sim_partition, scheme_parse) {
   cr_assert_eq(sim_partition_scheme_parse(&s, "shards:2"), FL_OK);
   cr_assert_eq(s.kind, SIM_PART_SHARDS);
   cr_assert_eq(s.shards, 2);
-  const char *bad[] = {"", "IID", "dirichlet:", "dirichlet:0", "dirichlet:-1", "dirichlet:1x",
-                       "shards:0", "shards:two", "shards:2.5", "pathological"};
+  cr_assert_eq(sim_partition_scheme_parse(&s, "labels:3"), FL_OK);
+  cr_assert_eq(s.kind, SIM_PART_LABELS);
+  cr_assert_eq(s.labels, 3);
+  const char *bad[] = {
+      "",          "IID",        "dirichlet:", "dirichlet:0",  "dirichlet:-1", "dirichlet:1x",
+      "shards:0",  "shards:two", "shards:2.5", "pathological", "labels:",      "labels:0",
+      "labels:-2", "labels:1.5"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
     cr_assert_eq(sim_partition_scheme_parse(&s, bad[i]), FL_E_INVAL, "%s", bad[i]);
+}
+
+/* The classes party p holds, as a bit set. */
+static unsigned class_set(const sim_partition *p, size_t k) {
+  unsigned set = 0;
+  for (size_t i = p->offsets[k]; i < p->offsets[k + 1]; i++)
+    set |= 1u << labels[p->index[i]];
+  return set;
+}
+
+/* NIID-Bench #C=k: exactly k classes per party, party p's first one p mod 10; every example of
+ * a held class assigned once, the holders of a class getting runs that differ by at most one. */
+Test(sim_partition, labels_k_classes_per_party_as_niid_bench) {
+  make_labels(11);
+  for (size_t k = 1; k <= 3; k++) {
+    for (size_t parties = 10; parties <= 100; parties += 90) {
+      fl_rng r;
+      fl__rng_seed(&r, 5 + k);
+      sim_partition p = {0};
+      cr_assert_eq(sim_partition_labels(&p, labels, N_CLASSES, N_EX, NULL, parties, k, &r), FL_OK);
+      size_t holders[N_CLASSES] = {0}, got[N_CLASSES] = {0};
+      size_t lo[N_CLASSES], hi[N_CLASSES];
+      for (int c = 0; c < N_CLASSES; c++) {
+        lo[c] = SIZE_MAX;
+        hi[c] = 0;
+      }
+      for (size_t q = 0; q < parties; q++) {
+        cr_assert_eq(n_labels_of(&p, q), (int)k, "party %zu of %zu holds %d classes, not %zu", q,
+                     parties, n_labels_of(&p, q), k);
+        unsigned set = class_set(&p, q);
+        cr_assert(set & (1u << (q % N_CLASSES)), "party %zu lacks its class %zu", q, q % N_CLASSES);
+        size_t per[N_CLASSES] = {0};
+        for (size_t i = p.offsets[q]; i < p.offsets[q + 1]; i++)
+          per[labels[p.index[i]]]++;
+        for (int c = 0; c < N_CLASSES; c++) {
+          if (!(set & (1u << c)))
+            continue;
+          holders[c]++;
+          got[c] += per[c];
+          lo[c] = per[c] < lo[c] ? per[c] : lo[c];
+          hi[c] = per[c] > hi[c] ? per[c] : hi[c];
+        }
+      }
+      size_t total = check_disjoint(&p, N_EX), expect = 0;
+      for (int c = 0; c < N_CLASSES; c++) {
+        if (holders[c] == 0)
+          continue;
+        cr_assert_eq(got[c], N_EX / N_CLASSES, "class %d: all its examples, to its holders", c);
+        cr_assert_leq(hi[c] - lo[c], 1, "class %d split unevenly (%zu..%zu)", c, lo[c], hi[c]);
+        expect += got[c];
+      }
+      cr_assert_eq(total, expect, "only examples of held classes are assigned");
+      if (parties >= N_CLASSES)
+        cr_assert_eq(total, N_EX, "every class is held when parties >= classes");
+      sim_partition_free(&p);
+    }
+  }
+}
+
+Test(sim_partition, labels_all_classes_is_an_even_split_of_each) {
+  make_labels(12);
+  fl_rng r;
+  fl__rng_seed(&r, 3);
+  sim_partition p = {0};
+  cr_assert_eq(sim_partition_labels(&p, labels, N_CLASSES, N_EX, NULL, 20, N_CLASSES, &r), FL_OK);
+  for (size_t q = 0; q < 20; q++)
+    cr_assert_eq(sim_partition_size(&p, q), N_EX / 20);
+  cr_assert_eq(check_disjoint(&p, N_EX), N_EX);
+  sim_partition_free(&p);
+}
+
+Test(sim_partition, labels_same_seed_same_split_and_bad_requests) {
+  make_labels(13);
+  sim_partition a = {0}, b = {0};
+  fl_rng r;
+  fl__rng_seed(&r, 9);
+  cr_assert_eq(sim_partition_labels(&a, labels, N_CLASSES, N_EX, NULL, 30, 2, &r), FL_OK);
+  fl__rng_seed(&r, 9);
+  cr_assert_eq(sim_partition_labels(&b, labels, N_CLASSES, N_EX, NULL, 30, 2, &r), FL_OK);
+  cr_assert_eq(memcmp(a.offsets, b.offsets, 31 * sizeof(size_t)), 0);
+  cr_assert_eq(memcmp(a.index, b.index, a.offsets[30] * sizeof(uint32_t)), 0);
+  sim_partition_free(&a);
+  sim_partition_free(&b);
+  sim_partition p = {0};
+  cr_assert_eq(sim_partition_labels(&p, labels, N_CLASSES, N_EX, NULL, 30, 0, &r), FL_E_INVAL);
+  cr_assert_eq(sim_partition_labels(&p, labels, N_CLASSES, N_EX, NULL, 30, 11, &r), FL_E_INVAL);
+  /* 6000 examples, 600 per class, 1000 parties holding 9 classes each: about 900 holders a
+   * class, more than it has examples. */
+  cr_assert_eq(sim_partition_labels(&p, labels, N_CLASSES, N_EX, NULL, 1000, 9, &r), FL_E_STATE);
+  cr_assert_null(p.index, "nothing allocated on error");
+  sim_partition_scheme s = {.kind = SIM_PART_LABELS, .labels = 2};
+  cr_assert_eq(sim_partition_apply(&p, &s, labels, N_CLASSES, N_EX, NULL, 30, 1, &r), FL_OK);
+  for (size_t q = 0; q < 30; q++)
+    cr_assert_eq(n_labels_of(&p, q), 2);
+  sim_partition_free(&p);
 }

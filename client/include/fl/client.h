@@ -150,10 +150,37 @@ typedef struct fl_transport {
 } fl_transport;
 
 /* ------------------------------------------------------------------------------------------ */
+/* Sharing verified models between the clients of one process                                 */
+
+/* An fl_model_store holds model versions that a client of this process has downloaded and
+ * verified, by their sha256, as one immutable, reference-counted copy each: a gateway that runs
+ * several devices (or a simulator running thousands) downloads, hashes and keeps a version once
+ * instead of once per device. Opt-in: pass it as fl_client_opts.model_store.
+ * - What is shared: the version's content, whose digest the library recomputed from that
+ *   content when it was added (after the adding client also checked the coordinator's
+ *   signature with its own pinned key). A client that takes a version from the store still
+ *   checks, with its own pinned coordinator key, the coordinator's signature on that digest and
+ *   that it is the hash its task or rollout names: a version signed by another coordinator is
+ *   refused (and downloaded) as if the store did not have it.
+ * - Only training bases are taken from the store; a client trains on its own copy of the
+ *   weights, made when fl_client_train() starts. Versions no client holds are kept (at most a
+ *   few, the most recently used) for the clients still to come, and freed with the store.
+ * - Ownership: created by the embedder, borrowed by every client whose options name it; free
+ *   it after every such client is freed. The allocator is copied (its ctx borrowed) and is used
+ *   for the store's copies; it must be thread-safe when the clients run on several threads.
+ * - Threads: any number of clients on any threads may use one store at once (it locks
+ *   internally); fl_model_store_free() must not run concurrently with them.
+ * On error *out is untouched. NULL is a no-op for the free function. */
+typedef struct fl_model_store fl_model_store;
+FL_API fl_err fl_model_store_new(fl_model_store **out, const fl_allocator *allocator);
+FL_API void fl_model_store_free(fl_model_store *s);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Options and the handle                                                                     */
 
-/* 1: up to follow_training_base; 2: max_response_bytes; 3: allow_insecure_http. */
-#define FL_CLIENT_OPTS_VERSION 3
+/* 1: up to follow_training_base; 2: max_response_bytes; 3: allow_insecure_http;
+ * 4: model_store. */
+#define FL_CLIENT_OPTS_VERSION 4
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
  * which is read by its version like fl_client_new() reads it), for embedders who wrap it
@@ -206,6 +233,10 @@ typedef struct fl_client_opts {
    * provisioned with coordinator_key (then a forged enrollment answer is refused, and models
    * and tasks are verified against the provisioned key). 0: https:// only. */
   int allow_insecure_http;
+  /* --- version 4 --- */
+  /* Borrowed: a store shared with other clients of the process (see fl_model_store above); it
+   * must outlive this handle. NULL: the client keeps its own models only. */
+  fl_model_store *model_store;
 } fl_client_opts;
 
 typedef struct fl_client fl_client;
