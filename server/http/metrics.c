@@ -345,6 +345,31 @@ static void put_fleet(FILE *f, fl_srv *s) {
     fl__pool_put(s->pool, c);
 }
 
+/* The database pool of this replica: what alerts on a starved pool (requests waiting for a
+ * connection, deadlines given up) and a pool sized too small for --http-threads look at. */
+static void put_pool(FILE *f, fl_pool *pool) {
+  if (pool == NULL)
+    return;
+  fl_pool_stats st;
+  fl__pool_stats(pool, &st);
+  fprintf(f,
+          "# HELP fl_db_pool_connections PostgreSQL connections of this replica's pool.\n"
+          "# TYPE fl_db_pool_connections gauge\n"
+          "fl_db_pool_connections{state=\"in_use\"} %u\n"
+          "fl_db_pool_connections{state=\"idle\"} %u\n"
+          "# HELP fl_db_pool_size Size of the pool (--db-pool).\n"
+          "# TYPE fl_db_pool_size gauge\nfl_db_pool_size %u\n",
+          st.in_use, st.size - st.in_use, st.size);
+  put_counter(f, "fl_db_pool_waits_total", "Requests for a connection that found none free.",
+              st.waits);
+  put_counter(f, "fl_db_pool_timeouts_total",
+              "Requests for a connection that gave up at their deadline.", st.timeouts);
+  fprintf(f,
+          "# HELP fl_db_pool_wait_seconds_total Time spent waiting for a free connection.\n"
+          "# TYPE fl_db_pool_wait_seconds_total counter\nfl_db_pool_wait_seconds_total %.6f\n",
+          st.wait_s);
+}
+
 static int render(fl_srv *s, fl_metrics *m, char **out, size_t *len) {
   char *buf = NULL;
   size_t n = 0;
@@ -358,6 +383,7 @@ static int render(fl_srv *s, fl_metrics *m, char **out, size_t *len) {
             "# TYPE fl_build_info gauge\nfl_build_info{version=\"%s\"} 1\n",
             FL_VERSION_STRING);
     put_process(f);
+    put_pool(f, s->pool); /* before put_fleet takes a connection of its own */
     put_fleet(f, s);
   }
   if (fclose(f) != 0) {

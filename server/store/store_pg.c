@@ -24,6 +24,10 @@ struct fl_pool {
   char *conninfo;
   unsigned size, nfree;
   PGconn **free_list; /* entries may be NULL: not opened yet */
+  /* For /metrics (fl__pool_stats): takes that found no free connection, the time they waited,
+   * and those that gave up at their deadline. */
+  uint64_t waits, timeouts;
+  double wait_s;
 };
 
 /* The statements prepared on one connection (fl__pg_exec_prep), attached to it with libpq's
@@ -114,15 +118,26 @@ void fl__pool_free(fl_pool *p) {
 /* A free slot within the deadline (NULL deadline: no limit). 0 taken, -1 timed out. */
 static int take(fl_pool *p, const struct timespec *deadline, PGconn **out) {
   int rc = 0;
+  struct timespec t0 = {0}, t1;
   pthread_mutex_lock(&p->mu);
+  if (p->nfree == 0) {
+    p->waits++;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+  }
   while (p->nfree == 0 && rc == 0) {
     if (deadline == NULL)
       pthread_cond_wait(&p->cv, &p->mu);
     else if (pthread_cond_timedwait(&p->cv, &p->mu, deadline) == ETIMEDOUT && p->nfree == 0)
       rc = -1;
   }
+  if (t0.tv_sec != 0 || t0.tv_nsec != 0) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    p->wait_s += (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  }
   if (rc == 0)
     *out = p->free_list[--p->nfree];
+  else
+    p->timeouts++;
   pthread_mutex_unlock(&p->mu);
   return rc;
 }
@@ -162,6 +177,16 @@ PGconn *fl__pool_get_timed(fl_pool *p, unsigned wait_ms) {
   return take(p, &dl, &c) ? NULL : ready(p, c);
 }
 
+void fl__pool_stats(fl_pool *p, fl_pool_stats *out) {
+  pthread_mutex_lock(&p->mu);
+  *out = (fl_pool_stats){.size = p->size,
+                         .in_use = p->size - p->nfree,
+                         .waits = p->waits,
+                         .timeouts = p->timeouts,
+                         .wait_s = p->wait_s};
+  pthread_mutex_unlock(&p->mu);
+}
+
 void fl__pool_put(fl_pool *p, PGconn *c) {
   if (c != NULL && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
     fl__pg_cmd(c, "ROLLBACK");
@@ -171,7 +196,9 @@ void fl__pool_put(fl_pool *p, PGconn *c) {
   pthread_mutex_unlock(&p->mu);
 }
 
-void fl__pgp_init(fl_pgp *p) { memset(p, 0, sizeof *p); }
+void fl__pgp_init(fl_pgp *p) {
+  memset(p, 0, sizeof *p);
+}
 
 static void push(fl_pgp *p, const char *v, int len, int fmt) {
   if (p->n >= FL_PG_MAXP)
@@ -197,7 +224,9 @@ void fl__pgp_f64(fl_pgp *p, double v) {
   push(p, p->buf[p->n], 0, 0);
 }
 
-void fl__pgp_text(fl_pgp *p, const char *s) { push(p, s, 0, 0); }
+void fl__pgp_text(fl_pgp *p, const char *s) {
+  push(p, s, 0, 0);
+}
 
 void fl__pgp_bin(fl_pgp *p, const void *data, size_t len) {
   push(p, data ? data : "", (int)len, 1);

@@ -25,6 +25,15 @@ PGconn *fl__pool_get_timed(fl_pool *p, unsigned wait_ms);
 /* Returns a connection; one left inside a transaction is rolled back first. */
 void fl__pool_put(fl_pool *p, PGconn *c);
 
+/* The pool now and since start, for /metrics: connections handed out, takes that had to wait
+ * for one (and waited wait_s seconds in all), takes that gave up at their deadline. */
+typedef struct fl_pool_stats {
+  unsigned size, in_use;
+  uint64_t waits, timeouts;
+  double wait_s;
+} fl_pool_stats;
+void fl__pool_stats(fl_pool *p, fl_pool_stats *out);
+
 #define FL_PG_MAXP 16
 
 typedef struct fl_pgp {

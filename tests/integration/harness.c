@@ -92,6 +92,28 @@ json_t *fl_h_admin_ok(const fl_h_coord *c, const char *method, const char *path,
   return NULL;
 }
 
+double fl_h_metric(const fl_h_coord *c, const char *series) {
+  fl_sup_admin *a = NULL;
+  const char *text = NULL;
+  double v = -1;
+  if (fl_sup_admin_new(&a, c->url, c->admin_token) != FL_OK ||
+      fl_sup_admin_set_ca(a, ca_file()) != FL_OK ||
+      fl_sup_admin_get_text(a, "/metrics", &text) != FL_OK) {
+    fprintf(stderr, "harness: GET /metrics: %s\n", a ? fl_sup_admin_errmsg(a) : "no client");
+    goto out;
+  }
+  size_t n = strlen(series);
+  for (const char *l = text; l != NULL && *l != '\0';
+       l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+    if (strncmp(l, series, n) == 0 && l[n] == ' ') {
+      v = strtod(l + n + 1, NULL);
+      break;
+    }
+out:
+  fl_sup_admin_free(a);
+  return v;
+}
+
 /* ----- coordinator ------------------------------------------------------------------------- */
 
 int fl_h_coord_restart(fl_h_coord *c) {

@@ -81,6 +81,9 @@ json_t *fl_h_admin(const fl_h_coord *c, const char *method, const char *path, co
                    long *status);
 /* Same, but returns the JSON only when the status is 200 (else prints it and returns NULL). */
 json_t *fl_h_admin_ok(const fl_h_coord *c, const char *method, const char *path, const char *body);
+/* One series of the coordinator's /metrics (the exact name with its labels, e.g.
+ * "fl_db_pool_connections{state=\"in_use\"}"): its value, -1 when absent or unreachable. */
+double fl_h_metric(const fl_h_coord *c, const char *series);
 
 /* ----- devices ----------------------------------------------------------------------------- */
 

@@ -662,6 +662,13 @@ Test(harden, exhausted_pool_answers_503, .init = setup_small_pool, .fini = teard
   int rc = get_signed_over(&d[2], path, path, &r);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   double s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  /* What an operator's alert sees meanwhile (/metrics, the pool's gauges and counters). */
+  cr_expect_eq(fl_h_metric(&g_coord, "fl_db_pool_size"), 2);
+  cr_expect_eq(fl_h_metric(&g_coord, "fl_db_pool_connections{state=\"in_use\"}"), 2);
+  cr_expect_eq(fl_h_metric(&g_coord, "fl_db_pool_connections{state=\"idle\"}"), 0);
+  cr_expect_geq(fl_h_metric(&g_coord, "fl_db_pool_waits_total"), 1);
+  cr_expect_geq(fl_h_metric(&g_coord, "fl_db_pool_timeouts_total"), 1, "the 503 gave up");
+  cr_expect_gt(fl_h_metric(&g_coord, "fl_db_pool_wait_seconds_total"), 1.0);
   PQclear(PQexec(lk, "COMMIT"));
   PQfinish(lk);
   cr_expect_eq(rc, 0, "no answer while the pool was exhausted (%.1f s)", s);
