@@ -41,6 +41,7 @@ enum {
   OPT_CHECKIN,
   OPT_MAX_SAMPLES,
   OPT_LOG_LEVEL,
+  OPT_LOG_FORMAT,
   OPT_REUSE_PORT,
   OPT_METRICS_LISTEN,
   OPT_NONCE_MARGIN,
@@ -108,6 +109,9 @@ static const opt_def OPTS[] = {
      "largest sample_count of one update (default 1000000)"},
     {"log-level", OPT_LOG_LEVEL, "FL_LOG_LEVEL", "LEVEL",
      "error, warn, info or debug (default info)"},
+    {"log-format", OPT_LOG_FORMAT, "FL_LOG_FORMAT", "logfmt|json",
+     "logfmt (default): key=value lines; json: one JSON object per line, the same keys, every "
+     "value a string"},
     {"reuse-port", OPT_REUSE_PORT, "FL_REUSE_PORT", "0|1",
      "1: bind with SO_REUSEPORT, so that several processes share the port (the kernel splits "
      "connections between them); default 0: a port in use is a start-up error"},
@@ -231,57 +235,92 @@ static int parse_level(const char *s, int *out) {
 static int apply(fl_config *cfg, int id, const char *v) {
   uint64_t n;
   switch (id) {
-  case OPT_DB: cfg->database_url = v; return 0;
-  case OPT_LISTEN: return parse_listen(cfg, v);
-  case OPT_TLS_CERT: cfg->tls_cert = v; return 0;
-  case OPT_TLS_KEY: cfg->tls_key = v; return 0;
-  case OPT_SIGNING_KEY: cfg->signing_key = v; return 0;
-  case OPT_REPLICA: cfg->replica_id = v; return 0;
-  case OPT_LOG_LEVEL: return parse_level(v, &cfg->log_level);
-  case OPT_METRICS_LISTEN:
-    return parse_metrics_listen(cfg, v);
-  case OPT_TOKEN_OUT:
-    cfg->admin_token_out = v;
-    return 0;
-  case OPT_UI_DIR:
-    cfg->ui_dir = v;
-    return v[0] != '\0' ? 0 : -1;
-  default: break;
+    case OPT_DB:
+      cfg->database_url = v;
+      return 0;
+    case OPT_LISTEN:
+      return parse_listen(cfg, v);
+    case OPT_TLS_CERT:
+      cfg->tls_cert = v;
+      return 0;
+    case OPT_TLS_KEY:
+      cfg->tls_key = v;
+      return 0;
+    case OPT_SIGNING_KEY:
+      cfg->signing_key = v;
+      return 0;
+    case OPT_REPLICA:
+      cfg->replica_id = v;
+      return 0;
+    case OPT_LOG_LEVEL:
+      return parse_level(v, &cfg->log_level);
+    case OPT_LOG_FORMAT:
+      cfg->log_json = strcmp(v, "json") == 0;
+      return cfg->log_json || strcmp(v, "logfmt") == 0 ? 0 : -1;
+    case OPT_METRICS_LISTEN:
+      return parse_metrics_listen(cfg, v);
+    case OPT_TOKEN_OUT:
+      cfg->admin_token_out = v;
+      return 0;
+    case OPT_UI_DIR:
+      cfg->ui_dir = v;
+      return v[0] != '\0' ? 0 : -1;
+    default:
+      break;
   }
   if (parse_u64(v, 0, INT64_MAX, &n))
     return -1;
   switch (id) {
-  case OPT_MAX_BODY: cfg->max_body = n; return n >= 1024 ? 0 : -1;
-  case OPT_MAX_CONN: cfg->max_connections = (unsigned)n; return n >= 1 && n <= 65536 ? 0 : -1;
-  case OPT_TIMEOUT: cfg->conn_timeout_s = (unsigned)n; return n <= 3600 ? 0 : -1;
-  case OPT_POOL: cfg->db_pool_size = (unsigned)n; return n >= 2 && n <= 256 ? 0 : -1;
-  case OPT_TS_WINDOW: cfg->ts_window_ms = (int64_t)n; return n >= 1000 ? 0 : -1;
-  case OPT_COMMIT: cfg->commit_interval_ms = (unsigned)n; return n <= 1000 ? 0 : -1;
-  case OPT_TICK: cfg->tick_ms = (unsigned)n; return n >= 10 && n <= 60000 ? 0 : -1;
-  case OPT_CHECKIN: cfg->checkin_interval_ms = (int64_t)n; return n >= 100 ? 0 : -1;
-  case OPT_MAX_SAMPLES: cfg->max_samples = n; return n >= 1 ? 0 : -1;
-  case OPT_REUSE_PORT:
-    cfg->reuse_port = n == 1;
-    return n <= 1 ? 0 : -1;
-  case OPT_NONCE_MARGIN:
-    cfg->nonce_margin_ms = (int64_t)n;
-    return n <= 86400000 ? 0 : -1;
-  case OPT_HTTP_THREADS:
-    cfg->http_threads = (unsigned)n;
-    return n <= 256 ? 0 : -1;
-  case OPT_HEADER_TIMEOUT:
-    cfg->header_timeout_s = (unsigned)n;
-    return n >= 1 && n <= 3600 ? 0 : -1;
-  case OPT_BODY_TIMEOUT:
-    cfg->body_timeout_s = (unsigned)n;
-    return n >= 1 && n <= 3600 ? 0 : -1;
-  case OPT_MIN_BODY_RATE:
-    cfg->min_body_rate = n;
-    return n <= (1u << 30) ? 0 : -1;
-  case OPT_PER_IP:
-    cfg->max_conns_per_ip = (unsigned)n;
-    return n <= 65536 ? 0 : -1;
-  default: return -1;
+    case OPT_MAX_BODY:
+      cfg->max_body = n;
+      return n >= 1024 ? 0 : -1;
+    case OPT_MAX_CONN:
+      cfg->max_connections = (unsigned)n;
+      return n >= 1 && n <= 65536 ? 0 : -1;
+    case OPT_TIMEOUT:
+      cfg->conn_timeout_s = (unsigned)n;
+      return n <= 3600 ? 0 : -1;
+    case OPT_POOL:
+      cfg->db_pool_size = (unsigned)n;
+      return n >= 2 && n <= 256 ? 0 : -1;
+    case OPT_TS_WINDOW:
+      cfg->ts_window_ms = (int64_t)n;
+      return n >= 1000 ? 0 : -1;
+    case OPT_COMMIT:
+      cfg->commit_interval_ms = (unsigned)n;
+      return n <= 1000 ? 0 : -1;
+    case OPT_TICK:
+      cfg->tick_ms = (unsigned)n;
+      return n >= 10 && n <= 60000 ? 0 : -1;
+    case OPT_CHECKIN:
+      cfg->checkin_interval_ms = (int64_t)n;
+      return n >= 100 ? 0 : -1;
+    case OPT_MAX_SAMPLES:
+      cfg->max_samples = n;
+      return n >= 1 ? 0 : -1;
+    case OPT_REUSE_PORT:
+      cfg->reuse_port = n == 1;
+      return n <= 1 ? 0 : -1;
+    case OPT_NONCE_MARGIN:
+      cfg->nonce_margin_ms = (int64_t)n;
+      return n <= 86400000 ? 0 : -1;
+    case OPT_HTTP_THREADS:
+      cfg->http_threads = (unsigned)n;
+      return n <= 256 ? 0 : -1;
+    case OPT_HEADER_TIMEOUT:
+      cfg->header_timeout_s = (unsigned)n;
+      return n >= 1 && n <= 3600 ? 0 : -1;
+    case OPT_BODY_TIMEOUT:
+      cfg->body_timeout_s = (unsigned)n;
+      return n >= 1 && n <= 3600 ? 0 : -1;
+    case OPT_MIN_BODY_RATE:
+      cfg->min_body_rate = n;
+      return n <= (1u << 30) ? 0 : -1;
+    case OPT_PER_IP:
+      cfg->max_conns_per_ip = (unsigned)n;
+      return n <= 65536 ? 0 : -1;
+    default:
+      return -1;
   }
 }
 

@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
   int rc = fl__config_parse(&srv.cfg, argc, argv);
   if (rc != 0)
     return rc > 0 ? 0 : 2;
-  fl__slog_init(srv.cfg.log_level, srv.cfg.replica_id);
+  fl__slog_init(srv.cfg.log_level, srv.cfg.replica_id, srv.cfg.log_json);
   char why[1024];
   if (fl__config_check(&srv.cfg, why, sizeof why)) {
     fl__slog(FL_LOG_ERROR, "startup_failed", "step=config error=%s", fl__slog_str(why));

@@ -58,6 +58,7 @@ typedef struct fl_config {
   int64_t checkin_interval_ms;  /* pace steering base for devices that are not selected */
   uint64_t max_samples;         /* upper bound of an update's sample_count */
   int log_level;                /* fl_log_level */
+  bool log_json;                /* --log-format=json: one JSON object per line (slog.c) */
   bool reuse_port;              /* SO_REUSEPORT on the listening socket (opt-in) */
   int64_t nonce_margin_ms;      /* nonces are kept 2 x ts_window_ms + this */
   struct {                      /* --metrics-listen: /metrics, /healthz, /readyz only */
@@ -97,7 +98,9 @@ const char *fl__config_metrics_text(const fl_config *cfg);
  * Callers pass key=value pairs in fmt; a value that is not a number or a fixed word goes
  * through fl__slog_str: "error=%s", fl__slog_str(PQerrorMessage(c)). Control characters that
  * reach fl__slog unescaped become spaces, so that an event stays one line. */
-void fl__slog_init(int level, const char *replica_id);
+/* json: each line becomes {"ts":..,"level":..,"replica":..,"event":..,"key":"value",...}, the
+ * same pairs with every value a JSON string (for log shippers that parse JSON, not logfmt). */
+void fl__slog_init(int level, const char *replica_id, bool json);
 void fl__slog(fl_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

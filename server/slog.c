@@ -16,10 +16,12 @@
 #include "server.h"
 
 static int g_level = FL_LOG_INFO;
+static bool g_json;
 static char g_replica[FL_SLOG_VALUE_MAX + 8] = "-";
 
-void fl__slog_init(int level, const char *replica_id) {
+void fl__slog_init(int level, const char *replica_id, bool json) {
   g_level = level;
+  g_json = json;
   /* --replica-id is the operator's text: escaped once here for every line. */
   snprintf(g_replica, sizeof g_replica, "%s", replica_id ? fl__slog_str(replica_id) : "-");
 }
@@ -81,6 +83,91 @@ const char *fl__slog_str(const char *s) {
   return fl__slog_strn(s, (size_t)-1);
 }
 
+/* Appends s[0..n) to out as JSON string content. s is a logfmt value's text (fl__slog_strn's
+ * escapes \" \\ \n \r \t \u00XX are JSON escapes too, so a quoted value's inside is copied as
+ * is); control bytes that are still there are escaped. */
+static size_t json_chars(char *out, size_t cap, size_t len, const char *s, size_t n) {
+  for (size_t i = 0; i < n && len + 8 < cap; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == 0x7f)
+      len += (size_t)snprintf(out + len, cap - len, "\\u%04x", c);
+    else
+      out[len++] = (char)c;
+  }
+  return len;
+}
+
+/* One logfmt value at *p as a JSON string: bare (up to a space) or quoted (up to the quote
+ * that is not escaped). */
+static size_t json_value(char *out, size_t cap, size_t len, const char **p) {
+  const char *s = *p, *e;
+  if (len + 8 >= cap)
+    return len;
+  out[len++] = '"';
+  if (*s == '"') {
+    for (e = s + 1; *e && *e != '"'; e++)
+      if (*e == '\\' && e[1] != '\0')
+        e++;
+    len = json_chars(out, cap, len, s + 1, (size_t)(e - s - 1));
+    *p = *e == '"' ? e + 1 : e;
+  } else {
+    for (e = s; *e && *e != ' '; e++)
+      if (*e == '"' || *e == '\\') /* not logfmt: a caller skipped fl__slog_str */
+        break;
+    len = json_chars(out, cap, len, s, (size_t)(e - s));
+    /* The rest of a malformed bare value, escaped. */
+    for (; *e && *e != ' '; e++) {
+      if (len + 8 >= cap)
+        break;
+      if (*e == '"' || *e == '\\')
+        out[len++] = '\\';
+      out[len++] = *e;
+    }
+    *p = e;
+  }
+  if (len + 2 < cap)
+    out[len++] = '"';
+  return len;
+}
+
+/* The logfmt line "ts=.. level=.. key=value ..." (no newline) as one JSON object. A word
+ * without '=' (a caller's free text) is collected under "msg". */
+static size_t to_json(const char *line, char *out, size_t cap) {
+  size_t len = 0;
+  const char *p = line;
+  out[len++] = '{';
+  bool first = true;
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    if (!*p)
+      break;
+    const char *k = p;
+    while (*p && *p != '=' && *p != ' ')
+      p++;
+    if (len + 16 >= cap)
+      break;
+    if (!first)
+      out[len++] = ',';
+    first = false;
+    out[len++] = '"';
+    if (*p == '=') {
+      len = json_chars(out, cap, len, k, (size_t)(p - k));
+      len += (size_t)snprintf(out + len, cap - len, "\":");
+      p++;
+      len = json_value(out, cap, len, &p);
+    } else {
+      len += (size_t)snprintf(out + len, cap - len, "msg\":");
+      p = k;
+      len = json_value(out, cap, len, &p);
+    }
+  }
+  if (len + 2 >= cap)
+    len = cap - 2;
+  out[len++] = '}';
+  return len;
+}
+
 void fl__slog(fl_log_level level, const char *event, const char *fmt, ...) {
   static const char *names[] = {"error", "warn", "info", "debug"};
   char line[2048];
@@ -111,6 +198,15 @@ void fl__slog(fl_log_level level, const char *event, const char *fmt, ...) {
     for (int i = start; i < n; i++)
       if ((unsigned char)line[i] < 0x20)
         line[i] = ' ';
+  }
+  if (g_json) {
+    char js[2 * sizeof line + 16];
+    line[n] = '\0';
+    size_t m = to_json(line, js, sizeof js - 1);
+    js[m++] = '\n';
+    ssize_t w = write(STDERR_FILENO, js, m);
+    (void)w;
+    return;
   }
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, (size_t)n);

@@ -5,6 +5,8 @@
  * forms of server/config.c (names, [IPv6]:PORT, :PORT).
  */
 #include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,19 +106,24 @@ Test(slog, four_values_in_one_call_are_distinct) {
 }
 
 /* Captures one fl__slog line from stderr. */
-static void capture(char *out, size_t cap, const char *event, const char *value) {
+static void capture_as(char *out, size_t cap, const char *event, const char *value, bool json) {
   char path[] = "/tmp/fl_test_slog_XXXXXX";
   int fd = mkstemp(path), saved = dup(STDERR_FILENO);
   cr_assert(fd >= 0 && saved >= 0);
   unlink(path);
   dup2(fd, STDERR_FILENO);
-  fl__slog_init(FL_LOG_INFO, "replica \"x\"");
+  fl__slog_init(FL_LOG_INFO, "replica \"x\"", json);
   fl__slog(FL_LOG_ERROR, event, "error=%s raw=%s", fl__slog_str(value), value);
   dup2(saved, STDERR_FILENO);
   close(saved);
   ssize_t n = pread(fd, out, cap - 1, 0);
   out[n > 0 ? n : 0] = '\0';
   close(fd);
+  fl__slog_init(FL_LOG_INFO, NULL, false);
+}
+
+static void capture(char *out, size_t cap, const char *event, const char *value) {
+  capture_as(out, cap, event, value, false);
 }
 
 Test(slog, a_line_carries_the_value_and_stays_one_line) {
@@ -183,4 +190,26 @@ Test(config, check_resolves_ipv6_loopback) {
   cfg.signing_key = "/tmp/fl-test-slog-missing-key.pem";
   cr_assert_eq(fl__config_check(&cfg, why, sizeof why), -1);
   cr_assert(strstr(why, "--listen 192.0.2.1:8080") != NULL, "%s", why);
+}
+
+/* --log-format=json: the same pairs as one JSON object per line, the escaped value decoded
+ * back to the caller's text, and a value a caller passed unescaped still valid JSON. */
+Test(slog, json_lines_are_json_objects_with_the_same_pairs) {
+  static const char *const values[] = {"FATAL:  database \"nope\"\nsecond\tline \\ end", "plain",
+                                       "", "a=b c", "\x01\x7f"};
+  for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+    char line[8192];
+    capture_as(line, sizeof line, "db_connect_failed", values[i], true);
+    cr_assert_eq(strchr(line, '\n'), line + strlen(line) - 1, "%s", line);
+    json_error_t e;
+    json_t *j = json_loads(line, 0, &e);
+    cr_assert_not_null(j, "not JSON (%s): %s", e.text, line);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "event")), "db_connect_failed");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "level")), "error");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "replica")), "replica \"x\"");
+    cr_assert_not_null(json_string_value(json_object_get(j, "ts")));
+    cr_assert_str_eq(json_string_value(json_object_get(j, "error")), values[i], "%s", line);
+    cr_assert_not_null(json_object_get(j, "raw"), "%s", line);
+    json_decref(j);
+  }
 }
