@@ -142,6 +142,9 @@ Test(flctl, cacert_option_verifies_a_private_ca) {
   run *r = FLCTL("info");
   cr_assert_eq(r->rc, 0, "flctl --cacert info: %d %s", r->rc, r->err);
   cr_assert(strlen(r->out) > 0);
+  r = FLCTL("whoami");
+  cr_assert_eq(r->rc, 0, "flctl whoami: %d %s", r->rc, r->err);
+  cr_assert(strstr(r->out, "admin") != NULL, "whoami: %s", r->out);
   /* Without the CA the same call fails verification and says how to give one. */
   r = flctl(NULL, "--url", g_coord.url, "--token", g_coord.admin_token, "info", NULL);
   cr_assert_eq(r->rc, 1, "%s", r->err);

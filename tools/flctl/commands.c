@@ -64,6 +64,7 @@ static const form FORMS[] = {
      "enrollment-tokens create [--count N] [--labels k=v,...] [--ttl SECONDS]"},
     {"audit", NULL, "limit", "audit [--limit N]"},
     {"info", NULL, "", "info"},
+    {"whoami", NULL, "", "whoami"},
     {NULL, NULL, NULL, NULL}};
 
 void flctl_usage(FILE *out, const char *noun) {
@@ -765,6 +766,13 @@ static int cmd_info(const flctl *f, const args *a) {
   return show_call(f, "GET", "/admin/v1/info", NULL);
 }
 
+/* The token flctl runs with: its name, role and expiry (what a command will be allowed). */
+static int cmd_whoami(const flctl *f, const args *a) {
+  if (a->npos != 0)
+    return usage_error(a);
+  return show_call(f, "GET", "/admin/v1/whoami", NULL);
+}
+
 /* ----- dispatch ------------------------------------------------------------------------------ */
 
 typedef struct command {
@@ -785,6 +793,7 @@ static const command COMMANDS[] = {{"models", cmd_models},
                                    {"enrollment-tokens", cmd_enrollment_tokens},
                                    {"audit", cmd_audit},
                                    {"info", cmd_info},
+                                   {"whoami", cmd_whoami},
                                    {NULL, NULL}};
 
 /* The form the arguments name: the noun's only form, or the one of its subcommand (the first
