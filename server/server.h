@@ -129,11 +129,9 @@ void fl__metrics_commit(fl_metrics *m, size_t batch, double seconds);
  * (http/conns.c sets them four times a second). */
 void fl__metrics_connections(fl_metrics *m, uint64_t open, uint64_t closed_header,
                              uint64_t closed_body);
-/* Prometheus text exposition; *out is malloc'ed. */
-int fl__metrics_render(fl_metrics *m, char **out, size_t *len);
 struct fl_srv;
 /* The counters and the gauges of a scrape: fl_build_info, process_*, and the fleet's devices
- * and open rounds from the database (metrics.c). */
+ * and open rounds from the database (metrics.c), as Prometheus text; *out is malloc'ed. */
 int fl__metrics_render_all(struct fl_srv *s, char **out, size_t *len);
 
 /* ----- the process --------------------------------------------------------------------------- */

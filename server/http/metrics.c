@@ -395,10 +395,6 @@ static int render(fl_srv *s, fl_metrics *m, char **out, size_t *len) {
   return FL_OK;
 }
 
-int fl__metrics_render(fl_metrics *m, char **out, size_t *len) {
-  return render(NULL, m, out, len);
-}
-
 int fl__metrics_render_all(fl_srv *s, char **out, size_t *len) {
   return render(s, s->metrics, out, len);
 }
