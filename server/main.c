@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "rounds/aggregate.h"
+#include "admin/adminapi.h"
 #include "auth/auth.h"
 #include "http/http.h"
 #include "store/migrations.h"
@@ -102,8 +103,10 @@ static int start(fl_srv *s, const char **step) {
     err = fl__agg_start(s->agg);
   if (err == FL_OK && (*step = "rounds"))
     err = fl__rounds_start(s->rounds);
-  if (err == FL_OK && (*step = "http"))
+  if (err == FL_OK && (*step = "http")) {
+    (void)fl__ui_dir(s); /* a missing dashboard is logged at start, not at its first request */
     err = fl__http_start(s);
+  }
   return err;
 }
 
