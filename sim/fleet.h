@@ -37,6 +37,7 @@ typedef struct sim_fleet_opts {
   double clip_norm;
   uint64_t seed;
   uint64_t model_id; /* the run's model: devices check in for it alone */
+  const char *broker; /* NULL: HTTP; else --broker (mqtt.h): every device over MQTT */
 } sim_fleet_opts;
 
 typedef struct sim_fleet sim_fleet;
