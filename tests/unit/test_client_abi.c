@@ -353,3 +353,67 @@ Test(client_abi, max_response_bytes_refuses_a_larger_answer_without_retrying) {
             fl_client_errmsg(e.c));
   fake_env_down(&e);
 }
+
+/* A transport whose answers take one extra poll, so that fl_multi waits on pollfd() between. */
+static int g_slow_polls, g_pollfd_calls;
+static fl_err slow_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+  if (g_slow_polls++ % 2 == 0)
+    return FL_E_AGAIN;
+  return g_inner.poll(ctx, timeout_ms, resp);
+}
+static int count_pollfd(void *ctx, int *events) {
+  (void)ctx;
+  *events = FL_POLL_IN;
+  g_pollfd_calls++;
+  return -1; /* nothing to wait on: the multi polls again within its timeout */
+}
+
+/* Version 3 added pollfd: fl_multi asks a version 3 table for its socket, and never reads the
+ * field of a version 2 table (whose struct ends before it: here it holds a value that a read
+ * would call). */
+static int round_in_multi(int version) {
+  fake_env e;
+  fake_data();
+  fake_tmpdir(e.dir, sizeof e.dir);
+  fake_init(&e.f);
+  g_inner = fake_transport(&e.f);
+  e.tr = g_inner;
+  e.tr.version = version;
+  e.tr.poll = slow_poll;
+  e.tr.pollfd = count_pollfd;
+  fl_client_opts o;
+  fake_opts(&o, e.dir, &e.tr);
+  cr_assert_eq(fl_client_new(&e.c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  fl_multi *m = NULL;
+  cr_assert_eq(fl_multi_new(&m, NULL), FL_OK);
+  cr_assert_eq(fl_multi_add(m, e.c), FL_OK);
+  cr_assert_eq(fl_client_round_begin(e.c), FL_OK);
+  g_pollfd_calls = 0;
+  bool done = false;
+  for (int i = 0; i < 200 && !done; i++) {
+    cr_assert_eq(fl_multi_perform(m, 10), FL_OK);
+    fl_client *c;
+    fl_step st;
+    fl_err err;
+    while (fl_multi_next(m, &c, &st, &err)) {
+      if (st == FL_STEP_NEED_TRAIN) {
+        cr_assert_eq(fl_client_train(c), FL_OK);
+        continue;
+      }
+      cr_assert_eq(err, FL_OK, "%s", fl_client_errmsg(c));
+      done = true;
+    }
+  }
+  cr_assert(done, "the round did not finish in the multi");
+  cr_assert_eq(fl_multi_remove(m, e.c), FL_OK);
+  fl_multi_free(m);
+  fake_env_down(&e);
+  return g_pollfd_calls;
+}
+
+Test(client_abi, pollfd_is_read_from_version_3_transports_only) {
+  cr_assert_gt(round_in_multi(3), 0, "fl_multi never asked a version 3 transport for its socket");
+  cr_assert_eq(round_in_multi(2), 0, "fl_multi read pollfd of a version 2 table");
+}
