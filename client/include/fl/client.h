@@ -169,8 +169,10 @@ typedef struct fl_transport {
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
  * which is read by its version like fl_client_new() reads it), for embedders who wrap it
- * (logging, fault injection) and pass the wrapper as opts->transport. It is a version 2
- * transport: a wrapper that forwards attach() keeps the shared pool of an fl_multi. On error
+ * (logging, fault injection) and pass the wrapper as opts->transport. It is a version 3
+ * transport without pollfd (fl_multi drives it through libcurl): a wrapper that forwards
+ * attach() keeps the shared pool of an fl_multi, and one that forwards pollfd() lets fl_multi
+ * wait on the socket of a wrapped fl_transport_mqtt. On error
  * *out is untouched. The caller owns the result until it hands it to fl_client_new(); its
  * destroy() frees it. */
 struct fl_client_opts;
