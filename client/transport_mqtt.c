@@ -10,10 +10,12 @@
  * when an exchange needs it; the exchange waits for CONNACK and for the SUBACK of the response
  * topic before it publishes, so an answer can never race the subscription.
  *
- * The socket is driven without blocking by mosquitto_loop() inside poll() and handed to a
- * foreign loop by pollfd() (fl_multi waits on it beside its libcurl transfers).
+ * The socket is driven without blocking inside poll() (poll(2), then libmosquitto's read, write
+ * and keep-alive steps) and handed to a foreign loop by pollfd() (fl_multi waits on it beside
+ * its libcurl transfers).
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,6 +211,27 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
   t->ex = EX_ANSWERED;
 }
 
+/* One pass of the connection: waits up to timeout_ms for the socket, then reads, writes and
+ * keeps it alive. poll() rather than mosquitto_loop(), whose select() cannot take a descriptor
+ * above FD_SETSIZE (1024): a gateway process with a thousand devices has more. */
+static int drive(mqtt_tr *t, int timeout_ms) {
+  int fd = mosquitto_socket(t->mosq);
+  if (fd < 0)
+    return MOSQ_ERR_NO_CONN;
+  struct pollfd p = {.fd = fd, .events = POLLIN | (mosquitto_want_write(t->mosq) ? POLLOUT : 0)};
+  int n = poll(&p, 1, timeout_ms);
+  if (n < 0 && errno != EINTR)
+    return MOSQ_ERR_ERRNO;
+  int rc = MOSQ_ERR_SUCCESS;
+  if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0)
+    rc = mosquitto_loop_read(t->mosq, 1);
+  if (rc == MOSQ_ERR_SUCCESS && mosquitto_want_write(t->mosq))
+    rc = mosquitto_loop_write(t->mosq, 1);
+  if (rc == MOSQ_ERR_SUCCESS)
+    rc = mosquitto_loop_misc(t->mosq);
+  return rc;
+}
+
 static int start_connect(mqtt_tr *t) {
   /* No session kept at the broker: an exchange that a broker restart interrupts is retried by
    * the client (freshly signed), so nothing needs to be queued for a device that is away. */
@@ -307,6 +330,13 @@ static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   if (err != FL_OK)
     goto out_end;
   t->ex_deadline_ms = fl__client_now_ms() + t->request_timeout_ms;
+  /* Nothing drove the connection since the last exchange: read what came meanwhile (a
+   * broker that closed an idle connection after its keep-alive), so that a dead connection is
+   * replaced now instead of failing this exchange. */
+  if (t->conn != MQ_DOWN && drive(t, 0) != MOSQ_ERR_SUCCESS) {
+    mosquitto_disconnect(t->mosq);
+    t->conn = MQ_DOWN;
+  }
   t->ex = EX_WAIT_CONN;
   if (t->conn == MQ_DOWN) {
     t->ex_deadline_ms += t->connect_timeout_ms;
@@ -329,7 +359,7 @@ static fl_err tr_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
   if (t->ex == EX_NONE)
     return FL_E_STATE;
   if (t->ex == EX_WAIT_CONN || t->ex == EX_SENT) {
-    int rc = mosquitto_loop(t->mosq, timeout_ms > 0 ? timeout_ms : 0, 1);
+    int rc = drive(t, timeout_ms > 0 ? timeout_ms : 0);
     if (rc != MOSQ_ERR_SUCCESS && t->conn != MQ_DOWN)
       drop(t, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
     if (rc != MOSQ_ERR_SUCCESS)
@@ -502,6 +532,10 @@ static int check_mqtt_opts(const fl_client_opts *o, const fl_mqtt_opts *mo) {
                  mo->version <= 0 ? "set it to FL_MQTT_OPTS_VERSION from fl/client.h"
                                   : "newer than this libflclient knows: upgrade the library");
     return mo->version <= 0 ? FL_E_INVAL : FL_E_UNSUPPORTED;
+  }
+  if (mo->keepalive_s != 0 && (mo->keepalive_s < 5 || mo->keepalive_s > 65535)) {
+    fl__opts_log(o, "fl_transport_mqtt: keepalive_s %d: 0 (60) or 5 to 65535", mo->keepalive_s);
+    return FL_E_INVAL;
   }
   if (mo->broker_url == NULL || !valid_name(mo->username)) {
     fl__opts_log(o,

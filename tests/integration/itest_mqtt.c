@@ -14,11 +14,14 @@
  *   get exactly the status and reason they get over HTTP.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "fl/client.h"
 #include "flsupport/proc.h"
@@ -423,4 +426,101 @@ Test(mqtt, acl_and_forgery, .init = setup_small, .fini = teardown, .timeout = 30
   cr_assert_eq(mq_spy_stop(spy), 0, "m000 read an answer meant for m001");
   cr_assert_eq(mq_spy_stop(own), 1, "m001's own subscription saw its answer only");
   fl_h_device_free(&d);
+}
+
+/* A connection that died while the device was idle (a broker restart between rounds, or a
+ * broker that closed it after its keep-alive) is found out when the next exchange begins and
+ * replaced then: the exchange is not sent into the dead connection (no retry, no backoff). */
+Test(mqtt, idle_connection_that_died_is_replaced_without_a_retry, .init = setup_small,
+     .fini = teardown, .timeout = 120) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "mqtt-idle", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"deadline_s\":600}", &model_id, &round_id),
+               0);
+  json_t *tok = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", "{\"count\":1}");
+  cr_assert_not_null(tok);
+  char dir[192];
+  snprintf(dir, sizeof dir, "%s/idle", g_root);
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .allow_insecure_http = 1,
+                      .state_dir = dir,
+                      .request_timeout_ms = 8000,
+                      .backoff_base_ms = 100,
+                      .model_id = model_id,
+                      .log_level = FL_LOG_INFO,
+                      .log_fn = count_retries};
+  fl_mqtt_opts mo = {.version = FL_MQTT_OPTS_VERSION,
+                     .broker_url = g_broker.url,
+                     .username = "m002",
+                     .password = MQ_PASSWORD};
+  fl_transport tr;
+  cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), FL_OK);
+  o.transport = &tr;
+  fl_client *c = NULL;
+  cr_assert_eq(fl_client_new(&c, &o), FL_OK);
+  const char *t = json_string_value(json_array_get(json_object_get(tok, "tokens"), 0));
+  cr_assert_eq(fl_client_enroll(c, t, NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(c));
+  json_decref(tok);
+  cr_assert_eq(mq_broker_restart(&g_broker), 0); /* the device's connection is dead now */
+  fl_sup_sleep_ms(1500);                         /* the bridges connect again */
+  dev d = {.idx = 2, .samples = 7};
+  fl_client_set_trainer(c, trainer, &d);
+  atomic_store(&g_retries, 0);
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert_eq(atomic_load(&g_retries), 0, "an exchange went to the dead connection");
+  fl_client_free(c);
+}
+
+/* A gateway process with many devices has descriptors above FD_SETSIZE (1024): the device's
+ * broker socket must still be driven (libmosquitto's own loop, built on select(), refuses
+ * such a socket with "invalid arguments": every fl-sim device past the first thousand
+ * descriptors failed to enroll). */
+Test(mqtt, broker_socket_above_fd_setsize, .init = setup_small, .fini = teardown, .timeout = 120) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "mqtt-fds", FL_H_SMALL_SPEC,
+                                   "{\"participants\":1,\"deadline_s\":600}", &model_id, &round_id),
+               0);
+  json_t *tok = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", "{\"count\":1}");
+  cr_assert_not_null(tok);
+  struct rlimit rl;
+  cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_cur < 1200 && rl.rlim_max >= 1200) {
+    rl.rlim_cur = 1200;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  }
+  cr_assert_geq(rl.rlim_cur, 1200, "RLIMIT_NOFILE too low for the test");
+  int fds[1100], n = 0;
+  while (n < 1100 && (fds[n] = open("/dev/null", O_RDONLY)) >= 0 && fds[n] < 1100)
+    n++;
+  cr_assert_geq(n, 1024 - 10, "only %d descriptors", n);
+  char dir[192];
+  snprintf(dir, sizeof dir, "%s/fds", g_root);
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .allow_insecure_http = 1,
+                      .state_dir = dir,
+                      .request_timeout_ms = 8000,
+                      .max_retries = 1,
+                      .model_id = model_id};
+  fl_mqtt_opts mo = {.version = FL_MQTT_OPTS_VERSION,
+                     .broker_url = g_broker.url,
+                     .username = "m000",
+                     .password = MQ_PASSWORD};
+  fl_transport tr;
+  cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), FL_OK);
+  o.transport = &tr;
+  fl_client *c = NULL;
+  cr_assert_eq(fl_client_new(&c, &o), FL_OK);
+  const char *t = json_string_value(json_array_get(json_object_get(tok, "tokens"), 0));
+  cr_assert_eq(fl_client_enroll(c, t, NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(c));
+  json_decref(tok);
+  dev d = {.idx = 0, .samples = 3};
+  fl_client_set_trainer(c, trainer, &d);
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(c, &r), FL_OK, "%s", fl_client_errmsg(c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  fl_client_free(c);
+  for (int i = 0; i < n; i++)
+    close(fds[i]);
 }

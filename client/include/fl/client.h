@@ -201,7 +201,7 @@ typedef struct fl_mqtt_opts {
   const char *client_id;    /* NULL: the username (a second connection with it replaces one) */
   const char *ca_file;      /* mqtts: PEM bundle; NULL: the client options' ca_file */
   const char *topic_prefix; /* NULL: "fl/v1/dev" (the bridge's --prefix must match) */
-  int keepalive_s;          /* 0: 60 */
+  int keepalive_s;          /* 0: 60; else 5 to 65535 seconds */
 } fl_mqtt_opts;
 
 /* The MQTT transport (a version 3 transport: pollfd gives its socket to fl_multi or a foreign
