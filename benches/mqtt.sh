@@ -36,3 +36,6 @@ fi
   tail -20 "$logs/$name.log"; exit 1; }
 echo "== $name ${TRANSPORT:-mqtt} $* (load $(cut -d' ' -f1 /proc/loadavg))"
 grep -E "coordinator:|round .*: acc|mean round|bytes up" "$logs/$name.log" | sed 's/loss.*participants,/,/'
+if [ -n "$broker_pid" ]; then # utime + stime of the broker over the whole run, in seconds
+  echo "  broker CPU $(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f s", ($14 + $15) / hz}' "/proc/$broker_pid/stat")"
+fi
