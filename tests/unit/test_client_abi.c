@@ -417,3 +417,59 @@ Test(client_abi, pollfd_is_read_from_version_3_transports_only) {
   cr_assert_gt(round_in_multi(3), 0, "fl_multi never asked a version 3 transport for its socket");
   cr_assert_eq(round_in_multi(2), 0, "fl_multi read pollfd of a version 2 table");
 }
+
+/* fl_transport_mqtt reads fl_mqtt_opts by its version and refuses what cannot work, with the
+ * reason in the log; a well-formed one is made without connecting (that waits for the first
+ * exchange). */
+Test(client_abi, mqtt_options_are_checked) {
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .state_dir = "/nonexistent",
+                      .allow_insecure_http = 1,
+                      .log_fn = keep_log};
+  fl_mqtt_opts mo = {
+      .version = FL_MQTT_OPTS_VERSION, .broker_url = "mqtt://127.0.0.1:1", .username = "gw-0042"};
+  fl_transport tr;
+  fl_err ok = fl_transport_mqtt(&tr, &o, &mo);
+  if (ok == FL_E_UNSUPPORTED)
+    cr_skip_test("libflclient built without MQTT (FL_WITH_MQTT=OFF)");
+  cr_assert_eq(ok, FL_OK, "%s", g_log);
+  tr.destroy(tr.ctx);
+  const struct {
+    int version;
+    const char *url, *user;
+    int keepalive, insecure;
+    fl_err want;
+    const char *says;
+  } cases[] = {
+      {0, "mqtt://h", "d", 0, 1, FL_E_INVAL, "FL_MQTT_OPTS_VERSION"},
+      {FL_MQTT_OPTS_VERSION + 1, "mqtt://h", "d", 0, 1, FL_E_UNSUPPORTED, "upgrade"},
+      {1, "mqtt://h", NULL, 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "a/b", 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "a+", 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "#", 0, 1, FL_E_INVAL, "username"},
+      {1, NULL, "d", 0, 1, FL_E_INVAL, "broker_url"},
+      {1, "https://h", "d", 0, 1, FL_E_INVAL, "mqtts://"},
+      {1, "mqtt://h", "d", 0, 0, FL_E_INVAL, "plain mqtt"},
+      {1, "mqtt://h:0", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://h:99999", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://:1883", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://h", "d", 3, 1, FL_E_INVAL, "keepalive_s"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    o.allow_insecure_http = cases[i].insecure;
+    mo = (fl_mqtt_opts){.version = cases[i].version,
+                        .broker_url = cases[i].url,
+                        .username = cases[i].user,
+                        .keepalive_s = cases[i].keepalive};
+    g_log[0] = '\0';
+    tr.ctx = NULL;
+    cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), cases[i].want, "case %zu", i);
+    cr_assert_null(tr.ctx, "case %zu: *out written on failure", i);
+    cr_assert(strstr(g_log, cases[i].says) != NULL, "case %zu: log says \"%s\"", i, g_log);
+  }
+  /* IPv6 literals and mqtts:// (no connection is made yet, so no certificate is needed). */
+  o.allow_insecure_http = 0;
+  mo = (fl_mqtt_opts){.version = 1, .broker_url = "mqtts://[::1]:8883", .username = "d"};
+  cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), FL_OK, "%s", g_log);
+  tr.destroy(tr.ctx);
+}
