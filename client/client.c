@@ -104,9 +104,13 @@ int fl__transport_read(const fl_client_opts *o, const fl_transport *in, fl_trans
     fl__opts_log(o, "fl_transport: begin, poll and end are required");
     return FL_E_INVAL;
   }
-  /* A version 1 struct ends before attach: copying the whole of ours would read past it. */
+  /* A version 1 struct ends before attach, a version 2 one before pollfd: copying the whole
+   * of ours would read past them. */
   memset(out, 0, sizeof *out);
-  memcpy(out, in, in->version >= 2 ? sizeof *out : offsetof(fl_transport, attach));
+  memcpy(out, in,
+         in->version >= 3   ? sizeof *out
+         : in->version >= 2 ? offsetof(fl_transport, pollfd)
+                            : offsetof(fl_transport, attach));
   return FL_OK;
 }
 

@@ -33,6 +33,7 @@ set_source_files_properties(${CMAKE_SOURCE_DIR}/common/err.c PROPERTIES
 
 set(FL_CLIENT_DEPS PkgConfig::CURL PkgConfig::PROTOBUFC PkgConfig::OPENSSL PkgConfig::OPENBLAS
     PkgConfig::ZLIB m)
+list(APPEND FL_CLIENT_DEPS ${FL_CLIENT_MQTT_DEPS}) # client/CMakeLists.txt: FL_WITH_MQTT
 
 add_library(flclient SHARED $<TARGET_OBJECTS:flclient_obj> $<TARGET_OBJECTS:flclient_common_obj>)
 target_link_libraries(flclient PRIVATE ${FL_CLIENT_DEPS})

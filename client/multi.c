@@ -30,6 +30,10 @@ struct fl_multi {
   /* Ring of events; one slot per client is enough since a client is queued at most once. */
   fl_multi_event *q;
   size_t q_cap, q_head, q_len;
+  /* The sockets of transports with their own connection (pollfd, version 3), one per client,
+   * waited on beside the libcurl transfers. */
+  struct curl_waitfd *fds;
+  size_t fds_cap;
 };
 
 fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator) {
@@ -64,6 +68,7 @@ void fl_multi_free(fl_multi *m) {
   curl_multi_cleanup(m->curlm);
   curl_global_cleanup();
   fl__free(m->alloc, m->q);
+  fl__free(m->alloc, m->fds);
   fl_allocator copy = m->alloc_copy;
   fl__free(m->alloc != NULL ? &copy : NULL, m);
 }
@@ -93,6 +98,16 @@ fl_err fl_multi_add(fl_multi *m, fl_client *c) {
   if (c->multi != NULL || c->tr_busy)
     return FL_E_STATE;
   int err = grow_queue(m, m->n_clients + 1);
+  if (err == FL_OK && c->tr.pollfd != NULL && m->fds_cap < m->n_clients + 1) {
+    size_t cap = m->n_clients * 2 + 16;
+    struct curl_waitfd *f = fl__calloc(m->alloc, cap, sizeof *f);
+    err = f != NULL ? FL_OK : FL_E_NOMEM;
+    if (f != NULL) {
+      fl__free(m->alloc, m->fds);
+      m->fds = f;
+      m->fds_cap = cap;
+    }
+  }
   if (err != FL_OK)
     return err;
   if (c->tr.attach != NULL) {
@@ -220,14 +235,35 @@ static void collect_finished(fl_multi *m) {
   }
 }
 
+/* The sockets that clients' own-connection transports wait on (fds_cap >= their number). */
+static unsigned collect_fds(fl_multi *m) {
+  unsigned n = 0;
+  for (fl_client *c = m->head; c != NULL && n < m->fds_cap; c = c->multi_next) {
+    if (c->lent || !c->tr_busy || c->tr.pollfd == NULL)
+      continue;
+    int ev = 0;
+    int fd = c->tr.pollfd(c->tr.ctx, &ev);
+    if (fd < 0)
+      continue;
+    m->fds[n++] =
+        (struct curl_waitfd){.fd = fd,
+                             .events = (short)(((ev & FL_POLL_IN) ? CURL_WAIT_POLLIN : 0) |
+                                               ((ev & FL_POLL_OUT) ? CURL_WAIT_POLLOUT : 0)),
+                             .revents = 0};
+  }
+  return n;
+}
+
 fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
   if (m == NULL)
     return FL_E_INVAL;
   int running = 0;
   step_all(m); /* starts the requests of clients that just began a round or finished training */
   CURLMcode mc = curl_multi_perform(m->curlm, &running);
-  if (mc == CURLM_OK && m->q_len == 0)
-    mc = curl_multi_poll(m->curlm, NULL, 0, poll_timeout(m, timeout_ms), NULL);
+  if (mc == CURLM_OK && m->q_len == 0) {
+    unsigned n = m->fds != NULL ? collect_fds(m) : 0;
+    mc = curl_multi_poll(m->curlm, n > 0 ? m->fds : NULL, n, poll_timeout(m, timeout_ms), NULL);
+  }
   if (mc == CURLM_OK)
     mc = curl_multi_perform(m->curlm, &running);
   collect_finished(m);

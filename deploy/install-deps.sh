@@ -10,6 +10,10 @@ PACKAGES=(
   libcriterion-dev libcurl4-openssl-dev libjansson-dev zlib1g-dev
   dataset-fashion-mnist
   python3 python3-numpy gnuplot-nox
+  # MQTT (docs/MQTT.md): libmosquitto for fl_transport_mqtt and fl-mqtt-bridge (FL_WITH_MQTT), the
+  # broker and mosquitto_passwd for deploy/mosquitto/gen-config.sh and itest_mqtt, the clients for
+  # looking at a broker by hand
+  libmosquitto-dev mosquitto mosquitto-clients
   clang-format  # tests/run.sh: the formatting check of changed C lines (.ci/check-format.sh)
   clang  # tests/fuzz/run.sh: libFuzzer harnesses (-fsanitize=fuzzer comes with clang)
   # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks

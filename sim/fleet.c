@@ -2,6 +2,7 @@
  * Worker threads stepping many libflclient handles.
  */
 #include "fleet.h"
+#include "mqtt.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -78,6 +79,7 @@ struct sim_fleet {
   atomic_uint_fast64_t enroll_tried, enrolled;
   atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns, train_cpu_ns;
   atomic_int_fast64_t last_ack_ms;
+  sim_mqtt_broker mqtt; /* o.broker split */
 };
 
 static int64_t now_ms(void) {
@@ -344,7 +346,20 @@ static void assign_behaviours(struct sim_fleet *f) {
   free(perm);
 }
 
-/* The device's transport: libflclient's own curl transport inside the fault injection. */
+/* The device's MQTT transport: its own broker account, PREFIX followed by its index. */
+static fl_err mqtt_transport(struct sim_fleet *f, const device *d, const fl_client_opts *co,
+                             fl_transport *out) {
+  char user[80];
+  snprintf(user, sizeof user, "%s%05zu", f->mqtt.prefix, d->index);
+  fl_mqtt_opts mo = {.version = FL_MQTT_OPTS_VERSION,
+                     .broker_url = f->mqtt.url,
+                     .username = user,
+                     .password = f->mqtt.password[0] != '\0' ? f->mqtt.password : NULL};
+  return fl_transport_mqtt(out, co, &mo);
+}
+
+/* The device's transport: libflclient's own curl (or MQTT) transport inside the fault
+ * injection. */
 static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl_client_opts *co,
                           fl_transport *out) {
   fl_rng r;
@@ -357,7 +372,8 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .net_fail = f->o.net_fail,
                       .clip_norm = f->o.clip_norm,
                       .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS)};
-  int rc = fl_transport_curl(&lo.inner, co);
+  int rc =
+      f->o.broker != NULL ? mqtt_transport(f, d, co, &lo.inner) : fl_transport_curl(&lo.inner, co);
   return rc == FL_OK ? sim_link_transport(out, &lo) : rc;
 }
 
@@ -439,6 +455,11 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
   if (f == NULL)
     return FL_E_NOMEM;
   f->o = *o;
+  char msg[160];
+  if (o->broker != NULL && sim_mqtt_parse(o->broker, &f->mqtt, msg, sizeof msg) != FL_OK) {
+    free(f);
+    return FL_E_INVAL;
+  }
   if (f->o.train_threads == 0) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     f->o.train_threads = cpus > 0 ? (int)cpus : 1;

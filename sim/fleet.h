@@ -40,7 +40,8 @@ typedef struct sim_fleet_opts {
   unsigned bad_kinds; /* bit (1 << sim_behaviour) per kind in use; 0: all four */
   double clip_norm;
   uint64_t seed;
-  uint64_t model_id; /* the run's model: devices check in for it alone */
+  uint64_t model_id;  /* the run's model: devices check in for it alone */
+  const char *broker; /* NULL: HTTP; else --broker (mqtt.h): every device over MQTT */
 } sim_fleet_opts;
 
 typedef struct sim_fleet sim_fleet;

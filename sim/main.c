@@ -21,6 +21,7 @@
 #include "admin.h"
 #include "coord.h"
 #include "fleet.h"
+#include "mqtt.h"
 #include "fl/err.h"
 #include "options.h"
 #include "flsupport/guard.h"
@@ -61,7 +62,19 @@ typedef struct services {
   sim_coord coord;
   const char *url, *token;
   char *coord_args; /* split copy of --coordinator-args, pointed into by the coordinator argv */
+  pid_t bridge;     /* --bridge-bin */
 } services;
+
+/* --transport mqtt --bridge-bin: the bridge between the broker and the coordinator in use. */
+static int start_bridge(services *s, const sim_options *o, const char *work_dir) {
+  if (strcmp(o->transport, "mqtt") != 0 || o->bridge_bin == NULL)
+    return FL_OK;
+  sim_mqtt_broker b;
+  char msg[160];
+  if (sim_mqtt_parse(o->broker, &b, msg, sizeof msg) != FL_OK)
+    return FL_E_INVAL;
+  return sim_mqtt_bridge_start(o->bridge_bin, &b, s->url, work_dir, &s->bridge);
+}
 
 static int start_services(services *s, const sim_options *o, const char *work_dir) {
   memset(s, 0, sizeof(*s));
@@ -106,6 +119,7 @@ static int start_services(services *s, const sim_options *o, const char *work_di
 }
 
 static void stop_services(services *s) {
+  sim_mqtt_bridge_stop(s->bridge);
   sim_coord_stop(&s->coord);
   sim_pg_stop(&s->pg);
   free(s->coord_args);
@@ -155,6 +169,8 @@ int main(int argc, char **argv) {
   }
   services svc;
   rc = start_services(&svc, &o, work_dir);
+  if (rc == FL_OK)
+    rc = start_bridge(&svc, &o, work_dir);
   if (rc == FL_OK && sim_stop_requested) /* a signal during the start-up */
     rc = FL_E_STATE;
   else if (rc == FL_OK)

@@ -13,6 +13,7 @@
 
 #include "fl/err.h"
 #include "model_specs.h"
+#include "mqtt.h"
 #include "partition.h"
 #include "transport.h"
 
@@ -87,6 +88,13 @@ static const opt_def OPTS[] = {
     {"coordinator-bin", T_STR, O(coordinator_bin), "fl-coordinator to start"},
     {"coordinator-args", T_STR, O(coordinator_args),
      "more flags for the started coordinator, blank-separated (they win over fl-sim's)"},
+    {"transport", T_STR, O(transport), "http | mqtt: how the devices reach the coordinator (http)"},
+    {"broker", T_STR, O(broker),
+     "--transport mqtt: mqtt://PREFIX:PASSWORD@host:port; device k logs in as PREFIX%05k "
+     "(password also from FL_SIM_MQTT_PASSWORD)"},
+    {"bridge-bin", T_STR, O(bridge_bin),
+     "--transport mqtt: start this fl-mqtt-bridge against the coordinator (broker account "
+     "fl-bridge, password from FL_MQTT_BRIDGE_PASSWORD); without it one must be running"},
     {"model-name", T_STR, O(model_name), "model name on the coordinator (a new one each run)"},
     {"pg-bin", T_STR, O(pg_bin), "directory of initdb and pg_ctl"},
     {"work-dir", T_STR, O(work_dir), "device states and logs (a new temporary directory)"},
@@ -122,6 +130,7 @@ void sim_options_defaults(sim_options *o) {
   o->server_lr = 1;
   o->straggler_ms = 2000;
   o->out_dir = "fl-sim-out";
+  o->transport = "http";
   o->seed = 1;
 }
 
@@ -452,6 +461,13 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
     return fail(msg, cap, "--model-name must have 1 to 200 characters");
   if (o->out_dir == NULL || o->out_dir[0] == '\0')
     return fail(msg, cap, "--out must name a directory");
+  if (strcmp(o->transport, "http") != 0 && strcmp(o->transport, "mqtt") != 0)
+    return fail(msg, cap, "unknown --transport %s: http or mqtt", o->transport);
+  sim_mqtt_broker mb;
+  if (strcmp(o->transport, "mqtt") == 0 && sim_mqtt_parse(o->broker, &mb, msg, cap) != FL_OK)
+    return FL_E_INVAL;
+  if (strcmp(o->transport, "mqtt") != 0 && (o->broker != NULL || o->bridge_bin != NULL))
+    return fail(msg, cap, "--broker and --bridge-bin go with --transport mqtt");
   if (o->url != NULL && o->admin_token == NULL && getenv("FL_ADMIN_TOKEN") == NULL)
     return fail(msg, cap, "--url needs --admin-token or FL_ADMIN_TOKEN");
   return FL_OK;

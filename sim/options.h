@@ -47,6 +47,9 @@ typedef struct sim_options {
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */
   const char *model_name;       /* NULL: "fl-sim <data> <UTC time> <pid>", new each run */
+  const char *transport;        /* http | mqtt (mqtt.h) */
+  const char *broker;           /* --transport mqtt: mqtt://PREFIX:PASSWORD@host:port */
+  const char *bridge_bin;       /* --transport mqtt: fl-mqtt-bridge to start, or NULL */
   int keep_work_dir;
   /* output */
   const char *out_dir;

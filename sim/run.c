@@ -394,7 +394,8 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   int kinds = sim_options_bad_kinds(o->bad_kinds);
-  sim_fleet_opts fo = {.n_devices = o->devices,
+  sim_fleet_opts fo = {.broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
+                       .n_devices = o->devices,
                        .threads = o->threads,
                        .train_threads = o->train_threads,
                        .max_inflight = o->max_inflight,

@@ -257,6 +257,14 @@ static fl_err tr_attach(void *ctx, struct fl_multi *m) {
   return l->inner.attach(l->inner.ctx, m);
 }
 
+/* The wrapped transport's socket while it carries the exchange (an MQTT device's connection). */
+static int tr_pollfd(void *ctx, int *events) {
+  sim_link *l = ctx;
+  if (l->st != L_INFLIGHT || l->inner.version < 3 || l->inner.pollfd == NULL)
+    return -1;
+  return l->inner.pollfd(l->inner.ctx, events);
+}
+
 static void tr_destroy(void *ctx) {
   sim_link *l = ctx;
   if (l == NULL)
@@ -304,6 +312,7 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
                         .end = tr_end,
                         .destroy = tr_destroy,
                         .detail = tr_detail,
-                        .attach = tr_attach};
+                        .attach = tr_attach,
+                        .pollfd = tr_pollfd};
   return FL_OK;
 }

@@ -77,7 +77,7 @@ typedef struct sim_link_opts {
   uint64_t seed;       /* of this device's faults */
 } sim_link_opts;
 
-/* Fills *out (a version 2 fl_transport owning a new sim_link and o->inner); destroy() frees
+/* Fills *out (a version 3 fl_transport owning a new sim_link and o->inner); destroy() frees
  * both. On error o->inner is destroyed too. */
 int sim_link_transport(fl_transport *out, const sim_link_opts *o);
 

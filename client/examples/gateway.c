@@ -8,6 +8,14 @@
  *   fl-gateway -s https://coord:8443 -d /var/lib/fl -t TOKEN -c readings.csv -l 0 \
  *              -p latest.csv -m 15
  *
+ * Over MQTT (docs/MQTT.md), through a broker and fl-mqtt-bridge instead of HTTPS:
+ *
+ *   FL_MQTT_PASSWORD=... fl-gateway -s mqtts://gw-0042@broker:8883 -d /var/lib/fl ...
+ *
+ * The user part of the URL is the gateway's broker account (its topics are fl/v1/dev/<user>/#);
+ * the password comes from FL_MQTT_PASSWORD (or mqtts://user:password@..., which other users of
+ * the machine can read in the process list). mqtt:// (plain TCP) needs -I like http:// does.
+ *
  * A plain http:// URL is refused unless -I is given (allow_insecure_http): over plain HTTP
  * whoever is on the path at enrollment chooses the coordinator key the gateway pins. -I is for
  * a coordinator on loopback (tests).
@@ -103,10 +111,59 @@ static int transient(fl_err err) {
   return err == FL_E_TRANSPORT || err == FL_E_TIMEOUT || err == FL_E_RETRY_LATER;
 }
 
+/* mqtt[s]://user[:password]@host[:port]: the broker URL without the user part, and the
+ * account. The password defaults to FL_MQTT_PASSWORD. */
+static fl_err mqtt_transport(fl_transport *tr, const fl_client_opts *o) {
+  static char user[129], password[256], broker[512];
+  const char *url = o->server_url, *scheme_end = strstr(url, "://");
+  const char *at = scheme_end != NULL ? strchr(scheme_end + 3, '@') : NULL;
+  if (at == NULL || strlen(url) >= sizeof broker) {
+    fprintf(stderr, "fl-gateway: %s: the broker account is missing (mqtts://USER@host:port)\n",
+            url);
+    return FL_E_INVAL;
+  }
+  const char *u = scheme_end + 3, *colon = memchr(u, ':', (size_t)(at - u));
+  size_t ul = (size_t)((colon != NULL ? colon : at) - u);
+  size_t pl = colon != NULL ? (size_t)(at - colon - 1) : 0;
+  const char *env = getenv("FL_MQTT_PASSWORD");
+  if (ul == 0 || ul >= sizeof user || pl >= sizeof password ||
+      (colon == NULL && env != NULL && strlen(env) >= sizeof password)) {
+    fprintf(stderr, "fl-gateway: %s: bad broker account\n", url);
+    return FL_E_INVAL;
+  }
+  memcpy(user, u, ul);
+  user[ul] = '\0';
+  if (colon != NULL) {
+    memcpy(password, colon + 1, pl);
+    password[pl] = '\0';
+  } else {
+    snprintf(password, sizeof password, "%s", env != NULL ? env : "");
+  }
+  snprintf(broker, sizeof broker, "%.*s%s", (int)(scheme_end + 3 - url), url, at + 1);
+  fl_mqtt_opts mo = {.version = FL_MQTT_OPTS_VERSION,
+                     .broker_url = broker,
+                     .username = user,
+                     .password = password[0] != '\0' ? password : NULL};
+  fl_err err = fl_transport_mqtt(tr, o, &mo);
+  if (err != FL_OK)
+    fprintf(stderr, "fl-gateway: MQTT transport: %s\n", fl_strerror(err));
+  return err;
+}
+
 /* Opens the client and loads the training data; then, if needed, enrolls. */
-static fl_err start(fl_client **c, const fl_client_opts *o, const char *token, const char *csv,
+static fl_err start(fl_client **c, fl_client_opts *o, const char *token, const char *csv,
                     int label_col, const char *latest) {
+  fl_transport tr;
+  if (strncmp(o->server_url, "mqtt://", 7) == 0 || strncmp(o->server_url, "mqtts://", 8) == 0) {
+    fl_err err = mqtt_transport(&tr, o);
+    if (err != FL_OK)
+      return err;
+    o->transport = &tr;
+  }
   fl_err err = fl_client_new(c, o);
+  if (err != FL_OK && o->transport != NULL)
+    tr.destroy(tr.ctx); /* on failure the transport stays ours */
+  o->transport = NULL;  /* tr is ours until here: the client copied the table */
   if (err != FL_OK) {
     fprintf(stderr, "fl-gateway: cannot open state directory %s: %s\n", o->state_dir,
             fl_strerror(err));
@@ -213,10 +270,13 @@ int main(int argc, char **argv) {
   fl_client_free(c);
   return err == FL_OK && failed == 0 ? 0 : 1;
 usage:
-  fprintf(stderr,
-          "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"
-          "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE] [-I]\n"
-          "  -I: accept a plain http:// URL (no server authentication; loopback tests)\n",
-          argv[0]);
+  fprintf(
+      stderr,
+      "usage: %s -s URL -d STATE_DIR -c READINGS.csv [-t TOKEN] [-l LABEL_COL]\n"
+      "       [-p LATEST.csv] [-m MINUTES] [-n ROUNDS] [-a CA_FILE] [-I]\n"
+      "  -s: https://coordinator:port, or mqtts://USER@broker:port (password in\n"
+      "      FL_MQTT_PASSWORD; docs/MQTT.md)\n"
+      "  -I: accept a plain http:// or mqtt:// URL (no server authentication; loopback tests)\n",
+      argv[0]);
   return 2;
 }

@@ -383,3 +383,123 @@ Test(client_abi, max_response_bytes_refuses_a_larger_answer_without_retrying) {
             fl_client_errmsg(e.c));
   fake_env_down(&e);
 }
+
+/* A transport whose answers take one extra poll, so that fl_multi waits on pollfd() between. */
+static int g_slow_polls, g_pollfd_calls;
+static fl_err slow_poll(void *ctx, int timeout_ms, fl_http_response *resp) {
+  if (g_slow_polls++ % 2 == 0)
+    return FL_E_AGAIN;
+  return g_inner.poll(ctx, timeout_ms, resp);
+}
+static int count_pollfd(void *ctx, int *events) {
+  (void)ctx;
+  *events = FL_POLL_IN;
+  g_pollfd_calls++;
+  return -1; /* nothing to wait on: the multi polls again within its timeout */
+}
+
+/* Version 3 added pollfd: fl_multi asks a version 3 table for its socket, and never reads the
+ * field of a version 2 table (whose struct ends before it: here it holds a value that a read
+ * would call). */
+static int round_in_multi(int version) {
+  fake_env e;
+  fake_data();
+  fake_tmpdir(e.dir, sizeof e.dir);
+  fake_init(&e.f);
+  g_inner = fake_transport(&e.f);
+  e.tr = g_inner;
+  e.tr.version = version;
+  e.tr.poll = slow_poll;
+  e.tr.pollfd = count_pollfd;
+  fl_client_opts o;
+  fake_opts(&o, e.dir, &e.tr);
+  cr_assert_eq(fl_client_new(&e.c, &o), FL_OK);
+  cr_assert_eq(fl_client_enroll(e.c, "tok", NULL, 0, NULL), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(fl_client_set_data_memory(e.c, fake_x, fake_y, 20, FAKE_IN), FL_OK);
+  fl_multi *m = NULL;
+  cr_assert_eq(fl_multi_new(&m, NULL), FL_OK);
+  cr_assert_eq(fl_multi_add(m, e.c), FL_OK);
+  cr_assert_eq(fl_client_round_begin(e.c), FL_OK);
+  g_pollfd_calls = 0;
+  bool done = false;
+  for (int i = 0; i < 200 && !done; i++) {
+    cr_assert_eq(fl_multi_perform(m, 10), FL_OK);
+    fl_client *c;
+    fl_step st;
+    fl_err err;
+    while (fl_multi_next(m, &c, &st, &err)) {
+      if (st == FL_STEP_NEED_TRAIN) {
+        cr_assert_eq(fl_client_train(c), FL_OK);
+        continue;
+      }
+      cr_assert_eq(err, FL_OK, "%s", fl_client_errmsg(c));
+      done = true;
+    }
+  }
+  cr_assert(done, "the round did not finish in the multi");
+  cr_assert_eq(fl_multi_remove(m, e.c), FL_OK);
+  fl_multi_free(m);
+  fake_env_down(&e);
+  return g_pollfd_calls;
+}
+
+Test(client_abi, pollfd_is_read_from_version_3_transports_only) {
+  cr_assert_gt(round_in_multi(3), 0, "fl_multi never asked a version 3 transport for its socket");
+  cr_assert_eq(round_in_multi(2), 0, "fl_multi read pollfd of a version 2 table");
+}
+
+/* fl_transport_mqtt reads fl_mqtt_opts by its version and refuses what cannot work, with the
+ * reason in the log; a well-formed one is made without connecting (that waits for the first
+ * exchange). */
+Test(client_abi, mqtt_options_are_checked) {
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .state_dir = "/nonexistent",
+                      .allow_insecure_http = 1,
+                      .log_fn = keep_log};
+  fl_mqtt_opts mo = {
+      .version = FL_MQTT_OPTS_VERSION, .broker_url = "mqtt://127.0.0.1:1", .username = "gw-0042"};
+  fl_transport tr;
+  fl_err ok = fl_transport_mqtt(&tr, &o, &mo);
+  if (ok == FL_E_UNSUPPORTED)
+    cr_skip_test("libflclient built without MQTT (FL_WITH_MQTT=OFF)");
+  cr_assert_eq(ok, FL_OK, "%s", g_log);
+  tr.destroy(tr.ctx);
+  const struct {
+    int version;
+    const char *url, *user;
+    int keepalive, insecure;
+    fl_err want;
+    const char *says;
+  } cases[] = {
+      {0, "mqtt://h", "d", 0, 1, FL_E_INVAL, "FL_MQTT_OPTS_VERSION"},
+      {FL_MQTT_OPTS_VERSION + 1, "mqtt://h", "d", 0, 1, FL_E_UNSUPPORTED, "upgrade"},
+      {1, "mqtt://h", NULL, 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "a/b", 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "a+", 0, 1, FL_E_INVAL, "username"},
+      {1, "mqtt://h", "#", 0, 1, FL_E_INVAL, "username"},
+      {1, NULL, "d", 0, 1, FL_E_INVAL, "broker_url"},
+      {1, "https://h", "d", 0, 1, FL_E_INVAL, "mqtts://"},
+      {1, "mqtt://h", "d", 0, 0, FL_E_INVAL, "plain mqtt"},
+      {1, "mqtt://h:0", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://h:99999", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://:1883", "d", 0, 1, FL_E_INVAL, "cannot parse"},
+      {1, "mqtt://h", "d", 3, 1, FL_E_INVAL, "keepalive_s"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    o.allow_insecure_http = cases[i].insecure;
+    mo = (fl_mqtt_opts){.version = cases[i].version,
+                        .broker_url = cases[i].url,
+                        .username = cases[i].user,
+                        .keepalive_s = cases[i].keepalive};
+    g_log[0] = '\0';
+    tr.ctx = NULL;
+    cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), cases[i].want, "case %zu", i);
+    cr_assert_null(tr.ctx, "case %zu: *out written on failure", i);
+    cr_assert(strstr(g_log, cases[i].says) != NULL, "case %zu: log says \"%s\"", i, g_log);
+  }
+  /* IPv6 literals and mqtts:// (no connection is made yet, so no certificate is needed). */
+  o.allow_insecure_http = 0;
+  mo = (fl_mqtt_opts){.version = 1, .broker_url = "mqtts://[::1]:8883", .username = "d"};
+  cr_assert_eq(fl_transport_mqtt(&tr, &o, &mo), FL_OK, "%s", g_log);
+  tr.destroy(tr.ctx);
+}

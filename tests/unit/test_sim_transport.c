@@ -78,6 +78,13 @@ static fl_err f_attach(void *ctx, struct fl_multi *m) {
   return FL_OK;
 }
 
+/* An own-connection transport's socket (fl_transport_mqtt's), while an exchange is in flight. */
+static int f_pollfd(void *ctx, int *events) {
+  fake *f = ctx;
+  *events = FL_POLL_IN;
+  return f->in_flight ? 42 : -1;
+}
+
 static fl_transport fake_tr(fake *f, int version) {
   f->status = f->status ? f->status : 200;
   return (fl_transport){.version = version,
@@ -86,14 +93,15 @@ static fl_transport fake_tr(fake *f, int version) {
                         .poll = f_poll,
                         .end = f_end,
                         .destroy = f_destroy,
-                        .attach = version >= 2 ? f_attach : NULL};
+                        .attach = version >= 2 ? f_attach : NULL,
+                        .pollfd = version >= 3 ? f_pollfd : NULL};
 }
 
 static fl_transport link_over(fake *f, sim_net *net, double net_fail, uint64_t seed) {
   sim_link_opts o = {.net = net, .inner = fake_tr(f, 2), .net_fail = net_fail, .seed = seed};
   fl_transport t;
   cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
-  cr_assert_eq(t.version, 2);
+  cr_assert_eq(t.version, FL_TRANSPORT_VERSION);
   return t;
 }
 
@@ -163,6 +171,31 @@ Test(sim_transport, lost_answers_reached_the_inner_transport) {
   cr_expect_eq(net.stats.bytes_up, 3u * (uint64_t)f.begins);
   cr_expect_gt(conn, 40);
   cr_expect_gt(lost, 40);
+  t.destroy(t.ctx);
+}
+
+/* fl_multi waits on the socket of the transport the link wraps (an MQTT device's). */
+Test(sim_transport, pollfd_is_forwarded_while_in_flight) {
+  fake f = {0};
+  sim_net net = {0};
+  sim_link_opts o = {.net = &net, .inner = fake_tr(&f, 3), .seed = 1};
+  fl_transport t;
+  cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
+  int ev = 0;
+  cr_expect_eq(t.pollfd(t.ctx, &ev), -1, "nothing in flight");
+  fl_http_request req = {.method = "POST", .path = "/v1/checkin"};
+  cr_assert_eq(t.begin(t.ctx, &req), FL_OK);
+  cr_expect_eq(t.pollfd(t.ctx, &ev), 42);
+  cr_expect_eq(ev, FL_POLL_IN);
+  t.end(t.ctx);
+  t.destroy(t.ctx);
+  /* A version 2 inner transport has no socket to give. */
+  fake g = {0};
+  o.inner = fake_tr(&g, 2);
+  cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
+  cr_assert_eq(t.begin(t.ctx, &req), FL_OK);
+  cr_expect_eq(t.pollfd(t.ctx, &ev), -1);
+  t.end(t.ctx);
   t.destroy(t.ctx);
 }
 
@@ -330,7 +363,7 @@ Test(sim_transport, curl_transport_closes_its_private_connection_on_attach) {
   sim_net net = {0};
   sim_link_opts o = {.net = &net, .seed = 1};
   cr_assert_eq(fl_transport_curl(&o.inner, &co), FL_OK);
-  cr_expect_eq(o.inner.version, 2);
+  cr_expect_eq(o.inner.version, FL_TRANSPORT_VERSION);
   fl_transport t;
   cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
   fl_http_request get = {.method = "GET", .path = "/v1/x"};

@@ -131,15 +131,25 @@ typedef struct fl_http_response {
  *            transport moves its transfers onto the multi's shared libcurl handle (one
  *            connection pool, one poll); a wrapper forwards the call to the transport it wraps
  *            so that the wrapped one shares them too. FL_OK or an error that fails the add.
- * The table is copied (read by its version: 1 ends before attach) by fl_client_new(); when
- * that succeeds, ctx belongs to the client, which calls destroy(ctx) when it is freed; when it
- * fails, the transport stays the caller's. The callbacks are called on the thread driving the
- * client, never two at once. */
-#define FL_TRANSPORT_VERSION 2
+ * - pollfd:  version 3, optional (may be NULL): the socket the exchange in flight waits on,
+ *            for an event loop that is not libcurl's (a transport with its own connection, such
+ *            as fl_transport_mqtt). Returns the descriptor and sets *events to FL_POLL_IN,
+ *            FL_POLL_OUT or both, or returns -1 when there is none to wait on (then the loop
+ *            calls poll() again within the time it would wait anyway). fl_multi_perform() waits
+ *            on these sockets beside its libcurl transfers and steps the client when one is
+ *            ready; an embedder with its own loop calls it on its copy of the table while a
+ *            step returned FL_STEP_WAIT_IO, then steps the client when the socket is ready.
+ * The table is copied (read by its version: 1 ends before attach, 2 before pollfd) by
+ * fl_client_new(); when that succeeds, ctx belongs to the client, which calls destroy(ctx)
+ * when it is freed; when it fails, the transport stays the caller's. The callbacks are called
+ * on the thread driving the client, never two at once. */
+#define FL_TRANSPORT_VERSION 3
+#define FL_POLL_IN 1
+#define FL_POLL_OUT 2
 
 struct fl_multi;
 typedef struct fl_transport {
-  int version; /* FL_TRANSPORT_VERSION (1: without attach) */
+  int version; /* FL_TRANSPORT_VERSION (1: without attach, 2: without pollfd) */
   void *ctx;
   fl_err (*begin)(void *ctx, const fl_http_request *req);
   fl_err (*poll)(void *ctx, int timeout_ms, fl_http_response *resp);
@@ -147,6 +157,8 @@ typedef struct fl_transport {
   void (*destroy)(void *ctx);
   const char *(*detail)(void *ctx);
   fl_err (*attach)(void *ctx, struct fl_multi *m);
+  /* --- version 3 --- */
+  int (*pollfd)(void *ctx, int *events);
 } fl_transport;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -184,12 +196,52 @@ FL_API void fl_model_store_free(fl_model_store *s);
 
 /* The built-in libcurl transport (keep-alive, TLS, timeouts and the response limit from opts,
  * which is read by its version like fl_client_new() reads it), for embedders who wrap it
- * (logging, fault injection) and pass the wrapper as opts->transport. It is a version 2
- * transport: a wrapper that forwards attach() keeps the shared pool of an fl_multi. On error
+ * (logging, fault injection) and pass the wrapper as opts->transport. It is a version 3
+ * transport without pollfd (fl_multi drives it through libcurl): a wrapper that forwards
+ * attach() keeps the shared pool of an fl_multi, and one that forwards pollfd() lets fl_multi
+ * wait on the socket of a wrapped fl_transport_mqtt. On error
  * *out is untouched. The caller owns the result until it hands it to fl_client_new(); its
  * destroy() frees it. */
 struct fl_client_opts;
 FL_API fl_err fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
+
+/* MQTT 5 through a broker (docs/MQTT.md): each exchange is published QoS 1 on
+ * <topic_prefix>/<username>/req<path> with a response topic (<topic_prefix>/<username>/res)
+ * and fresh correlation data; fl-mqtt-bridge forwards it to the coordinator's device API and
+ * publishes the answer back, the status and Retry-After in user properties, the body byte for
+ * byte. The request and answer bytes are exactly those of HTTP (same envelopes, signatures and
+ * reason codes), so every check the coordinator makes is unchanged. Zero-initialise and set
+ * version = FL_MQTT_OPTS_VERSION; read once by fl_transport_mqtt(). */
+#define FL_MQTT_OPTS_VERSION 1
+
+typedef struct fl_mqtt_opts {
+  int version; /* FL_MQTT_OPTS_VERSION */
+  /* "mqtts://broker.example:8883" (TLS, the broker's certificate checked against ca_file or
+   * the client options' ca_file, else the system store) or "mqtt://host:1883" (plain, only
+   * with allow_insecure_http in the client options: for a broker on loopback). Required. */
+  const char *broker_url;
+  /* The device's broker account, required: the broker's ACL gives it the topics
+   * <topic_prefix>/<username>/# and nothing else, so it is also the device's topic name.
+   * Letters, digits, '.', '_' and '-' only (no MQTT wildcard or level separator). */
+  const char *username;
+  const char *password;     /* NULL: none */
+  const char *client_id;    /* NULL: the username (a second connection with it replaces one) */
+  const char *ca_file;      /* mqtts: PEM bundle; NULL: the client options' ca_file */
+  const char *topic_prefix; /* NULL: "fl/v1/dev" (the bridge's --prefix must match) */
+  int keepalive_s;          /* 0: 60; else 5 to 65535 seconds */
+} fl_mqtt_opts;
+
+/* The MQTT transport (a version 3 transport: pollfd gives its socket to fl_multi or a foreign
+ * loop). Timeouts, the response limit and allow_insecure_http come from opts, read like
+ * fl_client_new() reads them. One broker connection per transport, made at the first exchange
+ * and again after it drops (a dropped connection fails the exchange in flight with
+ * FL_E_TRANSPORT, which the client retries: freshly signed, and an upload's retry is
+ * acknowledged as the same update by its content digest). FL_E_UNSUPPORTED when libflclient
+ * was built without MQTT (FL_WITH_MQTT=OFF). On error *out is untouched; the caller owns the
+ * result until it hands it to fl_client_new(). Process-wide state: the first call runs
+ * mosquitto_lib_init() (thread-safe, once); it is never undone. */
+FL_API fl_err fl_transport_mqtt(fl_transport *out, const struct fl_client_opts *opts,
+                                const fl_mqtt_opts *mqtt);
 
 /* Zero-initialise, set version = FL_CLIENT_OPTS_VERSION, then what you need. Fields only grow
  * at the end; a zero means "the default" given in the comment. Read once by fl_client_new():
@@ -443,7 +495,8 @@ FL_API fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator);
 /* Removes nothing: remove (or free) clients first. NULL is a no-op. */
 FL_API void fl_multi_free(fl_multi *m);
 /* Adds an idle client (FL_E_STATE if a request is in flight). Clients with an embedder
- * transport are stepped too, with timeout 0. The client stays owned by the caller. */
+ * transport are stepped too, with timeout 0, and the sockets their pollfd() names (version 3) are
+ * waited on with the libcurl transfers. The client stays owned by the caller. */
 FL_API fl_err fl_multi_add(fl_multi *m, fl_client *c);
 FL_API fl_err fl_multi_remove(fl_multi *m, fl_client *c);
 
