@@ -91,27 +91,34 @@ Test(accountant, orders_cover_integers_2_to_256) {
 
 /* Published figures. TF Privacy's tutorials/README.md (MNIST, N = 60000, batch 256,
  * delta = 1e-5): z = 1.12, 60 epochs -> 2.92; z = 1.2, 10 epochs -> 1.20; z = 0.6, 30 epochs
- * -> 9.74. The tutorial's z = 1.1 setting is "about 3". Abadi et al. 2016 section 3.1:
- * q = 0.01, sigma = 4, 10000 steps, delta = 1e-5 -> 1.26 with the moments accountant. The
- * papers print two or three digits; TF Privacy used other fractional orders (hence 9.77 for
- * 9.74 at z = 0.6, where the best order is below 3). */
+ * -> 9.74. The tutorial's z = 1.1 setting is "about 3". Abadi et al. 2016 section 5.1
+ * (figure 2), moments accountant, q = 0.01, sigma = 4, delta = 1e-5: E = 100 epochs (10000
+ * steps) -> 1.26 and E = 400 epochs (40000 steps) -> 2.55. The papers print two or three
+ * digits; TF Privacy used other fractional orders (hence 9.77 for 9.74 at z = 0.6, where the
+ * best order is below 3). At E = 400 the exact computation gives 2.576 (order 10, i.e. the
+ * moments accountant's lambda = 9; tests/unit/data/accountant_cases.py agrees), 1% above the
+ * paper's 2.55 (docs/PRIVACY.md section 2, "Checked against", discusses the gap). One-sided
+ * there: never below the published figure (that would be a claim tighter than the paper's),
+ * at most 0.03 above. */
 Test(accountant, published_figures) {
   double q = 256.0 / 60000.0;
   struct {
     double q, z;
     unsigned long long steps;
-    double want, tol;
+    double want, below, above; /* accepted: want - below <= eps <= want + above */
   } c[] = {
-      {q, 1.1, 60ull * 60000 / 256, 3.0, 0.05},
-      {q, 1.12, 60ull * 60000 / 256, 2.92, 0.005},
-      {q, 1.2, 10ull * 60000 / 256, 1.20, 0.005},
-      {q, 0.6, 30ull * 60000 / 256, 9.74, 0.05},
-      {0.01, 4.0, 10000, 1.26, 0.005},
+      {q, 1.1, 60ull * 60000 / 256, 3.0, 0.05, 0.05},
+      {q, 1.12, 60ull * 60000 / 256, 2.92, 0.005, 0.005},
+      {q, 1.2, 10ull * 60000 / 256, 1.20, 0.005, 0.005},
+      {q, 0.6, 30ull * 60000 / 256, 9.74, 0.05, 0.05},
+      {0.01, 4.0, 10000, 1.26, 0.005, 0.005},
+      {0.01, 4.0, 40000, 2.55, 0.0, 0.03},
   };
   for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
     double e = fl__dp_epsilon(c[i].q, c[i].z, c[i].steps, 1e-5, NULL);
-    cr_expect(fabs(e - c[i].want) <= c[i].tol, "z=%g steps=%llu: eps %.4f, published %.2f", c[i].z,
-              c[i].steps, e, c[i].want);
+    cr_expect(e >= c[i].want - c[i].below && e <= c[i].want + c[i].above,
+              "q=%g z=%g steps=%llu: eps %.4f, published %.2f", c[i].q, c[i].z, c[i].steps, e,
+              c[i].want);
   }
 }
 
