@@ -2,6 +2,7 @@
 """Reference values for tests/unit/test_accountant.c, computed independently of the C code.
 
 Writes accountant_cases.txt beside this file:
+    orders <a> <a> ...                   the orders epsilon() minimises over, in the C order
     rdp <q> <z> <order> <value>          RDP of one step of the sampled Gaussian mechanism
     eps <q> <z> <steps> <delta> <value>  min over the accountant's orders of
                                          steps * RDP(a) + log(1/delta) / (a - 1)
@@ -65,7 +66,8 @@ def epsilon(q, z, steps, delta):
 
 
 def main():
-    out = []
+    # First line: the orders themselves, so the C test can check they are the accountant's.
+    out = ["orders " + " ".join(repr(float(a)) for a in orders())]
     # Exact points: q = 1 is the plain Gaussian mechanism, a / (2 z^2).
     for q, z, a in [(1.0, 1.1, 2), (1.0, 0.7, 17), (0.01, 4.0, 2), (0.01, 1.0, 8),
                     (256 / 60000, 1.1, 32), (0.1, 0.5, 64), (0.5, 2.0, 256)]:
