@@ -1,6 +1,7 @@
 #!/bin/bash
 # Accuracy against epsilon of benches/RESULTS.md ("Differential privacy"), one seed each.
-# Usage: dp.sh BIN_DIR OUT_DIR [RUN...]  (default: nonprivate z0.5 z1 z2 z0.5-adaptive z1-adaptive)
+# Usage: dp.sh BIN_DIR OUT_DIR [RUN...]
+#  (default: nonprivate z0.5 z1 z2 z0.5-adaptive z1-adaptive z2-adaptive)
 #  BIN_DIR holds fl-sim and fl-coordinator's directory is BIN_DIR/../server; OUT_DIR gets
 #  OUT_DIR/RUN/{log.txt,rounds.csv} and OUT_DIR/summary.txt (benches/logs/ is not in git).
 #  Fashion-MNIST, 1000 devices x 60 IID examples, 100 per round (q = 0.1), logistic
@@ -9,7 +10,7 @@
 set -u
 bin=$1 out=$2
 shift 2
-runs=${*:-nonprivate z0.5 z1 z2 z0.5-adaptive z1-adaptive}
+runs=${*:-nonprivate z0.5 z1 z2 z0.5-adaptive z1-adaptive z2-adaptive}
 ROUNDS=${ROUNDS:-20}
 mkdir -p "$out"
 for run in $runs; do
@@ -20,6 +21,7 @@ for run in $runs; do
     z2) dargs="--noise-multiplier 2" ;;
     z0.5-adaptive) dargs="--noise-multiplier 0.5 --clip-quantile 0.5" ;;
     z1-adaptive) dargs="--noise-multiplier 1 --clip-quantile 0.5" ;;
+    z2-adaptive) dargs="--noise-multiplier 2 --clip-quantile 0.5" ;;
     *) echo "unknown run $run"; continue ;;
   esac
   mkdir -p "$out/$run"

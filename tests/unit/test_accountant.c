@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "privacy/accountant.h"
@@ -54,6 +55,29 @@ Test(accountant, epsilon_matches_reference) {
   cr_assert_geq(n, 5, "only %d eps cases read", n);
 }
 
+/* The reference's epsilons minimise over the orders it lists first; they must be the
+ * accountant's own, or the epsilon cases agree only while the best order lies elsewhere (the
+ * reference once went on to 10.75 while the C code stops at 9.75). */
+Test(accountant, reference_orders_are_the_accountants) {
+  FILE *f = fopen(CASES, "r");
+  cr_assert_not_null(f);
+  static char line[16384];
+  cr_assert_not_null(fgets(line, sizeof line, f));
+  fclose(f);
+  cr_assert(strncmp(line, "orders ", 7) == 0 && strchr(line, '\n') != NULL,
+            "first line of %s is not a whole orders line", CASES);
+  char *p = line + 7, *end = NULL;
+  size_t n = 0;
+  for (double a = strtod(p, &end); end != p; a = strtod(p, &end)) {
+    cr_expect_eq(a, fl__dp_order(n), "order %zu: reference %g, accountant %g", n, a,
+                 fl__dp_order(n));
+    n++;
+    p = end;
+  }
+  cr_expect_eq(n, fl__dp_n_orders(), "reference has %zu orders, the accountant %zu", n,
+               fl__dp_n_orders());
+}
+
 /* q = 1 is the Gaussian mechanism without sampling: RDP(a) = a / (2 z^2) exactly, at integer
  * and fractional orders; q = 0 releases nothing. */
 Test(accountant, rdp_exact_points) {
@@ -91,27 +115,34 @@ Test(accountant, orders_cover_integers_2_to_256) {
 
 /* Published figures. TF Privacy's tutorials/README.md (MNIST, N = 60000, batch 256,
  * delta = 1e-5): z = 1.12, 60 epochs -> 2.92; z = 1.2, 10 epochs -> 1.20; z = 0.6, 30 epochs
- * -> 9.74. The tutorial's z = 1.1 setting is "about 3". Abadi et al. 2016 section 3.1:
- * q = 0.01, sigma = 4, 10000 steps, delta = 1e-5 -> 1.26 with the moments accountant. The
- * papers print two or three digits; TF Privacy used other fractional orders (hence 9.77 for
- * 9.74 at z = 0.6, where the best order is below 3). */
+ * -> 9.74. The tutorial's z = 1.1 setting is "about 3". Abadi et al. 2016 section 5.1
+ * (figure 2), moments accountant, q = 0.01, sigma = 4, delta = 1e-5: E = 100 epochs (10000
+ * steps) -> 1.26 and E = 400 epochs (40000 steps) -> 2.55. The papers print two or three
+ * digits; TF Privacy used other fractional orders (hence 9.77 for 9.74 at z = 0.6, where the
+ * best order is below 3). At E = 400 the exact computation gives 2.576 (order 10, i.e. the
+ * moments accountant's lambda = 9; tests/unit/data/accountant_cases.py agrees), 1% above the
+ * paper's 2.55 (docs/PRIVACY.md section 2, "Checked against", discusses the gap). One-sided
+ * there: never below the published figure (that would be a claim tighter than the paper's),
+ * at most 0.03 above. */
 Test(accountant, published_figures) {
   double q = 256.0 / 60000.0;
   struct {
     double q, z;
     unsigned long long steps;
-    double want, tol;
+    double want, below, above; /* accepted: want - below <= eps <= want + above */
   } c[] = {
-      {q, 1.1, 60ull * 60000 / 256, 3.0, 0.05},
-      {q, 1.12, 60ull * 60000 / 256, 2.92, 0.005},
-      {q, 1.2, 10ull * 60000 / 256, 1.20, 0.005},
-      {q, 0.6, 30ull * 60000 / 256, 9.74, 0.05},
-      {0.01, 4.0, 10000, 1.26, 0.005},
+      {q, 1.1, 60ull * 60000 / 256, 3.0, 0.05, 0.05},
+      {q, 1.12, 60ull * 60000 / 256, 2.92, 0.005, 0.005},
+      {q, 1.2, 10ull * 60000 / 256, 1.20, 0.005, 0.005},
+      {q, 0.6, 30ull * 60000 / 256, 9.74, 0.05, 0.05},
+      {0.01, 4.0, 10000, 1.26, 0.005, 0.005},
+      {0.01, 4.0, 40000, 2.55, 0.0, 0.03},
   };
   for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
     double e = fl__dp_epsilon(c[i].q, c[i].z, c[i].steps, 1e-5, NULL);
-    cr_expect(fabs(e - c[i].want) <= c[i].tol, "z=%g steps=%llu: eps %.4f, published %.2f", c[i].z,
-              c[i].steps, e, c[i].want);
+    cr_expect(e >= c[i].want - c[i].below && e <= c[i].want + c[i].above,
+              "q=%g z=%g steps=%llu: eps %.4f, published %.2f", c[i].q, c[i].z, c[i].steps, e,
+              c[i].want);
   }
 }
 

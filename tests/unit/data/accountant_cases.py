@@ -2,6 +2,7 @@
 """Reference values for tests/unit/test_accountant.c, computed independently of the C code.
 
 Writes accountant_cases.txt beside this file:
+    orders <a> <a> ...                   the orders epsilon() minimises over, in the C order
     rdp <q> <z> <order> <value>          RDP of one step of the sampled Gaussian mechanism
     eps <q> <z> <steps> <delta> <value>  min over the accountant's orders of
                                          steps * RDP(a) + log(1/delta) / (a - 1)
@@ -48,7 +49,10 @@ def rdp_integral(q, z, a):
 
 
 def orders():
-    frac = [1 + 0.25 * k for k in range(1, 40) if k % 4 != 0]
+    # The accountant's orders (server/privacy/accountant.h): quarters 1.25 .. 9.75 that are
+    # not integers, every integer 2..256, then 320 .. 1024. (Up to 10.75 before: a reference
+    # with more orders than the C code could only agree while the best order was elsewhere.)
+    frac = [1 + 0.25 * k for k in range(1, 36) if k % 4 != 0]
     return frac + list(range(2, 257)) + [320, 384, 512, 768, 1024]
 
 
@@ -62,7 +66,8 @@ def epsilon(q, z, steps, delta):
 
 
 def main():
-    out = []
+    # First line: the orders themselves, so the C test can check they are the accountant's.
+    out = ["orders " + " ".join(repr(float(a)) for a in orders())]
     # Exact points: q = 1 is the plain Gaussian mechanism, a / (2 z^2).
     for q, z, a in [(1.0, 1.1, 2), (1.0, 0.7, 17), (0.01, 4.0, 2), (0.01, 1.0, 8),
                     (256 / 60000, 1.1, 32), (0.1, 0.5, 64), (0.5, 2.0, 256)]:
@@ -79,8 +84,10 @@ def main():
         (256 / 60000, 1.12, 60 * 60000 // 256, 1e-5),
         (256 / 60000, 1.2, 10 * 60000 // 256, 1e-5),
         (256 / 60000, 0.6, 30 * 60000 // 256, 1e-5),
-        # Abadi et al. 2016, section 3.1: q = 0.01, sigma = 4, T = 10000, delta = 1e-5.
+        # Abadi et al. 2016, section 5.1 (figure 2): q = 0.01, sigma = 4, delta = 1e-5,
+        # E = 100 and E = 400 epochs, T = E / q steps.
         (0.01, 4.0, 10000, 1e-5),
+        (0.01, 4.0, 40000, 1e-5),
         # A federated scale (no published figure: it exercises large step counts and tiny q):
         # 100 devices per round out of 1e6, z = 1.0, 1e5 rounds, delta = 1e-6.
         (1e-4, 1.0, 100000, 1e-6),
