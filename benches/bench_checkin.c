@@ -94,18 +94,35 @@ static long long proc_ticks(pid_t pid, bool children, pid_t *ppid) {
   return v[11] + v[12] + (children ? v[13] + v[14] : 0);
 }
 
-/* The postmaster with its reaped children, and its live children. */
-static long long pg_ticks(pid_t postmaster) {
+/* A PostgreSQL backend serving a client (its title "postgres: user db [local] ..."), not the
+ * WAL writer, checkpointer, autovacuum and the like. */
+static bool is_backend(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+  FILE *f = fopen(path, "r");
+  size_t n = f != NULL ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  if (f != NULL)
+    fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, "[local]") != NULL;
+}
+
+/* The postmaster with its reaped children, and its live children; *backends: the share of
+ * the live client backends. */
+static long long pg_ticks(pid_t postmaster, long long *backends) {
   long long t = proc_ticks(postmaster, true, NULL);
   DIR *d = opendir("/proc");
   struct dirent *e;
+  *backends = 0;
   while (d != NULL && (e = readdir(d)) != NULL) {
     if (!isdigit((unsigned char)e->d_name[0]))
       continue;
     pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
     long long c = proc_ticks(pid, false, &pp);
-    if (c > 0 && pp == postmaster)
+    if (c > 0 && pp == postmaster) {
       t += c;
+      *backends += is_backend(pid) ? c : 0;
+    }
   }
   if (d != NULL)
     closedir(d);
@@ -574,6 +591,21 @@ static void statements(bench *b, int checkins) {
            PQgetvalue(r, i, 3));
   }
   PQclear(r);
+  /* The batched last-seen UPDATE rewrites a devices row per check-in: a HOT update (no index
+   * entry) only while the row's page has room. Counters since the cluster started (PostgreSQL
+   * flushes them at most once a second). */
+  fl_sup_sleep_ms(1100);
+  r = q(b,
+        "SELECT /* bench_checkin */ relname, n_tup_ins, n_tup_upd, n_tup_hot_upd,"
+        " pg_total_relation_size(relid) / 1024 FROM pg_stat_user_tables"
+        " WHERE relname IN ('devices', 'nonces') ORDER BY relname");
+  printf(
+      "\n| table (since start) | inserts | updates | of them HOT | size with indexes |\n"
+      "|---|---|---|---|---|\n");
+  for (int i = 0; i < PQntuples(r); i++)
+    printf("| %s | %s | %s | %s | %s kB |\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+           PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetvalue(r, i, 4));
+  PQclear(r);
 }
 
 /* ---- main ---------------------------------------------------------------------------------- */
@@ -583,12 +615,26 @@ static int cmp_float(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* --perf FILE: `perf record -g` of the coordinator and every PostgreSQL process during the
+ * timed part (perf report --sort comm,dso separates them). */
 static pid_t perf_start(const bench *b, const char *out) {
-  char pid[16];
+  char pids[4096];
   pid_t p;
-  snprintf(pid, sizeof pid, "%d", (int)b->coord.pid);
-  char *argv[] = {"perf", "record", "-q", "-F", "999", "-g", "-o", (char *)out, "-p", pid, NULL};
-  if (out == NULL || fl_sup_spawn(&p, argv, NULL) != FL_OK)
+  size_t n;
+  if (out == NULL)
+    return 0;
+  n = (size_t)snprintf(pids, sizeof pids, "%d,%d", (int)b->coord.pid, (int)b->postmaster);
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d != NULL && (e = readdir(d)) != NULL && n + 16 < sizeof pids) {
+    pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
+    if (pid > 0 && pid != b->mon_pid && proc_ticks(pid, false, &pp) >= 0 && pp == b->postmaster)
+      n += (size_t)snprintf(pids + n, sizeof pids - n, ",%d", (int)pid);
+  }
+  if (d != NULL)
+    closedir(d);
+  char *argv[] = {"perf", "record", "-q", "-F", "999", "-g", "-o", (char *)out, "-p", pids, NULL};
+  if (fl_sup_spawn(&p, argv, NULL) != FL_OK)
     return 0;
   fl_sup_sleep_ms(300); /* let perf attach */
   return p;
@@ -603,16 +649,19 @@ static void usage(void) {
 }
 
 typedef struct snapshot {
-  long long coord, pg, machine;
+  long long coord, pg, pg_backends, machine;
   double gen, t;
 } snapshot;
 
 static snapshot snap(bench *b) {
-  snapshot s = {.coord = proc_ticks(b->coord.pid, false, NULL),
-                .pg = pg_ticks(b->postmaster) - proc_ticks(b->mon_pid, false, NULL),
-                .machine = machine_ticks(),
-                .gen = self_cpu_s(),
-                .t = fl_sup_mono_s()};
+  snapshot s;
+  long long mon = proc_ticks(b->mon_pid, false, NULL);
+  s.coord = proc_ticks(b->coord.pid, false, NULL);
+  s.pg = pg_ticks(b->postmaster, &s.pg_backends) - mon;
+  s.pg_backends -= mon;
+  s.machine = machine_ticks();
+  s.gen = self_cpu_s();
+  s.t = fl_sup_mono_s();
   return s;
 }
 
@@ -703,6 +752,7 @@ int main(int argc, char **argv) {
 
   double tck = (double)sysconf(_SC_CLK_TCK), el = s1.t - s0.t;
   double cc = (double)(s1.coord - s0.coord) / tck, pc = (double)(s1.pg - s0.pg) / tck;
+  double pb = (double)(s1.pg_backends - s0.pg_backends) / tck;
   double gc = s1.gen - s0.gen, mc = (double)(s1.machine - s0.machine) / tck;
   int ok = p.counts[K_TASK] + p.counts[K_WAIT] + p.counts[K_OTHER];
   float *lat = malloc((size_t)sent * sizeof *lat);
@@ -738,6 +788,10 @@ int main(int argc, char **argv) {
       cc / el, pc / el, gc / el, (mc - cc - pc - gc) / el);
   printf("| CPU us per check-in: coordinator / PostgreSQL / generator | %.0f / %.0f / %.0f | |\n",
          cc / ok * 1e6, pc / ok * 1e6, gc / ok * 1e6);
+  printf(
+      "| PostgreSQL's CPU: the coordinator's backends / the rest (WAL writer, autovacuum...)"
+      " | %.0f / %.0f us per check-in | |\n",
+      pb / ok * 1e6, (pc - pb) / ok * 1e6);
   if (!inline_sign)
     printf(
         "| generator's signing, before the clock (not in the figures above) | %.1f us per"
