@@ -4,6 +4,7 @@
  *
  *   bench_checkin [--devices N] [--assigned A] [--conns K] [--seconds S] [--requests R]
  *                 [--sign-inline] [--coordinator BIN] [--coord-arg FLAG]... [--perf FILE]
+ *                 [--sql STATEMENT]...
  *
  * Set-up (not timed): a throwaway PostgreSQL cluster with pg_stat_statements (flsupport/pg.h),
  * one fl-coordinator (flsupport/coord.h), a small model and a one-round plan of A participants
@@ -25,7 +26,9 @@
  * of assigned and told-to-wait answers, CPU seconds and cores of the coordinator, of
  * PostgreSQL (the postmaster and all its children, less this program's monitoring backend),
  * of the generator, and of everything else on the machine (/proc/stat less those), and the
- * statements per check-in with the costliest ones (pg_stat_statements). A measurement, never
+ * statements per check-in with the costliest ones (pg_stat_statements). --sql runs a statement
+ * in the coordinator's database after the set-up, before the timed part (to try a schema
+ * change, e.g. a fillfactor, without a migration). A measurement, never
  * a pass/fail test. Figures in benches/RESULTS.md ("Check-in throughput").
  */
 #define _GNU_SOURCE /* memmem */
@@ -644,7 +647,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: bench_checkin [--devices N] [--assigned A] [--conns K] [--seconds S]"
           " [--requests R] [--sign-inline] [--coordinator BIN] [--coord-arg FLAG]..."
-          " [--perf FILE]\n");
+          " [--perf FILE] [--sql STATEMENT]...\n");
   exit(2);
 }
 
@@ -671,7 +674,8 @@ int main(int argc, char **argv) {
   bool inline_sign = false;
   const char *coord = FL_COORDINATOR_BIN, *perf_out = NULL;
   char *extra[20];
-  int n_extra = 0;
+  const char *sql[8];
+  int n_extra = 0, n_sql = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--sign-inline") == 0) {
@@ -694,6 +698,8 @@ int main(int argc, char **argv) {
       coord = v;
     else if (strcmp(a, "--perf") == 0)
       perf_out = v;
+    else if (strcmp(a, "--sql") == 0 && n_sql < 8)
+      sql[n_sql++] = v;
     else if (strcmp(a, "--coord-arg") == 0 && n_extra < 20)
       extra[n_extra++] = (char *)v;
     else
@@ -724,6 +730,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_checkin: warm-up: %d assigned, %d told to wait (expected %d, %d)\n",
             w.counts[K_TASK], w.counts[K_WAIT], assigned, devices - assigned);
   phase_free(&w, devices);
+  for (int i = 0; i < n_sql; i++)
+    PQclear(q(&b, sql[i]));
 
   phase p;
   phase_init(&p, &b, requests);
@@ -770,6 +778,8 @@ int main(int argc, char **argv) {
       coord);
   for (int i = 0; i < n_extra; i++)
     printf(" %s", extra[i]);
+  for (int i = 0; i < n_sql; i++)
+    printf("; --sql '%s'", sql[i]);
   printf("; load average %.2f before, %.2f after\n\n", load0, load1);
   printf("| figure | value | target |\n|---|---|---|\n");
   printf("| check-ins/s | %.0f (%d answered in %.2f s, %d errors) | >= 5,000 |\n", ok / wall, ok,
