@@ -22,9 +22,15 @@ PACKAGES=(
   libjs-chart.js  # the dashboard's charts: copied from /usr/share/javascript/chart.js into share/fleetlearn/ui
   # tests/e2e: the dashboard in headless Chromium (playwright-core 1.49 from npm, which needs Node >= 18
   # like Debian 12's nodejs, drives Debian's chromium)
-  chromium nodejs npm
+  chromium
   prometheus  # promtool: check metrics on /metrics, check and test the rules in deploy/prometheus
 )
+
+# Node.js and npm for tests/e2e: Debian's only where the machine has none. A machine that
+# already has Node.js from elsewhere (NodeSource's nodejs bundles npm) must keep it: Debian's
+# npm package conflicts with that nodejs, and apt would refuse the whole install.
+if ! command -v node >/dev/null 2>&1; then PACKAGES+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then PACKAGES+=(npm); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
