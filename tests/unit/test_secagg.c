@@ -81,6 +81,24 @@ Test(secagg, derivations_use_distinct_info_strings) {
   cr_assert_arr_eq(seed, want, 32);
 }
 
+/* Computed independently by tests/unit/data/secagg_prg.py (Python `cryptography`). */
+Test(secagg, derivation_and_aead_known_answers) {
+  uint8_t k[32], got[32], want[32];
+  unhex(shared_k, k, 32);
+  cr_assert_eq(fl__secagg_enc_key(k, got), FL_OK);
+  unhex("ee820449f3c3b008639213fb0c49ff72ca3c2d2948638ae55490c03432a13aa4", want, 32);
+  cr_assert_arr_eq(got, want, 32);
+  cr_assert_eq(fl__secagg_mask_seed(k, got), FL_OK);
+  unhex("5b0cdac7231fd448fe7b86e97fc06064be329007a2616627b2fa099b1952e7a6", want, 32);
+  cr_assert_arr_eq(got, want, 32);
+  uint8_t key[32], ct[10 + FL_SECAGG_TAG_LEN], wct[sizeof ct];
+  for (int i = 0; i < 32; i++)
+    key[i] = (uint8_t)i;
+  cr_assert_eq(fl__secagg_seal(key, 42, 3, 7, (const uint8_t *)"fleetlearn", 10, ct), FL_OK);
+  unhex("f3109d474b1b3cb1e2f253c1d72fe8dcaa80f212768f19e8791c", wct, sizeof wct);
+  cr_assert_arr_eq(ct, wct, sizeof ct);
+}
+
 Test(secagg, aead_round_trip_and_refusals) {
   uint8_t key[32], other[32];
   for (int i = 0; i < 32; i++) {
