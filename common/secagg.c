@@ -440,9 +440,14 @@ int fl__secagg_mask(const uint32_t *x, size_t len, uint32_t self,
   if (((x == NULL || y == NULL) && len > 0) || self == 0 || self_seed == NULL ||
       ((peers == NULL || pair_seeds == NULL) && k > 0))
     return FL_E_INVAL;
-  for (size_t i = 0; i < k; i++)
+  /* A repeated neighbour would add its mask twice and the sum would never unmask. */
+  for (size_t i = 0; i < k; i++) {
     if (peers[i] == 0 || peers[i] == self)
       return FL_E_INVAL;
+    for (size_t j = 0; j < i; j++)
+      if (peers[j] == peers[i])
+        return FL_E_INVAL;
+  }
   if (y != x && len > 0)
     memmove(y, x, len * sizeof *y);
   int rc = fl__secagg_prg_add(self_seed, 1, y, len);

@@ -31,7 +31,7 @@ int fl__x25519_agree(const uint8_t priv[FL_X25519_LEN], const uint8_t peer_pub[F
                      uint8_t shared[FL_X25519_LEN]);
 
 /* HKDF-SHA256 (RFC 5869), extract then expand. salt may be NULL with salt_len 0 (then the RFC's
- * HashLen zero bytes). out_len at most 255 * 32. */
+ * HashLen zero bytes). out_len at most 255 * 32, info at most 1024 bytes (OpenSSL's limit). */
 int fl__hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
                     const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len);
 
@@ -101,7 +101,8 @@ int fl__secagg_dequantize_mean(const fl_secagg_quant *q, const uint32_t *sum, si
                                uint32_t count, float *mean);
 
 /* Client side: y = x + PRG(self_seed) + sum over neighbours v of sign(self, v) PRG(s_uv), with
- * sign +1 when v > self and -1 when v < self. pair_seeds[i] belongs to peers[i]. */
+ * sign +1 when v > self and -1 when v < self. pair_seeds[i] belongs to peers[i]; FL_E_INVAL for
+ * a peer 0, self or repeated. On failure y is zeroed: a half-masked input must never leave. */
 int fl__secagg_mask(const uint32_t *x, size_t len, uint32_t self,
                     const uint8_t self_seed[FL_SECAGG_SEED_LEN], const uint32_t *peers,
                     const uint8_t (*pair_seeds)[FL_SECAGG_SEED_LEN], size_t k, uint32_t *y);

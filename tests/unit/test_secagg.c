@@ -552,6 +552,25 @@ Test(secagg, round_secagg_complete_graph) {
   run_round(10, 9, 5, 0, 0, 5);
 }
 
+Test(secagg, mask_refuses_bad_neighbours) {
+  uint8_t b[32] = {1}, seeds[3][32] = {{2}, {3}, {4}};
+  uint32_t x[4] = {1, 2, 3, 4}, y[4];
+  uint32_t self_peer[3] = {2, 5, 3}, zero_peer[3] = {2, 0, 3}, dup[3] = {2, 3, 2},
+           ok[3] = {2, 3, 4};
+  cr_assert_eq(fl__secagg_mask(x, 4, 5, b, self_peer, (const uint8_t(*)[32])seeds, 3, y),
+               FL_E_INVAL);
+  cr_assert_eq(fl__secagg_mask(x, 4, 5, b, zero_peer, (const uint8_t(*)[32])seeds, 3, y),
+               FL_E_INVAL);
+  cr_assert_eq(fl__secagg_mask(x, 4, 5, b, dup, (const uint8_t(*)[32])seeds, 3, y), FL_E_INVAL);
+  cr_assert_eq(fl__secagg_mask(x, 4, 0, b, ok, (const uint8_t(*)[32])seeds, 3, y), FL_E_INVAL);
+  /* In place works, and with no neighbours the self mask alone comes off again. */
+  cr_assert_eq(fl__secagg_mask(x, 4, 5, b, ok, (const uint8_t(*)[32])seeds, 0, x), FL_OK);
+  cr_assert_eq(fl__secagg_unmask_self(x, 4, b), FL_OK);
+  for (uint32_t i = 0; i < 4; i++)
+    cr_assert_eq(x[i], i + 1);
+  cr_assert_eq(fl__secagg_unmask_pair(x, 4, 3, 3, b), FL_E_INVAL);
+}
+
 /* Below the threshold the round cannot unmask: too few responders refuse to reconstruct. */
 Test(secagg, round_below_threshold_refused) {
   int adj[MAXU + 1][MAXU + 1];
