@@ -571,6 +571,33 @@ Test(secagg, mask_refuses_bad_neighbours) {
   cr_assert_eq(fl__secagg_unmask_pair(x, 4, 3, 3, b), FL_E_INVAL);
 }
 
+/* What the coordinator receives is independent of the input: the masked words of an all-zero
+ * input and of an all-top input are both uniform (chi-square on the top 4 bits, 16 bins, 15
+ * degrees of freedom; fixed seeds, so the test is deterministic). */
+Test(secagg, masked_input_is_uniform_whatever_the_input) {
+  enum { LEN = 8192, BINS = 16 };
+  static uint32_t x[LEN], y[LEN];
+  uint8_t b[32], seeds[2][32];
+  for (int i = 0; i < 32; i++) {
+    b[i] = (uint8_t)(7 * i + 1);
+    seeds[0][i] = (uint8_t)(11 * i + 2);
+    seeds[1][i] = (uint8_t)(13 * i + 3);
+  }
+  uint32_t peers[2] = {2, 9};
+  for (int input = 0; input < 2; input++) {
+    for (int i = 0; i < LEN; i++)
+      x[i] = input ? (1u << 22) - 1 : 0;
+    cr_assert_eq(fl__secagg_mask(x, LEN, 5, b, peers, (const uint8_t(*)[32])seeds, 2, y), FL_OK);
+    int hist[BINS] = {0};
+    for (int i = 0; i < LEN; i++)
+      hist[y[i] >> 28]++;
+    double chi = 0, e = (double)LEN / BINS;
+    for (int i = 0; i < BINS; i++)
+      chi += (hist[i] - e) * (hist[i] - e) / e;
+    cr_assert_lt(chi, 60.0, "input %d", input);
+  }
+}
+
 /* Below the threshold the round cannot unmask: too few responders refuse to reconstruct. */
 Test(secagg, round_below_threshold_refused) {
   int adj[MAXU + 1][MAXU + 1];
