@@ -19,10 +19,8 @@ int sim_eval_dataset(fl_model *m, const fl_dataset *d, double *loss, double *acc
   double sum_loss = 0, sum_acc = 0;
   for (size_t i = 0; i < d->n; i += EVAL_BATCH) {
     size_t n = d->n - i < EVAL_BATCH ? d->n - i : EVAL_BATCH;
-    fl_batch b = {.x = d->x + i * d->x_dim,
-                  .labels = mse ? NULL : d->labels + i,
-                  .targets = NULL,
-                  .n = n};
+    fl_batch b = {
+        .x = d->x + i * d->x_dim, .labels = mse ? NULL : d->labels + i, .targets = NULL, .n = n};
     double l = 0, a = 0;
     int rc = fl__model_evaluate(m, &b, &l, &a);
     if (rc != FL_OK)
@@ -120,8 +118,8 @@ double sim_quantile(const float *scores, size_t n, double q) {
   return r;
 }
 
-void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
-                          double threshold, double *precision, double *recall) {
+void sim_precision_recall(const float *scores, const int32_t *labels, size_t n, double threshold,
+                          double *precision, double *recall) {
   size_t tp = 0, fp = 0, fn = 0;
   for (size_t i = 0; i < n; i++) {
     int alarm = scores[i] > threshold, pos = labels[i] != 0;
@@ -131,4 +129,35 @@ void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
   }
   *precision = tp + fp ? (double)tp / (double)(tp + fp) : 1.0;
   *recall = tp + fn ? (double)tp / (double)(tp + fn) : 0.0;
+}
+
+int sim_cohort_detection(const float *scores, const int32_t *labels, size_t n_devices,
+                         size_t per_device, const uint8_t *member, int want, double threshold,
+                         sim_detection *out) {
+  size_t n = 0;
+  for (size_t k = 0; k < n_devices; k++)
+    n += (size_t)((member[k] != 0) == (want != 0)) * per_device;
+  float *s = malloc((n ? n : 1) * sizeof(float));
+  int32_t *l = malloc((n ? n : 1) * sizeof(int32_t));
+  if (s == NULL || l == NULL) {
+    free(s);
+    free(l);
+    return FL_E_NOMEM;
+  }
+  size_t j = 0;
+  for (size_t k = 0; k < n_devices; k++) {
+    if ((member[k] != 0) != (want != 0))
+      continue;
+    memcpy(s + j, scores + k * per_device, per_device * sizeof(float));
+    memcpy(l + j, labels + k * per_device, per_device * sizeof(int32_t));
+    j += per_device;
+  }
+  out->n = n;
+  out->auc = sim_auc(s, l, n);
+  sim_precision_recall(s, l, n, threshold, &out->precision, &out->recall);
+  double pr = out->precision + out->recall;
+  out->f1 = pr > 0 ? 2 * out->precision * out->recall / pr : 0.0;
+  free(s);
+  free(l);
+  return FL_OK;
 }
