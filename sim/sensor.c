@@ -172,7 +172,8 @@ static void sp_draw_motor(sp_motor *m, int type, size_t bins, fl_rng *r) {
   m->type = type;
   /* Induction motors run close to their synchronous speed: a type's speed varies by a few
    * per cent from motor to motor (supply, pole count fixed), not over the whole band. */
-  m->f0 = (3.0 + type) * (1.0 + 0.01 * fl__rng_normal(r)) * scale;
+  static const double speed[SP_TYPES + 1] = {3.0, 4.0, 5.0, 5.6};
+  m->f0 = speed[type] * (1.0 + 0.01 * fl__rng_normal(r)) * scale;
   /* Motor to motor the profile varies in level and tilt only: two numbers, so the fleet's
    * spectra stay on a manifold of a few dimensions per type (speed, level, tilt, load). */
   double level = lognormal(r, 0.0, 0.2), tilt = 0.08 * fl__rng_normal(r);
@@ -212,7 +213,7 @@ static void sp_draw_spectrum(float *x, double *s, size_t bins, const sp_motor *m
   for (int h = 1; h <= SP_HARMONICS; h++)
     add_line_w(s, bins, h * f, gain * m->amp[h] * lognormal(r, 0.0, 0.05), m->width);
   if (fault != SIM_FAULT_NONE) {
-    double e0 = energy(s, bins), sev = uniform(r, 0.5, 1.0), a1 = gain * m->amp[1];
+    double e0 = energy(s, bins), sev = uniform(r, 1.0, 2.0), a1 = gain * m->amp[1];
     if (fault == SIM_FAULT_BEARING) {
       add_line_w(s, bins, BPFO_ORDER * f, a1 * 1.0 * sev, m->width);
       add_line_w(s, bins, BPFO_ORDER * f - f, a1 * 0.5 * sev, m->width);
