@@ -43,8 +43,8 @@ static char *auth_header(const fl_key *key, uint64_t device_id, const char *path
   clock_gettime(CLOCK_REALTIME, &ts);
   int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   if (fl__random_bytes(nonce, sizeof(nonce)) != FL_OK ||
-      fl__request_digest("GET", path, device_id, now_ms, nonce, sizeof(nonce), NULL, 0, digest) !=
-          FL_OK ||
+      fl__request_digest("GET", path, device_id, now_ms, nonce, sizeof(nonce), NULL, 0,
+                         digest) != FL_OK ||
       fl__sign(key, digest, sizeof(digest), sig) != FL_OK)
     return NULL;
   Fl__V1__SignedRequest env;
@@ -111,8 +111,8 @@ static int load_checked(const Fl__V1__ModelVersion *mv, const uint8_t coord_pub[
 }
 
 int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_id,
-                      const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id, uint64_t version,
-                      fl_model *m, uint64_t *bytes) {
+                      const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id,
+                      uint64_t version, fl_model *m, uint64_t *bytes) {
   char path[128], url[512];
   snprintf(path, sizeof(path), "/v1/models/%llu/versions/%llu", (unsigned long long)model_id,
            (unsigned long long)version);

@@ -19,8 +19,8 @@
  * FL_E_PARSE, FL_E_BADSIG, FL_E_SHAPE, FL_E_BADHASH; on error m's weights may be partly
  * overwritten. */
 int sim_fetch_version(const char *base_url, const fl_key *key, uint64_t device_id,
-                      const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id, uint64_t version,
-                      fl_model *m, uint64_t *bytes);
+                      const uint8_t coord_pub[FL_PUBKEY_LEN], uint64_t model_id,
+                      uint64_t version, fl_model *m, uint64_t *bytes);
 
 /* The checks of sim_fetch_version on a serialized fl.v1.ModelVersion already in memory: the
  * signature over its digest, then the digest recomputed from model_id, version, its parent,

@@ -30,9 +30,11 @@ int sim_coord_stats_parse(sim_coord_stats *out, const char *text) {
   int found = 0;
   char name[128];
   for (int r = 0; r < SIM_R_COUNT; r++) {
-    snprintf(name, sizeof(name), "fl_http_request_duration_seconds_count{route=\"%s\"}", ROUTES[r]);
+    snprintf(name, sizeof(name), "fl_http_request_duration_seconds_count{route=\"%s\"}",
+             ROUTES[r]);
     double n = series(text, name);
-    snprintf(name, sizeof(name), "fl_http_request_duration_seconds_sum{route=\"%s\"}", ROUTES[r]);
+    snprintf(name, sizeof(name), "fl_http_request_duration_seconds_sum{route=\"%s\"}",
+             ROUTES[r]);
     double sum = series(text, name);
     if (n >= 0 && sum >= 0) {
       s.n[r] = (uint64_t)n;
@@ -54,7 +56,8 @@ int sim_coord_stats_parse(sim_coord_stats *out, const char *text) {
   return FL_OK;
 }
 
-void sim_coord_stats_sub(sim_coord_stats *out, const sim_coord_stats *b, const sim_coord_stats *a) {
+void sim_coord_stats_sub(sim_coord_stats *out, const sim_coord_stats *b,
+                         const sim_coord_stats *a) {
   for (int r = 0; r < SIM_R_COUNT; r++) {
     out->n[r] = b->n[r] - a->n[r];
     out->sum_s[r] = b->sum_s[r] - a->sum_s[r];
@@ -73,7 +76,7 @@ void sim_coord_stats_print(FILE *f, const char *prefix, const sim_coord_stats *d
   for (int r = 0; r < SIM_R_COUNT; r++)
     fprintf(f, "%s %llu x %.1f ms, ", ROUTES[r], (unsigned long long)d->n[r],
             1e3 * per(d->sum_s[r], d->n[r]));
-  fprintf(f, "commits %llu (%.1f updates, %.1f ms each)\n", (unsigned long long)d->commit_batches,
-          per((double)d->commit_updates, d->commit_batches),
-          1e3 * per(d->commit_s, d->commit_batches));
+  fprintf(f, "commits %llu (%.1f updates, %.1f ms each)\n",
+          (unsigned long long)d->commit_batches,
+          per((double)d->commit_updates, d->commit_batches), 1e3 * per(d->commit_s, d->commit_batches));
 }

@@ -172,8 +172,8 @@ static int repack_update(Fl__V1__SignedRequest *sr, const Fl__V1__UpdateUpload *
 /* POISON, UNCLIPPED and the in-bound attacks: a changed delta, honestly signed by the device. An
  * upload's one signature is the update's, over the envelope's timestamp and nonce
  * (docs/SIGNING.md), so signing the changed update again is all a compromised device has to do. */
-static int rescale(Fl__V1__SignedRequest *sr, sim_behaviour b, const fl_key *key, double clip_norm,
-                   uint8_t **body, size_t *len) {
+static int rescale(Fl__V1__SignedRequest *sr, sim_behaviour b, const fl_key *key,
+                   double clip_norm, uint8_t **body, size_t *len) {
   Fl__V1__UpdateUpload *u = fl__v1__update_upload__unpack(NULL, sr->body.len, sr->body.data);
   if (u == NULL)
     return FL_E_PARSE;

@@ -148,7 +148,8 @@ int sim_model_named(fl_model_spec *out, const char *name, size_t x_dim, int32_t 
                    "dense:120,relu,dense:84,relu,dense:%d",
                    (int)n_classes);
   else if (strcmp(name, "autoencoder") == 0) {
-    len = snprintf(buf, sizeof(buf), "dense:32,relu,dense:8,relu,dense:32,relu,dense:%zu", x_dim);
+    len = snprintf(buf, sizeof(buf), "dense:32,relu,dense:8,relu,dense:32,relu,dense:%zu",
+                   x_dim);
     loss = FL_LOSS_MSE;
   } else
     return FL_E_INVAL;

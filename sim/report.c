@@ -12,10 +12,9 @@
 #include "fl/err.h"
 
 void sim_csv_header(FILE *f) {
-  fputs(
-      "round,test_accuracy,test_loss,auc,participants,refused,bytes_up,bytes_down,seconds,"
-      "train_seconds,network_seconds,aggregation_seconds\n",
-      f);
+  fputs("round,test_accuracy,test_loss,auc,participants,refused,bytes_up,bytes_down,seconds,"
+        "train_seconds,network_seconds,aggregation_seconds\n",
+        f);
   fflush(f);
 }
 
@@ -31,23 +30,12 @@ void sim_csv_row(FILE *f, const sim_round_row *r) {
 static void svg_text(FILE *f, const char *s) {
   for (; *s; s++) {
     switch (*s) {
-      case '<':
-        fputs("&lt;", f);
-        break;
-      case '>':
-        fputs("&gt;", f);
-        break;
-      case '&':
-        fputs("&amp;", f);
-        break;
-      case '"':
-        fputs("&quot;", f);
-        break;
-      case '\'':
-        fputs("&apos;", f);
-        break;
-      default:
-        fputc(*s, f);
+      case '<': fputs("&lt;", f); break;
+      case '>': fputs("&gt;", f); break;
+      case '&': fputs("&amp;", f); break;
+      case '"': fputs("&quot;", f); break;
+      case '\'': fputs("&apos;", f); break;
+      default: fputc(*s, f);
     }
   }
 }
@@ -63,27 +51,24 @@ static void svg_axes(FILE *f, int max_round, const char *ylabel) {
   double pw = SVG_W - SVG_L - SVG_R, ph = SVG_H - SVG_T - SVG_B;
   for (int i = 0; i <= 5; i++) {
     double y = SVG_T + ph - ph * i / 5.0;
-    fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", SVG_L, y,
-            SVG_L + pw, y);
+    fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", SVG_L,
+            y, SVG_L + pw, y);
     fprintf(f, "<text x=\"%d\" y=\"%.1f\" font-size=\"12\" text-anchor=\"end\">%.1f</text>\n",
             SVG_L - 6, y + 4, i / 5.0);
   }
   int step = max_round <= 10 ? 1 : (max_round + 9) / 10;
   for (int r = 0; r <= max_round; r += step) {
     double x = SVG_L + pw * r / (max_round > 0 ? max_round : 1);
-    fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"12\" text-anchor=\"middle\">%d</text>\n", x,
-            SVG_H - SVG_B + 18, r);
+    fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"12\" text-anchor=\"middle\">%d</text>\n",
+            x, SVG_H - SVG_B + 18, r);
   }
-  fprintf(f,
-          "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
-          "stroke=\"#000\"/>\n",
-          SVG_L, SVG_T, pw, ph);
+  fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+             "stroke=\"#000\"/>\n", SVG_L, SVG_T, pw, ph);
   fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\">round</text>\n",
           SVG_L + pw / 2, SVG_H - 12);
-  fprintf(f,
-          "<text x=\"16\" y=\"%.1f\" font-size=\"13\" text-anchor=\"middle\" "
-          "transform=\"rotate(-90 16 %.1f)\">%s</text>\n",
-          SVG_T + ph / 2, SVG_T + ph / 2, ylabel);
+  fprintf(f, "<text x=\"16\" y=\"%.1f\" font-size=\"13\" text-anchor=\"middle\" "
+             "transform=\"rotate(-90 16 %.1f)\">%s</text>\n", SVG_T + ph / 2, SVG_T + ph / 2,
+          ylabel);
 }
 
 int sim_plot_svg(const char *path, const sim_round_row *rows, size_t n, const char *title,
@@ -94,9 +79,8 @@ int sim_plot_svg(const char *path, const sim_round_row *rows, size_t n, const ch
   int max_round = 1;
   for (size_t i = 0; i < n; i++)
     max_round = rows[i].round > max_round ? rows[i].round : max_round;
-  fprintf(f,
-          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-          "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n",
+  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+             "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n",
           SVG_W, SVG_H);
   fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">", SVG_W / 2);
   svg_text(f, title);
@@ -212,8 +196,8 @@ void sim_progress_update(sim_progress *p, int round, int rounds, size_t done, si
     for (size_t i = 0; i < BAR_WIDTH; i++)
       bar[i] = i < fill ? '#' : '-';
     bar[BAR_WIDTH] = '\0';
-    int len = fprintf(p->f, "\rround %d/%d [%s] %zu/%zu devices %6.1f s", round, rounds, bar, done,
-                      total, t);
+    int len = fprintf(p->f, "\rround %d/%d [%s] %zu/%zu devices %6.1f s", round, rounds, bar,
+                      done, total, t);
     if (len < p->last_len)
       fprintf(p->f, "%*s", p->last_len - len, "");
     p->last_len = len;
@@ -231,7 +215,8 @@ void sim_progress_round(sim_progress *p, const sim_round_row *r, int rounds) {
   if (isnan(r->accuracy) && isnan(r->loss))
     fprintf(p->f, "round %d/%d: closed without a new version", r->round, rounds);
   else
-    fprintf(p->f, "round %d/%d: accuracy %.4f loss %.4f", r->round, rounds, r->accuracy, r->loss);
+    fprintf(p->f, "round %d/%d: accuracy %.4f loss %.4f", r->round, rounds, r->accuracy,
+            r->loss);
   if (isfinite(r->auc))
     fprintf(p->f, " auc %.4f", r->auc);
   fprintf(p->f, ", %zu participants, %zu refused, %.1f s\n", r->participants, r->refused,

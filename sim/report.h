@@ -13,9 +13,9 @@
 
 typedef struct sim_round_row {
   int round;
-  double accuracy; /* on the held-out test set; NaN when not measured */
+  double accuracy;  /* on the held-out test set; NaN when not measured */
   double loss;
-  double auc; /* anomaly detection only, else NaN */
+  double auc;       /* anomaly detection only, else NaN */
   size_t participants, refused;
   uint64_t bytes_up, bytes_down;
   double seconds;

@@ -13,7 +13,7 @@
 
 /* Per-device draws made before any example exists. */
 typedef struct device_prior {
-  size_t n; /* examples */
+  size_t n;       /* examples */
   double u, B;
 } device_prior;
 
@@ -78,8 +78,9 @@ static void draw_model(double *W, double *b, double mean, size_t dim, int32_t n_
 }
 
 /* Fills both data sets device by device from the priors. */
-static void generate_examples(sim_synthetic *s, const sim_synthetic_opts *o, const device_prior *pr,
-                              double *W, double *b, double *v, const double *sd, fl_rng *r) {
+static void generate_examples(sim_synthetic *s, const sim_synthetic_opts *o,
+                              const device_prior *pr, double *W, double *b, double *v,
+                              const double *sd, fl_rng *r) {
   size_t dim = o->dim, tr = 0, te = 0;
   if (o->iid)
     draw_model(W, b, 0.0, dim, o->n_classes, r);
@@ -96,7 +97,8 @@ static void generate_examples(sim_synthetic *s, const sim_synthetic_opts *o, con
     for (size_t i = 0; i < pr[k].n; i++) {
       fl_dataset *d = i < n_train ? &s->train : &s->test;
       size_t row = i < n_train ? tr++ : te++;
-      d->labels[row] = draw_example(d->x + row * dim, v + k * dim, sd, W, b, dim, o->n_classes, r);
+      d->labels[row] = draw_example(d->x + row * dim, v + k * dim, sd, W, b, dim,
+                                    o->n_classes, r);
     }
   }
   s->train_part.offsets[o->n_devices] = tr;

@@ -21,9 +21,9 @@
 #include "partition.h"
 
 typedef struct sim_synthetic_opts {
-  size_t n_devices;  /* 30 in the paper */
-  size_t dim;        /* 60 */
-  int32_t n_classes; /* 10 */
+  size_t n_devices;   /* 30 in the paper */
+  size_t dim;         /* 60 */
+  int32_t n_classes;  /* 10 */
   double alpha, beta;
   bool iid;
   size_t max_samples; /* per device, 0: no cap (the lognormal tail is long) */
