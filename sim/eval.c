@@ -19,8 +19,10 @@ int sim_eval_dataset(fl_model *m, const fl_dataset *d, double *loss, double *acc
   double sum_loss = 0, sum_acc = 0;
   for (size_t i = 0; i < d->n; i += EVAL_BATCH) {
     size_t n = d->n - i < EVAL_BATCH ? d->n - i : EVAL_BATCH;
-    fl_batch b = {
-        .x = d->x + i * d->x_dim, .labels = mse ? NULL : d->labels + i, .targets = NULL, .n = n};
+    fl_batch b = {.x = d->x + i * d->x_dim,
+                  .labels = mse ? NULL : d->labels + i,
+                  .targets = NULL,
+                  .n = n};
     double l = 0, a = 0;
     int rc = fl__model_evaluate(m, &b, &l, &a);
     if (rc != FL_OK)
@@ -118,8 +120,8 @@ double sim_quantile(const float *scores, size_t n, double q) {
   return r;
 }
 
-void sim_precision_recall(const float *scores, const int32_t *labels, size_t n, double threshold,
-                          double *precision, double *recall) {
+void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
+                          double threshold, double *precision, double *recall) {
   size_t tp = 0, fp = 0, fn = 0;
   for (size_t i = 0; i < n; i++) {
     int alarm = scores[i] > threshold, pos = labels[i] != 0;

@@ -28,8 +28,8 @@ double sim_quantile(const float *scores, size_t n, double q);
 
 /* Precision and recall of the alarm "score > threshold" for "positive = label != 0". A rule
  * that raises no alarm has precision 1 by convention (it made no false alarm). */
-void sim_precision_recall(const float *scores, const int32_t *labels, size_t n, double threshold,
-                          double *precision, double *recall);
+void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
+                          double threshold, double *precision, double *recall);
 
 /* The detector's figures on one cohort of the fleet: the rows of the devices k whose
  * (member[k] != 0) equals want, device k holding rows [k * per_device, (k + 1) * per_device)
