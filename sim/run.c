@@ -271,8 +271,10 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
       /* From this round on the drifted motors train on, and are tested on, shifted data; the
        * version they have is scored on it first: the drop before any retraining. */
       sim_data_drift(x->d);
-      printf("drift: %zu of %zu motors (%s) from round %d; version %llu on the drifted data:\n",
-             x->d->n_drifted, x->o->devices, x->o->drift_kind, r, (unsigned long long)version);
+      printf(
+          "drift: %zu of %zu motors (%s) from round %d; version %llu (round %d's) on the "
+          "drifted data:\n",
+          x->d->n_drifted, x->o->devices, x->o->drift_kind, r, (unsigned long long)version, r - 1);
       sim_round_row tmp = {0};
       x->have_at_drift = evaluate(x, version, &tmp, x->at_drift) == FL_OK;
     }
@@ -516,20 +518,21 @@ static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   int R = x->o->drift_round;
   add_row(rows, n, "drifted cohort", "%zu of %zu motors, %s drift from round %d", x->d->n_drifted,
           x->o->devices, x->o->drift_kind, R);
-  char label[96];
+  /* add_row keeps the label pointer: one buffer per row, alive until the table is printed. */
+  static char label[4][96];
   if (R - 1 <= x->n_rows) {
-    snprintf(label, sizeof(label), "drifted cohort, round %d (before drift)", R - 1);
-    detection_row(rows, n, label, &x->cohort[R - 1][0]);
+    snprintf(label[0], sizeof(label[0]), "drifted cohort, round %d (before drift)", R - 1);
+    detection_row(rows, n, label[0], &x->cohort[R - 1][0]);
   }
   if (x->have_at_drift) {
-    snprintf(label, sizeof(label), "drifted cohort, round %d's version, drifted data", R - 1);
-    detection_row(rows, n, label, &x->at_drift[0]);
+    snprintf(label[1], sizeof(label[1]), "drifted cohort, round %d's version, drifted data", R - 1);
+    detection_row(rows, n, label[1], &x->at_drift[0]);
   }
   if (x->n_rows >= R) {
-    snprintf(label, sizeof(label), "drifted cohort, round %d", x->n_rows);
-    detection_row(rows, n, label, &x->cohort[x->n_rows][0]);
-    snprintf(label, sizeof(label), "other motors, round %d", x->n_rows);
-    detection_row(rows, n, label, &x->cohort[x->n_rows][1]);
+    snprintf(label[2], sizeof(label[2]), "drifted cohort, round %d", x->n_rows);
+    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0]);
+    snprintf(label[3], sizeof(label[3]), "other motors, round %d", x->n_rows);
+    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1]);
   }
 }
 
