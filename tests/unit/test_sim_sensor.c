@@ -8,6 +8,7 @@
 #include "eval.h"
 #include "fl/err.h"
 #include "sensor.h"
+#include "sim.h"
 
 static sim_sensor gen(size_t devices, double fault_rate, uint64_t seed) {
   sim_sensor s;
@@ -347,4 +348,40 @@ Test(sim_sensor, spectral_rejects_bad_drift_options) {
   o.scenario = SIM_SENSOR_SPECTRAL;
   o.drift_kind = (sim_drift_kind)7;
   cr_assert_eq(sim_sensor_generate(&s, &o), FL_E_INVAL);
+}
+
+/* fl-sim's side: the data it loads is the pre-drift data until sim_data_drift (called by the
+ * run loop before round --drift-round) switches the chosen motors, and only them, to theirs. */
+Test(sim_sensor, sim_data_drift_switches_the_cohort_only) {
+  sim_options o;
+  sim_options_defaults(&o);
+  o.dataset = "sensor2";
+  o.devices = 20;
+  o.rounds = 5;
+  o.drift_round = 3;
+  o.drift_share = 0.25;
+  sim_data d;
+  cr_assert_eq(sim_data_load(&d, &o), FL_OK);
+  cr_assert_not_null(d.drifted);
+  cr_assert_eq(d.n_drifted, 5);
+  cr_assert_eq(d.test_per_device * 20, d.test.n);
+  sim_sensor plain = gen2(20, o.fault_rate, o.seed, SIM_DRIFT_NONE, 0);
+  cr_assert_eq(memcmp(d.train.x, plain.train.x, d.train.n * 64 * sizeof(float)), 0,
+               "before the drift round: the data of a run without drift");
+  cr_assert_eq(memcmp(d.test.x, plain.test.x, d.test.n * 64 * sizeof(float)), 0);
+  sim_data_drift(&d);
+  for (size_t k = 0; k < 20; k++) {
+    int train_same = motor_rows_equal(&d.train, &plain.train, k, 60);
+    int test_same = motor_rows_equal(&d.test, &plain.test, k, 40);
+    int calib_same = motor_rows_equal(&d.calib, &plain.calib, k, 10);
+    cr_assert_eq(train_same && test_same && calib_same, !d.drifted[k], "motor %zu", k);
+  }
+  sim_sensor_free(&plain);
+  sim_data_free(&d);
+  /* Without --drift-round nothing drifts and sim_data_drift is a no-op. */
+  o.drift_round = 0;
+  cr_assert_eq(sim_data_load(&d, &o), FL_OK);
+  cr_assert_null(d.drifted);
+  sim_data_drift(&d);
+  sim_data_free(&d);
 }
