@@ -84,18 +84,27 @@ static int load_sensor(sim_data *d, const sim_options *o) {
   sim_sensor s;
   sim_scenario sc;
   sim_scenario_shape("sensor", &sc);
+  int spectral = strcmp(o->dataset, "sensor2") == 0;
+  sim_drift_kind kind = SIM_DRIFT_NONE;
+  if (spectral && o->drift_round > 0)
+    kind = strcmp(o->drift_kind, "machine") == 0 ? SIM_DRIFT_MACHINE : SIM_DRIFT_WEAR;
   sim_sensor_opts so = {.n_devices = o->devices,
                         .bins = sc.x_dim,
                         .n_train = 60,
                         .n_calib = 10,
                         .n_test = 40,
                         .fault_rate = o->fault_rate,
-                        .seed = o->seed};
+                        .seed = o->seed,
+                        .scenario = spectral ? SIM_SENSOR_SPECTRAL : SIM_SENSOR_CLASSIC,
+                        .drift_kind = kind,
+                        .drift_share = o->drift_share};
   int rc = sim_sensor_generate(&s, &so);
   if (rc != FL_OK)
     return rc;
-  /* Each device scales its data by its own normal operation (see sensor.h). */
-  rc = sim_sensor_standardise(&s);
+  /* Each device scales its data by its own normal operation (see sensor.h); the spectral
+   * scenario does not, or the scaling alone would find its faults. */
+  if (!spectral)
+    rc = sim_sensor_standardise(&s);
   if (rc != FL_OK) {
     sim_sensor_free(&s);
     return rc;
@@ -106,8 +115,20 @@ static int load_sensor(sim_data *d, const sim_options *o) {
   d->part = s.train_part;
   sim_partition_free(&s.calib_part);
   sim_partition_free(&s.test_part);
+  d->drift_train = s.train_drift;
+  d->drift_test = s.test_drift;
+  d->drift_calib = s.calib_drift;
+  d->drifted = s.drifted;
+  d->n_drifted = s.n_drifted;
+  d->test_per_device = so.n_test;
+  d->calib_per_device = so.n_calib;
   d->anomaly = 1;
-  snprintf(d->name, sizeof(d->name), "motor vibration");
+  if (!spectral)
+    snprintf(d->name, sizeof(d->name), "motor vibration");
+  else if (kind == SIM_DRIFT_NONE)
+    snprintf(d->name, sizeof(d->name), "motor vibration spectra");
+  else
+    snprintf(d->name, sizeof(d->name), "motor vibration spectra, %s drift", o->drift_kind);
   return FL_OK;
 }
 
@@ -137,7 +158,7 @@ int sim_data_load(sim_data *d, const sim_options *o) {
     rc = load_fmnist(d, o, &r);
   else if (strcmp(o->dataset, "synthetic") == 0)
     rc = load_synthetic(d, o);
-  else if (strcmp(o->dataset, "sensor") == 0)
+  else if (strcmp(o->dataset, "sensor") == 0 || strcmp(o->dataset, "sensor2") == 0)
     rc = load_sensor(d, o);
   else {
     fprintf(stderr, "fl-sim: unknown --dataset %s\n", o->dataset);
@@ -150,9 +171,22 @@ int sim_data_load(sim_data *d, const sim_options *o) {
   return rc;
 }
 
-void sim_data_free(sim_data *d) {
-  fl_dataset *sets[3] = {&d->train, &d->test, &d->calib};
+void sim_data_drift(const sim_data *d) {
+  if (d->drifted == NULL)
+    return;
+  const fl_dataset *from[3] = {&d->drift_train, &d->drift_test, &d->drift_calib};
+  const fl_dataset *to[3] = {&d->train, &d->test, &d->calib};
   for (int i = 0; i < 3; i++) {
+    memcpy(to[i]->x, from[i]->x, from[i]->n * from[i]->x_dim * sizeof(float));
+    memcpy(to[i]->labels, from[i]->labels, from[i]->n * sizeof(int32_t));
+  }
+}
+
+void sim_data_free(sim_data *d) {
+  fl_dataset *sets[6] = {&d->train,       &d->test,       &d->calib,
+                         &d->drift_train, &d->drift_test, &d->drift_calib};
+  free(d->drifted);
+  for (int i = 0; i < 6; i++) {
     free(sets[i]->x);
     free(sets[i]->labels);
   }

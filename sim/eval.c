@@ -132,3 +132,34 @@ void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
   *precision = tp + fp ? (double)tp / (double)(tp + fp) : 1.0;
   *recall = tp + fn ? (double)tp / (double)(tp + fn) : 0.0;
 }
+
+int sim_cohort_detection(const float *scores, const int32_t *labels, size_t n_devices,
+                         size_t per_device, const uint8_t *member, int want, double threshold,
+                         sim_detection *out) {
+  size_t n = 0;
+  for (size_t k = 0; k < n_devices; k++)
+    n += (size_t)((member[k] != 0) == (want != 0)) * per_device;
+  float *s = malloc((n ? n : 1) * sizeof(float));
+  int32_t *l = malloc((n ? n : 1) * sizeof(int32_t));
+  if (s == NULL || l == NULL) {
+    free(s);
+    free(l);
+    return FL_E_NOMEM;
+  }
+  size_t j = 0;
+  for (size_t k = 0; k < n_devices; k++) {
+    if ((member[k] != 0) != (want != 0))
+      continue;
+    memcpy(s + j, scores + k * per_device, per_device * sizeof(float));
+    memcpy(l + j, labels + k * per_device, per_device * sizeof(int32_t));
+    j += per_device;
+  }
+  out->n = n;
+  out->auc = sim_auc(s, l, n);
+  sim_precision_recall(s, l, n, threshold, &out->precision, &out->recall);
+  double pr = out->precision + out->recall;
+  out->f1 = pr > 0 ? 2 * out->precision * out->recall / pr : 0.0;
+  free(s);
+  free(l);
+  return FL_OK;
+}

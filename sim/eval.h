@@ -31,4 +31,16 @@ double sim_quantile(const float *scores, size_t n, double q);
 void sim_precision_recall(const float *scores, const int32_t *labels, size_t n,
                           double threshold, double *precision, double *recall);
 
+/* The detector's figures on one cohort of the fleet: the rows of the devices k whose
+ * (member[k] != 0) equals want, device k holding rows [k * per_device, (k + 1) * per_device)
+ * of scores and labels. f1 is 2PR / (P + R) (0 when both are 0); auc is NaN when the cohort
+ * lacks positives or negatives. */
+typedef struct sim_detection {
+  double auc, precision, recall, f1;
+  size_t n; /* rows of the cohort */
+} sim_detection;
+int sim_cohort_detection(const float *scores, const int32_t *labels, size_t n_devices,
+                         size_t per_device, const uint8_t *member, int want, double threshold,
+                         sim_detection *out);
+
 #endif

@@ -43,7 +43,8 @@ static const opt_def OPTS[] = {
      "seconds a round collects candidates before it draws its participants uniformly; 0: first "
      "come, first served (1 when --participants is below --devices, else 0)"},
     {"deadline", T_DBL, O(deadline_s), "round deadline in seconds (60)"},
-    {"dataset", T_STR, O(dataset), "fmnist | synthetic | sensor (fmnist)"},
+    {"dataset", T_STR, O(dataset),
+     "fmnist | synthetic | sensor | sensor2 (sensor2: spectra where learning matters; fmnist)"},
     {"data-dir", T_STR, O(data_dir), "Fashion-MNIST files (/usr/share/datasets/fashion-mnist)"},
     {"partition", T_STR, O(partition),
      "iid | dirichlet:ALPHA | shards:K | labels:K (K classes per device, as NIID-Bench #C=K) "
@@ -53,6 +54,13 @@ static const opt_def OPTS[] = {
     {"synthetic-alpha", T_DBL, O(syn_alpha), "Synthetic(alpha, beta): alpha (1)"},
     {"synthetic-beta", T_DBL, O(syn_beta), "Synthetic(alpha, beta): beta (1)"},
     {"fault-rate", T_DBL, O(fault_rate), "sensor: faulty share of the held-out stream (0.1)"},
+    {"drift-round", T_INT, O(drift_round),
+     "sensor2: the round from which the drifted motors' data (training and held-out) is shifted "
+     "(0: no drift)"},
+    {"drift-share", T_DBL, O(drift_share), "sensor2: share of the motors that drift (0.3)"},
+    {"drift-kind", T_STR, O(drift_kind),
+     "sensor2: wear (bearing wear: higher harmonics, broad lines, slower rotor) | machine (a "
+     "new machine type) (wear)"},
     {"model", T_STR, O(model), "logreg | mlp | 2nn | cnn | autoencoder (2nn; sensor: autoencoder)"},
     {"layers", T_STR, O(layers), "layer list instead of --model, e.g. dense:64,relu,dense:10"},
     {"epochs", T_U32, O(epochs), "local epochs (1)"},
@@ -120,6 +128,8 @@ void sim_options_defaults(sim_options *o) {
   o->syn_alpha = 1;
   o->syn_beta = 1;
   o->fault_rate = 0.1;
+  o->drift_share = 0.3;
+  o->drift_kind = "wear";
   o->epochs = 1;
   o->batch = 10;
   o->lr = 0.05;
@@ -307,7 +317,7 @@ int sim_scenario_shape(const char *dataset, sim_scenario *out) {
     *out = (sim_scenario){784, 10};
   else if (dataset != NULL && strcmp(dataset, "synthetic") == 0)
     *out = (sim_scenario){60, 10};
-  else if (dataset != NULL && strcmp(dataset, "sensor") == 0)
+  else if (dataset != NULL && (strcmp(dataset, "sensor") == 0 || strcmp(dataset, "sensor2") == 0))
     *out = (sim_scenario){64, 0};
   else
     return FL_E_INVAL;
@@ -396,6 +406,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"synthetic-alpha", o->syn_alpha, 0, 1e3},
       {"synthetic-beta", o->syn_beta, 0, 1e3},
       {"fault-rate", o->fault_rate, 0, 1},
+      {"drift-round", o->drift_round, 0, 1e6},
+      {"drift-share", o->drift_share, 0, 1},
       {"trim-fraction", o->trim_fraction, 0, 0.4999999},
       {"noise-multiplier", o->noise_multiplier, 0, 1e3},
       {"clip-quantile", o->clip_quantile, 0, 1},
@@ -476,7 +488,7 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
 int sim_options_check(const sim_options *o, char *msg, size_t cap) {
   sim_scenario sc;
   if (sim_scenario_shape(o->dataset, &sc) != FL_OK)
-    return fail(msg, cap, "unknown --dataset %s: fmnist, synthetic or sensor", o->dataset);
+    return fail(msg, cap, "unknown --dataset %s: fmnist, synthetic, sensor or sensor2", o->dataset);
   int rc = check_ranges(o, msg, cap);
   if (rc == FL_OK)
     rc = check_fleet(o, msg, cap);
@@ -490,6 +502,15 @@ int sim_options_check(const sim_options *o, char *msg, size_t cap) {
       return fail(msg, cap, "%zu devices x %zu examples exceed the %d Fashion-MNIST examples",
                   o->devices, per ? per : 1, FMNIST_TRAIN);
   }
+  if (o->drift_round > 0 && strcmp(o->dataset, "sensor2") != 0)
+    return fail(msg, cap, "--drift-round needs --dataset sensor2");
+  if (o->drift_round > 0 && o->drift_round > o->rounds)
+    return fail(msg, cap, "--drift-round %d is past the last round (--rounds %d)", o->drift_round,
+                o->rounds);
+  if (o->drift_kind == NULL ||
+      (strcmp(o->drift_kind, "wear") != 0 && strcmp(o->drift_kind, "machine") != 0))
+    return fail(msg, cap, "bad --drift-kind %s: wear or machine",
+                o->drift_kind ? o->drift_kind : "");
   fl_model_spec spec;
   return sim_options_model(o, &sc, &spec, msg, cap);
 }

@@ -21,12 +21,17 @@ typedef struct sim_options {
   double selection_window_s; /* fair selection window (-1: 1 s when participants < devices) */
   double deadline_s;
   /* data */
-  const char *dataset; /* fmnist | synthetic | sensor */
+  const char *dataset; /* fmnist | synthetic | sensor | sensor2 */
   const char *data_dir;
   const char *partition;     /* iid | dirichlet:A | shards:K */
   size_t samples_per_device; /* fmnist: 0 = the whole training set spread over the fleet */
   double syn_alpha, syn_beta;
   double fault_rate; /* sensor: held-out stream */
+  /* sensor2: from round drift_round on (0: never) a drift_share of the motors see drift_kind
+   * (wear | machine) in all their streams */
+  int drift_round;
+  double drift_share;
+  const char *drift_kind;
   /* model and training */
   const char *model;  /* logreg | mlp | 2nn | cnn | autoencoder */
   const char *layers; /* instead of model: a layer list */

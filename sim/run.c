@@ -74,6 +74,11 @@ typedef struct run_ctx {
   uint8_t coord_pub[FL_PUBKEY_LEN]; /* verifies the versions evaluated */
   sim_round_row *rows;
   int n_rows;
+  /* With drift: the detector on the drifted motors [0] and the others [1] after each round
+   * (index 0: the initial model), and the last version before the drift on the drifted data. */
+  sim_detection (*cohort)[2];
+  sim_detection at_drift[2];
+  int have_at_drift;
   double eval_s;
   int have_stats;            /* the coordinator's /metrics could be read */
   sim_coord_stats stats;     /* as of the start of the current round */
@@ -90,8 +95,25 @@ static int coord_stats(run_ctx *x, sim_coord_stats *out) {
          sim_coord_stats_parse(out, text) == FL_OK;
 }
 
-/* Downloads version v and scores it on the held-out data. */
-static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
+/* The detector on the drifted cohort and on the rest, printed; into coh[2]. */
+static int cohort_figures(run_ctx *x, const float *s, double thr, sim_detection *coh) {
+  const sim_data *d = x->d;
+  int rc = FL_OK;
+  for (int c = 0; c < 2 && rc == FL_OK; c++)
+    rc = sim_cohort_detection(s, d->test.labels, x->o->devices, d->test_per_device, d->drifted,
+                              c == 0, thr, &coh[c]);
+  if (rc == FL_OK)
+    printf(
+        "  drifted cohort (%zu motors): AUC %.4f F1 %.3f (P %.3f R %.3f); others: AUC %.4f "
+        "F1 %.3f\n",
+        d->n_drifted, coh[0].auc, coh[0].f1, coh[0].precision, coh[0].recall, coh[1].auc,
+        coh[1].f1);
+  return rc;
+}
+
+/* Downloads version v and scores it on the held-out data; by cohort into coh[2] when the
+ * scenario drifts and coh is not NULL. */
+static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row, sim_detection *coh) {
   double t0 = mono_s();
   int rc = sim_fetch_version(x->url, x->obs_key, x->obs_id, x->coord_pub, x->model_id, version,
                              x->model, NULL);
@@ -122,6 +144,8 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row) {
       row->accuracy = rec;
       printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n", prec,
              rec);
+      if (d->drifted != NULL && coh != NULL)
+        rc = cohort_figures(x, s, thr, coh);
     }
     free(s);
     free(c);
@@ -233,7 +257,8 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   sim_csv_header(csv);
   /* The untrained model's score: what the rounds' figures are to be read against. */
   sim_round_row init = {0};
-  if (evaluate(x, x->initial_version, &init) == FL_OK)
+  uint64_t version = x->initial_version;
+  if (evaluate(x, x->initial_version, &init, x->cohort ? x->cohort[0] : NULL) == FL_OK)
     printf("initial model (version %llu): %s %.4f loss %.4f\n",
            (unsigned long long)x->initial_version, x->d->anomaly ? "AUC" : "accuracy",
            x->d->anomaly ? init.auc : init.accuracy, init.loss);
@@ -242,6 +267,17 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   int rc = FL_OK;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
     x->have_stats = coord_stats(x, &x->stats);
+    if (r == x->o->drift_round && x->d->drifted != NULL) {
+      /* From this round on the drifted motors train on, and are tested on, shifted data; the
+       * version they have is scored on it first: the drop before any retraining. */
+      sim_data_drift(x->d);
+      printf(
+          "drift: %zu of %zu motors (%s) from round %d; version %llu (round %d's) on the "
+          "drifted data:\n",
+          x->d->n_drifted, x->o->devices, x->o->drift_kind, r, (unsigned long long)version, r - 1);
+      sim_round_row tmp = {0};
+      x->have_at_drift = evaluate(x, version, &tmp, x->at_drift) == FL_OK;
+    }
     double t0 = mono_s(), w0 = wall_s(), cpu0 = self_cpu_s();
     sim_fleet_next_round(x->fleet);
     sim_round_state st;
@@ -278,7 +314,8 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
           train_cpu * 1e3 / (double)dev_rounds, self_hwm_kb());
     if (st.result_version != 0) {
       x->n_versions++;
-      evaluate(x, st.result_version, row);
+      version = st.result_version;
+      evaluate(x, st.result_version, row, x->cohort ? x->cohort[r] : NULL);
     } else {
       row->accuracy = row->loss = row->auc = NAN;
       explain_no_version(x, r, &st, &before, &now);
@@ -471,6 +508,35 @@ static void privacy_row(run_ctx *x, sim_kv *rows, size_t *n) {
   json_decref(j);
 }
 
+static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_detection *c) {
+  add_row(rows, n, label, "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f)", c->auc, c->f1,
+          c->precision, c->recall);
+}
+
+/* The drifted cohort before the drift, on its drifted data with the old version, and at the
+ * end; the others at the end. */
+static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
+  int R = x->o->drift_round;
+  add_row(rows, n, "drifted cohort", "%zu of %zu motors, %s drift from round %d", x->d->n_drifted,
+          x->o->devices, x->o->drift_kind, R);
+  /* add_row keeps the label pointer: one buffer per row, alive until the table is printed. */
+  static char label[4][96];
+  if (R - 1 <= x->n_rows) {
+    snprintf(label[0], sizeof(label[0]), "drifted cohort, round %d (before drift)", R - 1);
+    detection_row(rows, n, label[0], &x->cohort[R - 1][0]);
+  }
+  if (x->have_at_drift) {
+    snprintf(label[1], sizeof(label[1]), "drifted cohort, round %d's version, drifted data", R - 1);
+    detection_row(rows, n, label[1], &x->at_drift[0]);
+  }
+  if (x->n_rows >= R) {
+    snprintf(label[2], sizeof(label[2]), "drifted cohort, round %d", x->n_rows);
+    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0]);
+    snprintf(label[3], sizeof(label[3]), "other motors, round %d", x->n_rows);
+    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1]);
+  }
+}
+
 static void summary(run_ctx *x, double total_s) {
   sim_fleet_counts c;
   sim_fleet_counts_get(x->fleet, &c);
@@ -486,6 +552,8 @@ static void summary(run_ctx *x, double total_s) {
   privacy_row(x, rows, &n);
   if (last && x->d->anomaly)
     add_row(rows, &n, "final test AUC", "%.4f", last->auc);
+  if (x->cohort != NULL)
+    drift_rows(x, rows, &n);
   else if (last)
     add_row(rows, &n, "final test accuracy", "%.4f", last->accuracy);
   double round_s = 0;
@@ -531,6 +599,11 @@ int sim_run(const sim_options *o, const sim_data *d, const char *url, const char
   run_ctx x = {.o = o, .d = d, .url = url};
   x.rows = calloc((size_t)(o->rounds > 0 ? o->rounds : 1), sizeof(*x.rows));
   int rc = x.rows ? sim_admin_new(&x.admin, url, token) : FL_E_NOMEM;
+  if (rc == FL_OK && d->drifted != NULL) {
+    x.cohort = calloc((size_t)o->rounds + 1, sizeof(*x.cohort));
+    if (x.cohort == NULL)
+      rc = FL_E_NOMEM;
+  }
   double t0 = mono_s();
   size_t enrolled = 0;
   uint64_t round_id = 0;
@@ -550,5 +623,6 @@ int sim_run(const sim_options *o, const sim_data *d, const char *url, const char
   fl__key_free(x.obs_key);
   sim_admin_free(x.admin);
   free(x.rows);
+  free(x.cohort);
   return rc;
 }

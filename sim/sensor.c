@@ -20,7 +20,7 @@ typedef struct motor {
   double amp[N_HARMONICS + 1]; /* amp[h]: h-th harmonic at unit load */
   double res_f, res_w, res_a;  /* structural resonance */
   double floor;
-  double load;                 /* typical load, 0..1 */
+  double load; /* typical load, 0..1 */
 } motor;
 
 static double lognormal(fl_rng *r, double mu, double sigma) {
@@ -42,14 +42,18 @@ static void draw_motor(motor *m, size_t bins, fl_rng *r) {
   m->load = uniform(r, 0.3, 1.0);
 }
 
-static void add_line(double *s, size_t bins, double f, double a) {
+static void add_line_w(double *s, size_t bins, double f, double a, double width) {
   if (f <= 0)
     return;
-  long lo = (long)floor(f - 4 * LINE_WIDTH), hi = (long)ceil(f + 4 * LINE_WIDTH);
+  long lo = (long)floor(f - 4 * width), hi = (long)ceil(f + 4 * width);
   for (long b = lo < 0 ? 0 : lo; b <= hi && b < (long)bins; b++) {
-    double d = ((double)b - f) / LINE_WIDTH;
+    double d = ((double)b - f) / width;
     s[b] += a * exp(-0.5 * d * d);
   }
+}
+
+static void add_line(double *s, size_t bins, double f, double a) {
+  add_line_w(s, bins, f, a, LINE_WIDTH);
 }
 
 /* Adds the lines of a fault at the given severity (0.5..1 of its full size). */
@@ -134,19 +138,218 @@ static void fill_stream(fl_dataset *d, size_t k, size_t per_device, const motor 
   }
 }
 
+/* ---- the spectral scenario --------------------------------------------------------------- */
+
+#define SP_HARMONICS 8
+#define SP_SCALE 4.0
+#define SP_WIDTH 1.0 /* a Hann window's main lobe: lines overlap neighbouring bins */
+#define SP_TYPES 3   /* machine types of the fleet; type SP_TYPES is the drift's new machine */
+
+typedef struct sp_motor {
+  int type;
+  double f0;                    /* running speed at no load, in bins */
+  double amp[SP_HARMONICS + 1]; /* amp[h]: h-th harmonic at unit load */
+  double width;                 /* line width in bins */
+  double floor, load;
+} sp_motor;
+
+/* The harmonic profile of a machine type: the shape that training has to learn. */
+static double type_profile(int type, int h) {
+  switch (type) {
+    case 0: /* plain induction motor: 1x dominant, harmonics decay */
+      return 1.0 / h;
+    case 1: /* coupled pump: a strong 2x, vane-pass at 5x */
+      return h == 2 ? 0.8 : h == 5 ? 0.5 : 0.5 / h;
+    case 2: /* gearbox: a slowly decaying comb */
+      return pow(0.8, h - 1);
+    default: /* the drift's new machine: odd harmonics only */
+      return h % 2 ? 0.9 / sqrt((double)h) : 0.02;
+  }
+}
+
+static void sp_draw_motor(sp_motor *m, int type, size_t bins, fl_rng *r) {
+  double scale = (double)bins / 64.0;
+  m->type = type;
+  /* Induction motors run close to their synchronous speed: a type's speed varies by a few
+   * per cent from motor to motor (supply, pole count fixed), not over the whole band. */
+  static const double speed[SP_TYPES + 1] = {3.0, 4.0, 5.0, 5.6};
+  m->f0 = speed[type] * (1.0 + 0.01 * fl__rng_normal(r)) * scale;
+  /* Motor to motor the profile varies in level and tilt only: two numbers, so the fleet's
+   * spectra stay on a manifold of a few dimensions per type (speed, level, tilt, load). */
+  double level = lognormal(r, 0.0, 0.2), tilt = 0.08 * fl__rng_normal(r);
+  for (int h = 1; h <= SP_HARMONICS; h++)
+    m->amp[h] = type_profile(type, h) * level * exp(tilt * (h - 1));
+  m->width = SP_WIDTH;
+  m->floor = 0.02;
+  m->load = uniform(r, 0.3, 1.0);
+}
+
+/* Bearing wear: the higher harmonics grow, the lines broaden, friction slows the rotor. */
+static void sp_wear(sp_motor *m) {
+  for (int h = 3; h <= SP_HARMONICS; h++)
+    m->amp[h] *= 1.0 + 0.6 * (h - 2);
+  m->width *= 1.8;
+  m->f0 *= 0.93;
+  m->floor *= 2.0;
+}
+
+static double energy(const double *s, size_t bins) {
+  double e = 0;
+  for (size_t b = 0; b < bins; b++)
+    e += s[b] * s[b];
+  return e;
+}
+
+/* One window into x. A fault's lines are added and the whole spectrum then scaled back to the
+ * energy of the fault-free window: the fault moves energy, it does not add any. */
+static void sp_draw_spectrum(float *x, double *s, size_t bins, const sp_motor *m, sim_fault fault,
+                             fl_rng *r) {
+  double load = m->load + 0.1 * fl__rng_normal(r);
+  load = load < 0.1 ? 0.1 : load > 1.2 ? 1.2 : load;
+  double f = m->f0 * (1.0 - 0.015 * load); /* slip, smaller than a line width at 8x */
+  double gain = 0.5 + load;
+  for (size_t b = 0; b < bins; b++)
+    s[b] = m->floor * gain;
+  for (int h = 1; h <= SP_HARMONICS; h++)
+    add_line_w(s, bins, h * f, gain * m->amp[h] * lognormal(r, 0.0, 0.05), m->width);
+  if (fault != SIM_FAULT_NONE) {
+    double e0 = energy(s, bins), sev = uniform(r, 1.0, 2.0), a1 = gain * m->amp[1];
+    if (fault == SIM_FAULT_BEARING) {
+      add_line_w(s, bins, BPFO_ORDER * f, a1 * 1.0 * sev, m->width);
+      add_line_w(s, bins, BPFO_ORDER * f - f, a1 * 0.5 * sev, m->width);
+      add_line_w(s, bins, BPFO_ORDER * f + f, a1 * 0.5 * sev, m->width);
+    } else {
+      for (int h = 1; h <= 5; h += 2)
+        add_line_w(s, bins, 0.5 * h * f, a1 * 0.7 * sev, m->width);
+    }
+    double g = sqrt(e0 / energy(s, bins));
+    for (size_t b = 0; b < bins; b++)
+      s[b] *= g;
+  }
+  /* SP_SCALE: about unit mean square per bin, a range SGD at fl-sim's learning rate moves. */
+  for (size_t b = 0; b < bins; b++)
+    x[b] = (float)(SP_SCALE * s[b] * lognormal(r, 0.0, 0.05));
+}
+
+/* The spectral scenario's faults: bearing or looseness, half each. */
+static void sp_fill_stream(fl_dataset *d, size_t k, size_t per_device, const sp_motor *m,
+                           double fault_rate, double *scratch, fl_rng *r) {
+  for (size_t i = 0; i < per_device; i++) {
+    size_t row = k * per_device + i;
+    sim_fault fault = SIM_FAULT_NONE;
+    if (fault_rate > 0 && fl__rng_uniform(r) < fault_rate)
+      fault = fl__rng_below(r, 2) ? SIM_FAULT_BEARING : SIM_FAULT_LOOSENESS;
+    d->labels[row] = (int32_t)fault;
+    sp_draw_spectrum(d->x + row * d->x_dim, scratch, d->x_dim, m, fault, r);
+  }
+}
+
+static void copy_rows(fl_dataset *to, const fl_dataset *from, size_t k, size_t per_device) {
+  size_t first = k * per_device, dim = from->x_dim;
+  memcpy(to->x + first * dim, from->x + first * dim, per_device * dim * sizeof(float));
+  memcpy(to->labels + first, from->labels + first, per_device * sizeof(int32_t));
+}
+
+/* Marks round(share * n) motors, drawn from their own stream of the seed. */
+static int pick_drifted(sim_sensor *s, const sim_sensor_opts *o) {
+  size_t n = o->n_devices, want = (size_t)llround(o->drift_share * (double)n);
+  uint32_t *perm = malloc(n * sizeof(uint32_t));
+  s->drifted = calloc(n, 1);
+  if (perm == NULL || s->drifted == NULL) {
+    free(perm);
+    return FL_E_NOMEM;
+  }
+  for (size_t k = 0; k < n; k++)
+    perm[k] = (uint32_t)k;
+  fl_rng r;
+  fl__rng_seed(&r, o->seed ^ 0x64726966742d6b31ull);
+  for (size_t i = 0; i < want; i++) {
+    size_t j = i + (size_t)fl__rng_below(&r, n - i);
+    uint32_t t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+    s->drifted[perm[i]] = 1;
+  }
+  s->n_drifted = want;
+  free(perm);
+  return FL_OK;
+}
+
+static int spectral_generate(sim_sensor *s, const sim_sensor_opts *o, double *scratch) {
+  int drift = o->drift_kind != SIM_DRIFT_NONE;
+  sim_partition tmp[3];
+  memset(tmp, 0, sizeof(tmp));
+  if (drift && (alloc_stream(&s->train_drift, &tmp[0], o->n_devices, o->n_train, o->bins) ||
+                alloc_stream(&s->calib_drift, &tmp[1], o->n_devices, o->n_calib, o->bins) ||
+                alloc_stream(&s->test_drift, &tmp[2], o->n_devices, o->n_test, o->bins) ||
+                pick_drifted(s, o))) {
+    for (int i = 0; i < 3; i++)
+      sim_partition_free(&tmp[i]);
+    return FL_E_NOMEM;
+  }
+  for (int i = 0; i < 3; i++)
+    sim_partition_free(&tmp[i]);
+  /* Two streams of the seed: the drift's draws never change the first streams. */
+  fl_rng r, rd;
+  fl__rng_seed(&r, o->seed);
+  fl__rng_seed(&rd, o->seed ^ 0x64726966742d6b32ull);
+  for (size_t k = 0; k < o->n_devices; k++) {
+    sp_motor m;
+    sp_draw_motor(&m, (int)fl__rng_below(&r, SP_TYPES), o->bins, &r);
+    sp_fill_stream(&s->train, k, o->n_train, &m, 0.0, scratch, &r);
+    sp_fill_stream(&s->calib, k, o->n_calib, &m, 0.0, scratch, &r);
+    sp_fill_stream(&s->test, k, o->n_test, &m, o->fault_rate, scratch, &r);
+    if (!drift)
+      continue;
+    if (!s->drifted[k]) {
+      copy_rows(&s->train_drift, &s->train, k, o->n_train);
+      copy_rows(&s->calib_drift, &s->calib, k, o->n_calib);
+      copy_rows(&s->test_drift, &s->test, k, o->n_test);
+      continue;
+    }
+    if (o->drift_kind == SIM_DRIFT_WEAR)
+      sp_wear(&m);
+    else
+      sp_draw_motor(&m, SP_TYPES, o->bins, &rd);
+    sp_fill_stream(&s->train_drift, k, o->n_train, &m, 0.0, scratch, &rd);
+    sp_fill_stream(&s->calib_drift, k, o->n_calib, &m, 0.0, scratch, &rd);
+    sp_fill_stream(&s->test_drift, k, o->n_test, &m, o->fault_rate, scratch, &rd);
+  }
+  return FL_OK;
+}
+
+static void free_stream(fl_dataset *d) {
+  free(d->x);
+  free(d->labels);
+}
+
 int sim_sensor_generate(sim_sensor *out, const sim_sensor_opts *o) {
   if (o->n_devices == 0 || o->bins < 16 || o->fault_rate < 0 || o->fault_rate > 1 ||
-      (o->n_train + o->n_calib + o->n_test) * o->n_devices > UINT32_MAX)
+      (o->n_train + o->n_calib + o->n_test) * o->n_devices > UINT32_MAX ||
+      (o->scenario != SIM_SENSOR_CLASSIC && o->scenario != SIM_SENSOR_SPECTRAL) ||
+      !(o->drift_share >= 0 && o->drift_share <= 1) ||
+      (o->drift_kind != SIM_DRIFT_NONE && o->scenario != SIM_SENSOR_SPECTRAL) ||
+      (o->drift_kind != SIM_DRIFT_NONE && o->drift_kind != SIM_DRIFT_WEAR &&
+       o->drift_kind != SIM_DRIFT_MACHINE))
     return FL_E_INVAL;
   sim_sensor s;
   memset(&s, 0, sizeof(s));
-  double *scratch = malloc(o->bins * sizeof(double));
+  double *scratch = malloc(2 * o->bins * sizeof(double));
   int rc = FL_E_NOMEM;
-  if (scratch == NULL || alloc_stream(&s.train, &s.train_part, o->n_devices, o->n_train,
-                                      o->bins) != FL_OK ||
+  if (scratch == NULL ||
+      alloc_stream(&s.train, &s.train_part, o->n_devices, o->n_train, o->bins) != FL_OK ||
       alloc_stream(&s.calib, &s.calib_part, o->n_devices, o->n_calib, o->bins) != FL_OK ||
       alloc_stream(&s.test, &s.test_part, o->n_devices, o->n_test, o->bins) != FL_OK) {
     sim_sensor_free(&s);
+    goto out;
+  }
+  if (o->scenario == SIM_SENSOR_SPECTRAL) {
+    rc = spectral_generate(&s, o, scratch);
+    if (rc != FL_OK) {
+      sim_sensor_free(&s);
+      goto out;
+    }
+    *out = s;
     goto out;
   }
   fl_rng r;
@@ -214,11 +417,11 @@ int sim_sensor_standardise(sim_sensor *s) {
 void sim_sensor_free(sim_sensor *s) {
   if (s == NULL)
     return;
-  fl_dataset *d[3] = {&s->train, &s->calib, &s->test};
-  for (int i = 0; i < 3; i++) {
-    free(d[i]->x);
-    free(d[i]->labels);
-  }
+  fl_dataset *d[6] = {&s->train,       &s->calib,       &s->test,
+                      &s->train_drift, &s->calib_drift, &s->test_drift};
+  for (int i = 0; i < 6; i++)
+    free_stream(d[i]);
+  free(s->drifted);
   sim_partition_free(&s->train_part);
   sim_partition_free(&s->calib_part);
   sim_partition_free(&s->test_part);

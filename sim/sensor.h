@@ -12,6 +12,21 @@
  *
  * Labels are the fault type (0 normal, then the sim_fault values); n_classes is SIM_FAULT_COUNT.
  * An autoencoder trained on normal spectra flags large reconstruction errors.
+ *
+ * The spectral scenario (SIM_SENSOR_SPECTRAL, fl-sim --dataset sensor2) is one where learning
+ * matters: spectra are linear magnitudes, not standardised, and a fault moves energy rather
+ * than adding it. Each motor is one of three machine types (harmonic profiles) at its own
+ * speed, so normal spectra lie near a low-dimensional manifold (speed, load, type) of the
+ * window space. A fault (outer-race bearing lines with sidebands, or half-order looseness
+ * lines) is rescaled so that the faulty spectrum has the energy the same window would have had
+ * without it: its norm says nothing, an untrained model's reconstruction error barely
+ * separates it, and only a model that has learnt the manifold sees it is off it.
+ *
+ * Drift (spectral scenario only): a seeded share of the motors gets a second set of streams,
+ * the data they see from the drift round on: SIM_DRIFT_WEAR (worn bearings: higher harmonics
+ * grow, lines broaden, the rotor slows) or SIM_DRIFT_MACHINE (the motor is replaced by a
+ * machine type the fleet has not seen: faster, odd harmonics). The other motors' second
+ * streams are copies of their first: only the chosen share changes.
  */
 #ifndef SIM_SENSOR_H
 #define SIM_SENSOR_H
@@ -31,22 +46,41 @@ typedef enum sim_fault {
   SIM_FAULT_COUNT = 5
 } sim_fault;
 
+typedef enum sim_sensor_scenario {
+  SIM_SENSOR_CLASSIC = 0,  /* --dataset sensor */
+  SIM_SENSOR_SPECTRAL = 1, /* --dataset sensor2 */
+} sim_sensor_scenario;
+
+typedef enum sim_drift_kind {
+  SIM_DRIFT_NONE = 0,
+  SIM_DRIFT_WEAR = 1,
+  SIM_DRIFT_MACHINE = 2,
+} sim_drift_kind;
+
 typedef struct sim_sensor_opts {
   size_t n_devices;
-  size_t bins;        /* 64 */
-  size_t n_train;     /* normal examples per device */
-  size_t n_calib;     /* normal examples per device for choosing the alarm threshold */
-  size_t n_test;      /* held-out examples per device */
-  double fault_rate;  /* fraction of faulty examples in the held-out stream */
+  size_t bins;       /* 64 */
+  size_t n_train;    /* normal examples per device */
+  size_t n_calib;    /* normal examples per device for choosing the alarm threshold */
+  size_t n_test;     /* held-out examples per device */
+  double fault_rate; /* fraction of faulty examples in the held-out stream */
   uint64_t seed;
+  sim_sensor_scenario scenario;
+  sim_drift_kind drift_kind; /* SIM_DRIFT_NONE: no second streams */
+  double drift_share;        /* 0..1 of the motors, rounded to the nearest count */
 } sim_sensor_opts;
 
 typedef struct sim_sensor {
   fl_dataset train, calib, test;
   sim_partition train_part, calib_part, test_part;
+  /* With drift: the streams from the drift round on (same shapes and rows as the first ones),
+   * and drifted[k] != 0 for the n_drifted motors that change. All NULL/0 without drift. */
+  fl_dataset train_drift, calib_drift, test_drift;
+  uint8_t *drifted;
+  size_t n_drifted;
 } sim_sensor;
 
-/* On error *out is untouched. */
+/* On error *out is untouched. The first streams do not depend on the drift options. */
 int sim_sensor_generate(sim_sensor *out, const sim_sensor_opts *o);
 
 /* Standardises every device's streams in place with the per-bin mean and standard deviation of

@@ -52,3 +52,29 @@ Test(sim_eval, precision_recall_at_threshold) {
   cr_assert_float_eq(p, 1.0, 1e-12);
   cr_assert_float_eq(r, 0.0, 1e-12);
 }
+
+/* Cohorts are whole devices: device k owns rows [k * per, (k + 1) * per). */
+Test(sim_eval, cohort_detection_takes_the_members_rows) {
+  /* Three devices of four rows; device 1 is the cohort. Its detector is perfect at 0.5; the
+   * others' scores are reversed. */
+  float s[12] = {0.9f, 0.8f, 0.1f, 0.2f, 0.1f, 0.2f, 0.8f, 0.9f, 0.9f, 0.8f, 0.1f, 0.2f};
+  int32_t y[12] = {0, 0, 1, 1, 0, 0, 1, 3, 0, 0, 1, 1};
+  uint8_t member[3] = {0, 1, 0};
+  sim_detection in, out;
+  cr_assert_eq(sim_cohort_detection(s, y, 3, 4, member, 1, 0.5, &in), 0);
+  cr_assert_eq(in.n, 4);
+  cr_assert_float_eq(in.auc, 1.0, 1e-12);
+  cr_assert_float_eq(in.precision, 1.0, 1e-12);
+  cr_assert_float_eq(in.recall, 1.0, 1e-12);
+  cr_assert_float_eq(in.f1, 1.0, 1e-12);
+  cr_assert_eq(sim_cohort_detection(s, y, 3, 4, member, 0, 0.5, &out), 0);
+  cr_assert_eq(out.n, 8);
+  cr_assert_float_eq(out.auc, 0.0, 1e-12);
+  cr_assert_float_eq(out.recall, 0.0, 1e-12);
+  cr_assert_float_eq(out.f1, 0.0, 1e-12);
+  /* An empty cohort: no rows, AUC undefined. */
+  uint8_t none[3] = {0, 0, 0};
+  cr_assert_eq(sim_cohort_detection(s, y, 3, 4, none, 1, 0.5, &in), 0);
+  cr_assert_eq(in.n, 0);
+  cr_assert(isnan(in.auc));
+}

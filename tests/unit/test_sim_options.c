@@ -219,3 +219,26 @@ Test(sim_options, robust_aggregation_and_in_bound_attacks) {
   o.trim_fraction = 0.5;
   cr_expect(strstr(why(&o), "--trim-fraction") != NULL, "%s", why(&o));
 }
+
+Test(sim_options, drift_options) {
+  sim_options o = opts();
+  cr_assert_eq(PARSE(&o, "--dataset", "sensor2", "--rounds", "10", "--drift-round", "4",
+                     "--drift-share", "0.25", "--drift-kind", "machine"),
+               FL_OK);
+  cr_expect_eq(o.drift_round, 4);
+  cr_expect_float_eq(o.drift_share, 0.25, 1e-12);
+  cr_expect_str_eq(o.drift_kind, "machine");
+  o.dataset = "sensor";
+  cr_expect(strstr(why(&o), "needs --dataset sensor2") != NULL, "%s", why(&o));
+  o.dataset = "sensor2";
+  o.drift_round = 11;
+  cr_expect(strstr(why(&o), "past the last round") != NULL, "%s", why(&o));
+  o.drift_round = 4;
+  o.drift_share = 1.5;
+  cr_expect(strstr(why(&o), "--drift-share") != NULL, "%s", why(&o));
+  o.drift_share = 0.3;
+  o.drift_kind = "rust";
+  cr_expect(strstr(why(&o), "bad --drift-kind rust") != NULL, "%s", why(&o));
+  o.drift_kind = "wear";
+  cr_expect_str_empty(why(&o));
+}
