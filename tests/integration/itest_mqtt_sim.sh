@@ -50,5 +50,8 @@ grep -qE "uploads acknowledged +40$" "$log" || fail "not 40 acknowledged uploads
 grep -qE "refused requests +0$" "$log" || fail "requests refused: $(grep -A5 refused "$log")"
 grep -q "event=stop requests=" "$out/work/bridge.log" || fail "the bridge did not stop cleanly"
 n=$(sed -n 's/.*event=stop requests=\([0-9]*\).*/\1/p' "$out/work/bridge.log")
-[ "$n" -ge 120 ] || fail "the bridge forwarded $n requests, want >= 120 (20 x (enroll + 2 x 3))"
+# Every device enrolls, checks in and uploads in both rounds (20 x (1 + 2 x 2)), and each round's
+# base is downloaded at least once: fl-sim's devices share one model store (fl_model_store), so
+# a device whose version another already verified does not download it again.
+[ "$n" -ge 102 ] || fail "the bridge forwarded $n requests, want >= 102 (20 x (enroll + 2 x (check-in + upload)) + 2 downloads)"
 echo "itest_mqtt_sim: ok (bridge forwarded $n requests)"
