@@ -5,17 +5,16 @@
  * OpenBLAS where both exist, and benches/bench_gemm.c can time one against the other.
  *
  * The layers need three shapes of row-major C = alpha * op(A) * op(B) + beta * C:
- *   NT (dense forward, conv weight gradient): C[i][j] = dot(A row i, B row j), both rows
- *      contiguous in k, so the kernel is a set of dot products;
  *   NN and TN (dense input and weight gradients, conv forward and input gradient): C row i is
- *      a sum over p of A(i, p) times B row p, a contiguous "row axpy" that vectorises over j.
- * No allocation and no packing: the working sets of the built-in models fit in cache once
- * the loops are blocked, and a kernel that cannot fail keeps layers.c's contract.
+ *      a sum over p of A(i, p) times B row p, a contiguous "row axpy" that vectorises over j;
+ *   NT (dense forward, conv weight gradient): the same after a block of B is transposed into
+ *      a buffer on the stack.
+ * No heap allocation: a kernel that cannot fail keeps layers.c's contract.
  *
  * Vectorisation: GCC vectorises the row axpy as written (restrict says the rows do not
- * overlap). It does not reorder a float sum, so the dot products keep FL__LANES partial sums
- * in an array, which it maps onto vector registers (SSE2 on baseline x86-64, NEON on
- * aarch64) without -ffast-math.
+ * overlap), with SSE2 on baseline x86-64 and NEON on aarch64. It does not reorder a float
+ * sum, so the dot product of fl__dot_portable keeps FL__LANES partial sums in an array, which
+ * it maps onto vector registers without -ffast-math.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -29,9 +28,9 @@
 #define FL__ROWS 4
 /* Columns of C per block of the row axpy: four rows of 512 floats (8 KiB) stay in L1. */
 #define FL__COLS 512
-/* Depth per block of the dot kernel: four B rows of 256 floats (4 KiB) stay in L1 while
- * they meet every row of A. */
-#define FL__DEPTH 256
+/* The NT product's transposed block of B: 32 x 128 floats. */
+#define FL__NT_DEPTH 32
+#define FL__NT_COLS 128
 
 /* C *= beta; beta = 0 clears C without reading it, as BLAS does (C may hold NaN). */
 static void scale_c(size_t m, size_t n, float beta, float *c) {
@@ -69,62 +68,7 @@ static void row_axpy4(size_t rows, size_t n, const float *restrict a, const floa
   }
 }
 
-/* C[m x n] += alpha * A * B with B stored k x n and A(i, p) = a[i * a_row + p * a_col]: NN has
- * (a_row, a_col) = (k, 1), TN has (1, m). Blocked over columns so the C tile stays in L1. */
-static void gemm_xn(size_t m, size_t n, size_t k, float alpha, const float *restrict a,
-                    size_t a_row, size_t a_col, const float *restrict b, float *restrict c) {
-  for (size_t i0 = 0; i0 < m; i0 += FL__ROWS) {
-    size_t rows = m - i0 < FL__ROWS ? m - i0 : FL__ROWS;
-    float *c0 = c + i0 * n;
-    /* Rows past the end point at row 0; row_axpy4 never writes them (rows < FL__ROWS). */
-    float *c1 = rows > 1 ? c0 + n : c0, *c2 = rows > 2 ? c0 + 2 * n : c0;
-    float *c3 = rows > 3 ? c0 + 3 * n : c0;
-    for (size_t j0 = 0; j0 < n; j0 += FL__COLS) {
-      size_t cols = n - j0 < FL__COLS ? n - j0 : FL__COLS;
-      for (size_t p = 0; p < k; p++) {
-        float av[FL__ROWS] = {0};
-        for (size_t r = 0; r < rows; r++)
-          av[r] = alpha * a[(i0 + r) * a_row + p * a_col];
-        row_axpy4(rows, cols, av, b + p * n + j0, c0 + j0, c1 + j0, c2 + j0, c3 + j0);
-      }
-    }
-  }
-}
-
-/* Four dot products of one A row with four B rows over [0, k), in FL__LANES partial sums
- * each, added to out[0..4). */
-static void dot4(size_t k, const float *restrict x, const float *restrict y0,
-                 const float *restrict y1, const float *restrict y2, const float *restrict y3,
-                 float out[4]) {
-  float s0[FL__LANES] = {0}, s1[FL__LANES] = {0}, s2[FL__LANES] = {0}, s3[FL__LANES] = {0};
-  size_t p = 0;
-  for (; p + FL__LANES <= k; p += FL__LANES) {
-    for (size_t l = 0; l < FL__LANES; l++) {
-      float xv = x[p + l];
-      s0[l] += xv * y0[p + l];
-      s1[l] += xv * y1[p + l];
-      s2[l] += xv * y2[p + l];
-      s3[l] += xv * y3[p + l];
-    }
-  }
-  for (; p < k; p++) {
-    s0[0] += x[p] * y0[p];
-    s1[0] += x[p] * y1[p];
-    s2[0] += x[p] * y2[p];
-    s3[0] += x[p] * y3[p];
-  }
-  float t[4] = {0};
-  for (size_t l = 0; l < FL__LANES; l++) {
-    t[0] += s0[l];
-    t[1] += s1[l];
-    t[2] += s2[l];
-    t[3] += s3[l];
-  }
-  for (int q = 0; q < 4; q++)
-    out[q] += t[q];
-}
-
-/* One dot product in FL__LANES partial sums (the columns left over by dot4). */
+/* One dot product in FL__LANES partial sums, which GCC keeps in vector registers. */
 static float dot1(size_t k, const float *restrict x, const float *restrict y) {
   float s[FL__LANES] = {0};
   size_t p = 0;
@@ -139,26 +83,48 @@ static float dot1(size_t k, const float *restrict x, const float *restrict y) {
   return t;
 }
 
-/* C[m x n] += alpha * A * B^T with A stored m x k and B stored n x k. Blocked over k so that
- * four B rows stay in L1 while every A row passes over them. */
-static void gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *restrict a,
-                    const float *restrict b, float *restrict c) {
-  for (size_t p0 = 0; p0 < k; p0 += FL__DEPTH) {
-    size_t depth = k - p0 < FL__DEPTH ? k - p0 : FL__DEPTH;
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-      const float *b0 = b + j * k + p0;
-      for (size_t i = 0; i < m; i++) {
-        float acc[4] = {0};
-        dot4(depth, a + i * k + p0, b0, b0 + k, b0 + 2 * k, b0 + 3 * k, acc);
-        float *ci = c + i * n + j;
-        for (int q = 0; q < 4; q++)
-          ci[q] += alpha * acc[q];
+/* C[m x n] += alpha * A * B with B row p at b + p * ldb, C row i at c + i * ldc, and
+ * A(i, p) = a[i * a_row + p * a_col]: NN has (a_row, a_col) = (k, 1), TN has (1, m). Blocked
+ * over columns so the C tile stays in L1. */
+static void gemm_xn(size_t m, size_t n, size_t k, float alpha, const float *restrict a,
+                    size_t a_row, size_t a_col, const float *restrict b, size_t ldb,
+                    float *restrict c, size_t ldc) {
+  for (size_t i0 = 0; i0 < m; i0 += FL__ROWS) {
+    size_t rows = m - i0 < FL__ROWS ? m - i0 : FL__ROWS;
+    float *c0 = c + i0 * ldc;
+    /* Rows past the end point at row 0; row_axpy4 never writes them (rows < FL__ROWS). */
+    float *c1 = rows > 1 ? c0 + ldc : c0, *c2 = rows > 2 ? c0 + 2 * ldc : c0;
+    float *c3 = rows > 3 ? c0 + 3 * ldc : c0;
+    for (size_t j0 = 0; j0 < n; j0 += FL__COLS) {
+      size_t cols = n - j0 < FL__COLS ? n - j0 : FL__COLS;
+      for (size_t p = 0; p < k; p++) {
+        float av[FL__ROWS] = {0};
+        for (size_t r = 0; r < rows; r++)
+          av[r] = alpha * a[(i0 + r) * a_row + p * a_col];
+        row_axpy4(rows, cols, av, b + p * ldb + j0, c0 + j0, c1 + j0, c2 + j0, c3 + j0);
       }
     }
-    for (; j < n; j++)
-      for (size_t i = 0; i < m; i++)
-        c[i * n + j] += alpha * dot1(depth, a + i * k + p0, b + j * k + p0);
+  }
+}
+
+/* C[m x n] += alpha * A * B^T with A stored m x k and B stored n x k. Each block of B^T
+ * (FL__NT_DEPTH x FL__NT_COLS, 16 KiB on the stack) is transposed once into bt and then meets
+ * every row of A through the row axpy, which vectorises where dot products of B's rows would
+ * end in horizontal sums. The copy costs n * k moves against m * n * k multiply-adds. */
+static void gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *restrict a,
+                    const float *restrict b, float *restrict c) {
+  float bt[FL__NT_DEPTH * FL__NT_COLS];
+  for (size_t j0 = 0; j0 < n; j0 += FL__NT_COLS) {
+    size_t cols = n - j0 < FL__NT_COLS ? n - j0 : FL__NT_COLS;
+    for (size_t p0 = 0; p0 < k; p0 += FL__NT_DEPTH) {
+      size_t depth = k - p0 < FL__NT_DEPTH ? k - p0 : FL__NT_DEPTH;
+      for (size_t jj = 0; jj < cols; jj++) {
+        const float *brow = b + (j0 + jj) * k + p0;
+        for (size_t p = 0; p < depth; p++)
+          bt[p * cols + jj] = brow[p];
+      }
+      gemm_xn(m, cols, depth, alpha, a + p0, k, 1, bt, cols, c + j0, n);
+    }
   }
 }
 
@@ -182,7 +148,7 @@ void fl__gemm_portable(bool trans_a, bool trans_b, size_t m, size_t n, size_t k,
   if (k == 0 || alpha == 0.0f)
     return;
   if (!trans_b)
-    gemm_xn(m, n, k, alpha, a, trans_a ? 1 : k, trans_a ? m : 1, b, c);
+    gemm_xn(m, n, k, alpha, a, trans_a ? 1 : k, trans_a ? m : 1, b, n, c, n);
   else if (!trans_a)
     gemm_nt(m, n, k, alpha, a, b, c);
   else
