@@ -73,7 +73,8 @@ target_include_directories(flclient_static PUBLIC
   $<BUILD_INTERFACE:${FL_PROTO_OUT}>
   $<INSTALL_INTERFACE:include>)
 
-add_executable(fl-gateway examples/gateway.c)
+# transport_http.c: the gateway's own transport when the library has no libcurl (FL_WITH_CURL).
+add_executable(fl-gateway examples/gateway.c examples/transport_http.c)
 target_link_libraries(fl-gateway PRIVATE flclient)
 install(TARGETS fl-gateway RUNTIME DESTINATION bin)
 

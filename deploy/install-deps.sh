@@ -15,6 +15,16 @@ PACKAGES=(
   # deploy/: image test (podman build, debootstrap base), two-replica test behind nginx, chart/compose checks
   podman debootstrap nginx curl python3-yaml
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev  # deploy/helm/render (helm is not in Debian)
+  time  # tests/cross/itest_gateway_lean.c: the gateway's peak RSS (/usr/bin/time -f %M)
+)
+# tests/cross/run-aarch64.sh (docs/PORTING.md): the lean client cross-built for aarch64 with
+# Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Criterion's arm64
+# packages cannot be installed beside the amd64 ones (libnanomsg5 is not Multi-Arch: same), so
+# that script unpacks them itself; libgit2-1.5 and libffi8 are what its libcriterion.so.3
+# loads at run time. The :arm64 names need `dpkg --add-architecture arm64`, done below.
+PACKAGES+=(
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user file
+  libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64 libgit2-1.5:arm64 libffi8:arm64
 )
 
 missing=()
@@ -32,5 +42,9 @@ fi
 echo "install-deps: installing ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
+if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' &&
+  ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $SUDO dpkg --add-architecture arm64 # before the update, so that it fetches arm64's lists
+fi
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
