@@ -1,8 +1,9 @@
 # Cross-compiling for 64-bit ARM Linux with Debian's cross toolchain and multiarch -dev packages
 # (docs/PORTING.md; deploy/install-deps.sh installs them with FL_CROSS=1):
 #   gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user, and the :arm64 packages
-#   libssl-dev, libprotobuf-c-dev, zlib1g-dev, libcriterion-dev (unit tests).
-#   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.cmake -DFL_LEAN=ON
+#   libssl-dev, libprotobuf-c-dev, zlib1g-dev.
+#   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.cmake -DFL_LEAN=ON \
+#         -DFL_MINI_CRITERION=ON   # the unit tests' runner (tests/cross/mini-criterion)
 # Only the lean client cross-builds (FL_LEAN=ON): the coordinator stays on the build machine.
 # protoc-c is the host's (programs are searched on the host only); the tests run under
 # qemu-aarch64 through CMAKE_CROSSCOMPILING_EMULATOR, so `ctest` works as in a native tree.
@@ -19,21 +20,10 @@ set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 
-# FL_CROSS_SYSROOT: packages that cannot be installed beside their amd64 twins (Criterion and
-# libnanomsg5), unpacked with dpkg-deb -x (tests/cross/run-aarch64.sh does it). Their .pc files
-# come first; the linker and the emulated loader find their libraries there too.
-set(FL_CROSS_SYSROOT "" CACHE PATH "Private sysroot of unpacked arm64 packages (Criterion)")
-set(FL_CROSS_LIBDIR ${FL_CROSS_SYSROOT}/usr/lib/${FL_CROSS_TRIPLE})
-
 # pkg-config reads the arm64 .pc files only, never the build machine's.
-set(ENV{PKG_CONFIG_LIBDIR}
-    ${FL_CROSS_LIBDIR}/pkgconfig:/usr/lib/${FL_CROSS_TRIPLE}/pkgconfig:/usr/share/pkgconfig)
+set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/${FL_CROSS_TRIPLE}/pkgconfig:/usr/share/pkgconfig)
 set(ENV{PKG_CONFIG_PATH} "")
-if(FL_CROSS_SYSROOT)
-  set(CMAKE_EXE_LINKER_FLAGS_INIT "-Wl,-rpath-link=${FL_CROSS_LIBDIR}")
-endif()
 
 # -L: the cross toolchain's loader and libc; the multiarch libraries (libcrypto, protobuf-c)
-# are found by the arm64 loader in /usr/lib/aarch64-linux-gnu, Criterion's in the sysroot.
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/${FL_CROSS_TRIPLE};-E;
-    LD_LIBRARY_PATH=${FL_CROSS_LIBDIR})
+# are found by the arm64 loader in /usr/lib/aarch64-linux-gnu.
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/${FL_CROSS_TRIPLE})

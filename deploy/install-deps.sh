@@ -18,13 +18,13 @@ PACKAGES=(
   time  # tests/cross/itest_gateway_lean.c: the gateway's peak RSS (/usr/bin/time -f %M)
 )
 # tests/cross/run-aarch64.sh (docs/PORTING.md): the lean client cross-built for aarch64 with
-# Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Criterion's arm64
-# packages cannot be installed beside the amd64 ones (libnanomsg5 is not Multi-Arch: same), so
-# that script unpacks them itself; libgit2-1.5 and libffi8 are what its libcriterion.so.3
-# loads at run time. The :arm64 names need `dpkg --add-architecture arm64`, done below.
+# Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Not Criterion for
+# arm64: it is not co-installable with the amd64 one (the unit tests use the mini runner of
+# tests/cross/mini-criterion there). The :arm64 names need `dpkg --add-architecture arm64`,
+# done below.
 PACKAGES+=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user file
-  libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64 libgit2-1.5:arm64 libffi8:arm64
+  libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64
 )
 
 missing=()

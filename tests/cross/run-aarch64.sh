@@ -6,10 +6,9 @@
 #
 #   bash tests/cross/run-aarch64.sh [NATIVE_BUILD_DIR]   # default build-test; run from anywhere
 #
-# Needs deploy/install-deps.sh's cross packages (FL_CROSS=1 or the default: see there).
-# Criterion's arm64 packages cannot be installed beside the amd64 ones the native tests use
-# (libnanomsg5 is not Multi-Arch: same, and /etc/apt may pin them away), so they are
-# downloaded with apt-get download and unpacked into a private sysroot of the cross tree.
+# Needs deploy/install-deps.sh's cross packages. The unit tests run on the mini Criterion of
+# tests/cross/mini-criterion (-DFL_MINI_CRITERION=ON): Criterion's own runner spins forever
+# under qemu-user, and its arm64 packages cannot be installed beside the amd64 ones.
 # Environment: FL_CROSS_BUILD_DIR (build-aarch64), FL_JOBS (nproc), FL_CROSS_ROUND=0 skips the
 # gateway round (no PostgreSQL needed).
 set -euo pipefail
@@ -19,8 +18,6 @@ NATIVE=${1:-build-test}
 CROSS=${FL_CROSS_BUILD_DIR:-build-aarch64}
 JOBS=${FL_JOBS:-$(nproc)}
 TRIPLE=aarch64-linux-gnu
-SYSROOT=$SRC/$CROSS/sysroot
-LIBDIR=$SYSROOT/usr/lib/$TRIPLE
 start=$(date +%s)
 
 for tool in $TRIPLE-gcc qemu-aarch64 protoc-c; do
@@ -36,42 +33,24 @@ for dev in libssl-dev libprotobuf-c-dev zlib1g-dev; do
   }
 done
 
-# --- Criterion for arm64, unpacked privately ---------------------------------------------------
-if [ ! -f "$LIBDIR/pkgconfig/criterion.pc" ]; then
-  mkdir -p "$SRC/$CROSS/debs" "$SYSROOT"
-  ver=$(dpkg-query -W -f='${Version}' libcriterion-dev 2>/dev/null || true)
-  ver=${ver:-2.4.1-2}
-  (cd "$SRC/$CROSS/debs" && apt-get download -q "libcriterion3:arm64=$ver" \
-    "libcriterion-dev:arm64=$ver" libnanomsg5:arm64 libboxfort-dev:arm64)
-  for d in "$SRC/$CROSS"/debs/*.deb; do dpkg-deb -x "$d" "$SYSROOT"; done
-  # The .pc files say prefix=/usr; here the prefix is the sysroot's. The tests link
-  # libcriterion.so dynamically: its private requirements (libgit2, nanomsg: -dev packages
-  # that are not installed for arm64) do not matter.
-  for pc in "$LIBDIR"/pkgconfig/*.pc; do
-    sed -i -e "s|^prefix=/usr\$|prefix=$SYSROOT/usr|" -e '/^Requires.private:/d' \
-      -e '/^Libs.private:/d' "$pc"
-  done
-fi
-
 # --- cross build and unit tests under qemu ---------------------------------------------------
 cmake -S . -B "$CROSS" -DCMAKE_TOOLCHAIN_FILE="$SRC/cmake/toolchain-aarch64.cmake" -DFL_LEAN=ON \
-  -DCMAKE_BUILD_TYPE=MinSizeRel -DFL_CROSS_SYSROOT="$SYSROOT" >/dev/null
+  -DCMAKE_BUILD_TYPE=MinSizeRel -DFL_MINI_CRITERION=ON >/dev/null
 cmake --build "$CROSS" -j "$JOBS"
 file "$CROSS/client/fl-gateway" | grep -q 'ARM aarch64' || {
   echo "run-aarch64: $CROSS/client/fl-gateway is not an aarch64 binary" >&2
   exit 1
 }
 status=0
-# Criterion's workers run under the same emulator (ctest starts each test through
-# CMAKE_CROSSCOMPILING_EMULATOR); one job at a time keeps two cores for the others.
-ctest --test-dir "$CROSS" -L unit --output-on-failure -j 1 || status=1
+# ctest starts each test program through CMAKE_CROSSCOMPILING_EMULATOR (qemu-aarch64).
+ctest --test-dir "$CROSS" -L unit --output-on-failure -j "$JOBS" || status=1
 
 # --- a gateway round: the aarch64 fl-gateway against the native coordinator -----------------
 if [ "${FL_CROSS_ROUND:-1}" != 0 ]; then
   cmake -S . -B "$NATIVE" >/dev/null
   cmake --build "$NATIVE" -j "$JOBS" --target fl-coordinator itest_gateway_lean
   FL_LEAN_GATEWAY="$SRC/$CROSS/client/fl-gateway" \
-    FL_LEAN_RUNNER="qemu-aarch64 -L /usr/$TRIPLE -E LD_LIBRARY_PATH=$LIBDIR" \
+    FL_LEAN_RUNNER="qemu-aarch64 -L /usr/$TRIPLE" \
     pg_virtualenv -t "$NATIVE/tests/cross/itest_gateway_lean" --verbose || status=1
 fi
 echo "run-aarch64: $(($(date +%s) - start)) s, status $status"
