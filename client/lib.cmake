@@ -26,13 +26,22 @@ target_compile_options(flclient_common_obj PRIVATE -fvisibility=hidden)
 target_include_directories(flclient_common_obj PRIVATE
   ${CMAKE_SOURCE_DIR}/common ${CMAKE_SOURCE_DIR}/common/include ${CMAKE_BINARY_DIR}/gen)
 target_link_libraries(flclient_common_obj PRIVATE PkgConfig::PROTOBUFC PkgConfig::OPENSSL
-  PkgConfig::OPENBLAS PkgConfig::ZLIB)
+  PkgConfig::ZLIB)
 # fl_strerror and fl_err_name are part of the client API.
 set_source_files_properties(${CMAKE_SOURCE_DIR}/common/err.c PROPERTIES
   COMPILE_OPTIONS -fvisibility=default)
 
-set(FL_CLIENT_DEPS PkgConfig::CURL PkgConfig::PROTOBUFC PkgConfig::OPENSSL PkgConfig::OPENBLAS
-    PkgConfig::ZLIB m)
+set(FL_CLIENT_DEPS PkgConfig::PROTOBUFC PkgConfig::OPENSSL PkgConfig::ZLIB m)
+set(FL_PC_REQUIRES "libprotobuf-c libcrypto zlib") # flclient.pc's Requires.private
+if(FL_WITH_CURL)
+  list(APPEND FL_CLIENT_DEPS PkgConfig::CURL)
+  string(APPEND FL_PC_REQUIRES " libcurl")
+endif()
+if(FL_WITH_BLAS)
+  target_link_libraries(flclient_common_obj PRIVATE PkgConfig::OPENBLAS)
+  list(APPEND FL_CLIENT_DEPS PkgConfig::OPENBLAS)
+  string(APPEND FL_PC_REQUIRES " openblas")
+endif()
 list(APPEND FL_CLIENT_DEPS ${FL_CLIENT_MQTT_DEPS}) # client/CMakeLists.txt: FL_WITH_MQTT
 
 add_library(flclient SHARED $<TARGET_OBJECTS:flclient_obj> $<TARGET_OBJECTS:flclient_common_obj>)
@@ -65,7 +74,8 @@ target_include_directories(flclient_static PUBLIC
   $<BUILD_INTERFACE:${FL_PROTO_OUT}>
   $<INSTALL_INTERFACE:include>)
 
-add_executable(fl-gateway examples/gateway.c)
+# transport_http.c: the gateway's own transport when the library has no libcurl (FL_WITH_CURL).
+add_executable(fl-gateway examples/gateway.c examples/transport_http.c)
 target_link_libraries(fl-gateway PRIVATE flclient)
 install(TARGETS fl-gateway RUNTIME DESTINATION bin)
 

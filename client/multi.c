@@ -8,10 +8,21 @@
  * handed out for training is "lent": the multi does not touch it until fl_client_train() has
  * returned (it sets an atomic flag and wakes the multi), so the training may run on any worker
  * thread.
+ *
+ * Without libcurl (FL_WITH_CURL=OFF) the multi has no connection pool: it steps every client
+ * and sleeps in poll() on a self-pipe that fl__multi_wakeup() writes, as libcurl's
+ * curl_multi_wakeup() interrupts curl_multi_poll() in a normal build.
  */
 #include <string.h>
 
+#ifdef FL_HAVE_CURL
 #include <curl/curl.h>
+#else
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+#endif
 
 #include "client_internal.h"
 
@@ -24,7 +35,11 @@ typedef struct fl_multi_event {
 struct fl_multi {
   fl_allocator alloc_copy;
   const fl_allocator *alloc;
+#ifdef FL_HAVE_CURL
   CURLM *curlm;
+#else
+  int wake[2]; /* self-pipe, both ends non-blocking */
+#endif
   fl_client *head;
   size_t n_clients;
   /* Ring of events; one slot per client is enough since a client is queued at most once. */
@@ -36,6 +51,44 @@ struct fl_multi {
   size_t fds_cap;
 };
 
+#ifdef FL_HAVE_CURL
+static int wait_open(fl_multi *m) {
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    return FL_E_TRANSPORT;
+  m->curlm = curl_multi_init();
+  if (m->curlm == NULL) {
+    curl_global_cleanup();
+    return FL_E_NOMEM;
+  }
+  return FL_OK;
+}
+
+static void wait_close(fl_multi *m) {
+  curl_multi_cleanup(m->curlm);
+  curl_global_cleanup();
+}
+#else
+static int wait_open(fl_multi *m) {
+  if (pipe(m->wake) != 0)
+    return FL_E_IO;
+  for (int i = 0; i < 2; i++) {
+    int fl = fcntl(m->wake[i], F_GETFL);
+    if (fl < 0 || fcntl(m->wake[i], F_SETFL, fl | O_NONBLOCK) < 0 ||
+        fcntl(m->wake[i], F_SETFD, FD_CLOEXEC) < 0) {
+      close(m->wake[0]);
+      close(m->wake[1]);
+      return FL_E_IO;
+    }
+  }
+  return FL_OK;
+}
+
+static void wait_close(fl_multi *m) {
+  close(m->wake[0]);
+  close(m->wake[1]);
+}
+#endif
+
 fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator) {
   if (out == NULL)
     return FL_E_INVAL;
@@ -46,15 +99,10 @@ fl_err fl_multi_new(fl_multi **out, const fl_allocator *allocator) {
     m->alloc_copy = *allocator;
     m->alloc = &m->alloc_copy;
   }
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+  int err = wait_open(m);
+  if (err != FL_OK) {
     fl__free(allocator, m);
-    return FL_E_TRANSPORT;
-  }
-  m->curlm = curl_multi_init();
-  if (m->curlm == NULL) {
-    curl_global_cleanup();
-    fl__free(allocator, m);
-    return FL_E_NOMEM;
+    return err;
   }
   *out = m;
   return FL_OK;
@@ -65,8 +113,7 @@ void fl_multi_free(fl_multi *m) {
     return;
   while (m->head != NULL)
     fl_multi_remove(m, m->head);
-  curl_multi_cleanup(m->curlm);
-  curl_global_cleanup();
+  wait_close(m);
   fl__free(m->alloc, m->q);
   fl__free(m->alloc, m->fds);
   fl_allocator copy = m->alloc_copy;
@@ -161,6 +208,7 @@ void fl__multi_forget(fl_client *c) {
     fl_multi_remove(c->multi, c);
 }
 
+#ifdef FL_HAVE_CURL
 void *fl__multi_curlm(fl_multi *m) {
   return m->curlm;
 }
@@ -168,6 +216,14 @@ void *fl__multi_curlm(fl_multi *m) {
 void fl__multi_wakeup(fl_multi *m) {
   curl_multi_wakeup(m->curlm);
 }
+#else
+/* A full pipe already holds a wake-up: a failed write loses nothing. */
+void fl__multi_wakeup(fl_multi *m) {
+  char b = 1;
+  ssize_t w = write(m->wake[1], &b, 1);
+  (void)w;
+}
+#endif
 
 static void enqueue(fl_multi *m, fl_client *c, fl_step step, int err) {
   if (c->queued || m->q_len == m->q_cap)
@@ -222,6 +278,7 @@ static int poll_timeout(const fl_multi *m, int timeout_ms) {
   return t > 0 ? (int)t : 0;
 }
 
+#ifdef FL_HAVE_CURL
 static void collect_finished(fl_multi *m) {
   CURLMsg *msg;
   int left = 0;
@@ -272,6 +329,24 @@ fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
     return FL_E_NOMEM;
   return mc == CURLM_OK ? FL_OK : FL_E_TRANSPORT;
 }
+#else
+fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
+  if (m == NULL)
+    return FL_E_INVAL;
+  step_all(m);
+  if (m->q_len == 0) {
+    struct pollfd p = {.fd = m->wake[0], .events = POLLIN};
+    int n = poll(&p, 1, poll_timeout(m, timeout_ms));
+    if (n < 0 && errno != EINTR)
+      return FL_E_IO;
+    char drain[64];
+    while (n > 0 && read(m->wake[0], drain, sizeof drain) > 0) {
+    }
+  }
+  step_all(m);
+  return FL_OK;
+}
+#endif
 
 int fl_multi_next(fl_multi *m, fl_client **c, fl_step *step, fl_err *err) {
   if (m == NULL || m->q_len == 0)

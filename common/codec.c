@@ -11,7 +11,6 @@
  */
 #include "codec.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -20,6 +19,7 @@
 
 #include "fl/err.h"
 #include "mem.h"
+#include "tensor.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define FL__LITTLE_ENDIAN 1
@@ -270,19 +270,12 @@ int fl__tensor_decode(const Fl__V1__Tensor *t, float *out, size_t expected_count
   return FL_OK;
 }
 
-/* acc += w * x for float32 data: OpenBLAS when the bytes can be used as floats in place. */
+/* acc += w * x for float32 data: fl__axpy (OpenBLAS, or the portable kernel) when the bytes
+ * can be used as floats in place. */
 static void fold_f32(const uint8_t *d, size_t n, float w, float *acc) {
 #if FL__LITTLE_ENDIAN
   if (((uintptr_t)d % _Alignof(float)) == 0) {
-    const float *x = (const float *)(const void *)d;
-    /* cblas takes int lengths. */
-    while (n > 0) {
-      int chunk = n > (size_t)(INT_MAX / 2) ? INT_MAX / 2 : (int)n;
-      cblas_saxpy(chunk, w, x, 1, acc, 1);
-      x += chunk;
-      acc += chunk;
-      n -= (size_t)chunk;
-    }
+    fl__axpy(n, w, (const float *)(const void *)d, acc);
     return;
   }
 #endif

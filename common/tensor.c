@@ -1,7 +1,8 @@
 /*
- * Vector math for flat parameter vectors, on OpenBLAS. The BLAS interface counts in int, while
- * our vectors are counted in size_t; the level-1 wrappers walk long vectors in int-sized pieces
- * so that no caller has to care.
+ * Vector math for flat parameter vectors, on OpenBLAS, or on the portable kernels of
+ * gemm_portable.c in a build without it (FL_HAVE_BLAS undefined). The BLAS interface counts in
+ * int, while our vectors are counted in size_t; the level-1 wrappers walk long vectors in
+ * int-sized pieces so that no caller has to care.
  */
 #include "tensor.h"
 
@@ -10,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef FL_HAVE_BLAS
 #include <cblas.h>
 
 /* Largest piece handed to one level-1 BLAS call; a multiple of 64 keeps pieces aligned. */
@@ -48,6 +50,34 @@ float fl__dot(size_t n, const float *x, const float *y) {
   return (float)acc;
 }
 
+#else /* no BLAS: the portable kernels */
+
+void fl__axpy(size_t n, float a, const float *x, float *y) {
+  fl__axpy_portable(n, a, x, y);
+}
+
+void fl__scal(size_t n, float a, float *x) {
+  fl__scal_portable(n, a, x);
+}
+
+float fl__dot(size_t n, const float *x, const float *y) {
+  return fl__dot_portable(n, x, y);
+}
+
+void fl__gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha, const float *a,
+              const float *b, float beta, float *c) {
+  fl__gemm_portable(trans_a, trans_b, m, n, k, alpha, a, b, beta, c);
+}
+
+void fl__tensor_set_threads(int n) {
+  (void)n;
+}
+
+const char *fl__tensor_backend(void) {
+  return "portable";
+}
+#endif
+
 /* cblas_snrm2 accumulates in float; for a million-element update that loses digits that a
  * clipping bound cares about. Four partial sums keep the loop vectorisable. A float squared is
  * below 1.2e77, so the double sums cannot overflow and no scaling is needed. */
@@ -68,6 +98,26 @@ double fl__nrm2(size_t n, const float *x) {
   return sqrt((s0 + s1) + (s2 + s3));
 }
 
+/* Tests the exponent bits rather than calling isfinite(): an OR over a block vectorises and
+ * this runs on every received update. */
+bool fl__all_finite(const float *x, size_t n) {
+  const uint32_t exp_mask = 0x7f800000u;
+  size_t i = 0;
+  while (i < n) {
+    size_t end = n - i > 1024 ? i + 1024 : n;
+    uint32_t bad = 0;
+    for (; i < end; i++) {
+      uint32_t bits;
+      memcpy(&bits, &x[i], sizeof bits);
+      bad |= (uint32_t)((bits & exp_mask) == exp_mask);
+    }
+    if (bad)
+      return false;
+  }
+  return true;
+}
+
+#ifdef FL_HAVE_BLAS
 void fl__gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha, const float *a,
               const float *b, float beta, float *c) {
   if (m == 0 || n == 0)
@@ -90,25 +140,11 @@ void fl__gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float al
               lda, b, ldb, beta, c, (blasint)n);
 }
 
-/* Tests the exponent bits rather than calling isfinite(): an OR over a block vectorises and
- * this runs on every received update. */
-bool fl__all_finite(const float *x, size_t n) {
-  const uint32_t exp_mask = 0x7f800000u;
-  size_t i = 0;
-  while (i < n) {
-    size_t end = n - i > 1024 ? i + 1024 : n;
-    uint32_t bad = 0;
-    for (; i < end; i++) {
-      uint32_t bits;
-      memcpy(&bits, &x[i], sizeof bits);
-      bad |= (uint32_t)((bits & exp_mask) == exp_mask);
-    }
-    if (bad)
-      return false;
-  }
-  return true;
-}
-
 void fl__tensor_set_threads(int n) {
   openblas_set_num_threads(n < 1 ? 1 : n);
 }
+
+const char *fl__tensor_backend(void) {
+  return "openblas";
+}
+#endif

@@ -24,7 +24,19 @@ PACKAGES=(
   # like Debian 12's nodejs, drives Debian's chromium)
   chromium
   prometheus  # promtool: check metrics on /metrics, check and test the rules in deploy/prometheus
+  time  # tests/cross/itest_gateway_lean.c: the gateway's peak RSS (/usr/bin/time -f %M)
 )
+# tests/cross/run-aarch64.sh (docs/PORTING.md): the lean client cross-built for aarch64 with
+# Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Not Criterion for
+# arm64: it is not co-installable with the amd64 one (the unit tests use the mini runner of
+# tests/cross/mini-criterion there). The :arm64 names need `dpkg --add-architecture arm64`,
+# done below. Only with FL_CROSS=1 (the script is not part of tests/run.sh: see PORTING.md).
+if [ "${FL_CROSS:-0}" = 1 ]; then
+  PACKAGES+=(
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user file
+    libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64
+  )
+fi
 
 # Node.js and npm for tests/e2e: Debian's only where the machine has none. A machine that
 # already has Node.js from elsewhere (NodeSource's nodejs bundles npm) must keep it: Debian's
@@ -47,5 +59,9 @@ fi
 echo "install-deps: installing ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
+if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' &&
+  ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $SUDO dpkg --add-architecture arm64 # before the update, so that it fetches arm64's lists
+fi
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

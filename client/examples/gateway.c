@@ -20,6 +20,9 @@
  * whoever is on the path at enrollment chooses the coordinator key the gateway pins. -I is for
  * a coordinator on loopback (tests).
  *
+ * With a libflclient built without libcurl (FL_WITH_CURL=OFF, docs/PORTING.md) the gateway
+ * brings its own transport (transport_http.c: plain HTTP/1.1 on POSIX sockets, so -I too).
+ *
  * readings.csv: one reading per line, the label in column -l (-1: none, for an autoencoder);
  * latest.csv: features only.
  *
@@ -34,6 +37,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +45,8 @@
 #include <unistd.h>
 
 #include <fl/client.h>
+
+#include "transport_http.h"
 
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) {
@@ -150,20 +156,55 @@ static fl_err mqtt_transport(fl_transport *tr, const fl_client_opts *o) {
   return err;
 }
 
+static bool is_mqtt(const char *url) {
+  return strncmp(url, "mqtt://", 7) == 0 || strncmp(url, "mqtts://", 8) == 0;
+}
+
+/* A libflclient without libcurl has no built-in transport (fl_transport_curl answers
+ * FL_E_UNSUPPORTED): then o->transport becomes the gateway's own plain-HTTP one, in *own.
+ * An mqtt[s]:// URL takes the MQTT transport instead (start()). */
+static fl_err pick_transport(fl_client_opts *o, fl_transport *own) {
+  if (is_mqtt(o->server_url))
+    return FL_OK;
+  fl_client_opts quiet = *o;
+  quiet.log_fn = NULL;
+  fl_transport probe;
+  fl_err err = fl_transport_curl(&probe, &quiet);
+  if (err == FL_OK)
+    probe.destroy(probe.ctx);
+  if (err != FL_E_UNSUPPORTED)
+    return FL_OK; /* the built-in transport; fl_client_new() reports what is wrong with it */
+  if (!o->allow_insecure_http) {
+    fprintf(stderr,
+            "fl-gateway: this libflclient has no TLS transport (built without libcurl): "
+            "only a plain http:// URL with -I works\n");
+    return FL_E_UNSUPPORTED;
+  }
+  char why[512];
+  err = gw_transport_http(own, o->server_url, o->connect_timeout_ms, o->request_timeout_ms,
+                          o->max_response_bytes, why, sizeof why);
+  if (err != FL_OK) {
+    fprintf(stderr, "fl-gateway: %s\n", why);
+    return err;
+  }
+  o->transport = own;
+  return FL_OK;
+}
+
 /* Opens the client and loads the training data; then, if needed, enrolls. */
 static fl_err start(fl_client **c, fl_client_opts *o, const char *token, const char *csv,
                     int label_col, const char *latest) {
   fl_transport tr;
-  if (strncmp(o->server_url, "mqtt://", 7) == 0 || strncmp(o->server_url, "mqtts://", 8) == 0) {
+  if (is_mqtt(o->server_url)) {
     fl_err err = mqtt_transport(&tr, o);
     if (err != FL_OK)
       return err;
     o->transport = &tr;
   }
   fl_err err = fl_client_new(c, o);
-  if (err != FL_OK && o->transport != NULL)
-    tr.destroy(tr.ctx); /* on failure the transport stays ours */
-  o->transport = NULL;  /* tr is ours until here: the client copied the table */
+  if (err != FL_OK && o->transport != NULL && o->transport->destroy != NULL)
+    o->transport->destroy(o->transport->ctx); /* still ours when fl_client_new() fails */
+  o->transport = NULL; /* the client copied the table: tr (and main's own) may go */
   if (err != FL_OK) {
     fprintf(stderr, "fl-gateway: cannot open state directory %s: %s\n", o->state_dir,
             fl_strerror(err));
@@ -243,7 +284,10 @@ int main(int argc, char **argv) {
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   fl_client *c = NULL;
-  fl_err err = start(&c, &o, token, csv, label_col, latest);
+  fl_transport own;
+  fl_err err = pick_transport(&o, &own);
+  if (err == FL_OK)
+    err = start(&c, &o, token, csv, label_col, latest);
   int failed = 0;
   for (int done = 0; err == FL_OK && !stop && (rounds == 0 || done < rounds); done++) {
     fl_round_result r = {.size = sizeof r};

@@ -59,6 +59,14 @@
  * before the process starts, or call openblas_set_num_threads(1) (from <cblas.h>) before the
  * first fl_client_train() or fl_client_predict(). An embedder-supplied trainer does not use
  * OpenBLAS, but fl_client_predict() and federated evaluation still do.
+ *
+ * Lean builds (docs/PORTING.md)
+ * A library built with FL_WITH_BLAS=OFF runs its matrix products on portable C kernels on the
+ * calling thread: no OpenBLAS, no worker threads. One built with FL_WITH_CURL=OFF has no
+ * built-in transport: fl_transport_curl() still exists but returns FL_E_UNSUPPORTED (the
+ * reason goes to log_fn), so fl_client_new() needs opts->transport; fl_multi then has no
+ * shared connection pool and sleeps in poll() between steps. The curl_global_init() notes
+ * above do not apply to such a build. FL_LEAN=ON turns both off.
  */
 #ifndef FL_CLIENT_H
 #define FL_CLIENT_H
@@ -201,7 +209,8 @@ FL_API void fl_model_store_free(fl_model_store *s);
  * attach() keeps the shared pool of an fl_multi, and one that forwards pollfd() lets fl_multi
  * wait on the socket of a wrapped fl_transport_mqtt. On error
  * *out is untouched. The caller owns the result until it hands it to fl_client_new(); its
- * destroy() frees it. */
+ * destroy() frees it. A library built without libcurl returns FL_E_UNSUPPORTED ("Lean builds"
+ * above). */
 struct fl_client_opts;
 FL_API fl_err fl_transport_curl(fl_transport *out, const struct fl_client_opts *opts);
 
@@ -267,9 +276,10 @@ typedef struct fl_client_opts {
   const fl_allocator *allocator; /* copied (ctx borrowed); NULL: malloc/realloc/free */
   fl_log_fn log_fn;              /* NULL: silent; log_ctx is borrowed */
   void *log_ctx;
-  fl_log_level log_level;        /* lines above this are dropped (default FL_LOG_ERROR = 0) */
-  const fl_transport *transport; /* copied; NULL: the built-in libcurl transport */
-  uint64_t model_id;             /* model to train and run; 0: whatever the coordinator gives */
+  fl_log_level log_level; /* lines above this are dropped (default FL_LOG_ERROR = 0) */
+  /* copied; NULL: the built-in libcurl transport (FL_E_UNSUPPORTED without libcurl) */
+  const fl_transport *transport;
+  uint64_t model_id; /* model to train and run; 0: whatever the coordinator gives */
   /* 1: while the coordinator assigns no rollout, serve for inference each newer base version
    * a training task hands out (verified like any model). 0: only rollout assignments. */
   int follow_training_base;
