@@ -205,5 +205,5 @@ cp "$here/package.json" "$here/package-lock.json" "$here/dashboard.test.mjs" "$w
 (cd "$work" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error) || fail "npm ci"
 FL_E2E_URL=$base FL_E2E_LB="http://127.0.0.1:$lb_port" \
   FL_E2E_PREFIXED="http://127.0.0.1:$pfx_port/fleet/ui/" FL_E2E_ADMIN=$token FL_E2E_OPERATOR=$operator FL_E2E_VIEWER=$viewer \
-  FL_E2E_MODEL=$model FL_E2E_ARTIFACTS=$art node "$work/dashboard.test.mjs" || fail "dashboard test"
+  FL_E2E_MODEL=$model FL_E2E_ROUND=$round FL_E2E_ARTIFACTS=$art node "$work/dashboard.test.mjs" || fail "dashboard test"
 echo "PASS: dashboard end to end (screenshots in $art)"
