@@ -32,7 +32,6 @@
  * a pass/fail test. Figures in benches/RESULTS.md ("Check-in throughput").
  */
 #define _GNU_SOURCE /* memmem */
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -75,28 +74,6 @@ static void die(const char *what) {
 
 /* ---- CPU accounting ------------------------------------------------------------------------ */
 
-/* utime + stime (+ cutime + cstime with children) of a process in clock ticks, -1 if gone. */
-static long long proc_ticks(pid_t pid, bool children, pid_t *ppid) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return -1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')'); /* the comm may hold spaces */
-  if (p == NULL)
-    return -1;
-  long long v[20] = {0};
-  int k = 0;
-  for (char *t = strtok(p + 2, " "); t != NULL && k < 20; t = strtok(NULL, " "))
-    v[k++] = atoll(t);
-  if (ppid != NULL)
-    *ppid = (pid_t)v[1];
-  return v[11] + v[12] + (children ? v[13] + v[14] : 0);
-}
-
 /* A PostgreSQL backend serving a client (its title "postgres: user db [local] ..."), not the
  * WAL writer, checkpointer, autovacuum and the like. */
 static bool is_backend(pid_t pid) {
@@ -113,23 +90,7 @@ static bool is_backend(pid_t pid) {
 /* The postmaster with its reaped children, and its live children; *backends: the share of
  * the live client backends. */
 static long long pg_ticks(pid_t postmaster, long long *backends) {
-  long long t = proc_ticks(postmaster, true, NULL);
-  DIR *d = opendir("/proc");
-  struct dirent *e;
-  *backends = 0;
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    if (!isdigit((unsigned char)e->d_name[0]))
-      continue;
-    pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
-    long long c = proc_ticks(pid, false, &pp);
-    if (c > 0 && pp == postmaster) {
-      t += c;
-      *backends += is_backend(pid) ? c : 0;
-    }
-  }
-  if (d != NULL)
-    closedir(d);
-  return t;
+  return fl_sup_family_ticks(postmaster, is_backend, backends);
 }
 
 /* Busy ticks of the whole machine (every CPU: user nice system irq softirq steal). */
@@ -631,7 +592,8 @@ static pid_t perf_start(const bench *b, const char *out) {
   struct dirent *e;
   while (d != NULL && (e = readdir(d)) != NULL && n + 16 < sizeof pids) {
     pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
-    if (pid > 0 && pid != b->mon_pid && proc_ticks(pid, false, &pp) >= 0 && pp == b->postmaster)
+    if (pid > 0 && pid != b->mon_pid && fl_sup_proc_ticks(pid, false, &pp) >= 0 &&
+        pp == b->postmaster)
       n += (size_t)snprintf(pids + n, sizeof pids - n, ",%d", (int)pid);
   }
   if (d != NULL)
@@ -658,8 +620,8 @@ typedef struct snapshot {
 
 static snapshot snap(bench *b) {
   snapshot s;
-  long long mon = proc_ticks(b->mon_pid, false, NULL);
-  s.coord = proc_ticks(b->coord.pid, false, NULL);
+  long long mon = fl_sup_proc_ticks(b->mon_pid, false, NULL);
+  s.coord = fl_sup_proc_ticks(b->coord.pid, false, NULL);
   s.pg = pg_ticks(b->postmaster, &s.pg_backends) - mon;
   s.pg_backends -= mon;
   s.machine = machine_ticks();

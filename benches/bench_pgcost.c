@@ -18,9 +18,7 @@
  *    round, with the statements that cost the most.
  * Figures in benches/RESULTS.md ("PostgreSQL per request").
  */
-#include <ctype.h>
 #include <curl/curl.h>
-#include <dirent.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -54,45 +52,9 @@ static void die(const char *what) {
 
 /* ---- CPU accounting ------------------------------------------------------------------------ */
 
-/* utime + stime (+ cutime + cstime when children) of a process, in clock ticks; -1 if gone. */
-static long long proc_ticks(pid_t pid, bool children, pid_t *ppid) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return -1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')'); /* the comm may hold spaces */
-  if (p == NULL)
-    return -1;
-  long long v[20] = {0};
-  int k = 0;
-  for (char *t = strtok(p + 2, " "); t != NULL && k < 20; t = strtok(NULL, " "))
-    v[k++] = atoll(t);
-  /* after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) */
-  if (ppid != NULL)
-    *ppid = (pid_t)v[1];
-  return v[11] + v[12] + (children ? v[13] + v[14] : 0);
-}
-
 /* The postmaster and its children, live and reaped. */
 static long long pg_ticks(pid_t postmaster) {
-  long long t = proc_ticks(postmaster, true, NULL);
-  DIR *d = opendir("/proc");
-  struct dirent *e;
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    if (!isdigit((unsigned char)e->d_name[0]))
-      continue;
-    pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
-    long long c = proc_ticks(pid, false, &pp);
-    if (c > 0 && pp == postmaster)
-      t += c;
-  }
-  if (d != NULL)
-    closedir(d);
-  return t;
+  return fl_sup_family_ticks(postmaster, NULL, NULL);
 }
 
 /* ---- the cluster --------------------------------------------------------------------------- */
@@ -308,8 +270,8 @@ typedef struct snap {
 
 static snap take(bench *b) {
   snap s;
-  s.coord = proc_ticks(b->coord.pid, false, NULL);
-  s.pg = pg_ticks(b->postmaster) - proc_ticks(b->mon_pid, false, NULL);
+  s.coord = fl_sup_proc_ticks(b->coord.pid, false, NULL);
+  s.pg = pg_ticks(b->postmaster) - fl_sup_proc_ticks(b->mon_pid, false, NULL);
   s.wal = q_int(b, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
   s.fpi = q_int(b, "SELECT wal_fpi FROM pg_stat_wal");
   return s;

@@ -5,6 +5,8 @@
 #include "flsupport/proc.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -146,6 +148,51 @@ double fl_sup_mono_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+long long fl_sup_proc_ticks(pid_t pid, bool children, pid_t *ppid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')'); /* the comm may hold spaces */
+  if (p == NULL)
+    return -1;
+  long long v[20] = {0};
+  int k = 0;
+  char *save = NULL;
+  for (char *t = strtok_r(p + 2, " ", &save); t != NULL && k < 20; t = strtok_r(NULL, " ", &save))
+    v[k++] = atoll(t);
+  /* after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) */
+  if (ppid != NULL)
+    *ppid = (pid_t)v[1];
+  return v[11] + v[12] + (children ? v[13] + v[14] : 0);
+}
+
+long long fl_sup_family_ticks(pid_t parent, bool (*pick)(pid_t), long long *picked) {
+  long long t = fl_sup_proc_ticks(parent, true, NULL);
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  if (picked != NULL)
+    *picked = 0;
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    if (!isdigit((unsigned char)e->d_name[0]))
+      continue;
+    pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
+    long long c = fl_sup_proc_ticks(pid, false, &pp);
+    if (c > 0 && pp == parent) {
+      t += c;
+      if (pick != NULL && picked != NULL && pick(pid))
+        *picked += c;
+    }
+  }
+  if (d != NULL)
+    closedir(d);
+  return t;
 }
 
 double fl_sup_thread_cpu_s(void) {

@@ -49,6 +49,14 @@ int fl_sup_mkdtemp(char *out, size_t cap, const char *prefix);
  * also counts the time other programs held the core), wall-clock milliseconds since the
  * epoch, a plain sleep. */
 double fl_sup_mono_s(void);
+/* CPU of a process from /proc/<pid>/stat in clock ticks: utime + stime, plus cutime + cstime
+ * (its reaped children) when children; -1 when it is gone. *ppid (if not NULL) gets its
+ * parent. */
+long long fl_sup_proc_ticks(pid_t pid, bool children, pid_t *ppid);
+/* A process with its reaped children and its live children (e.g. a postmaster and its
+ * backends), in clock ticks. *picked (if pick is not NULL) gets the share of the live children
+ * for which pick(pid) is true. */
+long long fl_sup_family_ticks(pid_t parent, bool (*pick)(pid_t), long long *picked);
 double fl_sup_thread_cpu_s(void);
 int64_t fl_sup_wall_ms(void);
 void fl_sup_sleep_ms(long ms);
