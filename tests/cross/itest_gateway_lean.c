@@ -5,7 +5,7 @@
  *
  * The gateway is this build's fl-gateway unless FL_LEAN_GATEWAY names another binary: a lean
  * build's (FL_LEAN=ON, docs/PORTING.md), or an aarch64 one with FL_LEAN_RUNNER set to
- * "qemu-aarch64 -L /usr/aarch64-linux-gnu" (tests/cross/run-aarch64.sh). The round must be
+ * "qemu-aarch64 -L /" (tests/cross/run-aarch64.sh). The round must be
  * uploaded and close into version 2 on the coordinator. The peak RSS is printed (and written
  * to FL_LEAN_RSS_FILE when set); under qemu it is the emulator's, not the gateway's.
  *

@@ -50,7 +50,7 @@ if [ "${FL_CROSS_ROUND:-1}" != 0 ]; then
   cmake -S . -B "$NATIVE" >/dev/null
   cmake --build "$NATIVE" -j "$JOBS" --target fl-coordinator itest_gateway_lean
   FL_LEAN_GATEWAY="$SRC/$CROSS/client/fl-gateway" \
-    FL_LEAN_RUNNER="qemu-aarch64 -L /usr/$TRIPLE" \
+    FL_LEAN_RUNNER="qemu-aarch64 -L /" \
     pg_virtualenv -t "$NATIVE/tests/cross/itest_gateway_lean" --verbose || status=1
 fi
 echo "run-aarch64: $(($(date +%s) - start)) s, status $status"

@@ -18,6 +18,7 @@
 
 static fl_mc_test *g_tests;
 static fl_mc_suite *g_suites;
+static int g_expect_failed; /* in the test's child: a cr_expect failed, the test fails at its end */
 
 void fl_mc_register(fl_mc_test *t) {
   fl_mc_test **p = &g_tests; /* keep the order of the file */
@@ -40,6 +41,16 @@ void fl_mc_fail(const char *file, int line, const char *expr, const char *fmt, .
   fputc('\n', stderr);
   fflush(NULL);
   _exit(1);
+}
+
+void fl_mc_expect_fail(const char *file, int line, const char *expr, const char *fmt, ...) {
+  fprintf(stderr, "%s:%d: Expectation failed: %s\n  ", file, line, expr);
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  g_expect_failed = 1;
 }
 
 void fl_mc_skip(const char *fmt, ...) {
@@ -88,7 +99,7 @@ static int run_one(const fl_mc_test *t) {
     if (fini)
       fini();
     fflush(NULL);
-    _exit(0);
+    _exit(g_expect_failed);
   }
   int st = 0;
   while (waitpid(pid, &st, 0) < 0) {
