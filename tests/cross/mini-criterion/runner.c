@@ -1,9 +1,10 @@
 /*
  * The runner of the mini Criterion (criterion/criterion.h beside this file): every registered
  * test in a forked child, suite .init/.fini around it unless the test has its own, alarm()
- * for .timeout. Options: --filter GLOB ("suite/name", fnmatch) and Criterion's --jobs and
- * --verbose, accepted and ignored (the tests run one at a time). Exit status 1 when a test
- * failed or crashed.
+ * for .timeout, multiplied by FL_MINI_CRITERION_TIMEOUT_SCALE when set (run-aarch64.sh: a test
+ * under qemu-user runs 10-50 times slower than natively). Options: --filter GLOB
+ * ("suite/name", fnmatch) and Criterion's --jobs and --verbose, accepted and ignored (the
+ * tests run one at a time). Exit status 1 when a test failed or crashed.
  */
 #include <fnmatch.h>
 #include <signal.h>
@@ -86,6 +87,9 @@ static int run_one(const fl_mc_test *t) {
   void (*init)(void) = t->opts.init ? t->opts.init : so ? so->init : NULL;
   void (*fini)(void) = t->opts.fini ? t->opts.fini : so ? so->fini : NULL;
   double timeout = t->opts.timeout > 0 ? t->opts.timeout : so ? so->timeout : 0;
+  const char *scale = getenv("FL_MINI_CRITERION_TIMEOUT_SCALE");
+  if (scale != NULL && atof(scale) > 0)
+    timeout *= atof(scale);
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0)
