@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cross-builds the lean client for aarch64 (FL_LEAN=ON, cmake/toolchain-aarch64.cmake), runs its
-# unit tests under qemu-aarch64, then one fl-gateway round of the sensor model, the aarch64
+# unit tests under qemu-aarch64, then two fl-gateway rounds of the sensor model, the aarch64
 # gateway under qemu against a native coordinator and a throwaway PostgreSQL (pg_virtualenv),
-# driven by the native build's itest_gateway_lean (docs/PORTING.md).
+# over plain HTTP and over MQTT (a real Mosquitto broker and fl-mqtt-bridge), driven by the
+# native build's itest_gateway_lean (docs/PORTING.md).
 #
 #   bash tests/cross/run-aarch64.sh [NATIVE_BUILD_DIR]   # default build-test; run from anywhere
 #
@@ -56,10 +57,10 @@ ctest --test-dir "$CROSS" -L unit "${exclude[@]}" --output-on-failure -j "$JOBS"
 # --- a gateway round: the aarch64 fl-gateway against the native coordinator -----------------
 if [ "${FL_CROSS_ROUND:-1}" != 0 ]; then
   cmake -S . -B "$NATIVE" >/dev/null
-  cmake --build "$NATIVE" -j "$JOBS" --target fl-coordinator itest_gateway_lean
+  cmake --build "$NATIVE" -j "$JOBS" --target fl-coordinator itest_gateway_lean # + fl-mqtt-bridge
   FL_LEAN_GATEWAY="$SRC/$CROSS/client/fl-gateway" \
     FL_LEAN_RUNNER="qemu-aarch64 -L /" \
-    pg_virtualenv -t "$NATIVE/tests/cross/itest_gateway_lean" --verbose || status=1
+    pg_virtualenv -t "$NATIVE/tests/cross/itest_gateway_lean" --verbose --jobs 1 || status=1
 fi
 echo "run-aarch64: $(($(date +%s) - start)) s, status $status"
 exit $status
