@@ -33,24 +33,27 @@ void fl_mc_register_suite(fl_mc_suite *s) {
   g_suites = s;
 }
 
+static void report(const char *what, const char *file, int line, const char *expr, const char *fmt,
+                   va_list ap) {
+  fprintf(stderr, "%s:%d: %s failed: %s\n  ", file, line, what, expr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+}
+
 void fl_mc_fail(const char *file, int line, const char *expr, const char *fmt, ...) {
-  fprintf(stderr, "%s:%d: Assertion failed: %s\n  ", file, line, expr);
   va_list ap;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  report("Assertion", file, line, expr, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
   fflush(NULL);
   _exit(1);
 }
 
 void fl_mc_expect_fail(const char *file, int line, const char *expr, const char *fmt, ...) {
-  fprintf(stderr, "%s:%d: Expectation failed: %s\n  ", file, line, expr);
   va_list ap;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  report("Expectation", file, line, expr, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
   g_expect_failed = 1;
 }
 
