@@ -131,12 +131,38 @@ static double median_f(float *v, size_t n) {
   return 0.5 * ((double)below + (double)v[h]);
 }
 
+/* Places both the k1-th and the k2-th smallest (k1 <= k2 < n) as select_f places one: one
+ * shared quickselect until the two ranks fall on different sides of a pivot, then one
+ * select_f on each side. Cheaper than two select_f calls (the second of which would walk
+ * n - k1 values again): for the cuts of a trimmed mean the first partitions are shared and
+ * each side then selects among about half the values. */
+static void select2_f(float *v, size_t n, size_t k1, size_t k2) {
+  size_t lo = 0, hi = n;
+  while (hi - lo > 1) {
+    float x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi - 1];
+    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+    size_t lt = select_f_split(v, lo, hi, pivot, 0);
+    if (k2 < lt) {
+      hi = lt;
+      continue;
+    }
+    size_t le = select_f_split(v, lt, hi, pivot, 1); /* v[lt..le) equal the pivot */
+    if (k1 >= le) {
+      lo = le;
+      continue;
+    }
+    if (k1 < lt)
+      select_f(v + lo, lt - lo, k1 - lo);
+    if (k2 >= le)
+      select_f(v + le, hi - le, k2 - le);
+    return;
+  }
+}
+
 /* Mean of v[0..n) without its t smallest and t largest values (n > 2t); reorders v. */
 static double trimmed_f(float *v, size_t n, size_t t) {
-  if (t > 0) {
-    select_f(v, n, t);                 /* v[0..t) are the t smallest */
-    select_f(v + t, n - t, n - 2 * t); /* then v[n-t..n) are the t largest */
-  }
+  if (t > 0)
+    select2_f(v, n, t, n - t - 1); /* v[0..t) the t smallest, v[n-t..n) the t largest */
   double s = 0.0;
   for (size_t i = t; i < n - t; i++)
     s += v[i];
