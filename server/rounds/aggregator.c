@@ -228,25 +228,26 @@ static int cmp_float(const void *x, const void *y) {
   return (a > b) - (a < b);
 }
 
-/* Bulyan's second stage: the mean of the beta values closest to the median. In sorted order
- * those values are a window; the window whose farther end is nearest the median wins (the
- * leftmost on a tie). */
+/* Bulyan's second stage: the mean of the beta values closest to the median, a tie in
+ * distance going to the smaller value. In sorted order they are a window, grown outwards from
+ * the median one value at a time, each step taking the nearer of the two neighbours. (Picking
+ * the window whose farther end is nearest the median is not the same: with equal reaches it
+ * can leave out a value closer than its far end, e.g. the 0 in -2 -2 -1 -1 0 0 0 1.) */
 static double col_closest(float *v, size_t m, const void *arg) {
   size_t beta = *(const size_t *)arg;
   qsort(v, m, sizeof *v, cmp_float);
   double med = m % 2 ? v[m / 2] : 0.5 * ((double)v[m / 2 - 1] + (double)v[m / 2]);
-  size_t best = 0;
-  double best_reach = INFINITY;
-  for (size_t s = 0; s + beta <= m; s++) {
-    double reach = fmax(med - v[s], v[s + beta - 1] - med);
-    if (reach < best_reach) {
-      best_reach = reach;
-      best = s;
-    }
-  }
+  size_t lo = 0, hi; /* the window is v[lo..hi): v[lo-1] < med <= v[hi] bound it */
+  while (lo < m && v[lo] < med)
+    lo++;
+  hi = lo;
   double sum = 0.0;
-  for (size_t i = best; i < best + beta; i++)
-    sum += v[i];
+  for (size_t k = 0; k < beta; k++) {
+    if (lo > 0 && (hi == m || med - v[lo - 1] <= v[hi] - med))
+      sum += v[--lo];
+    else
+      sum += v[hi++];
+  }
   return sum / (double)beta;
 }
 
