@@ -8,6 +8,7 @@
 #include "rounds/aggregator.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -434,7 +435,9 @@ int fl__agg_run(const fl_agg_params *p, const fl_agg_source *src, float *out,
       err = per_coordinate(src, rows, n, col_median, NULL, res, a);
       break;
     case FL_AGGR_TRIMMED_MEAN: {
-      size_t t = (size_t)floor(p->trim_fraction * (double)n);
+      /* floor(beta n) of the decimal the plan wrote: 0.29 * 100 is 28.999999999999996 in
+       * double, so allow a few ulps before flooring (trims 29, not 28). */
+      size_t t = (size_t)floor(p->trim_fraction * (double)n * (1.0 + 4 * DBL_EPSILON));
       err = per_coordinate(src, rows, n, col_trimmed, &t, res, a);
       break;
     }

@@ -240,6 +240,27 @@ Test(aggregator, trimmed_mean_matches_sorting_for_every_cut) {
   }
 }
 
+/* floor(beta n) is taken of the decimal beta: 0.29 of 100 updates trims 29 per side, though
+ * 0.29 * 100 is 28.999999999999996 in double. Values k^2 for k = 0..99 in a shuffled order:
+ * trimming 29 keeps k = 29..70, trimming 28 would keep 28..71 (a larger mean). */
+Test(aggregator, trim_count_is_floor_of_the_decimal_fraction) {
+  enum { N = 100 };
+  static float rows[N][1];
+  const float *u[N];
+  for (int i = 0; i < N; i++) {
+    int k = (i * 37) % N;
+    rows[i][0] = (float)(k * k);
+    u[i] = rows[i];
+  }
+  double want = 0.0;
+  for (int k = 29; k <= 70; k++)
+    want += (double)(k * k) / 42.0;
+  float out[1];
+  fl_agg_params p = {.rule = FL_AGGR_TRIMMED_MEAN, .trim_fraction = 0.29};
+  cr_assert_eq(run_rows(&p, u, N, 1, out, NULL), FL_OK);
+  cr_assert_float_eq(out[0], (float)want, 1e-3, "%.9g, want %.9g", out[0], want);
+}
+
 /* Finite inputs give finite results, even at float's extremes: squared distances of
  * +-FLT_MAX updates (about 1e77 a coordinate) and sums of n of them stay inside double, and
  * every result is a mean of input values. A rule that computed in float would give inf or

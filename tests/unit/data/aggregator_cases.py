@@ -11,6 +11,7 @@ Regenerate (Debian python3-numpy): /usr/bin/python3 tests/unit/data/aggregator_c
 """
 import math
 import os
+from fractions import Fraction
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def median(u, **_):
 
 def trimmed_mean(u, trim, **_):
     n = u.shape[0]
-    t = math.floor(trim * n)
+    t = math.floor(Fraction(repr(trim)) * n)  # of the decimal, as the plan wrote it
     s = np.sort(u.astype(np.float64), axis=0)
     return s[t:n - t].mean(axis=0)
 
