@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_internal.h" /* fl__curl_transport_keep_body */
 #include "fl/client.h"
 #include "fl/err.h"
 #include "sim.h"
@@ -371,9 +372,13 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .straggler_ms = straggler ? f->o.straggler_ms : 0,
                       .net_fail = f->o.net_fail,
                       .clip_norm = f->o.clip_norm,
-                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS)};
+                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS),
+                      .borrow_body = 1};
   int rc =
       f->o.broker != NULL ? mqtt_transport(f, d, co, &lo.inner) : fl_transport_curl(&lo.inner, co);
+  /* What the link hands on lives until inner.end() (transport.h): neither copies an upload. */
+  if (rc == FL_OK)
+    fl__curl_transport_keep_body(&lo.inner);
   return rc == FL_OK ? sim_link_transport(out, &lo) : rc;
 }
 
