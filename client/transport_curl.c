@@ -394,11 +394,12 @@ fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
   size_t n = strlen(t->base_url);
   while (n > 0 && t->base_url[n - 1] == '/')
     t->base_url[--n] = '\0';
+  /* The own multi handle is made by the first begin() that needs it: each holds a wakeup
+   * socket pair, and ten thousand transports made before they join an fl_multi would hold
+   * twenty thousand descriptors for nothing. */
   t->easy = curl_easy_init();
-  t->own = curl_multi_init();
-  if (t->easy == NULL || t->own == NULL)
+  if (t->easy == NULL)
     goto out_destroy;
-  t->multi = t->own;
   set_fixed_options(t, o);
   *out = (fl_transport){.version = FL_TRANSPORT_VERSION,
                         .ctx = t,

@@ -3,6 +3,7 @@
  * keeps no model-sized buffer once the exchange has ended, and a request body is copied only
  * when the caller does not keep it (fl__curl_transport_keep_body). */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -252,4 +253,33 @@ Test(client_transport, keep_body_refuses_another_transport) {
   fl_transport other = {.version = FL_TRANSPORT_VERSION};
   cr_expect_not(fl__curl_transport_keep_body(&other));
   cr_expect_not(fl__curl_transport_keep_body(NULL));
+}
+
+static int open_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  cr_assert_not_null(d);
+  while (readdir(d) != NULL)
+    n++;
+  closedir(d);
+  return n;
+}
+
+/* A transport not yet used holds no descriptor (libcurl's multi handle, made by the first
+ * standalone begin(), holds a wakeup socket pair): fl-sim makes ten thousand of them before
+ * they join an fl_multi. */
+Test(client_transport, unused_transports_hold_no_descriptors) {
+  enum { N = 64 };
+  fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                      .server_url = "http://127.0.0.1:9",
+                      .allow_insecure_http = 1};
+  fl_transport tr[N];
+  cr_assert_eq(fl_transport_curl(&tr[0], &o), FL_OK); /* libcurl's global set-up first */
+  int before = open_fds();
+  for (int i = 1; i < N; i++)
+    cr_assert_eq(fl_transport_curl(&tr[i], &o), FL_OK);
+  cr_expect_lt(open_fds() - before, 4, "%d descriptors for %d transports", open_fds() - before,
+               N - 1);
+  for (int i = 0; i < N; i++)
+    tr[i].destroy(tr[i].ctx);
 }
