@@ -17,19 +17,25 @@ cmake --build "$BUILD" -j "$(nproc)" --target fl-sim fl-coordinator
 
 # 60 examples per device, or as many as the 60000 of Fashion-MNIST's training set give each of
 # more than 1000 devices, unless --samples-per-device says otherwise.
-devices=1000 per=
+# A round's deadline grows with the fleet beyond 1000 devices (60 s per 1000) unless --deadline
+# says otherwise: the coordinator takes uploads at a rate, not all at once.
+devices=1000 per= deadline=
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case ${args[i]} in
     --devices=*) devices=${args[i]#*=} ;;
     --devices) devices=${args[i + 1]:-1000} ;;
     --samples-per-device | --samples-per-device=*) per=given ;;
+    --deadline | --deadline=*) deadline=given ;;
   esac
 done
+[[ $devices =~ ^[0-9]+$ && $devices -gt 0 ]] || { echo "quickstart: bad --devices" >&2; exit 2; }
 if [[ -z $per ]]; then
-  [[ $devices =~ ^[0-9]+$ && $devices -gt 0 ]] || { echo "quickstart: bad --devices" >&2; exit 2; }
   per=$((60000 / devices < 60 ? 60000 / devices : 60))
   set -- --samples-per-device "$per" "$@"
+fi
+if [[ -z $deadline && $devices -gt 1000 ]]; then
+  set -- --deadline $((devices * 60 / 1000)) "$@"
 fi
 # Each exchange in flight holds a socket and a device's state file may be open beside it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
