@@ -154,33 +154,45 @@ static void server_start(server *s) {
   server_listen(s, serve);
 }
 
-Test(client_transport, answer_buffer_sized_from_content_length_and_freed_when_idle) {
-  server s;
-  server_start(&s);
-  counter k = {.mu = PTHREAD_MUTEX_INITIALIZER};
-  fl_allocator a = {.malloc_fn = c_malloc, .realloc_fn = c_realloc, .free_fn = c_free, .ctx = &k};
+/* The built-in transport to server s, allocating through k's hooks (a is filled in). */
+static void transport_to(fl_transport *tr, const server *s, counter *k, fl_allocator *a) {
+  *a = (fl_allocator){.malloc_fn = c_malloc, .realloc_fn = c_realloc, .free_fn = c_free, .ctx = k};
   char url[64];
-  snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d", s->port);
   fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
                       .server_url = url,
                       .allow_insecure_http = 1,
-                      .allocator = &a,
+                      .allocator = a,
                       .request_timeout_ms = 10000};
-  fl_transport tr;
-  cr_assert_eq(fl_transport_curl(&tr, &o), FL_OK);
-  size_t idle = k.live;
-  fl_http_request req = {
-      .size = sizeof req, .method = "GET", .path = "/v1/models/1/versions/1", .auth = "x"};
-  cr_assert_eq(tr.begin(tr.ctx, &req), FL_OK);
+  cr_assert_eq(fl_transport_curl(tr, &o), FL_OK);
+}
+
+/* One exchange to its answer, which must be a 200. */
+static fl_http_response exchange_ok(fl_transport *tr, const fl_http_request *req) {
+  cr_assert_eq(tr->begin(tr->ctx, req), FL_OK);
   fl_http_response resp;
   fl_err err;
   do {
     memset(&resp, 0, sizeof resp);
     resp.size = sizeof resp;
-    err = tr.poll(tr.ctx, 200, &resp);
+    err = tr->poll(tr->ctx, 200, &resp);
   } while (err == FL_E_AGAIN);
-  cr_assert_eq(err, FL_OK, "%s: %s", fl_strerror(err), tr.detail(tr.ctx));
+  cr_assert_eq(err, FL_OK, "%s: %s", fl_strerror(err), tr->detail(tr->ctx));
   cr_assert_eq(resp.status, 200);
+  return resp;
+}
+
+Test(client_transport, answer_buffer_sized_from_content_length_and_freed_when_idle) {
+  server s;
+  server_start(&s);
+  counter k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  fl_allocator a;
+  fl_transport tr;
+  transport_to(&tr, &s, &k, &a);
+  size_t idle = k.live;
+  fl_http_request req = {
+      .size = sizeof req, .method = "GET", .path = "/v1/models/1/versions/1", .auth = "x"};
+  fl_http_response resp = exchange_ok(&tr, &req);
   cr_assert_eq(resp.body_len, BODY_LEN);
   for (size_t i = 0; i < BODY_LEN; i += 997)
     cr_assert_eq(resp.body[i], (uint8_t)(i * 31u));
@@ -206,16 +218,9 @@ Test(client_transport, request_body_copied_unless_the_caller_keeps_it) {
     server s = {0};
     server_listen(&s, serve_post);
     counter k = {.mu = PTHREAD_MUTEX_INITIALIZER};
-    fl_allocator a = {.malloc_fn = c_malloc, .realloc_fn = c_realloc, .free_fn = c_free, .ctx = &k};
-    char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
-    fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
-                        .server_url = url,
-                        .allow_insecure_http = 1,
-                        .allocator = &a,
-                        .request_timeout_ms = 10000};
+    fl_allocator a;
     fl_transport tr;
-    cr_assert_eq(fl_transport_curl(&tr, &o), FL_OK);
+    transport_to(&tr, &s, &k, &a);
     if (keep)
       cr_assert(fl__curl_transport_keep_body(&tr));
     fl_http_request req = {.size = sizeof req,
@@ -223,16 +228,7 @@ Test(client_transport, request_body_copied_unless_the_caller_keeps_it) {
                            .path = "/v1/updates",
                            .body = body,
                            .body_len = BODY_LEN};
-    cr_assert_eq(tr.begin(tr.ctx, &req), FL_OK);
-    fl_http_response resp;
-    fl_err err;
-    do {
-      memset(&resp, 0, sizeof resp);
-      resp.size = sizeof resp;
-      err = tr.poll(tr.ctx, 200, &resp);
-    } while (err == FL_E_AGAIN);
-    cr_assert_eq(err, FL_OK, "%s: %s", fl_strerror(err), tr.detail(tr.ctx));
-    cr_assert_eq(resp.status, 200);
+    exchange_ok(&tr, &req);
     if (keep)
       cr_expect_lt(k.largest, BODY_LEN, "no copy of the body (largest block %zu)", k.largest);
     else
