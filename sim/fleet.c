@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_internal.h" /* fl__curl_transport_keep_body */
 #include "fl/client.h"
 #include "fl/err.h"
 #include "sim.h"
@@ -41,6 +42,7 @@ typedef struct device {
   size_t n_rows, pos;
   uint32_t *order;
   int labelled;
+  int lent; /* handed to the pool this round: counts in train_pool.unsent until DONE */
 } device;
 
 typedef struct worker {
@@ -62,6 +64,10 @@ typedef struct train_pool {
   pthread_cond_t cv;
   device **q; /* ring of n_devices slots: a device is queued at most once */
   size_t cap, head, len;
+  /* Devices taken for training whose round has not ended: each holds its packed update until
+   * it is uploaded. Training is faster than the coordinator takes uploads, so without a bound
+   * a 10,000-device round would hold thousands of 800 KB updates at once. */
+  size_t unsent, max_unsent;
   int stop;
   pthread_t *threads;
   int n_started;
@@ -209,7 +215,19 @@ static device *find_device(worker *w, const fl_client *c) {
   return NULL;
 }
 
+/* The device lent for training has ended its round: room for another to train. */
+static void pool_release(train_pool *p, device *d) {
+  if (!d->lent)
+    return;
+  d->lent = 0;
+  pthread_mutex_lock(&p->mu);
+  p->unsent--;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
 static void pool_push(train_pool *p, device *d) {
+  d->lent = 1;
   pthread_mutex_lock(&p->mu);
   p->q[(p->head + p->len) % p->cap] = d;
   p->len++;
@@ -225,7 +243,7 @@ static void *trainer_main(void *arg) {
   train_pool *p = &f->pool;
   for (;;) {
     pthread_mutex_lock(&p->mu);
-    while (p->len == 0 && !p->stop)
+    while ((p->len == 0 || p->unsent >= p->max_unsent) && !p->stop)
       pthread_cond_wait(&p->cv, &p->mu);
     if (p->stop) {
       pthread_mutex_unlock(&p->mu);
@@ -234,6 +252,7 @@ static void *trainer_main(void *arg) {
     device *d = p->q[p->head];
     p->head = (p->head + 1) % p->cap;
     p->len--;
+    p->unsent++;
     pthread_mutex_unlock(&p->mu);
     uint64_t t0 = mono_ns(), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     fl_client_train(d->c); /* a failure ends the round; the next step reports it */
@@ -282,6 +301,7 @@ static void handle_events(struct sim_fleet *f, worker *w) {
       }
       pool_push(&f->pool, d); /* the multi steps it again once fl_client_train returned */
     } else if (step == FL_STEP_DONE) {
+      pool_release(&f->pool, d);
       record_result(f, w, d);
     }
   }
@@ -371,9 +391,13 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .straggler_ms = straggler ? f->o.straggler_ms : 0,
                       .net_fail = f->o.net_fail,
                       .clip_norm = f->o.clip_norm,
-                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS)};
+                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS),
+                      .borrow_body = 1};
   int rc =
       f->o.broker != NULL ? mqtt_transport(f, d, co, &lo.inner) : fl_transport_curl(&lo.inner, co);
+  /* What the link hands on lives until inner.end() (transport.h): neither copies an upload. */
+  if (rc == FL_OK)
+    fl__curl_transport_keep_body(&lo.inner);
   return rc == FL_OK ? sim_link_transport(out, &lo) : rc;
 }
 
@@ -467,6 +491,9 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
   pthread_mutex_init(&f->pool.mu, NULL);
   pthread_cond_init(&f->pool.cv, NULL);
   f->pool.cap = o->n_devices;
+  /* As many trained updates as can be in flight, and one more per training thread: the
+   * uploads never wait for training, and the memory does not grow with the fleet. */
+  f->pool.max_unsent = (size_t)o->max_inflight + (size_t)f->o.train_threads;
   f->pool.q = calloc(o->n_devices, sizeof(*f->pool.q));
   f->dev = calloc(o->n_devices, sizeof(*f->dev));
   f->w = calloc((size_t)o->threads, sizeof(*f->w));

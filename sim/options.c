@@ -109,6 +109,9 @@ static const opt_def OPTS[] = {
     {"keep-work-dir", T_FLAG, O(keep_work_dir), "do not delete the work directory"},
     {"out", T_STR, O(out_dir), "directory for rounds.csv, accuracy.svg/.png (fl-sim-out)"},
     {"seed", T_U64, O(seed), "seed of data, partitions and faults (1)"},
+    {"export-learning", T_STR, O(export_dir),
+     "write the initial model, the data split and the training settings to this directory "
+     "(for benches/fedavg_numpy.py)"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 

@@ -61,6 +61,7 @@ typedef struct sim_options {
   uint64_t seed;
   /* threads training the devices (0: one per online CPU); exchanges in flight, all workers */
   int train_threads, max_inflight;
+  const char *export_dir; /* --export-learning: export.h */
 } sim_options;
 
 void sim_options_defaults(sim_options *o);

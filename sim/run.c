@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "eval.h"
+#include "export.h"
 #include "fetch.h"
 #include "fl/client.h"
 #include "fl/err.h"
@@ -246,6 +247,20 @@ static void explain_no_version(run_ctx *x, int r, const sim_round_state *st,
   x->explained = 1;
 }
 
+/* --export-learning: x->model holds the initial version just downloaded (have_initial). */
+static int export_learning(const run_ctx *x, int have_initial) {
+  if (x->o->export_dir == NULL)
+    return FL_OK;
+  char msg[512] = "the initial model could not be downloaded";
+  int rc = have_initial ? sim_export_learning(
+                              x->o->export_dir, x->o, &x->d->spec, fl__model_params_const(x->model),
+                              fl__model_num_params(x->model), &x->d->part, msg, sizeof(msg))
+                        : FL_E_STATE;
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: --export-learning: %s\n", msg);
+  return rc;
+}
+
 static int run_rounds(run_ctx *x, uint64_t round_id) {
   sim_progress pg;
   sim_progress_init(&pg, stdout);
@@ -258,13 +273,15 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   /* The untrained model's score: what the rounds' figures are to be read against. */
   sim_round_row init = {0};
   uint64_t version = x->initial_version;
-  if (evaluate(x, x->initial_version, &init, x->cohort ? x->cohort[0] : NULL) == FL_OK)
+  int have_initial =
+      evaluate(x, x->initial_version, &init, x->cohort ? x->cohort[0] : NULL) == FL_OK;
+  if (have_initial)
     printf("initial model (version %llu): %s %.4f loss %.4f\n",
            (unsigned long long)x->initial_version, x->d->anomaly ? "AUC" : "accuracy",
            x->d->anomaly ? init.auc : init.accuracy, init.loss);
+  int rc = export_learning(x, have_initial);
   sim_fleet_counts before;
   sim_fleet_counts_get(x->fleet, &before);
-  int rc = FL_OK;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
     x->have_stats = coord_stats(x, &x->stats);
     if (r == x->o->drift_round && x->d->drifted != NULL) {
