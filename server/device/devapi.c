@@ -15,6 +15,7 @@
 #include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
+#include "rounds/async.h"
 #include "rounds/rounds.h"
 #include "registry/rollouts.h"
 
@@ -430,7 +431,7 @@ static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t devic
   t.noise_stddev = (float)o->plan.local_noise_stddev;
   t.encoding = (Fl__V1__Encoding)o->plan.encoding;
   t.topk_fraction = (float)o->plan.topk_fraction;
-  t.deadline_ms = o->deadline_ms;
+  t.deadline_ms = fl__async_task_deadline_ms(&o->plan, o->deadline_ms, fl__now_ms());
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
   /* Signed for this device: the sizes and the base it names reach the device unchanged
    * (docs/SIGNING.md, "Task digest"). */
