@@ -164,7 +164,7 @@ static void expect_buffer(const fl_h_coord *c, uint64_t model_id, uint64_t v,
   for (size_t i = 0; i < n; i++) {
     double s = 0;
     for (int j = 0; j < k; j++)
-      s += 1.0 * (double)m[j].n * m[j].d[i];
+      s += 1.0 / sqrt(1.0 + m[j].tau) * (double)m[j].n * m[j].d[i];
     double e = w0[i] + lr * s / total;
     cr_assert(fabs(w[i] - e) <= 1e-6 + 1e-5 * fabs(e), "v%llu param %zu: %.9g, want %.9g",
               (unsigned long long)v, i, w[i], e);
