@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "rounds/staleness.h"
+#include "server.h"
 #include "store/store_pg.h"
 
 /* The plan's open buffer (one at most: plans_one_active and close.c's finish_round open one
@@ -19,6 +20,10 @@ static const char OPEN_BUFFER[] =
     " FROM rounds r WHERE r.state = 'open'"
     " AND r.plan_id = (SELECT plan_id FROM rounds WHERE round_id = $1)"
     " ORDER BY r.round_id LIMIT 1";
+
+/* A device that trains on while its previous update waits in the open buffer retries after
+ * about a buffer's time at the rates fl-sim sees (0.3-1 s per buffer). */
+#define RETRY_IN_BUFFER_MS 500
 
 static void refuse(fl_async_target *t, int status, const char *reason) {
   t->status = status;
@@ -57,7 +62,8 @@ int fl__async_resolve(PGconn *c, uint64_t task_round_id, uint64_t device_id, uin
   if (in_buffer) {
     /* The acceptance key is (round, device): a second update in one buffer could not commit
      * and would fail its whole group-commit batch, so it is refused here, precisely. */
-    refuse(t, 409, "already_in_buffer");
+    refuse(t, 503, "already_in_buffer");
+    t->retry_after_ms = fl__now_ms() + RETRY_IN_BUFFER_MS;
     snprintf(t->msg, sizeof t->msg,
              "an update of this device is in the current buffer (round %" PRIu64 ") already",
              t->round_id);

@@ -36,14 +36,16 @@ typedef struct fl_async_target {
   double weight;
   int status; /* 0: folded into round_id; else the HTTP status of the refusal */
   const char *reason;
+  int64_t retry_after_ms; /* of a 503 refusal: when to try again (Unix ms) */
   char msg[160];
 } fl_async_target;
 
 /* The open buffer of the task round's plan, for a device whose update was trained on
  * task_base. 0 with *t filled (t->status says whether it is refused), -1 on a database error.
  * Refusals: 409 too_stale (tau > max_staleness), 409 round_closed (the plan has no open
- * buffer: stopped or done), 409 already_in_buffer (this device's update of another task is in
- * the open buffer already: one update per device per buffer). */
+ * buffer: stopped or done), 503 already_in_buffer (this device's update of another task is in
+ * the open buffer already, one update per device per buffer: the device retries, and the
+ * update goes into the next buffer). */
 int fl__async_resolve(PGconn *c, uint64_t task_round_id, uint64_t device_id, uint64_t task_base,
                       const fl_plan *p, fl_async_target *t);
 

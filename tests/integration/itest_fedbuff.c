@@ -244,13 +244,26 @@ Test(fedbuff, staleness_weighted_versions, .init = setup, .fini = teardown, .tim
     u[i].base = v2;
     u[i].round_id = r2;
   }
-  /* Device 3 has its update in the open buffer: it waits for the next version. */
+  upload_ok(&u[7], r2, 0);
+  /* Device 7 delivered the open buffer's own task: it waits for the next version. */
   Fl__V1__CheckInResponse *resp;
-  cr_assert_eq(fl_h_checkin(&g_a, &g_dev[3], model_id, &resp), 0);
+  cr_assert_eq(fl_h_checkin(&g_a, &g_dev[7], model_id, &resp), 0);
   cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY);
   cr_assert_str_eq(resp->retry->reason, "already_contributed");
   fl__v1__check_in_response__free_unpacked(resp, NULL);
-  upload_ok(&u[7], r2, 0);
+  /* Device 3's update (of an older task) is in the open buffer: it may train on, but its next
+   * update waits for a later buffer (503 already_in_buffer, nothing changes). */
+  cr_assert_eq(checkin(&g_a, &g_dev[3], model_id, &bv), r2);
+  cr_assert_eq(bv, 2);
+  up again = {.c = &g_a, .d = &g_dev[3], .base = v2, .round_id = r2, .samples = 3, .delta = d[9]};
+  run_up(&again);
+  cr_assert_eq(again.status, 503);
+  cr_assert_str_eq(again.reason, "already_in_buffer");
+  cr_assert_eq(db_int("SELECT accepted FROM rounds WHERE round_id = %llu", (unsigned long long)r2),
+               2);
+  cr_assert_eq(db_int("SELECT count(*) FROM acceptances WHERE device_id = %llu",
+                      (unsigned long long)g_dev[3].id),
+               1);
   upload_ok(&u[4], r2, 1);
   wait_closed(&g_a, r2, 3);
   member b2[] = {{d[3], n[3], 1}, {d[7], n[7], 0}, {d[4], n[4], 1}};
