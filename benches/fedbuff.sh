@@ -9,6 +9,8 @@
 #  mean 10 s. sync: 20 participants (26 tasks), first come first served, deadline 30 s, closes
 #  at 20 or at the deadline with 10. async: buffer_size 20, max_staleness 4, every device may
 #  hold a task. sync40, async40: the same with 40 devices (a round needs half of the fleet).
+#  sync-slow, async-slow: 100 devices, and 30% of them stragglers whose uploads take a
+#  lognormal delay of median 3 s (heterogeneous devices, FedBuff's setting).
 set -u
 bin=$1 out=$2
 shift 2
@@ -22,6 +24,10 @@ for run in $runs; do
     async) args="--devices 100 --mode async --buffer-size 20 --max-staleness 4 --deadline 30" ;;
     sync40) args="--devices 40 --participants 20 --selection-window 0 --deadline 30" ;;
     async40) args="--devices 40 --mode async --buffer-size 20 --max-staleness 4 --deadline 30" ;;
+    sync-slow) args="--devices 100 --participants 20 --selection-window 0 --deadline 30
+      --stragglers 0.3 --straggler-ms 3000" ;;
+    async-slow) args="--devices 100 --mode async --buffer-size 20 --max-staleness 4 --deadline 30
+      --stragglers 0.3 --straggler-ms 3000" ;;
     *) echo "unknown run $run"; continue ;;
   esac
   mkdir -p "$out/$run"

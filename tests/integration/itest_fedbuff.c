@@ -141,6 +141,19 @@ static Fl__V1__ModelVersion *version(const fl_h_coord *c, uint64_t model_id, uin
   return mv;
 }
 
+/* A model and its async plan on g_a, n enrolled devices; version 1 (caller frees), its size
+ * in *dim and the first buffer's round in *r1. */
+static Fl__V1__ModelVersion *plan_and_fleet(const char *name, const char *plan, int n,
+                                            uint64_t *model_id, uint64_t *r1, size_t *dim) {
+  float *w0;
+  cr_assert_eq(fl_h_model_and_plan(&g_a, name, FL_H_SMALL_SPEC, plan, model_id, r1), 0, "%s", plan);
+  cr_assert_eq(fl_h_enroll_devices(&g_a, g_dev, n), 0);
+  Fl__V1__ModelVersion *v1 = version(&g_a, *model_id, 1);
+  cr_assert_eq(fl_h_weights(v1, &w0, dim), 0);
+  free(w0);
+  return v1;
+}
+
 /* The buffer's members: delta, sample count and staleness. */
 typedef struct member {
   const float *d;
@@ -194,13 +207,8 @@ Test(fedbuff, staleness_weighted_versions, .init = setup, .fini = teardown, .tim
   const uint64_t n[NDEV] = {10, 20, 30, 15, 5, 40, 8, 25, 12, 9};
   float *d[NDEV];
   cr_assert_eq(fl_h_coord_start(&g_a, g_db, NULL, NULL), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_a, "fedbuff", FL_H_SMALL_SPEC, PLAN, &model_id, &r1), 0);
-  cr_assert_eq(fl_h_enroll_devices(&g_a, g_dev, NDEV), 0);
-  Fl__V1__ModelVersion *v1 = version(&g_a, model_id, 1);
-  float *w0;
   size_t dim;
-  cr_assert_eq(fl_h_weights(v1, &w0, &dim), 0);
-  free(w0);
+  Fl__V1__ModelVersion *v1 = plan_and_fleet("fedbuff", PLAN, NDEV, &model_id, &r1, &dim);
   for (int i = 0; i < NDEV; i++)
     d[i] = make_delta(dim, 300 + (uint64_t)i);
   /* Devices 0-6 take tasks on v1 (round 1), at once: no selection window, no target wait. */
@@ -340,17 +348,12 @@ Test(fedbuff, sigkill_mid_buffer_loses_no_acknowledged_update, .init = setup, .f
   const uint64_t n[8] = {11, 7, 19, 4, 30, 13, 6, 22};
   float *d[8];
   cr_assert_eq(fl_h_coord_start(&g_a, g_db, NULL, NULL), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_a, "fedbuff_kill", FL_H_SMALL_SPEC,
-                                   "{\"mode\":\"async\",\"buffer_size\":4,\"max_staleness\":3,"
-                                   "\"max_concurrency\":8,\"clip_norm\":100}",
-                                   &model_id, &r1),
-               0);
-  cr_assert_eq(fl_h_enroll_devices(&g_a, g_dev, 8), 0);
-  Fl__V1__ModelVersion *v1 = version(&g_a, model_id, 1);
-  float *w0;
   size_t dim;
-  cr_assert_eq(fl_h_weights(v1, &w0, &dim), 0);
-  free(w0);
+  Fl__V1__ModelVersion *v1 =
+      plan_and_fleet("fedbuff_kill",
+                     "{\"mode\":\"async\",\"buffer_size\":4,\"max_staleness\":3,"
+                     "\"max_concurrency\":8,\"clip_norm\":100}",
+                     8, &model_id, &r1, &dim);
   up u[8];
   for (int i = 0; i < 8; i++) {
     d[i] = make_delta(dim, 700 + (uint64_t)i);
@@ -413,17 +416,12 @@ Test(fedbuff, two_replicas_close_each_buffer_once, .init = setup, .fini = teardo
   float *d[N];
   cr_assert_eq(fl_h_coord_start(&g_a, g_db, NULL, NULL), 0);
   cr_assert_eq(fl_h_coord_start(&g_b, g_db, g_a.dir, NULL), 0);
-  cr_assert_eq(fl_h_model_and_plan(&g_a, "fedbuff_replicas", FL_H_SMALL_SPEC,
-                                   "{\"mode\":\"async\",\"buffer_size\":2,\"max_staleness\":5,"
-                                   "\"max_concurrency\":6,\"clip_norm\":100,\"rounds\":3}",
-                                   &model_id, &r1),
-               0);
-  cr_assert_eq(fl_h_enroll_devices(&g_a, g_dev, N), 0);
-  Fl__V1__ModelVersion *v1 = version(&g_a, model_id, 1);
-  float *w0;
   size_t dim;
-  cr_assert_eq(fl_h_weights(v1, &w0, &dim), 0);
-  free(w0);
+  Fl__V1__ModelVersion *v1 =
+      plan_and_fleet("fedbuff_replicas",
+                     "{\"mode\":\"async\",\"buffer_size\":2,\"max_staleness\":5,"
+                     "\"max_concurrency\":6,\"clip_norm\":100,\"rounds\":3}",
+                     N, &model_id, &r1, &dim);
   up u[N];
   pthread_t th[N];
   for (int i = 0; i < N; i++) {
