@@ -190,11 +190,12 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
   }
 }
 
-/* The round after `prev`: the coordinator opens it when prev closes. */
+/* The round after `prev`: the coordinator opens it when prev closes (the next one by id: an
+ * async plan's buffers may close faster than the polls). */
 static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
   for (int i = 0; i < 200 && !sim_stop_requested; i++) {
     sim_round_state st;
-    if (sim_admin_latest_round(x->admin, x->model_id, &st) == FL_OK && st.round_id > prev) {
+    if (sim_admin_next_round(x->admin, x->model_id, prev, &st) == FL_OK && st.round_id > prev) {
       *out = st.round_id;
       return FL_OK;
     }
