@@ -13,7 +13,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,15 +40,7 @@ static void teardown(void) {
     fl_h_device_free(&g_dev[i]);
 }
 
-static int64_t db_int(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int64_t db_int(const char *fmt, ...) {
-  char sql[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(sql, sizeof sql, fmt, ap);
-  va_end(ap);
-  return fl_h_db_int(g_db, sql);
-}
+#define db_int(...) fl_h_db_intf(g_db, __VA_ARGS__)
 
 /* Multiples of 1/64 in [-1/4, 1/4]: exact in float32, distinct per device. */
 static float *make_delta(size_t n, uint64_t seed) {
