@@ -5,6 +5,7 @@
 #include "mqtt.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,6 +35,9 @@ typedef struct device {
   int enrolled;
   char key_path[300];
   fl_rng dropout_rng;
+  int intermittent, parked; /* offline_share's devices; parked: offline holding its task */
+  int64_t resume_ms;        /* parked until */
+  fl_rng offline_rng;
   uint64_t shuffle_seed;
   uint32_t resets; /* epochs started in the current round */
   /* data source */
@@ -83,7 +87,7 @@ struct sim_fleet {
   atomic_uint_fast64_t seq;
   atomic_int stop;
   atomic_uint_fast64_t enroll_tried, enrolled;
-  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns, train_cpu_ns;
+  atomic_uint_fast64_t finished, uploaded, failed, dropped, offline, train_ns, train_cpu_ns;
   atomic_int_fast64_t last_ack_ms;
   sim_mqtt_broker mqtt; /* o.broker split */
 };
@@ -144,6 +148,17 @@ static void count_failure(struct sim_fleet *f, worker *w, int err) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/* An intermittent device's next offline period in ms: with probability 1/2 one drawn from the
+ * exponential of mean offline_mean_ms, else 0 (stays online). Always 0 for the others. */
+static int64_t offline_period(struct sim_fleet *f, device *d) {
+  if (!d->intermittent || fl__rng_uniform(&d->offline_rng) >= 0.5)
+    return 0;
+  double u = fl__rng_uniform(&d->offline_rng);
+  int64_t ms = (int64_t)(-f->o.offline_mean_ms * log(1.0 - u)) + 1;
+  atomic_fetch_add(&f->offline, 1);
+  return ms;
+}
+
 static void record_result(struct sim_fleet *f, worker *w, device *d) {
   fl_round_result r = {.size = sizeof r};
   fl_client_round_result(d->c, &r);
@@ -156,6 +171,9 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
   }
   d->done_seq = d->cur_seq;
   atomic_fetch_add(&f->finished, 1);
+  int64_t off = offline_period(f, d);
+  if (off > 0)
+    d->next_ms = now_ms() + off; /* offline: no check-in before it is back */
   if (r.outcome == FL_ROUND_UPLOADED) {
     atomic_fetch_add(&f->uploaded, 1);
     int64_t now = now_ms(), prev = atomic_load(&f->last_ack_ms);
@@ -168,7 +186,8 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
 
 /* Starts the device's round when the simulated round allows it. */
 static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
-  if (!d->enrolled || d->active || d->done_seq >= seq || now_ms() < d->next_ms)
+  if (!d->enrolled || d->active || (!f->o.continuous && d->done_seq >= seq) ||
+      now_ms() < d->next_ms)
     return;
   d->cur_seq = seq;
   d->resets = 0;
@@ -299,6 +318,13 @@ static void handle_events(struct sim_fleet *f, worker *w) {
         drop_out(f, w, d);
         continue;
       }
+      int64_t off = offline_period(f, d);
+      if (off > 0) {
+        /* Offline holding the task: trained and uploaded once back (worker_main). */
+        d->parked = 1;
+        d->resume_ms = now_ms() + off;
+        continue;
+      }
       pool_push(&f->pool, d); /* the multi steps it again once fl_client_train returned */
     } else if (step == FL_STEP_DONE) {
       pool_release(&f->pool, d);
@@ -333,8 +359,15 @@ static void *worker_main(void *arg) {
       nanosleep(&ts, NULL);
       continue;
     }
-    for (size_t k = w->lo; k < w->hi; k++)
-      maybe_begin(f, w, &f->dev[k], seq);
+    int64_t now = now_ms();
+    for (size_t k = w->lo; k < w->hi; k++) {
+      device *d = &f->dev[k];
+      if (d->parked && now >= d->resume_ms) {
+        d->parked = 0;
+        pool_push(&f->pool, d);
+      }
+      maybe_begin(f, w, d, seq);
+    }
     fl_multi_perform(w->multi, PERFORM_MS);
     handle_events(f, w);
     pthread_mutex_lock(&w->mu);
@@ -413,6 +446,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
   d->labelled = f->o.labelled;
   d->shuffle_seed = sim_device_seed(f->o.seed, k, SIM_SEED_SHUFFLE);
   fl__rng_seed(&d->dropout_rng, sim_device_seed(f->o.seed, k, SIM_SEED_DROPOUT));
+  fl__rng_seed(&d->offline_rng, sim_device_seed(f->o.seed, k, SIM_SEED_OFFLINE));
+  d->intermittent = fl__rng_uniform(&d->offline_rng) < f->o.offline_share;
   d->order = malloc((d->n_rows ? d->n_rows : 1) * sizeof(uint32_t));
   if (d->order == NULL)
     return FL_E_NOMEM;
@@ -587,6 +622,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->uploaded = atomic_load(&f->uploaded);
   c->failed = atomic_load(&f->failed);
   c->dropped = atomic_load(&f->dropped);
+  c->offline = atomic_load(&f->offline);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;
   c->train_cpu_s = (double)atomic_load(&f->train_cpu_ns) / 1e9;
   c->last_ack_ms = atomic_load(&f->last_ack_ms);

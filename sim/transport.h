@@ -91,7 +91,8 @@ typedef enum sim_seed_stream {
   SIM_SEED_FAULTS = 1,  /* network faults and straggler delays (the link) */
   SIM_SEED_DROPOUT = 2, /* whether it drops out of a round */
   SIM_SEED_SHUFFLE = 3, /* the order of its training examples */
-  SIM_SEED_PROFILE = 4  /* whether it is a straggler */
+  SIM_SEED_PROFILE = 4, /* whether it is a straggler */
+  SIM_SEED_OFFLINE = 5  /* whether it is intermittent, and its offline periods */
 } sim_seed_stream;
 
 /* A seed of device `device` (its index in the fleet) from the run's seed only: nothing that
