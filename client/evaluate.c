@@ -40,12 +40,14 @@ fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
 }
 
 void fl__eval_note(fl_client *c, const Fl__V1__EvalTask *t) {
-  if (t == NULL || !c->hold.have || t->version == 0 || t->gate_id == 0 ||
+  /* A gate's task or a plan's evaluation campaign (docs/API.md), never both. */
+  if (t == NULL || !c->hold.have || t->version == 0 || (t->gate_id == 0) == (t->campaign_id == 0) ||
       t->sha256.len != FL_SHA256_LEN)
     return;
   c->eval.model_id = t->model_id;
   c->eval.version = t->version;
   c->eval.gate_id = t->gate_id;
+  c->eval.campaign_id = t->campaign_id;
   memcpy(c->eval.sha256, t->sha256.data, FL_SHA256_LEN);
   c->want_eval = true;
 }
@@ -152,8 +154,9 @@ static int pack_report(fl_client *c, const fl_model *m, const eval_sums *s, bool
   rep.model_id = c->eval.model_id;
   rep.version = c->eval.version;
   rep.gate_id = c->eval.gate_id;
+  rep.campaign_id = c->eval.campaign_id;
   rep.sample_count = s->n;
-  uint8_t buf[256]; /* five varints and three short metrics */
+  uint8_t buf[256]; /* six varints and three short metrics */
   size_t len = fl__v1__eval_report__get_packed_size(&rep);
   if (len > sizeof buf)
     return FL_E_TOOBIG;

@@ -8,7 +8,9 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "registry/evaluation.h"
 #include "rounds/aggregator.h"
+#include "rounds/cohort.h"
 #include "rounds/optimizer.h"
 
 typedef struct fl_plan {
@@ -34,6 +36,8 @@ typedef struct fl_plan {
   double clip_target_quantile; /* adaptive clipping's gamma; 0: the clip is fixed */
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
+  fl_cohort cohort;            /* the devices its rounds select (cohort.h); empty: all */
+  fl_eval_policy eval;         /* federated evaluation of each new version (evaluation.h) */
 } fl_plan;
 
 /* A DP plan: central noise, uniform weights, an accountant (docs/PRIVACY.md). */
