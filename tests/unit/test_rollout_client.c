@@ -7,7 +7,11 @@
 typedef struct gate_fake {
   fake_coord f;
   uint64_t eval_version; /* 0: no evaluation task */
-  int report_status;     /* 200, or a refusal status for reports */
+  uint64_t gate_id;      /* the task's gate (9 unless a campaign is set) */
+  uint64_t campaign_id;  /* a plan's evaluation campaign instead (gate_id 0) */
+  char conds[4][64];     /* the last check-in's conditions */
+  size_t n_conds;
+  int report_status; /* 200, or a refusal status for reports */
   int n_reports;
   Fl__V1__EvalReport *last;
 } gate_fake;
@@ -21,7 +25,8 @@ static void add_eval(gate_fake *g) {
   fl__v1__eval_task__init(&t);
   t.model_id = 1;
   t.version = g->eval_version;
-  t.gate_id = 9;
+  t.gate_id = g->campaign_id != 0 ? g->gate_id : 9;
+  t.campaign_id = g->campaign_id;
   t.sha256.data = f->v[g->eval_version].sha;
   t.sha256.len = FL_SHA256_LEN;
   r->eval = &t;
@@ -51,6 +56,22 @@ static void on_report(gate_fake *g, const fl_http_request *req) {
   fake_answer(f, 200, &ack.base);
 }
 
+/* The conditions the check-in carries (CheckInRequest.conditions). */
+static void note_conditions(gate_fake *g, const fl_http_request *req) {
+  Fl__V1__SignedRequest *env =
+      fake_open(&g->f, "POST", req->path, req->body, req->body_len, g->f.device_pub);
+  cr_assert_not_null(env);
+  Fl__V1__CheckInRequest *ci =
+      fl__v1__check_in_request__unpack(NULL, env->body.len, env->body.data);
+  cr_assert_not_null(ci);
+  cr_assert_leq(ci->n_conditions, 4);
+  g->n_conds = ci->n_conditions;
+  for (size_t i = 0; i < ci->n_conditions; i++)
+    snprintf(g->conds[i], sizeof g->conds[i], "%s", ci->conditions[i]);
+  fl__v1__check_in_request__free_unpacked(ci, NULL);
+  fl__v1__signed_request__free_unpacked(env, NULL);
+}
+
 static fl_err g_begin(void *ctx, const fl_http_request *req) {
   gate_fake *g = ctx;
   if (strcmp(req->path, "/v1/evaluations") == 0) {
@@ -58,6 +79,8 @@ static fl_err g_begin(void *ctx, const fl_http_request *req) {
     on_report(g, req);
     return FL_OK;
   }
+  if (strcmp(req->path, "/v1/checkin") == 0)
+    note_conditions(g, req);
   int err = fake_begin(&g->f, req);
   if (strcmp(req->path, "/v1/checkin") == 0 && g->f.status == 200 && g->eval_version != 0)
     add_eval(g);
@@ -211,5 +234,64 @@ Test(rollout_client, holdout_arguments_are_checked) {
   cr_assert_eq(fl_client_set_anomaly_threshold(e.c, -1.0f), FL_E_INVAL);
   cr_assert_eq(fl_client_set_anomaly_threshold(e.c, 0.5f), FL_OK);
   cr_assert_neq(fl_client_set_holdout_csv(e.c, "/nonexistent.csv", 0), FL_OK);
+  env_down(&e);
+}
+
+Test(rollout_client, a_plan_evaluation_is_reported_with_its_campaign) {
+  env e;
+  env_up(&e, true);
+  e.g.eval_version = 3;
+  e.g.campaign_id = 4;
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_err, FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_version, 3);
+  cr_assert_eq(e.g.n_reports, 1);
+  cr_assert_eq(e.g.last->campaign_id, 4);
+  cr_assert_eq(e.g.last->gate_id, 0);
+  double loss, acc;
+  reference(&e.g.f, 3, &loss, &acc);
+  cr_assert_float_eq(metric(e.g.last, "loss"), loss, 1e-6);
+  /* A task naming a gate and a campaign at once is ignored. */
+  e.g.gate_id = 9;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.eval_version, 0);
+  cr_assert_eq(e.g.n_reports, 1);
+  env_down(&e);
+}
+
+Test(rollout_client, conditions_travel_with_every_check_in) {
+  env e;
+  env_up(&e, false);
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(e.g.n_conds, 0);
+  const char *const two[] = {"charging", "unmetered"};
+  cr_assert_eq(fl_client_set_conditions(e.c, two, 2), FL_OK);
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(e.g.n_conds, 2);
+  cr_assert_str_eq(e.g.conds[0], "charging");
+  cr_assert_str_eq(e.g.conds[1], "unmetered");
+  /* Refused sets leave the previous one. */
+  const char *const bad[] = {"idle", "has space"}, *const empty[] = {""};
+  char longc[80];
+  memset(longc, 'x', sizeof longc - 1);
+  longc[sizeof longc - 1] = '\0';
+  const char *const toolong[] = {longc};
+  const char *many[17];
+  for (int i = 0; i < 17; i++)
+    many[i] = "idle";
+  cr_assert_eq(fl_client_set_conditions(e.c, bad, 2), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_conditions(e.c, empty, 1), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_conditions(e.c, toolong, 1), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_conditions(e.c, many, 17), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_conditions(e.c, NULL, 1), FL_E_INVAL);
+  cr_assert_eq(fl_client_set_conditions(NULL, two, 2), FL_E_INVAL);
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(e.g.n_conds, 2);
+  /* n = 0 clears them. */
+  cr_assert_eq(fl_client_set_conditions(e.c, NULL, 0), FL_OK);
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(e.g.n_conds, 0);
   env_down(&e);
 }
