@@ -295,3 +295,66 @@ Test(rollout_client, conditions_travel_with_every_check_in) {
   cr_assert_eq(e.g.n_conds, 0);
   env_down(&e);
 }
+
+/* An autoencoder evaluated on labelled hold-out data: the anomaly rate, precision and recall
+ * of its alarms (reconstruction error above the threshold) against the labels, computed here
+ * from the model's own reconstructions. */
+Test(rollout_client, anomaly_detector_reports_precision_and_recall) {
+  env e;
+  env_up(&e, false);
+  static const fl_model_spec ae = {.input_ndim = 1,
+                                   .input_shape = {FAKE_IN},
+                                   .n_layers = 1,
+                                   .layers = {{.type = FL_LAYER_DENSE, .units = FAKE_IN}},
+                                   .loss = FL_LOSS_MSE};
+  fl__loaded_model lm = {0};
+  cr_assert_eq(fl__model_new(&lm.model, &ae, NULL), FL_OK);
+  fl__model_init(lm.model, 7);
+  /* 20 examples, every fourth one far from the others and labelled an anomaly. */
+  static float x[20 * FAKE_IN];
+  static int32_t y[20];
+  for (int i = 0; i < 20; i++) {
+    y[i] = i % 4 == 0;
+    for (int j = 0; j < FAKE_IN; j++)
+      x[i * FAKE_IN + j] = (y[i] ? 3.0f : 0.2f) * (float)((i + j) % 3 + 1) / 3.0f;
+  }
+  float out[20 * FAKE_IN], thr = 0.5f;
+  cr_assert_eq(fl__model_forward(lm.model, x, 20, out), FL_OK);
+  double tp = 0, fp = 0, fn = 0, alarms = 0;
+  for (int i = 0; i < 20; i++) {
+    double se = 0;
+    for (int j = 0; j < FAKE_IN; j++)
+      se += pow((double)out[i * FAKE_IN + j] - x[i * FAKE_IN + j], 2);
+    bool alarm = se / FAKE_IN > thr;
+    alarms += alarm;
+    tp += alarm && y[i];
+    fp += alarm && !y[i];
+    fn += !alarm && y[i];
+  }
+  cr_assert_gt(tp, 0, "the test data must give an alarm");
+  cr_assert_eq(fl_client_set_holdout_memory(e.c, x, y, 20, FAKE_IN), FL_OK);
+  cr_assert_eq(fl_client_set_anomaly_threshold(e.c, thr), FL_OK);
+  e.c->eval.model_id = 1;
+  e.c->eval.version = 5;
+  e.c->eval.campaign_id = 2;
+  cr_assert_eq(fl__eval_run(e.c, &lm), FL_OK, "%s", fl_client_errmsg(e.c));
+  Fl__V1__EvalReport *rep = fl__v1__eval_report__unpack(NULL, e.c->req_body_len, e.c->req_body);
+  cr_assert_not_null(rep);
+  cr_expect_eq(rep->campaign_id, 2);
+  cr_expect_float_eq(metric(rep, "anomaly_rate"), alarms / 20, 1e-12);
+  cr_expect_float_eq(metric(rep, "precision"), tp / (tp + fp), 1e-12);
+  cr_expect_float_eq(metric(rep, "recall"), tp / (tp + fn), 1e-12);
+  fl__v1__eval_report__free_unpacked(rep, NULL);
+  /* Without labels there is no precision or recall. */
+  cr_assert_eq(fl_client_set_holdout_memory(e.c, x, NULL, 20, FAKE_IN), FL_OK);
+  cr_assert_eq(fl__eval_run(e.c, &lm), FL_OK, "%s", fl_client_errmsg(e.c));
+  rep = fl__v1__eval_report__unpack(NULL, e.c->req_body_len, e.c->req_body);
+  cr_assert_not_null(rep);
+  for (size_t i = 0; i < rep->n_metrics; i++)
+    cr_expect(strcmp(rep->metrics[i]->name, "precision") &&
+              strcmp(rep->metrics[i]->name, "recall"));
+  cr_expect_float_eq(metric(rep, "anomaly_rate"), alarms / 20, 1e-12);
+  fl__v1__eval_report__free_unpacked(rep, NULL);
+  fl__model_free(lm.model);
+  env_down(&e);
+}

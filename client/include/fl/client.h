@@ -417,7 +417,10 @@ FL_API fl_err fl_client_set_holdout_memory(fl_client *c, const float *x, const i
                                            size_t n, size_t x_dim);
 FL_API fl_err fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col);
 /* Mean squared reconstruction error above which an example counts as an anomaly in
- * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off. */
+ * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off.
+ * When the hold-out data was set with labels (memory or CSV; label != 0: a true anomaly), the
+ * report also has "precision" (true alarms / alarms, when there is an alarm) and "recall"
+ * (true alarms / anomalies, when there is an anomaly). */
 FL_API fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold);
 
 /* A plan's evaluation policy also sends each version it produces to a sample of its cohort as
