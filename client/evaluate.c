@@ -93,8 +93,8 @@ static int bufs_alloc(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies) {
     b->targets = fl__calloc(c->alloc, EVAL_BATCH * out, sizeof *b->targets);
   if (anomalies)
     b->out = fl__calloc(c->alloc, EVAL_BATCH * out, sizeof *b->out);
-  if (b->x == NULL || ((ce || (anomalies && holdout_labelled(c))) && b->labels == NULL) || (!ce && out != in && b->targets == NULL) ||
-      (anomalies && b->out == NULL)) {
+  if (b->x == NULL || ((ce || (anomalies && holdout_labelled(c))) && b->labels == NULL) ||
+      (!ce && out != in && b->targets == NULL) || (anomalies && b->out == NULL)) {
     bufs_free(c->alloc, b);
     return FL_E_NOMEM;
   }
@@ -103,8 +103,7 @@ static int bufs_alloc(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies) {
 
 /* Examples of the batch whose mean squared reconstruction error exceeds the threshold, and
  * with labels the alarms that are right (tp), wrong (fp) and the anomalies missed (fn). */
-static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n,
-                           eval_sums *s) {
+static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n, eval_sums *s) {
   size_t d = fl__model_output_size(m);
   int err = fl__model_forward(m, b->x, n, b->out);
   for (size_t i = 0; err == FL_OK && i < n; i++) {
@@ -156,7 +155,8 @@ static int pack_report(fl_client *c, const fl_model *m, const eval_sums *s, bool
   fl__v1__eval_report__init(&rep);
   const char *names[5] = {"loss", "accuracy", "anomaly_rate", "precision", "recall"};
   double values[5] = {s->loss / (double)s->n, s->correct / (double)s->n,
-                      s->anomalies / (double)s->n, s->tp / (s->tp + s->fp), s->tp / (s->tp + s->fn)};
+                      s->anomalies / (double)s->n, s->tp / (s->tp + s->fp),
+                      s->tp / (s->tp + s->fn)};
   /* Precision without an alarm and recall without an anomaly are undefined: not reported. */
   bool present[5] = {true, fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE, anomalies,
                      anomalies && s->labelled && s->tp + s->fp > 0,
