@@ -17,11 +17,10 @@
 #include "mem.h"
 #include "rounds/rounds.h"
 #include "registry/rollouts.h"
+#include "secagg/protocol.h"
 
-/* Envelope, database connection and signature check shared by every handler except enroll.
- * Returns 0 with *c and *sr set, or -1 with the refusal in *r (and nothing to release). */
-static int begin(fl_srv *s, fl_req *q, fl_resp *r, PGconn **c, Fl__V1__SignedRequest **sr,
-                 uint8_t pub[FL_PUBKEY_LEN]) {
+int fl__devapi_begin(fl_srv *s, fl_req *q, fl_resp *r, PGconn **c, Fl__V1__SignedRequest **sr,
+                     uint8_t pub[FL_PUBKEY_LEN]) {
   *sr = fl__auth_envelope(s, q, r);
   if (*sr == NULL)
     return -1;
@@ -40,7 +39,7 @@ fail:
   return -1;
 }
 
-static void end(fl_srv *s, PGconn *c, Fl__V1__SignedRequest *sr) {
+void fl__devapi_end(fl_srv *s, PGconn *c, Fl__V1__SignedRequest *sr) {
   if (c != NULL)
     fl__pool_put(s->pool, c);
   if (sr != NULL)
@@ -235,7 +234,7 @@ static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
   fl__slog(FL_LOG_INFO, "device_enrolled", "device=%" PRIu64, id);
 out:
   fl__v1__enroll_request__free_unpacked(e, NULL);
-  end(s, c, sr);
+  fl__devapi_end(s, c, sr);
 }
 
 /* ----- check-in ---------------------------------------------------------------------------- */
@@ -432,6 +431,12 @@ static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t devic
   t.topk_fraction = (float)o->plan.topk_fraction;
   t.deadline_ms = o->deadline_ms;
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
+  Fl__V1__SecAggTask sa = FL__V1__SEC_AGG_TASK__INIT;
+  if (FL_PLAN_SECAGG(&o->plan)) {
+    sa.threshold = o->plan.secagg.threshold;
+    sa.neighbors = o->plan.secagg.neighbors;
+    t.secure_aggregation = &sa;
+  }
   /* Signed for this device: the sizes and the base it names reach the device unchanged
    * (docs/SIGNING.md, "Task digest"). */
   uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN];
@@ -511,7 +516,7 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   open_round o;
   checkin_view cv;
   fl_rollout_answer ra;
-  if (begin(s, q, r, &c, &sr, pub))
+  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
     return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
@@ -549,7 +554,7 @@ unavail:
   unavailable(r);
 out:
   fl__v1__check_in_request__free_unpacked(ci, NULL);
-  end(s, c, sr);
+  fl__devapi_end(s, c, sr);
 }
 
 /* ----- model download ---------------------------------------------------------------------- */
@@ -569,7 +574,7 @@ static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 404, "not_found", "expected /v1/models/{id}/versions/{version}", 0);
     return;
   }
-  if (begin(s, q, r, &c, &sr, pub))
+  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
     return;
   int err = fl__version_acquire(s, c, model_id, version, &pk);
   if (err == FL_E_NOTFOUND) {
@@ -594,7 +599,7 @@ static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
   pk = NULL; /* the response's now */
 out:
   fl__packed_release(pk);
-  end(s, c, sr);
+  fl__devapi_end(s, c, sr);
 }
 
 /* ----- evaluation reports ------------------------------------------------------------------ */
@@ -606,7 +611,7 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
   json_t *m = NULL;
   char *mj = NULL;
-  if (begin(s, q, r, &c, &sr, pub))
+  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
     return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
@@ -680,7 +685,7 @@ out:
   free(mj);
   json_decref(m);
   fl__v1__eval_report__free_unpacked(e, NULL);
-  end(s, c, sr);
+  fl__devapi_end(s, c, sr);
 }
 
 /* Enrollments, check-ins and evaluation reports are a few hundred bytes; the limit leaves room
@@ -693,5 +698,9 @@ const fl_route fl__dev_routes[] = {
     {"GET", "/v1/models/", "download", h_download, 0, NULL},
     {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit},
     {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL},
+    {"POST", "/v1/secagg/keys", "secagg_keys", fl__secagg_h_keys, SMALL_BODY, NULL},
+    {"POST", "/v1/secagg/state", "secagg_state", fl__secagg_h_state, SMALL_BODY, NULL},
+    {"POST", "/v1/secagg/shares", "secagg_shares", fl__secagg_h_shares, FL_SECAGG_BODY, NULL},
+    {"POST", "/v1/secagg/unmask", "secagg_unmask", fl__secagg_h_unmask, FL_SECAGG_BODY, NULL},
     {NULL, NULL, NULL, NULL, 0, NULL},
 };

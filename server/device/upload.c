@@ -18,6 +18,7 @@
 #include "digest.h"
 #include "mem.h"
 #include "rounds/plan.h"
+#include "secagg/protocol.h"
 
 typedef struct round_view {
   bool found, open, assigned, accepted;
@@ -479,8 +480,22 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   }
   double norm = 0;
-  if (check_round(&v, u, digest, r) == 0 || check_delta(s, &v, mi, u, r, &norm))
+  if (check_round(&v, u, digest, r) == 0)
     goto out;
+  /* A masked input says nothing checkable about the update (docs/SECAGG.md): its phase, its
+   * sender and its size are checked, the range of the sum at close. */
+  bool masked = FL_PLAN_SECAGG(&v.plan);
+  rc = masked ? fl__secagg_upload_check(c, u->round_id, sr->device_id, u, mi->n_params, r) : 1;
+  if (rc < 0) {
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    goto out;
+  }
+  if (rc == 0 || (!masked && check_delta(s, &v, mi, u, r, &norm)))
+    goto out;
+  if (masked && (u->sample_count == 0 || u->sample_count > s->cfg.max_samples)) {
+    fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
+    goto out;
+  }
   fl__pool_put(s->pool, c);
   c = NULL;
   op->up = (fl_upload){.round_id = u->round_id,
@@ -494,7 +509,8 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
                        .nonce_len = sr->nonce.len,
                        .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v.plan, norm),
-                       .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED};
+                       .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
+                       .masked = masked ? u->secagg_masked.data : NULL};
   memcpy(op->up.digest, digest, sizeof digest);
   /* Parked before the submit: the completion may resume the connection at once. */
   fl__req_defer(q, upload_finish, op);
