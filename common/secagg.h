@@ -60,6 +60,8 @@ int fl__secagg_prg_add(const uint8_t seed[FL_SECAGG_SEED_LEN], int sign, uint32_
  * 7, 7, 7, 7, 4 bytes (SECAGG.md "Shares"). */
 #define FL_SHAMIR_CHUNKS 5
 #define FL_SHAMIR_SHARE_LEN (4 + 8 * FL_SHAMIR_CHUNKS) /* encoded: x u32 LE, y[5] u64 LE */
+/* A share message (SECAGG.md "Share messages"): share(s_sk) || share(b), sealed: 104 bytes. */
+#define FL_SECAGG_SEALED_BYTES (2 * FL_SHAMIR_SHARE_LEN + FL_SECAGG_TAG_LEN)
 typedef struct fl_shamir_share {
   uint32_t x; /* the holder's participant number, 1..n */
   uint64_t y[FL_SHAMIR_CHUNKS];

@@ -230,7 +230,7 @@ static int check_shares(const sa_view *v, const Fl__V1__SecAggShares *m, fl_resp
     const Fl__V1__SecAggSealed *x = m->shares[i];
     int k = nbr_index(v, x->receiver);
     ok = x->sender == v->participant && k >= 0 && !seen[k] &&
-         x->ciphertext.len == FL_SECAGG_SEALED_LEN;
+         x->ciphertext.len == FL_SECAGG_SEALED_BYTES;
     if (ok)
       seen[k] = true;
   }
@@ -268,7 +268,7 @@ void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r) {
   if (!check_view(&v, "shares", r) || !check_shares(&v, m, r))
     goto out;
   recv = malloc(m->n_shares * 12 + 3);
-  hex = malloc(m->n_shares * (2 * FL_SECAGG_SEALED_LEN + 1) + 3);
+  hex = malloc(m->n_shares * (2 * FL_SECAGG_SEALED_BYTES + 1) + 3);
   if (recv == NULL || hex == NULL)
     goto unavail;
   char *wr = recv, *wh = hex;
@@ -277,8 +277,8 @@ void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r) {
   for (size_t i = 0; i < m->n_shares; i++) {
     wr += sprintf(wr, "%s%u", i ? "," : "", m->shares[i]->receiver);
     wh += sprintf(wh, "%s", i ? "," : "");
-    fl__hex(m->shares[i]->ciphertext.data, FL_SECAGG_SEALED_LEN, wh);
-    wh += 2 * FL_SECAGG_SEALED_LEN;
+    fl__hex(m->shares[i]->ciphertext.data, FL_SECAGG_SEALED_BYTES, wh);
+    wh += 2 * FL_SECAGG_SEALED_BYTES;
   }
   sprintf(wr, "}");
   sprintf(wh, "}");

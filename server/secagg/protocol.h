@@ -27,8 +27,6 @@
 #include "server.h"
 #include "store/store_pg.h"
 
-/* The share message of SECAGG.md: 2 x 44 bytes of shares plus the 16-byte tag. */
-#define FL_SECAGG_SEALED_LEN 104
 /* Body limit of the share and unmasking messages: some 120 bytes per neighbour. */
 #define FL_SECAGG_BODY (4u << 20)
 
