@@ -75,8 +75,8 @@ static int alloc_peers(fl_sa_dev *d, size_t k) {
   d->msg_ptrs = calloc(k + 1, sizeof *d->msg_ptrs);
   d->ushares = calloc(k + 1, sizeof *d->ushares);
   d->ushare_ptrs = calloc(k + 1, sizeof *d->ushare_ptrs);
-  return d->peer && d->peer_cpk && d->peer_spk && d->held_s && d->held_b && d->held &&
-                 d->sealed && d->unmask && d->msgs && d->msg_ptrs && d->ushares && d->ushare_ptrs
+  return d->peer && d->peer_cpk && d->peer_spk && d->held_s && d->held_b && d->held && d->sealed &&
+                 d->unmask && d->msgs && d->msg_ptrs && d->ushares && d->ushare_ptrs
              ? FL_OK
              : FL_E_NOMEM;
 }

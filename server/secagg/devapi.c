@@ -631,11 +631,20 @@ void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
       state_survivors(c, m->round_id, &v, &b, &st))
     goto unavail;
   switch (st.phase) {
-  case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS: st.contributed = v.member; break;
-  case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES: st.contributed = v.shares_sent; break;
-  case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED: st.contributed = v.accepted; break;
-  case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK: st.contributed = v.unmasked; break;
-  default: break;
+    case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS:
+      st.contributed = v.member;
+      break;
+    case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES:
+      st.contributed = v.shares_sent;
+      break;
+    case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED:
+      st.contributed = v.accepted;
+      break;
+    case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK:
+      st.contributed = v.unmasked;
+      break;
+    default:
+      break;
   }
   fl__resp_proto(r, 200, &st.base);
   goto out;

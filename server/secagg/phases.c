@@ -20,7 +20,7 @@ int fl__secagg_round_open(PGconn *c, uint64_t round_id, const fl_plan *p) {
   PGresult *r = fl__pg_exec(c,
                             "UPDATE rounds SET secagg_phase = 'keys',"
                             " secagg_until = now() + make_interval(secs => $2::float8),"
-                            " deadline_at = now() + make_interval(secs => 5 * $2::float8)"
+                            " deadline_at = now() + make_interval(secs => 2 * $2::float8)"
                             " WHERE round_id = $1",
                             &q, false, NULL);
   if (r == NULL)
@@ -143,7 +143,9 @@ static int lock_sa_round(PGconn *c, uint64_t round_id, sa_round *sr) {
   return rc;
 }
 
-/* The next phase with a fresh deadline (and, for `abandoned`, its reason). */
+/* The next phase with a fresh deadline (and, for `abandoned`, its reason). The round's own
+ * deadline moves with it, one phase later: it only passes when the phases stopped moving
+ * (no ticker ran for a whole phase), and then the round is abandoned (close.c). */
 static int set_phase(PGconn *c, const sa_round *sr, const char *phase, const char *reason) {
   fl_pgp p;
   fl__pgp_init(&p);
@@ -153,7 +155,8 @@ static int set_phase(PGconn *c, const sa_round *sr, const char *phase, const cha
   fl__pgp_text(&p, reason);
   PGresult *r = fl__pg_exec(c,
                             "UPDATE rounds SET secagg_phase = $2, secagg_reason = $4,"
-                            " secagg_until = now() + make_interval(secs => $3::float8)"
+                            " secagg_until = now() + make_interval(secs => $3::float8),"
+                            " deadline_at = now() + make_interval(secs => 2 * $3::float8)"
                             " WHERE round_id = $1",
                             &p, false, NULL);
   if (r == NULL)
@@ -190,7 +193,8 @@ static int end_keys(PGconn *c, sa_round *sr) {
   uint32_t d = fl__secagg_degree((uint32_t)n, sr->plan.secagg.neighbors);
   if ((uint32_t)n < sr->plan.min_participants || d < sr->plan.secagg.threshold) {
     snprintf(why, sizeof why,
-             "secagg_below_threshold: %" PRId64 " devices advertised keys (min_participants %u,"
+             "secagg_below_threshold: %" PRId64
+             " devices advertised keys (min_participants %u,"
              " threshold %u)",
              n, sr->plan.min_participants, sr->plan.secagg.threshold);
     return set_phase(c, sr, "abandoned", why);
@@ -364,7 +368,7 @@ static int end_masked(PGconn *c, sa_round *sr) {
       short_of = i + 1;
   }
   if (u2 < sr->plan.min_participants || short_of) {
-    if (short_of)
+    if (u2 >= sr->plan.min_participants)
       snprintf(why, sizeof why,
                "secagg_below_threshold: participant %u has fewer than %u neighbours among the"
                " %u masked inputs",
@@ -397,7 +401,6 @@ static int end_unmask(PGconn *c, sa_round *sr) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, sr->round_id);
-  fl__pgp_u64(&p, sr->plan.secagg.threshold);
   PGresult *r = fl__pg_exec(c,
                             "SELECT m.participant, (SELECT count(*) FROM secagg_unmask u"
                             "  WHERE u.round_id = $1 AND u.owner = m.participant) AS have"

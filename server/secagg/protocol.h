@@ -2,8 +2,8 @@
  * Secure aggregation in the coordinator (SecAgg+, docs/SECAGG.md "Protocol"): the phases of a
  * round whose plan asks for it, their device endpoints and the unmasking at close.
  *
- * phases.c: a round opens in phase `keys` (fl__secagg_round_open); the ticker (fl__secagg_tick) ends
- * each phase once every expected device has sent its message or the phase's deadline (the
+ * phases.c: a round opens in phase `keys` (fl__secagg_round_open); the ticker (fl__secagg_tick)
+ * ends each phase once every expected device has sent its message or the phase's deadline (the
  * plan's deadline_s) has passed: keys -> shares (participants numbered, the neighbour graph
  * drawn), shares -> masked (U1: the participants whose shares arrived and that keep at least t
  * live neighbours), masked -> unmask (U2: the masked inputs committed), unmask -> ready (every
@@ -30,8 +30,8 @@
 /* Body limit of the share and unmasking messages: some 120 bytes per neighbour. */
 #define FL_SECAGG_BODY (4u << 20)
 
-/* In fl__round_open's transaction: the round starts in the key phase, its deadline (the whole
- * round's) four phase deadlines away. */
+/* In fl__round_open's transaction: the round starts in the key phase; the round's deadline is
+ * kept one phase deadline past the current phase's (phases.c). */
 int fl__secagg_round_open(PGconn *c, uint64_t round_id, const fl_plan *p);
 
 /* Ticker pass: ends the phases that are due (see above). Rounds that became ready or

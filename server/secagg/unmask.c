@@ -21,8 +21,8 @@ static int sum_words(PGconn *c, uint64_t round_id, uint32_t *acc, size_t n, uint
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, round_id);
-  PGresult *r = fl__pg_exec(c, "SELECT sum, count FROM partials WHERE round_id = $1", &p, true,
-                            NULL);
+  PGresult *r =
+      fl__pg_exec(c, "SELECT sum, count FROM partials WHERE round_id = $1", &p, true, NULL);
   if (r == NULL)
     return FL_E_DB;
   int err = FL_OK;
@@ -58,8 +58,8 @@ static int rebuild(const PGresult *r, int from, int to, uint32_t t, uint8_t secr
 }
 
 /* Removes the masks named by the unmasking shares from acc. why gets a reason on refusal. */
-static int remove_masks(PGconn *c, uint64_t round_id, const fl_sa_member *m, uint32_t n,
-                        uint32_t t, uint32_t *acc, size_t len, char *why, size_t wl) {
+static int remove_masks(PGconn *c, uint64_t round_id, const fl_sa_member *m, uint32_t n, uint32_t t,
+                        uint32_t *acc, size_t len, char *why, size_t wl) {
   fl_pgp p;
   uint8_t secret[32], pub[32], shared[32], seed[32];
   fl__pgp_init(&p);
@@ -77,14 +77,12 @@ static int remove_masks(PGconn *c, uint64_t round_id, const fl_sa_member *m, uin
     for (to = from; to < rows && (uint32_t)fl__pg_bin_i32(r, to, 0) == owner; to++)
       ;
     if (owner < 1 || owner > n || self != m[owner - 1].in_sum) {
-      snprintf(why, wl, "secagg_unmask_failed: shares of the wrong kind for participant %u",
-               owner);
+      snprintf(why, wl, "secagg_unmask_failed: shares of the wrong kind for participant %u", owner);
       err = FL_E_REFUSED;
       break;
     }
     if (rebuild(r, from, to, t, secret) != FL_OK) {
-      snprintf(why, wl, "secagg_unmask_failed: the shares of participant %u do not combine",
-               owner);
+      snprintf(why, wl, "secagg_unmask_failed: the shares of participant %u do not combine", owner);
       err = FL_E_REFUSED;
       break;
     }
