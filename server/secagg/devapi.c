@@ -1,6 +1,7 @@
 /*
- * Secure aggregation's device endpoints (docs/API.md 1.7, docs/SECAGG.md "Protocol"). Each is
- * a SignedRequest like every device request (fl__devapi_begin: signature, device, nonce); the
+ * Secure aggregation's device endpoints (docs/API.md 1.8, docs/SECAGG.md "Protocol"). Each is
+ * a SignedRequest like every device request (policy FL_AUTH_DEVICE: the signature, device and
+ * nonce are checked before the handler, which finds them in q->auth); the
  * messages that change state check the round's phase under a share lock on its row, which the
  * phase transitions take exclusively (phases.c), so a message counts in the phase it was
  * checked in or is refused. Every refusal comes before anything is written.
@@ -10,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/auth.h"
 #include "crypto.h"
-#include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
 #include "secagg.h"
@@ -162,13 +163,13 @@ static int exec_ok(PGconn *c, const char *sql, const fl_pgp *p) {
 /* ----- POST /v1/secagg/keys ----------------------------------------------------------------- */
 
 void fl__secagg_h_keys(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__SecAggAdvertise *a = NULL;
-  uint8_t pub[FL_PUBKEY_LEN], d[FL_SHA256_LEN];
+  const uint8_t *pub = q->auth->pub;
+  uint8_t d[FL_SHA256_LEN];
   sa_view v = {0};
-  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -217,7 +218,6 @@ unavail:
 out:
   free(v.nbr);
   fl__v1__sec_agg_advertise__free_unpacked(a, NULL);
-  fl__devapi_end(s, c, sr);
 }
 
 /* ----- POST /v1/secagg/shares --------------------------------------------------------------- */
@@ -243,14 +243,12 @@ static int check_shares(const sa_view *v, const Fl__V1__SecAggShares *m, fl_resp
 }
 
 void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__SecAggShares *m = NULL;
-  uint8_t pub[FL_PUBKEY_LEN];
   sa_view v = {0};
   char *recv = NULL, *hex = NULL;
-  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -307,7 +305,6 @@ out:
   free(hex);
   free(v.nbr);
   fl__v1__sec_agg_shares__free_unpacked(m, NULL);
-  fl__devapi_end(s, c, sr);
 }
 
 /* ----- POST /v1/secagg/unmask --------------------------------------------------------------- */
@@ -412,14 +409,12 @@ out:
 }
 
 void fl__secagg_h_unmask(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__SecAggUnmask *m = NULL;
-  uint8_t pub[FL_PUBKEY_LEN];
   sa_view v = {0};
   bool *alive = NULL, *in_sum = NULL;
-  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -458,7 +453,6 @@ out:
   free(in_sum);
   free(v.nbr);
   fl__v1__sec_agg_unmask__free_unpacked(m, NULL);
-  fl__devapi_end(s, c, sr);
 }
 
 /* ----- POST /v1/secagg/state ---------------------------------------------------------------- */
@@ -587,14 +581,12 @@ static int state_survivors(PGconn *c, uint64_t round_id, const sa_view *v, state
 }
 
 void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__SecAggStateRequest *m = NULL;
-  uint8_t pub[FL_PUBKEY_LEN];
   sa_view v = {0};
   state_bufs b = {0};
-  if (fl__devapi_begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -654,7 +646,6 @@ out:
   state_free(&b);
   free(v.nbr);
   fl__v1__sec_agg_state_request__free_unpacked(m, NULL);
-  fl__devapi_end(s, c, sr);
 }
 
 /* ----- the masked input (POST /v1/updates) --------------------------------------------------- */
