@@ -228,6 +228,16 @@ static int check_task(fl_client *c, const Fl__V1__TrainTask *t) {
                    t->round_id, t->signature.len == 0 ? "it is unsigned" : "its signature fails");
     return FL_E_BADSIG;
   }
+  /* The round's phases of secure aggregation are not driven by this state machine yet
+   * (docs/SECAGG.md "What remains"): a plain delta would only be refused after training. */
+  if (t->secure_aggregation != NULL) {
+    fl__client_err(c,
+                   "check-in task of round %" PRIu64
+                   " asks for secure aggregation, which this "
+                   "client's round does not run yet: refused",
+                   t->round_id);
+    return FL_E_UNSUPPORTED;
+  }
   const Fl__V1__Hyperparameters *h = t->hyperparameters;
   if (h != NULL && h->local_epochs > FL__TASK_MAX_EPOCHS) {
     fl__client_err(c, "check-in task asks for %" PRIu32 " local epochs (at most %u): refused",

@@ -189,8 +189,8 @@ static void fold_upload(const fl_upload *u, float *sum) {
   }
   for (size_t i = 0; i < u->mi->n_params; i++) {
     const uint8_t *b = u->masked + 4 * i;
-    uint32_t acc, w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                      (uint32_t)b[3] << 24;
+    uint32_t acc,
+        w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
     memcpy(&acc, sum + i, sizeof acc);
     acc += w;
     memcpy(sum + i, &acc, sizeof acc);

@@ -500,8 +500,8 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
     goto out;
   }
   /* A secure-aggregation round closes when its unmasking phase is over (secagg/phases.c). */
-  int sa = FL_PLAN_SECAGG(&rr.plan) ? fl__secagg_close_state(c, round_id, reason, sizeof reason)
-                                    : 3;
+  int sa =
+      FL_PLAN_SECAGG(&rr.plan) ? fl__secagg_close_state(c, round_id, reason, sizeof reason) : 3;
   if (sa < 0)
     goto out;
   if (sa == 3 ? rr.accepted >= rr.target || (rr.deadline_passed && rr.accepted >= rr.min_count)
@@ -536,8 +536,8 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
   } else if (sa == 2 || (sa == 3 && rr.deadline_passed)) {
     outcome = "abandoned";
     if (sa == 3)
-      snprintf(reason, sizeof reason, "deadline_without_minimum: accepted %u < min %u",
-               rr.accepted, rr.min_count);
+      snprintf(reason, sizeof reason, "deadline_without_minimum: accepted %u < min %u", rr.accepted,
+               rr.min_count);
     rc = finish_round(c, &rr, "abandoned", 0, NULL, reason, rr.base_version) == FL_OK ? 0 : -1;
   } else {
     rc = 0;

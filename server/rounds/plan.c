@@ -255,8 +255,9 @@ static int check_secagg(const fl_plan *p, char msg[160]) {
     why = "secure_aggregation needs neighbors / 2 < threshold <= neighbors";
   else if (p->noise_multiplier > 0 || p->max_epsilon > 0 || p->clip_target_quantile > 0 ||
            p->local_noise_stddev > 0)
-    why = "secure_aggregation cannot be combined with differential privacy (noise_multiplier,"
-          " max_epsilon, clip_target_quantile, local_noise_stddev)";
+    why =
+        "secure_aggregation cannot be combined with differential privacy (noise_multiplier,"
+        " max_epsilon, clip_target_quantile, local_noise_stddev)";
   else if (p->agg.rule != FL_AGGR_FEDAVG)
     why = "secure_aggregation needs the fedavg aggregator (a robust rule needs every update)";
   else if (p->clip_norm <= 0)

@@ -160,21 +160,57 @@ static int exec_ok(PGconn *c, const char *sql, const fl_pgp *p) {
   return r != NULL ? 0 : -1;
 }
 
+/* The body as message d, unpacked within its protobuf budget (mem.h); NULL with the 400 in *r.
+ * Free with protobuf_c_message_free_unpacked(m, NULL). */
+static ProtobufCMessage *unpack_body(const fl_auth *a, const ProtobufCMessageDescriptor *d,
+                                     fl_resp *r) {
+  ProtobufCAllocator pa;
+  fl_pb_budget pb;
+  char msg[64];
+  fl__protobuf_budget(&pa, &pb, NULL, a->sr->body.len);
+  ProtobufCMessage *m = protobuf_c_message_unpack(d, &pa, a->sr->body.len, a->sr->body.data);
+  if (m == NULL) {
+    snprintf(msg, sizeof msg, "body is not a %s", d->short_name);
+    fl__resp_dev_error(r, 400, "malformed_request", msg, 0);
+  }
+  return m;
+}
+
+/* Opens a phase message's transaction: the view under the round's share lock, the same
+ * message again (done) acknowledged as a duplicate, then check_view. 1 go on, 0 answered
+ * (*r), -1 database. */
+static int begin_phase(PGconn *c, uint64_t round_id, uint64_t device_id, const char *phase,
+                       bool (*done)(const sa_view *), sa_view *v, fl_resp *r) {
+  if (fl__pg_cmd(c, "BEGIN") || load_view(c, round_id, device_id, true, v))
+    return -1;
+  if (v->found && done(v)) {
+    send_ack(r, round_id, v, true);
+    return 0;
+  }
+  return check_view(v, phase, r);
+}
+
+static bool shares_done(const sa_view *v) {
+  return v->shares_sent;
+}
+static bool unmask_done(const sa_view *v) {
+  return v->unmasked;
+}
+
 /* ----- POST /v1/secagg/keys ----------------------------------------------------------------- */
 
 void fl__secagg_h_keys(fl_srv *s, fl_req *q, fl_resp *r) {
   (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
   PGconn *c = q->auth->c;
   const Fl__V1__SignedRequest *sr = q->auth->sr;
-  Fl__V1__SecAggAdvertise *a = NULL;
   const uint8_t *pub = q->auth->pub;
   uint8_t d[FL_SHA256_LEN];
   sa_view v = {0};
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  a = fl__v1__sec_agg_advertise__unpack(&pa, sr->body.len, sr->body.data);
-  if (a == NULL || a->c_pk.len != 32 || a->s_pk.len != 32 || a->signature.len != FL_SIG_LEN) {
+  Fl__V1__SecAggAdvertise *a =
+      (Fl__V1__SecAggAdvertise *)unpack_body(q->auth, &fl__v1__sec_agg_advertise__descriptor, r);
+  if (a == NULL)
+    goto out;
+  if (a->c_pk.len != 32 || a->s_pk.len != 32 || a->signature.len != FL_SIG_LEN) {
     fl__resp_dev_error(r, 400, "malformed_request",
                        "SecAggAdvertise needs 32-byte c_pk and s_pk and a 64-byte signature", 0);
     goto out;
@@ -246,24 +282,16 @@ void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r) {
   (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
   PGconn *c = q->auth->c;
   const Fl__V1__SignedRequest *sr = q->auth->sr;
-  Fl__V1__SecAggShares *m = NULL;
   sa_view v = {0};
   char *recv = NULL, *hex = NULL;
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  m = fl__v1__sec_agg_shares__unpack(&pa, sr->body.len, sr->body.data);
-  if (m == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not a SecAggShares", 0);
+  Fl__V1__SecAggShares *m =
+      (Fl__V1__SecAggShares *)unpack_body(q->auth, &fl__v1__sec_agg_shares__descriptor, r);
+  if (m == NULL)
     goto out;
-  }
-  if (fl__pg_cmd(c, "BEGIN") || load_view(c, m->round_id, sr->device_id, true, &v))
+  int rc = begin_phase(c, m->round_id, sr->device_id, "shares", shares_done, &v, r);
+  if (rc < 0)
     goto unavail;
-  if (v.found && v.shares_sent) {
-    send_ack(r, m->round_id, &v, true);
-    goto out;
-  }
-  if (!check_view(&v, "shares", r) || !check_shares(&v, m, r))
+  if (rc == 0 || !check_shares(&v, m, r))
     goto out;
   recv = malloc(m->n_shares * 12 + 3);
   hex = malloc(m->n_shares * (2 * FL_SECAGG_SEALED_BYTES + 1) + 3);
@@ -412,24 +440,16 @@ void fl__secagg_h_unmask(fl_srv *s, fl_req *q, fl_resp *r) {
   (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
   PGconn *c = q->auth->c;
   const Fl__V1__SignedRequest *sr = q->auth->sr;
-  Fl__V1__SecAggUnmask *m = NULL;
   sa_view v = {0};
   bool *alive = NULL, *in_sum = NULL;
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  m = fl__v1__sec_agg_unmask__unpack(&pa, sr->body.len, sr->body.data);
-  if (m == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not a SecAggUnmask", 0);
+  Fl__V1__SecAggUnmask *m =
+      (Fl__V1__SecAggUnmask *)unpack_body(q->auth, &fl__v1__sec_agg_unmask__descriptor, r);
+  if (m == NULL)
     goto out;
-  }
-  if (fl__pg_cmd(c, "BEGIN") || load_view(c, m->round_id, sr->device_id, true, &v))
+  int rc = begin_phase(c, m->round_id, sr->device_id, "unmask", unmask_done, &v, r);
+  if (rc < 0)
     goto unavail;
-  if (v.found && v.unmasked) {
-    send_ack(r, m->round_id, &v, true);
-    goto out;
-  }
-  if (!check_view(&v, "unmask", r))
+  if (rc == 0)
     goto out;
   if (!v.in_sum) {
     fl__resp_dev_error(r, 403, "not_in_sum", "only participants whose input is in the sum unmask",
@@ -584,17 +604,12 @@ void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
   (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
   PGconn *c = q->auth->c;
   const Fl__V1__SignedRequest *sr = q->auth->sr;
-  Fl__V1__SecAggStateRequest *m = NULL;
   sa_view v = {0};
   state_bufs b = {0};
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  m = fl__v1__sec_agg_state_request__unpack(&pa, sr->body.len, sr->body.data);
-  if (m == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not a SecAggStateRequest", 0);
+  Fl__V1__SecAggStateRequest *m = (Fl__V1__SecAggStateRequest *)unpack_body(
+      q->auth, &fl__v1__sec_agg_state_request__descriptor, r);
+  if (m == NULL)
     goto out;
-  }
   if (load_view(c, m->round_id, sr->device_id, false, &v))
     goto unavail;
   if (!v.found) {
