@@ -1,10 +1,19 @@
 /*
- * The device's side of secure aggregation (secagg_dev.h; the bytes in docs/SECAGG.md).
+ * The device's side of secure aggregation (secagg_dev.h; the bytes in docs/SECAGG.md), and the
+ * steps of a secure-aggregation round in libflclient's state machine (round.c):
+ *
+ *   ... FETCH_BASE -> SA_KEYS -> SA_POLL (shares) -> SA_SHARES -> TRAIN -> SA_POLL (masked)
+ *       -> UPLOAD (the masked input) -> SA_POLL (unmask) -> SA_UNMASK -> DONE
+ *
+ * A poll that finds the round not yet in the phase it waits for looks again after SA_POLL_MS
+ * (a backoff: FL_STEP_WAIT_TIME, no thread held).
  */
+#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "client_internal.h"
 #include "digest.h"
 #include "fl/err.h"
 #include "secagg.h"
@@ -284,4 +293,158 @@ void fl__sa_dev_free(fl_sa_dev *d) {
   free(d->ushares);
   free(d->ushare_ptrs);
   OPENSSL_cleanse(d, sizeof *d);
+}
+
+/* ---- the round's steps (client_internal.h: round.c and train.c call them) --------------- */
+
+/* How long a device waits between two looks at the round's state: phases last seconds. */
+#define SA_POLL_MS 250
+
+/* POST of a packed message; the phase becomes ph. */
+static int sa_post(fl_client *c, const char *path, const ProtobufCMessage *m, fl__phase ph) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  uint8_t *buf = fl__malloc(c->alloc, n + 1);
+  if (buf == NULL)
+    return FL_E_NOMEM;
+  protobuf_c_message_pack(m, buf);
+  int err = fl__request_set(c, "POST", path, buf, n);
+  fl__free(c->alloc, buf);
+  if (err == FL_OK) {
+    c->phase = ph;
+    c->attempts = 0;
+  }
+  return err;
+}
+
+/* Asks for the round's state, after delay_ms, waiting for the SecAggPhase want. */
+static int sa_poll(fl_client *c, int want, int64_t delay_ms) {
+  Fl__V1__SecAggStateRequest q = FL__V1__SEC_AGG_STATE_REQUEST__INIT;
+  q.round_id = c->task.round_id;
+  int err = sa_post(c, "/v1/secagg/state", &q.base, FL__PH_SA_POLL);
+  if (err != FL_OK)
+    return err;
+  c->sa_wait = want;
+  if (delay_ms > 0) {
+    c->io = FL__IO_BACKOFF;
+    c->wake_at_ms = fl__client_now_ms() + delay_ms;
+  }
+  return FL_OK;
+}
+
+int fl__sa_begin(fl_client *c) {
+  Fl__V1__SecAggAdvertise adv;
+  c->sa = fl__malloc(c->alloc, sizeof *c->sa);
+  if (c->sa == NULL)
+    return FL_E_NOMEM;
+  int err = fl__sa_dev_init(c->sa, c->task.round_id, c->device_id, c->task.sa_threshold, c->key,
+                            &adv);
+  if (err != FL_OK) {
+    fl__free(c->alloc, c->sa);
+    c->sa = NULL;
+    return err;
+  }
+  return sa_post(c, "/v1/secagg/keys", &adv.base, FL__PH_SA_KEYS);
+}
+
+int fl__sa_after_train(fl_client *c) {
+  return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED, 0);
+}
+
+int fl__sa_after_upload(fl_client *c) {
+  fl__exchange_end(c);
+  return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK, 0);
+}
+
+/* The masked input as the upload of the round (sent by round.c's UPLOAD phase). */
+static int sa_masked_upload(fl_client *c, const Fl__V1__SecAggState *st) {
+  uint8_t *y = fl__malloc(c->alloc, 4 * c->sa_len + 1), content[FL_SHA256_LEN];
+  fl__upload_buf ub;
+  if (y == NULL)
+    return FL_E_NOMEM;
+  int err = fl__sa_dev_mask(c->sa, st, c->sa_delta, c->sa_len, (double)c->task.clip_norm, NULL, y);
+  fl__update_params p = {.device_id = c->device_id,
+                         .round_id = c->task.round_id,
+                         .model_id = c->task.model_id,
+                         .base_version = c->task.base_version,
+                         .sample_count = c->result.sample_count,
+                         .loss = c->result.loss};
+  if (err == FL_OK)
+    err = fl__update_pack_masked(&p, y, c->sa_len, c->alloc, &ub, content);
+  fl__free(c->alloc, y);
+  if (err == FL_OK)
+    err = fl__request_set_upload_buf(c, &ub, content);
+  if (err == FL_OK) {
+    c->phase = FL__PH_UPLOAD;
+    c->attempts = 0;
+  }
+  return err;
+}
+
+/* The round's state: the next message when the awaited phase has come, another look later
+ * when not yet, the round's end when it was abandoned or moved on without this device. */
+static int sa_on_state(fl_client *c, const Fl__V1__SecAggState *st) {
+  int want = c->sa_wait;
+  if (st->phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_ABANDONED) {
+    fl__client_err(c, "secure aggregation of round %" PRIu64 " abandoned: %.160s",
+                   c->task.round_id, st->reason);
+    return FL_E_REFUSED;
+  }
+  if ((int)st->phase < want)
+    return sa_poll(c, want, SA_POLL_MS);
+  if ((int)st->phase > want || st->participant == 0) {
+    fl__client_err(c, "secure aggregation of round %" PRIu64 " went on without this device"
+                   " (phase %d, participant %" PRIu32 ")", c->task.round_id, (int)st->phase,
+                   st->participant);
+    return FL_E_REFUSED;
+  }
+  if (want == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES) {
+    Fl__V1__SecAggShares m;
+    int err = fl__sa_dev_shares(c->sa, st, &m);
+    return err == FL_OK ? sa_post(c, "/v1/secagg/shares", &m.base, FL__PH_SA_SHARES) : err;
+  }
+  if (want == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED)
+    return sa_masked_upload(c, st);
+  Fl__V1__SecAggUnmask m;
+  int err = fl__sa_dev_unmask(c->sa, st, &m);
+  return err == FL_OK ? sa_post(c, "/v1/secagg/unmask", &m.base, FL__PH_SA_UNMASK) : err;
+}
+
+int fl__sa_on_answer(fl_client *c, const fl_http_response *resp) {
+  switch (c->phase) {
+  case FL__PH_SA_KEYS:
+    fl__exchange_end(c);
+    return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES, 0);
+  case FL__PH_SA_SHARES:
+    fl__exchange_end(c);
+    c->phase = FL__PH_TRAIN; /* trained while the others share */
+    return FL_OK;
+  case FL__PH_SA_UNMASK:
+    fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
+    return FL_OK;
+  default:
+    break;
+  }
+  fl__answer_arena ar;
+  Fl__V1__SecAggState *st = (Fl__V1__SecAggState *)fl__answer_unpack(
+      c, &ar, &fl__v1__sec_agg_state__descriptor, resp, "secure aggregation state");
+  if (st == NULL)
+    return FL_E_PARSE;
+  fl__exchange_end(c);
+  int err = st->round_id == c->task.round_id ? sa_on_state(c, st) : FL_E_PARSE;
+  fl__v1__sec_agg_state__free_unpacked(st, &ar.pa);
+  return err;
+}
+
+void fl__sa_end(fl_client *c) {
+  if (c->sa != NULL) {
+    fl__sa_dev_free(c->sa);
+    fl__free(c->alloc, c->sa);
+    c->sa = NULL;
+  }
+  if (c->sa_delta != NULL) {
+    OPENSSL_cleanse(c->sa_delta, c->sa_len * sizeof *c->sa_delta);
+    fl__free(c->alloc, c->sa_delta);
+    c->sa_delta = NULL;
+  }
+  c->sa_len = 0;
 }

@@ -17,6 +17,8 @@
  * below_threshold_abandoned: 10 devices, threshold 4 of 6, min_participants 6, only 5 masked
  * inputs: the round is abandoned with a secagg_below_threshold reason that the devices see.
  * plan_refusals: secure aggregation with DP or a robust rule is a 400 bad_plan.
+ * libflclient_round: 10 libflclient devices, each in its own thread with fl_client_run_round,
+ * run every phase by themselves (the task asks for it) and the round closes into a version.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -26,8 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "fl/client.h"
 #include "fl/err.h"
 #include "harness.h"
 #include "rounds/optimizer.h"
@@ -57,9 +62,9 @@ static void start(int n) {
   cr_assert_eq(fl_h_db_create(g_db), 0, "CREATE DATABASE (run under pg_virtualenv)");
   cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, extra), 0);
   g_n = n;
-  g_dev = calloc((size_t)n, sizeof *g_dev);
-  fl_h_device *hs = calloc((size_t)n, sizeof *hs);
-  cr_assert_eq(fl_h_enroll_devices(&g_c, hs, n), 0);
+  g_dev = calloc((size_t)n + 1, sizeof *g_dev);
+  fl_h_device *hs = calloc((size_t)n + 1, sizeof *hs);
+  cr_assert(n == 0 || fl_h_enroll_devices(&g_c, hs, n) == 0);
   for (int i = 0; i < n; i++)
     g_dev[i].h = hs[i];
   free(hs);
@@ -419,5 +424,86 @@ Test(secagg, plan_refusals, .fini = teardown, .timeout = 120) {
     cr_expect_eq(status, 400, "%s", bad[i]);
     cr_expect_str_eq(json_string_value(json_object_get(j, "error")), "bad_plan");
     json_decref(j);
+  }
+}
+
+/* ---- libflclient's round ------------------------------------------------------------------ */
+
+#define CNEX 40
+typedef struct cdev {
+  char dir[64];
+  fl_client *c;
+  float x[CNEX * 6];
+  int32_t y[CNEX];
+  fl_round_result r;
+  fl_err err;
+} cdev;
+
+static void *run_one(void *arg) {
+  cdev *d = arg;
+  d->r.size = sizeof d->r;
+  d->err = fl_client_run_round(d->c, &d->r);
+  return NULL;
+}
+
+Test(secagg, libflclient_round, .fini = teardown, .timeout = 300) {
+  uint64_t model_id, round_id;
+  enum { N = 10 };
+  static cdev d[N];
+  pthread_t th[N];
+  start(0);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "sa-client", FL_H_SMALL_SPEC,
+                                   "{\"participants\":10,\"min_participants\":6,"
+                                   "\"over_selection\":1,\"deadline_s\":20,\"clip_norm\":1,"
+                                   "\"rounds\":1,\"local_epochs\":1,\"batch_size\":8,"
+                                   "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+                                   &model_id, &round_id),
+               0);
+  json_t *tok = fl_h_admin_ok(&g_c, "POST", "/admin/v1/enrollment-tokens", "{\"count\":10}");
+  cr_assert_not_null(tok);
+  for (int i = 0; i < N; i++) {
+    snprintf(d[i].dir, sizeof d[i].dir, "/tmp/fl-itest-secagg-XXXXXX");
+    cr_assert_not_null(mkdtemp(d[i].dir));
+    fl_client_opts o = {.version = FL_CLIENT_OPTS_VERSION,
+                        .server_url = g_c.url,
+                        .allow_insecure_http = 1,
+                        .state_dir = d[i].dir,
+                        .request_timeout_ms = 20000,
+                        .backoff_base_ms = 50,
+                        .backoff_max_ms = 500,
+                        .model_id = model_id};
+    cr_assert_eq(fl_client_new(&d[i].c, &o), FL_OK);
+    const char *t = json_string_value(json_array_get(json_object_get(tok, "tokens"), (size_t)i));
+    cr_assert_eq(fl_client_enroll(d[i].c, t, NULL, 0, "itest"), FL_OK, "%s",
+                 fl_client_errmsg(d[i].c));
+    for (int k = 0; k < CNEX; k++) {
+      d[i].y[k] = (k + i) % 3;
+      for (int j = 0; j < 6; j++)
+        d[i].x[k * 6 + j] = (j / 2 == d[i].y[k] ? 1.0f : 0.0f) + 0.01f * (float)((k * j + i) % 5);
+    }
+    cr_assert_eq(fl_client_set_data_memory(d[i].c, d[i].x, d[i].y, CNEX, 6), FL_OK);
+  }
+  json_decref(tok);
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(pthread_create(&th[i], NULL, run_one, &d[i]), 0);
+  for (int i = 0; i < N; i++)
+    pthread_join(th[i], NULL);
+  for (int i = 0; i < N; i++) {
+    cr_expect_eq(d[i].err, FL_OK, "device %d: %s", i, fl_client_errmsg(d[i].c));
+    cr_expect_eq(d[i].r.outcome, FL_ROUND_UPLOADED, "device %d", i);
+    cr_expect_eq(d[i].r.round_id, round_id);
+  }
+  json_t *round = fl_h_wait_round(&g_c, round_id, "closed", 30000);
+  cr_assert_not_null(round, "the round did not close");
+  cr_expect_eq(json_integer_value(json_object_get(round, "result_version")), 2);
+  cr_expect_eq(json_integer_value(json_object_get(json_object_get(round, "metrics"),
+                                                  "participants")),
+               N);
+  json_decref(round);
+  for (int i = 0; i < N; i++) {
+    char cmd[128];
+    fl_client_free(d[i].c);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d[i].dir);
+    cr_expect_eq(system(cmd), 0);
   }
 }

@@ -58,7 +58,7 @@ typedef struct fake_coord {
   int64_t fail_hint_ms;     /* Error.retry_after_ms of the fail_next refusals */
   bool unsigned_task;       /* send the task without TrainTask.signature */
   uint32_t mitm_epochs;     /* non-zero: change local_epochs after signing (a man in the middle) */
-  uint32_t secagg_threshold;  /* non-zero: a secure-aggregation task (threshold, 2 x neighbours) */
+  uint32_t secagg_threshold, secagg_neighbors; /* non-zero: a secure-aggregation task */
   const char *refuse_message; /* Error.message of refusals; NULL: a plain one */
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
@@ -227,7 +227,7 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
   if (f->give_task) {
     if (f->secagg_threshold != 0) {
       sa.threshold = f->secagg_threshold;
-      sa.neighbors = 2 * f->secagg_threshold - 1;
+      sa.neighbors = f->secagg_neighbors;
       t.secure_aggregation = &sa;
     }
     h.local_epochs = f->epochs;
