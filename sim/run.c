@@ -375,6 +375,17 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
     json_decref(j);
     j = NULL;
   }
+  uint32_t sa_t = 0, sa_k = 0;
+  double sa_drop[SIM_SA_PHASES];
+  char why[160];
+  if (j != NULL && sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) == FL_OK &&
+      sa_t > 0 &&
+      json_object_set_new(j, "secure_aggregation",
+                          json_pack("{s:i, s:i}", "threshold", (json_int_t)sa_t, "neighbors",
+                                    (json_int_t)sa_k)) != 0) {
+    json_decref(j);
+    j = NULL;
+  }
   int rc = FL_E_NOMEM;
   bool robust = strcmp(o->aggregator, "fedavg") != 0; /* else as before, for older coordinators */
   if (j != NULL && !robust)
@@ -431,6 +442,11 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   int kinds = sim_options_bad_kinds(o->bad_kinds);
+  uint32_t sa_t, sa_k;
+  double sa_drop[SIM_SA_PHASES];
+  char why[160];
+  if (sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) != FL_OK)
+    return FL_E_INVAL; /* checked with the options */
   sim_fleet_opts fo = {.broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
                        .n_devices = o->devices,
                        .threads = o->threads,
@@ -448,6 +464,7 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
                        .bad_frac = o->bad_frac,
                        .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
                        .clip_norm = o->clip_norm,
+                       .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
                        .seed = o->seed,
                        .model_id = x->model_id};
   rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
@@ -566,6 +583,9 @@ static void summary(run_ctx *x, double total_s) {
   add_row(rows, &n, "device rounds failed", "%llu", (unsigned long long)c.failed);
   add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
   add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
+  if (x->o->secure_aggregation != NULL)
+    add_row(rows, &n, "secure-aggregation dropouts", "%llu",
+            (unsigned long long)c.net.sa_dropped);
   add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6,
           c.net.bytes_down / 1e6);
   add_row(rows, &n, "total time", "%.1f s (evaluation %.1f s)", total_s, x->eval_s);
