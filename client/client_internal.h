@@ -74,7 +74,7 @@ typedef enum fl__phase {
   FL__PH_TRAIN,
   FL__PH_UPLOAD,
   FL__PH_DONE,
-  FL__PH_FETCH_EVAL, /* downloading a version an evaluation gate asked for */
+  FL__PH_FETCH_EVAL,  /* downloading a version an evaluation gate asked for */
   FL__PH_EVAL_REPORT, /* posting its evaluation report */
   /* Secure aggregation (secagg.c, docs/SECAGG.md): advertising the round's keys, polling the
    * round's state for the next phase, sending the sealed shares, the unmasking shares. */
@@ -390,11 +390,11 @@ int fl__update_pack_masked(const fl__update_params *p, const uint8_t *y, size_t 
                            const fl_allocator *a, fl__upload_buf *out,
                            uint8_t content[FL_SHA256_LEN]);
 /* secagg.c: the round's secure-aggregation steps (round.c and train.c call them). */
-int fl__sa_begin(fl_client *c);                               /* advertise the keys */
-int fl__sa_after_train(fl_client *c);                         /* wait for the masked phase */
+int fl__sa_begin(fl_client *c);                                /* advertise the keys */
+int fl__sa_after_train(fl_client *c);                          /* wait for the masked phase */
 int fl__sa_on_answer(fl_client *c, const fl_http_response *r); /* the SA_* phases' answers */
-int fl__sa_after_upload(fl_client *c);                        /* wait for unmasking */
-void fl__sa_end(fl_client *c);                                /* wipe and free */
+int fl__sa_after_upload(fl_client *c);                         /* wait for unmasking */
+void fl__sa_end(fl_client *c);                                 /* wipe and free */
 /* Writes the signature field of one attempt (FL__UPLOAD_TAIL bytes) at tail. */
 int fl__update_sign_in_place(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
                              const uint8_t *nonce, size_t nonce_len, const fl_key *key,

@@ -243,7 +243,8 @@ static int check_task(fl_client *c, const Fl__V1__TrainTask *t) {
   const Fl__V1__SecAggTask *sa = t->secure_aggregation;
   if (sa != NULL && (sa->threshold == 0 || sa->threshold > sa->neighbors || !(t->clip_norm > 0))) {
     fl__client_err(c,
-                   "check-in task of round %" PRIu64 " asks for secure aggregation with threshold"
+                   "check-in task of round %" PRIu64
+                   " asks for secure aggregation with threshold"
                    " %" PRIu32 " of %" PRIu32 " neighbours and clip %g: refused",
                    t->round_id, sa->threshold, sa->neighbors, (double)t->clip_norm);
     return FL_E_PARSE;

@@ -336,8 +336,8 @@ int fl__sa_begin(fl_client *c) {
   c->sa = fl__malloc(c->alloc, sizeof *c->sa);
   if (c->sa == NULL)
     return FL_E_NOMEM;
-  int err = fl__sa_dev_init(c->sa, c->task.round_id, c->device_id, c->task.sa_threshold, c->key,
-                            &adv);
+  int err =
+      fl__sa_dev_init(c->sa, c->task.round_id, c->device_id, c->task.sa_threshold, c->key, &adv);
   if (err != FL_OK) {
     fl__free(c->alloc, c->sa);
     c->sa = NULL;
@@ -385,16 +385,18 @@ static int sa_masked_upload(fl_client *c, const Fl__V1__SecAggState *st) {
 static int sa_on_state(fl_client *c, const Fl__V1__SecAggState *st) {
   int want = c->sa_wait;
   if (st->phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_ABANDONED) {
-    fl__client_err(c, "secure aggregation of round %" PRIu64 " abandoned: %.160s",
-                   c->task.round_id, st->reason);
+    fl__client_err(c, "secure aggregation of round %" PRIu64 " abandoned: %.160s", c->task.round_id,
+                   st->reason);
     return FL_E_REFUSED;
   }
   if ((int)st->phase < want)
     return sa_poll(c, want, SA_POLL_MS);
   if ((int)st->phase > want || st->participant == 0) {
-    fl__client_err(c, "secure aggregation of round %" PRIu64 " went on without this device"
-                   " (phase %d, participant %" PRIu32 ")", c->task.round_id, (int)st->phase,
-                   st->participant);
+    fl__client_err(c,
+                   "secure aggregation of round %" PRIu64
+                   " went on without this device"
+                   " (phase %d, participant %" PRIu32 ")",
+                   c->task.round_id, (int)st->phase, st->participant);
     return FL_E_REFUSED;
   }
   if (want == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES) {
@@ -411,18 +413,18 @@ static int sa_on_state(fl_client *c, const Fl__V1__SecAggState *st) {
 
 int fl__sa_on_answer(fl_client *c, const fl_http_response *resp) {
   switch (c->phase) {
-  case FL__PH_SA_KEYS:
-    fl__exchange_end(c);
-    return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES, 0);
-  case FL__PH_SA_SHARES:
-    fl__exchange_end(c);
-    c->phase = FL__PH_TRAIN; /* trained while the others share */
-    return FL_OK;
-  case FL__PH_SA_UNMASK:
-    fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
-    return FL_OK;
-  default:
-    break;
+    case FL__PH_SA_KEYS:
+      fl__exchange_end(c);
+      return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES, 0);
+    case FL__PH_SA_SHARES:
+      fl__exchange_end(c);
+      c->phase = FL__PH_TRAIN; /* trained while the others share */
+      return FL_OK;
+    case FL__PH_SA_UNMASK:
+      fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
+      return FL_OK;
+    default:
+      break;
   }
   fl__answer_arena ar;
   Fl__V1__SecAggState *st = (Fl__V1__SecAggState *)fl__answer_unpack(

@@ -511,9 +511,12 @@ int sim_secagg_parse(const sim_options *o, uint32_t *t, uint32_t *k, double drop
         ph = i;
     char *end = NULL;
     double f = ph >= 0 ? strtod(colon + 1, &end) : -1;
-    if (ph < 0 || end == colon + 1 || !(f >= 0 && f <= 1) || (*end != ',' && *end != '\0'))
-      return fail(msg, cap, "bad --secagg-drop %s: phase:fraction,... (keys, shares, masked,"
-                  " unmask; fractions in [0, 1])", o->secagg_drop);
+    if (ph < 0 || end == colon + 1 || !(f >= 0 && f <= 1) || (*end != ',' && *end != '\0') ||
+        (*end == ',' && end[1] == '\0'))
+      return fail(msg, cap,
+                  "bad --secagg-drop %s: phase:fraction,... (keys, shares, masked,"
+                  " unmask; fractions in [0, 1])",
+                  o->secagg_drop);
     drop[ph] = f;
     p = *end == ',' ? end + 1 : end;
   }

@@ -584,8 +584,7 @@ static void summary(run_ctx *x, double total_s) {
   add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
   add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
   if (x->o->secure_aggregation != NULL)
-    add_row(rows, &n, "secure-aggregation dropouts", "%llu",
-            (unsigned long long)c.net.sa_dropped);
+    add_row(rows, &n, "secure-aggregation dropouts", "%llu", (unsigned long long)c.net.sa_dropped);
   add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6,
           c.net.bytes_down / 1e6);
   add_row(rows, &n, "total time", "%.1f s (evaluation %.1f s)", total_s, x->eval_s);

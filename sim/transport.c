@@ -193,8 +193,7 @@ static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   if (ph >= 0 && l->sa_drop[ph] > 0 && fl__rng_uniform(&l->rng) < l->sa_drop[ph]) {
     static const char *const names[4] = {"keys", "shares", "masked input", "unmasking"};
     l->net->stats.sa_dropped++;
-    snprintf(l->errbuf, sizeof(l->errbuf), "injected secure-aggregation dropout (%s)",
-             names[ph]);
+    snprintf(l->errbuf, sizeof(l->errbuf), "injected secure-aggregation dropout (%s)", names[ph]);
     return FL_E_IO;
   }
   double roll = fl__rng_uniform(&l->rng);

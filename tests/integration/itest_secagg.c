@@ -496,9 +496,8 @@ Test(secagg, libflclient_round, .fini = teardown, .timeout = 300) {
   json_t *round = fl_h_wait_round(&g_c, round_id, "closed", 30000);
   cr_assert_not_null(round, "the round did not close");
   cr_expect_eq(json_integer_value(json_object_get(round, "result_version")), 2);
-  cr_expect_eq(json_integer_value(json_object_get(json_object_get(round, "metrics"),
-                                                  "participants")),
-               N);
+  cr_expect_eq(
+      json_integer_value(json_object_get(json_object_get(round, "metrics"), "participants")), N);
   json_decref(round);
   for (int i = 0; i < N; i++) {
     char cmd[128];
