@@ -79,10 +79,10 @@ typedef struct sim_link_opts {
   double straggler_ms; /* median upload delay of this device, 0: none */
   double net_fail;     /* probability per exchange */
   double clip_norm;    /* the plan's, for UNCLIPPED */
+  uint64_t seed;       /* of this device's faults */
   /* Secure aggregation: the probability per round that the device drops out at each phase
    * (sim_secagg_parse's order: keys, shares, masked input, unmasking); NULL: none. */
   const double *sa_drop;
-  uint64_t seed;       /* of this device's faults */
 } sim_link_opts;
 
 /* Fills *out (a version 3 fl_transport owning a new sim_link and o->inner); destroy() frees

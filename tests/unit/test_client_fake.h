@@ -58,8 +58,9 @@ typedef struct fake_coord {
   int64_t fail_hint_ms;     /* Error.retry_after_ms of the fail_next refusals */
   bool unsigned_task;       /* send the task without TrainTask.signature */
   uint32_t mitm_epochs;     /* non-zero: change local_epochs after signing (a man in the middle) */
-  uint32_t secagg_threshold, secagg_neighbors; /* non-zero: a secure-aggregation task */
   const char *refuse_message; /* Error.message of refusals; NULL: a plain one */
+  /* non-zero: the task asks for secure aggregation with this threshold and neighbours */
+  uint32_t secagg_threshold, secagg_neighbors;
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
