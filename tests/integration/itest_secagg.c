@@ -11,14 +11,15 @@
  * update (2450 coordinates: the sd of r for independent data is 0.02) and < 0.012 pooled over
  * all 85 (208k pairs, sd 0.0022); a device that sent its quantized update unmasked would give
  * r = 1. Refusals on the way: a plain delta, an upload of a device that is not a participant,
- * a second set of keys. The coordinator is killed (SIGKILL) and restarted after 40 of the masked
- * inputs and after 40 of the unmasking messages: nothing acknowledged is lost (the exact result
- * counts every one).
- * below_threshold_abandoned: 10 devices, threshold 4 of 6, min_participants 6, only 5 masked
- * inputs: the round is abandoned with a secagg_below_threshold reason that the devices see.
- * plan_refusals: secure aggregation with DP or a robust rule is a 400 bad_plan.
- * libflclient_round: 10 libflclient devices, each in its own thread with fl_client_run_round,
- * run every phase by themselves (the task asks for it) and the round closes into a version.
+ * a second set of keys, an unmasking share of the wrong kind. The coordinator is killed (SIGKILL)
+ * and restarted after 40 of the masked inputs and after 40 of the unmasking messages: nothing
+ * acknowledged is lost (the exact result counts every one). below_threshold_abandoned: 10 devices,
+ * threshold 4 of 6, min_participants 6, only 5 masked inputs: the round is abandoned with a
+ * secagg_below_threshold reason that the devices see. On the way: keys signed for another round,
+ * shares before their phase, one share short. plan_refusals: secure aggregation with DP or a robust
+ * rule is a 400 bad_plan. libflclient_round: 10 libflclient devices, each in its own thread with
+ * fl_client_run_round, run every phase by themselves (the task asks for it) and the round closes
+ * into a version.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -270,6 +271,14 @@ static void unmask_phase(uint64_t round_id, int drop_to) {
     Fl__V1__SecAggState *st = state_of(d, round_id);
     Fl__V1__SecAggUnmask um;
     cr_assert_eq(fl__sa_dev_unmask(&d->sa, st, &um), FL_OK);
+    if (sent == 0) {
+      /* Both secrets of one neighbour would unmask its input alone: asking for its b while it
+       * dropped (or for its s_sk while it survived) is refused. */
+      um.shares[0]->self_mask = !um.shares[0]->self_mask;
+      cr_expect_eq(post(d, "/v1/secagg/unmask", &um.base, why), 422);
+      cr_expect_str_eq(why, "bad_unmask");
+      um.shares[0]->self_mask = !um.shares[0]->self_mask;
+    }
     cr_assert_eq(post(d, "/v1/secagg/unmask", &um.base, why), 200, "unmask %d: %s", i, why);
     fl__v1__sec_agg_state__free_unpacked(st, NULL);
     d->in_unmask = true;
@@ -382,10 +391,34 @@ Test(secagg, below_threshold_abandoned, .fini = teardown, .timeout = 300) {
                                    &model_id, &round_id),
                0);
   checkin_all(model_id, round_id, 4, 6);
+  /* Hostile messages first: keys signed for another round, shares out of their phase. */
+  fl_sa_dev forged;
+  Fl__V1__SecAggAdvertise adv;
+  cr_assert_eq(fl__sa_dev_init(&forged, round_id + 1, g_dev[0].h.id, 4, g_dev[0].h.key, &adv),
+               FL_OK);
+  adv.round_id = round_id;
+  cr_expect_eq(post(&g_dev[0], "/v1/secagg/keys", &adv.base, why), 401);
+  cr_expect_str_eq(why, "bad_signature");
+  fl__sa_dev_free(&forged);
+  Fl__V1__SecAggShares early = FL__V1__SEC_AGG_SHARES__INIT;
+  early.round_id = round_id;
+  cr_expect_eq(post(&g_dev[0], "/v1/secagg/shares", &early.base, why), 409);
+  cr_expect_str_eq(why, "wrong_phase");
   for (int i = 0; i < g_n; i++)
     advertise(&g_dev[i], round_id, 4);
   wait_phase(&g_dev[0], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES);
-  for (int i = 0; i < g_n; i++)
+  /* One share short of the neighbours: refused, and the full set is accepted after it. */
+  Fl__V1__SecAggState *st0 = state_of(&g_dev[0], round_id);
+  Fl__V1__SecAggShares sh;
+  cr_assert_eq(fl__sa_dev_shares(&g_dev[0].sa, st0, &sh), FL_OK);
+  fl__v1__sec_agg_state__free_unpacked(st0, NULL);
+  sh.n_shares--;
+  cr_expect_eq(post(&g_dev[0], "/v1/secagg/shares", &sh.base, why), 422);
+  cr_expect_str_eq(why, "bad_shares");
+  sh.n_shares++;
+  cr_expect_eq(post(&g_dev[0], "/v1/secagg/shares", &sh.base, why), 200, "%s", why);
+  g_dev[0].in_shares = true;
+  for (int i = 1; i < g_n; i++)
     send_shares(&g_dev[i], round_id);
   wait_phase(&g_dev[0], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED);
   for (int i = 0; i < 5; i++)
