@@ -320,6 +320,7 @@ static int sa_post(fl_client *c, const char *path, const ProtobufCMessage *m, fl
 static int sa_poll(fl_client *c, int want, int64_t delay_ms) {
   Fl__V1__SecAggStateRequest q = FL__V1__SEC_AGG_STATE_REQUEST__INIT;
   q.round_id = c->task.round_id;
+  q.wait_for = (Fl__V1__SecAggPhase)want;
   int err = sa_post(c, "/v1/secagg/state", &q.base, FL__PH_SA_POLL);
   if (err != FL_OK)
     return err;

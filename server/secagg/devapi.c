@@ -627,8 +627,11 @@ void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
   st.n = v.n;
   st.phase_deadline_ms = v.until_ms;
   st.reason = st.phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_ABANDONED ? v.reason : "";
+  /* A device polling for a later phase needs only to learn that it has not come yet. */
+  bool waiting = m->wait_for != 0 && st.phase < m->wait_for;
   bool running = st.phase >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES &&
-                 st.phase <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v.participant > 0;
+                 st.phase <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v.participant > 0 &&
+                 !waiting;
   if (running && state_peers(c, m->round_id, &v, &b, &st))
     goto unavail;
   if (running && st.phase >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED && v.alive &&
