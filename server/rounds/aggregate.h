@@ -45,6 +45,12 @@ typedef struct fl_upload {
    * added mod 2^32 into the batch's sum (whose floats' storage then holds words), weight 1;
    * delta is unused. NULL for every other round. */
   const uint8_t *masked;
+  /* An async plan's update (rounds/async.h): round_id is the buffer it is folded into,
+   * task_round_id its task's round, tau its staleness; the delta's factor is multiplied by
+   * stale_weight = s(tau), the weight is not (rounds/staleness.h). task_round_id 0: sync. */
+  uint64_t task_round_id;
+  uint32_t tau;
+  double stale_weight;
 } fl_upload;
 
 enum {

@@ -10,6 +10,7 @@
 
 #include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
+#include "rounds/staleness.h"
 
 typedef struct fl_plan {
   uint32_t participants;     /* target accepted updates per round */
@@ -39,7 +40,17 @@ typedef struct fl_plan {
     uint32_t threshold; /* t: shares that reconstruct a secret, k/2 < t <= k */
     uint32_t neighbors; /* k: neighbours per participant in the graph */
   } secagg;
+  /* Asynchronous (FedBuff) plans (rounds/async.h): every round is a buffer of buffer_size
+   * updates, which participants and min_participants equal; tasks of up to max_staleness
+   * versions ago are folded with weight staleness(tau); at most max_concurrency tasks per
+   * buffer. */
+  int mode; /* FL_PLAN_SYNC or FL_PLAN_ASYNC */
+  uint32_t buffer_size, max_staleness, max_concurrency;
+  fl_staleness staleness;
 } fl_plan;
+
+enum { FL_PLAN_SYNC = 0, FL_PLAN_ASYNC = 1 };
+#define FL_PLAN_IS_ASYNC(p) ((p)->mode == FL_PLAN_ASYNC)
 
 #define FL_PLAN_SECAGG(p) ((p)->secagg.threshold > 0)
 
