@@ -375,6 +375,7 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
   }
   if (check_round(v, u, a->upload_digest, r) == 0)
     return -1;
+  v->at = (fl_async_target){.round_id = u->round_id};
   if (FL_PLAN_SECAGG(&v->plan)) {
     /* A masked input says nothing checkable about the update (docs/SECAGG.md): its phase,
      * its sender and its size are checked, the range of the sum at close. */
@@ -391,7 +392,6 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
   }
   if (check_delta(s, v, *mi, u, r, norm))
     return -1;
-  v->at = (fl_async_target){.round_id = u->round_id};
   if (FL_PLAN_IS_ASYNC(&v->plan) &&
       fl__async_resolve(a->c, u->round_id, a->device_id, v->base_version, &v->plan, &v->at)) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
