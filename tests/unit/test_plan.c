@@ -243,6 +243,9 @@ Test(plan, secure_aggregation_refusals) {
        "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
        "fedavg"},
       {"{\"clip_norm\":0,\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}", "clip_norm"},
+      {"{\"mode\":\"async\",\"buffer_size\":10,"
+       "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "synchronous rounds"},
       {"{\"participants\":10,\"min_participants\":4,"
        "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
        "min_participants > threshold"},
