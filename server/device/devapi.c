@@ -23,6 +23,7 @@
 #include "registry/evaluation.h"
 #include "registry/rollouts.h"
 #include "rounds/cohort.h"
+#include "secagg/protocol.h"
 
 static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -388,6 +389,12 @@ static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t devic
   t.topk_fraction = (float)o->plan.topk_fraction;
   t.deadline_ms = fl__async_task_deadline_ms(&o->plan, o->deadline_ms, fl__now_ms());
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
+  Fl__V1__SecAggTask sa = FL__V1__SEC_AGG_TASK__INIT;
+  if (FL_PLAN_SECAGG(&o->plan)) {
+    sa.threshold = o->plan.secagg.threshold;
+    sa.neighbors = o->plan.secagg.neighbors;
+    t.secure_aggregation = &sa;
+  }
   /* Signed for this device: the sizes and the base it names reach the device unchanged
    * (docs/SIGNING.md, "Task digest"). */
   uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN];
@@ -705,5 +712,12 @@ const fl_route fl__dev_routes[] = {
     {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit,
      FL_AUTH_UPLOAD},
     {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/keys", "secagg_keys", fl__secagg_h_keys, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/state", "secagg_state", fl__secagg_h_state, SMALL_BODY, NULL,
+     FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/shares", "secagg_shares", fl__secagg_h_shares, FL_SECAGG_BODY, NULL,
+     FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/unmask", "secagg_unmask", fl__secagg_h_unmask, FL_SECAGG_BODY, NULL,
+     FL_AUTH_DEVICE},
     {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };

@@ -22,6 +22,7 @@
 #include "digest.h"
 #include "mem.h"
 #include "rounds/plan.h"
+#include "secagg/protocol.h"
 
 typedef struct round_view {
   bool found, open, assigned, accepted;
@@ -372,9 +373,25 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     return -1;
   }
-  if (check_round(v, u, a->upload_digest, r) == 0 || check_delta(s, v, *mi, u, r, norm))
+  if (check_round(v, u, a->upload_digest, r) == 0)
     return -1;
   v->at = (fl_async_target){.round_id = u->round_id};
+  if (FL_PLAN_SECAGG(&v->plan)) {
+    /* A masked input says nothing checkable about the update (docs/SECAGG.md): its phase,
+     * its sender and its size are checked, the range of the sum at close. */
+    int rc = fl__secagg_upload_check(a->c, u->round_id, a->device_id, u, (*mi)->n_params, r);
+    if (rc < 0)
+      fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    if (rc <= 0)
+      return -1;
+    if (u->sample_count == 0 || u->sample_count > s->cfg.max_samples) {
+      fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
+      return -1;
+    }
+    return 0;
+  }
+  if (check_delta(s, v, *mi, u, r, norm))
+    return -1;
   if (FL_PLAN_IS_ASYNC(&v->plan) &&
       fl__async_resolve(a->c, u->round_id, a->device_id, v->base_version, &v->plan, &v->at)) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -407,6 +424,7 @@ static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view 
                        .stored = fl__agg_kind(v->plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v->plan, norm),
                        .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
+                       .masked = FL_PLAN_SECAGG(&v->plan) ? u->secagg_masked.data : NULL,
                        .task_round_id = FL_PLAN_IS_ASYNC(&v->plan) ? u->round_id : 0,
                        .tau = v->at.tau,
                        .stale_weight = v->at.weight};

@@ -179,7 +179,25 @@ static double fold_scale(const fl_upload *u) {
                                   u->stale_weight);
 }
 static double fold_weight(const fl_upload *u) {
-  return u->dp_scale > 0 ? 1.0 : (double)u->samples;
+  return u->dp_scale > 0 || u->masked != NULL ? 1.0 : (double)u->samples;
+}
+
+/* The fold of one upload into a batch's sum: float32 deltas, or a masked input's words mod
+ * 2^32 (the sum's storage reinterpreted through memcpy; close reads it back the same way). */
+static void fold_upload(const fl_upload *u, float *sum) {
+  if (u->masked == NULL) {
+    for (size_t i = 0; i < u->mi->n_tensors; i++)
+      fl__tensor_fold(u->delta[i], (float)fold_scale(u), sum + u->mi->tensors[i].offset);
+    return;
+  }
+  for (size_t i = 0; i < u->mi->n_params; i++) {
+    const uint8_t *b = u->masked + 4 * i;
+    uint32_t acc,
+        w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    memcpy(&acc, sum + i, sizeof acc);
+    acc += w;
+    memcpy(sum + i, &acc, sizeof acc);
+  }
 }
 
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) {
@@ -208,8 +226,7 @@ void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) 
     goto now;
   }
   double fw = fold_weight(u);
-  for (size_t i = 0; i < u->mi->n_tensors; i++)
-    fl__tensor_fold(u->delta[i], (float)fold_scale(u), b->sum + u->mi->tensors[i].offset);
+  fold_upload(u, b->sum);
   b->stored |= u->stored;
   b->weight += fw;
   b->loss_sum += u->loss * fw;
@@ -290,14 +307,16 @@ static void refold(batch *b);
  * across replicas' batches: uploads past the target are marked over (the earliest arrivals
  * are kept), taken out of the sum and refused. Returns 1 when counted (some may be over), 2
  * when the round is already at its target (all over, nothing to count), 0 when the round is
- * no longer open, -1 on error. */
+ * no longer open (or, aggregating securely, no longer collecting masked inputs: the end of
+ * that phase takes the same row lock, secagg/phases.c), -1 on error. */
 static int bump_round(PGconn *c, batch *b, uint32_t *accepted, uint32_t *target) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, b->round_id);
   PGresult *r = fl__pg_exec_prep(c, "fl_batch_round_lock",
                                  "SELECT accepted, target FROM rounds"
-                                 " WHERE round_id = $1 AND state = 'open' FOR UPDATE",
+                                 " WHERE round_id = $1 AND state = 'open'"
+                                 " AND coalesce(secagg_phase, 'masked') = 'masked' FOR UPDATE",
                                  &p, false, NULL);
   if (r == NULL)
     return -1;
@@ -429,9 +448,7 @@ static void refold(batch *b) {
     if (w->replayed || w->over)
       continue;
     double fw = fold_weight(w->u);
-    for (size_t i = 0; i < w->u->mi->n_tensors; i++)
-      fl__tensor_fold(w->u->delta[i], (float)fold_scale(w->u),
-                      b->sum + w->u->mi->tensors[i].offset);
+    fold_upload(w->u, b->sum);
     b->weight += fw;
     b->loss_sum += w->loss * fw;
     b->bytes += w->bytes;

@@ -41,6 +41,10 @@ typedef struct fl_upload {
    * 0: folded times its sample count, which is its weight. */
   double dp_scale;
   bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
+  /* A secure-aggregation round's masked input (server/secagg/): mi->n_params uint32 LE words,
+   * added mod 2^32 into the batch's sum (whose floats' storage then holds words), weight 1;
+   * delta is unused. NULL for every other round. */
+  const uint8_t *masked;
   /* An async plan's update (rounds/async.h): round_id is the buffer it is folded into,
    * task_round_id its task's round, tau its staleness; the delta's factor is multiplied by
    * stale_weight = s(tau), the weight is not (rounds/staleness.h). task_round_id 0: sync. */

@@ -13,6 +13,7 @@
 
 #include "auth/auth.h"
 #include "crypto.h"
+#include "secagg/protocol.h"
 #include "rounds/async.h"
 #include "store/seen.h"
 
@@ -54,6 +55,8 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
     return FL_E_DB;
   *round_id = fl__pg_u64(r, 0, 0);
   PQclear(r);
+  if (FL_PLAN_SECAGG(p) && fl__secagg_round_open(c, *round_id, p) != FL_OK)
+    return FL_E_DB;
   fl__slog(FL_LOG_INFO, "round_opened",
            "round=%" PRIu64 " plan=%" PRIu64 " model=%" PRIu64 " base_version=%" PRIu64,
            *round_id, plan_id, model_id, base_version);
@@ -306,6 +309,8 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
     fl__round_draw(rs->s, draws[i]);
   for (int i = 0; i < n; i++)
     fl__round_try_close(rs->s, ids[i]);
+  if (rc == 0)
+    fl__secagg_tick(rs->s);
   free(ids);
   free(draws);
 }
