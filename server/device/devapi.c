@@ -12,14 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rounds/aggregate.h"
 #include "auth/auth.h"
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
-#include "rounds/rounds.h"
+#include "registry/models.h"
 #include "registry/rollouts.h"
+#include "rounds/round_cache.h"
+#include "rounds/rounds.h"
 
 static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -232,7 +233,7 @@ typedef struct checkin_view {
 static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
   fl_round_info ri;
   char msg[160];
-  if (fl__agg_round_cached(s->agg, o->round_id, &ri)) {
+  if (fl__round_cached(s->round_cache, o->round_id, &ri)) {
     o->plan = ri.plan;
     return 0;
   }
@@ -243,7 +244,7 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
     return -1;
   ri.model_id = o->model_id;
   ri.base_version = o->base_version;
-  fl__agg_round_store(s->agg, o->round_id, &ri);
+  fl__round_store(s->round_cache, o->round_id, &ri);
   o->plan = ri.plan;
   return 0;
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth/nonce.h"
 #include "codec.h"
 #include "mem.h"
 #include "rounds/rounds.h"
@@ -47,17 +48,8 @@ typedef struct batch {
   struct batch *next;
 } batch;
 
-typedef struct round_entry {
-  uint64_t round_id; /* 0: empty (round ids start at 1) */
-  double at;
-  fl_round_info info;
-} round_entry;
-
 struct fl_agg {
   fl_srv *s;
-  pthread_mutex_t nmu; /* nonces in flight and the round cache */
-  fl_nonce_slot *nonces;
-  round_entry rounds[FL_ROUND_CACHE_N];
   pthread_mutex_t mu;
   pthread_cond_t work; /* committer: batches are pending or stop */
   batch *pending;
@@ -70,7 +62,6 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
   if (a == NULL)
     return FL_E_NOMEM;
   a->s = s;
-  pthread_mutex_init(&a->nmu, NULL);
   pthread_mutex_init(&a->mu, NULL);
   pthread_cond_init(&a->work, NULL);
   *out = a;
@@ -80,7 +71,6 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
 void fl__agg_free(fl_agg *a) {
   if (a == NULL)
     return;
-  pthread_mutex_destroy(&a->nmu);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->work);
   free(a);
@@ -110,64 +100,6 @@ static bool pending_for(const batch *b, uint64_t device_id) {
     if (w->device_id == device_id)
       return true;
   return false;
-}
-
-int fl__agg_nonce_reserve(fl_agg *a, fl_nonce_slot *slot, uint64_t device_id, const uint8_t *nonce,
-                          size_t len) {
-  int rc = 0;
-  if (len > FL_NONCE_MAX)
-    return 1; /* never the case: auth refuses such nonces first */
-  slot->device_id = device_id;
-  slot->len = len;
-  memcpy(slot->nonce, nonce, len);
-  pthread_mutex_lock(&a->nmu);
-  for (const fl_nonce_slot *n = a->nonces; n != NULL && rc == 0; n = n->next)
-    rc = n->device_id == device_id && n->len == len && memcmp(n->nonce, nonce, len) == 0;
-  if (rc == 0) {
-    slot->next = a->nonces;
-    a->nonces = slot;
-  }
-  pthread_mutex_unlock(&a->nmu);
-  return rc;
-}
-
-void fl__agg_nonce_release(fl_agg *a, fl_nonce_slot *slot) {
-  pthread_mutex_lock(&a->nmu);
-  for (fl_nonce_slot **p = &a->nonces; *p != NULL; p = &(*p)->next)
-    if (*p == slot) {
-      *p = slot->next;
-      break;
-    }
-  pthread_mutex_unlock(&a->nmu);
-}
-
-bool fl__agg_round_cached(fl_agg *a, uint64_t round_id, fl_round_info *out) {
-  bool hit = false;
-  pthread_mutex_lock(&a->nmu);
-  for (int i = 0; i < FL_ROUND_CACHE_N && !hit; i++)
-    if (a->rounds[i].round_id == round_id && round_id != 0) {
-      *out = a->rounds[i].info;
-      hit = true;
-    }
-  pthread_mutex_unlock(&a->nmu);
-  return hit;
-}
-
-void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in) {
-  double now = fl__mono_s();
-  pthread_mutex_lock(&a->nmu);
-  /* The same round's entry, else the oldest one. */
-  int k = 0;
-  for (int i = 0; i < FL_ROUND_CACHE_N; i++) {
-    if (a->rounds[i].round_id == round_id) {
-      k = i;
-      break;
-    }
-    if (a->rounds[i].at < a->rounds[k].at)
-      k = i;
-  }
-  a->rounds[k] = (round_entry){.round_id = round_id, .at = now, .info = *in};
-  pthread_mutex_unlock(&a->nmu);
 }
 
 /* A DP plan's updates count once each, clipped (docs/PRIVACY.md); the others by their sample
