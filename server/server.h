@@ -154,8 +154,8 @@ typedef struct fl_srv {
   fl_agg *agg;
   fl_rounds *rounds;
   fl_http *http;
-  fl_nonces *nonces;             /* uploads' nonces in flight (auth/nonce.h) */
-  fl_round_cache *round_cache;   /* what never changes about a round (rounds/round_cache.h) */
+  fl_nonces *nonces;                /* uploads' nonces in flight (auth/nonce.h) */
+  fl_round_cache *round_cache;      /* what never changes about a round (rounds/round_cache.h) */
   atomic_bool ready;                /* /readyz: database reachable and threads running */
 } fl_srv;
 
