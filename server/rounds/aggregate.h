@@ -72,4 +72,15 @@ typedef void (*fl_agg_done)(void *arg, int result, uint32_t accepted);
  * commit refolds the batch from its other uploads, and a stored aggregator writes them. */
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg);
 
+/* Assignments of check-ins, group-committed like uploads: a check-in that would take a place
+ * in a round claims it here and is parked; the committer takes the claims that waited, one
+ * statement per round (its row locked and updated once, the assignment rows, a synchronous
+ * commit), and then calls done(arg, result): 1 assigned
+ * (durable, or already assigned before), 0 the round is full or no longer open, -1 not
+ * committed (database). The same rules as uploads: done runs on the committer's thread (or in
+ * fl__agg_assign itself when stopping) and must not block. */
+typedef void (*fl_agg_assign_done)(void *arg, int result);
+void fl__agg_assign(fl_agg *a, uint64_t round_id, uint64_t device_id, fl_agg_assign_done done,
+                    void *arg);
+
 #endif
