@@ -23,6 +23,7 @@
 #include "mem.h"
 #include "rounds/plan.h"
 #include "secagg/protocol.h"
+#include "rounds/round_cache.h"
 
 typedef struct round_view {
   bool found, open, assigned, accepted;
@@ -40,7 +41,7 @@ static int load_round(fl_srv *s, PGconn *c, uint64_t round_id, round_view *v) {
   char msg[160];
   if (!v->found)
     return 0;
-  if (!fl__agg_round_cached(s->agg, round_id, &ri)) {
+  if (!fl__round_cached(s->round_cache, round_id, &ri)) {
     fl__pgp_init(&p);
     fl__pgp_u64(&p, round_id);
     PGresult *r = fl__pg_exec_prep(c, "fl_upload_round",
@@ -62,7 +63,7 @@ static int load_round(fl_srv *s, PGconn *c, uint64_t round_id, round_view *v) {
     PQclear(r);
     if (rc != 0)
       return -1;
-    fl__agg_round_store(s->agg, round_id, &ri);
+    fl__round_store(s->round_cache, round_id, &ri);
   }
   v->model_id = ri.model_id;
   v->base_version = ri.base_version;
