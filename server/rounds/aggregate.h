@@ -41,6 +41,12 @@ typedef struct fl_upload {
    * 0: folded times its sample count, which is its weight. */
   double dp_scale;
   bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
+  /* An async plan's update (rounds/async.h): round_id is the buffer it is folded into,
+   * task_round_id its task's round, tau its staleness; the delta's factor is multiplied by
+   * stale_weight = s(tau), the weight is not (rounds/staleness.h). task_round_id 0: sync. */
+  uint64_t task_round_id;
+  uint32_t tau;
+  double stale_weight;
 } fl_upload;
 
 enum {
