@@ -56,7 +56,11 @@ static int pack_checkin(fl_client *c) {
   req.model_id = c->want_model_id;
   req.running_version = c->active.version;
   req.running_model_id = c->active.model_id;
-  uint8_t buf[64]; /* three varints */
+  char *conds[FL__CONDITIONS_MAX];
+  req.n_conditions = fl__conditions_view(c, conds);
+  req.conditions = conds;
+  /* three varints and the conditions (each at most 63 bytes and its two-byte header) */
+  uint8_t buf[64 + FL__CONDITIONS_MAX * (FL__CONDITION_LEN + 2)];
   size_t n = fl__v1__check_in_request__pack(&req, buf);
   return fl__request_set(c, "POST", "/v1/checkin", buf, n);
 }

@@ -268,3 +268,32 @@ Test(sim_options, async_and_intermittency_options) {
   o.offline_share = 1.5;
   cr_expect(strstr(why(&o), "--offline-share") != NULL, "%s", why(&o));
 }
+
+Test(sim_options, cohort_and_evaluation_options) {
+  sim_options o = opts();
+  cr_assert_eq(
+      PARSE(&o, "--labels", "site=a:0.5,site=b:0.5", "--conditions", "charging:0.7", "--cohort",
+            "{\"labels\":{\"site\":\"a\"}}", "--eval-share", "0.2", "--eval-by", "site"),
+      FL_OK);
+  cr_expect_str_empty(why(&o));
+  cr_expect_float_eq(o.eval_share, 0.2, 1e-12);
+  o = opts();
+  o.labels = "site=a";
+  cr_expect(strstr(why(&o), "--labels") != NULL, "%s", why(&o));
+  o = opts();
+  o.conditions = "charging";
+  cr_expect(strstr(why(&o), "--conditions") != NULL);
+  o = opts();
+  o.cohort = "[\"site\"]";
+  cr_expect(strstr(why(&o), "--cohort") != NULL);
+  o = opts();
+  o.eval_share = 0.5;
+  o.eval_count = 3;
+  cr_expect(strstr(why(&o), "exclude") != NULL);
+  o = opts();
+  o.eval_by = "site";
+  cr_expect(strstr(why(&o), "--eval-by") != NULL);
+  o = opts();
+  o.eval_share = 1.5;
+  cr_expect(strstr(why(&o), "--eval-share") != NULL);
+}
