@@ -49,8 +49,8 @@ typedef struct fl_plan {
   int mode; /* FL_PLAN_SYNC or FL_PLAN_ASYNC */
   uint32_t buffer_size, max_staleness, max_concurrency;
   fl_staleness staleness;
-  fl_cohort cohort;            /* the devices its rounds select (cohort.h); empty: all */
-  fl_eval_policy eval;         /* federated evaluation of each new version (evaluation.h) */
+  fl_cohort cohort;    /* the devices its rounds select (cohort.h); empty: all */
+  fl_eval_policy eval; /* federated evaluation of each new version (evaluation.h) */
 } fl_plan;
 
 enum { FL_PLAN_SYNC = 0, FL_PLAN_ASYNC = 1 };
