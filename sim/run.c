@@ -156,10 +156,12 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row, sim_detect
   return rc;
 }
 
-/* Waits for round_id to close, showing progress. FL_E_TIMEOUT past the deadline + slack. */
+/* Waits for round_id to close, showing progress. FL_E_TIMEOUT past the deadline + slack; a
+ * secure-aggregation round has a deadline per phase (keys, shares, masked, unmask), and a phase
+ * with a dropout lasts all of it. */
 static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, double t_start,
                       sim_round_state *st) {
-  double limit = x->o->deadline_s + 120.0;
+  double limit = (x->o->secure_aggregation != NULL ? 4 : 1) * x->o->deadline_s + 120.0;
   int lost = 0;
   for (;;) {
     if (sim_stop_requested) {

@@ -1,0 +1,114 @@
+#!/bin/bash
+# secagg.sh BUILD OUT [DEVICES [ROUNDS]]: plain FedAvg and SecAgg+ back to back with the
+# quick-start learning settings (2NN, Fashion-MNIST IID, 60 examples per device, E=1 B=10
+# lr 0.05, clip 1 in both runs), and a table per round of both: accuracy, participants, wall
+# time, fl-sim CPU per device round, coordinator and PostgreSQL CPU, bytes per device.
+#
+#   OPENBLAS_NUM_THREADS=1 nice -n 5 bash benches/secagg.sh build-rel benches/logs/secagg 1000 3
+#
+# SECAGG (T:K, default 16:30), DROP (--secagg-drop, default 1.25% in each of the four phases:
+# 5% in all) and DEADLINE (seconds per phase, default 40) change the SecAgg+ run. The
+# coordinator's CPU is utime + stime of its process (all threads); PostgreSQL's the sum over
+# the postmaster and its backends; both sampled every 0.2 s and taken at the line fl-sim
+# prints when a round has its version. Bytes are fl-sim's request and answer
+# bodies (rounds.csv) divided by the fleet size.
+set -u
+build=${1:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
+out=${2:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
+n=${3:-1000}
+rounds=${4:-3}
+sa=${SECAGG:-16:30}
+drop=${DROP:-keys:0.0125,shares:0.0125,masked:0.0125,unmask:0.0125}
+deadline=${DEADLINE:-40}
+tck=$(getconf CLK_TCK)
+export OPENBLAS_NUM_THREADS=1
+mkdir -p "$out"
+
+# utime + stime (+ cutime + cstime with $2 = 1) of pid $1 in clock ticks; empty when gone.
+ticks() {
+  local s
+  s=$(cat /proc/"$1"/stat 2>/dev/null) || return 0
+  s=${s##*) }
+  local -a f
+  read -r -a f <<<"$s"
+  # after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+  echo $((f[11] + f[12] + ${2:-0} * (f[13] + f[14])))
+}
+
+# PostgreSQL's ticks so far: the last sample of each of its processes seen (the postmaster
+# and its backends; a backend's exit does not show in the postmaster's cutime here).
+declare -A pgt
+pg_ticks() { # $1 postmaster; into pgsum (not in a subshell: pgt lives on)
+  local c x t=0
+  for c in "$1" $(pgrep -P "$1"); do
+    x=$(ticks "$c" 0)
+    [ -n "$x" ] && pgt[$c]=$x
+  done
+  for c in "${!pgt[@]}"; do t=$((t + pgt[$c])); done
+  pgsum=$t
+}
+
+# The postmaster of the throwaway PostgreSQL whose socket directory coordinator $1 uses.
+find_pm() {
+  local dir p
+  dir=$({ tr '\0' '\n' </proc/"$1"/cmdline; } 2>/dev/null | sed -n 's/^--database-url=host=\([^ ]*\).*/\1/p')
+  [ -n "$dir" ] || return 0
+  for p in $(pgrep -x postgres); do
+    if { tr '\0' ' ' </proc/"$p"/cmdline; } 2>/dev/null | grep -q -- "-D $dir/data "; then
+      echo "$p"
+      return
+    fi
+  done
+}
+
+run() { # name, then fl-sim's extra options
+  local name=$1
+  shift
+  local log=$out/$name.log cpu=$out/$name.cpu
+  : >"$cpu"
+  stdbuf -oL "$build"/sim/fl-sim --devices "$n" --rounds "$rounds" --model 2nn --dataset fmnist \
+    --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 --clip-norm 1 \
+    --seed 1 --coordinator-bin "$build"/server/fl-coordinator --out "$out/$name" "$@" \
+    >"$log" 2>&1 &
+  local sim=$! coord="" pm="" seen=0 k x c=0 p=0
+  pgt=()
+  while kill -0 "$sim" 2>/dev/null; do
+    [ -z "$coord" ] && coord=$(pgrep -P "$sim" -x fl-coordinator)
+    [ -z "$pm" ] && [ -n "$coord" ] && pm=$(find_pm "$coord")
+    # the latest sample while they run: after the last round they stop before it is read
+    if [ -n "$pm" ]; then
+      x=$(ticks "$coord") && [ -n "$x" ] && c=$x
+      pg_ticks "$pm"
+      p=$pgsum
+    fi
+    # one line per point: initial model (0), then each round that has its version
+    k=$(grep -c -E '^initial model|^round [0-9]+/[0-9]+: accuracy' "$log" 2>/dev/null)
+    if [ "${k:-0}" -gt "$seen" ] && [ -n "$pm" ]; then
+      echo "$seen $c $p" >>"$cpu"
+      seen=$k
+    fi
+    sleep 0.2
+  done
+  wait "$sim" || echo "secagg.sh: fl-sim $name exited with $?, see $log" >&2
+}
+
+run fedavg
+run secagg --deadline "$deadline" --secure-aggregation "$sa" --secagg-drop "$drop"
+
+printf '\n%d devices, %d rounds; SecAgg+ %s, drop %s, phase deadline %d s\n' "$n" "$rounds" \
+  "$sa" "$drop" "$deadline"
+echo "| run | round | accuracy | participants | wall s | fl-sim CPU ms / device round | coordinator CPU s | PostgreSQL CPU s | KB up / device | KB down / device |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for name in fedavg secagg; do
+  mapfile -t simcpu < <(grep -o 'fl-sim CPU: [0-9.]* ms per device round' "$out/$name.log" |
+    awk '{print $3}')
+  awk -F, -v n="$n" -v tck="$tck" -v name="$name" -v sc="${simcpu[*]}" '
+    FILENAME ~ /[.]cpu$/ { c[$1] = $2; p[$1] = $3; next }
+    FNR == 1 { next } # the CSV header
+    {
+      split(sc, s, " ")
+      r = $1
+      printf "| %s | %d | %.4f | %d | %.1f | %s | %.2f | %.2f | %.0f | %.0f |\n", name, r, $2, $5,
+        $9, s[r], (c[r] - c[r - 1]) / tck, (p[r] - p[r - 1]) / tck, $7 / n / 1024, $8 / n / 1024
+    }' FS=' ' "$out/$name.cpu" FS=, "$out/$name/rounds.csv"
+done
