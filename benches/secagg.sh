@@ -11,7 +11,9 @@
 # coordinator's CPU is utime + stime of its process (all threads); PostgreSQL's the sum over
 # the postmaster and its backends; both sampled every 0.2 s and taken at the line fl-sim
 # prints when a round has its version. Bytes are fl-sim's request and answer
-# bodies (rounds.csv) divided by the fleet size.
+# bodies (rounds.csv) divided by the fleet size. --max-inflight is the fleet size: a SecAgg
+# device keeps its slot while it waits for the next phase, and with fl-sim's default of 256
+# only about 258 devices get into a round.
 set -u
 build=${1:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
 out=${2:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
@@ -68,7 +70,8 @@ run() { # name, then fl-sim's extra options
   : >"$cpu"
   stdbuf -oL "$build"/sim/fl-sim --devices "$n" --rounds "$rounds" --model 2nn --dataset fmnist \
     --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 --clip-norm 1 \
-    --seed 1 --coordinator-bin "$build"/server/fl-coordinator --out "$out/$name" "$@" \
+    --seed 1 --max-inflight "$n" --coordinator-bin "$build"/server/fl-coordinator \
+    --out "$out/$name" "$@" \
     >"$log" 2>&1 &
   local sim=$! coord="" pm="" seen=0 k x c=0 p=0
   pgt=()
