@@ -299,6 +299,7 @@ static int train_and_pack(fl_client *c) {
    * place, its weights saved first. */
   fl_model *m = c->base.model, *own = NULL;
   float *base = NULL;
+  fl__drift_acc *acc = NULL;
   if (m == NULL) {
     int err = fl__loaded_take_model(c, &c->base, &own);
     if (err != FL_OK)
@@ -318,6 +319,16 @@ static int train_and_pack(fl_client *c) {
   if (err != FL_OK)
     goto out_free;
   const fl__task *t = &c->task;
+  /* Reference statistics of the local data for the version this round makes (drift.c). */
+  Fl__V1__DriftStats ds;
+  if (c->drift_every > 0 && (acc = fl__malloc(c->alloc, sizeof *acc)) != NULL) {
+    err = fl__drift_train_stats(c, m, acc);
+    if (err == FL_E_NOMEM)
+      goto out_free;
+    if (err == FL_OK)
+      fl__drift_msg(acc, &ds);
+  }
+  bool with_stats = acc != NULL && err == FL_OK;
   fl__update_params p = {.device_id = c->device_id,
                          .round_id = t->round_id,
                          .model_id = t->model_id,
@@ -327,7 +338,8 @@ static int train_and_pack(fl_client *c) {
                          .clip_norm = t->clip_norm,
                          .noise_stddev = t->noise_stddev,
                          .topk_fraction = t->topk_fraction,
-                         .encoding = t->encoding};
+                         .encoding = t->encoding,
+                         .train_stats = with_stats ? &ds : NULL};
   fl__upload_buf ub;
   float norm = 0;
   uint8_t content[FL_SHA256_LEN];
@@ -344,6 +356,7 @@ static int train_and_pack(fl_client *c) {
   c->result.loss = loss;
   c->result.norm = norm;
 out_free:
+  fl__free(c->alloc, acc);
   fl__free(c->alloc, base);
   fl__model_free(own);
   return err;

@@ -14,6 +14,7 @@
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
+#include "drift/drift.h"
 #include "mem.h"
 #include "rounds/rounds.h"
 #include "registry/rollouts.h"
@@ -503,6 +504,17 @@ static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t de
   return assigned;
 }
 
+/* A service window must name the model and version that scored it. */
+static bool checkin_stats_bad(const Fl__V1__DriftStats *m, char why[160]) {
+  if (fl__drift_check(m, why))
+    return true;
+  if (m->model_id == 0 || m->version == 0 || !id_ok(m->model_id) || !id_ok(m->version)) {
+    snprintf(why, 160, "service_stats must name its model and version (ids 1 to 2^63-1)");
+    return true;
+  }
+  return false;
+}
+
 static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   PGconn *c;
   Fl__V1__SignedRequest *sr;
@@ -523,6 +535,14 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
                        "body is not a CheckInRequest (ids are at most 2^63-1)", 0);
     goto out;
   }
+  char why[160];
+  if (ci->service_stats != NULL && checkin_stats_bad(ci->service_stats, why)) {
+    fl__resp_dev_error(r, 400, "bad_stats", why, 0);
+    goto out;
+  }
+  /* The service window (drift/drift.h): one statement, only when the device sends one. */
+  if (ci->service_stats != NULL && fl__drift_store_service(c, sr->device_id, ci->service_stats))
+    goto unavail;
   /* Told to wait or assigned, the check-in writes its telemetry later (store/seen.h). */
   fl__rounds_seen(s->rounds, sr->device_id, ci->running_model_id, ci->running_version);
   int found = find_open_round(s, c, ci->model_id, sr->device_id, &o, &cv);

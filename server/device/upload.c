@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
+#include "drift/stats.h"
 #include "mem.h"
 #include "rounds/plan.h"
 
@@ -137,6 +138,28 @@ static double norm_bound(const fl_plan *p, const fl_model_info *mi, Fl__V1__Tens
   return b + sqrt(q);
 }
 
+/* The training statistics (drift/stats.h) within bounds, of this model and its inputs. */
+static int check_train_stats(const fl_model_info *mi, const Fl__V1__UpdateUpload *u, fl_resp *r) {
+  const Fl__V1__DriftStats *t = u->train_stats;
+  char msg[160];
+  if (t == NULL)
+    return 0;
+  size_t in = 1;
+  for (uint32_t i = 0; i < mi->spec.input_ndim; i++)
+    in *= mi->spec.input_shape[i];
+  int bad = fl__drift_check(t, msg);
+  if (!bad && t->model_id != u->model_id) {
+    snprintf(msg, sizeof msg, "train_stats.model_id is not the upload's model");
+    bad = -1;
+  } else if (!bad && t->n_mean != 0 && t->n_mean != in) {
+    snprintf(msg, sizeof msg, "train_stats has %zu features, the model takes %zu", t->n_mean, in);
+    bad = -1;
+  }
+  if (bad)
+    fl__resp_dev_error(r, 422, "bad_stats", msg, 0);
+  return bad;
+}
+
 /* Shapes, values and norm of the delta; *norm receives the norm. Returns 0 or -1 with the
  * refusal in *r. */
 static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
@@ -180,7 +203,7 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
     return -1;
   }
   *norm = sqrt(sq);
-  return 0;
+  return check_train_stats(mi, u, r);
 }
 
 /* A DP plan's factor on the delta in the sum: min(1, C / norm), so that one device moves the
@@ -494,7 +517,8 @@ void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
                        .nonce_len = sr->nonce.len,
                        .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v.plan, norm),
-                       .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED};
+                       .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
+                       .train_stats = u->train_stats};
   memcpy(op->up.digest, digest, sizeof digest);
   /* Parked before the submit: the completion may resume the connection at once. */
   fl__req_defer(q, upload_finish, op);

@@ -15,6 +15,7 @@
 
 #include "auth/auth.h"
 #include "codec.h"
+#include "drift/drift.h"
 #include "privacy/accountant.h"
 #include "privacy/budget.h"
 #include "registry/models.h"
@@ -446,6 +447,8 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
     err = fl__version_insert(s, c, mi, *version, rr->base_version, rr->round_id, w, metrics,
                              NULL);
   if (err == FL_OK)
+    err = fl__drift_reference(c, rr->round_id, rr->model_id, *version);
+  if (err == FL_OK)
     err = finish_round(c, rr, "closed", *version, metrics, NULL, *version);
   if (err == FL_OK && next_clip > 0)
     err = store_clip(c, rr->plan_id, next_clip);
@@ -473,7 +476,7 @@ static int drop_partials(PGconn *c, uint64_t round_id) {
   if (r == NULL)
     return FL_E_DB;
   PQclear(r);
-  return FL_OK;
+  return fl__drift_drop_train(c, round_id);
 }
 
 int fl__round_try_close(fl_srv *s, uint64_t round_id) {

@@ -224,7 +224,8 @@ static int known_key(const char *k) {
     if (strcmp(k, DP[i].name) == 0)
       return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
-      strcmp(k, "aggregator") == 0)
+      strcmp(k, "aggregator") == 0 || strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0 ||
+      strcmp(k, "cohort") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
     if (strcmp(k, NUMS[i].name) == 0)
@@ -249,7 +250,8 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   /* The optimizer first: it sets the defaults that server_lr etc. then override. */
   if (parse_enum(p, j, msg))
     return -1;
-  if (parse_selection(p, j, msg) || parse_dp(p, j, msg))
+  if (parse_selection(p, j, msg) || parse_dp(p, j, msg) ||
+      fl__drift_policy_from_json(&p->drift, j, msg))
     return -1;
   bool have_min = false;
   for (size_t i = 0; i < N_NUMS; i++) {
@@ -325,6 +327,10 @@ json_t *fl__plan_to_json(const fl_plan *p) {
       json_decref(j);
       j = NULL;
     }
+  if (j != NULL && fl__drift_policy_to_json(&p->drift, j)) {
+    json_decref(j);
+    j = NULL;
+  }
   return j;
 }
 

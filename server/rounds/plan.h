@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "drift/policy.h"
 #include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
 
@@ -34,6 +35,7 @@ typedef struct fl_plan {
   double clip_target_quantile; /* adaptive clipping's gamma; 0: the clip is fixed */
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
+  fl_drift_policy drift;       /* "drift", "retrain", "cohort" (drift/policy.h) */
 } fl_plan;
 
 /* A DP plan: central noise, uniform weights, an accountant (docs/PRIVACY.md). */

@@ -13,6 +13,7 @@
 
 #include "auth/auth.h"
 #include "crypto.h"
+#include "drift/drift.h"
 #include "store/seen.h"
 
 struct fl_rounds {
@@ -305,6 +306,8 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
     fl__round_draw(rs->s, draws[i]);
   for (int i = 0; i < n; i++)
     fl__round_try_close(rs->s, ids[i]);
+  if (rc == 0)
+    fl__drift_tick(rs->s);
   free(ids);
   free(draws);
 }
