@@ -118,9 +118,9 @@ static void test_group(const fl_drift_policy *pol, const fl_drift_stats *sv,
     v->max_shift = fmax(v->max_shift, z);
     if (z > pol->shift_threshold) {
       v->drifted = true;
-      json_array_append_new(v->features, json_pack("{s:I, s:f, s:f, s:f}", "feature",
-                                                   (json_int_t)j, "shift", z, "mean", sv->mean[j],
-                                                   "ref_mean", ref->mean[j]));
+      json_array_append_new(v->features,
+                            json_pack("{s:I, s:f, s:f, s:f}", "feature", (json_int_t)j, "shift", z,
+                                      "mean", sv->mean[j], "ref_mean", ref->mean[j]));
     }
   }
 }
@@ -217,8 +217,7 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
 }
 
 /* One model: gather, test each group that has enough, record. */
-static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id,
-                      const fl_drift_policy *pol) {
+static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift_policy *pol) {
   group *g = malloc(MAX_GROUPS * sizeof *g);
   fl_drift_stats *ref = malloc(sizeof *ref);
   int n = 0, rc = -1;

@@ -89,8 +89,8 @@ int fl__drift_reference(PGconn *c, uint64_t round_id, uint64_t model_id, uint64_
   /* Devices whose statistics do not match the first one's layout are left out: a reference
    * of mixed layouts could not be compared with anything. */
   for (int i = 0; i < PQntuples(r); i++)
-    if (fl__drift_decode((const uint8_t *)PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0),
-                         one) == 0)
+    if (fl__drift_decode((const uint8_t *)PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0), one) ==
+        0)
       (void)fl__drift_pool(pool, one);
   err = FL_OK;
   if (pool->count == 0)
@@ -159,8 +159,9 @@ void fl__drift_put_metrics(FILE *f, PGconn *c) {
                     : NULL;
   if (st == NULL)
     goto out;
-  fprintf(f, "# HELP fl_drift_events_total Drift events raised, by model and cohort.\n"
-             "# TYPE fl_drift_events_total counter\n");
+  fprintf(f,
+          "# HELP fl_drift_events_total Drift events raised, by model and cohort.\n"
+          "# TYPE fl_drift_events_total counter\n");
   for (int i = 0; i < PQntuples(ev); i++) {
     fprintf(f, "fl_drift_events_total{model_id=\"%s\",cohort_label=\"", PQgetvalue(ev, i, 0));
     put_label(f, PQgetvalue(ev, i, 1));
@@ -169,10 +170,12 @@ void fl__drift_put_metrics(FILE *f, PGconn *c) {
     fprintf(f, "\"} %s\n", PQgetvalue(ev, i, 3));
   }
   static const char *const names[][2] = {
-      {"fl_drift_psi", "Population stability index of a cohort's score histogram at its last"
-                       " drift test (NaN: no histogram)."},
-      {"fl_drift_max_shift", "Largest standardized mean shift of a cohort's features at its last"
-                             " drift test."}};
+      {"fl_drift_psi",
+       "Population stability index of a cohort's score histogram at its last"
+       " drift test (NaN: no histogram)."},
+      {"fl_drift_max_shift",
+       "Largest standardized mean shift of a cohort's features at its last"
+       " drift test."}};
   for (int k = 0; k < 2; k++) {
     fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n", names[k][0], names[k][1], names[k][0]);
     for (int i = 0; i < PQntuples(st); i++) {

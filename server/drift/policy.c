@@ -14,8 +14,8 @@ typedef struct field {
 } field;
 
 static const field DRIFT[] = {
-    {"psi_threshold", 0.001, 100, 0.25, false},  {"mean_shift_threshold", 0.01, 1000, 1.0, false},
-    {"min_devices", 1, 1e6, 5, true},            {"min_samples", 1, 1e12, 200, true},
+    {"psi_threshold", 0.001, 100, 0.25, false}, {"mean_shift_threshold", 0.01, 1000, 1.0, false},
+    {"min_devices", 1, 1e6, 5, true},           {"min_samples", 1, 1e12, 200, true},
     {"window_s", 1, 30 * 86400.0, 3600, false},
 };
 static const field RETRAIN[] = {
@@ -119,8 +119,10 @@ static int parse_cohort(fl_drift_policy *p, const json_t *c, char msg[160]) {
     const char *vs = json_string_value(val);
     if (vs == NULL || key[0] == '\0' || strlen(key) >= sizeof p->cohort_key ||
         strlen(vs) >= sizeof p->cohort_value) {
-      snprintf(msg, 160, "cohort.labels: a label of at most %zu bytes with a string value of at"
-               " most %zu", sizeof p->cohort_key - 1, sizeof p->cohort_value - 1);
+      snprintf(msg, 160,
+               "cohort.labels: a label of at most %zu bytes with a string value of at"
+               " most %zu",
+               sizeof p->cohort_key - 1, sizeof p->cohort_value - 1);
       return -1;
     }
     snprintf(p->cohort_key, sizeof p->cohort_key, "%s", key);
@@ -146,19 +148,18 @@ int fl__drift_policy_from_json(fl_drift_policy *p, const json_t *j, char msg[160
 }
 
 int fl__drift_policy_to_json(const fl_drift_policy *p, json_t *j) {
-  if (p->on &&
-      json_object_set_new(
-          j, "drift",
-          json_pack("{s:s, s:f, s:f, s:I, s:I, s:f}", "cohort_label", p->label, "psi_threshold",
-                    p->psi_threshold, "mean_shift_threshold", p->shift_threshold, "min_devices",
-                    (json_int_t)p->min_devices, "min_samples", (json_int_t)p->min_samples,
-                    "window_s", p->window_s)))
+  if (p->on && json_object_set_new(
+                   j, "drift",
+                   json_pack("{s:s, s:f, s:f, s:I, s:I, s:f}", "cohort_label", p->label,
+                             "psi_threshold", p->psi_threshold, "mean_shift_threshold",
+                             p->shift_threshold, "min_devices", (json_int_t)p->min_devices,
+                             "min_samples", (json_int_t)p->min_samples, "window_s", p->window_s)))
     return -1;
-  if (p->on && json_object_set_new(j, "retrain",
-                                   json_pack("{s:b, s:f, s:I, s:I}", "on_drift", p->retrain,
-                                             "cooldown_s", p->cooldown_s, "max_concurrent",
-                                             (json_int_t)p->max_concurrent, "rounds",
-                                             (json_int_t)p->retrain_rounds)))
+  if (p->on &&
+      json_object_set_new(j, "retrain",
+                          json_pack("{s:b, s:f, s:I, s:I}", "on_drift", p->retrain, "cooldown_s",
+                                    p->cooldown_s, "max_concurrent", (json_int_t)p->max_concurrent,
+                                    "rounds", (json_int_t)p->retrain_rounds)))
     return -1;
   if (p->cohort_key[0] != '\0' &&
       json_object_set_new(j, "cohort",

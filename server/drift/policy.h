@@ -10,18 +10,18 @@
 #include <stdint.h>
 
 typedef struct fl_drift_policy {
-  bool on;                  /* the plan has a "drift" object */
-  char label[64];           /* cohort_label: devices sharing its value form a cohort */
-  double psi_threshold;     /* drift when the score histogram's PSI exceeds it */
-  double shift_threshold;   /* mean_shift_threshold: or a feature's |dmean| / sd_r exceeds it */
-  uint32_t min_devices;     /* a cohort is tested with reports of at least this many devices */
-  uint64_t min_samples;     /* and at least this many examples */
-  double window_s;          /* reports older than this are not pooled */
-  bool retrain;             /* retrain.on_drift */
-  double cooldown_s;        /* no second retrain of a cohort within it */
-  uint32_t max_concurrent;  /* retraining plans active at once, over all models */
-  uint32_t retrain_rounds;  /* the retraining plan's "rounds" */
-  char cohort_key[64];      /* "cohort": {"labels": {key: value}}; "" when absent */
+  bool on;                 /* the plan has a "drift" object */
+  char label[64];          /* cohort_label: devices sharing its value form a cohort */
+  double psi_threshold;    /* drift when the score histogram's PSI exceeds it */
+  double shift_threshold;  /* mean_shift_threshold: or a feature's |dmean| / sd_r exceeds it */
+  uint32_t min_devices;    /* a cohort is tested with reports of at least this many devices */
+  uint64_t min_samples;    /* and at least this many examples */
+  double window_s;         /* reports older than this are not pooled */
+  bool retrain;            /* retrain.on_drift */
+  double cooldown_s;       /* no second retrain of a cohort within it */
+  uint32_t max_concurrent; /* retraining plans active at once, over all models */
+  uint32_t retrain_rounds; /* the retraining plan's "rounds" */
+  char cohort_key[64];     /* "cohort": {"labels": {key: value}}; "" when absent */
   char cohort_value[128];
 } fl_drift_policy;
 

@@ -26,9 +26,8 @@ static int set_note(PGconn *c, const open_event *e, const char *note) {
   fl__pgp_init(&p);
   fl__pgp_u64(&p, e->event_id);
   fl__pgp_text(&p, note);
-  PGresult *r =
-      fl__pg_exec(c, "UPDATE drift_events SET retrain_note = $2 WHERE event_id = $1", &p, false,
-                  NULL);
+  PGresult *r = fl__pg_exec(c, "UPDATE drift_events SET retrain_note = $2 WHERE event_id = $1", &p,
+                            false, NULL);
   PQclear(r);
   return r != NULL ? 0 : -1;
 }
@@ -68,14 +67,13 @@ static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_pol
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, e->plan_id);
-  PGresult *r = fl__pg_exec(c, "SELECT config::text FROM plans WHERE plan_id = $1", &p, false,
-                            NULL);
+  PGresult *r =
+      fl__pg_exec(c, "SELECT config::text FROM plans WHERE plan_id = $1", &p, false, NULL);
   json_t *cfg = r != NULL && PQntuples(r) == 1 ? json_loads(PQgetvalue(r, 0, 0), 0, NULL) : NULL;
   PQclear(r);
   if (cfg == NULL)
     return NULL;
-  if (json_object_set_new(cfg, "cohort",
-                          json_pack("{s:{s:s}}", "labels", pol->label, e->cohort)) ||
+  if (json_object_set_new(cfg, "cohort", json_pack("{s:{s:s}}", "labels", pol->label, e->cohort)) ||
       json_object_set_new(cfg, "rounds", json_integer(pol->retrain_rounds))) {
     json_decref(cfg);
     return NULL;
@@ -86,8 +84,8 @@ static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_pol
 /* Inserts the plan and opens its first round on the model's newest version. 0 or -1; the
  * plan id in *plan_id, or 0 with the reason in note when the plan cannot be a retraining
  * plan. */
-static int open_plan(PGconn *c, uint64_t model_id, const open_event *e,
-                     const fl_drift_policy *pol, uint64_t *plan_id, const char **note) {
+static int open_plan(PGconn *c, uint64_t model_id, const open_event *e, const fl_drift_policy *pol,
+                     uint64_t *plan_id, const char **note) {
   fl_plan plan;
   char msg[160];
   *plan_id = 0;

@@ -62,7 +62,9 @@ int fl__drift_check(const Fl__V1__DriftStats *m, char msg[160]) {
   return 0;
 }
 
-void fl__drift_init(fl_drift_stats *s) { memset(s, 0, sizeof *s); }
+void fl__drift_init(fl_drift_stats *s) {
+  memset(s, 0, sizeof *s);
+}
 
 void fl__drift_from_msg(fl_drift_stats *s, const Fl__V1__DriftStats *m) {
   fl__drift_init(s);

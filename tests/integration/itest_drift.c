@@ -110,13 +110,16 @@ static void enroll_cohort(int from, int n, const char *site) {
   json_decref(t);
 }
 
-static int64_t db_int(const char *sql) { return fl_h_db_int(g_db, sql); }
+static int64_t db_int(const char *sql) {
+  return fl_h_db_int(g_db, sql);
+}
 
 /* Waits for the drift pass to have tested cohort `cohort` after `after` (a count of tests so
  * far is not kept: the status row's tested_at moves at every pass). */
 static void wait_pass(void) {
-  int64_t before = db_int("SELECT coalesce(max(extract(epoch FROM tested_at) * 1000), 0)::bigint"
-                          " FROM drift_status");
+  int64_t before = db_int(
+      "SELECT coalesce(max(extract(epoch FROM tested_at) * 1000), 0)::bigint"
+      " FROM drift_status");
   for (int i = 0; i < 60; i++) {
     usleep(100 * 1000);
     if (db_int("SELECT coalesce(max(extract(epoch FROM tested_at) * 1000), 0)::bigint"
@@ -155,16 +158,16 @@ static void teardown(void) {
 /* One round of all ten devices with training statistics: version 2 and its reference. */
 static uint64_t train_reference(uint64_t *model_id) {
   uint64_t round_id;
-  cr_assert_eq(fl_h_model_and_plan(
-                   &g_coord, "drift", FL_H_SMALL_SPEC,
-                   "{\"participants\":10,\"rounds\":1,\"deadline_s\":60,"
-                   "\"drift\":{\"cohort_label\":\"site\",\"psi_threshold\":0.25,"
-                   "\"mean_shift_threshold\":1.0,\"min_devices\":4,\"min_samples\":1000,"
-                   "\"window_s\":600},"
-                   "\"retrain\":{\"on_drift\":true,\"cooldown_s\":3600,\"max_concurrent\":1,"
-                   "\"rounds\":1}}",
-                   model_id, &round_id),
-               0);
+  cr_assert_eq(
+      fl_h_model_and_plan(&g_coord, "drift", FL_H_SMALL_SPEC,
+                          "{\"participants\":10,\"rounds\":1,\"deadline_s\":60,"
+                          "\"drift\":{\"cohort_label\":\"site\",\"psi_threshold\":0.25,"
+                          "\"mean_shift_threshold\":1.0,\"min_devices\":4,\"min_samples\":1000,"
+                          "\"window_s\":600},"
+                          "\"retrain\":{\"on_drift\":true,\"cooldown_s\":3600,\"max_concurrent\":1,"
+                          "\"rounds\":1}}",
+                          model_id, &round_id),
+      0);
   Fl__V1__ModelVersion *base = NULL;
   cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], *model_id, 1, &base), 0);
   float *delta = calloc(43, sizeof *delta);
