@@ -235,6 +235,17 @@ Test(drift, reference_no_false_events_then_event_and_one_retrain) {
   cr_assert_eq(json_array_size(json_object_get(json_object_get(d, "drift"), "cohorts")), 2);
   json_decref(d);
   cr_assert_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'drift.event'"), 1);
+  char cmd[512], out[4096];
+  snprintf(cmd, sizeof cmd, "%s --url %s --token %s drift --model %llu", FL_FLCTL_BIN, g_coord.url,
+           g_coord.admin_token, (unsigned long long)model_id);
+  FILE *fp = popen(cmd, "r");
+  cr_assert_not_null(fp);
+  size_t got = fread(out, 1, sizeof out - 1, fp);
+  out[got] = '\0';
+  cr_assert_eq(pclose(fp), 0, "flctl failed: %s", out);
+  cr_expect(strstr(out, "COHORT") != NULL && strstr(out, " site ") != NULL &&
+                strstr(out, " b ") != NULL && strstr(out, "opened") != NULL,
+            "flctl drift shows the event:\n%s", out);
   char series[160];
   snprintf(series, sizeof series,
            "fl_drift_events_total{model_id=\"%llu\",cohort_label=\"site\",cohort=\"b\"}",
