@@ -14,8 +14,9 @@
  * reconstruction error, in 32 bins over [-6, 2). Other models send the feature statistics
  * only.
  *
- * Training sends the same statistics of its local data, scored by the trained model, with the
- * update: the coordinator pools them into the reference of the version the round produces.
+ * Training sends the same statistics of its local data, scored by the base version before
+ * training, with the update: the coordinator pools them into the reference of the version the
+ * round produces.
  */
 #include <math.h>
 #include <string.h>

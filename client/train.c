@@ -312,23 +312,26 @@ static int train_and_pack(fl_client *c) {
     memcpy(base, fl__model_params_const(m), fl__model_num_params(m) * sizeof *base);
   }
   const float *anchor = base != NULL ? base : fl__loaded_params(&c->base);
+  /* Reference statistics of the local data for the version this round makes (drift.c),
+   * scored before training by the base, the version the fleet serves: a model trained on
+   * these examples alone would score them better than any version of the fleet does. */
+  Fl__V1__DriftStats ds;
+  bool with_stats = false;
+  int err = FL_OK;
+  if (c->drift_every > 0 && (acc = fl__malloc(c->alloc, sizeof *acc)) != NULL) {
+    err = fl__drift_train_stats(c, m, acc);
+    if ((with_stats = err == FL_OK))
+      fl__drift_msg(acc, &ds);
+    if (err == FL_E_NOMEM)
+      goto out_free;
+  }
   uint64_t samples = 0;
   float loss = 0;
-  int err = c->trainer != NULL ? train_callback(c, m, &samples, &loss)
-                               : train_builtin(c, m, anchor, &samples, &loss);
+  err = c->trainer != NULL ? train_callback(c, m, &samples, &loss)
+                           : train_builtin(c, m, anchor, &samples, &loss);
   if (err != FL_OK)
     goto out_free;
   const fl__task *t = &c->task;
-  /* Reference statistics of the local data for the version this round makes (drift.c). */
-  Fl__V1__DriftStats ds;
-  if (c->drift_every > 0 && (acc = fl__malloc(c->alloc, sizeof *acc)) != NULL) {
-    err = fl__drift_train_stats(c, m, acc);
-    if (err == FL_E_NOMEM)
-      goto out_free;
-    if (err == FL_OK)
-      fl__drift_msg(acc, &ds);
-  }
-  bool with_stats = acc != NULL && err == FL_OK;
   fl__update_params p = {.device_id = c->device_id,
                          .round_id = t->round_id,
                          .model_id = t->model_id,
