@@ -1,6 +1,8 @@
 /*
- * Admin API: JSON over HTTP with bearer tokens (roles viewer < operator < admin). Every
- * change runs in one transaction with its audit_log row. Lists are built by PostgreSQL
+ * Admin API: JSON over HTTP with bearer tokens (roles viewer < operator < admin). The role a
+ * route needs is its row's policy in the table at the end, checked by dispatch before the
+ * handler runs (auth/pipeline.c); a handler never checks a role itself. Every change runs in
+ * one transaction with its audit_log row. Lists are built by PostgreSQL
  * (json_agg) so that the column-to-field mapping lives in one SQL statement per endpoint.
  */
 #include <inttypes.h>
@@ -19,16 +21,14 @@
 #include "registry/rollouts.h"
 #include "rounds/rounds.h"
 
-/* Connection, role check and (for POST) the JSON body. 0, or -1 with *r set. */
-static int begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
+/* The request's context: the connection and actor of the route's policy (dispatch has
+ * checked the token and its role, auth/pipeline.c) and, for POST, the JSON body. 0, or -1
+ * with *r set. */
+static int begin(fl_srv *s, fl_req *q, fl_resp *r, admin_ctx *a) {
+  (void)s;
   memset(a, 0, sizeof *a);
-  a->c = fl__pool_get(s->pool);
-  if (a->c == NULL) {
-    fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
-    return -1;
-  }
-  if (fl__auth_admin(s, a->c, q, role, a->actor, r))
-    goto fail;
+  a->c = q->auth->c;
+  snprintf(a->actor, sizeof a->actor, "%s", q->auth->actor);
   if (strcmp(q->method, "POST") != 0)
     return 0;
   json_error_t je;
@@ -38,15 +38,12 @@ static int begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
   fl__resp_admin_error(r, 400, "bad_json", "body must be a JSON object");
   json_decref(a->body);
   a->body = NULL;
-fail:
-  fl__pool_put(s->pool, a->c);
-  a->c = NULL;
   return -1;
 }
 
+/* The connection stays the request's (dispatch gives it back). */
 static void end(fl_srv *s, admin_ctx *a) {
-  if (a->c)
-    fl__pool_put(s->pool, a->c);
+  (void)s;
   json_decref(a->body);
 }
 
@@ -88,7 +85,7 @@ static void commit_audited(fl_resp *r, admin_ctx *a, const char *action, const c
 
 void fl__admin_list(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql) {
   admin_ctx a;
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (begin(s, q, r, &a))
     return;
   json_query(r, a.c, key, sql, NULL, false);
   end(s, &a);
@@ -98,12 +95,11 @@ void fl__admin_list_by_model(fl_srv *s, fl_req *q, fl_resp *r, const char *key, 
   admin_ctx a;
   fl_pgp p;
   uint64_t mid;
-  /* The query string is checked before the token so that a malformed one is a 400 for all. */
   if (fl__query_id(q, "model_id", &mid)) {
     fl__resp_admin_error(r, 400, "bad_request", "model_id must be a decimal id");
     return;
   }
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (begin(s, q, r, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, mid);
@@ -111,14 +107,14 @@ void fl__admin_list_by_model(fl_srv *s, fl_req *q, fl_resp *r, const char *key, 
   end(s, &a);
 }
 
-int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, int role, const char *prefix,
-                       const char *suffix, uint64_t *id, admin_ctx *a) {
+int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, const char *prefix, const char *suffix,
+                       uint64_t *id, admin_ctx *a) {
   const char *rest;
   if (fl__path_u64(q->path, prefix, id, &rest) || strcmp(rest, suffix) != 0) {
     fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
     return -1;
   }
-  return begin(s, q, r, role, a);
+  return begin(s, q, r, a);
 }
 
 PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint64_t id,
@@ -158,7 +154,7 @@ static bool good_token_name(const char *name) {
 static void token_create(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   char tok[65], target[32];
-  if (begin(s, q, r, FL_ROLE_ADMIN, &a))
+  if (begin(s, q, r, &a))
     return;
   json_t *jn = json_object_get(a.body, "name"), *je = json_object_get(a.body, "expires_in_s");
   int role = fl__role_parse(json_string_value(json_object_get(a.body, "role")));
@@ -203,7 +199,7 @@ out:
 /* Lists every token without its secret (only its hash is stored anyway). */
 static void token_list(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
-  if (begin(s, q, r, FL_ROLE_ADMIN, &a))
+  if (begin(s, q, r, &a))
     return;
   json_query(r, a.c, "tokens",
              "SELECT json_agg(json_build_object('token_id', token_id, 'name', name, 'role', role,"
@@ -231,7 +227,7 @@ static void h_token_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
   uint64_t id;
   char target[32];
   fl_pgp p;
-  if (fl__admin_begin_at(s, q, r, FL_ROLE_ADMIN, "/admin/v1/tokens/", "/revoke", &id, &a))
+  if (fl__admin_begin_at(s, q, r, "/admin/v1/tokens/", "/revoke", &id, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -273,7 +269,7 @@ static void h_token_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
 static void h_enrollment_tokens(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   json_t *count = NULL, *ttl = NULL, *labels = NULL, *out = NULL;
-  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+  if (begin(s, q, r, &a))
     return;
   count = json_object_get(a.body, "count");
   ttl = json_object_get(a.body, "ttl_s");
@@ -328,7 +324,7 @@ static void h_models_create(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_model_spec spec;
   char msg[160], target[32];
   uint64_t id = 0;
-  if (begin(s, q, r, FL_ROLE_OPERATOR, &a))
+  if (begin(s, q, r, &a))
     return;
   const char *name = json_string_value(json_object_get(a.body, "name"));
   json_t *sj = json_object_get(a.body, "spec"), *seed = json_object_get(a.body, "seed");
@@ -469,7 +465,7 @@ static void h_model_sub(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
     return;
   }
-  if (begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
+  if (begin(s, q, r, &a))
     return;
   if (get)
     versions_list(r, &a, id);
@@ -483,7 +479,7 @@ static void h_plan_stop(fl_srv *s, fl_req *q, fl_resp *r) {
   uint64_t id;
   char target[32];
   fl_pgp p;
-  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/plans/", "/stop", &id, &a))
+  if (fl__admin_begin_at(s, q, r, "/admin/v1/plans/", "/stop", &id, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -528,7 +524,7 @@ static void h_plan_get(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_admin_error(r, 404, "not_found", "no such plan");
     return;
   }
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (begin(s, q, r, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -586,7 +582,7 @@ static void h_round_get(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_admin_error(r, 404, "not_found", "no such round");
     return;
   }
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (begin(s, q, r, &a))
     return;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
@@ -608,7 +604,7 @@ static void h_device_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
   char target[32];
-  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/devices/", "/revoke", &id, &a))
+  if (fl__admin_begin_at(s, q, r, "/admin/v1/devices/", "/revoke", &id, &a))
     return;
   PGresult *res = fl__admin_change_by_id(r, &a,
                                          "UPDATE devices SET state = 'revoked',"
@@ -635,7 +631,7 @@ static void h_audit(fl_srv *s, fl_req *q, fl_resp *r) {
 static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   char hex[2 * FL_PUBKEY_LEN + 1];
-  if (begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (begin(s, q, r, &a))
     return;
   fl__hex(s->pub, sizeof s->pub, hex);
   fl__resp_json(r, 200,
@@ -646,8 +642,8 @@ static void h_info(fl_srv *s, fl_req *q, fl_resp *r) {
 
 /* ----- shared with adminapi_rollouts.c ----------------------------------------------------- */
 
-int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a) {
-  return begin(s, q, r, role, a);
+int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, admin_ctx *a) {
+  return begin(s, q, r, a);
 }
 
 void fl__admin_end(fl_srv *s, admin_ctx *a) { end(s, a); }
@@ -694,52 +690,61 @@ static void h_readyz(fl_srv *s, fl_req *q, fl_resp *r) {
 }
 
 const fl_route fl__admin_routes[] = {
-    {"POST", "/admin/v1/tokens", "admin_tokens", h_tokens, 0, NULL},
-    {"GET", "/admin/v1/tokens", "admin_tokens_list", h_tokens, 0, NULL},
-    {"POST", "/admin/v1/tokens/", "admin_token_revoke", h_token_revoke, 0, NULL},
-    {"POST", "/admin/v1/enrollment-tokens", "admin_enrollment_tokens", h_enrollment_tokens, 0,
-     NULL},
-    {"POST", "/admin/v1/models", "admin_models_create", h_models_create, 0, NULL},
-    {"GET", "/admin/v1/models", "admin_models_list", h_models_list, 0, NULL},
-    {"GET", "/admin/v1/models/", "admin_model_versions", h_model_sub, 0, NULL},
-    {"POST", "/admin/v1/models/", "admin_plan_create", h_model_sub, 0, NULL},
-    {"POST", "/admin/v1/plans/", "admin_plan_stop", h_plan_stop, 0, NULL},
-    {"GET", "/admin/v1/plans/", "admin_plan_get", h_plan_get, 0, NULL},
-    {"GET", "/admin/v1/rounds", "admin_rounds_list", h_rounds_list, 0, NULL},
-    {"GET", "/admin/v1/rounds/", "admin_round_get", h_round_get, 0, NULL},
-    {"GET", "/admin/v1/devices", "admin_devices_list", h_devices_list, 0, NULL},
-    {"POST", "/admin/v1/devices/", "admin_device_revoke", h_device_revoke, 0, NULL},
-    {"GET", "/admin/v1/audit", "admin_audit", h_audit, 0, NULL},
-    {"GET", "/admin/v1/info", "admin_info", h_info, 0, NULL},
-    {"GET", "/admin/v1/channels", "admin_channels_list", fl__admin_channels, 0, NULL},
-    {"POST", "/admin/v1/channels", "admin_channel_set", fl__admin_channels, 0, NULL},
-    {"POST", "/admin/v1/channels/", "admin_channel_rollback", fl__admin_channel_sub, 0, NULL},
-    {"GET", "/admin/v1/rollouts", "admin_rollouts_list", fl__admin_rollouts, 0, NULL},
-    {"POST", "/admin/v1/rollouts", "admin_rollout_create", fl__admin_rollouts, 0, NULL},
-    {"GET", "/admin/v1/rollouts/", "admin_rollout_get", fl__admin_rollout_sub, 0, NULL},
-    {"POST", "/admin/v1/rollouts/", "admin_rollout_change", fl__admin_rollout_sub, 0, NULL},
-    {"GET", "/admin/v1/pins", "admin_pins_list", fl__admin_pins, 0, NULL},
-    {"POST", "/admin/v1/pins", "admin_pin_create", fl__admin_pins, 0, NULL},
-    {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete, 0, NULL},
-    {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet, 0, NULL},
-    {"GET", "/admin/v1/drift", "admin_drift", fl__drift_admin, 0, NULL},
-    {"GET", "/admin/v1/whoami", "admin_whoami", fl__admin_whoami, 0, NULL},
+    {"POST", "/admin/v1/tokens", "admin_tokens", h_tokens, 0, NULL, FL_AUTH_ADMIN},
+    {"GET", "/admin/v1/tokens", "admin_tokens_list", h_tokens, 0, NULL, FL_AUTH_ADMIN},
+    {"POST", "/admin/v1/tokens/", "admin_token_revoke", h_token_revoke, 0, NULL, FL_AUTH_ADMIN},
+    {"POST", "/admin/v1/enrollment-tokens", "admin_enrollment_tokens", h_enrollment_tokens, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"POST", "/admin/v1/models", "admin_models_create", h_models_create, 0, NULL, FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/models", "admin_models_list", h_models_list, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/models/", "admin_model_versions", h_model_sub, 0, NULL, FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/models/", "admin_plan_create", h_model_sub, 0, NULL, FL_AUTH_OPERATOR},
+    {"POST", "/admin/v1/plans/", "admin_plan_stop", h_plan_stop, 0, NULL, FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/plans/", "admin_plan_get", h_plan_get, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/rounds", "admin_rounds_list", h_rounds_list, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/rounds/", "admin_round_get", h_round_get, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/devices", "admin_devices_list", h_devices_list, 0, NULL, FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/devices/", "admin_device_revoke", h_device_revoke, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/audit", "admin_audit", h_audit, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/info", "admin_info", h_info, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/channels", "admin_channels_list", fl__admin_channels, 0, NULL,
+     FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/channels", "admin_channel_set", fl__admin_channels, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"POST", "/admin/v1/channels/", "admin_channel_rollback", fl__admin_channel_sub, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/rollouts", "admin_rollouts_list", fl__admin_rollouts, 0, NULL,
+     FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/rollouts", "admin_rollout_create", fl__admin_rollouts, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/rollouts/", "admin_rollout_get", fl__admin_rollout_sub, 0, NULL,
+     FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/rollouts/", "admin_rollout_change", fl__admin_rollout_sub, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/pins", "admin_pins_list", fl__admin_pins, 0, NULL, FL_AUTH_VIEWER},
+    {"POST", "/admin/v1/pins", "admin_pin_create", fl__admin_pins, 0, NULL, FL_AUTH_OPERATOR},
+    {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete, 0, NULL,
+     FL_AUTH_OPERATOR},
+    {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/drift", "admin_drift", fl__drift_admin, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/whoami", "admin_whoami", fl__admin_whoami, 0, NULL, FL_AUTH_VIEWER},
     /* The dashboard's static files (ui.c): no token, GET only. */
-    {"GET", "/ui", "ui", fl__ui_static, 0, NULL},
-    {"GET", "/ui/", "ui", fl__ui_static, 0, NULL},
-    {NULL, NULL, NULL, NULL, 0, NULL},
+    {"GET", "/ui", "ui", fl__ui_static, 0, NULL, FL_AUTH_NONE},
+    {"GET", "/ui/", "ui", fl__ui_static, 0, NULL, FL_AUTH_NONE},
+    {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };
 
 /* Operations endpoints, without a token: on the main port, and with --metrics-listen on that
  * listener, which then is the only one with /metrics (http.c). */
 const fl_route fl__ops_routes[] = {
-    {"GET", "/metrics", "metrics", h_metrics, 0, NULL},
-    {"GET", "/healthz", "healthz", h_healthz, 0, NULL},
-    {"GET", "/readyz", "readyz", h_readyz, 0, NULL},
-    {NULL, NULL, NULL, NULL, 0, NULL},
+    {"GET", "/metrics", "metrics", h_metrics, 0, NULL, FL_AUTH_NONE},
+    {"GET", "/healthz", "healthz", h_healthz, 0, NULL, FL_AUTH_NONE},
+    {"GET", "/readyz", "readyz", h_readyz, 0, NULL, FL_AUTH_NONE},
+    {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };
 const fl_route fl__probe_routes[] = {
-    {"GET", "/healthz", "healthz", h_healthz, 0, NULL},
-    {"GET", "/readyz", "readyz", h_readyz, 0, NULL},
-    {NULL, NULL, NULL, NULL, 0, NULL},
+    {"GET", "/healthz", "healthz", h_healthz, 0, NULL, FL_AUTH_NONE},
+    {"GET", "/readyz", "readyz", h_readyz, 0, NULL, FL_AUTH_NONE},
+    {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };

@@ -18,8 +18,9 @@ typedef struct admin_ctx {
   json_t *body;
 } admin_ctx;
 
-/* Connection, role check and (for POST) the JSON body. 0, or -1 with *r set. */
-int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, int role, admin_ctx *a);
+/* The connection and actor of the route's policy (the role is the route row's, checked by
+ * dispatch: auth/pipeline.c) and (for POST) the JSON body. 0, or -1 with *r set. */
+int fl__admin_begin(fl_srv *s, fl_req *q, fl_resp *r, admin_ctx *a);
 void fl__admin_end(fl_srv *s, admin_ctx *a);
 /* Runs a query whose single text cell is JSON and answers {key: that JSON} (or the JSON
  * itself when single; 404 when single and no row). */
@@ -36,8 +37,8 @@ void fl__admin_list(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const cha
 void fl__admin_list_by_model(fl_srv *s, fl_req *q, fl_resp *r, const char *key, const char *sql);
 /* fl__admin_begin for the path `prefix`{id}`suffix` exactly; a 404 for any other path. 0 with
  * *id set, or -1 with *r set. */
-int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, int role, const char *prefix,
-                       const char *suffix, uint64_t *id, admin_ctx *a);
+int fl__admin_begin_at(fl_srv *s, fl_req *q, fl_resp *r, const char *prefix, const char *suffix,
+                       uint64_t *id, admin_ctx *a);
 /* Opens the transaction and runs `sql` with $1 = id. The result when it has a row (the caller
  * clears it); NULL with *r set otherwise: 503 on a database error, 404 `missing` on no row. */
 PGresult *fl__admin_change_by_id(fl_resp *r, admin_ctx *a, const char *sql, uint64_t id,

@@ -101,7 +101,7 @@ static void answer_audited(fl_resp *r, admin_ctx *a, const char *sql, const char
 static void operator_post(fl_srv *s, fl_req *q, fl_resp *r,
                           void (*create)(fl_resp *r, admin_ctx *a)) {
   admin_ctx a;
-  if (fl__admin_begin(s, q, r, FL_ROLE_OPERATOR, &a))
+  if (fl__admin_begin(s, q, r, &a))
     return;
   create(r, &a);
   fl__admin_end(s, &a);
@@ -172,7 +172,7 @@ void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r) {
 void fl__admin_channel_sub(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
-  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/channels/", "/rollback", &id, &a))
+  if (fl__admin_begin_at(s, q, r, "/admin/v1/channels/", "/rollback", &id, &a))
     return;
   PGresult *res = fl__admin_change_by_id(r, &a,
                                          "UPDATE channels SET version = previous_version,"
@@ -492,7 +492,7 @@ void fl__admin_rollout_sub(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
     return;
   }
-  if (fl__admin_begin(s, q, r, get ? FL_ROLE_VIEWER : FL_ROLE_OPERATOR, &a))
+  if (fl__admin_begin(s, q, r, &a))
     return;
   if (get) {
     fl_pgp p;
@@ -566,7 +566,7 @@ void fl__admin_pin_delete(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   uint64_t id;
   char target[40];
-  if (fl__admin_begin_at(s, q, r, FL_ROLE_OPERATOR, "/admin/v1/pins/", "", &id, &a))
+  if (fl__admin_begin_at(s, q, r, "/admin/v1/pins/", "", &id, &a))
     return;
   PGresult *res = fl__admin_change_by_id(
       r, &a, "DELETE FROM pins WHERE pin_id = $1 RETURNING pin_id", id, "no such pin");
@@ -590,7 +590,7 @@ void fl__admin_fleet(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_admin_error(r, 400, "bad_request", "model_id query parameter required");
     return;
   }
-  if (fl__admin_begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (fl__admin_begin(s, q, r, &a))
     return;
   fl_pgp p;
   fl__pgp_init(&p);

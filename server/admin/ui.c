@@ -215,12 +215,10 @@ void fl__ui_static(fl_srv *s, fl_req *q, fl_resp *r) {
 void fl__admin_whoami(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
   fl_pgp p;
-  if (fl__admin_begin(s, q, r, FL_ROLE_VIEWER, &a))
+  if (fl__admin_begin(s, q, r, &a))
     return;
-  /* actor is "token:<id>:<name>" (fl__auth_admin). */
-  uint64_t id = strtoull(a.actor + strlen("token:"), NULL, 10);
   fl__pgp_init(&p);
-  fl__pgp_u64(&p, id);
+  fl__pgp_u64(&p, q->auth->token_id);
   fl__admin_json_query(r, a.c, NULL,
                        "SELECT json_build_object('token_id', token_id, 'name', name, 'role', role,"
                        " 'bootstrap', bootstrap, 'expires_at', expires_at)::text"

@@ -74,24 +74,27 @@ Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r) {
   return sr;
 }
 
-/* Loads the public key and state of a device. 0 found, 1 unknown, -1 database error. */
-static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *revoked) {
+/* Loads the public key, state and labels (malloc'ed JSON text) of a device. 0 found, 1
+ * unknown, -1 database error. */
+static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *revoked,
+                       char **labels) {
   fl_pgp p;
   /* Device ids are bigserial: a larger one names no device (and is no bigint to query). */
   if (id > INT64_MAX)
     return 1;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
-  PGresult *res = fl__pg_exec_prep(c, "fl_auth_device",
-                                   "SELECT public_key, state FROM devices WHERE device_id = $1", &p,
-                                   true, NULL);
+  PGresult *res = fl__pg_exec_prep(
+      c, "fl_auth_device",
+      "SELECT public_key, state, labels::text FROM devices WHERE device_id = $1", &p, true, NULL);
   if (res == NULL)
     return -1;
   int rc = 1;
   if (PQntuples(res) == 1 && PQgetlength(res, 0, 0) == FL_PUBKEY_LEN) {
     memcpy(pub, PQgetvalue(res, 0, 0), FL_PUBKEY_LEN);
     *revoked = strcmp(PQgetvalue(res, 0, 1), "active") != 0;
-    rc = 0;
+    *labels = strdup(PQgetisnull(res, 0, 2) ? "{}" : PQgetvalue(res, 0, 2));
+    rc = *labels != NULL ? 0 : -1;
   }
   PQclear(res);
   return rc;
@@ -174,35 +177,28 @@ int fl__auth_signature(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t
   return fl__auth_verify(d, &sr->signature, pub, false, r);
 }
 
-int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
-                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r) {
+int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr, fl_auth *a,
+                    fl_resp *r) {
   bool revoked = false;
   if (fl__auth_precheck(s, sr, r))
     return -1;
-  if (enroll_pub != NULL) {
-    if (sr->device_id != 0) {
-      fl__resp_dev_error(r, 400, "malformed_request", "enrollment is signed with device_id 0", 0);
-      return -1;
-    }
-    memcpy(pub_out, enroll_pub, FL_PUBKEY_LEN);
-  } else {
-    int rc = sr->device_id ? load_device(c, sr->device_id, pub_out, &revoked) : 1;
-    if (rc < 0)
-      goto unavailable;
-    if (rc > 0) {
-      fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
-      return -1;
-    }
+  int rc = sr->device_id ? load_device(c, sr->device_id, a->pub, &revoked, &a->labels) : 1;
+  if (rc < 0)
+    goto unavailable;
+  if (rc > 0) {
+    fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
+    return -1;
   }
+  a->device_id = sr->device_id;
   uint8_t d[FL_SHA256_LEN];
   if (request_digest(q, sr, d)) {
     /* A digest that cannot be built verifies nothing: the answer of a wrong signature. */
     fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
     return -1;
   }
-  if (fl__auth_verify(d, &sr->signature, pub_out, revoked, r))
+  if (fl__auth_verify(d, &sr->signature, a->pub, revoked, r))
     return -1;
-  int rc = fl__auth_record_nonce(c, sr->device_id, &sr->nonce);
+  rc = fl__auth_record_nonce(c, sr->device_id, &sr->nonce);
   if (rc < 0)
     goto unavailable;
   if (rc > 0) {
@@ -251,7 +247,7 @@ static void touch_token(PGconn *c, const char *id) {
                       &p, false, NULL));
 }
 
-int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r) {
+int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, fl_auth *a, fl_resp *r) {
   const char *h = fl__req_header(q, "Authorization");
   uint8_t hash[FL_SHA256_LEN];
   fl_pgp p;
@@ -282,7 +278,10 @@ int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96]
   } else if (fl__role_parse(PQgetvalue(res, 0, 1)) < min_role) {
     fl__resp_admin_error(r, 403, "forbidden", "role too low for this endpoint");
   } else {
-    snprintf(actor, 96, "token:%s:%.60s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2));
+    a->role = fl__role_parse(PQgetvalue(res, 0, 1));
+    a->token_id = fl__pg_u64(res, 0, 0);
+    snprintf(a->actor, sizeof a->actor, "token:%s:%.60s", PQgetvalue(res, 0, 0),
+             PQgetvalue(res, 0, 2));
     touch_token(c, PQgetvalue(res, 0, 0));
     rc = 0;
   }

@@ -1,6 +1,8 @@
 /*
- * Authentication (auth.c): signed device requests (timestamp window, device state, Ed25519
- * signature over the request digest, one-time nonces) and admin bearer tokens with roles.
+ * Authentication: the request pipeline (pipeline.c: each route's policy, run once by dispatch
+ * before the handler, which gets the authenticated context below) and its parts (auth.c:
+ * signed device requests (timestamp window, device state, Ed25519 signature over the request
+ * digest, one-time nonces) and admin bearer tokens with roles).
  */
 #ifndef FL__AUTH_H
 #define FL__AUTH_H
@@ -9,25 +11,74 @@
 
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "http/http.h"
+#include "rounds/aggregate.h"
 #include "store/store_pg.h"
+
+/* ----- the pipeline (pipeline.c) ----------------------------------------------------------- */
+
+/* Where an upload's device stands in the round its UpdateUpload names, read in the upload
+ * policy's one query with the device and its nonce (one round trip per upload). */
+typedef struct fl_upload_standing {
+  bool found, open, assigned, accepted;   /* the round exists / is open; the device's rows */
+  uint8_t accepted_digest[FL_SHA256_LEN]; /* of its accepted update, when accepted */
+} fl_upload_standing;
+
+/* What a route's policy established, handed to its handler in q->auth. Owned by the request:
+ * dispatch gives the connection back when the handler returns and frees the rest once the
+ * request is answered (after a deferred answer's finish), so a deferred handler may keep
+ * pointers into the messages until then. */
+typedef struct fl_auth {
+  fl_auth_policy policy;
+  /* The pool connection the checks ran on, the handler's to use (FL_AUTH_ENROLL: none; its
+   * transaction takes one). fl__auth_put_conn gives it back early. */
+  PGconn *c;
+  /* Device policies. */
+  Fl__V1__SignedRequest *sr; /* the envelope */
+  uint64_t device_id;
+  uint8_t pub[FL_PUBKEY_LEN];           /* the key the signature verified with */
+  char *labels;                         /* FL_AUTH_DEVICE: the device's labels, JSON text */
+  Fl__V1__EnrollRequest *enroll;        /* FL_AUTH_ENROLL: the body, its key verified */
+  Fl__V1__UpdateUpload *upload;         /* FL_AUTH_UPLOAD: the body, its signature verified */
+  uint8_t upload_digest[FL_SHA256_LEN]; /* its content digest (idempotence, SIGNING.md) */
+  fl_upload_standing standing;
+  fl_nonce_slot slot; /* the upload's nonce, reserved in flight until the request ends */
+  bool reserved;
+  /* Admin roles. */
+  int role; /* the token's (FL_ROLE_*), at least the route's */
+  uint64_t token_id;
+  char actor[96]; /* "token:<id>:<name>" for the audit log */
+} fl_auth;
+
+/* Runs the policy of q's route (q->rt->auth): 0 with q->auth set (NULL for FL_AUTH_NONE), or
+ * -1 with the refusal in *r and nothing held. A route without a policy is refused here too
+ * (500), whatever fl__routes_check let through. */
+int fl__auth_run(fl_srv *s, fl_req *q, fl_resp *r);
+/* Gives the context's database connection back to the pool (no-op without one). */
+void fl__auth_put_conn(fl_srv *s, fl_auth *a);
+/* Releases everything the context holds; NULL is a no-op. */
+void fl__auth_free(fl_srv *s, fl_auth *a);
+/* The admin role a policy requires (FL_ROLE_*), -1 for a policy that is not an admin role. */
+int fl__auth_policy_role(fl_auth_policy p);
+
+/* ----- the parts (auth.c) ------------------------------------------------------------------ */
 
 /* Unpacks the request envelope: the POST body, or for GET the base64 X-FL-Auth header.
  * On failure the refusal is in *r and NULL is returned. Free with
  * fl__v1__signed_request__free_unpacked(sr, NULL). */
 Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r);
 
-/* Verifies an envelope: timestamp within the window, the device known and active (unless
- * enroll_pub is given, which then is the signing key and device_id must be 0), the signature
- * over fl__request_digest(method, path, ...), and the nonce unseen (it is recorded).
- * Returns 0, or -1 with the refusal in *r. */
-int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr,
-                    const uint8_t *enroll_pub, uint8_t pub_out[FL_PUBKEY_LEN], fl_resp *r);
+/* Verifies an envelope: timestamp within the window, the device known and active, the
+ * signature over fl__request_digest(method, path, ...), and the nonce unseen (it is
+ * recorded). Fills a->device_id, a->pub and a->labels. Returns 0, or -1 with the refusal in
+ * *r. */
+int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr, fl_auth *a,
+                    fl_resp *r);
 
-/* The parts of fl__auth_device for a handler that looks the device up itself (uploads fetch
- * the device, its nonce and its round state in one query, and record the nonce in the group
- * commit): timestamp window and nonce length; then the signature over a digest the caller
- * built (for uploads the upload digest, docs/SIGNING.md) and the device state. Each returns
- * 0, or -1 with the refusal in *r. */
+/* The parts of fl__auth_device for the policies that look the device up otherwise (uploads
+ * fetch the device, its nonce and its round standing in one query, and record the nonce in
+ * the group commit; enrollment has no device yet): timestamp window and nonce length; then
+ * the signature over a digest the caller built (for uploads the upload digest,
+ * docs/SIGNING.md) and the device state. Each returns 0, or -1 with the refusal in *r. */
 int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r);
 int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryData *sig,
                     const uint8_t *pub, bool revoked, fl_resp *r);
@@ -47,8 +98,9 @@ int fl__role_parse(const char *name); /* -1 when unknown */
 
 /* Checks "Authorization: Bearer <token>" against the stored hashes (401 unauthorized,
  * token_revoked or token_expired) and the required role (403), and notes the token's use.
- * actor receives "token:<id>:<name>" for the audit log. Returns 0, or -1 with *r set. */
-int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, char actor[96], fl_resp *r);
+ * Fills a->role, a->token_id and a->actor ("token:<id>:<name>" for the audit log). Returns 0,
+ * or -1 with *r set. */
+int fl__auth_admin(fl_srv *s, PGconn *c, fl_req *q, int min_role, fl_auth *a, fl_resp *r);
 
 /* The bootstrap admin token (docs/API.md section 3): the configured one (cfg.bootstrap_token)
  * is stored when it differs from the one applied last, which it then revokes; with none

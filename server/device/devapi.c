@@ -1,7 +1,10 @@
 /*
  * Device API: protobuf bodies inside a signed fl.v1.SignedRequest (docs/API.md). Every refusal
  * is an fl.v1.Error with a machine-readable reason, decided before any state changes (the
- * only write that precedes a refusal is the nonce of an authenticated request).
+ * only write that precedes a refusal is the nonce of an authenticated request). Each route's
+ * policy (the table at the end) is run by dispatch before its handler (auth/pipeline.c): a
+ * handler starts with the request authenticated, its envelope, device and connection in
+ * q->auth.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -18,35 +21,6 @@
 #include "mem.h"
 #include "rounds/rounds.h"
 #include "registry/rollouts.h"
-
-/* Envelope, database connection and signature check shared by every handler except enroll.
- * Returns 0 with *c and *sr set, or -1 with the refusal in *r (and nothing to release). */
-static int begin(fl_srv *s, fl_req *q, fl_resp *r, PGconn **c, Fl__V1__SignedRequest **sr,
-                 uint8_t pub[FL_PUBKEY_LEN]) {
-  *sr = fl__auth_envelope(s, q, r);
-  if (*sr == NULL)
-    return -1;
-  *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
-  if (*c == NULL) {
-    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-    goto fail;
-  }
-  if (fl__auth_device(s, *c, q, *sr, NULL, pub, r) == 0)
-    return 0;
-  fl__pool_put(s->pool, *c);
-  *c = NULL;
-fail:
-  fl__v1__signed_request__free_unpacked(*sr, NULL);
-  *sr = NULL;
-  return -1;
-}
-
-static void end(fl_srv *s, PGconn *c, Fl__V1__SignedRequest *sr) {
-  if (c != NULL)
-    fl__pool_put(s->pool, c);
-  if (sr != NULL)
-    fl__v1__signed_request__free_unpacked(sr, NULL);
-}
 
 static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -188,55 +162,30 @@ static uint64_t enroll_tx(PGconn *c, const Fl__V1__EnrollRequest *e,
   return fresh ? id : 0;
 }
 
+/* FL_AUTH_ENROLL: the envelope's signature by the enrolled key has verified. */
 static void h_enroll(fl_srv *s, fl_req *q, fl_resp *r) {
-  Fl__V1__SignedRequest *sr = fl__auth_envelope(s, q, r);
-  Fl__V1__EnrollRequest *e = NULL;
-  PGconn *c = NULL;
-  if (sr == NULL)
-    return;
-  /* Unpacked before the signature can be checked: within a budget (mem.h). */
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  e = fl__v1__enroll_request__unpack(&pa, sr->body.len, sr->body.data);
-  if (e == NULL || e->public_key.len != FL_PUBKEY_LEN || e->enrollment_token == NULL ||
-      e->enrollment_token[0] == '\0') {
+  const fl_auth *a = q->auth;
+  const Fl__V1__EnrollRequest *e = a->enroll;
+  if (e->enrollment_token == NULL || e->enrollment_token[0] == '\0') {
     fl__resp_dev_error(r, 400, "malformed_request",
                        "EnrollRequest needs a token and a 32-byte Ed25519 public key", 0);
-    goto out;
+    return;
   }
   bool text_ok = utf8_ok(e->firmware);
   for (size_t i = 0; text_ok && i < e->n_labels; i++)
     text_ok = utf8_ok(e->labels[i]->key) && utf8_ok(e->labels[i]->value);
   if (!text_ok) {
     fl__resp_dev_error(r, 400, "malformed_request", "labels and firmware must be UTF-8", 0);
-    goto out;
+    return;
   }
-  /* Timestamp and signature first: they need no database. */
-  if (fl__auth_precheck(s, sr, r))
-    goto out;
-  if (sr->device_id != 0) {
-    fl__resp_dev_error(r, 400, "malformed_request", "enrollment is signed with device_id 0", 0);
-    goto out;
-  }
-  if (fl__auth_signature(q, sr, e->public_key.data, r))
-    goto out;
-  c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
-  if (c == NULL) {
-    unavailable(r);
-    goto out;
-  }
-  uint64_t id = enroll_tx(c, e, sr, r);
+  uint64_t id = enroll_tx(a->c, e, a->sr, r);
   if (id == 0)
-    goto out;
+    return;
   Fl__V1__EnrollResponse resp = FL__V1__ENROLL_RESPONSE__INIT;
   resp.device_id = id;
   resp.coordinator_public_key = (ProtobufCBinaryData){FL_PUBKEY_LEN, s->pub};
   fl__resp_proto(r, 200, &resp.base);
   fl__slog(FL_LOG_INFO, "device_enrolled", "device=%" PRIu64, id);
-out:
-  fl__v1__enroll_request__free_unpacked(e, NULL);
-  end(s, c, sr);
 }
 
 /* ----- check-in ---------------------------------------------------------------------------- */
@@ -516,15 +465,13 @@ static bool checkin_stats_bad(const Fl__V1__DriftStats *m, char why[160]) {
 }
 
 static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__CheckInRequest *ci = NULL;
-  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
+  uint8_t sha[FL_SHA256_LEN];
   open_round o;
   checkin_view cv;
   fl_rollout_answer ra;
-  if (begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -569,7 +516,6 @@ unavail:
   unavailable(r);
 out:
   fl__v1__check_in_request__free_unpacked(ci, NULL);
-  end(s, c, sr);
 }
 
 /* ----- model download ---------------------------------------------------------------------- */
@@ -578,9 +524,8 @@ out:
  * every download (models.c), released by MHD once the response is sent. A cached version
  * costs no database statement beyond authentication; its sha answers If-None-Match. */
 static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
-  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
+  PGconn *c = q->auth->c;
+  uint8_t sha[FL_SHA256_LEN];
   uint64_t model_id, version;
   const char *rest;
   fl_packed *pk = NULL;
@@ -589,8 +534,6 @@ static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 404, "not_found", "expected /v1/models/{id}/versions/{version}", 0);
     return;
   }
-  if (begin(s, q, r, &c, &sr, pub))
-    return;
   int err = fl__version_acquire(s, c, model_id, version, &pk);
   if (err == FL_E_NOTFOUND) {
     fl__resp_dev_error(r, 404, "unknown_version", "no such model version", 0);
@@ -614,20 +557,17 @@ static void h_download(fl_srv *s, fl_req *q, fl_resp *r) {
   pk = NULL; /* the response's now */
 out:
   fl__packed_release(pk);
-  end(s, c, sr);
 }
 
 /* ----- evaluation reports ------------------------------------------------------------------ */
 
 static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
-  PGconn *c;
-  Fl__V1__SignedRequest *sr;
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
   Fl__V1__EvalReport *e = NULL;
-  uint8_t pub[FL_PUBKEY_LEN], sha[FL_SHA256_LEN];
+  uint8_t sha[FL_SHA256_LEN];
   json_t *m = NULL;
   char *mj = NULL;
-  if (begin(s, q, r, &c, &sr, pub))
-    return;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -700,18 +640,19 @@ out:
   free(mj);
   json_decref(m);
   fl__v1__eval_report__free_unpacked(e, NULL);
-  end(s, c, sr);
 }
 
 /* Enrollments, check-ins and evaluation reports are a few hundred bytes; the limit leaves room
  * for many labels or metrics (docs/API.md 1.2). A download is a GET: no body. */
 #define SMALL_BODY 65536
 
+/* Who may call each route (http.h, fl_auth_policy) is its last field: dispatch runs it. */
 const fl_route fl__dev_routes[] = {
-    {"POST", "/v1/enroll", "enroll", h_enroll, SMALL_BODY, NULL},
-    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL},
-    {"GET", "/v1/models/", "download", h_download, 0, NULL},
-    {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit},
-    {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL},
-    {NULL, NULL, NULL, NULL, 0, NULL},
+    {"POST", "/v1/enroll", "enroll", h_enroll, SMALL_BODY, NULL, FL_AUTH_ENROLL},
+    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"GET", "/v1/models/", "download", h_download, 0, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit,
+     FL_AUTH_UPLOAD},
+    {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };

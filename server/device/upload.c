@@ -1,8 +1,11 @@
 /*
- * POST /v1/updates: every check of an update, in the order of docs/API.md, then the fold and
- * the group commit. No thread waits for the commit: the request is parked (fl__req_defer, the
- * connection suspended) and the committer's completion resumes it, which answers. The database
- * connection is handed back before that: the committer needs one from the same pool.
+ * POST /v1/updates: every check of an update after authentication (the route's
+ * FL_AUTH_UPLOAD policy, auth/pipeline.c, has parsed the envelope and the UpdateUpload,
+ * verified its signature, reserved its nonce and read the device's standing in the round), in
+ * the order of docs/API.md, then the fold and the group commit. No thread waits for the
+ * commit: the request is parked (fl__req_defer, the connection suspended) and the committer's
+ * completion resumes it, which answers. The database connection is handed back before that:
+ * the committer needs one from the same pool.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -26,56 +29,6 @@ typedef struct round_view {
   uint8_t digest[FL_SHA256_LEN]; /* of the accepted update, when accepted */
   fl_plan plan;
 } round_view;
-
-/* The device's row, whether its nonce was seen, its standing in the round and the round's
- * state, in one round trip (what never changes about the round comes from load_round). */
-typedef struct device_view {
-  uint8_t pub[FL_PUBKEY_LEN];
-  bool revoked, nonce_seen;
-} device_view;
-
-/* 0 found, 1 unknown device, -1 database error. round_id NULL: no such round to look at. */
-static int load_device_view(PGconn *c, const Fl__V1__SignedRequest *sr, const uint64_t *round_id,
-                            device_view *d, round_view *v) {
-  fl_pgp p;
-  memset(d, 0, sizeof *d);
-  /* Device ids are bigserial: 0 or one above INT64_MAX names no device. */
-  if (sr->device_id == 0 || sr->device_id > INT64_MAX)
-    return 1;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, sr->device_id);
-  fl__pgp_bin(&p, sr->nonce.data, sr->nonce.len);
-  if (round_id != NULL && *round_id <= INT64_MAX)
-    fl__pgp_u64(&p, *round_id);
-  else
-    fl__pgp_text(&p, NULL);
-  PGresult *r = fl__pg_exec_prep(
-      c, "fl_upload_device",
-      "SELECT d.public_key, d.state = 'active',"
-      " EXISTS (SELECT 1 FROM nonces n WHERE n.device_id = $1 AND n.nonce = $2),"
-      " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = $3::bigint AND a.device_id = $1),"
-      " (SELECT x.digest FROM acceptances x WHERE x.round_id = $3::bigint AND x.device_id = $1),"
-      " (SELECT r.state FROM rounds r WHERE r.round_id = $3::bigint)"
-      " FROM devices d WHERE d.device_id = $1",
-      &p, true, NULL);
-  if (r == NULL)
-    return -1;
-  int rc = 1;
-  if (PQntuples(r) == 1 && PQgetlength(r, 0, 0) == FL_PUBKEY_LEN) {
-    memcpy(d->pub, PQgetvalue(r, 0, 0), FL_PUBKEY_LEN);
-    d->revoked = PQgetvalue(r, 0, 1)[0] == 0;
-    d->nonce_seen = PQgetvalue(r, 0, 2)[0] != 0;
-    v->assigned = PQgetvalue(r, 0, 3)[0] != 0;
-    v->accepted = !PQgetisnull(r, 0, 4) && PQgetlength(r, 0, 4) == FL_SHA256_LEN;
-    if (v->accepted)
-      memcpy(v->digest, PQgetvalue(r, 0, 4), FL_SHA256_LEN);
-    v->found = !PQgetisnull(r, 0, 5);
-    v->open = v->found && strcmp(PQgetvalue(r, 0, 5), "open") == 0;
-    rc = 0;
-  }
-  PQclear(r);
-  return rc;
-}
 
 /* Model, base version and plan of a round that exists (v->found): from the replica's cache,
  * else from the database (and then cached). 0 or -1 (database error). */
@@ -347,44 +300,35 @@ size_t fl__devapi_update_limit(fl_srv *s, size_t declared) {
  * check refuses the request). When that is impossible the answer becomes 503, and when the
  * nonce turns out to be recorded already (a replay that raced this request through another
  * replica) 401 replayed_nonce, the answers the request would have had with the nonce recorded
- * before the checks. */
-static void consume_nonce(fl_srv *s, PGconn **c, const Fl__V1__SignedRequest *sr, fl_resp *r) {
-  if (*c == NULL)
-    *c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
-  int rc = *c != NULL ? fl__auth_record_nonce(*c, sr->device_id, &sr->nonce) : -1;
+ * before the checks. The connection becomes the context's (given back with it). */
+static void consume_nonce(fl_srv *s, fl_auth *a, fl_resp *r) {
+  if (a->c == NULL)
+    a->c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
+  int rc = a->c != NULL ? fl__auth_record_nonce(a->c, a->sr->device_id, &a->sr->nonce) : -1;
   if (rc < 0)
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
   else if (rc > 0)
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
 }
 
-/* An upload from its envelope to its answer. The decoded envelope and update, the nonce slot
- * and the fl_upload outlive the handler while the group commit runs (aggregate.h: the
- * committer may refold the batch from them), so they live here, not on its stack. */
+/* An upload from its checks to its answer. The fl_upload outlives the handler while the group
+ * commit runs (aggregate.h: the committer may refold the batch from it), so it lives here,
+ * not on its stack; the messages it points into are the request's (q->auth), freed once the
+ * request is answered. */
 typedef struct upload_op {
   fl_srv *s;
   fl_req *q;
-  Fl__V1__SignedRequest *sr;
-  Fl__V1__UpdateUpload *u;
-  fl_nonce_slot slot;
-  bool reserved, consume;
+  bool consume; /* the nonce is still to be recorded on its own */
   fl_upload up;
   int res; /* the committer's result (FL_AGG_*) */
   uint32_t accepted;
 } upload_op;
 
-/* What every outcome does last: record the nonce when nothing else did, release the in-flight
- * slot, free the request's messages, count a refusal. */
-static void upload_end(upload_op *op, PGconn **c, fl_resp *r) {
+/* What every outcome does last: record the nonce when nothing else did, count a refusal. */
+static void upload_end(upload_op *op, fl_resp *r) {
   fl_srv *s = op->s;
   if (op->consume)
-    consume_nonce(s, c, op->sr, r);
-  if (op->reserved)
-    fl__agg_nonce_release(s->agg, &op->slot);
-  if (*c != NULL)
-    fl__pool_put(s->pool, *c);
-  fl__v1__update_upload__free_unpacked(op->u, NULL);
-  fl__v1__signed_request__free_unpacked(op->sr, NULL);
+    consume_nonce(s, op->q->auth, r);
   if (r->reason != NULL)
     fl__metrics_update_refused(s->metrics, r->reason);
   free(op);
@@ -403,7 +347,6 @@ static void upload_committed(void *arg, int res, uint32_t accepted) {
  * connection ended first (http.c), nothing to answer. */
 static void upload_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
   upload_op *op = arg;
-  PGconn *c = NULL;
   fl_resp unsent = {0}; /* the nonce is consumed all the same */
   int res = op->res;
   if (r == NULL)
@@ -416,114 +359,78 @@ static void upload_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
     answer_submit(r, res, op->up.round_id, op->accepted);
   if (res == FL_AGG_OK)
     fl__metrics_update_accepted(s->metrics, q->len);
-  upload_end(op, &c, r);
+  upload_end(op, r);
   free(unsent.data);
 }
 
-/* Authentication as in fl__auth_device (same checks, same order, same answers), except that
- * the one signature of an upload is UpdateUpload.signature over the upload digest, which
- * covers the envelope's timestamp and nonce (docs/SIGNING.md): one SHA-256 pass over the delta
- * and one Ed25519 verification per upload. The envelope's own signature must be empty, so that
- * there is one way to sign an upload. The device, its nonce and its standing in the round come
- * in one query, and the nonce of an accepted upload is written in the group commit, with its
- * acceptance: no transaction of its own per upload. Until then the replica's set of nonces in
- * flight refuses a replay here; the primary key of nonces refuses one through another replica
- * at commit. */
-void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
-  upload_op *op = calloc(1, sizeof *op);
-  Fl__V1__UpdateUpload *u = NULL;
-  PGconn *c = NULL;
-  uint8_t digest[FL_SHA256_LEN], signed_digest[FL_SHA256_LEN];
-  const fl_model_info *mi = NULL;
-  device_view dv;
-  round_view v;
-  memset(&v, 0, sizeof v);
-  if (op == NULL) {
-    fl__resp_dev_error(r, 503, "unavailable", "out of memory", fl__now_ms() + 1000);
-    fl__metrics_update_refused(s->metrics, r->reason);
-    return;
-  }
-  op->s = s;
-  op->q = q;
-  Fl__V1__SignedRequest *sr = op->sr = fl__auth_envelope(s, q, r);
-  if (sr == NULL)
-    goto out;
-  if (fl__auth_precheck(s, sr, r))
-    goto out;
-  if (sr->signature.len != 0) {
-    fl__resp_dev_error(r, 400, "malformed_request",
-                       "uploads are signed by UpdateUpload.signature; the envelope signature "
-                       "must be empty",
-                       0);
-    goto out;
-  }
-  /* The body carries the signature, so it is decoded before authentication; nothing in it is
-   * acted upon until that signature verifies. */
-  ProtobufCAllocator pa;
-  fl_pb_budget pb;
-  fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
-  u = op->u = fl__v1__update_upload__unpack(&pa, sr->body.len, sr->body.data);
-  c = fl__pool_get_timed(s->pool, FL_DEVICE_POOL_WAIT_MS);
-  if (c == NULL) {
+/* The checks of an authenticated upload: the round (its cached facts and the device's
+ * standing the policy read), the model's layout, the delta. 0 with *v, *mi and *norm set, or
+ * -1 with the refusal (or the duplicate's acknowledgement) in *r. */
+static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_model_info **mi,
+                        double *norm, fl_resp *r) {
+  const Fl__V1__UpdateUpload *u = a->upload;
+  memset(v, 0, sizeof *v);
+  v->found = a->standing.found;
+  v->open = a->standing.open;
+  v->assigned = a->standing.assigned;
+  v->accepted = a->standing.accepted;
+  memcpy(v->digest, a->standing.accepted_digest, sizeof v->digest);
+  if (load_round(s, a->c, u->round_id, v) ||
+      (v->found && fl__models_get(s, a->c, v->model_id, mi))) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-    goto out;
+    return -1;
   }
-  int rc = load_device_view(c, sr, u ? &u->round_id : NULL, &dv, &v);
-  if (rc < 0) {
-    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-    goto out;
-  }
-  if (rc > 0) {
-    fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
-    goto out;
-  }
-  /* Without an UpdateUpload there is no signature to check: the request is not
-   * authenticated, so it is refused without consuming the nonce. */
-  if (u == NULL) {
-    fl__resp_dev_error(r, 400, "malformed_request", "body is not an UpdateUpload", 0);
-    goto out;
-  }
-  if (fl__update_digest(sr->device_id, sr->timestamp_ms, sr->nonce.data, sr->nonce.len, u, digest,
-                        signed_digest)) {
-    fl__resp_dev_error(r, 401, "bad_signature", "update signature does not verify", 0);
-    goto out;
-  }
-  if (fl__auth_verify(signed_digest, &u->signature, dv.pub, dv.revoked, r))
-    goto out;
-  if (dv.nonce_seen ||
-      fl__agg_nonce_reserve(s->agg, &op->slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
-    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
-    goto out;
-  }
-  /* Authenticated: from here on every outcome consumes the nonce. */
-  op->reserved = op->consume = true;
-  if (load_round(s, c, u->round_id, &v) || (v.found && fl__models_get(s, c, v.model_id, &mi))) {
-    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-    goto out;
-  }
-  double norm = 0;
-  if (check_round(&v, u, digest, r) == 0 || check_delta(s, &v, mi, u, r, &norm))
-    goto out;
-  fl__pool_put(s->pool, c);
-  c = NULL;
+  if (check_round(v, u, a->upload_digest, r) == 0 || check_delta(s, v, *mi, u, r, norm))
+    return -1;
+  return 0;
+}
+
+/* Hands the checked upload to the group commit and parks the request until it is durable
+ * (upload_committed resumes it, upload_finish answers). */
+static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view *v,
+                          const fl_model_info *mi, double norm) {
+  fl_auth *a = q->auth;
+  const Fl__V1__UpdateUpload *u = a->upload;
+  /* The committer takes a connection from the same pool. */
+  fl__auth_put_conn(s, a);
   op->up = (fl_upload){.round_id = u->round_id,
-                       .device_id = sr->device_id,
+                       .device_id = a->device_id,
                        .samples = u->sample_count,
                        .loss = u->loss,
                        .bytes = q->len,
                        .mi = mi,
                        .delta = u->delta,
-                       .nonce = sr->nonce.data,
-                       .nonce_len = sr->nonce.len,
-                       .stored = fl__agg_kind(v.plan.agg.rule) == FL_AGG_STORED,
-                       .dp_scale = dp_scale(&v.plan, norm),
+                       .nonce = a->sr->nonce.data,
+                       .nonce_len = a->sr->nonce.len,
+                       .stored = fl__agg_kind(v->plan.agg.rule) == FL_AGG_STORED,
+                       .dp_scale = dp_scale(&v->plan, norm),
                        .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
                        .train_stats = u->train_stats};
-  memcpy(op->up.digest, digest, sizeof digest);
+  memcpy(op->up.digest, a->upload_digest, sizeof op->up.digest);
   /* Parked before the submit: the completion may resume the connection at once. */
   fl__req_defer(q, upload_finish, op);
   fl__agg_submit(s->agg, &op->up, upload_committed, op);
-  return;
-out:
-  upload_end(op, &c, r);
+}
+
+/* FL_AUTH_UPLOAD has authenticated the request: from here on every outcome consumes the nonce
+ * (recorded in the group commit with the acceptance, else on its own in upload_end). */
+void fl__devapi_update(fl_srv *s, fl_req *q, fl_resp *r) {
+  upload_op *op = calloc(1, sizeof *op);
+  const fl_model_info *mi = NULL;
+  round_view v;
+  double norm = 0;
+  if (op == NULL) {
+    fl__resp_dev_error(r, 503, "unavailable", "out of memory", fl__now_ms() + 1000);
+    consume_nonce(s, q->auth, r);
+    fl__metrics_update_refused(s->metrics, r->reason);
+    return;
+  }
+  op->s = s;
+  op->q = q;
+  op->consume = true;
+  if (upload_check(s, q->auth, &v, &mi, &norm, r)) {
+    upload_end(op, r);
+    return;
+  }
+  upload_submit(s, q, op, &v, mi, norm);
 }

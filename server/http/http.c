@@ -10,7 +10,8 @@
  * a few more threads than cores.
  * Requests are routed on the request line (a linear scan of two small tables); bodies are
  * collected up to the route's limit (http.h): a larger Content-Length is refused before the
- * body is read, and a chunked body is cut off as soon as it passes the limit.
+ * body is read, and a chunked body is cut off as soon as it passes the limit. Then the route's
+ * policy runs (auth/pipeline.c) and its handler gets the authenticated context.
  */
 #include "http/http.h"
 
@@ -29,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "http/conns.h"
 #include "mem.h"
@@ -201,6 +203,30 @@ static const fl_route *route(const fl_route *t, const char *method, const char *
   return NULL;
 }
 
+int fl__routes_check(const fl_route *t, char *msg, size_t n) {
+  for (size_t i = 0; t[i].prefix != NULL; i++) {
+    const fl_route *rt = &t[i];
+    bool dev = strncmp(rt->prefix, "/v1/", 4) == 0;
+    const char *why = NULL;
+    if (rt->method == NULL || rt->prefix[0] != '/' || rt->name == NULL || rt->fn == NULL)
+      why = "method, path, name and handler are required";
+    else if (rt->auth <= FL_AUTH_UNDECLARED || rt->auth >= FL_AUTH_POLICY_END)
+      why = "no authentication policy declared (fl_route.auth)";
+    else if (rt->auth >= FL_AUTH_DEVICE && rt->auth <= FL_AUTH_UPLOAD && !dev)
+      why = "a device policy outside /v1/ (its refusals are fl.v1.Error)";
+    else if (fl__auth_policy_role(rt->auth) >= 0 && dev)
+      why = "an admin role on a /v1/ path (its refusals are JSON)";
+    else if ((rt->auth == FL_AUTH_ENROLL || rt->auth == FL_AUTH_UPLOAD) &&
+             strcmp(rt->method, "POST") != 0)
+      why = "enrollment and uploads are signed in their POST body";
+    if (why != NULL) {
+      snprintf(msg, n, "route %zu (%s %s): %s", i, rt->method ? rt->method : "-", rt->prefix, why);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* The path for a log line: libmicrohttpd has already decoded %XX escapes, so a client can put
  * a newline, a quote or spaces in it and forge whole log lines or fields. Anything outside
  * printable ASCII, and the quote and backslash, is written as %XX again; long paths are cut. */
@@ -291,12 +317,25 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
       fl__resp_admin_error(&r, 503, "unavailable", "the coordinator is stopping; retry");
     return send_resp(s, q, &r, rt->name);
   }
+  /* The route's policy, once, for every handler (auth/pipeline.c). */
+  if (fl__auth_run(s, q, &r)) {
+    atomic_fetch_sub(&q->http->busy, 1);
+    /* An upload refused before its handler is a refused update all the same (metrics). */
+    if (rt->auth == FL_AUTH_UPLOAD && r.reason != NULL)
+      fl__metrics_update_refused(s->metrics, r.reason);
+    return send_resp(s, q, &r, rt->name);
+  }
   r.status = 500;
   rt->fn(s, q, &r);
+  /* The connection is for the handler's statements only: not held while the answer is sent
+   * (a download to a slow client) or while a deferred one waits. */
+  fl__auth_put_conn(s, q->auth);
   if (q->finish != NULL) {
     free(r.data); /* deferred: the answer comes from finish (finish_deferred) */
     return MHD_YES;
   }
+  fl__auth_free(s, q->auth);
+  q->auth = NULL;
   atomic_fetch_sub(&q->http->busy, 1);
   return send_resp(s, q, &r, rt->name);
 }
@@ -318,6 +357,8 @@ static enum MHD_Result finish_deferred(fl_srv *s, fl_req *q) {
   fl_finish f = q->finish;
   q->finish = NULL;
   f(s, q, &r, q->finish_arg);
+  fl__auth_free(s, q->auth);
+  q->auth = NULL;
   atomic_fetch_sub(&q->http->busy, 1);
   return send_resp(s, q, &r, q->rt->name);
 }
@@ -447,15 +488,16 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   fl_req *q = *con_cls;
-  (void)cls;
+  fl_srv *s = cls;
   (void)toe;
   if (q != NULL) {
     if (q->finish != NULL) {
       /* Never the case while the daemon runs (a parked connection is resumed first), but the
        * deferred state must not leak if it were. */
-      q->finish(q->http->main.s, q, NULL, q->finish_arg);
+      q->finish(s, q, NULL, q->finish_arg);
       atomic_fetch_sub(&q->http->busy, 1);
     }
+    fl__auth_free(s, q->auth);
     free(q->body);
     free(q);
     *con_cls = NULL;
@@ -575,6 +617,17 @@ int fl__http_start(fl_srv *s) {
                           h,
                           {fl__dev_routes, fl__admin_routes,
                            s->cfg.metrics.on ? fl__probe_routes : fl__ops_routes, NULL}};
+  /* Every row declares who may call it: a table that does not is a build defect, refused
+   * before anything listens (http.h, fl_route.auth). */
+  const fl_route *const all[] = {fl__dev_routes, fl__admin_routes, fl__ops_routes,
+                                 fl__probe_routes};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+    char why[160];
+    if (fl__routes_check(all[i], why, sizeof why)) {
+      fl__slog(FL_LOG_ERROR, "bad_route_table", "detail=%s", fl__slog_str(why));
+      goto fail;
+    }
+  }
   if (s->cfg.tls_cert) {
     h->tls_cert = read_file(s->cfg.tls_cert, &cert_len);
     tls_key = read_file(s->cfg.tls_key, &key_len);

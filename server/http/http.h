@@ -19,6 +19,7 @@ struct fl_route;
 struct fl_req;
 struct fl_resp;
 struct fl_conn;
+struct fl_auth; /* the authenticated context of a request (auth/auth.h) */
 
 /* A deferred answer (fl__req_defer): fills *r once the connection is resumed, on the
  * connection's thread. Called with r == NULL when the connection ends first: then it only
@@ -42,6 +43,9 @@ typedef struct fl_req {
   struct fl_http *http; /* the listener's, for the count of deferred answers */
   fl_finish finish;     /* set while an answer is deferred */
   void *finish_arg;
+  /* What the route's policy established (auth/auth.h), set by dispatch before the handler
+   * runs and freed when the request is answered; NULL only for FL_AUTH_NONE routes. */
+  struct fl_auth *auth;
 } fl_req;
 
 typedef struct fl_resp {
@@ -100,7 +104,27 @@ void fl__resp_text(fl_resp *r, int status, const char *ctype, const char *text);
 void fl__resp_shared(fl_resp *r, int status, const char *ctype, const void *data, size_t len,
                      void (*release)(void *), void *cls);
 
-/* Route tables provided by devapi.c and adminapi.c.
+/* Who may call a route: every row declares one, and dispatch (http.c) runs it before the
+ * handler, which gets what it established in q->auth (auth/auth.h: the pipeline, one place
+ * for every check). 0 is no policy: a table with such a row is refused at start-up
+ * (fl__routes_check) and never dispatched. Device policies answer in fl.v1.Error and belong
+ * to /v1/ paths, the admin roles answer in JSON and belong to the others. */
+typedef enum fl_auth_policy {
+  FL_AUTH_UNDECLARED = 0,
+  FL_AUTH_NONE,   /* anyone: the probes, /metrics, the dashboard's static files */
+  FL_AUTH_DEVICE, /* signed envelope of an enrolled, active device: timestamp window, device,
+                   * Ed25519 signature over the request digest, nonce recorded (SIGNING.md) */
+  FL_AUTH_ENROLL, /* signed envelope with device_id 0, by the key the EnrollRequest carries;
+                   * its nonce is recorded by the handler with the new device */
+  FL_AUTH_UPLOAD, /* UpdateUpload.signature over the upload digest (SIGNING.md); the nonce is
+                   * reserved in flight and recorded by the group commit or the handler */
+  FL_AUTH_VIEWER, /* admin bearer token with at least this role */
+  FL_AUTH_OPERATOR,
+  FL_AUTH_ADMIN,
+  FL_AUTH_POLICY_END /* not a policy: one past the last */
+} fl_auth_policy;
+
+/* The route tables provided by devapi.c and adminapi.c.
  * Body limits: a GET or DELETE takes no body; otherwise body_limit (when set) decides, else
  * max_body (when not 0), else --max-body; every limit is capped at --max-body. A body over
  * the limit is refused with 413 before it is read when its Content-Length says so, and as
@@ -114,7 +138,14 @@ typedef struct fl_route {
   /* The limit for a request that declares `declared` bytes (SIZE_MAX: chunked), for a route
    * whose limit depends on the registry (uploads: the largest model). */
   size_t (*body_limit)(fl_srv *s, size_t declared);
+  fl_auth_policy auth; /* who may call it; a row without one is refused (fl__routes_check) */
 } fl_route;
+
+/* 0 when every row of the NULL-terminated table t is complete: method, path, name, handler
+ * and a declared policy that fits the path (device policies on /v1/, admin roles elsewhere).
+ * Else -1 with the first bad row described in msg. fl__http_start refuses to start with a
+ * bad table. */
+int fl__routes_check(const fl_route *t, char *msg, size_t n);
 extern const fl_route fl__dev_routes[];
 extern const fl_route fl__admin_routes[];
 /* /metrics, /healthz, /readyz; and the last two alone, for the main port when --metrics-listen
