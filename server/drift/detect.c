@@ -125,18 +125,29 @@ static void test_group(const fl_drift_policy *pol, const fl_drift_stats *sv,
   }
 }
 
+/* $1..$4: the cohort's key in drift_status and drift_events. */
+static void cohort_params(fl_pgp *p, uint64_t model_id, const fl_drift_policy *pol,
+                          const group *g) {
+  fl__pgp_init(p);
+  fl__pgp_u64(p, model_id);
+  fl__pgp_u64(p, g->version);
+  fl__pgp_text(p, pol->label);
+  fl__pgp_text(p, g->cohort);
+}
+
+/* A PSI, NULL when there was no histogram to compute it on (fl__drift_psi's -1). */
+static void psi_param(fl_pgp *p, double psi) {
+  if (psi >= 0)
+    fl__pgp_f64(p, psi);
+  else
+    fl__pgp_text(p, NULL);
+}
+
 static int store_status(PGconn *c, uint64_t model_id, const fl_drift_policy *pol, const group *g,
                         const verdict *v) {
   fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, model_id);
-  fl__pgp_u64(&p, g->version);
-  fl__pgp_text(&p, pol->label);
-  fl__pgp_text(&p, g->cohort);
-  if (v->psi >= 0)
-    fl__pgp_f64(&p, v->psi);
-  else
-    fl__pgp_text(&p, NULL);
+  cohort_params(&p, model_id, pol, g);
+  psi_param(&p, v->psi);
   fl__pgp_f64(&p, v->max_shift);
   fl__pgp_u64(&p, g->pool.devices);
   fl__pgp_u64(&p, g->pool.count);
@@ -157,11 +168,7 @@ static int store_status(PGconn *c, uint64_t model_id, const fl_drift_policy *pol
 static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift_policy *pol,
                   const group *g, const verdict *v) {
   fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, model_id);
-  fl__pgp_u64(&p, g->version);
-  fl__pgp_text(&p, pol->label);
-  fl__pgp_text(&p, g->cohort);
+  cohort_params(&p, model_id, pol, g);
   if (!v->drifted) {
     PGresult *r = fl__pg_exec(c,
                               "UPDATE drift_events SET resolved_at = now() WHERE model_id = $1"
@@ -175,10 +182,7 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
   if (feat == NULL)
     return -1;
   fl__pgp_u64(&p, plan_id);
-  if (v->psi >= 0)
-    fl__pgp_f64(&p, v->psi);
-  else
-    fl__pgp_text(&p, NULL);
+  psi_param(&p, v->psi);
   fl__pgp_f64(&p, v->max_shift);
   fl__pgp_text(&p, feat);
   fl__pgp_u64(&p, g->pool.devices);

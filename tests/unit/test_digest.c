@@ -159,6 +159,21 @@ static void put_tensor(buf *b, const Fl__V1__Tensor *t) {
 static const int64_t TS = -1700000000123LL;
 static const uint8_t NONCE[17] = {0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0xff};
 
+/* The content layout of make_update's upload by device 99, as SIGNING.md lists it. */
+static void put_update_layout(buf *b, const upd *x) {
+  put(b, "fl.v1.update", 13);
+  put_u64(b, 99);
+  put_u64(b, 11);
+  put_u64(b, 3);
+  put_u64(b, 5);
+  put_u64(b, 600);
+  put_u32(b, bits(0.25f));
+  put_u32(b, bits(1.5f));
+  put_u64(b, 2);
+  put_tensor(b, &x->t[0]);
+  put_tensor(b, &x->t[1]);
+}
+
 Test(digest, update_layout_is_as_documented) {
   upd x;
   make_update(&x);
@@ -166,17 +181,7 @@ Test(digest, update_layout_is_as_documented) {
   cr_assert_eq(fl__update_digest(99, TS, NONCE, sizeof NONCE, &x.u, got_content, got), FL_OK);
   cr_assert_eq(fl__update_content_digest(99, &x.u, content), FL_OK);
   buf b = {.n = 0};
-  put(&b, "fl.v1.update", 13);
-  put_u64(&b, 99);
-  put_u64(&b, 11);
-  put_u64(&b, 3);
-  put_u64(&b, 5);
-  put_u64(&b, 600);
-  put_u32(&b, bits(0.25f));
-  put_u32(&b, bits(1.5f));
-  put_u64(&b, 2);
-  put_tensor(&b, &x.t[0]);
-  put_tensor(&b, &x.t[1]);
+  put_update_layout(&b, &x);
   cr_assert_eq(fl__sha256(b.b, b.n, want_content), FL_OK);
   cr_assert_arr_eq(content, want_content, 32);
   cr_assert_arr_eq(got_content, want_content, 32);
@@ -391,17 +396,7 @@ Test(digest, update_train_stats_layout_is_as_documented) {
   x.u.train_stats = &t;
   cr_assert_eq(fl__update_content_digest(99, &x.u, content), FL_OK);
   buf b = {.n = 0};
-  put(&b, "fl.v1.update", 13);
-  put_u64(&b, 99);
-  put_u64(&b, 11);
-  put_u64(&b, 3);
-  put_u64(&b, 5);
-  put_u64(&b, 600);
-  put_u32(&b, bits(0.25f));
-  put_u32(&b, bits(1.5f));
-  put_u64(&b, 2);
-  put_tensor(&b, &x.t[0]);
-  put_tensor(&b, &x.t[1]);
+  put_update_layout(&b, &x);
   put_u32(&b, 10);
   put_u64(&b, 3);
   put_u64(&b, 0);

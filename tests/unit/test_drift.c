@@ -1,13 +1,12 @@
 /* Drift statistics and policy (server/drift/stats.c, policy.c): the checks of a device's
  * DriftStats, pooling (Chan's parallel Welford), PSI and the standardized mean shift against
- * values computed independently (Python's statistics module, two-pass, given below), and the
- * plan's "drift", "retrain" and "cohort" objects. */
+ * values computed independently (Python's statistics module, two-pass, given below). The
+ * plan's "drift", "retrain" and "cohort" objects are tested with the plan (test_plan.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
 
 #include "drift/stats.h"
-#include "rounds/plan.h"
 
 /* Two-pass mean and M2 of rows x[n][2]: what one device would report for them. */
 static void device_stats(const double (*x)[2], size_t n, fl_drift_stats *s) {
@@ -156,54 +155,4 @@ Test(drift, message_round_trip) {
   cr_assert_eq(back.count, 3);
   cr_assert_float_eq(back.m2[1], s.m2[1], 0);
   cr_assert_float_eq(back.hist[1], 2, 0);
-}
-
-static int parse(const char *text, fl_plan *p, char msg[160]) {
-  json_t *j = json_loads(text, 0, NULL);
-  cr_assert_not_null(j, "bad test JSON: %s", text);
-  int rc = fl__plan_from_json(p, j, msg);
-  json_decref(j);
-  return rc;
-}
-
-Test(drift, policy_defaults_and_round_trip) {
-  fl_plan p, q;
-  char msg[160];
-  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"psi_threshold\":0.3},"
-                     "\"retrain\":{\"on_drift\":true,\"rounds\":2}}",
-                     &p, msg),
-               0, "%s", msg);
-  cr_assert(p.drift.on && p.drift.retrain);
-  cr_assert_str_eq(p.drift.label, "site");
-  cr_assert_float_eq(p.drift.psi_threshold, 0.3, 0);
-  cr_assert_float_eq(p.drift.shift_threshold, 1.0, 0);
-  cr_assert_eq(p.drift.min_devices, 5);
-  cr_assert_eq(p.drift.retrain_rounds, 2);
-  cr_assert_eq(p.drift.max_concurrent, 1);
-  json_t *j = fl__plan_to_json(&p);
-  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
-  json_decref(j);
-  cr_assert(memcmp(&p.drift, &q.drift, sizeof p.drift) == 0, "the stored form parses back");
-  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"site\":\"plant-3\"}}}", &p, msg), 0, "%s", msg);
-  cr_assert_str_eq(p.drift.cohort_key, "site");
-  cr_assert_str_eq(p.drift.cohort_value, "plant-3");
-  cr_assert_not(p.drift.on);
-}
-
-Test(drift, policy_refuses_bad_objects) {
-  fl_plan p;
-  char msg[160];
-  cr_assert_eq(parse("{\"drift\":{}}", &p, msg), -1);
-  cr_assert(strstr(msg, "cohort_label") != NULL, "%s", msg);
-  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"psi\":1}}", &p, msg), -1);
-  cr_assert(strstr(msg, "unknown field") != NULL, "%s", msg);
-  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":0}}", &p, msg), -1);
-  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":2.5}}", &p, msg), -1);
-  cr_assert_eq(parse("{\"retrain\":{\"on_drift\":true}}", &p, msg), -1);
-  cr_assert(strstr(msg, "needs a drift") != NULL, "%s", msg);
-  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"s\"},\"retrain\":{\"on_drift\":1}}", &p, msg),
-               -1);
-  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":\"x\",\"b\":\"y\"}}}", &p, msg), -1);
-  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":3}}}", &p, msg), -1);
-  cr_assert_eq(parse("{\"cohort\":\"site\"}", &p, msg), -1);
 }
