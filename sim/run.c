@@ -93,8 +93,8 @@ typedef struct run_ctx {
 /* --drift-detect: the fleet serves each new version (channel "stable"), whose service
  * statistics the coordinator tests against the version's reference (docs/DRIFT.md). */
 static void deploy(run_ctx *x, uint64_t version) {
-  json_t *body = json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)x->model_id, "name",
-                           "stable", "version", (json_int_t)version);
+  json_t *body = json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)x->model_id, "name", "stable",
+                           "version", (json_int_t)version);
   json_t *ans = NULL;
   if (body == NULL || sim_admin_call(x->admin, "POST", "/admin/v1/channels", body, &ans) != FL_OK)
     fprintf(stderr, "fl-sim: cannot deploy version %llu: %s\n", (unsigned long long)version,
