@@ -72,8 +72,10 @@ static void new_event(const json_t *e, int r, int drift_round, double since_drif
   const char *cohort = json_string_value(json_object_get(e, "cohort"));
   long long version = (long long)json_integer_value(json_object_get(e, "version"));
   bool drifted = cohort != NULL && strcmp(cohort, SIM_DRIFT_SITE) == 0;
-  /* Versions from drift_round on are the ones the fleet served on drifted data. */
-  bool after = version >= drift_round;
+  /* A device scores its window before the check-in that brings it the newest version: the
+   * windows of round r are version r - 1's (versions are numbered from 1, round r makes
+   * version r + 1), so the drifted data is first scored by version drift_round - 1. */
+  bool after = version >= drift_round - 1;
   int nf = (int)json_array_size(json_object_get(e, "features"));
   fprintf(out,
           "drift: event %lld after round %d: site %s, version %lld, PSI %.3f, max shift %.2f sd, "

@@ -7,11 +7,13 @@
  *   drift  <=>  PSI(score histogram) > psi_threshold
  *               or max_j |mean_s,j - mean_r,j| / sd_r,j > mean_shift_threshold
  *
- * A cohort that drifts gets one open event (a partial unique index keeps it to one across
- * replicas) with the features over the threshold, an audit row in the same transaction, and,
- * with a retrain policy, a training plan for the cohort (retrain.c). A later passing test
- * resolves the event. The pass takes an advisory lock for its transaction: one replica at a
- * time tests, the others skip.
+ * A cohort is tested on the newest version it has enough windows of. A cohort that drifts gets
+ * one open event (a partial unique index keeps it to one across replicas and versions) with
+ * the features over the threshold, an audit row in the same transaction, and, with a retrain
+ * policy, a training plan for the cohort (retrain.c). A later test with both statistics under
+ * half their thresholds resolves the event (hysteresis: a cohort near a threshold does not
+ * open and resolve an event at every pass). The pass takes an advisory lock for its transaction:
+ * one replica at a time tests, the others skip.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -32,12 +34,27 @@ typedef struct group {
   char cohort[128];
   uint64_t version;
   fl_drift_stats pool;
-  bool mixed; /* a window whose layout differs from the others' was left out */
+  bool mixed;  /* a window whose layout differs from the others' was left out */
+  bool tested; /* this pass tested it */
 } group;
+
+static int newest_first(const void *a, const void *b) {
+  const group *x = a, *y = b;
+  return x->version < y->version ? 1 : x->version > y->version ? -1 : 0;
+}
+
+/* Whether an earlier (newer) group of g[i]'s cohort was tested in this pass. */
+static bool decided(const group *g, int i) {
+  for (int k = 0; k < i; k++)
+    if (g[k].tested && strcmp(g[k].cohort, g[i].cohort) == 0)
+      return true;
+  return false;
+}
 
 typedef struct verdict {
   double psi, max_shift;
   bool drifted;
+  bool calm;        /* both statistics under half their thresholds: an open event resolves */
   json_t *features; /* [{"feature": j, "shift": x, "mean": ms, "ref_mean": mr}] over threshold */
 } verdict;
 
@@ -112,10 +129,12 @@ static void test_group(const fl_drift_policy *pol, const fl_drift_stats *sv,
   v->max_shift = 0;
   v->features = json_array();
   v->drifted = v->psi > pol->psi_threshold;
+  v->calm = v->psi <= pol->psi_threshold / 2;
   uint32_t nf = sv->n_feat == ref->n_feat ? sv->n_feat : 0;
   for (uint32_t j = 0; j < nf; j++) {
     double z = fl__drift_shift(sv, ref, j);
     v->max_shift = fmax(v->max_shift, z);
+    v->calm &= z <= pol->shift_threshold / 2;
     if (z > pol->shift_threshold) {
       v->drifted = true;
       json_array_append_new(v->features,
@@ -169,10 +188,12 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
                   const group *g, const verdict *v) {
   fl_pgp p;
   cohort_params(&p, model_id, pol, g);
+  if (!v->drifted && !v->calm)
+    return 0; /* between the thresholds: an open event stays open, none is raised */
   if (!v->drifted) {
     PGresult *r = fl__pg_exec(c,
                               "UPDATE drift_events SET resolved_at = now() WHERE model_id = $1"
-                              " AND version = $2 AND cohort_label = $3 AND cohort = $4"
+                              " AND version <= $2 AND cohort_label = $3 AND cohort = $4"
                               " AND resolved_at IS NULL",
                               &p, false, NULL);
     PQclear(r);
@@ -191,7 +212,7 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
                             "INSERT INTO drift_events (model_id, version, cohort_label, cohort,"
                             " plan_id, psi, max_shift, features, devices, samples)"
                             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)"
-                            " ON CONFLICT (model_id, version, cohort_label, cohort)"
+                            " ON CONFLICT (model_id, cohort_label, cohort)"
                             " WHERE resolved_at IS NULL DO NOTHING RETURNING event_id",
                             &p, false, NULL);
   free(feat);
@@ -228,15 +249,19 @@ static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_d
   if (g == NULL || ref == NULL || gather(c, model_id, pol, g, &n))
     goto out;
   rc = 0;
+  /* Newest version first: a cohort is decided by the newest version it has enough windows
+   * of, not by the stragglers still reporting an older one. */
+  qsort(g, (size_t)n, sizeof *g, newest_first);
   for (int i = 0; i < n && rc == 0; i++) {
-    if (g[i].pool.devices < pol->min_devices || g[i].pool.count < pol->min_samples)
-      continue; /* too little to decide either way */
+    if (g[i].pool.devices < pol->min_devices || g[i].pool.count < pol->min_samples || decided(g, i))
+      continue; /* too little to decide either way, or decided */
     int have = load_reference(c, model_id, g[i].version, ref);
     if (have <= 0) {
       rc = have;
       continue;
     }
     verdict v;
+    g[i].tested = true;
     test_group(pol, &g[i].pool, ref, &v);
     rc = store_status(c, model_id, pol, &g[i], &v) || record(c, plan_id, model_id, pol, &g[i], &v)
              ? -1

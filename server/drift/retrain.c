@@ -173,11 +173,15 @@ int fl__drift_retrain(PGconn *c, uint64_t model_id, const fl_drift_policy *pol) 
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   fl__pgp_text(&p, pol->label);
+  fl__pgp_f64(&p, pol->psi_threshold);
+  fl__pgp_f64(&p, pol->shift_threshold);
+  /* The most drifted cohort first: with max_concurrent retrains, it is the one retrained. */
   PGresult *r = fl__pg_exec(c,
                             "SELECT event_id, plan_id, cohort, coalesce(retrain_note, '')"
                             " FROM drift_events WHERE model_id = $1 AND cohort_label = $2"
                             " AND resolved_at IS NULL AND retrain_plan_id IS NULL"
-                            " ORDER BY event_id",
+                            " ORDER BY greatest(coalesce(psi, 0) / $3, max_shift / $4) DESC,"
+                            " event_id",
                             &p, false, NULL);
   if (r == NULL)
     return -1;

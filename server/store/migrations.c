@@ -229,7 +229,7 @@ static const char *const M_DRIFT[] = {
     " detected_at timestamptz NOT NULL DEFAULT now(), resolved_at timestamptz,"
     " retrain_plan_id bigint, retrain_note text)",
     "CREATE UNIQUE INDEX drift_events_open ON drift_events"
-    " (model_id, version, cohort_label, cohort) WHERE resolved_at IS NULL",
+    " (model_id, cohort_label, cohort) WHERE resolved_at IS NULL",
     "ALTER TABLE plans ADD COLUMN drift_event_id bigint",
     NULL};
 
