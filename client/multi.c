@@ -26,6 +26,19 @@
 
 #include "client_internal.h"
 
+/* The sockets of own-connection transports are waited on by curl_multi_poll() beside the
+ * libcurl transfers, or by poll() beside the self-pipe without libcurl: both take an array of
+ * {fd, events, revents}. */
+#ifdef FL_HAVE_CURL
+typedef struct curl_waitfd fl_waitfd;
+#define FL_WAIT_IN CURL_WAIT_POLLIN
+#define FL_WAIT_OUT CURL_WAIT_POLLOUT
+#else
+typedef struct pollfd fl_waitfd;
+#define FL_WAIT_IN POLLIN
+#define FL_WAIT_OUT POLLOUT
+#endif
+
 typedef struct fl_multi_event {
   fl_client *c;
   fl_step step;
@@ -47,7 +60,7 @@ struct fl_multi {
   size_t q_cap, q_head, q_len;
   /* The sockets of transports with their own connection (pollfd, version 3), one per client,
    * waited on beside the libcurl transfers. */
-  struct curl_waitfd *fds;
+  fl_waitfd *fds; /* fds_cap + 1 slots: the last one is the self-pipe's without libcurl */
   size_t fds_cap;
 };
 
@@ -147,7 +160,7 @@ fl_err fl_multi_add(fl_multi *m, fl_client *c) {
   int err = grow_queue(m, m->n_clients + 1);
   if (err == FL_OK && c->tr.pollfd != NULL && m->fds_cap < m->n_clients + 1) {
     size_t cap = m->n_clients * 2 + 16;
-    struct curl_waitfd *f = fl__calloc(m->alloc, cap, sizeof *f);
+    fl_waitfd *f = fl__calloc(m->alloc, cap + 1, sizeof *f);
     err = f != NULL ? FL_OK : FL_E_NOMEM;
     if (f != NULL) {
       fl__free(m->alloc, m->fds);
@@ -278,6 +291,24 @@ static int poll_timeout(const fl_multi *m, int timeout_ms) {
   return t > 0 ? (int)t : 0;
 }
 
+/* The sockets that clients' own-connection transports wait on (fds_cap >= their number). */
+static unsigned collect_fds(fl_multi *m) {
+  unsigned n = 0;
+  for (fl_client *c = m->head; c != NULL && n < m->fds_cap; c = c->multi_next) {
+    if (c->lent || !c->tr_busy || c->tr.pollfd == NULL)
+      continue;
+    int ev = 0;
+    int fd = c->tr.pollfd(c->tr.ctx, &ev);
+    if (fd < 0)
+      continue;
+    m->fds[n++] = (fl_waitfd){.fd = fd,
+                              .events = (short)(((ev & FL_POLL_IN) ? FL_WAIT_IN : 0) |
+                                                ((ev & FL_POLL_OUT) ? FL_WAIT_OUT : 0)),
+                              .revents = 0};
+  }
+  return n;
+}
+
 #ifdef FL_HAVE_CURL
 static void collect_finished(fl_multi *m) {
   CURLMsg *msg;
@@ -290,25 +321,6 @@ static void collect_finished(fl_multi *m) {
     if (tr != NULL)
       fl__curl_transport_finished(tr, (int)msg->data.result);
   }
-}
-
-/* The sockets that clients' own-connection transports wait on (fds_cap >= their number). */
-static unsigned collect_fds(fl_multi *m) {
-  unsigned n = 0;
-  for (fl_client *c = m->head; c != NULL && n < m->fds_cap; c = c->multi_next) {
-    if (c->lent || !c->tr_busy || c->tr.pollfd == NULL)
-      continue;
-    int ev = 0;
-    int fd = c->tr.pollfd(c->tr.ctx, &ev);
-    if (fd < 0)
-      continue;
-    m->fds[n++] =
-        (struct curl_waitfd){.fd = fd,
-                             .events = (short)(((ev & FL_POLL_IN) ? CURL_WAIT_POLLIN : 0) |
-                                               ((ev & FL_POLL_OUT) ? CURL_WAIT_POLLOUT : 0)),
-                             .revents = 0};
-  }
-  return n;
 }
 
 fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
@@ -335,12 +347,18 @@ fl_err fl_multi_perform(fl_multi *m, int timeout_ms) {
     return FL_E_INVAL;
   step_all(m);
   if (m->q_len == 0) {
-    struct pollfd p = {.fd = m->wake[0], .events = POLLIN};
-    int n = poll(&p, 1, poll_timeout(m, timeout_ms));
-    if (n < 0 && errno != EINTR)
+    struct pollfd one, *p = &one;
+    unsigned n = 0;
+    if (m->fds != NULL) {
+      n = collect_fds(m);
+      p = m->fds;
+    }
+    p[n] = (struct pollfd){.fd = m->wake[0], .events = POLLIN};
+    int r = poll(p, n + 1, poll_timeout(m, timeout_ms));
+    if (r < 0 && errno != EINTR)
       return FL_E_IO;
     char drain[64];
-    while (n > 0 && read(m->wake[0], drain, sizeof drain) > 0) {
+    while (r > 0 && (p[n].revents & POLLIN) && read(m->wake[0], drain, sizeof drain) > 0) {
     }
   }
   step_all(m);

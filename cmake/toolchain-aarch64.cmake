@@ -24,6 +24,9 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/${FL_CROSS_TRIPLE}/pkgconfig:/usr/share/pkgconfig)
 set(ENV{PKG_CONFIG_PATH} "")
 
-# -L: the cross toolchain's loader and libc; the multiarch libraries (libcrypto, protobuf-c)
-# are found by the arm64 loader in /usr/lib/aarch64-linux-gnu.
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/${FL_CROSS_TRIPLE})
+# -L /: the multiarch loader /lib/ld-linux-aarch64.so.1 of libc6:arm64 (the :arm64 -dev
+# packages pull it in), which loads that package's libc and the multiarch libcrypto and
+# protobuf-c. Not -L /usr/aarch64-linux-gnu: that loader is libc6-arm64-cross's, a different
+# glibc build, yet it too finds libc.so.6 in /lib/aarch64-linux-gnu; the mismatched pair runs
+# until a program forks, and then the child hangs for ever (every unit test forks).
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/)

@@ -30,11 +30,11 @@ PACKAGES=(
 # Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Not Criterion for
 # arm64: it is not co-installable with the amd64 one (the unit tests use the mini runner of
 # tests/cross/mini-criterion there). The :arm64 names need `dpkg --add-architecture arm64`,
-# done below. Only with FL_CROSS=1 (the script is not part of tests/run.sh: see PORTING.md).
+# done below. Only with FL_CROSS=1 (tests/run.sh runs the script where they are installed).
 if [ "${FL_CROSS:-0}" = 1 ]; then
   PACKAGES+=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user file
-    libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64
+    libssl-dev:arm64 libprotobuf-c-dev:arm64 zlib1g-dev:arm64 libmosquitto-dev:arm64
   )
 fi
 

@@ -8,6 +8,7 @@
 #include "rounds/aggregator.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -131,12 +132,38 @@ static double median_f(float *v, size_t n) {
   return 0.5 * ((double)below + (double)v[h]);
 }
 
+/* Places both the k1-th and the k2-th smallest (k1 <= k2 < n) as select_f places one: one
+ * shared quickselect until the two ranks fall on different sides of a pivot, then one
+ * select_f on each side. Cheaper than two select_f calls (the second of which would walk
+ * n - k1 values again): for the cuts of a trimmed mean the first partitions are shared and
+ * each side then selects among about half the values. */
+static void select2_f(float *v, size_t n, size_t k1, size_t k2) {
+  size_t lo = 0, hi = n;
+  while (hi - lo > 1) {
+    float x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi - 1];
+    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+    size_t lt = select_f_split(v, lo, hi, pivot, 0);
+    if (k2 < lt) {
+      hi = lt;
+      continue;
+    }
+    size_t le = select_f_split(v, lt, hi, pivot, 1); /* v[lt..le) equal the pivot */
+    if (k1 >= le) {
+      lo = le;
+      continue;
+    }
+    if (k1 < lt)
+      select_f(v + lo, lt - lo, k1 - lo);
+    if (k2 >= le)
+      select_f(v + le, hi - le, k2 - le);
+    return;
+  }
+}
+
 /* Mean of v[0..n) without its t smallest and t largest values (n > 2t); reorders v. */
 static double trimmed_f(float *v, size_t n, size_t t) {
-  if (t > 0) {
-    select_f(v, n, t);                 /* v[0..t) are the t smallest */
-    select_f(v + t, n - t, n - 2 * t); /* then v[n-t..n) are the t largest */
-  }
+  if (t > 0)
+    select2_f(v, n, t, n - t - 1); /* v[0..t) the t smallest, v[n-t..n) the t largest */
   double s = 0.0;
   for (size_t i = t; i < n - t; i++)
     s += v[i];
@@ -202,25 +229,26 @@ static int cmp_float(const void *x, const void *y) {
   return (a > b) - (a < b);
 }
 
-/* Bulyan's second stage: the mean of the beta values closest to the median. In sorted order
- * those values are a window; the window whose farther end is nearest the median wins (the
- * leftmost on a tie). */
+/* Bulyan's second stage: the mean of the beta values closest to the median, a tie in
+ * distance going to the smaller value. In sorted order they are a window, grown outwards from
+ * the median one value at a time, each step taking the nearer of the two neighbours. (Picking
+ * the window whose farther end is nearest the median is not the same: with equal reaches it
+ * can leave out a value closer than its far end, e.g. the 0 in -2 -2 -1 -1 0 0 0 1.) */
 static double col_closest(float *v, size_t m, const void *arg) {
   size_t beta = *(const size_t *)arg;
   qsort(v, m, sizeof *v, cmp_float);
   double med = m % 2 ? v[m / 2] : 0.5 * ((double)v[m / 2 - 1] + (double)v[m / 2]);
-  size_t best = 0;
-  double best_reach = INFINITY;
-  for (size_t s = 0; s + beta <= m; s++) {
-    double reach = fmax(med - v[s], v[s + beta - 1] - med);
-    if (reach < best_reach) {
-      best_reach = reach;
-      best = s;
-    }
-  }
+  size_t lo = 0, hi; /* the window is v[lo..hi): v[lo-1] < med <= v[hi] bound it */
+  while (lo < m && v[lo] < med)
+    lo++;
+  hi = lo;
   double sum = 0.0;
-  for (size_t i = best; i < best + beta; i++)
-    sum += v[i];
+  for (size_t k = 0; k < beta; k++) {
+    if (lo > 0 && (hi == m || med - v[lo - 1] <= v[hi] - med))
+      sum += v[--lo];
+    else
+      sum += v[hi++];
+  }
   return sum / (double)beta;
 }
 
@@ -407,7 +435,9 @@ int fl__agg_run(const fl_agg_params *p, const fl_agg_source *src, float *out,
       err = per_coordinate(src, rows, n, col_median, NULL, res, a);
       break;
     case FL_AGGR_TRIMMED_MEAN: {
-      size_t t = (size_t)floor(p->trim_fraction * (double)n);
+      /* floor(beta n) of the decimal the plan wrote: 0.29 * 100 is 28.999999999999996 in
+       * double, so allow a few ulps before flooring (trims 29, not 28). */
+      size_t t = (size_t)floor(p->trim_fraction * (double)n * (1.0 + 4 * DBL_EPSILON));
       err = per_coordinate(src, rows, n, col_trimmed, &t, res, a);
       break;
     }

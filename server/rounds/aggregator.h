@@ -16,7 +16,8 @@
  *     multi_krum    the mean of the m updates with the lowest Krum scores (m = krum_select)
  *     bulyan        El Mhamdi et al. 2018: select theta = n - 2f updates by repeated Krum on
  *                   what remains, then per coordinate average the n - 4f selected values
- *                   closest to the selection's median; needs n >= 4f + 3
+ *                   closest to the selection's median (equal distances: the smaller value
+ *                   first); needs n >= 4f + 3
  * Ties are broken by the lower update index, so a result never depends on anything but the
  * inputs and their order. Inputs are finite (the coordinator refuses non-finite deltas), and
  * so is every result: each is a mean of input values or one of them.

@@ -5,9 +5,13 @@
  *
  * The gateway is this build's fl-gateway unless FL_LEAN_GATEWAY names another binary: a lean
  * build's (FL_LEAN=ON, docs/PORTING.md), or an aarch64 one with FL_LEAN_RUNNER set to
- * "qemu-aarch64 -L /usr/aarch64-linux-gnu" (tests/cross/run-aarch64.sh). The round must be
+ * "qemu-aarch64 -L /" (tests/cross/run-aarch64.sh). The round must be
  * uploaded and close into version 2 on the coordinator. The peak RSS is printed (and written
  * to FL_LEAN_RSS_FILE when set); under qemu it is the emulator's, not the gateway's.
+ *
+ * a_sensor_round_over_mqtt (where libmosquitto is built in, FL_HAVE_MQTT) is the same round
+ * with `-s mqtt://g000@...`: through a real Mosquitto broker configured by
+ * deploy/mosquitto/gen-config.sh and one fl-mqtt-bridge (tests/integration/itest_mqtt_env.h).
  *
  * The gateway runs under /usr/bin/time -f %M: a process forked from this one starts with this
  * one's resident pages, and Linux keeps that high-water mark across exec, so wait4()'s
@@ -22,6 +26,9 @@
 #include <unistd.h>
 
 #include "harness.h"
+#ifdef FL_HAVE_MQTT
+#include "itest_mqtt_env.h"
+#endif
 
 #define BINS 64
 #define NEX 60
@@ -79,7 +86,7 @@ static const char *slurp(const char *path) {
 
 /* Runs time -f %M -o g_dir/rss [runner words...] gateway args... with stdout and stderr in
  * g_dir/out and g_dir/err; returns the exit status and the gateway's peak RSS in kB. */
-static int run_gateway(const char *token, long *maxrss_kb) {
+static int run_gateway(const char *server, const char *token, long *maxrss_kb) {
   const char *gw = getenv("FL_LEAN_GATEWAY");
   char runner[256];
   snprintf(runner, sizeof runner, "%s", getenv("FL_LEAN_RUNNER") ? getenv("FL_LEAN_RUNNER") : "");
@@ -95,8 +102,8 @@ static int run_gateway(const char *token, long *maxrss_kb) {
   for (char *w = strtok(runner, " "); w != NULL && n < 16; w = strtok(NULL, " "))
     argv[n++] = w;
   argv[n++] = gw != NULL && gw[0] != '\0' ? gw : FL_GATEWAY_BIN;
-  const char *rest[] = {"-s", g_coord.url, "-I", "-d", state, "-n", "1",  "-m", "0",
-                        "-t", token,       "-l", "-1", "-c",  csv,  "-p", csv};
+  const char *rest[] = {"-s", server, "-I", "-d", state, "-n", "1",  "-m", "0",
+                        "-t", token,  "-l", "-1", "-c",  csv,  "-p", csv};
   for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
     argv[n++] = rest[i];
   argv[n] = NULL;
@@ -115,8 +122,9 @@ static int run_gateway(const char *token, long *maxrss_kb) {
   return WEXITSTATUS(st);
 }
 
-Test(gateway_lean, a_sensor_round_and_the_gateways_peak_rss, .init = setup, .fini = teardown,
-     .timeout = 600) {
+/* One round of the sensor model through `server`: enrolment, download, training, upload,
+ * predictions, and the round closed into version 2. Returns the gateway's peak RSS. */
+static long sensor_round(const char *server) {
   uint64_t model_id = 0, round_id = 0;
   cr_assert_eq(fl_h_model_and_plan(&g_coord, "sensor-lean", SENSOR_SPEC,
                                    "{\"participants\":1,\"min_participants\":1,"
@@ -135,7 +143,7 @@ Test(gateway_lean, a_sensor_round_and_the_gateways_peak_rss, .init = setup, .fin
   write_spectra(path, NEX);
 
   long rss = 0;
-  int status = run_gateway(token, &rss);
+  int status = run_gateway(server, token, &rss);
   char out[128], err[128];
   snprintf(out, sizeof out, "%s/out", g_dir);
   snprintf(err, sizeof err, "%s/err", g_dir);
@@ -153,8 +161,14 @@ Test(gateway_lean, a_sensor_round_and_the_gateways_peak_rss, .init = setup, .fin
   snprintf(sql, sizeof sql, "SELECT count(*) FROM versions WHERE model_id = %llu",
            (unsigned long long)model_id);
   cr_assert_eq(fl_h_db_int(g_db, sql), 2, "version 2 from the gateway's update");
-  printf("fl-gateway peak RSS: %ld kB (%s)\n", rss,
+  printf("fl-gateway peak RSS over %.4s: %ld kB (%s)\n", server, rss,
          getenv("FL_LEAN_RUNNER") ? "under the runner: the emulator's" : "native");
+  return rss;
+}
+
+Test(gateway_lean, a_sensor_round_and_the_gateways_peak_rss, .init = setup, .fini = teardown,
+     .timeout = 600) {
+  long rss = sensor_round(g_coord.url);
   const char *rf = getenv("FL_LEAN_RSS_FILE");
   if (rf != NULL) {
     FILE *f = fopen(rf, "w");
@@ -163,3 +177,33 @@ Test(gateway_lean, a_sensor_round_and_the_gateways_peak_rss, .init = setup, .fin
     fclose(f);
   }
 }
+
+#ifdef FL_HAVE_MQTT
+static mq_broker g_broker;
+static pid_t g_bridge;
+
+static void setup_mqtt(void) {
+  setup();
+  cr_assert_eq(mq_broker_start(&g_broker, "g", 1), 0, "broker start");
+  g_bridge = mq_bridge_start(&g_broker, g_coord.url, 0);
+  cr_assert_gt(g_bridge, 0, "bridge start");
+}
+
+static void teardown_mqtt(void) {
+  if (g_bridge > 0)
+    mq_bridge_stop(&g_broker, g_bridge, 0);
+  mq_broker_stop(&g_broker);
+  teardown();
+}
+
+Test(gateway_lean, a_sensor_round_over_mqtt, .init = setup_mqtt, .fini = teardown_mqtt,
+     .timeout = 600) {
+  char url[96];
+  snprintf(url, sizeof url, "mqtt://g000@127.0.0.1:%d", g_broker.port);
+  cr_assert_eq(setenv("FL_MQTT_PASSWORD", MQ_PASSWORD, 1), 0); /* the gateway inherits it */
+  sensor_round(url);
+  long forwarded = mq_bridge_stop(&g_broker, g_bridge, 0);
+  g_bridge = 0;
+  cr_assert_gt(forwarded, 0, "the round did not go through the bridge");
+}
+#endif

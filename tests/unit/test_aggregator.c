@@ -2,6 +2,7 @@
  * (tests/unit/data/aggregator_cases.py -> aggregator_cases.txt): ties, even n, f at its limit;
  * plus parameter refusals, untouched output on error, outlier resistance, allocation failures. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +194,113 @@ Test(aggregator, median_across_blocks_matches_sorting) {
       above += rows[i][j] > out[j];
     }
     cr_assert(below == N / 2 && above == N / 2, "coordinate %d", j);
+  }
+}
+
+static int cmp_f(const void *x, const void *y) {
+  float a = *(const float *)x, b = *(const float *)y;
+  return (a > b) - (a < b);
+}
+
+/* The trimmed mean's two cuts share one selection (select2_f): every n from 1 to 40, trims
+ * from none to the most allowed, values with many ties or none, across the 256-coordinate
+ * block boundary, against sorting each column. */
+Test(aggregator, trimmed_mean_matches_sorting_for_every_cut) {
+  enum { D = 300, NMAX = 40 };
+  static float rows[NMAX][D], out[D];
+  const float *u[NMAX];
+  fl_rng r;
+  fl__rng_seed(&r, 11);
+  for (size_t n = 1; n <= NMAX; n++) {
+    for (int ties = 0; ties < 2; ties++) {
+      for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j < D; j++)
+          rows[i][j] = ties ? (float)fl__rng_below(&r, 4) : (float)fl__rng_normal(&r);
+        u[i] = rows[i];
+      }
+      for (size_t t = 0; 2 * t < n; t++) {
+        /* floor(beta n) = t for beta = (t + 0.25) / n, which stays below 0.5 */
+        fl_agg_params p = {.rule = FL_AGGR_TRIMMED_MEAN, .trim_fraction = (t + 0.25) / (double)n};
+        cr_assert_eq(run_rows(&p, u, n, D, out, NULL), FL_OK);
+        for (int j = 0; j < D; j++) {
+          float col[NMAX];
+          for (size_t i = 0; i < n; i++)
+            col[i] = rows[i][j];
+          qsort(col, n, sizeof *col, cmp_f);
+          double s = 0.0;
+          for (size_t i = t; i < n - t; i++)
+            s += col[i];
+          float want = (float)(s / (double)(n - 2 * t));
+          cr_assert_float_eq(out[j], want, 1e-6 * (1.0 + fabs(want)),
+                             "n %zu t %zu ties %d coordinate %d: %.9g, sorted %.9g", n, t, ties, j,
+                             out[j], want);
+        }
+      }
+    }
+  }
+}
+
+/* floor(beta n) is taken of the decimal beta: 0.29 of 100 updates trims 29 per side, though
+ * 0.29 * 100 is 28.999999999999996 in double. Values k^2 for k = 0..99 in a shuffled order:
+ * trimming 29 keeps k = 29..70, trimming 28 would keep 28..71 (a larger mean). */
+Test(aggregator, trim_count_is_floor_of_the_decimal_fraction) {
+  enum { N = 100 };
+  static float rows[N][1];
+  const float *u[N];
+  for (int i = 0; i < N; i++) {
+    int k = (i * 37) % N;
+    rows[i][0] = (float)(k * k);
+    u[i] = rows[i];
+  }
+  double want = 0.0;
+  for (int k = 29; k <= 70; k++)
+    want += (double)(k * k) / 42.0;
+  float out[1];
+  fl_agg_params p = {.rule = FL_AGGR_TRIMMED_MEAN, .trim_fraction = 0.29};
+  cr_assert_eq(run_rows(&p, u, N, 1, out, NULL), FL_OK);
+  cr_assert_float_eq(out[0], (float)want, 1e-3, "%.9g, want %.9g", out[0], want);
+}
+
+/* Finite inputs give finite results, even at float's extremes: squared distances of
+ * +-FLT_MAX updates (about 1e77 a coordinate) and sums of n of them stay inside double, and
+ * every result is a mean of input values. A rule that computed in float would give inf or
+ * NaN here. */
+Test(aggregator, extreme_finite_inputs_give_finite_results) {
+  enum { N = 11, D = 260 };
+  static float rows[N][D], out[D];
+  const float *u[N];
+  for (int i = 0; i < N; i++) {
+    for (int j = 0; j < D; j++) {
+      int k = (i * 7 + j * 3) % 5;
+      rows[i][j] = k == 0 ? FLT_MAX : k == 1 ? -FLT_MAX : k == 2 ? FLT_TRUE_MIN : (float)(k - 3);
+    }
+    u[i] = rows[i];
+  }
+  const fl_agg_params rules[] = {
+      {.rule = FL_AGGR_MEDIAN},
+      {.rule = FL_AGGR_TRIMMED_MEAN, .trim_fraction = 0.2},
+      {.rule = FL_AGGR_KRUM, .byzantine = 4},
+      {.rule = FL_AGGR_MULTI_KRUM, .byzantine = 4, .krum_select = 11},
+      {.rule = FL_AGGR_BULYAN, .byzantine = 2},
+  };
+  for (size_t k = 0; k < sizeof rules / sizeof rules[0]; k++) {
+    cr_assert_eq(run_rows(&rules[k], u, N, D, out, NULL), FL_OK, "%zu", k);
+    for (int j = 0; j < D; j++) {
+      float lo = FLT_MAX, hi = -FLT_MAX;
+      for (int i = 0; i < N; i++) {
+        lo = fminf(lo, rows[i][j]);
+        hi = fmaxf(hi, rows[i][j]);
+      }
+      cr_assert(isfinite(out[j]) && out[j] >= lo && out[j] <= hi, "%s coordinate %d: %g",
+                fl__agg_rule_name(rules[k].rule), j, out[j]);
+    }
+  }
+  /* A column of FLT_MAX stays FLT_MAX (no overflow of the sum in double). */
+  for (int i = 0; i < N; i++)
+    rows[i][0] = FLT_MAX;
+  for (size_t k = 0; k < sizeof rules / sizeof rules[0]; k++) {
+    cr_assert_eq(run_rows(&rules[k], u, N, D, out, NULL), FL_OK, "%zu", k);
+    cr_assert_eq(out[0], FLT_MAX, "%s: %g", fl__agg_rule_name(rules[k].rule), out[0]);
   }
 }
 

@@ -1,9 +1,10 @@
 /*
  * The runner of the mini Criterion (criterion/criterion.h beside this file): every registered
  * test in a forked child, suite .init/.fini around it unless the test has its own, alarm()
- * for .timeout. Options: --filter GLOB ("suite/name", fnmatch) and Criterion's --jobs and
- * --verbose, accepted and ignored (the tests run one at a time). Exit status 1 when a test
- * failed or crashed.
+ * for .timeout, multiplied by FL_MINI_CRITERION_TIMEOUT_SCALE when set (run-aarch64.sh: a test
+ * under qemu-user runs 10-50 times slower than natively). Options: --filter GLOB
+ * ("suite/name", fnmatch) and Criterion's --jobs and --verbose, accepted and ignored (the
+ * tests run one at a time). Exit status 1 when a test failed or crashed.
  */
 #include <fnmatch.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 
 static fl_mc_test *g_tests;
 static fl_mc_suite *g_suites;
+static int g_expect_failed; /* in the test's child: a cr_expect failed, the test fails at its end */
 
 void fl_mc_register(fl_mc_test *t) {
   fl_mc_test **p = &g_tests; /* keep the order of the file */
@@ -31,15 +33,28 @@ void fl_mc_register_suite(fl_mc_suite *s) {
   g_suites = s;
 }
 
+static void report(const char *what, const char *file, int line, const char *expr, const char *fmt,
+                   va_list ap) {
+  fprintf(stderr, "%s:%d: %s failed: %s\n  ", file, line, what, expr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+}
+
 void fl_mc_fail(const char *file, int line, const char *expr, const char *fmt, ...) {
-  fprintf(stderr, "%s:%d: Assertion failed: %s\n  ", file, line, expr);
   va_list ap;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  report("Assertion", file, line, expr, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
   fflush(NULL);
   _exit(1);
+}
+
+void fl_mc_expect_fail(const char *file, int line, const char *expr, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  report("Expectation", file, line, expr, fmt, ap);
+  va_end(ap);
+  g_expect_failed = 1;
 }
 
 void fl_mc_skip(const char *fmt, ...) {
@@ -75,6 +90,9 @@ static int run_one(const fl_mc_test *t) {
   void (*init)(void) = t->opts.init ? t->opts.init : so ? so->init : NULL;
   void (*fini)(void) = t->opts.fini ? t->opts.fini : so ? so->fini : NULL;
   double timeout = t->opts.timeout > 0 ? t->opts.timeout : so ? so->timeout : 0;
+  const char *scale = getenv("FL_MINI_CRITERION_TIMEOUT_SCALE");
+  if (scale != NULL && atof(scale) > 0)
+    timeout *= atof(scale);
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0)
@@ -88,7 +106,7 @@ static int run_one(const fl_mc_test *t) {
     if (fini)
       fini();
     fflush(NULL);
-    _exit(0);
+    _exit(g_expect_failed);
   }
   int st = 0;
   while (waitpid(pid, &st, 0) < 0) {

@@ -11,6 +11,7 @@ Regenerate (Debian python3-numpy): /usr/bin/python3 tests/unit/data/aggregator_c
 """
 import math
 import os
+from fractions import Fraction
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def median(u, **_):
 
 def trimmed_mean(u, trim, **_):
     n = u.shape[0]
-    t = math.floor(trim * n)
+    t = math.floor(Fraction(repr(trim)) * n)  # of the decimal, as the plan wrote it
     s = np.sort(u.astype(np.float64), axis=0)
     return s[t:n - t].mean(axis=0)
 
@@ -112,6 +113,13 @@ def main():
     dup = np.repeat(rng.standard_normal((1, 4)), 5, axis=0)
     add("krum", dup, f=1)  # equal scores: the lowest index
     add("multi_krum", np.vstack([dup, rng.standard_normal((2, 4))]), f=1, m=2)
+    # Appended later (the draws above are unchanged): limits and even selections.
+    add("multi_krum", bad[:7], f=2, m=3)  # n = 2f + 3, the limit
+    add("trimmed_mean", rng.standard_normal((8, 6)), trim=0.49)  # even n: the middle two
+    add("bulyan", rng.standard_normal((12, 6)), f=2)  # theta = 8: even, median of two
+    ties = rng.integers(-2, 3, size=(10, 6))
+    add("bulyan", ties, f=1)  # theta = 8, beta = 6, many values at equal distance
+    add("median", np.full((4, 3), 0.5))  # all equal
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aggregator_cases.txt")
     with open(path, "w") as out:
