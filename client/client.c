@@ -174,7 +174,10 @@ static int setup_transport(fl_client *c, const fl_client_opts *o, const fl_trans
     c->tr = *tr;
     return FL_OK;
   }
-  return fl_transport_curl(&c->tr, o);
+  int err = fl_transport_curl(&c->tr, o);
+  if (err == FL_OK)
+    fl__curl_transport_keep_body(&c->tr); /* the request's wire outlives each exchange */
+  return err;
 }
 
 /* Reads the options by their version and checks what every handle needs. */

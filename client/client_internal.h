@@ -350,6 +350,13 @@ int fl__request_set_upload_buf(fl_client *c, fl__upload_buf *ub,
 int fl__curl_transport_new(fl_transport *out, const char *server_url, const fl_client_opts *o);
 /* Called by fl_multi when the shared multi reports the transfer finished. */
 void fl__curl_transport_finished(void *ctx, int curlcode);
+/* The caller of tr's begin() keeps req->body valid until it calls end() or begin() again, so
+ * the built-in transport sends the body from there instead of copying it. The public contract
+ * (client.h) lends the request only during begin(); libflclient itself keeps the longer
+ * promise (request.c: the wire buffer is signed, rewritten or freed only between exchanges),
+ * and so may a wrapper that forwards libflclient's request (fl-sim's link). false, and nothing
+ * changes, when tr is not the built-in libcurl transport. */
+bool fl__curl_transport_keep_body(const fl_transport *tr);
 
 /* round.c */
 void fl__round_finish(fl_client *c, fl_round_outcome outcome, int err);

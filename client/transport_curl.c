@@ -31,7 +31,8 @@ typedef struct curl_tr {
   struct curl_slist *headers;
   char *base_url;
   char *url;
-  uint8_t *req_body;
+  uint8_t *req_body; /* the request's copy; NULL when keep_body */
+  bool keep_body;    /* the caller keeps req->body until end() (fl__curl_transport_keep_body) */
   uint8_t *body;
   size_t body_len, body_cap, body_max;
   bool toobig; /* the answer went over body_max */
@@ -182,15 +183,19 @@ static int set_request(curl_tr *t, const fl_http_request *req) {
     curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
     return FL_OK;
   }
-  if (req->body_len > 0) {
+  const uint8_t *body = req->body;
+  if (req->body_len > 0 && !t->keep_body) {
     t->req_body = fl__malloc(t->alloc, req->body_len);
     if (t->req_body == NULL)
       return FL_E_NOMEM;
     memcpy(t->req_body, req->body, req->body_len);
+    body = t->req_body;
   }
+  /* POSTFIELDS is not copied by libcurl: it sends from there until the transfer ends. */
   curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
   curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->req_body != NULL ? (char *)t->req_body : "");
+  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS,
+                   req->body_len > 0 && body != NULL ? (const char *)body : "");
   return FL_OK;
 }
 
@@ -389,11 +394,12 @@ fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
   size_t n = strlen(t->base_url);
   while (n > 0 && t->base_url[n - 1] == '/')
     t->base_url[--n] = '\0';
+  /* The own multi handle is made by the first begin() that needs it: each holds a wakeup
+   * socket pair, and ten thousand transports made before they join an fl_multi would hold
+   * twenty thousand descriptors for nothing. */
   t->easy = curl_easy_init();
-  t->own = curl_multi_init();
-  if (t->easy == NULL || t->own == NULL)
+  if (t->easy == NULL)
     goto out_destroy;
-  t->multi = t->own;
   set_fixed_options(t, o);
   *out = (fl_transport){.version = FL_TRANSPORT_VERSION,
                         .ctx = t,
@@ -416,4 +422,11 @@ void fl__curl_transport_finished(void *ctx, int curlcode) {
   curl_tr *t = ctx;
   t->finished = true;
   t->result = (CURLcode)curlcode;
+}
+
+bool fl__curl_transport_keep_body(const fl_transport *tr) {
+  if (tr == NULL || tr->begin != tr_begin)
+    return false;
+  ((curl_tr *)tr->ctx)->keep_body = true;
+  return true;
 }

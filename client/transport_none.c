@@ -19,3 +19,8 @@ fl_err fl_transport_curl(fl_transport *out, const fl_client_opts *in) {
                " set fl_client_opts.transport to the embedder's transport");
   return FL_E_UNSUPPORTED;
 }
+
+bool fl__curl_transport_keep_body(const fl_transport *tr) {
+  (void)tr;
+  return false;
+}

@@ -30,7 +30,8 @@ PACKAGES=(
 # Debian's cross toolchain and multiarch -dev packages, run under qemu-user. Not Criterion for
 # arm64: it is not co-installable with the amd64 one (the unit tests use the mini runner of
 # tests/cross/mini-criterion there). The :arm64 names need `dpkg --add-architecture arm64`,
-# done below. Only with FL_CROSS=1 (tests/run.sh runs the script where they are installed).
+# done below. Only with FL_CROSS=1 (tests/run.sh asks for them unless FL_CROSS=0, and runs
+# the step where they are installed).
 if [ "${FL_CROSS:-0}" = 1 ]; then
   PACKAGES+=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user file

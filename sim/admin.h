@@ -57,6 +57,10 @@ static inline void sim_admin_free_tokens(char **tokens, size_t n) {
 static inline int sim_admin_latest_round(sim_admin *a, uint64_t model_id, sim_round_state *out) {
   return fl_sup_admin_latest_round(a, model_id, out);
 }
+static inline int sim_admin_next_round(sim_admin *a, uint64_t model_id, uint64_t after,
+                                       sim_round_state *out) {
+  return fl_sup_admin_next_round(a, model_id, after, out);
+}
 static inline int sim_admin_round(sim_admin *a, uint64_t round_id, sim_round_state *out) {
   return fl_sup_admin_round(a, round_id, out);
 }

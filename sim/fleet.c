@@ -5,6 +5,7 @@
 #include "mqtt.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_internal.h" /* fl__curl_transport_keep_body */
 #include "fl/client.h"
 #include "fl/err.h"
 #include "sim.h"
@@ -33,6 +35,9 @@ typedef struct device {
   int enrolled;
   char key_path[300];
   fl_rng dropout_rng;
+  int intermittent, parked; /* offline_share's devices; parked: offline holding its task */
+  int64_t resume_ms;        /* parked until */
+  fl_rng offline_rng;
   uint64_t shuffle_seed;
   uint32_t resets; /* epochs started in the current round */
   /* data source */
@@ -41,6 +46,7 @@ typedef struct device {
   size_t n_rows, pos;
   uint32_t *order;
   int labelled;
+  int lent; /* handed to the pool this round: counts in train_pool.unsent until DONE */
 } device;
 
 typedef struct worker {
@@ -62,6 +68,10 @@ typedef struct train_pool {
   pthread_cond_t cv;
   device **q; /* ring of n_devices slots: a device is queued at most once */
   size_t cap, head, len;
+  /* Devices taken for training whose round has not ended: each holds its packed update until
+   * it is uploaded. Training is faster than the coordinator takes uploads, so without a bound
+   * a 10,000-device round would hold thousands of 800 KB updates at once. */
+  size_t unsent, max_unsent;
   int stop;
   pthread_t *threads;
   int n_started;
@@ -77,7 +87,7 @@ struct sim_fleet {
   atomic_uint_fast64_t seq;
   atomic_int stop;
   atomic_uint_fast64_t enroll_tried, enrolled;
-  atomic_uint_fast64_t finished, uploaded, failed, dropped, train_ns, train_cpu_ns;
+  atomic_uint_fast64_t finished, uploaded, failed, dropped, offline, train_ns, train_cpu_ns;
   atomic_int_fast64_t last_ack_ms;
   sim_mqtt_broker mqtt; /* o.broker split */
 };
@@ -138,6 +148,17 @@ static void count_failure(struct sim_fleet *f, worker *w, int err) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/* An intermittent device's next offline period in ms: with probability 1/2 one drawn from the
+ * exponential of mean offline_mean_ms, else 0 (stays online). Always 0 for the others. */
+static int64_t offline_period(struct sim_fleet *f, device *d) {
+  if (!d->intermittent || fl__rng_uniform(&d->offline_rng) >= 0.5)
+    return 0;
+  double u = fl__rng_uniform(&d->offline_rng);
+  int64_t ms = (int64_t)(-f->o.offline_mean_ms * log(1.0 - u)) + 1;
+  atomic_fetch_add(&f->offline, 1);
+  return ms;
+}
+
 static void record_result(struct sim_fleet *f, worker *w, device *d) {
   fl_round_result r = {.size = sizeof r};
   fl_client_round_result(d->c, &r);
@@ -150,6 +171,9 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
   }
   d->done_seq = d->cur_seq;
   atomic_fetch_add(&f->finished, 1);
+  int64_t off = offline_period(f, d);
+  if (off > 0)
+    d->next_ms = now_ms() + off; /* offline: no check-in before it is back */
   if (r.outcome == FL_ROUND_UPLOADED) {
     atomic_fetch_add(&f->uploaded, 1);
     int64_t now = now_ms(), prev = atomic_load(&f->last_ack_ms);
@@ -162,7 +186,8 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
 
 /* Starts the device's round when the simulated round allows it. */
 static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
-  if (!d->enrolled || d->active || d->done_seq >= seq || now_ms() < d->next_ms)
+  if (!d->enrolled || d->active || (!f->o.continuous && d->done_seq >= seq) ||
+      now_ms() < d->next_ms)
     return;
   d->cur_seq = seq;
   d->resets = 0;
@@ -215,7 +240,19 @@ static device *find_device(worker *w, const fl_client *c) {
   return NULL;
 }
 
+/* The device lent for training has ended its round: room for another to train. */
+static void pool_release(train_pool *p, device *d) {
+  if (!d->lent)
+    return;
+  d->lent = 0;
+  pthread_mutex_lock(&p->mu);
+  p->unsent--;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
 static void pool_push(train_pool *p, device *d) {
+  d->lent = 1;
   pthread_mutex_lock(&p->mu);
   p->q[(p->head + p->len) % p->cap] = d;
   p->len++;
@@ -231,7 +268,7 @@ static void *trainer_main(void *arg) {
   train_pool *p = &f->pool;
   for (;;) {
     pthread_mutex_lock(&p->mu);
-    while (p->len == 0 && !p->stop)
+    while ((p->len == 0 || p->unsent >= p->max_unsent) && !p->stop)
       pthread_cond_wait(&p->cv, &p->mu);
     if (p->stop) {
       pthread_mutex_unlock(&p->mu);
@@ -240,6 +277,7 @@ static void *trainer_main(void *arg) {
     device *d = p->q[p->head];
     p->head = (p->head + 1) % p->cap;
     p->len--;
+    p->unsent++;
     pthread_mutex_unlock(&p->mu);
     uint64_t t0 = mono_ns(), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     fl_client_train(d->c); /* a failure ends the round; the next step reports it */
@@ -286,8 +324,16 @@ static void handle_events(struct sim_fleet *f, worker *w) {
         drop_out(f, w, d);
         continue;
       }
+      int64_t off = offline_period(f, d);
+      if (off > 0) {
+        /* Offline holding the task: trained and uploaded once back (worker_main). */
+        d->parked = 1;
+        d->resume_ms = now_ms() + off;
+        continue;
+      }
       pool_push(&f->pool, d); /* the multi steps it again once fl_client_train returned */
     } else if (step == FL_STEP_DONE) {
+      pool_release(&f->pool, d);
       record_result(f, w, d);
     }
   }
@@ -319,8 +365,15 @@ static void *worker_main(void *arg) {
       nanosleep(&ts, NULL);
       continue;
     }
-    for (size_t k = w->lo; k < w->hi; k++)
-      maybe_begin(f, w, &f->dev[k], seq);
+    int64_t now = now_ms();
+    for (size_t k = w->lo; k < w->hi; k++) {
+      device *d = &f->dev[k];
+      if (d->parked && now >= d->resume_ms) {
+        d->parked = 0;
+        pool_push(&f->pool, d);
+      }
+      maybe_begin(f, w, d, seq);
+    }
     fl_multi_perform(w->multi, PERFORM_MS);
     handle_events(f, w);
     pthread_mutex_lock(&w->mu);
@@ -377,9 +430,13 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .straggler_ms = straggler ? f->o.straggler_ms : 0,
                       .net_fail = f->o.net_fail,
                       .clip_norm = f->o.clip_norm,
-                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS)};
+                      .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS),
+                      .borrow_body = 1};
   int rc =
       f->o.broker != NULL ? mqtt_transport(f, d, co, &lo.inner) : fl_transport_curl(&lo.inner, co);
+  /* What the link hands on lives until inner.end() (transport.h): neither copies an upload. */
+  if (rc == FL_OK)
+    fl__curl_transport_keep_body(&lo.inner);
   return rc == FL_OK ? sim_link_transport(out, &lo) : rc;
 }
 
@@ -395,6 +452,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
   d->labelled = f->o.labelled;
   d->shuffle_seed = sim_device_seed(f->o.seed, k, SIM_SEED_SHUFFLE);
   fl__rng_seed(&d->dropout_rng, sim_device_seed(f->o.seed, k, SIM_SEED_DROPOUT));
+  fl__rng_seed(&d->offline_rng, sim_device_seed(f->o.seed, k, SIM_SEED_OFFLINE));
+  d->intermittent = fl__rng_uniform(&d->offline_rng) < f->o.offline_share;
   d->order = malloc((d->n_rows ? d->n_rows : 1) * sizeof(uint32_t));
   if (d->order == NULL)
     return FL_E_NOMEM;
@@ -475,6 +534,9 @@ int sim_fleet_new(sim_fleet **out, const sim_fleet_opts *o) {
   pthread_mutex_init(&f->pool.mu, NULL);
   pthread_cond_init(&f->pool.cv, NULL);
   f->pool.cap = o->n_devices;
+  /* As many trained updates as can be in flight, and one more per training thread: the
+   * uploads never wait for training, and the memory does not grow with the fleet. */
+  f->pool.max_unsent = (size_t)o->max_inflight + (size_t)f->o.train_threads;
   f->pool.q = calloc(o->n_devices, sizeof(*f->pool.q));
   f->dev = calloc(o->n_devices, sizeof(*f->dev));
   f->w = calloc((size_t)o->threads, sizeof(*f->w));
@@ -568,6 +630,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->uploaded = atomic_load(&f->uploaded);
   c->failed = atomic_load(&f->failed);
   c->dropped = atomic_load(&f->dropped);
+  c->offline = atomic_load(&f->offline);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;
   c->train_cpu_s = (double)atomic_load(&f->train_cpu_ns) / 1e9;
   c->last_ack_ms = atomic_load(&f->last_ack_ms);

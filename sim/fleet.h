@@ -11,7 +11,13 @@
  * drawn from seeds of (seed, k) alone, so the thread count does not change what happens.
  *
  * Rounds are paced by the main thread: a device takes part at most once per simulated round
- * and waits for sim_fleet_next_round() after uploading (or failing, or dropping out).
+ * and waits for sim_fleet_next_round() after uploading (or failing, or dropping out). In a
+ * continuous fleet (asynchronous plans) devices begin again whenever they are idle.
+ *
+ * Intermittency (offline_share): those devices, chosen from (seed, k), go offline for a period
+ * drawn from an exponential of mean offline_mean_ms with probability 1/2 right after a check-in
+ * gave them a task (they hold it: training and upload wait for the end of the period) and with
+ * probability 1/2 after a round ended (no check-in until it is over).
  */
 #ifndef SIM_FLEET_H
 #define SIM_FLEET_H
@@ -36,8 +42,10 @@ typedef struct sim_fleet_opts {
   double dropout;            /* probability that a selected device drops out before uploading */
   double net_fail;           /* per exchange */
   double straggler_frac, straggler_ms;
-  double bad_frac;    /* fraction of misbehaving devices */
-  unsigned bad_kinds; /* bit (1 << sim_behaviour) per kind in use; 0: all four */
+  double offline_share, offline_mean_ms; /* intermittency (see above) */
+  int continuous;                        /* devices do not wait for sim_fleet_next_round */
+  double bad_frac;                       /* fraction of misbehaving devices */
+  unsigned bad_kinds;                    /* bit (1 << sim_behaviour) per kind in use; 0: all four */
   double clip_norm;
   uint64_t seed;
   uint64_t model_id;  /* the run's model: devices check in for it alone */
@@ -71,6 +79,7 @@ void sim_fleet_next_round(sim_fleet *f);
 typedef struct sim_fleet_counts {
   uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
+  uint64_t offline;    /* offline periods begun (intermittency) */
   double train_s;      /* training time summed over devices */
   double train_cpu_s;  /* CPU time of the training threads while they trained, summed */
   int64_t last_ack_ms; /* Unix ms of the latest acknowledged upload */

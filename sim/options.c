@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,7 +81,16 @@ static const opt_def OPTS[] = {
     {"encoding", T_STR, O(encoding), "float32 | float16 | int8 | topk (float32)"},
     {"server-optimizer", T_STR, O(server_optimizer), "fedavg | fedavgm | fedadam | fedyogi"},
     {"server-lr", T_DBL, O(server_lr), "server learning rate (1)"},
+    {"mode", T_STR, O(mode), "sync | async: FedBuff buffers instead of rounds (sync)"},
+    {"buffer-size", T_U32, O(buffer_size),
+     "async: updates per version K (0: --participants, else --devices)"},
+    {"max-staleness", T_U32, O(max_staleness), "async: oldest base accepted, in versions (4)"},
     {"dropout", T_DBL, O(dropout), "probability a selected device drops out (0)"},
+    {"offline-share", T_DBL, O(offline_share),
+     "share of intermittent devices: offline with probability 1/2 after taking a task (holding "
+     "it) and after finishing one (0)"},
+    {"offline-mean", T_DBL, O(offline_mean_s),
+     "mean seconds of an offline period, exponential (10)"},
     {"net-fail", T_DBL, O(net_fail), "probability an exchange fails in the network (0)"},
     {"stragglers", T_DBL, O(straggler_frac), "fraction of slow devices (0)"},
     {"straggler-ms", T_DBL, O(straggler_ms), "median upload delay of a slow device (2000)"},
@@ -116,6 +126,9 @@ static const opt_def OPTS[] = {
     {"keep-work-dir", T_FLAG, O(keep_work_dir), "do not delete the work directory"},
     {"out", T_STR, O(out_dir), "directory for rounds.csv, accuracy.svg/.png (fl-sim-out)"},
     {"seed", T_U64, O(seed), "seed of data, partitions and faults (1)"},
+    {"export-learning", T_STR, O(export_dir),
+     "write the initial model, the data split and the training settings to this directory "
+     "(for benches/fedavg_numpy.py)"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 
@@ -147,6 +160,9 @@ void sim_options_defaults(sim_options *o) {
   o->aggregator = "fedavg";
   o->server_lr = 1;
   o->straggler_ms = 2000;
+  o->mode = "sync";
+  o->max_staleness = 4;
+  o->offline_mean_s = 10;
   o->out_dir = "fl-sim-out";
   o->transport = "http";
   o->seed = 1;
@@ -409,6 +425,10 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"dropout", o->dropout, 0, 1},
       {"net-fail", o->net_fail, 0, 0.99}, /* 1 would fail every exchange, enrollment too */
       {"stragglers", o->straggler_frac, 0, 1},
+      {"offline-share", o->offline_share, 0, 1},
+      {"offline-mean", o->offline_mean_s, 0, 86400},
+      {"buffer-size", o->buffer_size, 0, 1e6},
+      {"max-staleness", o->max_staleness, 0, 1e6},
       {"straggler-ms", o->straggler_ms, 0, 3600e3},
       {"bad-devices", o->bad_frac, 0, 1},
       {"synthetic-alpha", o->syn_alpha, 0, 1e3},
@@ -441,6 +461,15 @@ static int check_fleet(const sim_options *o, char *msg, size_t cap) {
   if (o->min_participants > target)
     return fail(msg, cap, "--min-participants %u exceeds the %zu participants", o->min_participants,
                 target);
+  bool async = o->mode != NULL && strcmp(o->mode, "async") == 0;
+  if (o->mode == NULL || (!async && strcmp(o->mode, "sync") != 0))
+    return fail(msg, cap, "bad --mode %s: sync or async", o->mode ? o->mode : "");
+  if (!async && o->buffer_size > 0)
+    return fail(msg, cap, "--buffer-size needs --mode async");
+  if (o->buffer_size > o->devices)
+    return fail(msg, cap, "--buffer-size %u exceeds --devices %zu", o->buffer_size, o->devices);
+  if (async && o->selection_window_s > 0)
+    return fail(msg, cap, "--mode async has no --selection-window (devices train at any time)");
   size_t n_bad = (size_t)(o->bad_frac * (double)o->devices + 0.5);
   if (n_bad >= o->devices)
     return fail(msg, cap, "--bad-devices %g leaves no honest device (one downloads the versions)",

@@ -44,8 +44,16 @@ typedef struct sim_options {
   uint32_t epochs, batch;
   double lr, momentum, weight_decay, prox_mu, clip_norm, server_lr;
   const char *encoding, *server_optimizer;
+  /* asynchronous rounds (FedBuff, docs/API.md): mode "sync" | "async", the buffer of K
+   * updates (0: participants, else devices), the staleness bound */
+  const char *mode;
+  uint32_t buffer_size, max_staleness;
   /* faults */
   double dropout, net_fail, straggler_frac, straggler_ms, bad_frac;
+  /* intermittency: this share of the devices goes offline for exponential periods of mean
+   * offline_mean_s, right after taking a task (holding it) or after finishing one, each with
+   * probability 1/2 (fleet.c) */
+  double offline_share, offline_mean_s;
   const char *bad_kinds; /* comma list of sim_behaviour names (options.c) */
   /* robust aggregation, passed into the plan (the coordinator checks them: 400 bad_plan) */
   const char *aggregator;
@@ -67,6 +75,7 @@ typedef struct sim_options {
   uint64_t seed;
   /* threads training the devices (0: one per online CPU); exchanges in flight, all workers */
   int train_threads, max_inflight;
+  const char *export_dir; /* --export-learning: export.h */
 } sim_options;
 
 void sim_options_defaults(sim_options *o);

@@ -13,6 +13,7 @@
 #include "admin.h"
 #include "drift.h"
 #include "eval.h"
+#include "export.h"
 #include "fetch.h"
 #include "fl/client.h"
 #include "fl/err.h"
@@ -205,11 +206,12 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
   }
 }
 
-/* The round after `prev`: the coordinator opens it when prev closes. */
+/* The round after `prev`: the coordinator opens it when prev closes (the next one by id: an
+ * async plan's buffers may close faster than the polls). */
 static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
   for (int i = 0; i < 200 && !sim_stop_requested; i++) {
     sim_round_state st;
-    if (sim_admin_latest_round(x->admin, x->model_id, &st) == FL_OK && st.round_id > prev) {
+    if (sim_admin_next_round(x->admin, x->model_id, prev, &st) == FL_OK && st.round_id > prev) {
       *out = st.round_id;
       return FL_OK;
     }
@@ -261,6 +263,20 @@ static void explain_no_version(run_ctx *x, int r, const sim_round_state *st,
   x->explained = 1;
 }
 
+/* --export-learning: x->model holds the initial version just downloaded (have_initial). */
+static int export_learning(const run_ctx *x, int have_initial) {
+  if (x->o->export_dir == NULL)
+    return FL_OK;
+  char msg[512] = "the initial model could not be downloaded";
+  int rc = have_initial ? sim_export_learning(
+                              x->o->export_dir, x->o, &x->d->spec, fl__model_params_const(x->model),
+                              fl__model_num_params(x->model), &x->d->part, msg, sizeof(msg))
+                        : FL_E_STATE;
+  if (rc != FL_OK)
+    fprintf(stderr, "fl-sim: --export-learning: %s\n", msg);
+  return rc;
+}
+
 static int run_rounds(run_ctx *x, uint64_t round_id) {
   sim_progress pg;
   sim_progress_init(&pg, stdout);
@@ -273,13 +289,15 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   /* The untrained model's score: what the rounds' figures are to be read against. */
   sim_round_row init = {0};
   uint64_t version = x->initial_version;
-  if (evaluate(x, x->initial_version, &init, x->cohort ? x->cohort[0] : NULL) == FL_OK)
+  int have_initial =
+      evaluate(x, x->initial_version, &init, x->cohort ? x->cohort[0] : NULL) == FL_OK;
+  if (have_initial)
     printf("initial model (version %llu): %s %.4f loss %.4f\n",
            (unsigned long long)x->initial_version, x->d->anomaly ? "AUC" : "accuracy",
            x->d->anomaly ? init.auc : init.accuracy, init.loss);
+  int rc = export_learning(x, have_initial);
   sim_fleet_counts before;
   sim_fleet_counts_get(x->fleet, &before);
-  int rc = FL_OK;
   double drift_t0 = 0;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
     x->have_stats = coord_stats(x, &x->stats);
@@ -354,6 +372,22 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   return rc;
 }
 
+/* An async plan (docs/API.md): buffers of K = --buffer-size (else the participants) updates,
+ * which participants and min_participants must equal; every enrolled device may hold a task
+ * (max_concurrency), as in FedBuff's setting. -1 on allocation failure. */
+static int async_fields(const sim_options *o, json_t *j, uint32_t participants, size_t enrolled) {
+  uint32_t k = o->buffer_size ? o->buffer_size : participants;
+  size_t conc = enrolled > k ? enrolled : k;
+  int bad = json_object_set_new(j, "mode", json_string("async"));
+  bad |= json_object_set_new(j, "buffer_size", json_integer(k));
+  bad |= json_object_set_new(j, "participants", json_integer(k));
+  bad |= json_object_set_new(j, "min_participants", json_integer(k));
+  bad |= json_object_set_new(j, "max_staleness", json_integer(o->max_staleness));
+  bad |= json_object_set_new(j, "max_concurrency", json_integer((json_int_t)conc));
+  json_object_del(j, "over_selection"); /* an async plan ignores it */
+  return bad ? -1 : 0;
+}
+
 static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   const sim_options *o = x->o;
   uint32_t participants = o->participants ? o->participants : (uint32_t)enrolled;
@@ -385,9 +419,10 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   }
   /* Fair selection (docs/API.md 2.1) when only some devices train each round: without it the
    * devices that just uploaded win the next round's first check-ins. */
-  double window = o->selection_window_s >= 0 ? o->selection_window_s
-                  : participants < enrolled  ? 1.0
-                                             : 0.0;
+  double window = strcmp(o->mode, "async") == 0 ? 0.0 /* async plans have none */
+                  : o->selection_window_s >= 0  ? o->selection_window_s
+                  : participants < enrolled     ? 1.0
+                                                : 0.0;
   if (j != NULL && window > 0 &&
       json_object_set_new(j, "selection_window_s", json_real(window)) != 0) {
     json_decref(j);
@@ -399,6 +434,10 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
         json_object_set_new(j, "noise_multiplier", json_real(o->noise_multiplier)) != 0) ||
        (o->clip_quantile > 0 &&
         json_object_set_new(j, "clip_target_quantile", json_real(o->clip_quantile)) != 0))) {
+    json_decref(j);
+    j = NULL;
+  }
+  if (j != NULL && strcmp(o->mode, "async") == 0 && async_fields(o, j, participants, enrolled)) {
     json_decref(j);
     j = NULL;
   }
@@ -473,6 +512,9 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
                        .net_fail = o->net_fail,
                        .straggler_frac = o->straggler_frac,
                        .straggler_ms = o->straggler_ms,
+                       .offline_share = o->offline_share,
+                       .offline_mean_ms = o->offline_mean_s * 1000.0,
+                       .continuous = strcmp(o->mode, "async") == 0,
                        .bad_frac = o->bad_frac,
                        .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
                        .clip_norm = o->clip_norm,
@@ -624,6 +666,8 @@ static void summary(run_ctx *x, double total_s) {
   add_row(rows, &n, "uploads acknowledged", "%llu", (unsigned long long)c.uploaded);
   add_row(rows, &n, "device rounds failed", "%llu", (unsigned long long)c.failed);
   add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
+  if (x->o->offline_share > 0)
+    add_row(rows, &n, "offline periods", "%llu", (unsigned long long)c.offline);
   add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
   add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6,
           c.net.bytes_down / 1e6);

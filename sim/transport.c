@@ -4,7 +4,8 @@
  * An exchange goes IDLE -> WAITING (straggler delay, or the worker's cap on exchanges in
  * flight) -> INFLIGHT (the wrapped transport carries it) -> FINISHED (answer or failure
  * handed to the client) -> IDLE at end(). The request is borrowed only during begin(), so the
- * link keeps its own copy until the wrapped transport has taken it.
+ * link keeps its own copy until the wrapped transport has taken it; with borrow_body the body
+ * is the caller's until end() (transport.h), and only a rewritten upload is copied.
  */
 #include "transport.h"
 
@@ -38,8 +39,10 @@ struct sim_link {
   /* the request, copied */
   char method[8];
   char *path, *auth, *if_none_match;
-  uint8_t *body;
+  const uint8_t *body;
+  uint8_t *body_copy; /* body when the link owns it */
   size_t body_len;
+  bool borrow_body;
   uint8_t *replay;
   size_t replay_len;
   char errbuf[96]; /* an injected failure; else the wrapped transport's detail */
@@ -107,8 +110,16 @@ static int rewrite_upload(sim_link *l) {
     if (rc != FL_OK)
       return rc;
   }
+  if (l->body_copy == NULL && l->body_len > 0) {
+    l->body_copy = malloc(l->body_len);
+    if (l->body_copy == NULL)
+      return FL_E_NOMEM;
+    memcpy(l->body_copy, l->body, l->body_len);
+  }
   sim_replay rp = {l->replay, l->replay_len};
-  int rc = sim_misbehave(l->behaviour, l->key, l->clip_norm, l->path, &l->body, &l->body_len, &rp);
+  int rc =
+      sim_misbehave(l->behaviour, l->key, l->clip_norm, l->path, &l->body_copy, &l->body_len, &rp);
+  l->body = l->body_copy;
   l->replay = rp.data;
   l->replay_len = rp.len;
   return rc;
@@ -118,9 +129,9 @@ static void clear_request(sim_link *l) {
   free(l->path);
   free(l->auth);
   free(l->if_none_match);
-  free(l->body);
+  free(l->body_copy);
   l->path = l->auth = l->if_none_match = NULL;
-  l->body = NULL;
+  l->body = l->body_copy = NULL;
   l->body_len = 0;
 }
 
@@ -139,12 +150,14 @@ static int copy_request(sim_link *l, const fl_http_request *req) {
     rc = copy_str(&l->auth, req->auth);
   if (rc == FL_OK)
     rc = copy_str(&l->if_none_match, req->if_none_match);
-  if (rc == FL_OK && req->body_len > 0) {
-    l->body = malloc(req->body_len);
-    if (l->body == NULL)
+  l->body = req->body;
+  l->body_len = req->body_len;
+  if (rc == FL_OK && req->body_len > 0 && !l->borrow_body) {
+    l->body_copy = malloc(req->body_len);
+    if (l->body_copy == NULL)
       return FL_E_NOMEM;
-    memcpy(l->body, req->body, req->body_len);
-    l->body_len = req->body_len;
+    memcpy(l->body_copy, req->body, req->body_len);
+    l->body = l->body_copy;
   }
   return rc;
 }
@@ -299,6 +312,7 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
   l->straggler_ms = o->straggler_ms;
   l->net_fail = o->net_fail;
   l->clip_norm = o->clip_norm;
+  l->borrow_body = o->borrow_body != 0;
   fl__rng_seed(&l->rng, o->seed);
   l->key_path = strdup(o->key_path ? o->key_path : "");
   if (l->key_path == NULL) {

@@ -75,6 +75,11 @@ typedef struct sim_link_opts {
   double net_fail;     /* probability per exchange */
   double clip_norm;    /* the plan's, for UNCLIPPED */
   uint64_t seed;       /* of this device's faults */
+  /* The caller keeps each request's body valid until end(), as libflclient does (its
+   * client_internal.h, fl__curl_transport_keep_body): an honest device's upload is then
+   * forwarded from there, not copied. 0: the body is copied at begin(), as the public contract
+   * asks. Either way the body the link hands the inner transport lives until inner.end(). */
+  int borrow_body;
 } sim_link_opts;
 
 /* Fills *out (a version 3 fl_transport owning a new sim_link and o->inner); destroy() frees
@@ -86,7 +91,8 @@ typedef enum sim_seed_stream {
   SIM_SEED_FAULTS = 1,  /* network faults and straggler delays (the link) */
   SIM_SEED_DROPOUT = 2, /* whether it drops out of a round */
   SIM_SEED_SHUFFLE = 3, /* the order of its training examples */
-  SIM_SEED_PROFILE = 4  /* whether it is a straggler */
+  SIM_SEED_PROFILE = 4, /* whether it is a straggler */
+  SIM_SEED_OFFLINE = 5  /* whether it is intermittent, and its offline periods */
 } sim_seed_stream;
 
 /* A seed of device `device` (its index in the fleet) from the run's seed only: nothing that

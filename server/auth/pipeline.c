@@ -100,7 +100,10 @@ static int load_upload_view(PGconn *c, const Fl__V1__SignedRequest *sr, const ui
       "SELECT d.public_key, d.state = 'active',"
       " EXISTS (SELECT 1 FROM nonces n WHERE n.device_id = $1 AND n.nonce = $2),"
       " EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = $3::bigint AND a.device_id = $1),"
-      " (SELECT x.digest FROM acceptances x WHERE x.round_id = $3::bigint AND x.device_id = $1),"
+      /* An async plan's update is keyed by its task's round (rounds/async.h). */
+      " (SELECT x.digest FROM acceptances x WHERE x.device_id = $1"
+      "  AND (x.task_round_id = $3::bigint"
+      "   OR (x.round_id = $3::bigint AND x.task_round_id IS NULL)) LIMIT 1),"
       " (SELECT r.state FROM rounds r WHERE r.round_id = $3::bigint)"
       " FROM devices d WHERE d.device_id = $1",
       &p, true, NULL);

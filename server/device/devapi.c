@@ -19,6 +19,7 @@
 #include "digest.h"
 #include "drift/drift.h"
 #include "mem.h"
+#include "rounds/async.h"
 #include "rounds/rounds.h"
 #include "registry/rollouts.h"
 
@@ -380,7 +381,7 @@ static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t devic
   t.noise_stddev = (float)o->plan.local_noise_stddev;
   t.encoding = (Fl__V1__Encoding)o->plan.encoding;
   t.topk_fraction = (float)o->plan.topk_fraction;
-  t.deadline_ms = o->deadline_ms;
+  t.deadline_ms = fl__async_task_deadline_ms(&o->plan, o->deadline_ms, fl__now_ms());
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
   /* Signed for this device: the sizes and the base it names reach the device unchanged
    * (docs/SIGNING.md, "Task digest"). */
@@ -421,7 +422,10 @@ static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t de
   int64_t t =
       fl__pace_interval_ms(&o->plan, s->cfg.checkin_interval_ms, fl__rounds_fleet(s->rounds));
   bool window = o->select_until_ms > 0;
-  if (o->contributed) {
+  /* An async plan's device with an update in the open buffer from an older task may train on
+   * (its next update goes into a later buffer, rounds/async.h); on this buffer's own task it
+   * waits like a sync one. */
+  if (o->contributed && (o->assigned || !FL_PLAN_IS_ASYNC(&o->plan))) {
     int64_t at = window ? retry_at(device_id, o->last_round, o->last_accepted_ms, t) : 0;
     send_retry(r, at > now ? at : retry_at(device_id, 0, now, t), "already_contributed", ra);
     return 0;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "rounds/aggregate.h"
+#include "rounds/async.h"
 #include "auth/auth.h"
 #include "codec.h"
 #include "device/devapi.h"
@@ -28,6 +29,7 @@ typedef struct round_view {
   uint64_t model_id, base_version;
   uint8_t digest[FL_SHA256_LEN]; /* of the accepted update, when accepted */
   fl_plan plan;
+  fl_async_target at; /* an async plan's: the open buffer the update goes into */
 } round_view;
 
 /* Model, base version and plan of a round that exists (v->found): from the replica's cache,
@@ -168,11 +170,15 @@ static double dp_scale(const fl_plan *p, double norm) {
   return norm > p->clip_norm ? p->clip_norm / norm * (1.0 - 0x1.0p-20) : 1.0;
 }
 
-static void send_ack(fl_resp *r, uint64_t round_id, bool duplicate, uint32_t accepted) {
+/* u: the committed upload (its buffer and staleness for an async plan), NULL for a duplicate. */
+static void send_ack(fl_resp *r, uint64_t round_id, bool duplicate, uint32_t accepted,
+                     const fl_upload *u) {
   Fl__V1__UpdateAck ack = FL__V1__UPDATE_ACK__INIT;
   ack.round_id = round_id;
   ack.duplicate = duplicate;
   ack.accepted_in_round = accepted;
+  ack.buffer_round_id = u != NULL && u->task_round_id != 0 ? u->round_id : 0;
+  ack.staleness = u != NULL ? u->tau : 0;
   fl__resp_proto(r, 200, &ack.base);
 }
 
@@ -189,13 +195,13 @@ static int check_round(const round_view *v, const Fl__V1__UpdateUpload *u,
      * update, which is refused. Checked before the round state: a retry after the close still
      * learns that its update counted. */
     if (memcmp(digest, v->digest, FL_SHA256_LEN) == 0)
-      send_ack(r, u->round_id, true, 0);
+      send_ack(r, u->round_id, true, 0, NULL);
     else
       fl__resp_dev_error(r, 409, "conflicting_update",
                          "a different update was already accepted for this round", 0);
     return 0;
   }
-  if (!v->open) {
+  if (!v->open && !FL_PLAN_IS_ASYNC(&v->plan)) { /* an async task's buffer may have closed */
     fl__resp_dev_error(r, 409, "round_closed", "the round is no longer open", 0);
     return 0;
   }
@@ -214,10 +220,18 @@ static int check_round(const round_view *v, const Fl__V1__UpdateUpload *u,
   return 1;
 }
 
-static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accepted) {
+/* round_id: the upload's (its task's). An async buffer that closed or filled before the
+ * commit is not the device's concern: it retries and lands in the next buffer. */
+static void answer_submit(fl_resp *r, int res, uint64_t round_id, uint32_t accepted,
+                          const fl_upload *up) {
+  if (up->task_round_id != 0 && (res == FL_AGG_ROUND_CLOSED || res == FL_AGG_TARGET_REACHED)) {
+    fl__resp_dev_error(r, 503, "buffer_full", "the buffer filled before the commit; retry",
+                       fl__now_ms() + 200);
+    return;
+  }
   switch (res) {
     case FL_AGG_OK:
-      send_ack(r, round_id, false, accepted);
+      send_ack(r, round_id, false, accepted, up);
       break;
     case FL_AGG_ROUND_CLOSED:
       fl__resp_dev_error(r, 409, "round_closed", "the round closed before the update committed", 0);
@@ -356,7 +370,8 @@ static void upload_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
   if (res == FL_AGG_REPLAYED)
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
   else
-    answer_submit(r, res, op->up.round_id, op->accepted);
+    answer_submit(r, res, op->up.task_round_id ? op->up.task_round_id : op->up.round_id,
+                  op->accepted, &op->up);
   if (res == FL_AGG_OK)
     fl__metrics_update_accepted(s->metrics, q->len);
   upload_end(op, r);
@@ -382,6 +397,16 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
   }
   if (check_round(v, u, a->upload_digest, r) == 0 || check_delta(s, v, *mi, u, r, norm))
     return -1;
+  v->at = (fl_async_target){.round_id = u->round_id};
+  if (FL_PLAN_IS_ASYNC(&v->plan) &&
+      fl__async_resolve(a->c, u->round_id, a->device_id, v->base_version, &v->plan, &v->at)) {
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    return -1;
+  }
+  if (v->at.status != 0) {
+    fl__resp_dev_error(r, v->at.status, v->at.reason, v->at.msg, v->at.retry_after_ms);
+    return -1;
+  }
   return 0;
 }
 
@@ -393,7 +418,7 @@ static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view 
   const Fl__V1__UpdateUpload *u = a->upload;
   /* The committer takes a connection from the same pool. */
   fl__auth_put_conn(s, a);
-  op->up = (fl_upload){.round_id = u->round_id,
+  op->up = (fl_upload){.round_id = v->at.round_id,
                        .device_id = a->device_id,
                        .samples = u->sample_count,
                        .loss = u->loss,
@@ -405,7 +430,10 @@ static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view 
                        .stored = fl__agg_kind(v->plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v->plan, norm),
                        .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
-                       .train_stats = u->train_stats};
+                       .train_stats = u->train_stats,
+                       .task_round_id = FL_PLAN_IS_ASYNC(&v->plan) ? u->round_id : 0,
+                       .tau = v->at.tau,
+                       .stale_weight = v->at.weight};
   memcpy(op->up.digest, a->upload_digest, sizeof op->up.digest);
   /* Parked before the submit: the completion may resume the connection at once. */
   fl__req_defer(q, upload_finish, op);

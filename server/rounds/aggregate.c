@@ -20,6 +20,7 @@
 #include "drift/drift.h"
 #include "mem.h"
 #include "rounds/rounds.h"
+#include "rounds/staleness.h"
 #include "store/store_pg.h"
 
 typedef struct waiter {
@@ -172,9 +173,11 @@ void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in) 
 }
 
 /* A DP plan's updates count once each, clipped (docs/PRIVACY.md); the others by their sample
- * count. fold_scale multiplies the delta, fold_weight is what the batch's weight adds. */
+ * count. fold_scale multiplies the delta, fold_weight is what the batch's weight adds. An
+ * async update's delta is also scaled by its staleness weight (rounds/staleness.h). */
 static double fold_scale(const fl_upload *u) {
-  return u->dp_scale > 0 ? u->dp_scale : (double)u->samples;
+  return fl__staleness_fold_scale(u->dp_scale > 0 ? u->dp_scale : (double)u->samples,
+                                  u->stale_weight);
 }
 static double fold_weight(const fl_upload *u) {
   return u->dp_scale > 0 ? 1.0 : (double)u->samples;
@@ -255,10 +258,11 @@ static int sb_printf(sbuf *b, const char *fmt, ...) {
 }
 
 /* Postgres array literals of the batch's acceptance rows (device ids, hex digests, sample
- * counts, losses, bytes). Numbers and hex only, so no quoting is needed. */
-static int build_arrays(const batch *b, sbuf arr[5]) {
+ * counts, losses, bytes, task rounds, staleness). Numbers and hex only, so no quoting. */
+#define N_ARRAYS 7
+static int build_arrays(const batch *b, sbuf arr[N_ARRAYS]) {
   int rc = 0;
-  for (int k = 0; k < 5; k++)
+  for (int k = 0; k < N_ARRAYS; k++)
     rc |= sb_printf(&arr[k], "{");
   const char *sep = "";
   for (const waiter *w = b->waiters; w != NULL && rc == 0; w = w->next) {
@@ -271,9 +275,11 @@ static int build_arrays(const batch *b, sbuf arr[5]) {
     rc |= sb_printf(&arr[2], "%s%" PRIu64, sep, w->samples);
     rc |= sb_printf(&arr[3], "%s%.9g", sep, w->loss);
     rc |= sb_printf(&arr[4], "%s%" PRIu64, sep, w->bytes);
+    rc |= sb_printf(&arr[5], "%s%" PRIu64, sep, w->u->task_round_id);
+    rc |= sb_printf(&arr[6], "%s%" PRIu32, sep, w->u->tau);
     sep = ",";
   }
-  for (int k = 0; k < 5; k++)
+  for (int k = 0; k < N_ARRAYS; k++)
     rc |= sb_printf(&arr[k], "}");
   return rc;
 }
@@ -332,7 +338,7 @@ static int bump_round(PGconn *c, batch *b, uint32_t *accepted, uint32_t *target)
 
 /* Step 2: the acceptance rows. Returns 1 when all were new, 0 on a duplicate, -1 on error. */
 static int insert_acceptances(fl_agg *a, PGconn *c, const batch *b) {
-  sbuf arr[5] = {0};
+  sbuf arr[N_ARRAYS] = {0};
   fl_pgp p;
   int rc = -1;
   if (build_arrays(b, arr))
@@ -342,12 +348,15 @@ static int insert_acceptances(fl_agg *a, PGconn *c, const batch *b) {
   for (int k = 0; k < 5; k++)
     fl__pgp_text(&p, arr[k].p);
   fl__pgp_text(&p, a->s->cfg.replica_id);
+  for (int k = 5; k < N_ARRAYS; k++)
+    fl__pgp_text(&p, arr[k].p);
   PGresult *r = fl__pg_exec_prep(
       c, "fl_batch_acceptances",
-      "INSERT INTO acceptances (round_id, device_id, digest, sample_count, loss, bytes, replica)"
-      " SELECT $1, d, decode(h, 'hex'), n, l, b, $7"
-      " FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::float8[], $6::bigint[])"
-      "  AS t(d, h, n, l, b)"
+      "INSERT INTO acceptances (round_id, device_id, digest, sample_count, loss, bytes, replica,"
+      " task_round_id, staleness)"
+      " SELECT $1, d, decode(h, 'hex'), n, l, b, $7, nullif(tr, 0), st"
+      " FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::float8[], $6::bigint[],"
+      "  $8::bigint[], $9::int[]) AS t(d, h, n, l, b, tr, st)"
       " ORDER BY d ON CONFLICT DO NOTHING",
       &p, false, NULL);
   if (r != NULL) {
@@ -355,7 +364,7 @@ static int insert_acceptances(fl_agg *a, PGconn *c, const batch *b) {
     PQclear(r);
   }
 out:
-  for (int k = 0; k < 5; k++)
+  for (int k = 0; k < N_ARRAYS; k++)
     free(arr[k].p);
   return rc;
 }

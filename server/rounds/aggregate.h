@@ -42,6 +42,12 @@ typedef struct fl_upload {
   double dp_scale;
   bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
   const Fl__V1__DriftStats *train_stats; /* checked; NULL when the upload has none */
+  /* An async plan's update (rounds/async.h): round_id is the buffer it is folded into,
+   * task_round_id its task's round, tau its staleness; the delta's factor is multiplied by
+   * stale_weight = s(tau), the weight is not (rounds/staleness.h). task_round_id 0: sync. */
+  uint64_t task_round_id;
+  uint32_t tau;
+  double stale_weight;
 } fl_upload;
 
 enum {

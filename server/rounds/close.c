@@ -20,6 +20,7 @@
 #include "privacy/budget.h"
 #include "registry/models.h"
 #include "rounds/aggregator.h"
+#include "rounds/async.h"
 #include "rounds/optimizer.h"
 #include "rng.h"
 #include "rounds/rounds.h"
@@ -425,6 +426,9 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   mean = malloc((mi->n_params + 1) * sizeof *mean);
   metrics = round_metrics(rr, &rs);
   if (mean == NULL || metrics == NULL)
+    goto out;
+  err = fl__async_close_metrics(c, rr->round_id, &rr->plan, metrics) ? FL_E_DB : FL_OK;
+  if (err)
     goto out;
   if (fl__agg_kind(rr->plan.agg.rule) == FL_AGG_STORED) {
     err = stored_aggregate(c, rr, mi, mean);

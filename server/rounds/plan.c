@@ -26,6 +26,8 @@ static void defaults(fl_plan *p) {
   p->selection_pool = 3.0;
   p->target_delta = 1e-5;
   p->clip_learning_rate = 0.2;
+  p->max_staleness = 4;
+  p->staleness = (fl_staleness){.exponent = 0.5, .kind = FL_STALE_SQRT};
   fl__opt_defaults(&p->opt, 0);
 }
 
@@ -216,7 +218,97 @@ static int check_dp(const fl_plan *p, char msg[160]) {
   return 0;
 }
 
+/* Asynchronous (FedBuff) plans, apart from NUMS: the fields of one feature in one place. */
+static const num_field ASYNC[] = {
+    {"buffer_size", 1, 1e6, true},
+    {"max_staleness", 0, 1e6, true},
+    {"max_concurrency", 1, 1e6, true},
+};
+#define N_ASYNC (sizeof ASYNC / sizeof ASYNC[0])
+
+static uint32_t *async_ptr(fl_plan *p, size_t i) {
+  uint32_t *f[N_ASYNC] = {&p->buffer_size, &p->max_staleness, &p->max_concurrency};
+  return f[i];
+}
+
+/* The async fields (read before NUMS: participants is checked against buffer_size after). */
+static int parse_async(fl_plan *p, const json_t *j, char msg[160]) {
+  const json_t *m = json_object_get(j, "mode"), *st = json_object_get(j, "staleness");
+  if (m != NULL) {
+    const char *t = json_is_string(m) ? json_string_value(m) : "";
+    if (strcmp(t, "sync") != 0 && strcmp(t, "async") != 0) {
+      snprintf(msg, 160, "mode must be sync or async");
+      return -1;
+    }
+    p->mode = strcmp(t, "async") == 0 ? FL_PLAN_ASYNC : FL_PLAN_SYNC;
+  }
+  for (size_t i = 0; i < N_ASYNC; i++) {
+    const json_t *v = json_object_get(j, ASYNC[i].name);
+    double d = json_number_value(v);
+    if (v == NULL)
+      continue;
+    if (!FL_PLAN_IS_ASYNC(p)) {
+      snprintf(msg, 160, "%s needs \"mode\": \"async\"", ASYNC[i].name);
+      return -1;
+    }
+    if (!json_is_number(v) || !isfinite(d) || d < ASYNC[i].lo || d > ASYNC[i].hi || d != floor(d)) {
+      snprintf(msg, 160, "%s must be an integer in [%g, %g]", ASYNC[i].name, ASYNC[i].lo,
+               ASYNC[i].hi);
+      return -1;
+    }
+    *async_ptr(p, i) = (uint32_t)d;
+  }
+  if (st != NULL && !FL_PLAN_IS_ASYNC(p)) {
+    snprintf(msg, 160, "staleness needs \"mode\": \"async\"");
+    return -1;
+  }
+  if (st != NULL &&
+      fl__staleness_parse(json_is_string(st) ? json_string_value(st) : NULL, &p->staleness, msg))
+    return -1;
+  return 0;
+}
+
+/* An async plan against the rest (after every field is read): a buffer is a round of
+ * buffer_size updates, so participants and min_participants are buffer_size (given otherwise
+ * they are refused, not overridden); what needs a synchronous round is refused. */
+static int check_async(fl_plan *p, const json_t *j, char msg[160]) {
+  if (!FL_PLAN_IS_ASYNC(p))
+    return 0;
+  bool have_k = json_object_get(j, "buffer_size") != NULL;
+  if (!have_k)
+    p->buffer_size = p->participants; /* participants' value or default */
+  if ((json_object_get(j, "participants") != NULL && p->participants != p->buffer_size) ||
+      (json_object_get(j, "min_participants") != NULL && p->min_participants != p->buffer_size)) {
+    snprintf(msg, 160, "an async plan's participants and min_participants are its buffer_size");
+    return -1;
+  }
+  p->participants = p->min_participants = p->buffer_size;
+  if (json_object_get(j, "max_concurrency") == NULL)
+    p->max_concurrency = p->buffer_size > 500000 ? 1000000 : 2 * p->buffer_size;
+  if (p->max_concurrency < p->buffer_size) {
+    snprintf(msg, 160, "max_concurrency must be at least buffer_size");
+    return -1;
+  }
+  const char *why = NULL;
+  if (p->selection_window_s > 0)
+    why = "selection_window_s (devices get a task whenever they check in)";
+  else if (FL_PLAN_DP(p))
+    why = "noise_multiplier (the accountant assumes sampled synchronous rounds)";
+  else if (fl__agg_kind(p->agg.rule) == FL_AGG_STORED)
+    why = "a stored aggregator (robust rules are not defined over staleness weights)";
+  if (why != NULL) {
+    snprintf(msg, 160, "mode async does not support %s", why);
+    return -1;
+  }
+  return 0;
+}
+
 static int known_key(const char *k) {
+  for (size_t i = 0; i < N_ASYNC; i++)
+    if (strcmp(k, ASYNC[i].name) == 0)
+      return 1;
+  if (strcmp(k, "mode") == 0 || strcmp(k, "staleness") == 0)
+    return 1;
   for (size_t i = 0; i < sizeof SELECTION / sizeof SELECTION[0]; i++)
     if (strcmp(k, SELECTION[i].name) == 0)
       return 1;
@@ -250,7 +342,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   /* The optimizer first: it sets the defaults that server_lr etc. then override. */
   if (parse_enum(p, j, msg))
     return -1;
-  if (parse_selection(p, j, msg) || parse_dp(p, j, msg) ||
+  if (parse_selection(p, j, msg) || parse_dp(p, j, msg) || parse_async(p, j, msg) ||
       fl__drift_policy_from_json(&p->drift, j, msg))
     return -1;
   bool have_min = false;
@@ -270,6 +362,8 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   }
   if (!have_min)
     p->min_participants = p->participants;
+  if (check_async(p, j, msg))
+    return -1;
   if (p->min_participants > p->participants) {
     snprintf(msg, 160, "min_participants must not exceed participants");
     return -1;
@@ -313,6 +407,23 @@ static json_t *base_json(const fl_plan *p) {
       (json_int_t)p->agg.krum_select);
 }
 
+/* "mode" always; the async fields only in an async plan (a sync plan refuses them). */
+static json_t *async_json(fl_plan *p, json_t *j) {
+  char st[40];
+  int bad = j == NULL ||
+            json_object_set_new(j, "mode", json_string(FL_PLAN_IS_ASYNC(p) ? "async" : "sync"));
+  fl__staleness_name(&p->staleness, st, sizeof st);
+  for (size_t i = 0; !bad && FL_PLAN_IS_ASYNC(p) && i < N_ASYNC; i++)
+    bad = json_object_set_new(j, ASYNC[i].name, json_integer(*async_ptr(p, i)));
+  if (!bad && FL_PLAN_IS_ASYNC(p))
+    bad = json_object_set_new(j, "staleness", json_string(st));
+  if (bad) {
+    json_decref(j);
+    return NULL;
+  }
+  return j;
+}
+
 json_t *fl__plan_to_json(const fl_plan *p) {
   json_t *j = base_json(p);
   if (j != NULL &&
@@ -331,10 +442,12 @@ json_t *fl__plan_to_json(const fl_plan *p) {
     json_decref(j);
     j = NULL;
   }
-  return j;
+  return async_json(&c, j);
 }
 
 uint32_t fl__plan_max_assign(const fl_plan *p) {
+  if (FL_PLAN_IS_ASYNC(p))
+    return p->max_concurrency; /* tasks per buffer (rounds/async.h) */
   double m = ceil((double)p->participants * p->over_selection - 1e-9);
   return m < p->participants ? p->participants : (uint32_t)m;
 }

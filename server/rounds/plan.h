@@ -11,6 +11,7 @@
 #include "drift/policy.h"
 #include "rounds/aggregator.h"
 #include "rounds/optimizer.h"
+#include "rounds/staleness.h"
 
 typedef struct fl_plan {
   uint32_t participants;     /* target accepted updates per round */
@@ -36,7 +37,17 @@ typedef struct fl_plan {
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
   fl_drift_policy drift;       /* "drift", "retrain", "cohort" (drift/policy.h) */
+  /* Asynchronous (FedBuff) plans (rounds/async.h): every round is a buffer of buffer_size
+   * updates, which participants and min_participants equal; tasks of up to max_staleness
+   * versions ago are folded with weight staleness(tau); at most max_concurrency tasks per
+   * buffer. */
+  int mode; /* FL_PLAN_SYNC or FL_PLAN_ASYNC */
+  uint32_t buffer_size, max_staleness, max_concurrency;
+  fl_staleness staleness;
 } fl_plan;
+
+enum { FL_PLAN_SYNC = 0, FL_PLAN_ASYNC = 1 };
+#define FL_PLAN_IS_ASYNC(p) ((p)->mode == FL_PLAN_ASYNC)
 
 /* A DP plan: central noise, uniform weights, an accountant (docs/PRIVACY.md). */
 #define FL_PLAN_DP(p) ((p)->noise_multiplier > 0)

@@ -14,6 +14,7 @@
 #include "auth/auth.h"
 #include "crypto.h"
 #include "drift/drift.h"
+#include "rounds/async.h"
 #include "store/seen.h"
 
 struct fl_rounds {
@@ -38,7 +39,7 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
   fl__pgp_u64(&q, p->participants);
   fl__pgp_u64(&q, p->min_participants);
   fl__pgp_u64(&q, fl__plan_max_assign(p));
-  fl__pgp_u64(&q, p->deadline_s);
+  fl__pgp_u64(&q, fl__async_round_deadline_s(p));
   fl__pgp_f64(&q, p->selection_window_s);
   fl__pgp_u64(&q, fl__plan_pool(p));
   PGresult *r = fl__pg_exec(c,

@@ -200,6 +200,17 @@ static const char *const M_CHECKIN_COST[] = {
     "ALTER TABLE partials ALTER COLUMN sum SET STORAGE EXTERNAL",
     NULL};
 
+/* Asynchronous (FedBuff) rounds (rounds/async.h): an update may be folded into a later round
+ * (buffer) than its task's; its acceptance keeps the task's round, which a retry names and
+ * which identifies it (one update per task: the unique index), and its staleness tau. NULL
+ * for synchronous rounds, where the two are the same. */
+static const char *const M_ASYNC[] = {
+    "ALTER TABLE acceptances ADD COLUMN task_round_id bigint,"
+    " ADD COLUMN staleness int NOT NULL DEFAULT 0",
+    "CREATE UNIQUE INDEX acceptances_task ON acceptances (task_round_id, device_id)"
+    " WHERE task_round_id IS NOT NULL",
+    NULL};
+
 /* Drift detection (server/drift/, docs/DRIFT.md): each device's latest service window, the
  * training statistics of a round's accepted updates until its close pools them into the
  * version's reference, the last test of each cohort (the gauges), and the events. */
@@ -243,7 +254,8 @@ static const migration MIGRATIONS[] = {
     {7, "differential privacy", M_PRIVACY},
 
     {8, "check-in cost", M_CHECKIN_COST},
-    {9, "drift detection", M_DRIFT},
+    {9, "asynchronous rounds", M_ASYNC},
+    {10, "drift detection", M_DRIFT},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,15 @@ void fl_h_db_drop(const char *name) {
 int64_t fl_h_db_int(const char *db, const char *sql) {
   int64_t v;
   return fl_sup_db_exec(db, sql, &v) == FL_OK ? v : -1;
+}
+
+int64_t fl_h_db_intf(const char *db, const char *fmt, ...) {
+  char sql[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(sql, sizeof sql, fmt, ap);
+  va_end(ap);
+  return n < 0 || (size_t)n >= sizeof sql ? -1 : fl_h_db_int(db, sql);
 }
 
 /* ----- HTTP -------------------------------------------------------------------------------- */

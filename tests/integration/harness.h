@@ -39,6 +39,8 @@ void fl_h_db_drop(const char *name);
 /* Runs a parameterless query in `db` and returns the first cell as an integer (NULL -> 0);
  * -1 on error. For before/after state checks in tests. */
 int64_t fl_h_db_int(const char *db, const char *sql);
+/* The same with the query from printf(fmt, ...) (ids only: never for outside text). */
+int64_t fl_h_db_intf(const char *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ----- coordinator ------------------------------------------------------------------------- */
 

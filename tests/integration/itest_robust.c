@@ -9,7 +9,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,15 +192,7 @@ static long upload(const fl_h_device *d, const Fl__V1__ModelVersion *base, uint6
   return status;
 }
 
-static int64_t db_int(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int64_t db_int(const char *fmt, ...) {
-  char sql[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(sql, sizeof sql, fmt, ap);
-  va_end(ap);
-  return fl_h_db_int(g_db, sql);
-}
+#define db_int(...) fl_h_db_intf(g_db, __VA_ARGS__)
 
 /* Version v of the model must be w0 + expect (the default server optimizer, fedavg with
  * server_lr 1, adds the aggregate). */

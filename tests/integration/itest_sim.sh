@@ -7,6 +7,7 @@
 #    coordinator breakdown and the initial model's score are reported (every evaluation checks
 #    the coordinator's signature);
 # 3. the same --seed gives the same rounds (accuracy, loss, participants) with 1 and 3 threads;
+# 3b. an async (FedBuff) run with intermittent devices: one row per buffer of exactly K updates;
 # 4. a run whose rounds produce no version exits non-zero and says why;
 # 5. two runs with --url against one running coordinator both succeed (pg_virtualenv only).
 #   itest_sim.sh FL_SIM FL_COORDINATOR
@@ -85,6 +86,17 @@ paste -d, "$out/threads1/rounds.csv" "$out/threads3/rounds.csv" | awk -F, -v n=1
       if (d > 5e-4) { print "column " c " differs: " $c " vs " $(n+c); bad = 1 }
     } }
   END { exit bad || rows != 2 }' || fail "--threads 1 and --threads 3 gave different rounds"
+
+# ---- 3b. asynchronous rounds with intermittent devices ----------------------------------
+# FedBuff buffers of 5 from 20 continuously training devices, half of them going offline:
+# one CSV row per buffer, each with exactly 5 updates, offline periods counted.
+"$sim" --devices 20 --rounds 4 --samples-per-device 100 --mode async --buffer-size 5 \
+  --max-staleness 3 --offline-share 0.5 --offline-mean 1 --deadline 30 --out "$out/async" \
+  "${run[@]}" >"$out/async.log" 2>&1 || { cat "$out/async.log"; fail "the async run failed"; }
+awk -F, 'NR > 1 { rows++; if ($5 != 5) bad = 1 } END { exit bad || rows != 4 }' \
+  "$out/async/rounds.csv" || { cat "$out/async/rounds.csv"; fail "async buffers are not 4 x 5"; }
+grep -qE "offline periods +[1-9]" "$out/async.log" || { cat "$out/async.log"; fail "no offline periods"; }
+refused "--buffer-size needs --mode async" --buffer-size 5
 
 # ---- 4. no version: a failed run --------------------------------------------------------
 # 18 of 20 devices sign their updates wrongly: the round cannot reach its minimum of 10.

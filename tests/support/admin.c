@@ -4,6 +4,7 @@
 #include "flsupport/admin.h"
 
 #include <curl/curl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,7 +292,9 @@ int fl_sup_admin_round(fl_sup_admin *a, uint64_t round_id, fl_sup_round_state *o
   return rc;
 }
 
-int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_state *out) {
+/* The model's round with the largest id (latest) or the smallest id above after. */
+static int pick_round(fl_sup_admin *a, uint64_t model_id, bool latest, uint64_t after,
+                      fl_sup_round_state *out) {
   json_t *ans;
   int rc = get_by_id(a, "/admin/v1/rounds?model_id=%llu", model_id, &ans);
   if (rc != FL_OK)
@@ -301,7 +304,9 @@ int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_s
   for (size_t i = 0; i < json_array_size(rounds); i++) {
     uint64_t id = 0;
     json_t *r = json_array_get(rounds, i);
-    if (get_u64(r, "round_id", &id) == FL_OK && id > best_id) {
+    if (get_u64(r, "round_id", &id) != FL_OK)
+      continue;
+    if (latest ? id > best_id : id > after && (best == NULL || id < best_id)) {
       best_id = id;
       best = r;
     }
@@ -309,6 +314,15 @@ int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_s
   rc = best ? parse_round(a, best, out) : FL_E_NOTFOUND;
   json_decref(ans);
   return rc;
+}
+
+int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_state *out) {
+  return pick_round(a, model_id, true, 0, out);
+}
+
+int fl_sup_admin_next_round(fl_sup_admin *a, uint64_t model_id, uint64_t after,
+                            fl_sup_round_state *out) {
+  return pick_round(a, model_id, false, after, out);
 }
 
 int fl_sup_admin_wait_round(fl_sup_admin *a, uint64_t round_id, const char *state, int timeout_ms,

@@ -43,6 +43,7 @@ typedef struct fake_coord {
   fake_version v[FAKE_MAX_VERSIONS + 1]; /* index = version */
   /* behaviour */
   bool give_task;
+  uint64_t task_version;    /* the task's base version (and round 10 + it); 0: 1 */
   uint64_t rollout_version; /* 0: none */
   bool tamper_models;       /* flip one weight byte in served models */
   int fail_next;            /* answer this many requests with 503 first */
@@ -234,10 +235,11 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
     h.learning_rate = f->lr;
     h.momentum = f->momentum;
     h.prox_mu = f->prox_mu;
-    t.round_id = 11;
+    uint64_t bv = f->task_version ? f->task_version : 1;
+    t.round_id = 10 + bv;
     t.model_id = 1;
-    t.base_version = 1;
-    t.base_sha256.data = f->v[1].sha;
+    t.base_version = bv;
+    t.base_sha256.data = f->v[bv].sha;
     t.base_sha256.len = FL_SHA256_LEN;
     t.hyperparameters = &h;
     t.clip_norm = f->clip_norm;

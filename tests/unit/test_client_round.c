@@ -42,6 +42,28 @@ Test(client_round, base_model_comes_from_the_cache_in_later_rounds) {
   fake_env_down(&e);
 }
 
+/* An asynchronous plan (FedBuff) may hand out a task on a base older than the version the
+ * device trained on last and caches: the client trains on that base and uploads against it. */
+Test(client_round, task_on_an_older_base_than_the_cache_is_trained) {
+  fake_env e;
+  fake_env_enrolled(&e);
+  fl_round_result r = {.size = sizeof r};
+  e.f.task_version = 3;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED);
+  cr_assert_eq(e.f.last_upload->base_version, 3);
+  e.f.task_version = 2;
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_OK, "%s", fl_client_errmsg(e.c));
+  cr_assert_eq(r.outcome, FL_ROUND_UPLOADED, "a task older than the cache is not refused");
+  cr_assert_eq(r.round_id, 12);
+  cr_assert_eq(r.base_version, 2);
+  cr_assert_eq(e.f.last_upload->base_version, 2);
+  cr_assert_eq(e.f.last_upload->round_id, 12);
+  cr_assert_eq(e.f.n_model_get, 2, "v3, then the older v2 it did not have");
+  cr_assert_eq(e.f.n_bad_sig, 0);
+  fake_env_down(&e);
+}
+
 Test(client_round, not_selected_reports_the_retry_window) {
   fake_env e;
   fake_env_enrolled(&e);

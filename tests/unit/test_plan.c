@@ -244,3 +244,72 @@ Test(plan, drift_policy_refuses_bad_objects) {
   cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":3}}}", &p, msg), -1);
   cr_assert_eq(parse("{\"cohort\":\"site\"}", &p, msg), -1);
 }
+
+static void expect_refused(const char *text, const char *needle) {
+  fl_plan p;
+  char msg[160] = "";
+  cr_expect_eq(parse(text, &p, msg), -1, "accepted: %s", text);
+  cr_expect(strstr(msg, needle) != NULL, "%s: message \"%s\" lacks \"%s\"", text, msg, needle);
+}
+
+Test(plan, async_fields_defaults_and_round_trip) {
+  fl_plan p, back;
+  char msg[160];
+  cr_assert_eq(parse("{\"participants\":10}", &p, msg), 0);
+  cr_expect_eq(p.mode, FL_PLAN_SYNC);
+  cr_assert_eq(parse("{\"mode\":\"async\",\"buffer_size\":4,\"max_staleness\":2,"
+                     "\"staleness\":\"poly:1\",\"server_lr\":0.5}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_expect_eq(p.mode, FL_PLAN_ASYNC);
+  cr_expect_eq(p.buffer_size, 4);
+  cr_expect_eq(p.participants, 4, "a buffer is a round of buffer_size updates");
+  cr_expect_eq(p.min_participants, 4);
+  cr_expect_eq(p.max_staleness, 2);
+  cr_expect_eq(p.max_concurrency, 8, "default: 2 x buffer_size");
+  cr_expect_eq(fl__plan_max_assign(&p), 8, "tasks per buffer");
+  cr_expect_eq(p.staleness.kind, FL_STALE_POLY);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_not_null(j);
+  cr_expect_str_eq(json_string_value(json_object_get(j, "mode")), "async");
+  cr_expect_str_eq(json_string_value(json_object_get(j, "staleness")), "poly:1");
+  cr_assert_eq(fl__plan_from_json(&back, j, msg), 0, "stored form re-parses: %s", msg);
+  json_decref(j);
+  cr_expect_eq(back.mode, FL_PLAN_ASYNC);
+  cr_expect_eq(back.buffer_size, 4);
+  cr_expect_eq(back.max_staleness, 2);
+  cr_expect_eq(back.max_concurrency, 8);
+  cr_expect_eq(back.staleness.exponent, 1.0);
+  cr_expect_float_eq(back.opt.lr, 0.5, 1e-12);
+  /* buffer_size defaults to participants; the sqrt weighting is the default. */
+  cr_assert_eq(parse("{\"mode\":\"async\",\"participants\":3,\"max_concurrency\":3}", &p, msg), 0,
+               "%s", msg);
+  cr_expect_eq(p.buffer_size, 3);
+  cr_expect_eq(p.staleness.kind, FL_STALE_SQRT);
+  cr_expect_eq(p.max_staleness, 4);
+  /* A sync plan's stored form names its mode and nothing of async. */
+  cr_assert_eq(parse("{\"participants\":10}", &p, msg), 0);
+  j = fl__plan_to_json(&p);
+  cr_expect_str_eq(json_string_value(json_object_get(j, "mode")), "sync");
+  cr_expect_null(json_object_get(j, "buffer_size"));
+  json_decref(j);
+}
+
+Test(plan, async_refuses_bad_combinations) {
+  expect_refused("{\"mode\":\"fedbuff\"}", "mode must be");
+  expect_refused("{\"buffer_size\":4}", "needs \"mode\": \"async\"");
+  expect_refused("{\"mode\":\"sync\",\"max_staleness\":4}", "needs \"mode\": \"async\"");
+  expect_refused("{\"staleness\":\"sqrt\"}", "needs \"mode\": \"async\"");
+  expect_refused("{\"mode\":\"async\",\"staleness\":\"cubic\"}", "staleness must be");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":0}", "buffer_size must be");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":2.5}", "buffer_size must be");
+  expect_refused("{\"mode\":\"async\",\"max_staleness\":-1}", "max_staleness must be");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":4,\"participants\":5}", "buffer_size");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":4,\"min_participants\":2}", "buffer_size");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":4,\"max_concurrency\":3}",
+                 "max_concurrency must be at least");
+  expect_refused("{\"mode\":\"async\",\"selection_window_s\":5}", "selection_window_s");
+  expect_refused("{\"mode\":\"async\",\"noise_multiplier\":1}", "noise_multiplier");
+  expect_refused("{\"mode\":\"async\",\"buffer_size\":5,\"aggregator\":\"median\"}",
+                 "stored aggregator");
+}

@@ -264,3 +264,29 @@ Test(sim_options, drift_detection_options) {
   o.psi_threshold = 0;
   cr_expect(strstr(why(&o), "--psi-threshold") != NULL, "%s", why(&o));
 }
+
+Test(sim_options, async_and_intermittency_options) {
+  sim_options o = opts();
+  cr_assert_eq(PARSE(&o, "--devices", "40", "--mode", "async", "--buffer-size", "8",
+                     "--max-staleness", "3", "--offline-share", "0.5", "--offline-mean", "4"),
+               FL_OK);
+  cr_expect_str_eq(o.mode, "async");
+  cr_expect_eq(o.buffer_size, 8);
+  cr_expect_eq(o.max_staleness, 3);
+  cr_expect_float_eq(o.offline_share, 0.5, 1e-12);
+  cr_expect_float_eq(o.offline_mean_s, 4, 1e-12);
+  o.buffer_size = 41;
+  cr_expect(strstr(why(&o), "--buffer-size 41 exceeds") != NULL, "%s", why(&o));
+  o.buffer_size = 8;
+  o.selection_window_s = 2;
+  cr_expect(strstr(why(&o), "no --selection-window") != NULL, "%s", why(&o));
+  o.selection_window_s = -1;
+  o.mode = "fedbuff";
+  cr_expect(strstr(why(&o), "bad --mode fedbuff") != NULL, "%s", why(&o));
+  o.mode = "sync";
+  cr_expect(strstr(why(&o), "--buffer-size needs --mode async") != NULL, "%s", why(&o));
+  o.buffer_size = 0;
+  cr_expect_str_empty(why(&o));
+  o.offline_share = 1.5;
+  cr_expect(strstr(why(&o), "--offline-share") != NULL, "%s", why(&o));
+}

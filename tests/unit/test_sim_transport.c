@@ -33,6 +33,7 @@ typedef struct fake {
   char last_path[64];
   uint8_t last_body[64];
   size_t last_body_len;
+  const uint8_t *last_body_ptr; /* where the body it was given lives */
 } fake;
 
 static fl_err f_begin(void *ctx, const fl_http_request *req) {
@@ -44,6 +45,7 @@ static fl_err f_begin(void *ctx, const fl_http_request *req) {
   f->last_body_len = req->body_len < sizeof(f->last_body) ? req->body_len : sizeof(f->last_body);
   if (req->body_len > 0)
     memcpy(f->last_body, req->body, f->last_body_len);
+  f->last_body_ptr = req->body;
   return FL_OK;
 }
 
@@ -252,6 +254,35 @@ Test(sim_transport, straggler_upload_starts_late) {
   cr_expect_arr_eq(f.last_body, "update", 6, "the request, copied at begin()");
   t.end(t.ctx);
   t.destroy(t.ctx);
+}
+
+/* borrow_body: an honest upload reaches the inner transport from the caller's buffer, even
+ * when the in-flight cap holds it back past begin(); without it, from the link's own copy. */
+Test(sim_transport, upload_borrowed_from_the_caller_or_copied) {
+  uint8_t body[6];
+  memcpy(body, "update", 6);
+  fl_http_request up = {.method = "POST", .path = "/v1/updates", .body = body, .body_len = 6};
+  for (int borrow = 0; borrow <= 1; borrow++) {
+    fake f = {0};
+    sim_net net = {.max_inflight = 1, .inflight = 1}; /* full: the upload waits */
+    sim_link_opts o = {.net = &net, .inner = fake_tr(&f, 2), .seed = 1, .borrow_body = borrow};
+    fl_transport t;
+    cr_assert_eq(sim_link_transport(&t, &o), FL_OK);
+    cr_assert_eq(t.begin(t.ctx, &up), FL_OK);
+    fl_http_response r;
+    cr_expect_eq(t.poll(t.ctx, 0, &r), FL_E_AGAIN);
+    cr_expect_eq(f.begins, 0, "held back by the cap");
+    net.inflight = 0;
+    cr_expect_eq(t.poll(t.ctx, 0, &r), FL_OK);
+    cr_expect_eq(f.begins, 1);
+    cr_expect_arr_eq(f.last_body, "update", 6);
+    if (borrow)
+      cr_expect_eq(f.last_body_ptr, body, "forwarded from the caller's buffer");
+    else
+      cr_expect_neq(f.last_body_ptr, body, "forwarded from the link's copy");
+    t.end(t.ctx);
+    t.destroy(t.ctx);
+  }
 }
 
 Test(sim_transport, in_flight_cap_holds_exchanges_back) {

@@ -73,6 +73,10 @@ typedef struct fl_sup_round_state {
 int fl_sup_admin_round(fl_sup_admin *a, uint64_t round_id, fl_sup_round_state *out);
 /* The newest round of the model (largest round_id), FL_E_NOTFOUND when none. */
 int fl_sup_admin_latest_round(fl_sup_admin *a, uint64_t model_id, fl_sup_round_state *out);
+/* The model's first round after round `after` (an async plan may close several buffers
+ * between two polls), FL_E_NOTFOUND when none yet. */
+int fl_sup_admin_next_round(fl_sup_admin *a, uint64_t model_id, uint64_t after,
+                            fl_sup_round_state *out);
 /* Polls the round until its state is `state` (NULL: any state but "open"), FL_E_TIMEOUT after
  * timeout_ms. *round (may be NULL) receives the round's JSON (json_decref it). */
 int fl_sup_admin_wait_round(fl_sup_admin *a, uint64_t round_id, const char *state, int timeout_ms,
