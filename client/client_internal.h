@@ -99,7 +99,7 @@ typedef struct fl__rollout {
 
 /* The evaluation task of the last check-in (evaluate.c). */
 typedef struct fl__evaltask {
-  uint64_t model_id, version, gate_id;
+  uint64_t model_id, version, gate_id, campaign_id; /* one of gate_id, campaign_id is set */
   uint8_t sha256[FL_SHA256_LEN];
 } fl__evaltask;
 
@@ -137,6 +137,13 @@ typedef struct fl__drift_acc {
 
 struct fl_multi;
 
+#define FL__CONDITIONS_MAX 16
+#define FL__CONDITION_LEN 64
+
+/* The check-in's conditions field (conditions.c): pointers into c->conds, valid while the
+ * conditions are not changed. */
+size_t fl__conditions_view(const fl_client *c, char *out[FL__CONDITIONS_MAX]);
+
 struct fl_client {
   fl_allocator alloc_copy;
   const fl_allocator *alloc; /* &alloc_copy, or NULL for the C library */
@@ -168,6 +175,9 @@ struct fl_client {
   void *trainer_ctx;
 
   fl__data_slot hold; /* hold-out data for federated evaluation (evaluate.c) */
+  /* conditions reported at check-in (conditions.c), NUL-terminated copies */
+  char conds[FL__CONDITIONS_MAX][FL__CONDITION_LEN];
+  size_t n_conds;
   float anomaly_threshold;
 
   /* drift statistics (drift.c): the service window and its report cadence (0: off) */

@@ -40,20 +40,25 @@ fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold) {
 }
 
 void fl__eval_note(fl_client *c, const Fl__V1__EvalTask *t) {
-  if (t == NULL || !c->hold.have || t->version == 0 || t->gate_id == 0 ||
+  /* A gate's task or a plan's evaluation campaign (docs/API.md), never both. */
+  if (t == NULL || !c->hold.have || t->version == 0 || (t->gate_id == 0) == (t->campaign_id == 0) ||
       t->sha256.len != FL_SHA256_LEN)
     return;
   c->eval.model_id = t->model_id;
   c->eval.version = t->version;
   c->eval.gate_id = t->gate_id;
+  c->eval.campaign_id = t->campaign_id;
   memcpy(c->eval.sha256, t->sha256.data, FL_SHA256_LEN);
   c->want_eval = true;
 }
 
-/* Running sums over the hold-out examples. */
+/* Running sums over the hold-out examples; tp, fp, fn count alarms against the hold-out labels
+ * of an anomaly detector (label != 0: a true anomaly), when the hold-out data has labels. */
 typedef struct eval_sums {
   double loss, correct, anomalies;
+  double tp, fp, fn;
   uint64_t n;
+  bool labelled;
 } eval_sums;
 
 typedef struct eval_bufs {
@@ -68,29 +73,37 @@ static void bufs_free(const fl_allocator *a, eval_bufs *b) {
   fl__free(a, b->labels);
 }
 
+/* Whether the hold-out data has labels an anomaly detector's alarms can be scored against:
+ * only the built-in sources say so (an embedder's source may not fill labels). */
+static bool holdout_labelled(const fl_client *c) {
+  return c->hold.src.ctx == &c->hold.mem && c->hold.mem.labels != NULL;
+}
+
 /* Targets only for a regression model whose output differs from its input; reconstruction
- * outputs only when anomalies are counted. */
+ * outputs only when anomalies are counted; labels for a classifier, or for an anomaly
+ * detector whose hold-out data has them. */
 static int bufs_alloc(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies) {
   size_t in = fl__model_input_size(m), out = fl__model_output_size(m);
   bool ce = fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE;
   memset(b, 0, sizeof *b);
   b->x = fl__calloc(c->alloc, EVAL_BATCH * in, sizeof *b->x);
-  if (ce)
+  if (ce || (anomalies && holdout_labelled(c)))
     b->labels = fl__calloc(c->alloc, EVAL_BATCH, sizeof *b->labels);
   else if (out != in)
     b->targets = fl__calloc(c->alloc, EVAL_BATCH * out, sizeof *b->targets);
   if (anomalies)
     b->out = fl__calloc(c->alloc, EVAL_BATCH * out, sizeof *b->out);
-  if (b->x == NULL || (ce && b->labels == NULL) || (!ce && out != in && b->targets == NULL) ||
-      (anomalies && b->out == NULL)) {
+  if (b->x == NULL || ((ce || (anomalies && holdout_labelled(c))) && b->labels == NULL) ||
+      (!ce && out != in && b->targets == NULL) || (anomalies && b->out == NULL)) {
     bufs_free(c->alloc, b);
     return FL_E_NOMEM;
   }
   return FL_OK;
 }
 
-/* Examples of the batch whose mean squared reconstruction error exceeds the threshold. */
-static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n, double *count) {
+/* Examples of the batch whose mean squared reconstruction error exceeds the threshold, and
+ * with labels the alarms that are right (tp), wrong (fp) and the anomalies missed (fn). */
+static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t n, eval_sums *s) {
   size_t d = fl__model_output_size(m);
   int err = fl__model_forward(m, b->x, n, b->out);
   for (size_t i = 0; err == FL_OK && i < n; i++) {
@@ -100,8 +113,16 @@ static int count_anomalies(fl_client *c, fl_model *m, const eval_bufs *b, size_t
       double e = (double)b->out[i * d + j] - t[j];
       se += e * e;
     }
-    *count += se / (double)d > c->anomaly_threshold;
+    bool alarm = se / (double)d > c->anomaly_threshold;
+    s->anomalies += alarm;
+    if (b->labels != NULL) {
+      bool pos = b->labels[i] != 0;
+      s->tp += alarm && pos;
+      s->fp += alarm && !pos;
+      s->fn += !alarm && pos;
+    }
   }
+  s->labelled |= b->labels != NULL;
   return err;
 }
 
@@ -115,11 +136,12 @@ static int eval_pass(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies, ev
       break;
     if (n > EVAL_BATCH)
       return FL_E_INVAL;
-    fl_batch batch = {.x = b->x, .labels = b->labels, .targets = b->targets, .n = n};
+    bool ce = fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE;
+    fl_batch batch = {.x = b->x, .labels = ce ? b->labels : NULL, .targets = b->targets, .n = n};
     double loss = 0, acc = 0;
     err = fl__model_evaluate(m, &batch, &loss, &acc);
     if (err == FL_OK && anomalies)
-      err = count_anomalies(c, m, b, n, &s->anomalies);
+      err = count_anomalies(c, m, b, n, s);
     s->loss += loss * (double)n;
     s->correct += acc * (double)n;
     s->n += n;
@@ -129,13 +151,17 @@ static int eval_pass(fl_client *c, fl_model *m, eval_bufs *b, bool anomalies, ev
 
 static int pack_report(fl_client *c, const fl_model *m, const eval_sums *s, bool anomalies) {
   Fl__V1__EvalReport rep;
-  Fl__V1__Metric mt[3], *mp[3];
+  Fl__V1__Metric mt[5], *mp[5];
   fl__v1__eval_report__init(&rep);
-  const char *names[3] = {"loss", "accuracy", "anomaly_rate"};
-  double values[3] = {s->loss / (double)s->n, s->correct / (double)s->n,
-                      s->anomalies / (double)s->n};
-  bool present[3] = {true, fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE, anomalies};
-  for (int i = 0; i < 3; i++) {
+  const char *names[5] = {"loss", "accuracy", "anomaly_rate", "precision", "recall"};
+  double values[5] = {s->loss / (double)s->n, s->correct / (double)s->n,
+                      s->anomalies / (double)s->n, s->tp / (s->tp + s->fp),
+                      s->tp / (s->tp + s->fn)};
+  /* Precision without an alarm and recall without an anomaly are undefined: not reported. */
+  bool present[5] = {true, fl__model_spec(m)->loss == FL_LOSS_SOFTMAX_CE, anomalies,
+                     anomalies && s->labelled && s->tp + s->fp > 0,
+                     anomalies && s->labelled && s->tp + s->fn > 0};
+  for (int i = 0; i < 5; i++) {
     if (!present[i])
       continue;
     if (!isfinite(values[i])) {
@@ -152,8 +178,9 @@ static int pack_report(fl_client *c, const fl_model *m, const eval_sums *s, bool
   rep.model_id = c->eval.model_id;
   rep.version = c->eval.version;
   rep.gate_id = c->eval.gate_id;
+  rep.campaign_id = c->eval.campaign_id;
   rep.sample_count = s->n;
-  uint8_t buf[256]; /* five varints and three short metrics */
+  uint8_t buf[384]; /* six varints and five short metrics */
   size_t len = fl__v1__eval_report__get_packed_size(&rep);
   if (len > sizeof buf)
     return FL_E_TOOBIG;

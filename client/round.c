@@ -57,13 +57,18 @@ static int pack_checkin(fl_client *c) {
   req.model_id = c->want_model_id;
   req.running_version = c->active.version;
   req.running_model_id = c->active.model_id;
+  char *conds[FL__CONDITIONS_MAX];
+  req.n_conditions = fl__conditions_view(c, conds);
+  req.conditions = conds;
   const fl__drift_acc *acc = fl__drift_due(c);
   if (acc != NULL) {
     fl__drift_msg(acc, &ds);
     req.service_stats = &ds;
   }
-  /* Three varints, and at most 256 features x 2 doubles and 64 bins of statistics. */
-  uint8_t buf[64 + 2 * 9 * FL__DRIFT_MAX_FEATURES + 10 * FL__DRIFT_MAX_BINS + 64];
+  /* Three varints, the conditions (each at most 63 bytes and its two-byte header), and at most
+   * 256 features x 2 doubles and 64 bins of statistics. */
+  uint8_t buf[64 + FL__CONDITIONS_MAX * (FL__CONDITION_LEN + 2) + 2 * 9 * FL__DRIFT_MAX_FEATURES +
+              10 * FL__DRIFT_MAX_BINS + 64];
   size_t n = fl__v1__check_in_request__get_packed_size(&req);
   if (n > sizeof buf)
     return FL_E_TOOBIG;

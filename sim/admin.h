@@ -12,6 +12,7 @@
 
 #include "crypto.h"
 #include "flsupport/admin.h"
+#include "mix.h"
 #include "model.h"
 
 typedef fl_sup_admin sim_admin;
@@ -75,5 +76,18 @@ int sim_admin_create_model(sim_admin *a, const char *name, const fl_model_spec *
                            uint64_t *model_id, uint64_t *version);
 int sim_admin_create_plan(sim_admin *a, uint64_t model_id, const sim_plan *p, uint64_t *plan_id,
                           uint64_t *round_id);
+
+/* n enrollment tokens, token k carrying device k's label of the mix (mix.h; none for devices
+ * without one). Free with sim_admin_free_tokens. */
+int sim_admin_tokens_mixed(sim_admin *a, const sim_mix *m, uint64_t seed, size_t n, char ***tokens);
+/* Adds the plan's "cohort" (JSON text, NULL: none) and "evaluation" policy ({"share": s} or
+ * {"count": n}, with "by_label"; none when both are 0). FL_E_INVAL for a cohort that is no
+ * JSON. */
+int sim_plan_cohort_eval(json_t *plan, const char *cohort, double share, uint32_t count,
+                         const char *by);
+/* The federated evaluation result of the newest version that has reports (docs/API.md); its
+ * number in *version. FL_E_NOTFOUND when no version has any. */
+int sim_admin_latest_evaluation(sim_admin *a, uint64_t model_id, uint64_t *version,
+                                json_t **result);
 
 #endif

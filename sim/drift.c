@@ -26,7 +26,7 @@ int sim_drift_tokens(sim_admin *a, const sim_data *d, size_t n, char ***tokens) 
     if (count[s] == 0)
       continue;
     json_t *labels = json_pack("{s:s}", "site", SITES[s]);
-    rc = labels != NULL ? fl_sup_admin_enrollment_tokens_labelled(a, count[s], labels, &by_site[s])
+    rc = labels != NULL ? fl_sup_admin_enrollment_tokens_labeled(a, count[s], labels, &by_site[s])
                         : FL_E_NOMEM;
     json_decref(labels);
   }

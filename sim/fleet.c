@@ -38,6 +38,7 @@ typedef struct device {
   int intermittent, parked; /* offline_share's devices; parked: offline holding its task */
   int64_t resume_ms;        /* parked until */
   fl_rng offline_rng;
+  fl_rng cond_rng; /* its conditions at each check-in (--conditions) */
   uint64_t shuffle_seed;
   uint32_t resets; /* epochs started in the current round */
   /* data source */
@@ -184,6 +185,30 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
   }
 }
 
+/* The conditions of this check-in, each drawn with its probability (--conditions). */
+static int set_conditions(struct sim_fleet *f, device *d) {
+  const sim_mix *m = f->o.conditions;
+  if (m == NULL || m->n == 0)
+    return FL_OK;
+  double u[SIM_MIX_MAX];
+  const char *names[SIM_MIX_MAX];
+  for (size_t i = 0; i < m->n; i++)
+    u[i] = fl__rng_uniform(&d->cond_rng);
+  return fl_client_set_conditions(d->c, names, sim_mix_conditions(m, u, names));
+}
+
+/* Device k's slice of the hold-out data for federated evaluation (borrowed by the client). */
+static int set_holdout(struct sim_fleet *f, device *d) {
+  const fl_dataset *h = f->o.holdout;
+  size_t per = f->o.holdout_per_device;
+  if (h == NULL || per == 0 || h->n < per)
+    return FL_OK;
+  size_t from = (d->index * per) % (h->n - per + 1);
+  return fl_client_set_holdout_memory(d->c, h->x + from * h->x_dim,
+                                      d->labelled && h->labels ? h->labels + from : NULL, per,
+                                      h->x_dim);
+}
+
 /* Starts the device's round when the simulated round allows it. */
 static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq) {
   if (!d->enrolled || d->active || (!f->o.continuous && d->done_seq >= seq) ||
@@ -197,7 +222,9 @@ static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq)
   if (sv != NULL && (d->index + 1) * f->o.service_per_device <= sv->n)
     (void)fl_client_observe(d->c, sv->x + d->index * f->o.service_per_device * sv->x_dim,
                             f->o.service_per_device, NULL);
-  int rc = fl_client_round_begin(d->c);
+  int rc = set_conditions(f, d);
+  if (rc == FL_OK)
+    rc = fl_client_round_begin(d->c);
   if (rc != FL_OK) {
     d->done_seq = seq;
     atomic_fetch_add(&f->finished, 1);
@@ -454,6 +481,7 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
   fl__rng_seed(&d->dropout_rng, sim_device_seed(f->o.seed, k, SIM_SEED_DROPOUT));
   fl__rng_seed(&d->offline_rng, sim_device_seed(f->o.seed, k, SIM_SEED_OFFLINE));
   d->intermittent = fl__rng_uniform(&d->offline_rng) < f->o.offline_share;
+  fl__rng_seed(&d->cond_rng, sim_device_seed(f->o.seed, k, SIM_SEED_CONDITIONS));
   d->order = malloc((d->n_rows ? d->n_rows : 1) * sizeof(uint32_t));
   if (d->order == NULL)
     return FL_E_NOMEM;
@@ -488,7 +516,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
                         .n_examples = d->n_rows,
                         .reset = ds_reset,
                         .next = ds_next};
-  return fl_client_set_data_source(d->c, &src);
+  rc = fl_client_set_data_source(d->c, &src);
+  return rc == FL_OK ? set_holdout(f, d) : rc;
 }
 
 /* The worker's multi and its lookup table (after its devices exist). */

@@ -27,6 +27,7 @@
 
 #include "data.h"
 #include "partition.h"
+#include "mix.h"
 #include "transport.h"
 
 typedef struct sim_fleet_opts {
@@ -55,6 +56,12 @@ typedef struct sim_fleet_opts {
    * and sends the statistics with it. Read at each round: the drift rewrites it in place. */
   const fl_dataset *service;
   size_t service_per_device;
+  /* The conditions devices report, drawn at every check-in (mix.h); NULL: none; borrowed. */
+  const sim_mix *conditions;
+  /* Hold-out data for federated evaluation: device k gets holdout_per_device rows of holdout
+   * from row k * holdout_per_device (mod its size); NULL: none; borrowed. */
+  const fl_dataset *holdout;
+  size_t holdout_per_device;
 } sim_fleet_opts;
 
 typedef struct sim_fleet sim_fleet;

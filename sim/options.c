@@ -5,7 +5,9 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "fl/err.h"
+#include "mix.h"
 #include "model_specs.h"
 #include "mqtt.h"
 #include "partition.h"
@@ -107,6 +110,17 @@ static const opt_def OPTS[] = {
      "DP-FedAvg: central noise multiplier z (0: not private; docs/PRIVACY.md)"},
     {"clip-quantile", T_DBL, O(clip_quantile),
      "adaptive clipping: target quantile of unclipped updates (0: fixed --clip-norm)"},
+    {"labels", T_STR, O(labels),
+     "device labels with shares, e.g. site=a:0.5,site=b:0.5 (each device gets one or none)"},
+    {"conditions", T_STR, O(conditions),
+     "conditions devices report at each check-in with a probability, e.g. charging:0.7"},
+    {"cohort", T_STR, O(cohort),
+     "the plan's training cohort, JSON, e.g. {\"labels\":{\"site\":\"a\"},"
+     "\"conditions\":[\"charging\"]}"},
+    {"eval-share", T_DBL, O(eval_share),
+     "evaluate every new version on this share of the cohort (0: no evaluation)"},
+    {"eval-count", T_U32, O(eval_count), "evaluate every new version on this many devices"},
+    {"eval-by", T_STR, O(eval_by), "federated evaluation results per value of this label"},
     {"url", T_STR, O(url), "use this running coordinator instead of starting one"},
     {"admin-token", T_STR, O(admin_token), "admin token for --url (or FL_ADMIN_TOKEN)"},
     {"database-url", T_STR, O(database_url), "PostgreSQL for the started coordinator"},
@@ -441,6 +455,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"trim-fraction", o->trim_fraction, 0, 0.4999999},
       {"noise-multiplier", o->noise_multiplier, 0, 1e3},
       {"clip-quantile", o->clip_quantile, 0, 1},
+      {"eval-share", o->eval_share, 0, 1},
+      {"eval-count", o->eval_count, 0, 1e6},
   };
   for (size_t i = 0; i < sizeof(R) / sizeof(R[0]); i++)
     if (!isfinite(R[i].v) || R[i].v < R[i].lo || R[i].v > R[i].hi)
@@ -479,6 +495,27 @@ static int check_fleet(const sim_options *o, char *msg, size_t cap) {
                 "bad --bad-kinds %s: poison, unclipped, badsig, replay, signflip, scaled, lie,"
                 " labelflip, noise",
                 o->bad_kinds);
+  return FL_OK;
+}
+
+/* Labels, conditions, the cohort's JSON (the coordinator checks its fields) and the
+ * evaluation policy. */
+static int check_cohort(const sim_options *o, char *msg, size_t cap) {
+  sim_mix m;
+  if (sim_mix_parse_labels(&m, o->labels, msg, cap) ||
+      sim_mix_parse_conditions(&m, o->conditions, msg, cap))
+    return FL_E_INVAL;
+  json_t *j = o->cohort != NULL ? json_loads(o->cohort, 0, NULL) : NULL;
+  bool ok = o->cohort == NULL || json_is_object(j);
+  json_decref(j);
+  if (!ok)
+    return fail(msg, cap, "--cohort must be a JSON object");
+  if (o->eval_share > 0 && o->eval_count > 0)
+    return fail(msg, cap, "--eval-share and --eval-count exclude each other");
+  if (o->drift_detect && o->labels != NULL)
+    return fail(msg, cap, "--labels and --drift-detect exclude each other (it labels by site)");
+  if (o->eval_by != NULL && o->eval_share <= 0 && o->eval_count == 0)
+    return fail(msg, cap, "--eval-by needs --eval-share or --eval-count");
   return FL_OK;
 }
 
@@ -521,7 +558,7 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
     return fail(msg, cap, "--broker and --bridge-bin go with --transport mqtt");
   if (o->url != NULL && o->admin_token == NULL && getenv("FL_ADMIN_TOKEN") == NULL)
     return fail(msg, cap, "--url needs --admin-token or FL_ADMIN_TOKEN");
-  return FL_OK;
+  return check_cohort(o, msg, cap);
 }
 
 int sim_options_check(const sim_options *o, char *msg, size_t cap) {

@@ -62,6 +62,11 @@ typedef struct sim_options {
   /* differential privacy, passed into the plan (docs/PRIVACY.md): central noise multiplier
    * (0: none) and adaptive clipping's target quantile (0: fixed clip) */
   double noise_multiplier, clip_quantile;
+  /* training cohorts and federated evaluation (mix.h; docs/API.md): device labels and
+   * conditions, the plan's cohort (JSON) and evaluation policy (share or count, by a label) */
+  const char *labels, *conditions, *cohort, *eval_by;
+  double eval_share;
+  uint32_t eval_count;
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */

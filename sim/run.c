@@ -88,6 +88,7 @@ typedef struct run_ctx {
   int explained;             /* why the rounds stopped has been printed */
   int n_versions;            /* rounds that produced a version */
   uint64_t plan_id;
+  sim_mix labels, conds; /* --labels, --conditions (mix.h) */
   sim_drift_track drift; /* --drift-detect */
 } run_ctx;
 
@@ -442,6 +443,10 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
     j = NULL;
   }
   int rc = FL_E_NOMEM;
+  if (j != NULL && sim_plan_cohort_eval(j, o->cohort, o->eval_share, o->eval_count, o->eval_by)) {
+    json_decref(j);
+    j = NULL;
+  }
   bool robust = strcmp(o->aggregator, "fedavg") != 0; /* else as before, for older coordinators */
   if (j != NULL && !robust)
     rc = fl_sup_admin_create_plan(x->admin, x->model_id, j, &plan_id, round_id);
@@ -491,8 +496,9 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   char **tokens = NULL;
+  /* --drift-detect enrolls devices by site (drift.h); --labels by share (mix.h): exclusive. */
   rc = o->drift_detect ? sim_drift_tokens(x->admin, x->d, o->devices, &tokens)
-                       : sim_admin_enrollment_tokens(x->admin, o->devices, &tokens);
+                       : sim_admin_tokens_mixed(x->admin, &x->labels, o->seed, o->devices, &tokens);
   if (rc != FL_OK) {
     fprintf(stderr, "fl-sim: cannot get enrollment tokens: %s\n", sim_admin_errmsg(x->admin));
     return rc;
@@ -521,7 +527,11 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
                        .seed = o->seed,
                        .model_id = x->model_id,
                        .service = o->drift_detect ? &x->d->calib : NULL,
-                       .service_per_device = x->d->calib_per_device};
+                       .service_per_device = x->d->calib_per_device,
+                       .conditions = &x->conds,
+                       /* federated evaluation: 50 held-out examples per device */
+                       .holdout = o->eval_share > 0 || o->eval_count > 0 ? &x->d->test : NULL,
+                       .holdout_per_device = 50};
   rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
   double t0 = mono_s();
   if (rc == FL_OK)
@@ -638,6 +648,37 @@ static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
     drift_detect_rows(x, rows, n);
 }
 
+/* The coordinator's federated evaluation of the newest version that has reports: loss (and
+ * accuracy, anomaly rate) with their 95% intervals and the number of devices. */
+static size_t federated_rows(run_ctx *x, sim_kv *rows, size_t n) {
+  static char vals[3][96];
+  json_t *ev = NULL;
+  static const char *const names[3] = {"loss", "accuracy", "anomaly_rate"};
+  uint64_t v = 0;
+  if (sim_admin_latest_evaluation(x->admin, x->model_id, &v, &ev) != FL_OK) {
+    add_row(rows, &n, "federated evaluation", "no reports");
+    return n;
+  }
+  add_row(rows, &n, "federated evaluation", "version %llu, %lld devices", (unsigned long long)v,
+          (long long)json_integer_value(json_object_get(ev, "reports")));
+  for (int i = 0; i < 3 && n < 62; i++) {
+    json_t *s = json_object_get(json_object_get(ev, "metrics"), names[i]);
+    if (s == NULL)
+      continue;
+    snprintf(vals[i], sizeof vals[i], "  %s", names[i]);
+    char ci[64] = "no interval from one device";
+    if (json_is_number(json_object_get(s, "ci95_low")))
+      snprintf(ci, sizeof ci, "95%% CI [%.4f, %.4f]",
+               json_number_value(json_object_get(s, "ci95_low")),
+               json_number_value(json_object_get(s, "ci95_high")));
+    add_row(rows, &n, vals[i], "%.4f, %s, %lld devices",
+            json_number_value(json_object_get(s, "mean")), ci,
+            (long long)json_integer_value(json_object_get(s, "reports")));
+  }
+  json_decref(ev);
+  return n;
+}
+
 static void summary(run_ctx *x, double total_s) {
   sim_fleet_counts c;
   sim_fleet_counts_get(x->fleet, &c);
@@ -682,7 +723,19 @@ static void summary(run_ctx *x, double total_s) {
   for (int b = 1; b < SIM_BEHAVIOUR_COUNT && n < 64; b++)
     if (beh[b])
       add_row(rows, &n, sim_behaviour_name((sim_behaviour)b), "%zu devices", beh[b]);
+  if (x->o->eval_share > 0 || x->o->eval_count > 0)
+    n = federated_rows(x, rows, n);
   sim_table_print(stdout, "fl-sim summary", rows, n);
+}
+
+/* With an evaluation policy, the last version's campaign opens when the last round closes,
+ * after most devices have checked in: one more pass of check-ins (the plan is done, nobody
+ * trains) lets its sample evaluate it and report. Devices told to wait come back within 3 s
+ * (record_result in fleet.c), so 5 s give every one a check-in. */
+static void evaluation_pass(run_ctx *x) {
+  sim_fleet_next_round(x->fleet);
+  for (int i = 0; i < 25 && !sim_stop_requested; i++)
+    sleep_ms(200);
 }
 
 static void plots(run_ctx *x) {
@@ -710,6 +763,10 @@ int sim_run(const sim_options *o, const sim_data *d, const char *url, const char
   double t0 = mono_s();
   size_t enrolled = 0;
   uint64_t round_id = 0;
+  char msg[160];
+  if (rc == FL_OK && (sim_mix_parse_labels(&x.labels, o->labels, msg, sizeof msg) ||
+                      sim_mix_parse_conditions(&x.conds, o->conditions, msg, sizeof msg)))
+    rc = FL_E_INVAL; /* checked with the options already */
   if (rc == FL_OK)
     rc = set_up(&x, work_dir, &enrolled);
   if (rc == FL_OK)
@@ -718,6 +775,8 @@ int sim_run(const sim_options *o, const sim_data *d, const char *url, const char
     rc = run_rounds(&x, round_id);
     if (rc != FL_OK && !x.explained)
       fprintf(stderr, "fl-sim: rounds stopped: %s\n", fl_strerror(rc));
+    if (rc == FL_OK && (o->eval_share > 0 || o->eval_count > 0))
+      evaluation_pass(&x);
     summary(&x, mono_s() - t0);
     plots(&x);
   }

@@ -88,11 +88,12 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o);
 
 /* The independent random streams of one device. */
 typedef enum sim_seed_stream {
-  SIM_SEED_FAULTS = 1,  /* network faults and straggler delays (the link) */
-  SIM_SEED_DROPOUT = 2, /* whether it drops out of a round */
-  SIM_SEED_SHUFFLE = 3, /* the order of its training examples */
-  SIM_SEED_PROFILE = 4, /* whether it is a straggler */
-  SIM_SEED_OFFLINE = 5  /* whether it is intermittent, and its offline periods */
+  SIM_SEED_FAULTS = 1,    /* network faults and straggler delays (the link) */
+  SIM_SEED_DROPOUT = 2,   /* whether it drops out of a round */
+  SIM_SEED_SHUFFLE = 3,   /* the order of its training examples */
+  SIM_SEED_PROFILE = 4,   /* whether it is a straggler */
+  SIM_SEED_OFFLINE = 5,   /* whether it is intermittent, and its offline periods */
+  SIM_SEED_CONDITIONS = 6 /* the conditions it reports at each check-in (mix.h) */
 } sim_seed_stream;
 
 /* A seed of device `device` (its index in the fleet) from the run's seed only: nothing that

@@ -366,17 +366,41 @@ static void h_models_list(fl_srv *s, fl_req *q, fl_resp *r) {
                  " 'created_at', m.created_at) ORDER BY m.model_id)::text FROM models m");
 }
 
+/* A version as the admin API shows it, with its federated evaluation (registry/evaluation.h:
+ * one entry per campaign, its policy, how many devices it sampled and the aggregated result). */
+#define VERSION_OBJ                                                                       \
+  "json_build_object('model_id', v.model_id, 'version', v.version,"                       \
+  " 'parent_version', v.parent_version, 'round_id', v.round_id,"                          \
+  " 'sha256', encode(v.sha256, 'hex'), 'signature', encode(v.signature, 'hex'),"          \
+  " 'metrics', v.metrics, 'created_at', v.created_at, 'evaluation',"                      \
+  " (SELECT coalesce(json_agg(json_build_object('campaign_id', c.campaign_id, 'plan_id'," \
+  "  c.plan_id, 'state', c.state, 'policy', c.policy, 'cohort', c.cohort, 'sampled',"     \
+  "  (SELECT count(*) FROM eval_tasks t WHERE t.campaign_id = c.campaign_id), 'result',"  \
+  "  c.result) ORDER BY c.campaign_id), '[]') FROM eval_campaigns c"                      \
+  "  WHERE c.model_id = v.model_id AND c.version = v.version))"
+
 static void versions_list(fl_resp *r, admin_ctx *a, uint64_t model_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   json_query(r, a->c, "versions",
-             "SELECT json_agg(json_build_object('model_id', model_id, 'version', version,"
-             " 'parent_version', parent_version, 'round_id', round_id,"
-             " 'sha256', encode(sha256, 'hex'), 'signature', encode(signature, 'hex'),"
-             " 'metrics', metrics, 'created_at', created_at) ORDER BY version)::text"
-             " FROM versions WHERE model_id = $1",
+             "SELECT json_agg(" VERSION_OBJ
+             " ORDER BY v.version)::text"
+             " FROM versions v WHERE v.model_id = $1",
              &p, false);
+}
+
+/* GET /admin/v1/models/{id}/versions/{version}. */
+static void version_get(fl_resp *r, admin_ctx *a, uint64_t model_id, uint64_t version) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  fl__pgp_u64(&p, version);
+  json_query(r, a->c, "version",
+             "SELECT " VERSION_OBJ
+             "::text FROM versions v"
+             " WHERE v.model_id = $1 AND v.version = $2",
+             &p, true);
 }
 
 static void plan_create(fl_resp *r, admin_ctx *a, uint64_t model_id) {
@@ -454,20 +478,24 @@ static void plan_create(fl_resp *r, admin_ctx *a, uint64_t model_id) {
                            fl__plan_to_json(&plan)));
 }
 
-/* /admin/v1/models/{id}/versions (GET) and /admin/v1/models/{id}/plans (POST). */
+/* /admin/v1/models/{id}/versions[/{version}] (GET) and /admin/v1/models/{id}/plans (POST). */
 static void h_model_sub(fl_srv *s, fl_req *q, fl_resp *r) {
   admin_ctx a;
-  uint64_t id;
-  const char *rest;
+  uint64_t id, version = 0;
+  const char *rest, *vrest = "";
   bool get = strcmp(q->method, "GET") == 0;
-  if (fl__path_u64(q->path, "/admin/v1/models/", &id, &rest) ||
-      strcmp(rest, get ? "/versions" : "/plans") != 0) {
+  bool one = get && fl__path_u64(q->path, "/admin/v1/models/", &id, &rest) == 0 &&
+             fl__path_u64(rest, "/versions/", &version, &vrest) == 0 && *vrest == '\0';
+  if (!one && (fl__path_u64(q->path, "/admin/v1/models/", &id, &rest) ||
+               strcmp(rest, get ? "/versions" : "/plans") != 0)) {
     fl__resp_admin_error(r, 404, "not_found", "no such endpoint");
     return;
   }
   if (begin(s, q, r, &a))
     return;
-  if (get)
+  if (one)
+    version_get(r, &a, id, version);
+  else if (get)
     versions_list(r, &a, id);
   else
     plan_create(r, &a, id);

@@ -21,7 +21,9 @@
 #include "mem.h"
 #include "rounds/async.h"
 #include "rounds/rounds.h"
+#include "registry/evaluation.h"
 #include "registry/rollouts.h"
+#include "rounds/cohort.h"
 
 static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -226,6 +228,7 @@ typedef struct checkin_view {
   char channel[64];
   bool has_channel; /* the label is set (and fits): else the default channel */
   bool long_label;  /* set but longer than the cache keeps: the full query decides */
+  bool evals_open;  /* some evaluation campaign is open (registry/evaluation.h) */
   uint8_t base_sha[FL_SHA256_LEN];
 } checkin_view;
 
@@ -262,7 +265,8 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       c, "fl_checkin",
       "SELECT (SELECT gen FROM registry_generation WHERE id = 1), d.labels->>'channel',"
       " o.round_id, o.model_id, o.base_version, o.deadline, o.config, o.assigned, o.contributed,"
-      " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha"
+      " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha,"
+      " EXISTS (SELECT 1 FROM eval_campaigns WHERE state <> 'closed')"
       " FROM devices d LEFT JOIN LATERAL (SELECT r.round_id, r.model_id, r.base_version,"
       "  (extract(epoch FROM r.deadline_at) * 1000)::bigint AS deadline, p.config::text AS config,"
       "  EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id"
@@ -291,6 +295,7 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
   v->has_channel = !PQgetisnull(r, 0, 1) && strlen(PQgetvalue(r, 0, 1)) < sizeof v->channel;
   snprintf(v->channel, sizeof v->channel, "%s", v->has_channel ? PQgetvalue(r, 0, 1) : "");
   v->long_label = !PQgetisnull(r, 0, 1) && !v->has_channel;
+  v->evals_open = strcmp(PQgetvalue(r, 0, 14), "t") == 0;
   rc = 0;
   if (PQgetisnull(r, 0, 2))
     goto out;
@@ -354,6 +359,7 @@ static void add_rollout(Fl__V1__CheckInResponse *resp, const fl_rollout_answer *
     m->ev.model_id = ra->eval_model_id;
     m->ev.version = ra->eval_version;
     m->ev.gate_id = ra->gate_id;
+    m->ev.campaign_id = ra->campaign_id;
     m->ev.sha256 = (ProtobufCBinaryData){FL_SHA256_LEN, (uint8_t *)(uintptr_t)ra->eval_sha256};
     resp->eval = &m->ev;
   }
@@ -417,7 +423,7 @@ static void send_retry(fl_resp *r, int64_t at, const char *reason,
  * after the draw, free slots go to whoever checks in. A device that finished a round waits
  * out a retry window from its acceptance like the devices that were not selected. */
 static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t device_id, fl_resp *r,
-                          const fl_rollout_answer *ra) {
+                          const fl_rollout_answer *ra, const Fl__V1__CheckInRequest *ci) {
   int64_t now = fl__now_ms();
   int64_t t =
       fl__pace_interval_ms(&o->plan, s->cfg.checkin_interval_ms, fl__rounds_fleet(s->rounds));
@@ -432,6 +438,17 @@ static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t de
   }
   if (o->assigned)
     return 1;
+  /* Outside the plan's cohort: never a candidate, never assigned (cohort.h). */
+  char why[256];
+  int eligible = fl__cohort_empty(&o->plan.cohort)
+                     ? 1
+                     : fl__cohort_eligible(c, &o->plan.cohort, device_id, ci->conditions,
+                                           ci->n_conditions, why, sizeof why);
+  if (eligible <= 0) {
+    if (eligible == 0)
+      send_retry(r, retry_at(device_id, 0, now, t), "not_eligible", ra);
+    return eligible;
+  }
   if (window && o->last_round != 0) {
     int64_t at = retry_at(device_id, o->last_round, o->last_accepted_ms, t);
     if (at > now) {
@@ -468,6 +485,38 @@ static bool checkin_stats_bad(const Fl__V1__DriftStats *m, char why[160]) {
   return false;
 }
 
+#define FL_MAX_CONDITIONS 32
+#define FL_STR_(x) #x
+#define FL_STR(x) FL_STR_(x)
+
+static bool conditions_ok(const Fl__V1__CheckInRequest *ci) {
+  if (ci->n_conditions > FL_MAX_CONDITIONS)
+    return false;
+  for (size_t i = 0; i < ci->n_conditions; i++) {
+    size_t n = strlen(ci->conditions[i]);
+    if (n == 0 || n >= FL_COHORT_NAME_MAX || !utf8_ok(ci->conditions[i]))
+      return false;
+  }
+  return true;
+}
+
+/* A plan's evaluation campaign (registry/evaluation.h) in the answer's EvalTask, when no gate
+ * asked for one. 0 or -1. */
+static int eval_task(PGconn *c, uint64_t device_id, const Fl__V1__CheckInRequest *ci,
+                     fl_rollout_answer *ra) {
+  fl_eval_hand t;
+  int rc = fl__eval_for_checkin(c, device_id, ci->model_id, ci->conditions, ci->n_conditions, &t);
+  if (rc <= 0)
+    return rc;
+  ra->has_eval = true;
+  ra->gate_id = 0;
+  ra->campaign_id = t.campaign_id;
+  ra->eval_model_id = t.model_id;
+  ra->eval_version = t.version;
+  memcpy(ra->eval_sha256, t.sha256, FL_SHA256_LEN);
+  return 0;
+}
+
 static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   PGconn *c = q->auth->c;
   const Fl__V1__SignedRequest *sr = q->auth->sr;
@@ -491,6 +540,11 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
     fl__resp_dev_error(r, 400, "bad_stats", why, 0);
     goto out;
   }
+  if (!conditions_ok(ci)) {
+    fl__resp_dev_error(r, 400, "malformed_request",
+                       "at most " FL_STR(FL_MAX_CONDITIONS) " conditions of 1-63 UTF-8 bytes", 0);
+    goto out;
+  }
   /* The service window (drift/drift.h): one statement, only when the device sends one. */
   if (ci->service_stats != NULL && fl__drift_store_service(c, sr->device_id, ci->service_stats))
     goto unavail;
@@ -504,12 +558,14 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
           : fl__rollout_for_checkin(c, cv.gen, cv.has_channel ? cv.channel : NULL, sr->device_id,
                                     ci->model_id, ci->running_model_id, &ra))
     goto unavail;
+  if (cv.evals_open && !ra.has_eval && eval_task(c, sr->device_id, ci, &ra))
+    goto unavail;
   if (found == 0) {
     send_retry(r, retry_at(sr->device_id, 0, fl__now_ms(), s->cfg.checkin_interval_ms),
                "no_open_round", &ra);
     goto out;
   }
-  int assigned = checkin_decide(s, c, &o, sr->device_id, r, &ra);
+  int assigned = checkin_decide(s, c, &o, sr->device_id, r, &ra, ci);
   if (assigned < 0)
     goto unavail;
   memcpy(sha, cv.base_sha, sizeof sha);
@@ -576,9 +632,11 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
   e = fl__v1__eval_report__unpack(&pa, sr->body.len, sr->body.data);
-  if (e == NULL || !id_ok(e->model_id) || !id_ok(e->version) || !id_ok(e->gate_id)) {
+  if (e == NULL || !id_ok(e->model_id) || !id_ok(e->version) || !id_ok(e->gate_id) ||
+      !id_ok(e->campaign_id) || (e->gate_id != 0 && e->campaign_id != 0)) {
     fl__resp_dev_error(r, 400, "malformed_request",
-                       "body is not an EvalReport (ids are at most 2^63-1)", 0);
+                       "body is not an EvalReport (ids are at most 2^63-1, a gate or a campaign)",
+                       0);
     goto out;
   }
   if (e->sample_count > s->cfg.max_samples) {
@@ -604,13 +662,18 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   }
   int gate =
       e->gate_id != 0 && err == FL_OK ? fl__gate_sampled(c, e->gate_id, sr->device_id) : 1;
+  if (gate == 1 && e->campaign_id != 0 && err == FL_OK)
+    gate = fl__eval_sampled(c, e->campaign_id, sr->device_id, e->model_id, e->version);
   if (gate == 0) {
-    fl__resp_dev_error(r, 404, "unknown_gate", "no rollout with this gate", 0);
+    fl__resp_dev_error(
+        r, 404, e->gate_id ? "unknown_gate" : "unknown_campaign",
+        e->gate_id ? "no rollout with this gate" : "no evaluation campaign of this version", 0);
     goto out;
   }
   if (gate == 2) {
-    /* Only the sample the gate asked decides it; an unasked report would be a free vote. */
-    fl__resp_dev_error(r, 403, "not_sampled", "this device is not in the gate's sample", 0);
+    /* Only the sample the gate (or campaign) asked decides it; an unasked report would be a
+     * free vote. */
+    fl__resp_dev_error(r, 403, "not_sampled", "this device is not in the evaluation's sample", 0);
     goto out;
   }
   err = gate < 0 ? FL_E_DB : err;
@@ -623,11 +686,13 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   fl__pgp_u64(&p, e->gate_id);
   fl__pgp_u64(&p, e->sample_count);
   fl__pgp_text(&p, mj);
+  fl__pgp_u64(&p, e->campaign_id);
   PGresult *res = err || mj == NULL ? NULL
                                     : fl__pg_exec(c,
                                                   "INSERT INTO evaluations (device_id, model_id,"
-                                                  " version, gate_id, sample_count, metrics)"
-                                                  " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                                                  " version, gate_id, sample_count, metrics,"
+                                                  " campaign_id)"
+                                                  " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
                                                   &p, false, NULL);
   if (res == NULL) {
     unavailable(r);
@@ -637,6 +702,8 @@ static void h_evaluation(fl_srv *s, fl_req *q, fl_resp *r) {
   /* The report is stored; a gate that cannot be decided now is decided by the next report. */
   if (e->gate_id != 0)
     fl__gate_on_report(c, e->gate_id);
+  if (e->campaign_id != 0)
+    fl__eval_on_report(c, e->campaign_id);
   Fl__V1__EvalAck ack = FL__V1__EVAL_ACK__INIT;
   ack.recorded = true;
   fl__resp_proto(r, 200, &ack.base);

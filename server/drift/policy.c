@@ -106,35 +106,9 @@ static int parse_retrain(fl_drift_policy *p, const json_t *r, char msg[160]) {
   return 0;
 }
 
-/* {"labels": {"key": "value"}}: the one label a retraining plan is opened for. */
-static int parse_cohort(fl_drift_policy *p, const json_t *c, char msg[160]) {
-  const json_t *labels = json_is_object(c) ? json_object_get(c, "labels") : NULL;
-  if (!json_is_object(labels) || json_object_size(c) != 1 || json_object_size(labels) != 1) {
-    snprintf(msg, 160, "cohort must be {\"labels\": {\"<label>\": \"<value>\"}}");
-    return -1;
-  }
-  const char *key;
-  json_t *val;
-  json_object_foreach((json_t *)labels, key, val) {
-    const char *vs = json_string_value(val);
-    if (vs == NULL || key[0] == '\0' || strlen(key) >= sizeof p->cohort_key ||
-        strlen(vs) >= sizeof p->cohort_value) {
-      snprintf(msg, 160,
-               "cohort.labels: a label of at most %zu bytes with a string value of at"
-               " most %zu",
-               sizeof p->cohort_key - 1, sizeof p->cohort_value - 1);
-      return -1;
-    }
-    snprintf(p->cohort_key, sizeof p->cohort_key, "%s", key);
-    snprintf(p->cohort_value, sizeof p->cohort_value, "%s", vs);
-  }
-  return 0;
-}
-
 int fl__drift_policy_from_json(fl_drift_policy *p, const json_t *j, char msg[160]) {
   memset(p, 0, sizeof *p);
-  const json_t *d = json_object_get(j, "drift"), *r = json_object_get(j, "retrain"),
-               *c = json_object_get(j, "cohort");
+  const json_t *d = json_object_get(j, "drift"), *r = json_object_get(j, "retrain");
   if (d != NULL && parse_drift(p, d, msg))
     return -1;
   if (r != NULL && parse_retrain(p, r, msg))
@@ -144,7 +118,7 @@ int fl__drift_policy_from_json(fl_drift_policy *p, const json_t *j, char msg[160
     p->max_concurrent = (uint32_t)RETRAIN[1].def;
     p->retrain_rounds = (uint32_t)RETRAIN[2].def;
   }
-  return c != NULL ? parse_cohort(p, c, msg) : 0;
+  return 0;
 }
 
 int fl__drift_policy_to_json(const fl_drift_policy *p, json_t *j) {
@@ -160,10 +134,6 @@ int fl__drift_policy_to_json(const fl_drift_policy *p, json_t *j) {
                           json_pack("{s:b, s:f, s:I, s:I}", "on_drift", p->retrain, "cooldown_s",
                                     p->cooldown_s, "max_concurrent", (json_int_t)p->max_concurrent,
                                     "rounds", (json_int_t)p->retrain_rounds)))
-    return -1;
-  if (p->cohort_key[0] != '\0' &&
-      json_object_set_new(j, "cohort",
-                          json_pack("{s:{s:s}}", "labels", p->cohort_key, p->cohort_value)))
     return -1;
   return 0;
 }

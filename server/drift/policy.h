@@ -1,6 +1,7 @@
 /*
  * A plan's drift settings (policy.c, docs/API.md's plan table, docs/DRIFT.md): the "drift"
- * test, the "retrain" policy, and the "cohort" a retraining plan is opened for.
+ * test and the "retrain" policy. The "cohort" a retraining plan is opened for is the plan's own
+ * training cohort (rounds/cohort.h), which selection enforces.
  */
 #ifndef FL__DRIFT_POLICY_H
 #define FL__DRIFT_POLICY_H
@@ -21,11 +22,9 @@ typedef struct fl_drift_policy {
   double cooldown_s;       /* no second retrain of a cohort within it */
   uint32_t max_concurrent; /* retraining plans active at once, over all models */
   uint32_t retrain_rounds; /* the retraining plan's "rounds" */
-  char cohort_key[64];     /* "cohort": {"labels": {key: value}}; "" when absent */
-  char cohort_value[128];
 } fl_drift_policy;
 
-/* Reads "drift", "retrain" and "cohort" of plan j (absent: off). -1 with msg on a bad one. */
+/* Reads "drift" and "retrain" of plan j (absent: off). -1 with msg on a bad one. */
 int fl__drift_policy_from_json(fl_drift_policy *p, const json_t *j, char msg[160]);
 /* Adds the same objects, complete, to plan j. -1 on allocation failure. */
 int fl__drift_policy_to_json(const fl_drift_policy *p, json_t *j);

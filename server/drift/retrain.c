@@ -62,6 +62,25 @@ static const char *blocked(PGconn *c, uint64_t model_id, const fl_drift_policy *
   return why;
 }
 
+/* The plan's training cohort (rounds/cohort.h) narrowed to label = value: "cohort": {"labels":
+ * {label: value, ...}}, its other labels and conditions kept, so that selection draws only the
+ * drifted cohort's devices that the plan would have drawn. -1 on allocation failure. */
+static int cohort_with_label(json_t *cfg, const char *label, const char *value) {
+  json_t *co = json_object_get(cfg, "cohort");
+  if (!json_is_object(co)) {
+    co = json_object();
+    if (co == NULL || json_object_set_new(cfg, "cohort", co))
+      return -1;
+  }
+  json_t *labels = json_object_get(co, "labels");
+  if (!json_is_object(labels)) {
+    labels = json_object();
+    if (labels == NULL || json_object_set_new(co, "labels", labels))
+      return -1;
+  }
+  return json_object_set_new(labels, label, json_string(value));
+}
+
 /* The event's plan as the retraining plan: its config with the cohort and the rounds. */
 static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_policy *pol) {
   fl_pgp p;
@@ -73,7 +92,7 @@ static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_pol
   PQclear(r);
   if (cfg == NULL)
     return NULL;
-  if (json_object_set_new(cfg, "cohort", json_pack("{s:{s:s}}", "labels", pol->label, e->cohort)) ||
+  if (cohort_with_label(cfg, pol->label, e->cohort) ||
       json_object_set_new(cfg, "rounds", json_integer(pol->retrain_rounds))) {
     json_decref(cfg);
     return NULL;

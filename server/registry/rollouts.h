@@ -37,6 +37,7 @@ typedef struct fl_rollout_answer {
   uint8_t sha256[FL_SHA256_LEN];
   bool has_eval;
   uint64_t eval_model_id, eval_version, gate_id;
+  uint64_t campaign_id; /* a plan's evaluation campaign (evaluation.h) instead of a gate */
   uint8_t eval_sha256[FL_SHA256_LEN];
 } fl_rollout_answer;
 

@@ -450,6 +450,11 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   if (err == FL_OK)
     err = fl__version_insert(s, c, mi, *version, rr->base_version, rr->round_id, w, metrics,
                              NULL);
+  /* Every new version of a plan with an evaluation policy is evaluated by a sample of its
+   * cohort (registry/evaluation.h): opened with the version, in its transaction. */
+  if (err == FL_OK && rr->plan.eval.on &&
+      fl__eval_open(c, rr->plan_id, &rr->plan.eval, &rr->plan.cohort, rr->model_id, *version))
+    err = FL_E_DB;
   if (err == FL_OK)
     err = fl__drift_reference(c, rr->round_id, rr->model_id, *version);
   if (err == FL_OK)

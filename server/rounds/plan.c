@@ -316,8 +316,8 @@ static int known_key(const char *k) {
     if (strcmp(k, DP[i].name) == 0)
       return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
-      strcmp(k, "aggregator") == 0 || strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0 ||
-      strcmp(k, "cohort") == 0)
+      strcmp(k, "aggregator") == 0 || strcmp(k, "cohort") == 0 || strcmp(k, "evaluation") == 0 ||
+      strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
     if (strcmp(k, NUMS[i].name) == 0)
@@ -343,6 +343,8 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   if (parse_enum(p, j, msg))
     return -1;
   if (parse_selection(p, j, msg) || parse_dp(p, j, msg) || parse_async(p, j, msg) ||
+      fl__cohort_parse(&p->cohort, json_object_get(j, "cohort"), msg) ||
+      fl__eval_policy_parse(&p->eval, json_object_get(j, "evaluation"), msg) ||
       fl__drift_policy_from_json(&p->drift, j, msg))
     return -1;
   bool have_min = false;
@@ -424,11 +426,28 @@ static json_t *async_json(fl_plan *p, json_t *j) {
   return j;
 }
 
+/* The cohort and the evaluation policy, when set, into j. 0 or -1 (allocation). */
+static int add_cohort_eval(json_t *j, const fl_plan *p) {
+  json_t *co = fl__cohort_to_json(&p->cohort), *ev = fl__eval_policy_to_json(&p->eval);
+  int rc = (!fl__cohort_empty(&p->cohort) && co == NULL) || (p->eval.on && ev == NULL) ? -1 : 0;
+  if (rc == 0 && co != NULL)
+    rc = json_object_set(j, "cohort", co);
+  if (rc == 0 && ev != NULL)
+    rc = json_object_set(j, "evaluation", ev);
+  json_decref(co);
+  json_decref(ev);
+  return rc;
+}
+
 json_t *fl__plan_to_json(const fl_plan *p) {
   json_t *j = base_json(p);
   if (j != NULL &&
       (json_object_set_new(j, "selection_window_s", json_real(p->selection_window_s)) ||
        json_object_set_new(j, "selection_pool", json_real(p->selection_pool)))) {
+    json_decref(j);
+    j = NULL;
+  }
+  if (j != NULL && add_cohort_eval(j, p)) {
     json_decref(j);
     j = NULL;
   }

@@ -9,7 +9,9 @@
 #include <stdint.h>
 
 #include "drift/policy.h"
+#include "registry/evaluation.h"
 #include "rounds/aggregator.h"
+#include "rounds/cohort.h"
 #include "rounds/optimizer.h"
 #include "rounds/staleness.h"
 
@@ -36,7 +38,7 @@ typedef struct fl_plan {
   double clip_target_quantile; /* adaptive clipping's gamma; 0: the clip is fixed */
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
-  fl_drift_policy drift;       /* "drift", "retrain", "cohort" (drift/policy.h) */
+  fl_drift_policy drift;       /* "drift", "retrain" (drift/policy.h) */
   /* Asynchronous (FedBuff) plans (rounds/async.h): every round is a buffer of buffer_size
    * updates, which participants and min_participants equal; tasks of up to max_staleness
    * versions ago are folded with weight staleness(tau); at most max_concurrency tasks per
@@ -44,6 +46,8 @@ typedef struct fl_plan {
   int mode; /* FL_PLAN_SYNC or FL_PLAN_ASYNC */
   uint32_t buffer_size, max_staleness, max_concurrency;
   fl_staleness staleness;
+  fl_cohort cohort;    /* the devices its rounds select (cohort.h); empty: all */
+  fl_eval_policy eval; /* federated evaluation of each new version (evaluation.h) */
 } fl_plan;
 
 enum { FL_PLAN_SYNC = 0, FL_PLAN_ASYNC = 1 };

@@ -211,6 +211,30 @@ static const char *const M_ASYNC[] = {
     " WHERE task_round_id IS NOT NULL",
     NULL};
 
+/* Federated evaluation of every version (registry/evaluation.c): a campaign per new version
+ * of a plan with an evaluation policy, the plan's cohort copied so that the sample stays the
+ * one the version was opened with; the devices handed the task (a report is accepted only
+ * from them; stratum: their by_label value); reports carry their campaign. */
+static const char *const M_EVALUATION[] = {
+    "CREATE TABLE eval_campaigns ("
+    " campaign_id bigserial PRIMARY KEY, plan_id bigint NOT NULL REFERENCES plans,"
+    " model_id bigint NOT NULL, version bigint NOT NULL, policy jsonb NOT NULL,"
+    " labels jsonb NOT NULL DEFAULT '{}', cohort jsonb NOT NULL DEFAULT '{}',"
+    " state text NOT NULL DEFAULT 'open' CHECK (state IN ('open','full','closed')),"
+    " result jsonb NOT NULL DEFAULT '{}', opened_at timestamptz NOT NULL DEFAULT now(),"
+    " updated_at timestamptz, closed_at timestamptz,"
+    " FOREIGN KEY (model_id, version) REFERENCES versions, UNIQUE (plan_id, model_id, version))",
+    "CREATE INDEX eval_campaigns_live ON eval_campaigns (campaign_id) WHERE state <> 'closed'",
+    "CREATE INDEX eval_campaigns_version ON eval_campaigns (model_id, version)",
+    "CREATE TABLE eval_tasks ("
+    " campaign_id bigint NOT NULL REFERENCES eval_campaigns, device_id bigint NOT NULL,"
+    " stratum text NOT NULL DEFAULT '', handed_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (campaign_id, device_id))",
+    "ALTER TABLE evaluations ADD COLUMN campaign_id bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX evaluations_campaign ON evaluations (campaign_id, device_id)"
+    " WHERE campaign_id <> 0",
+    NULL};
+
 /* Drift detection (server/drift/, docs/DRIFT.md): each device's latest service window, the
  * training statistics of a round's accepted updates until its close pools them into the
  * version's reference, the last test of each cohort (the gauges), and the events. */
@@ -255,7 +279,8 @@ static const migration MIGRATIONS[] = {
 
     {8, "check-in cost", M_CHECKIN_COST},
     {9, "asynchronous rounds", M_ASYNC},
-    {10, "drift detection", M_DRIFT},
+    {10, "federated evaluation", M_EVALUATION},
+    {11, "drift detection", M_DRIFT},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

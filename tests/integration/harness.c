@@ -324,10 +324,19 @@ long fl_h_device_enroll(const fl_h_coord *c, fl_h_device *d, const char *token) 
 
 int fl_h_checkin(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
                  Fl__V1__CheckInResponse **resp) {
+  return fl_h_checkin_cond(c, d, model_id, NULL, 0, resp);
+}
+
+int fl_h_checkin_cond(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
+                      const char *const *conds, size_t n_conds, Fl__V1__CheckInResponse **resp) {
   Fl__V1__CheckInRequest ci = FL__V1__CHECK_IN_REQUEST__INIT;
-  uint8_t body[64];
+  uint8_t body[4096];
   fl_h_resp r;
   ci.model_id = model_id;
+  ci.conditions = (char **)conds;
+  ci.n_conditions = n_conds;
+  if (fl__v1__check_in_request__get_packed_size(&ci) > sizeof body)
+    return -1;
   size_t n = fl__v1__check_in_request__pack(&ci, body);
   if (fl_h_device_post(c, d, "/v1/checkin", body, n, NULL, &r))
     return -1;
@@ -493,9 +502,18 @@ int fl_h_model_and_plan(const fl_h_coord *c, const char *name, const char *spec_
 }
 
 int fl_h_enroll_devices(const fl_h_coord *c, fl_h_device *devs, int n) {
+  return fl_h_enroll_labeled(c, devs, n, NULL);
+}
+
+int fl_h_enroll_labeled(const fl_h_coord *c, fl_h_device *devs, int n, const char *labels) {
   fl_sup_admin *a = admin_of(c);
   char **tokens = NULL;
-  if (a == NULL || fl_sup_admin_enrollment_tokens(a, (size_t)n, &tokens) != FL_OK) {
+  json_t *lj = labels != NULL ? json_loads(labels, 0, NULL) : NULL;
+  int trc = a == NULL || (labels != NULL && lj == NULL)
+                ? FL_E_INVAL
+                : fl_sup_admin_enrollment_tokens_labeled(a, (size_t)n, lj, &tokens);
+  json_decref(lj);
+  if (trc != FL_OK) {
     fprintf(stderr, "harness: enrollment tokens: %s\n", a ? fl_sup_admin_errmsg(a) : "");
     fl_sup_admin_free(a);
     return -1;

@@ -121,6 +121,9 @@ const char *fl_h_error_reason(const fl_h_resp *r);
  * of *resp) or NULL with the retry reason in resp->retry. */
 int fl_h_checkin(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
                  Fl__V1__CheckInResponse **resp);
+/* The same, reporting the device's conditions (CheckInRequest.conditions). */
+int fl_h_checkin_cond(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id,
+                      const char *const *conds, size_t n_conds, Fl__V1__CheckInResponse **resp);
 /* Downloads and verifies a version (digest recomputed, signature checked with the
  * coordinator's key). Free with fl__v1__model_version__free_unpacked. */
 int fl_h_download(const fl_h_coord *c, const fl_h_device *d, uint64_t model_id, uint64_t version,
@@ -159,6 +162,8 @@ int fl_h_model_and_plan(const fl_h_coord *c, const char *name, const char *spec_
                         const char *plan_json, uint64_t *model_id, uint64_t *round_id);
 /* Creates n enrollment tokens and enrolls n new devices with them. */
 int fl_h_enroll_devices(const fl_h_coord *c, fl_h_device *devs, int n);
+/* The same with tokens carrying labels (a JSON object text, e.g. {"site":"a"}; NULL: none). */
+int fl_h_enroll_labeled(const fl_h_coord *c, fl_h_device *devs, int n, const char *labels);
 /* Polls /admin/v1/rounds/{id} until its state is `state` (timeout_ms); returns the round
  * JSON (caller decrefs) or NULL on timeout. */
 json_t *fl_h_wait_round(const fl_h_coord *c, uint64_t round_id, const char *state, int timeout_ms);

@@ -6,7 +6,8 @@
  * site=b's windows shift (feature 0 by 1.5 sd, which also moves the predicted-class
  * histogram): an event naming cohort b and feature 0 must follow within one check-in of each
  * b device and the drift pass after it, and the retraining policy opens exactly one plan for
- * b, with the cohort shape of the plan JSON, and no second one within the cool-down.
+ * b, with the cohort shape of the plan JSON (its round assigns b devices only), and no second
+ * one within the cool-down.
  * Malformed or oversize statistics are refused with a clear reason and store nothing.
  */
 #include <criterion/criterion.h>
@@ -267,6 +268,17 @@ Test(drift, reference_no_false_events_then_event_and_one_retrain) {
                       " AND r.base_version = 2"),
                1, "its round is open on the current version");
   cr_assert_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'drift.retrain'"), 1);
+  /* Selection enforces the cohort (rounds/cohort.c): only site=b devices train. */
+  Fl__V1__CheckInResponse *ra = NULL, *rb = NULL;
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[0], model_id, &ra), 0);
+  cr_assert_eq(ra->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY,
+               "a site=a device gets no retraining task");
+  cr_assert_str_eq(ra->retry->reason, "not_eligible");
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[NDEV / 2], model_id, &rb), 0);
+  cr_assert_eq(rb->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK,
+               "a site=b device trains the drifted cohort");
+  fl__v1__check_in_response__free_unpacked(ra, NULL);
+  fl__v1__check_in_response__free_unpacked(rb, NULL);
 
   /* b recovers (the event resolves), then drifts again within the cool-down: a second event,
    * no second plan. */

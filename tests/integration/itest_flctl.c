@@ -389,3 +389,35 @@ Test(flctl, plans_create_takes_the_aggregator_fields) {
                            " AND (config->>'krum_select')::int = 3"),
                1, "%s", r->out);
 }
+
+/* The cohort and evaluation flags of plans create; versions get with the evaluation table. */
+Test(flctl, plans_create_takes_cohort_and_evaluation) {
+  char model[32];
+  snprintf(model, sizeof model, "%llu", (unsigned long long)g_model);
+  run *r = FLCTL("plans", "create", model, "--eval-share", "0.1", "--eval-count", "5");
+  cr_expect_eq(r->rc, 2, "%s", r->err);
+  cr_expect(strstr(r->err, "exclude") != NULL, "%s", r->err);
+  r = FLCTL("plans", "create", model, "--cohort-labels", "site");
+  cr_expect_eq(r->rc, 2, "%s", r->err);
+  r = FLCTL("plans", "create", model, "--eval-share", "2");
+  cr_expect_neq(r->rc, 0);
+  cr_expect(strstr(r->err, "bad_plan") != NULL, "%s", r->err);
+  cr_assert_eq(db_count("plans"), 0);
+  r = FLCTL("plans", "create", model, "--cohort-labels", "site=plant-3", "--cohort-conditions",
+            "charging,unmetered", "--eval-count", "50", "--eval-by", "site");
+  cr_assert_eq(r->rc, 0, "%s", r->err);
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM plans WHERE config->'cohort' ="
+                           " '{\"labels\":{\"site\":\"plant-3\"},"
+                           "\"conditions\":[\"charging\",\"unmetered\"]}'::jsonb"
+                           " AND (config->'evaluation'->>'count')::int = 50"
+                           " AND config->'evaluation'->>'by_label' = 'site'"),
+               1, "%s", r->out);
+  r = FLCTL("versions", "get", model, "1");
+  cr_assert_eq(r->rc, 0, "%s", r->err);
+  cr_expect(strstr(r->out, "federated evaluation") != NULL, "%s", r->out);
+  cr_expect(strstr(r->out, "no reports") != NULL, "%s", r->out);
+  r = FLCTL("versions", "get", model, "9");
+  cr_expect_eq(r->rc, 1, "%s", r->out);
+  cr_expect(strstr(r->err, "not_found") != NULL, "%s", r->err);
+}

@@ -9,7 +9,8 @@
 # 3. the same --seed gives the same rounds (accuracy, loss, participants) with 1 and 3 threads;
 # 3b. an async (FedBuff) run with intermittent devices: one row per buffer of exactly K updates;
 # 4. a run whose rounds produce no version exits non-zero and says why;
-# 5. two runs with --url against one running coordinator both succeed (pg_virtualenv only).
+# 5. two runs with --url against one running coordinator both succeed (pg_virtualenv only);
+# 4b. a cohort run: labels, conditions, evaluation of every version in the summary.
 #   itest_sim.sh FL_SIM FL_COORDINATOR
 set -euo pipefail
 sim=$1
@@ -116,6 +117,18 @@ rc=0
 [ "$rc" -ne 0 ] || { cat "$out/alldrop.log"; fail "a run where every device failed exited 0"; }
 grep -q "every device failed round 1 (0 failed, 10 dropped out)" "$out/alldrop.log" ||
   { cat "$out/alldrop.log"; fail "no reason given"; }
+
+# ---- 4b. training cohorts and federated evaluation -----------------------------------------
+# Half the fleet at site a, charging 70% of the time: only those train; every new version is
+# evaluated by the devices of the cohort and the summary shows the coordinator's aggregate.
+OPENBLAS_NUM_THREADS=1 "$sim" --devices 40 --rounds 3 --participants 5 --samples-per-device 100 \
+  --labels site=a:0.5,site=b:0.5 --conditions charging:0.7 \
+  --cohort '{"labels":{"site":"a"},"conditions":["charging"]}' --eval-share 1 --eval-by site \
+  --deadline 30 --out "$out/cohort" "${run[@]}" >"$out/cohort.log" 2>&1 ||
+  { cat "$out/cohort.log"; fail "the cohort run failed"; }
+grep -q 'federated evaluation *version [0-9]*, [1-9][0-9]* devices' "$out/cohort.log" ||
+  { cat "$out/cohort.log"; fail "no federated evaluation in the summary"; }
+grep -q '^ *loss  *[0-9.]*, ' "$out/cohort.log" || fail "no evaluated loss in the summary"
 
 # ---- 5. --url twice against one coordinator ---------------------------------------------
 if [ -z "${PGPORT:-}" ]; then

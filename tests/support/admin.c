@@ -151,11 +151,11 @@ void fl_sup_admin_free_tokens(char **tokens, size_t n) {
 
 #define TOKEN_BATCH 500
 
-/* One batch of `ask` tokens appended at t + *got, with the labels (may be NULL). */
+/* One batch of `ask` tokens (with labels, NULL: none) appended at t + *got. */
 static int token_batch(fl_sup_admin *a, size_t ask, const json_t *labels, char **t, size_t *got) {
   json_t *body = json_pack("{s:I, s:I}", "count", (json_int_t)ask, "ttl_s", (json_int_t)86400);
   if (body != NULL && labels != NULL &&
-      json_object_set_new(body, "labels", json_deep_copy(labels)) != 0) {
+      json_object_set_new(body, "labels", json_deep_copy(labels))) {
     json_decref(body);
     body = NULL;
   }
@@ -179,11 +179,11 @@ static int token_batch(fl_sup_admin *a, size_t ask, const json_t *labels, char *
 }
 
 int fl_sup_admin_enrollment_tokens(fl_sup_admin *a, size_t n, char ***tokens) {
-  return fl_sup_admin_enrollment_tokens_labelled(a, n, NULL, tokens);
+  return fl_sup_admin_enrollment_tokens_labeled(a, n, NULL, tokens);
 }
 
-int fl_sup_admin_enrollment_tokens_labelled(fl_sup_admin *a, size_t n, const json_t *labels,
-                                            char ***tokens) {
+int fl_sup_admin_enrollment_tokens_labeled(fl_sup_admin *a, size_t n, const json_t *labels,
+                                           char ***tokens) {
   char **t = calloc(n ? n : 1, sizeof(*t));
   if (t == NULL)
     return FL_E_NOMEM;

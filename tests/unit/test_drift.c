@@ -1,7 +1,7 @@
 /* Drift statistics and policy (server/drift/stats.c, policy.c): the checks of a device's
  * DriftStats, pooling (Chan's parallel Welford), PSI and the standardized mean shift against
  * values computed independently (Python's statistics module, two-pass, given below). The
- * plan's "drift", "retrain" and "cohort" objects are tested with the plan (test_plan.c). */
+ * plan's "drift" and "retrain" objects are tested with the plan (test_plan.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>

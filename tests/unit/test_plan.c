@@ -1,5 +1,6 @@
 /* Training plan parsing (server/plan.c): defaults, validation, the stored round trip. */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rounds/plan.h"
@@ -202,7 +203,7 @@ Test(plan, privacy_fields) {
   cr_expect_eq(parse("{\"clip_target_quantile\":0.5}", &p, msg), 0, "%s", msg);
 }
 
-/* "drift", "retrain" and "cohort" (server/drift/policy.c, docs/DRIFT.md). */
+/* "drift" and "retrain" (server/drift/policy.c, docs/DRIFT.md). */
 Test(plan, drift_policy_defaults_and_round_trip) {
   fl_plan p, q;
   char msg[160];
@@ -222,8 +223,10 @@ Test(plan, drift_policy_defaults_and_round_trip) {
   json_decref(j);
   cr_assert(memcmp(&p.drift, &q.drift, sizeof p.drift) == 0, "the stored form parses back");
   cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"site\":\"plant-3\"}}}", &p, msg), 0, "%s", msg);
-  cr_assert_str_eq(p.drift.cohort_key, "site");
-  cr_assert_str_eq(p.drift.cohort_value, "plant-3");
+  /* A retraining plan's cohort is the training cohort (rounds/cohort.c), not a drift field. */
+  cr_assert_eq(p.cohort.n_labels, 1);
+  cr_assert_str_eq(p.cohort.keys[0], "site");
+  cr_assert_str_eq(p.cohort.values[0], "plant-3");
   cr_assert_not(p.drift.on);
 }
 
@@ -240,7 +243,6 @@ Test(plan, drift_policy_refuses_bad_objects) {
   cr_assert(strstr(msg, "needs a drift") != NULL, "%s", msg);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"s\"},\"retrain\":{\"on_drift\":1}}", &p, msg),
                -1);
-  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":\"x\",\"b\":\"y\"}}}", &p, msg), -1);
   cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":3}}}", &p, msg), -1);
   cr_assert_eq(parse("{\"cohort\":\"site\"}", &p, msg), -1);
 }
@@ -312,4 +314,91 @@ Test(plan, async_refuses_bad_combinations) {
   expect_refused("{\"mode\":\"async\",\"noise_multiplier\":1}", "noise_multiplier");
   expect_refused("{\"mode\":\"async\",\"buffer_size\":5,\"aggregator\":\"median\"}",
                  "stored aggregator");
+}
+
+/* The stored form of a plan with a cohort and an evaluation policy parses back to the same. */
+static void round_trip(const fl_plan *p, fl_plan *back) {
+  char msg[160];
+  json_t *j = fl__plan_to_json(p);
+  cr_assert_not_null(j);
+  cr_assert_eq(fl__plan_from_json(back, j, msg), 0, "%s", msg);
+  json_decref(j);
+}
+
+Test(plan, cohort_and_evaluation_fields) {
+  fl_plan p, back;
+  char msg[160];
+  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"site\":\"plant-3\",\"hw\":\"b\"},"
+                     "\"conditions\":[\"charging\",\"unmetered\"]},"
+                     "\"evaluation\":{\"share\":0.1,\"by_label\":\"site\"}}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_expect_eq(p.cohort.n_labels, 2);
+  cr_expect_eq(p.cohort.n_conds, 2);
+  cr_expect(p.eval.on);
+  cr_expect_eq(p.eval.share, 0.1);
+  cr_expect_eq(p.eval.max_weight, 1000);
+  cr_expect_str_eq(p.eval.by_label, "site");
+  round_trip(&p, &back);
+  cr_expect_eq(memcmp(&back.cohort, &p.cohort, sizeof p.cohort), 0);
+  cr_expect_eq(back.eval.share, 0.1);
+  cr_expect_str_eq(back.eval.by_label, "site");
+  char *lt = fl__cohort_labels_text(&p.cohort);
+  cr_expect_str_eq(lt, "{\"hw\":\"b\",\"site\":\"plant-3\"}");
+  free(lt);
+  cr_assert_eq(parse("{\"evaluation\":{\"count\":50,\"max_weight\":200}}", &p, msg), 0, "%s", msg);
+  cr_expect_eq(p.eval.count, 50);
+  cr_expect_eq(p.eval.max_weight, 200);
+  cr_expect(fl__cohort_empty(&p.cohort));
+  round_trip(&p, &back);
+  cr_expect_eq(back.eval.count, 50);
+  cr_expect_eq(back.eval.share, 0);
+  /* Without either field: no cohort, no evaluation, and the stored form has neither. */
+  cr_assert_eq(parse("{}", &p, msg), 0);
+  cr_expect(!p.eval.on);
+  json_t *j = fl__plan_to_json(&p);
+  cr_expect_null(json_object_get(j, "cohort"));
+  cr_expect_null(json_object_get(j, "evaluation"));
+  json_decref(j);
+}
+
+Test(plan, refuses_bad_cohort_and_evaluation) {
+  fl_plan p;
+  char msg[160];
+  static const char *const bad[] = {
+      "{\"cohort\":[]}",
+      "{\"cohort\":{\"labels\":[\"site\"]}}",
+      "{\"cohort\":{\"labels\":{\"site\":1}}}",
+      "{\"cohort\":{\"labels\":{\"\":\"a\"}}}",
+      "{\"cohort\":{\"labels\":{\"site\":\"a b\"}}}",
+      "{\"cohort\":{\"conditions\":[\"charging\",2]}}",
+      "{\"cohort\":{\"conditions\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]}}",
+      "{\"cohort\":{\"devices\":[1]}}",
+      "{\"evaluation\":{}}",
+      "{\"evaluation\":{\"share\":0.5,\"count\":3}}",
+      "{\"evaluation\":{\"share\":0}}",
+      "{\"evaluation\":{\"share\":1.5}}",
+      "{\"evaluation\":{\"count\":2.5}}",
+      "{\"evaluation\":{\"count\":0}}",
+      "{\"evaluation\":{\"share\":0.5,\"max_weight\":0}}",
+      "{\"evaluation\":{\"share\":0.5,\"by_label\":\"\"}}",
+      "{\"evaluation\":{\"share\":0.5,\"per\":\"site\"}}",
+      "{\"evaluation\":0.5}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    msg[0] = '\0';
+    cr_expect_eq(parse(bad[i], &p, msg), -1, "%s accepted", bad[i]);
+    cr_expect_neq(msg[0], '\0', "%s: no message", bad[i]);
+  }
+}
+
+Test(plan, cohort_conditions) {
+  fl_plan p;
+  char msg[160], why[200];
+  cr_assert_eq(parse("{\"cohort\":{\"conditions\":[\"charging\",\"idle\"]}}", &p, msg), 0);
+  char *all[] = {"unmetered", "idle", "charging"}, *some[] = {"charging"};
+  cr_expect(fl__cohort_conditions_met(&p.cohort, all, 3, why, sizeof why));
+  cr_expect(!fl__cohort_conditions_met(&p.cohort, some, 1, why, sizeof why));
+  cr_expect(strstr(why, "idle") != NULL, "%s", why);
+  cr_expect(!fl__cohort_conditions_met(&p.cohort, NULL, 0, why, sizeof why));
 }

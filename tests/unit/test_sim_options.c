@@ -263,6 +263,9 @@ Test(sim_options, drift_detection_options) {
   o.drift_round = 4;
   o.psi_threshold = 0;
   cr_expect(strstr(why(&o), "--psi-threshold") != NULL, "%s", why(&o));
+  o.psi_threshold = 0.2;
+  o.labels = "hw=a:0.5"; /* --drift-detect labels devices by site */
+  cr_expect(strstr(why(&o), "--labels and --drift-detect exclude") != NULL, "%s", why(&o));
 }
 
 Test(sim_options, async_and_intermittency_options) {
@@ -289,4 +292,33 @@ Test(sim_options, async_and_intermittency_options) {
   cr_expect_str_empty(why(&o));
   o.offline_share = 1.5;
   cr_expect(strstr(why(&o), "--offline-share") != NULL, "%s", why(&o));
+}
+
+Test(sim_options, cohort_and_evaluation_options) {
+  sim_options o = opts();
+  cr_assert_eq(
+      PARSE(&o, "--labels", "site=a:0.5,site=b:0.5", "--conditions", "charging:0.7", "--cohort",
+            "{\"labels\":{\"site\":\"a\"}}", "--eval-share", "0.2", "--eval-by", "site"),
+      FL_OK);
+  cr_expect_str_empty(why(&o));
+  cr_expect_float_eq(o.eval_share, 0.2, 1e-12);
+  o = opts();
+  o.labels = "site=a";
+  cr_expect(strstr(why(&o), "--labels") != NULL, "%s", why(&o));
+  o = opts();
+  o.conditions = "charging";
+  cr_expect(strstr(why(&o), "--conditions") != NULL);
+  o = opts();
+  o.cohort = "[\"site\"]";
+  cr_expect(strstr(why(&o), "--cohort") != NULL);
+  o = opts();
+  o.eval_share = 0.5;
+  o.eval_count = 3;
+  cr_expect(strstr(why(&o), "exclude") != NULL);
+  o = opts();
+  o.eval_by = "site";
+  cr_expect(strstr(why(&o), "--eval-by") != NULL);
+  o = opts();
+  o.eval_share = 1.5;
+  cr_expect(strstr(why(&o), "--eval-share") != NULL);
 }

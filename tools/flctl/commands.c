@@ -29,9 +29,14 @@ static const form FORMS[] = {
     {"models", "list", "", "models list"},
     {"models", "create", "spec seed", "models create NAME --spec JSON|@FILE [--seed N]"},
     {"versions", "list", "", "versions list MODEL_ID"},
-    {"plans", "create", "plan aggregator trim-fraction byzantine krum-select",
+    {"versions", "get", "", "versions get MODEL_ID VERSION"},
+    {"plans", "create",
+     "plan aggregator trim-fraction byzantine krum-select cohort-labels cohort-conditions "
+     "eval-share eval-count eval-by",
      "plans create MODEL_ID [--plan JSON|@FILE] [--aggregator NAME] [--trim-fraction B]\n"
-     "                  [--byzantine F] [--krum-select M]"},
+     "                  [--byzantine F] [--krum-select M] [--cohort-labels k=v,...]\n"
+     "                  [--cohort-conditions c,...] [--eval-share S | --eval-count N]\n"
+     "                  [--eval-by LABEL]"},
     {"plans", "get", "", "plans get PLAN_ID"},
     {"plans", "stop", "", "plans stop PLAN_ID"},
     {"rounds", "list", "model", "rounds list [--model MODEL_ID]"},
@@ -323,7 +328,10 @@ static int cmd_models(const flctl *f, const args *a) {
 
 static int cmd_versions(const flctl *f, const args *a) {
   char path[96];
-  long long m;
+  long long m, v;
+  if (a->npos == 3 && strcmp(a->pos[0], "get") == 0)
+    return id_at(a, 1, "MODEL_ID", &m) || id_at(a, 2, "VERSION", &v) ? FLCTL_USAGE
+                                                                     : flctl_version_show(f, m, v);
   if (a->npos != 2 || strcmp(a->pos[0], "list") != 0)
     return usage_error(a);
   if (id_at(a, 1, "MODEL_ID", &m))
@@ -420,10 +428,16 @@ static int cmd_plans(const flctl *f, const args *a) {
     return show_call(f, "POST", path, NULL);
   }
   json_t *plan = json_arg("--plan", flag(a, "plan") ? flag(a, "plan") : "{}");
-  if (plan == NULL || robust_flags(a, plan)) {
+  const char *cl = flag(a, "cohort-labels");
+  json_t *labels = cl != NULL ? labels_arg("--cohort-labels", cl) : NULL;
+  if (plan == NULL || robust_flags(a, plan) || (cl != NULL && labels == NULL) ||
+      flctl_plan_cohort_eval(plan, labels, flag(a, "cohort-conditions"), flag(a, "eval-share"),
+                             flag(a, "eval-count"), flag(a, "eval-by"))) {
     json_decref(plan);
+    json_decref(labels);
     return FLCTL_USAGE;
   }
+  json_decref(labels);
   snprintf(path, sizeof path, "/admin/v1/models/%lld/plans", id);
   return show_call(f, "POST", path, plan);
 }

@@ -48,4 +48,12 @@ void flctl_usage(FILE *out, const char *noun);
  * argument name) and the value. */
 int flctl_int(const char *what, const char *s, long long lo, long long hi, long long *out);
 
+/* evaluation.c: the plan's "cohort" (labels: an object, borrowed, or NULL; conds "a,b") and
+ * "evaluation" ({"share"} or {"count"}, with "by_label") from flags (NULL: not given) into
+ * plan. 0, or -1 after a message. */
+int flctl_plan_cohort_eval(json_t *plan, json_t *labels, const char *conds, const char *share,
+                           const char *count, const char *by);
+/* versions get: the version, then its federated evaluation as a table. */
+int flctl_version_show(const flctl *f, long long model, long long version);
+
 #endif

@@ -417,8 +417,15 @@ FL_API fl_err fl_client_set_holdout_memory(fl_client *c, const float *x, const i
                                            size_t n, size_t x_dim);
 FL_API fl_err fl_client_set_holdout_csv(fl_client *c, const char *path, int label_col);
 /* Mean squared reconstruction error above which an example counts as an anomaly in
- * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off. */
+ * "anomaly_rate" (models whose output has the input's size, e.g. autoencoders). 0: off.
+ * When the hold-out data was set with labels (memory or CSV; label != 0: a true anomaly), the
+ * report also has "precision" (true alarms / alarms, when there is an alarm) and "recall"
+ * (true alarms / anomalies, when there is an anomaly). */
 FL_API fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold);
+
+/* A plan's evaluation policy also sends each version it produces to a sample of its cohort as
+ * the same kind of task (docs/API.md, "Federated evaluation"): handled the same way, reported
+ * with the same metrics; fl_round_result.eval_version names it too. */
 
 /* Drift statistics (docs/DRIFT.md): with every_n_checkins > 0 the handle summarizes what the
  * active model scores in service (per-feature mean and variance, a histogram of the score:
@@ -434,6 +441,16 @@ FL_API fl_err fl_client_set_service_stats(fl_client *c, uint32_t every_n_checkin
  * model. fl_client_predict() records its examples itself. FL_E_NOTFOUND without a model,
  * FL_E_STATE while drift statistics are off. Examples with a non-finite feature are skipped. */
 FL_API fl_err fl_client_observe(fl_client *c, const float *x, size_t n, const float *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Device conditions                                                                           */
+
+/* The conditions the device is in now, e.g. "charging", "unmetered", "idle": sent with every
+ * later check-in (replacing the previous set; n = 0 clears it). A plan's training cohort may
+ * require some: a device without them is told to wait ("not_eligible") instead of training.
+ * At most 16 conditions of 1-63 printable ASCII characters (no quotes, backslashes or
+ * spaces), copied; FL_E_INVAL otherwise, and the previous set stays. Since 0.3. */
+FL_API fl_err fl_client_set_conditions(fl_client *c, const char *const *conds, size_t n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Rounds, as steps                                                                           */

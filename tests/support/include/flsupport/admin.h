@@ -40,9 +40,10 @@ int fl_sup_admin_probe(fl_sup_admin *a, const char *path);
 
 /* n one-time enrollment tokens (asked for in batches); free with fl_sup_admin_free_tokens. */
 int fl_sup_admin_enrollment_tokens(fl_sup_admin *a, size_t n, char ***tokens);
-/* The same, each token giving its device the labels (a JSON object of strings). */
-int fl_sup_admin_enrollment_tokens_labelled(fl_sup_admin *a, size_t n, const json_t *labels,
-                                            char ***tokens);
+/* The same with labels (a JSON object of strings, NULL: none) on every token: the devices that
+ * enroll with them carry these labels (rollout and training cohorts). */
+int fl_sup_admin_enrollment_tokens_labeled(fl_sup_admin *a, size_t n, const json_t *labels,
+                                           char ***tokens);
 void fl_sup_admin_free_tokens(char **tokens, size_t n);
 
 /* POST /admin/v1/models with a spec in the admin API's JSON; version may be NULL. */
