@@ -15,6 +15,8 @@ import re
 import sys
 
 AGGS = ["fedavg", "median", "trimmed", "krum", "multikrum", "bulyan"]
+TITLES = {"fedavg": "FedAvg", "median": "median", "trimmed": "trimmed mean",
+          "krum": "Krum", "multikrum": "Multi-Krum", "bulyan": "Bulyan"}
 KINDS = ["none", "signflip", "scaled", "lie", "labelflip", "noise"]
 
 
@@ -36,7 +38,7 @@ def main():
         want = max(max(r) for by_agg in acc.values() for s in by_agg.values()
                    for r in s.values() if r)
     aggs = [a for a in AGGS if any(a in by_agg for by_agg in acc.values())]
-    print(f"| attack | seeds | " + " | ".join(aggs) + " |")
+    print("| attack | seeds | " + " | ".join(TITLES[a] for a in aggs) + " |")
     print("|---|---:|" + "---:|" * len(aggs))
     for kind, frac in sorted(acc, key=lambda k: (KINDS.index(k[0]), float(k[1]))):
         cells, seeds = [], set()

@@ -74,8 +74,14 @@ typedef enum fl__phase {
   FL__PH_TRAIN,
   FL__PH_UPLOAD,
   FL__PH_DONE,
-  FL__PH_FETCH_EVAL, /* downloading a version an evaluation gate asked for */
-  FL__PH_EVAL_REPORT /* posting its evaluation report */
+  FL__PH_FETCH_EVAL,  /* downloading a version an evaluation gate asked for */
+  FL__PH_EVAL_REPORT, /* posting its evaluation report */
+  /* Secure aggregation (secagg.c, docs/SECAGG.md): advertising the round's keys, polling the
+   * round's state for the next phase, sending the sealed shares, the unmasking shares. */
+  FL__PH_SA_KEYS,
+  FL__PH_SA_POLL,
+  FL__PH_SA_SHARES,
+  FL__PH_SA_UNMASK
 } fl__phase;
 
 typedef enum fl__io { FL__IO_IDLE = 0, FL__IO_INFLIGHT, FL__IO_BACKOFF } fl__io;
@@ -89,6 +95,7 @@ typedef struct fl__task {
   float clip_norm, noise_stddev, topk_fraction;
   int encoding;
   int64_t deadline_ms;
+  uint32_t sa_threshold, sa_neighbors; /* secure aggregation; 0: a plain round */
 } fl__task;
 
 /* The model the check-in assigned for inference. */
@@ -205,6 +212,12 @@ struct fl_client {
   char *auth;       /* X-FL-Auth of the attempt in flight */
   fl__task task;
   bool have_task;
+  /* Secure aggregation's round state (secagg_dev.h), its clipped delta once trained, and the
+   * SecAggPhase a poll waits for. In memory only, wiped when the round ends. */
+  struct fl_sa_dev *sa;
+  float *sa_delta;
+  size_t sa_len;
+  int sa_wait;
   fl__rollout rollout;
   bool want_rollout;
   bool rollout_assigned; /* the last check-in named an inference version */
@@ -419,6 +432,20 @@ typedef struct fl__update_params {
 int fl__update_pack(const fl_model *layout, const float *base, const float *local,
                     const fl__update_params *p, const fl_allocator *a, fl__upload_buf *out,
                     float *norm, uint8_t content[FL_SHA256_LEN]);
+/* Secure aggregation: the clipped delta = local - base (n floats) into *delta (allocated with
+ * a), FL_E_NONFINITE when training diverged; and the UpdateUpload of a masked input (len
+ * uint32 LE words at y), packed like fl__update_pack's. */
+int fl__update_clipped(const float *base, const float *local, size_t n, float clip_norm,
+                       const fl_allocator *a, float **delta);
+int fl__update_pack_masked(const fl__update_params *p, const uint8_t *y, size_t len,
+                           const fl_allocator *a, fl__upload_buf *out,
+                           uint8_t content[FL_SHA256_LEN]);
+/* secagg.c: the round's secure-aggregation steps (round.c and train.c call them). */
+int fl__sa_begin(fl_client *c);                                /* advertise the keys */
+int fl__sa_after_train(fl_client *c);                          /* wait for the masked phase */
+int fl__sa_on_answer(fl_client *c, const fl_http_response *r); /* the SA_* phases' answers */
+int fl__sa_after_upload(fl_client *c);                         /* wait for unmasking */
+void fl__sa_end(fl_client *c);                                 /* wipe and free */
 /* Writes the signature field of one attempt (FL__UPLOAD_TAIL bytes) at tail. */
 int fl__update_sign_in_place(const uint8_t content[FL_SHA256_LEN], int64_t timestamp_ms,
                              const uint8_t *nonce, size_t nonce_len, const fl_key *key,

@@ -26,6 +26,7 @@
 
 void fl__round_reset(fl_client *c) {
   fl__exchange_end(c);
+  fl__sa_end(c);
   fl__request_clear(c);
   fl__loaded_free(&c->base);
   c->have_task = false;
@@ -41,6 +42,7 @@ void fl__round_reset(fl_client *c) {
 
 void fl__round_finish(fl_client *c, fl_round_outcome outcome, int err) {
   fl__exchange_end(c);
+  fl__sa_end(c);
   fl__request_clear(c);
   fl__loaded_free(&c->base);
   c->result.outcome = outcome;
@@ -179,6 +181,11 @@ static int advance(fl_client *c) {
     if (err != FL_OK)
       return set_fetch(c, FL__PH_FETCH_BASE, c->task.model_id, c->task.base_version);
   }
+  /* Secure aggregation: the keys go first, the training after the share exchange. */
+  if (c->task.sa_threshold > 0 && c->sa == NULL) {
+    int err = follow_base(c);
+    return err == FL_OK ? fl__sa_begin(c) : err;
+  }
   c->phase = FL__PH_TRAIN;
   return follow_base(c);
 }
@@ -205,6 +212,10 @@ static void copy_task(fl_client *c, const Fl__V1__TrainTask *t) {
   k->topk_fraction = t->topk_fraction;
   k->encoding = t->encoding != 0 ? (int)t->encoding : FL__V1__ENCODING__ENCODING_FLOAT32;
   k->deadline_ms = t->deadline_ms;
+  if (t->secure_aggregation != NULL) {
+    k->sa_threshold = t->secure_aggregation->threshold;
+    k->sa_neighbors = t->secure_aggregation->neighbors;
+  }
   c->have_task = true;
   c->result.round_id = t->round_id;
   c->result.model_id = t->model_id;
@@ -242,6 +253,16 @@ static int check_task(fl_client *c, const Fl__V1__TrainTask *t) {
                    "check-in task of round %" PRIu64 " refused: %s with the pinned coordinator key",
                    t->round_id, t->signature.len == 0 ? "it is unsigned" : "its signature fails");
     return FL_E_BADSIG;
+  }
+  /* Secure aggregation quantizes within the clip and needs t <= k shares (SECAGG.md). */
+  const Fl__V1__SecAggTask *sa = t->secure_aggregation;
+  if (sa != NULL && (sa->threshold == 0 || sa->threshold > sa->neighbors || !(t->clip_norm > 0))) {
+    fl__client_err(c,
+                   "check-in task of round %" PRIu64
+                   " asks for secure aggregation with threshold"
+                   " %" PRIu32 " of %" PRIu32 " neighbours and clip %g: refused",
+                   t->round_id, sa->threshold, sa->neighbors, (double)t->clip_norm);
+    return FL_E_PARSE;
   }
   const Fl__V1__Hyperparameters *h = t->hyperparameters;
   if (h != NULL && h->local_epochs > FL__TASK_MAX_EPOCHS) {
@@ -379,9 +400,16 @@ static int on_answer(fl_client *c, const fl_http_response *resp) {
       return err == FL_OK ? advance(c) : err;
     case FL__PH_UPLOAD:
       err = on_upload(c, resp);
+      if (err == FL_OK && c->sa != NULL)
+        return fl__sa_after_upload(c);
       if (err == FL_OK)
         fl__round_finish(c, FL_ROUND_UPLOADED, FL_OK);
       return err;
+    case FL__PH_SA_KEYS:
+    case FL__PH_SA_POLL:
+    case FL__PH_SA_SHARES:
+    case FL__PH_SA_UNMASK:
+      return fl__sa_on_answer(c, resp);
     default:
       return FL_E_STATE;
   }
@@ -391,6 +419,9 @@ static int on_answer(fl_client *c, const fl_http_response *resp) {
 static int64_t phase_deadline(const fl_client *c) {
   if (!c->have_task || c->task.deadline_ms <= 0 || c->phase == FL__PH_FETCH_ROLLOUT ||
       c->phase == FL__PH_FETCH_EVAL || c->phase == FL__PH_EVAL_REPORT)
+    return 0;
+  /* A secure-aggregation round's deadline moves with its phases (SECAGG.md "Protocol"). */
+  if (c->sa != NULL)
     return 0;
   return fl__sub_sat(c->task.deadline_ms, c->clock_offset_ms);
 }

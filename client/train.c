@@ -332,6 +332,21 @@ static int train_and_pack(fl_client *c) {
   if (err != FL_OK)
     goto out_free;
   const fl__task *t = &c->task;
+  if (t->sa_threshold > 0) {
+    /* Secure aggregation: the clipped delta waits for the masked phase (secagg.c). */
+    float *d = NULL;
+    err = fl__update_clipped(anchor, fl__model_params_const(m), fl__model_num_params(m),
+                             t->clip_norm, c->alloc, &d);
+    if (err == FL_E_NONFINITE)
+      fl__client_err(c, "local training diverged (non-finite weights)");
+    if (err == FL_OK) {
+      c->sa_delta = d;
+      c->sa_len = fl__model_num_params(m);
+      c->result.sample_count = samples;
+      c->result.loss = loss;
+    }
+    goto out_free;
+  }
   fl__update_params p = {.device_id = c->device_id,
                          .round_id = t->round_id,
                          .model_id = t->model_id,
@@ -376,9 +391,11 @@ fl_err fl_client_train(fl_client *c) {
     fl__loaded_free(&c->base);
     c->attempts = 0;
     c->phase = FL__PH_UPLOAD;
-  } else {
-    fl__round_finish(c, FL_ROUND_FAILED, err);
+    if (c->sa != NULL)
+      err = fl__sa_after_train(c);
   }
+  if (err != FL_OK)
+    fl__round_finish(c, FL_ROUND_FAILED, err);
   atomic_store_explicit(&c->trained, 1, memory_order_release);
   if (c->multi != NULL)
     fl__multi_wakeup(c->multi);

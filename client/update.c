@@ -159,6 +159,36 @@ out_free:
   return err;
 }
 
+int fl__update_clipped(const float *base, const float *local, size_t n, float clip_norm,
+                       const fl_allocator *a, float **delta) {
+  float *d = fl__malloc(a, (n ? n : 1) * sizeof *d);
+  if (d == NULL)
+    return FL_E_NOMEM;
+  for (size_t i = 0; i < n; i++)
+    d[i] = local[i] - base[i];
+  if (!fl__all_finite(d, n)) {
+    fl__free(a, d);
+    return FL_E_NONFINITE;
+  }
+  fl__clip_l2(d, n, clip_norm);
+  *delta = d;
+  return FL_OK;
+}
+
+int fl__update_pack_masked(const fl__update_params *p, const uint8_t *y, size_t len,
+                           const fl_allocator *a, fl__upload_buf *out,
+                           uint8_t content[FL_SHA256_LEN]) {
+  Fl__V1__UpdateUpload u;
+  fl__v1__update_upload__init(&u);
+  u.round_id = p->round_id;
+  u.model_id = p->model_id;
+  u.base_version = p->base_version;
+  u.sample_count = p->sample_count;
+  u.loss = p->loss;
+  u.secagg_masked = (ProtobufCBinaryData){4 * len, (uint8_t *)(uintptr_t)y};
+  return pack_unsigned(&u, p->device_id, a, out, content);
+}
+
 int fl__update_build(const fl_model *layout, const float *base, const float *local,
                      const fl__update_params *p, const fl_allocator *a, uint8_t **out,
                      size_t *out_len, float *norm, uint8_t content[FL_SHA256_LEN]) {

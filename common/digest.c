@@ -16,6 +16,7 @@ static const char tag_update[] = "fl.v1.update";
 static const char tag_upload[] = "fl.v1.upload";
 static const char tag_model[] = "fl.v1.model";
 static const char tag_task[] = "fl.v1.task";
+static const char tag_sa_keys[] = "fl.v1.secagg.keys";
 
 /* Floats as their bit patterns: two NaNs are different messages. */
 static uint32_t f32_bits(float f) {
@@ -120,6 +121,8 @@ int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
     fl__sha256_u32(&h, (uint32_t)u->clip_state);
   if (u->train_stats != NULL)
     hash_drift_stats(&h, u->train_stats);
+  if (u->secagg_masked.len > 0)
+    fl__sha256_bytes(&h, u->secagg_masked.data, u->secagg_masked.len);
   return fl__sha256_end(&h, out);
 }
 
@@ -179,7 +182,28 @@ int fl__task_digest(uint64_t device_id, const Fl__V1__TrainTask *t, uint8_t out[
   fl__sha256_u32(&s, f32_field(t->topk_fraction));
   fl__sha256_u64(&s, (uint64_t)t->deadline_ms);
   fl__sha256_u64(&s, t->seed);
+  /* Hashed only when set: the digests of plain tasks are those of before. */
+  if (t->secure_aggregation != NULL) {
+    fl__sha256_u32(&s, t->secure_aggregation->threshold);
+    fl__sha256_u32(&s, t->secure_aggregation->neighbors);
+  }
   return fl__sha256_end(&s, out);
+}
+
+int fl__secagg_keys_digest(uint64_t device_id, uint64_t round_id, const uint8_t *c_pk, size_t c_len,
+                           const uint8_t *s_pk, size_t s_len, uint8_t out[FL_SHA256_LEN]) {
+  if ((c_pk == NULL && c_len > 0) || (s_pk == NULL && s_len > 0))
+    return FL_E_INVAL;
+  fl_sha256 h;
+  int err = fl__sha256_begin(&h);
+  if (err != FL_OK)
+    return err;
+  fl__sha256_update(&h, tag_sa_keys, sizeof tag_sa_keys);
+  fl__sha256_u64(&h, device_id);
+  fl__sha256_u64(&h, round_id);
+  fl__sha256_bytes(&h, c_pk, c_len);
+  fl__sha256_bytes(&h, s_pk, s_len);
+  return fl__sha256_end(&h, out);
 }
 
 static void hash_spec(fl_sha256 *h, const fl_model_spec *spec) {

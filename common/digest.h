@@ -29,6 +29,7 @@ int fl__request_digest(const char *method, const char *path, uint64_t device_id,
 /* Content digest of an update: "fl.v1.update\0" | device_id | round_id | model_id |
  * base_version | sample_count (u64 each) | loss (f32 bits) | norm (f32 bits) | n_tensors u64 |
  * per tensor: encoding u32, count u64, ndim u32, shape u32..., scale (f32 bits), data, indices
+ * [| clip_state u32 when set] [| secagg_masked (length-prefixed) when not empty]
  * (loss, norm and scale: -0.0 hashed as 0.0, as protobuf delivers it)
  * (length-prefixed). The signature field of u is not part of it. It names the update itself,
  * whatever request carried it: the coordinator stores it for idempotence (a retry is sent
@@ -54,10 +55,17 @@ int fl__update_digest(uint64_t device_id, int64_t timestamp_ms, const uint8_t *n
  * round_id | model_id | base_version (u64 each) | base_sha256 (length-prefixed) |
  * local_epochs, batch_size (u32) | learning_rate, momentum, weight_decay, prox_mu (f32 bits;
  * all six zero when hyperparameters is absent) | clip_norm, noise_stddev (f32) | encoding u32 |
- * topk_fraction f32 | deadline_ms i64 | seed u64. Floats: -0.0 hashed as 0.0. device_id is the
+ * topk_fraction f32 | deadline_ms i64 | seed u64 [| threshold u32 | neighbors u32, only when
+ * secure_aggregation is set]. Floats: -0.0 hashed as 0.0. device_id is the
  * device the task was assigned to (a task copied to another device does not verify). The
  * signature field is not part of it. */
 int fl__task_digest(uint64_t device_id, const Fl__V1__TrainTask *t, uint8_t out[FL_SHA256_LEN]);
+
+/* Secure aggregation's key advertisement (docs/SECAGG.md), signed by the device and relayed to
+ * its neighbours: "fl.v1.secagg.keys\0" | device_id u64 | round_id u64 | c_pk | s_pk
+ * (length-prefixed). */
+int fl__secagg_keys_digest(uint64_t device_id, uint64_t round_id, const uint8_t *c_pk, size_t c_len,
+                           const uint8_t *s_pk, size_t s_len, uint8_t out[FL_SHA256_LEN]);
 
 /* "fl.v1.model\0" | model_id | version | parent_version (u64 each) | spec: input_ndim u32,
  * input_shape u32 x input_ndim, n_layers u32, per layer: type, units, out_channels, kernel,

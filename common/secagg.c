@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "crypto.h"
@@ -468,4 +469,68 @@ int fl__secagg_unmask_pair(uint32_t *acc, size_t len, uint32_t survivor, uint32_
     return FL_E_INVAL;
   /* The survivor added +PRG when the dropped neighbour is the larger number. */
   return fl__secagg_prg_add(seed, dropped > survivor ? -1 : 1, acc, len);
+}
+
+/* ---- the neighbour graph --------------------------------------------------------------- */
+
+uint32_t fl__secagg_degree(uint32_t n, uint32_t k) {
+  if (n < 2)
+    return 0;
+  if (k >= n - 1)
+    return n - 1;
+  return (k & 1) && (n & 1) ? k + 1 : k; /* n * k must be even */
+}
+
+int fl__secagg_harary(uint32_t n, uint32_t k, const uint32_t *perm, uint32_t *out) {
+  uint32_t d = fl__secagg_degree(n, k);
+  if (d == 0 || perm == NULL || out == NULL)
+    return FL_E_INVAL;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t p = perm[i], *row = out + (size_t)(p - 1) * d, m = 0;
+    if (p == 0 || p > n)
+      return FL_E_INVAL;
+    for (uint32_t j = 1; j <= d / 2; j++) {
+      row[m++] = perm[(i + j) % n];
+      row[m++] = perm[(i + n - j) % n];
+    }
+    if (d & 1)
+      row[m++] = perm[(i + n / 2) % n];
+    /* Sorted (insertion: d is small), so that a row reads the same whoever builds it. */
+    for (uint32_t a = 1; a < m; a++)
+      for (uint32_t b = a; b > 0 && row[b - 1] > row[b]; b--) {
+        uint32_t t = row[b];
+        row[b] = row[b - 1];
+        row[b - 1] = t;
+      }
+    for (uint32_t a = 1; a < m; a++)
+      if (row[a] == row[a - 1] || row[a] == p)
+        return FL_E_INVAL; /* perm is not a permutation of 1..n */
+    if (m > 0 && row[0] == p)
+      return FL_E_INVAL;
+  }
+  return FL_OK;
+}
+
+int fl__secagg_graph(uint32_t n, uint32_t k, uint32_t *out) {
+  uint32_t *perm = malloc((size_t)n * sizeof *perm + 1);
+  int err = FL_E_NOMEM;
+  if (perm == NULL)
+    return err;
+  for (uint32_t i = 0; i < n; i++)
+    perm[i] = i + 1;
+  /* Fisher-Yates from the CSPRNG, by rejection (no modulo bias). */
+  err = FL_OK;
+  for (uint32_t i = n; i > 1 && err == FL_OK; i--) {
+    uint32_t lim = UINT32_MAX - UINT32_MAX % i, x;
+    do
+      err = fl__random_bytes(&x, sizeof x);
+    while (err == FL_OK && x >= lim);
+    uint32_t j = x % i, t = perm[i - 1];
+    perm[i - 1] = perm[j];
+    perm[j] = t;
+  }
+  if (err == FL_OK)
+    err = fl__secagg_harary(n, k, perm, out);
+  free(perm);
+  return err;
 }

@@ -60,6 +60,8 @@ int fl__secagg_prg_add(const uint8_t seed[FL_SECAGG_SEED_LEN], int sign, uint32_
  * 7, 7, 7, 7, 4 bytes (SECAGG.md "Shares"). */
 #define FL_SHAMIR_CHUNKS 5
 #define FL_SHAMIR_SHARE_LEN (4 + 8 * FL_SHAMIR_CHUNKS) /* encoded: x u32 LE, y[5] u64 LE */
+/* A share message (SECAGG.md "Share messages"): share(s_sk) || share(b), sealed: 104 bytes. */
+#define FL_SECAGG_SEALED_BYTES (2 * FL_SHAMIR_SHARE_LEN + FL_SECAGG_TAG_LEN)
 typedef struct fl_shamir_share {
   uint32_t x; /* the holder's participant number, 1..n */
   uint64_t y[FL_SHAMIR_CHUNKS];
@@ -112,5 +114,16 @@ int fl__secagg_mask(const uint32_t *x, size_t len, uint32_t self,
 int fl__secagg_unmask_self(uint32_t *acc, size_t len, const uint8_t self_seed[FL_SECAGG_SEED_LEN]);
 int fl__secagg_unmask_pair(uint32_t *acc, size_t len, uint32_t survivor, uint32_t dropped,
                            const uint8_t seed[FL_SECAGG_SEED_LEN]);
+
+/* The SecAgg+ neighbour graph (SECAGG.md "Neighbour graph"): the Harary graph H(n, d) on a
+ * permutation of the participants 1..n (Bell et al. 2020, section 3): position i is joined to
+ * positions i +- 1 .. i +- d/2 (mod n) and, for odd d, to i + n/2. d = fl__secagg_degree(n, k):
+ * min(k, n - 1), one more when k and n are both odd (n * d must be even); 0 for n < 2.
+ * out[(p - 1) * d .. p * d - 1] receives participant p's neighbours in ascending order.
+ * fl__secagg_harary takes the permutation (perm[position] = participant; FL_E_INVAL when it is
+ * not one), fl__secagg_graph draws it uniformly from the CSPRNG. */
+uint32_t fl__secagg_degree(uint32_t n, uint32_t k);
+int fl__secagg_harary(uint32_t n, uint32_t k, const uint32_t *perm, uint32_t *out);
+int fl__secagg_graph(uint32_t n, uint32_t k, uint32_t *out);
 
 #endif

@@ -28,6 +28,7 @@
 #include "http/http.h"
 #include "store/migrations.h"
 #include "registry/models.h"
+#include "rounds/round_cache.h"
 #include "rounds/rounds.h"
 #include "store/store_pg.h"
 #include "tensor.h"
@@ -95,6 +96,10 @@ static int start(fl_srv *s, const char **step) {
     err = bootstrap_token(s);
   if (err == FL_OK && (*step = "models"))
     err = fl__models_new(&s->models);
+  if (err == FL_OK && (*step = "caches"))
+    err = fl__nonces_new(&s->nonces);
+  if (err == FL_OK && (*step = "caches"))
+    err = fl__round_cache_new(&s->round_cache);
   if (err == FL_OK && (*step = "aggregator"))
     err = fl__agg_new(&s->agg, s);
   if (err == FL_OK && (*step = "rounds"))
@@ -119,6 +124,8 @@ static void shutdown_all(fl_srv *s) {
   fl__agg_free(s->agg);
   fl__rounds_free(s->rounds);
   fl__models_free(s->models);
+  fl__round_cache_free(s->round_cache);
+  fl__nonces_free(s->nonces);
   fl__pool_free(s->pool);
   fl__key_free(s->key);
   fl__metrics_free(s->metrics);

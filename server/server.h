@@ -141,6 +141,8 @@ typedef struct fl_agg fl_agg;
 typedef struct fl_rounds fl_rounds;
 typedef struct fl_models fl_models;
 typedef struct fl_http fl_http;
+typedef struct fl_nonces fl_nonces;
+typedef struct fl_round_cache fl_round_cache;
 
 typedef struct fl_srv {
   fl_config cfg;
@@ -152,6 +154,8 @@ typedef struct fl_srv {
   fl_agg *agg;
   fl_rounds *rounds;
   fl_http *http;
+  fl_nonces *nonces;                /* uploads' nonces in flight (auth/nonce.h) */
+  fl_round_cache *round_cache;      /* what never changes about a round (rounds/round_cache.h) */
   atomic_bool ready;                /* /readyz: database reachable and threads running */
 } fl_srv;
 

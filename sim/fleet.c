@@ -457,6 +457,7 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .straggler_ms = straggler ? f->o.straggler_ms : 0,
                       .net_fail = f->o.net_fail,
                       .clip_norm = f->o.clip_norm,
+                      .sa_drop = f->o.sa_drop,
                       .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS),
                       .borrow_body = 1};
   int rc =
@@ -641,6 +642,7 @@ static void add_stats(sim_net_stats *to, const sim_net_stats *s) {
   to->bytes_down += s->bytes_down;
   to->requests += s->requests;
   to->net_faults += s->net_faults;
+  to->sa_dropped += s->sa_dropped;
   for (int i = 0; i < SIM_MAX_REASONS && s->reasons[i][0]; i++) {
     int j = 0;
     while (j < SIM_MAX_REASONS && to->reasons[j][0] && strcmp(to->reasons[j], s->reasons[i]))

@@ -48,6 +48,7 @@ typedef struct sim_fleet_opts {
   double bad_frac;                       /* fraction of misbehaving devices */
   unsigned bad_kinds;                    /* bit (1 << sim_behaviour) per kind in use; 0: all four */
   double clip_norm;
+  double sa_drop[4]; /* secure aggregation: dropout probability per phase (options.h SIM_SA_*) */
   uint64_t seed;
   uint64_t model_id;  /* the run's model: devices check in for it alone */
   const char *broker; /* NULL: HTTP; else --broker (mqtt.h): every device over MQTT */

@@ -121,6 +121,10 @@ static const opt_def OPTS[] = {
      "evaluate every new version on this share of the cohort (0: no evaluation)"},
     {"eval-count", T_U32, O(eval_count), "evaluate every new version on this many devices"},
     {"eval-by", T_STR, O(eval_by), "federated evaluation results per value of this label"},
+    {"secure-aggregation", T_STR, O(secure_aggregation),
+     "T:K: SecAgg+ with threshold T of K neighbours (docs/SECAGG.md; needs --clip-norm)"},
+    {"secagg-drop", T_STR, O(secagg_drop),
+     "phase:fraction,...: devices that drop out at keys, shares, masked or unmask"},
     {"url", T_STR, O(url), "use this running coordinator instead of starting one"},
     {"admin-token", T_STR, O(admin_token), "admin token for --url (or FL_ADMIN_TOKEN)"},
     {"database-url", T_STR, O(database_url), "PostgreSQL for the started coordinator"},
@@ -561,11 +565,51 @@ static int check_names(const sim_options *o, char *msg, size_t cap) {
   return check_cohort(o, msg, cap);
 }
 
+int sim_secagg_parse(const sim_options *o, uint32_t *t, uint32_t *k, double drop[SIM_SA_PHASES],
+                     char *msg, size_t cap) {
+  static const char *const phases[SIM_SA_PHASES] = {"keys", "shares", "masked", "unmask"};
+  unsigned a = 0, b = 0;
+  char tail;
+  *t = *k = 0;
+  for (int i = 0; i < SIM_SA_PHASES; i++)
+    drop[i] = 0;
+  if (o->secure_aggregation != NULL &&
+      (sscanf(o->secure_aggregation, "%u:%u%c", &a, &b, &tail) != 2 || a == 0 || b < a))
+    return fail(msg, cap, "bad --secure-aggregation %s: T:K with 1 <= T <= K",
+                o->secure_aggregation);
+  *t = a;
+  *k = b;
+  for (const char *p = o->secagg_drop; p != NULL && *p != '\0';) {
+    const char *colon = strchr(p, ':');
+    int ph = -1;
+    for (int i = 0; colon != NULL && i < SIM_SA_PHASES; i++)
+      if ((size_t)(colon - p) == strlen(phases[i]) && strncmp(p, phases[i], strlen(phases[i])) == 0)
+        ph = i;
+    char *end = NULL;
+    double f = ph >= 0 ? strtod(colon + 1, &end) : -1;
+    if (ph < 0 || end == colon + 1 || !(f >= 0 && f <= 1) || (*end != ',' && *end != '\0') ||
+        (*end == ',' && end[1] == '\0'))
+      return fail(msg, cap,
+                  "bad --secagg-drop %s: phase:fraction,... (keys, shares, masked,"
+                  " unmask; fractions in [0, 1])",
+                  o->secagg_drop);
+    drop[ph] = f;
+    p = *end == ',' ? end + 1 : end;
+  }
+  if (o->secagg_drop != NULL && a == 0)
+    return fail(msg, cap, "--secagg-drop needs --secure-aggregation");
+  return FL_OK;
+}
+
 int sim_options_check(const sim_options *o, char *msg, size_t cap) {
   sim_scenario sc;
+  uint32_t sa_t, sa_k;
+  double sa_drop[SIM_SA_PHASES];
   if (sim_scenario_shape(o->dataset, &sc) != FL_OK)
     return fail(msg, cap, "unknown --dataset %s: fmnist, synthetic, sensor or sensor2", o->dataset);
   int rc = check_ranges(o, msg, cap);
+  if (rc == FL_OK)
+    rc = sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, msg, cap);
   if (rc == FL_OK)
     rc = check_fleet(o, msg, cap);
   if (rc == FL_OK)

@@ -67,6 +67,9 @@ typedef struct sim_options {
   const char *labels, *conditions, *cohort, *eval_by;
   double eval_share;
   uint32_t eval_count;
+  /* secure aggregation (docs/SECAGG.md): "t:k" into the plan, and dropouts injected per phase
+   * as "phase:fraction,..." with phase keys, shares, masked or unmask (sim_secagg_parse) */
+  const char *secure_aggregation, *secagg_drop;
   /* services */
   const char *url, *admin_token, *database_url, *coordinator_bin, *pg_bin, *work_dir;
   const char *coordinator_args; /* blank-separated, after fl-sim's own coordinator flags */
@@ -110,5 +113,12 @@ int sim_options_model(const sim_options *o, const sim_scenario *sc, fl_model_spe
 void sim_options_usage(FILE *f);
 /* Bit mask (1 << sim_behaviour) from bad_kinds, or -1 for an unknown name. */
 int sim_options_bad_kinds(const char *list);
+
+/* The secure-aggregation options: *t and *k from --secure-aggregation (0 and 0 without it),
+ * drop[SIM_SA_KEYS..SIM_SA_UNMASK] from --secagg-drop, the probability that a device drops out
+ * at that phase. FL_E_INVAL with why in msg for a malformed value. */
+enum { SIM_SA_KEYS = 0, SIM_SA_SHARES, SIM_SA_MASKED, SIM_SA_UNMASK, SIM_SA_PHASES };
+int sim_secagg_parse(const sim_options *o, uint32_t *t, uint32_t *k, double drop[SIM_SA_PHASES],
+                     char *msg, size_t cap);
 
 #endif

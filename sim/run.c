@@ -438,6 +438,17 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
     json_decref(j);
     j = NULL;
   }
+  uint32_t sa_t = 0, sa_k = 0;
+  double sa_drop[SIM_SA_PHASES];
+  char why[160];
+  if (j != NULL && sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) == FL_OK &&
+      sa_t > 0 &&
+      json_object_set_new(j, "secure_aggregation",
+                          json_pack("{s:i, s:i}", "threshold", (json_int_t)sa_t, "neighbors",
+                                    (json_int_t)sa_k)) != 0) {
+    json_decref(j);
+    j = NULL;
+  }
   if (j != NULL && strcmp(o->mode, "async") == 0 && async_fields(o, j, participants, enrolled)) {
     json_decref(j);
     j = NULL;
@@ -504,6 +515,11 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   int kinds = sim_options_bad_kinds(o->bad_kinds);
+  uint32_t sa_t, sa_k;
+  double sa_drop[SIM_SA_PHASES];
+  char why[160];
+  if (sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) != FL_OK)
+    return FL_E_INVAL; /* checked with the options */
   sim_fleet_opts fo = {.broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
                        .n_devices = o->devices,
                        .threads = o->threads,
@@ -524,6 +540,7 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
                        .bad_frac = o->bad_frac,
                        .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
                        .clip_norm = o->clip_norm,
+                       .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
                        .seed = o->seed,
                        .model_id = x->model_id,
                        .service = o->drift_detect ? &x->d->calib : NULL,
@@ -710,6 +727,8 @@ static void summary(run_ctx *x, double total_s) {
   if (x->o->offline_share > 0)
     add_row(rows, &n, "offline periods", "%llu", (unsigned long long)c.offline);
   add_row(rows, &n, "injected network faults", "%llu", (unsigned long long)c.net.net_faults);
+  if (x->o->secure_aggregation != NULL)
+    add_row(rows, &n, "secure-aggregation dropouts", "%llu", (unsigned long long)c.net.sa_dropped);
   add_row(rows, &n, "bytes up / down", "%.1f MB / %.1f MB", c.net.bytes_up / 1e6,
           c.net.bytes_down / 1e6);
   add_row(rows, &n, "total time", "%.1f s (evaluation %.1f s)", total_s, x->eval_s);

@@ -32,6 +32,7 @@ struct sim_link {
   fl_key *key;
   sim_behaviour behaviour;
   double straggler_ms, net_fail, clip_norm;
+  double sa_drop[4]; /* SIM_SA_* order */
   fl_rng rng;
   link_state st;
   int64_t start_at_ms;
@@ -187,9 +188,27 @@ static int try_start(sim_link *l) {
   return FL_OK;
 }
 
+/* The secure-aggregation phase a request belongs to (SIM_SA_*), -1 for none. An upload is the
+ * masked input only in a secure-aggregation round: the only rounds with a drop rate for it. */
+static int sa_phase(const char *path) {
+  static const char *const paths[4] = {"/v1/secagg/keys", "/v1/secagg/shares", "/v1/updates",
+                                       "/v1/secagg/unmask"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(path, paths[i]) == 0)
+      return i;
+  return -1;
+}
+
 static fl_err tr_begin(void *ctx, const fl_http_request *req) {
   sim_link *l = ctx;
   l->errbuf[0] = '\0';
+  int ph = sa_phase(req->path);
+  if (ph >= 0 && l->sa_drop[ph] > 0 && fl__rng_uniform(&l->rng) < l->sa_drop[ph]) {
+    static const char *const names[4] = {"keys", "shares", "masked input", "unmasking"};
+    l->net->stats.sa_dropped++;
+    snprintf(l->errbuf, sizeof(l->errbuf), "injected secure-aggregation dropout (%s)", names[ph]);
+    return FL_E_IO;
+  }
   double roll = fl__rng_uniform(&l->rng);
   if (roll < l->net_fail / 2) {
     l->net->stats.net_faults++;
@@ -312,6 +331,8 @@ int sim_link_transport(fl_transport *out, const sim_link_opts *o) {
   l->straggler_ms = o->straggler_ms;
   l->net_fail = o->net_fail;
   l->clip_norm = o->clip_norm;
+  for (int i = 0; o->sa_drop != NULL && i < 4; i++)
+    l->sa_drop[i] = o->sa_drop[i];
   l->borrow_body = o->borrow_body != 0;
   fl__rng_seed(&l->rng, o->seed);
   l->key_path = strdup(o->key_path ? o->key_path : "");

@@ -14,6 +14,10 @@
  *   POISON scales the delta by -20 (a model-replacement attack), UNCLIPPED rescales it to 3x the
  *   clip norm (what an update that skipped clipping looks like), BADSIG flips a bit of the
  *   request signature, REPLAY sends again the exact bytes of its previous upload.
+ * - secure-aggregation dropouts (sa_drop): at its first request of a phase (keys, shares, the
+ *   masked upload, unmasking) a device drops out with the phase's probability: the request
+ *   fails for good (FL_E_IO), the device's round ends there, the coordinator sees a
+ *   device that went silent.
  * Every refusal's fl.v1.Error reason is counted.
  *
  * Each device draws its faults from a generator of its own, seeded from (run seed, device
@@ -51,6 +55,7 @@ const char *sim_behaviour_name(sim_behaviour b);
 typedef struct sim_net_stats {
   uint64_t bytes_up, bytes_down;
   uint64_t requests, net_faults;
+  uint64_t sa_dropped; /* devices that dropped out of a secure-aggregation phase (injected) */
   uint64_t refused;
   char reasons[SIM_MAX_REASONS][32];
   uint64_t reason_count[SIM_MAX_REASONS];
@@ -75,6 +80,9 @@ typedef struct sim_link_opts {
   double net_fail;     /* probability per exchange */
   double clip_norm;    /* the plan's, for UNCLIPPED */
   uint64_t seed;       /* of this device's faults */
+  /* Secure aggregation: the probability per round that the device drops out at each phase
+   * (sim_secagg_parse's order: keys, shares, masked input, unmasking); NULL: none. */
+  const double *sa_drop;
   /* The caller keeps each request's body valid until end(), as libflclient does (its
    * client_internal.h, fl__curl_transport_keep_body): an honest device's upload is then
    * forwarded from there, not copied. 0: the body is copied at begin(), as the public contract

@@ -11,7 +11,7 @@
 
 #include "fl/v1/fleetlearn.pb-c.h"
 #include "http/http.h"
-#include "rounds/aggregate.h"
+#include "auth/nonce.h"
 #include "store/store_pg.h"
 
 /* ----- the pipeline (pipeline.c) ----------------------------------------------------------- */

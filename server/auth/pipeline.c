@@ -184,7 +184,7 @@ static int upload_authenticate(fl_srv *s, fl_auth *a, fl_resp *r) {
   if (fl__auth_verify(signed_digest, &u->signature, a->pub, revoked, r))
     return -1;
   if (nonce_seen ||
-      fl__agg_nonce_reserve(s->agg, &a->slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
+      fl__nonce_reserve(s->nonces, &a->slot, sr->device_id, sr->nonce.data, sr->nonce.len)) {
     fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
     return -1;
   }
@@ -258,7 +258,7 @@ void fl__auth_free(fl_srv *s, fl_auth *a) {
     return;
   fl__auth_put_conn(s, a);
   if (a->reserved)
-    fl__agg_nonce_release(s->agg, &a->slot);
+    fl__nonce_release(s->nonces, &a->slot);
   fl__v1__update_upload__free_unpacked(a->upload, NULL);
   fl__v1__enroll_request__free_unpacked(a->enroll, NULL);
   fl__v1__signed_request__free_unpacked(a->sr, NULL);

@@ -12,18 +12,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rounds/aggregate.h"
 #include "auth/auth.h"
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
 #include "drift/drift.h"
 #include "mem.h"
-#include "rounds/async.h"
-#include "rounds/rounds.h"
 #include "registry/evaluation.h"
+#include "registry/models.h"
 #include "registry/rollouts.h"
+#include "rounds/aggregate.h"
+#include "rounds/async.h"
 #include "rounds/cohort.h"
+#include "rounds/round_cache.h"
+#include "rounds/rounds.h"
+#include "secagg/protocol.h"
 
 static void unavailable(fl_resp *r) {
   fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -215,6 +218,7 @@ typedef struct open_round {
   int64_t deadline_ms;
   int64_t select_until_ms; /* 0: no selection window (first come, first served) */
   bool drawn;
+  bool full; /* every place is taken (assigned >= max_assign) when the check-in read it */
   bool assigned, contributed;
   uint64_t last_round;      /* the device's latest accepted update: its round (0: none) */
   int64_t last_accepted_ms; /* and when it was accepted */
@@ -237,7 +241,7 @@ typedef struct checkin_view {
 static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
   fl_round_info ri;
   char msg[160];
-  if (fl__agg_round_cached(s->agg, o->round_id, &ri)) {
+  if (fl__round_cached(s->round_cache, o->round_id, &ri)) {
     o->plan = ri.plan;
     return 0;
   }
@@ -248,7 +252,7 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
     return -1;
   ri.model_id = o->model_id;
   ri.base_version = o->base_version;
-  fl__agg_round_store(s->agg, o->round_id, &ri);
+  fl__round_store(s->round_cache, o->round_id, &ri);
   o->plan = ri.plan;
   return 0;
 }
@@ -265,7 +269,7 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       c, "fl_checkin",
       "SELECT (SELECT gen FROM registry_generation WHERE id = 1), d.labels->>'channel',"
       " o.round_id, o.model_id, o.base_version, o.deadline, o.config, o.assigned, o.contributed,"
-      " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha,"
+      " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha, o.full,"
       " EXISTS (SELECT 1 FROM eval_campaigns WHERE state <> 'closed')"
       " FROM devices d LEFT JOIN LATERAL (SELECT r.round_id, r.model_id, r.base_version,"
       "  (extract(epoch FROM r.deadline_at) * 1000)::bigint AS deadline, p.config::text AS config,"
@@ -277,7 +281,7 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       "  r.drawn_at IS NOT NULL AS drawn, coalesce(la.round_id, 0) AS last_round,"
       "  coalesce(la.ms, 0) AS last_ms,"
       "  (SELECT encode(v.sha256, 'hex') FROM versions v WHERE v.model_id = r.model_id"
-      "   AND v.version = r.base_version) AS sha"
+      "   AND v.version = r.base_version) AS sha, r.assigned >= r.max_assign AS full"
       "  FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
       "  LEFT JOIN LATERAL (SELECT x.round_id,"
       "   (extract(epoch FROM x.accepted_at) * 1000)::bigint AS ms FROM acceptances x"
@@ -295,7 +299,7 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
   v->has_channel = !PQgetisnull(r, 0, 1) && strlen(PQgetvalue(r, 0, 1)) < sizeof v->channel;
   snprintf(v->channel, sizeof v->channel, "%s", v->has_channel ? PQgetvalue(r, 0, 1) : "");
   v->long_label = !PQgetisnull(r, 0, 1) && !v->has_channel;
-  v->evals_open = strcmp(PQgetvalue(r, 0, 14), "t") == 0;
+  v->evals_open = strcmp(PQgetvalue(r, 0, 15), "t") == 0;
   rc = 0;
   if (PQgetisnull(r, 0, 2))
     goto out;
@@ -307,6 +311,7 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
   o->contributed = strcmp(PQgetvalue(r, 0, 8), "t") == 0;
   o->select_until_ms = fl__pg_i64(r, 0, 9);
   o->drawn = strcmp(PQgetvalue(r, 0, 10), "t") == 0;
+  o->full = strcmp(PQgetvalue(r, 0, 14), "t") == 0;
   o->last_round = fl__pg_u64(r, 0, 11);
   o->last_accepted_ms = fl__pg_i64(r, 0, 12);
   /* A round's base version exists (close.c stores it before opening the round). */
@@ -389,6 +394,12 @@ static void send_task(fl_srv *s, fl_resp *r, const open_round *o, uint64_t devic
   t.topk_fraction = (float)o->plan.topk_fraction;
   t.deadline_ms = fl__async_task_deadline_ms(&o->plan, o->deadline_ms, fl__now_ms());
   t.seed = mix64(o->round_id * 0x100000001b3ULL ^ device_id);
+  Fl__V1__SecAggTask sa = FL__V1__SEC_AGG_TASK__INIT;
+  if (FL_PLAN_SECAGG(&o->plan)) {
+    sa.threshold = o->plan.secagg.threshold;
+    sa.neighbors = o->plan.secagg.neighbors;
+    t.secure_aggregation = &sa;
+  }
   /* Signed for this device: the sizes and the base it names reach the device unchanged
    * (docs/SIGNING.md, "Task digest"). */
   uint8_t d[FL_SHA256_LEN], sig[FL_SIG_LEN];
@@ -418,10 +429,11 @@ static void send_retry(fl_resp *r, int64_t at, const char *reason,
 }
 
 /* Whether the device trains in the open round: 1 assigned (task), 0 told to wait (the retry
- * is in *r), -1 database error. With a selection window, devices that check in before the draw
- * are candidates told to come back just after it (fl__round_draw assigns the drawn ones);
- * after the draw, free slots go to whoever checks in. A device that finished a round waits
- * out a retry window from its acceptance like the devices that were not selected. */
+ * is in *r), 2 a place is free and to be claimed (claim_place), -1 database error. With a selection
+ * window, devices that check in before the draw are candidates told to come back just after it
+ * (fl__round_draw assigns the drawn ones); after the draw, free slots go to whoever checks in. A
+ * device that finished a round waits out a retry window from its acceptance like the devices that
+ * were not selected. */
 static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t device_id, fl_resp *r,
                           const fl_rollout_answer *ra, const Fl__V1__CheckInRequest *ci) {
   int64_t now = fl__now_ms();
@@ -468,10 +480,61 @@ static int checkin_decide(fl_srv *s, PGconn *c, const open_round *o, uint64_t de
                "selection_pending", ra);
     return 0;
   }
-  int assigned = fl__round_assign(c, o->round_id, device_id);
-  if (assigned == 0)
+  if (o->full) {
     send_retry(r, retry_at(device_id, 0, now, t), "round_full", ra);
-  return assigned;
+    return 0;
+  }
+  return 2;
+}
+
+/* A check-in parked while its claim of a place is group-committed (fl__agg_assign): what the
+ * answer needs, kept past the handler. */
+typedef struct checkin_claim {
+  fl_req *q;
+  open_round o;
+  uint64_t device_id;
+  uint8_t sha[FL_SHA256_LEN];
+  fl_rollout_answer ra;
+  int result;
+} checkin_claim;
+
+static void claim_committed(void *arg, int result) {
+  checkin_claim *k = arg;
+  k->result = result;
+  fl__req_resume(k->q); /* MHD's lock orders the store before claim_finish reads it */
+}
+
+/* The resumed check-in (fl_finish): the task once the assignment is durable, else told to
+ * come back. r == NULL: the connection ended first. */
+static void claim_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
+  checkin_claim *k = arg;
+  (void)q;
+  if (r != NULL && k->result > 0) {
+    send_task(s, r, &k->o, k->device_id, k->sha, &k->ra);
+  } else if (r != NULL && k->result == 0) {
+    int64_t t =
+        fl__pace_interval_ms(&k->o.plan, s->cfg.checkin_interval_ms, fl__rounds_fleet(s->rounds));
+    send_retry(r, retry_at(k->device_id, 0, fl__now_ms(), t), "round_full", &k->ra);
+  } else if (r != NULL) {
+    unavailable(r);
+  }
+  free(k);
+}
+
+/* Claims a place for the device: the request is parked until the committer has made the
+ * assignment durable (no per-device commit on the round's row). */
+static void claim_place(fl_srv *s, fl_req *q, const open_round *o, uint64_t device_id,
+                        const uint8_t sha[FL_SHA256_LEN], const fl_rollout_answer *ra, fl_resp *r) {
+  checkin_claim *k = calloc(1, sizeof *k);
+  if (k == NULL) {
+    unavailable(r);
+    return;
+  }
+  *k = (checkin_claim){.q = q, .o = *o, .device_id = device_id, .ra = *ra};
+  memcpy(k->sha, sha, sizeof k->sha);
+  /* Parked before the claim: the completion may resume the connection at once. */
+  fl__req_defer(q, claim_finish, k);
+  fl__agg_assign(s->agg, o->round_id, device_id, claim_committed, k);
 }
 
 /* A service window must name the model and version that scored it. */
@@ -569,7 +632,9 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
   if (assigned < 0)
     goto unavail;
   memcpy(sha, cv.base_sha, sizeof sha);
-  if (assigned > 0)
+  if (assigned == 2)
+    claim_place(s, q, &o, sr->device_id, sha, &ra, r);
+  else if (assigned > 0)
     send_task(s, r, &o, sr->device_id, sha, &ra);
   goto out;
 unavail:
@@ -725,5 +790,12 @@ const fl_route fl__dev_routes[] = {
     {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit,
      FL_AUTH_UPLOAD},
     {"POST", "/v1/evaluations", "evaluation", h_evaluation, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/keys", "secagg_keys", fl__secagg_h_keys, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/state", "secagg_state", fl__secagg_h_state, SMALL_BODY, NULL,
+     FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/shares", "secagg_shares", fl__secagg_h_shares, FL_SECAGG_BODY, NULL,
+     FL_AUTH_DEVICE},
+    {"POST", "/v1/secagg/unmask", "secagg_unmask", fl__secagg_h_unmask, FL_SECAGG_BODY, NULL,
+     FL_AUTH_DEVICE},
     {NULL, NULL, NULL, NULL, 0, NULL, FL_AUTH_UNDECLARED},
 };

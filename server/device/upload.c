@@ -23,6 +23,8 @@
 #include "drift/stats.h"
 #include "mem.h"
 #include "rounds/plan.h"
+#include "secagg/protocol.h"
+#include "rounds/round_cache.h"
 
 typedef struct round_view {
   bool found, open, assigned, accepted;
@@ -40,7 +42,7 @@ static int load_round(fl_srv *s, PGconn *c, uint64_t round_id, round_view *v) {
   char msg[160];
   if (!v->found)
     return 0;
-  if (!fl__agg_round_cached(s->agg, round_id, &ri)) {
+  if (!fl__round_cached(s->round_cache, round_id, &ri)) {
     fl__pgp_init(&p);
     fl__pgp_u64(&p, round_id);
     PGresult *r = fl__pg_exec_prep(c, "fl_upload_round",
@@ -62,7 +64,7 @@ static int load_round(fl_srv *s, PGconn *c, uint64_t round_id, round_view *v) {
     PQclear(r);
     if (rc != 0)
       return -1;
-    fl__agg_round_store(s->agg, round_id, &ri);
+    fl__round_store(s->round_cache, round_id, &ri);
   }
   v->model_id = ri.model_id;
   v->base_version = ri.base_version;
@@ -395,9 +397,27 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
     return -1;
   }
-  if (check_round(v, u, a->upload_digest, r) == 0 || check_delta(s, v, *mi, u, r, norm))
+  if (check_round(v, u, a->upload_digest, r) == 0)
     return -1;
   v->at = (fl_async_target){.round_id = u->round_id};
+  if (FL_PLAN_SECAGG(&v->plan)) {
+    /* A masked input says nothing checkable about the update (docs/SECAGG.md): its phase,
+     * its sender and its size are checked, the range of the sum at close. */
+    int rc = fl__secagg_upload_check(a->c, u->round_id, a->device_id, u, (*mi)->n_params, r);
+    if (rc < 0)
+      fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+    if (rc <= 0)
+      return -1;
+    if (u->sample_count == 0 || u->sample_count > s->cfg.max_samples) {
+      fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
+      return -1;
+    }
+    /* Checked like any upload's, but never stored (upload_submit): the coordinator of a
+     * secure-aggregation round learns the sum only, not one device's data statistics. */
+    return check_train_stats(*mi, u, r);
+  }
+  if (check_delta(s, v, *mi, u, r, norm))
+    return -1;
   if (FL_PLAN_IS_ASYNC(&v->plan) &&
       fl__async_resolve(a->c, u->round_id, a->device_id, v->base_version, &v->plan, &v->at)) {
     fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
@@ -430,7 +450,8 @@ static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view 
                        .stored = fl__agg_kind(v->plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v->plan, norm),
                        .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
-                       .train_stats = u->train_stats,
+                       .train_stats = FL_PLAN_SECAGG(&v->plan) ? NULL : u->train_stats,
+                       .masked = FL_PLAN_SECAGG(&v->plan) ? u->secagg_masked.data : NULL,
                        .task_round_id = FL_PLAN_IS_ASYNC(&v->plan) ? u->round_id : 0,
                        .tau = v->at.tau,
                        .stale_weight = v->at.weight};

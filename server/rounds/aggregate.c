@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth/nonce.h"
 #include "codec.h"
 #include "drift/drift.h"
 #include "mem.h"
@@ -49,20 +50,22 @@ typedef struct batch {
   struct batch *next;
 } batch;
 
-typedef struct round_entry {
-  uint64_t round_id; /* 0: empty (round ids start at 1) */
-  double at;
-  fl_round_info info;
-} round_entry;
+/* A check-in's claim of a place in a round (fl__agg_assign). */
+typedef struct claim {
+  uint64_t round_id, device_id;
+  fl_agg_assign_done done;
+  void *arg;
+  int result;
+  struct claim *next;
+} claim;
 
 struct fl_agg {
   fl_srv *s;
-  pthread_mutex_t nmu; /* nonces in flight and the round cache */
-  fl_nonce_slot *nonces;
-  round_entry rounds[FL_ROUND_CACHE_N];
   pthread_mutex_t mu;
   pthread_cond_t work; /* committer: batches are pending or stop */
   batch *pending;
+  claim *claims; /* in arrival order reversed (pushed in front) */
+  uint32_t n_claims;
   bool stop, started;
   pthread_t thread;
 };
@@ -72,7 +75,6 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
   if (a == NULL)
     return FL_E_NOMEM;
   a->s = s;
-  pthread_mutex_init(&a->nmu, NULL);
   pthread_mutex_init(&a->mu, NULL);
   pthread_cond_init(&a->work, NULL);
   *out = a;
@@ -82,7 +84,6 @@ int fl__agg_new(fl_agg **out, fl_srv *s) {
 void fl__agg_free(fl_agg *a) {
   if (a == NULL)
     return;
-  pthread_mutex_destroy(&a->nmu);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->work);
   free(a);
@@ -114,64 +115,6 @@ static bool pending_for(const batch *b, uint64_t device_id) {
   return false;
 }
 
-int fl__agg_nonce_reserve(fl_agg *a, fl_nonce_slot *slot, uint64_t device_id, const uint8_t *nonce,
-                          size_t len) {
-  int rc = 0;
-  if (len > FL_NONCE_MAX)
-    return 1; /* never the case: auth refuses such nonces first */
-  slot->device_id = device_id;
-  slot->len = len;
-  memcpy(slot->nonce, nonce, len);
-  pthread_mutex_lock(&a->nmu);
-  for (const fl_nonce_slot *n = a->nonces; n != NULL && rc == 0; n = n->next)
-    rc = n->device_id == device_id && n->len == len && memcmp(n->nonce, nonce, len) == 0;
-  if (rc == 0) {
-    slot->next = a->nonces;
-    a->nonces = slot;
-  }
-  pthread_mutex_unlock(&a->nmu);
-  return rc;
-}
-
-void fl__agg_nonce_release(fl_agg *a, fl_nonce_slot *slot) {
-  pthread_mutex_lock(&a->nmu);
-  for (fl_nonce_slot **p = &a->nonces; *p != NULL; p = &(*p)->next)
-    if (*p == slot) {
-      *p = slot->next;
-      break;
-    }
-  pthread_mutex_unlock(&a->nmu);
-}
-
-bool fl__agg_round_cached(fl_agg *a, uint64_t round_id, fl_round_info *out) {
-  bool hit = false;
-  pthread_mutex_lock(&a->nmu);
-  for (int i = 0; i < FL_ROUND_CACHE_N && !hit; i++)
-    if (a->rounds[i].round_id == round_id && round_id != 0) {
-      *out = a->rounds[i].info;
-      hit = true;
-    }
-  pthread_mutex_unlock(&a->nmu);
-  return hit;
-}
-
-void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in) {
-  double now = fl__mono_s();
-  pthread_mutex_lock(&a->nmu);
-  /* The same round's entry, else the oldest one. */
-  int k = 0;
-  for (int i = 0; i < FL_ROUND_CACHE_N; i++) {
-    if (a->rounds[i].round_id == round_id) {
-      k = i;
-      break;
-    }
-    if (a->rounds[i].at < a->rounds[k].at)
-      k = i;
-  }
-  a->rounds[k] = (round_entry){.round_id = round_id, .at = now, .info = *in};
-  pthread_mutex_unlock(&a->nmu);
-}
-
 /* A DP plan's updates count once each, clipped (docs/PRIVACY.md); the others by their sample
  * count. fold_scale multiplies the delta, fold_weight is what the batch's weight adds. An
  * async update's delta is also scaled by its staleness weight (rounds/staleness.h). */
@@ -180,7 +123,25 @@ static double fold_scale(const fl_upload *u) {
                                   u->stale_weight);
 }
 static double fold_weight(const fl_upload *u) {
-  return u->dp_scale > 0 ? 1.0 : (double)u->samples;
+  return u->dp_scale > 0 || u->masked != NULL ? 1.0 : (double)u->samples;
+}
+
+/* The fold of one upload into a batch's sum: float32 deltas, or a masked input's words mod
+ * 2^32 (the sum's storage reinterpreted through memcpy; close reads it back the same way). */
+static void fold_upload(const fl_upload *u, float *sum) {
+  if (u->masked == NULL) {
+    for (size_t i = 0; i < u->mi->n_tensors; i++)
+      fl__tensor_fold(u->delta[i], (float)fold_scale(u), sum + u->mi->tensors[i].offset);
+    return;
+  }
+  for (size_t i = 0; i < u->mi->n_params; i++) {
+    const uint8_t *b = u->masked + 4 * i;
+    uint32_t acc,
+        w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    memcpy(&acc, sum + i, sizeof acc);
+    acc += w;
+    memcpy(sum + i, &acc, sizeof acc);
+  }
 }
 
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) {
@@ -209,8 +170,7 @@ void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) 
     goto now;
   }
   double fw = fold_weight(u);
-  for (size_t i = 0; i < u->mi->n_tensors; i++)
-    fl__tensor_fold(u->delta[i], (float)fold_scale(u), b->sum + u->mi->tensors[i].offset);
+  fold_upload(u, b->sum);
   b->stored |= u->stored;
   b->weight += fw;
   b->loss_sum += u->loss * fw;
@@ -225,6 +185,28 @@ void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) 
 now:
   free(w);
   done(arg, result, 0);
+}
+
+void fl__agg_assign(fl_agg *a, uint64_t round_id, uint64_t device_id, fl_agg_assign_done done,
+                    void *arg) {
+  claim *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    done(arg, -1);
+    return;
+  }
+  *c = (claim){.round_id = round_id, .device_id = device_id, .done = done, .arg = arg};
+  pthread_mutex_lock(&a->mu);
+  if (a->stop) {
+    pthread_mutex_unlock(&a->mu);
+    free(c);
+    done(arg, -1);
+    return;
+  }
+  c->next = a->claims;
+  a->claims = c;
+  a->n_claims++;
+  pthread_cond_signal(&a->work);
+  pthread_mutex_unlock(&a->mu);
 }
 
 /* Appends printf output to a growing string; -1 on allocation failure. */
@@ -291,14 +273,16 @@ static void refold(batch *b);
  * across replicas' batches: uploads past the target are marked over (the earliest arrivals
  * are kept), taken out of the sum and refused. Returns 1 when counted (some may be over), 2
  * when the round is already at its target (all over, nothing to count), 0 when the round is
- * no longer open, -1 on error. */
+ * no longer open (or, aggregating securely, no longer collecting masked inputs: the end of
+ * that phase takes the same row lock, secagg/phases.c), -1 on error. */
 static int bump_round(PGconn *c, batch *b, uint32_t *accepted, uint32_t *target) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, b->round_id);
   PGresult *r = fl__pg_exec_prep(c, "fl_batch_round_lock",
                                  "SELECT accepted, target FROM rounds"
-                                 " WHERE round_id = $1 AND state = 'open' FOR UPDATE",
+                                 " WHERE round_id = $1 AND state = 'open'"
+                                 " AND coalesce(secagg_phase, 'masked') = 'masked' FOR UPDATE",
                                  &p, false, NULL);
   if (r == NULL)
     return -1;
@@ -440,9 +424,7 @@ static void refold(batch *b) {
     if (w->replayed || w->over)
       continue;
     double fw = fold_weight(w->u);
-    for (size_t i = 0; i < w->u->mi->n_tensors; i++)
-      fl__tensor_fold(w->u->delta[i], (float)fold_scale(w->u),
-                      b->sum + w->u->mi->tensors[i].offset);
+    fold_upload(w->u, b->sum);
     b->weight += fw;
     b->loss_sum += w->loss * fw;
     b->bytes += w->bytes;
@@ -579,9 +561,92 @@ out:
   return result;
 }
 
-/* Uploads waiting in the pending batches (under a->mu). */
+/* The claims of one round (those in list with this round id) in one statement, which is its
+ * own transaction: the room left under the round's row lock, the new assignment rows, the
+ * round's count; its commit is synchronous (the server's default), so that a device is told
+ * its task only once its assignment is durable. Sets each claim's result (1 assigned now or
+ * before, 0 no room or closed); on error they stay -1. */
+static void assign_round(PGconn *c, uint64_t round_id, claim *list) {
+  sbuf ids = {0};
+  fl_pgp p;
+  const char *sep = "";
+  int bad = sb_printf(&ids, "{");
+  for (const claim *k = list; k != NULL && !bad; k = k->next)
+    if (k->round_id == round_id) {
+      bad = sb_printf(&ids, "%s%" PRIu64, sep, k->device_id);
+      sep = ",";
+    }
+  if (bad || sb_printf(&ids, "}")) {
+    free(ids.p);
+    return;
+  }
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, round_id);
+  fl__pgp_text(&p, ids.p);
+  /* The array is newest first (claims are pushed in front): the oldest claims get the room.
+   * A device assigned before (by the draw, or a race through another replica) keeps its
+   * place. */
+  PGresult *r = fl__pg_exec_prep(
+      c, "fl_claims_assign",
+      "WITH r AS (SELECT greatest(max_assign - assigned, 0) AS room FROM rounds"
+      "  WHERE round_id = $1 AND state = 'open' FOR UPDATE),"
+      " want AS (SELECT d, max(o) AS o FROM unnest($2::bigint[]) WITH ORDINALITY AS t(d, o)"
+      "  GROUP BY d),"
+      " had AS (SELECT a.device_id FROM assignments a"
+      "  WHERE a.round_id = $1 AND a.device_id = ANY ($2::bigint[])),"
+      " ins AS (INSERT INTO assignments (round_id, device_id)"
+      "  SELECT $1, p.d FROM (SELECT d FROM want WHERE d NOT IN (SELECT device_id FROM had)"
+      "   ORDER BY o DESC LIMIT (SELECT coalesce(max(room), 0) FROM r)) p"
+      "  ORDER BY p.d ON CONFLICT DO NOTHING RETURNING device_id),"
+      " upd AS (UPDATE rounds SET assigned = assigned + (SELECT count(*) FROM ins)"
+      "  WHERE round_id = $1 AND EXISTS (SELECT 1 FROM ins))"
+      " SELECT device_id FROM had UNION ALL SELECT device_id FROM ins",
+      &p, false, NULL);
+  free(ids.p);
+  if (r == NULL) {
+    fl__slog(FL_LOG_WARN, "assign_batch_failed", "round=%" PRIu64 " error=%s", round_id,
+             fl__slog_str(PQerrorMessage(c)));
+    return;
+  }
+  for (claim *k = list; k != NULL; k = k->next) {
+    if (k->round_id != round_id)
+      continue;
+    k->result = 0;
+    for (int i = 0; i < PQntuples(r) && k->result == 0; i++)
+      k->result = fl__pg_u64(r, i, 0) == k->device_id;
+  }
+  PQclear(r);
+}
+
+/* Every claim that waited: one statement per round (rounds in id order, so that two
+ * replicas' committers lock them in the same order), then each claim's completion. */
+static void commit_claims(fl_agg *a, claim *list) {
+  uint64_t done_upto = 0;
+  PGconn *c = fl__pool_get(a->s->pool);
+  for (claim *k = list; k != NULL; k = k->next)
+    k->result = -1;
+  for (;;) {
+    uint64_t next = 0; /* the smallest round id above done_upto */
+    for (const claim *k = list; k != NULL; k = k->next)
+      if (k->round_id > done_upto && (next == 0 || k->round_id < next))
+        next = k->round_id;
+    if (next == 0 || c == NULL)
+      break;
+    assign_round(c, next, list);
+    done_upto = next;
+  }
+  if (c != NULL)
+    fl__pool_put(a->s->pool, c);
+  for (claim *k = list, *next; k != NULL; k = next) {
+    next = k->next;
+    k->done(k->arg, k->result);
+    free(k);
+  }
+}
+
+/* Uploads and claims waiting (under a->mu). */
 static uint32_t pending_count(const fl_agg *a) {
-  uint32_t n = 0;
+  uint32_t n = a->n_claims;
   for (const batch *b = a->pending; b != NULL; b = b->next)
     n += b->count;
   return n;
@@ -630,15 +695,21 @@ static void *committer(void *arg) {
   fl_agg *a = arg;
   pthread_mutex_lock(&a->mu);
   for (;;) {
-    while (a->pending == NULL && !a->stop)
+    while (a->pending == NULL && a->claims == NULL && !a->stop)
       pthread_cond_wait(&a->work, &a->mu);
-    if (a->pending == NULL)
+    if (a->pending == NULL && a->claims == NULL)
       break;
     if (a->s->cfg.commit_interval_ms && !a->stop)
       gather(a);
     batch *list = a->pending;
+    claim *claims = a->claims;
     a->pending = NULL;
+    a->claims = NULL;
+    a->n_claims = 0;
     pthread_mutex_unlock(&a->mu);
+    /* Assignments first: a check-in waits on them, and their transaction is small. */
+    if (claims != NULL)
+      commit_claims(a, claims);
     for (batch *b = list; b != NULL; b = b->next) {
       uint32_t accepted = 0;
       double t0 = fl__mono_s();

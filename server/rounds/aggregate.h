@@ -42,6 +42,10 @@ typedef struct fl_upload {
   double dp_scale;
   bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
   const Fl__V1__DriftStats *train_stats; /* checked; NULL when the upload has none */
+  /* A secure-aggregation round's masked input (server/secagg/): mi->n_params uint32 LE words,
+   * added mod 2^32 into the batch's sum (whose floats' storage then holds words), weight 1;
+   * delta is unused. NULL for every other round. */
+  const uint8_t *masked;
   /* An async plan's update (rounds/async.h): round_id is the buffer it is folded into,
    * task_round_id its task's round, tau its staleness; the delta's factor is multiplied by
    * stale_weight = s(tau), the weight is not (rounds/staleness.h). task_round_id 0: sync. */
@@ -79,31 +83,15 @@ typedef void (*fl_agg_done)(void *arg, int result, uint32_t accepted);
  * commit refolds the batch from its other uploads, and a stored aggregator writes them. */
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg);
 
-/* Nonces of uploads in flight on this replica. An upload's nonce is written in the group
- * commit, not before its checks, so until then this set is what refuses a second request with
- * the same nonce here; across replicas the primary key of nonces decides at commit. The slot
- * is the caller's (no allocation); reserve returns 0, or 1 when the nonce is already in
- * flight. A reserved slot must be released. */
-#define FL_NONCE_MAX 64
-typedef struct fl_nonce_slot {
-  uint64_t device_id;
-  size_t len;
-  uint8_t nonce[FL_NONCE_MAX];
-  struct fl_nonce_slot *next;
-} fl_nonce_slot;
-int fl__agg_nonce_reserve(fl_agg *a, fl_nonce_slot *slot, uint64_t device_id, const uint8_t *nonce,
-                          size_t len);
-void fl__agg_nonce_release(fl_agg *a, fl_nonce_slot *slot);
-
-/* What never changes about a round (model, base version, plan), cached per replica for the
- * uploads' checks; the round's state is read with every upload. Only rounds that exist are
- * cached; the least recently stored of FL_ROUND_CACHE_N entries makes room. */
-#define FL_ROUND_CACHE_N 8
-typedef struct fl_round_info {
-  uint64_t model_id, base_version;
-  fl_plan plan;
-} fl_round_info;
-bool fl__agg_round_cached(fl_agg *a, uint64_t round_id, fl_round_info *out);
-void fl__agg_round_store(fl_agg *a, uint64_t round_id, const fl_round_info *in);
+/* Assignments of check-ins, group-committed like uploads: a check-in that would take a place
+ * in a round claims it here and is parked; the committer takes the claims that waited, one
+ * statement per round (its row locked and updated once, the assignment rows, a synchronous
+ * commit), and then calls done(arg, result): 1 assigned
+ * (durable, or already assigned before), 0 the round is full or no longer open, -1 not
+ * committed (database). The same rules as uploads: done runs on the committer's thread (or in
+ * fl__agg_assign itself when stopping) and must not block. */
+typedef void (*fl_agg_assign_done)(void *arg, int result);
+void fl__agg_assign(fl_agg *a, uint64_t round_id, uint64_t device_id, fl_agg_assign_done done,
+                    void *arg);
 
 #endif

@@ -24,6 +24,7 @@
 #include "rounds/optimizer.h"
 #include "rng.h"
 #include "rounds/rounds.h"
+#include "secagg/protocol.h"
 
 /* Names the advisory lock space of rounds ("FLrd"); the round id is the second key. */
 #define ROUND_LOCK_CLASS "1179415140"
@@ -407,7 +408,8 @@ static bool all_finite(const float *v, size_t n) {
  * device can send values that overflow the fold, and such a version would poison every later
  * round and every device that runs it. The optimizer state may then have been written: the
  * caller rolls back to its savepoint. */
-static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *version) {
+static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *version, char *why,
+                       size_t why_len) {
   const fl_model_info *mi;
   round_sum rs = {0};
   float *w = NULL, *mean = NULL;
@@ -430,7 +432,12 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
   err = fl__async_close_metrics(c, rr->round_id, &rr->plan, metrics) ? FL_E_DB : FL_OK;
   if (err)
     goto out;
-  if (fl__agg_kind(rr->plan.agg.rule) == FL_AGG_STORED) {
+  if (FL_PLAN_SECAGG(&rr->plan)) {
+    uint32_t count = 0;
+    err = fl__secagg_mean(c, rr->round_id, &rr->plan, mi->n_params, mean, &count, why, why_len);
+    if (err != FL_OK)
+      goto out;
+  } else if (fl__agg_kind(rr->plan.agg.rule) == FL_AGG_STORED) {
     err = stored_aggregate(c, rr, mi, mean);
     if (err != FL_OK)
       goto out;
@@ -485,14 +492,15 @@ static int drop_partials(PGconn *c, uint64_t round_id) {
   if (r == NULL)
     return FL_E_DB;
   PQclear(r);
-  return fl__drift_drop_train(c, round_id);
+  int err = fl__drift_drop_train(c, round_id);
+  return err != 0 ? err : fl__secagg_forget(c, round_id);
 }
 
 int fl__round_try_close(fl_srv *s, uint64_t round_id) {
   round_row rr;
   uint64_t version = 0;
   const char *outcome = NULL;
-  char reason[128];
+  char reason[256];
   PGconn *c = fl__pool_get(s->pool);
   if (c == NULL)
     return -1;
@@ -504,16 +512,26 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
     rc = locked;
     goto out;
   }
-  if (rr.accepted >= rr.target || (rr.deadline_passed && rr.accepted >= rr.min_count)) {
+  /* A secure-aggregation round closes when its unmasking phase is over (secagg/phases.c). */
+  int sa =
+      FL_PLAN_SECAGG(&rr.plan) ? fl__secagg_close_state(c, round_id, reason, sizeof reason) : 3;
+  if (sa < 0)
+    goto out;
+  if (sa == 3 ? rr.accepted >= rr.target || (rr.deadline_passed && rr.accepted >= rr.min_count)
+              : sa == 1) {
     outcome = "closed";
-    int err = fl__pg_cmd(c, "SAVEPOINT fl_close") ? FL_E_DB : close_round(s, c, &rr, &version);
+    int err = fl__pg_cmd(c, "SAVEPOINT fl_close")
+                  ? FL_E_DB
+                  : close_round(s, c, &rr, &version, reason, sizeof reason);
     rc = err == FL_OK ? 0 : -1;
     if (err == FL_E_NONFINITE || err == FL_E_REFUSED || err == FL_E_PARSE) {
       /* Refused, not retried: the same partials would give the same aggregate. The round is
        * abandoned and the next one starts from the same base version. */
       outcome = "abandoned";
       version = 0;
-      if (err == FL_E_NONFINITE)
+      if (err == FL_E_REFUSED && sa == 1) {
+        /* the secure aggregation's reason is there, from fl__secagg_mean */
+      } else if (err == FL_E_NONFINITE)
         snprintf(reason, sizeof reason, "non_finite_aggregate: %u updates summed to NaN or Inf",
                  rr.accepted);
       else if (err == FL_E_REFUSED)
@@ -528,10 +546,11 @@ int fl__round_try_close(fl_srv *s, uint64_t round_id) {
                ? -1
                : 0;
     }
-  } else if (rr.deadline_passed) {
+  } else if (sa == 2 || (sa == 3 && rr.deadline_passed)) {
     outcome = "abandoned";
-    snprintf(reason, sizeof reason, "deadline_without_minimum: accepted %u < min %u",
-             rr.accepted, rr.min_count);
+    if (sa == 3)
+      snprintf(reason, sizeof reason, "deadline_without_minimum: accepted %u < min %u", rr.accepted,
+               rr.min_count);
     rc = finish_round(c, &rr, "abandoned", 0, NULL, reason, rr.base_version) == FL_OK ? 0 : -1;
   } else {
     rc = 0;

@@ -218,6 +218,61 @@ static int check_dp(const fl_plan *p, char msg[160]) {
   return 0;
 }
 
+/* "secure_aggregation": {"threshold": t, "neighbors": k}. */
+static int parse_secagg(fl_plan *p, const json_t *j, char msg[160]) {
+  const json_t *o = json_object_get(j, "secure_aggregation");
+  const char *key;
+  json_t *val;
+  if (o == NULL || json_is_null(o))
+    return 0;
+  if (!json_is_object(o))
+    goto bad;
+  json_object_foreach((json_t *)o, key, val) {
+    double d = json_number_value(val);
+    bool t = strcmp(key, "threshold") == 0;
+    if ((!t && strcmp(key, "neighbors") != 0) || !json_is_number(val) || d != floor(d) ||
+        d < (t ? 1 : 2) || d > 1e6)
+      goto bad;
+    *(t ? &p->secagg.threshold : &p->secagg.neighbors) = (uint32_t)d;
+  }
+  if (p->secagg.threshold == 0 || p->secagg.neighbors == 0)
+    goto bad;
+  return 0;
+bad:
+  snprintf(msg, 160,
+           "secure_aggregation must be {\"threshold\": t, \"neighbors\": k} with integers"
+           " 1 <= t <= k, 2 <= k <= 1e6");
+  return -1;
+}
+
+/* Secure aggregation against the rest of the plan. The coordinator sees only the sum, so what
+ * needs individual updates (a robust rule) or per-update noise and clipping at the server
+ * (central DP, adaptive clipping) cannot run on it; local noise would push coordinates past
+ * the quantization range. Quantization needs a clip. */
+static int check_secagg(const fl_plan *p, char msg[160]) {
+  const char *why = NULL;
+  if (!FL_PLAN_SECAGG(p))
+    return 0;
+  if (p->secagg.threshold > p->secagg.neighbors || 2 * p->secagg.threshold <= p->secagg.neighbors)
+    why = "secure_aggregation needs neighbors / 2 < threshold <= neighbors";
+  else if (p->noise_multiplier > 0 || p->max_epsilon > 0 || p->clip_target_quantile > 0 ||
+           p->local_noise_stddev > 0)
+    why =
+        "secure_aggregation cannot be combined with differential privacy (noise_multiplier,"
+        " max_epsilon, clip_target_quantile, local_noise_stddev)";
+  else if (p->agg.rule != FL_AGGR_FEDAVG)
+    why = "secure_aggregation needs the fedavg aggregator (a robust rule needs every update)";
+  else if (p->clip_norm <= 0)
+    why = "secure_aggregation needs clip_norm > 0 (the quantization range)";
+  else if (FL_PLAN_IS_ASYNC(p))
+    why = "secure_aggregation needs synchronous rounds (mode sync): a buffer has no phases";
+  else if (p->min_participants <= p->secagg.threshold)
+    why = "secure_aggregation needs min_participants > threshold";
+  if (why != NULL)
+    snprintf(msg, 160, "%s", why);
+  return why != NULL ? -1 : 0;
+}
+
 /* Asynchronous (FedBuff) plans, apart from NUMS: the fields of one feature in one place. */
 static const num_field ASYNC[] = {
     {"buffer_size", 1, 1e6, true},
@@ -317,7 +372,7 @@ static int known_key(const char *k) {
       return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
       strcmp(k, "aggregator") == 0 || strcmp(k, "cohort") == 0 || strcmp(k, "evaluation") == 0 ||
-      strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0)
+      strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0 || strcmp(k, "secure_aggregation") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
     if (strcmp(k, NUMS[i].name) == 0)
@@ -345,7 +400,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   if (parse_selection(p, j, msg) || parse_dp(p, j, msg) || parse_async(p, j, msg) ||
       fl__cohort_parse(&p->cohort, json_object_get(j, "cohort"), msg) ||
       fl__eval_policy_parse(&p->eval, json_object_get(j, "evaluation"), msg) ||
-      fl__drift_policy_from_json(&p->drift, j, msg))
+      fl__drift_policy_from_json(&p->drift, j, msg) || parse_secagg(p, j, msg))
     return -1;
   bool have_min = false;
   for (size_t i = 0; i < N_NUMS; i++) {
@@ -388,7 +443,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
    * a round then never reaches its close with too few updates for its aggregator. */
   if (fl__agg_check(&p->agg, p->min_participants, p->participants, msg, 160))
     return -1;
-  return check_dp(p, msg);
+  return check_dp(p, msg) || check_secagg(p, msg) ? -1 : 0;
 }
 
 static json_t *base_json(const fl_plan *p) {
@@ -448,6 +503,13 @@ json_t *fl__plan_to_json(const fl_plan *p) {
     j = NULL;
   }
   if (j != NULL && add_cohort_eval(j, p)) {
+    json_decref(j);
+    j = NULL;
+  }
+  if (j != NULL && FL_PLAN_SECAGG(p) &&
+      json_object_set_new(j, "secure_aggregation",
+                          json_pack("{s:i, s:i}", "threshold", (json_int_t)p->secagg.threshold,
+                                    "neighbors", (json_int_t)p->secagg.neighbors))) {
     json_decref(j);
     j = NULL;
   }

@@ -39,6 +39,11 @@ typedef struct fl_plan {
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
   fl_drift_policy drift;       /* "drift", "retrain" (drift/policy.h) */
+  /* Secure aggregation, SecAgg+ (docs/SECAGG.md, server/secagg/): threshold 0 = off. */
+  struct {
+    uint32_t threshold; /* t: shares that reconstruct a secret, k/2 < t <= k */
+    uint32_t neighbors; /* k: neighbours per participant in the graph */
+  } secagg;
   /* Asynchronous (FedBuff) plans (rounds/async.h): every round is a buffer of buffer_size
    * updates, which participants and min_participants equal; tasks of up to max_staleness
    * versions ago are folded with weight staleness(tau); at most max_concurrency tasks per
@@ -52,6 +57,8 @@ typedef struct fl_plan {
 
 enum { FL_PLAN_SYNC = 0, FL_PLAN_ASYNC = 1 };
 #define FL_PLAN_IS_ASYNC(p) ((p)->mode == FL_PLAN_ASYNC)
+
+#define FL_PLAN_SECAGG(p) ((p)->secagg.threshold > 0)
 
 /* A DP plan: central noise, uniform weights, an accountant (docs/PRIVACY.md). */
 #define FL_PLAN_DP(p) ((p)->noise_multiplier > 0)

@@ -14,6 +14,7 @@
 #include "auth/auth.h"
 #include "crypto.h"
 #include "drift/drift.h"
+#include "secagg/protocol.h"
 #include "rounds/async.h"
 #include "store/seen.h"
 
@@ -55,43 +56,12 @@ int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base
     return FL_E_DB;
   *round_id = fl__pg_u64(r, 0, 0);
   PQclear(r);
+  if (FL_PLAN_SECAGG(p) && fl__secagg_round_open(c, *round_id, p) != FL_OK)
+    return FL_E_DB;
   fl__slog(FL_LOG_INFO, "round_opened",
            "round=%" PRIu64 " plan=%" PRIu64 " model=%" PRIu64 " base_version=%" PRIu64,
            *round_id, plan_id, model_id, base_version);
   return FL_OK;
-}
-
-/* One statement. The UPDATE takes the round's row lock, so the count check and the increment
- * are atomic across concurrent check-ins on every replica; the NOT EXISTS keeps a device that
- * is already assigned from taking a second slot. The commit does not wait for the WAL flush
- * (set_config(..., true) is SET LOCAL for the statement's own transaction): PostgreSQL's WAL
- * writer flushes these commits in groups within wal_writer_delay, so check-ins no longer queue
- * behind one fsync each on the round's row. What a crash of PostgreSQL can lose is the last
- * fraction of a second of assignments, together with their slots (same transaction, so
- * `assigned` stays equal to the rows): the device's upload is then refused as not assigned
- * and it checks in again. A crash of the coordinator loses nothing (the commit is done). */
-int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id) {
-  fl_pgp p;
-  fl__pgp_init(&p);
-  fl__pgp_u64(&p, round_id);
-  fl__pgp_u64(&p, device_id);
-  PGresult *r = fl__pg_exec_prep(
-      c, "fl_round_assign",
-      "WITH mine AS (SELECT EXISTS (SELECT 1 FROM assignments"
-      "  WHERE round_id = $1 AND device_id = $2) AS yes),"
-      " slot AS (UPDATE rounds SET assigned = assigned + 1"
-      "  WHERE round_id = $1 AND state = 'open' AND assigned < max_assign"
-      "  AND NOT (SELECT yes FROM mine)"
-      "  AND set_config('synchronous_commit', 'off', true) IS NOT NULL RETURNING round_id),"
-      " ins AS (INSERT INTO assignments (round_id, device_id)"
-      "  SELECT round_id, $2 FROM slot ON CONFLICT DO NOTHING RETURNING 1)"
-      " SELECT (SELECT yes FROM mine) OR EXISTS (SELECT 1 FROM ins)",
-      &p, false, NULL);
-  if (r == NULL)
-    return -1;
-  int n = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-  PQclear(r);
-  return n;
 }
 
 void fl__rounds_seen(fl_rounds *r, uint64_t device_id, uint64_t running_model_id,
@@ -307,8 +277,10 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
     fl__round_draw(rs->s, draws[i]);
   for (int i = 0; i < n; i++)
     fl__round_try_close(rs->s, ids[i]);
-  if (rc == 0)
+  if (rc == 0) {
     fl__drift_tick(rs->s);
+    fl__secagg_tick(rs->s);
+  }
   free(ids);
   free(draws);
 }

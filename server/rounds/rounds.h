@@ -22,10 +22,8 @@ void fl__rounds_poke(fl_rounds *r);
 int fl__round_open(PGconn *c, uint64_t plan_id, uint64_t model_id, uint64_t base_version,
                    const fl_plan *p, uint64_t *round_id);
 
-/* Assigns a device to an open round unless ceil(target * over_selection) devices already are.
- * 1: assigned (now or before), 0: the round is full or no longer open, -1: database error.
- * One statement with an asynchronous commit (rounds.c says what a crash can lose). */
-int fl__round_assign(PGconn *c, uint64_t round_id, uint64_t device_id);
+/* Assignments of check-ins that take a free place are group-committed with the uploads
+ * (fl__agg_assign, aggregate.h); the draw assigns its drawn candidates itself. */
 
 /* A check-in's last-seen telemetry (store/seen.h): batched and written by the ticker. */
 void fl__rounds_seen(fl_rounds *r, uint64_t device_id, uint64_t running_model_id,

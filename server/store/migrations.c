@@ -235,6 +235,33 @@ static const char *const M_EVALUATION[] = {
     " WHERE campaign_id <> 0",
     NULL};
 
+/* Secure aggregation (server/secagg/, docs/SECAGG.md). The round's phase sits on its row, so
+ * that the group commit's row lock on the round orders a masked input against the end of the
+ * collection phase (rounds/aggregate.c). Members: one row per device that advertised its keys,
+ * numbered when the key phase ends (participant, neighbours); shares_sent marks U1 (live after
+ * the share exchange), in_sum U2 (its masked input is in the partial sums), unmasked the
+ * devices whose unmasking shares arrived. Sealed shares are relayed as the devices sent them
+ * (the coordinator cannot open them); unmasking shares are kept until the round closes. */
+static const char *const M_SECAGG[] = {
+    "ALTER TABLE rounds ADD COLUMN secagg_phase text CHECK (secagg_phase IN"
+    " ('keys','shares','masked','unmask','ready','abandoned')),"
+    " ADD COLUMN secagg_until timestamptz, ADD COLUMN secagg_n int,"
+    " ADD COLUMN secagg_reason text",
+    "CREATE TABLE secagg_members ("
+    " round_id bigint NOT NULL REFERENCES rounds, device_id bigint NOT NULL REFERENCES devices,"
+    " participant int, neighbors int[], c_pk bytea NOT NULL, s_pk bytea NOT NULL,"
+    " key_sig bytea NOT NULL, shares_sent boolean NOT NULL DEFAULT false,"
+    " alive boolean NOT NULL DEFAULT false, in_sum boolean NOT NULL DEFAULT false,"
+    " unmasked boolean NOT NULL DEFAULT false,"
+    " PRIMARY KEY (round_id, device_id), UNIQUE (round_id, participant))",
+    "CREATE TABLE secagg_shares ("
+    " round_id bigint NOT NULL REFERENCES rounds, receiver int NOT NULL, sender int NOT NULL,"
+    " sealed bytea NOT NULL, PRIMARY KEY (round_id, receiver, sender))",
+    "CREATE TABLE secagg_unmask ("
+    " round_id bigint NOT NULL REFERENCES rounds, owner int NOT NULL, holder int NOT NULL,"
+    " self_mask boolean NOT NULL, share bytea NOT NULL, PRIMARY KEY (round_id, owner, holder))",
+    NULL};
+
 /* Drift detection (server/drift/, docs/DRIFT.md): each device's latest service window, the
  * training statistics of a round's accepted updates until its close pools them into the
  * version's reference, the last test of each cohort (the gauges), and the events. */
@@ -280,7 +307,8 @@ static const migration MIGRATIONS[] = {
     {8, "check-in cost", M_CHECKIN_COST},
     {9, "asynchronous rounds", M_ASYNC},
     {10, "federated evaluation", M_EVALUATION},
-    {11, "drift detection", M_DRIFT},
+    {11, "secure aggregation", M_SECAGG},
+    {12, "drift detection", M_DRIFT},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -17,7 +17,8 @@
  *
  * The database is a private cluster (tests/support's launcher) so that the test may crash it;
  * the PG* environment is pointed at it for the harness and the coordinator. Seeded by
- * FL_CHAOS_SEED (default: the time, printed); FL_CHAOS_ROUNDS rounds (default 8).
+ * FL_CHAOS_SEED (default: the time, printed); FL_CHAOS_ROUNDS rounds (default 8). Also: the
+ * assignments a check-in was answered with survive a crash of PostgreSQL.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -383,4 +384,30 @@ Test(chaos, acknowledged_updates_in_exactly_one_version, .init = setup, .fini = 
                fl_h_db_int(g_db, "SELECT sum(accepted) FROM rounds WHERE state = 'closed'"));
   fprintf(stderr, "itest_chaos: %d rounds, %d coordinator kills, %d postgres restarts\n", rounds,
           kills, pg_restarts);
+}
+
+/* A check-in is told its task only once its assignment is durable: the claim is committed by
+ * the group committer with a synchronous commit (aggregate.h, fl__agg_assign). With the WAL
+ * writer slowed to 10 s, an asynchronously committed assignment would stay unflushed that long
+ * and a crash of PostgreSQL right after the answers would lose it (the device's upload would
+ * then be refused as not assigned); every device told its task must still be assigned. */
+Test(chaos, assignments_answered_are_durable, .init = setup, .fini = teardown, .timeout = 300) {
+  uint64_t model_id, round_id;
+  cr_assert_eq(fl_sup_db_exec(NULL, "ALTER SYSTEM SET wal_writer_delay = '10s'", NULL), FL_OK);
+  cr_assert_eq(fl_sup_db_exec(NULL, "SELECT pg_reload_conf()", NULL), FL_OK);
+  cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, NULL), 0);
+  char plan[160];
+  snprintf(plan, sizeof plan, "{\"participants\":%d,\"over_selection\":1,\"deadline_s\":600}",
+           NDEV);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "durable-assign", SPEC, plan, &model_id, &round_id), 0);
+  cr_assert_eq(fl_h_enroll_devices(&g_c, g_dev, NDEV), 0);
+  cr_assert_eq(checkin_all(model_id), round_id, "every device has its task");
+  cr_assert_eq(fl_sup_pg_restart(&g_pg, "immediate"), FL_OK, "pg_ctl restart -m immediate");
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM assignments WHERE round_id = %llu",
+           (unsigned long long)round_id);
+  cr_expect_eq(fl_h_db_int(g_db, sql), NDEV, "assignments answered before the crash");
+  snprintf(sql, sizeof sql, "SELECT assigned FROM rounds WHERE round_id = %llu",
+           (unsigned long long)round_id);
+  cr_expect_eq(fl_h_db_int(g_db, sql), NDEV, "the round's count with them");
 }

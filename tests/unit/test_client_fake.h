@@ -60,6 +60,8 @@ typedef struct fake_coord {
   bool unsigned_task;       /* send the task without TrainTask.signature */
   uint32_t mitm_epochs;     /* non-zero: change local_epochs after signing (a man in the middle) */
   const char *refuse_message; /* Error.message of refusals; NULL: a plain one */
+  /* non-zero: the task asks for secure aggregation with this threshold and neighbours */
+  uint32_t secagg_threshold, secagg_neighbors;
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
@@ -229,7 +231,14 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
   fl__v1__retry_window__init(&w);
   Fl__V1__RolloutAssignment ro;
   fl__v1__rollout_assignment__init(&ro);
+  Fl__V1__SecAggTask sa;
+  fl__v1__sec_agg_task__init(&sa);
   if (f->give_task) {
+    if (f->secagg_threshold != 0) {
+      sa.threshold = f->secagg_threshold;
+      sa.neighbors = f->secagg_neighbors;
+      t.secure_aggregation = &sa;
+    }
     h.local_epochs = f->epochs;
     h.batch_size = f->batch;
     h.learning_rate = f->lr;

@@ -63,6 +63,22 @@ Test(client_hostile, more_than_1000_local_epochs_are_refused) {
   fake_env_down(&e);
 }
 
+/* A signed secure-aggregation task whose threshold exceeds its neighbours could never be
+ * unmasked: refused before anything is downloaded or trained. */
+Test(client_hostile, a_secure_aggregation_task_beyond_its_neighbours_is_refused) {
+  fake_env e;
+  fake_env_enrolled(&e);
+  e.f.secagg_threshold = 4;
+  e.f.secagg_neighbors = 3;
+  fl_round_result r = {.size = sizeof r};
+  cr_assert_eq(fl_client_run_round(e.c, &r), FL_E_PARSE);
+  cr_assert(strstr(fl_client_errmsg(e.c), "secure aggregation") != NULL, "%s",
+            fl_client_errmsg(e.c));
+  cr_assert_eq(e.f.n_model_get, 0);
+  cr_assert_eq(e.f.n_upload, 0);
+  fake_env_down(&e);
+}
+
 static uint32_t g_seen_batch, g_seen_epochs;
 static fl_err see_task(void *ctx, const fl_train_task *t, float *w, uint64_t *n, float *loss) {
   (void)ctx;

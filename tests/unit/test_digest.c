@@ -771,3 +771,60 @@ Test(digest, task_refuses_null) {
   x.t.base_sha256.data = NULL;
   cr_assert_eq(fl__task_digest(1, &x.t, d), FL_E_INVAL);
 }
+
+/* ---- secure aggregation (SIGNING.md "Secure aggregation keys", the optional fields) -------- */
+
+Test(digest, secagg_keys_layout_is_as_documented) {
+  uint8_t c[32], s[32], got[32], want[32];
+  for (int i = 0; i < 32; i++) {
+    c[i] = (uint8_t)i;
+    s[i] = (uint8_t)(0xff - i);
+  }
+  cr_assert_eq(fl__secagg_keys_digest(77, 12, c, 32, s, 32, got), FL_OK);
+  buf b = {.n = 0};
+  put(&b, "fl.v1.secagg.keys", 18);
+  put_u64(&b, 77);
+  put_u64(&b, 12);
+  put_bytes(&b, c, 32);
+  put_bytes(&b, s, 32);
+  cr_assert_eq(b.n, 114, "the size SIGNING.md gives");
+  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_arr_eq(got, want, 32);
+  /* Swapping the two keys, the device or the round gives another digest. */
+  uint8_t other[32];
+  cr_assert_eq(fl__secagg_keys_digest(77, 12, s, 32, c, 32, other), FL_OK);
+  cr_assert_arr_neq(got, other, 32);
+  cr_assert_eq(fl__secagg_keys_digest(78, 12, c, 32, s, 32, other), FL_OK);
+  cr_assert_arr_neq(got, other, 32);
+  cr_assert_eq(fl__secagg_keys_digest(77, 13, c, 32, s, 32, other), FL_OK);
+  cr_assert_arr_neq(got, other, 32);
+  cr_assert_eq(fl__secagg_keys_digest(77, 12, NULL, 32, s, 32, other), FL_E_INVAL);
+}
+
+Test(digest, secagg_fields_hashed_only_when_set) {
+  tsk x;
+  make_task(&x);
+  uint8_t plain[32], with[32], other[32];
+  cr_assert_eq(fl__task_digest(77, &x.t, plain), FL_OK);
+  Fl__V1__SecAggTask sa = FL__V1__SEC_AGG_TASK__INIT;
+  sa.threshold = 11;
+  sa.neighbors = 20;
+  x.t.secure_aggregation = &sa;
+  cr_assert_eq(fl__task_digest(77, &x.t, with), FL_OK);
+  cr_assert_arr_neq(plain, with, 32);
+  sa.neighbors = 21;
+  cr_assert_eq(fl__task_digest(77, &x.t, other), FL_OK);
+  cr_assert_arr_neq(with, other, 32);
+  /* The update: the masked words are covered when present, absent they change nothing. */
+  upd u;
+  make_update(&u);
+  uint8_t c0[32], c1[32], c2[32];
+  cr_assert_eq(fl__update_content_digest(99, &u.u, c0), FL_OK);
+  uint8_t words[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  u.u.secagg_masked = (ProtobufCBinaryData){8, words};
+  cr_assert_eq(fl__update_content_digest(99, &u.u, c1), FL_OK);
+  cr_assert_arr_neq(c0, c1, 32);
+  words[7] ^= 1;
+  cr_assert_eq(fl__update_content_digest(99, &u.u, c2), FL_OK);
+  cr_assert_arr_neq(c1, c2, 32);
+}

@@ -247,6 +247,62 @@ Test(plan, drift_policy_refuses_bad_objects) {
   cr_assert_eq(parse("{\"cohort\":\"site\"}", &p, msg), -1);
 }
 
+Test(plan, secure_aggregation_fields) {
+  fl_plan p, q;
+  char msg[160];
+  cr_assert_eq(parse("{\"participants\":20,\"min_participants\":12,"
+                     "\"secure_aggregation\":{\"threshold\":6,\"neighbors\":10}}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_assert(FL_PLAN_SECAGG(&p));
+  cr_assert_eq(p.secagg.threshold, 6);
+  cr_assert_eq(p.secagg.neighbors, 10);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_assert_eq(q.secagg.threshold, 6);
+  cr_assert_eq(q.secagg.neighbors, 10);
+  cr_assert_eq(parse("{\"participants\":20}", &p, msg), 0);
+  cr_assert(!FL_PLAN_SECAGG(&p));
+  j = fl__plan_to_json(&p);
+  cr_assert_null(json_object_get(j, "secure_aggregation"));
+  json_decref(j);
+}
+
+Test(plan, secure_aggregation_refusals) {
+  static const char *const bad[][2] = {
+      {"{\"secure_aggregation\":{\"threshold\":6}}", "secure_aggregation must be"},
+      {"{\"secure_aggregation\":{\"threshold\":6,\"neighbors\":10,\"x\":1}}", "must be"},
+      {"{\"secure_aggregation\":{\"threshold\":6.5,\"neighbors\":10}}", "must be"},
+      {"{\"secure_aggregation\":[6,10]}", "must be"},
+      {"{\"secure_aggregation\":{\"threshold\":0,\"neighbors\":10}}", "must be"},
+      {"{\"secure_aggregation\":{\"threshold\":8,\"neighbors\":6}}", "threshold <= neighbors"},
+      {"{\"secure_aggregation\":{\"threshold\":3,\"neighbors\":6}}", "neighbors / 2"},
+      {"{\"noise_multiplier\":1,\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "differential privacy"},
+      {"{\"local_noise_stddev\":0.1,\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "differential privacy"},
+      {"{\"clip_target_quantile\":0.5,\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "differential privacy"},
+      {"{\"participants\":10,\"aggregator\":\"median\","
+       "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "fedavg"},
+      {"{\"clip_norm\":0,\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}", "clip_norm"},
+      {"{\"mode\":\"async\",\"buffer_size\":10,"
+       "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "synchronous rounds"},
+      {"{\"participants\":10,\"min_participants\":4,"
+       "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+       "min_participants > threshold"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    fl_plan p;
+    char msg[160] = "";
+    cr_expect_eq(parse(bad[i][0], &p, msg), -1, "accepted %s", bad[i][0]);
+    cr_expect(strstr(msg, bad[i][1]) != NULL, "%s: %s", bad[i][0], msg);
+  }
+}
+
 static void expect_refused(const char *text, const char *needle) {
   fl_plan p;
   char msg[160] = "";

@@ -618,3 +618,50 @@ Test(secagg, round_below_threshold_refused) {
   cr_assert_eq(reconstruct(u, responds, 3, 0, secret), FL_OK);
   cr_assert_arr_eq(secret, users[u].b, 32);
 }
+
+/* The neighbour graph: d-regular, symmetric, no self loops, rows sorted, for several n and k
+ * (odd and even, k past n - 1: the complete graph), and a known small case. */
+static void check_graph(uint32_t n, uint32_t k) {
+  uint32_t d = fl__secagg_degree(n, k);
+  uint32_t *g = calloc((size_t)n * d + 1, sizeof *g);
+  cr_assert_not_null(g);
+  cr_assert_eq(fl__secagg_graph(n, k, g), FL_OK, "n=%u k=%u", n, k);
+  cr_assert((n * d) % 2 == 0 && d <= n - 1 && d >= (k < n - 1 ? k : n - 1));
+  for (uint32_t p = 1; p <= n; p++) {
+    const uint32_t *row = g + (size_t)(p - 1) * d;
+    for (uint32_t a = 0; a < d; a++) {
+      cr_assert(row[a] >= 1 && row[a] <= n && row[a] != p, "n=%u k=%u p=%u", n, k, p);
+      if (a > 0)
+        cr_assert_lt(row[a - 1], row[a]);
+      const uint32_t *back = g + (size_t)(row[a] - 1) * d;
+      int found = 0;
+      for (uint32_t b = 0; b < d; b++)
+        found |= back[b] == p;
+      cr_assert(found, "edge %u-%u not symmetric (n=%u k=%u)", p, row[a], n, k);
+    }
+  }
+  free(g);
+}
+
+Test(secagg, graph_is_regular_and_symmetric) {
+  static const uint32_t cases[][2] = {{2, 1},  {3, 2},    {5, 3},   {6, 3},  {10, 4},
+                                      {11, 5}, {100, 20}, {101, 9}, {7, 50}, {1000, 16}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    check_graph(cases[i][0], cases[i][1]);
+  cr_assert_eq(fl__secagg_degree(1, 4), 0);
+  cr_assert_eq(fl__secagg_degree(9, 3), 4);
+  cr_assert_eq(fl__secagg_degree(10, 3), 3);
+  cr_assert_eq(fl__secagg_degree(10, 40), 9);
+}
+
+Test(secagg, harary_known_case_and_bad_permutations) {
+  /* H(6, 3) on the identity: ring neighbours and the opposite one. */
+  uint32_t perm[6] = {1, 2, 3, 4, 5, 6}, g[18];
+  static const uint32_t want[18] = {2, 4, 6, 1, 3, 5, 2, 4, 6, 1, 3, 5, 2, 4, 6, 1, 3, 5};
+  cr_assert_eq(fl__secagg_harary(6, 3, perm, g), FL_OK);
+  cr_assert_arr_eq(g, want, sizeof want);
+  uint32_t dup[6] = {1, 2, 2, 4, 5, 6}, zero[6] = {0, 2, 3, 4, 5, 6};
+  cr_assert_eq(fl__secagg_harary(6, 3, dup, g), FL_E_INVAL);
+  cr_assert_eq(fl__secagg_harary(6, 3, zero, g), FL_E_INVAL);
+  cr_assert_eq(fl__secagg_harary(1, 3, perm, g), FL_E_INVAL);
+}

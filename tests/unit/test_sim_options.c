@@ -268,6 +268,41 @@ Test(sim_options, drift_detection_options) {
   cr_expect(strstr(why(&o), "--labels and --drift-detect exclude") != NULL, "%s", why(&o));
 }
 
+Test(sim_options, secure_aggregation_and_its_dropouts) {
+  sim_options o = opts();
+  uint32_t t, k;
+  double drop[SIM_SA_PHASES];
+  char msg[256];
+  cr_expect_eq(sim_secagg_parse(&o, &t, &k, drop, msg, sizeof msg), FL_OK);
+  cr_expect_eq(t, 0);
+  o.secure_aggregation = "6:10";
+  o.secagg_drop = "keys:0.05,masked:0.25,unmask:1";
+  cr_assert_eq(sim_secagg_parse(&o, &t, &k, drop, msg, sizeof msg), FL_OK, "%s", msg);
+  cr_expect_eq(t, 6);
+  cr_expect_eq(k, 10);
+  cr_expect_float_eq(drop[SIM_SA_KEYS], 0.05, 1e-12);
+  cr_expect_float_eq(drop[SIM_SA_SHARES], 0, 1e-12);
+  cr_expect_float_eq(drop[SIM_SA_MASKED], 0.25, 1e-12);
+  cr_expect_float_eq(drop[SIM_SA_UNMASK], 1, 1e-12);
+  cr_expect_str_empty(why(&o));
+  static const char *const bad_sa[] = {"6", "6:5", "0:4", "6:10x", "a:b"};
+  for (size_t i = 0; i < sizeof bad_sa / sizeof bad_sa[0]; i++) {
+    o.secure_aggregation = bad_sa[i];
+    o.secagg_drop = NULL;
+    cr_expect(strstr(why(&o), "--secure-aggregation") != NULL, "%s: %s", bad_sa[i], why(&o));
+  }
+  static const char *const bad_drop[] = {
+      "keys", "keys:2", "train:0.1", "keys:0.1,", "keys:0.1;shares:0.2", "keys:"};
+  o.secure_aggregation = "6:10";
+  for (size_t i = 0; i < sizeof bad_drop / sizeof bad_drop[0]; i++) {
+    o.secagg_drop = bad_drop[i];
+    cr_expect(strstr(why(&o), "--secagg-drop") != NULL, "%s: %s", bad_drop[i], why(&o));
+  }
+  o.secure_aggregation = NULL;
+  o.secagg_drop = "keys:0.1";
+  cr_expect(strstr(why(&o), "needs --secure-aggregation") != NULL, "%s", why(&o));
+}
+
 Test(sim_options, async_and_intermittency_options) {
   sim_options o = opts();
   cr_assert_eq(PARSE(&o, "--devices", "40", "--mode", "async", "--buffer-size", "8",
