@@ -129,6 +129,19 @@ typedef struct fl__data_slot {
   bool have;
 } fl__data_slot;
 
+/* Drift statistics (drift.c, docs/DRIFT.md): Welford's running mean and sum of squared
+ * deviations per feature, a histogram of the model's score and the anomaly count, over the
+ * examples of one window. */
+#define FL__DRIFT_MAX_FEATURES 256
+#define FL__DRIFT_MAX_BINS 64
+typedef struct fl__drift_acc {
+  uint64_t model_id, version, count, anomalies;
+  uint32_t n_feat, n_bins; /* n_feat 0: the model has more inputs than FL__DRIFT_MAX_FEATURES */
+  double mean[FL__DRIFT_MAX_FEATURES], m2[FL__DRIFT_MAX_FEATURES];
+  uint64_t hist[FL__DRIFT_MAX_BINS];
+  double lo, hi;
+} fl__drift_acc;
+
 struct fl_multi;
 
 #define FL__CONDITIONS_MAX 16
@@ -173,6 +186,11 @@ struct fl_client {
   char conds[FL__CONDITIONS_MAX][FL__CONDITION_LEN];
   size_t n_conds;
   float anomaly_threshold;
+
+  /* drift statistics (drift.c): the service window and its report cadence (0: off) */
+  uint32_t drift_every, drift_checkins;
+  bool drift_sent; /* the check-in in flight carries the window */
+  fl__drift_acc drift;
 
   /* round state */
   fl__phase phase;
@@ -367,6 +385,21 @@ bool fl__curl_transport_keep_body(const fl_transport *tr);
 void fl__round_finish(fl_client *c, fl_round_outcome outcome, int err);
 void fl__round_reset(fl_client *c);
 
+/* drift.c. Examples scored by model m (outputs `out`) go into acc. */
+void fl__drift_reset(fl__drift_acc *acc, const fl_model *m, uint64_t model_id, uint64_t version);
+void fl__drift_add(fl__drift_acc *acc, const fl_model *m, float threshold, const float *x,
+                   const float *out, size_t n);
+/* The accumulator as a message; mean/m2/hist point into acc. */
+void fl__drift_msg(const fl__drift_acc *acc, Fl__V1__DriftStats *msg);
+/* The served examples of fl_client_predict (no-op when drift statistics are off). */
+void fl__drift_observe(fl_client *c, const float *x, const float *out, size_t n);
+/* The training data scored by the trained model m, into acc (FL_E_NOTFOUND: nothing to do). */
+int fl__drift_train_stats(fl_client *c, fl_model *m, fl__drift_acc *acc);
+/* The window for the check-in being packed, NULL when it is not due. */
+const fl__drift_acc *fl__drift_due(fl_client *c);
+/* After the check-in's answer: a window that was sent starts again. */
+void fl__drift_checkin_done(fl_client *c, bool ok);
+
 /* train.c */
 void fl__mem_source_free(fl__mem_source *s);
 /* Serves borrowed arrays (and, when owned is not NULL, a data set it takes over) through *src.
@@ -394,6 +427,7 @@ typedef struct fl__update_params {
   uint64_t device_id, round_id, model_id, base_version, sample_count;
   float loss, clip_norm, noise_stddev, topk_fraction;
   int encoding;
+  const Fl__V1__DriftStats *train_stats; /* NULL: not sent */
 } fl__update_params;
 int fl__update_pack(const fl_model *layout, const float *base, const float *local,
                     const fl__update_params *p, const fl_allocator *a, fl__upload_buf *out,

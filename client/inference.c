@@ -152,7 +152,10 @@ fl_err fl_client_predict(fl_client *c, const float *x, size_t n, float *out) {
     return FL_E_NOTFOUND;
   if (n == 0)
     return FL_OK;
-  return fl__model_forward(c->active.model, x, n, out);
+  int err = fl__model_forward(c->active.model, x, n, out);
+  if (err == FL_OK)
+    fl__drift_observe(c, x, out, n);
+  return err;
 }
 
 fl_err fl_client_rollback(fl_client *c) {

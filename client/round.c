@@ -54,6 +54,7 @@ void fl__round_finish(fl_client *c, fl_round_outcome outcome, int err) {
 
 static int pack_checkin(fl_client *c) {
   Fl__V1__CheckInRequest req;
+  Fl__V1__DriftStats ds;
   fl__v1__check_in_request__init(&req);
   req.model_id = c->want_model_id;
   req.running_version = c->active.version;
@@ -61,9 +62,19 @@ static int pack_checkin(fl_client *c) {
   char *conds[FL__CONDITIONS_MAX];
   req.n_conditions = fl__conditions_view(c, conds);
   req.conditions = conds;
-  /* three varints and the conditions (each at most 63 bytes and its two-byte header) */
-  uint8_t buf[64 + FL__CONDITIONS_MAX * (FL__CONDITION_LEN + 2)];
-  size_t n = fl__v1__check_in_request__pack(&req, buf);
+  const fl__drift_acc *acc = fl__drift_due(c);
+  if (acc != NULL) {
+    fl__drift_msg(acc, &ds);
+    req.service_stats = &ds;
+  }
+  /* Three varints, the conditions (each at most 63 bytes and its two-byte header), and at most
+   * 256 features x 2 doubles and 64 bins of statistics. */
+  uint8_t buf[64 + FL__CONDITIONS_MAX * (FL__CONDITION_LEN + 2) + 2 * 9 * FL__DRIFT_MAX_FEATURES +
+              10 * FL__DRIFT_MAX_BINS + 64];
+  size_t n = fl__v1__check_in_request__get_packed_size(&req);
+  if (n > sizeof buf)
+    return FL_E_TOOBIG;
+  fl__v1__check_in_request__pack(&req, buf);
   return fl__request_set(c, "POST", "/v1/checkin", buf, n);
 }
 
@@ -364,6 +375,7 @@ static int on_answer(fl_client *c, const fl_http_response *resp) {
   switch (c->phase) {
     case FL__PH_CHECKIN:
       err = on_checkin(c, resp);
+      fl__drift_checkin_done(c, err == FL_OK);
       fl__exchange_end(c);
       return err == FL_OK ? advance(c) : err;
     case FL__PH_FETCH_ROLLOUT:

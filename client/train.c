@@ -299,6 +299,7 @@ static int train_and_pack(fl_client *c) {
    * place, its weights saved first. */
   fl_model *m = c->base.model, *own = NULL;
   float *base = NULL;
+  fl__drift_acc *acc = NULL;
   if (m == NULL) {
     int err = fl__loaded_take_model(c, &c->base, &own);
     if (err != FL_OK)
@@ -311,10 +312,23 @@ static int train_and_pack(fl_client *c) {
     memcpy(base, fl__model_params_const(m), fl__model_num_params(m) * sizeof *base);
   }
   const float *anchor = base != NULL ? base : fl__loaded_params(&c->base);
+  /* Reference statistics of the local data for the version this round makes (drift.c),
+   * scored before training by the base, the version the fleet serves: a model trained on
+   * these examples alone would score them better than any version of the fleet does. */
+  Fl__V1__DriftStats ds;
+  bool with_stats = false;
+  int err = FL_OK;
+  if (c->drift_every > 0 && (acc = fl__malloc(c->alloc, sizeof *acc)) != NULL) {
+    err = fl__drift_train_stats(c, m, acc);
+    if ((with_stats = err == FL_OK))
+      fl__drift_msg(acc, &ds);
+    if (err == FL_E_NOMEM)
+      goto out_free;
+  }
   uint64_t samples = 0;
   float loss = 0;
-  int err = c->trainer != NULL ? train_callback(c, m, &samples, &loss)
-                               : train_builtin(c, m, anchor, &samples, &loss);
+  err = c->trainer != NULL ? train_callback(c, m, &samples, &loss)
+                           : train_builtin(c, m, anchor, &samples, &loss);
   if (err != FL_OK)
     goto out_free;
   const fl__task *t = &c->task;
@@ -342,7 +356,8 @@ static int train_and_pack(fl_client *c) {
                          .clip_norm = t->clip_norm,
                          .noise_stddev = t->noise_stddev,
                          .topk_fraction = t->topk_fraction,
-                         .encoding = t->encoding};
+                         .encoding = t->encoding,
+                         .train_stats = with_stats ? &ds : NULL};
   fl__upload_buf ub;
   float norm = 0;
   uint8_t content[FL_SHA256_LEN];
@@ -359,6 +374,7 @@ static int train_and_pack(fl_client *c) {
   c->result.loss = loss;
   c->result.norm = norm;
 out_free:
+  fl__free(c->alloc, acc);
   fl__free(c->alloc, base);
   fl__model_free(own);
   return err;

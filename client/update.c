@@ -149,6 +149,7 @@ int fl__update_pack(const fl_model *layout, const float *base, const float *loca
   u.n_delta = nt;
   u.norm = (float)s;
   u.clip_state = (Fl__V1__ClipState)clip_state;
+  u.train_stats = (Fl__V1__DriftStats *)p->train_stats;
   err = pack_unsigned(&u, p->device_id, a, out, content);
   if (err == FL_OK)
     *norm = (float)s;

@@ -64,6 +64,36 @@ static void hash_tensor(fl_sha256 *h, const Fl__V1__Tensor *t) {
   fl__sha256_bytes(h, t->indices.data, t->indices.len);
 }
 
+/* Doubles of DriftStats as their bits, -0.0 as 0.0 like f32_field (proto3 drops a scalar
+ * double equal to zero). */
+static uint64_t f64_field(double d) {
+  uint64_t u = 0;
+  if (d != 0.0)
+    memcpy(&u, &d, sizeof u);
+  return u;
+}
+
+/* UpdateUpload.train_stats (SIGNING.md): led by u32(10), its field number, which clip_state
+ * (1 or 2) never is. */
+static void hash_drift_stats(fl_sha256 *h, const Fl__V1__DriftStats *d) {
+  fl__sha256_u32(h, 10);
+  fl__sha256_u64(h, d->model_id);
+  fl__sha256_u64(h, d->version);
+  fl__sha256_u64(h, d->count);
+  fl__sha256_u64(h, (uint64_t)d->n_mean);
+  for (size_t i = 0; i < d->n_mean; i++)
+    fl__sha256_u64(h, f64_field(d->mean[i]));
+  fl__sha256_u64(h, (uint64_t)d->n_m2);
+  for (size_t i = 0; i < d->n_m2; i++)
+    fl__sha256_u64(h, f64_field(d->m2[i]));
+  fl__sha256_u64(h, (uint64_t)d->n_score_hist);
+  for (size_t i = 0; i < d->n_score_hist; i++)
+    fl__sha256_u64(h, d->score_hist[i]);
+  fl__sha256_u64(h, f64_field(d->score_lo));
+  fl__sha256_u64(h, f64_field(d->score_hi));
+  fl__sha256_u64(h, d->anomalies);
+}
+
 int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
                               uint8_t out[FL_SHA256_LEN]) {
   if (u == NULL || (u->n_delta > 0 && u->delta == NULL))
@@ -89,6 +119,8 @@ int fl__update_content_digest(uint64_t device_id, const Fl__V1__UpdateUpload *u,
   /* Hashed only when set, so the digests of uploads without it are those of before. */
   if (u->clip_state != FL__V1__CLIP_STATE__CLIP_STATE_UNSPECIFIED)
     fl__sha256_u32(&h, (uint32_t)u->clip_state);
+  if (u->train_stats != NULL)
+    hash_drift_stats(&h, u->train_stats);
   if (u->secagg_masked.len > 0)
     fl__sha256_bytes(&h, u->secagg_masked.data, u->secagg_masked.len);
   return fl__sha256_end(&h, out);

@@ -216,6 +216,12 @@ static void maybe_begin(struct sim_fleet *f, worker *w, device *d, uint64_t seq)
     return;
   d->cur_seq = seq;
   d->resets = 0;
+  /* What the device saw in service since its last check-in: its stream, scored by the model
+   * it runs (none yet before its first round: FL_E_NOTFOUND, nothing to report). */
+  const fl_dataset *sv = f->o.service;
+  if (sv != NULL && (d->index + 1) * f->o.service_per_device <= sv->n)
+    (void)fl_client_observe(d->c, sv->x + d->index * f->o.service_per_device * sv->x_dim,
+                            f->o.service_per_device, NULL);
   int rc = set_conditions(f, d);
   if (rc == FL_OK)
     rc = fl_client_round_begin(d->c);
@@ -503,6 +509,8 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
     tr.destroy(tr.ctx);
     return rc;
   }
+  if (f->o.service != NULL && (rc = fl_client_set_service_stats(d->c, 1)) != FL_OK)
+    return rc;
   fl_data_source src = {.version = FL_DATA_SOURCE_VERSION,
                         .ctx = d,
                         .x_dim = f->o.train->x_dim,

@@ -52,6 +52,11 @@ typedef struct sim_fleet_opts {
   uint64_t seed;
   uint64_t model_id;  /* the run's model: devices check in for it alone */
   const char *broker; /* NULL: HTTP; else --broker (mqtt.h): every device over MQTT */
+  /* Drift statistics (docs/DRIFT.md): when service is set, every device scores its rows of it
+   * (device k: rows k * service_per_device on) with the model it serves before each check-in,
+   * and sends the statistics with it. Read at each round: the drift rewrites it in place. */
+  const fl_dataset *service;
+  size_t service_per_device;
   /* The conditions devices report, drawn at every check-in (mix.h); NULL: none; borrowed. */
   const sim_mix *conditions;
   /* Hold-out data for federated evaluation: device k gets holdout_per_device rows of holdout

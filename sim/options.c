@@ -65,6 +65,13 @@ static const opt_def OPTS[] = {
     {"drift-kind", T_STR, O(drift_kind),
      "sensor2: wear (bearing wear: higher harmonics, broad lines, slower rotor) | machine (a "
      "new machine type) (wear)"},
+    {"drift-detect", T_FLAG, O(drift_detect),
+     "sensor2: devices send service statistics of their held-out stream with every check-in and "
+     "the coordinator tests each site for drift (docs/DRIFT.md); the drifted motors are one site"},
+    {"psi-threshold", T_DBL, O(psi_threshold), "--drift-detect: the plan's psi_threshold (0.25)"},
+    {"retrain-rounds", T_INT, O(retrain_rounds),
+     "--drift-detect: the plan's training ends this many rounds before --rounds, and a drifted "
+     "site gets a retraining plan of this many rounds (0: no retraining)"},
     {"model", T_STR, O(model), "logreg | mlp | 2nn | cnn | autoencoder (2nn; sensor: autoencoder)"},
     {"layers", T_STR, O(layers), "layer list instead of --model, e.g. dense:64,relu,dense:10"},
     {"epochs", T_U32, O(epochs), "local epochs (1)"},
@@ -161,6 +168,7 @@ void sim_options_defaults(sim_options *o) {
   o->fault_rate = 0.1;
   o->drift_share = 0.3;
   o->drift_kind = "wear";
+  o->psi_threshold = 0.25;
   o->epochs = 1;
   o->batch = 10;
   o->lr = 0.05;
@@ -446,6 +454,8 @@ static int check_ranges(const sim_options *o, char *msg, size_t cap) {
       {"fault-rate", o->fault_rate, 0, 1},
       {"drift-round", o->drift_round, 0, 1e6},
       {"drift-share", o->drift_share, 0, 1},
+      {"psi-threshold", o->psi_threshold, 0.001, 100},
+      {"retrain-rounds", o->retrain_rounds, 0, 1e5},
       {"trim-fraction", o->trim_fraction, 0, 0.4999999},
       {"noise-multiplier", o->noise_multiplier, 0, 1e3},
       {"clip-quantile", o->clip_quantile, 0, 1},
@@ -506,6 +516,8 @@ static int check_cohort(const sim_options *o, char *msg, size_t cap) {
     return fail(msg, cap, "--cohort must be a JSON object");
   if (o->eval_share > 0 && o->eval_count > 0)
     return fail(msg, cap, "--eval-share and --eval-count exclude each other");
+  if (o->drift_detect && o->labels != NULL)
+    return fail(msg, cap, "--labels and --drift-detect exclude each other (it labels by site)");
   if (o->eval_by != NULL && o->eval_share <= 0 && o->eval_count == 0)
     return fail(msg, cap, "--eval-by needs --eval-share or --eval-count");
   return FL_OK;
@@ -615,6 +627,13 @@ int sim_options_check(const sim_options *o, char *msg, size_t cap) {
   if (o->drift_round > 0 && o->drift_round > o->rounds)
     return fail(msg, cap, "--drift-round %d is past the last round (--rounds %d)", o->drift_round,
                 o->rounds);
+  if ((o->drift_detect || o->retrain_rounds > 0) && o->drift_round == 0)
+    return fail(msg, cap, "--drift-detect and --retrain-rounds need --drift-round");
+  if (o->retrain_rounds > 0 && !o->drift_detect)
+    return fail(msg, cap, "--retrain-rounds needs --drift-detect");
+  if (o->retrain_rounds > 0 && o->rounds - o->retrain_rounds < o->drift_round)
+    return fail(msg, cap, "--retrain-rounds %d leaves the plan no round from --drift-round %d",
+                o->retrain_rounds, o->drift_round);
   if (o->drift_kind == NULL ||
       (strcmp(o->drift_kind, "wear") != 0 && strcmp(o->drift_kind, "machine") != 0))
     return fail(msg, cap, "bad --drift-kind %s: wear or machine",

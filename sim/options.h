@@ -32,6 +32,12 @@ typedef struct sim_options {
   int drift_round;
   double drift_share;
   const char *drift_kind;
+  /* drift detection (docs/DRIFT.md): devices send service statistics of their held-out
+   * stream at every check-in, enrolled by site (the drifted motors form one), and the plan
+   * tests sites; retrain_rounds > 0: the plan retrains a drifted site in that many rounds */
+  int drift_detect;
+  double psi_threshold;
+  int retrain_rounds;
   /* model and training */
   const char *model;  /* logreg | mlp | 2nn | cnn | autoencoder */
   const char *layers; /* instead of model: a layer list */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "drift.h"
 #include "eval.h"
 #include "export.h"
 #include "fetch.h"
@@ -88,7 +89,21 @@ typedef struct run_ctx {
   int n_versions;            /* rounds that produced a version */
   uint64_t plan_id;
   sim_mix labels, conds; /* --labels, --conditions (mix.h) */
+  sim_drift_track drift; /* --drift-detect */
 } run_ctx;
+
+/* --drift-detect: the fleet serves each new version (channel "stable"), whose service
+ * statistics the coordinator tests against the version's reference (docs/DRIFT.md). */
+static void deploy(run_ctx *x, uint64_t version) {
+  json_t *body = json_pack("{s:I, s:s, s:I}", "model_id", (json_int_t)x->model_id, "name", "stable",
+                           "version", (json_int_t)version);
+  json_t *ans = NULL;
+  if (body == NULL || sim_admin_call(x->admin, "POST", "/admin/v1/channels", body, &ans) != FL_OK)
+    fprintf(stderr, "fl-sim: cannot deploy version %llu: %s\n", (unsigned long long)version,
+            sim_admin_errmsg(x->admin));
+  json_decref(body);
+  json_decref(ans);
+}
 
 /* Reads the coordinator's counters; 0 when it cannot (the breakdown is then left out). */
 static int coord_stats(run_ctx *x, sim_coord_stats *out) {
@@ -286,6 +301,7 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
   int rc = export_learning(x, have_initial);
   sim_fleet_counts before;
   sim_fleet_counts_get(x->fleet, &before);
+  double drift_t0 = 0;
   for (int r = 1; r <= x->o->rounds && rc == FL_OK; r++) {
     x->have_stats = coord_stats(x, &x->stats);
     if (r == x->o->drift_round && x->d->drifted != NULL) {
@@ -300,6 +316,8 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
       x->have_at_drift = evaluate(x, version, &tmp, x->at_drift) == FL_OK;
     }
     double t0 = mono_s(), w0 = wall_s(), cpu0 = self_cpu_s();
+    if (r == x->o->drift_round)
+      drift_t0 = t0;
     sim_fleet_next_round(x->fleet);
     sim_round_state st;
     rc = wait_round(x, round_id, r, &pg, t0, &st);
@@ -337,12 +355,17 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
       x->n_versions++;
       version = st.result_version;
       evaluate(x, st.result_version, row, x->cohort ? x->cohort[r] : NULL);
+      if (x->o->drift_detect)
+        deploy(x, st.result_version);
     } else {
       row->accuracy = row->loss = row->auc = NAN;
       explain_no_version(x, r, &st, &before, &now);
       rc = FL_E_STATE;
     }
     before = now;
+    if (x->o->drift_detect)
+      sim_drift_poll(x->admin, x->model_id, r, x->o->drift_round,
+                     drift_t0 > 0 ? mono_s() - drift_t0 : 0, &x->drift, stdout);
     sim_csv_row(csv, row);
     sim_progress_round(&pg, row, x->o->rounds);
     if (rc == FL_OK && r < x->o->rounds)
@@ -393,6 +416,10 @@ static int create_plan(run_ctx *x, size_t enrolled, uint64_t *round_id) {
   /* The aggregator's fields go on top of the common plan; the coordinator validates them
    * (rule against min_participants) and answers 400 bad_plan with why. */
   json_t *j = fl_sup_plan_json(&p);
+  if (j != NULL && o->drift_detect && sim_drift_plan(j, o) != FL_OK) {
+    json_decref(j);
+    j = NULL;
+  }
   /* Fair selection (docs/API.md 2.1) when only some devices train each round: without it the
    * devices that just uploaded win the next round's first check-ins. */
   double window = strcmp(o->mode, "async") == 0 ? 0.0 /* async plans have none */
@@ -482,7 +509,9 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
     return rc;
   }
   char **tokens = NULL;
-  rc = sim_admin_tokens_mixed(x->admin, &x->labels, o->seed, o->devices, &tokens);
+  /* --drift-detect enrolls devices by site (drift.h); --labels by share (mix.h): exclusive. */
+  rc = o->drift_detect ? sim_drift_tokens(x->admin, x->d, o->devices, &tokens)
+                       : sim_admin_tokens_mixed(x->admin, &x->labels, o->seed, o->devices, &tokens);
   if (rc != FL_OK) {
     fprintf(stderr, "fl-sim: cannot get enrollment tokens: %s\n", sim_admin_errmsg(x->admin));
     return rc;
@@ -516,6 +545,8 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
                        .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
                        .seed = o->seed,
                        .model_id = x->model_id,
+                       .service = o->drift_detect ? &x->d->calib : NULL,
+                       .service_per_device = x->d->calib_per_device,
                        .conditions = &x->conds,
                        /* federated evaluation: 50 held-out examples per device */
                        .holdout = o->eval_share > 0 || o->eval_count > 0 ? &x->d->test : NULL,
@@ -583,6 +614,33 @@ static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_
           c->precision, c->recall);
 }
 
+/* --drift-detect: when the drifted site was detected, the false alarms, the retraining. */
+static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
+  const sim_drift_track *t = &x->drift;
+  int R = x->o->drift_round, last = x->o->rounds - x->o->retrain_rounds;
+  if (t->event_round > 0)
+    add_row(rows, n, "drift detected (site " SIM_DRIFT_SITE ")",
+            "after round %d: %d round%s after the drift began, %.1f s; PSI %.3f, %d feature%s",
+            t->event_round, t->event_round - R + 1, t->event_round - R + 1 == 1 ? "" : "s",
+            t->event_delay_s, t->psi, t->n_features, t->n_features == 1 ? "" : "s");
+  else
+    add_row(rows, n, "drift detected (site " SIM_DRIFT_SITE ")", "no");
+  add_row(rows, n, "other drift events", "%d of versions before the drift, %d of other sites after",
+          t->before_events, t->false_events);
+  if (x->o->retrain_rounds <= 0)
+    return;
+  static char label[96];
+  if (t->retrain_plan_id != 0)
+    add_row(rows, n, "retraining plan", "plan %llu, opened after round %d, %d rounds",
+            (unsigned long long)t->retrain_plan_id, t->retrain_round, x->o->retrain_rounds);
+  else
+    add_row(rows, n, "retraining plan", "none opened");
+  if (last >= 1 && last <= x->n_rows && last < x->n_rows) {
+    snprintf(label, sizeof(label), "drifted cohort, round %d (before retraining)", last);
+    detection_row(rows, n, label, &x->cohort[last][0]);
+  }
+}
+
 /* The drifted cohort before the drift, on its drifted data with the old version, and at the
  * end; the others at the end. */
 static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
@@ -605,6 +663,8 @@ static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
     snprintf(label[3], sizeof(label[3]), "other motors, round %d", x->n_rows);
     detection_row(rows, n, label[3], &x->cohort[x->n_rows][1]);
   }
+  if (x->o->drift_detect)
+    drift_detect_rows(x, rows, n);
 }
 
 /* The coordinator's federated evaluation of the newest version that has reports: loss (and

@@ -13,6 +13,7 @@
 
 #include "admin/adminapi.h"
 #include "auth/auth.h"
+#include "drift/drift.h"
 #include "fl/version.h"
 #include "privacy/budget.h"
 #include "registry/models.h"
@@ -754,6 +755,7 @@ const fl_route fl__admin_routes[] = {
     {"DELETE", "/admin/v1/pins/", "admin_pin_delete", fl__admin_pin_delete, 0, NULL,
      FL_AUTH_OPERATOR},
     {"GET", "/admin/v1/fleet", "admin_fleet", fl__admin_fleet, 0, NULL, FL_AUTH_VIEWER},
+    {"GET", "/admin/v1/drift", "admin_drift", fl__drift_admin, 0, NULL, FL_AUTH_VIEWER},
     {"GET", "/admin/v1/whoami", "admin_whoami", fl__admin_whoami, 0, NULL, FL_AUTH_VIEWER},
     /* The dashboard's static files (ui.c): no token, GET only. */
     {"GET", "/ui", "ui", fl__ui_static, 0, NULL, FL_AUTH_NONE},

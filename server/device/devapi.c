@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
+#include "drift/drift.h"
 #include "mem.h"
 #include "registry/evaluation.h"
 #include "registry/models.h"
@@ -536,6 +537,17 @@ static void claim_place(fl_srv *s, fl_req *q, const open_round *o, uint64_t devi
   fl__agg_assign(s->agg, o->round_id, device_id, claim_committed, k);
 }
 
+/* A service window must name the model and version that scored it. */
+static bool checkin_stats_bad(const Fl__V1__DriftStats *m, char why[160]) {
+  if (fl__drift_check(m, why))
+    return true;
+  if (m->model_id == 0 || m->version == 0 || !id_ok(m->model_id) || !id_ok(m->version)) {
+    snprintf(why, 160, "service_stats must name its model and version (ids 1 to 2^63-1)");
+    return true;
+  }
+  return false;
+}
+
 #define FL_MAX_CONDITIONS 32
 #define FL_STR_(x) #x
 #define FL_STR(x) FL_STR_(x)
@@ -586,11 +598,19 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
                        "body is not a CheckInRequest (ids are at most 2^63-1)", 0);
     goto out;
   }
+  char why[160];
+  if (ci->service_stats != NULL && checkin_stats_bad(ci->service_stats, why)) {
+    fl__resp_dev_error(r, 400, "bad_stats", why, 0);
+    goto out;
+  }
   if (!conditions_ok(ci)) {
     fl__resp_dev_error(r, 400, "malformed_request",
                        "at most " FL_STR(FL_MAX_CONDITIONS) " conditions of 1-63 UTF-8 bytes", 0);
     goto out;
   }
+  /* The service window (drift/drift.h): one statement, only when the device sends one. */
+  if (ci->service_stats != NULL && fl__drift_store_service(c, sr->device_id, ci->service_stats))
+    goto unavail;
   /* Told to wait or assigned, the check-in writes its telemetry later (store/seen.h). */
   fl__rounds_seen(s->rounds, sr->device_id, ci->running_model_id, ci->running_version);
   int found = find_open_round(s, c, ci->model_id, sr->device_id, &o, &cv);

@@ -20,6 +20,7 @@
 #include "codec.h"
 #include "device/devapi.h"
 #include "digest.h"
+#include "drift/stats.h"
 #include "mem.h"
 #include "rounds/plan.h"
 #include "secagg/protocol.h"
@@ -94,6 +95,28 @@ static double norm_bound(const fl_plan *p, const fl_model_info *mi, Fl__V1__Tens
   return b + sqrt(q);
 }
 
+/* The training statistics (drift/stats.h) within bounds, of this model and its inputs. */
+static int check_train_stats(const fl_model_info *mi, const Fl__V1__UpdateUpload *u, fl_resp *r) {
+  const Fl__V1__DriftStats *t = u->train_stats;
+  char msg[160];
+  if (t == NULL)
+    return 0;
+  size_t in = 1;
+  for (uint32_t i = 0; i < mi->spec.input_ndim; i++)
+    in *= mi->spec.input_shape[i];
+  int bad = fl__drift_check(t, msg);
+  if (!bad && t->model_id != u->model_id) {
+    snprintf(msg, sizeof msg, "train_stats.model_id is not the upload's model");
+    bad = -1;
+  } else if (!bad && t->n_mean != 0 && t->n_mean != in) {
+    snprintf(msg, sizeof msg, "train_stats has %zu features, the model takes %zu", t->n_mean, in);
+    bad = -1;
+  }
+  if (bad)
+    fl__resp_dev_error(r, 422, "bad_stats", msg, 0);
+  return bad;
+}
+
 /* Shapes, values and norm of the delta; *norm receives the norm. Returns 0 or -1 with the
  * refusal in *r. */
 static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
@@ -137,7 +160,7 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
     return -1;
   }
   *norm = sqrt(sq);
-  return 0;
+  return check_train_stats(mi, u, r);
 }
 
 /* A DP plan's factor on the delta in the sum: min(1, C / norm), so that one device moves the
@@ -389,7 +412,9 @@ static int upload_check(fl_srv *s, const fl_auth *a, round_view *v, const fl_mod
       fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
       return -1;
     }
-    return 0;
+    /* Checked like any upload's, but never stored (upload_submit): the coordinator of a
+     * secure-aggregation round learns the sum only, not one device's data statistics. */
+    return check_train_stats(*mi, u, r);
   }
   if (check_delta(s, v, *mi, u, r, norm))
     return -1;
@@ -425,6 +450,7 @@ static void upload_submit(fl_srv *s, fl_req *q, upload_op *op, const round_view 
                        .stored = fl__agg_kind(v->plan.agg.rule) == FL_AGG_STORED,
                        .dp_scale = dp_scale(&v->plan, norm),
                        .unclipped = u->clip_state == FL__V1__CLIP_STATE__CLIP_STATE_UNCLIPPED,
+                       .train_stats = FL_PLAN_SECAGG(&v->plan) ? NULL : u->train_stats,
                        .masked = FL_PLAN_SECAGG(&v->plan) ? u->secagg_masked.data : NULL,
                        .task_round_id = FL_PLAN_IS_ASYNC(&v->plan) ? u->round_id : 0,
                        .tau = v->at.tau,

@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "drift/drift.h"
 #include "fl/version.h"
 #include "server.h"
 #include "store/store_pg.h"
@@ -339,6 +340,8 @@ static void put_fleet(FILE *f, fl_srv *s) {
                 PQgetvalue(rnd, i, 0), PQgetvalue(rnd, i, 2 + k));
     }
   }
+  if (rnd != NULL)
+    fl__drift_put_metrics(f, c);
   PQclear(rnd);
   PQclear(dev);
   if (c != NULL)

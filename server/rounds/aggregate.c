@@ -18,6 +18,7 @@
 
 #include "auth/nonce.h"
 #include "codec.h"
+#include "drift/drift.h"
 #include "mem.h"
 #include "rounds/rounds.h"
 #include "rounds/staleness.h"
@@ -402,6 +403,16 @@ static int insert_updates(PGconn *c, const batch *b) {
   return 0;
 }
 
+/* Step 4: the training statistics of the accepted updates that carry them (drift/drift.h),
+ * pooled into the version's reference at close. */
+static int insert_train_stats(PGconn *c, const batch *b) {
+  for (const waiter *w = b->waiters; w != NULL; w = w->next)
+    if (!w->replayed && !w->over && w->u->train_stats != NULL &&
+        fl__drift_store_train(c, b->round_id, w->device_id, w->u->train_stats))
+      return -1;
+  return 0;
+}
+
 /* Sums the batch again from its waiters that are not replayed (their submitters keep the
  * decoded updates until their completion is called). */
 static void refold(batch *b) {
@@ -529,6 +540,9 @@ static int commit_batch(fl_agg *a, batch *b, uint32_t *accepted) {
     goto failed;
   step = "stored updates";
   if (b->stored && insert_updates(c, b))
+    goto failed;
+  step = "drift statistics";
+  if (insert_train_stats(c, b))
     goto failed;
   step = "commit";
   if (fl__pg_cmd(c, "COMMIT"))

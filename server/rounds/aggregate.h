@@ -41,6 +41,7 @@ typedef struct fl_upload {
    * 0: folded times its sample count, which is its weight. */
   double dp_scale;
   bool unclipped; /* the device reported it did not clip (adaptive clipping's bit) */
+  const Fl__V1__DriftStats *train_stats; /* checked; NULL when the upload has none */
   /* A secure-aggregation round's masked input (server/secagg/): mi->n_params uint32 LE words,
    * added mod 2^32 into the batch's sum (whose floats' storage then holds words), weight 1;
    * delta is unused. NULL for every other round. */

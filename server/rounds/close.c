@@ -15,6 +15,7 @@
 
 #include "auth/auth.h"
 #include "codec.h"
+#include "drift/drift.h"
 #include "privacy/accountant.h"
 #include "privacy/budget.h"
 #include "registry/models.h"
@@ -462,6 +463,8 @@ static int close_round(fl_srv *s, PGconn *c, const round_row *rr, uint64_t *vers
       fl__eval_open(c, rr->plan_id, &rr->plan.eval, &rr->plan.cohort, rr->model_id, *version))
     err = FL_E_DB;
   if (err == FL_OK)
+    err = fl__drift_reference(c, rr->round_id, rr->model_id, *version);
+  if (err == FL_OK)
     err = finish_round(c, rr, "closed", *version, metrics, NULL, *version);
   if (err == FL_OK && next_clip > 0)
     err = store_clip(c, rr->plan_id, next_clip);
@@ -489,7 +492,8 @@ static int drop_partials(PGconn *c, uint64_t round_id) {
   if (r == NULL)
     return FL_E_DB;
   PQclear(r);
-  return fl__secagg_forget(c, round_id);
+  int err = fl__drift_drop_train(c, round_id);
+  return err != 0 ? err : fl__secagg_forget(c, round_id);
 }
 
 int fl__round_try_close(fl_srv *s, uint64_t round_id) {

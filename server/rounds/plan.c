@@ -372,7 +372,7 @@ static int known_key(const char *k) {
       return 1;
   if (strcmp(k, "encoding") == 0 || strcmp(k, "server_optimizer") == 0 ||
       strcmp(k, "aggregator") == 0 || strcmp(k, "cohort") == 0 || strcmp(k, "evaluation") == 0 ||
-      strcmp(k, "secure_aggregation") == 0)
+      strcmp(k, "drift") == 0 || strcmp(k, "retrain") == 0 || strcmp(k, "secure_aggregation") == 0)
     return 1;
   for (size_t i = 0; i < N_NUMS; i++)
     if (strcmp(k, NUMS[i].name) == 0)
@@ -400,7 +400,7 @@ int fl__plan_from_json(fl_plan *p, const json_t *j, char msg[160]) {
   if (parse_selection(p, j, msg) || parse_dp(p, j, msg) || parse_async(p, j, msg) ||
       fl__cohort_parse(&p->cohort, json_object_get(j, "cohort"), msg) ||
       fl__eval_policy_parse(&p->eval, json_object_get(j, "evaluation"), msg) ||
-      parse_secagg(p, j, msg))
+      fl__drift_policy_from_json(&p->drift, j, msg) || parse_secagg(p, j, msg))
     return -1;
   bool have_min = false;
   for (size_t i = 0; i < N_NUMS; i++) {
@@ -519,6 +519,10 @@ json_t *fl__plan_to_json(const fl_plan *p) {
       json_decref(j);
       j = NULL;
     }
+  if (j != NULL && fl__drift_policy_to_json(&p->drift, j)) {
+    json_decref(j);
+    j = NULL;
+  }
   return async_json(&c, j);
 }
 

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "drift/policy.h"
 #include "registry/evaluation.h"
 #include "rounds/aggregator.h"
 #include "rounds/cohort.h"
@@ -37,6 +38,7 @@ typedef struct fl_plan {
   double clip_target_quantile; /* adaptive clipping's gamma; 0: the clip is fixed */
   double clip_learning_rate;   /* eta_C of the geometric clip update */
   double clip_count_stddev;    /* sigma_b, the noise on the unclipped count; 0 = participants/20 */
+  fl_drift_policy drift;       /* "drift", "retrain" (drift/policy.h) */
   /* Secure aggregation, SecAgg+ (docs/SECAGG.md, server/secagg/): threshold 0 = off. */
   struct {
     uint32_t threshold; /* t: shares that reconstruct a secret, k/2 < t <= k */

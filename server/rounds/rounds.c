@@ -13,6 +13,7 @@
 
 #include "auth/auth.h"
 #include "crypto.h"
+#include "drift/drift.h"
 #include "secagg/protocol.h"
 #include "rounds/async.h"
 #include "store/seen.h"
@@ -276,8 +277,10 @@ static void tick(fl_rounds *rs, double *last_prune, double *last_fleet) {
     fl__round_draw(rs->s, draws[i]);
   for (int i = 0; i < n; i++)
     fl__round_try_close(rs->s, ids[i]);
-  if (rc == 0)
+  if (rc == 0) {
+    fl__drift_tick(rs->s);
     fl__secagg_tick(rs->s);
+  }
   free(ids);
   free(draws);
 }

@@ -262,6 +262,39 @@ static const char *const M_SECAGG[] = {
     " self_mask boolean NOT NULL, share bytea NOT NULL, PRIMARY KEY (round_id, owner, holder))",
     NULL};
 
+/* Drift detection (server/drift/, docs/DRIFT.md): each device's latest service window, the
+ * training statistics of a round's accepted updates until its close pools them into the
+ * version's reference, the last test of each cohort (the gauges), and the events. */
+static const char *const M_DRIFT[] = {
+    "CREATE TABLE drift_service ("
+    " device_id bigint PRIMARY KEY, model_id bigint NOT NULL, version bigint NOT NULL,"
+    " stats bytea NOT NULL, received_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX drift_service_model ON drift_service (model_id, received_at)",
+    "CREATE TABLE drift_train ("
+    " round_id bigint NOT NULL, device_id bigint NOT NULL, stats bytea NOT NULL,"
+    " PRIMARY KEY (round_id, device_id))",
+    "CREATE TABLE drift_reference ("
+    " model_id bigint NOT NULL, version bigint NOT NULL, stats bytea NOT NULL,"
+    " devices int NOT NULL, samples bigint NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (model_id, version))",
+    "CREATE TABLE drift_status ("
+    " model_id bigint NOT NULL, version bigint NOT NULL, cohort_label text NOT NULL,"
+    " cohort text NOT NULL, psi double precision, max_shift double precision,"
+    " devices int NOT NULL, samples bigint NOT NULL, drifted boolean NOT NULL,"
+    " tested_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (model_id, version, cohort_label, cohort))",
+    "CREATE TABLE drift_events ("
+    " event_id bigserial PRIMARY KEY, model_id bigint NOT NULL, version bigint NOT NULL,"
+    " plan_id bigint NOT NULL, cohort_label text NOT NULL, cohort text NOT NULL,"
+    " psi double precision, max_shift double precision, features jsonb NOT NULL,"
+    " devices int NOT NULL, samples bigint NOT NULL,"
+    " detected_at timestamptz NOT NULL DEFAULT now(), resolved_at timestamptz,"
+    " retrain_plan_id bigint, retrain_note text)",
+    "CREATE UNIQUE INDEX drift_events_open ON drift_events"
+    " (model_id, cohort_label, cohort) WHERE resolved_at IS NULL",
+    "ALTER TABLE plans ADD COLUMN drift_event_id bigint",
+    NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -275,6 +308,7 @@ static const migration MIGRATIONS[] = {
     {9, "asynchronous rounds", M_ASYNC},
     {10, "federated evaluation", M_EVALUATION},
     {11, "secure aggregation", M_SECAGG},
+    {12, "drift detection", M_DRIFT},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

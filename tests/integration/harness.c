@@ -445,6 +445,7 @@ int fl_h_update_pack(const fl_h_device *d, const Fl__V1__ModelVersion *base, uin
   u.delta = tp;
   u.norm = (float)sqrt(sq);
   u.clip_state = (Fl__V1__ClipState)o->clip_state;
+  u.train_stats = (Fl__V1__DriftStats *)o->train_stats;
   if (o->corrupt_signature) {
     /* Signed for a timestamp and nonce no request carries, then damaged: whatever envelope
      * carries it, the signature cannot verify. */

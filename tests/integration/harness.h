@@ -139,6 +139,7 @@ typedef struct fl_h_update_opts {
   bool inject_nan;        /* first float32 value becomes NaN (encoders refuse NaN) */
   int encoding;           /* 0: float32; else an fl.v1.Encoding (codec encodes) */
   int clip_state;         /* UpdateUpload.clip_state (fl.v1.ClipState); 0: not sent */
+  const Fl__V1__DriftStats *train_stats; /* UpdateUpload.train_stats; NULL: not sent */
 } fl_h_update_opts;
 
 /* Packs an UpdateUpload of the flat delta laid out like base's tensors, unsigned: its

@@ -36,6 +36,7 @@
 #include "fl/client.h"
 #include "fl/err.h"
 #include "harness.h"
+#include "flsupport/proc.h"
 #include "rounds/optimizer.h"
 #include "secagg.h"
 #include "secagg_dev.h"
@@ -533,9 +534,7 @@ Test(secagg, libflclient_round, .fini = teardown, .timeout = 300) {
       json_integer_value(json_object_get(json_object_get(round, "metrics"), "participants")), N);
   json_decref(round);
   for (int i = 0; i < N; i++) {
-    char cmd[128];
     fl_client_free(d[i].c);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d[i].dir);
-    cr_expect_eq(system(cmd), 0);
+    fl_sup_rmtree(d[i].dir);
   }
 }

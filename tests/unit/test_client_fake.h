@@ -65,6 +65,7 @@ typedef struct fake_coord {
   /* observations */
   int n_enroll, n_checkin, n_model_get, n_upload, n_bad_sig;
   Fl__V1__UpdateUpload *last_upload;
+  Fl__V1__CheckInRequest *last_checkin; /* the body of the last check-in */
   uint8_t last_content[FL_SHA256_LEN]; /* content digest of last_upload (SIGNING.md) */
   size_t last_upload_wire;
   /* the exchange in flight */
@@ -134,6 +135,8 @@ static inline void fake_free(fake_coord *f) {
     free(f->v[v].bytes);
   if (f->last_upload != NULL)
     fl__v1__update_upload__free_unpacked(f->last_upload, NULL);
+  if (f->last_checkin != NULL)
+    fl__v1__check_in_request__free_unpacked(f->last_checkin, NULL);
   free(f->resp);
   fl__key_free(f->key);
 }
@@ -211,6 +214,10 @@ static inline void fake_checkin(fake_coord *f, const fl_http_request *req) {
     fake_refuse(f, 401, "bad_signature", 0);
     return;
   }
+  if (f->last_checkin != NULL)
+    fl__v1__check_in_request__free_unpacked(f->last_checkin, NULL);
+  f->last_checkin = fl__v1__check_in_request__unpack(NULL, env->body.len, env->body.data);
+  cr_assert_not_null(f->last_checkin, "the check-in body is a CheckInRequest");
   fl__v1__signed_request__free_unpacked(env, NULL);
   f->n_checkin++;
   Fl__V1__CheckInResponse r;

@@ -159,6 +159,21 @@ static void put_tensor(buf *b, const Fl__V1__Tensor *t) {
 static const int64_t TS = -1700000000123LL;
 static const uint8_t NONCE[17] = {0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0xff};
 
+/* The content layout of make_update's upload by device 99, as SIGNING.md lists it. */
+static void put_update_layout(buf *b, const upd *x) {
+  put(b, "fl.v1.update", 13);
+  put_u64(b, 99);
+  put_u64(b, 11);
+  put_u64(b, 3);
+  put_u64(b, 5);
+  put_u64(b, 600);
+  put_u32(b, bits(0.25f));
+  put_u32(b, bits(1.5f));
+  put_u64(b, 2);
+  put_tensor(b, &x->t[0]);
+  put_tensor(b, &x->t[1]);
+}
+
 Test(digest, update_layout_is_as_documented) {
   upd x;
   make_update(&x);
@@ -166,17 +181,7 @@ Test(digest, update_layout_is_as_documented) {
   cr_assert_eq(fl__update_digest(99, TS, NONCE, sizeof NONCE, &x.u, got_content, got), FL_OK);
   cr_assert_eq(fl__update_content_digest(99, &x.u, content), FL_OK);
   buf b = {.n = 0};
-  put(&b, "fl.v1.update", 13);
-  put_u64(&b, 99);
-  put_u64(&b, 11);
-  put_u64(&b, 3);
-  put_u64(&b, 5);
-  put_u64(&b, 600);
-  put_u32(&b, bits(0.25f));
-  put_u32(&b, bits(1.5f));
-  put_u64(&b, 2);
-  put_tensor(&b, &x.t[0]);
-  put_tensor(&b, &x.t[1]);
+  put_update_layout(&b, &x);
   cr_assert_eq(fl__sha256(b.b, b.n, want_content), FL_OK);
   cr_assert_arr_eq(content, want_content, 32);
   cr_assert_arr_eq(got_content, want_content, 32);
@@ -355,6 +360,101 @@ Test(digest, update_signature_not_covered) {
   cr_assert_eq(fl__update_digest(1, TS, NONCE, sizeof NONCE, &x.u, cb, b), FL_OK);
   cr_assert_arr_eq(a, b, 32);
   cr_assert_arr_eq(ca, cb, 32);
+}
+
+/* UpdateUpload.train_stats (field 10): after the tensors (and clip_state), led by u32(10),
+ * doubles as f64 bits; absent, the layout is the one above. */
+static double T_MEAN[2] = {0.5, -2.0}, T_M2[2] = {3.0, 0.0};
+static uint64_t T_HIST[3] = {4, 0, 6};
+static void make_train_stats(Fl__V1__DriftStats *t) {
+  fl__v1__drift_stats__init(t);
+  t->model_id = 3;
+  t->count = 10;
+  t->mean = T_MEAN;
+  t->m2 = T_M2;
+  t->n_mean = t->n_m2 = 2;
+  t->score_hist = T_HIST;
+  t->n_score_hist = 3;
+  t->score_lo = -6;
+  t->score_hi = 2;
+  t->anomalies = 1;
+}
+static void put_f64(buf *b, double d) {
+  uint64_t u = 0;
+  if (d != 0)
+    memcpy(&u, &d, 8);
+  put_u64(b, u);
+}
+
+Test(digest, update_train_stats_layout_is_as_documented) {
+  upd x;
+  Fl__V1__DriftStats t;
+  uint8_t without[32], content[32], want[32];
+  make_update(&x);
+  cr_assert_eq(fl__update_content_digest(99, &x.u, without), FL_OK);
+  make_train_stats(&t);
+  x.u.train_stats = &t;
+  cr_assert_eq(fl__update_content_digest(99, &x.u, content), FL_OK);
+  buf b = {.n = 0};
+  put_update_layout(&b, &x);
+  put_u32(&b, 10);
+  put_u64(&b, 3);
+  put_u64(&b, 0);
+  put_u64(&b, 10);
+  put_u64(&b, 2);
+  put_f64(&b, 0.5);
+  put_f64(&b, -2.0);
+  put_u64(&b, 2);
+  put_f64(&b, 3.0);
+  put_f64(&b, 0.0);
+  put_u64(&b, 3);
+  put_u64(&b, 4);
+  put_u64(&b, 0);
+  put_u64(&b, 6);
+  put_f64(&b, -6);
+  put_f64(&b, 2);
+  put_u64(&b, 1);
+  cr_assert_eq(fl__sha256(b.b, b.n, want), FL_OK);
+  cr_assert_arr_eq(content, want, 32);
+  cr_assert(memcmp(content, without, 32) != 0);
+  /* Every statistic is covered. */
+  for (int which = 0; which < 8; which++) {
+    uint8_t d[32];
+    make_train_stats(&t);
+    double mean[2] = {0.5, -2.0}, m2[2] = {3.0, 0.0};
+    uint64_t hist[3] = {4, 0, 6};
+    t.mean = mean;
+    t.m2 = m2;
+    t.score_hist = hist;
+    switch (which) {
+      case 0:
+        t.model_id++;
+        break;
+      case 1:
+        t.version++;
+        break;
+      case 2:
+        t.count++;
+        break;
+      case 3:
+        mean[1] = -2.0000001;
+        break;
+      case 4:
+        m2[1] = 1e-300;
+        break;
+      case 5:
+        hist[1] = 1;
+        break;
+      case 6:
+        t.score_hi = 3;
+        break;
+      case 7:
+        t.anomalies = 0;
+        break;
+    }
+    cr_assert_eq(fl__update_content_digest(99, &x.u, d), FL_OK);
+    cr_assert(memcmp(d, content, 32) != 0, "statistic %d is not covered", which);
+  }
 }
 
 Test(digest, update_refuses_null_tensor) {

@@ -203,6 +203,50 @@ Test(plan, privacy_fields) {
   cr_expect_eq(parse("{\"clip_target_quantile\":0.5}", &p, msg), 0, "%s", msg);
 }
 
+/* "drift" and "retrain" (server/drift/policy.c, docs/DRIFT.md). */
+Test(plan, drift_policy_defaults_and_round_trip) {
+  fl_plan p, q;
+  char msg[160];
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"psi_threshold\":0.3},"
+                     "\"retrain\":{\"on_drift\":true,\"rounds\":2}}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_assert(p.drift.on && p.drift.retrain);
+  cr_assert_str_eq(p.drift.label, "site");
+  cr_assert_float_eq(p.drift.psi_threshold, 0.3, 0);
+  cr_assert_float_eq(p.drift.shift_threshold, 1.0, 0);
+  cr_assert_eq(p.drift.min_devices, 5);
+  cr_assert_eq(p.drift.retrain_rounds, 2);
+  cr_assert_eq(p.drift.max_concurrent, 1);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_assert(memcmp(&p.drift, &q.drift, sizeof p.drift) == 0, "the stored form parses back");
+  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"site\":\"plant-3\"}}}", &p, msg), 0, "%s", msg);
+  /* A retraining plan's cohort is the training cohort (rounds/cohort.c), not a drift field. */
+  cr_assert_eq(p.cohort.n_labels, 1);
+  cr_assert_str_eq(p.cohort.keys[0], "site");
+  cr_assert_str_eq(p.cohort.values[0], "plant-3");
+  cr_assert_not(p.drift.on);
+}
+
+Test(plan, drift_policy_refuses_bad_objects) {
+  fl_plan p;
+  char msg[160];
+  cr_assert_eq(parse("{\"drift\":{}}", &p, msg), -1);
+  cr_assert(strstr(msg, "cohort_label") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"psi\":1}}", &p, msg), -1);
+  cr_assert(strstr(msg, "unknown field") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":0}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":2.5}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"retrain\":{\"on_drift\":true}}", &p, msg), -1);
+  cr_assert(strstr(msg, "needs a drift") != NULL, "%s", msg);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"s\"},\"retrain\":{\"on_drift\":1}}", &p, msg),
+               -1);
+  cr_assert_eq(parse("{\"cohort\":{\"labels\":{\"a\":3}}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"cohort\":\"site\"}", &p, msg), -1);
+}
+
 Test(plan, secure_aggregation_fields) {
   fl_plan p, q;
   char msg[160];

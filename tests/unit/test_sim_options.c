@@ -243,6 +243,31 @@ Test(sim_options, drift_options) {
   cr_expect_str_empty(why(&o));
 }
 
+Test(sim_options, drift_detection_options) {
+  sim_options o = opts();
+  cr_assert_eq(PARSE(&o, "--dataset", "sensor2", "--rounds", "10", "--drift-round", "4",
+                     "--drift-detect", "--retrain-rounds", "3", "--psi-threshold", "0.2"),
+               FL_OK);
+  cr_expect_eq(o.drift_detect, 1);
+  cr_expect_eq(o.retrain_rounds, 3);
+  cr_expect_float_eq(o.psi_threshold, 0.2, 1e-12);
+  cr_expect_str_empty(why(&o));
+  o.retrain_rounds = 7; /* the plan would end before the drift */
+  cr_expect(strstr(why(&o), "leaves the plan no round") != NULL, "%s", why(&o));
+  o.retrain_rounds = 3;
+  o.drift_detect = 0;
+  cr_expect(strstr(why(&o), "--retrain-rounds needs --drift-detect") != NULL, "%s", why(&o));
+  o.drift_detect = 1;
+  o.drift_round = 0;
+  cr_expect(strstr(why(&o), "need --drift-round") != NULL, "%s", why(&o));
+  o.drift_round = 4;
+  o.psi_threshold = 0;
+  cr_expect(strstr(why(&o), "--psi-threshold") != NULL, "%s", why(&o));
+  o.psi_threshold = 0.2;
+  o.labels = "hw=a:0.5"; /* --drift-detect labels devices by site */
+  cr_expect(strstr(why(&o), "--labels and --drift-detect exclude") != NULL, "%s", why(&o));
+}
+
 Test(sim_options, secure_aggregation_and_its_dropouts) {
   sim_options o = opts();
   uint32_t t, k;

@@ -67,6 +67,7 @@ static const form FORMS[] = {
     {"tokens", "revoke", "", "tokens revoke TOKEN_ID"},
     {"enrollment-tokens", "create", "count labels ttl",
      "enrollment-tokens create [--count N] [--labels k=v,...] [--ttl SECONDS]"},
+    {"drift", NULL, "model", "drift [--model MODEL_ID]"},
     {"audit", NULL, "limit", "audit [--limit N]"},
     {"info", NULL, "", "info"},
     {"whoami", NULL, "", "whoami"},
@@ -774,6 +775,38 @@ static int cmd_audit(const flctl *f, const args *a) {
   return FLCTL_OK;
 }
 
+/* Drift events (docs/DRIFT.md), newest first; --json shows the cohorts' tests too. */
+static const flctl_col DRIFT_COLS[] = {{"event_id", "EVENT", 0},
+                                       {"model_id", "MODEL", 0},
+                                       {"version", "VERSION", 0},
+                                       {"cohort_label", "LABEL", 0},
+                                       {"cohort", "COHORT", 20},
+                                       {"psi", "PSI", 0},
+                                       {"max_shift", "SHIFT", 0},
+                                       {"features", "FEATURES", 40},
+                                       {"detected_at", "DETECTED", 0},
+                                       {"resolved_at", "RESOLVED", 0},
+                                       {"retrain_plan_id", "RETRAIN", 0},
+                                       {"retrain_note", "NOTE", 0},
+                                       {NULL, NULL, 0}};
+
+static int cmd_drift(const flctl *f, const args *a) {
+  char path[96];
+  long long id = 0;
+  const char *m = flag(a, "model");
+  if (a->npos != 0)
+    return usage_error(a);
+  if (m != NULL && flctl_int("--model", m, 1, INT64_MAX, &id))
+    return FLCTL_USAGE;
+  snprintf(path, sizeof path, "/admin/v1/drift?model_id=%lld", id);
+  json_t *j = flctl_call(f, "GET", path, NULL);
+  if (j == NULL)
+    return FLCTL_ERR;
+  flctl_table(f, j, json_object_get(json_object_get(j, "drift"), "events"), DRIFT_COLS);
+  json_decref(j);
+  return FLCTL_OK;
+}
+
 static int cmd_info(const flctl *f, const args *a) {
   if (a->npos != 0)
     return usage_error(a);
@@ -805,6 +838,7 @@ static const command COMMANDS[] = {{"models", cmd_models},
                                    {"devices", cmd_devices},
                                    {"tokens", cmd_tokens},
                                    {"enrollment-tokens", cmd_enrollment_tokens},
+                                   {"drift", cmd_drift},
                                    {"audit", cmd_audit},
                                    {"info", cmd_info},
                                    {"whoami", cmd_whoami},

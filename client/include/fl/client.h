@@ -427,6 +427,21 @@ FL_API fl_err fl_client_set_anomaly_threshold(fl_client *c, float threshold);
  * the same kind of task (docs/API.md, "Federated evaluation"): handled the same way, reported
  * with the same metrics; fl_round_result.eval_version names it too. */
 
+/* Drift statistics (docs/DRIFT.md): with every_n_checkins > 0 the handle summarizes what the
+ * active model scores in service (per-feature mean and variance, a histogram of the score:
+ * the predicted class, or log10 of an autoencoder's reconstruction error; the anomaly count
+ * with an anomaly threshold set) and every every_n_checkins-th check-in sends the window since
+ * the last report, which then starts again; uploads carry the same statistics of the local
+ * training data. 0 (the default): off. Features are summarized for models of up to 256
+ * inputs, the score for classifiers of up to 64 classes. */
+FL_API fl_err fl_client_set_service_stats(fl_client *c, uint32_t every_n_checkins);
+
+/* Records n served examples (x: n * input_size floats) in the window, with the outputs the
+ * embedder already computed (out: n * output_size floats), or, out NULL, running the active
+ * model. fl_client_predict() records its examples itself. FL_E_NOTFOUND without a model,
+ * FL_E_STATE while drift statistics are off. Examples with a non-finite feature are skipped. */
+FL_API fl_err fl_client_observe(fl_client *c, const float *x, size_t n, const float *out);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Device conditions                                                                           */
 

@@ -1,0 +1,350 @@
+/*
+ * Drift detection end to end (docs/DRIFT.md) through a real coordinator and PostgreSQL:
+ * harness devices of two cohorts (site=a, site=b) train one round whose uploads carry their
+ * training statistics, so the version it produces has a reference; then every device checks in
+ * with service windows drawn from the same distribution for many check-ins (no event), then
+ * site=b's windows shift (feature 0 by 1.5 sd, which also moves the predicted-class
+ * histogram): an event naming cohort b and feature 0 must follow within one check-in of each
+ * b device and the drift pass after it, and the retraining policy opens exactly one plan for
+ * b, with the cohort shape of the plan JSON (its round assigns b devices only), and no second
+ * one within the cool-down.
+ * Malformed or oversize statistics are refused with a clear reason and store nothing.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define NDEV 10 /* 0..4 site=a, 5..9 site=b */
+#define NFEAT 6
+#define NCLASS 3
+#define CALM_CHECKINS 12
+
+static fl_h_coord g_coord;
+static char g_db[64];
+static fl_h_device g_dev[NDEV];
+
+/* xorshift64* and Box-Muller: the test's own seeded data. */
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static double uniform(void) {
+  g_rng ^= g_rng >> 12;
+  g_rng ^= g_rng << 25;
+  g_rng ^= g_rng >> 27;
+  return ((g_rng * 2685821657736338717ull) >> 11) * 0x1.0p-53;
+}
+static double gauss(void) {
+  double u = uniform(), v = uniform();
+  return sqrt(-2.0 * log(u > 0 ? u : 1e-300)) * cos(2 * M_PI * v);
+}
+
+/* A window of n examples x_j ~ N(0, 1), x_0 shifted by `shift`, scored as a classifier that
+ * predicts argmax(x_0, x_1, x_2): Welford per feature, one bin per class. */
+typedef struct window {
+  double mean[NFEAT], m2[NFEAT];
+  uint64_t hist[NCLASS];
+  Fl__V1__DriftStats msg;
+} window;
+
+static void make_window(window *w, int n, double shift, uint64_t model_id, uint64_t version) {
+  memset(w, 0, sizeof *w);
+  for (int i = 0; i < n; i++) {
+    double x[NFEAT];
+    for (int j = 0; j < NFEAT; j++)
+      x[j] = gauss() + (j == 0 ? shift : 0);
+    for (int j = 0; j < NFEAT; j++) {
+      double d = x[j] - w->mean[j];
+      w->mean[j] += d / (i + 1);
+      w->m2[j] += d * (x[j] - w->mean[j]);
+    }
+    int c = x[0] >= x[1] && x[0] >= x[2] ? 0 : x[1] >= x[2] ? 1 : 2;
+    w->hist[c]++;
+  }
+  fl__v1__drift_stats__init(&w->msg);
+  w->msg.model_id = model_id;
+  w->msg.version = version;
+  w->msg.count = (uint64_t)n;
+  w->msg.n_mean = w->msg.n_m2 = NFEAT;
+  w->msg.mean = w->mean;
+  w->msg.m2 = w->m2;
+  w->msg.n_score_hist = NCLASS;
+  w->msg.score_hist = w->hist;
+  w->msg.score_lo = 0;
+  w->msg.score_hi = NCLASS;
+}
+
+/* A check-in with a service window; returns the HTTP status and the error reason. */
+static long checkin_stats(const fl_h_device *d, uint64_t model_id, uint64_t version,
+                          const Fl__V1__DriftStats *st, char reason[64]) {
+  Fl__V1__CheckInRequest req = FL__V1__CHECK_IN_REQUEST__INIT;
+  req.running_model_id = model_id;
+  req.running_version = version;
+  req.service_stats = (Fl__V1__DriftStats *)st;
+  size_t n = fl__v1__check_in_request__get_packed_size(&req);
+  uint8_t *buf = malloc(n);
+  cr_assert_not_null(buf);
+  fl__v1__check_in_request__pack(&req, buf);
+  fl_h_resp r;
+  cr_assert_eq(fl_h_device_post(&g_coord, d, "/v1/checkin", buf, n, NULL, &r), 0);
+  free(buf);
+  long status = r.status;
+  if (reason != NULL)
+    snprintf(reason, 64, "%s", fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  return status;
+}
+
+static void enroll_cohort(int from, int n, const char *site) {
+  char body[128];
+  snprintf(body, sizeof body, "{\"count\":%d,\"labels\":{\"site\":\"%s\"}}", n, site);
+  json_t *t = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/enrollment-tokens", body);
+  cr_assert_not_null(t);
+  for (int i = 0; i < n; i++) {
+    cr_assert_eq(fl_h_device_new(&g_dev[from + i]), 0);
+    const char *tok = json_string_value(json_array_get(json_object_get(t, "tokens"), (size_t)i));
+    cr_assert_eq(fl_h_device_enroll(&g_coord, &g_dev[from + i], tok), 200);
+  }
+  json_decref(t);
+}
+
+static int64_t db_int(const char *sql) {
+  return fl_h_db_int(g_db, sql);
+}
+
+/* Waits for the drift pass to have tested cohort `cohort` after `after` (a count of tests so
+ * far is not kept: the status row's tested_at moves at every pass). */
+static void wait_pass(void) {
+  int64_t before = db_int(
+      "SELECT coalesce(max(extract(epoch FROM tested_at) * 1000), 0)::bigint"
+      " FROM drift_status");
+  for (int i = 0; i < 60; i++) {
+    usleep(100 * 1000);
+    if (db_int("SELECT coalesce(max(extract(epoch FROM tested_at) * 1000), 0)::bigint"
+               " FROM drift_status") > before)
+      return;
+  }
+  cr_assert_fail("no drift pass within 6 s");
+}
+
+/* One check-in of every device; site=b's windows shifted by shift_b. */
+static void checkin_all(uint64_t model_id, uint64_t version, double shift_b) {
+  for (int i = 0; i < NDEV; i++) {
+    window w;
+    make_window(&w, 300, i >= NDEV / 2 ? shift_b : 0, model_id, version);
+    char reason[64];
+    cr_assert_eq(checkin_stats(&g_dev[i], model_id, version, &w.msg, reason), 200, "%s", reason);
+  }
+}
+
+static void setup(void) {
+  cr_assert_eq(fl_h_db_create(g_db), 0);
+  const char *extra[] = {"--tick=50", "--commit-interval=2", NULL};
+  cr_assert_eq(fl_h_coord_start(&g_coord, g_db, NULL, extra), 0);
+  enroll_cohort(0, NDEV / 2, "a");
+  enroll_cohort(NDEV / 2, NDEV / 2, "b");
+}
+
+static void teardown(void) {
+  fl_h_coord_stop(&g_coord, SIGTERM);
+  fl_h_coord_cleanup(&g_coord);
+  for (int i = 0; i < NDEV; i++)
+    fl_h_device_free(&g_dev[i]);
+  fl_h_db_drop(g_db);
+}
+
+/* One round of all ten devices with training statistics: version 2 and its reference. */
+static uint64_t train_reference(uint64_t *model_id) {
+  uint64_t round_id;
+  cr_assert_eq(
+      fl_h_model_and_plan(&g_coord, "drift", FL_H_SMALL_SPEC,
+                          "{\"participants\":10,\"rounds\":1,\"deadline_s\":60,"
+                          "\"drift\":{\"cohort_label\":\"site\",\"psi_threshold\":0.25,"
+                          "\"mean_shift_threshold\":1.0,\"min_devices\":4,\"min_samples\":1000,"
+                          "\"window_s\":600},"
+                          "\"retrain\":{\"on_drift\":true,\"cooldown_s\":3600,\"max_concurrent\":1,"
+                          "\"rounds\":1}}",
+                          model_id, &round_id),
+      0);
+  Fl__V1__ModelVersion *base = NULL;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[0], *model_id, 1, &base), 0);
+  float *delta = calloc(43, sizeof *delta);
+  for (int i = 0; i < NDEV; i++) {
+    Fl__V1__CheckInResponse *resp = NULL;
+    cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[i], *model_id, &resp), 0);
+    cr_assert_not_null(resp->task, "device %d gets a task", i);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+    window w;
+    make_window(&w, 400, 0, *model_id, 0);
+    fl_h_update_opts o = {.train_stats = &w.msg};
+    fl_h_resp r;
+    cr_assert_eq(fl_h_upload(&g_coord, &g_dev[i], base, round_id, delta, 400, &o, &r), 0);
+    cr_assert_eq(r.status, 200, "upload %d: %s", i, fl_h_error_reason(&r));
+    fl_h_resp_free(&r);
+  }
+  free(delta);
+  fl__v1__model_version__free_unpacked(base, NULL);
+  json_t *done = fl_h_wait_round(&g_coord, round_id, "closed", 20000);
+  cr_assert_not_null(done);
+  json_decref(done);
+  return 2;
+}
+
+TestSuite(drift, .init = setup, .fini = teardown, .timeout = 240);
+
+Test(drift, reference_no_false_events_then_event_and_one_retrain) {
+  uint64_t model_id = 0;
+  uint64_t v = train_reference(&model_id);
+  cr_assert_eq(db_int("SELECT samples FROM drift_reference WHERE version = 2"), NDEV * 400,
+               "the reference pools every training device's statistics");
+  cr_assert_eq(db_int("SELECT devices FROM drift_reference WHERE version = 2"), NDEV);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_train"), 0, "pooled at close, then dropped");
+
+  /* Many check-ins without drift: both cohorts tested, no event. */
+  for (int k = 0; k < CALM_CHECKINS; k++) {
+    checkin_all(model_id, v, 0);
+    wait_pass();
+  }
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_status"), 2, "both cohorts were tested");
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events"), 0, "no event without drift");
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_status WHERE drifted"), 0);
+
+  /* Shift site=b: one check-in of each device and the next pass raise the event. */
+  checkin_all(model_id, v, 1.5);
+  wait_pass();
+  wait_pass(); /* a pass may have begun before the last check-in */
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events"), 1);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events WHERE cohort_label = 'site'"
+                      " AND cohort = 'b' AND version = 2"),
+               1, "the event names cohort b");
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events, jsonb_array_elements(features) f"
+                      " WHERE (f->>'feature')::int = 0"),
+               1, "and feature 0");
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events, jsonb_array_elements(features) f"
+                      " WHERE (f->>'feature')::int <> 0"),
+               0, "and no unshifted feature");
+  cr_assert(db_int("SELECT (psi > 0.25)::int FROM drift_events") == 1, "PSI over the threshold");
+
+  /* The API, the audit log and the metrics say the same. */
+  json_t *d = fl_h_admin_ok(&g_coord, "GET", "/admin/v1/drift", NULL);
+  cr_assert_not_null(d);
+  json_t *ev = json_array_get(json_object_get(json_object_get(d, "drift"), "events"), 0);
+  cr_assert_str_eq(json_string_value(json_object_get(ev, "cohort")), "b");
+  cr_assert_eq(json_array_size(json_object_get(json_object_get(d, "drift"), "cohorts")), 2);
+  json_decref(d);
+  cr_assert_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'drift.event'"), 1);
+  char cmd[512], out[4096];
+  snprintf(cmd, sizeof cmd, "%s --url %s --token %s drift --model %llu", FL_FLCTL_BIN, g_coord.url,
+           g_coord.admin_token, (unsigned long long)model_id);
+  FILE *fp = popen(cmd, "r");
+  cr_assert_not_null(fp);
+  size_t got = fread(out, 1, sizeof out - 1, fp);
+  out[got] = '\0';
+  cr_assert_eq(pclose(fp), 0, "flctl failed: %s", out);
+  cr_expect(strstr(out, "COHORT") != NULL && strstr(out, " site ") != NULL &&
+                strstr(out, " b ") != NULL && strstr(out, "opened") != NULL,
+            "flctl drift shows the event:\n%s", out);
+  char series[160];
+  snprintf(series, sizeof series,
+           "fl_drift_events_total{model_id=\"%llu\",cohort_label=\"site\",cohort=\"b\"}",
+           (unsigned long long)model_id);
+  cr_assert_float_eq(fl_h_metric(&g_coord, series), 1.0, 0);
+  snprintf(series, sizeof series,
+           "fl_drift_psi{model_id=\"%llu\",version=\"2\",cohort_label=\"site\",cohort=\"b\"}",
+           (unsigned long long)model_id);
+  cr_assert_gt(fl_h_metric(&g_coord, series), 0.25);
+
+  /* The retraining plan: one, for cohort b, in the shape the cohort selection reads. */
+  cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"), 1);
+  cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"
+                      " AND state = 'active' AND config->'cohort' ="
+                      " '{\"labels\":{\"site\":\"b\"}}'::jsonb AND (config->>'rounds')::int = 1"),
+               1);
+  cr_assert_eq(db_int("SELECT count(*) FROM rounds r JOIN plans p USING (plan_id)"
+                      " WHERE p.drift_event_id IS NOT NULL AND r.state = 'open'"
+                      " AND r.base_version = 2"),
+               1, "its round is open on the current version");
+  cr_assert_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'drift.retrain'"), 1);
+  /* Selection enforces the cohort (rounds/cohort.c): only site=b devices train. */
+  Fl__V1__CheckInResponse *ra = NULL, *rb = NULL;
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[0], model_id, &ra), 0);
+  cr_assert_eq(ra->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY,
+               "a site=a device gets no retraining task");
+  cr_assert_str_eq(ra->retry->reason, "not_eligible");
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[NDEV / 2], model_id, &rb), 0);
+  cr_assert_eq(rb->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK,
+               "a site=b device trains the drifted cohort");
+  fl__v1__check_in_response__free_unpacked(ra, NULL);
+  fl__v1__check_in_response__free_unpacked(rb, NULL);
+
+  /* b recovers (the event resolves), then drifts again within the cool-down: a second event,
+   * no second plan. */
+  checkin_all(model_id, v, 0);
+  wait_pass();
+  wait_pass();
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events WHERE resolved_at IS NULL"), 0);
+  checkin_all(model_id, v, 1.5);
+  wait_pass();
+  wait_pass();
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events"), 2);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events WHERE resolved_at IS NULL"
+                      " AND retrain_note = 'cooldown'"),
+               1, "the second event says why it was not retrained");
+  cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"), 1,
+               "one retraining plan within the cool-down");
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_events WHERE cohort = 'a'"), 0);
+}
+
+Test(drift, bad_statistics_are_refused_and_change_nothing) {
+  uint64_t model_id = 0, round_id = 0;
+  cr_assert_eq(fl_h_model_and_plan(&g_coord, "bad", FL_H_SMALL_SPEC,
+                                   "{\"participants\":2,\"deadline_s\":60}", &model_id, &round_id),
+               0);
+  window w;
+  char reason[64];
+  make_window(&w, 100, 0, model_id, 1);
+  cr_assert_eq(checkin_stats(&g_dev[0], model_id, 1, &w.msg, reason), 200, "%s", reason);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_service"), 1);
+
+  static double big[257];
+  Fl__V1__DriftStats over = w.msg;
+  over.mean = over.m2 = big;
+  over.n_mean = over.n_m2 = 257;
+  cr_assert_eq(checkin_stats(&g_dev[1], model_id, 1, &over, reason), 400);
+  cr_assert_str_eq(reason, "bad_stats");
+  Fl__V1__DriftStats badsum = w.msg;
+  badsum.count = 101;
+  cr_assert_eq(checkin_stats(&g_dev[1], model_id, 1, &badsum, reason), 400);
+  cr_assert_str_eq(reason, "bad_stats");
+  Fl__V1__DriftStats noversion = w.msg;
+  noversion.version = 0;
+  cr_assert_eq(checkin_stats(&g_dev[1], model_id, 1, &noversion, reason), 400);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_service"), 1, "refusals store nothing");
+
+  /* An upload whose training statistics do not fit the model: 422, not accepted. */
+  Fl__V1__CheckInResponse *resp = NULL;
+  cr_assert_eq(fl_h_checkin(&g_coord, &g_dev[2], model_id, &resp), 0);
+  cr_assert_not_null(resp->task);
+  fl__v1__check_in_response__free_unpacked(resp, NULL);
+  Fl__V1__ModelVersion *base = NULL;
+  cr_assert_eq(fl_h_download(&g_coord, &g_dev[2], model_id, 1, &base), 0);
+  float delta[43] = {0};
+  window t;
+  make_window(&t, 50, 0, model_id, 0);
+  t.msg.n_mean = t.msg.n_m2 = 5; /* the model takes 6 */
+  fl_h_update_opts o = {.train_stats = &t.msg};
+  fl_h_resp r;
+  cr_assert_eq(fl_h_upload(&g_coord, &g_dev[2], base, round_id, delta, 50, &o, &r), 0);
+  cr_assert_eq(r.status, 422);
+  cr_assert_str_eq(fl_h_error_reason(&r), "bad_stats");
+  fl_h_resp_free(&r);
+  t.msg.n_mean = t.msg.n_m2 = NFEAT;
+  cr_assert_eq(fl_h_upload(&g_coord, &g_dev[2], base, round_id, delta, 50, &o, &r), 0);
+  cr_assert_eq(r.status, 200, "%s", fl_h_error_reason(&r));
+  fl_h_resp_free(&r);
+  cr_assert_eq(db_int("SELECT count(*) FROM drift_train"), 1, "kept for the round's close");
+  fl__v1__model_version__free_unpacked(base, NULL);
+}
