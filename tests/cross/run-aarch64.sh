@@ -21,6 +21,7 @@ cd "$(dirname "$0")/../.."
 SRC=$PWD
 NATIVE=${1:-build-test}
 CROSS=${FL_CROSS_BUILD_DIR:-build-aarch64}
+case $CROSS in /*) ;; *) CROSS=$SRC/$CROSS ;; esac # absolute: the round runs elsewhere
 JOBS=${FL_JOBS:-$(nproc)}
 TRIPLE=aarch64-linux-gnu
 start=$(date +%s)
@@ -58,7 +59,7 @@ ctest --test-dir "$CROSS" -L unit "${exclude[@]}" --output-on-failure -j "$JOBS"
 if [ "${FL_CROSS_ROUND:-1}" != 0 ]; then
   cmake -S . -B "$NATIVE" >/dev/null
   cmake --build "$NATIVE" -j "$JOBS" --target fl-coordinator itest_gateway_lean # + fl-mqtt-bridge
-  FL_LEAN_GATEWAY="$SRC/$CROSS/client/fl-gateway" \
+  FL_LEAN_GATEWAY="$CROSS/client/fl-gateway" \
     FL_LEAN_RUNNER="qemu-aarch64 -L /" \
     pg_virtualenv -t "$NATIVE/tests/cross/itest_gateway_lean" --verbose --jobs 1 || status=1
 fi

@@ -94,6 +94,8 @@ void fl_mc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define FL_MC_STR_EMPTY(K, a, ...) K((a)[0] == '\0', #a " is empty", __VA_ARGS__)
 #define FL_MC_ARR_EQ(K, a, b, n, ...) \
   K(memcmp((a), (b), (n)) == 0, #a " == " #b " (bytes)", __VA_ARGS__)
+#define FL_MC_ARR_NEQ(K, a, b, n, ...) \
+  K(memcmp((a), (b), (n)) != 0, #a " != " #b " (bytes)", __VA_ARGS__)
 
 #define cr_assert(c, ...) FL_MC_CHECK(c, #c, __VA_ARGS__)
 #define cr_assert_not(c, ...) FL_MC_CHECK(!(c), "!(" #c ")", __VA_ARGS__)
@@ -111,6 +113,7 @@ void fl_mc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define cr_assert_str_neq(...) FL_MC_STR_NEQ(FL_MC_CHECK, __VA_ARGS__)
 #define cr_assert_str_empty(...) FL_MC_STR_EMPTY(FL_MC_CHECK, __VA_ARGS__)
 #define cr_assert_arr_eq(...) FL_MC_ARR_EQ(FL_MC_CHECK, __VA_ARGS__)
+#define cr_assert_arr_neq(...) FL_MC_ARR_NEQ(FL_MC_CHECK, __VA_ARGS__)
 
 #define cr_expect(c, ...) FL_MC_EXPECT(c, #c, __VA_ARGS__)
 #define cr_expect_not(c, ...) FL_MC_EXPECT(!(c), "!(" #c ")", __VA_ARGS__)
@@ -127,6 +130,7 @@ void fl_mc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define cr_expect_str_neq(...) FL_MC_STR_NEQ(FL_MC_EXPECT, __VA_ARGS__)
 #define cr_expect_str_empty(...) FL_MC_STR_EMPTY(FL_MC_EXPECT, __VA_ARGS__)
 #define cr_expect_arr_eq(...) FL_MC_ARR_EQ(FL_MC_EXPECT, __VA_ARGS__)
+#define cr_expect_arr_neq(...) FL_MC_ARR_NEQ(FL_MC_EXPECT, __VA_ARGS__)
 #define cr_skip_test(...) fl_mc_skip(" " __VA_ARGS__)
 #define cr_log_info(...) fl_mc_log(__VA_ARGS__)
 
