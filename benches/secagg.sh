@@ -14,6 +14,10 @@
 # bodies (rounds.csv) divided by the fleet size. --max-inflight is the fleet size: a SecAgg
 # device keeps its slot while it waits for the next phase, and with fl-sim's default of 256
 # only about 258 devices get into a round.
+#
+# PGSS=1 runs both against one PostgreSQL cluster of the script's own (in OUT/pg, Unix socket
+# only) with pg_stat_statements, a database per run, and writes each run's costliest
+# statements to OUT/NAME.pgss; PERF=1 also records the coordinator with perf (OUT/NAME.perf).
 set -u
 build=${1:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
 out=${2:?usage: secagg.sh BUILD OUT [DEVICES [ROUNDS]]}
@@ -25,6 +29,27 @@ deadline=${DEADLINE:-40}
 tck=$(getconf CLK_TCK)
 export OPENBLAS_NUM_THREADS=1
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+pgdir="" pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+pgrun() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "${PGSS:-0}" = 1 ]; then
+  pgdir=$out/pg
+  rm -rf "$pgdir" && mkdir -p "$pgdir" && { [ "$(id -u)" != 0 ] || chown postgres "$pgdir"; }
+  pgrun "$pgbin"/initdb -D "$pgdir/data" -A trust -U postgres >/dev/null || exit 1
+  cat >>"$pgdir/data/postgresql.conf" <<EOC
+listen_addresses = ''
+unix_socket_directories = '$pgdir'
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
+pg_stat_statements.max = 2000
+max_connections = 200
+EOC
+  pgrun "$pgbin"/pg_ctl -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null || exit 1
+  trap 'pgrun "$pgbin"/pg_ctl -D "$pgdir/data" -m fast stop >/dev/null' EXIT
+fi
+pgq() { "$pgbin"/psql -X -q -A -h "$pgdir" -U postgres -d "${2:-postgres}" -c "$1"; }
+[ -z "$pgdir" ] || pgq "CREATE EXTENSION pg_stat_statements" || exit 1
 
 # utime + stime (+ cutime + cstime with $2 = 1) of pid $1 in clock ticks; empty when gone.
 ticks() {
@@ -67,17 +92,27 @@ run() { # name, then fl-sim's extra options
   local name=$1
   shift
   local log=$out/$name.log cpu=$out/$name.cpu
+  local -a db=()
   : >"$cpu"
+  if [ -n "$pgdir" ]; then
+    pgq "CREATE DATABASE $name" && pgq "SELECT pg_stat_statements_reset()" >/dev/null || exit 1
+    db=(--database-url "host=$pgdir user=postgres dbname=$name")
+  fi
   stdbuf -oL "$build"/sim/fl-sim --devices "$n" --rounds "$rounds" --model 2nn --dataset fmnist \
     --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 --clip-norm 1 \
     --seed 1 --max-inflight "$n" --coordinator-bin "$build"/server/fl-coordinator \
-    --out "$out/$name" "$@" \
+    --out "$out/$name" "${db[@]}" "$@" \
     >"$log" 2>&1 &
   local sim=$! coord="" pm="" seen=0 k x c=0 p=0
   pgt=()
   while kill -0 "$sim" 2>/dev/null; do
     [ -z "$coord" ] && coord=$(pgrep -P "$sim" -x fl-coordinator)
     [ -z "$pm" ] && [ -n "$coord" ] && pm=$(find_pm "$coord")
+    [ -z "$pm" ] && [ -n "$coord" ] && [ -n "$pgdir" ] && pm=$(head -1 "$pgdir/data/postmaster.pid")
+    if [ -n "$coord" ] && [ "${PERF:-0}" = 1 ] && [ -z "${perfpid:-}" ]; then
+      perf record -e cpu-clock -F 199 -g -p "$coord" -o "$out/$name.perf" >/dev/null 2>&1 &
+      perfpid=$!
+    fi
     # the latest sample while they run: after the last round they stop before it is read
     if [ -n "$pm" ]; then
       x=$(ticks "$coord") && [ -n "$x" ] && c=$x
@@ -93,6 +128,18 @@ run() { # name, then fl-sim's extra options
     sleep 0.2
   done
   wait "$sim" || echo "secagg.sh: fl-sim $name exited with $?, see $log" >&2
+  if [ -n "${perfpid:-}" ]; then
+    kill -INT "$perfpid" 2>/dev/null
+    wait "$perfpid" 2>/dev/null
+    perfpid=""
+  fi
+  if [ -n "$pgdir" ]; then
+    pgq "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS exec_s,
+           round((total_exec_time / greatest(calls, 1))::numeric, 3) AS ms_per_call,
+           left(regexp_replace(query, '\s+', ' ', 'g'), 140) AS query
+         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$name')
+         ORDER BY total_exec_time DESC LIMIT 25" >"$out/$name.pgss"
+  fi
 }
 
 run fedavg
