@@ -11,9 +11,9 @@
 # coordinator's CPU is utime + stime of its process (all threads); PostgreSQL's the sum over
 # the postmaster and its backends; both sampled every 0.2 s and taken at the line fl-sim
 # prints when a round has its version. Bytes are fl-sim's request and answer
-# bodies (rounds.csv) divided by the fleet size. --max-inflight is the fleet size: a SecAgg
-# device keeps its slot while it waits for the next phase, and with fl-sim's default of 256
-# only about 258 devices get into a round.
+# bodies (rounds.csv) divided by the fleet size. Both runs use fl-sim's default
+# --max-inflight: a SecAgg device waiting for its next phase is parked in a long poll that the
+# cap does not count, and its training slot is free once its masked input is acknowledged.
 #
 # PGSS=1 runs both against one PostgreSQL cluster of the script's own (in OUT/pg, Unix socket
 # only) with pg_stat_statements, a database per run, and writes each run's costliest

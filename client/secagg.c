@@ -5,8 +5,9 @@
  *   ... FETCH_BASE -> SA_KEYS -> SA_POLL (shares) -> SA_SHARES -> TRAIN -> SA_POLL (masked)
  *       -> UPLOAD (the masked input) -> SA_POLL (unmask) -> SA_UNMASK -> DONE
  *
- * A poll that finds the round not yet in the phase it waits for looks again after SA_POLL_MS
- * (a backoff: FL_STEP_WAIT_TIME, no thread held).
+ * A poll asks the coordinator to hold it until the phase it waits for comes (a long poll,
+ * SA_HOLD_MS); one answered before that phase looks again after the answer's poll_after_ms,
+ * or SA_POLL_MS when the coordinator gave none (a backoff: FL_STEP_WAIT_TIME, no thread held).
  */
 #include <inttypes.h>
 #include <openssl/crypto.h>
@@ -185,6 +186,67 @@ static int open_inbox(fl_sa_dev *d, const Fl__V1__SecAggState *st) {
   return err;
 }
 
+/* The pairwise mask seed with neighbour i. */
+static int pair_seed(const fl_sa_dev *d, size_t i, uint8_t seed[FL_SECAGG_SEED_LEN]) {
+  uint8_t shared[FL_X25519_LEN];
+  int err = fl__x25519_agree(d->s_sk, d->peer_spk[i], shared);
+  if (err == FL_OK)
+    err = fl__secagg_mask_seed(shared, seed);
+  OPENSSL_cleanse(shared, sizeof shared);
+  return err;
+}
+
+int fl__sa_dev_premask(fl_sa_dev *d, const float *x, size_t len, double clip) {
+  fl_secagg_quant qt;
+  uint8_t(*seeds)[FL_SECAGG_SEED_LEN] = NULL;
+  if (d->peer == NULL || d->pre != NULL)
+    return FL_E_STATE;
+  uint32_t *y = malloc((len + 1) * sizeof *y);
+  seeds = calloc(d->k + 1, sizeof *seeds);
+  int err = y != NULL && seeds != NULL ? fl__secagg_quant_init(&qt, clip, d->n) : FL_E_NOMEM;
+  if (err == FL_OK)
+    err = fl__secagg_quantize(&qt, x, len, y);
+  for (size_t i = 0; err == FL_OK && i < d->k; i++)
+    err = pair_seed(d, i, seeds[i]);
+  if (err == FL_OK)
+    err = fl__secagg_mask(y, len, d->self, d->b, d->peer,
+                          (const uint8_t(*)[FL_SECAGG_SEED_LEN])seeds, d->k, y);
+  if (seeds != NULL)
+    OPENSSL_cleanse(seeds, d->k * sizeof *seeds);
+  free(seeds);
+  if (err != FL_OK) {
+    if (y != NULL)
+      OPENSSL_cleanse(y, len * sizeof *y);
+    free(y);
+    return err;
+  }
+  d->pre = y;
+  d->pre_len = len;
+  return FL_OK;
+}
+
+/* fl__sa_dev_mask from the premasked input: the masks of the neighbours not held removed. */
+static int mask_from_pre(fl_sa_dev *d, uint32_t *yw) {
+  uint8_t seed[FL_SECAGG_SEED_LEN];
+  size_t live = 0;
+  int err = FL_OK;
+  for (size_t i = 0; i < d->k; i++)
+    live += d->held[i];
+  if (live < d->threshold)
+    return FL_E_REFUSED;
+  memcpy(yw, d->pre, d->pre_len * sizeof *yw);
+  for (size_t i = 0; err == FL_OK && i < d->k; i++) {
+    if (d->held[i])
+      continue;
+    err = pair_seed(d, i, seed);
+    /* The opposite of the sign fl__secagg_mask added it with. */
+    if (err == FL_OK)
+      err = fl__secagg_prg_add(seed, d->peer[i] > d->self ? -1 : 1, yw, d->pre_len);
+  }
+  OPENSSL_cleanse(seed, sizeof seed);
+  return err;
+}
+
 int fl__sa_dev_mask(fl_sa_dev *d, const Fl__V1__SecAggState *st, const float *x, size_t len,
                     double clip, uint32_t *q, uint8_t *y) {
   fl_secagg_quant qt;
@@ -205,23 +267,24 @@ int fl__sa_dev_mask(fl_sa_dev *d, const Fl__V1__SecAggState *st, const float *x,
     err = FL_E_NOMEM;
   if (err == FL_OK)
     err = fl__secagg_quantize(&qt, x, len, xq);
+  bool pre = d->pre != NULL && d->pre_len == len;
+  if (err == FL_OK && pre)
+    err = mask_from_pre(d, yw);
   /* Pairwise masks only with the neighbours whose shares arrived: the others are out of the
    * round for everyone (the coordinator relays the shares of live participants only). */
-  for (size_t i = 0; err == FL_OK && i < d->k; i++) {
-    uint8_t shared[FL_X25519_LEN];
+  for (size_t i = 0; err == FL_OK && !pre && i < d->k; i++) {
     if (!d->held[i])
       continue;
-    err = fl__x25519_agree(d->s_sk, d->peer_spk[i], shared);
-    if (err == FL_OK)
-      err = fl__secagg_mask_seed(shared, seeds[m]);
+    err = pair_seed(d, i, seeds[m]);
     live[m++] = d->peer[i];
-    OPENSSL_cleanse(shared, sizeof shared);
   }
-  if (err == FL_OK && m < d->threshold)
+  if (err == FL_OK && !pre && m < d->threshold)
     err = FL_E_REFUSED;
-  if (err == FL_OK)
+  if (err == FL_OK && !pre)
     err = fl__secagg_mask(xq, len, d->self, d->b, live, (const uint8_t(*)[FL_SECAGG_SEED_LEN])seeds,
                           m, yw);
+  if (err != FL_OK && yw != NULL)
+    memset(yw, 0, len * sizeof *yw); /* a half-masked input must never be sent */
   for (size_t i = 0; err == FL_OK && i < len; i++) {
     y[4 * i] = (uint8_t)yw[i];
     y[4 * i + 1] = (uint8_t)(yw[i] >> 8);
@@ -292,13 +355,20 @@ void fl__sa_dev_free(fl_sa_dev *d) {
   free(d->msg_ptrs);
   free(d->ushares);
   free(d->ushare_ptrs);
+  if (d->pre != NULL)
+    OPENSSL_cleanse(d->pre, d->pre_len * sizeof *d->pre);
+  free(d->pre);
   OPENSSL_cleanse(d, sizeof *d);
 }
 
 /* ---- the round's steps (client_internal.h: round.c and train.c call them) --------------- */
 
-/* How long a device waits between two looks at the round's state: phases last seconds. */
+/* How long a device waits between two looks at the round's state when the coordinator says
+ * nothing (one without long polls): phases last seconds. */
 #define SA_POLL_MS 250
+/* How long a poll may be held by the coordinator until the awaited phase comes (a long poll):
+ * within the request timeout, with room for the answer. */
+#define SA_HOLD_MS 20000
 
 /* POST of a packed message; the phase becomes ph. */
 static int sa_post(fl_client *c, const char *path, const ProtobufCMessage *m, fl__phase ph) {
@@ -321,6 +391,8 @@ static int sa_poll(fl_client *c, int want, int64_t delay_ms) {
   Fl__V1__SecAggStateRequest q = FL__V1__SEC_AGG_STATE_REQUEST__INIT;
   q.round_id = c->task.round_id;
   q.wait_for = (Fl__V1__SecAggPhase)want;
+  long limit = (c->request_timeout_ms > 0 ? c->request_timeout_ms : 60000) / 2;
+  q.hold_ms = (uint32_t)(limit < SA_HOLD_MS ? limit : SA_HOLD_MS);
   int err = sa_post(c, "/v1/secagg/state", &q.base, FL__PH_SA_POLL);
   if (err != FL_OK)
     return err;
@@ -348,6 +420,9 @@ int fl__sa_begin(fl_client *c) {
 }
 
 int fl__sa_after_train(fl_client *c) {
+  /* The masks expanded now, on the training thread; a failure only leaves it to the masked
+   * phase (fl__sa_dev_mask computes them all then). */
+  (void)fl__sa_dev_premask(c->sa, c->sa_delta, c->sa_len, (double)c->task.clip_norm);
   return sa_poll(c, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED, 0);
 }
 
@@ -391,7 +466,7 @@ static int sa_on_state(fl_client *c, const Fl__V1__SecAggState *st) {
     return FL_E_REFUSED;
   }
   if ((int)st->phase < want)
-    return sa_poll(c, want, SA_POLL_MS);
+    return sa_poll(c, want, st->poll_after_ms > 0 ? (int64_t)st->poll_after_ms : SA_POLL_MS);
   if ((int)st->phase > want || st->participant == 0) {
     fl__client_err(c,
                    "secure aggregation of round %" PRIu64

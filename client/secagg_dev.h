@@ -36,6 +36,9 @@ typedef struct fl_sa_dev {
   Fl__V1__SecAggSealed **msg_ptrs;
   Fl__V1__SecAggUnmaskShare *ushares;
   Fl__V1__SecAggUnmaskShare **ushare_ptrs;
+  /* fl__sa_dev_premask's input masked with every neighbour's pairwise mask (pre_len words). */
+  uint32_t *pre;
+  size_t pre_len;
 } fl_sa_dev;
 
 /* Fresh key pairs and self-mask seed for a round, and the advertisement signed with the
@@ -56,6 +59,13 @@ int fl__sa_dev_shares(fl_sa_dev *d, const Fl__V1__SecAggState *st, Fl__V1__SecAg
  * not NULL, the quantized input. */
 int fl__sa_dev_mask(fl_sa_dev *d, const Fl__V1__SecAggState *st, const float *x, size_t len,
                     double clip, uint32_t *q, uint8_t *y);
+
+/* Before the masked-input phase, once the share phase gave the neighbours (on the training
+ * thread, while the others still share): x quantized and masked with the self mask and the
+ * pairwise masks of all neighbours, kept in d. fl__sa_dev_mask then only removes the masks of
+ * the neighbours whose shares did not arrive (a few dropouts) instead of expanding k + 1
+ * masks when the phase begins. FL_E_STATE before the share phase. */
+int fl__sa_dev_premask(fl_sa_dev *d, const float *x, size_t len, double clip);
 
 /* Unmasking phase: for every neighbour whose shares this device holds, its share of b when
  * st->survivors names it, of s_sk when not. FL_E_REFUSED when fewer than t neighbours

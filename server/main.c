@@ -30,6 +30,7 @@
 #include "registry/models.h"
 #include "rounds/round_cache.h"
 #include "rounds/rounds.h"
+#include "secagg/protocol.h"
 #include "store/store_pg.h"
 #include "tensor.h"
 
@@ -118,7 +119,8 @@ static int start(fl_srv *s, const char **step) {
 static void shutdown_all(fl_srv *s) {
   atomic_store(&s->ready, false);
   fl__http_quiesce(s);
-  fl__http_stop(s);     /* waits for in-flight requests */
+  fl__secagg_wake_all(); /* long polls answered now: no request is parked past this */
+  fl__http_stop(s);      /* waits for in-flight requests */
   fl__agg_stop(s->agg); /* commits what is left, answers every waiter */
   fl__rounds_stop(s->rounds);
   fl__agg_free(s->agg);

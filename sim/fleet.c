@@ -47,7 +47,9 @@ typedef struct device {
   size_t n_rows, pos;
   uint32_t *order;
   int labelled;
-  int lent; /* handed to the pool this round: counts in train_pool.unsent until DONE */
+  int lent; /* handed to the pool this round: counts in train_pool.unsent until its upload
+             * is acknowledged or the round is DONE */
+  struct train_pool *pool;
 } device;
 
 typedef struct worker {
@@ -64,7 +66,7 @@ typedef struct worker {
 } worker;
 
 /* Devices lent out by the workers' multis for training, and the threads that train them. */
-typedef struct train_pool {
+struct train_pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   device **q; /* ring of n_devices slots: a device is queued at most once */
@@ -76,7 +78,8 @@ typedef struct train_pool {
   int stop;
   pthread_t *threads;
   int n_started;
-} train_pool;
+};
+typedef struct train_pool train_pool;
 
 struct sim_fleet {
   sim_fleet_opts o;
@@ -278,6 +281,13 @@ static void pool_release(train_pool *p, device *d) {
   pthread_mutex_unlock(&p->mu);
 }
 
+/* The device's upload was acknowledged: it holds no update any more, whatever it still waits
+ * for (a secure-aggregation round's unmasking), so another device may train. */
+static void on_uploaded(void *arg) {
+  device *d = arg;
+  pool_release(d->pool, d);
+}
+
 static void pool_push(train_pool *p, device *d) {
   d->lent = 1;
   pthread_mutex_lock(&p->mu);
@@ -459,7 +469,9 @@ static int make_transport(struct sim_fleet *f, device *d, sim_net *net, const fl
                       .clip_norm = f->o.clip_norm,
                       .sa_drop = f->o.sa_drop,
                       .seed = sim_device_seed(f->o.seed, d->index, SIM_SEED_FAULTS),
-                      .borrow_body = 1};
+                      .borrow_body = 1,
+                      .uploaded = on_uploaded,
+                      .uploaded_arg = d};
   int rc =
       f->o.broker != NULL ? mqtt_transport(f, d, co, &lo.inner) : fl_transport_curl(&lo.inner, co);
   /* What the link hands on lives until inner.end() (transport.h): neither copies an upload. */
@@ -474,6 +486,7 @@ static int make_device(struct sim_fleet *f, size_t k, sim_net *net) {
   snprintf(dir, sizeof(dir), "%s/devices/%05zu", f->o.work_dir, k);
   snprintf(d->key_path, sizeof(d->key_path), "%s/device.key", dir);
   d->index = k;
+  d->pool = &f->pool;
   d->data = f->o.train;
   d->rows = f->o.part->index + f->o.part->offsets[k];
   d->n_rows = sim_partition_size(f->o.part, k);

@@ -65,7 +65,8 @@ typedef struct sim_net_stats {
 typedef struct sim_net {
   sim_net_stats stats;
   /* Exchanges beyond the cap wait inside the links instead of each holding one of the
-   * coordinator's connection threads (0: no cap). */
+   * coordinator's connection threads (0: no cap). A secure-aggregation state poll is not
+   * counted: the coordinator parks it without a thread until the phase comes (a long poll). */
   unsigned max_inflight, inflight;
 } sim_net;
 
@@ -88,6 +89,10 @@ typedef struct sim_link_opts {
    * forwarded from there, not copied. 0: the body is copied at begin(), as the public contract
    * asks. Either way the body the link hands the inner transport lives until inner.end(). */
   int borrow_body;
+  /* Called (on the worker's thread) when an upload was acknowledged and the device is told
+   * so: it no longer holds its update. NULL: not told. */
+  void (*uploaded)(void *arg);
+  void *uploaded_arg;
 } sim_link_opts;
 
 /* Fills *out (a version 3 fl_transport owning a new sim_link and o->inner); destroy() frees

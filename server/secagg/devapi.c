@@ -58,7 +58,8 @@ static int load_view(PGconn *c, uint64_t round_id, uint64_t device_id, bool lock
            " FROM rounds r LEFT JOIN secagg_members m ON m.round_id = r.round_id"
            "  AND m.device_id = $2 WHERE r.round_id = $1 AND r.secagg_phase IS NOT NULL%s",
            lock ? " FOR SHARE OF r" : "");
-  PGresult *r = fl__pg_exec(c, sql, &p, false, NULL);
+  PGresult *r =
+      fl__pg_exec_prep(c, lock ? "fl_secagg_view_lock" : "fl_secagg_view", sql, &p, false, NULL);
   if (r == NULL)
     return -1;
   int rc = 0;
@@ -319,7 +320,7 @@ void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r) {
               "WITH ins AS (INSERT INTO secagg_shares (round_id, receiver, sender, sealed)"
               " SELECT $1, t.r, $2, decode(t.h, 'hex')"
               " FROM unnest($3::int[], $4::text[]) AS t(r, h))"
-              " UPDATE secagg_members SET shares_sent = true"
+              " UPDATE secagg_members SET shares_sent = true, reported_at = now()"
               " WHERE round_id = $1 AND device_id = $5",
               &p) ||
       fl__pg_cmd(c, "COMMIT"))
@@ -427,7 +428,8 @@ static int insert_unmask(PGconn *c, uint64_t device_id, const sa_view *v,
                "WITH ins AS (INSERT INTO secagg_unmask (round_id, owner, holder, self_mask, share)"
                " SELECT $1, t.o, $2, t.k, decode(t.h, 'hex')"
                " FROM unnest($3::int[], $4::bool[], $5::text[]) AS t(o, k, h))"
-               " UPDATE secagg_members SET unmasked = true WHERE round_id = $1 AND device_id = $6",
+               " UPDATE secagg_members SET unmasked = true, reported_at = now()"
+               " WHERE round_id = $1 AND device_id = $6",
                &p);
 out:
   free(own);
@@ -600,68 +602,99 @@ static int state_survivors(PGconn *c, uint64_t round_id, const sa_view *v, state
   return 0;
 }
 
-void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
-  (void)s; /* the policy (auth/pipeline.c) has done what needed the server */
-  PGconn *c = q->auth->c;
-  const Fl__V1__SignedRequest *sr = q->auth->sr;
-  sa_view v = {0};
+/* The answer to a state request from the device's view v. 0, or -1 (database). */
+static int state_answer(PGconn *c, uint64_t round_id, const sa_view *v, int wait_for, fl_resp *r) {
   state_bufs b = {0};
-  Fl__V1__SecAggStateRequest *m = (Fl__V1__SecAggStateRequest *)unpack_body(
-      q->auth, &fl__v1__sec_agg_state_request__descriptor, r);
-  if (m == NULL)
-    goto out;
-  if (load_view(c, m->round_id, sr->device_id, false, &v))
-    goto unavail;
-  if (!v.found) {
+  if (!v->found) {
     fl__resp_dev_error(r, 404, "unknown_round", "no such secure-aggregation round", 0);
-    goto out;
+    return 0;
   }
-  if (!v.assigned) {
+  if (!v->assigned) {
     fl__resp_dev_error(r, 403, "not_assigned", "device is not assigned to this round", 0);
-    goto out;
+    return 0;
   }
   Fl__V1__SecAggState st = FL__V1__SEC_AGG_STATE__INIT;
-  st.round_id = m->round_id;
-  st.phase = phase_enum(&v);
-  st.participant = v.participant;
-  st.n = v.n;
-  st.phase_deadline_ms = v.until_ms;
-  st.reason = st.phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_ABANDONED ? v.reason : "";
+  st.round_id = round_id;
+  st.phase = phase_enum(v);
+  st.participant = v->participant;
+  st.n = v->n;
+  st.phase_deadline_ms = v->until_ms;
+  st.reason = st.phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_ABANDONED ? (char *)v->reason : "";
   /* A device polling for a later phase needs only to learn that it has not come yet. */
-  bool waiting = m->wait_for != 0 && st.phase < m->wait_for;
+  bool waiting = wait_for != 0 && (int)st.phase < wait_for;
   bool running = st.phase >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES &&
-                 st.phase <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v.participant > 0 &&
+                 st.phase <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v->participant > 0 &&
                  !waiting;
-  if (running && state_peers(c, m->round_id, &v, &b, &st))
-    goto unavail;
-  if (running && st.phase >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED && v.alive &&
-      state_inbox(c, m->round_id, &v, &b, &st))
-    goto unavail;
-  if (running && st.phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v.in_sum &&
-      state_survivors(c, m->round_id, &v, &b, &st))
-    goto unavail;
+  int rc = -1;
+  if (running && state_peers(c, round_id, v, &b, &st))
+    goto out;
+  if (running && st.phase >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED && v->alive &&
+      state_inbox(c, round_id, v, &b, &st))
+    goto out;
+  if (running && st.phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK && v->in_sum &&
+      state_survivors(c, round_id, v, &b, &st))
+    goto out;
   switch (st.phase) {
     case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS:
-      st.contributed = v.member;
+      st.contributed = v->member;
       break;
     case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES:
-      st.contributed = v.shares_sent;
+      st.contributed = v->shares_sent;
       break;
     case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED:
-      st.contributed = v.accepted;
+      st.contributed = v->accepted;
       break;
     case FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK:
-      st.contributed = v.unmasked;
+      st.contributed = v->unmasked;
       break;
     default:
       break;
   }
+  /* Still before its phase after a long poll: ask again at once (the hold was the wait). */
+  if (waiting)
+    st.poll_after_ms = 1;
   fl__resp_proto(r, 200, &st.base);
-  goto out;
-unavail:
-  unavailable(r);
+  rc = 0;
 out:
   state_free(&b);
+  return rc;
+}
+
+int fl__secagg_state_answer(PGconn *c, uint64_t round_id, uint64_t device_id, int wait_for,
+                            fl_resp *r) {
+  sa_view v;
+  int rc = load_view(c, round_id, device_id, false, &v)
+               ? -1
+               : state_answer(c, round_id, &v, wait_for, r);
+  free(v.nbr);
+  if (rc < 0)
+    unavailable(r);
+  return rc;
+}
+
+void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
+  PGconn *c = q->auth->c;
+  const Fl__V1__SignedRequest *sr = q->auth->sr;
+  sa_view v = {0};
+  Fl__V1__SecAggStateRequest *m = (Fl__V1__SecAggStateRequest *)unpack_body(
+      q->auth, &fl__v1__sec_agg_state_request__descriptor, r);
+  if (m == NULL)
+    goto out;
+  if (load_view(c, m->round_id, sr->device_id, false, &v)) {
+    unavailable(r);
+    goto out;
+  }
+  /* Before the phase it waits for, in a round still going: parked until the phase comes
+   * (wait.c), no thread and no connection held. */
+  int ph = v.found ? (int)phase_enum(&v) : 0;
+  if (m->hold_ms > 0 && v.assigned && v.open && (int)m->wait_for > ph &&
+      ph >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS &&
+      ph <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK &&
+      fl__secagg_park(s, q, m->round_id, sr->device_id, (int)m->wait_for, m->hold_ms) == 0)
+    goto out;
+  if (state_answer(c, m->round_id, &v, (int)m->wait_for, r))
+    unavailable(r);
+out:
   free(v.nbr);
   fl__v1__sec_agg_state_request__free_unpacked(m, NULL);
 }

@@ -421,13 +421,85 @@ static int end_unmask(PGconn *c, sa_round *sr) {
   return set_phase(c, sr, ok ? "ready" : "abandoned", ok ? NULL : why);
 }
 
-/* One round's transition, if due. 1 when the round became ready or abandoned. */
+/* How long a phase may go without a message before it ends: every live member has then
+ * sent its own (the devices send theirs as soon as the phase begins), and the ones still
+ * missing are dropouts; the deadline stays the bound. A quarter of the deadline, 1 to 10 s. */
+static double quiet_s(const fl_plan *p) {
+  double q = (double)p->deadline_s / 4;
+  return q < 1 ? 1 : q > 10 ? 10 : q;
+}
+
+/* Whether the round's phase may end, read without its lock (the transition, under the lock,
+ * decides again from what it reads then): every expected message arrived, or the phase went
+ * quiet (no message, and in the key phase no new assignment, for quiet_s), or its deadline
+ * passed. 2 ends it whatever is missing (quiet or due), 1 complete, 0 not yet, -1 error. */
+static int may_end(PGconn *c, uint64_t round_id) {
+  fl_pgp p;
+  fl_plan plan;
+  char msg[160];
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, round_id);
+  PGresult *r = fl__pg_exec_prep(c, "fl_secagg_plan",
+                                 "SELECT p.config::text FROM rounds r JOIN plans p"
+                                 " ON p.plan_id = r.plan_id WHERE r.round_id = $1",
+                                 &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  json_t *cfg = PQntuples(r) == 1 ? json_loads(PQgetvalue(r, 0, 0), 0, NULL) : NULL;
+  PQclear(r);
+  int ok = cfg != NULL && fl__plan_from_json(&plan, cfg, msg) == 0 && FL_PLAN_SECAGG(&plan);
+  json_decref(cfg);
+  if (!ok)
+    return -1;
+  fl__pgp_f64(&p, (double)plan.deadline_s);
+  r = fl__pg_exec_prep(
+      c, "fl_secagg_progress",
+      "SELECT CASE r.secagg_phase"
+      "  WHEN 'keys' THEN (SELECT count(*) FROM secagg_members WHERE round_id = $1)"
+      "   >= r.max_assign"
+      "  WHEN 'shares' THEN NOT EXISTS (SELECT 1 FROM secagg_members WHERE round_id = $1"
+      "   AND participant IS NOT NULL AND NOT shares_sent)"
+      "  WHEN 'masked' THEN NOT EXISTS (SELECT 1 FROM secagg_members m WHERE m.round_id = $1"
+      "   AND m.alive AND NOT EXISTS (SELECT 1 FROM acceptances a WHERE a.round_id = $1"
+      "   AND a.device_id = m.device_id))"
+      "  ELSE NOT EXISTS (SELECT 1 FROM secagg_members WHERE round_id = $1 AND in_sum"
+      "   AND NOT unmasked) END,"
+      " extract(epoch FROM now() - greatest(r.secagg_until - make_interval(secs => $2::float8),"
+      "  (SELECT max(reported_at) FROM secagg_members WHERE round_id = $1),"
+      "  CASE WHEN r.secagg_phase = 'keys' THEN (SELECT max(assigned_at) FROM assignments"
+      "   WHERE round_id = $1) END,"
+      "  CASE WHEN r.secagg_phase = 'masked' THEN (SELECT max(accepted_at) FROM acceptances"
+      "   WHERE round_id = $1) END))::float8,"
+      " r.secagg_until <= now()"
+      " FROM rounds r WHERE r.round_id = $1 AND r.state = 'open'"
+      " AND r.secagg_phase IN ('keys', 'shares', 'masked', 'unmask')",
+      &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  int rc = 0;
+  if (PQntuples(r) == 1) {
+    bool complete = PQgetvalue(r, 0, 0)[0] == 't', due = PQgetvalue(r, 0, 2)[0] == 't';
+    double idle = fl__pg_f64(r, 0, 1);
+    rc = due || idle >= quiet_s(&plan) ? 2 : complete ? 1 : 0;
+  }
+  PQclear(r);
+  return rc;
+}
+
+/* One round's transition, if it may end. 1 when the round became ready or abandoned. */
 static int advance(fl_srv *s, uint64_t round_id) {
   sa_round sr;
   int rc = -1;
   PGconn *c = fl__pool_get(s->pool);
   if (c == NULL)
     return -1;
+  /* Most ticks change nothing: they are answered without the round's lock, which the group
+   * commit and every phase message wait for. */
+  int go = may_end(c, round_id);
+  if (go <= 0) {
+    rc = go;
+    goto out;
+  }
   if (fl__pg_cmd(c, "BEGIN"))
     goto out;
   int locked = lock_sa_round(c, round_id, &sr);
@@ -435,6 +507,7 @@ static int advance(fl_srv *s, uint64_t round_id) {
     rc = locked;
     goto out;
   }
+  sr.due = sr.due || go == 2;
   if (strcmp(sr.phase, "keys") == 0)
     rc = end_keys(c, &sr);
   else if (strcmp(sr.phase, "shares") == 0)
@@ -480,6 +553,7 @@ void fl__secagg_tick(fl_srv *s) {
   for (int i = 0; i < n; i++)
     if (end[i] || advance(s, ids[i]) > 0)
       fl__round_try_close(s, ids[i]);
+  fl__secagg_wake(s); /* after the transitions: their phases reach the waiters now */
 }
 
 int fl__secagg_close_state(PGconn *c, uint64_t round_id, char *why, size_t n) {

@@ -62,6 +62,22 @@ void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r);
 void fl__secagg_h_shares(fl_srv *s, fl_req *q, fl_resp *r);
 void fl__secagg_h_unmask(fl_srv *s, fl_req *q, fl_resp *r);
 
+/* Long polls of POST /v1/secagg/state (wait.c): the request q is parked until round_id reaches
+ * the phase want (a SecAggPhase), ends, or hold_ms (at most FL_SECAGG_HOLD_MAX_MS) pass, then
+ * answered with fl__secagg_state_answer. 0 parked, -1 not (no memory: answer at once). */
+#define FL_SECAGG_HOLD_MAX_MS 30000u
+int fl__secagg_park(fl_srv *s, fl_req *q, uint64_t round_id, uint64_t device_id, int want,
+                    uint32_t hold_ms);
+/* Ticker pass: resumes the parked requests whose phase came, whose round ended or whose hold
+ * ran out. */
+void fl__secagg_wake(fl_srv *s);
+/* At shutdown, before the HTTP daemon stops: every parked request is answered now and none is
+ * parked afterwards. */
+void fl__secagg_wake_all(void);
+/* The state answer (devapi.c) for a device, read with connection c; -1 with a 503 in *r. */
+int fl__secagg_state_answer(PGconn *c, uint64_t round_id, uint64_t device_id, int wait_for,
+                            fl_resp *r);
+
 /* Members of a round as phases.c and unmask.c read them (participant order, 1..n). */
 typedef struct fl_sa_member {
   uint64_t device_id;

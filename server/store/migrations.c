@@ -295,6 +295,11 @@ static const char *const M_DRIFT[] = {
     "ALTER TABLE plans ADD COLUMN drift_event_id bigint",
     NULL};
 
+/* Secure aggregation's phases end when they go quiet (secagg/phases.c): when each member's
+ * message of the phase arrived. */
+static const char *const M_SECAGG_PROGRESS[] = {
+    "ALTER TABLE secagg_members ADD COLUMN reported_at timestamptz NOT NULL DEFAULT now()", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -309,6 +314,7 @@ static const migration MIGRATIONS[] = {
     {10, "federated evaluation", M_EVALUATION},
     {11, "secure aggregation", M_SECAGG},
     {12, "drift detection", M_DRIFT},
+    {13, "secure aggregation progress", M_SECAGG_PROGRESS},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */

@@ -32,7 +32,7 @@ struct fl_pool {
 
 /* The statements prepared on one connection (fl__pg_exec_prep), attached to it with libpq's
  * event procedures: libpq tells us when a reset has dropped them with the session. */
-#define PREP_MAX 32
+#define PREP_MAX 64
 
 typedef struct conn_data {
   unsigned n;

@@ -57,7 +57,7 @@ void fl__pgp_bin(fl_pgp *p, const void *data, size_t len); /* bytea, not copied 
 PGresult *fl__pg_exec(PGconn *c, const char *sql, const fl_pgp *p, bool binary,
                       char sqlstate[6]);
 /* fl__pg_exec for the hot statements: prepared once per connection under `name` (a string
- * literal, one per SQL text, at most 32 per connection) and executed by name afterwards, which
+ * literal, one per SQL text, at most 64 per connection) and executed by name afterwards, which
  * spares PostgreSQL the parse and plan of every execution. Prepared again after a reset. */
 PGresult *fl__pg_exec_prep(PGconn *c, const char *name, const char *sql, const fl_pgp *p,
                            bool binary, char sqlstate[6]);
