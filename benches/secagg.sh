@@ -15,7 +15,7 @@
 # --max-inflight: a SecAgg device waiting for its next phase is parked in a long poll that the
 # cap does not count, and its training slot is free once its masked input is acknowledged.
 #
-# PGSS=1 runs both against one PostgreSQL cluster of the script's own (in OUT/pg, Unix socket
+# SIM_OPTS adds fl-sim options to both runs. PGSS=1 runs both against one PostgreSQL cluster of the script's own (in OUT/pg, Unix socket
 # only) with pg_stat_statements, a database per run, and writes each run's costliest
 # statements to OUT/NAME.pgss; PERF=1 also records the coordinator with perf (OUT/NAME.perf).
 set -u
@@ -101,7 +101,7 @@ run() { # name, then fl-sim's extra options
   stdbuf -oL "$build"/sim/fl-sim --devices "$n" --rounds "$rounds" --model 2nn --dataset fmnist \
     --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 --clip-norm 1 \
     --seed 1 --max-inflight "$n" --coordinator-bin "$build"/server/fl-coordinator \
-    --out "$out/$name" "${db[@]}" "$@" \
+    --out "$out/$name" "${db[@]}" ${SIM_OPTS:-} "$@" \
     >"$log" 2>&1 &
   local sim=$! coord="" pm="" seen=0 k x c=0 p=0
   pgt=()

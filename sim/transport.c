@@ -35,7 +35,7 @@ struct sim_link {
   double sa_drop[4]; /* SIM_SA_* order */
   fl_rng rng;
   link_state st;
-  bool uncounted; /* in flight outside the cap: a long poll */
+  bool uncounted; /* in flight outside the cap: a secure-aggregation message */
   void (*uploaded)(void *arg);
   void *uploaded_arg;
   int64_t start_at_ms;
@@ -170,7 +170,9 @@ static int copy_request(sim_link *l, const fl_http_request *req) {
  * has room: FL_E_AGAIN while it waits, FL_OK when it is in flight, else the failure. */
 static int try_start(sim_link *l) {
   sim_net *n = l->net;
-  bool wait = strcmp(l->path, "/v1/secagg/state") == 0;
+  /* A secure-aggregation message is small and its phase waits for it: never queued behind
+   * other devices' check-ins, downloads and uploads (and a state poll is a long poll). */
+  bool wait = strncmp(l->path, "/v1/secagg/", 11) == 0;
   if (now_ms() < l->start_at_ms || (!wait && n->max_inflight > 0 && n->inflight >= n->max_inflight))
     return FL_E_AGAIN;
   fl_http_request req = {.method = l->method,

@@ -65,8 +65,9 @@ typedef struct sim_net_stats {
 typedef struct sim_net {
   sim_net_stats stats;
   /* Exchanges beyond the cap wait inside the links instead of each holding one of the
-   * coordinator's connection threads (0: no cap). A secure-aggregation state poll is not
-   * counted: the coordinator parks it without a thread until the phase comes (a long poll). */
+   * coordinator's connection threads (0: no cap). The secure-aggregation messages
+   * (/v1/secagg/...) are not counted: small, and their phase waits for them; the state poll
+   * is a long poll the coordinator parks without a thread until its phase comes. */
   unsigned max_inflight, inflight;
 } sim_net;
 

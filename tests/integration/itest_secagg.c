@@ -118,6 +118,41 @@ static Fl__V1__SecAggState *state_of(const dev *d, uint64_t round_id) {
   return st;
 }
 
+/* A long poll: device d waits for phase want, held up to hold_ms; *ms is how long it took. */
+static Fl__V1__SecAggState *hold_state(const dev *d, uint64_t round_id, Fl__V1__SecAggPhase want,
+                                       uint32_t hold_ms, double *ms) {
+  Fl__V1__SecAggStateRequest q = FL__V1__SEC_AGG_STATE_REQUEST__INIT;
+  uint8_t buf[32];
+  fl_h_resp r;
+  q.round_id = round_id;
+  q.wait_for = want;
+  q.hold_ms = hold_ms;
+  size_t len = fl__v1__sec_agg_state_request__pack(&q, buf);
+  double t0 = fl_sup_mono_s();
+  int rc = fl_h_device_post(&g_c, &d->h, "/v1/secagg/state", buf, len, NULL, &r);
+  *ms = (fl_sup_mono_s() - t0) * 1000;
+  Fl__V1__SecAggState *st = rc == 0 && r.status == 200
+                                ? fl__v1__sec_agg_state__unpack(NULL, r.len, (uint8_t *)r.data)
+                                : NULL;
+  fl_h_resp_free(&r);
+  return st;
+}
+
+/* The long poll of the share phase's end, from a thread while the main one sends shares. */
+typedef struct held_poll {
+  pthread_t th;
+  const dev *d;
+  uint64_t round_id;
+  Fl__V1__SecAggState *st;
+  double ms;
+} held_poll;
+
+static void *held_poll_main(void *arg) {
+  held_poll *h = arg;
+  h->st = hold_state(h->d, h->round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED, 20000, &h->ms);
+  return NULL;
+}
+
 /* Polls device d's view until the round is in phase ph (or past it: fails), 30 s at most. */
 static void wait_phase(const dev *d, uint64_t round_id, Fl__V1__SecAggPhase ph) {
   for (int i = 0; i < 600; i++) {
@@ -343,6 +378,16 @@ Test(secagg, hundred_devices_with_dropouts, .fini = teardown, .timeout = 600) {
                                    &model_id, &round_id),
                0);
   checkin_all(model_id, round_id, 11, 20);
+  /* A long poll whose hold runs out before its phase: answered after the hold with the phase
+   * as it is and "ask again now". */
+  double ms;
+  Fl__V1__SecAggState *held =
+      hold_state(&g_dev[0], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES, 600, &ms);
+  cr_assert_not_null(held);
+  cr_expect_eq(held->phase, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS);
+  cr_expect_eq(held->poll_after_ms, 1);
+  cr_expect_geq(ms, 500, "held %.0f ms of 600", ms);
+  fl__v1__sec_agg_state__free_unpacked(held, NULL);
   /* Keys: devices 0-4 never advertise. A second advertisement with other keys is refused. */
   for (int i = 5; i < g_n; i++)
     advertise(&g_dev[i], round_id, 11);
@@ -353,9 +398,27 @@ Test(secagg, hundred_devices_with_dropouts, .fini = teardown, .timeout = 600) {
   cr_expect_str_eq(why, "conflicting_keys");
   fl__sa_dev_free(&other);
   wait_phase(&g_dev[5], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES);
-  /* Shares: devices 5-9 send none. */
-  for (int i = 10; i < g_n; i++)
+  /* Shares: devices 5-9 send none. Device 10, once it sent its shares, waits in a long poll
+   * for the masked phase: the phase ends when it goes quiet (a quarter of the 8 s deadline
+   * after the last shares), well before its deadline, and the poll is answered then with the
+   * masked phase's state. */
+  send_shares(&g_dev[10], round_id);
+  held_poll hp = {.d = &g_dev[10], .round_id = round_id};
+  cr_assert_eq(pthread_create(&hp.th, NULL, held_poll_main, &hp), 0);
+  double t_shares = fl_sup_mono_s();
+  for (int i = 11; i < g_n; i++)
     send_shares(&g_dev[i], round_id);
+  double sent_ms = (fl_sup_mono_s() - t_shares) * 1000;
+  pthread_join(hp.th, NULL);
+  cr_assert_not_null(hp.st);
+  cr_expect_eq(hp.st->phase, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED);
+  cr_expect_gt(hp.st->n_inbox, 0, "the awaited phase's state comes with the inbox");
+  cr_expect_eq(hp.st->poll_after_ms, 0);
+  cr_expect_lt(hp.ms, sent_ms + 6000, "the share phase ended %.0f ms after the last shares",
+               hp.ms - sent_ms);
+  fprintf(stderr, "itest_secagg: share phase over %.0f ms after the last shares (quiet 2 s)\n",
+          hp.ms - sent_ms);
+  fl__v1__sec_agg_state__free_unpacked(hp.st, NULL);
   wait_phase(&g_dev[10], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED);
   /* A device that never advertised is no participant; a plain delta is no masked input. */
   cr_expect_eq(upload_masked(&g_dev[0], round_id, model_id, 1, 7, why), 403);
