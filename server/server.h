@@ -143,6 +143,7 @@ typedef struct fl_models fl_models;
 typedef struct fl_http fl_http;
 typedef struct fl_nonces fl_nonces;
 typedef struct fl_round_cache fl_round_cache;
+typedef struct fl_keys fl_keys;
 
 typedef struct fl_srv {
   fl_config cfg;
@@ -156,6 +157,7 @@ typedef struct fl_srv {
   fl_http *http;
   fl_nonces *nonces;                /* uploads' nonces in flight (auth/nonce.h) */
   fl_round_cache *round_cache;      /* what never changes about a round (rounds/round_cache.h) */
+  fl_keys *keys;                    /* device public keys by id (auth/keys.h) */
   atomic_bool ready;                /* /readyz: database reachable and threads running */
 } fl_srv;
 

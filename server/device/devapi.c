@@ -257,26 +257,27 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
   return 0;
 }
 
-/* The check-in's one read (prepared). 1 an open round in *o, 0 none, -1 error (also when the
- * device row is gone, which authentication has just read). */
-static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t device_id,
-                           open_round *o, checkin_view *v) {
+/* The check-in's one statement (prepared), which also finishes its authentication (the route
+ * is FL_AUTH_DEVICE_FOLD: the device active, the nonce recorded, auth.h). 1 an open round in
+ * *o, 0 none, -1 a database error; *f says what the fold found (f->found false: no row). */
+static int find_open_round(fl_srv *s, fl_auth *a, uint64_t model_id, open_round *o, checkin_view *v,
+                           fl_auth_fold *f) {
   fl_pgp p;
   fl__pgp_init(&p);
+  fl__auth_fold_params(a, &p);
   fl__pgp_u64(&p, model_id);
-  fl__pgp_u64(&p, device_id);
   PGresult *r = fl__pg_exec_prep(
-      c, "fl_checkin",
-      "SELECT (SELECT gen FROM registry_generation WHERE id = 1), d.labels->>'channel',"
+      a->c, "fl_checkin",
+      FL_AUTH_FOLD_CTE("$1", "$2", "$3", "$4") "SELECT (SELECT gen FROM registry_generation WHERE id = 1), d.labels->>'channel',"
       " o.round_id, o.model_id, o.base_version, o.deadline, o.config, o.assigned, o.contributed,"
       " o.select_until, o.drawn, o.last_round, o.last_ms, o.sha, o.full,"
-      " EXISTS (SELECT 1 FROM eval_campaigns WHERE state <> 'closed')"
+      " EXISTS (SELECT 1 FROM eval_campaigns WHERE state <> 'closed'), " FL_AUTH_FOLD_COLS("$3")
       " FROM devices d LEFT JOIN LATERAL (SELECT r.round_id, r.model_id, r.base_version,"
       "  (extract(epoch FROM r.deadline_at) * 1000)::bigint AS deadline, p.config::text AS config,"
       "  EXISTS (SELECT 1 FROM assignments a WHERE a.round_id = r.round_id"
-      "   AND a.device_id = $2) AS assigned,"
+      "   AND a.device_id = $1) AS assigned,"
       "  EXISTS (SELECT 1 FROM acceptances x WHERE x.round_id = r.round_id"
-      "   AND x.device_id = $2) AS contributed,"
+      "   AND x.device_id = $1) AS contributed,"
       "  coalesce((extract(epoch FROM r.select_until) * 1000)::bigint, 0) AS select_until,"
       "  r.drawn_at IS NOT NULL AS drawn, coalesce(la.round_id, 0) AS last_round,"
       "  coalesce(la.ms, 0) AS last_ms,"
@@ -285,15 +286,16 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       "  FROM rounds r JOIN plans p ON p.plan_id = r.plan_id"
       "  LEFT JOIN LATERAL (SELECT x.round_id,"
       "   (extract(epoch FROM x.accepted_at) * 1000)::bigint AS ms FROM acceptances x"
-      "   WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
-      "  WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
+      "   WHERE x.device_id = $1 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
+      "  WHERE r.state = 'open' AND ($5::bigint = 0 OR r.model_id = $5)"
       "  ORDER BY r.round_id LIMIT 1) o ON true"
-      " WHERE d.device_id = $2",
+      " WHERE d.device_id = $1",
       &p, false, NULL);
   if (r == NULL)
     return -1;
   int rc = -1;
-  if (PQntuples(r) != 1)
+  fl__auth_fold_read(r, 16, f);
+  if (!f->found)
     goto out;
   v->gen = fl__pg_u64(r, 0, 0);
   v->has_channel = !PQgetisnull(r, 0, 1) && strlen(PQgetvalue(r, 0, 1)) < sizeof v->channel;
@@ -608,14 +610,21 @@ static void h_checkin(fl_srv *s, fl_req *q, fl_resp *r) {
                        "at most " FL_STR(FL_MAX_CONDITIONS) " conditions of 1-63 UTF-8 bytes", 0);
     goto out;
   }
+  /* The read first: it finishes the authentication, before anything is written. */
+  fl_auth_fold fold = {0};
+  int found = find_open_round(s, q->auth, ci->model_id, &o, &cv, &fold);
+  /* No row: a database error, or the device row gone since the pipeline saw it. */
+  if (!fold.found)
+    goto unavail;
+  if (fl__auth_fold_finish(s, q->auth, &fold, r))
+    goto out;
+  if (found < 0)
+    goto unavail;
   /* The service window (drift/drift.h): one statement, only when the device sends one. */
   if (ci->service_stats != NULL && fl__drift_store_service(c, sr->device_id, ci->service_stats))
     goto unavail;
   /* Told to wait or assigned, the check-in writes its telemetry later (store/seen.h). */
   fl__rounds_seen(s->rounds, sr->device_id, ci->running_model_id, ci->running_version);
-  int found = find_open_round(s, c, ci->model_id, sr->device_id, &o, &cv);
-  if (found < 0)
-    goto unavail;
   if (cv.long_label
           ? fl__rollout_for_device(c, sr->device_id, ci->model_id, ci->running_model_id, &ra)
           : fl__rollout_for_checkin(c, cv.gen, cv.has_channel ? cv.channel : NULL, sr->device_id,
@@ -785,7 +794,7 @@ out:
 /* Who may call each route (http.h, fl_auth_policy) is its last field: dispatch runs it. */
 const fl_route fl__dev_routes[] = {
     {"POST", "/v1/enroll", "enroll", h_enroll, SMALL_BODY, NULL, FL_AUTH_ENROLL},
-    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL, FL_AUTH_DEVICE},
+    {"POST", "/v1/checkin", "checkin", h_checkin, SMALL_BODY, NULL, FL_AUTH_DEVICE_FOLD},
     {"GET", "/v1/models/", "download", h_download, 0, NULL, FL_AUTH_DEVICE},
     {"POST", "/v1/updates", "update", fl__devapi_update, 0, fl__devapi_update_limit,
      FL_AUTH_UPLOAD},
