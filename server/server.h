@@ -54,6 +54,7 @@ typedef struct fl_config {
   unsigned db_pool_size;
   int64_t ts_window_ms;         /* accepted |now - request timestamp| */
   unsigned commit_interval_ms;  /* group commit: wait this long to gather a batch */
+  bool commit_auto;             /* no --commit-interval: uploads' batches sized by their rate */
   unsigned tick_ms;             /* round deadline / close check period */
   int64_t checkin_interval_ms;  /* pace steering base for devices that are not selected */
   uint64_t max_samples;         /* upper bound of an update's sample_count */

@@ -8,6 +8,7 @@
  *   channel, a rollout, a pin and a rollback made after the cache was loaded are honoured at
  *   the next check-in;
  * - migration 8: partials.sum is stored EXTERNAL, the generation counter moves on changes;
+ *   migration 15: devices has a fillfactor of 70;
  * - prepared statements survive a PostgreSQL restart (the pool reconnects and prepares again);
  * - downloads are served from the shared packed version (the same bytes and ETag before and
  *   after the restart);
@@ -271,6 +272,11 @@ Test(checkin_cost, migration_storage_and_generation, .init = setup, .fini = tear
                            " AND attstorage = 'e'"),
                1, "partials.sum is not stored EXTERNAL");
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM schema_migrations WHERE version = 8"), 1);
+  /* Migration 15: HOT room for the batched last-seen updates. */
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM pg_class WHERE relname = 'devices'"
+                           " AND reloptions @> ARRAY['fillfactor=70']"),
+               1, "devices has no fillfactor 70");
   cr_assert_eq(fl_h_db_int(g_db,
                            "SELECT count(*) FROM pg_trigger WHERE tgname IN"
                            " ('channels_generation', 'rollouts_generation',"
