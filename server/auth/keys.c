@@ -11,6 +11,8 @@
 #include "fl/err.h"
 
 #define STRIPES 64
+#define WAYS 4 /* slots per bucket: a device is in one of the WAYS slots of its bucket */
+#define BUCKETS (FL_KEY_CACHE_SLOTS / WAYS)
 
 typedef struct slot {
   uint64_t device_id; /* 0: empty (device ids start at 1) */
@@ -20,13 +22,19 @@ typedef struct slot {
 struct fl_keys {
   pthread_mutex_t mu[STRIPES];
   slot slots[FL_KEY_CACHE_SLOTS];
+  unsigned victim[STRIPES]; /* round-robin replacement within a full bucket */
 };
 
-static size_t slot_of(uint64_t id) {
+static uint64_t mix(uint64_t id) {
   id ^= id >> 33;
   id *= 0xff51afd7ed558ccdULL;
   id ^= id >> 33;
-  return (size_t)(id & (FL_KEY_CACHE_SLOTS - 1));
+  return id;
+}
+
+/* The bucket's first slot; its lock is mu[bucket % STRIPES]. */
+static size_t bucket_of(uint64_t id) {
+  return (size_t)(mix(id) & (BUCKETS - 1));
 }
 
 int fl__keys_new(fl_keys **out) {
@@ -47,38 +55,52 @@ void fl__keys_free(fl_keys *k) {
   free(k);
 }
 
+/* The device's slot in bucket b, or NULL (under the bucket's lock). */
+static slot *find(fl_keys *k, size_t b, uint64_t device_id) {
+  for (int w = 0; w < WAYS; w++)
+    if (k->slots[b * WAYS + w].device_id == device_id)
+      return &k->slots[b * WAYS + w];
+  return NULL;
+}
+
 bool fl__keys_get(fl_keys *k, uint64_t device_id, uint8_t pub[FL_PUBKEY_LEN]) {
   if (k == NULL || device_id == 0)
     return false;
-  size_t i = slot_of(device_id);
-  pthread_mutex_t *mu = &k->mu[i % STRIPES];
+  size_t b = bucket_of(device_id);
+  pthread_mutex_t *mu = &k->mu[b % STRIPES];
   pthread_mutex_lock(mu);
-  bool hit = k->slots[i].device_id == device_id;
-  if (hit)
-    memcpy(pub, k->slots[i].pub, FL_PUBKEY_LEN);
+  const slot *e = find(k, b, device_id);
+  if (e != NULL)
+    memcpy(pub, e->pub, FL_PUBKEY_LEN);
   pthread_mutex_unlock(mu);
-  return hit;
+  return e != NULL;
 }
 
 void fl__keys_put(fl_keys *k, uint64_t device_id, const uint8_t pub[FL_PUBKEY_LEN]) {
   if (k == NULL || device_id == 0)
     return;
-  size_t i = slot_of(device_id);
-  pthread_mutex_t *mu = &k->mu[i % STRIPES];
+  size_t b = bucket_of(device_id);
+  pthread_mutex_t *mu = &k->mu[b % STRIPES];
   pthread_mutex_lock(mu);
-  k->slots[i].device_id = device_id;
-  memcpy(k->slots[i].pub, pub, FL_PUBKEY_LEN);
+  slot *e = find(k, b, device_id);
+  if (e == NULL)
+    e = find(k, b, 0);
+  if (e == NULL)
+    e = &k->slots[b * WAYS + k->victim[b % STRIPES]++ % WAYS];
+  e->device_id = device_id;
+  memcpy(e->pub, pub, FL_PUBKEY_LEN);
   pthread_mutex_unlock(mu);
 }
 
 void fl__keys_drop(fl_keys *k, uint64_t device_id) {
   if (k == NULL || device_id == 0)
     return;
-  size_t i = slot_of(device_id);
-  pthread_mutex_t *mu = &k->mu[i % STRIPES];
+  size_t b = bucket_of(device_id);
+  pthread_mutex_t *mu = &k->mu[b % STRIPES];
   pthread_mutex_lock(mu);
-  if (k->slots[i].device_id == device_id)
-    memset(&k->slots[i], 0, sizeof k->slots[i]);
+  slot *e = find(k, b, device_id);
+  if (e != NULL)
+    memset(e, 0, sizeof *e);
   pthread_mutex_unlock(mu);
 }
 
