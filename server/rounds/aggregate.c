@@ -156,7 +156,8 @@ static uint32_t pending_uploads(const fl_agg *a) {
 }
 
 /* Load sizing: the batch that holds an upload gathers for about FL_AUTO_WANT gaps between
- * uploads as the last ones arrived, at most FL_AUTO_MAX_WAIT_S; an upload that arrives when
+ * uploads as the last ones arrived (unless they stop coming: uploads_due), at most
+ * FL_AUTO_MAX_WAIT_S; an upload that arrives when
  * uploads are rarer than FL_AUTO_MAX_WAIT_S / 4 apart commits after FL_AUTO_FLOOR_S as
  * before (waiting would gather next to nothing). A batch's partial row is one vector in the
  * WAL (850 KB for a 2NN) whatever its count, so the WAL per round falls with the batches'
@@ -179,11 +180,23 @@ static void note_upload(fl_agg *a) {
     a->first_upload = now;
 }
 
-static double upload_wait(const fl_agg *a) {
-  if (a->gap <= 0 || a->gap > FL_AUTO_MAX_WAIT_S / 4)
-    return FL_AUTO_FLOOR_S;
-  double w = FL_AUTO_WANT * a->gap;
+static double clamp_wait(double w) {
   return w < FL_AUTO_FLOOR_S ? FL_AUTO_FLOOR_S : w > FL_AUTO_MAX_WAIT_S ? FL_AUTO_MAX_WAIT_S : w;
+}
+
+/* When the waiting uploads are due: FL_AUTO_WANT gaps after the first, or FL_AUTO_IDLE gaps
+ * without a new one. The second rule is for senders that wait for their answers (K
+ * connections can have at most K uploads waiting): once they have all sent, nothing more
+ * comes until the batch commits. Devices that send on their own arrive at random, and a gap
+ * of FL_AUTO_IDLE times the mean is rare (2% of them for independent arrivals). */
+#define FL_AUTO_IDLE 4
+
+static double uploads_due(const fl_agg *a) {
+  if (a->gap <= 0 || a->gap > FL_AUTO_MAX_WAIT_S / 4)
+    return a->first_upload + FL_AUTO_FLOOR_S;
+  double full = a->first_upload + clamp_wait(FL_AUTO_WANT * a->gap);
+  double idle = a->last_upload + clamp_wait(FL_AUTO_IDLE * a->gap);
+  return full < idle ? full : idle;
 }
 
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) {
@@ -734,7 +747,7 @@ static void gather(fl_agg *a) {
 }
 
 /* Load-sized gathering (cfg.commit_auto; called and returning with a->mu held): waits until
- * the uploads are due (FL_BATCH_FULL of them, or the oldest waited upload_wait) or the claims
+ * the uploads are due (FL_BATCH_FULL of them, or uploads_due) or the claims
  * are (FL_BATCH_FULL, FL_AUTO_FLOOR_S without a new one, at the latest FL_BATCH_MAX_WAIT_S
  * after the first: a check-in waits on its claim, so claims do not wait for the uploads'
  * batch). Returns whether the uploads are due; false: only the claims are. */
@@ -742,10 +755,10 @@ static bool gather_auto(fl_agg *a) {
   for (;;) {
     double now = fl__mono_s(), until = 0;
     uint32_t n = pending_uploads(a);
-    if (a->stop || n >= FL_BATCH_FULL || (n > 0 && now >= a->first_upload + upload_wait(a)))
+    if (a->stop || n >= FL_BATCH_FULL || (n > 0 && now >= uploads_due(a)))
       return true;
     if (n > 0)
-      until = a->first_upload + upload_wait(a);
+      until = uploads_due(a);
     if (a->n_claims > 0) {
       double due = a->last_claim + FL_AUTO_FLOOR_S;
       if (due > a->first_claim + FL_BATCH_MAX_WAIT_S)
