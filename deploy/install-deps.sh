@@ -8,6 +8,7 @@ PACKAGES=(
   libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
   libssl-dev libopenblas-dev libpq-dev postgresql postgresql-common
   libcriterion-dev libcurl4-openssl-dev libjansson-dev zlib1g-dev
+  libsodium-dev  # the coordinator's Ed25519 verification of device requests (server/auth/keys.c)
   dataset-fashion-mnist
   python3 python3-numpy gnuplot-nox
   # MQTT (docs/MQTT.md): libmosquitto for fl_transport_mqtt and fl-mqtt-bridge (FL_WITH_MQTT), the

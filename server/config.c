@@ -101,7 +101,7 @@ static const opt_def OPTS[] = {
     {"timestamp-window", OPT_TS_WINDOW, "FL_TIMESTAMP_WINDOW_MS", "MS",
      "accepted clock difference of signed requests (default 300000)"},
     {"commit-interval", OPT_COMMIT, "FL_COMMIT_INTERVAL_MS", "MS",
-     "group commit gathering time (default 2)"},
+     "group commit gathering time, or auto (default: sized by the upload rate, at most 1000)"},
     {"tick", OPT_TICK, "FL_TICK_MS", "MS", "round close / deadline check period (default 200)"},
     {"checkin-interval", OPT_CHECKIN, "FL_CHECKIN_INTERVAL_MS", "MS",
      "base retry window for devices that are not selected (default 10000)"},
@@ -265,6 +265,11 @@ static int apply(fl_config *cfg, int id, const char *v) {
     case OPT_UI_DIR:
       cfg->ui_dir = v;
       return v[0] != '\0' ? 0 : -1;
+    case OPT_COMMIT:
+      cfg->commit_auto = strcmp(v, "auto") == 0;
+      if (cfg->commit_auto)
+        return 0;
+      break;
     default:
       break;
   }
@@ -287,6 +292,7 @@ static int apply(fl_config *cfg, int id, const char *v) {
       cfg->ts_window_ms = (int64_t)n;
       return n >= 1000 ? 0 : -1;
     case OPT_COMMIT:
+      cfg->commit_auto = false;
       cfg->commit_interval_ms = (unsigned)n;
       return n <= 1000 ? 0 : -1;
     case OPT_TICK:
@@ -346,6 +352,7 @@ static void set_defaults(fl_config *cfg) {
   cfg->db_pool_size = 8;
   cfg->ts_window_ms = 300000;
   cfg->commit_interval_ms = 2;
+  cfg->commit_auto = true;
   cfg->tick_ms = 200;
   cfg->checkin_interval_ms = 10000;
   cfg->max_samples = 1000000;

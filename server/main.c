@@ -25,6 +25,7 @@
 #include "rounds/aggregate.h"
 #include "admin/adminapi.h"
 #include "auth/auth.h"
+#include "auth/keys.h"
 #include "http/http.h"
 #include "store/migrations.h"
 #include "registry/models.h"
@@ -101,6 +102,8 @@ static int start(fl_srv *s, const char **step) {
     err = fl__nonces_new(&s->nonces);
   if (err == FL_OK && (*step = "caches"))
     err = fl__round_cache_new(&s->round_cache);
+  if (err == FL_OK && (*step = "caches"))
+    err = fl__keys_new(&s->keys);
   if (err == FL_OK && (*step = "aggregator"))
     err = fl__agg_new(&s->agg, s);
   if (err == FL_OK && (*step = "rounds"))
@@ -127,6 +130,7 @@ static void shutdown_all(fl_srv *s) {
   fl__rounds_free(s->rounds);
   fl__models_free(s->models);
   fl__round_cache_free(s->round_cache);
+  fl__keys_free(s->keys);
   fl__nonces_free(s->nonces);
   fl__pool_free(s->pool);
   fl__key_free(s->key);

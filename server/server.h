@@ -54,6 +54,7 @@ typedef struct fl_config {
   unsigned db_pool_size;
   int64_t ts_window_ms;         /* accepted |now - request timestamp| */
   unsigned commit_interval_ms;  /* group commit: wait this long to gather a batch */
+  bool commit_auto;             /* no --commit-interval: uploads' batches sized by their rate */
   unsigned tick_ms;             /* round deadline / close check period */
   int64_t checkin_interval_ms;  /* pace steering base for devices that are not selected */
   uint64_t max_samples;         /* upper bound of an update's sample_count */
@@ -143,6 +144,7 @@ typedef struct fl_models fl_models;
 typedef struct fl_http fl_http;
 typedef struct fl_nonces fl_nonces;
 typedef struct fl_round_cache fl_round_cache;
+typedef struct fl_keys fl_keys;
 
 typedef struct fl_srv {
   fl_config cfg;
@@ -156,6 +158,7 @@ typedef struct fl_srv {
   fl_http *http;
   fl_nonces *nonces;                /* uploads' nonces in flight (auth/nonce.h) */
   fl_round_cache *round_cache;      /* what never changes about a round (rounds/round_cache.h) */
+  fl_keys *keys;                    /* device public keys by id (auth/keys.h) */
   atomic_bool ready;                /* /readyz: database reachable and threads running */
 } fl_srv;
 

@@ -13,6 +13,7 @@
 
 #include "admin/adminapi.h"
 #include "auth/auth.h"
+#include "auth/keys.h"
 #include "drift/drift.h"
 #include "fl/version.h"
 #include "privacy/budget.h"
@@ -640,6 +641,9 @@ static void h_device_revoke(fl_srv *s, fl_req *q, fl_resp *r) {
                                          " WHERE device_id = $1 RETURNING device_id",
                                          id, "no such device");
   if (res != NULL) {
+    /* Not needed for the revocation to hold (authentication reads the state, auth/keys.h):
+     * the memory goes back. */
+    fl__keys_drop(s->keys, id);
     snprintf(target, sizeof target, "device:%" PRIu64, id);
     commit_audited(r, &a, "device.revoke", target,
                    json_pack("{s:I, s:s}", "device_id", (json_int_t)id, "state", "revoked"));

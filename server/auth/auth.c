@@ -7,6 +7,7 @@
  * with an optional expiry, a revocation time and the last use (docs/API.md section 3).
  */
 #include "auth/auth.h"
+#include "auth/keys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -74,27 +75,57 @@ Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r) {
   return sr;
 }
 
-/* Loads the public key, state and labels (malloc'ed JSON text) of a device. 0 found, 1
- * unknown, -1 database error. */
-static int load_device(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *revoked,
-                       char **labels) {
+/* Loads the public key of a device. 0 found, 1 unknown, -1 database error. */
+static int load_key(PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN]) {
   fl_pgp p;
-  /* Device ids are bigserial: a larger one names no device (and is no bigint to query). */
-  if (id > INT64_MAX)
-    return 1;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, id);
   PGresult *res = fl__pg_exec_prep(
-      c, "fl_auth_device",
-      "SELECT public_key, state, labels::text FROM devices WHERE device_id = $1", &p, true, NULL);
+      c, "fl_auth_key", "SELECT public_key FROM devices WHERE device_id = $1", &p, true, NULL);
   if (res == NULL)
     return -1;
   int rc = 1;
   if (PQntuples(res) == 1 && PQgetlength(res, 0, 0) == FL_PUBKEY_LEN) {
     memcpy(pub, PQgetvalue(res, 0, 0), FL_PUBKEY_LEN);
-    *revoked = strcmp(PQgetvalue(res, 0, 1), "active") != 0;
-    *labels = strdup(PQgetisnull(res, 0, 2) ? "{}" : PQgetvalue(res, 0, 2));
-    rc = *labels != NULL ? 0 : -1;
+    rc = 0;
+  }
+  PQclear(res);
+  return rc;
+}
+
+/* What recording a verified request's nonce found (nonce_for_key). */
+enum { NONCE_FRESH, NONCE_REPLAYED, NONCE_REVOKED, NONCE_OTHER_KEY, NONCE_NO_DEVICE, NONCE_ERROR };
+
+/* Records the nonce of a request whose signature verified with `pub`, if the device is active
+ * and its stored key is `pub`: one statement that also reads the device's state (a revocation
+ * on any replica is seen at once) and checks the key the cache gave (keys.h). Committed
+ * without waiting for the WAL flush, like fl__auth_record_nonce. */
+static int nonce_for_key(PGconn *c, uint64_t id, const ProtobufCBinaryData *nonce,
+                         const uint8_t pub[FL_PUBKEY_LEN]) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, id);
+  fl__pgp_bin(&p, nonce->data, nonce->len);
+  fl__pgp_bin(&p, pub, FL_PUBKEY_LEN);
+  PGresult *res = fl__pg_exec_prep(
+      c, "fl_auth_nonce_key",
+      "WITH d AS (SELECT state = 'active' AS active, public_key = $3::bytea AS same"
+      "  FROM devices WHERE device_id = $1::bigint),"
+      " n AS (INSERT INTO nonces (device_id, nonce) SELECT $1::bigint, $2::bytea FROM d"
+      "  WHERE d.active AND d.same AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+      "  ON CONFLICT DO NOTHING RETURNING 1)"
+      " SELECT d.active, d.same, EXISTS (SELECT 1 FROM n) FROM d",
+      &p, false, NULL);
+  if (res == NULL)
+    return NONCE_ERROR;
+  int rc = NONCE_NO_DEVICE;
+  if (PQntuples(res) == 1) {
+    if (strcmp(PQgetvalue(res, 0, 1), "t") != 0)
+      rc = NONCE_OTHER_KEY;
+    else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+      rc = NONCE_REVOKED;
+    else
+      rc = strcmp(PQgetvalue(res, 0, 2), "t") == 0 ? NONCE_FRESH : NONCE_REPLAYED;
   }
   PQclear(res);
   return rc;
@@ -155,7 +186,7 @@ int fl__auth_precheck(fl_srv *s, const Fl__V1__SignedRequest *sr, fl_resp *r) {
 
 int fl__auth_verify(const uint8_t digest[FL_SHA256_LEN], const ProtobufCBinaryData *sig,
                     const uint8_t *pub, bool revoked, fl_resp *r) {
-  if (fl__verify_raw(pub, digest, FL_SHA256_LEN, sig->data, sig->len) != FL_OK) {
+  if (fl__dev_verify(pub, digest, FL_SHA256_LEN, sig->data, sig->len) != FL_OK) {
     fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
     return -1;
   }
@@ -177,38 +208,106 @@ int fl__auth_signature(fl_req *q, const Fl__V1__SignedRequest *sr, const uint8_t
   return fl__auth_verify(d, &sr->signature, pub, false, r);
 }
 
+/* The device's key: from the cache, else looked up (not cached until a signature verified
+ * with it, so that requests naming random devices do not churn the cache). 0, or -1 with the
+ * refusal in *r. */
+static int device_key(fl_srv *s, PGconn *c, uint64_t id, uint8_t pub[FL_PUBKEY_LEN], bool *cached,
+                      fl_resp *r) {
+  *cached = fl__keys_get(s->keys, id, pub);
+  if (*cached)
+    return 0;
+  /* Device ids are bigserial: 0 or one above INT64_MAX names no device. */
+  int rc = id != 0 && id <= INT64_MAX ? load_key(c, id, pub) : 1;
+  if (rc < 0)
+    fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+  else if (rc > 0)
+    fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
+  return rc == 0 ? 0 : -1;
+}
+
+/* The answer to what recording the nonce found (nonce_for_key, the fold): 0 fresh, else -1
+ * with the refusal in *r; a key that is not the device's (or no device) is forgotten. */
+static int nonce_answer(fl_srv *s, uint64_t id, int rc, fl_resp *r) {
+  switch (rc) {
+    case NONCE_FRESH:
+      return 0;
+    case NONCE_REPLAYED:
+      fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
+      return -1;
+    case NONCE_REVOKED:
+      fl__keys_drop(s->keys, id);
+      fl__resp_dev_error(r, 403, "device_revoked", "device is revoked", 0);
+      return -1;
+    case NONCE_ERROR:
+      fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
+      return -1;
+    default: /* gone, or its key changed under a fresh lookup */
+      fl__keys_drop(s->keys, id);
+      fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
+      return -1;
+  }
+}
+
+/* Two statements on a cache miss (the key, then the nonce with the state), one on a hit; a
+ * forged signature of a cached device costs none. A cached key that is no longer the device's
+ * (keys.h: never, unless the database was replaced under the coordinator) is dropped and the
+ * checks run once more on the stored one. */
 int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr, fl_auth *a,
                     fl_resp *r) {
-  bool revoked = false;
+  uint8_t d[FL_SHA256_LEN];
+  bool cached;
   if (fl__auth_precheck(s, sr, r))
     return -1;
-  int rc = sr->device_id ? load_device(c, sr->device_id, a->pub, &revoked, &a->labels) : 1;
-  if (rc < 0)
-    goto unavailable;
-  if (rc > 0) {
-    fl__resp_dev_error(r, 401, "unknown_device", "device is not enrolled", 0);
-    return -1;
+  for (int attempt = 0;; attempt++) {
+    if (device_key(s, c, sr->device_id, a->pub, &cached, r))
+      return -1;
+    if (request_digest(q, sr, d)) {
+      /* A digest that cannot be built verifies nothing: the answer of a wrong signature. */
+      fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
+      return -1;
+    }
+    if (fl__auth_verify(d, &sr->signature, a->pub, false, r))
+      return -1;
+    a->device_id = sr->device_id;
+    if (cached && a->policy == FL_AUTH_DEVICE_FOLD) {
+      a->fold_pending = true;
+      return 0;
+    }
+    int rc = nonce_for_key(c, sr->device_id, &sr->nonce, a->pub);
+    if (rc == NONCE_OTHER_KEY && cached && attempt == 0) {
+      fl__keys_drop(s->keys, sr->device_id);
+      continue;
+    }
+    if (rc == NONCE_FRESH && !cached)
+      fl__keys_put(s->keys, sr->device_id, a->pub);
+    return nonce_answer(s, sr->device_id, rc, r);
   }
-  a->device_id = sr->device_id;
-  uint8_t d[FL_SHA256_LEN];
-  if (request_digest(q, sr, d)) {
-    /* A digest that cannot be built verifies nothing: the answer of a wrong signature. */
-    fl__resp_dev_error(r, 401, "bad_signature", "request signature does not verify", 0);
-    return -1;
-  }
-  if (fl__auth_verify(d, &sr->signature, a->pub, revoked, r))
-    return -1;
-  rc = fl__auth_record_nonce(c, sr->device_id, &sr->nonce);
-  if (rc < 0)
-    goto unavailable;
-  if (rc > 0) {
-    fl__resp_dev_error(r, 401, "replayed_nonce", "nonce already used", 0);
-    return -1;
-  }
-  return 0;
-unavailable:
-  fl__resp_dev_error(r, 503, "unavailable", "database unavailable", fl__now_ms() + 1000);
-  return -1;
+}
+
+void fl__auth_fold_params(const fl_auth *a, fl_pgp *p) {
+  fl__pgp_u64(p, a->device_id);
+  fl__pgp_bin(p, a->sr->nonce.data, a->sr->nonce.len);
+  fl__pgp_bin(p, a->pub, FL_PUBKEY_LEN);
+  fl__pgp_text(p, a->fold_pending ? "t" : "f");
+}
+
+void fl__auth_fold_read(const PGresult *res, int col, fl_auth_fold *f) {
+  f->found = PQntuples(res) == 1;
+  f->active = f->found && strcmp(PQgetvalue(res, 0, col), "t") == 0;
+  f->same_key = f->found && strcmp(PQgetvalue(res, 0, col + 1), "t") == 0;
+  f->recorded = f->found && strcmp(PQgetvalue(res, 0, col + 2), "t") == 0;
+}
+
+int fl__auth_fold_finish(fl_srv *s, fl_auth *a, const fl_auth_fold *f, fl_resp *r) {
+  if (!a->fold_pending)
+    return 0;
+  a->fold_pending = false;
+  int rc = !f->found      ? NONCE_NO_DEVICE
+           : !f->same_key ? NONCE_OTHER_KEY
+           : !f->active   ? NONCE_REVOKED
+           : f->recorded  ? NONCE_FRESH
+                          : NONCE_REPLAYED;
+  return nonce_answer(s, a->device_id, rc, r);
 }
 
 /* A nonce can be replayed while some replica accepts its request's timestamp. The row's

@@ -36,13 +36,15 @@ typedef struct fl_auth {
   Fl__V1__SignedRequest *sr; /* the envelope */
   uint64_t device_id;
   uint8_t pub[FL_PUBKEY_LEN];           /* the key the signature verified with */
-  char *labels;                         /* FL_AUTH_DEVICE: the device's labels, JSON text */
   Fl__V1__EnrollRequest *enroll;        /* FL_AUTH_ENROLL: the body, its key verified */
   Fl__V1__UpdateUpload *upload;         /* FL_AUTH_UPLOAD: the body, its signature verified */
   uint8_t upload_digest[FL_SHA256_LEN]; /* its content digest (idempotence, SIGNING.md) */
   fl_upload_standing standing;
   fl_nonce_slot slot; /* the upload's nonce, reserved in flight until the request ends */
   bool reserved;
+  /* FL_AUTH_DEVICE_FOLD: the signature verified with the cached key, the device's state and
+   * the nonce are still to be checked by the handler's first statement. */
+  bool fold_pending;
   /* Admin roles. */
   int role; /* the token's (FL_ROLE_*), at least the route's */
   uint64_t token_id;
@@ -73,12 +75,44 @@ int fl__auth_policy_role(fl_auth_policy p);
  * fl__v1__signed_request__free_unpacked(sr, NULL). */
 Fl__V1__SignedRequest *fl__auth_envelope(fl_srv *s, fl_req *q, fl_resp *r);
 
-/* Verifies an envelope: timestamp within the window, the device known and active, the
- * signature over fl__request_digest(method, path, ...), and the nonce unseen (it is
- * recorded). Fills a->device_id, a->pub and a->labels. Returns 0, or -1 with the refusal in
- * *r. */
+/* Verifies an envelope: timestamp within the window, the device known, the signature over
+ * fl__request_digest(method, path, ...) with its key (cached, keys.h), then the device active
+ * and the nonce unseen (it is recorded), in one statement. Fills a->device_id and a->pub.
+ * Returns 0, or -1 with the refusal in *r. */
 int fl__auth_device(fl_srv *s, PGconn *c, fl_req *q, const Fl__V1__SignedRequest *sr, fl_auth *a,
                     fl_resp *r);
+
+/* FL_AUTH_DEVICE_FOLD (http/http.h): with the device's key cached, the pipeline verifies the
+ * signature without a statement and leaves a->fold_pending; the handler's first statement
+ * then starts with FL_AUTH_FOLD_CTE (parameters: the device id, the nonce, the key and whether
+ * to record, "t" exactly when a->fold_pending; fl__auth_fold_params appends them) and selects
+ * FL_AUTH_FOLD_COLS from the device's row `d`, and the handler passes what they say to
+ * fl__auth_fold_finish before it acts on anything. One statement instead of two; the checks
+ * and their answers are those of FL_AUTH_DEVICE. Without a cached key the pipeline runs
+ * FL_AUTH_DEVICE's statements and the fold records nothing. */
+#define FL_AUTH_FOLD_CTE(dev, nonce, key, record)                                         \
+  "WITH fl_nonce AS (INSERT INTO nonces (device_id, nonce) SELECT d0.device_id, " nonce   \
+  "::bytea FROM devices d0 WHERE " record "::boolean AND d0.device_id = " dev             \
+  "::bigint"                                                                              \
+  " AND d0.state = 'active' AND d0.public_key = " key                                     \
+  "::bytea"                                                                               \
+  " AND set_config('synchronous_commit', 'off', true) IS NOT NULL ON CONFLICT DO NOTHING" \
+  " RETURNING 1) "
+#define FL_AUTH_FOLD_COLS(key) \
+  "d.state = 'active', d.public_key = " key "::bytea, EXISTS (SELECT 1 FROM fl_nonce)"
+typedef struct fl_auth_fold {
+  bool found;  /* the device's row was read */
+  bool active; /* the three columns of FL_AUTH_FOLD_COLS */
+  bool same_key;
+  bool recorded;
+} fl_auth_fold;
+/* Appends the fold's four parameters (device id, nonce, key, record) to p. */
+void fl__auth_fold_params(const fl_auth *a, fl_pgp *p);
+/* The fold's three columns from row 0 of res, starting at column `col`. */
+void fl__auth_fold_read(const PGresult *res, int col, fl_auth_fold *f);
+/* Completes the authentication: 0 (the nonce is recorded, by the fold or by the pipeline
+ * before), or -1 with FL_AUTH_DEVICE's refusal in *r. */
+int fl__auth_fold_finish(fl_srv *s, fl_auth *a, const fl_auth_fold *f, fl_resp *r);
 
 /* The parts of fl__auth_device for the policies that look the device up otherwise (uploads
  * fetch the device, its nonce and its round standing in one query, and record the nonce in

@@ -237,6 +237,7 @@ int fl__auth_run(fl_srv *s, fl_req *q, fl_resp *r) {
   a->policy = p;
   switch (p) {
     case FL_AUTH_DEVICE:
+    case FL_AUTH_DEVICE_FOLD:
       rc = run_device(s, q, a, r);
       break;
     case FL_AUTH_ENROLL:
@@ -281,6 +282,5 @@ void fl__auth_free(fl_srv *s, fl_auth *a) {
   fl__v1__update_upload__free_unpacked(a->upload, NULL);
   fl__v1__enroll_request__free_unpacked(a->enroll, NULL);
   fl__v1__signed_request__free_unpacked(a->sr, NULL);
-  free(a->labels);
   free(a);
 }

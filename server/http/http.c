@@ -327,6 +327,12 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
   }
   r.status = 500;
   rt->fn(s, q, &r);
+  /* A folded authentication (FL_AUTH_DEVICE_FOLD) that the handler left unfinished is a
+   * defect of the handler: never answered as a success. */
+  if (q->auth != NULL && q->auth->fold_pending && q->finish == NULL && r.status < 300) {
+    fl__slog(FL_LOG_ERROR, "auth_fold_unfinished", "route=%s", fl__slog_str(rt->name));
+    fl__resp_dev_error(&r, 500, "internal", "authentication unfinished", 0);
+  }
   /* The connection is for the handler's statements only: not held while the answer is sent
    * (a download to a slow client) or while a deferred one waits. */
   fl__auth_put_conn(s, q->auth);

@@ -114,6 +114,10 @@ typedef enum fl_auth_policy {
   FL_AUTH_NONE,   /* anyone: the probes, /metrics, the dashboard's static files */
   FL_AUTH_DEVICE, /* signed envelope of an enrolled, active device: timestamp window, device,
                    * Ed25519 signature over the request digest, nonce recorded (SIGNING.md) */
+  /* FL_AUTH_DEVICE whose last check (device active, the nonce unseen and recorded) rides in
+   * the handler's first statement when the key was cached: FL_AUTH_FOLD_CTE and
+   * fl__auth_fold_finish (auth/auth.h) */
+  FL_AUTH_DEVICE_FOLD,
   FL_AUTH_ENROLL, /* signed envelope with device_id 0, by the key the EnrollRequest carries;
                    * its nonce is recorded by the handler with the new device */
   FL_AUTH_UPLOAD, /* UpdateUpload.signature over the upload digest (SIGNING.md); the nonce is

@@ -48,12 +48,12 @@ bool fl__rollout_member(const char *domain, uint64_t device_id, uint64_t id, dou
 
 /* ----- check-in ------------------------------------------------------------------------------ */
 
-/* The device's labels are its enrollment token's (devapi.c): a device cannot name its channel
- * or join a cohort by itself.
- * One row: the channel the device follows (of the requested model, else of the model it runs,
- * else the lowest model id), a pin (device pins before cohort pins, newest first), the
- * channel's live rollout when the device's labels contain its cohort, and whether this device
- * already reported the candidate and the channel's version for the rollout's gate. */
+/* The device's labels are its enrollment token's (device/enroll.c): a device cannot name its
+ * channel or join a cohort by itself. One row: the channel the device follows (of the requested
+ * model, else of the model it runs, else the lowest model id), a pin (device pins before cohort
+ * pins, newest first), the channel's live rollout when the device's labels contain its cohort, and
+ * whether this device already reported the candidate and the channel's version for the rollout's
+ * gate. */
 static const char CHECKIN_SQL[] =
     "SELECT c.model_id, c.name, c.version, encode(cv.sha256, 'hex'),"
     " p.version, encode(pv.sha256, 'hex'),"
@@ -167,7 +167,7 @@ out:
 /* The channels of every model and whether a model has a live rollout or a pin, as of one
  * registry generation (registry_generation.gen, bumped at commit by a deferred trigger on
  * channels, rollouts and pins: migration "registry generation"). Check-ins read the
- * generation in the statement they run anyway (devapi.c) and come here with it: the same
+ * generation in the statement they run anyway (device/checkin.c) and come here with it: the same
  * generation means the same registry, so a device of a model without rollouts and pins is
  * answered from memory, with no join. Every replica sees a change at its next check-in, as
  * the counter lives in PostgreSQL. One cache per process (one coordinator per process). */

@@ -8,9 +8,14 @@
  *   channel, a rollout, a pin and a rollback made after the cache was loaded are honoured at
  *   the next check-in;
  * - migration 8: partials.sum is stored EXTERNAL, the generation counter moves on changes;
+ *   migration 15: devices has a fillfactor of 70;
  * - prepared statements survive a PostgreSQL restart (the pool reconnects and prepares again);
  * - downloads are served from the shared packed version (the same bytes and ETag before and
- *   after the restart).
+ *   after the restart);
+ * - statements per check-in (pg_stat_statements, top level): an assigned check-in that claims
+ *   a place costs at most FL_ASSIGNED_MAX, one told to wait at most FL_WAIT_MAX, with the
+ *   device's key cached (auth/keys.h); a revocation is honoured at the next request although
+ *   the key is cached.
  */
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
@@ -28,6 +33,11 @@
 #include "harness.h"
 
 #define NDEV 2
+/* Statements of one check-in, measured over K of them (the assignment's share of its group
+ * commit included: with check-ins one after the other each claim is a batch of its own). */
+#define FL_ASSIGNED_MAX 2.0
+#define FL_WAIT_MAX 1.0
+#define K 8
 
 static fl_sup_pg g_pg;
 static char g_db[64];
@@ -37,6 +47,14 @@ static fl_h_device g_dev[NDEV];
 static void setup(void) {
   cr_assert_eq(fl_sup_pg_start(&g_pg, NULL, "fl-cost-pg-", "itest_checkin_cost"), FL_OK,
                "private PostgreSQL cluster");
+  /* pg_stat_statements needs preloading: counted statements per check-in. */
+  char conf[400];
+  snprintf(conf, sizeof conf, "%s/data/postgresql.conf", g_pg.dir);
+  FILE *f = fopen(conf, "a");
+  cr_assert_not_null(f);
+  fprintf(f, "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top\n");
+  fclose(f);
+  cr_assert_eq(fl_sup_pg_restart(&g_pg, "fast"), FL_OK);
   /* The harness and the coordinator reach the database through libpq's environment. */
   setenv("PGHOST", g_pg.dir, 1);
   setenv("PGPORT", "5432", 1);
@@ -254,6 +272,11 @@ Test(checkin_cost, migration_storage_and_generation, .init = setup, .fini = tear
                            " AND attstorage = 'e'"),
                1, "partials.sum is not stored EXTERNAL");
   cr_assert_eq(fl_h_db_int(g_db, "SELECT count(*) FROM schema_migrations WHERE version = 8"), 1);
+  /* Migration 15: HOT room for the batched last-seen updates. */
+  cr_assert_eq(fl_h_db_int(g_db,
+                           "SELECT count(*) FROM pg_class WHERE relname = 'devices'"
+                           " AND reloptions @> ARRAY['fillfactor=70']"),
+               1, "devices has no fillfactor 70");
   cr_assert_eq(fl_h_db_int(g_db,
                            "SELECT count(*) FROM pg_trigger WHERE tgname IN"
                            " ('channels_generation', 'rollouts_generation',"
@@ -318,4 +341,120 @@ Test(checkin_cost, prepared_statements_survive_a_postgres_restart, .init = setup
   free(b2);
   cr_assert_eq(fl_h_db_int(g_db, "SELECT assigned FROM rounds ORDER BY round_id LIMIT 1"), 2,
                "a device took two slots");
+}
+
+/* One statement in the test's database (no result wanted). */
+static void db_exec(const char *sql) {
+  char conn[128];
+  snprintf(conn, sizeof conn, "dbname=%s", g_db);
+  PGconn *c = PQconnectdb(conn);
+  cr_assert_eq(PQstatus(c), CONNECTION_OK, "%s", PQerrorMessage(c));
+  PGresult *r = PQexec(c, sql);
+  ExecStatusType st = PQresultStatus(r);
+  cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+  PQclear(r);
+  PQfinish(c);
+}
+
+/* Top-level statements counted since the last reset, less the test's own. With `show`, they
+ * are printed (to explain a failure). */
+#define OTHERS " FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
+
+static int64_t statements(bool show) {
+  if (show) {
+    char conn[128];
+    snprintf(conn, sizeof conn, "dbname=%s", g_db);
+    PGconn *c = PQconnectdb(conn);
+    PGresult *r =
+        PQexec(c, "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)" OTHERS
+                  " ORDER BY calls DESC");
+    for (int i = 0; i < PQntuples(r); i++)
+      fprintf(stderr, "  %s  %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+    PQclear(r);
+    PQfinish(c);
+  }
+  return fl_h_db_int(g_db, "SELECT coalesce(sum(calls), 0)" OTHERS);
+}
+
+/* K check-ins of devs[from..from+K), one after the other; each answer is `want`'s. */
+static double per_checkin(fl_h_device *devs, uint64_t model_id, int want, const char *reason) {
+  db_exec("SELECT pg_stat_statements_reset()");
+  for (int i = 0; i < K; i++) {
+    Fl__V1__CheckInResponse *resp = checkin_running(&devs[i], model_id, 0, 0);
+    cr_assert_not_null(resp);
+    cr_assert_eq((int)resp->assignment_case, want, "check-in %d", i);
+    if (reason != NULL)
+      cr_assert_str_eq(resp->retry->reason, reason);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+  }
+  double n = (double)statements(false) / K;
+  if (n > (reason ? FL_WAIT_MAX : FL_ASSIGNED_MAX))
+    statements(true);
+  return n;
+}
+
+Test(checkin_cost, statements_per_checkin, .init = setup, .fini = teardown, .timeout = 120) {
+  static fl_h_device devs[2 * K];
+  uint64_t model_id, round_id;
+  /* The ticker's passes (every --tick) are not the check-ins': one a minute, none while the
+   * check-ins are counted. */
+  fl_h_coord_stop(&g_c, SIGTERM);
+  fl_h_coord_cleanup(&g_c);
+  static const char *const extra[] = {"--tick=60000", NULL};
+  cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, extra), 0);
+  db_exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+  cr_assert_eq(fl_h_enroll_devices(&g_c, devs, 2 * K), 0);
+  /* A first check-in before any round: the keys are cached from here on. */
+  for (int i = 0; i < 2 * K; i++) {
+    Fl__V1__CheckInResponse *resp = checkin_running(&devs[i], 0, 0, 0);
+    cr_assert_not_null(resp);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+  }
+  char plan[160];
+  snprintf(plan, sizeof plan,
+           "{\"participants\":%d,\"over_selection\":1,\"deadline_s\":600,\"clip_norm\":10}", K);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "count", FL_H_SMALL_SPEC, plan, &model_id, &round_id), 0);
+  double assigned = per_checkin(devs, model_id, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK, NULL);
+  double wait =
+      per_checkin(devs + K, model_id, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY, "round_full");
+  fprintf(stderr, "statements per check-in: assigned %.2f, told to wait %.2f\n", assigned, wait);
+  cr_assert_leq(assigned, FL_ASSIGNED_MAX, "an assigned check-in costs %.2f statements", assigned);
+  cr_assert_leq(wait, FL_WAIT_MAX, "a check-in told to wait costs %.2f statements", wait);
+  cr_assert_eq(fl_h_db_int(g_db, "SELECT assigned FROM rounds ORDER BY round_id LIMIT 1"), K);
+
+  /* With the key cached, the fold's refusals are FL_AUTH_DEVICE's: a replayed nonce, and a
+   * forged signature, which costs no statement at all. */
+  Fl__V1__CheckInRequest ci = FL__V1__CHECK_IN_REQUEST__INIT;
+  uint8_t buf[16], nonce[16] = {7, 7, 7};
+  size_t n = fl__v1__check_in_request__pack(&ci, buf);
+  fl_h_resp r;
+  fl_h_forge fg = {.nonce = nonce, .nonce_len = sizeof nonce};
+  for (int i = 0; i < 2; i++) {
+    cr_assert_eq(fl_h_device_post(&g_c, &devs[1], "/v1/checkin", buf, n, &fg, &r), 0);
+    cr_assert_eq(r.status, i == 0 ? 200 : 401, "check-in %d with one nonce: %ld", i, r.status);
+    if (i == 1)
+      cr_assert_str_eq(fl_h_error_reason(&r), "replayed_nonce");
+    fl_h_resp_free(&r);
+  }
+  db_exec("SELECT pg_stat_statements_reset()");
+  fg = (fl_h_forge){.corrupt_signature = true};
+  cr_assert_eq(fl_h_device_post(&g_c, &devs[1], "/v1/checkin", buf, n, &fg, &r), 0);
+  cr_assert_eq(r.status, 401);
+  cr_assert_str_eq(fl_h_error_reason(&r), "bad_signature");
+  fl_h_resp_free(&r);
+  cr_assert_eq(statements(true), 0, "a forged signature of a cached device cost statements");
+
+  /* Revoked with its key cached: refused at once (the state is read with the nonce). */
+  char path[96];
+  snprintf(path, sizeof path, "/admin/v1/devices/%llu/revoke", (unsigned long long)devs[0].id);
+  json_t *j = fl_h_admin_ok(&g_c, "POST", path, "{}");
+  cr_assert_not_null(j);
+  json_decref(j);
+  cr_assert_eq(fl_h_device_post(&g_c, &devs[0], "/v1/checkin", buf, n, NULL, &r), 0);
+  cr_assert_eq(r.status, 403, "a revoked device checked in: %ld %s", r.status,
+               fl_h_error_reason(&r));
+  cr_assert_str_eq(fl_h_error_reason(&r), "device_revoked");
+  fl_h_resp_free(&r);
+  for (int i = 0; i < 2 * K; i++)
+    fl_h_device_free(&devs[i]);
 }
