@@ -4,7 +4,7 @@
  * NIID-Bench's simple CNN at its batch of 64 (benches/niid.sh: momentum 0.9, weight decay
  * 1e-5); the 2NN is README's quick-start model at batch 10. Random inputs: the work does not
  * depend on the values. Prints the median and best of several repetitions of `steps` steps,
- * per step, and CPU time of the process over the same loop.
+ * per step, CPU time of the process over the same loop, and the last step's loss.
  *
  * benches/train_ab.sh runs this program built against two trees (before and after a change to
  * the kernels) alternately in one run, which is how RESULTS.md compares them.
@@ -102,14 +102,14 @@ static int run(const char *name, const fl_model_spec *spec, size_t batch, int st
   for (size_t i = 0; i < POOL * batch; i++)
     y[i] = rand() % 10;
   fl_sgd opt = {.lr = 0.01f, .momentum = momentum, .weight_decay = 1e-5f, .velocity = vel};
-  double cpu0 = cpu_s();
+  double cpu0 = cpu_s(), loss = 0.0;
   for (int r = 0; r < reps && rc == FL_OK; r++) {
     double t0 = mono_s();
     for (int s = 0; s < steps && rc == FL_OK; s++) {
       fl_batch b = {.x = x + (size_t)(s % POOL) * batch * in,
                     .labels = y + (size_t)(s % POOL) * batch,
                     .n = batch};
-      rc = fl__model_sgd_step(m, &b, &opt, NULL);
+      rc = fl__model_sgd_step(m, &b, &opt, &loss);
     }
     t[r] = (mono_s() - t0) / steps;
   }
@@ -119,10 +119,12 @@ static int run(const char *name, const fl_model_spec *spec, size_t batch, int st
     goto cleanup;
   }
   qsort(t, (size_t)reps, sizeof *t, cmp_double);
+  /* The last step's loss: the same across builds when their arithmetic is the same (every
+   * repetition goes on training the same seeded model on the same batches). */
   printf(
       "%-4s batch %3zu: median %8.3f ms/step, best %8.3f ms/step, CPU %8.3f ms/step (%d x %d "
-      "steps)\n",
-      name, batch, t[reps / 2] * 1e3, t[0] * 1e3, cpu * 1e3, reps, steps);
+      "steps), last loss %.9g\n",
+      name, batch, t[reps / 2] * 1e3, t[0] * 1e3, cpu * 1e3, reps, steps, loss);
 cleanup:
   free(t);
   free(vel);

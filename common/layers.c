@@ -161,16 +161,22 @@ void fl__conv_forward(const fl__layer *l, const float *w, const float *b, const 
   for (size_t e0 = 0; e0 < n; e0 += pass) {
     size_t cn = n - e0 < pass ? n - e0 : pass;
     im2col(l, x + e0 * l->in_size, cn, ws->col);
-    /* tmp[out_c, cn*ohw] = W[out_c, ckk] * col[ckk, cn*ohw] */
-    fl__gemm(false, false, l->out_c, cn * ohw, ckk, 1.0f, w, ws->col, 0.0f, ws->tmp);
-    /* Scatter back to [example, channel, position] order, adding the bias on the way. */
+    /* tmp[out_c, cn*ohw] = b + W[out_c, ckk] * col[ckk, cn*ohw]: the bias written first and
+     * the sgemm adding onto it (beta = 1), as in dense, spares the sgemm's own zeroing pass
+     * over tmp. The same sum: OpenBLAS adds its product onto C, so only where it splits k
+     * into panels (far above these layers' C*k*k) would the bias join the partial sums
+     * earlier. */
+    for (uint32_t o = 0; o < l->out_c; o++) {
+      float *row = ws->tmp + o * cn * ohw;
+      for (size_t p = 0; p < cn * ohw; p++)
+        row[p] = b[o];
+    }
+    fl__gemm(false, false, l->out_c, cn * ohw, ckk, 1.0f, w, ws->col, 1.0f, ws->tmp);
+    /* Scatter back to [example, channel, position] order. */
     for (size_t e = 0; e < cn; e++) {
-      for (uint32_t o = 0; o < l->out_c; o++) {
-        float *dst = y + (e0 + e) * l->out_size + o * ohw;
-        const float *src = ws->tmp + (o * cn + e) * ohw;
-        for (size_t p = 0; p < ohw; p++)
-          dst[p] = src[p] + b[o];
-      }
+      for (uint32_t o = 0; o < l->out_c; o++)
+        memcpy(y + (e0 + e) * l->out_size + o * ohw, ws->tmp + (o * cn + e) * ohw,
+               ohw * sizeof(float));
     }
   }
   if (pass >= n) {
