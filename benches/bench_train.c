@@ -76,6 +76,29 @@ static void nn2_spec(fl_model_spec *s) {
   s->loss = FL_LOSS_SOFTMAX_CE;
 }
 
+/* With FL_BENCH_GRAD_DIR set, writes the gradient of the first batch at the initial weights
+ * to DIR/NAME.grad (raw floats): train_ab.sh compares two builds' files element by element. */
+static int dump_grad(fl_model *m, const char *name, const float *x, const int32_t *y,
+                     size_t batch) {
+  const char *dir = getenv("FL_BENCH_GRAD_DIR");
+  if (dir == NULL)
+    return FL_OK;
+  fl_batch b = {.x = x, .labels = y, .n = batch};
+  int rc = fl__model_loss_grad(m, &b, NULL);
+  if (rc != FL_OK)
+    return rc;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s.grad", dir, name);
+  FILE *f = fopen(path, "wb");
+  size_t np = fl__model_num_params(m);
+  if (f == NULL || fwrite(fl__model_grads(m), sizeof(float), np, f) != np) {
+    if (f)
+      fclose(f);
+    return FL_E_IO;
+  }
+  return fclose(f) == 0 ? FL_OK : FL_E_IO;
+}
+
 /* reps repetitions of `steps` SGD steps over a pool of random batches; prints ms per step. */
 static int run(const char *name, const fl_model_spec *spec, size_t batch, int steps, int reps,
                float momentum) {
@@ -102,6 +125,7 @@ static int run(const char *name, const fl_model_spec *spec, size_t batch, int st
   for (size_t i = 0; i < POOL * batch; i++)
     y[i] = rand() % 10;
   fl_sgd opt = {.lr = 0.01f, .momentum = momentum, .weight_decay = 1e-5f, .velocity = vel};
+  rc = dump_grad(m, name, x, y, batch);
   double cpu0 = cpu_s(), loss = 0.0;
   for (int r = 0; r < reps && rc == FL_OK; r++) {
     double t0 = mono_s();
