@@ -15,8 +15,23 @@
 #include <stdint.h>
 
 /* Floats of im2col columns one conv2d pass may use; more examples per pass means bigger, faster
- * sgemms, but the buffer is part of a device's memory footprint. */
-#define FL__CONV_COL_BUDGET ((size_t)1 << 19)
+ * sgemms, but the buffer is part of a device's memory footprint (only while it trains: a
+ * device's training model is freed after the round). When a training batch fits in one pass,
+ * the forward pass's columns are kept for the backward pass instead of being built again: with
+ * 4 MB per layer NIID-Bench's CNN at batch 64 (3.7 and 2.5 MB of columns) does. */
+#define FL__CONV_COL_BUDGET ((size_t)1 << 20)
+
+/* conv2d scratch, one per conv layer. */
+typedef struct fl__conv_ws {
+  float *col; /* im2col columns, reused as their gradient in backward */
+  float *tmp; /* [out_c, examples * out_h * out_w] sgemm result / gathered gradient */
+  /* Set by a forward pass that built the columns of all its examples in one pass: its input
+   * and example count, so that the backward pass that follows it over the same examples
+   * (model.c always runs them in that order) uses them again. Cleared once they are
+   * overwritten by their gradient. */
+  const float *col_x;
+  size_t col_n;
+} fl__conv_ws;
 
 /* A layer as built from its spec: shapes resolved, parameter offsets assigned. */
 typedef struct fl__layer {
@@ -32,13 +47,8 @@ typedef struct fl__layer {
   bool in_place;            /* activation that overwrites its input buffer */
   float *out;               /* owned output buffer, NULL when aliased or in place */
   int32_t *argmax;          /* maxpool2d: winning input index per output */
+  fl__conv_ws conv;         /* conv2d: owned scratch */
 } fl__layer;
-
-/* conv2d scratch shared by all conv layers of a model. */
-typedef struct fl__conv_ws {
-  float *col; /* im2col columns, reused as their gradient in backward */
-  float *tmp; /* [out_c, examples * out_h * out_w] sgemm result / gathered gradient */
-} fl__conv_ws;
 
 /* Examples handled by one conv2d pass when the batch has n. */
 size_t fl__conv_pass_examples(const fl__layer *l, size_t n);

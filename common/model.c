@@ -35,7 +35,6 @@ struct fl_model {
   float *params, *grads;
   size_t cap;      /* examples the work buffers currently hold */
   float *delta[2]; /* ping-pong gradients w.r.t. activations */
-  fl__conv_ws ws;
   const float *acts[FL_MAX_LAYERS + 1]; /* activations of the last forward pass */
 };
 
@@ -279,7 +278,6 @@ static int ensure_capacity(fl_model *m, size_t n) {
   if (n <= m->cap)
     return FL_OK;
   const fl_allocator *a = m->alloc;
-  size_t col = 0, tmp = 0;
   int rc = FL_OK;
   for (uint32_t i = 0; i < m->n_layers && rc == FL_OK; i++) {
     fl__layer *l = &m->layers[i];
@@ -288,22 +286,19 @@ static int ensure_capacity(fl_model *m, size_t n) {
     rc = grow_floats(a, &l->out, n * l->out_size);
     if (rc == FL_OK && l->type == FL_LAYER_MAXPOOL2D)
       rc = grow_ints(a, &l->argmax, n * l->out_size);
-    if (l->type == FL_LAYER_CONV2D) {
+    if (rc == FL_OK && l->type == FL_LAYER_CONV2D) {
+      /* Each conv layer has its own columns: they are kept from forward to backward. */
       size_t pass = fl__conv_pass_examples(l, n);
-      if (pass * l->col_per_ex > col)
-        col = pass * l->col_per_ex;
-      if (pass * l->out_size > tmp)
-        tmp = pass * l->out_size;
+      l->conv.col_x = NULL;
+      rc = grow_floats(a, &l->conv.col, pass * l->col_per_ex);
+      if (rc == FL_OK)
+        rc = grow_floats(a, &l->conv.tmp, pass * l->out_size);
     }
   }
   if (rc == FL_OK)
     rc = grow_floats(a, &m->delta[0], n * m->max_size);
   if (rc == FL_OK)
     rc = grow_floats(a, &m->delta[1], n * m->max_size);
-  if (rc == FL_OK && col > 0)
-    rc = grow_floats(a, &m->ws.col, col);
-  if (rc == FL_OK && tmp > 0)
-    rc = grow_floats(a, &m->ws.tmp, tmp);
   if (rc != FL_OK)
     return rc;
   m->cap = n;
@@ -314,13 +309,14 @@ static void free_work(fl_model *m) {
   for (uint32_t i = 0; i < m->n_layers; i++) {
     fl__free(m->alloc, m->layers[i].out);
     fl__free(m->alloc, m->layers[i].argmax);
+    fl__free(m->alloc, m->layers[i].conv.col);
+    fl__free(m->alloc, m->layers[i].conv.tmp);
     m->layers[i].out = NULL;
     m->layers[i].argmax = NULL;
+    m->layers[i].conv = (fl__conv_ws){0};
   }
   fl__free(m->alloc, m->delta[0]);
   fl__free(m->alloc, m->delta[1]);
-  fl__free(m->alloc, m->ws.col);
-  fl__free(m->alloc, m->ws.tmp);
   m->cap = 0;
 }
 
@@ -457,7 +453,7 @@ static void forward_pass(fl_model *m, const float *x, size_t n) {
         fl__dense_forward(l, p + l->w_off, p + l->b_off, in, n, y);
         break;
       case FL_LAYER_CONV2D:
-        fl__conv_forward(l, p + l->w_off, p + l->b_off, in, n, y, &m->ws);
+        fl__conv_forward(l, p + l->w_off, p + l->b_off, in, n, y, &l->conv);
         break;
       case FL_LAYER_MAXPOOL2D:
         fl__maxpool_forward(l, in, n, y, l->argmax);
@@ -489,7 +485,7 @@ static void backward_pass(fl_model *m, size_t n, bool accumulate) {
         break;
       case FL_LAYER_CONV2D:
         fl__conv_backward(l, p + l->w_off, m->acts[i], dy, n, g + l->w_off, g + l->b_off, dxi,
-                          accumulate, &m->ws);
+                          accumulate, &l->conv);
         break;
       case FL_LAYER_MAXPOOL2D:
         fl__maxpool_backward(l, dy, l->argmax, n, dx);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "layers.h"
 #include "model.h"
 #include "rng.h"
 
@@ -281,6 +282,51 @@ Test(gradcheck, batch_split_into_pieces, .timeout = 120) {
   ADD(c, L(FL_LAYER_FLATTEN));
   ADD(c, dense(2));
   gradcheck(&c, 300, false, 22);
+}
+
+/* A conv whose columns for the batch exceed FL__CONV_COL_BUDGET (32*32*81 floats per example,
+ * 12 examples per pass, batch 14) runs in two passes, whose columns are built again in backward
+ * rather than kept from forward as in the single-pass batches above. Its gradient must equal
+ * the mean of the examples' own gradients (one pass each, columns kept): finite differences
+ * over this many positions are too noisy to tell a small error from rounding. */
+Test(gradcheck, conv_batch_in_two_passes) {
+  fl_model_spec s = spec3(1, 40, 40, FL_LOSS_SOFTMAX_CE);
+  ADD(s, conv(1, 9, 1, 0));
+  ADD(s, L(FL_LAYER_TANH));
+  ADD(s, conv(2, 8, 8, 0));
+  ADD(s, L(FL_LAYER_TANH));
+  ADD(s, L(FL_LAYER_FLATTEN));
+  ADD(s, dense(3));
+  fl__layer l = {.col_per_ex = 32 * 32 * 81, .out_size = 32 * 32};
+  cr_assert_eq(fl__conv_pass_examples(&l, 14), 12);
+  fl_model *m = NULL;
+  cr_assert_eq(fl__model_new(&m, &s, NULL), FL_OK);
+  fl__model_init(m, 24);
+  size_t np = fl__model_num_params(m), n = 14, in = fl__model_input_size(m);
+  gc_data d;
+  gc_data_make(&d, m, n, false, 25);
+  fl_batch b = {.x = d.x, .labels = d.labels, .n = n};
+  cr_assert_eq(fl__model_loss_grad(m, &b, NULL), FL_OK);
+  float *g = malloc(np * sizeof(float));
+  double *mean = calloc(np, sizeof(double));
+  memcpy(g, fl__model_grads(m), np * sizeof(float));
+  for (size_t e = 0; e < n; e++) {
+    fl_batch one = {.x = d.x + e * in, .labels = d.labels + e, .n = 1};
+    cr_assert_eq(fl__model_loss_grad(m, &one, NULL), FL_OK);
+    for (size_t j = 0; j < np; j++)
+      mean[j] += fl__model_grads(m)[j] / (double)n;
+  }
+  double gmax = 0.0;
+  for (size_t j = 0; j < np; j++) {
+    cr_assert(fabs(g[j] - mean[j]) <= 1e-4 * fmax(fabs(mean[j]), 1e-4),
+              "param %zu: batch %.8g, mean of examples %.8g", j, g[j], mean[j]);
+    gmax = fmax(gmax, fabs(g[j]));
+  }
+  cr_assert(gmax > 1e-2, "gradient too small to tell anything: %g", gmax);
+  free(mean);
+  free(g);
+  gc_data_free(&d);
+  fl__model_free(m);
 }
 
 /* Layers without parameters in front (pool, then an activation over the input, flatten) run
