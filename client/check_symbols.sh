@@ -2,10 +2,12 @@
 # The exported ABI of libflclient.so, three ways (docs/ABI.md): the functions the public headers
 # declare (FL_API in fl/client.h, the functions of fl/err.h), the names flclient.map lists, and
 # the dynamic symbols the built library defines must be the same set; every exported symbol
-# carries the map's version node, and the SONAME is the one the policy gives.
-#   check_symbols.sh client.h err.h flclient.map libflclient.so SONAME
+# carries the version node the map lists it under, no node is newer than the project version
+# (NODE, FLCLIENT_<major>.<minor>: a node is named after the release that adds it), and the
+# SONAME is the one the policy gives.
+#   check_symbols.sh client.h err.h flclient.map libflclient.so SONAME NODE
 set -eu
-client_h=$1 err_h=$2 map=$3 so=$4 soname=$5
+client_h=$1 err_h=$2 map=$3 so=$4 soname=$5 newest=$6
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -31,12 +33,25 @@ for pair in "headers map" "headers library"; do
     status=1
   fi
 done
-node=$(sed -n -E 's/^(FLCLIENT_[0-9.]+) *\{.*/\1/p' "$map" | head -n 1)
-unversioned=$(grep -v "@@*$node\$" "$tmp/raw" | grep -v '@@*FLCLIENT_' || true)
-if [ -n "$unversioned" ]; then
-  echo "check_symbols: exported without a FLCLIENT_ version: $unversioned"
+# Each symbol's node: the one the map lists it under, and the one the library gives it.
+awk '/^FLCLIENT_[0-9.]+ *\{/ {node = $1; sub(/\{.*/, "", node)}
+     /^ *fl_[a-z0-9_]+;/ {name = $1; sub(/;.*/, "", name); print name "@" node}' "$map" |
+  sort -u >"$tmp/map_nodes"
+sed -E 's/@@?/@/' "$tmp/raw" | sort -u >"$tmp/library_nodes"
+if ! diff -u "$tmp/map_nodes" "$tmp/library_nodes" >"$tmp/diff"; then
+  echo "check_symbols: symbol versions differ (- the map's node, + the library's):"
+  sed -n '3,$p' "$tmp/diff" | grep -E '^[-+]'
   status=1
 fi
+nodes=$(sed -n -E 's/^(FLCLIENT_[0-9.]+) *\{.*/\1/p' "$map")
+for n in $nodes; do
+  if [ "$(printf '%s\n%s\n' "$n" "$newest" | sort -V | tail -n 1)" != "$newest" ]; then
+    echo "check_symbols: node $n is newer than the project version's $newest (docs/ABI.md:" \
+      "a new function while the major is 0 raises the minor, and with it the SONAME)"
+    status=1
+  fi
+done
+node=$(echo "$nodes" | tail -n 1)
 got=$(readelf -d "$so" | sed -n -E 's/.*\(SONAME\).*\[(.*)\]/\1/p')
 if [ "$got" != "$soname" ]; then
   echo "check_symbols: SONAME is '$got', the policy says '$soname'"

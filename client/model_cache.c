@@ -259,6 +259,13 @@ static int build_and_digest(const Fl__V1__ModelVersion *mv, const fl_allocator *
     snprintf(why, why_len, "model spec is invalid: %s", fl_strerror(err));
     return err;
   }
+  /* The weights against the spec's layout before the model is built: a spec declaring 2^26
+   * parameters beside a few weights would otherwise cost two 256 MiB blocks to refuse. */
+  err = fl__delta_check(&spec, mv->weights, mv->n_weights);
+  if (err != FL_OK) {
+    snprintf(why, why_len, "model weights do not fit the spec: %s", fl_strerror(err));
+    return err;
+  }
   fl_model *m = NULL;
   err = fl__model_new(&m, &spec, a);
   if (err != FL_OK) {

@@ -55,9 +55,11 @@ int fl__delta_encode(const fl_model *m, const float *delta, int encoding, float 
 void fl__delta_release(Fl__V1__Tensor **tensors, size_t n, const fl_allocator *a);
 /* Checks n tensors against the model layout (count and shape of each, then fl__tensor_check).
  * FL_E_SHAPE when n or a shape differs, else the first failing tensor's fl__tensor_check code
- * (so FL_E_NONFINITE can be told apart from FL_E_PARSE). This builds the layout from the spec on
- * each call (it allocates a model); a server checking many updates caches the layout once with
- * fl__layout_new and calls fl__delta_check_layout. */
+ * (so FL_E_NONFINITE can be told apart from FL_E_PARSE). This resolves the layout from the spec
+ * on each call (nothing allocated: fl__spec_layout); a server checking many updates caches the
+ * layout once with fl__layout_new and calls fl__delta_check_layout. A model's weights have the
+ * same layout: checked with this before a model is built for them, a spec declaring far more
+ * than the weights sent costs nothing. */
 int fl__delta_check(const fl_model_spec *spec, Fl__V1__Tensor *const *tensors, size_t n);
 int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
                            Fl__V1__Tensor *const *tensors, size_t n);

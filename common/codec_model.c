@@ -157,36 +157,31 @@ int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
 
 int fl__layout_new(const fl_model_spec *spec, fl_tensor_info **out, size_t *out_n,
                    const fl_allocator *a) {
-  fl_model *m = NULL;
+  fl_tensor_info stack[FL_SPEC_MAX_TENSORS];
+  size_t n = 0;
   if (spec == NULL || out == NULL || out_n == NULL)
     return FL_E_INVAL;
-  /* The layout rules live in model.c alone; a throwaway model is the one source of truth. */
-  int err = fl__model_new(&m, spec, a);
+  int err = fl__spec_layout(spec, stack, FL_SPEC_MAX_TENSORS, &n);
   if (err != FL_OK)
     return err;
-  size_t n = fl__model_num_tensors(m);
   fl_tensor_info *infos = fl__calloc(a, n, sizeof *infos);
-  if (infos == NULL) {
-    fl__model_free(m);
+  if (infos == NULL)
     return FL_E_NOMEM;
-  }
-  for (size_t i = 0; i < n; i++)
-    fl__model_tensor_info(m, i, &infos[i]);
-  fl__model_free(m);
+  memcpy(infos, stack, n * sizeof *infos);
   *out = infos;
   *out_n = n;
   return FL_OK;
 }
 
 int fl__delta_check(const fl_model_spec *spec, Fl__V1__Tensor *const *tensors, size_t n) {
-  fl_tensor_info *layout = NULL;
+  fl_tensor_info layout[FL_SPEC_MAX_TENSORS];
   size_t n_layout = 0;
-  int err = fl__layout_new(spec, &layout, &n_layout, NULL);
+  if (spec == NULL)
+    return FL_E_INVAL;
+  int err = fl__spec_layout(spec, layout, FL_SPEC_MAX_TENSORS, &n_layout);
   if (err != FL_OK)
     return err;
-  err = fl__delta_check_layout(layout, n_layout, tensors, n);
-  fl__free(NULL, layout);
-  return err;
+  return fl__delta_check_layout(layout, n_layout, tensors, n);
 }
 
 int fl__weights_from_proto(fl_model *m, Fl__V1__Tensor *const *tensors, size_t n) {

@@ -235,6 +235,18 @@ int fl__spec_validate(const fl_model_spec *spec) {
   return resolve_spec(spec, &scratch);
 }
 
+int fl__spec_layout(const fl_model_spec *spec, fl_tensor_info *infos, size_t cap, size_t *n) {
+  fl_model scratch; /* as fl__spec_validate: resolved on the stack, nothing allocated */
+  memset(&scratch, 0, sizeof scratch);
+  int rc = resolve_spec(spec, &scratch);
+  if (rc != FL_OK)
+    return rc;
+  *n = scratch.n_tensors;
+  for (size_t i = 0; i < scratch.n_tensors && i < cap; i++)
+    fl__model_tensor_info(&scratch, i, &infos[i]);
+  return FL_OK;
+}
+
 /* ---- construction and work buffers ----------------------------------------------------- */
 
 /* Floats of work buffers per example; sets the piece size of a batch. */

@@ -83,6 +83,11 @@ typedef struct fl_tensor_info {
   uint32_t ndim, shape[4];
 } fl_tensor_info;
 void fl__model_tensor_info(const fl_model *m, size_t i, fl_tensor_info *info);
+/* A spec's parameter tensors as a model built from it would have them, without building one
+ * (nothing is allocated, whatever the spec declares): *n gets their number (at most
+ * FL_SPEC_MAX_TENSORS), the first `cap` go into infos. fl__spec_validate's errors. */
+#define FL_SPEC_MAX_TENSORS (2 * FL_MAX_LAYERS)
+int fl__spec_layout(const fl_model_spec *spec, fl_tensor_info *infos, size_t cap, size_t *n);
 
 /* Seeded initialisation: He normal for layers followed by ReLU, Glorot uniform otherwise;
  * biases zero. Same seed, same spec -> same bits. */

@@ -94,6 +94,7 @@ struct sim_fleet {
   atomic_uint_fast64_t enroll_tried, enrolled;
   atomic_uint_fast64_t finished, uploaded, failed, dropped, offline, train_ns, train_cpu_ns;
   atomic_uint_fast64_t not_folded; /* device rounds answered 409 target_reached */
+  atomic_uint_fast64_t closed;     /* device rounds answered 409 round_closed */
   atomic_int_fast64_t last_ack_ms;
   sim_mqtt_broker mqtt; /* o.broker split */
 };
@@ -187,6 +188,8 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
       ;
   } else if (sim_target_reached(r.err, fl_client_errmsg(d->c))) {
     atomic_fetch_add(&f->not_folded, 1);
+  } else if (sim_round_closed(r.err, fl_client_errmsg(d->c))) {
+    atomic_fetch_add(&f->closed, 1);
   } else {
     count_failure(f, w, r.err);
   }
@@ -678,6 +681,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->uploaded = atomic_load(&f->uploaded);
   c->failed = atomic_load(&f->failed);
   c->not_folded = atomic_load(&f->not_folded);
+  c->closed = atomic_load(&f->closed);
   c->dropped = atomic_load(&f->dropped);
   c->offline = atomic_load(&f->offline);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;

@@ -88,6 +88,7 @@ typedef struct sim_fleet_counts {
   uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
   uint64_t not_folded; /* answered 409 target_reached: the round was full, not a failure */
+  uint64_t closed;     /* answered 409 round_closed: the round closed first, not a failure */
   uint64_t offline;    /* offline periods begun (intermittency) */
   double train_s;      /* training time summed over devices */
   double train_cpu_s;  /* CPU time of the training threads while they trained, summed */

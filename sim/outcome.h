@@ -1,5 +1,5 @@
 /*
- * A device round's outcome as fl-sim counts it (fleet.c): a refusal that is not a failure.
+ * A device round's outcome as fl-sim counts it (fleet.c): refusals that are not failures.
  */
 #ifndef SIM_OUTCOME_H
 #define SIM_OUTCOME_H
@@ -14,5 +14,9 @@
  * counts keep apart from failures. The public result says FL_E_REFUSED; the reason is in the
  * message, as client/request.c writes it ("POST /v1/updates: HTTP 409 target_reached: ..."). */
 bool sim_target_reached(fl_err err, const char *errmsg);
+/* The same for a 409 round_closed: the round closed (its deadline or target, or it was
+ * stopped) before this update arrived or committed, so it is not folded either; counted on a
+ * row of its own, since a fleet that sees many is too slow for its deadline. */
+bool sim_round_closed(fl_err err, const char *errmsg);
 
 #endif

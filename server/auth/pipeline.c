@@ -193,13 +193,18 @@ static int upload_authenticate(fl_srv *s, fl_auth *a, fl_resp *r) {
   return 0;
 }
 
-/* An admin request's connection. The wait is not bounded, as it never was for operators
- * (their requests are few). */
+/* An admin request's connection, bounded like a device request's: an unbounded wait held its
+ * event-loop thread, and every connection on it, for as long as the pool stayed exhausted.
+ * Longer than a device's (FL_DEVICE_POOL_WAIT_MS): an operator's requests are few and a
+ * refusal is a person's error, where a device just retries on its schedule. */
+#define FL_ADMIN_POOL_WAIT_MS 5000
+
 static int admin_conn(fl_srv *s, fl_auth *a, fl_resp *r) {
-  a->c = fl__pool_get(s->pool);
+  a->c = fl__pool_get_timed(s->pool, FL_ADMIN_POOL_WAIT_MS);
   if (a->c != NULL)
     return 0;
-  fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
+  fl__resp_admin_error(r, 503, "unavailable", "database unavailable; retry");
+  r->retry_after_ms = 1000;
   return -1;
 }
 

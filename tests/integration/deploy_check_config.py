@@ -3,8 +3,10 @@
 against each other and against the coordinator's real options (`fl-coordinator --help`).
 
   * versions: `fl-coordinator --version` and the chart's appVersion are the CMake project version;
-  * Dockerfile: two stages, slim runtime base, numeric non-root USER, HEALTHCHECK on /healthz,
-    every FL_* variable it sets is a coordinator option;
+  * Dockerfile: two stages, slim runtime base, numeric non-root USER, every FL_* variable it
+    sets is a coordinator option; its HEALTHCHECK, deploy/fl-healthcheck.sh, probes /healthz
+    where FL_LISTEN listens (a stand-in curl per address form; the real one on an IPv6-only
+    listener);
   * compose.yaml parses; services, volumes and build paths it names exist; every replica gets
     the same signing key and a distinct replica id; every FL_* variable is an option; the nginx
     template's placeholders are all given by the lb service;
@@ -86,7 +88,15 @@ def dockerfile_checks(root, known):
     uid = users[-1].split(":")[0] if users else ""
     check(uid.isdigit() and uid != "0", "Dockerfile: numeric non-root USER (%s)" % users)
     hc = [l for l in lines if l.upper().startswith("HEALTHCHECK ")]
-    check(hc and "/healthz" in hc[0], "Dockerfile: HEALTHCHECK on /healthz")
+    check(hc and "/usr/local/bin/fl-healthcheck" in hc[0],
+          "Dockerfile: HEALTHCHECK runs fl-healthcheck (%s)" % hc)
+    check("COPY deploy/fl-healthcheck.sh /usr/local/bin/fl-healthcheck" in lines,
+          "Dockerfile: fl-healthcheck is deploy/fl-healthcheck.sh")
+    ignore = open(os.path.join(root, "deploy/Dockerfile.dockerignore")).read().split()
+    check("!deploy/fl-healthcheck.sh" in ignore,
+          "Dockerfile.dockerignore: keeps deploy/fl-healthcheck.sh in the context")
+    check(os.access(os.path.join(root, "deploy/fl-healthcheck.sh"), os.X_OK),
+          "deploy/fl-healthcheck.sh is executable (COPY keeps the mode)")
     env = {}
     for l in lines:
         if l.upper().startswith("ENV "):
@@ -100,6 +110,76 @@ def dockerfile_checks(root, known):
 
 
 # --- compose.yaml -------------------------------------------------------------------------------
+def healthcheck_checks(root, work):
+    """deploy/fl-healthcheck.sh probes /healthz where FL_LISTEN listens: with a stand-in curl for
+    each form of the address, then with the real curl against an IPv6-only listener on ::1 (the
+    image's probe used to call 127.0.0.1 whatever FL_LISTEN said)."""
+    script = os.path.join(root, "deploy/fl-healthcheck.sh")
+    fake = os.path.join(work, "fakecurl")
+    os.makedirs(fake, exist_ok=True)
+    with open(os.path.join(fake, "curl"), "w") as f:
+        f.write('#!/bin/sh\nfor a; do last=$a; done\necho "$last"\n')
+    os.chmod(os.path.join(fake, "curl"), 0o755)
+    cases = [(None, None, "http://127.0.0.1:8080/healthz"),
+             ("0.0.0.0:8080", None, "http://127.0.0.1:8080/healthz"),
+             (":9000", None, "http://127.0.0.1:9000/healthz"),
+             ("[::]:8080", None, "http://[::1]:8080/healthz"),
+             ("[::1]:81", None, "http://[::1]:81/healthz"),
+             ("[fd00::5]:8080", "/c.pem", "https://[fd00::5]:8080/healthz"),
+             ("10.1.2.3:80", None, "http://10.1.2.3:80/healthz"),
+             ("coord.example:443", "/c.pem", "https://coord.example:443/healthz")]
+    for listen, cert, want in cases:
+        env = {k: v for k, v in os.environ.items() if k not in ("FL_LISTEN", "FL_TLS_CERT")}
+        env["PATH"] = fake + os.pathsep + env.get("PATH", "")
+        if listen is not None:
+            env["FL_LISTEN"] = listen
+        if cert is not None:
+            env["FL_TLS_CERT"] = cert
+        out = subprocess.run(["/bin/sh", script], env=env, capture_output=True, text=True)
+        check(out.returncode == 0 and out.stdout.strip() == want,
+              "fl-healthcheck: FL_LISTEN=%s FL_TLS_CERT=%s probes %s (got %r %r)"
+              % (listen, cert, want, out.stdout.strip(), out.stderr.strip()))
+    real_ipv6_probe(script)
+
+
+def real_ipv6_probe(script):
+    import http.server
+    import socket
+    import threading
+
+    class V6(http.server.HTTPServer):
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            super().server_bind()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    try:
+        srv = V6(("::1", 0), H)
+    except OSError as e:
+        print("note: no IPv6 loopback here (%s): the real-curl probe is not run" % e)
+        return
+    port = srv.server_address[1]
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    env = {k: v for k, v in os.environ.items() if k != "FL_TLS_CERT"}
+    for listen, ok in (("[::]:%d" % port, True), ("0.0.0.0:%d" % port, False)):
+        env["FL_LISTEN"] = listen
+        rc = subprocess.run(["/bin/sh", script], env=env, capture_output=True).returncode
+        check((rc == 0) == ok, "fl-healthcheck against an IPv6-only listener, FL_LISTEN=%s: %s"
+              " (exit %d)" % (listen, "passes" if ok else "fails (nothing on IPv4)", rc))
+    srv.shutdown()
+    srv.server_close()
+
+
 def compose_checks(root, known):
     deploy = os.path.join(root, "deploy")
     doc = yaml.safe_load(open(os.path.join(deploy, "compose.yaml")))
@@ -372,6 +452,7 @@ def main():
     check("FL_DATABASE_URL" in known and "FL_ADMIN_TOKEN_FILE" in known,
           "fl-coordinator --help lists its environment variables")
     uid = dockerfile_checks(a.root, known)
+    healthcheck_checks(a.root, a.work)
     compose_checks(a.root, known)
     docs_checks(a.root)
     chart = os.path.join(a.root, "deploy/helm/fleetlearn")

@@ -475,27 +475,10 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
   return sz * n;
 }
 
-/* A GET of `path` (sent as it is) whose envelope is signed over `sign_path`; a Retry-After
- * header line lands in out->etag. */
-static int get_signed_over(const fl_h_device *d, const char *path, const char *sign_path,
-                           fl_h_resp *out) {
-  Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
-  uint8_t nonce[16], digest[FL_SHA256_LEN], sig[FL_SIG_LEN], env[256];
-  cr_assert_eq(fl__random_bytes(nonce, sizeof nonce), 0);
-  sr.device_id = d->id;
-  sr.timestamp_ms = wall_ms();
-  sr.nonce = (ProtobufCBinaryData){sizeof nonce, nonce};
-  cr_assert_eq(fl__request_digest("GET", sign_path, sr.device_id, sr.timestamp_ms, nonce,
-                                  sizeof nonce, (const uint8_t *)"", 0, digest),
-               0);
-  cr_assert_eq(fl__sign(d->key, digest, sizeof digest, sig), 0);
-  sr.signature = (ProtobufCBinaryData){sizeof sig, sig};
-  size_t n = fl__v1__signed_request__get_packed_size(&sr);
-  cr_assert_leq(n, sizeof env);
-  fl__v1__signed_request__pack(&sr, env);
-  char hdr[512], url[512];
-  int m = snprintf(hdr, sizeof hdr, "X-FL-Auth: ");
-  EVP_EncodeBlock((unsigned char *)hdr + m, env, (int)n);
+/* A GET of `path` (sent as it is) with one extra header line; a Retry-After header line lands
+ * in out->etag. */
+static int get_with_header(const char *path, const char *hdr, fl_h_resp *out) {
+  char url[512];
   snprintf(url, sizeof url, "%s%s", g_coord.url, path);
   memset(out, 0, sizeof *out);
   CURL *c = curl_easy_init();
@@ -515,6 +498,30 @@ static int get_signed_over(const fl_h_device *d, const char *path, const char *s
   curl_slist_free_all(h);
   curl_easy_cleanup(c);
   return rc == CURLE_OK ? 0 : -1;
+}
+
+/* A GET of `path` (sent as it is) whose envelope is signed over `sign_path`; a Retry-After
+ * header line lands in out->etag. */
+static int get_signed_over(const fl_h_device *d, const char *path, const char *sign_path,
+                           fl_h_resp *out) {
+  Fl__V1__SignedRequest sr = FL__V1__SIGNED_REQUEST__INIT;
+  uint8_t nonce[16], digest[FL_SHA256_LEN], sig[FL_SIG_LEN], env[256];
+  cr_assert_eq(fl__random_bytes(nonce, sizeof nonce), 0);
+  sr.device_id = d->id;
+  sr.timestamp_ms = wall_ms();
+  sr.nonce = (ProtobufCBinaryData){sizeof nonce, nonce};
+  cr_assert_eq(fl__request_digest("GET", sign_path, sr.device_id, sr.timestamp_ms, nonce,
+                                  sizeof nonce, (const uint8_t *)"", 0, digest),
+               0);
+  cr_assert_eq(fl__sign(d->key, digest, sizeof digest, sig), 0);
+  sr.signature = (ProtobufCBinaryData){sizeof sig, sig};
+  size_t n = fl__v1__signed_request__get_packed_size(&sr);
+  cr_assert_leq(n, sizeof env);
+  fl__v1__signed_request__pack(&sr, env);
+  char hdr[512];
+  int m = snprintf(hdr, sizeof hdr, "X-FL-Auth: ");
+  EVP_EncodeBlock((unsigned char *)hdr + m, env, (int)n);
+  return get_with_header(path, hdr, out);
 }
 
 /* libmicrohttpd decodes %XX before routing and before the digest sees the path: "1%00" served
@@ -677,6 +684,16 @@ Test(harden, exhausted_pool_answers_503, .init = setup_small_pool, .fini = teard
   cr_expect_geq(fl_h_metric(&g_coord, "fl_db_pool_waits_total"), 1);
   cr_expect_geq(fl_h_metric(&g_coord, "fl_db_pool_timeouts_total"), 1, "the 503 gave up");
   cr_expect_gt(fl_h_metric(&g_coord, "fl_db_pool_wait_seconds_total"), 1.0);
+  /* An operator's request too: it used to wait without limit, holding its event-loop thread
+   * until the lock went (curl gives up after 30 s). Sent after the device's 503, so a thread
+   * that is free accepts it. */
+  char bearer[128];
+  snprintf(bearer, sizeof bearer, "Authorization: Bearer %s", g_coord.admin_token);
+  fl_h_resp ar;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int arc = get_with_header("/admin/v1/models", bearer, &ar);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double as = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
   PQclear(PQexec(lk, "COMMIT"));
   PQfinish(lk);
   cr_expect_eq(rc, 0, "no answer while the pool was exhausted (%.1f s)", s);
@@ -685,6 +702,13 @@ Test(harden, exhausted_pool_answers_503, .init = setup_small_pool, .fini = teard
   cr_expect_eq(strncasecmp(r.etag, "Retry-After:", 12), 0, "no Retry-After header");
   cr_expect_lt(s, 6.0, "answered after %.1f s", s);
   fl_h_resp_free(&r);
+  cr_expect_eq(arc, 0, "no admin answer while the pool was exhausted (%.1f s)", as);
+  cr_expect_eq(ar.status, 503, "admin status %ld after %.1f s", ar.status, as);
+  const char *abody = ar.data ? (const char *)ar.data : "";
+  cr_expect(strstr(abody, "\"unavailable\"") != NULL, "admin body: %s", abody);
+  cr_expect_eq(strncasecmp(ar.etag, "Retry-After:", 12), 0, "no Retry-After on the admin 503");
+  cr_expect_lt(as, 15.0, "admin answered after %.1f s", as);
+  fl_h_resp_free(&ar);
   for (int i = 0; i < 2; i++) {
     pthread_join(t[i], NULL);
     cr_expect_eq(a[i].rc, 0);

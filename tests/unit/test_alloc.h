@@ -1,7 +1,8 @@
 /*
  * A failing allocator for the allocation-failure sweeps (fail the Nth allocation for every N):
  * it counts the allocations attempted and the blocks alive, and refuses the allocation whose
- * index is fail_at. Shared by the unit tests of every module that takes an fl_allocator.
+ * index is fail_at, and keeps the largest size asked for (what a hostile input made it spend).
+ * Shared by the unit tests of every module that takes an fl_allocator.
  */
 #ifndef TEST_ALLOC_H
 #define TEST_ALLOC_H
@@ -15,10 +16,13 @@ typedef struct test_alloc {
   long fail_at; /* the one that fails; -1: none */
   long failed;  /* allocations refused */
   long live;    /* blocks currently allocated */
+  size_t largest; /* the largest size asked for */
 } test_alloc;
 
 static inline void *test_alloc_malloc(void *ctx, size_t n) {
   test_alloc *a = ctx;
+  if (n > a->largest)
+    a->largest = n;
   if (a->calls++ == a->fail_at) {
     a->failed++;
     return NULL;
@@ -31,6 +35,8 @@ static inline void *test_alloc_malloc(void *ctx, size_t n) {
 
 static inline void *test_alloc_realloc(void *ctx, void *p, size_t n) {
   test_alloc *a = ctx;
+  if (n > a->largest)
+    a->largest = n;
   if (a->calls++ == a->fail_at) {
     a->failed++;
     return NULL;

@@ -1,5 +1,6 @@
 /* Model verification before any use, the cache by hash, and the inference swap: a tampered or
  * unsigned model is refused and the previous one stays in use. */
+#include "test_alloc.h"
 #include "test_client_fake.h"
 
 static fake_coord f;
@@ -79,6 +80,41 @@ Test(client_model, unsigned_model_is_refused) {
 
 Test(client_model, a_different_version_than_asked_is_refused) {
   cr_assert_eq(verify(f.v[2].bytes, f.v[2].len, f.pub, f.v[1].sha), FL_E_BADHASH);
+}
+
+/* A version signed by the coordinator (a hostile or broken one) whose spec declares a model of
+ * 2^24 + 2^12 parameters beside the fake model's few weights: refused for its weights before
+ * anything of the declared size is allocated (it used to build the model first, two blocks of
+ * 64 MiB, and only then compare the weights). */
+Test(client_model, spec_larger_than_its_weights_costs_nothing) {
+  Fl__V1__ModelVersion *mv = fl__v1__model_version__unpack(NULL, f.v[1].len, f.v[1].bytes);
+  cr_assert_not_null(mv);
+  const fl_model_spec big = {.input_ndim = 1,
+                             .input_shape = {4096},
+                             .n_layers = 1,
+                             .layers = {{.type = FL_LAYER_DENSE, .units = 4096}},
+                             .loss = FL_LOSS_SOFTMAX_CE};
+  cr_assert_eq(fl__spec_validate(&big), FL_OK, "the spec itself is within bounds");
+  fl_spec_proto_storage st;
+  fl__spec_to_proto(&st, &big);
+  Fl__V1__ModelSpec *own = mv->spec;
+  mv->spec = &st.spec;
+  size_t n = fl__v1__model_version__get_packed_size(mv);
+  uint8_t *buf = malloc(n);
+  fl__v1__model_version__pack(mv, buf);
+  mv->spec = own;
+  fl__v1__model_version__free_unpacked(mv, NULL);
+  test_alloc ta = {.fail_at = -1};
+  fl_allocator a = test_alloc_hooks(&ta);
+  fl__loaded_model lm = {0};
+  char why[256] = "";
+  cr_assert_eq(fl__model_verify(buf, n, f.pub, NULL, &a, &lm, why, sizeof why), FL_E_SHAPE, "%s",
+               why);
+  cr_assert_null(lm.model);
+  cr_expect(strstr(why, "weights do not fit the spec") != NULL, "%s", why);
+  cr_expect_leq(ta.largest, 64 * n, "%zu bytes asked for a %zu-byte version", ta.largest, n);
+  cr_expect_eq(ta.live, 0);
+  free(buf);
 }
 
 static fl_client *open_client(fl_transport *tr) {

@@ -19,6 +19,7 @@ Test(sim_outcome, target_reached_is_told_apart_from_failures) {
   fake_env_enrolled(&e);
   cr_expect(refused_round(&e, 409, "target_reached"), "%s", fl_client_errmsg(e.c));
   cr_expect(!refused_round(&e, 409, "round_closed"), "%s", fl_client_errmsg(e.c));
+  cr_expect(sim_round_closed(FL_E_REFUSED, fl_client_errmsg(e.c)), "%s", fl_client_errmsg(e.c));
   cr_expect(!refused_round(&e, 409, "conflicting_update"), "%s", fl_client_errmsg(e.c));
   cr_expect(!refused_round(&e, 403, "target_reached"), "%s", fl_client_errmsg(e.c));
   /* A round that uploads is not one, and neither is another error with the same words. */
