@@ -258,7 +258,9 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
 }
 
 /* The check-in's one read (prepared). 1 an open round in *o, 0 none, -1 error (also when the
- * device row is gone, which authentication has just read). */
+ * device row is gone, which authentication has just read). A device whose labels contain the
+ * cohort of a drift retraining plan (docs/DRIFT.md 4) is offered that plan's round first, so
+ * it is out of the model's main plan while the retraining runs; other devices never see it. */
 static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t device_id,
                            open_round *o, checkin_view *v) {
   fl_pgp p;
@@ -287,7 +289,8 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       "   (extract(epoch FROM x.accepted_at) * 1000)::bigint AS ms FROM acceptances x"
       "   WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
       "  WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
-      "  ORDER BY r.round_id LIMIT 1) o ON true"
+      "  AND (p.drift_event_id IS NULL OR d.labels @> (p.config->'cohort'->'labels'))"
+      "  ORDER BY p.drift_event_id IS NULL, r.round_id LIMIT 1) o ON true"
       " WHERE d.device_id = $2",
       &p, false, NULL);
   if (r == NULL)

@@ -22,6 +22,7 @@
 
 #include "auth/auth.h"
 #include "drift/drift.h"
+#include "drift/handoff.h"
 #include "drift/retrain.h"
 #include "rounds/plan.h"
 #include "store/store_pg.h"
@@ -29,9 +30,12 @@
 #define DRIFT_LOCK "7302214520"
 #define MAX_GROUPS 256
 #define PASS_PERIOD_S 1.0
+/* Tests kept per cohort in drift_status: the newest versions only (a cohort is decided by its
+ * newest one), so the table and the gauges stay bounded as versions accumulate. */
+#define STATUS_KEEP 8
 
 typedef struct group {
-  char cohort[128];
+  char cohort[FL_COHORT_NAME_MAX]; /* a label value as long as a training cohort takes */
   uint64_t version;
   fl_drift_stats pool;
   bool mixed;  /* a window whose layout differs from the others' was left out */
@@ -93,7 +97,7 @@ static int gather(PGconn *c, uint64_t model_id, const fl_drift_policy *pol, grou
   }
   *n = 0;
   for (int i = 0; i < PQntuples(r); i++) {
-    if (PQgetlength(r, i, 0) >= 128 ||
+    if (PQgetlength(r, i, 0) >= FL_COHORT_NAME_MAX ||
         fl__drift_decode((const uint8_t *)PQgetvalue(r, i, 2), (size_t)PQgetlength(r, i, 2), one))
       continue;
     group *e = find_group(g, n, PQgetvalue(r, i, 0), strtoull(PQgetvalue(r, i, 1), NULL, 10));
@@ -241,6 +245,27 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
   return rc;
 }
 
+/* Bounds drift_status: per cohort of the model the STATUS_KEEP newest versions tested, and
+ * only tests within window_s (a cohort whose devices stopped reporting leaves no gauge). */
+static int prune_status(PGconn *c, uint64_t model_id, const fl_drift_policy *pol) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  fl__pgp_f64(&p, pol->window_s);
+  fl__pgp_u64(&p, STATUS_KEEP);
+  PGresult *r = fl__pg_exec(
+      c,
+      "DELETE FROM drift_status s USING (SELECT cohort_label, cohort, version,"
+      "  row_number() OVER (PARTITION BY cohort_label, cohort ORDER BY version DESC) AS k"
+      "  FROM drift_status WHERE model_id = $1) t"
+      " WHERE s.model_id = $1 AND s.cohort_label = t.cohort_label AND s.cohort = t.cohort"
+      " AND s.version = t.version"
+      " AND (t.k > $3 OR s.tested_at < now() - make_interval(secs => $2))",
+      &p, false, NULL);
+  PQclear(r);
+  return r != NULL ? 0 : -1;
+}
+
 /* One model: gather, test each group that has enough, record. */
 static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift_policy *pol) {
   group *g = malloc(MAX_GROUPS * sizeof *g);
@@ -268,19 +293,25 @@ static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_d
              : 0;
     json_decref(v.features);
   }
+  if (rc == 0)
+    rc = prune_status(c, model_id, pol);
   if (rc == 0 && pol->retrain)
     rc = fl__drift_retrain(c, model_id, pol);
+  if (rc == 0)
+    rc = fl__drift_handoff(c, model_id);
 out:
   free(ref);
   free(g);
   return rc;
 }
 
-/* The newest plan with a drift object of each model. */
+/* The newest main plan (not a retraining plan, whose config is a copy) with a drift object of
+ * each model: its events name it, and retraining plans are made from it. */
 static PGresult *policies(PGconn *c) {
   return fl__pg_exec(c,
                      "SELECT DISTINCT ON (model_id) plan_id, model_id, config::text FROM plans"
-                     " WHERE config ? 'drift' ORDER BY model_id, plan_id DESC",
+                     " WHERE config ? 'drift' AND drift_event_id IS NULL"
+                     " ORDER BY model_id, plan_id DESC",
                      NULL, false, NULL);
 }
 

@@ -295,6 +295,17 @@ static const char *const M_DRIFT[] = {
     "ALTER TABLE plans ADD COLUMN drift_event_id bigint",
     NULL};
 
+/* The model's life after a drift (docs/DRIFT.md 4): a retraining plan runs beside the model's
+ * main plan (one active main plan per model, one plan per drift event), and the event names
+ * the staged rollout of the retrained version to its cohort. */
+static const char *const M_RETRAIN_ROLLOUT[] = {
+    "DROP INDEX plans_one_active",
+    "CREATE UNIQUE INDEX plans_one_active ON plans (model_id)"
+    " WHERE state = 'active' AND drift_event_id IS NULL",
+    "CREATE UNIQUE INDEX plans_one_per_event ON plans (drift_event_id)"
+    " WHERE drift_event_id IS NOT NULL",
+    "ALTER TABLE drift_events ADD COLUMN rollout_id bigint, ADD COLUMN rollout_note text", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -309,6 +320,7 @@ static const migration MIGRATIONS[] = {
     {10, "federated evaluation", M_EVALUATION},
     {11, "secure aggregation", M_SECAGG},
     {12, "drift detection", M_DRIFT},
+    {14, "retraining beside the main plan, rollout of the retrained version", M_RETRAIN_ROLLOUT},
 };
 
 /* Any 64-bit constant shared by all replicas; it only names the lock. */
