@@ -81,6 +81,8 @@ typedef struct run_ctx {
   sim_detection (*cohort)[2];
   sim_detection at_drift[2];
   int have_at_drift;
+  sim_detection retrained[2]; /* --drift-detect: the retrained version rolled out to the site */
+  int have_retrained;
   double eval_s;
   int have_stats;            /* the coordinator's /metrics could be read */
   sim_coord_stats stats;     /* as of the start of the current round */
@@ -210,14 +212,12 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
 }
 
 /* The round after `prev`: the coordinator opens it when prev closes (the next one by id: an
- * async plan's buffers may close faster than the polls). */
+ * async plan's buffers may close faster than the polls), of this plan (not a drift retraining
+ * plan's). */
 static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
   for (int i = 0; i < 200 && !sim_stop_requested; i++) {
-    sim_round_state st;
-    if (sim_admin_next_round(x->admin, x->model_id, prev, &st) == FL_OK && st.round_id > prev) {
-      *out = st.round_id;
+    if (sim_admin_next_plan_round(x->admin, x->model_id, x->plan_id, prev, out) == FL_OK)
       return FL_OK;
-    }
     sleep_ms(POLL_MS);
   }
   return FL_E_TIMEOUT;
@@ -371,6 +371,12 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     if (rc == FL_OK && r < x->o->rounds)
       rc = next_round_id(x, round_id, &round_id);
   }
+  if (x->drift.rollout_version != 0 && x->cohort != NULL) {
+    sim_round_row tmp = {0};
+    printf("drift: the retrained version %llu (rolled out to site " SIM_DRIFT_SITE "):\n",
+           (unsigned long long)x->drift.rollout_version);
+    x->have_retrained = evaluate(x, x->drift.rollout_version, &tmp, x->retrained) == FL_OK;
+  }
   fclose(csv);
   return rc;
 }
@@ -522,35 +528,38 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   char why[160];
   if (sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) != FL_OK)
     return FL_E_INVAL; /* checked with the options */
-  sim_fleet_opts fo = {.broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
-                       .n_devices = o->devices,
-                       .threads = o->threads,
-                       .train_threads = o->train_threads,
-                       .max_inflight = o->max_inflight,
-                       .url = x->url,
-                       .work_dir = work_dir,
-                       .train = &x->d->train,
-                       .part = &x->d->part,
-                       .labelled = !x->d->anomaly,
-                       .dropout = o->dropout,
-                       .net_fail = o->net_fail,
-                       .straggler_frac = o->straggler_frac,
-                       .straggler_ms = o->straggler_ms,
-                       .offline_share = o->offline_share,
-                       .offline_mean_ms = o->offline_mean_s * 1000.0,
-                       .continuous = strcmp(o->mode, "async") == 0,
-                       .bad_frac = o->bad_frac,
-                       .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
-                       .clip_norm = o->clip_norm,
-                       .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
-                       .seed = o->seed,
-                       .model_id = x->model_id,
-                       .service = o->drift_detect ? &x->d->calib : NULL,
-                       .service_per_device = x->d->calib_per_device,
-                       .conditions = &x->conds,
-                       /* federated evaluation: 50 held-out examples per device */
-                       .holdout = o->eval_share > 0 || o->eval_count > 0 ? &x->d->test : NULL,
-                       .holdout_per_device = 50};
+  sim_fleet_opts fo = {
+      .broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
+      .n_devices = o->devices,
+      .threads = o->threads,
+      .train_threads = o->train_threads,
+      .max_inflight = o->max_inflight,
+      .url = x->url,
+      .work_dir = work_dir,
+      .train = &x->d->train,
+      .part = &x->d->part,
+      .labelled = !x->d->anomaly,
+      .dropout = o->dropout,
+      .net_fail = o->net_fail,
+      .straggler_frac = o->straggler_frac,
+      .straggler_ms = o->straggler_ms,
+      .offline_share = o->offline_share,
+      .offline_mean_ms = o->offline_mean_s * 1000.0,
+      .continuous = strcmp(o->mode, "async") == 0,
+      .bad_frac = o->bad_frac,
+      .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
+      .clip_norm = o->clip_norm,
+      .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
+      .seed = o->seed,
+      .model_id = x->model_id,
+      .service = o->drift_detect ? &x->d->calib : NULL,
+      .service_per_device = x->d->calib_per_device,
+      .conditions = &x->conds,
+      /* federated evaluation: 50 held-out examples per device */
+      .holdout = o->eval_share > 0 || o->eval_count > 0 || o->drift_detect ? &x->d->test : NULL,
+      /* --drift-detect: each motor's own held-out windows, for the gate of
+       * the retrained version's rollout (docs/DRIFT.md 4) */
+      .holdout_per_device = o->drift_detect ? x->d->test_per_device : 50};
   rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
   double t0 = mono_s();
   if (rc == FL_OK)
@@ -617,7 +626,7 @@ static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_
 /* --drift-detect: when the drifted site was detected, the false alarms, the retraining. */
 static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   const sim_drift_track *t = &x->drift;
-  int R = x->o->drift_round, last = x->o->rounds - x->o->retrain_rounds;
+  int R = x->o->drift_round, last = t->retrain_round;
   if (t->event_round > 0)
     add_row(rows, n, "drift detected (site " SIM_DRIFT_SITE ")",
             "after round %d: %d round%s after the drift began, %.1f s; PSI %.3f, %d feature%s",
@@ -635,10 +644,24 @@ static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
             (unsigned long long)t->retrain_plan_id, t->retrain_round, x->o->retrain_rounds);
   else
     add_row(rows, n, "retraining plan", "none opened");
-  if (last >= 1 && last <= x->n_rows && last < x->n_rows) {
-    snprintf(label, sizeof(label), "drifted cohort, round %d (before retraining)", last);
+  add_row(rows, n, "retraining plans of other sites", "%d", t->other_retrains);
+  if (last >= 1 && last <= x->n_rows) {
+    snprintf(label, sizeof(label), "drifted cohort, round %d (retraining opened)", last);
     detection_row(rows, n, label, &x->cohort[last][0]);
   }
+  if (t->rollout_id != 0)
+    add_row(rows, n, "retrained version's rollout",
+            "version %llu, rollout %llu: staged after round %d, whole site after round %d (%s)",
+            (unsigned long long)t->rollout_version, (unsigned long long)t->rollout_id,
+            t->staged_round, t->rolled_out_round, t->rollout_note);
+  else
+    add_row(rows, n, "retrained version's rollout", "none (%s)",
+            t->rollout_note[0] ? t->rollout_note : "the retraining did not end");
+  if (x->have_retrained)
+    detection_row(rows, n, "drifted cohort, retrained version", &x->retrained[0]);
+  if (t->resolved_round > 0)
+    add_row(rows, n, "drift event of site " SIM_DRIFT_SITE, "resolved after round %d",
+            t->resolved_round);
 }
 
 /* The drifted cohort before the drift, on its drifted data with the old version, and at the

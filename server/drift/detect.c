@@ -266,20 +266,47 @@ static int prune_status(PGconn *c, uint64_t model_id, const fl_drift_policy *pol
   return r != NULL ? 0 : -1;
 }
 
+/* The newest version of the plan's warm-up (drift.warmup_rounds): the version of its N-th round
+ * that made one, UINT64_MAX while it has made fewer, 0 without a warm-up. While a model still
+ * learns, consecutive versions score the same data differently, and a version's reference is
+ * scored by the version before it (DRIFT.md 1): the test would see drift that is the model's
+ * own movement. */
+static int warmup_version(PGconn *c, uint64_t plan_id, const fl_drift_policy *pol, uint64_t *v) {
+  *v = 0;
+  if (pol->warmup_rounds == 0)
+    return 0;
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, plan_id);
+  fl__pgp_u64(&p, pol->warmup_rounds - 1);
+  PGresult *r = fl__pg_exec(c,
+                            "SELECT result_version FROM rounds WHERE plan_id = $1"
+                            " AND result_version IS NOT NULL ORDER BY round_id OFFSET $2 LIMIT 1",
+                            &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  *v = PQntuples(r) == 1 ? fl__pg_u64(r, 0, 0) : UINT64_MAX;
+  PQclear(r);
+  return 0;
+}
+
 /* One model: gather, test each group that has enough, record. */
 static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift_policy *pol) {
   group *g = malloc(MAX_GROUPS * sizeof *g);
   fl_drift_stats *ref = malloc(sizeof *ref);
   int n = 0, rc = -1;
-  if (g == NULL || ref == NULL || gather(c, model_id, pol, g, &n))
+  uint64_t warm = 0;
+  if (g == NULL || ref == NULL || warmup_version(c, plan_id, pol, &warm) ||
+      gather(c, model_id, pol, g, &n))
     goto out;
   rc = 0;
   /* Newest version first: a cohort is decided by the newest version it has enough windows
    * of, not by the stragglers still reporting an older one. */
   qsort(g, (size_t)n, sizeof *g, newest_first);
   for (int i = 0; i < n && rc == 0; i++) {
-    if (g[i].pool.devices < pol->min_devices || g[i].pool.count < pol->min_samples || decided(g, i))
-      continue; /* too little to decide either way, or decided */
+    if (g[i].version <= warm || g[i].pool.devices < pol->min_devices ||
+        g[i].pool.count < pol->min_samples || decided(g, i))
+      continue; /* a warm-up version, too little to decide either way, or decided */
     int have = load_reference(c, model_id, g[i].version, ref);
     if (have <= 0) {
       rc = have;

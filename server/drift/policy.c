@@ -19,7 +19,7 @@ typedef struct field {
 static const field DRIFT[] = {
     {"psi_threshold", 0.001, 100, 0.25, false}, {"mean_shift_threshold", 0.01, 1000, 1.0, false},
     {"min_devices", 1, 1e6, 5, true},           {"min_samples", 1, 1e12, 200, true},
-    {"window_s", 1, 30 * 86400.0, 3600, false},
+    {"window_s", 1, 30 * 86400.0, 3600, false}, {"warmup_rounds", 0, 1e6, 0, true},
 };
 static const field RETRAIN[] = {
     {"cooldown_s", 0, 365 * 86400.0, 3600, false},
@@ -60,12 +60,12 @@ static int numbers(const json_t *o, const char *what, const field *t, size_t n, 
 
 static int parse_drift(fl_drift_policy *p, const json_t *d, char msg[160]) {
   static const char *const extra[] = {"cohort_label", NULL};
-  double v[5];
+  double v[6];
   if (!json_is_object(d)) {
     snprintf(msg, 160, "drift must be an object");
     return -1;
   }
-  if (numbers(d, "drift", DRIFT, 5, v, extra, msg))
+  if (numbers(d, "drift", DRIFT, 6, v, extra, msg))
     return -1;
   const json_t *l = json_object_get(d, "cohort_label");
   const char *ls = json_string_value(l);
@@ -81,6 +81,7 @@ static int parse_drift(fl_drift_policy *p, const json_t *d, char msg[160]) {
   p->min_devices = (uint32_t)v[2];
   p->min_samples = (uint64_t)v[3];
   p->window_s = v[4];
+  p->warmup_rounds = (uint32_t)v[5];
   return 0;
 }
 
@@ -197,12 +198,13 @@ int fl__drift_policy_from_json(fl_drift_policy *p, const json_t *j, char msg[160
 }
 
 int fl__drift_policy_to_json(const fl_drift_policy *p, json_t *j) {
-  if (p->on && json_object_set_new(
-                   j, "drift",
-                   json_pack("{s:s, s:f, s:f, s:I, s:I, s:f}", "cohort_label", p->label,
-                             "psi_threshold", p->psi_threshold, "mean_shift_threshold",
-                             p->shift_threshold, "min_devices", (json_int_t)p->min_devices,
-                             "min_samples", (json_int_t)p->min_samples, "window_s", p->window_s)))
+  if (p->on &&
+      json_object_set_new(j, "drift",
+                          json_pack("{s:s, s:f, s:f, s:I, s:I, s:f, s:I}", "cohort_label", p->label,
+                                    "psi_threshold", p->psi_threshold, "mean_shift_threshold",
+                                    p->shift_threshold, "min_devices", (json_int_t)p->min_devices,
+                                    "min_samples", (json_int_t)p->min_samples, "window_s",
+                                    p->window_s, "warmup_rounds", (json_int_t)p->warmup_rounds)))
     return -1;
   if (!p->on)
     return 0;

@@ -21,6 +21,7 @@ typedef struct fl_drift_policy {
   uint32_t min_devices;    /* a cohort is tested with reports of at least this many devices */
   uint64_t min_samples;    /* and at least this many examples */
   double window_s;         /* reports older than this are not pooled */
+  uint32_t warmup_rounds;  /* versions of the plan's first rounds are not tested */
   bool retrain;            /* retrain.on_drift */
   double cooldown_s;       /* no second retrain of a cohort within it */
   uint32_t max_concurrent; /* retraining plans active at once, over all models */

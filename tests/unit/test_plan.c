@@ -218,6 +218,7 @@ Test(plan, drift_policy_defaults_and_round_trip) {
   cr_assert_eq(p.drift.min_devices, 5);
   cr_assert_eq(p.drift.retrain_rounds, 2);
   cr_assert_eq(p.drift.max_concurrent, 1);
+  cr_assert_eq(p.drift.warmup_rounds, 0, "every version is tested by default");
   json_t *j = fl__plan_to_json(&p);
   cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
   json_decref(j);
@@ -301,6 +302,10 @@ Test(plan, drift_policy_refuses_bad_objects) {
   cr_assert(strstr(msg, "unknown field") != NULL, "%s", msg);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":0}}", &p, msg), -1);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":2.5}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"warmup_rounds\":-1}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"warmup_rounds\":10}}", &p, msg), 0,
+               "%s", msg);
+  cr_assert_eq(p.drift.warmup_rounds, 10);
   cr_assert_eq(parse("{\"retrain\":{\"on_drift\":true}}", &p, msg), -1);
   cr_assert(strstr(msg, "needs a drift") != NULL, "%s", msg);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"s\"},\"retrain\":{\"on_drift\":1}}", &p, msg),
