@@ -260,7 +260,8 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
 /* The check-in's one read (prepared). 1 an open round in *o, 0 none, -1 error (also when the
  * device row is gone, which authentication has just read). A device whose labels contain the
  * cohort of a drift retraining plan (docs/DRIFT.md 4) is offered that plan's round first, so
- * it is out of the model's main plan while the retraining runs; other devices never see it. */
+ * it is out of the model's main plan while the retraining runs, and stays out while the
+ * retrained version's rollout to the cohort is live; other devices never see it. */
 static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t device_id,
                            open_round *o, checkin_view *v) {
   fl_pgp p;
@@ -290,6 +291,9 @@ static int find_open_round(fl_srv *s, PGconn *c, uint64_t model_id, uint64_t dev
       "   WHERE x.device_id = $2 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
       "  WHERE r.state = 'open' AND ($1::bigint = 0 OR r.model_id = $1)"
       "  AND (p.drift_event_id IS NULL OR d.labels @> (p.config->'cohort'->'labels'))"
+      "  AND (p.drift_event_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM drift_events e"
+      "   JOIN rollouts y ON y.rollout_id = e.rollout_id WHERE e.model_id = r.model_id"
+      "   AND y.state IN ('active', 'paused') AND d.labels @> y.cohort))"
       "  ORDER BY p.drift_event_id IS NULL, r.round_id LIMIT 1) o ON true"
       " WHERE d.device_id = $2",
       &p, false, NULL);

@@ -13,6 +13,7 @@
 #include "drift/handoff.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,16 +146,17 @@ static int stage_one(PGconn *c, uint64_t model_id) {
   return rc;
 }
 
-/* Stage 2: the staged rollouts whose gate decided. */
+/* Stage 2: the staged rollouts whose gate decided; and what became of a rollout later (an
+ * operator's promotion or rollback), so that the event says it. */
 static int stage_two(PGconn *c, uint64_t model_id) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
   PGresult *r = fl__pg_exec(c,
                             "SELECT e.event_id, y.rollout_id, y.state, coalesce(y.gate_state, ''),"
-                            " y.percent FROM drift_events e JOIN rollouts y"
-                            " ON y.rollout_id = e.rollout_id"
-                            " WHERE e.model_id = $1 AND e.rollout_note = 'staged'",
+                            " y.percent, e.rollout_note FROM drift_events e JOIN rollouts y"
+                            " ON y.rollout_id = e.rollout_id WHERE e.model_id = $1"
+                            " AND e.rollout_note IN ('staged', 'rolled_out')",
                             &p, false, NULL);
   if (r == NULL)
     return -1;
@@ -162,14 +164,15 @@ static int stage_two(PGconn *c, uint64_t model_id) {
   for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
     uint64_t event_id = fl__pg_u64(r, i, 0), rollout_id = fl__pg_u64(r, i, 1);
     const char *state = PQgetvalue(r, i, 2), *gate = PQgetvalue(r, i, 3);
-    const char *note = NULL;
+    const char *old = PQgetvalue(r, i, 5), *note = NULL;
+    bool staged = strcmp(old, "staged") == 0;
     if (strcmp(state, "promoted") == 0)
       note = "promoted"; /* the gate's auto_promote or an operator */
     else if (strcmp(gate, "failed") == 0)
       note = "gate_failed"; /* the gate stopped the rollout */
     else if (strcmp(state, "active") != 0 && strcmp(state, "paused") != 0)
       note = state; /* stopped or rolled back by an operator */
-    else if (strcmp(state, "active") == 0 && strcmp(gate, "passed") == 0) {
+    else if (staged && strcmp(state, "active") == 0 && strcmp(gate, "passed") == 0) {
       fl__pgp_init(&p);
       fl__pgp_u64(&p, rollout_id);
       PGresult *u = fl__pg_exec(c,
@@ -191,7 +194,7 @@ static int stage_two(PGconn *c, uint64_t model_id) {
                            "the gate passed: the whole drifted cohort"));
     }
     if (rc == 0 && note != NULL)
-      rc = set_note(c, event_id, "staged", note);
+      rc = set_note(c, event_id, old, note);
   }
   PQclear(r);
   return rc;

@@ -7,7 +7,11 @@
  * histogram): an event naming cohort b and feature 0 must follow within one check-in of each
  * b device and the drift pass after it, and the retraining policy opens exactly one plan for
  * b, with the cohort shape of the plan JSON (its round assigns b devices only), and no second
- * one within the cool-down.
+ * one within the cool-down; drift_status stays bounded. With the main plan still training, the
+ * retraining runs beside it (b devices get its round, a devices the main plan's) and its
+ * version is handed to a staged, gated rollout for b, raised to all of b once the cohort's
+ * evaluation passes the gate: b ends on the retrained version, a does not. A plan's warm-up
+ * versions are not tested.
  * Malformed or oversize statistics are refused with a clear reason and store nothing.
  */
 #include <criterion/criterion.h>
@@ -538,15 +542,33 @@ Test(drift, retrain_beside_main_plan_then_staged_gated_cohort_rollout) {
     cr_assert_eq(resp->rollout->version, i >= NDEV / 2 ? vr : v,
                  "device %d (site %s) runs version %llu", i, i >= NDEV / 2 ? "b" : "a",
                  (unsigned long long)(i >= NDEV / 2 ? vr : v));
-    /* The retraining is over: b devices are back in the main plan's selection. */
-    cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK);
-    cr_assert_eq((int64_t)resp->task->round_id, main_round);
+    /* a devices train the main plan; b devices, served the retrained version, stay out of
+     * it while that rollout is live. */
+    if (i < NDEV / 2) {
+      cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK);
+      cr_assert_eq((int64_t)resp->task->round_id, main_round);
+    } else {
+      cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_RETRY);
+      cr_assert_str_eq(resp->retry->reason, "no_open_round");
+    }
     fl__v1__check_in_response__free_unpacked(resp, NULL);
   }
+  /* An operator ends the cohort's rollout: b is back on the channel's version and in the
+   * main plan. */
+  char path[64];
+  snprintf(path, sizeof path, "/admin/v1/rollouts/%lld/rollback", (long long)rid);
+  json_decref(fl_h_admin_ok(&g_coord, "POST", path, "{}"));
+  Fl__V1__CheckInResponse *back = checkin(NDEV - 1, model_id);
+  cr_assert_eq(back->rollout->version, v);
+  cr_assert_eq(back->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK);
+  cr_assert_eq((int64_t)back->task->round_id, main_round);
+  fl__v1__check_in_response__free_unpacked(back, NULL);
+  wait_db("SELECT count(*) FROM drift_events WHERE rollout_note = 'rolled_back'", 1,
+          "the event says what became of its rollout");
   json_t *d = fl_h_admin_ok(&g_coord, "GET", "/admin/v1/drift", NULL);
   json_t *ev = json_array_get(json_object_get(json_object_get(d, "drift"), "events"), 0);
   cr_assert_eq(json_integer_value(json_object_get(ev, "rollout_id")), rid);
-  cr_assert_str_eq(json_string_value(json_object_get(ev, "rollout_note")), "rolled_out");
+  cr_assert_str_eq(json_string_value(json_object_get(ev, "rollout_note")), "rolled_back");
   json_decref(d);
 }
 
