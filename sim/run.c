@@ -77,11 +77,12 @@ typedef struct run_ctx {
   sim_round_row *rows;
   int n_rows;
   /* With drift: the detector on the drifted motors [0] and the others [1] after each round
-   * (index 0: the initial model), and the last version before the drift on the drifted data. */
-  sim_detection (*cohort)[2];
-  sim_detection at_drift[2];
+   * (index 0: the initial model), and the last version before the drift on the drifted data;
+   * [2] and [3] the same with each cohort's own alarm threshold (cohort_figures). */
+  sim_detection (*cohort)[4];
+  sim_detection at_drift[4];
   int have_at_drift;
-  sim_detection retrained[2]; /* --drift-detect: the retrained version rolled out to the site */
+  sim_detection retrained[4]; /* --drift-detect: the retrained version rolled out to the site */
   int have_retrained;
   double eval_s;
   int have_stats;            /* the coordinator's /metrics could be read */
@@ -114,19 +115,26 @@ static int coord_stats(run_ctx *x, sim_coord_stats *out) {
          sim_coord_stats_parse(out, text) == FL_OK;
 }
 
-/* The detector on the drifted cohort and on the rest, printed; into coh[2]. */
-static int cohort_figures(run_ctx *x, const float *s, double thr, sim_detection *coh) {
+/* The detector on the drifted cohort and on the rest, printed; into coh[4]: [0], [1] at the
+ * fleet's threshold thr, [2], [3] at the 99th percentile of the cohort's own calibration
+ * scores c (a version served to one cohort only, as a retrained one is, calibrates on it). */
+static int cohort_figures(run_ctx *x, const float *s, const float *c, double thr,
+                          sim_detection *coh) {
   const sim_data *d = x->d;
   int rc = FL_OK;
-  for (int c = 0; c < 2 && rc == FL_OK; c++)
+  for (int k = 0; k < 4 && rc == FL_OK; k++) {
+    double t = k < 2 ? thr
+                     : sim_cohort_quantile(c, x->o->devices, d->calib_per_device, d->drifted,
+                                           k == 2, 0.99);
     rc = sim_cohort_detection(s, d->test.labels, x->o->devices, d->test_per_device, d->drifted,
-                              c == 0, thr, &coh[c]);
+                              k % 2 == 0, t, &coh[k]);
+  }
   if (rc == FL_OK)
     printf(
-        "  drifted cohort (%zu motors): AUC %.4f F1 %.3f (P %.3f R %.3f); others: AUC %.4f "
-        "F1 %.3f\n",
-        d->n_drifted, coh[0].auc, coh[0].f1, coh[0].precision, coh[0].recall, coh[1].auc,
-        coh[1].f1);
+        "  drifted cohort (%zu motors): AUC %.4f F1 %.3f (P %.3f R %.3f), own threshold F1 %.3f; "
+        "others: AUC %.4f F1 %.3f, own threshold F1 %.3f\n",
+        d->n_drifted, coh[0].auc, coh[0].f1, coh[0].precision, coh[0].recall, coh[2].f1, coh[1].auc,
+        coh[1].f1, coh[3].f1);
   return rc;
 }
 
@@ -164,7 +172,7 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row, sim_detect
       printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n", prec,
              rec);
       if (d->drifted != NULL && coh != NULL)
-        rc = cohort_figures(x, s, thr, coh);
+        rc = cohort_figures(x, s, c, thr, coh);
     }
     free(s);
     free(c);
@@ -618,9 +626,16 @@ static void privacy_row(run_ctx *x, sim_kv *rows, size_t *n) {
   json_decref(j);
 }
 
-static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_detection *c) {
-  add_row(rows, n, label, "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f)", c->auc, c->f1,
-          c->precision, c->recall);
+/* c[0] at the fleet's threshold; with own, also the F1 at the cohort's own threshold. */
+static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_detection *c,
+                          const sim_detection *own) {
+  if (own != NULL)
+    add_row(rows, n, label,
+            "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f); own threshold F1 %.3f", c->auc, c->f1,
+            c->precision, c->recall, own->f1);
+  else
+    add_row(rows, n, label, "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f)", c->auc, c->f1,
+            c->precision, c->recall);
 }
 
 /* --drift-detect: when the drifted site was detected, the false alarms, the retraining. */
@@ -647,7 +662,7 @@ static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   add_row(rows, n, "retraining plans of other sites", "%d", t->other_retrains);
   if (last >= 1 && last <= x->n_rows) {
     snprintf(label, sizeof(label), "drifted cohort, round %d (retraining opened)", last);
-    detection_row(rows, n, label, &x->cohort[last][0]);
+    detection_row(rows, n, label, &x->cohort[last][0], &x->cohort[last][2]);
   }
   if (t->rollout_id != 0)
     add_row(rows, n, "retrained version's rollout",
@@ -658,7 +673,7 @@ static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
     add_row(rows, n, "retrained version's rollout", "none (%s)",
             t->rollout_note[0] ? t->rollout_note : "the retraining did not end");
   if (x->have_retrained)
-    detection_row(rows, n, "drifted cohort, retrained version", &x->retrained[0]);
+    detection_row(rows, n, "drifted cohort, retrained version", &x->retrained[0], &x->retrained[2]);
   if (t->resolved_round > 0)
     add_row(rows, n, "drift event of site " SIM_DRIFT_SITE, "resolved after round %d",
             t->resolved_round);
@@ -674,17 +689,17 @@ static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   static char label[4][96];
   if (R - 1 <= x->n_rows) {
     snprintf(label[0], sizeof(label[0]), "drifted cohort, round %d (before drift)", R - 1);
-    detection_row(rows, n, label[0], &x->cohort[R - 1][0]);
+    detection_row(rows, n, label[0], &x->cohort[R - 1][0], &x->cohort[R - 1][2]);
   }
   if (x->have_at_drift) {
     snprintf(label[1], sizeof(label[1]), "drifted cohort, round %d's version, drifted data", R - 1);
-    detection_row(rows, n, label[1], &x->at_drift[0]);
+    detection_row(rows, n, label[1], &x->at_drift[0], &x->at_drift[2]);
   }
   if (x->n_rows >= R) {
     snprintf(label[2], sizeof(label[2]), "drifted cohort, round %d", x->n_rows);
-    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0]);
+    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0], &x->cohort[x->n_rows][2]);
     snprintf(label[3], sizeof(label[3]), "other motors, round %d", x->n_rows);
-    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1]);
+    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1], &x->cohort[x->n_rows][3]);
   }
   if (x->o->drift_detect)
     drift_detect_rows(x, rows, n);
