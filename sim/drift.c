@@ -133,8 +133,11 @@ static void follow_retrain(sim_admin *a, const json_t *e, int r, sim_drift_track
   }
   if (strcmp(note, "staged") == 0 && t->staged_round == 0)
     t->staged_round = r;
-  if (strcmp(note, "rolled_out") == 0 && t->rolled_out_round == 0)
+  if (strcmp(note, "rolled_out") == 0 && t->rolled_out_round == 0) {
     t->rolled_out_round = r;
+    if (t->staged_round == 0)
+      t->staged_round = r; /* both stages between two polls */
+  }
   fprintf(out, "drift: site %s's retrained version %llu: rollout %llu %s after round %d\n",
           SIM_DRIFT_SITE, (unsigned long long)t->rollout_version, (unsigned long long)t->rollout_id,
           note, r);
