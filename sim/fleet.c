@@ -3,6 +3,7 @@
  */
 #include "fleet.h"
 #include "mqtt.h"
+#include "outcome.h"
 
 #include <errno.h>
 #include <math.h>
@@ -89,6 +90,7 @@ struct sim_fleet {
   atomic_int stop;
   atomic_uint_fast64_t enroll_tried, enrolled;
   atomic_uint_fast64_t finished, uploaded, failed, dropped, offline, train_ns, train_cpu_ns;
+  atomic_uint_fast64_t not_folded; /* device rounds answered 409 target_reached */
   atomic_int_fast64_t last_ack_ms;
   sim_mqtt_broker mqtt; /* o.broker split */
 };
@@ -180,6 +182,8 @@ static void record_result(struct sim_fleet *f, worker *w, device *d) {
     int64_t now = now_ms(), prev = atomic_load(&f->last_ack_ms);
     while (now > prev && !atomic_compare_exchange_weak(&f->last_ack_ms, &prev, now))
       ;
+  } else if (sim_target_reached(r.err, fl_client_errmsg(d->c))) {
+    atomic_fetch_add(&f->not_folded, 1);
   } else {
     count_failure(f, w, r.err);
   }
@@ -660,6 +664,7 @@ void sim_fleet_counts_get(sim_fleet *f, sim_fleet_counts *c) {
   c->finished = atomic_load(&f->finished);
   c->uploaded = atomic_load(&f->uploaded);
   c->failed = atomic_load(&f->failed);
+  c->not_folded = atomic_load(&f->not_folded);
   c->dropped = atomic_load(&f->dropped);
   c->offline = atomic_load(&f->offline);
   c->train_s = (double)atomic_load(&f->train_ns) / 1e9;

@@ -87,6 +87,7 @@ void sim_fleet_next_round(sim_fleet *f);
 typedef struct sim_fleet_counts {
   uint64_t finished; /* devices done with the current round (any outcome) */
   uint64_t uploaded, failed, dropped;
+  uint64_t not_folded; /* answered 409 target_reached: the round was full, not a failure */
   uint64_t offline;    /* offline periods begun (intermittency) */
   double train_s;      /* training time summed over devices */
   double train_cpu_s;  /* CPU time of the training threads while they trained, summed */

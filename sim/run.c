@@ -258,9 +258,11 @@ static void explain_no_version(run_ctx *x, int r, const sim_round_state *st,
     fprintf(stderr, "fl-sim: every device failed round %d (%llu failed, %llu dropped out%s)\n", r,
             (unsigned long long)failed, (unsigned long long)dropped, unfinished);
   else
-    fprintf(stderr, "fl-sim: devices in round %d: %llu uploaded, %llu failed, %llu dropped out%s\n",
-            r, (unsigned long long)up, (unsigned long long)failed, (unsigned long long)dropped,
-            unfinished);
+    fprintf(stderr,
+            "fl-sim: devices in round %d: %llu uploaded, %llu not folded (target reached), %llu "
+            "failed, %llu dropped out%s\n",
+            r, (unsigned long long)up, (unsigned long long)(a->not_folded - b->not_folded),
+            (unsigned long long)failed, (unsigned long long)dropped, unfinished);
   for (int e = 0; e < 32; e++)
     if (a->failed_by_err[e] > b->failed_by_err[e])
       fprintf(stderr, "  failed: %s x %llu\n", fl_strerror(e),
@@ -763,6 +765,7 @@ static void summary(run_ctx *x, double total_s) {
             60.0 * x->n_rows / round_s);
   add_row(rows, &n, "uploads acknowledged", "%llu", (unsigned long long)c.uploaded);
   add_row(rows, &n, "device rounds failed", "%llu", (unsigned long long)c.failed);
+  add_row(rows, &n, "not folded (target reached)", "%llu", (unsigned long long)c.not_folded);
   add_row(rows, &n, "dropouts", "%llu", (unsigned long long)c.dropped);
   if (x->o->offline_share > 0)
     add_row(rows, &n, "offline periods", "%llu", (unsigned long long)c.offline);

@@ -53,6 +53,12 @@ typedef struct fl_auth {
  * -1 with the refusal in *r and nothing held. A route without a policy is refused here too
  * (500), whatever fl__routes_check let through. */
 int fl__auth_run(fl_srv *s, fl_req *q, fl_resp *r);
+/* Admin routes, on the header of a request with a body: the bearer token and its role are
+ * checked before any of the body is read, so that a request without a valid token costs its
+ * header and not up to --max-body of buffering. 0 with q->auth set and its connection given
+ * back (fl__auth_run takes one again for the handler), or -1 with the refusal in *r. 0 and
+ * nothing done for any other policy: device requests are authenticated with their body. */
+int fl__auth_before_body(fl_srv *s, fl_req *q, fl_resp *r);
 /* Gives the context's database connection back to the pool (no-op without one). */
 void fl__auth_put_conn(fl_srv *s, fl_auth *a);
 /* Releases everything the context holds; NULL is a no-op. */

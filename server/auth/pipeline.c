@@ -193,21 +193,40 @@ static int upload_authenticate(fl_srv *s, fl_auth *a, fl_resp *r) {
   return 0;
 }
 
-/* Admin roles: the bearer token's role is at least the route's. The wait for a connection
- * is not bounded, as it never was for operators (their requests are few). */
-static int run_admin(fl_srv *s, fl_req *q, fl_auth *a, fl_resp *r) {
+/* An admin request's connection. The wait is not bounded, as it never was for operators
+ * (their requests are few). */
+static int admin_conn(fl_srv *s, fl_auth *a, fl_resp *r) {
   a->c = fl__pool_get(s->pool);
-  if (a->c == NULL) {
-    fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
+  if (a->c != NULL)
+    return 0;
+  fl__resp_admin_error(r, 503, "unavailable", "database unavailable");
+  return -1;
+}
+
+/* Admin roles: the bearer token's role is at least the route's. */
+static int run_admin(fl_srv *s, fl_req *q, fl_auth *a, fl_resp *r) {
+  if (admin_conn(s, a, r))
     return -1;
-  }
   return fl__auth_admin(s, a->c, q, fl__auth_policy_role(a->policy), a, r);
+}
+
+int fl__auth_before_body(fl_srv *s, fl_req *q, fl_resp *r) {
+  if (fl__auth_policy_role(q->rt->auth) < 0)
+    return 0;
+  if (fl__auth_run(s, q, r))
+    return -1;
+  fl__auth_put_conn(s, q->auth); /* not held while the body arrives */
+  return 0;
 }
 
 int fl__auth_run(fl_srv *s, fl_req *q, fl_resp *r) {
   fl_auth_policy p = q->rt->auth;
   int rc;
-  q->auth = NULL;
+  if (q->auth != NULL) {
+    /* Authenticated on its header (fl__auth_before_body): a connection for the handler. On
+     * failure the context stays the request's, freed with it. */
+    return admin_conn(s, q->auth, r);
+  }
   if (p == FL_AUTH_NONE)
     return 0;
   fl_auth *a = calloc(1, sizeof *a);

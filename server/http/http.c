@@ -406,6 +406,18 @@ static int append(fl_req *q, const char *data, size_t n) {
   return 0;
 }
 
+/* fl__auth_before_body under dispatch's rule for the stopping coordinator: counted as busy
+ * while it uses the pool; once stopping, nothing is checked early (dispatch answers 503).
+ * Nonzero with the refusal in *r. */
+static int before_body(fl_srv *s, fl_req *q, fl_resp *r) {
+  int rc = 0;
+  atomic_fetch_add(&q->http->busy, 1);
+  if (!atomic_load(&q->http->stopping))
+    rc = fl__auth_before_body(s, q, r);
+  atomic_fetch_sub(&q->http->busy, 1);
+  return rc;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -441,6 +453,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       q->answered = true;
       fl__conn_header_done(q->cx, false);
       return dispatch(s, q);
+    }
+    /* An admin request is authenticated before its body is read (auth.h): without a valid
+     * token it is answered now, like a body too large, with none of the body buffered. */
+    fl_resp r = {0};
+    if ((chunked || cl > 0) && before_body(s, q, &r)) {
+      q->answered = true;
+      fl__conn_header_done(q->cx, false);
+      return send_resp(s, q, &r, q->rt->name);
     }
     /* The header is in; the body deadline (conns.h) runs while one is expected. */
     fl__conn_header_done(q->cx, chunked || cl > 0);

@@ -1,7 +1,7 @@
 /*
  * Connection pool. Connections are opened on first use and reset when libpq reports them
- * broken, so the coordinator rides out a database restart: requests during the outage get
- * "unavailable" and the next ones reconnect.
+ * broken or the server has ended them while they were idle, so the coordinator rides out a
+ * database restart: requests during the outage get "unavailable" and the next ones reconnect.
  */
 #include "store/store_pg.h"
 
@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-events.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,9 +143,21 @@ static int take(fl_pool *p, const struct timespec *deadline, PGconn **out) {
   return rc;
 }
 
-/* A taken slot made usable: reset when broken, opened when empty; handed back on failure. */
+/* Whether the server has ended an idle connection. libpq learns that a session is gone only
+ * when it next reads from it, so a connection that sat in the pool through a restart of
+ * PostgreSQL (or pg_terminate_backend, idle_session_timeout) still says CONNECTION_OK and the
+ * request it is handed fails with 503. An idle session is sent nothing unasked (the pool uses
+ * no LISTEN, and every statement is read to its end): input waiting on the socket is the
+ * server's goodbye, an ErrorResponse and the close. One poll without waiting per take. */
+static bool ended_by_server(PGconn *c) {
+  struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+  return pfd.fd < 0 || poll(&pfd, 1, 0) != 0;
+}
+
+/* A taken slot made usable: reset when broken or ended by the server, opened when empty;
+ * handed back on failure. */
 static PGconn *ready(fl_pool *p, PGconn *c) {
-  if (c != NULL && PQstatus(c) != CONNECTION_OK) {
+  if (c != NULL && (PQstatus(c) != CONNECTION_OK || ended_by_server(c))) {
     PQreset(c);
     if (PQstatus(c) == CONNECTION_OK)
       fl__slog(FL_LOG_INFO, "db_reconnected", NULL);

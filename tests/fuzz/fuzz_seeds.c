@@ -58,6 +58,68 @@ static uint8_t *pack(const ProtobufCMessage *m, size_t *len) {
 static const float k_delta[15] = {0.5f,  -0.25f, 0.125f, 0,     1e-3f, -2.0f, 0.75f, 0.0f,
                                   -0.5f, 0.3f,   0.01f,  -0.1f, 0.2f,  0.0f,  -0.05f};
 
+/* The fields of every seed upload: round 3 of model 1 on version 1, the delta t. */
+static void upload_fields(Fl__V1__UpdateUpload *u, Fl__V1__Tensor **t, size_t n) {
+  u->round_id = 3;
+  u->model_id = 1;
+  u->base_version = 1;
+  u->sample_count = 4;
+  u->loss = 0.7f;
+  u->norm = 2.5f;
+  u->delta = t;
+  u->n_delta = n;
+}
+
+/* DriftStats of the 15-parameter model's inputs (fz_spec: 4 features), as a device sends them:
+ * version 0 for its training data, the running version for its service window. */
+static void drift_stats(Fl__V1__DriftStats *s, uint64_t version) {
+  static double mean[4] = {0.5, -1.0, 2.0, 0.0}, m2[4] = {3.0, 0.5, 8.0, 0.0};
+  static uint64_t hist[4] = {5, 2, 0, 1};
+  fl__v1__drift_stats__init(s);
+  s->model_id = 1;
+  s->version = version;
+  s->count = 8;
+  s->n_mean = s->n_m2 = 4;
+  s->mean = mean;
+  s->m2 = m2;
+  s->n_score_hist = 4;
+  s->score_hist = hist;
+  s->score_lo = -4.0;
+  s->score_hi = 4.0;
+  s->anomalies = 1;
+}
+
+/* Uploads with the fields added since the first seeds, each signed (the update digest covers
+ * them, docs/SIGNING.md): a clipped f32 update with its training statistics, and a secure
+ * aggregation upload whose delta is its masked words. */
+static void stats_uploads(fl_model *m) {
+  static uint8_t words[16] = {1, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 7, 0, 0, 0};
+  Fl__V1__UpdateUpload u = FL__V1__UPDATE_UPLOAD__INIT;
+  Fl__V1__DriftStats train;
+  Fl__V1__Tensor **t = NULL;
+  size_t n = 0, len;
+  uint8_t *env;
+  if (fl__delta_encode(m, k_delta, 1, 0.4f, &t, &n, NULL) != 0)
+    abort();
+  drift_stats(&train, 0);
+  upload_fields(&u, t, n);
+  u.clip_state = FL__V1__CLIP_STATE__CLIP_STATE_CLIPPED;
+  u.train_stats = &train;
+  if (fl_sup_upload_envelope(fz_key(), FZ_DEVICE_ID, &u, &env, &len) != 0)
+    abort();
+  put("envelope", "upload_stats", env, len, NULL, 0);
+  free(env);
+  fl__delta_release(t, n, NULL);
+  u.delta = NULL;
+  u.n_delta = 0;
+  u.train_stats = NULL;
+  u.secagg_masked = (ProtobufCBinaryData){sizeof words, words};
+  if (fl_sup_upload_envelope(fz_key(), FZ_DEVICE_ID, &u, &env, &len) != 0)
+    abort();
+  put("envelope", "upload_masked", env, len, NULL, 0);
+  free(env);
+}
+
 static void uploads(fl_model *m) {
   static const char *names[] = {"", "upload_f32", "upload_f16", "upload_i8", "upload_topk"};
   for (int enc = 1; enc <= 4; enc++) {
@@ -66,14 +128,7 @@ static void uploads(fl_model *m) {
     size_t n = 0;
     if (fl__delta_encode(m, k_delta, enc, 0.4f, &t, &n, NULL) != 0)
       abort();
-    u.round_id = 3;
-    u.model_id = 1;
-    u.base_version = 1;
-    u.sample_count = 4;
-    u.loss = 0.7f;
-    u.norm = 2.5f;
-    u.delta = t;
-    u.n_delta = n;
+    upload_fields(&u, t, n);
     uint8_t *env;
     size_t len;
     if (fl_sup_upload_envelope(fz_key(), FZ_DEVICE_ID, &u, &env, &len) != 0)
@@ -94,6 +149,7 @@ static void uploads(fl_model *m) {
     snprintf(name, sizeof name, "encode_%s", names[enc] + 7);
     put("codec", name, hdr, 3, (const uint8_t *)k_delta, sizeof k_delta);
   }
+  stats_uploads(m);
   Fl__V1__CheckInRequest ci = FL__V1__CHECK_IN_REQUEST__INIT;
   ci.model_id = 1;
   size_t cl, el;
@@ -101,6 +157,21 @@ static void uploads(fl_model *m) {
   if (fl_sup_envelope(fz_key(), FZ_DEVICE_ID, "POST", "/v1/checkin", cb, cl, NULL, &env, &el))
     abort();
   put("envelope", "checkin", env, el, NULL, 0);
+  free(env);
+  free(cb);
+  /* With the fields added since: conditions and the running version's service statistics. */
+  char *conds[] = {"charging", "unmetered"};
+  Fl__V1__DriftStats svc;
+  drift_stats(&svc, 1);
+  ci.running_model_id = 1;
+  ci.running_version = 1;
+  ci.n_conditions = 2;
+  ci.conditions = conds;
+  ci.service_stats = &svc;
+  cb = pack(&ci.base, &cl);
+  if (fl_sup_envelope(fz_key(), FZ_DEVICE_ID, "POST", "/v1/checkin", cb, cl, NULL, &env, &el))
+    abort();
+  put("envelope", "checkin_stats", env, el, NULL, 0);
   free(env);
   free(cb);
   /* Issue 13 item 1: 16 KiB of two-byte unknown fields (field 15, varint 0), which protobuf-c

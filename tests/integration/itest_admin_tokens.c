@@ -5,8 +5,8 @@
  * stays so across restarts, a changed one replaces it); weak or unreadable bootstrap tokens
  * refused at start-up; a generated token written to a 0600 file and never to the log; private
  * keys readable by others refused; the TLS key's text gone from the process's memory; nonces
- * kept for a skew margin past the window; /metrics on its own listener. Run under
- * pg_virtualenv.
+ * kept for a skew margin past the window; /metrics on its own listener; an admin POST
+ * refused on its header, before its body is read. Run under pg_virtualenv.
  */
 #define _GNU_SOURCE /* memmem */
 #include <criterion/criterion.h>
@@ -16,12 +16,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "fl/err.h"
 #include "flsupport/admin.h"
 #include "flsupport/coord.h"
+#include "flsupport/http.h"
 #include "flsupport/proc.h"
 #include "harness.h"
 
@@ -544,4 +546,76 @@ Test(tokens, metrics_on_their_own_listener) {
   cr_assert_eq(fl_sup_admin_probe(main_port, "/healthz"), FL_OK);
   fl_sup_admin_free(m);
   fl_sup_admin_free(main_port);
+}
+
+/* ----- admin bodies after authentication --------------------------------------------------- */
+
+/* Sends the header of a POST to path declaring `declared` body bytes (0: chunked) with the
+ * extra header lines `auth` ("" for none), then `body` (NULL: nothing) after `pause_ms`;
+ * returns the status of what the coordinator answers within 5 s (0: nothing), its text in buf
+ * and the milliseconds from the header to the answer's first byte in *ms. */
+static int post_raw(const char *path, const char *auth, size_t declared, const char *body,
+                    int pause_ms, char *buf, size_t cap, double *ms) {
+  char head[512];
+  int st = 0, fd = fl_sup_tcp_connect(g_coord.port);
+  cr_assert_geq(fd, 0);
+  int m = declared ? snprintf(head, sizeof head,
+                              "POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\n\r\n",
+                              path, auth, declared)
+                   : snprintf(head, sizeof head,
+                              "POST %s HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: chunked\r\n\r\n",
+                              path, auth);
+  double t0 = fl_sup_mono_s();
+  cr_assert_eq(send(fd, head, (size_t)m, MSG_NOSIGNAL), m);
+  if (body != NULL) {
+    usleep((useconds_t)pause_ms * 1000);
+    cr_assert_eq(send(fd, body, strlen(body), MSG_NOSIGNAL), (ssize_t)strlen(body));
+  }
+  size_t n = fl_sup_tcp_read(fd, buf, cap, 5000);
+  *ms = (fl_sup_mono_s() - t0) * 1e3;
+  close(fd);
+  if (n == 0 || sscanf(buf, "HTTP/1.%*d %d", &st) != 1)
+    return 0;
+  return st;
+}
+
+/* An admin POST was read up to --max-body (64 MiB) before its bearer token was looked at: any
+ * client could make the coordinator buffer that much per connection without a token. The token
+ * and its role are now checked on the header (auth/pipeline.c, fl__auth_before_body): each
+ * request below declares a body just under the limit, sends none of it, and is answered at
+ * once (before this change: nothing within 5 s, the coordinator waiting for the body). A valid
+ * token's request is served as before, its body read after the check. */
+Test(tokens, admin_post_is_refused_before_its_body) {
+  start(NULL);
+  json_int_t id;
+  char auth[160], buf[4096];
+  double ms;
+  const char *viewer = create_token("{\"role\":\"viewer\"}", &id);
+  size_t big = (64u << 20) - 1;
+  struct {
+    const char *auth;
+    size_t declared;
+    int status;
+    const char *reason;
+  } cases[] = {
+      {"", big, 401, "\"unauthorized\""},
+      {"Authorization: Bearer 0123456789abcdef0123456789abcdef\r\n", big, 401, "\"unauthorized\""},
+      {"Authorization: Bearer 0123456789abcdef0123456789abcdef\r\n", 0, 401, "\"unauthorized\""},
+      {NULL, big, 403, "\"forbidden\""}};
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", viewer);
+  cases[3].auth = auth; /* a viewer may not create models */
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int st = post_raw("/admin/v1/models", cases[i].auth, cases[i].declared, NULL, 0, buf,
+                      sizeof buf, &ms);
+    cr_expect_eq(st, cases[i].status, "case %zu: %d after %.0f ms (%.80s)", i, st, ms, buf);
+    cr_expect_not_null(strstr(buf, cases[i].reason), "case %zu: %.200s", i, buf);
+  }
+  /* With its token, the same POST is read and served; its body comes after the check. */
+  char body[512];
+  snprintf(body, sizeof body, "{\"name\":\"after-check\",\"spec\":%s}", FL_H_SMALL_SPEC);
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", g_coord.admin_token);
+  int st = post_raw("/admin/v1/models", auth, strlen(body), body, 300, buf, sizeof buf, &ms);
+  cr_expect_eq(st, 200, "%.300s", buf);
+  cr_expect_not_null(strstr(buf, "\"model_id\""), "%.300s", buf);
 }

@@ -48,6 +48,7 @@ typedef struct fake_coord {
   bool tamper_models;       /* flip one weight byte in served models */
   int fail_next;            /* answer this many requests with 503 first */
   int refuse_uploads;       /* HTTP status for uploads, 0: accept */
+  const char *upload_reason; /* the reason of those refusals; NULL: round_closed */
   int lose_acks;            /* store this many uploads, then answer 503 as if the ack was lost */
   int encoding;
   float clip_norm, noise_stddev, topk_fraction;
@@ -343,7 +344,7 @@ static inline void fake_upload(fake_coord *f, const fl_http_request *req) {
   }
   if (f->refuse_uploads != 0) {
     fl__v1__update_upload__free_unpacked(u, NULL);
-    fake_refuse(f, f->refuse_uploads, "round_closed", 0);
+    fake_refuse(f, f->refuse_uploads, f->upload_reason ? f->upload_reason : "round_closed", 0);
     return;
   }
   /* Idempotent like the real one: the same update again (same content digest; a retry is
