@@ -445,6 +445,14 @@ Test(drift, retrain_beside_main_plan_then_staged_gated_cohort_rollout) {
                  i >= NDEV / 2 ? "retraining" : "main");
     fl__v1__check_in_response__free_unpacked(resp, NULL);
   }
+  /* An operator's rollout holds the channel: the handoff waits for it (rollout_active). */
+  snprintf(body, sizeof body,
+           "{\"model_id\":%llu,\"channel\":\"stable\",\"version\":%llu,\"percent\":10}",
+           (unsigned long long)model_id, (unsigned long long)v);
+  json_t *op = fl_h_admin_ok(&g_coord, "POST", "/admin/v1/rollouts", body);
+  cr_assert_not_null(op);
+  int64_t op_id = json_integer_value(json_object_get(op, "rollout_id"));
+  json_decref(op);
   /* The cohort trains the retraining round on its shifted data. */
   Fl__V1__ModelVersion *base = NULL;
   cr_assert_eq(fl_h_download(&g_coord, &g_dev[NDEV / 2], model_id, v, &base), 0);
@@ -474,6 +482,11 @@ Test(drift, retrain_beside_main_plan_then_staged_gated_cohort_rollout) {
                       " AND state = 'active'"),
                1, "the main plan is still active");
 
+  wait_db("SELECT count(*) FROM drift_events WHERE rollout_note = 'rollout_active'", 1,
+          "the channel's live rollout is someone else's: the handoff waits");
+  char op_path[64];
+  snprintf(op_path, sizeof op_path, "/admin/v1/rollouts/%lld/rollback", (long long)op_id);
+  json_decref(fl_h_admin_ok(&g_coord, "POST", op_path, "{}"));
   /* Stage 1: the retrained version to half of the cohort, gated. */
   wait_db("SELECT count(*) FROM drift_events WHERE rollout_note = 'staged'", 1,
           "the retrained version is handed to a rollout");
