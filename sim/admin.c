@@ -125,3 +125,23 @@ int sim_admin_latest_evaluation(sim_admin *a, uint64_t model_id, uint64_t *versi
   json_decref(ans);
   return rc != FL_OK ? rc : *result != NULL ? FL_OK : FL_E_NOTFOUND;
 }
+
+int sim_admin_next_plan_round(sim_admin *a, uint64_t model_id, uint64_t plan_id, uint64_t after,
+                              uint64_t *round_id) {
+  char path[96];
+  json_t *ans = NULL;
+  snprintf(path, sizeof path, "/admin/v1/rounds?model_id=%llu", (unsigned long long)model_id);
+  int rc = fl_sup_admin_call(a, "GET", path, NULL, &ans);
+  json_t *rs = rc == FL_OK ? json_object_get(ans, "rounds") : NULL;
+  uint64_t best = 0;
+  for (size_t i = 0; i < json_array_size(rs); i++) {
+    json_t *r = json_array_get(rs, i);
+    uint64_t id = (uint64_t)json_integer_value(json_object_get(r, "round_id"));
+    if ((uint64_t)json_integer_value(json_object_get(r, "plan_id")) == plan_id && id > after &&
+        (best == 0 || id < best))
+      best = id;
+  }
+  json_decref(ans);
+  *round_id = best;
+  return rc != FL_OK ? rc : best != 0 ? FL_OK : FL_E_NOTFOUND;
+}

@@ -89,5 +89,9 @@ int sim_plan_cohort_eval(json_t *plan, const char *cohort, double share, uint32_
  * number in *version. FL_E_NOTFOUND when no version has any. */
 int sim_admin_latest_evaluation(sim_admin *a, uint64_t model_id, uint64_t *version,
                                 json_t **result);
+/* The smallest round id above `after` of plan plan_id (the model may have a drift retraining
+ * plan beside it, docs/DRIFT.md 4). FL_E_NOTFOUND when none yet. */
+int sim_admin_next_plan_round(sim_admin *a, uint64_t model_id, uint64_t plan_id, uint64_t after,
+                              uint64_t *round_id);
 
 #endif

@@ -50,20 +50,29 @@ int sim_drift_plan(json_t *j, const sim_options *o) {
   /* A site is tested once a tenth of its motors reported (at least 5), with a window of the
    * last ten minutes: the devices report at every check-in, once a simulated round. */
   size_t per_site = o->devices * (1 - o->drift_share) / 2;
-  json_t *d = json_pack("{s:s, s:f, s:f, s:I, s:I, s:f}", "cohort_label", "site", "psi_threshold",
-                        o->psi_threshold, "mean_shift_threshold", 1.0, "min_devices",
-                        (json_int_t)(per_site / 10 > 5 ? per_site / 10 : 5), "min_samples",
-                        (json_int_t)500, "window_s", 600.0);
+  /* No test of the first half of the rounds before the drift: the model still learns there,
+   * and a version's reference is scored by the version before it (docs/DRIFT.md 1). */
+  json_t *d =
+      json_pack("{s:s, s:f, s:f, s:I, s:I, s:f, s:I}", "cohort_label", "site", "psi_threshold",
+                o->psi_threshold, "mean_shift_threshold", 1.0, "min_devices",
+                (json_int_t)(per_site / 10 > 5 ? per_site / 10 : 5), "min_samples", (json_int_t)500,
+                "window_s", 600.0, "warmup_rounds", (json_int_t)((o->drift_round - 1) / 2));
   if (d == NULL || json_object_set_new(j, "drift", d))
     return FL_E_NOMEM;
   if (o->retrain_rounds <= 0)
     return FL_OK;
-  json_t *r = json_pack("{s:b, s:f, s:I, s:I}", "on_drift", 1, "cooldown_s", 3600.0,
-                        "max_concurrent", (json_int_t)1, "rounds", (json_int_t)o->retrain_rounds);
-  if (r == NULL || json_object_set_new(j, "retrain", r) ||
-      json_object_set_new(j, "rounds", json_integer(o->rounds - o->retrain_rounds)))
-    return FL_E_NOMEM;
-  return FL_OK;
+  /* The retrained version to a quarter of the site, then (its loss no worse than the channel's
+   * version's on half of the site's devices, 10 reports each at least) to all of it. */
+  json_t *gate = json_pack("{s:s, s:f, s:f, s:I}", "metric", "loss", "max_delta", 0.0, "sample_pct",
+                           50.0, "min_reports", (json_int_t)10);
+  json_t *ro = gate != NULL ? json_pack("{s:s, s:f, s:o}", "channel", "stable", "percent", 25.0,
+                                        "gate", gate)
+                            : NULL;
+  json_t *r = ro != NULL ? json_pack("{s:b, s:f, s:I, s:I, s:o}", "on_drift", 1, "cooldown_s",
+                                     3600.0, "max_concurrent", (json_int_t)1, "rounds",
+                                     (json_int_t)o->retrain_rounds, "rollout", ro)
+                         : NULL;
+  return r != NULL && json_object_set_new(j, "retrain", r) == 0 ? FL_OK : FL_E_NOMEM;
 }
 
 /* One event seen for the first time: printed, and counted into t. */
@@ -99,6 +108,41 @@ static void new_event(const json_t *e, int r, int drift_round, double since_drif
   }
 }
 
+/* The drifted site's retraining: its rollout's stages and the event's resolution. */
+static void follow_retrain(sim_admin *a, const json_t *e, int r, sim_drift_track *t, FILE *out) {
+  const char *note = json_string_value(json_object_get(e, "rollout_note"));
+  const json_t *rid = json_object_get(e, "rollout_id");
+  if (t->resolved_round == 0 && json_is_string(json_object_get(e, "resolved_at"))) {
+    t->resolved_round = r;
+    fprintf(out, "drift: site %s's event resolved after round %d\n", SIM_DRIFT_SITE, r);
+  }
+  if (note == NULL || strcmp(note, t->rollout_note) == 0)
+    return;
+  snprintf(t->rollout_note, sizeof t->rollout_note, "%s", note);
+  if (json_is_integer(rid) && t->rollout_id == 0) {
+    char path[64];
+    json_t *ro = NULL;
+    t->rollout_id = (uint64_t)json_integer_value(rid);
+    snprintf(path, sizeof path, "/admin/v1/rollouts/%llu", (unsigned long long)t->rollout_id);
+    if (sim_admin_call(a, "GET", path, NULL, &ro) == FL_OK) {
+      json_t *o = json_object_get(ro, "rollout");
+      t->rollout_version =
+          (uint64_t)json_integer_value(json_object_get(json_is_object(o) ? o : ro, "version"));
+    }
+    json_decref(ro);
+  }
+  if (strcmp(note, "staged") == 0 && t->staged_round == 0)
+    t->staged_round = r;
+  if (strcmp(note, "rolled_out") == 0 && t->rolled_out_round == 0) {
+    t->rolled_out_round = r;
+    if (t->staged_round == 0)
+      t->staged_round = r; /* both stages between two polls */
+  }
+  fprintf(out, "drift: site %s's retrained version %llu: rollout %llu %s after round %d\n",
+          SIM_DRIFT_SITE, (unsigned long long)t->rollout_version, (unsigned long long)t->rollout_id,
+          note, r);
+}
+
 void sim_drift_poll(sim_admin *a, uint64_t model_id, int r, int drift_round, double since_drift_s,
                     sim_drift_track *t, FILE *out) {
   char path[96];
@@ -113,7 +157,15 @@ void sim_drift_poll(sim_admin *a, uint64_t model_id, int r, int drift_round, dou
     const json_t *e = json_array_get(events, i);
     uint64_t id = (uint64_t)json_integer_value(json_object_get(e, "event_id"));
     const json_t *plan = json_object_get(e, "retrain_plan_id");
-    if (json_is_integer(plan) && t->retrain_plan_id == 0) {
+    const char *site = json_string_value(json_object_get(e, "cohort"));
+    bool ours = site != NULL && strcmp(site, SIM_DRIFT_SITE) == 0;
+    if (json_is_integer(plan) && !ours && (uint64_t)json_integer_value(plan) > t->other_plan_id) {
+      t->other_plan_id = (uint64_t)json_integer_value(plan);
+      t->other_retrains++;
+      fprintf(out, "drift: retraining plan %llu opened for site %s after round %d\n",
+              (unsigned long long)t->other_plan_id, site ? site : "", r);
+    }
+    if (json_is_integer(plan) && ours && t->retrain_plan_id == 0) {
       t->retrain_plan_id = (uint64_t)json_integer_value(plan);
       t->retrain_round = r;
       fprintf(out, "drift: retraining plan %llu opened for site %s after round %d\n",
@@ -122,9 +174,23 @@ void sim_drift_poll(sim_admin *a, uint64_t model_id, int r, int drift_round, dou
     }
     if (id > t->last_event_id)
       new_event(e, r, drift_round, since_drift_s, t, out);
+    if (t->retrain_plan_id != 0 &&
+        (uint64_t)json_integer_value(json_object_get(e, "retrain_plan_id")) == t->retrain_plan_id)
+      follow_retrain(a, e, r, t, out);
     newest = id > newest ? id : newest;
   }
   t->last_event_id = newest;
+  if (t->retrain_plan_id != 0 && t->rollout_id == 0) {
+    char pp[64];
+    json_t *pl = NULL;
+    snprintf(pp, sizeof pp, "/admin/v1/plans/%llu", (unsigned long long)t->retrain_plan_id);
+    if (sim_admin_call(a, "GET", pp, NULL, &pl) == FL_OK)
+      fprintf(out, "  retraining plan %llu: %s, %lld rounds done\n",
+              (unsigned long long)t->retrain_plan_id,
+              json_string_value(json_object_get(pl, "state")),
+              (long long)json_integer_value(json_object_get(pl, "rounds_done")));
+    json_decref(pl);
+  }
   /* Each site's test of the newest version, one line per round. */
   json_t *cohorts = json_object_get(json_object_get(ans, "drift"), "cohorts");
   long long top = 0;

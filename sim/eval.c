@@ -163,3 +163,20 @@ int sim_cohort_detection(const float *scores, const int32_t *labels, size_t n_de
   free(l);
   return FL_OK;
 }
+
+double sim_cohort_quantile(const float *scores, size_t n_devices, size_t per_device,
+                           const uint8_t *member, int want, double q) {
+  size_t cap = n_devices * per_device;
+  float *v = malloc((cap > 0 ? cap : 1) * sizeof(float));
+  if (v == NULL)
+    return NAN;
+  size_t j = 0;
+  for (size_t k = 0; k < n_devices; k++)
+    if ((member[k] != 0) == (want != 0)) {
+      memcpy(v + j, scores + k * per_device, per_device * sizeof(float));
+      j += per_device;
+    }
+  double r = sim_quantile(v, j, q);
+  free(v);
+  return r;
+}

@@ -42,5 +42,9 @@ typedef struct sim_detection {
 int sim_cohort_detection(const float *scores, const int32_t *labels, size_t n_devices,
                          size_t per_device, const uint8_t *member, int want, double threshold,
                          sim_detection *out);
+/* The q-quantile of the scores of the devices whose member flag is (want != 0), per_device
+ * each: a cohort's own alarm threshold from its calibration windows. NAN on OOM or none. */
+double sim_cohort_quantile(const float *scores, size_t n_devices, size_t per_device,
+                           const uint8_t *member, int want, double q);
 
 #endif

@@ -70,8 +70,8 @@ static const opt_def OPTS[] = {
      "the coordinator tests each site for drift (docs/DRIFT.md); the drifted motors are one site"},
     {"psi-threshold", T_DBL, O(psi_threshold), "--drift-detect: the plan's psi_threshold (0.25)"},
     {"retrain-rounds", T_INT, O(retrain_rounds),
-     "--drift-detect: the plan's training ends this many rounds before --rounds, and a drifted "
-     "site gets a retraining plan of this many rounds (0: no retraining)"},
+     "--drift-detect: a drifted site gets a retraining plan of this many rounds beside the "
+     "plan, whose version is rolled out to the site, staged and gated (0: no retraining)"},
     {"model", T_STR, O(model), "logreg | mlp | 2nn | cnn | autoencoder (2nn; sensor: autoencoder)"},
     {"layers", T_STR, O(layers), "layer list instead of --model, e.g. dense:64,relu,dense:10"},
     {"epochs", T_U32, O(epochs), "local epochs (1)"},
@@ -631,9 +631,11 @@ int sim_options_check(const sim_options *o, char *msg, size_t cap) {
     return fail(msg, cap, "--drift-detect and --retrain-rounds need --drift-round");
   if (o->retrain_rounds > 0 && !o->drift_detect)
     return fail(msg, cap, "--retrain-rounds needs --drift-detect");
+  /* The retraining runs beside the plan from the round after the drift is detected: it must
+   * fit before the run ends. */
   if (o->retrain_rounds > 0 && o->rounds - o->retrain_rounds < o->drift_round)
-    return fail(msg, cap, "--retrain-rounds %d leaves the plan no round from --drift-round %d",
-                o->retrain_rounds, o->drift_round);
+    return fail(msg, cap, "--retrain-rounds %d do not fit between --drift-round %d and --rounds %d",
+                o->retrain_rounds, o->drift_round, o->rounds);
   if (o->drift_kind == NULL ||
       (strcmp(o->drift_kind, "wear") != 0 && strcmp(o->drift_kind, "machine") != 0))
     return fail(msg, cap, "bad --drift-kind %s: wear or machine",

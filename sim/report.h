@@ -38,7 +38,7 @@ int sim_plot_png(const char *png_path, const char *csv_path, const char *title, 
 /* A two-column table with a title; rows whose label is NULL are separators. */
 typedef struct sim_kv {
   const char *label;
-  char value[64];
+  char value[128];
 } sim_kv;
 void sim_table_print(FILE *f, const char *title, const sim_kv *rows, size_t n);
 

@@ -77,10 +77,13 @@ typedef struct run_ctx {
   sim_round_row *rows;
   int n_rows;
   /* With drift: the detector on the drifted motors [0] and the others [1] after each round
-   * (index 0: the initial model), and the last version before the drift on the drifted data. */
-  sim_detection (*cohort)[2];
-  sim_detection at_drift[2];
+   * (index 0: the initial model), and the last version before the drift on the drifted data;
+   * [2] and [3] the same with each cohort's own alarm threshold (cohort_figures). */
+  sim_detection (*cohort)[4];
+  sim_detection at_drift[4];
   int have_at_drift;
+  sim_detection retrained[4]; /* --drift-detect: the retrained version rolled out to the site */
+  int have_retrained;
   double eval_s;
   int have_stats;            /* the coordinator's /metrics could be read */
   sim_coord_stats stats;     /* as of the start of the current round */
@@ -112,19 +115,26 @@ static int coord_stats(run_ctx *x, sim_coord_stats *out) {
          sim_coord_stats_parse(out, text) == FL_OK;
 }
 
-/* The detector on the drifted cohort and on the rest, printed; into coh[2]. */
-static int cohort_figures(run_ctx *x, const float *s, double thr, sim_detection *coh) {
+/* The detector on the drifted cohort and on the rest, printed; into coh[4]: [0], [1] at the
+ * fleet's threshold thr, [2], [3] at the 99th percentile of the cohort's own calibration
+ * scores c (a version served to one cohort only, as a retrained one is, calibrates on it). */
+static int cohort_figures(run_ctx *x, const float *s, const float *c, double thr,
+                          sim_detection *coh) {
   const sim_data *d = x->d;
   int rc = FL_OK;
-  for (int c = 0; c < 2 && rc == FL_OK; c++)
+  for (int k = 0; k < 4 && rc == FL_OK; k++) {
+    double t = k < 2 ? thr
+                     : sim_cohort_quantile(c, x->o->devices, d->calib_per_device, d->drifted,
+                                           k == 2, 0.99);
     rc = sim_cohort_detection(s, d->test.labels, x->o->devices, d->test_per_device, d->drifted,
-                              c == 0, thr, &coh[c]);
+                              k % 2 == 0, t, &coh[k]);
+  }
   if (rc == FL_OK)
     printf(
-        "  drifted cohort (%zu motors): AUC %.4f F1 %.3f (P %.3f R %.3f); others: AUC %.4f "
-        "F1 %.3f\n",
-        d->n_drifted, coh[0].auc, coh[0].f1, coh[0].precision, coh[0].recall, coh[1].auc,
-        coh[1].f1);
+        "  drifted cohort (%zu motors): AUC %.4f F1 %.3f (P %.3f R %.3f), own threshold F1 %.3f; "
+        "others: AUC %.4f F1 %.3f, own threshold F1 %.3f\n",
+        d->n_drifted, coh[0].auc, coh[0].f1, coh[0].precision, coh[0].recall, coh[2].f1, coh[1].auc,
+        coh[1].f1, coh[3].f1);
   return rc;
 }
 
@@ -162,7 +172,7 @@ static int evaluate(run_ctx *x, uint64_t version, sim_round_row *row, sim_detect
       printf("  detection at the 99th percentile of normal: precision %.3f recall %.3f\n", prec,
              rec);
       if (d->drifted != NULL && coh != NULL)
-        rc = cohort_figures(x, s, thr, coh);
+        rc = cohort_figures(x, s, c, thr, coh);
     }
     free(s);
     free(c);
@@ -210,14 +220,12 @@ static int wait_round(run_ctx *x, uint64_t round_id, int r, sim_progress *pg, do
 }
 
 /* The round after `prev`: the coordinator opens it when prev closes (the next one by id: an
- * async plan's buffers may close faster than the polls). */
+ * async plan's buffers may close faster than the polls), of this plan (not a drift retraining
+ * plan's). */
 static int next_round_id(run_ctx *x, uint64_t prev, uint64_t *out) {
   for (int i = 0; i < 200 && !sim_stop_requested; i++) {
-    sim_round_state st;
-    if (sim_admin_next_round(x->admin, x->model_id, prev, &st) == FL_OK && st.round_id > prev) {
-      *out = st.round_id;
+    if (sim_admin_next_plan_round(x->admin, x->model_id, x->plan_id, prev, out) == FL_OK)
       return FL_OK;
-    }
     sleep_ms(POLL_MS);
   }
   return FL_E_TIMEOUT;
@@ -374,6 +382,12 @@ static int run_rounds(run_ctx *x, uint64_t round_id) {
     if (rc == FL_OK && r < x->o->rounds)
       rc = next_round_id(x, round_id, &round_id);
   }
+  if (x->drift.rollout_version != 0 && x->cohort != NULL) {
+    sim_round_row tmp = {0};
+    printf("drift: the retrained version %llu (rolled out to site " SIM_DRIFT_SITE "):\n",
+           (unsigned long long)x->drift.rollout_version);
+    x->have_retrained = evaluate(x, x->drift.rollout_version, &tmp, x->retrained) == FL_OK;
+  }
   fclose(csv);
   return rc;
 }
@@ -525,35 +539,38 @@ static int set_up(run_ctx *x, const char *work_dir, size_t *enrolled) {
   char why[160];
   if (sim_secagg_parse(o, &sa_t, &sa_k, sa_drop, why, sizeof why) != FL_OK)
     return FL_E_INVAL; /* checked with the options */
-  sim_fleet_opts fo = {.broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
-                       .n_devices = o->devices,
-                       .threads = o->threads,
-                       .train_threads = o->train_threads,
-                       .max_inflight = o->max_inflight,
-                       .url = x->url,
-                       .work_dir = work_dir,
-                       .train = &x->d->train,
-                       .part = &x->d->part,
-                       .labelled = !x->d->anomaly,
-                       .dropout = o->dropout,
-                       .net_fail = o->net_fail,
-                       .straggler_frac = o->straggler_frac,
-                       .straggler_ms = o->straggler_ms,
-                       .offline_share = o->offline_share,
-                       .offline_mean_ms = o->offline_mean_s * 1000.0,
-                       .continuous = strcmp(o->mode, "async") == 0,
-                       .bad_frac = o->bad_frac,
-                       .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
-                       .clip_norm = o->clip_norm,
-                       .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
-                       .seed = o->seed,
-                       .model_id = x->model_id,
-                       .service = o->drift_detect ? &x->d->calib : NULL,
-                       .service_per_device = x->d->calib_per_device,
-                       .conditions = &x->conds,
-                       /* federated evaluation: 50 held-out examples per device */
-                       .holdout = o->eval_share > 0 || o->eval_count > 0 ? &x->d->test : NULL,
-                       .holdout_per_device = 50};
+  sim_fleet_opts fo = {
+      .broker = strcmp(o->transport, "mqtt") == 0 ? o->broker : NULL,
+      .n_devices = o->devices,
+      .threads = o->threads,
+      .train_threads = o->train_threads,
+      .max_inflight = o->max_inflight,
+      .url = x->url,
+      .work_dir = work_dir,
+      .train = &x->d->train,
+      .part = &x->d->part,
+      .labelled = !x->d->anomaly,
+      .dropout = o->dropout,
+      .net_fail = o->net_fail,
+      .straggler_frac = o->straggler_frac,
+      .straggler_ms = o->straggler_ms,
+      .offline_share = o->offline_share,
+      .offline_mean_ms = o->offline_mean_s * 1000.0,
+      .continuous = strcmp(o->mode, "async") == 0,
+      .bad_frac = o->bad_frac,
+      .bad_kinds = kinds > 0 ? (unsigned)kinds : 0,
+      .clip_norm = o->clip_norm,
+      .sa_drop = {sa_drop[0], sa_drop[1], sa_drop[2], sa_drop[3]},
+      .seed = o->seed,
+      .model_id = x->model_id,
+      .service = o->drift_detect ? &x->d->calib : NULL,
+      .service_per_device = x->d->calib_per_device,
+      .conditions = &x->conds,
+      /* federated evaluation: 50 held-out examples per device */
+      .holdout = o->eval_share > 0 || o->eval_count > 0 || o->drift_detect ? &x->d->test : NULL,
+      /* --drift-detect: each motor's own held-out windows, for the gate of
+       * the retrained version's rollout (docs/DRIFT.md 4) */
+      .holdout_per_device = o->drift_detect ? x->d->test_per_device : 50};
   rc = kinds < 0 ? FL_E_INVAL : sim_fleet_new(&x->fleet, &fo);
   double t0 = mono_s();
   if (rc == FL_OK)
@@ -612,15 +629,22 @@ static void privacy_row(run_ctx *x, sim_kv *rows, size_t *n) {
   json_decref(j);
 }
 
-static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_detection *c) {
-  add_row(rows, n, label, "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f)", c->auc, c->f1,
-          c->precision, c->recall);
+/* c[0] at the fleet's threshold; with own, also the F1 at the cohort's own threshold. */
+static void detection_row(sim_kv *rows, size_t *n, const char *label, const sim_detection *c,
+                          const sim_detection *own) {
+  if (own != NULL)
+    add_row(rows, n, label,
+            "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f); own threshold F1 %.3f", c->auc, c->f1,
+            c->precision, c->recall, own->f1);
+  else
+    add_row(rows, n, label, "AUC %.4f, F1 %.3f (precision %.3f, recall %.3f)", c->auc, c->f1,
+            c->precision, c->recall);
 }
 
 /* --drift-detect: when the drifted site was detected, the false alarms, the retraining. */
 static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   const sim_drift_track *t = &x->drift;
-  int R = x->o->drift_round, last = x->o->rounds - x->o->retrain_rounds;
+  int R = x->o->drift_round, last = t->retrain_round;
   if (t->event_round > 0)
     add_row(rows, n, "drift detected (site " SIM_DRIFT_SITE ")",
             "after round %d: %d round%s after the drift began, %.1f s; PSI %.3f, %d feature%s",
@@ -638,10 +662,24 @@ static void drift_detect_rows(run_ctx *x, sim_kv *rows, size_t *n) {
             (unsigned long long)t->retrain_plan_id, t->retrain_round, x->o->retrain_rounds);
   else
     add_row(rows, n, "retraining plan", "none opened");
-  if (last >= 1 && last <= x->n_rows && last < x->n_rows) {
-    snprintf(label, sizeof(label), "drifted cohort, round %d (before retraining)", last);
-    detection_row(rows, n, label, &x->cohort[last][0]);
+  add_row(rows, n, "retraining plans of other sites", "%d", t->other_retrains);
+  if (last >= 1 && last <= x->n_rows) {
+    snprintf(label, sizeof(label), "drifted cohort, round %d (retraining opened)", last);
+    detection_row(rows, n, label, &x->cohort[last][0], &x->cohort[last][2]);
   }
+  if (t->rollout_id != 0)
+    add_row(rows, n, "retrained version's rollout",
+            "version %llu, rollout %llu: staged after round %d, whole site after round %d (%s)",
+            (unsigned long long)t->rollout_version, (unsigned long long)t->rollout_id,
+            t->staged_round, t->rolled_out_round, t->rollout_note);
+  else
+    add_row(rows, n, "retrained version's rollout", "none (%s)",
+            t->rollout_note[0] ? t->rollout_note : "the retraining did not end");
+  if (x->have_retrained)
+    detection_row(rows, n, "drifted cohort, retrained version", &x->retrained[0], &x->retrained[2]);
+  if (t->resolved_round > 0)
+    add_row(rows, n, "drift event of site " SIM_DRIFT_SITE, "resolved after round %d",
+            t->resolved_round);
 }
 
 /* The drifted cohort before the drift, on its drifted data with the old version, and at the
@@ -654,17 +692,17 @@ static void drift_rows(run_ctx *x, sim_kv *rows, size_t *n) {
   static char label[4][96];
   if (R - 1 <= x->n_rows) {
     snprintf(label[0], sizeof(label[0]), "drifted cohort, round %d (before drift)", R - 1);
-    detection_row(rows, n, label[0], &x->cohort[R - 1][0]);
+    detection_row(rows, n, label[0], &x->cohort[R - 1][0], &x->cohort[R - 1][2]);
   }
   if (x->have_at_drift) {
     snprintf(label[1], sizeof(label[1]), "drifted cohort, round %d's version, drifted data", R - 1);
-    detection_row(rows, n, label[1], &x->at_drift[0]);
+    detection_row(rows, n, label[1], &x->at_drift[0], &x->at_drift[2]);
   }
   if (x->n_rows >= R) {
     snprintf(label[2], sizeof(label[2]), "drifted cohort, round %d", x->n_rows);
-    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0]);
+    detection_row(rows, n, label[2], &x->cohort[x->n_rows][0], &x->cohort[x->n_rows][2]);
     snprintf(label[3], sizeof(label[3]), "other motors, round %d", x->n_rows);
-    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1]);
+    detection_row(rows, n, label[3], &x->cohort[x->n_rows][1], &x->cohort[x->n_rows][3]);
   }
   if (x->o->drift_detect)
     drift_detect_rows(x, rows, n);

@@ -209,10 +209,8 @@ static bool pct_ok(const json_t *v) {
   return json_is_number(v) && json_number_value(v) >= 0 && json_number_value(v) <= 100;
 }
 
-/* A gate: {"metric", "min", "max", "min_delta", "max_delta", "sample_pct", "min_reports",
- * "auto_promote"}; at least one condition. Returns the gate with defaults filled in (new
- * reference) or NULL with a message. */
-static json_t *gate_normalize(const json_t *g, const char **msg) {
+/* A gate (rollouts.h). Also the gate of a drift retraining policy's rollout (drift/policy.c). */
+json_t *fl__rollout_gate_normalize(const json_t *g, const char **msg) {
   static const char *const keys[] = {"metric",      "min",          "max",
                                      "min_delta",   "max_delta",    "sample_pct",
                                      "min_reports", "auto_promote", NULL};
@@ -269,7 +267,7 @@ static int rollout_req_parse(const json_t *b, rollout_req *rq, const char **msg)
       (pct && !pct_ok(pct)) || (cohort && !labels_ok(cohort)))
     return -1;
   json_t *g = NULL;
-  if (gate != NULL && (g = gate_normalize(gate, msg)) == NULL)
+  if (gate != NULL && (g = fl__rollout_gate_normalize(gate, msg)) == NULL)
     return -1;
   rq->cohort = cohort ? json_dumps(cohort, JSON_COMPACT) : strdup("{}");
   rq->gate = g ? json_dumps(g, JSON_COMPACT) : NULL;

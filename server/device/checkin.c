@@ -85,7 +85,10 @@ static int round_plan(fl_srv *s, const PGresult *r, open_round *o) {
 
 /* The check-in's one statement (prepared), which also finishes its authentication (the route
  * is FL_AUTH_DEVICE_FOLD: the device active, the nonce recorded, auth.h). 1 an open round in
- * *o, 0 none, -1 a database error; *f says what the fold found (f->found false: no row). */
+ * *o, 0 none, -1 a database error; *f says what the fold found (f->found false: no row).A device
+ * whose labels contain the cohort of a drift retraining plan (docs/DRIFT.md 4) is offered that
+ * plan's round first, so it is out of the model's main plan while the retraining runs, and stays
+ * out while the retrained version's rollout to the cohort is live; others never see it. */
 static int find_open_round(fl_srv *s, fl_auth *a, uint64_t model_id, open_round *o, checkin_view *v,
                            fl_auth_fold *f) {
   fl_pgp p;
@@ -114,7 +117,11 @@ static int find_open_round(fl_srv *s, fl_auth *a, uint64_t model_id, open_round 
       "   (extract(epoch FROM x.accepted_at) * 1000)::bigint AS ms FROM acceptances x"
       "   WHERE x.device_id = $1 ORDER BY x.accepted_at DESC LIMIT 1) la ON true"
       "  WHERE r.state = 'open' AND ($5::bigint = 0 OR r.model_id = $5)"
-      "  ORDER BY r.round_id LIMIT 1) o ON true"
+      "  AND (p.drift_event_id IS NULL OR d.labels @> (p.config->'cohort'->'labels'))"
+      "  AND (p.drift_event_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM drift_events e"
+      "   JOIN rollouts y ON y.rollout_id = e.rollout_id WHERE e.model_id = r.model_id"
+      "   AND y.state IN ('active', 'paused') AND d.labels @> y.cohort))"
+      "  ORDER BY p.drift_event_id IS NULL, r.round_id LIMIT 1) o ON true"
       " WHERE d.device_id = $1",
       &p, false, NULL);
   if (r == NULL)

@@ -22,6 +22,7 @@
 
 #include "auth/auth.h"
 #include "drift/drift.h"
+#include "drift/handoff.h"
 #include "drift/retrain.h"
 #include "rounds/plan.h"
 #include "store/store_pg.h"
@@ -29,9 +30,12 @@
 #define DRIFT_LOCK "7302214520"
 #define MAX_GROUPS 256
 #define PASS_PERIOD_S 1.0
+/* Tests kept per cohort in drift_status: the newest versions only (a cohort is decided by its
+ * newest one), so the table and the gauges stay bounded as versions accumulate. */
+#define STATUS_KEEP 8
 
 typedef struct group {
-  char cohort[128];
+  char cohort[FL_COHORT_NAME_MAX]; /* a label value as long as a training cohort takes */
   uint64_t version;
   fl_drift_stats pool;
   bool mixed;  /* a window whose layout differs from the others' was left out */
@@ -93,7 +97,7 @@ static int gather(PGconn *c, uint64_t model_id, const fl_drift_policy *pol, grou
   }
   *n = 0;
   for (int i = 0; i < PQntuples(r); i++) {
-    if (PQgetlength(r, i, 0) >= 128 ||
+    if (PQgetlength(r, i, 0) >= FL_COHORT_NAME_MAX ||
         fl__drift_decode((const uint8_t *)PQgetvalue(r, i, 2), (size_t)PQgetlength(r, i, 2), one))
       continue;
     group *e = find_group(g, n, PQgetvalue(r, i, 0), strtoull(PQgetvalue(r, i, 1), NULL, 10));
@@ -241,20 +245,68 @@ static int record(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift
   return rc;
 }
 
+/* Bounds drift_status: per cohort of the model the STATUS_KEEP newest versions tested, and
+ * only tests within window_s (a cohort whose devices stopped reporting leaves no gauge). */
+static int prune_status(PGconn *c, uint64_t model_id, const fl_drift_policy *pol) {
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, model_id);
+  fl__pgp_f64(&p, pol->window_s);
+  fl__pgp_u64(&p, STATUS_KEEP);
+  PGresult *r = fl__pg_exec(
+      c,
+      "DELETE FROM drift_status s USING (SELECT cohort_label, cohort, version,"
+      "  row_number() OVER (PARTITION BY cohort_label, cohort ORDER BY version DESC) AS k"
+      "  FROM drift_status WHERE model_id = $1) t"
+      " WHERE s.model_id = $1 AND s.cohort_label = t.cohort_label AND s.cohort = t.cohort"
+      " AND s.version = t.version"
+      " AND (t.k > $3 OR s.tested_at < now() - make_interval(secs => $2))",
+      &p, false, NULL);
+  PQclear(r);
+  return r != NULL ? 0 : -1;
+}
+
+/* The newest version of the plan's warm-up (drift.warmup_rounds): the version of its N-th round
+ * that made one, UINT64_MAX while it has made fewer, 0 without a warm-up. While a model still
+ * learns, consecutive versions score the same data differently, and a version's reference is
+ * scored by the version before it (DRIFT.md 1): the test would see drift that is the model's
+ * own movement. */
+static int warmup_version(PGconn *c, uint64_t plan_id, const fl_drift_policy *pol, uint64_t *v) {
+  *v = 0;
+  if (pol->warmup_rounds == 0)
+    return 0;
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_u64(&p, plan_id);
+  fl__pgp_u64(&p, pol->warmup_rounds - 1);
+  PGresult *r = fl__pg_exec(c,
+                            "SELECT result_version FROM rounds WHERE plan_id = $1"
+                            " AND result_version IS NOT NULL ORDER BY round_id OFFSET $2 LIMIT 1",
+                            &p, false, NULL);
+  if (r == NULL)
+    return -1;
+  *v = PQntuples(r) == 1 ? fl__pg_u64(r, 0, 0) : UINT64_MAX;
+  PQclear(r);
+  return 0;
+}
+
 /* One model: gather, test each group that has enough, record. */
 static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_drift_policy *pol) {
   group *g = malloc(MAX_GROUPS * sizeof *g);
   fl_drift_stats *ref = malloc(sizeof *ref);
   int n = 0, rc = -1;
-  if (g == NULL || ref == NULL || gather(c, model_id, pol, g, &n))
+  uint64_t warm = 0;
+  if (g == NULL || ref == NULL || warmup_version(c, plan_id, pol, &warm) ||
+      gather(c, model_id, pol, g, &n))
     goto out;
   rc = 0;
   /* Newest version first: a cohort is decided by the newest version it has enough windows
    * of, not by the stragglers still reporting an older one. */
   qsort(g, (size_t)n, sizeof *g, newest_first);
   for (int i = 0; i < n && rc == 0; i++) {
-    if (g[i].pool.devices < pol->min_devices || g[i].pool.count < pol->min_samples || decided(g, i))
-      continue; /* too little to decide either way, or decided */
+    if (g[i].version <= warm || g[i].pool.devices < pol->min_devices ||
+        g[i].pool.count < pol->min_samples || decided(g, i))
+      continue; /* a warm-up version, too little to decide either way, or decided */
     int have = load_reference(c, model_id, g[i].version, ref);
     if (have <= 0) {
       rc = have;
@@ -268,19 +320,25 @@ static int test_model(PGconn *c, uint64_t plan_id, uint64_t model_id, const fl_d
              : 0;
     json_decref(v.features);
   }
+  if (rc == 0)
+    rc = prune_status(c, model_id, pol);
   if (rc == 0 && pol->retrain)
     rc = fl__drift_retrain(c, model_id, pol);
+  if (rc == 0)
+    rc = fl__drift_handoff(c, model_id);
 out:
   free(ref);
   free(g);
   return rc;
 }
 
-/* The newest plan with a drift object of each model. */
+/* The newest main plan (not a retraining plan, whose config is a copy) with a drift object of
+ * each model: its events name it, and retraining plans are made from it. */
 static PGresult *policies(PGconn *c) {
   return fl__pg_exec(c,
                      "SELECT DISTINCT ON (model_id) plan_id, model_id, config::text FROM plans"
-                     " WHERE config ? 'drift' ORDER BY model_id, plan_id DESC",
+                     " WHERE config ? 'drift' AND drift_event_id IS NULL"
+                     " ORDER BY model_id, plan_id DESC",
                      NULL, false, NULL);
 }
 

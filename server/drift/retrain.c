@@ -15,7 +15,7 @@
 
 typedef struct open_event {
   uint64_t event_id, plan_id;
-  char cohort[128];
+  char cohort[FL_COHORT_NAME_MAX];
   char note[32];
 } open_event;
 
@@ -47,7 +47,9 @@ static const char *blocked(PGconn *c, uint64_t model_id, const fl_drift_policy *
       "  AND cohort = $3 AND retrain_plan_id IS NOT NULL"
       "  AND detected_at > now() - make_interval(secs => $4)),"
       " (SELECT count(*) FROM plans WHERE state = 'active' AND drift_event_id IS NOT NULL),"
-      " EXISTS (SELECT 1 FROM plans WHERE model_id = $1 AND state = 'active')",
+      " EXISTS (SELECT 1 FROM plans q JOIN drift_events e ON e.event_id = q.drift_event_id"
+      "  WHERE q.state = 'active' AND e.model_id = $1 AND e.cohort_label = $2"
+      "  AND e.cohort = $3)",
       &p, false, NULL);
   if (r == NULL)
     return NULL;
@@ -57,7 +59,7 @@ static const char *blocked(PGconn *c, uint64_t model_id, const fl_drift_policy *
   else if (fl__pg_u64(r, 0, 1) >= pol->max_concurrent)
     why = "max_concurrent";
   else if (strcmp(PQgetvalue(r, 0, 2), "t") == 0)
-    why = "plan_active";
+    why = "retrain_active"; /* an earlier event's retraining of the cohort still runs */
   PQclear(r);
   return why;
 }
@@ -81,9 +83,45 @@ static int cohort_with_label(json_t *cfg, const char *label, const char *value) 
   return json_object_set_new(labels, label, json_string(value));
 }
 
-/* The event's plan as the retraining plan: its config with the cohort and the rounds. */
+/* A round of the retraining plan draws from the cohort alone: a plan sized for the whole fleet
+ * (participants above the cohort's active devices) would wait out every deadline. Its sizes
+ * shrink to the cohort, min_participants in proportion (an async plan's buffer likewise). */
+static int fit_cohort(json_t *cfg, const fl_plan *plan, uint64_t devices) {
+  if (devices == 0 || plan->participants <= devices)
+    return 0;
+  if (FL_PLAN_IS_ASYNC(plan)) {
+    json_object_del(cfg, "participants");
+    json_object_del(cfg, "min_participants");
+    return json_object_set_new(cfg, "buffer_size", json_integer((json_int_t)devices));
+  }
+  uint64_t min = (uint64_t)plan->min_participants * devices / plan->participants;
+  return json_object_set_new(cfg, "participants", json_integer((json_int_t)devices)) ||
+         json_object_set_new(cfg, "min_participants", json_integer(min > 0 ? (json_int_t)min : 1));
+}
+
+/* Active devices whose labels contain the retraining plan's cohort labels. -1 on error. */
+static int64_t cohort_devices(PGconn *c, const json_t *cfg) {
+  char *lt = json_dumps(json_object_get(json_object_get(cfg, "cohort"), "labels"), JSON_COMPACT);
+  if (lt == NULL)
+    return -1;
+  fl_pgp p;
+  fl__pgp_init(&p);
+  fl__pgp_text(&p, lt);
+  PGresult *r =
+      fl__pg_exec(c, "SELECT count(*) FROM devices WHERE state = 'active' AND labels @> $1::jsonb",
+                  &p, false, NULL);
+  free(lt);
+  int64_t n = r != NULL ? fl__pg_i64(r, 0, 0) : -1;
+  PQclear(r);
+  return n;
+}
+
+/* The event's plan as the retraining plan: its config with the cohort and the rounds, sized to
+ * the cohort. */
 static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_policy *pol) {
   fl_pgp p;
+  fl_plan plan;
+  char msg[160];
   fl__pgp_init(&p);
   fl__pgp_u64(&p, e->plan_id);
   PGresult *r =
@@ -92,8 +130,11 @@ static json_t *retrain_config(PGconn *c, const open_event *e, const fl_drift_pol
   PQclear(r);
   if (cfg == NULL)
     return NULL;
+  int64_t n = -1;
   if (cohort_with_label(cfg, pol->label, e->cohort) ||
-      json_object_set_new(cfg, "rounds", json_integer(pol->retrain_rounds))) {
+      json_object_set_new(cfg, "rounds", json_integer(pol->retrain_rounds)) ||
+      (n = cohort_devices(c, cfg)) < 0 ||
+      (fl__plan_from_json(&plan, cfg, msg) == 0 && fit_cohort(cfg, &plan, (uint64_t)n))) {
     json_decref(cfg);
     return NULL;
   }

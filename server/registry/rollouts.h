@@ -12,6 +12,7 @@
 #ifndef FL__ROLLOUTS_H
 #define FL__ROLLOUTS_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -66,6 +67,11 @@ int fl__gate_sampled(PGconn *c, uint64_t gate_id, uint64_t device_id);
 /* Promotes a live rollout inside the caller's transaction (the channel's version becomes the
  * candidate, its previous version the old one). 0, or -1 on a database error. */
 int fl__rollout_promote_tx(PGconn *c, uint64_t rollout_id);
+
+/* A gate: {"metric", "min", "max", "min_delta", "max_delta", "sample_pct", "min_reports",
+ * "auto_promote"}, at least one condition. Returns the gate with defaults filled in (a new
+ * reference) or NULL with a message (adminapi_rollouts.c). */
+json_t *fl__rollout_gate_normalize(const json_t *g, const char **msg);
 
 /* Admin handlers (adminapi_rollouts.c). */
 void fl__admin_channels(fl_srv *s, fl_req *q, fl_resp *r);    /* GET|POST /admin/v1/channels */

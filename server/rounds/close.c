@@ -326,14 +326,19 @@ static int audit_budget_stop(PGconn *c, const round_row *rr, double spent, doubl
   return rc;
 }
 
-/* The next version number of a model (versions are only inserted by closers that hold the
- * round lock of the model's only active plan). */
+/* The next version number of a model. A model may have two active plans (its main plan and
+ * a drift retraining plan for a cohort, docs/DRIFT.md 4) whose rounds close concurrently: the
+ * model's row, locked until the closer's transaction ends, serializes the number and the
+ * insert that uses it (FOR NO KEY UPDATE: foreign-key checks of other inserts do not wait). */
 static int next_version(PGconn *c, uint64_t model_id, uint64_t *v) {
   fl_pgp p;
   fl__pgp_init(&p);
   fl__pgp_u64(&p, model_id);
-  PGresult *r = fl__pg_exec(c, "SELECT coalesce(max(version), 0) + 1 FROM versions"
-                               " WHERE model_id = $1", &p, false, NULL);
+  PGresult *r = fl__pg_exec(c,
+                            "SELECT coalesce(max(v.version), 0) + 1 FROM"
+                            " (SELECT model_id FROM models WHERE model_id = $1 FOR NO KEY UPDATE) m"
+                            " LEFT JOIN versions v ON v.model_id = m.model_id",
+                            &p, false, NULL);
   if (r == NULL)
     return FL_E_DB;
   *v = fl__pg_u64(r, 0, 0);

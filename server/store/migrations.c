@@ -309,6 +309,17 @@ static const char *const M_SECAGG_PROGRESS[] = {
 static const char *const M_DEVICES_FILLFACTOR[] = {"ALTER TABLE devices SET (fillfactor = 70)",
                                                    NULL};
 
+/* The model's life after a drift (docs/DRIFT.md 4): a retraining plan runs beside the model's
+ * main plan (one active main plan per model, one plan per drift event), and the event names
+ * the staged rollout of the retrained version to its cohort. */
+static const char *const M_RETRAIN_ROLLOUT[] = {
+    "DROP INDEX plans_one_active",
+    "CREATE UNIQUE INDEX plans_one_active ON plans (model_id)"
+    " WHERE state = 'active' AND drift_event_id IS NULL",
+    "CREATE UNIQUE INDEX plans_one_per_event ON plans (drift_event_id)"
+    " WHERE drift_event_id IS NOT NULL",
+    "ALTER TABLE drift_events ADD COLUMN rollout_id bigint, ADD COLUMN rollout_note text", NULL};
+
 static const migration MIGRATIONS[] = {
     {1, "initial schema", M1},
     {2, "uncompressed float vectors", M2},
@@ -324,6 +335,7 @@ static const migration MIGRATIONS[] = {
     {11, "secure aggregation", M_SECAGG},
     {12, "drift detection", M_DRIFT},
     {13, "secure aggregation progress", M_SECAGG_PROGRESS},
+    {14, "retraining beside the main plan, rollout of the retrained version", M_RETRAIN_ROLLOUT},
     {15, "devices fillfactor", M_DEVICES_FILLFACTOR},
 };
 

@@ -218,6 +218,7 @@ Test(plan, drift_policy_defaults_and_round_trip) {
   cr_assert_eq(p.drift.min_devices, 5);
   cr_assert_eq(p.drift.retrain_rounds, 2);
   cr_assert_eq(p.drift.max_concurrent, 1);
+  cr_assert_eq(p.drift.warmup_rounds, 0, "every version is tested by default");
   json_t *j = fl__plan_to_json(&p);
   cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
   json_decref(j);
@@ -230,6 +231,68 @@ Test(plan, drift_policy_defaults_and_round_trip) {
   cr_assert_not(p.drift.on);
 }
 
+/* retrain.rollout: the retrained version's staged, gated rollout (server/drift/handoff.c). */
+Test(plan, retrain_rollout_defaults_custom_and_off) {
+  fl_plan p, q;
+  char msg[160];
+  cr_assert_eq(
+      parse("{\"drift\":{\"cohort_label\":\"site\"},\"retrain\":{\"on_drift\":true}}", &p, msg), 0,
+      "%s", msg);
+  cr_assert(p.drift.rollout, "a retraining policy hands its version to a rollout by default");
+  cr_assert_str_eq(p.drift.channel, "stable");
+  cr_assert_float_eq(p.drift.rollout_percent, 25, 0);
+  cr_assert_str_eq(p.drift.gate,
+                   "{\"auto_promote\":false,\"max_delta\":0,\"metric\":\"loss\","
+                   "\"min_reports\":10,\"sample_pct\":25}");
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\"},\"retrain\":{\"on_drift\":true,"
+                     "\"rollout\":{\"channel\":\"canary\",\"percent\":10,"
+                     "\"gate\":{\"metric\":\"recall\",\"min\":0.5,\"min_reports\":3}}}}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_assert_str_eq(p.drift.channel, "canary");
+  cr_assert_float_eq(p.drift.rollout_percent, 10, 0);
+  cr_assert(strstr(p.drift.gate, "\"metric\":\"recall\"") != NULL, "%s", p.drift.gate);
+  cr_assert(strstr(p.drift.gate, "\"sample_pct\":10") != NULL, "gate defaults: %s", p.drift.gate);
+  json_t *j = fl__plan_to_json(&p);
+  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_assert(memcmp(&p.drift, &q.drift, sizeof p.drift) == 0, "the stored form parses back");
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\"},\"retrain\":{\"on_drift\":true,"
+                     "\"rollout\":false}}",
+                     &p, msg),
+               0, "%s", msg);
+  cr_assert_not(p.drift.rollout);
+  j = fl__plan_to_json(&p);
+  cr_assert_eq(fl__plan_from_json(&q, j, msg), 0, "%s", msg);
+  json_decref(j);
+  cr_assert_not(q.drift.rollout, "off survives the stored form");
+  static const char *const bad[] = {"{\"percent\":0}",
+                                    "{\"percent\":101}",
+                                    "{\"channel\":\"\"}",
+                                    "{\"gate\":{\"metric\":\"loss\"}}",
+                                    "{\"gate\":{\"metric\":\"loss\",\"min\":1,\"sample_pct\":0}}",
+                                    "{\"stage\":2}",
+                                    "true"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char plan[256];
+    snprintf(plan, sizeof plan,
+             "{\"drift\":{\"cohort_label\":\"site\"},\"retrain\":{\"on_drift\":true,"
+             "\"rollout\":%s}}",
+             bad[i]);
+    cr_expect_eq(parse(plan, &p, msg), -1, "%s is refused", bad[i]);
+    cr_expect(strstr(msg, "retrain.rollout") != NULL, "%s: %s", bad[i], msg);
+  }
+  /* A cohort label is as long as a training cohort's label may be (rounds/cohort.h). */
+  char plan[256], label[FL_COHORT_NAME_MAX + 1];
+  memset(label, 'k', FL_COHORT_NAME_MAX);
+  label[FL_COHORT_NAME_MAX] = '\0';
+  snprintf(plan, sizeof plan, "{\"drift\":{\"cohort_label\":\"%s\"}}", label);
+  cr_assert_eq(parse(plan, &p, msg), -1, "a %d-byte label is refused", FL_COHORT_NAME_MAX);
+  label[FL_COHORT_NAME_MAX - 1] = '\0';
+  snprintf(plan, sizeof plan, "{\"drift\":{\"cohort_label\":\"%s\"}}", label);
+  cr_assert_eq(parse(plan, &p, msg), 0, "%s", msg);
+}
+
 Test(plan, drift_policy_refuses_bad_objects) {
   fl_plan p;
   char msg[160];
@@ -239,6 +302,10 @@ Test(plan, drift_policy_refuses_bad_objects) {
   cr_assert(strstr(msg, "unknown field") != NULL, "%s", msg);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":0}}", &p, msg), -1);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"min_devices\":2.5}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"warmup_rounds\":-1}}", &p, msg), -1);
+  cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"site\",\"warmup_rounds\":10}}", &p, msg), 0,
+               "%s", msg);
+  cr_assert_eq(p.drift.warmup_rounds, 10);
   cr_assert_eq(parse("{\"retrain\":{\"on_drift\":true}}", &p, msg), -1);
   cr_assert(strstr(msg, "needs a drift") != NULL, "%s", msg);
   cr_assert_eq(parse("{\"drift\":{\"cohort_label\":\"s\"},\"retrain\":{\"on_drift\":1}}", &p, msg),

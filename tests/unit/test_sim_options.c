@@ -252,8 +252,9 @@ Test(sim_options, drift_detection_options) {
   cr_expect_eq(o.retrain_rounds, 3);
   cr_expect_float_eq(o.psi_threshold, 0.2, 1e-12);
   cr_expect_str_empty(why(&o));
-  o.retrain_rounds = 7; /* the plan would end before the drift */
-  cr_expect(strstr(why(&o), "leaves the plan no round") != NULL, "%s", why(&o));
+  o.retrain_rounds = 7; /* the run would end before the retraining */
+  cr_expect(strstr(why(&o), "do not fit between --drift-round 4 and --rounds 10") != NULL, "%s",
+            why(&o));
   o.retrain_rounds = 3;
   o.drift_detect = 0;
   cr_expect(strstr(why(&o), "--retrain-rounds needs --drift-detect") != NULL, "%s", why(&o));
