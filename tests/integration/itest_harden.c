@@ -620,13 +620,14 @@ static void *blocked_get(void *p) {
   return NULL;
 }
 
-/* Backends of the coordinator's database whose nonce insert (a device request's, auth.c) waits
+/* Backends of the coordinator's database whose nonce insert (a device request's, auth.c; since
+ * the key cache it sits inside a WITH, so the insert is matched anywhere in the text) waits
  * for a lock: the ticker's nonce pruning, which can wait on the same lock, is not one of them. */
 static int64_t lock_waiters(void) {
   return fl_h_db_int(g_db,
                      "SELECT count(*) FROM pg_stat_activity WHERE datname ="
                      " current_database() AND wait_event_type = 'Lock'"
-                     " AND query LIKE 'INSERT INTO nonces%'");
+                     " AND query LIKE '%INSERT INTO nonces%' AND query NOT LIKE 'DELETE%'");
 }
 
 static void setup_small_pool(void) {
