@@ -92,9 +92,13 @@ static double diff_quot(fl_model *m, const fl_batch *b, const float *w0, const f
 }
 
 /* Steps tried: a kink (relu, max) inside a large step spoils that quotient, rounding spoils
- * the small ones; a correct derivative agrees with at least one of them, a wrong one with
- * none. Returns the smallest error relative to max(|numeric|, |analytic|, floor). */
-static const double steps[] = {1e-2, 5e-3, 2e-3, 1e-3};
+ * the small ones (the float32 loss's rounding, about 1e-8, divided by 2h: 1e-5 at h = 1e-3,
+ * as large as ABS_TOL); a correct derivative agrees with at least one of them, a wrong one with
+ * none. The ladder is dense enough that a step falls between a nearby kink and the rounding
+ * (pool_then_conv_then_dense_mse's parameter 3 in the portable-GEMM build: 5e-3 crosses a max,
+ * 2e-3 and 1e-3 are 1e-5 off by rounding, 3e-3 agrees to 8e-7). Returns the smallest error
+ * relative to max(|numeric|, |analytic|, floor). */
+static const double steps[] = {1e-2, 5e-3, 3e-3, 2e-3, 1.5e-3, 1e-3};
 
 static double check_one(fl_model *m, const fl_batch *b, const float *w0, const float *d, size_t j,
                         double ana, double floor) {
