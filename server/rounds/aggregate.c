@@ -20,6 +20,7 @@
 #include "codec.h"
 #include "drift/drift.h"
 #include "mem.h"
+#include "rounds/pace.h"
 #include "rounds/rounds.h"
 #include "rounds/staleness.h"
 #include "store/store_pg.h"
@@ -66,9 +67,7 @@ struct fl_agg {
   batch *pending;
   claim *claims; /* in arrival order reversed (pushed in front) */
   uint32_t n_claims;
-  /* Load sizing (cfg.commit_auto): when the oldest waiting upload and claim arrived, the last
-   * arrivals, and the smoothed gap between uploads (0: none seen yet), monotonic seconds. */
-  double first_upload, first_claim, last_claim, last_upload, gap;
+  fl_pace pace; /* load sizing (cfg.commit_auto), rounds/pace.h */
   bool stop, started;
   pthread_t thread;
 };
@@ -155,54 +154,6 @@ static uint32_t pending_uploads(const fl_agg *a) {
   return n;
 }
 
-/* Load sizing: the batch that holds an upload gathers for about FL_AUTO_WANT gaps between
- * uploads as the last ones arrived (unless they stop coming: uploads_due), at most
- * FL_AUTO_MAX_WAIT_S; an upload that arrives when
- * uploads are rarer than FL_AUTO_MAX_WAIT_S / 4 apart commits after FL_AUTO_FLOOR_S as
- * before (waiting would gather next to nothing). A batch's partial row is one vector in the
- * WAL (850 KB for a 2NN) whatever its count, so the WAL per round falls with the batches'
- * size: 32 uploads a batch give about 27 MB per 1000 uploads of a 2NN. The gap is smoothed
- * (a fifth of each new one), each counted at most FL_AUTO_MAX_WAIT_S, so that an idle pause
- * is forgotten after a few arrivals. Under a->mu. */
-#define FL_AUTO_WANT 32
-#define FL_AUTO_MAX_WAIT_S 1.0
-#define FL_AUTO_FLOOR_S 0.002
-
-static void note_upload(fl_agg *a) {
-  double now = fl__mono_s();
-  /* Only gaps inside a gathering batch count: the silence before a batch's first upload may
-   * be the previous batch's own wait (senders that wait for their answers send nothing until
-   * it commits), and counting it would lengthen the next wait, and so on. */
-  if (a->last_upload > 0 && pending_uploads(a) > 0) {
-    double g = now - a->last_upload;
-    g = g < FL_AUTO_MAX_WAIT_S ? g : FL_AUTO_MAX_WAIT_S;
-    a->gap = a->gap > 0 ? 0.8 * a->gap + 0.2 * g : g;
-  }
-  a->last_upload = now;
-  if (pending_uploads(a) == 0)
-    a->first_upload = now;
-}
-
-static double clamp_wait(double w) {
-  return w < FL_AUTO_FLOOR_S ? FL_AUTO_FLOOR_S : w > FL_AUTO_MAX_WAIT_S ? FL_AUTO_MAX_WAIT_S : w;
-}
-
-/* When the waiting uploads are due: FL_AUTO_WANT gaps after the first, or FL_AUTO_IDLE gaps
- * without a new one. The second rule is for senders that wait for their answers (K
- * connections can have at most K uploads waiting): once they have all sent, nothing more
- * comes until the batch commits. Devices that send on their own arrive at random, and a gap
- * of FL_AUTO_IDLE times the mean is rare (0.03% for independent arrivals; fl-sim's fleet
- * arrives in bursts: with 4 gaps its round wrote 54 MB of WAL, twice the partial rows). */
-#define FL_AUTO_IDLE 8
-
-static double uploads_due(const fl_agg *a) {
-  if (a->gap <= 0 || a->gap > FL_AUTO_MAX_WAIT_S / 4)
-    return a->first_upload + FL_AUTO_FLOOR_S;
-  double full = a->first_upload + clamp_wait(FL_AUTO_WANT * a->gap);
-  double idle = a->last_upload + clamp_wait(FL_AUTO_IDLE * a->gap);
-  return full < idle ? full : idle;
-}
-
 void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) {
   waiter *w = calloc(1, sizeof *w);
   int result = FL_AGG_RETRY;
@@ -228,7 +179,7 @@ void fl__agg_submit(fl_agg *a, const fl_upload *u, fl_agg_done done, void *arg) 
     result = b == NULL ? FL_AGG_RETRY : FL_AGG_IN_PROGRESS;
     goto now;
   }
-  note_upload(a);
+  fl__pace_upload(&a->pace, fl__mono_s(), pending_uploads(a));
   double fw = fold_weight(u);
   fold_upload(u, b->sum);
   b->stored |= u->stored;
@@ -264,9 +215,7 @@ void fl__agg_assign(fl_agg *a, uint64_t round_id, uint64_t device_id, fl_agg_ass
   }
   c->next = a->claims;
   a->claims = c;
-  a->last_claim = fl__mono_s();
-  if (a->n_claims++ == 0)
-    a->first_claim = a->last_claim;
+  fl__pace_claim(&a->pace, fl__mono_s(), a->n_claims++);
   pthread_cond_signal(&a->work);
   pthread_mutex_unlock(&a->mu);
 }
@@ -728,7 +677,6 @@ static struct timespec deadline_in(double s) {
  * partial rows shrink in number: each is one vector written to the WAL (850 KB for a 2NN), whatever
  * the batch's size. */
 #define FL_BATCH_FULL 64
-#define FL_BATCH_MAX_WAIT_S 0.025
 
 static void gather(fl_agg *a) {
   double iv = a->s->cfg.commit_interval_ms / 1000.0, t0 = fl__mono_s();
@@ -751,22 +699,18 @@ static void gather(fl_agg *a) {
 }
 
 /* Load-sized gathering (cfg.commit_auto; called and returning with a->mu held): waits until
- * the uploads are due (FL_BATCH_FULL of them, or uploads_due) or the claims
- * are (FL_BATCH_FULL, FL_AUTO_FLOOR_S without a new one, at the latest FL_BATCH_MAX_WAIT_S
- * after the first: a check-in waits on its claim, so claims do not wait for the uploads'
- * batch). Returns whether the uploads are due; false: only the claims are. */
+ * the uploads are due (FL_BATCH_FULL of them, or pace.h's rule) or the claims are
+ * (FL_BATCH_FULL, or pace.h's rule). Returns whether the uploads are due; false: only the claims are. */
 static bool gather_auto(fl_agg *a) {
   for (;;) {
     double now = fl__mono_s(), until = 0;
     uint32_t n = pending_uploads(a);
-    if (a->stop || n >= FL_BATCH_FULL || (n > 0 && now >= uploads_due(a)))
+    if (a->stop || n >= FL_BATCH_FULL || (n > 0 && now >= fl__pace_uploads_due(&a->pace)))
       return true;
     if (n > 0)
-      until = uploads_due(a);
+      until = fl__pace_uploads_due(&a->pace);
     if (a->n_claims > 0) {
-      double due = a->last_claim + FL_AUTO_FLOOR_S;
-      if (due > a->first_claim + FL_BATCH_MAX_WAIT_S)
-        due = a->first_claim + FL_BATCH_MAX_WAIT_S;
+      double due = fl__pace_claims_due(&a->pace);
       if (a->n_claims >= FL_BATCH_FULL || now >= due)
         return false;
       if (until == 0 || due < until)
