@@ -700,7 +700,8 @@ static void gather(fl_agg *a) {
 
 /* Load-sized gathering (cfg.commit_auto; called and returning with a->mu held): waits until
  * the uploads are due (FL_BATCH_FULL of them, or pace.h's rule) or the claims are
- * (FL_BATCH_FULL, or pace.h's rule). Returns whether the uploads are due; false: only the claims are. */
+ * (FL_BATCH_FULL, or pace.h's rule). Returns whether the uploads are due; false: only the claims
+ * are. */
 static bool gather_auto(fl_agg *a) {
   for (;;) {
     double now = fl__mono_s(), until = 0;
