@@ -2,9 +2,10 @@
  * The learning work alone: one SGD step (forward, loss, backward, update) of the models the
  * benchmarks train, on one thread, with no client, network or data set around it. The CNN is
  * NIID-Bench's simple CNN at its batch of 64 (benches/niid.sh: momentum 0.9, weight decay
- * 1e-5); the 2NN is README's quick-start model at batch 10. Random inputs: the work does not
- * depend on the values. Prints the median and best of several repetitions of `steps` steps,
- * per step, CPU time of the process over the same loop, and the last step's loss.
+ * 1e-5); the 2NN is README's quick-start model at batch 10 with its plain SGD (no momentum,
+ * no weight decay: fl-sim's defaults, which take model.c's fused step). Random inputs: the work
+ * does not depend on the values. Prints the median and best of several repetitions of `steps`
+ * steps, per step, CPU time of the process over the same loop, and the last step's loss.
  *
  * benches/train_ab.sh runs this program built against two trees (before and after a change to
  * the kernels) alternately in one run, which is how RESULTS.md compares them.
@@ -124,7 +125,10 @@ static int run(const char *name, const fl_model_spec *spec, size_t batch, int st
     x[i] = (float)rand() / (float)RAND_MAX;
   for (size_t i = 0; i < POOL * batch; i++)
     y[i] = rand() % 10;
-  fl_sgd opt = {.lr = 0.01f, .momentum = momentum, .weight_decay = 1e-5f, .velocity = vel};
+  fl_sgd opt = {.lr = 0.01f,
+                .momentum = momentum,
+                .weight_decay = momentum > 0.0f ? 1e-5f : 0.0f,
+                .velocity = vel};
   rc = dump_grad(m, name, x, y, batch);
   double cpu0 = cpu_s(), loss = 0.0;
   for (int r = 0; r < reps && rc == FL_OK; r++) {

@@ -40,6 +40,26 @@ void fl__dense_backward(const fl__layer *l, const float *w, const float *x, cons
     fl__gemm(false, false, n, in, out, 1.0f, dy, w, 0.0f, dx);
 }
 
+void fl__dense_backward_sgd(const fl__layer *l, float *w, float *b, const float *x, const float *dy,
+                            size_t n, float lr, float *db, float *dx) {
+  size_t out = l->out_size, in = l->in_size;
+  if (dx)
+    fl__gemm(false, false, n, in, out, 1.0f, dy, w, 0.0f, dx);
+  /* W[out, in] += -lr * dy^T[out, n] * x[n, in]: the same products summed in the same order
+   * as the gradient sgemm; only the step's rounding may differ (the kernel may fuse the
+   * multiply by -lr with the add onto W). */
+  fl__gemm(true, false, out, in, n, -lr, dy, x, 1.0f, w);
+  /* The bias exactly as dense_backward then sgd_update compute it. */
+  memset(db, 0, out * sizeof(float));
+  for (size_t i = 0; i < n; i++) {
+    const float *row = dy + i * out;
+    for (size_t j = 0; j < out; j++)
+      db[j] += row[j];
+  }
+  for (size_t j = 0; j < out; j++)
+    b[j] -= lr * db[j];
+}
+
 /* ---- conv2d ---------------------------------------------------------------------------- */
 
 size_t fl__conv_pass_examples(const fl__layer *l, size_t n) {

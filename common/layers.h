@@ -58,6 +58,12 @@ void fl__dense_forward(const fl__layer *l, const float *w, const float *b, const
 /* dx may be NULL (first layer: nobody needs the input gradient). */
 void fl__dense_backward(const fl__layer *l, const float *w, const float *x, const float *dy,
                         size_t n, float *dw, float *db, float *dx, bool accumulate);
+/* Plain SGD fused into the backward pass: dx (may be NULL) from the weights before the step,
+ * then W -= lr * dy^T x by one sgemm onto W (beta = 1) and b -= lr * sum(dy), with db as
+ * scratch for the bias gradient. No gradient of W is stored and no separate pass over the
+ * parameters made. */
+void fl__dense_backward_sgd(const fl__layer *l, float *w, float *b, const float *x, const float *dy,
+                            size_t n, float lr, float *db, float *dx);
 
 void fl__conv_forward(const fl__layer *l, const float *w, const float *b, const float *x, size_t n,
                       float *y, fl__conv_ws *ws);

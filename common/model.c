@@ -33,8 +33,8 @@ struct fl_model {
   size_t max_size; /* largest activation of one example, input included */
   size_t chunk;    /* examples per piece of a batch */
   float *params, *grads;
-  size_t cap;      /* examples the work buffers currently hold */
-  float *delta[2]; /* ping-pong gradients w.r.t. activations */
+  size_t cap;                           /* examples the work buffers currently hold */
+  float *delta[2];                      /* ping-pong gradients w.r.t. activations */
   const float *acts[FL_MAX_LAYERS + 1]; /* activations of the last forward pass */
 };
 
@@ -643,10 +643,68 @@ static void sgd_update(fl_model *m, const fl_sgd *o) {
   }
 }
 
+/* Plain SGD (no momentum, weight decay or proximal term) on a batch of one piece through a
+ * model of dense layers and activations (the 2NN, the autoencoders): the step can be
+ * taken layer by layer during the backward pass, once a layer's input gradient is made,
+ * instead of storing the whole gradient and passing over the parameters again. At batch 10
+ * the step is memory-bound, and that saves the gradient's zeroing and writing and the
+ * update's read-modify-write of every parameter. */
+static bool fused_sgd_applies(const fl_model *m, const fl_batch *b, const fl_sgd *o) {
+  if (o->momentum > 0.0f || o->weight_decay > 0.0f || o->prox_mu > 0.0f || b->n > m->chunk)
+    return false;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    int t = m->layers[i].type;
+    if (t == FL_LAYER_CONV2D || t == FL_LAYER_MAXPOOL2D)
+      return false;
+  }
+  return true;
+}
+
+/* backward_pass with the step fused in (fused_sgd_applies); m->grads is scratch for biases. */
+static void backward_sgd(fl_model *m, size_t n, float lr) {
+  float *p = m->params, *g = m->grads;
+  float *dy = m->delta[0], *dx = m->delta[1];
+  for (uint32_t i = m->n_layers; i-- > m->first_param;) {
+    fl__layer *l = &m->layers[i];
+    if (l->type == FL_LAYER_FLATTEN)
+      continue;
+    if (l->type != FL_LAYER_DENSE) {
+      fl__act_backward(l->type, m->acts[i + 1], dy, dy, n * l->out_size);
+      continue;
+    }
+    fl__dense_backward_sgd(l, p + l->w_off, p + l->b_off, m->acts[i], dy, n, lr, g + l->b_off,
+                           i > m->first_param ? dx : NULL);
+    float *t = dy;
+    dy = dx;
+    dx = t;
+  }
+}
+
+static int fused_sgd_step(fl_model *m, const fl_batch *b, float lr, double *loss) {
+  int rc = check_batch(m, b);
+  if (rc == FL_OK)
+    rc = ensure_capacity(m, b->n);
+  if (rc != FL_OK)
+    return rc;
+  double count = loss_count(m, b->n), sum = 0.0;
+  size_t correct = 0;
+  forward_pass(m, b->x, b->n);
+  loss_piece(m, b, 0, b->n, (float)(1.0 / count), &sum, &correct);
+  double l = sum / count;
+  if (loss)
+    *loss = l;
+  if (!isfinite(l))
+    return FL_E_NONFINITE;
+  backward_sgd(m, b->n, lr);
+  return FL_OK;
+}
+
 int fl__model_sgd_step(fl_model *m, const fl_batch *b, const fl_sgd *opt, double *loss) {
   int rc = check_sgd(opt);
   if (rc != FL_OK)
     return rc;
+  if (b != NULL && fused_sgd_applies(m, b, opt))
+    return fused_sgd_step(m, b, opt->lr, loss);
   double l = 0.0;
   rc = fl__model_loss_grad(m, b, &l);
   if (rc != FL_OK)

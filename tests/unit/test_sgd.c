@@ -173,3 +173,59 @@ Test(sgd, autoencoder_learns) {
   free(x);
   fl__model_free(m);
 }
+
+/* Plain SGD on dense models is fused into the backward pass (model.c): the step must equal
+ * the gradient of fl__model_loss_grad applied by hand, w - lr * g, to float rounding, through
+ * every activation, both losses and a first layer that needs no input gradient. It fails when
+ * a layer's input gradient is taken from the weights after their step. */
+static void check_fused_step(fl_model_spec s, int32_t classes) {
+  fl_model *a = build(&s), *b = build(&s);
+  fl__model_init(a, 3);
+  memcpy(fl__model_params(b), fl__model_params(a), fl__model_num_params(a) * sizeof(float));
+  size_t in = fl__model_input_size(a), np = fl__model_num_params(a);
+  enum { N = 7 };
+  float *x = malloc(N * in * sizeof(float)), *g = malloc(np * sizeof(float));
+  int32_t y[N];
+  fl_rng r;
+  fl__rng_seed(&r, 11);
+  for (size_t i = 0; i < N * in; i++)
+    x[i] = (float)fl__rng_normal(&r);
+  for (int i = 0; i < N; i++)
+    y[i] = classes > 0 ? i % classes : 0;
+  fl_batch bt = {.x = x, .labels = classes > 0 ? y : NULL, .n = N};
+  const float lr = 0.3f;
+  for (int step = 0; step < 3; step++) {
+    double la = 0, lb = 0;
+    cr_assert_eq(fl__model_loss_grad(b, &bt, &lb), FL_OK);
+    memcpy(g, fl__model_grads(b), np * sizeof(float));
+    float *wb = fl__model_params(b);
+    for (size_t j = 0; j < np; j++)
+      wb[j] -= lr * g[j];
+    fl_sgd o = {.lr = lr};
+    cr_assert_eq(fl__model_sgd_step(a, &bt, &o, &la), FL_OK);
+    cr_assert_float_eq(la, lb, 1e-6 * lb, "step %d: loss %.9g against %.9g", step, la, lb);
+    const float *wa = fl__model_params(a);
+    for (size_t j = 0; j < np; j++)
+      cr_assert_float_eq(wa[j], wb[j], 1e-6f * (1.0f + fabsf(wb[j])),
+                         "step %d param %zu: %.9g, %.9g", step, j, wa[j], wb[j]);
+  }
+  free(x);
+  free(g);
+  fl__model_free(a);
+  fl__model_free(b);
+}
+
+Test(sgd, fused_plain_step_equals_gradient_then_update) {
+  fl_model_spec s = spec1(12, FL_LOSS_SOFTMAX_CE);
+  ADD(s, .type = FL_LAYER_DENSE, .units = 9);
+  ADD(s, .type = FL_LAYER_RELU);
+  ADD(s, .type = FL_LAYER_DENSE, .units = 6);
+  ADD(s, .type = FL_LAYER_SIGMOID);
+  ADD(s, .type = FL_LAYER_DENSE, .units = 4);
+  check_fused_step(s, 4);
+  fl_model_spec ae = spec1(10, FL_LOSS_MSE);
+  ADD(ae, .type = FL_LAYER_DENSE, .units = 3);
+  ADD(ae, .type = FL_LAYER_TANH);
+  ADD(ae, .type = FL_LAYER_DENSE, .units = 10);
+  check_fused_step(ae, 0);
+}
