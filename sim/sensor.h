@@ -25,9 +25,9 @@
  * Drift (spectral scenario only): a seeded share of the motors gets a second set of streams,
  * the data they see from the drift round on: SIM_DRIFT_WEAR (worn bearings: a raised, spread
  * broadband floor and a high-frequency haystack, slightly stronger and broader harmonics; no
- * defect-frequency line, which stays the fault's signature) or SIM_DRIFT_MACHINE (the motor is replaced by a
- * machine type the fleet has not seen: faster, odd harmonics). The other motors' second
- * streams are copies of their first: only the chosen share changes.
+ * defect-frequency line, which stays the fault's signature) or SIM_DRIFT_MACHINE (the motor is
+ * replaced by a machine type the fleet has not seen: faster, odd harmonics). The other motors'
+ * second streams are copies of their first: only the chosen share changes.
  */
 #ifndef SIM_SENSOR_H
 #define SIM_SENSOR_H

@@ -392,8 +392,9 @@ Test(drift, max_concurrent_caps_the_retrains_of_one_pass) {
   uint64_t v = train_reference(&model_id);
   checkin_sites(model_id, v, 1.5, 2.5);
   wait_db("SELECT count(*) FROM drift_events", 2, "both sites drift");
-  wait_db("SELECT count(*) FROM drift_events WHERE cohort = 'a' AND retrain_note = 'max_concurrent'",
-          1, "a's event is not retrained while b's retraining is active");
+  wait_db(
+      "SELECT count(*) FROM drift_events WHERE cohort = 'a' AND retrain_note = 'max_concurrent'", 1,
+      "a's event is not retrained while b's retraining is active");
   cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"), 1,
                "one retraining plan");
   cr_assert_eq(db_int("SELECT count(*) FROM plans p JOIN drift_events e"
@@ -585,15 +586,14 @@ Test(drift, retrain_beside_main_plan_then_staged_gated_cohort_rollout) {
   char out[4096];
   flctl_drift(model_id, out, sizeof out);
   const char *note = strstr(out, "rolled_out"), *cell = note;
-  cr_assert(strstr(out, "ROLLOUT  ") != NULL && strstr(out, "ROLLOUT_NOTE") != NULL &&
-                note != NULL,
+  cr_assert(strstr(out, "ROLLOUT  ") != NULL && strstr(out, "ROLLOUT_NOTE") != NULL && note != NULL,
             "flctl drift shows the rollout's columns:\n%s", out);
   while (cell > out && cell[-1] == ' ')
     cell--;
   while (cell > out && cell[-1] != ' ')
     cell--;
-  cr_assert_eq(strtoll(cell, NULL, 10), rid, "flctl drift shows rollout %lld:\n%s",
-               (long long)rid, out);
+  cr_assert_eq(strtoll(cell, NULL, 10), rid, "flctl drift shows rollout %lld:\n%s", (long long)rid,
+               out);
   for (int i = 0; i < NDEV; i++) {
     Fl__V1__CheckInResponse *resp = checkin(i, model_id);
     cr_assert_not_null(resp->rollout);

@@ -338,8 +338,7 @@ typedef struct pca {
   double mean[64], q[64][PCA_K];
 } pca;
 
-static void pca_fit(pca *p, const fl_dataset *d, const uint8_t *drifted, size_t n_dev,
-                    size_t per) {
+static void pca_fit(pca *p, const fl_dataset *d, const uint8_t *drifted, size_t n_dev, size_t per) {
   static double c[64][64], z[64][PCA_K];
   memset(c, 0, sizeof c);
   memset(p, 0, sizeof *p);
