@@ -578,8 +578,7 @@ Test(secagg, held_polls_leave_room, .fini = teardown, .timeout = 120) {
   double t0 = fl_sup_mono_s();
   cr_assert_eq(fl_h_checkin(&g_c, &g_dev[W].h, model_id, &resp), 0);
   double ms = (fl_sup_mono_s() - t0) * 1000;
-  fprintf(stderr, "itest_secagg: check-in beside %d long polls (16 connections): %.0f ms\n", W,
-          ms);
+  fprintf(stderr, "itest_secagg: check-in beside %d long polls (16 connections): %.0f ms\n", W, ms);
   cr_expect_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK,
                "the 17th device was not assigned (%d)", (int)resp->assignment_case);
   cr_expect_lt(ms, 2000, "the check-in waited %.0f ms behind the parked polls", ms);
