@@ -382,6 +382,33 @@ double fl__tensor_sqnorm(const Fl__V1__Tensor *t) {
   }
 }
 
+int fl__tensor_check_sqnorm(const Fl__V1__Tensor *t, size_t expected_count, double *sq) {
+  int err = check_sizes(t, expected_count);
+  if (err != FL_OK)
+    return err;
+  const uint8_t *d = t->data.data;
+  switch (t->encoding) {
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      if (t->encoding == FL__V1__ENCODING__ENCODING_TOPK &&
+          (err = check_topk_indices(t->indices.data, t->data.len / 4, t->count)) != FL_OK)
+        return err;
+      /* The finiteness of the values from their norm, without a pass of its own: a float's
+       * square is at most 1.2e77 in double, so a sum of them is finite exactly when every
+       * value is (an inf squares to inf, a NaN stays NaN). */
+      *sq = sq_f32(d, t->data.len / 4);
+      return isfinite(*sq) ? FL_OK : FL_E_NONFINITE;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      if (!f16_data_finite(d, expected_count))
+        return FL_E_NONFINITE; /* sq_f16 decodes finite halves only */
+      *sq = sq_f16(d, expected_count);
+      return FL_OK;
+    default:
+      *sq = sq_i8(d, expected_count, t->scale);
+      return FL_OK;
+  }
+}
+
 /* ---- encode -------------------------------------------------------------------------------- */
 
 size_t fl__topk_count(float fraction, size_t count) {
