@@ -101,3 +101,29 @@ Test(codec_sqnorm, sizes_refused_first) {
   same_as_two_passes(&x, "short data");
   cr_assert_eq(fl__tensor_check_sqnorm(&x.t, N, &(double){0}), FL_E_PARSE);
 }
+
+/* A float32 tensor's values at an unaligned address (an upload unpacked in place) fold exactly
+ * as the same values aligned, across several of the fold's blocks. */
+Test(codec_sqnorm, unaligned_fold_equals_aligned) {
+  enum { M = 2500 };
+  static uint8_t buf[4 * M + 4];
+  static float a1[M], a2[M];
+  uint32_t shape[1] = {M};
+  for (size_t i = 0; i < M; i++) {
+    float v = (float)i * 0.001f - 1.0f;
+    memcpy(buf + 4 * i, &v, 4);
+    a1[i] = a2[i] = 0.5f;
+  }
+  Fl__V1__Tensor t = FL__V1__TENSOR__INIT;
+  t.encoding = FL__V1__ENCODING__ENCODING_FLOAT32;
+  t.count = M;
+  t.n_shape = 1;
+  t.shape = shape;
+  t.data = (ProtobufCBinaryData){4 * M, buf};
+  fl__tensor_fold(&t, 0.25f, a1);
+  memmove(buf + 1, buf, 4 * M);
+  t.data.data = buf + 1;
+  fl__tensor_fold(&t, 0.25f, a2);
+  for (size_t i = 0; i < M; i++)
+    cr_assert_eq(a1[i], a2[i], "element %zu", i);
+}
