@@ -88,6 +88,8 @@ find_pm() {
   done
 }
 
+points='^initial model|^round [0-9]+/[0-9]+: accuracy|^fl-sim: round [0-9]+ ended without a new version'
+
 run() { # name, then fl-sim's extra options
   local name=$1
   shift
@@ -100,7 +102,7 @@ run() { # name, then fl-sim's extra options
   fi
   stdbuf -oL "$build"/sim/fl-sim --devices "$n" --rounds "$rounds" --model 2nn --dataset fmnist \
     --partition iid --samples-per-device 60 --epochs 1 --batch 10 --lr 0.05 --clip-norm 1 \
-    --seed 1 --max-inflight "$n" --coordinator-bin "$build"/server/fl-coordinator \
+    --seed 1 --coordinator-bin "$build"/server/fl-coordinator \
     --out "$out/$name" "${db[@]}" ${SIM_OPTS:-} "$@" \
     >"$log" 2>&1 &
   local sim=$! coord="" pm="" seen=0 k x c=0 p=0
@@ -119,8 +121,9 @@ run() { # name, then fl-sim's extra options
       pg_ticks "$pm"
       p=$pgsum
     fi
-    # one line per point: initial model (0), then each round that has its version
-    k=$(grep -c -E '^initial model|^round [0-9]+/[0-9]+: accuracy' "$log" 2>/dev/null)
+    # one line per point: initial model (0), then each round that has its version or ended
+    # without one (abandoned: fl-sim stops there)
+    k=$(grep -c -E "$points" "$log" 2>/dev/null)
     if [ "${k:-0}" -gt "$seen" ] && [ -n "$pm" ]; then
       echo "$seen $c $p" >>"$cpu"
       seen=$k
@@ -150,15 +153,21 @@ printf '\n%d devices, %d rounds; SecAgg+ %s, drop %s, phase deadline %d s\n' "$n
 echo "| run | round | accuracy | participants | wall s | fl-sim CPU ms / device round | coordinator CPU s | PostgreSQL CPU s | KB up / device | KB down / device |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for name in fedavg secagg; do
-  mapfile -t simcpu < <(grep -o 'fl-sim CPU: [0-9.]* ms per device round' "$out/$name.log" |
-    awk '{print $3}')
+  # fl-sim's CPU line per round, "-" for a round without uploads (it prints none then)
+  mapfile -t simcpu < <(awk '/^round [0-9]+\/[0-9]+: [0-9]+\/[0-9]+ devices done/ { sub(/\/.*/, "", $2); r = $2 }
+    /fl-sim CPU: [0-9.]* ms per device round/ { c[r] = $3 }
+    END { for (i = 1; i <= r; i++) print (i in c) ? c[i] : "-" }' "$out/$name.log")
   awk -F, -v n="$n" -v tck="$tck" -v name="$name" -v sc="${simcpu[*]}" '
     FILENAME ~ /[.]cpu$/ { c[$1] = $2; p[$1] = $3; next }
     FNR == 1 { next } # the CSV header
     {
       split(sc, s, " ")
       r = $1
-      printf "| %s | %d | %.4f | %d | %.1f | %s | %.2f | %.2f | %.0f | %.0f |\n", name, r, $2, $5,
-        $9, s[r], (c[r] - c[r - 1]) / tck, (p[r] - p[r - 1]) / tck, $7 / n / 1024, $8 / n / 1024
+      # a round without a version (abandoned) has no accuracy; CPU is taken where fl-sim said so
+      acc = $2 ~ /^[0-9.]+$/ ? sprintf("%.4f", $2) : "abandoned"
+      cc = r in c && (r - 1) in c ? sprintf("%.2f", (c[r] - c[r - 1]) / tck) : "-"
+      pc = r in p && (r - 1) in p ? sprintf("%.2f", (p[r] - p[r - 1]) / tck) : "-"
+      printf "| %s | %d | %s | %d | %.1f | %s | %s | %s | %.0f | %.0f |\n", name, r, acc, $5,
+        $9, s[r] != "" ? s[r] : "-", cc, pc, $7 / n / 1024, $8 / n / 1024
     }' FS=' ' "$out/$name.cpu" FS=, "$out/$name/rounds.csv"
 done

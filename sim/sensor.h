@@ -23,10 +23,11 @@
  * separates it, and only a model that has learnt the manifold sees it is off it.
  *
  * Drift (spectral scenario only): a seeded share of the motors gets a second set of streams,
- * the data they see from the drift round on: SIM_DRIFT_WEAR (worn bearings: higher harmonics
- * grow, lines broaden, the rotor slows) or SIM_DRIFT_MACHINE (the motor is replaced by a
- * machine type the fleet has not seen: faster, odd harmonics). The other motors' second
- * streams are copies of their first: only the chosen share changes.
+ * the data they see from the drift round on: SIM_DRIFT_WEAR (worn bearings: a raised, spread
+ * broadband floor and a high-frequency haystack, slightly stronger and broader harmonics; no
+ * defect-frequency line, which stays the fault's signature) or SIM_DRIFT_MACHINE (the motor is
+ * replaced by a machine type the fleet has not seen: faster, odd harmonics). The other motors'
+ * second streams are copies of their first: only the chosen share changes.
  */
 #ifndef SIM_SENSOR_H
 #define SIM_SENSOR_H

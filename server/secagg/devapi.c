@@ -603,7 +603,10 @@ static int state_survivors(PGconn *c, uint64_t round_id, const sa_view *v, state
 }
 
 /* The answer to a state request from the device's view v. 0, or -1 (database). */
-static int state_answer(PGconn *c, uint64_t round_id, const sa_view *v, int wait_for, fl_resp *r) {
+/* later_ms: a poll that was not held (too many parked, wait.c) looks again after that long, on
+ * a new connection; 0: one that was held asks again at once. */
+static int state_answer(PGconn *c, uint64_t round_id, const sa_view *v, int wait_for,
+                        uint32_t later_ms, fl_resp *r) {
   state_bufs b = {0};
   if (!v->found) {
     fl__resp_dev_error(r, 404, "unknown_round", "no such secure-aggregation round", 0);
@@ -650,9 +653,13 @@ static int state_answer(PGconn *c, uint64_t round_id, const sa_view *v, int wait
     default:
       break;
   }
-  /* Still before its phase after a long poll: ask again at once (the hold was the wait). */
+  /* Still before its phase after a long poll: ask again at once (the hold was the wait). Not
+   * held: later, and the connection is closed, so that the wait holds none of MHD's. */
+  static const char *const close_hdr[] = {"Connection", "close", NULL};
   if (waiting)
-    st.poll_after_ms = 1;
+    st.poll_after_ms = later_ms > 0 ? later_ms : 1;
+  if (waiting && later_ms > 0)
+    r->headers = close_hdr;
   fl__resp_proto(r, 200, &st.base);
   rc = 0;
 out:
@@ -665,11 +672,22 @@ int fl__secagg_state_answer(PGconn *c, uint64_t round_id, uint64_t device_id, in
   sa_view v;
   int rc = load_view(c, round_id, device_id, false, &v)
                ? -1
-               : state_answer(c, round_id, &v, wait_for, r);
+               : state_answer(c, round_id, &v, wait_for, 0, r);
   free(v.nbr);
   if (rc < 0)
     unavailable(r);
   return rc;
+}
+
+/* When a poll that found no room among the parked ones looks again: spread over [h/8, h/4)
+ * of its hold h (2.5-5 s for libflclient's 20 s), at least 250 ms. Each such device so makes
+ * a request every few seconds instead of one per hold, but its phase reaches it within 5 s,
+ * well inside a phase's quiet (15-30 s at the deadlines that fleets this large use). */
+static uint32_t unparked_later_ms(uint64_t device_id, uint32_t hold_ms) {
+  uint32_t h = hold_ms < FL_SECAGG_HOLD_MAX_MS ? hold_ms : FL_SECAGG_HOLD_MAX_MS;
+  uint32_t lo = h / 8 > 250 ? h / 8 : 250;
+  uint64_t x = (device_id ^ (uint64_t)fl__now_ms()) * 0x9e3779b97f4a7c15ULL;
+  return lo + (uint32_t)((x >> 33) % lo);
 }
 
 void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
@@ -685,14 +703,16 @@ void fl__secagg_h_state(fl_srv *s, fl_req *q, fl_resp *r) {
     goto out;
   }
   /* Before the phase it waits for, in a round still going: parked until the phase comes
-   * (wait.c), no thread and no connection held. */
-  int ph = v.found ? (int)phase_enum(&v) : 0;
+   * (wait.c), no thread and no database connection held. */
+  int ph = v.found ? (int)phase_enum(&v) : 0, parked = -1;
   if (m->hold_ms > 0 && v.assigned && v.open && (int)m->wait_for > ph &&
       ph >= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS &&
-      ph <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK &&
-      fl__secagg_park(s, q, m->round_id, sr->device_id, (int)m->wait_for, m->hold_ms) == 0)
+      ph <= FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_UNMASK)
+    parked = fl__secagg_park(s, q, m->round_id, sr->device_id, (int)m->wait_for, m->hold_ms);
+  if (parked == 0)
     goto out;
-  if (state_answer(c, m->round_id, &v, (int)m->wait_for, r))
+  if (state_answer(c, m->round_id, &v, (int)m->wait_for,
+                   parked == 1 ? unparked_later_ms(sr->device_id, m->hold_ms) : 0, r))
     unavailable(r);
 out:
   free(v.nbr);

@@ -64,10 +64,15 @@ void fl__secagg_h_unmask(fl_srv *s, fl_req *q, fl_resp *r);
 
 /* Long polls of POST /v1/secagg/state (wait.c): the request q is parked until round_id reaches
  * the phase want (a SecAggPhase), ends, or hold_ms (at most FL_SECAGG_HOLD_MAX_MS) pass, then
- * answered with fl__secagg_state_answer. 0 parked, -1 not (no memory: answer at once). */
+ * answered with fl__secagg_state_answer. 0 parked; 1 not, fl__secagg_park_cap polls are
+ * parked already (answer at once, poll later, close the connection: wait.c); -1 not (no
+ * memory: answer at once). */
 #define FL_SECAGG_HOLD_MAX_MS 30000u
 int fl__secagg_park(fl_srv *s, fl_req *q, uint64_t round_id, uint64_t device_id, int want,
                     uint32_t hold_ms);
+/* How many polls one coordinator parks at most with MHD's connection limit max_connections:
+ * half, so that the other half stays free for everything else. */
+uint32_t fl__secagg_park_cap(unsigned max_connections);
 /* Ticker pass: resumes the parked requests whose phase came, whose round ended or whose hold
  * ran out. */
 void fl__secagg_wake(fl_srv *s);

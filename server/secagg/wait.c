@@ -6,6 +6,14 @@
  * would have been. A waiting device so costs one request per phase (or per hold) instead of
  * one every 250 ms, and the phase change reaches it within a tick. The phase is read from
  * PostgreSQL, so a transition made by another replica wakes this one's waiters too.
+ *
+ * A parked poll still holds its TCP connection, and MHD counts it against --max-connections:
+ * at the limit MHD stops accepting, and every other request (check-ins, keys, uploads) waits
+ * in the kernel's listen queue behind polls that are held for up to 30 s. At 1,000 devices and
+ * 512 connections, the first ~500 devices to advertise their keys parked 512 polls and the
+ * rest of the fleet never got in before the key phase went quiet (benches/RESULTS.md, Secure
+ * aggregation). So at most half of the connection limit is parked (fl__secagg_park_cap); a
+ * poll beyond that is answered at once (devapi.c: a later look, and the connection closed).
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -25,7 +33,12 @@ typedef struct sa_waiter {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static sa_waiter *waiting;
+static uint32_t n_waiting; /* the length of the list */
 static bool closing;
+
+uint32_t fl__secagg_park_cap(unsigned max_connections) {
+  return max_connections / 2 > 0 ? max_connections / 2 : 1;
+}
 
 /* The resumed request (fl_finish): answered with the state as it is now. */
 static void state_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
@@ -44,10 +57,20 @@ static void state_finish(fl_srv *s, fl_req *q, fl_resp *r, void *arg) {
 
 int fl__secagg_park(fl_srv *s, fl_req *q, uint64_t round_id, uint64_t device_id, int want,
                     uint32_t hold_ms) {
-  (void)s;
+  uint32_t cap = fl__secagg_park_cap(s->cfg.max_connections);
+  pthread_mutex_lock(&mu);
+  bool full = n_waiting >= cap;
+  n_waiting += !full; /* the place is taken now: two threads cannot both take the last */
+  pthread_mutex_unlock(&mu);
+  if (full)
+    return 1;
   sa_waiter *w = calloc(1, sizeof *w);
-  if (w == NULL)
+  if (w == NULL) {
+    pthread_mutex_lock(&mu);
+    n_waiting--;
+    pthread_mutex_unlock(&mu);
     return -1;
+  }
   *w = (sa_waiter){.q = q,
                    .round_id = round_id,
                    .device_id = device_id,
@@ -60,6 +83,8 @@ int fl__secagg_park(fl_srv *s, fl_req *q, uint64_t round_id, uint64_t device_id,
   if (!now) {
     w->next = waiting;
     waiting = w;
+  } else {
+    n_waiting--;
   }
   pthread_mutex_unlock(&mu);
   if (now)
@@ -91,6 +116,7 @@ static sa_waiter *take(sa_waiter **list, uint64_t round_id, int phase, int64_t n
       *p = w->next;
       w->next = out;
       out = w;
+      n_waiting--;
     } else {
       p = &w->next;
     }

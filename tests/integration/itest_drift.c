@@ -134,14 +134,18 @@ static void wait_pass(void) {
   cr_assert_fail("no drift pass within 6 s");
 }
 
-/* One check-in of every device; site=b's windows shifted by shift_b. */
-static void checkin_all(uint64_t model_id, uint64_t version, double shift_b) {
+/* One check-in of every device; site=a's windows shifted by shift_a, site=b's by shift_b. */
+static void checkin_sites(uint64_t model_id, uint64_t version, double shift_a, double shift_b) {
   for (int i = 0; i < NDEV; i++) {
     window w;
-    make_window(&w, 300, i >= NDEV / 2 ? shift_b : 0, model_id, version);
+    make_window(&w, 300, i >= NDEV / 2 ? shift_b : shift_a, model_id, version);
     char reason[64];
     cr_assert_eq(checkin_stats(&g_dev[i], model_id, version, &w.msg, reason), 200, "%s", reason);
   }
+}
+
+static void checkin_all(uint64_t model_id, uint64_t version, double shift_b) {
+  checkin_sites(model_id, version, 0, shift_b);
 }
 
 static void setup(void) {
@@ -213,6 +217,18 @@ static uint64_t train_reference(uint64_t *model_id) {
 
 TestSuite(drift, .init = setup, .fini = teardown, .timeout = 240);
 
+/* `flctl drift --model M`'s table into out. */
+static void flctl_drift(uint64_t model_id, char *out, size_t cap) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "%s --url %s --token %s drift --model %llu", FL_FLCTL_BIN, g_coord.url,
+           g_coord.admin_token, (unsigned long long)model_id);
+  FILE *fp = popen(cmd, "r");
+  cr_assert_not_null(fp);
+  size_t got = fread(out, 1, cap - 1, fp);
+  out[got] = '\0';
+  cr_assert_eq(pclose(fp), 0, "flctl failed: %s", out);
+}
+
 Test(drift, reference_no_false_events_then_event_and_one_retrain) {
   uint64_t model_id = 0;
   uint64_t v = train_reference(&model_id);
@@ -254,14 +270,8 @@ Test(drift, reference_no_false_events_then_event_and_one_retrain) {
   cr_assert_eq(json_array_size(json_object_get(json_object_get(d, "drift"), "cohorts")), 2);
   json_decref(d);
   cr_assert_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'drift.event'"), 1);
-  char cmd[512], out[4096];
-  snprintf(cmd, sizeof cmd, "%s --url %s --token %s drift --model %llu", FL_FLCTL_BIN, g_coord.url,
-           g_coord.admin_token, (unsigned long long)model_id);
-  FILE *fp = popen(cmd, "r");
-  cr_assert_not_null(fp);
-  size_t got = fread(out, 1, sizeof out - 1, fp);
-  out[got] = '\0';
-  cr_assert_eq(pclose(fp), 0, "flctl failed: %s", out);
+  char out[4096];
+  flctl_drift(model_id, out, sizeof out);
   cr_expect(strstr(out, "COHORT") != NULL && strstr(out, " site ") != NULL &&
                 strstr(out, " b ") != NULL && strstr(out, "opened") != NULL,
             "flctl drift shows the event:\n%s", out);
@@ -375,6 +385,29 @@ static void wait_db(const char *sql, int64_t want, const char *what) {
 
 /* drift.warmup_rounds: versions of the plan's first rounds are not tested (their reference is
  * scored by a model that still moves, DRIFT.md 1); the first version after them is. */
+/* Both sites drift in the same pass with max_concurrent 1: the more drifted one (b, 2.5 sd
+ * against 1.5) is retrained, the other event waits with the reason. */
+Test(drift, max_concurrent_caps_the_retrains_of_one_pass) {
+  uint64_t model_id = 0;
+  uint64_t v = train_reference(&model_id);
+  checkin_sites(model_id, v, 1.5, 2.5);
+  wait_db("SELECT count(*) FROM drift_events", 2, "both sites drift");
+  wait_db(
+      "SELECT count(*) FROM drift_events WHERE cohort = 'a' AND retrain_note = 'max_concurrent'", 1,
+      "a's event is not retrained while b's retraining is active");
+  cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"), 1,
+               "one retraining plan");
+  cr_assert_eq(db_int("SELECT count(*) FROM plans p JOIN drift_events e"
+                      " ON e.event_id = p.drift_event_id WHERE e.cohort = 'b'"
+                      " AND e.retrain_plan_id = p.plan_id AND p.state = 'active'"),
+               1, "the most drifted cohort's");
+  checkin_sites(model_id, v, 1.5, 2.5);
+  wait_pass();
+  wait_pass();
+  cr_assert_eq(db_int("SELECT count(*) FROM plans WHERE drift_event_id IS NOT NULL"), 1,
+               "still one while it is active");
+}
+
 Test(drift, warmup_versions_are_not_tested) {
   uint64_t model_id = 0;
   uint64_t v = train_reference_plan(&model_id, 3, ",\"warmup_rounds\":1", "{\"on_drift\":false}");
@@ -549,6 +582,18 @@ Test(drift, retrain_beside_main_plan_then_staged_gated_cohort_rollout) {
                             " AND actor = 'coordinator' AND target = 'rollout:%lld'",
                             (long long)rid),
                1);
+  /* flctl shows the handoff: the rollout's id in the cell before its stage. */
+  char out[4096];
+  flctl_drift(model_id, out, sizeof out);
+  const char *note = strstr(out, "rolled_out"), *cell = note;
+  cr_assert(strstr(out, "ROLLOUT  ") != NULL && strstr(out, "ROLLOUT_NOTE") != NULL && note != NULL,
+            "flctl drift shows the rollout's columns:\n%s", out);
+  while (cell > out && cell[-1] == ' ')
+    cell--;
+  while (cell > out && cell[-1] != ' ')
+    cell--;
+  cr_assert_eq(strtoll(cell, NULL, 10), rid, "flctl drift shows rollout %lld:\n%s", (long long)rid,
+               out);
   for (int i = 0; i < NDEV; i++) {
     Fl__V1__CheckInResponse *resp = checkin(i, model_id);
     cr_assert_not_null(resp->rollout);

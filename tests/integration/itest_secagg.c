@@ -19,7 +19,9 @@
  * shares before their phase, one share short. plan_refusals: secure aggregation with DP or a robust
  * rule is a 400 bad_plan. libflclient_round: 10 libflclient devices, each in its own thread with
  * fl_client_run_round, run every phase by themselves (the task asks for it) and the round closes
- * into a version.
+ * into a version. held_polls_leave_room: 16 long polls against a coordinator of 16 connections
+ * leave a 17th device room to check in (half the connections are parked, the other polls are
+ * answered at once and their connections closed).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -59,8 +61,7 @@ static fl_h_coord g_c;
 static dev *g_dev;
 static int g_n;
 
-static void start(int n) {
-  static const char *const extra[] = {"--tick=50", NULL};
+static void start_with(int n, const char *const *extra) {
   cr_assert_eq(fl_h_db_create(g_db), 0, "CREATE DATABASE (run under pg_virtualenv)");
   cr_assert_eq(fl_h_coord_start(&g_c, g_db, NULL, extra), 0);
   g_n = n;
@@ -70,6 +71,11 @@ static void start(int n) {
   for (int i = 0; i < n; i++)
     g_dev[i].h = hs[i];
   free(hs);
+}
+
+static void start(int n) {
+  static const char *const extra[] = {"--tick=50", NULL};
+  start_with(n, extra);
 }
 
 static void teardown(void) {
@@ -150,6 +156,13 @@ typedef struct held_poll {
 static void *held_poll_main(void *arg) {
   held_poll *h = arg;
   h->st = hold_state(h->d, h->round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED, 20000, &h->ms);
+  return NULL;
+}
+
+/* A long poll for the share phase, from a thread (held_polls_leave_room). */
+static void *held_keys_main(void *arg) {
+  held_poll *h = arg;
+  h->st = hold_state(h->d, h->round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES, 20000, &h->ms);
   return NULL;
 }
 
@@ -526,6 +539,67 @@ Test(secagg, plan_refusals, .fini = teardown, .timeout = 120) {
     cr_expect_str_eq(json_string_value(json_object_get(j, "error")), "bad_plan");
     json_decref(j);
   }
+}
+
+/* Parked long polls keep their connections, which MHD counts against --max-connections: when
+ * they filled it, MHD accepted nothing more and the rest of the fleet's check-ins waited in the
+ * listen queue until the key phase went quiet without them (1,000 devices, 512 connections:
+ * ~500 got in). 16 devices advertise their keys and long-poll for the share phase against a
+ * coordinator of 16 connections; then a 17th device must still check in at once and get its
+ * task. Half the connections (8) are parked; the other 8 polls are answered at once, told to
+ * look again in 2.5-5 s, and their connections closed. */
+Test(secagg, held_polls_leave_room, .fini = teardown, .timeout = 120) {
+  static const char *const extra[] = {"--tick=50", "--max-connections=16", "--http-threads=1",
+                                      NULL};
+  enum { N = 17, W = 16 };
+  uint64_t model_id, round_id;
+  held_poll hp[W];
+  start_with(N, extra);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "sa-conns", SPEC,
+                                   "{\"participants\":17,\"min_participants\":6,"
+                                   "\"over_selection\":1,\"deadline_s\":20,\"clip_norm\":1,"
+                                   "\"rounds\":1,"
+                                   "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+                                   &model_id, &round_id),
+               0);
+  for (int i = 0; i < W; i++) {
+    Fl__V1__CheckInResponse *resp;
+    cr_assert_eq(fl_h_checkin(&g_c, &g_dev[i].h, model_id, &resp), 0);
+    cr_assert_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK);
+    fl__v1__check_in_response__free_unpacked(resp, NULL);
+    advertise(&g_dev[i], round_id, 4);
+  }
+  for (int i = 0; i < W; i++) {
+    hp[i] = (held_poll){.d = &g_dev[i], .round_id = round_id};
+    cr_assert_eq(pthread_create(&hp[i].th, NULL, held_keys_main, &hp[i]), 0);
+  }
+  sleep_ms(1500); /* every poll parked or answered */
+  Fl__V1__CheckInResponse *resp;
+  double t0 = fl_sup_mono_s();
+  cr_assert_eq(fl_h_checkin(&g_c, &g_dev[W].h, model_id, &resp), 0);
+  double ms = (fl_sup_mono_s() - t0) * 1000;
+  fprintf(stderr, "itest_secagg: check-in beside %d long polls (16 connections): %.0f ms\n", W, ms);
+  cr_expect_eq(resp->assignment_case, FL__V1__CHECK_IN_RESPONSE__ASSIGNMENT_TASK,
+               "the 17th device was not assigned (%d)", (int)resp->assignment_case);
+  cr_expect_lt(ms, 2000, "the check-in waited %.0f ms behind the parked polls", ms);
+  fl__v1__check_in_response__free_unpacked(resp, NULL);
+  advertise(&g_dev[W], round_id, 4);
+  /* All 17 advertised: the key phase ends complete and wakes the parked polls. */
+  int early = 0;
+  for (int i = 0; i < W; i++) {
+    pthread_join(hp[i].th, NULL);
+    cr_assert_not_null(hp[i].st);
+    if (hp[i].st->phase == FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_KEYS) {
+      early++;
+      cr_expect_geq(hp[i].st->poll_after_ms, 2500);
+      cr_expect_lt(hp[i].st->poll_after_ms, 5000);
+      cr_expect_lt(hp[i].ms, 1500, "an unparked poll took %.0f ms", hp[i].ms);
+    } else {
+      cr_expect_eq(hp[i].st->phase, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES);
+    }
+    fl__v1__sec_agg_state__free_unpacked(hp[i].st, NULL);
+  }
+  cr_expect_eq(early, W - 8, "polls answered at once: %d", early);
 }
 
 /* ---- libflclient's round ------------------------------------------------------------------ */

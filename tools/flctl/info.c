@@ -41,6 +41,9 @@ static const flctl_col DRIFT_COLS[] = {{"event_id", "EVENT", 0},
                                        {"resolved_at", "RESOLVED", 0},
                                        {"retrain_plan_id", "RETRAIN", 0},
                                        {"retrain_note", "NOTE", 0},
+                                       /* the retrained version's rollout (DRIFT.md 4) */
+                                       {"rollout_id", "ROLLOUT", 0},
+                                       {"rollout_note", "ROLLOUT_NOTE", 0},
                                        {NULL, NULL, 0}};
 
 int flctl_cmd_drift(const flctl *f, const flctl_args *a) {
