@@ -278,6 +278,16 @@ static void fold_f32(const uint8_t *d, size_t n, float w, float *acc) {
     fl__axpy(n, w, (const float *)(const void *)d, acc);
     return;
   }
+  /* Unaligned values (an upload unpacked in place, server/auth/inplace.h): through an aligned
+   * block that stays in L1, so the fold keeps the vector kernel (the scalar loop below took
+   * twice as long as the copy and axpy together). */
+  float blk[1024];
+  for (size_t i = 0; i < n; i += 1024) {
+    size_t m = n - i < 1024 ? n - i : 1024;
+    memcpy(blk, d + 4 * i, 4 * m);
+    fl__axpy(m, w, blk, acc + i);
+  }
+  return;
 #endif
   for (size_t i = 0; i < n; i++)
     acc[i] += w * ld_f32(d + 4 * i);
@@ -379,6 +389,33 @@ double fl__tensor_sqnorm(const Fl__V1__Tensor *t) {
       return sq_f32(d, t->data.len / 4);
     default:
       return 0.0;
+  }
+}
+
+int fl__tensor_check_sqnorm(const Fl__V1__Tensor *t, size_t expected_count, double *sq) {
+  int err = check_sizes(t, expected_count);
+  if (err != FL_OK)
+    return err;
+  const uint8_t *d = t->data.data;
+  switch (t->encoding) {
+    case FL__V1__ENCODING__ENCODING_FLOAT32:
+    case FL__V1__ENCODING__ENCODING_TOPK:
+      if (t->encoding == FL__V1__ENCODING__ENCODING_TOPK &&
+          (err = check_topk_indices(t->indices.data, t->data.len / 4, t->count)) != FL_OK)
+        return err;
+      /* The finiteness of the values from their norm, without a pass of its own: a float's
+       * square is at most 1.2e77 in double, so a sum of them is finite exactly when every
+       * value is (an inf squares to inf, a NaN stays NaN). */
+      *sq = sq_f32(d, t->data.len / 4);
+      return isfinite(*sq) ? FL_OK : FL_E_NONFINITE;
+    case FL__V1__ENCODING__ENCODING_FLOAT16:
+      if (!f16_data_finite(d, expected_count))
+        return FL_E_NONFINITE; /* sq_f16 decodes finite halves only */
+      *sq = sq_f16(d, expected_count);
+      return FL_OK;
+    default:
+      *sq = sq_i8(d, expected_count, t->scale);
+      return FL_OK;
   }
 }
 

@@ -47,6 +47,9 @@ int fl__tensor_check(const Fl__V1__Tensor *t, size_t expected_count);
 void fl__tensor_fold(const Fl__V1__Tensor *t, float w, float *acc);
 /* Squared L2 norm of the decoded values, in double (for the server's norm check). */
 double fl__tensor_sqnorm(const Fl__V1__Tensor *t);
+/* fl__tensor_check and fl__tensor_sqnorm in one pass over float32 and top-k values (the check
+ * of an update on the server's upload path): the same verdicts, *sq set when FL_OK. */
+int fl__tensor_check_sqnorm(const Fl__V1__Tensor *t, size_t expected_count, double *sq);
 
 /* Whole-vector helpers over a model's tensor layout: encode a flat delta tensor by tensor into
  * a newly allocated array of n_tensors Fl__V1__Tensor (pointers array + structs). */
@@ -63,6 +66,10 @@ void fl__delta_release(Fl__V1__Tensor **tensors, size_t n, const fl_allocator *a
 int fl__delta_check(const fl_model_spec *spec, Fl__V1__Tensor *const *tensors, size_t n);
 int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
                            Fl__V1__Tensor *const *tensors, size_t n);
+/* fl__delta_check_layout that also sums the tensors' squared norms into *sq (when FL_OK), with
+ * one pass over the values of float32 and top-k tensors instead of two. */
+int fl__delta_check_layout_sqnorm(const fl_tensor_info *layout, size_t n_layout,
+                                  Fl__V1__Tensor *const *tensors, size_t n, double *sq);
 /* The parameter tensors of a spec (offset, count, shape), as fl__model_tensor_info gives them;
  * *out is allocated with `a` (free with fl__free(a, *out)). On error *out is untouched. */
 int fl__layout_new(const fl_model_spec *spec, fl_tensor_info **out, size_t *out_n,

@@ -137,8 +137,10 @@ static bool same_shape(const Fl__V1__Tensor *t, const fl_tensor_info *info) {
   return true;
 }
 
-int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
-                           Fl__V1__Tensor *const *tensors, size_t n) {
+/* sq == NULL: the check alone. */
+static int check_layout(const fl_tensor_info *layout, size_t n_layout,
+                        Fl__V1__Tensor *const *tensors, size_t n, double *sq) {
+  double sum = 0, one = 0;
   if (n != n_layout)
     return FL_E_SHAPE;
   if (n > 0 && (layout == NULL || tensors == NULL))
@@ -148,11 +150,25 @@ int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
       return FL_E_PARSE;
     if (!same_shape(tensors[i], &layout[i]))
       return FL_E_SHAPE;
-    int err = fl__tensor_check(tensors[i], layout[i].count);
+    int err = sq != NULL ? fl__tensor_check_sqnorm(tensors[i], layout[i].count, &one)
+                         : fl__tensor_check(tensors[i], layout[i].count);
     if (err != FL_OK)
       return err;
+    sum += one;
   }
+  if (sq != NULL)
+    *sq = sum;
   return FL_OK;
+}
+
+int fl__delta_check_layout(const fl_tensor_info *layout, size_t n_layout,
+                           Fl__V1__Tensor *const *tensors, size_t n) {
+  return check_layout(layout, n_layout, tensors, n, NULL);
+}
+
+int fl__delta_check_layout_sqnorm(const fl_tensor_info *layout, size_t n_layout,
+                                  Fl__V1__Tensor *const *tensors, size_t n, double *sq) {
+  return check_layout(layout, n_layout, tensors, n, sq);
 }
 
 int fl__layout_new(const fl_model_spec *spec, fl_tensor_info **out, size_t *out_n,

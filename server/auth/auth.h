@@ -40,6 +40,8 @@ typedef struct fl_auth {
   Fl__V1__UpdateUpload *upload;         /* FL_AUTH_UPLOAD: the body, its signature verified */
   uint8_t upload_digest[FL_SHA256_LEN]; /* its content digest (idempotence, SIGNING.md) */
   fl_upload_standing standing;
+  /* FL_AUTH_UPLOAD: sr's body, upload's tensor bytes point into the request body (inplace.h) */
+  bool inplace_sr, inplace_upload;
   fl_nonce_slot slot; /* the upload's nonce, reserved in flight until the request ends */
   bool reserved;
   /* FL_AUTH_DEVICE_FOLD: the signature verified with the cached key, the device's state and

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "auth/auth.h"
+#include "auth/inplace.h"
 #include "device/devapi.h"
 #include "digest.h"
 #include "mem.h"
@@ -130,7 +131,13 @@ static int load_upload_view(PGconn *c, const Fl__V1__SignedRequest *sr, const ui
  * signature (there is one way to sign an upload), the UpdateUpload (NULL when the body is
  * none: the lookup still runs, so that an unknown device is told so first). */
 static int upload_parse(fl_srv *s, fl_req *q, fl_auth *a, fl_resp *r) {
-  Fl__V1__SignedRequest *sr = a->sr = fl__auth_envelope(s, q, r);
+  /* Without copies of the parameters where the bytes allow (inplace.h): the request body
+   * outlives the context (http.c frees it after fl__auth_free). */
+  Fl__V1__SignedRequest *sr = a->sr =
+      strcmp(q->method, "GET") != 0 ? fl__inplace_envelope(q->body, q->len) : NULL;
+  a->inplace_sr = sr != NULL;
+  if (sr == NULL)
+    sr = a->sr = fl__auth_envelope(s, q, r);
   if (sr == NULL || fl__auth_precheck(s, sr, r))
     return -1;
   if (sr->signature.len != 0) {
@@ -142,6 +149,10 @@ static int upload_parse(fl_srv *s, fl_req *q, fl_auth *a, fl_resp *r) {
   }
   /* The body carries the signature, so it is decoded before authentication; nothing in it is
    * acted upon until that signature verifies. */
+  a->upload = fl__inplace_upload(sr->body.data, sr->body.len);
+  a->inplace_upload = a->upload != NULL;
+  if (a->inplace_upload)
+    return 0;
   ProtobufCAllocator pa;
   fl_pb_budget pb;
   fl__protobuf_budget(&pa, &pb, NULL, sr->body.len);
@@ -284,8 +295,14 @@ void fl__auth_free(fl_srv *s, fl_auth *a) {
   fl__auth_put_conn(s, a);
   if (a->reserved)
     fl__nonce_release(s->nonces, &a->slot);
-  fl__v1__update_upload__free_unpacked(a->upload, NULL);
+  if (a->inplace_upload)
+    fl__inplace_upload_free(a->upload);
+  else
+    fl__v1__update_upload__free_unpacked(a->upload, NULL);
   fl__v1__enroll_request__free_unpacked(a->enroll, NULL);
-  fl__v1__signed_request__free_unpacked(a->sr, NULL);
+  if (a->inplace_sr)
+    fl__inplace_envelope_free(a->sr);
+  else
+    fl__v1__signed_request__free_unpacked(a->sr, NULL);
   free(a);
 }

@@ -124,14 +124,13 @@ static int check_delta(fl_srv *s, const round_view *v, const fl_model_info *mi,
   double sq = 0;
   char msg[128];
   /* Shapes against the cached layout, then sizes and values of every tensor. */
-  int err = fl__delta_check_layout(mi->tensors, mi->n_tensors, u->delta, u->n_delta);
+  /* One pass over the values checks and measures them (the norm also tells non-finite ones). */
+  int err = fl__delta_check_layout_sqnorm(mi->tensors, mi->n_tensors, u->delta, u->n_delta, &sq);
   if (err) {
     snprintf(msg, sizeof msg, "delta does not fit the model: %s", fl_strerror(err));
     fl__resp_dev_error(r, 422, err == FL_E_NONFINITE ? "non_finite" : "bad_shape", msg, 0);
     return -1;
   }
-  for (size_t i = 0; i < u->n_delta; i++)
-    sq += fl__tensor_sqnorm(u->delta[i]);
   if (u->sample_count == 0 || u->sample_count > s->cfg.max_samples) {
     fl__resp_dev_error(r, 422, "bad_sample_count", "sample_count out of range", 0);
     return -1;

@@ -35,7 +35,8 @@ typedef struct fl_req {
   bool escaped;              /* the path as sent has a %-escape (http.c: refused) */
   uint8_t *body;
   size_t len, cap;
-  size_t limit; /* largest body this route takes */
+  size_t limit;    /* largest body this route takes */
+  size_t declared; /* Content-Length (0: none or chunked) */
   bool too_big;
   bool answered; /* a response was queued before the body arrived */
   double t0;
