@@ -51,7 +51,7 @@ typedef struct field {
 
 static int next_field(const uint8_t **p, const uint8_t *end, field *f) {
   uint64_t key, n;
-  f->start = *p;
+  *f = (field){.start = *p}; /* data and len stay NULL/0 unless the field is length-delimited */
   if (varint(p, end, &key) || key >> 3 == 0 || key >> 3 > UINT32_MAX)
     return -1;
   f->num = (uint32_t)(key >> 3);
