@@ -124,7 +124,7 @@ static void shutdown_all(fl_srv *s) {
   fl__http_quiesce(s);
   fl__secagg_wake_all(); /* long polls answered now: no request is parked past this */
   fl__http_stop(s);      /* waits for in-flight requests */
-  fl__agg_stop(s->agg); /* commits what is left, answers every waiter */
+  fl__agg_stop(s->agg);  /* commits what is left, answers every waiter */
   fl__rounds_stop(s->rounds);
   fl__agg_free(s->agg);
   fl__rounds_free(s->rounds);
@@ -168,6 +168,7 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
   atomic_init(&srv.ready, false);
+  atomic_init(&srv.upload_rx_ms, 0);
   const char *step = "metrics";
   int err = start(&srv, &step);
   if (err != FL_OK) {

@@ -27,12 +27,12 @@
 /* ----- configuration (config.c) ------------------------------------------------------------ */
 
 typedef struct fl_config {
-  const char *database_url;     /* libpq conninfo or URI; "" = libpq's PG* environment */
-  const char *listen_host;      /* host name, IPv4 or IPv6 address (without brackets) */
+  const char *database_url; /* libpq conninfo or URI; "" = libpq's PG* environment */
+  const char *listen_host;  /* host name, IPv4 or IPv6 address (without brackets) */
   uint16_t port;
   struct sockaddr_storage listen_addr; /* listen_host resolved by fl__config_check */
   socklen_t listen_addr_len;
-  const char *tls_cert;         /* PEM paths; both or neither */
+  const char *tls_cert; /* PEM paths; both or neither */
   const char *tls_key;
   const char *signing_key;      /* PKCS#8 PEM; created (0600) when missing */
   const char *replica_id;       /* name of this process in partial aggregates and logs */
@@ -52,17 +52,17 @@ typedef struct fl_config {
   unsigned body_timeout_s;   /* window over which a body must average min_body_rate */
   uint64_t min_body_rate;    /* bytes per second; 0: no body rate check */
   unsigned db_pool_size;
-  int64_t ts_window_ms;         /* accepted |now - request timestamp| */
-  unsigned commit_interval_ms;  /* group commit: wait this long to gather a batch */
-  bool commit_auto;             /* no --commit-interval: uploads' batches sized by their rate */
-  unsigned tick_ms;             /* round deadline / close check period */
-  int64_t checkin_interval_ms;  /* pace steering base for devices that are not selected */
-  uint64_t max_samples;         /* upper bound of an update's sample_count */
-  int log_level;                /* fl_log_level */
-  bool log_json;                /* --log-format=json: one JSON object per line (slog.c) */
-  bool reuse_port;              /* SO_REUSEPORT on the listening socket (opt-in) */
-  int64_t nonce_margin_ms;      /* nonces are kept 2 x ts_window_ms + this */
-  struct {                      /* --metrics-listen: /metrics, /healthz, /readyz only */
+  int64_t ts_window_ms;        /* accepted |now - request timestamp| */
+  unsigned commit_interval_ms; /* group commit: wait this long to gather a batch */
+  bool commit_auto;            /* no --commit-interval: uploads' batches sized by their rate */
+  unsigned tick_ms;            /* round deadline / close check period */
+  int64_t checkin_interval_ms; /* pace steering base for devices that are not selected */
+  uint64_t max_samples;        /* upper bound of an update's sample_count */
+  int log_level;               /* fl_log_level */
+  bool log_json;               /* --log-format=json: one JSON object per line (slog.c) */
+  bool reuse_port;             /* SO_REUSEPORT on the listening socket (opt-in) */
+  int64_t nonce_margin_ms;     /* nonces are kept 2 x ts_window_ms + this */
+  struct {                     /* --metrics-listen: /metrics, /healthz, /readyz only */
     bool on;
     const char *host;
     uint16_t port;
@@ -149,17 +149,21 @@ typedef struct fl_keys fl_keys;
 typedef struct fl_srv {
   fl_config cfg;
   fl_pool *pool;
-  fl_key *key;                      /* the coordinator's signing key */
+  fl_key *key; /* the coordinator's signing key */
   uint8_t pub[FL_PUBKEY_LEN];
   fl_metrics *metrics;
   fl_models *models;
   fl_agg *agg;
   fl_rounds *rounds;
   fl_http *http;
-  fl_nonces *nonces;                /* uploads' nonces in flight (auth/nonce.h) */
-  fl_round_cache *round_cache;      /* what never changes about a round (rounds/round_cache.h) */
-  fl_keys *keys;                    /* device public keys by id (auth/keys.h) */
-  atomic_bool ready;                /* /readyz: database reachable and threads running */
+  fl_nonces *nonces;           /* uploads' nonces in flight (auth/nonce.h) */
+  fl_round_cache *round_cache; /* what never changes about a round (rounds/round_cache.h) */
+  fl_keys *keys;               /* device public keys by id (auth/keys.h) */
+  atomic_bool ready;           /* /readyz: database reachable and threads running */
+  /* Monotonic ms of the last body bytes of POST /v1/updates this process received: a secure-
+   * aggregation masked phase does not end as quiet while masked inputs are still streaming in
+   * (secagg/phases.c); 0 none yet. */
+  _Atomic int64_t upload_rx_ms;
 } fl_srv;
 
 /* Milliseconds since the Unix epoch, wall clock. */

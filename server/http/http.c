@@ -477,6 +477,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   }
   if (*upload_data_size != 0) {
     fl__conn_body(q->cx, *upload_data_size);
+    if (q->rt != NULL && strcmp(q->rt->name, "update") == 0)
+      atomic_store_explicit(&s->upload_rx_ms, (int64_t)(fl__mono_s() * 1000), memory_order_relaxed);
     if (append(q, upload_data, *upload_data_size))
       return MHD_NO;
     *upload_data_size = 0;

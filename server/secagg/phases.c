@@ -437,7 +437,7 @@ static double quiet_s(const fl_plan *p) {
  * decides again from what it reads then): every expected message arrived, or the phase went
  * quiet (no message, and in the key phase no new assignment, for quiet_s), or its deadline
  * passed. 3 due and 2 quiet end it whatever is missing, 1 complete, 0 not yet, -1 error. */
-static int may_end(PGconn *c, uint64_t round_id) {
+static int may_end(fl_srv *s, PGconn *c, uint64_t round_id) {
   fl_pgp p;
   fl_plan plan;
   char msg[160];
@@ -474,7 +474,7 @@ static int may_end(PGconn *c, uint64_t round_id) {
       "   WHERE round_id = $1) END,"
       "  CASE WHEN r.secagg_phase = 'masked' THEN (SELECT max(accepted_at) FROM acceptances"
       "   WHERE round_id = $1) END))::float8,"
-      " r.secagg_until <= now()"
+      " r.secagg_until <= now(), r.secagg_phase = 'masked'"
       " FROM rounds r WHERE r.round_id = $1 AND r.state = 'open'"
       " AND r.secagg_phase IN ('keys', 'shares', 'masked', 'unmask')",
       &p, false, NULL);
@@ -483,8 +483,18 @@ static int may_end(PGconn *c, uint64_t round_id) {
   int rc = 0;
   if (PQntuples(r) == 1) {
     bool complete = PQgetvalue(r, 0, 0)[0] == 't', due = PQgetvalue(r, 0, 2)[0] == 't';
-    double idle = fl__pg_f64(r, 0, 1);
-    rc = due ? 3 : idle >= quiet_s(&plan) ? 2 : complete ? 1 : 0;
+    double idle = fl__pg_f64(r, 0, 1), q = quiet_s(&plan);
+    /* Only committed inputs reset the masked phase's clock, and 780 KB inputs of a thousand
+     * devices can take longer than the quiet to arrive on a loaded coordinator (benches/
+     * RESULTS.md, Secure aggregation): while this process still receives upload bytes the
+     * phase is not quiet. Another replica's uploads are not seen here (docs/SECAGG.md). */
+    if (PQgetvalue(r, 0, 3)[0] == 't') {
+      int64_t rx = atomic_load_explicit(&s->upload_rx_ms, memory_order_relaxed);
+      double since = rx > 0 ? fl__mono_s() - (double)rx / 1000 : idle;
+      if (since < idle)
+        idle = since;
+    }
+    rc = due ? 3 : idle >= q ? 2 : complete ? 1 : 0;
   }
   PQclear(r);
   return rc;
@@ -499,7 +509,7 @@ static int advance(fl_srv *s, uint64_t round_id) {
     return -1;
   /* Most ticks change nothing: they are answered without the round's lock, which the group
    * commit and every phase message wait for. */
-  int go = may_end(c, round_id);
+  int go = may_end(s, c, round_id);
   if (go <= 0) {
     rc = go;
     goto out;

@@ -21,7 +21,8 @@
  * fl_client_run_round, run every phase by themselves (the task asks for it) and the round closes
  * into a version. held_polls_leave_room: 16 long polls against a coordinator of 16 connections
  * leave a 17th device room to check in (half the connections are parked, the other polls are
- * answered at once and their connections closed).
+ * answered at once and their connections closed). streaming_input_keeps_the_phase: a masked input
+ * whose bytes are still arriving keeps the masked phase from ending as quiet.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -211,9 +212,9 @@ static void send_shares(dev *d, uint64_t round_id) {
   d->in_shares = true;
 }
 
-/* A clipped random delta, masked and uploaded; the status. */
-static long upload_masked(dev *d, uint64_t round_id, uint64_t model_id, uint64_t base_version,
-                          unsigned seed, char *why) {
+/* A clipped random delta, masked (q and y filled) into an UpdateUpload, packed (malloc'ed). */
+static uint8_t *pack_masked(dev *d, uint64_t round_id, uint64_t model_id, uint64_t base_version,
+                            unsigned seed, size_t *len) {
   static float x[NPARAMS];
   static uint8_t y[4 * NPARAMS];
   double sq = 0;
@@ -240,7 +241,26 @@ static long upload_masked(dev *d, uint64_t round_id, uint64_t model_id, uint64_t
   u.base_version = base_version;
   u.sample_count = 1;
   u.secagg_masked = (ProtobufCBinaryData){sizeof y, y};
-  return post(d, "/v1/updates", &u.base, why);
+  *len = fl__v1__update_upload__get_packed_size(&u);
+  uint8_t *buf = malloc(*len);
+  cr_assert_not_null(buf);
+  fl__v1__update_upload__pack(&u, buf);
+  return buf;
+}
+
+/* pack_masked, uploaded; the status. */
+static long upload_masked(dev *d, uint64_t round_id, uint64_t model_id, uint64_t base_version,
+                          unsigned seed, char *why) {
+  size_t len;
+  uint8_t *buf = pack_masked(d, round_id, model_id, base_version, seed, &len);
+  fl_h_resp r;
+  cr_assert_eq(fl_h_device_post(&g_c, &d->h, "/v1/updates", buf, len, NULL, &r), 0);
+  free(buf);
+  if (why != NULL)
+    snprintf(why, 64, "%s", fl_h_error_reason(&r));
+  long st = r.status;
+  fl_h_resp_free(&r);
+  return st;
 }
 
 /* Pearson r of two word vectors, read as numbers. */
@@ -678,4 +698,61 @@ Test(secagg, libflclient_round, .fini = teardown, .timeout = 300) {
     fl_client_free(d[i].c);
     fl_sup_rmtree(d[i].dir);
   }
+}
+
+/* A masked input still arriving keeps its phase open: five devices upload at once, a sixth
+ * streams its upload over 2.5 s after them, longer than the phase's quiet (1.5 s at a 6 s
+ * deadline). Before, only
+ * committed inputs counted and the phase ended as quiet under the sixth's upload (409);
+ * now the bytes arriving keep it open and the sixth is in the sum. */
+Test(secagg, streaming_input_keeps_the_phase, .fini = teardown, .timeout = 120) {
+  uint64_t model_id, round_id;
+  char why[64];
+  start(10);
+  cr_assert_eq(fl_h_model_and_plan(&g_c, "sa", SPEC,
+                                   "{\"participants\":10,\"min_participants\":5,"
+                                   "\"over_selection\":1,\"deadline_s\":6,\"clip_norm\":1,"
+                                   "\"rounds\":1,"
+                                   "\"secure_aggregation\":{\"threshold\":4,\"neighbors\":6}}",
+                                   &model_id, &round_id),
+               0);
+  checkin_all(model_id, round_id, 4, 6);
+  for (int i = 0; i < g_n; i++)
+    advertise(&g_dev[i], round_id, 4);
+  wait_phase(&g_dev[0], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_SHARES);
+  for (int i = 0; i < g_n; i++)
+    send_shares(&g_dev[i], round_id);
+  wait_phase(&g_dev[0], round_id, FL__V1__SEC_AGG_PHASE__SECAGG_PHASE_MASKED);
+  size_t len, n;
+  uint8_t *body = pack_masked(&g_dev[5], round_id, model_id, 1, 5, &len), *env;
+  cr_assert_eq(fl_sup_envelope(g_dev[5].h.key, g_dev[5].h.id, "POST", "/v1/updates", body, len,
+                               NULL, &env, &n),
+               FL_OK);
+  free(body);
+  for (int i = 0; i < 5; i++)
+    cr_assert_eq(upload_masked(&g_dev[i], round_id, model_id, 1, (unsigned)i, why), 200, "%s", why);
+  int fd = fl_sup_tcp_connect(g_c.port);
+  cr_assert(fd >= 0);
+  char hdr[256];
+  int h = snprintf(hdr, sizeof hdr,
+                   "POST /v1/updates HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                   "application/x-protobuf\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                   n);
+  cr_assert_eq(write(fd, hdr, (size_t)h), h);
+  /* 10 pieces 250 ms apart: 2.5 s of a body still arriving, the last piece alone. */
+  size_t piece = n / 10 + 1;
+  for (size_t off = 0; off < n; off += piece) {
+    size_t k = n - off < piece ? n - off : piece;
+    cr_assert_eq(write(fd, env + off, k), (ssize_t)k);
+    sleep_ms(250);
+  }
+  free(env);
+  char resp[4096];
+  size_t got = fl_sup_tcp_read(fd, resp, sizeof resp - 1, 10000);
+  close(fd);
+  resp[got] = 0;
+  cr_expect(strncmp(resp, "HTTP/1.1 200", 12) == 0, "the streamed input: %.80s", resp);
+  cr_expect_eq(fl_h_db_intf(g_db, "SELECT count(*) FROM acceptances WHERE round_id = %llu",
+                            (unsigned long long)round_id),
+               6);
 }
