@@ -86,6 +86,15 @@ async function check(name, fn) {
     console.log('FAIL ' + name + ': ' + (e.stack || e));
   }
 }
+// Polls fn in the page from here until it is true. Not page.waitForFunction: once its first
+// check is false it polls through an eval inside the page, which the page's CSP (no
+// 'unsafe-eval') refuses, as it should (the check failed that way on a loaded CI machine).
+async function until(page, fn, ms = 15000) {
+  for (const t0 = Date.now(); !(await page.evaluate(fn)); ) {
+    if (Date.now() - t0 > ms) throw new Error('timed out waiting for ' + fn);
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+}
 const noErrors = (s) => assert.deepEqual(s.errors, [], s.who + ': errors in the browser');
 
 // ---- admin: every page, its numbers against the API -----------------------------------
@@ -122,7 +131,7 @@ await check('models page: versions, metrics and a chart point per round', async 
     assert.equal(await num(admin, 'participants-' + v.version), v.metrics.participants);
     assert.ok(Math.abs(await num(admin, 'loss-' + v.version) - v.metrics.mean_loss) < 1e-4);
   }
-  await admin.page.waitForFunction(() => Chart.getChart('rounds-chart') !== undefined);
+  await until(admin.page, () => typeof Chart !== 'undefined' && Chart.getChart('rounds-chart') !== undefined);
   const pts = await admin.page.evaluate(() => Chart.getChart('rounds-chart').data.datasets.map((d) => d.data.length));
   assert.deepEqual(pts.slice(0, 2), [closed.length, closed.length]);
   const signed = await admin.page.$$eval('#versions tbody tr', (rows) => rows.filter((r) => r.textContent.includes('signed (Ed25519)')).length);
@@ -228,7 +237,7 @@ await check('a wrong token is refused and not kept', async () => {
   await page.goto(base + '/ui/');
   await page.fill('#token', 'f'.repeat(64));
   await page.click('#login-form button[type=submit]');
-  await page.waitForFunction(() => document.getElementById('login-error').textContent !== '');
+  await until(page, () => document.getElementById('login-error').textContent !== '');
   assert.match(await page.textContent('#login-error'), /unknown token/);
   assert.equal(await page.evaluate(() => sessionStorage.getItem('fl.admin_token')), null);
   await ctx.close();
