@@ -95,13 +95,9 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
-/* POST of a packed message; the status, and the error reason in why (may be NULL). */
-static long post(const dev *d, const char *path, const ProtobufCMessage *m, char *why) {
-  size_t len = protobuf_c_message_get_packed_size(m);
-  uint8_t *buf = malloc(len + 1);
+/* Signed POST of bytes (freed here); the status, and the error reason in why (may be NULL). */
+static long post_bytes(const dev *d, const char *path, uint8_t *buf, size_t len, char *why) {
   fl_h_resp r;
-  cr_assert_not_null(buf);
-  protobuf_c_message_pack(m, buf);
   cr_assert_eq(fl_h_device_post(&g_c, &d->h, path, buf, len, NULL, &r), 0);
   free(buf);
   if (why != NULL)
@@ -109,6 +105,15 @@ static long post(const dev *d, const char *path, const ProtobufCMessage *m, char
   long st = r.status;
   fl_h_resp_free(&r);
   return st;
+}
+
+/* POST of a packed message, as post_bytes. */
+static long post(const dev *d, const char *path, const ProtobufCMessage *m, char *why) {
+  size_t len = protobuf_c_message_get_packed_size(m);
+  uint8_t *buf = malloc(len + 1);
+  cr_assert_not_null(buf);
+  protobuf_c_message_pack(m, buf);
+  return post_bytes(d, path, buf, len, why);
 }
 
 static Fl__V1__SecAggState *state_of(const dev *d, uint64_t round_id) {
@@ -253,14 +258,7 @@ static long upload_masked(dev *d, uint64_t round_id, uint64_t model_id, uint64_t
                           unsigned seed, char *why) {
   size_t len;
   uint8_t *buf = pack_masked(d, round_id, model_id, base_version, seed, &len);
-  fl_h_resp r;
-  cr_assert_eq(fl_h_device_post(&g_c, &d->h, "/v1/updates", buf, len, NULL, &r), 0);
-  free(buf);
-  if (why != NULL)
-    snprintf(why, 64, "%s", fl_h_error_reason(&r));
-  long st = r.status;
-  fl_h_resp_free(&r);
-  return st;
+  return post_bytes(d, "/v1/updates", buf, len, why);
 }
 
 /* Pearson r of two word vectors, read as numbers. */
