@@ -313,8 +313,10 @@ static enum MHD_Result dispatch(fl_srv *s, fl_req *q) {
     if (dev)
       fl__resp_dev_error(&r, 503, "unavailable", "the coordinator is stopping; retry",
                          fl__now_ms() + 1000);
-    else
+    else {
       fl__resp_admin_error(&r, 503, "unavailable", "the coordinator is stopping; retry");
+      r.retry_after_ms = 1000; /* like the device API's: another replica, or this one restarted */
+    }
     return send_resp(s, q, &r, rt->name);
   }
   /* The route's policy, once, for every handler (auth/pipeline.c). */
